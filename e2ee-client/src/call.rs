@@ -1,0 +1,561 @@
+//! One participant of a call: join over signalling, connect the hop (ICE, DTLS-SRTP), agree
+//! end-to-end keys with the peer when the call is E2EE, then send synthetic media and check
+//! every frame that arrives.
+
+use crate::kex::{KeyAgreement, Role};
+use crate::media::{self, make_frame, packetize, verify_frame, StreamReceiver};
+use crate::sframe::{CipherSuite, Receiver as SframeReceiver, Sender as SframeSender};
+use crate::signal::{Signal, SignalError};
+use crate::transport::{self, ConnectError, MediaPath};
+use base64::Engine;
+use blindrelay_protocol::rtcp;
+use blindrelay_protocol::rtp::RtpHeader;
+use blindrelay_protocol::sdp::{self, OfferParams, AUDIO_PT, VIDEO_PT};
+use blindrelay_protocol::signal::{CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo, ServerMessage};
+use blindrelay_transport::DtlsIdentity;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// What to do in a call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    pub relay: String,
+    pub token: String,
+    pub call: String,
+    pub duration: Duration,
+    pub e2ee: bool,
+    pub audio: bool,
+    pub video: bool,
+    pub video_kbps: u32,
+    pub fps: u32,
+    /// Text repeated through every plaintext frame (for audits of what the relay sees).
+    pub canary: Option<String>,
+    pub connect_timeout: Duration,
+    /// Print a stats line this often (to stderr); `None` stays quiet.
+    pub stats_every: Option<Duration>,
+    /// A label for printed lines.
+    pub name: String,
+    pub chat: Option<String>,
+    pub features: Vec<String>,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            relay: "ws://127.0.0.1:7400/v1/signal".into(),
+            token: String::new(),
+            call: "demo".into(),
+            duration: Duration::from_secs(10),
+            e2ee: false,
+            audio: true,
+            video: true,
+            video_kbps: 1500,
+            fps: 30,
+            canary: None,
+            connect_timeout: Duration::from_secs(10),
+            stats_every: None,
+            name: "client".into(),
+            chat: None,
+            features: vec![],
+        }
+    }
+}
+
+/// The relay's refusal, as the summary reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SummaryError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The answer to one feature request.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureOutcome {
+    pub name: String,
+    pub ok: bool,
+    pub code: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// What happened in the call; printed as JSON by `--json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallSummary {
+    pub joined: bool,
+    pub call_mode: Option<CallMode>,
+    pub mode_reason: Option<String>,
+    pub participant: Option<String>,
+    pub e2ee_option: Option<E2eeOption>,
+    pub e2ee: bool,
+    pub verification_code: Option<String>,
+    pub srtp_profile: Option<String>,
+    pub join_ms: Option<f64>,
+    pub connect_ms: Option<f64>,
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub sent_frames: u64,
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    pub received_rtcp: u64,
+    pub lost_packets: u64,
+    pub frames_received: u64,
+    pub frames_verified: u64,
+    pub frames_corrupt: u64,
+    pub frames_incomplete: u64,
+    pub frames_decrypted: u64,
+    pub decrypt_failures: u64,
+    pub frames_before_keys: u64,
+    pub srtp_failures: u64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub chat_received: Vec<String>,
+    pub features: Vec<FeatureOutcome>,
+    pub peers_left: Vec<String>,
+    pub error: Option<SummaryError>,
+}
+
+impl CallSummary {
+    /// A call succeeded for exit-status purposes: joined and media arrived.
+    pub fn success(&self) -> bool {
+        self.joined && self.received_packets > 0 && self.error.is_none()
+    }
+}
+
+/// Failures that end a call before it starts.
+#[derive(Debug, Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("relay refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("unexpected signalling message: {0}")]
+    Protocol(String),
+    #[error("cannot make a DTLS certificate: {0}")]
+    Identity(String),
+    #[error("relay answer unusable: {0}")]
+    Answer(String),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// End-to-end state once keys are agreed.
+struct E2ee {
+    sender: SframeSender,
+    receiver: SframeReceiver,
+}
+
+const KID_INITIATOR: u64 = 1;
+const KID_RESPONDER: u64 = 2;
+
+struct Outgoing {
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    frame_no: u32,
+    clock_rate: u32,
+    started: Instant,
+}
+
+impl Outgoing {
+    fn new(pt: u8, clock_rate: u32) -> Self {
+        Outgoing {
+            ssrc: rand::random::<u32>() | 1,
+            pt,
+            seq: rand::random(),
+            frame_no: 0,
+            clock_rate,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Join a call and run it for `opts.duration`. Refusals come back as a summary with
+/// `error` set, not as `Err`, so the caller can still print the JSON.
+pub async fn run_call(opts: &CallOptions) -> CallSummary {
+    let mut s = CallSummary::default();
+    if let Err(e) = run(opts, &mut s).await {
+        let (code, message) = match &e {
+            CallError::Refused { code, message } => (code.clone(), message.clone()),
+            CallError::Connect(_) => ("connect_failed".into(), e.to_string()),
+            CallError::Signal(_) => ("signalling_failed".into(), e.to_string()),
+            _ => ("client_error".into(), e.to_string()),
+        };
+        s.error = Some(SummaryError { code, message });
+    }
+    s
+}
+
+fn say(opts: &CallOptions, line: &str) {
+    if opts.stats_every.is_some() {
+        eprintln!("[{}] {line}", opts.name);
+    }
+}
+
+async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
+    loop {
+        match sig.recv().await? {
+            ServerMessage::Error { code, message } => {
+                return Err(CallError::Refused {
+                    code: code.as_str().to_string(),
+                    message,
+                })
+            }
+            // Events about others can precede our reply; they are replayed by `joined`.
+            ServerMessage::ParticipantJoined { .. } | ServerMessage::ParticipantLeft { .. } => continue,
+            m => return Ok(m),
+        }
+    }
+}
+
+async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
+    let t0 = Instant::now();
+    let mut sig = Signal::connect(&opts.relay).await?;
+    sig.send(&ClientMessage::Hello { token: opts.token.clone() }).await?;
+    match expect_reply(&mut sig).await? {
+        ServerMessage::Capabilities { e2ee_option, .. } => s.e2ee_option = Some(e2ee_option),
+        m => return Err(CallError::Protocol(format!("{m:?}"))),
+    }
+    if opts.e2ee && s.e2ee_option == Some(E2eeOption::Hidden) {
+        say(opts, "end-to-end encryption is not available to this user; joining a standard call");
+    }
+    let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden) || s.e2ee_option == Some(E2eeOption::Required);
+    let identity = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
+    let mut rng = rand::rng();
+    let ufrag = Alphanumeric.sample_string(&mut rng, 8);
+    let pwd = Alphanumeric.sample_string(&mut rng, 24);
+    let mut audio = Outgoing::new(AUDIO_PT, 48_000);
+    let mut video = Outgoing::new(VIDEO_PT, 90_000);
+    let cname = Alphanumeric.sample_string(&mut rng, 12);
+    let offer = sdp::build_offer(&OfferParams {
+        ice_ufrag: &ufrag,
+        ice_pwd: &pwd,
+        fingerprint: identity.fingerprint(),
+        audio_ssrc: audio.ssrc,
+        video_ssrc: video.ssrc,
+        cname: &cname,
+        session_id: rand::random::<u32>() as u64,
+    });
+    sig.send(&ClientMessage::Join {
+        call: opts.call.clone(),
+        e2ee_enabled: want_e2ee,
+        offer_sdp: offer,
+    })
+    .await?;
+    let (me, mode, answer_sdp, mut peers) = match expect_reply(&mut sig).await? {
+        ServerMessage::Joined {
+            participant,
+            call_mode,
+            mode_reason,
+            answer_sdp,
+            participants,
+        } => {
+            s.mode_reason = mode_reason;
+            (participant, call_mode, answer_sdp, participants)
+        }
+        m => return Err(CallError::Protocol(format!("{m:?}"))),
+    };
+    s.joined = true;
+    s.participant = Some(me.clone());
+    s.call_mode = Some(mode);
+    s.join_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+    say(opts, &format!("joined call `{}` as {me}, mode {}", opts.call, mode.as_str()));
+    if let Some(r) = &s.mode_reason {
+        say(opts, r);
+    }
+    let answer = sdp::parse_answer(&answer_sdp).map_err(|e| CallError::Answer(e.to_string()))?;
+    let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
+    s.connect_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+    s.srtp_profile = Some(path.profile.to_string());
+    say(opts, &format!("media path up ({}), {:.1} ms after start", path.profile, t0.elapsed().as_secs_f64() * 1e3));
+
+    let e2ee_call = mode == CallMode::E2ee;
+    let mut kex: Option<KeyAgreement> = None;
+    let mut e2ee: Option<E2ee> = None;
+    if e2ee_call {
+        say(opts, "lock: waiting for end-to-end keys");
+    }
+    if let Some(peer) = peers.first().cloned() {
+        if e2ee_call {
+            start_kex(opts, &mut sig, &mut kex, &me, &peer).await?;
+        }
+    }
+    let mut sent_chat = false;
+    for f in &opts.features {
+        sig.send(&ClientMessage::Feature {
+            name: f.clone(),
+            arg: None,
+        })
+        .await?;
+    }
+    let canary = opts.canary.as_deref().map(str::as_bytes);
+    let end = tokio::time::Instant::now() + opts.duration;
+    let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    let fps = opts.fps.max(1);
+    let mut video_tick = tokio::time::interval(Duration::from_micros(1_000_000 / fps as u64));
+    let mut rtcp_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stats_tick = tokio::time::interval(opts.stats_every.unwrap_or(Duration::from_secs(3600)));
+    stats_tick.tick().await;
+    let video_frame_bytes = ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
+    let mut streams: HashMap<u32, StreamReceiver> = HashMap::new();
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut frame = Vec::with_capacity(video_frame_bytes + 64);
+    let mut sealed = Vec::with_capacity(video_frame_bytes + 64);
+    let mut pkt = Vec::with_capacity(1500);
+    let mut opened = Vec::with_capacity(video_frame_bytes + 64);
+    let mut last_bytes = 0u64;
+    let mut ended_by_relay = false;
+    loop {
+        let sending = !e2ee_call || e2ee.is_some();
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            _ = audio_tick.tick(), if opts.audio && sending => {
+                make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
+                send_frame(&mut path, &mut audio, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+            }
+            _ = video_tick.tick(), if opts.video && sending => {
+                make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
+                send_frame(&mut path, &mut video, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+            }
+            _ = rtcp_tick.tick() => {
+                // A receiver report per incoming stream, so the senders see our loss.
+                let mut compound = Vec::new();
+                for (ssrc, st) in &streams {
+                    compound.extend_from_slice(&rtcp::receiver_report(video.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
+                }
+                if !compound.is_empty() {
+                    if let Ok(p) = path.outbound.encrypt_rtcp(&compound) {
+                        let _ = path.socket.send_to(&p, path.relay).await;
+                    }
+                }
+            }
+            _ = stats_tick.tick() => {
+                let lost: u64 = streams.values().map(|x| x.lost()).sum();
+                let kbps = (s.received_bytes - last_bytes) as f64 * 8.0 / 1000.0 / opts.stats_every.unwrap_or(Duration::from_secs(1)).as_secs_f64();
+                last_bytes = s.received_bytes;
+                let lock = if e2ee.is_some() { "on" } else if e2ee_call { "pending" } else { "off" };
+                say(opts, &format!(
+                    "sent {} pkts, received {} pkts ({kbps:.0} kbit/s), lost {lost}, frames ok {} bad {}, e2ee lock {lock}",
+                    s.sent_packets, s.received_packets, s.frames_verified, s.frames_corrupt + s.decrypt_failures));
+            }
+            r = path.media_rx.recv() => {
+                let Some((data, is_rtcp)) = r else { break };
+                if is_rtcp {
+                    match path.inbound.decrypt_rtcp(&data) {
+                        Ok(_) => s.received_rtcp += 1,
+                        Err(_) => s.srtp_failures += 1,
+                    }
+                    continue;
+                }
+                let plain = match path.inbound.decrypt_rtp(&data) {
+                    Ok(p) => p,
+                    Err(_) => { s.srtp_failures += 1; continue; }
+                };
+                let Ok(h) = RtpHeader::parse(&plain) else { s.srtp_failures += 1; continue };
+                s.received_packets += 1;
+                s.received_bytes += data.len() as u64;
+                let st = streams.entry(h.ssrc).or_default();
+                let Some(f) = st.push(h.sequence, h.timestamp, h.marker, h.payload(&plain)) else { continue };
+                s.frames_received += 1;
+                let plain_frame: &[u8] = if e2ee_call {
+                    let Some(k) = e2ee.as_mut() else { s.frames_before_keys += 1; continue };
+                    match k.receiver.open_into(&[], &f, &mut opened) {
+                        Ok(_) => { s.frames_decrypted += 1; &opened }
+                        Err(_) => { s.decrypt_failures += 1; continue; }
+                    }
+                } else {
+                    &f
+                };
+                match verify_frame(plain_frame, canary) {
+                    Some(info) => {
+                        s.frames_verified += 1;
+                        latencies.push(now_us().saturating_sub(info.send_time_us).min(u32::MAX as u64) as u32);
+                    }
+                    None => s.frames_corrupt += 1,
+                }
+            }
+            m = sig.recv() => {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(_) => { ended_by_relay = true; break; }
+                };
+                match m {
+                    ServerMessage::ParticipantJoined { participant } => {
+                        say(opts, &format!("{} ({}) joined", participant.participant, participant.user));
+                        if e2ee_call && kex.is_none() {
+                            start_kex(opts, &mut sig, &mut kex, &me, &participant).await?;
+                        }
+                        peers.push(participant);
+                    }
+                    ServerMessage::ParticipantLeft { participant, reason } => {
+                        say(opts, &format!("{participant} left ({reason})"));
+                        if participant == me {
+                            s.error = Some(SummaryError { code: reason, message: "removed from the call by the relay".into() });
+                            ended_by_relay = true;
+                            break;
+                        }
+                        s.peers_left.push(participant);
+                    }
+                    ServerMessage::E2ee { from, blob } => {
+                        if let Some(k) = kex.as_mut() {
+                            match k.handle_blob(&blob) {
+                                Ok(Some(reply)) => sig.send(&ClientMessage::E2ee { to: from.clone(), blob: reply }).await?,
+                                Ok(None) => {}
+                                Err(e) => say(opts, &format!("key agreement error: {e}")),
+                            }
+                            if e2ee.is_none() {
+                                if let Some(keys) = k.keys() {
+                                    let (send_kid, recv_kid) = match k.role() {
+                                        Role::Initiator => (KID_INITIATOR, KID_RESPONDER),
+                                        Role::Responder => (KID_RESPONDER, KID_INITIATOR),
+                                    };
+                                    let suite = CipherSuite::default();
+                                    let mut receiver = SframeReceiver::new();
+                                    receiver.add_key(suite, recv_kid, keys.recv_key.as_bytes());
+                                    e2ee = Some(E2ee { sender: SframeSender::new(suite, send_kid, keys.send_key.as_bytes()), receiver });
+                                    s.e2ee = true;
+                                    s.verification_code = Some(keys.verification_code.to_string());
+                                    eprintln!("[{}] Verification code: {}", opts.name, keys.verification_code);
+                                    say(opts, "lock: on (end-to-end encrypted)");
+                                }
+                            }
+                        }
+                    }
+                    ServerMessage::Chat { from, body } => {
+                        let text = open_chat(&body, e2ee.as_mut());
+                        say(opts, &format!("chat from {from}: {text}"));
+                        s.chat_received.push(text);
+                    }
+                    ServerMessage::FeatureResult { name, ok, detail } => {
+                        s.features.push(FeatureOutcome { name, ok, code: None, detail });
+                    }
+                    ServerMessage::Error { code, message } => {
+                        if matches!(code, ErrorCode::FeatureUnavailableInE2eeCall | ErrorCode::UnknownFeature) {
+                            let name = opts.features.get(s.features.len()).cloned().unwrap_or_default();
+                            say(opts, &format!("feature {name} refused: {message}"));
+                            s.features.push(FeatureOutcome { name, ok: false, code: Some(code.as_str().into()), detail: Some(message) });
+                        } else {
+                            say(opts, &format!("relay error {}: {message}", code.as_str()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !sent_chat && !peers.is_empty() && (!e2ee_call || e2ee.is_some()) {
+            if let Some(text) = &opts.chat {
+                let body = seal_chat(text, e2ee.as_mut());
+                sig.send(&ClientMessage::Chat { body }).await?;
+            }
+            sent_chat = true;
+        }
+    }
+    s.lost_packets = streams.values().map(|x| x.lost()).sum();
+    s.frames_incomplete = streams.values().map(|x| x.frames_incomplete).sum();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map(|us| *us as f64 / 1000.0);
+    s.latency_ms_p50 = pct(0.5);
+    s.latency_ms_p99 = pct(0.99);
+    if !ended_by_relay {
+        let _ = sig.send(&ClientMessage::Leave).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;
+    sig.close().await;
+    Ok(())
+}
+
+async fn start_kex(
+    opts: &CallOptions,
+    sig: &mut Signal,
+    kex: &mut Option<KeyAgreement>,
+    me: &str,
+    peer: &ParticipantInfo,
+) -> Result<(), CallError> {
+    // Defence in depth: never key a bot, even if a relay admitted one to an E2EE call.
+    if peer.role.starts_with("bot:") {
+        say(opts, &format!("refusing to share end-to-end keys with {} (role {})", peer.participant, peer.role));
+        return Ok(());
+    }
+    let mut k = KeyAgreement::new(&opts.call, me, &peer.participant).map_err(|e| CallError::Protocol(e.to_string()))?;
+    if let Some(first) = k.start() {
+        sig.send(&ClientMessage::E2ee {
+            to: peer.participant.clone(),
+            blob: first.to_blob(),
+        })
+        .await?;
+    }
+    *kex = Some(k);
+    Ok(())
+}
+
+async fn send_frame(
+    path: &mut MediaPath,
+    out: &mut Outgoing,
+    frame: &[u8],
+    e2ee: Option<&mut E2ee>,
+    sealed: &mut Vec<u8>,
+    pkt: &mut Vec<u8>,
+    s: &mut CallSummary,
+) {
+    let body: &[u8] = match e2ee {
+        Some(k) => match k.sender.seal_into(&[], frame, sealed) {
+            Ok(_) => sealed,
+            Err(_) => return,
+        },
+        None => frame,
+    };
+    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    for (chunk, last) in packetize(body) {
+        pkt.clear();
+        RtpHeader {
+            marker: last,
+            payload_type: out.pt,
+            sequence: out.seq,
+            timestamp: ts,
+            ssrc: out.ssrc,
+            header_len: 12,
+            padding_len: 0,
+        }
+        .write_minimal(pkt);
+        pkt.extend_from_slice(chunk);
+        out.seq = out.seq.wrapping_add(1);
+        let Ok(p) = path.outbound.encrypt_rtp(pkt) else { continue };
+        if path.socket.send_to(&p, path.relay).await.is_ok() {
+            s.sent_packets += 1;
+            s.sent_bytes += p.len() as u64;
+        }
+    }
+    out.frame_no = out.frame_no.wrapping_add(1);
+    s.sent_frames += 1;
+}
+
+const CHAT_SEALED_PREFIX: &str = "sframe:";
+
+/// On an E2EE call chat is sealed with the call's SFrame key; the relay sees base64.
+fn seal_chat(text: &str, e2ee: Option<&mut E2ee>) -> String {
+    match e2ee {
+        Some(k) => match k.sender.seal(b"chat", text.as_bytes()) {
+            Ok(ct) => format!("{CHAT_SEALED_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(ct)),
+            Err(_) => String::new(),
+        },
+        None => text.to_string(),
+    }
+}
+
+fn open_chat(body: &str, e2ee: Option<&mut E2ee>) -> String {
+    match (body.strip_prefix(CHAT_SEALED_PREFIX), e2ee) {
+        (Some(b64), Some(k)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|ct| k.receiver.open(b"chat", &ct).ok())
+            .map(|(_, _, pt)| String::from_utf8_lossy(&pt).into_owned())
+            .unwrap_or_else(|| "<chat that does not open>".into()),
+        (Some(_), None) => "<sealed chat, no keys>".into(),
+        (None, _) => body.to_string(),
+    }
+}

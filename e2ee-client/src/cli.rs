@@ -1,0 +1,189 @@
+//! Command line of `e2ee-client`: the logic lives here so `main.rs` stays thin.
+
+use crate::call::{run_call, CallOptions};
+use crate::sframe;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "e2ee-client", version, about = "Reference client for blindrelay: end-to-end encrypted calls, SFrame tools")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Join a call, send synthetic audio and video, check what arrives.
+    Call(CallArgs),
+    /// SFrame (RFC 9605) tools.
+    Sframe {
+        #[command(subcommand)]
+        command: SframeCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Signalling URL of the relay.
+    #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal")]
+    pub relay: String,
+    /// Token from `blindrelay token`.
+    #[arg(long, env = "BLINDRELAY_TOKEN")]
+    pub token: String,
+    /// Call id.
+    #[arg(long, default_value = "demo")]
+    pub call: String,
+    /// How long to stay in the call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Turn end-to-end encryption on.
+    #[arg(long)]
+    pub e2ee: bool,
+    /// Video bitrate in kbit/s (0 sends no video).
+    #[arg(long, default_value_t = 1500)]
+    pub video_kbps: u32,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Send no audio.
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Repeat TEXT through every plaintext frame (for audits of what the relay sees).
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// Send one chat message once a peer is there.
+    #[arg(long)]
+    pub chat: Option<String>,
+    /// Ask the relay for a call feature mid-call (repeatable).
+    #[arg(long = "request")]
+    pub request: Vec<String>,
+    /// Print a JSON summary on stdout at exit.
+    #[arg(long)]
+    pub json: bool,
+    /// Label for printed lines.
+    #[arg(long, default_value = "client")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SframeCommand {
+    /// Check a file of RFC 9605 test vectors (JSON).
+    Vectors { file: PathBuf },
+    /// Seal a plaintext (hex) and print the SFrame ciphertext (hex).
+    Seal {
+        #[arg(long, default_value_t = 4)]
+        suite: u16,
+        #[arg(long)]
+        base_key: String,
+        #[arg(long)]
+        kid: u64,
+        #[arg(long)]
+        ctr: u64,
+        #[arg(long)]
+        metadata: Option<String>,
+        plaintext_hex: String,
+    },
+    /// Open an SFrame ciphertext (hex) and print the plaintext (hex).
+    Open {
+        #[arg(long, default_value_t = 4)]
+        suite: u16,
+        #[arg(long)]
+        base_key: String,
+        #[arg(long)]
+        metadata: Option<String>,
+        ciphertext_hex: String,
+    },
+}
+
+/// Run a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Call(a) => {
+            let opts = CallOptions {
+                relay: a.relay,
+                token: a.token,
+                call: a.call,
+                duration: a.duration,
+                e2ee: a.e2ee,
+                audio: !a.no_audio,
+                video: a.video_kbps > 0,
+                video_kbps: a.video_kbps,
+                fps: a.fps,
+                canary: a.canary,
+                connect_timeout: Duration::from_secs(10),
+                stats_every: Some(Duration::from_secs(1)),
+                name: a.name,
+                chat: a.chat,
+                features: a.request,
+            };
+            let summary = run_call(&opts).await;
+            if a.json {
+                // CallSummary holds only plain data; serialization cannot fail.
+                println!("{}", serde_json::to_string(&summary).unwrap_or_else(|_| unreachable!("summary serializes")));
+            } else {
+                println!(
+                    "joined={} mode={} sent={} received={} lost={} frames_verified={} e2ee={}{}",
+                    summary.joined,
+                    summary.call_mode.map(|m| m.as_str()).unwrap_or("-"),
+                    summary.sent_packets,
+                    summary.received_packets,
+                    summary.lost_packets,
+                    summary.frames_verified,
+                    summary.e2ee,
+                    summary.verification_code.as_deref().map(|c| format!(" code={c}")).unwrap_or_default(),
+                );
+            }
+            if let Some(e) = &summary.error {
+                eprintln!("e2ee-client: {}: {}", e.code, e.message);
+            }
+            if summary.success() {
+                0
+            } else {
+                1
+            }
+        }
+        Command::Sframe { command } => sframe_command(command),
+    }
+}
+
+fn sframe_command(c: SframeCommand) -> i32 {
+    let result = match c {
+        SframeCommand::Vectors { file } => {
+            let mut out = std::io::stdout();
+            return match sframe::run_file(&file, &mut out) {
+                Ok(summary) if summary.all_passed() => 0,
+                Ok(_) => 1,
+                Err(e) => {
+                    eprintln!("e2ee-client: {e}");
+                    2
+                }
+            };
+        }
+        SframeCommand::Seal {
+            suite,
+            base_key,
+            kid,
+            ctr,
+            metadata,
+            plaintext_hex,
+        } => sframe::seal_hex(suite, &base_key, kid, ctr, metadata.as_deref(), &plaintext_hex),
+        SframeCommand::Open {
+            suite,
+            base_key,
+            metadata,
+            ciphertext_hex,
+        } => sframe::open_hex(suite, &base_key, metadata.as_deref(), &ciphertext_hex),
+    };
+    match result {
+        Ok(hex) => {
+            println!("{hex}");
+            0
+        }
+        Err(e) => {
+            eprintln!("e2ee-client: {e}");
+            1
+        }
+    }
+}

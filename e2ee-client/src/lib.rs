@@ -1,0 +1,10 @@
+//! Reference client for blindrelay: end-to-end encryption (SFrame, RFC 9605), key agreement
+//! with a verification code, and a DTLS-SRTP transport to the relay.
+
+pub mod call;
+pub mod cli;
+pub mod kex;
+pub mod media;
+pub mod sframe;
+pub mod signal;
+pub mod transport;

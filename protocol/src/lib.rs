@@ -1,0 +1,14 @@
+//! Shared vocabulary of blindrelay, with no IO: the relay and the clients speak it.
+//!
+//! - [`demux`]: classify a datagram on the shared media port (RFC 7983).
+//! - [`stun`]: the STUN subset ICE-lite needs (RFC 5389 / 8445).
+//! - [`rtp`] and [`rtcp`]: header views; the payload is never interpreted.
+//! - [`signal`]: signalling messages (JSON over WebSocket) and stable error codes.
+//! - [`sdp`]: the SDP subset a browser's RTCPeerConnection produces, parsed with a real parser.
+
+pub mod demux;
+pub mod rtcp;
+pub mod rtp;
+pub mod sdp;
+pub mod signal;
+pub mod stun;

@@ -1,0 +1,182 @@
+//! RTCP compound packet walking (RFC 3550 §6, RFC 4585). The relay needs only each
+//! packet's type and the SSRC it is about, to decide where the packet goes.
+
+use thiserror::Error;
+
+pub const PT_SR: u8 = 200;
+pub const PT_RR: u8 = 201;
+pub const PT_SDES: u8 = 202;
+pub const PT_BYE: u8 = 203;
+pub const PT_APP: u8 = 204;
+pub const PT_RTPFB: u8 = 205;
+pub const PT_PSFB: u8 = 206;
+pub const PT_XR: u8 = 207;
+
+/// Why a buffer is not a well-formed RTCP compound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RtcpError {
+    #[error("RTCP packet shorter than its header or its length field")]
+    Truncated,
+    #[error("RTCP version is not 2")]
+    BadVersion,
+}
+
+/// Where one RTCP packet of a compound packet must go, as an SFU that does not rewrite
+/// SSRCs sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcpRoute {
+    /// Sender-side information (SR, SDES, BYE, APP, XR): to every other participant.
+    Others,
+    /// Receiver-side information about one media stream (RR blocks, NACK, PLI, FIR):
+    /// to whoever sends that SSRC.
+    MediaSender(u32),
+    /// Nothing to route on (an RR without report blocks, a feedback message without a
+    /// media SSRC): terminated at the relay.
+    Terminate,
+}
+
+/// One packet inside a compound RTCP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtcpPacket<'a> {
+    pub packet_type: u8,
+    /// The count / FMT field (low five bits of the first byte).
+    pub fmt: u8,
+    pub sender_ssrc: Option<u32>,
+    pub bytes: &'a [u8],
+}
+
+impl RtcpPacket<'_> {
+    /// Where this packet goes (see [`RtcpRoute`]).
+    pub fn route(&self) -> RtcpRoute {
+        let b = self.bytes;
+        let u32_at = |o: usize| b.get(o..o + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+        match self.packet_type {
+            PT_SR | PT_SDES | PT_BYE | PT_APP | PT_XR => RtcpRoute::Others,
+            // RR: the first report block's source SSRC (offset 8). Each block is about
+            // one sender; a compound with several blocks is rare between two peers.
+            PT_RR => match (self.fmt, u32_at(8)) {
+                (n, Some(ssrc)) if n > 0 => RtcpRoute::MediaSender(ssrc),
+                _ => RtcpRoute::Terminate,
+            },
+            PT_RTPFB | PT_PSFB => {
+                // Media source at offset 8; FIR (PSFB fmt 4) puts it in the FCI instead.
+                let media = if self.packet_type == PT_PSFB && self.fmt == 4 {
+                    u32_at(12)
+                } else {
+                    u32_at(8)
+                };
+                match media {
+                    Some(0) | None => RtcpRoute::Terminate,
+                    Some(ssrc) => RtcpRoute::MediaSender(ssrc),
+                }
+            }
+            _ => RtcpRoute::Terminate,
+        }
+    }
+}
+
+/// Iterate the packets of a compound RTCP packet, checking every length field.
+pub fn packets(buf: &[u8]) -> impl Iterator<Item = Result<RtcpPacket<'_>, RtcpError>> {
+    let mut rest = buf;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if rest.is_empty() || failed {
+            return None;
+        }
+        let r = parse_one(rest);
+        match r {
+            Ok((p, tail)) => {
+                rest = tail;
+                Some(Ok(p))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    })
+}
+
+fn parse_one(buf: &[u8]) -> Result<(RtcpPacket<'_>, &[u8]), RtcpError> {
+    if buf.len() < 4 {
+        return Err(RtcpError::Truncated);
+    }
+    if buf[0] >> 6 != 2 {
+        return Err(RtcpError::BadVersion);
+    }
+    let len = (u16::from_be_bytes([buf[2], buf[3]]) as usize + 1) * 4;
+    if buf.len() < len {
+        return Err(RtcpError::Truncated);
+    }
+    let (bytes, tail) = buf.split_at(len);
+    let sender_ssrc = bytes
+        .get(4..8)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+    Ok((
+        RtcpPacket {
+            packet_type: bytes[1],
+            fmt: bytes[0] & 0x1f,
+            sender_ssrc,
+            bytes,
+        },
+        tail,
+    ))
+}
+
+/// Sender SSRC of the first packet: the SRTCP replay/key state is keyed on it.
+pub fn first_sender_ssrc(buf: &[u8]) -> Option<u32> {
+    buf.get(4..8)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Build a PLI (RFC 4585 §6.3.1) from `sender` about `media`.
+pub fn pli(sender: u32, media: u32) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[0] = 0x81;
+    p[1] = PT_PSFB;
+    p[3] = 2;
+    p[4..8].copy_from_slice(&sender.to_be_bytes());
+    p[8..12].copy_from_slice(&media.to_be_bytes());
+    p
+}
+
+/// Build a receiver report with one report block about `media`.
+pub fn receiver_report(sender: u32, media: u32, fraction_lost: u8, cumulative_lost: u32, highest_seq: u32) -> [u8; 32] {
+    let mut p = [0u8; 32];
+    p[0] = 0x81;
+    p[1] = PT_RR;
+    p[3] = 7;
+    p[4..8].copy_from_slice(&sender.to_be_bytes());
+    p[8..12].copy_from_slice(&media.to_be_bytes());
+    p[12] = fraction_lost;
+    let lost = cumulative_lost.min(0x00ff_ffff).to_be_bytes();
+    p[13..16].copy_from_slice(&lost[1..4]);
+    p[16..20].copy_from_slice(&highest_seq.to_be_bytes());
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_compound_and_routes() {
+        let mut c = Vec::new();
+        c.extend_from_slice(&receiver_report(1, 2, 0, 0, 10));
+        c.extend_from_slice(&pli(1, 3));
+        let ps: Vec<_> = packets(&c).collect::<Result<_, _>>().unwrap();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[0].route(), RtcpRoute::MediaSender(2));
+        assert_eq!(ps[1].route(), RtcpRoute::MediaSender(3));
+        assert_eq!(ps[1].sender_ssrc, Some(1));
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let mut p = pli(1, 2).to_vec();
+        p[3] = 9;
+        assert_eq!(packets(&p).next(), Some(Err(RtcpError::Truncated)));
+        assert_eq!(packets(&[0x80, 200]).next(), Some(Err(RtcpError::Truncated)));
+        assert_eq!(packets(&[0x00, 200, 0, 0]).next(), Some(Err(RtcpError::BadVersion)));
+    }
+}

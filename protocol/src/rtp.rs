@@ -1,0 +1,141 @@
+//! RTP header view (RFC 3550). The relay reads the fixed header, CSRCs and the extension
+//! header only to know where the payload starts; the payload itself stays opaque.
+
+use thiserror::Error;
+
+/// Why a buffer is not a well-formed RTP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RtpError {
+    #[error("RTP packet shorter than its header")]
+    Truncated,
+    #[error("RTP version is not 2")]
+    BadVersion,
+    #[error("RTP padding length is larger than the payload")]
+    BadPadding,
+}
+
+/// The fields of an RTP header that routing and statistics need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    /// Byte offset where the payload starts (after CSRCs and extension).
+    pub header_len: usize,
+    /// Bytes of padding at the end (0 when the P bit is clear).
+    pub padding_len: usize,
+}
+
+impl RtpHeader {
+    /// Parse the header of `buf`, checking every length against the buffer.
+    pub fn parse(buf: &[u8]) -> Result<Self, RtpError> {
+        if buf.len() < 12 {
+            return Err(RtpError::Truncated);
+        }
+        if buf[0] >> 6 != 2 {
+            return Err(RtpError::BadVersion);
+        }
+        let padding = buf[0] & 0x20 != 0;
+        let extension = buf[0] & 0x10 != 0;
+        let cc = (buf[0] & 0x0f) as usize;
+        let mut header_len = 12 + 4 * cc;
+        if buf.len() < header_len {
+            return Err(RtpError::Truncated);
+        }
+        if extension {
+            if buf.len() < header_len + 4 {
+                return Err(RtpError::Truncated);
+            }
+            let words = u16::from_be_bytes([buf[header_len + 2], buf[header_len + 3]]) as usize;
+            header_len += 4 + 4 * words;
+            if buf.len() < header_len {
+                return Err(RtpError::Truncated);
+            }
+        }
+        let padding_len = if padding {
+            let p = buf[buf.len() - 1] as usize;
+            if p == 0 || header_len + p > buf.len() {
+                return Err(RtpError::BadPadding);
+            }
+            p
+        } else {
+            0
+        };
+        Ok(RtpHeader {
+            marker: buf[1] & 0x80 != 0,
+            payload_type: buf[1] & 0x7f,
+            sequence: u16::from_be_bytes([buf[2], buf[3]]),
+            timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            header_len,
+            padding_len,
+        })
+    }
+
+    /// The payload span of `buf` described by this header.
+    pub fn payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        buf.get(self.header_len..buf.len().saturating_sub(self.padding_len))
+            .unwrap_or(&[])
+    }
+
+    /// Append a minimal 12-byte header (no CSRC, no extension) to `out`.
+    pub fn write_minimal(&self, out: &mut Vec<u8>) {
+        out.push(0x80);
+        out.push(((self.marker as u8) << 7) | (self.payload_type & 0x7f));
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        out.extend_from_slice(&self.ssrc.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_minimal() {
+        let h = RtpHeader {
+            marker: true,
+            payload_type: 96,
+            sequence: 65535,
+            timestamp: 0xdead_beef,
+            ssrc: 0x1234_5678,
+            header_len: 12,
+            padding_len: 0,
+        };
+        let mut buf = Vec::new();
+        h.write_minimal(&mut buf);
+        buf.extend_from_slice(b"payload");
+        let p = RtpHeader::parse(&buf).unwrap();
+        assert_eq!(p, h);
+        assert_eq!(p.payload(&buf), b"payload");
+    }
+
+    #[test]
+    fn rejects_truncation_and_bad_fields() {
+        assert_eq!(RtpHeader::parse(&[0x80; 11]), Err(RtpError::Truncated));
+        assert_eq!(RtpHeader::parse(&[0x40; 12]), Err(RtpError::BadVersion));
+        // CSRC count 15 but no CSRCs.
+        let mut b = vec![0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(RtpHeader::parse(&b), Err(RtpError::Truncated));
+        // Extension header claims 100 words.
+        b = vec![0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xde, 0, 100];
+        assert_eq!(RtpHeader::parse(&b), Err(RtpError::Truncated));
+        // Padding longer than the packet.
+        b = vec![0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 200];
+        assert_eq!(RtpHeader::parse(&b), Err(RtpError::BadPadding));
+    }
+
+    #[test]
+    fn extension_and_csrc_offsets() {
+        let mut b = vec![0x91, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+        b.extend_from_slice(&[0, 0, 0, 9]); // CSRC
+        b.extend_from_slice(&[0xbe, 0xde, 0, 1, 1, 2, 3, 4]); // one-word extension
+        b.extend_from_slice(b"xy");
+        let h = RtpHeader::parse(&b).unwrap();
+        assert_eq!(h.header_len, 24);
+        assert_eq!(h.payload(&b), b"xy");
+    }
+}

@@ -1,0 +1,209 @@
+//! Signalling messages: JSON objects over WebSocket with a `type` tag. Every refusal is an
+//! [`ServerMessage::Error`] with a stable snake_case [`ErrorCode`] that clients and tests
+//! can match on.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest signalling message the relay accepts, in bytes. An SDP offer from a browser is
+/// a few KiB; anything near this is abuse.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message: authenticate with a relay-signed token.
+    Hello { token: String },
+    /// Join a call with a standard SDP offer.
+    Join {
+        call: String,
+        #[serde(default)]
+        e2ee_enabled: bool,
+        offer_sdp: String,
+    },
+    /// An opaque end-to-end key-agreement blob for another participant.
+    E2ee { to: String, blob: String },
+    /// Ask for a call feature (record, transfer, ...).
+    Feature {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arg: Option<String>,
+    },
+    /// A chat message; sealed by the client on an E2EE call.
+    Chat { body: String },
+    /// Leave the call; the relay closes the media path.
+    Leave,
+}
+
+/// The user's E2EE option as the policy makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum E2eeOption {
+    /// Not offered: the client shows no E2EE setting.
+    Hidden,
+    /// Off unless the user turns it on.
+    Available,
+    /// Every call of this user is end-to-end encrypted.
+    Required,
+}
+
+/// Whether a call's media is end-to-end encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallMode {
+    E2ee,
+    Standard,
+}
+
+impl CallMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallMode::E2ee => "e2ee",
+            CallMode::Standard => "standard",
+        }
+    }
+}
+
+/// A participant as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub participant: String,
+    pub user: String,
+    pub tenant: String,
+    pub role: String,
+}
+
+/// Messages the relay sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Capabilities {
+        user: String,
+        tenant: String,
+        role: String,
+        e2ee_option: E2eeOption,
+    },
+    Joined {
+        participant: String,
+        call_mode: CallMode,
+        /// Why the call is in this mode, in words for the user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode_reason: Option<String>,
+        answer_sdp: String,
+        participants: Vec<ParticipantInfo>,
+    },
+    ParticipantJoined { participant: ParticipantInfo },
+    ParticipantLeft { participant: String, reason: String },
+    E2ee { from: String, blob: String },
+    Chat { from: String, body: String },
+    FeatureResult {
+        name: String,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    Error { code: ErrorCode, message: String },
+}
+
+/// Stable, machine-readable refusal codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    TokenExpired,
+    WrongCall,
+    BadRequest,
+    UnknownMessage,
+    MessageTooLarge,
+    BadSdp,
+    NotAuthenticated,
+    AlreadyJoined,
+    NotJoined,
+    UnknownParticipant,
+    CallFull,
+    E2eeNotAllowed,
+    E2eeRequired,
+    E2eeCallIsOneToOne,
+    E2eeCallRefusesBots,
+    FeatureUnavailableInE2eeCall,
+    UnknownFeature,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case code, also used as a bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::WrongCall => "wrong_call",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::UnknownParticipant => "unknown_participant",
+            ErrorCode::CallFull => "call_full",
+            ErrorCode::E2eeNotAllowed => "e2ee_not_allowed",
+            ErrorCode::E2eeRequired => "e2ee_required",
+            ErrorCode::E2eeCallIsOneToOne => "e2ee_call_is_one_to_one",
+            ErrorCode::E2eeCallRefusesBots => "e2ee_call_refuses_bots",
+            ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
+            ErrorCode::UnknownFeature => "unknown_feature",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Parse a client message, telling malformed JSON apart from an unknown `type`.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err((
+            ErrorCode::MessageTooLarge,
+            format!("message of {} bytes exceeds {MAX_MESSAGE_BYTES}", text.len()),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| (ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
+    let known = [
+        "hello", "join", "e2ee", "feature", "chat", "leave",
+    ];
+    match value.get("type").and_then(|t| t.as_str()) {
+        None => return Err((ErrorCode::BadRequest, "message has no string `type`".into())),
+        Some(t) if !known.contains(&t) => {
+            return Err((ErrorCode::UnknownMessage, format!("unknown message type `{t}`")))
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(value).map_err(|e| (ErrorCode::BadRequest, format!("invalid message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_classifies() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"hello","token":"x"}"#),
+            Ok(ClientMessage::Hello { token: "x".into() })
+        );
+        assert_eq!(parse_client_message("{").unwrap_err().0, ErrorCode::BadRequest);
+        assert_eq!(parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0, ErrorCode::UnknownMessage);
+        assert_eq!(parse_client_message(r#"{"type":"join"}"#).unwrap_err().0, ErrorCode::BadRequest);
+        let big = format!(r#"{{"type":"chat","body":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(parse_client_message(&big).unwrap_err().0, ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn codes_serialize_as_their_label() {
+        let e = ServerMessage::Error { code: ErrorCode::E2eeCallIsOneToOne, message: String::new() };
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(s.contains(r#""code":"e2ee_call_is_one_to_one""#), "{s}");
+        assert!(s.contains(r#""type":"error""#));
+    }
+}

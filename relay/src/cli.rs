@@ -1,0 +1,342 @@
+//! The `blindrelay` command line. The definitions and the logic live here, in the library,
+//! so `main.rs` stays a few lines and the parser can be unit tested without a process.
+//!
+//! Exit statuses are part of the interface: 0 success, 1 a runtime failure (a port in
+//! use, no runtime), 2 a usage or configuration error the operator must fix.
+
+use crate::config::{Config, ConfigError};
+use crate::net::server::StartError;
+use crate::token::{self, TokenError};
+use crate::{Relay, RelayOptions};
+use clap::builder::{NonEmptyStringValueParser, PossibleValuesParser};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Longest token lifetime accepted. Far beyond any sensible use, but it keeps
+/// `now + ttl` from overflowing when the expiry is computed.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// How long the runtime may take to wind down after the relay stopped, so a stuck task
+/// cannot keep the process alive after a SIGTERM.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// An SFU for end-to-end encrypted calls. Without a subcommand it runs the relay until
+/// SIGINT or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "blindrelay", version, about)]
+pub struct Cli {
+    /// Configuration file. Without it the embedded default (loopback only) is used.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `blindrelay=debug`.
+    /// Logs go to stderr.
+    #[arg(
+        long,
+        global = true,
+        value_name = "LEVEL",
+        env = "RUST_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an HS256 token signed with the config's auth.api_secret.
+    Token {
+        /// User id (the token's `sub`).
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        user: String,
+        /// The call the token admits to. Omit it for a token valid for any call.
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        call: Option<String>,
+        /// Tenant the user belongs to.
+        #[arg(long, default_value = "default", value_parser = NonEmptyStringValueParser::new())]
+        tenant: String,
+        /// Role; bots are refused by end-to-end encrypted calls.
+        #[arg(long, default_value = "user", value_parser = PossibleValuesParser::new(token::ROLES))]
+        role: String,
+        /// Lifetime, e.g. `1h`, `30m`, `7days`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Validate the configuration and exit: "config OK" (status 0) or the error (status 2).
+    CheckConfig,
+}
+
+/// Why the command failed. [`CliError::exit_code`] maps each to the process status.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid log filter `{filter}` (from --log or RUST_LOG): {message}")]
+    LogFilter { filter: String, message: String },
+    #[error("cannot set up logging: {0}")]
+    Logging(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}{hint}", hint = start_hint(.0))]
+    Start(#[from] StartError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install the {name} handler: {source}")]
+    Signal {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl CliError {
+    /// 2 for what the operator must fix in the command or the config, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_)
+            | CliError::LogFilter { .. }
+            | CliError::Token(TokenError::BadRole(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A hint for the two bind failures an operator hits most.
+fn start_hint(e: &StartError) -> &'static str {
+    match e {
+        StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            " (another process is using that address; stop it or choose another port in the config)"
+        }
+        StartError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            " (ports below 1024 need privileges; choose another port in the config)"
+        }
+        _ => "",
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"1h\" or \"30m\""))?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    if ttl > MAX_TTL {
+        return Err("must be at most 100 years".into());
+    }
+    Ok(ttl)
+}
+
+/// Install the stderr log subscriber. Separate from [`run`] so a caller embedding the
+/// CLI (or a test) can keep its own subscriber.
+pub fn init_tracing(filter: &str) -> Result<(), CliError> {
+    let env_filter = EnvFilter::try_new(filter).map_err(|e| CliError::LogFilter {
+        filter: filter.to_string(),
+        message: e.to_string(),
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| CliError::Logging(e.to_string()))
+}
+
+/// Run the parsed command to completion.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    // Loaded before anything else, so a bad config exits 2 without touching a port.
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        None => serve(config),
+        Some(Command::CheckConfig) => print_stdout("config OK\n"),
+        Some(Command::Token {
+            user,
+            call,
+            tenant,
+            role,
+            ttl,
+        }) => {
+            let jwt = token::issue(
+                &config.auth.api_secret,
+                &user,
+                &tenant,
+                &role,
+                call.as_deref(),
+                ttl,
+            )?;
+            print_stdout(&format!("{jwt}\n"))
+        }
+    }
+}
+
+/// The given file, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded(),
+    }
+}
+
+fn print_stdout(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::Stdout)
+}
+
+/// What `blindrelay` prints once every listener is bound: the real addresses, which
+/// differ from the configured ones when a port is 0.
+pub fn listening_banner(signal_url: &str, admin: SocketAddr, media: SocketAddr) -> String {
+    format!(
+        "blindrelay listening\n  signalling  {signal_url}\n  admin       http://{admin}  (/metrics /healthz /readyz)\n  media       udp {media}\n"
+    )
+}
+
+/// Run the relay on a multi-thread runtime (one worker per core) until SIGINT or SIGTERM,
+/// then shut it down cleanly so peers get a DTLS close_notify.
+fn serve(config: Config) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let result = runtime.block_on(async {
+        // Installed before binding, so a signal that arrives while starting is not lost.
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|source| CliError::Signal {
+            name: "SIGTERM",
+            source,
+        })?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|source| CliError::Signal {
+            name: "SIGINT",
+            source,
+        })?;
+        let relay = Relay::start(config, RelayOptions::default()).await?;
+        // The relay is already serving; a closed stdout must not take it down.
+        if let Err(e) = print_stdout(&listening_banner(
+            &relay.signal_url(),
+            relay.admin_addr,
+            relay.media_addr,
+        )) {
+            warn!(error = %e, "cannot print the listening addresses");
+        }
+        let name = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+        relay.shutdown().await;
+        Ok(())
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_runs_the_relay_on_the_embedded_config() {
+        // Parsing literal arguments cannot fail; the test asserts exactly that.
+        let cli = Cli::try_parse_from(["blindrelay"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.config.is_none());
+    }
+
+    #[test]
+    fn token_defaults_and_global_config() {
+        // Literal, valid arguments: a parse failure is the bug under test.
+        let cli = Cli::try_parse_from([
+            "blindrelay",
+            "token",
+            "--user",
+            "alice",
+            "--config",
+            "x.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some(Path::new("x.toml")));
+        match cli.command {
+            Some(Command::Token {
+                user,
+                call,
+                tenant,
+                role,
+                ttl,
+            }) => {
+                assert_eq!(user, "alice");
+                assert_eq!(call, None);
+                assert_eq!(tenant, "default");
+                assert_eq!(role, "user");
+                assert_eq!(ttl, Duration::from_secs(3600));
+            }
+            other => panic!("expected token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_role_and_ttl_are_usage_errors() {
+        for args in [
+            ["blindrelay", "token", "--user", "a", "--role", "admin"],
+            ["blindrelay", "token", "--user", "a", "--ttl", "soon"],
+            ["blindrelay", "token", "--user", "a", "--ttl", "0s"],
+            ["blindrelay", "token", "--user", "", "--ttl", "1h"],
+        ] {
+            let e = Cli::try_parse_from(args).err();
+            assert!(
+                e.as_ref().is_some_and(|e| e.exit_code() == 2),
+                "{args:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let bad_config = CliError::Config(ConfigError::Parse("x".into()));
+        assert_eq!(bad_config.exit_code(), 2);
+        assert_eq!(
+            CliError::Token(TokenError::BadRole("admin".into())).exit_code(),
+            2
+        );
+        let in_use = CliError::Start(StartError::Bind {
+            what: "signal",
+            addr: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            source: std::io::ErrorKind::AddrInUse.into(),
+        });
+        assert_eq!(in_use.exit_code(), 1);
+        let msg = in_use.to_string();
+        assert!(
+            msg.contains("127.0.0.1:7400") && msg.contains("another process"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn banner_shows_the_given_addresses() {
+        let b = listening_banner(
+            "ws://127.0.0.1:40000/v1/signal",
+            SocketAddr::from(([127, 0, 0, 1], 40001)),
+            SocketAddr::from(([127, 0, 0, 1], 40002)),
+        );
+        assert_eq!(
+            b,
+            "blindrelay listening\n  signalling  ws://127.0.0.1:40000/v1/signal\n  admin       http://127.0.0.1:40001  (/metrics /healthz /readyz)\n  media       udp 127.0.0.1:40002\n"
+        );
+    }
+}

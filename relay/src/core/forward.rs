@@ -1,0 +1,239 @@
+//! One forwarding loop's state: the participants pinned to it, their hop SRTP contexts,
+//! and who receives what. SRTP is unprotected with the sender's context, the RTP header is
+//! read to route, and the same bytes are protected for each receiver: the payload (the
+//! end-to-end encrypted frame) is never parsed or changed.
+
+use super::{CallKey, PeerId};
+use crate::metrics::DropReason;
+use blindrelay_protocol::rtcp::{self, RtcpRoute};
+use blindrelay_protocol::rtp::RtpHeader;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use webrtc_srtp::context::Context;
+
+/// A hook that sees every RTP packet as the relay holds it after hop decryption (clear
+/// header, end-to-end payload). Tests use it to prove the relay holds only ciphertext.
+pub type MediaTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// One datagram to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Bytes,
+    pub rtcp: bool,
+}
+
+struct PeerMedia {
+    call: CallKey,
+    addr: SocketAddr,
+    inbound: Context,
+    outbound: Context,
+}
+
+/// Forwarding state of one worker loop.
+#[derive(Default)]
+pub struct Forwarder {
+    peers: HashMap<PeerId, PeerMedia>,
+    calls: HashMap<CallKey, Vec<PeerId>>,
+    ssrc_owner: HashMap<(CallKey, u32), PeerId>,
+    tap: Option<MediaTap>,
+    /// Reused list of receivers, so routing does not allocate.
+    scratch: Vec<PeerId>,
+}
+
+fn srtp_drop(e: &webrtc_srtp::Error) -> DropReason {
+    use webrtc_srtp::Error as E;
+    match e {
+        E::ErrFailedToVerifyAuthTag => DropReason::SrtpAuthFailed,
+        E::SrtpSsrcDuplicated(..) | E::SrtcpSsrcDuplicated(..) | E::ErrDuplicated => DropReason::SrtpReplay,
+        _ => DropReason::SrtpMalformed,
+    }
+}
+
+impl Forwarder {
+    pub fn new(tap: Option<MediaTap>) -> Self {
+        Forwarder {
+            tap,
+            ..Default::default()
+        }
+    }
+
+    /// Start forwarding for a participant whose DTLS handshake finished.
+    pub fn add_peer(&mut self, peer: PeerId, call: CallKey, addr: SocketAddr, inbound: Context, outbound: Context, ssrcs: &[u32]) {
+        for s in ssrcs {
+            self.ssrc_owner.insert((call, *s), peer);
+        }
+        self.peers.insert(
+            peer,
+            PeerMedia {
+                call,
+                addr,
+                inbound,
+                outbound,
+            },
+        );
+        let members = self.calls.entry(call).or_default();
+        if !members.contains(&peer) {
+            members.push(peer);
+        }
+    }
+
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.remove(&peer) {
+            if let Some(m) = self.calls.get_mut(&p.call) {
+                m.retain(|x| *x != peer);
+                if m.is_empty() {
+                    self.calls.remove(&p.call);
+                }
+            }
+            self.ssrc_owner.retain(|_, owner| *owner != peer);
+        }
+    }
+
+    pub fn has_peer(&self, peer: PeerId) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Unprotect an SRTP packet from `from` and protect it for every other participant of
+    /// its call. Returns how many transmits were queued.
+    pub fn on_rtp(&mut self, from: PeerId, data: &[u8], out: &mut Vec<Transmit>) -> Result<usize, DropReason> {
+        let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
+        let plain = sender.inbound.decrypt_rtp(data).map_err(|e| srtp_drop(&e))?;
+        let hdr = RtpHeader::parse(&plain).map_err(|_| DropReason::RtpMalformed)?;
+        let call = sender.call;
+        self.ssrc_owner.entry((call, hdr.ssrc)).or_insert(from);
+        if let Some(tap) = &self.tap {
+            tap(&plain);
+        }
+        self.scratch.clear();
+        if let Some(members) = self.calls.get(&call) {
+            self.scratch.extend(members.iter().copied().filter(|p| *p != from));
+        }
+        let mut n = 0;
+        for to in &self.scratch {
+            let Some(r) = self.peers.get_mut(to) else { continue };
+            let data = r.outbound.encrypt_rtp(&plain).map_err(|_| DropReason::SrtpProtectFailed)?;
+            out.push(Transmit {
+                to: r.addr,
+                data,
+                rtcp: false,
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Unprotect an SRTCP compound packet and route each packet in it: sender-side reports
+    /// (SR, SDES, BYE) to every other participant, receiver-side ones (RR, NACK, PLI, FIR)
+    /// to whoever sends the SSRC they are about.
+    pub fn on_rtcp(&mut self, from: PeerId, data: &[u8], out: &mut Vec<Transmit>) -> Result<usize, DropReason> {
+        let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
+        let plain = sender.inbound.decrypt_rtcp(data).map_err(|e| srtp_drop(&e))?;
+        let call = sender.call;
+        let members: Vec<PeerId> = self.calls.get(&call).map(|m| m.iter().copied().filter(|p| *p != from).collect()).unwrap_or_default();
+        // Per receiver, the packets of this compound that go to it.
+        let mut per_dest: Vec<(PeerId, Vec<u8>)> = Vec::new();
+        for p in rtcp::packets(&plain) {
+            let p = p.map_err(|_| DropReason::RtpMalformed)?;
+            let dests: &[PeerId] = match p.route() {
+                RtcpRoute::Others => &members,
+                RtcpRoute::MediaSender(ssrc) => match self.ssrc_owner.get(&(call, ssrc)) {
+                    Some(owner) if *owner != from => std::slice::from_ref(owner),
+                    _ => &[],
+                },
+                RtcpRoute::Terminate => &[],
+            };
+            for d in dests {
+                match per_dest.iter_mut().find(|(x, _)| x == d) {
+                    Some((_, buf)) => buf.extend_from_slice(p.bytes),
+                    None => per_dest.push((*d, p.bytes.to_vec())),
+                }
+            }
+        }
+        let mut n = 0;
+        for (to, compound) in per_dest {
+            let Some(r) = self.peers.get_mut(&to) else { continue };
+            let data = r.outbound.encrypt_rtcp(&compound).map_err(|_| DropReason::SrtpProtectFailed)?;
+            out.push(Transmit {
+                to: r.addr,
+                data,
+                rtcp: true,
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webrtc_srtp::protection_profile::ProtectionProfile;
+
+    fn ctx(key: u8) -> Context {
+        Context::new(&[key; 16], &[key; 12], ProtectionProfile::AeadAes128Gcm, None, None).unwrap()
+    }
+    fn ctx_replay(key: u8) -> Context {
+        Context::new(
+            &[key; 16],
+            &[key; 12],
+            ProtectionProfile::AeadAes128Gcm,
+            Some(webrtc_srtp::option::srtp_replay_protection(64)),
+            Some(webrtc_srtp::option::srtcp_replay_protection(64)),
+        )
+        .unwrap()
+    }
+
+    fn rtp(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        RtpHeader { marker: false, payload_type: 96, sequence: seq, timestamp: 1, ssrc, header_len: 12, padding_len: 0 }.write_minimal(&mut b);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn forwards_payload_unchanged_and_refuses_replay() {
+        let mut f = Forwarder::new(None);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        // a sends with key 1 (relay inbound 1); relay sends to b with key 2.
+        f.add_peer(1, 7, a, ctx_replay(1), ctx(3), &[100]);
+        f.add_peer(2, 7, b, ctx_replay(4), ctx(2), &[200]);
+        let mut client_a_out = ctx(1);
+        let mut client_b_in = ctx_replay(2);
+        let pkt = rtp(100, 1, b"opaque e2ee frame");
+        let wire = client_a_out.encrypt_rtp(&pkt).unwrap();
+        let mut out = vec![];
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        assert_eq!(out[0].to, b);
+        let got = client_b_in.decrypt_rtp(&out[0].data).unwrap();
+        assert_eq!(&got[..], &pkt[..]);
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SrtpReplay));
+        let mut bad = wire.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(f.on_rtp(1, &bad, &mut out), Err(DropReason::SrtpAuthFailed));
+        assert_eq!(f.on_rtp(3, &wire, &mut out), Err(DropReason::NotConnected));
+    }
+
+    #[test]
+    fn pli_goes_to_the_media_sender_only() {
+        let mut f = Forwarder::new(None);
+        f.add_peer(1, 7, "127.0.0.1:1".parse().unwrap(), ctx_replay(1), ctx(11), &[100]);
+        f.add_peer(2, 7, "127.0.0.1:2".parse().unwrap(), ctx_replay(2), ctx(12), &[200]);
+        f.add_peer(3, 7, "127.0.0.1:3".parse().unwrap(), ctx_replay(3), ctx(13), &[300]);
+        let mut c2 = ctx(2);
+        let wire = c2.encrypt_rtcp(&rtcp::pli(200, 100)).unwrap();
+        let mut out = vec![];
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(1));
+        assert_eq!(out[0].to, "127.0.0.1:1".parse().unwrap());
+        let plain = ctx_replay(11).decrypt_rtcp(&out[0].data).unwrap();
+        assert_eq!(&plain[..], &rtcp::pli(200, 100)[..]);
+    }
+}

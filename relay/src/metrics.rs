@@ -1,0 +1,258 @@
+//! The relay's Prometheus metrics. Each relay owns its recorder (not the process-global
+//! one) so several relays can share a process in tests, and hot-path handles are
+//! registered once up front: a packet bumps an atomic, it never looks up a key.
+//! Labels are bounded enums: never an SSRC, a call id or a user id.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Why a datagram was dropped. Every drop is counted under exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// First byte matches no protocol of RFC 7983.
+    UnknownProtocol,
+    /// STUN that does not parse (bad length, bad attribute, bad FINGERPRINT).
+    StunMalformed,
+    /// STUN that is not a binding request (or indication) we answer.
+    StunUnexpected,
+    /// STUN USERNAME names no pending participant.
+    StunUnknownUser,
+    /// STUN MESSAGE-INTEGRITY does not match the participant's password.
+    StunBadIntegrity,
+    /// DTLS from an address no participant has been checked from.
+    DtlsUnknownSource,
+    /// DTLS for a participant whose handshake queue is full or closed.
+    DtlsQueueFull,
+    /// SRTP/SRTCP from an address with no participant.
+    UnknownSource,
+    /// SRTP/SRTCP before the participant's DTLS handshake finished.
+    NotConnected,
+    /// SRTP/SRTCP authentication tag does not verify.
+    SrtpAuthFailed,
+    /// SRTP/SRTCP index already seen (replay).
+    SrtpReplay,
+    /// SRTP/SRTCP that cannot be unprotected for another reason (truncated...).
+    SrtpMalformed,
+    /// Decrypted RTP or RTCP whose header does not parse.
+    RtpMalformed,
+    /// The forwarding loop's queue was full.
+    WorkerQueueFull,
+    /// Protecting for a receiver failed.
+    SrtpProtectFailed,
+    /// The kernel refused the send.
+    SendFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 16] = [
+        DropReason::UnknownProtocol,
+        DropReason::StunMalformed,
+        DropReason::StunUnexpected,
+        DropReason::StunUnknownUser,
+        DropReason::StunBadIntegrity,
+        DropReason::DtlsUnknownSource,
+        DropReason::DtlsQueueFull,
+        DropReason::UnknownSource,
+        DropReason::NotConnected,
+        DropReason::SrtpAuthFailed,
+        DropReason::SrtpReplay,
+        DropReason::SrtpMalformed,
+        DropReason::RtpMalformed,
+        DropReason::WorkerQueueFull,
+        DropReason::SrtpProtectFailed,
+        DropReason::SendFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownProtocol => "unknown_protocol",
+            DropReason::StunMalformed => "stun_malformed",
+            DropReason::StunUnexpected => "stun_unexpected",
+            DropReason::StunUnknownUser => "stun_unknown_user",
+            DropReason::StunBadIntegrity => "stun_bad_integrity",
+            DropReason::DtlsUnknownSource => "dtls_unknown_source",
+            DropReason::DtlsQueueFull => "dtls_queue_full",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::NotConnected => "not_connected",
+            DropReason::SrtpAuthFailed => "srtp_auth_failed",
+            DropReason::SrtpReplay => "srtp_replay",
+            DropReason::SrtpMalformed => "srtp_malformed",
+            DropReason::RtpMalformed => "rtp_malformed",
+            DropReason::WorkerQueueFull => "worker_queue_full",
+            DropReason::SrtpProtectFailed => "srtp_protect_failed",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// Kinds of datagram on the media port, as labels (order = index).
+pub const KINDS: [&str; 5] = ["stun", "dtls", "rtp", "rtcp", "unknown"];
+
+pub fn kind_index(k: blindrelay_protocol::demux::PacketKind) -> usize {
+    use blindrelay_protocol::demux::PacketKind::*;
+    match k {
+        Stun => 0,
+        Dtls => 1,
+        Rtp => 2,
+        Rtcp => 3,
+        Unknown => 4,
+    }
+}
+
+/// Sub-millisecond buckets: a relay's forwarding time is tens of microseconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+const JOIN_BUCKETS: [f64; 12] = [0.001, 0.002_5, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+const M_PKT_IN: &str = "blindrelay_packets_received_total";
+const M_BYTES_IN: &str = "blindrelay_bytes_received_total";
+const M_PKT_FWD: &str = "blindrelay_packets_forwarded_total";
+const M_BYTES_FWD: &str = "blindrelay_bytes_forwarded_total";
+const M_DROPPED: &str = "blindrelay_packets_dropped_total";
+const M_SRTP_AUTH: &str = "blindrelay_srtp_auth_failures_total";
+const M_SRTP_REPLAY: &str = "blindrelay_srtp_replay_failures_total";
+const M_DTLS: &str = "blindrelay_dtls_handshakes_total";
+const M_DTLS_TIME: &str = "blindrelay_dtls_handshake_duration_seconds";
+const M_JOINS: &str = "blindrelay_joins_total";
+const M_JOIN_TIME: &str = "blindrelay_join_duration_seconds";
+const M_SIGNAL_ERR: &str = "blindrelay_signalling_errors_total";
+const M_REMOVED: &str = "blindrelay_participants_removed_total";
+const M_CALLS: &str = "blindrelay_calls";
+const M_PARTICIPANTS: &str = "blindrelay_participants";
+const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
+const M_STUN: &str = "blindrelay_stun_responses_total";
+
+/// Pre-registered handles for everything the relay counts.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub received_packets: [Counter; 5],
+    pub received_bytes: [Counter; 5],
+    pub forwarded_packets_rtp: Counter,
+    pub forwarded_packets_rtcp: Counter,
+    pub forwarded_bytes_rtp: Counter,
+    pub forwarded_bytes_rtcp: Counter,
+    dropped: [Counter; 16],
+    pub srtp_auth_failures: Counter,
+    pub srtp_replay_failures: Counter,
+    pub stun_responses: Counter,
+    pub forwarding_latency: Histogram,
+    pub dtls_handshake_time: Histogram,
+    pub join_time: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn meta() -> Metadata<'static> {
+    Metadata::new("blindrelay", metrics::Level::INFO, Some(module_path!()))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(M_LATENCY.into()), &LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(M_DTLS_TIME.into()), &JOIN_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(M_JOIN_TIME.into()), &JOIN_BUCKETS))
+            // Buckets are non-empty constants: set_buckets_for_metric only fails on empty.
+            .unwrap_or_else(|_| unreachable!("bucket lists are non-empty"))
+            .build_recorder();
+        let handle = recorder.handle();
+        let c = |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &meta());
+        let h = |name: &'static str| recorder.register_histogram(&Key::from_name(name), &meta());
+        let by_kind = |name: &'static str| KINDS.map(|k| c(name, vec![Label::new("kind", k)]));
+        let m = Metrics {
+            received_packets: by_kind(M_PKT_IN),
+            received_bytes: by_kind(M_BYTES_IN),
+            forwarded_packets_rtp: c(M_PKT_FWD, vec![Label::new("kind", "rtp")]),
+            forwarded_packets_rtcp: c(M_PKT_FWD, vec![Label::new("kind", "rtcp")]),
+            forwarded_bytes_rtp: c(M_BYTES_FWD, vec![Label::new("kind", "rtp")]),
+            forwarded_bytes_rtcp: c(M_BYTES_FWD, vec![Label::new("kind", "rtcp")]),
+            dropped: DropReason::ALL.map(|r| c(M_DROPPED, vec![Label::new("reason", r.as_str())])),
+            srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
+            srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
+            stun_responses: c(M_STUN, vec![]),
+            forwarding_latency: h(M_LATENCY),
+            dtls_handshake_time: h(M_DTLS_TIME),
+            join_time: h(M_JOIN_TIME),
+            recorder,
+            handle,
+        };
+        m.describe();
+        // Gauges exist from the start so dashboards see 0, not absence.
+        for mode in ["e2ee", "standard"] {
+            m.calls(mode).set(0.0);
+        }
+        for role in crate::token::ROLES {
+            m.participants(role).set(0.0);
+        }
+        m
+    }
+
+    fn describe(&self) {
+        let d = |name: &'static str, unit: Option<Unit>, text: &'static str| {
+            self.recorder.describe_counter(name.into(), unit, text.into());
+        };
+        d(M_PKT_IN, None, "Datagrams received on the media port, by kind (RFC 7983).");
+        d(M_BYTES_IN, Some(Unit::Bytes), "Bytes received on the media port, by kind.");
+        d(M_PKT_FWD, None, "SRTP/SRTCP packets sent to receivers (one per receiver).");
+        d(M_BYTES_FWD, Some(Unit::Bytes), "Bytes of SRTP/SRTCP sent to receivers.");
+        d(M_DROPPED, None, "Datagrams dropped, by reason.");
+        d(M_SRTP_AUTH, None, "SRTP/SRTCP packets whose authentication failed.");
+        d(M_SRTP_REPLAY, None, "SRTP/SRTCP packets refused as replays.");
+        d(M_DTLS, None, "DTLS handshakes, by result.");
+        d(M_JOINS, None, "Join requests, by result (ok or the error code).");
+        d(M_SIGNAL_ERR, None, "Signalling errors sent to clients, by code.");
+        d(M_REMOVED, None, "Participants removed, by reason.");
+        d(M_STUN, None, "STUN binding responses sent.");
+        self.recorder.describe_gauge(M_CALLS.into(), None, "Calls in progress, by mode.".into());
+        self.recorder.describe_gauge(M_PARTICIPANTS.into(), None, "Participants in calls, by role.".into());
+        self.recorder
+            .describe_histogram(M_LATENCY.into(), Some(Unit::Seconds), "Time from a packet's receipt to its send to the last receiver.".into());
+        self.recorder
+            .describe_histogram(M_DTLS_TIME.into(), Some(Unit::Seconds), "DTLS handshake duration on the relay.".into());
+        self.recorder
+            .describe_histogram(M_JOIN_TIME.into(), Some(Unit::Seconds), "Time from a join request to the participant's media path being keyed.".into());
+    }
+
+    /// Count one dropped datagram.
+    #[inline]
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].increment(1);
+    }
+
+    pub fn dtls_handshake(&self, result: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(M_DTLS, vec![Label::new("result", result)]), &meta())
+    }
+    pub fn join(&self, result: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(M_JOINS, vec![Label::new("result", result)]), &meta())
+    }
+    pub fn signalling_error(&self, code: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(M_SIGNAL_ERR, vec![Label::new("code", code)]), &meta())
+    }
+    pub fn removed(&self, reason: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(M_REMOVED, vec![Label::new("reason", reason)]), &meta())
+    }
+    pub fn calls(&self, mode: &'static str) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(M_CALLS, vec![Label::new("mode", mode)]), &meta())
+    }
+    pub fn participants(&self, role: &'static str) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(M_PARTICIPANTS, vec![Label::new("role", role)]), &meta())
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,288 @@
+//! The packet path: one receive loop demultiplexes the shared port (RFC 7983) and hands
+//! SRTP/SRTCP to the forwarding loop its call is pinned to; each forwarding loop owns its
+//! participants' SRTP contexts outright, so no lock is taken per packet.
+
+use super::server::{IceEntry, Shared};
+use super::udp::{MediaSocket, BATCH};
+use crate::core::forward::{Forwarder, MediaTap, Transmit};
+use crate::core::ice::{handle_stun, StunOutcome};
+use crate::core::{CallKey, PeerId};
+use crate::metrics::{kind_index, DropReason, Metrics};
+use blindrelay_protocol::demux::{classify, PacketKind};
+use blindrelay_transport::webrtc_srtp::context::Context;
+use blindrelay_transport::{handshake, DtlsRole, PacketConn};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Depth of each forwarding loop's queue, in packets.
+pub const WORKER_QUEUE: usize = 8192;
+/// Depth of each peer's DTLS queue, in datagrams (handshake flights are a few).
+const DTLS_QUEUE: usize = 64;
+
+/// Messages to a forwarding loop.
+pub enum WorkerMsg {
+    AddPeer {
+        peer: PeerId,
+        call: CallKey,
+        addr: SocketAddr,
+        inbound: Box<Context>,
+        outbound: Box<Context>,
+        ssrcs: Vec<u32>,
+    },
+    RemovePeer(PeerId),
+    Packet {
+        peer: PeerId,
+        rtcp: bool,
+        data: Bytes,
+        at: Instant,
+    },
+}
+
+/// Messages to the receive loop.
+pub enum RecvCtl {
+    RemovePeer(PeerId),
+}
+
+struct AddrEntry {
+    peer: PeerId,
+    worker: usize,
+    dtls_tx: mpsc::Sender<Bytes>,
+    activity: Arc<AtomicU64>,
+}
+
+/// Receive, classify and dispatch every datagram on the media port.
+pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<RecvCtl>) {
+    let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::new();
+    let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::new();
+    let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let m = shared.metrics.clone();
+    loop {
+        tokio::select! {
+            r = shared.media.recv_batch(&mut batch) => {
+                if let Err(e) = r {
+                    // ICMP port unreachable surfaces here on Linux; nothing to do but go on.
+                    debug!(error = %e, "media recv error");
+                    continue;
+                }
+            }
+            c = ctl.recv() => {
+                match c {
+                    Some(RecvCtl::RemovePeer(p)) => remove(&mut addrs, &mut peer_addr, p),
+                    None => return,
+                }
+                continue;
+            }
+        }
+        while let Ok(RecvCtl::RemovePeer(p)) = ctl.try_recv() {
+            remove(&mut addrs, &mut peer_addr, p);
+        }
+        let now = Instant::now();
+        let now_ms = shared.now_ms();
+        for (from, data) in batch.drain(..) {
+            let kind = classify(&data);
+            let k = kind_index(kind);
+            m.received_packets[k].increment(1);
+            m.received_bytes[k].increment(data.len() as u64);
+            match kind {
+                PacketKind::Stun => {
+                    let outcome = handle_stun(&data, from, |u| shared.ice.get(u).map(|e| e.value().clone()));
+                    match outcome {
+                        StunOutcome::Binding(b) => {
+                            b.entry.activity.store(now_ms, Ordering::Relaxed);
+                            if let Err(e) = shared.media.send(from, &b.response).await {
+                                debug!(error = %e, "STUN response send failed");
+                            } else {
+                                m.stun_responses.increment(1);
+                            }
+                            // The first valid check fixes the participant's 5-tuple; the
+                            // relay never moves it afterwards.
+                            let peer = b.entry.peer;
+                            if !peer_addr.contains_key(&peer) && !addrs.contains_key(&from) {
+                                let (conn, dtls_tx) = PacketConn::new(shared.media.socket.clone(), from, DTLS_QUEUE);
+                                addrs.insert(
+                                    from,
+                                    AddrEntry {
+                                        peer,
+                                        worker: b.entry.worker,
+                                        dtls_tx,
+                                        activity: b.entry.activity.clone(),
+                                    },
+                                );
+                                peer_addr.insert(peer, from);
+                                tokio::spawn(dtls_task(shared.clone(), b.entry, conn, from));
+                            }
+                        }
+                        StunOutcome::Indication => {
+                            if let Some(e) = addrs.get(&from) {
+                                e.activity.store(now_ms, Ordering::Relaxed);
+                            }
+                        }
+                        StunOutcome::Drop(r) => m.dropped(r),
+                    }
+                }
+                PacketKind::Dtls => match addrs.get(&from) {
+                    Some(e) => {
+                        if e.dtls_tx.try_send(data).is_err() {
+                            m.dropped(DropReason::DtlsQueueFull);
+                        }
+                    }
+                    None => m.dropped(DropReason::DtlsUnknownSource),
+                },
+                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get(&from) {
+                    Some(e) => {
+                        e.activity.store(now_ms, Ordering::Relaxed);
+                        let msg = WorkerMsg::Packet {
+                            peer: e.peer,
+                            rtcp: kind == PacketKind::Rtcp,
+                            data,
+                            at: now,
+                        };
+                        if shared.workers[e.worker].try_send(msg).is_err() {
+                            m.dropped(DropReason::WorkerQueueFull);
+                        }
+                    }
+                    None => m.dropped(DropReason::UnknownSource),
+                },
+                PacketKind::Unknown => m.dropped(DropReason::UnknownProtocol),
+            }
+        }
+    }
+}
+
+fn remove(addrs: &mut HashMap<SocketAddr, AddrEntry>, peer_addr: &mut HashMap<PeerId, SocketAddr>, p: PeerId) {
+    if let Some(a) = peer_addr.remove(&p) {
+        if addrs.get(&a).is_some_and(|e| e.peer == p) {
+            addrs.remove(&a);
+        }
+    }
+}
+
+/// Handshake with one participant, hand its SRTP contexts to its forwarding loop, then
+/// wait for the association to end (close_notify or error).
+async fn dtls_task(shared: Arc<Shared>, entry: Arc<IceEntry>, conn: Arc<PacketConn>, addr: SocketAddr) {
+    let m = &shared.metrics;
+    let started = Instant::now();
+    let result = handshake(
+        conn,
+        &shared.identity,
+        DtlsRole::Server,
+        entry.fingerprint.clone(),
+        shared.config.ice.connect_timeout,
+    )
+    .await;
+    let session = match result {
+        Ok(s) => s,
+        Err(e) => {
+            m.dtls_handshake(e.reason()).increment(1);
+            warn!(error = %e, "DTLS handshake failed");
+            shared.remove_peer(entry.peer, "dtls_failed");
+            return;
+        }
+    };
+    m.dtls_handshake("ok").increment(1);
+    m.dtls_handshake_time.record(started.elapsed().as_secs_f64());
+    let dtls = session.conn.clone();
+    match shared.sessions.get(&entry.peer) {
+        Some(s) => {
+            *s.dtls.lock().unwrap_or_else(|p| p.into_inner()) = Some(dtls.clone());
+            s.connected.store(true, Ordering::Relaxed);
+        }
+        None => {
+            // Left while handshaking.
+            let _ = dtls.close().await;
+            return;
+        }
+    }
+    let add = WorkerMsg::AddPeer {
+        peer: entry.peer,
+        call: entry.call_key,
+        addr,
+        inbound: Box::new(session.inbound),
+        outbound: Box::new(session.outbound),
+        ssrcs: entry.ssrcs.clone(),
+    };
+    if shared.workers[entry.worker].send(add).await.is_err() {
+        return;
+    }
+    m.join_time.record(entry.joined_at.elapsed().as_secs_f64());
+    debug!(profile = blindrelay_transport::profile_label(session.profile), "participant keyed");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match dtls.read(&mut buf, None).await {
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(error = %e, "DTLS association ended");
+                break;
+            }
+        }
+    }
+    shared.remove_peer(entry.peer, "dtls_closed");
+}
+
+/// One forwarding loop: packets of the calls pinned to it, in arrival order.
+pub async fn worker_loop(mut rx: mpsc::Receiver<WorkerMsg>, media: Arc<MediaSocket>, m: Arc<Metrics>, tap: Option<MediaTap>) {
+    let mut fwd = Forwarder::new(tap);
+    let mut msgs = Vec::with_capacity(256);
+    let mut out: Vec<Transmit> = Vec::with_capacity(512);
+    let mut arrivals: Vec<Instant> = Vec::with_capacity(256);
+    while rx.recv_many(&mut msgs, 256).await > 0 {
+        for msg in msgs.drain(..) {
+            match msg {
+                WorkerMsg::Packet { peer, rtcp, data, at } => {
+                    let r = if rtcp {
+                        fwd.on_rtcp(peer, &data, &mut out)
+                    } else {
+                        fwd.on_rtp(peer, &data, &mut out)
+                    };
+                    match r {
+                        Ok(_) => arrivals.push(at),
+                        Err(reason) => {
+                            match reason {
+                                DropReason::SrtpAuthFailed => m.srtp_auth_failures.increment(1),
+                                DropReason::SrtpReplay => m.srtp_replay_failures.increment(1),
+                                _ => {}
+                            }
+                            m.dropped(reason);
+                        }
+                    }
+                }
+                WorkerMsg::AddPeer {
+                    peer,
+                    call,
+                    addr,
+                    inbound,
+                    outbound,
+                    ssrcs,
+                } => fwd.add_peer(peer, call, addr, *inbound, *outbound, &ssrcs),
+                WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
+            }
+        }
+        for t in out.drain(..) {
+            match media.send(t.to, &t.data).await {
+                Ok(()) => {
+                    let (p, b) = if t.rtcp {
+                        (&m.forwarded_packets_rtcp, &m.forwarded_bytes_rtcp)
+                    } else {
+                        (&m.forwarded_packets_rtp, &m.forwarded_bytes_rtp)
+                    };
+                    p.increment(1);
+                    b.increment(t.data.len() as u64);
+                }
+                Err(e) => {
+                    debug!(error = %e, "media send failed");
+                    m.dropped(DropReason::SendFailed);
+                }
+            }
+        }
+        let now = Instant::now();
+        for at in arrivals.drain(..) {
+            m.forwarding_latency.record(now.duration_since(at).as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The IO driver: the shared media socket and its forwarding loops, the signalling
+//! WebSocket server and the admin HTTP listener.
+
+pub mod admin;
+pub mod media;
+pub mod server;
+pub mod signal;
+pub mod udp;

@@ -1,0 +1,94 @@
+//! The shared media socket with batched receive (recvmmsg / GRO through quinn-udp).
+
+use bytes::{Bytes, BytesMut};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams received per syscall at most.
+pub const BATCH: usize = 32;
+/// Receive slot per datagram; larger than any MTU-sized SRTP packet.
+const SLOT: usize = 2048;
+
+/// The one UDP socket carrying STUN, DTLS, SRTP and SRTCP.
+pub struct MediaSocket {
+    pub socket: Arc<UdpSocket>,
+    state: UdpSocketState,
+}
+
+impl MediaSocket {
+    /// Bind with large kernel buffers (bursts of video must not overflow them).
+    pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Self> {
+        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = s.set_recv_buffer_size(buffer_bytes);
+        let _ = s.set_send_buffer_size(buffer_bytes);
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        let std_sock: std::net::UdpSocket = s.into();
+        let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
+        let socket = Arc::new(UdpSocket::from_std(std_sock)?);
+        Ok(MediaSocket { socket, state })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Wait for datagrams and receive a batch into one fresh buffer; each datagram comes
+    /// back as a zero-copy slice of it.
+    pub async fn recv_batch(&self, out: &mut Vec<(SocketAddr, Bytes)>) -> io::Result<()> {
+        let mut chunk = BytesMut::zeroed(BATCH * SLOT);
+        let mut meta = [RecvMeta::default(); BATCH];
+        let n = loop {
+            self.socket.readable().await?;
+            let r = self.socket.try_io(Interest::READABLE, || {
+                let mut slices: Vec<IoSliceMut<'_>> = chunk.chunks_mut(SLOT).map(IoSliceMut::new).collect();
+                self.state.recv(UdpSockRef::from(&*self.socket), &mut slices, &mut meta)
+            });
+            match r {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let chunk = chunk.freeze();
+        for (i, m) in meta.iter().enumerate().take(n) {
+            let base = i * SLOT;
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let mut off = 0;
+            while off < m.len {
+                let len = stride.min(m.len - off);
+                out.push((m.addr, chunk.slice(base + off..base + off + len)));
+                off += len;
+            }
+            if m.len == 0 {
+                out.push((m.addr, Bytes::new()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Send one datagram; waits for socket space rather than dropping while the kernel
+    /// buffer drains.
+    pub async fn send(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        loop {
+            match self.socket.try_io(Interest::WRITABLE, || self.state.try_send(UdpSockRef::from(&*self.socket), &t)) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Helpers for the end-to-end tests: a real relay on loopback with ephemeral ports, tokens,
+//! and a Prometheus text parser over its real /metrics endpoint.
+
+use blindrelay::config::Config;
+use blindrelay::{Relay, RelayOptions};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A relay config on loopback with OS-chosen ports.
+pub fn loopback_config() -> Config {
+    let mut c = Config::embedded().expect("embedded config parses");
+    c.signal.listen = "127.0.0.1:0".parse().expect("literal");
+    c.admin.listen = "127.0.0.1:0".parse().expect("literal");
+    c.media.listen = "127.0.0.1:0".parse().expect("literal");
+    c
+}
+
+pub async fn start_relay(config: Config, options: RelayOptions) -> Relay {
+    Relay::start(config, options).await.expect("relay starts")
+}
+
+pub fn token(config: &Config, user: &str, call: Option<&str>, role: &str) -> String {
+    blindrelay::token::issue(&config.auth.api_secret, user, "tenant-a", role, call, Duration::from_secs(600)).expect("token")
+}
+
+/// GET a path on the admin listener with a plain HTTP/1.1 request.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked transfer encoding: strip chunk sizes.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, body)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, tail)) = rest.split_once("\r\n") else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Scrape /metrics and parse it with a real Prometheus text parser. Keys are
+/// `name{label="value",...}` with labels sorted, values the sample's value (histograms:
+/// `_count` and `_sum`).
+pub async fn scrape(relay: &Relay) -> HashMap<String, f64> {
+    let (status, body) = http_get(relay.admin_addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics status");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text exposition");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.sort();
+        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let key = if l.is_empty() { s.metric.clone() } else { format!("{}{{{}}}", s.metric, l.join(",")) };
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => {
+                out.insert(format!("{}_count", s.metric), h.iter().map(|b| b.count).fold(0.0, f64::max));
+                continue;
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(key, v);
+    }
+    out
+}
+
+/// A metric's value, 0 when absent.
+pub fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
