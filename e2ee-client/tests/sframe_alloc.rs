@@ -88,7 +88,9 @@ fn open_into_reuses_capacity() {
     let mut tx = Sender::with_counter(suite, 3, b"k", 1000);
     let mut rx = Receiver::new();
     rx.add_key(suite, 3, b"k");
-    let frames: Vec<Vec<u8>> = (0..100).map(|_| tx.seal(b"", &[7u8; FRAME]).unwrap()).collect();
+    let frames: Vec<Vec<u8>> = (0..100)
+        .map(|_| tx.seal(b"", &[7u8; FRAME]).unwrap())
+        .collect();
     let mut out = Vec::new();
     rx.open_into(b"", &frames[0], &mut out).unwrap();
     let (ptr, cap) = (out.as_ptr(), out.capacity());

@@ -27,7 +27,10 @@ fn round_trip_all_suites_edge_kid_ctr() {
                     assert_eq!((h.kid, h.ctr), (kid, ctr));
                     assert_eq!(frame.len(), hlen + pt.len() + suite.nt());
                     // The stateful sender and the stateless helper agree byte for byte.
-                    assert_eq!(frame, encrypt(suite, BASE_KEY, kid, ctr, metadata, &pt).unwrap());
+                    assert_eq!(
+                        frame,
+                        encrypt(suite, BASE_KEY, kid, ctr, metadata, &pt).unwrap()
+                    );
 
                     let mut rx = Receiver::new();
                     rx.add_key(suite, kid, BASE_KEY);
@@ -35,7 +38,10 @@ fn round_trip_all_suites_edge_kid_ctr() {
                     let opened = rx.open_in_place(metadata, &mut buf).unwrap();
                     assert_eq!((opened.kid, opened.ctr), (kid, ctr));
                     assert_eq!(&buf[opened.plaintext], &pt[..]);
-                    assert_eq!(decrypt(suite, BASE_KEY, metadata, &frame).unwrap(), (kid, ctr, pt));
+                    assert_eq!(
+                        decrypt(suite, BASE_KEY, metadata, &frame).unwrap(),
+                        (kid, ctr, pt)
+                    );
                 }
             }
         }
@@ -71,7 +77,10 @@ fn seal_to_slice_too_small_consumes_no_counter() {
     let mut small = [0u8; 20];
     assert_eq!(
         tx.seal_to_slice(b"", &payload(10), &mut small),
-        Err(SframeError::BufferTooSmall { needed: 27, available: 20 })
+        Err(SframeError::BufferTooSmall {
+            needed: 27,
+            available: 20
+        })
     );
     assert_eq!(tx.next_counter(), Some(0));
 }
@@ -89,7 +98,10 @@ fn replay_rejected() {
         for (ctr, f) in frames.iter().enumerate() {
             assert_eq!(
                 rx.open(b"", f),
-                Err(SframeError::Replay { kid: 9, ctr: ctr as u64 })
+                Err(SframeError::Replay {
+                    kid: 9,
+                    ctr: ctr as u64
+                })
             );
         }
     }
@@ -107,13 +119,24 @@ fn reordering_inside_window_ok_too_old_rejected() {
     rx.open(b"", &frames[24]).unwrap(); // 15 behind: last slot of the window
     assert_eq!(
         rx.open(b"", &frames[23]),
-        Err(SframeError::TooOld { kid: 1, ctr: 23, oldest: 24 })
+        Err(SframeError::TooOld {
+            kid: 1,
+            ctr: 23,
+            oldest: 24
+        })
     );
     assert_eq!(
         rx.open(b"", &frames[0]),
-        Err(SframeError::TooOld { kid: 1, ctr: 0, oldest: 24 })
+        Err(SframeError::TooOld {
+            kid: 1,
+            ctr: 0,
+            oldest: 24
+        })
     );
-    assert_eq!(rx.open(b"", &frames[30]), Err(SframeError::Replay { kid: 1, ctr: 30 }));
+    assert_eq!(
+        rx.open(b"", &frames[30]),
+        Err(SframeError::Replay { kid: 1, ctr: 30 })
+    );
     assert!(Receiver::with_replay_window(0).is_err());
     assert!(Receiver::with_replay_window(1025).is_err());
 }
@@ -136,36 +159,69 @@ fn tampering_detected_with_typed_errors() {
             f
         };
         // Header CTR byte: a different, unseen counter -> the tag no longer verifies.
-        assert_eq!(rx.open(meta, &tampered(hlen - 1)), Err(SframeError::AuthenticationFailed), "{suite}");
+        assert_eq!(
+            rx.open(meta, &tampered(hlen - 1)),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
         // Header KID byte: names a key we do not have.
-        assert_eq!(rx.open(meta, &tampered(2)), Err(SframeError::UnknownKid { kid: 301 }), "{suite}");
+        assert_eq!(
+            rx.open(meta, &tampered(2)),
+            Err(SframeError::UnknownKid { kid: 301 }),
+            "{suite}"
+        );
         // Config byte changed to an 8-byte CTR: a different counter (read partly from the
         // ciphertext), so authentication fails.
         let mut f = frame.clone();
         f[0] = 0x9f;
-        assert_eq!(rx.open(meta, &f), Err(SframeError::AuthenticationFailed), "{suite}");
+        assert_eq!(
+            rx.open(meta, &f),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
         // The same (KID, CTR) re-encoded non-minimally (CTR as 00 03 e8) is a bad header.
         let mut f = vec![0x9a, 0x01, 0x2c, 0x00, 0x03, 0xe8];
         f.extend_from_slice(&frame[hlen..]);
         assert_eq!(
             rx.open(meta, &f),
-            Err(SframeError::BadHeader(HeaderError::NonMinimal { field: "CTR" })),
+            Err(SframeError::BadHeader(HeaderError::NonMinimal {
+                field: "CTR"
+            })),
             "{suite}"
         );
         // Config byte announcing more header bytes than the frame has.
         assert_eq!(
             rx.open(meta, &frame[..3]),
-            Err(SframeError::BadHeader(HeaderError::Truncated { needed: 5, available: 3 })),
+            Err(SframeError::BadHeader(HeaderError::Truncated {
+                needed: 5,
+                available: 3
+            })),
             "{suite}"
         );
         // Ciphertext byte.
-        assert_eq!(rx.open(meta, &tampered(hlen + 10)), Err(SframeError::AuthenticationFailed), "{suite}");
+        assert_eq!(
+            rx.open(meta, &tampered(hlen + 10)),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
         // Tag bytes (first and last).
         let tag_start = frame.len() - suite.nt();
-        assert_eq!(rx.open(meta, &tampered(tag_start)), Err(SframeError::AuthenticationFailed), "{suite}");
-        assert_eq!(rx.open(meta, &tampered(frame.len() - 1)), Err(SframeError::AuthenticationFailed), "{suite}");
+        assert_eq!(
+            rx.open(meta, &tampered(tag_start)),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
+        assert_eq!(
+            rx.open(meta, &tampered(frame.len() - 1)),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
         // Metadata is authenticated too.
-        assert_eq!(rx.open(b"metadatA", &frame), Err(SframeError::AuthenticationFailed), "{suite}");
+        assert_eq!(
+            rx.open(b"metadatA", &frame),
+            Err(SframeError::AuthenticationFailed),
+            "{suite}"
+        );
         // A failed open leaves the buffer untouched.
         let mut buf = tampered(hlen + 10);
         let before = buf.clone();
@@ -184,24 +240,39 @@ fn truncated_header_and_short_ciphertext() {
     rx.add_key(suite, 1, BASE_KEY);
     assert_eq!(
         rx.open(b"", &[]),
-        Err(SframeError::BadHeader(HeaderError::Truncated { needed: 1, available: 0 }))
+        Err(SframeError::BadHeader(HeaderError::Truncated {
+            needed: 1,
+            available: 0
+        }))
     );
     assert_eq!(
         rx.open(b"", &[0x1a, 0x01]),
-        Err(SframeError::BadHeader(HeaderError::Truncated { needed: 4, available: 2 }))
+        Err(SframeError::BadHeader(HeaderError::Truncated {
+            needed: 4,
+            available: 2
+        }))
     );
     // Header (KID 1, CTR 0) then fewer bytes than the 10-byte tag.
     assert_eq!(
         rx.open(b"", &[0x10, 1, 2, 3]),
-        Err(SframeError::CiphertextTooShort { len: 3, tag_len: 10 })
+        Err(SframeError::CiphertextTooShort {
+            len: 3,
+            tag_len: 10
+        })
     );
     let mut buf = [0x10u8, 1, 2];
     assert_eq!(
         rx.open_in_place(b"", &mut buf),
-        Err(SframeError::CiphertextTooShort { len: 2, tag_len: 10 })
+        Err(SframeError::CiphertextTooShort {
+            len: 2,
+            tag_len: 10
+        })
     );
     // Exactly a tag and no ciphertext is well-formed but forged.
-    assert_eq!(rx.open(b"", &[0x10; 11]), Err(SframeError::AuthenticationFailed));
+    assert_eq!(
+        rx.open(b"", &[0x10; 11]),
+        Err(SframeError::AuthenticationFailed)
+    );
     // An empty plaintext is a valid frame.
     let mut tx = Sender::new(suite, 1, BASE_KEY);
     let f = tx.seal(b"", b"").unwrap();
@@ -252,15 +323,24 @@ fn unknown_kid() {
     let mut tx = Sender::new(CipherSuite::AesGcm256Sha512, 42, BASE_KEY);
     let frame = tx.seal(b"", b"hello").unwrap();
     let mut rx = Receiver::new();
-    assert_eq!(rx.open(b"", &frame), Err(SframeError::UnknownKid { kid: 42 }));
+    assert_eq!(
+        rx.open(b"", &frame),
+        Err(SframeError::UnknownKid { kid: 42 })
+    );
     rx.add_key(CipherSuite::AesGcm256Sha512, 42, BASE_KEY);
     assert!(rx.has_key(42));
     assert_eq!(rx.open(b"", &frame).unwrap().2, b"hello");
     assert!(rx.remove_key(42));
-    assert_eq!(rx.open(b"", &frame), Err(SframeError::UnknownKid { kid: 42 }));
+    assert_eq!(
+        rx.open(b"", &frame),
+        Err(SframeError::UnknownKid { kid: 42 })
+    );
     // A FrameKey refuses frames for other KIDs instead of failing authentication.
     let fk = FrameKey::new(CipherSuite::AesGcm256Sha512, 41, BASE_KEY);
-    assert_eq!(fk.open_in_place(b"", &mut frame.clone()), Err(SframeError::UnknownKid { kid: 42 }));
+    assert_eq!(
+        fk.open_in_place(b"", &mut frame.clone()),
+        Err(SframeError::UnknownKid { kid: 42 })
+    );
 }
 
 #[test]
@@ -290,14 +370,26 @@ fn counter_exhaustion_never_wraps() {
         let exhausted = Err(SframeError::CounterExhausted { kid });
         assert_eq!(tx.seal(b"", b"c"), exhausted.clone());
         let mut out = Vec::new();
-        assert_eq!(tx.seal_into(b"", b"c", &mut out), exhausted.clone().map(|_: Vec<u8>| 0));
+        assert_eq!(
+            tx.seal_into(b"", b"c", &mut out),
+            exhausted.clone().map(|_: Vec<u8>| 0)
+        );
         let mut buf = b"c".to_vec();
-        assert_eq!(tx.seal_in_place(b"", &mut buf), exhausted.clone().map(|_: Vec<u8>| 0));
+        assert_eq!(
+            tx.seal_in_place(b"", &mut buf),
+            exhausted.clone().map(|_: Vec<u8>| 0)
+        );
         assert_eq!(buf, b"c", "plaintext untouched on refusal");
-        assert_eq!(tx.seal_to_slice(b"", b"c", &mut [0u8; 64]), exhausted.map(|_: Vec<u8>| 0));
+        assert_eq!(
+            tx.seal_to_slice(b"", b"c", &mut [0u8; 64]),
+            exhausted.map(|_: Vec<u8>| 0)
+        );
         assert_eq!(rx.open(b"", &a).unwrap().1, u64::MAX - 1);
         assert_eq!(rx.open(b"", &b).unwrap().1, u64::MAX);
-        assert_eq!(rx.open(b"", &b), Err(SframeError::Replay { kid, ctr: u64::MAX }));
+        assert_eq!(
+            rx.open(b"", &b),
+            Err(SframeError::Replay { kid, ctr: u64::MAX })
+        );
     }
 }
 
@@ -332,7 +424,10 @@ fn ratchet_forward() {
         forged[1] = 14;
         let forged_kid = 14;
         assert_eq!(Header::decode(&forged).unwrap().0.kid, forged_kid);
-        assert_eq!(rx.open(b"", &forged), Err(SframeError::AuthenticationFailed));
+        assert_eq!(
+            rx.open(b"", &forged),
+            Err(SframeError::AuthenticationFailed)
+        );
         assert!(!rx.has_key(forged_kid));
 
         // Skip a step: 13 -> 15, the receiver ratchets twice; step 0 (KID 12) is dropped.
@@ -341,7 +436,10 @@ fn ratchet_forward() {
         let f3 = tx.seal(b"", b"step3").unwrap();
         assert_eq!(rx.open(b"", &f3).unwrap(), (15, 0, b"step3".to_vec()));
         assert!(rx.has_key(13) && rx.has_key(15) && !rx.has_key(12));
-        assert!(rx.open(b"", &f0b).is_err(), "forward secrecy: old step forgotten");
+        assert!(
+            rx.open(b"", &f0b).is_err(),
+            "forward secrecy: old step forgotten"
+        );
 
         // Wrap around the 2-bit step field: 15 -> 12 (step 4 = 0 mod 4).
         assert_eq!(tx.ratchet().unwrap(), 12);
@@ -370,7 +468,11 @@ fn ratchet_jump_limit_and_misuse() {
     let f = tx.seal(b"", b"far").unwrap();
     assert_eq!(
         rx.open(b"", &f),
-        Err(SframeError::RatchetJumpTooLarge { kid: kid0 + 3, steps: 3, max: 2 })
+        Err(SframeError::RatchetJumpTooLarge {
+            kid: kid0 + 3,
+            steps: 3,
+            max: 2
+        })
     );
     rx.set_max_ratchet_jump(3);
     assert_eq!(rx.open(b"", &f).unwrap().2, b"far");
@@ -380,7 +482,10 @@ fn ratchet_jump_limit_and_misuse() {
     assert!(params.kid(1 << 56, 0).is_err());
     assert_eq!(params.kid((1 << 56) - 1, 0x1ff).unwrap(), u64::MAX);
     let mut plain = Sender::new(suite, 1, BASE_KEY);
-    assert!(matches!(plain.ratchet(), Err(SframeError::InvalidRatchet(_))));
+    assert!(matches!(
+        plain.ratchet(),
+        Err(SframeError::InvalidRatchet(_))
+    ));
 }
 
 #[test]
@@ -392,7 +497,10 @@ fn secrets_not_in_debug_output() {
     rx.add_key(suite, 1, key);
     let fk = FrameKey::new(suite, 1, key);
     let derived = sframe::kdf::derive_key_salt(suite, 1, key);
-    let debug = format!("{tx:?} {rx:?} {fk:?} {derived:?} {:?}", sframe::ratchet_base_key(suite, key));
+    let debug = format!(
+        "{tx:?} {rx:?} {fk:?} {derived:?} {:?}",
+        sframe::ratchet_base_key(suite, key)
+    );
     for secret in [&key[..], derived.key(), &derived.salt()[..]] {
         assert!(!debug.contains(&hex::encode(secret)), "{debug}");
         assert!(!debug.contains(&format!("{secret:?}")), "{debug}");
@@ -407,14 +515,47 @@ fn hex_helpers() {
     let metadata = "4945544620534672616d65205747";
     let pt = "64726166742d696574662d736672616d652d656e63";
     let ct = "9901234567449408b6f490086165b9d6f62b24ae1a59a56486b4ae8ed036b88912e24f11";
-    assert_eq!(seal_hex(1, base_key, 0x123, 0x4567, Some(metadata), pt).unwrap(), ct);
+    assert_eq!(
+        seal_hex(1, base_key, 0x123, 0x4567, Some(metadata), pt).unwrap(),
+        ct
+    );
     assert_eq!(open_hex(1, base_key, Some(metadata), ct).unwrap(), pt);
-    assert_eq!(open_hex(1, &format!("0x{base_key}"), Some(metadata), &format!(" {ct}\n")).unwrap(), pt);
-    assert_eq!(open_hex(1, base_key, None, ct), Err(SframeError::AuthenticationFailed));
-    assert_eq!(open_hex(9, base_key, None, ct), Err(SframeError::UnknownCipherSuite(9)));
-    assert!(matches!(open_hex(1, "xyz", None, ct), Err(SframeError::InvalidHex { field: "base key", .. })));
-    assert!(matches!(seal_hex(4, base_key, 0, 0, None, "abc"), Err(SframeError::InvalidHex { field: "plaintext", .. })));
-    assert!(matches!(open_hex(4, base_key, None, ""), Err(SframeError::BadHeader(_))));
+    assert_eq!(
+        open_hex(
+            1,
+            &format!("0x{base_key}"),
+            Some(metadata),
+            &format!(" {ct}\n")
+        )
+        .unwrap(),
+        pt
+    );
+    assert_eq!(
+        open_hex(1, base_key, None, ct),
+        Err(SframeError::AuthenticationFailed)
+    );
+    assert_eq!(
+        open_hex(9, base_key, None, ct),
+        Err(SframeError::UnknownCipherSuite(9))
+    );
+    assert!(matches!(
+        open_hex(1, "xyz", None, ct),
+        Err(SframeError::InvalidHex {
+            field: "base key",
+            ..
+        })
+    ));
+    assert!(matches!(
+        seal_hex(4, base_key, 0, 0, None, "abc"),
+        Err(SframeError::InvalidHex {
+            field: "plaintext",
+            ..
+        })
+    ));
+    assert!(matches!(
+        open_hex(4, base_key, None, ""),
+        Err(SframeError::BadHeader(_))
+    ));
     let sealed = seal_hex(5, base_key, u64::MAX, u64::MAX, None, "").unwrap();
     assert_eq!(open_hex(5, base_key, None, &sealed).unwrap(), "");
     // Error messages are meant for humans on the CLI.

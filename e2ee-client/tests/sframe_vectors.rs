@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2ee_client::sframe::{
-    vectors::run_file, CipherSuite, RatchetParams, Receiver, VectorSummary,
-};
+use e2ee_client::sframe::{vectors::run_file, CipherSuite, RatchetParams, Receiver, VectorSummary};
 use serde_json::Value;
 
 fn data(name: &str) -> PathBuf {
@@ -19,7 +17,10 @@ fn run(path: &Path) -> (VectorSummary, String) {
     (summary, String::from_utf8(report).expect("report is UTF-8"))
 }
 
-fn section<'a>(s: &'a VectorSummary, name: &str) -> &'a e2ee_client::sframe::vectors::SectionSummary {
+fn section<'a>(
+    s: &'a VectorSummary,
+    name: &str,
+) -> &'a e2ee_client::sframe::vectors::SectionSummary {
     s.sections
         .iter()
         .find(|x| x.name == name)
@@ -43,7 +44,10 @@ fn official_subset_passes() {
     assert!(section(&s, "header").passed >= 60, "{report}");
     // The 256-bit CTR/HMAC suites are not part of RFC 9605: reported, not failed.
     let extra = section(&s, "aes_256_ctr_hmac");
-    assert!(!extra.known && extra.skipped == 1 && extra.failed == 0, "{report}");
+    assert!(
+        !extra.known && extra.skipped == 1 && extra.failed == 0,
+        "{report}"
+    );
     assert!(report.contains("aes_256_ctr_hmac: skipped"), "{report}");
     assert!(report.contains("sframe: pass=5 fail=0"), "{report}");
 }
@@ -52,7 +56,11 @@ fn official_subset_passes() {
 #[test]
 fn corrupted_vectors_fail() {
     let text = std::fs::read_to_string(data("sframe-rfc9605-subset.json")).unwrap();
-    for (section_name, field) in [("sframe", "ct"), ("aes_ctr_hmac", "ct"), ("header", "encoded")] {
+    for (section_name, field) in [
+        ("sframe", "ct"),
+        ("aes_ctr_hmac", "ct"),
+        ("header", "encoded"),
+    ] {
         let mut doc: Value = serde_json::from_str(&text).unwrap();
         let entry = &mut doc[section_name][0][field];
         let hex_str = entry.as_str().unwrap().to_owned();
@@ -66,7 +74,10 @@ fn corrupted_vectors_fail() {
         std::fs::remove_file(&path).ok();
         assert!(!s.all_passed(), "{section_name}: {report}");
         assert_eq!(section(&s, section_name).failed, 1, "{report}");
-        assert!(report.contains(&format!("FAIL {section_name}[0]")), "{report}");
+        assert!(
+            report.contains(&format!("FAIL {section_name}[0]")),
+            "{report}"
+        );
     }
 }
 
@@ -112,7 +123,10 @@ fn full_official_file_when_present() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/vectors/sframe-rfc9605-test-vectors.json");
     if !path.exists() {
-        println!("note: {} not found; skipping the full official vector run", path.display());
+        println!(
+            "note: {} not found; skipping the full official vector run",
+            path.display()
+        );
         return;
     }
     let (s, report) = run(&path);

@@ -85,3 +85,88 @@ pub async fn scrape(relay: &Relay) -> HashMap<String, f64> {
 pub fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
+
+use blindrelay_protocol::sdp::{self, AnswerInfo, OfferParams};
+use blindrelay_protocol::signal::{ClientMessage, ServerMessage};
+use blindrelay_transport::DtlsIdentity;
+use e2ee_client::signal::Signal;
+use e2ee_client::transport::{self, MediaPath};
+
+/// A participant driven by hand, for tests that craft packets and messages.
+pub struct RawParticipant {
+    pub sig: Signal,
+    pub me: String,
+    pub answer: AnswerInfo,
+    pub ufrag: String,
+    pub audio_ssrc: u32,
+    pub video_ssrc: u32,
+    pub offer_identity: DtlsIdentity,
+}
+
+/// Hello + join with a browser-shaped offer; returns before any media path exists.
+pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
+    let mut sig = Signal::connect(url).await.expect("signal connects");
+    sig.send(&ClientMessage::Hello { token: token.into() }).await.expect("send hello");
+    match sig.recv().await.expect("capabilities") {
+        ServerMessage::Capabilities { .. } => {}
+        m => panic!("expected capabilities, got {m:?}"),
+    }
+    let offer_identity = DtlsIdentity::generate().expect("identity");
+    let ufrag = format!("raw{}", rand::random::<u16>());
+    let (audio_ssrc, video_ssrc) = (rand::random::<u32>() | 1, rand::random::<u32>() | 1);
+    let offer = sdp::build_offer(&OfferParams {
+        ice_ufrag: &ufrag,
+        ice_pwd: "rawpasswordrawpassword00",
+        fingerprint: offer_identity.fingerprint(),
+        audio_ssrc,
+        video_ssrc,
+        cname: "raw",
+        session_id: 1,
+    });
+    sig.send(&ClientMessage::Join { call: call.into(), e2ee_enabled: false, offer_sdp: offer })
+        .await
+        .expect("send join");
+    let (me, answer) = loop {
+        match sig.recv().await.expect("joined") {
+            ServerMessage::Joined { participant, answer_sdp, .. } => {
+                break (participant, sdp::parse_answer(&answer_sdp).expect("answer parses"))
+            }
+            ServerMessage::ParticipantJoined { .. } => continue,
+            m => panic!("expected joined, got {m:?}"),
+        }
+    };
+    RawParticipant { sig, me, answer, ufrag, audio_ssrc, video_ssrc, offer_identity }
+}
+
+impl RawParticipant {
+    /// ICE + DTLS with the identity named in the offer.
+    pub async fn connect(&self) -> Result<MediaPath, transport::ConnectError> {
+        self.connect_as(&self.offer_identity).await
+    }
+
+    /// ICE + DTLS presenting `identity` (which may differ from the offer's).
+    pub async fn connect_as(&self, identity: &DtlsIdentity) -> Result<MediaPath, transport::ConnectError> {
+        transport::connect(&self.answer, &self.ufrag, identity, Duration::from_secs(5)).await
+    }
+
+    /// Wait for a signalling message matching `pred`, up to `timeout`.
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&ServerMessage) -> bool) -> Option<ServerMessage> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.sig.recv()).await {
+                Ok(Ok(m)) if pred(&m) => return Some(m),
+                Ok(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// An RTP packet with a minimal header and `payload`.
+pub fn rtp_packet(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    blindrelay_protocol::rtp::RtpHeader { marker: true, payload_type: 111, sequence: seq, timestamp: seq as u32 * 960, ssrc, header_len: 12, padding_len: 0 }
+        .write_minimal(&mut b);
+    b.extend_from_slice(payload);
+    b
+}

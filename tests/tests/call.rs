@@ -44,3 +44,84 @@ async fn two_clients_exchange_media_byte_for_byte() {
     assert!(metric(&m, "blindrelay_forwarding_latency_seconds_count") > 0.0);
     relay.shutdown().await;
 }
+
+fn tap_collector() -> (RelayOptions, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let s2 = seen.clone();
+    let tap: blindrelay::core::forward::MediaTap = std::sync::Arc::new(move |pkt: &[u8]| {
+        let mut v = s2.lock().expect("tap lock");
+        if v.len() < 5000 {
+            v.push(pkt.to_vec());
+        }
+    });
+    (RelayOptions { tap: Some(tap) }, seen)
+}
+
+fn payloads_with(seen: &[Vec<u8>], needle: &[u8]) -> usize {
+    seen.iter()
+        .filter(|p| {
+            let h = blindrelay_protocol::rtp::RtpHeader::parse(p).expect("tap sees valid RTP");
+            h.payload(p).windows(needle.len()).any(|w| w == needle)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2ee_call_agrees_codes_and_relay_holds_only_ciphertext() {
+    let cfg = loopback_config();
+    let (options, seen) = tap_collector();
+    let relay = start_relay(cfg.clone(), options).await;
+    let url = relay.signal_url();
+    let canary = "CANARY-e2ee-test-plaintext";
+    let mut a = opts(&url, token(&cfg, "alice", Some("demo"), "user"), "alice");
+    let mut b = opts(&url, token(&cfg, "bob", Some("demo"), "user"), "bob");
+    for o in [&mut a, &mut b] {
+        o.e2ee = true;
+        o.canary = Some(canary.into());
+        o.chat = Some(format!("hello from {}", o.name));
+    }
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
+    for (name, s) in [("alice", &sa), ("bob", &sb)] {
+        assert!(s.error.is_none(), "{name}: {:?}", s.error);
+        assert_eq!(s.call_mode, Some(blindrelay_protocol::signal::CallMode::E2ee), "{name}");
+        assert!(s.e2ee, "{name} keyed");
+        assert!(s.frames_decrypted > 50, "{name} decrypted {}", s.frames_decrypted);
+        assert_eq!(s.decrypt_failures, 0, "{name}");
+        assert_eq!(s.frames_corrupt, 0, "{name}");
+        assert_eq!(s.frames_verified, s.frames_decrypted, "{name}: every decrypted frame verified");
+    }
+    let (ca, cb) = (sa.verification_code.clone().expect("code"), sb.verification_code.clone().expect("code"));
+    assert_eq!(ca, cb, "both sides show the same verification code");
+    assert_eq!(ca.replace(' ', "").len(), 20);
+    assert_eq!(ca.split(' ').count(), 4);
+    assert_eq!(sa.chat_received, vec!["hello from bob".to_string()]);
+    assert_eq!(sb.chat_received, vec!["hello from alice".to_string()]);
+    let seen = seen.lock().expect("tap lock").clone();
+    assert!(seen.len() > 100, "tap saw {} packets", seen.len());
+    assert_eq!(payloads_with(&seen, canary.as_bytes()), 0, "relay saw the plaintext canary");
+    assert_eq!(payloads_with(&seen, b"BRF1"), 0, "relay saw plaintext frame headers");
+    relay.shutdown().await;
+}
+
+/// Negative control: the same check on a standard call must find the plaintext, or the
+/// check above proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_call_tap_sees_plaintext() {
+    let cfg = loopback_config();
+    let (options, seen) = tap_collector();
+    let relay = start_relay(cfg.clone(), options).await;
+    let url = relay.signal_url();
+    let canary = "CANARY-standard-plaintext";
+    let mut a = opts(&url, token(&cfg, "alice", Some("demo"), "user"), "alice");
+    let mut b = opts(&url, token(&cfg, "bob", Some("demo"), "user"), "bob");
+    for o in [&mut a, &mut b] {
+        o.canary = Some(canary.into());
+        o.duration = Duration::from_secs(2);
+    }
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
+    assert!(sa.success() && sb.success());
+    assert!(!sa.e2ee && sa.verification_code.is_none());
+    let seen = seen.lock().expect("tap lock").clone();
+    assert!(payloads_with(&seen, canary.as_bytes()) > 50);
+    relay.shutdown().await;
+}

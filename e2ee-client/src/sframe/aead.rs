@@ -174,23 +174,13 @@ impl AeadKey {
             }
             AeadKey::Gcm128(gcm) => {
                 let tag = Tag::try_from(tag).map_err(|_| SframeError::AuthenticationFailed)?;
-                gcm.decrypt_inout_detached(
-                    nonce.into(),
-                    aad.contiguous(scratch),
-                    buf.into(),
-                    &tag,
-                )
-                .map_err(|_| SframeError::AuthenticationFailed)?;
+                gcm.decrypt_inout_detached(nonce.into(), aad.contiguous(scratch), buf.into(), &tag)
+                    .map_err(|_| SframeError::AuthenticationFailed)?;
             }
             AeadKey::Gcm256(gcm) => {
                 let tag = Tag::try_from(tag).map_err(|_| SframeError::AuthenticationFailed)?;
-                gcm.decrypt_inout_detached(
-                    nonce.into(),
-                    aad.contiguous(scratch),
-                    buf.into(),
-                    &tag,
-                )
-                .map_err(|_| SframeError::AuthenticationFailed)?;
+                gcm.decrypt_inout_detached(nonce.into(), aad.contiguous(scratch), buf.into(), &tag)
+                    .map_err(|_| SframeError::AuthenticationFailed)?;
             }
         }
         Ok(())
@@ -276,13 +266,14 @@ pub fn aead_decrypt(
     let aead = AeadKey::new(suite, key)?;
     let nonce = nonce_array(nonce)?;
     let tag_len = aead.tag_len();
-    let body_len = ciphertext
-        .len()
-        .checked_sub(tag_len)
-        .ok_or(SframeError::CiphertextTooShort {
-            len: ciphertext.len(),
-            tag_len,
-        })?;
+    let body_len =
+        ciphertext
+            .len()
+            .checked_sub(tag_len)
+            .ok_or(SframeError::CiphertextTooShort {
+                len: ciphertext.len(),
+                tag_len,
+            })?;
     let (body, tag) = ciphertext.split_at(body_len);
     let mut out = body.to_vec();
     let aad = Aad {

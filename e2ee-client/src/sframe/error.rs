@@ -56,7 +56,9 @@ pub enum SframeError {
         ctr: u64,
     },
     /// The CTR is older than the replay window, so it can no longer be checked for replay.
-    #[error("frame too old: KID {kid} CTR {ctr} is behind the replay window (oldest accepted {oldest})")]
+    #[error(
+        "frame too old: KID {kid} CTR {ctr} is behind the replay window (oldest accepted {oldest})"
+    )]
     TooOld {
         /// The KID from the frame header.
         kid: u64,

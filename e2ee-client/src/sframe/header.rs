@@ -121,9 +121,10 @@ impl Header {
         let enc = self.encode();
         let n = enc.len();
         let available = out.len();
-        let dst = out
-            .get_mut(..n)
-            .ok_or(SframeError::BufferTooSmall { needed: n, available })?;
+        let dst = out.get_mut(..n).ok_or(SframeError::BufferTooSmall {
+            needed: n,
+            available,
+        })?;
         dst.copy_from_slice(enc.as_bytes());
         Ok(n)
     }
@@ -134,7 +135,10 @@ impl Header {
     /// non-minimal encodings; never panics.
     pub fn decode(buf: &[u8]) -> Result<(Header, usize), HeaderError> {
         let Some(&config) = buf.first() else {
-            return Err(HeaderError::Truncated { needed: 1, available: 0 });
+            return Err(HeaderError::Truncated {
+                needed: 1,
+                available: 0,
+            });
         };
         let kid_len = if config & 0x80 != 0 {
             usize::from((config >> 4) & 0x07) + 1
@@ -148,7 +152,10 @@ impl Header {
         };
         let total = 1 + kid_len + ctr_len;
         if buf.len() < total {
-            return Err(HeaderError::Truncated { needed: total, available: buf.len() });
+            return Err(HeaderError::Truncated {
+                needed: total,
+                available: buf.len(),
+            });
         }
         let read = |bytes: &[u8]| bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         let kid = if kid_len == 0 {
@@ -184,7 +191,10 @@ mod tests {
         assert_eq!(min_be_len(255), 1);
         assert_eq!(min_be_len(256), 2);
         assert_eq!(min_be_len(u64::MAX), 8);
-        assert_eq!(Header::new(u64::MAX, u64::MAX).encoded_len(), MAX_HEADER_LEN);
+        assert_eq!(
+            Header::new(u64::MAX, u64::MAX).encoded_len(),
+            MAX_HEADER_LEN
+        );
     }
 
     #[test]
@@ -209,11 +219,17 @@ mod tests {
     fn rejects_truncated_and_non_minimal() {
         assert_eq!(
             Header::decode(&[]),
-            Err(HeaderError::Truncated { needed: 1, available: 0 })
+            Err(HeaderError::Truncated {
+                needed: 1,
+                available: 0
+            })
         );
         assert_eq!(
             Header::decode(&[0x99, 0x01]),
-            Err(HeaderError::Truncated { needed: 5, available: 2 })
+            Err(HeaderError::Truncated {
+                needed: 5,
+                available: 2
+            })
         );
         // KID 5 written in an extension byte.
         assert_eq!(

@@ -18,7 +18,9 @@ impl RatchetParams {
     /// `r_bits` must be in `1..=63`: at least one step bit, and at least one generation bit.
     pub fn new(r_bits: u8) -> Result<Self, SframeError> {
         if !(1..=63).contains(&r_bits) {
-            return Err(SframeError::InvalidRatchet("R must be between 1 and 63 bits"));
+            return Err(SframeError::InvalidRatchet(
+                "R must be between 1 and 63 bits",
+            ));
         }
         Ok(Self { r_bits })
     }

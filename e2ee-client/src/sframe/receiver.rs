@@ -291,10 +291,7 @@ impl Receiver {
 
     fn tag_len(&self, header: Header, resolved: &Resolved) -> usize {
         match resolved {
-            Resolved::Installed => self
-                .keys
-                .get(&header.kid)
-                .map_or(0, |e| e.key.tag_len()),
+            Resolved::Installed => self.keys.get(&header.kid).map_or(0, |e| e.key.tag_len()),
             Resolved::Ratchet(c) => c.key.tag_len(),
         }
     }

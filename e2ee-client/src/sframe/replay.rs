@@ -145,15 +145,25 @@ mod tests {
     fn in_order_out_of_order_replay_and_too_old() {
         let mut w = ReplayWindow::new(4).unwrap();
         w.accept(1, 10).unwrap();
-        assert_eq!(w.accept(1, 10), Err(SframeError::Replay { kid: 1, ctr: 10 }));
+        assert_eq!(
+            w.accept(1, 10),
+            Err(SframeError::Replay { kid: 1, ctr: 10 })
+        );
         w.accept(1, 12).unwrap();
         w.accept(1, 11).unwrap(); // reordered, inside the window
         w.accept(1, 9).unwrap(); // age 3 < 4
         assert_eq!(
             w.accept(1, 8),
-            Err(SframeError::TooOld { kid: 1, ctr: 8, oldest: 9 })
+            Err(SframeError::TooOld {
+                kid: 1,
+                ctr: 8,
+                oldest: 9
+            })
         );
-        assert_eq!(w.accept(1, 11), Err(SframeError::Replay { kid: 1, ctr: 11 }));
+        assert_eq!(
+            w.accept(1, 11),
+            Err(SframeError::Replay { kid: 1, ctr: 11 })
+        );
     }
 
     #[test]
@@ -165,9 +175,18 @@ mod tests {
         assert!(matches!(w.accept(0, 3976), Err(SframeError::TooOld { .. })));
         w.accept(0, 3977).unwrap();
         w.accept(0, u64::MAX).unwrap();
-        assert_eq!(w.accept(0, u64::MAX), Err(SframeError::Replay { kid: 0, ctr: u64::MAX }));
+        assert_eq!(
+            w.accept(0, u64::MAX),
+            Err(SframeError::Replay {
+                kid: 0,
+                ctr: u64::MAX
+            })
+        );
         w.accept(0, u64::MAX - 1023).unwrap();
-        assert!(matches!(w.accept(0, u64::MAX - 1024), Err(SframeError::TooOld { .. })));
+        assert!(matches!(
+            w.accept(0, u64::MAX - 1024),
+            Err(SframeError::TooOld { .. })
+        ));
     }
 
     #[test]

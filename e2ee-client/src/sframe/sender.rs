@@ -166,7 +166,11 @@ impl Sender {
     /// Seals the plaintext held in `buf` in place: `buf` becomes `header || ct || tag`.
     /// The plaintext is shifted by the header length; `buf` only reallocates if its capacity
     /// is short by the header + tag overhead.
-    pub fn seal_in_place(&mut self, metadata: &[u8], buf: &mut Vec<u8>) -> Result<usize, SframeError> {
+    pub fn seal_in_place(
+        &mut self,
+        metadata: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, SframeError> {
         let ctr = self.current_ctr()?;
         let pt_len = buf.len();
         check_plaintext_len(pt_len)?;

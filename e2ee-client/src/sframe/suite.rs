@@ -168,8 +168,14 @@ mod tests {
             assert_eq!(s.name().parse::<CipherSuite>(), Ok(s));
             assert_eq!(format!("0x{:04x}", s.id()).parse::<CipherSuite>(), Ok(s));
         }
-        assert_eq!(CipherSuite::try_from(0), Err(SframeError::UnknownCipherSuite(0)));
-        assert_eq!(CipherSuite::try_from(6), Err(SframeError::UnknownCipherSuite(6)));
+        assert_eq!(
+            CipherSuite::try_from(0),
+            Err(SframeError::UnknownCipherSuite(0))
+        );
+        assert_eq!(
+            CipherSuite::try_from(6),
+            Err(SframeError::UnknownCipherSuite(6))
+        );
         assert_eq!(CipherSuite::default(), CipherSuite::AesGcm128Sha256);
     }
 }

@@ -159,7 +159,11 @@ pub fn run_file(path: &Path, out: &mut dyn Write) -> Result<VectorSummary, Vecto
             (None, _) => {
                 s.known = false;
                 s.skipped = entries.map_or(1, Vec::len);
-                writeln!(out, "{name}: skipped (unknown section, {} entries)", s.skipped)?;
+                writeln!(
+                    out,
+                    "{name}: skipped (unknown section, {} entries)",
+                    s.skipped
+                )?;
             }
             (Some(_), None) => {
                 s.failed = 1;
@@ -239,7 +243,12 @@ fn check_header(v: &Value) -> Result<Check, String> {
     let hv: HeaderVector = parse_entry(v)?;
     let mut problems = Vec::new();
     let header = Header::new(hv.kid, hv.ctr);
-    compare(&mut problems, "encoded", &hv.encoded, header.encode().as_bytes());
+    compare(
+        &mut problems,
+        "encoded",
+        &hv.encoded,
+        header.encode().as_bytes(),
+    );
     let encoded = unhex("encoded", &hv.encoded)?;
     match Header::decode(&encoded) {
         Ok((h, n)) if h == header && n == encoded.len() => {}
@@ -333,10 +342,20 @@ fn check_sframe(v: &Value) -> Result<Check, String> {
     let mut problems = Vec::new();
 
     if let Some(l) = &sv.sframe_key_label {
-        compare(&mut problems, "sframe_key_label", l, &key_label(suite, sv.kid));
+        compare(
+            &mut problems,
+            "sframe_key_label",
+            l,
+            &key_label(suite, sv.kid),
+        );
     }
     if let Some(l) = &sv.sframe_salt_label {
-        compare(&mut problems, "sframe_salt_label", l, &salt_label(suite, sv.kid));
+        compare(
+            &mut problems,
+            "sframe_salt_label",
+            l,
+            &salt_label(suite, sv.kid),
+        );
     }
     if let Some(s) = &sv.sframe_secret {
         let secret = sframe_secret(suite, &base_key);
@@ -350,7 +369,12 @@ fn check_sframe(v: &Value) -> Result<Check, String> {
         compare(&mut problems, "sframe_salt", s, derived.salt());
     }
     if let Some(n) = &sv.nonce {
-        compare(&mut problems, "nonce", n, &frame_nonce(derived.salt(), sv.ctr));
+        compare(
+            &mut problems,
+            "nonce",
+            n,
+            &frame_nonce(derived.salt(), sv.ctr),
+        );
     }
     let header = Header::new(sv.kid, sv.ctr).encode();
     if let Some(h) = &sv.header {
