@@ -226,12 +226,11 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     }
     let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden) || s.e2ee_option == Some(E2eeOption::Required);
     let identity = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
-    let mut rng = rand::rng();
-    let ufrag = Alphanumeric.sample_string(&mut rng, 8);
-    let pwd = Alphanumeric.sample_string(&mut rng, 24);
+    let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 8);
+    let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let mut audio = Outgoing::new(AUDIO_PT, 48_000);
     let mut video = Outgoing::new(VIDEO_PT, 90_000);
-    let cname = Alphanumeric.sample_string(&mut rng, 12);
+    let cname = Alphanumeric.sample_string(&mut rand::rng(), 12);
     let offer = sdp::build_offer(&OfferParams {
         ice_ufrag: &ufrag,
         ice_pwd: &pwd,

@@ -9,7 +9,7 @@ use super::{
     header::Header,
     kdf::{ratchet_base_key, SecretBytes},
     ratchet::RatchetParams,
-    replay::{ReplayWindow, DEFAULT_REPLAY_WINDOW},
+    replay::ReplayWindow,
     suite::CipherSuite,
 };
 
@@ -64,7 +64,8 @@ enum Resolved {
 pub struct Receiver {
     keys: HashMap<u64, ReceiverKey>,
     chains: Vec<RatchetChain>,
-    window_size: u64,
+    /// Empty window of the configured size, cloned for every new key.
+    empty_window: ReplayWindow,
     max_ratchet_jump: u64,
     ratchet_retention: usize,
     scratch: Vec<u8>,
@@ -77,7 +78,7 @@ impl fmt::Debug for Receiver {
         f.debug_struct("Receiver")
             .field("kids", &kids)
             .field("ratchet_chains", &self.chains.len())
-            .field("window_size", &self.window_size)
+            .field("window_size", &self.empty_window.size())
             .finish_non_exhaustive()
     }
 }
@@ -89,12 +90,13 @@ impl Default for Receiver {
 }
 
 impl Receiver {
-    /// A receiver with the default replay window ([`DEFAULT_REPLAY_WINDOW`] frames).
+    /// A receiver with the default replay window
+    /// ([`super::DEFAULT_REPLAY_WINDOW`] frames).
     pub fn new() -> Self {
         Self {
             keys: HashMap::new(),
             chains: Vec::new(),
-            window_size: DEFAULT_REPLAY_WINDOW,
+            empty_window: ReplayWindow::default(),
             max_ratchet_jump: DEFAULT_MAX_RATCHET_JUMP,
             ratchet_retention: DEFAULT_RATCHET_RETENTION,
             scratch: Vec::new(),
@@ -104,9 +106,8 @@ impl Receiver {
     /// A receiver whose per-KID replay windows span `size` frames
     /// (`1..=`[`super::MAX_REPLAY_WINDOW`]).
     pub fn with_replay_window(size: u64) -> Result<Self, SframeError> {
-        ReplayWindow::new(size)?;
         Ok(Self {
-            window_size: size,
+            empty_window: ReplayWindow::new(size)?,
             ..Self::new()
         })
     }
@@ -122,11 +123,7 @@ impl Receiver {
     }
 
     fn new_window(&self) -> ReplayWindow {
-        match ReplayWindow::new(self.window_size) {
-            Ok(w) => w,
-            // Invariant: `window_size` was validated by `with_replay_window` or is the default.
-            Err(_) => ReplayWindow::default(),
-        }
+        self.empty_window.clone()
     }
 
     /// Installs (or replaces, resetting its replay window) the key for `kid`.
@@ -338,6 +335,7 @@ impl Receiver {
         let (header, hlen) = Header::decode(ciphertext)?;
         let resolved = self.resolve(header)?;
         let nt = self.tag_len(header, &resolved);
+        // `Header::decode` succeeded, so `hlen <= ciphertext.len()`.
         let rest = &ciphertext[hlen..];
         let body_len = rest
             .len()

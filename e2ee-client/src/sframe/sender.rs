@@ -104,8 +104,8 @@ impl Sender {
         Ok(kid)
     }
 
-    /// Upper bound of the sealed size of a `plaintext_len`-byte frame (exact for the next
-    /// frame), for sizing caller buffers.
+    /// Size of the next sealed frame for a `plaintext_len`-byte plaintext, for sizing caller
+    /// buffers (later frames can be a byte longer each time the CTR needs another byte).
     pub fn sealed_len(&self, plaintext_len: usize) -> usize {
         self.key.sealed_len(self.next_ctr, plaintext_len)
     }

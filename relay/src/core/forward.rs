@@ -46,7 +46,8 @@ pub struct Forwarder {
 fn srtp_drop(e: &webrtc_srtp::Error) -> DropReason {
     use webrtc_srtp::Error as E;
     match e {
-        E::ErrFailedToVerifyAuthTag => DropReason::SrtpAuthFailed,
+        // An AEAD open failure is a tag mismatch.
+        E::ErrFailedToVerifyAuthTag | E::AesGcm(_) => DropReason::SrtpAuthFailed,
         E::SrtpSsrcDuplicated(..) | E::SrtcpSsrcDuplicated(..) | E::ErrDuplicated => DropReason::SrtpReplay,
         _ => DropReason::SrtpMalformed,
     }
