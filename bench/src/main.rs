@@ -1,1 +1,161 @@
-fn main() {}
+//! blindrelay-bench: measure the relay with real clients (real DTLS-SRTP, real SFrame).
+//!
+//! `call`: one 1:1 call through a relay started in this process (its own runtime and
+//! threads), reporting join time, DTLS handshake time and the relay's forwarded packets/s,
+//! read from the relay's own Prometheus metrics.
+
+use anyhow::{bail, Context, Result};
+use blindrelay::config::Config;
+use blindrelay::{Relay, RelayOptions};
+use clap::{Parser, Subcommand};
+use e2ee_client::call::{run_call, CallOptions};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "blindrelay-bench", about = "Measure blindrelay with real clients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One 1:1 call through an in-process relay.
+    Call {
+        #[arg(long, default_value_t = 1500)]
+        video_kbps: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        e2ee: bool,
+        /// Repeat the call this many times and report the median of each figure.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct CallRun {
+    join_to_first_media_ms: f64,
+    signalling_join_ms: f64,
+    dtls_handshake_ms: f64,
+    forwarded_pps: f64,
+    forwarded_mbps: f64,
+    loss_pct: f64,
+    e2e_latency_p50_ms: f64,
+    e2e_latency_p99_ms: f64,
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn loopback() -> Result<Config> {
+    let mut c = Config::embedded()?;
+    c.signal.listen = "127.0.0.1:0".parse()?;
+    c.admin.listen = "127.0.0.1:0".parse()?;
+    c.media.listen = "127.0.0.1:0".parse()?;
+    Ok(c)
+}
+
+async fn one_call(relay: &Relay, cfg: &Config, video_kbps: u32, duration: Duration, e2ee: bool, n: usize) -> Result<CallRun> {
+    let call = format!("bench-{n}");
+    let mk = |user: &str| -> Result<CallOptions> {
+        Ok(CallOptions {
+            relay: relay.signal_url(),
+            token: blindrelay::token::issue(&cfg.auth.api_secret, user, "bench", "user", Some(&call), Duration::from_secs(600))?,
+            call: call.clone(),
+            duration,
+            e2ee,
+            video_kbps,
+            name: user.into(),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (mk("alice")?, mk("bob")?);
+    let before = relay.metrics_text();
+    let t = Instant::now();
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
+    let elapsed = t.elapsed().as_secs_f64();
+    let after = relay.metrics_text();
+    for s in [&sa, &sb] {
+        if let Some(e) = &s.error {
+            bail!("call failed: {}: {}", e.code, e.message);
+        }
+    }
+    let d = |name: &str| metric(&after, name) - metric(&before, name);
+    let fwd = d("blindrelay_packets_forwarded_total{kind=\"rtp\"}");
+    let fwd_bytes = d("blindrelay_bytes_forwarded_total{kind=\"rtp\"}");
+    let hs_sum = d("blindrelay_dtls_handshake_duration_seconds_sum");
+    let hs_n = d("blindrelay_dtls_handshake_duration_seconds_count").max(1.0);
+    let sent = (sa.sent_packets + sb.sent_packets) as f64;
+    let lost = (sa.lost_packets + sb.lost_packets) as f64;
+    // Media flows for `duration` after both are connected; rates use that window.
+    let media_secs = duration.as_secs_f64().min(elapsed);
+    Ok(CallRun {
+        join_to_first_media_ms: sa.first_media_ms.unwrap_or(0.0).max(sb.first_media_ms.unwrap_or(0.0)),
+        signalling_join_ms: sa.join_ms.unwrap_or(0.0).max(sb.join_ms.unwrap_or(0.0)),
+        dtls_handshake_ms: hs_sum / hs_n * 1e3,
+        forwarded_pps: fwd / media_secs,
+        forwarded_mbps: fwd_bytes * 8.0 / 1e6 / media_secs,
+        loss_pct: if sent > 0.0 { lost / sent * 100.0 } else { 0.0 },
+        e2e_latency_p50_ms: sa.latency_ms_p50.unwrap_or(0.0).max(sb.latency_ms_p50.unwrap_or(0.0)),
+        e2e_latency_p99_ms: sa.latency_ms_p99.unwrap_or(0.0).max(sb.latency_ms_p99.unwrap_or(0.0)),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Call { video_kbps, duration, e2ee, runs, json } => {
+            // The relay gets its own runtime so client work does not queue behind it.
+            let relay_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let cfg = loopback()?;
+            let relay = relay_rt.block_on(Relay::start(cfg.clone(), RelayOptions::default())).context("start relay")?;
+            let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let mut results = Vec::new();
+            for n in 0..runs.max(1) {
+                let r = client_rt.block_on(one_call(&relay, &cfg, video_kbps, duration, e2ee, n))?;
+                if !json {
+                    eprintln!("run {}: {r:?}", n + 1);
+                }
+                results.push(r);
+            }
+            let pick = |f: fn(&CallRun) -> f64| median(results.iter().map(f).collect());
+            let summary = CallRun {
+                join_to_first_media_ms: pick(|r| r.join_to_first_media_ms),
+                signalling_join_ms: pick(|r| r.signalling_join_ms),
+                dtls_handshake_ms: pick(|r| r.dtls_handshake_ms),
+                forwarded_pps: pick(|r| r.forwarded_pps),
+                forwarded_mbps: pick(|r| r.forwarded_mbps),
+                loss_pct: pick(|r| r.loss_pct),
+                e2e_latency_p50_ms: pick(|r| r.e2e_latency_p50_ms),
+                e2e_latency_p99_ms: pick(|r| r.e2e_latency_p99_ms),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("median of {} runs, {video_kbps} kbit/s video each way, e2ee={e2ee}", results.len());
+                println!("  join to first media     {:8.2} ms", summary.join_to_first_media_ms);
+                println!("  signalling join         {:8.2} ms", summary.signalling_join_ms);
+                println!("  DTLS handshake (relay)  {:8.2} ms", summary.dtls_handshake_ms);
+                println!("  forwarded               {:8.0} packets/s ({:.1} Mbit/s)", summary.forwarded_pps, summary.forwarded_mbps);
+                println!("  loss                    {:8.3} %", summary.loss_pct);
+                println!("  end-to-end latency      p50 {:.2} ms, p99 {:.2} ms", summary.e2e_latency_p50_ms, summary.e2e_latency_p99_ms);
+            }
+            relay_rt.block_on(relay.shutdown());
+        }
+    }
+    Ok(())
+}

@@ -93,6 +93,8 @@ pub struct CallSummary {
     pub srtp_profile: Option<String>,
     pub join_ms: Option<f64>,
     pub connect_ms: Option<f64>,
+    /// From the start (before signalling connects) to the first media packet received.
+    pub first_media_ms: Option<f64>,
     pub sent_packets: u64,
     pub sent_bytes: u64,
     pub sent_frames: u64,
@@ -356,6 +358,9 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     Err(_) => { s.srtp_failures += 1; continue; }
                 };
                 let Ok(h) = RtpHeader::parse(&plain) else { s.srtp_failures += 1; continue };
+                if s.received_packets == 0 {
+                    s.first_media_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                }
                 s.received_packets += 1;
                 s.received_bytes += data.len() as u64;
                 let st = streams.entry(h.ssrc).or_default();

@@ -64,6 +64,18 @@ fn binding_request(answer: &AnswerInfo, local_ufrag: &str, tie_breaker: u64) -> 
     (txid, msg)
 }
 
+/// A UDP socket with large kernel buffers: a high-rate video frame arrives as a burst.
+fn bind_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// Run ICE and the DTLS handshake against the relay's answer.
 pub async fn connect(
     answer: &AnswerInfo,
@@ -76,7 +88,7 @@ pub async fn connect(
     } else {
         "[::]:0".parse().unwrap_or_else(|_| unreachable!("literal address"))
     };
-    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let socket = Arc::new(bind_socket(bind)?);
     let relay = answer.candidate;
     let (conn, dtls_tx) = PacketConn::new(socket.clone(), relay, 64);
     let (stun_tx, mut stun_rx) = mpsc::channel::<Bytes>(16);

@@ -222,11 +222,24 @@ fn tampering_detected_with_typed_errors() {
             Err(SframeError::AuthenticationFailed),
             "{suite}"
         );
-        // A failed open leaves the buffer untouched.
+        // A failed in-place open never leaves plaintext behind: the buffer is unchanged
+        // (CTR suites verify first) or its ciphertext part is zeroed (AES-GCM).
         let mut buf = tampered(hlen + 10);
         let before = buf.clone();
         assert!(rx.open_in_place(meta, &mut buf).is_err());
-        assert_eq!(buf, before);
+        assert_eq!(buf[..hlen], before[..hlen]);
+        let body = &buf[hlen..frame.len() - suite.nt()];
+        if suite.is_ctr_hmac() {
+            assert_eq!(buf, before);
+        } else {
+            assert!(
+                body == &before[hlen..frame.len() - suite.nt()] || body.iter().all(|&b| b == 0)
+            );
+        }
+        assert!(
+            !buf.windows(16).any(|w| w == &payload(64)[..16]),
+            "no plaintext leaked"
+        );
         // None of the forgeries consumed the genuine frame's counter.
         let (_, ctr, pt) = rx.open(meta, &frame).unwrap();
         assert_eq!((ctr, pt), (1000, payload(64)));
@@ -563,4 +576,48 @@ fn hex_helpers() {
         open_hex(1, base_key, None, ct).unwrap_err().to_string(),
         "authentication failed: frame was tampered with or protected with another key"
     );
+}
+
+/// The AES-GCM suites (backed by `ring`) agree with the RustCrypto `aes-gcm` crate on random
+/// keys, nonces, AAD and plaintext lengths, including non-block-multiple lengths.
+#[test]
+fn gcm_matches_rustcrypto_oracle() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut bytes = move |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    for i in 0..300usize {
+        let (pt_len, aad_len) = (i % 131 + i / 100 * 1000, i % 23);
+        let (nonce, aad, pt) = (bytes(12), bytes(aad_len), bytes(pt_len));
+        for suite in [CipherSuite::AesGcm128Sha256, CipherSuite::AesGcm256Sha512] {
+            let key = bytes(suite.nk());
+            let ours = sframe::aead_encrypt(suite, &key, &nonce, &aad, &pt).unwrap();
+            let payload = Payload {
+                msg: &pt[..],
+                aad: &aad[..],
+            };
+            let oracle = match suite {
+                CipherSuite::AesGcm128Sha256 => aes_gcm::Aes128Gcm::new_from_slice(&key)
+                    .unwrap()
+                    .encrypt(nonce.as_slice().try_into().unwrap(), payload),
+                _ => aes_gcm::Aes256Gcm::new_from_slice(&key)
+                    .unwrap()
+                    .encrypt(nonce.as_slice().try_into().unwrap(), payload),
+            }
+            .unwrap();
+            assert_eq!(ours, oracle, "{suite} pt_len={pt_len} aad_len={aad_len}");
+            assert_eq!(
+                sframe::aead_decrypt(suite, &key, &nonce, &aad, &ours).unwrap(),
+                pt
+            );
+        }
+    }
 }

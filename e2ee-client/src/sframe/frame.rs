@@ -153,7 +153,8 @@ impl FrameKey {
 
     /// Opens an SFrame ciphertext in place, without replay protection.
     ///
-    /// On success the plaintext is at `buf[opened.plaintext]`. On failure `buf` is unchanged.
+    /// On success the plaintext is at `buf[opened.plaintext]`. On failure `buf` never holds
+    /// unauthenticated plaintext (it is unchanged, or its ciphertext part zeroed for AES-GCM).
     /// Fails with [`SframeError::UnknownKid`] if the header names another KID.
     pub fn open_in_place(
         &self,

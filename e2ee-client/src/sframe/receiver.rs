@@ -296,8 +296,9 @@ impl Receiver {
     /// Opens an SFrame ciphertext in place.
     ///
     /// On success the plaintext is at `buf[opened.plaintext]` (right after the header). On
-    /// failure `buf` is unchanged and no state changes. No allocation on this path except
-    /// when a ratchet step is taken.
+    /// failure no receiver state changes and `buf` never holds unauthenticated plaintext (it
+    /// is unchanged, or its ciphertext part zeroed for AES-GCM). No allocation on this path
+    /// except when a ratchet step is taken.
     pub fn open_in_place(
         &mut self,
         metadata: &[u8],
