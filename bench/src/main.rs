@@ -13,7 +13,10 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "blindrelay-bench", about = "Measure blindrelay with real clients")]
+#[command(
+    name = "blindrelay-bench",
+    about = "Measure blindrelay with real clients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -64,12 +67,26 @@ fn loopback() -> Result<Config> {
     Ok(c)
 }
 
-async fn one_call(relay: &Relay, cfg: &Config, video_kbps: u32, duration: Duration, e2ee: bool, n: usize) -> Result<CallRun> {
+async fn one_call(
+    relay: &Relay,
+    cfg: &Config,
+    video_kbps: u32,
+    duration: Duration,
+    e2ee: bool,
+    n: usize,
+) -> Result<CallRun> {
     let call = format!("bench-{n}");
     let mk = |user: &str| -> Result<CallOptions> {
         Ok(CallOptions {
             relay: relay.signal_url(),
-            token: blindrelay::token::issue(&cfg.auth.api_secret, user, "bench", "user", Some(&call), Duration::from_secs(600))?,
+            token: blindrelay::token::issue(
+                &cfg.auth.api_secret,
+                user,
+                "bench",
+                "user",
+                Some(&call),
+                Duration::from_secs(600),
+            )?,
             call: call.clone(),
             duration,
             e2ee,
@@ -99,14 +116,23 @@ async fn one_call(relay: &Relay, cfg: &Config, video_kbps: u32, duration: Durati
     // Media flows for `duration` after both are connected; rates use that window.
     let media_secs = duration.as_secs_f64().min(elapsed);
     Ok(CallRun {
-        join_to_first_media_ms: sa.first_media_ms.unwrap_or(0.0).max(sb.first_media_ms.unwrap_or(0.0)),
+        join_to_first_media_ms: sa
+            .first_media_ms
+            .unwrap_or(0.0)
+            .max(sb.first_media_ms.unwrap_or(0.0)),
         signalling_join_ms: sa.join_ms.unwrap_or(0.0).max(sb.join_ms.unwrap_or(0.0)),
         dtls_handshake_ms: hs_sum / hs_n * 1e3,
         forwarded_pps: fwd / media_secs,
         forwarded_mbps: fwd_bytes * 8.0 / 1e6 / media_secs,
         loss_pct: if sent > 0.0 { lost / sent * 100.0 } else { 0.0 },
-        e2e_latency_p50_ms: sa.latency_ms_p50.unwrap_or(0.0).max(sb.latency_ms_p50.unwrap_or(0.0)),
-        e2e_latency_p99_ms: sa.latency_ms_p99.unwrap_or(0.0).max(sb.latency_ms_p99.unwrap_or(0.0)),
+        e2e_latency_p50_ms: sa
+            .latency_ms_p50
+            .unwrap_or(0.0)
+            .max(sb.latency_ms_p50.unwrap_or(0.0)),
+        e2e_latency_p99_ms: sa
+            .latency_ms_p99
+            .unwrap_or(0.0)
+            .max(sb.latency_ms_p99.unwrap_or(0.0)),
     })
 }
 
@@ -118,15 +144,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Call { video_kbps, duration, e2ee, runs, json } => {
+        Cmd::Call {
+            video_kbps,
+            duration,
+            e2ee,
+            runs,
+            json,
+        } => {
             // The relay gets its own runtime so client work does not queue behind it.
-            let relay_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let relay_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
             let cfg = loopback()?;
-            let relay = relay_rt.block_on(Relay::start(cfg.clone(), RelayOptions::default())).context("start relay")?;
-            let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let relay = relay_rt
+                .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
+                .context("start relay")?;
+            let client_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
             let mut results = Vec::new();
             for n in 0..runs.max(1) {
-                let r = client_rt.block_on(one_call(&relay, &cfg, video_kbps, duration, e2ee, n))?;
+                let r =
+                    client_rt.block_on(one_call(&relay, &cfg, video_kbps, duration, e2ee, n))?;
                 if !json {
                     eprintln!("run {}: {r:?}", n + 1);
                 }
@@ -146,13 +187,31 @@ fn main() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
-                println!("median of {} runs, {video_kbps} kbit/s video each way, e2ee={e2ee}", results.len());
-                println!("  join to first media     {:8.2} ms", summary.join_to_first_media_ms);
-                println!("  signalling join         {:8.2} ms", summary.signalling_join_ms);
-                println!("  DTLS handshake (relay)  {:8.2} ms", summary.dtls_handshake_ms);
-                println!("  forwarded               {:8.0} packets/s ({:.1} Mbit/s)", summary.forwarded_pps, summary.forwarded_mbps);
+                println!(
+                    "median of {} runs, {video_kbps} kbit/s video each way, e2ee={e2ee}",
+                    results.len()
+                );
+                println!(
+                    "  join to first media     {:8.2} ms",
+                    summary.join_to_first_media_ms
+                );
+                println!(
+                    "  signalling join         {:8.2} ms",
+                    summary.signalling_join_ms
+                );
+                println!(
+                    "  DTLS handshake (relay)  {:8.2} ms",
+                    summary.dtls_handshake_ms
+                );
+                println!(
+                    "  forwarded               {:8.0} packets/s ({:.1} Mbit/s)",
+                    summary.forwarded_pps, summary.forwarded_mbps
+                );
                 println!("  loss                    {:8.3} %", summary.loss_pct);
-                println!("  end-to-end latency      p50 {:.2} ms, p99 {:.2} ms", summary.e2e_latency_p50_ms, summary.e2e_latency_p99_ms);
+                println!(
+                    "  end-to-end latency      p50 {:.2} ms, p99 {:.2} ms",
+                    summary.e2e_latency_p50_ms, summary.e2e_latency_p99_ms
+                );
             }
             relay_rt.block_on(relay.shutdown());
         }

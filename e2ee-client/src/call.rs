@@ -11,7 +11,9 @@ use base64::Engine;
 use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_protocol::sdp::{self, OfferParams, AUDIO_PT, VIDEO_PT};
-use blindrelay_protocol::signal::{CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo, ServerMessage};
+use blindrelay_protocol::signal::{
+    CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo, ServerMessage,
+};
 use blindrelay_transport::DtlsIdentity;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
@@ -143,7 +145,10 @@ pub enum CallError {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// End-to-end state once keys are agreed.
@@ -209,7 +214,9 @@ async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
                 })
             }
             // Events about others can precede our reply; they are replayed by `joined`.
-            ServerMessage::ParticipantJoined { .. } | ServerMessage::ParticipantLeft { .. } => continue,
+            ServerMessage::ParticipantJoined { .. } | ServerMessage::ParticipantLeft { .. } => {
+                continue
+            }
             m => return Ok(m),
         }
     }
@@ -218,15 +225,22 @@ async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
 async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let t0 = Instant::now();
     let mut sig = Signal::connect(&opts.relay).await?;
-    sig.send(&ClientMessage::Hello { token: opts.token.clone() }).await?;
+    sig.send(&ClientMessage::Hello {
+        token: opts.token.clone(),
+    })
+    .await?;
     match expect_reply(&mut sig).await? {
         ServerMessage::Capabilities { e2ee_option, .. } => s.e2ee_option = Some(e2ee_option),
         m => return Err(CallError::Protocol(format!("{m:?}"))),
     }
     if opts.e2ee && s.e2ee_option == Some(E2eeOption::Hidden) {
-        say(opts, "end-to-end encryption is not available to this user; joining a standard call");
+        say(
+            opts,
+            "end-to-end encryption is not available to this user; joining a standard call",
+        );
     }
-    let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden) || s.e2ee_option == Some(E2eeOption::Required);
+    let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden)
+        || s.e2ee_option == Some(E2eeOption::Required);
     let identity = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 8);
     let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
@@ -265,7 +279,14 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     s.participant = Some(me.clone());
     s.call_mode = Some(mode);
     s.join_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-    say(opts, &format!("joined call `{}` as {me}, mode {}", opts.call, mode.as_str()));
+    say(
+        opts,
+        &format!(
+            "joined call `{}` as {me}, mode {}",
+            opts.call,
+            mode.as_str()
+        ),
+    );
     if let Some(r) = &s.mode_reason {
         say(opts, r);
     }
@@ -273,7 +294,14 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
     s.connect_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
     s.srtp_profile = Some(path.profile.to_string());
-    say(opts, &format!("media path up ({}), {:.1} ms after start", path.profile, t0.elapsed().as_secs_f64() * 1e3));
+    say(
+        opts,
+        &format!(
+            "media path up ({}), {:.1} ms after start",
+            path.profile,
+            t0.elapsed().as_secs_f64() * 1e3
+        ),
+    );
 
     let e2ee_call = mode == CallMode::E2ee;
     let mut kex: Option<KeyAgreement> = None;
@@ -300,9 +328,11 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let fps = opts.fps.max(1);
     let mut video_tick = tokio::time::interval(Duration::from_micros(1_000_000 / fps as u64));
     let mut rtcp_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut stats_tick = tokio::time::interval(opts.stats_every.unwrap_or(Duration::from_secs(3600)));
+    let mut stats_tick =
+        tokio::time::interval(opts.stats_every.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
-    let video_frame_bytes = ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
+    let video_frame_bytes =
+        ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
     let mut streams: HashMap<u32, StreamReceiver> = HashMap::new();
     let mut latencies: Vec<u32> = Vec::new();
     let mut frame = Vec::with_capacity(video_frame_bytes + 64);
@@ -462,7 +492,11 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     s.lost_packets = streams.values().map(|x| x.lost()).sum();
     s.frames_incomplete = streams.values().map(|x| x.frames_incomplete).sum();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map(|us| *us as f64 / 1000.0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .map(|us| *us as f64 / 1000.0)
+    };
     s.latency_ms_p50 = pct(0.5);
     s.latency_ms_p99 = pct(0.99);
     if !ended_by_relay {
@@ -482,10 +516,17 @@ async fn start_kex(
 ) -> Result<(), CallError> {
     // Defence in depth: never key a bot, even if a relay admitted one to an E2EE call.
     if peer.role.starts_with("bot:") {
-        say(opts, &format!("refusing to share end-to-end keys with {} (role {})", peer.participant, peer.role));
+        say(
+            opts,
+            &format!(
+                "refusing to share end-to-end keys with {} (role {})",
+                peer.participant, peer.role
+            ),
+        );
         return Ok(());
     }
-    let mut k = KeyAgreement::new(&opts.call, me, &peer.participant).map_err(|e| CallError::Protocol(e.to_string()))?;
+    let mut k = KeyAgreement::new(&opts.call, me, &peer.participant)
+        .map_err(|e| CallError::Protocol(e.to_string()))?;
     if let Some(first) = k.start() {
         sig.send(&ClientMessage::E2ee {
             to: peer.participant.clone(),
@@ -528,7 +569,9 @@ async fn send_frame(
         .write_minimal(pkt);
         pkt.extend_from_slice(chunk);
         out.seq = out.seq.wrapping_add(1);
-        let Ok(p) = path.outbound.encrypt_rtp(pkt) else { continue };
+        let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
+            continue;
+        };
         if path.socket.send_to(&p, path.relay).await.is_ok() {
             s.sent_packets += 1;
             s.sent_bytes += p.len() as u64;
@@ -544,7 +587,10 @@ const CHAT_SEALED_PREFIX: &str = "sframe:";
 fn seal_chat(text: &str, e2ee: Option<&mut E2ee>) -> String {
     match e2ee {
         Some(k) => match k.sender.seal(b"chat", text.as_bytes()) {
-            Ok(ct) => format!("{CHAT_SEALED_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(ct)),
+            Ok(ct) => format!(
+                "{CHAT_SEALED_PREFIX}{}",
+                base64::engine::general_purpose::STANDARD.encode(ct)
+            ),
             Err(_) => String::new(),
         },
         None => text.to_string(),

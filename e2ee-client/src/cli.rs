@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "e2ee-client", version, about = "Reference client for blindrelay: end-to-end encrypted calls, SFrame tools")]
+#[command(
+    name = "e2ee-client",
+    version,
+    about = "Reference client for blindrelay: end-to-end encrypted calls, SFrame tools"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -121,7 +125,11 @@ pub async fn run(cli: Cli) -> i32 {
             let summary = run_call(&opts).await;
             if a.json {
                 // CallSummary holds only plain data; serialization cannot fail.
-                println!("{}", serde_json::to_string(&summary).unwrap_or_else(|_| unreachable!("summary serializes")));
+                println!(
+                    "{}",
+                    serde_json::to_string(&summary)
+                        .unwrap_or_else(|_| unreachable!("summary serializes"))
+                );
             } else {
                 println!(
                     "joined={} mode={} sent={} received={} lost={} frames_verified={} e2ee={}{}",
@@ -132,7 +140,11 @@ pub async fn run(cli: Cli) -> i32 {
                     summary.lost_packets,
                     summary.frames_verified,
                     summary.e2ee,
-                    summary.verification_code.as_deref().map(|c| format!(" code={c}")).unwrap_or_default(),
+                    summary
+                        .verification_code
+                        .as_deref()
+                        .map(|c| format!(" code={c}"))
+                        .unwrap_or_default(),
                 );
             }
             if let Some(e) = &summary.error {
@@ -168,7 +180,14 @@ fn sframe_command(c: SframeCommand) -> i32 {
             ctr,
             metadata,
             plaintext_hex,
-        } => sframe::seal_hex(suite, &base_key, kid, ctr, metadata.as_deref(), &plaintext_hex),
+        } => sframe::seal_hex(
+            suite,
+            &base_key,
+            kid,
+            ctr,
+            metadata.as_deref(),
+            &plaintext_hex,
+        ),
         SframeCommand::Open {
             suite,
             base_key,

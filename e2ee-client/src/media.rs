@@ -14,7 +14,14 @@ pub const FRAME_HEADER: usize = 24;
 /// Build frame `n` of stream `ssrc`, `len` bytes long (at least [`FRAME_HEADER`]). The
 /// filler is `canary` repeated when given, else a pseudo-random sequence seeded by
 /// (ssrc, n) that [`verify_frame`] regenerates.
-pub fn make_frame(ssrc: u32, n: u32, send_time_us: u64, len: usize, canary: Option<&[u8]>, out: &mut Vec<u8>) {
+pub fn make_frame(
+    ssrc: u32,
+    n: u32,
+    send_time_us: u64,
+    len: usize,
+    canary: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
     let len = len.max(FRAME_HEADER);
     out.clear();
     out.extend_from_slice(MAGIC);
@@ -108,9 +115,16 @@ impl StreamReceiver {
             None => seq as u64 + (1 << 16),
             Some(h) => {
                 let base = h & !0xffff;
-                let cands = [base.wrapping_sub(1 << 16) | seq as u64, base | seq as u64, (base + (1 << 16)) | seq as u64];
+                let cands = [
+                    base.wrapping_sub(1 << 16) | seq as u64,
+                    base | seq as u64,
+                    (base + (1 << 16)) | seq as u64,
+                ];
                 // The candidate closest to the highest seen.
-                cands.into_iter().min_by_key(|c| c.abs_diff(h)).unwrap_or(base | seq as u64)
+                cands
+                    .into_iter()
+                    .min_by_key(|c| c.abs_diff(h))
+                    .unwrap_or(base | seq as u64)
             }
         }
     }
@@ -177,7 +191,14 @@ mod tests {
         let mut f = Vec::new();
         make_frame(7, 3, 99, 3000, None, &mut f);
         assert_eq!(f.len(), 3000);
-        assert_eq!(verify_frame(&f, None), Some(FrameInfo { ssrc: 7, number: 3, send_time_us: 99 }));
+        assert_eq!(
+            verify_frame(&f, None),
+            Some(FrameInfo {
+                ssrc: 7,
+                number: 3,
+                send_time_us: 99
+            })
+        );
         for i in [0, 10, 24, 2999] {
             let mut g = f.clone();
             g[i] ^= 1;

@@ -29,22 +29,29 @@ pub struct Signal {
 
 impl Signal {
     pub async fn connect(url: &str) -> Result<Self, SignalError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| SignalError::Connect {
-            url: url.to_string(),
-            source: Box::new(e),
-        })?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async(url)
+                .await
+                .map_err(|e| SignalError::Connect {
+                    url: url.to_string(),
+                    source: Box::new(e),
+                })?;
         Ok(Signal { ws })
     }
 
     pub async fn send(&mut self, m: &ClientMessage) -> Result<(), SignalError> {
         // Our own enum always serializes.
-        let text = serde_json::to_string(m).unwrap_or_else(|_| unreachable!("ClientMessage serializes"));
+        let text =
+            serde_json::to_string(m).unwrap_or_else(|_| unreachable!("ClientMessage serializes"));
         self.send_raw(text).await
     }
 
     /// Send any text (tests use this to send malformed messages).
     pub async fn send_raw(&mut self, text: String) -> Result<(), SignalError> {
-        self.ws.send(Message::Text(text.into())).await.map_err(|e| SignalError::Ws(Box::new(e)))
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| SignalError::Ws(Box::new(e)))
     }
 
     /// Next message from the relay.
@@ -54,7 +61,8 @@ impl Signal {
                 None => return Err(SignalError::Closed),
                 Some(Err(e)) => return Err(SignalError::Ws(Box::new(e))),
                 Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str()).map_err(|e| SignalError::Decode(e.to_string()))
+                    return serde_json::from_str(t.as_str())
+                        .map_err(|e| SignalError::Decode(e.to_string()))
                 }
                 Some(Ok(Message::Close(_))) => return Err(SignalError::Closed),
                 Some(Ok(_)) => continue,

@@ -51,7 +51,11 @@ impl Drop for MediaPath {
     }
 }
 
-fn binding_request(answer: &AnswerInfo, local_ufrag: &str, tie_breaker: u64) -> ([u8; 12], Vec<u8>) {
+fn binding_request(
+    answer: &AnswerInfo,
+    local_ufrag: &str,
+    tie_breaker: u64,
+) -> ([u8; 12], Vec<u8>) {
     let txid: [u8; 12] = rand::random();
     let msg = StunWriter::new(BINDING_REQUEST, &txid)
         .username(&format!("{}:{}", answer.ice_ufrag, local_ufrag))
@@ -66,7 +70,11 @@ fn binding_request(answer: &AnswerInfo, local_ufrag: &str, tie_breaker: u64) -> 
 
 /// A UDP socket with large kernel buffers: a high-rate video frame arrives as a burst.
 fn bind_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -84,9 +92,13 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<MediaPath, ConnectError> {
     let bind: SocketAddr = if answer.candidate.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or_else(|_| unreachable!("literal address"))
+        "0.0.0.0:0"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("literal address"))
     } else {
-        "[::]:0".parse().unwrap_or_else(|_| unreachable!("literal address"))
+        "[::]:0"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("literal address"))
     };
     let socket = Arc::new(bind_socket(bind)?);
     let relay = answer.candidate;
@@ -148,7 +160,15 @@ pub async fn connect(
         }
         interval = (interval * 2).min(Duration::from_millis(500));
     }
-    let session = match handshake(conn, identity, DtlsRole::Client, answer.fingerprint.clone(), timeout).await {
+    let session = match handshake(
+        conn,
+        identity,
+        DtlsRole::Client,
+        answer.fingerprint.clone(),
+        timeout,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             demux.abort();

@@ -49,7 +49,10 @@ impl RtcpPacket<'_> {
     /// Where this packet goes (see [`RtcpRoute`]).
     pub fn route(&self) -> RtcpRoute {
         let b = self.bytes;
-        let u32_at = |o: usize| b.get(o..o + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+        let u32_at = |o: usize| {
+            b.get(o..o + 4)
+                .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        };
         match self.packet_type {
             PT_SR | PT_SDES | PT_BYE | PT_APP | PT_XR => RtcpRoute::Others,
             // RR: the first report block's source SSRC (offset 8). Each block is about
@@ -141,7 +144,13 @@ pub fn pli(sender: u32, media: u32) -> [u8; 12] {
 }
 
 /// Build a receiver report with one report block about `media`.
-pub fn receiver_report(sender: u32, media: u32, fraction_lost: u8, cumulative_lost: u32, highest_seq: u32) -> [u8; 32] {
+pub fn receiver_report(
+    sender: u32,
+    media: u32,
+    fraction_lost: u8,
+    cumulative_lost: u32,
+    highest_seq: u32,
+) -> [u8; 32] {
     let mut p = [0u8; 32];
     p[0] = 0x81;
     p[1] = PT_RR;
@@ -176,7 +185,13 @@ mod tests {
         let mut p = pli(1, 2).to_vec();
         p[3] = 9;
         assert_eq!(packets(&p).next(), Some(Err(RtcpError::Truncated)));
-        assert_eq!(packets(&[0x80, 200]).next(), Some(Err(RtcpError::Truncated)));
-        assert_eq!(packets(&[0x00, 200, 0, 0]).next(), Some(Err(RtcpError::BadVersion)));
+        assert_eq!(
+            packets(&[0x80, 200]).next(),
+            Some(Err(RtcpError::Truncated))
+        );
+        assert_eq!(
+            packets(&[0x00, 200, 0, 0]).next(),
+            Some(Err(RtcpError::BadVersion))
+        );
     }
 }

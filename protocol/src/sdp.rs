@@ -33,7 +33,9 @@ impl Fingerprint {
             .split_once(' ')
             .ok_or(SdpError::Invalid("a=fingerprint"))?;
         if !alg.eq_ignore_ascii_case("sha-256") {
-            return Err(SdpError::Invalid("a=fingerprint (only sha-256 is accepted)"));
+            return Err(SdpError::Invalid(
+                "a=fingerprint (only sha-256 is accepted)",
+            ));
         }
         let mut out = [0u8; 32];
         let mut n = 0;
@@ -41,7 +43,8 @@ impl Fingerprint {
             if n == 32 || part.len() != 2 {
                 return Err(SdpError::Invalid("a=fingerprint"));
             }
-            out[n] = u8::from_str_radix(part, 16).map_err(|_| SdpError::Invalid("a=fingerprint"))?;
+            out[n] =
+                u8::from_str_radix(part, 16).map_err(|_| SdpError::Invalid("a=fingerprint"))?;
             n += 1;
         }
         if n != 32 {
@@ -83,7 +86,11 @@ pub struct Offer {
     pub media: Vec<MediaSection>,
 }
 
-fn attr<'a>(session: &'a SessionDescription, md: Option<&'a MediaDescription>, key: &str) -> Option<&'a str> {
+fn attr<'a>(
+    session: &'a SessionDescription,
+    md: Option<&'a MediaDescription>,
+    key: &str,
+) -> Option<&'a str> {
     if let Some(md) = md {
         if let Some(Some(v)) = md.attribute(key) {
             return Some(v);
@@ -108,11 +115,15 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
     if ice_pwd.len() < 22 || ice_pwd.len() > 256 {
         return Err(SdpError::Invalid("a=ice-pwd (22 to 256 characters)"));
     }
-    let fingerprint = Fingerprint::parse(attr(&s, first, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?)?;
+    let fingerprint = Fingerprint::parse(
+        attr(&s, first, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?,
+    )?;
     let setup = attr(&s, first, "setup").unwrap_or("actpass").to_string();
     if setup == "passive" {
         // The relay is always the DTLS server; a passive offerer would leave no client.
-        return Err(SdpError::Invalid("a=setup (the relay is DTLS server: offer actpass or active)"));
+        return Err(SdpError::Invalid(
+            "a=setup (the relay is DTLS server: offer actpass or active)",
+        ));
     }
     let mut media = Vec::new();
     for md in &s.media_descriptions {
@@ -185,7 +196,10 @@ pub struct AnswerParams<'a> {
 }
 
 fn session(session_id: u64, addr: SocketAddr) -> SessionDescription {
-    let (ntype, atype) = ("IN".to_string(), if addr.is_ipv4() { "IP4" } else { "IP6" }.to_string());
+    let (ntype, atype) = (
+        "IN".to_string(),
+        if addr.is_ipv4() { "IP4" } else { "IP6" }.to_string(),
+    );
     SessionDescription {
         origin: Origin {
             username: "-".into(),
@@ -197,27 +211,45 @@ fn session(session_id: u64, addr: SocketAddr) -> SessionDescription {
         },
         session_name: "-".to_string(),
         time_descriptions: vec![TimeDescription {
-            timing: Timing { start_time: 0, stop_time: 0 },
+            timing: Timing {
+                start_time: 0,
+                stop_time: 0,
+            },
             repeat_times: vec![],
         }],
         ..Default::default()
     }
 }
 
-fn media_description(kind: &str, port: u16, formats: Vec<String>, addr: Option<SocketAddr>) -> MediaDescription {
+fn media_description(
+    kind: &str,
+    port: u16,
+    formats: Vec<String>,
+    addr: Option<SocketAddr>,
+) -> MediaDescription {
     MediaDescription {
         media_name: MediaName {
             media: kind.to_string(),
-            port: RangedPort { value: port as isize, range: None },
+            port: RangedPort {
+                value: port as isize,
+                range: None,
+            },
             protos: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
             formats,
         },
         media_title: None,
         connection_information: Some(ConnectionInformation {
             network_type: "IN".into(),
-            address_type: if addr.is_none_or(|a| a.is_ipv4()) { "IP4" } else { "IP6" }.into(),
+            address_type: if addr.is_none_or(|a| a.is_ipv4()) {
+                "IP4"
+            } else {
+                "IP6"
+            }
+            .into(),
             address: Some(Address {
-                address: addr.map(|a| a.ip().to_string()).unwrap_or_else(|| "0.0.0.0".into()),
+                address: addr
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_else(|| "0.0.0.0".into()),
                 ttl: None,
                 range: None,
             }),
@@ -229,7 +261,10 @@ fn media_description(kind: &str, port: u16, formats: Vec<String>, addr: Option<S
 }
 
 fn push(md: &mut MediaDescription, key: &str, value: Option<String>) {
-    md.attributes.push(Attribute { key: key.to_string(), value });
+    md.attributes.push(Attribute {
+        key: key.to_string(),
+        value,
+    });
 }
 
 /// Write the relay's answer: ICE-lite, one host candidate on the shared media port,
@@ -237,11 +272,25 @@ fn push(md: &mut MediaDescription, key: &str, value: Option<String>) {
 pub fn build_answer(offer: &Offer, p: &AnswerParams<'_>) -> String {
     let mut s = session(p.session_id, p.media_addr);
     let mids: Vec<&str> = offer.media.iter().map(|m| m.mid.as_str()).collect();
-    s.attributes.push(Attribute { key: "group".into(), value: Some(format!("BUNDLE {}", mids.join(" "))) });
-    s.attributes.push(Attribute { key: "ice-lite".into(), value: None });
-    s.attributes.push(Attribute { key: "msid-semantic".into(), value: Some(" WMS *".into()) });
+    s.attributes.push(Attribute {
+        key: "group".into(),
+        value: Some(format!("BUNDLE {}", mids.join(" "))),
+    });
+    s.attributes.push(Attribute {
+        key: "ice-lite".into(),
+        value: None,
+    });
+    s.attributes.push(Attribute {
+        key: "msid-semantic".into(),
+        value: Some(" WMS *".into()),
+    });
     for (i, m) in offer.media.iter().enumerate() {
-        let mut md = media_description(&m.kind, p.media_addr.port(), m.formats.clone(), Some(p.media_addr));
+        let mut md = media_description(
+            &m.kind,
+            p.media_addr.port(),
+            m.formats.clone(),
+            Some(p.media_addr),
+        );
         push(&mut md, "mid", Some(m.mid.clone()));
         push(&mut md, "ice-ufrag", Some(p.ice_ufrag.to_string()));
         push(&mut md, "ice-pwd", Some(p.ice_pwd.to_string()));
@@ -261,7 +310,11 @@ pub fn build_answer(offer: &Offer, p: &AnswerParams<'_>) -> String {
         if i == 0 {
             let ip = p.media_addr.ip();
             let port = p.media_addr.port();
-            push(&mut md, "candidate", Some(format!("1 1 udp 2130706431 {ip} {port} typ host")));
+            push(
+                &mut md,
+                "candidate",
+                Some(format!("1 1 udp 2130706431 {ip} {port} typ host")),
+            );
             push(&mut md, "end-of-candidates", None);
         }
         s.media_descriptions.push(md);
@@ -288,9 +341,18 @@ pub const VIDEO_PT: u8 = 96;
 
 /// Write a browser-shaped offer with one audio and one video m-line.
 pub fn build_offer(p: &OfferParams<'_>) -> String {
-    let mut s = session(p.session_id, "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()));
-    s.attributes.push(Attribute { key: "group".into(), value: Some("BUNDLE 0 1".into()) });
-    s.attributes.push(Attribute { key: "msid-semantic".into(), value: Some(" WMS *".into()) });
+    let mut s = session(
+        p.session_id,
+        "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()),
+    );
+    s.attributes.push(Attribute {
+        key: "group".into(),
+        value: Some("BUNDLE 0 1".into()),
+    });
+    s.attributes.push(Attribute {
+        key: "msid-semantic".into(),
+        value: Some(" WMS *".into()),
+    });
     let lines = [
         ("audio", "0", AUDIO_PT, "opus/48000/2", p.audio_ssrc),
         ("video", "1", VIDEO_PT, "VP8/90000", p.video_ssrc),
@@ -331,9 +393,15 @@ pub fn parse_answer(text: &str) -> Result<AnswerInfo, SdpError> {
     let mut cur = Cursor::new(text.as_bytes());
     let s = SessionDescription::unmarshal(&mut cur).map_err(|e| SdpError::Syntax(e.to_string()))?;
     let first = s.media_descriptions.first();
-    let ice_ufrag = attr(&s, first, "ice-ufrag").ok_or(SdpError::Missing("a=ice-ufrag"))?.to_string();
-    let ice_pwd = attr(&s, first, "ice-pwd").ok_or(SdpError::Missing("a=ice-pwd"))?.to_string();
-    let fingerprint = Fingerprint::parse(attr(&s, first, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?)?;
+    let ice_ufrag = attr(&s, first, "ice-ufrag")
+        .ok_or(SdpError::Missing("a=ice-ufrag"))?
+        .to_string();
+    let ice_pwd = attr(&s, first, "ice-pwd")
+        .ok_or(SdpError::Missing("a=ice-pwd"))?
+        .to_string();
+    let fingerprint = Fingerprint::parse(
+        attr(&s, first, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?,
+    )?;
     let cand = attr(&s, first, "candidate").ok_or(SdpError::Missing("a=candidate"))?;
     // foundation component transport priority address port typ host
     let f: Vec<&str> = cand.split_whitespace().collect();
@@ -341,8 +409,12 @@ pub fn parse_answer(text: &str) -> Result<AnswerInfo, SdpError> {
         (Some(ip), Some(port)) => (*ip, *port),
         _ => return Err(SdpError::Invalid("a=candidate")),
     };
-    let ip: std::net::IpAddr = ip.parse().map_err(|_| SdpError::Invalid("a=candidate address"))?;
-    let port: u16 = port.parse().map_err(|_| SdpError::Invalid("a=candidate port"))?;
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| SdpError::Invalid("a=candidate address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| SdpError::Invalid("a=candidate port"))?;
     Ok(AnswerInfo {
         ice_ufrag,
         ice_pwd,
@@ -422,7 +494,11 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
     #[test]
     fn rejects_bad_offers() {
         assert!(parse_offer("garbage").is_err());
-        let no_fp: String = CHROME_OFFER.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
+        let no_fp: String = CHROME_OFFER
+            .lines()
+            .filter(|l| !l.starts_with("a=fingerprint"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
         assert_eq!(parse_offer(&no_fp), Err(SdpError::Missing("a=fingerprint")));
         let passive = CHROME_OFFER.replace("a=setup:actpass", "a=setup:passive");
         assert!(matches!(parse_offer(&passive), Err(SdpError::Invalid(_))));

@@ -92,17 +92,31 @@ pub enum ServerMessage {
         answer_sdp: String,
         participants: Vec<ParticipantInfo>,
     },
-    ParticipantJoined { participant: ParticipantInfo },
-    ParticipantLeft { participant: String, reason: String },
-    E2ee { from: String, blob: String },
-    Chat { from: String, body: String },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant: String,
+        reason: String,
+    },
+    E2ee {
+        from: String,
+        blob: String,
+    },
+    Chat {
+        from: String,
+        body: String,
+    },
     FeatureResult {
         name: String,
         ok: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Stable, machine-readable refusal codes.
@@ -164,22 +178,27 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, Str
     if text.len() > MAX_MESSAGE_BYTES {
         return Err((
             ErrorCode::MessageTooLarge,
-            format!("message of {} bytes exceeds {MAX_MESSAGE_BYTES}", text.len()),
+            format!(
+                "message of {} bytes exceeds {MAX_MESSAGE_BYTES}",
+                text.len()
+            ),
         ));
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
-    let known = [
-        "hello", "join", "e2ee", "feature", "chat", "leave",
-    ];
+    let known = ["hello", "join", "e2ee", "feature", "chat", "leave"];
     match value.get("type").and_then(|t| t.as_str()) {
         None => return Err((ErrorCode::BadRequest, "message has no string `type`".into())),
         Some(t) if !known.contains(&t) => {
-            return Err((ErrorCode::UnknownMessage, format!("unknown message type `{t}`")))
+            return Err((
+                ErrorCode::UnknownMessage,
+                format!("unknown message type `{t}`"),
+            ))
         }
         Some(_) => {}
     }
-    serde_json::from_value(value).map_err(|e| (ErrorCode::BadRequest, format!("invalid message: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| (ErrorCode::BadRequest, format!("invalid message: {e}")))
 }
 
 #[cfg(test)]
@@ -192,16 +211,34 @@ mod tests {
             parse_client_message(r#"{"type":"hello","token":"x"}"#),
             Ok(ClientMessage::Hello { token: "x".into() })
         );
-        assert_eq!(parse_client_message("{").unwrap_err().0, ErrorCode::BadRequest);
-        assert_eq!(parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0, ErrorCode::UnknownMessage);
-        assert_eq!(parse_client_message(r#"{"type":"join"}"#).unwrap_err().0, ErrorCode::BadRequest);
-        let big = format!(r#"{{"type":"chat","body":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
-        assert_eq!(parse_client_message(&big).unwrap_err().0, ErrorCode::MessageTooLarge);
+        assert_eq!(
+            parse_client_message("{").unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0,
+            ErrorCode::UnknownMessage
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"join"}"#).unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+        let big = format!(
+            r#"{{"type":"chat","body":"{}"}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(
+            parse_client_message(&big).unwrap_err().0,
+            ErrorCode::MessageTooLarge
+        );
     }
 
     #[test]
     fn codes_serialize_as_their_label() {
-        let e = ServerMessage::Error { code: ErrorCode::E2eeCallIsOneToOne, message: String::new() };
+        let e = ServerMessage::Error {
+            code: ErrorCode::E2eeCallIsOneToOne,
+            message: String::new(),
+        };
         let s = serde_json::to_string(&e).unwrap();
         assert!(s.contains(r#""code":"e2ee_call_is_one_to_one""#), "{s}");
         assert!(s.contains(r#""type":"error""#));

@@ -69,11 +69,13 @@ impl<'a> StunMessage<'a> {
         if buf.len() < 20 {
             return Err(StunError::Truncated);
         }
-        if buf[0] & 0xc0 != 0 || u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE {
+        if buf[0] & 0xc0 != 0
+            || u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
+        {
             return Err(StunError::NotStun);
         }
         let msg_len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        if msg_len % 4 != 0 || buf.len() != 20 + msg_len {
+        if !msg_len.is_multiple_of(4) || buf.len() != 20 + msg_len {
             return Err(StunError::Truncated);
         }
         let mut m = StunMessage {
@@ -95,7 +97,9 @@ impl<'a> StunMessage<'a> {
             let hdr = buf.get(off..off + 4).ok_or(StunError::BadAttribute)?;
             let typ = u16::from_be_bytes([hdr[0], hdr[1]]);
             let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-            let val = buf.get(off + 4..off + 4 + len).ok_or(StunError::BadAttribute)?;
+            let val = buf
+                .get(off + 4..off + 4 + len)
+                .ok_or(StunError::BadAttribute)?;
             // After MESSAGE-INTEGRITY only FINGERPRINT may follow (RFC 5389 §15.4).
             if m.integrity_at.is_some() && typ != ATTR_FINGERPRINT {
                 return Err(StunError::BadAttribute);
@@ -232,9 +236,10 @@ impl StunWriter {
 
     fn attr(&mut self, typ: u16, val: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(&typ.to_be_bytes());
-        self.buf.extend_from_slice(&(val.len() as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(val.len() as u16).to_be_bytes());
         self.buf.extend_from_slice(val);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         let len = (self.buf.len() - 20) as u16;
@@ -362,7 +367,10 @@ mod tests {
         let mut b = request(b"pw");
         let last = b.len() - 1;
         b[last] ^= 1;
-        assert_eq!(StunMessage::parse(&b).unwrap_err(), StunError::BadFingerprint);
+        assert_eq!(
+            StunMessage::parse(&b).unwrap_err(),
+            StunError::BadFingerprint
+        );
         let b = request(b"pw");
         for cut in 0..b.len() {
             assert!(StunMessage::parse(&b[..cut]).is_err());

@@ -28,7 +28,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub signal: SignalConfig,
@@ -137,18 +137,6 @@ impl Default for CallsConfig {
         }
     }
 }
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            signal: SignalConfig::default(),
-            admin: AdminConfig::default(),
-            media: MediaConfig::default(),
-            ice: IceConfig::default(),
-            auth: AuthConfig::default(),
-            calls: CallsConfig::default(),
-        }
-    }
-}
 
 /// Durations as humantime strings ("15s", "500ms").
 mod humantime_serde_compat {
@@ -157,7 +145,11 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"15s\" or \"500ms\"")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. \"15s\" or \"500ms\""
+            ))
+        })
     }
 }
 
@@ -232,7 +224,9 @@ impl Config {
     /// Forwarding loops to run.
     pub fn worker_count(&self) -> usize {
         if self.media.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.media.workers
         }
@@ -257,11 +251,17 @@ mod tests {
 
     #[test]
     fn unknown_key_and_bad_value_name_the_key() {
-        let e = Config::parse("[media]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err().to_string();
+        let e = Config::parse("[media]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = Config::parse("[ice]\nconsent_timeout = \"soon\"\n").unwrap_err().to_string();
+        let e = Config::parse("[ice]\nconsent_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("consent_timeout"), "{e}");
-        let e = Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n").unwrap_err().to_string();
+        let e = Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("auth.api_secret"), "{e}");
         Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n[auth]\napi_secret = \"a-real-production-secret\"\n").unwrap();
     }

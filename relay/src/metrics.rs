@@ -4,7 +4,9 @@
 //! Labels are bounded enums: never an SSRC, a call id or a user id.
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Why a datagram was dropped. Every drop is counted under exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +104,12 @@ pub fn kind_index(k: blindrelay_protocol::demux::PacketKind) -> usize {
 
 /// Sub-millisecond buckets: a relay's forwarding time is tens of microseconds.
 const LATENCY_BUCKETS: [f64; 14] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25,
 ];
-const JOIN_BUCKETS: [f64; 12] = [0.001, 0.002_5, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const JOIN_BUCKETS: [f64; 12] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 const M_PKT_IN: &str = "blindrelay_packets_received_total";
 const M_BYTES_IN: &str = "blindrelay_bytes_received_total";
@@ -157,13 +162,19 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(M_LATENCY.into()), &LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(M_DTLS_TIME.into()), &JOIN_BUCKETS))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(M_JOIN_TIME.into()), &JOIN_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(M_DTLS_TIME.into()), &JOIN_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(M_JOIN_TIME.into()), &JOIN_BUCKETS)
+            })
             // Buckets are non-empty constants: set_buckets_for_metric only fails on empty.
             .unwrap_or_else(|_| unreachable!("bucket lists are non-empty"))
             .build_recorder();
         let handle = recorder.handle();
-        let c = |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &meta());
+        let c = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &meta())
+        };
         let h = |name: &'static str| recorder.register_histogram(&Key::from_name(name), &meta());
         let by_kind = |name: &'static str| KINDS.map(|k| c(name, vec![Label::new("kind", k)]));
         let m = Metrics {
@@ -196,28 +207,75 @@ impl Metrics {
 
     fn describe(&self) {
         let d = |name: &'static str, unit: Option<Unit>, text: &'static str| {
-            self.recorder.describe_counter(name.into(), unit, text.into());
+            self.recorder
+                .describe_counter(name.into(), unit, text.into());
         };
-        d(M_PKT_IN, None, "Datagrams received on the media port, by kind (RFC 7983).");
-        d(M_BYTES_IN, Some(Unit::Bytes), "Bytes received on the media port, by kind.");
-        d(M_PKT_FWD, None, "SRTP/SRTCP packets sent to receivers (one per receiver).");
-        d(M_BYTES_FWD, Some(Unit::Bytes), "Bytes of SRTP/SRTCP sent to receivers.");
+        d(
+            M_PKT_IN,
+            None,
+            "Datagrams received on the media port, by kind (RFC 7983).",
+        );
+        d(
+            M_BYTES_IN,
+            Some(Unit::Bytes),
+            "Bytes received on the media port, by kind.",
+        );
+        d(
+            M_PKT_FWD,
+            None,
+            "SRTP/SRTCP packets sent to receivers (one per receiver).",
+        );
+        d(
+            M_BYTES_FWD,
+            Some(Unit::Bytes),
+            "Bytes of SRTP/SRTCP sent to receivers.",
+        );
         d(M_DROPPED, None, "Datagrams dropped, by reason.");
-        d(M_SRTP_AUTH, None, "SRTP/SRTCP packets whose authentication failed.");
-        d(M_SRTP_REPLAY, None, "SRTP/SRTCP packets refused as replays.");
+        d(
+            M_SRTP_AUTH,
+            None,
+            "SRTP/SRTCP packets whose authentication failed.",
+        );
+        d(
+            M_SRTP_REPLAY,
+            None,
+            "SRTP/SRTCP packets refused as replays.",
+        );
         d(M_DTLS, None, "DTLS handshakes, by result.");
-        d(M_JOINS, None, "Join requests, by result (ok or the error code).");
-        d(M_SIGNAL_ERR, None, "Signalling errors sent to clients, by code.");
+        d(
+            M_JOINS,
+            None,
+            "Join requests, by result (ok or the error code).",
+        );
+        d(
+            M_SIGNAL_ERR,
+            None,
+            "Signalling errors sent to clients, by code.",
+        );
         d(M_REMOVED, None, "Participants removed, by reason.");
         d(M_STUN, None, "STUN binding responses sent.");
-        self.recorder.describe_gauge(M_CALLS.into(), None, "Calls in progress, by mode.".into());
-        self.recorder.describe_gauge(M_PARTICIPANTS.into(), None, "Participants in calls, by role.".into());
         self.recorder
-            .describe_histogram(M_LATENCY.into(), Some(Unit::Seconds), "Time from a packet's receipt to its send to the last receiver.".into());
-        self.recorder
-            .describe_histogram(M_DTLS_TIME.into(), Some(Unit::Seconds), "DTLS handshake duration on the relay.".into());
-        self.recorder
-            .describe_histogram(M_JOIN_TIME.into(), Some(Unit::Seconds), "Time from a join request to the participant's media path being keyed.".into());
+            .describe_gauge(M_CALLS.into(), None, "Calls in progress, by mode.".into());
+        self.recorder.describe_gauge(
+            M_PARTICIPANTS.into(),
+            None,
+            "Participants in calls, by role.".into(),
+        );
+        self.recorder.describe_histogram(
+            M_LATENCY.into(),
+            Some(Unit::Seconds),
+            "Time from a packet's receipt to its send to the last receiver.".into(),
+        );
+        self.recorder.describe_histogram(
+            M_DTLS_TIME.into(),
+            Some(Unit::Seconds),
+            "DTLS handshake duration on the relay.".into(),
+        );
+        self.recorder.describe_histogram(
+            M_JOIN_TIME.into(),
+            Some(Unit::Seconds),
+            "Time from a join request to the participant's media path being keyed.".into(),
+        );
     }
 
     /// Count one dropped datagram.
@@ -227,22 +285,40 @@ impl Metrics {
     }
 
     pub fn dtls_handshake(&self, result: &'static str) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(M_DTLS, vec![Label::new("result", result)]), &meta())
+        self.recorder.register_counter(
+            &Key::from_parts(M_DTLS, vec![Label::new("result", result)]),
+            &meta(),
+        )
     }
     pub fn join(&self, result: &'static str) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(M_JOINS, vec![Label::new("result", result)]), &meta())
+        self.recorder.register_counter(
+            &Key::from_parts(M_JOINS, vec![Label::new("result", result)]),
+            &meta(),
+        )
     }
     pub fn signalling_error(&self, code: &'static str) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(M_SIGNAL_ERR, vec![Label::new("code", code)]), &meta())
+        self.recorder.register_counter(
+            &Key::from_parts(M_SIGNAL_ERR, vec![Label::new("code", code)]),
+            &meta(),
+        )
     }
     pub fn removed(&self, reason: &'static str) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(M_REMOVED, vec![Label::new("reason", reason)]), &meta())
+        self.recorder.register_counter(
+            &Key::from_parts(M_REMOVED, vec![Label::new("reason", reason)]),
+            &meta(),
+        )
     }
     pub fn calls(&self, mode: &'static str) -> Gauge {
-        self.recorder.register_gauge(&Key::from_parts(M_CALLS, vec![Label::new("mode", mode)]), &meta())
+        self.recorder.register_gauge(
+            &Key::from_parts(M_CALLS, vec![Label::new("mode", mode)]),
+            &meta(),
+        )
     }
     pub fn participants(&self, role: &'static str) -> Gauge {
-        self.recorder.register_gauge(&Key::from_parts(M_PARTICIPANTS, vec![Label::new("role", role)]), &meta())
+        self.recorder.register_gauge(
+            &Key::from_parts(M_PARTICIPANTS, vec![Label::new("role", role)]),
+            &meta(),
+        )
     }
 
     /// Prometheus text exposition.

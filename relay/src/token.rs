@@ -51,11 +51,21 @@ impl TokenError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Sign a token.
-pub fn issue(secret: &str, user: &str, tenant: &str, role: &str, call: Option<&str>, ttl: Duration) -> Result<String, TokenError> {
+pub fn issue(
+    secret: &str,
+    user: &str,
+    tenant: &str,
+    role: &str,
+    call: Option<&str>,
+    ttl: Duration,
+) -> Result<String, TokenError> {
     if !ROLES.contains(&role) {
         return Err(TokenError::BadRole(role.to_string()));
     }
@@ -68,8 +78,12 @@ pub fn issue(secret: &str, user: &str, tenant: &str, role: &str, call: Option<&s
         exp: iat + ttl.as_secs(),
         iat,
     };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| TokenError::Invalid(e.to_string()))
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 /// Check signature (HS256 only; `alg: none` and others are refused) and expiry.
@@ -77,10 +91,13 @@ pub fn verify(secret: &str, token: &str, leeway: Duration) -> Result<Claims, Tok
     let mut v = Validation::new(Algorithm::HS256);
     v.leeway = leeway.as_secs();
     v.set_required_spec_claims(&["exp", "sub"]);
-    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v).map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-        _ => TokenError::Invalid(e.to_string()),
-    })?;
+    let data =
+        decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            }
+        })?;
     if !ROLES.contains(&data.claims.role.as_str()) {
         return Err(TokenError::BadRole(data.claims.role));
     }
@@ -94,19 +111,51 @@ mod tests {
 
     #[test]
     fn issue_and_verify() {
-        let t = issue(S, "alice", "t1", "user", Some("demo"), Duration::from_secs(60)).unwrap();
+        let t = issue(
+            S,
+            "alice",
+            "t1",
+            "user",
+            Some("demo"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let c = verify(S, &t, Duration::ZERO).unwrap();
         assert_eq!(c.sub, "alice");
         assert_eq!(c.call.as_deref(), Some("demo"));
-        assert!(matches!(verify("another-secret-123456", &t, Duration::ZERO), Err(TokenError::Invalid(_))));
-        assert!(matches!(verify(S, "not.a.token", Duration::ZERO), Err(TokenError::Invalid(_))));
-        assert_eq!(issue(S, "a", "t", "admin", None, Duration::from_secs(1)), Err(TokenError::BadRole("admin".into())));
+        assert!(matches!(
+            verify("another-secret-123456", &t, Duration::ZERO),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            verify(S, "not.a.token", Duration::ZERO),
+            Err(TokenError::Invalid(_))
+        ));
+        assert_eq!(
+            issue(S, "a", "t", "admin", None, Duration::from_secs(1)),
+            Err(TokenError::BadRole("admin".into()))
+        );
     }
 
     #[test]
     fn expired_is_its_own_error() {
-        let claims = Claims { sub: "a".into(), tenant: "t".into(), role: "user".into(), call: None, exp: now_secs() - 100, iat: now_secs() - 200 };
-        let t = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(S.as_bytes())).unwrap();
-        assert_eq!(verify(S, &t, Duration::from_secs(5)), Err(TokenError::Expired));
+        let claims = Claims {
+            sub: "a".into(),
+            tenant: "t".into(),
+            role: "user".into(),
+            call: None,
+            exp: now_secs() - 100,
+            iat: now_secs() - 200,
+        };
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(S.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(S, &t, Duration::from_secs(5)),
+            Err(TokenError::Expired)
+        );
     }
 }

@@ -20,22 +20,46 @@ pub async fn start_relay(config: Config, options: RelayOptions) -> Relay {
 }
 
 pub fn token(config: &Config, user: &str, call: Option<&str>, role: &str) -> String {
-    blindrelay::token::issue(&config.auth.api_secret, user, "tenant-a", role, call, Duration::from_secs(600)).expect("token")
+    blindrelay::token::issue(
+        &config.auth.api_secret,
+        user,
+        "tenant-a",
+        role,
+        call,
+        Duration::from_secs(600),
+    )
+    .expect("token")
 }
 
 /// GET a path on the admin listener with a plain HTTP/1.1 request.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // Chunked transfer encoding: strip chunk sizes.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
     (status, body)
 }
 
@@ -43,8 +67,12 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     loop {
-        let Some((size, tail)) = rest.split_once("\r\n") else { break };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Some((size, tail)) = rest.split_once("\r\n") else {
+            break;
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || tail.len() < n {
             break;
         }
@@ -64,14 +92,27 @@ pub async fn scrape(relay: &Relay) -> HashMap<String, f64> {
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text exposition");
     let mut out = HashMap::new();
     for s in scrape.samples {
-        let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         labels.sort();
         let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        let key = if l.is_empty() { s.metric.clone() } else { format!("{}{{{}}}", s.metric, l.join(",")) };
+        let key = if l.is_empty() {
+            s.metric.clone()
+        } else {
+            format!("{}{{{}}}", s.metric, l.join(","))
+        };
         let v = match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             prometheus_parse::Value::Histogram(h) => {
-                out.insert(format!("{}_count", s.metric), h.iter().map(|b| b.count).fold(0.0, f64::max));
+                out.insert(
+                    format!("{}_count", s.metric),
+                    h.iter().map(|b| b.count).fold(0.0, f64::max),
+                );
                 continue;
             }
             prometheus_parse::Value::Summary(_) => continue,
@@ -106,7 +147,11 @@ pub struct RawParticipant {
 /// Hello + join with a browser-shaped offer; returns before any media path exists.
 pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
     let mut sig = Signal::connect(url).await.expect("signal connects");
-    sig.send(&ClientMessage::Hello { token: token.into() }).await.expect("send hello");
+    sig.send(&ClientMessage::Hello {
+        token: token.into(),
+    })
+    .await
+    .expect("send hello");
     match sig.recv().await.expect("capabilities") {
         ServerMessage::Capabilities { .. } => {}
         m => panic!("expected capabilities, got {m:?}"),
@@ -123,19 +168,38 @@ pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
         cname: "raw",
         session_id: 1,
     });
-    sig.send(&ClientMessage::Join { call: call.into(), e2ee_enabled: false, offer_sdp: offer })
-        .await
-        .expect("send join");
+    sig.send(&ClientMessage::Join {
+        call: call.into(),
+        e2ee_enabled: false,
+        offer_sdp: offer,
+    })
+    .await
+    .expect("send join");
     let (me, answer) = loop {
         match sig.recv().await.expect("joined") {
-            ServerMessage::Joined { participant, answer_sdp, .. } => {
-                break (participant, sdp::parse_answer(&answer_sdp).expect("answer parses"))
+            ServerMessage::Joined {
+                participant,
+                answer_sdp,
+                ..
+            } => {
+                break (
+                    participant,
+                    sdp::parse_answer(&answer_sdp).expect("answer parses"),
+                )
             }
             ServerMessage::ParticipantJoined { .. } => continue,
             m => panic!("expected joined, got {m:?}"),
         }
     };
-    RawParticipant { sig, me, answer, ufrag, audio_ssrc, video_ssrc, offer_identity }
+    RawParticipant {
+        sig,
+        me,
+        answer,
+        ufrag,
+        audio_ssrc,
+        video_ssrc,
+        offer_identity,
+    }
 }
 
 impl RawParticipant {
@@ -145,12 +209,19 @@ impl RawParticipant {
     }
 
     /// ICE + DTLS presenting `identity` (which may differ from the offer's).
-    pub async fn connect_as(&self, identity: &DtlsIdentity) -> Result<MediaPath, transport::ConnectError> {
+    pub async fn connect_as(
+        &self,
+        identity: &DtlsIdentity,
+    ) -> Result<MediaPath, transport::ConnectError> {
         transport::connect(&self.answer, &self.ufrag, identity, Duration::from_secs(5)).await
     }
 
     /// Wait for a signalling message matching `pred`, up to `timeout`.
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&ServerMessage) -> bool) -> Option<ServerMessage> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> Option<ServerMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.sig.recv()).await {
@@ -165,8 +236,16 @@ impl RawParticipant {
 /// An RTP packet with a minimal header and `payload`.
 pub fn rtp_packet(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
-    blindrelay_protocol::rtp::RtpHeader { marker: true, payload_type: 111, sequence: seq, timestamp: seq as u32 * 960, ssrc, header_len: 12, padding_len: 0 }
-        .write_minimal(&mut b);
+    blindrelay_protocol::rtp::RtpHeader {
+        marker: true,
+        payload_type: 111,
+        sequence: seq,
+        timestamp: seq as u32 * 960,
+        ssrc,
+        header_len: 12,
+        padding_len: 0,
+    }
+    .write_minimal(&mut b);
     b.extend_from_slice(payload);
     b
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 async fn drops(relay: &blindrelay::Relay, reason: &str) -> f64 {
-    metric(&scrape(relay).await, &format!("blindrelay_packets_dropped_total{{reason=\"{reason}\"}}"))
+    metric(
+        &scrape(relay).await,
+        &format!("blindrelay_packets_dropped_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// Poll until the counter reaches `want` (the media path is asynchronous).
@@ -56,7 +59,9 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     // 1. Junk datagrams from a stranger: first bytes no RFC 7983 protocol uses.
     let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     for i in 0..20u8 {
-        let junk: Vec<u8> = (0..100).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i)).collect();
+        let junk: Vec<u8> = (0..100)
+            .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
+            .collect();
         let mut j = junk.clone();
         j[0] = 64 + i; // 64..=127 and 192+ are unassigned
         stranger.send_to(&j, media).await.expect("send");
@@ -65,12 +70,17 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     assert!(wait_drops(&relay, "unknown_protocol", 21.0).await >= 21.0);
 
     // 2. A DTLS ClientHello from an address no participant was checked from.
-    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let hello = [
+        22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     stranger.send_to(&hello, media).await.expect("send");
     assert!(wait_drops(&relay, "dtls_unknown_source", 1.0).await >= 1.0);
 
     // 3. SRTP from a stranger.
-    stranger.send_to(&rtp_packet(5, 1, b"x"), media).await.expect("send");
+    stranger
+        .send_to(&rtp_packet(5, 1, b"x"), media)
+        .await
+        .expect("send");
     assert!(wait_drops(&relay, "unknown_source", 1.0).await >= 1.0);
 
     // 4. STUN with the right USERNAME but a wrong MESSAGE-INTEGRITY.
@@ -83,13 +93,24 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     assert!(wait_drops(&relay, "stun_bad_integrity", 1.0).await >= 1.0);
 
     // 5. SRTP with a bad tag, from the participant's own address.
-    let good = path.outbound.encrypt_rtp(&rtp_packet(raw.audio_ssrc, 100, b"opaque")).expect("protect");
+    let good = path
+        .outbound
+        .encrypt_rtp(&rtp_packet(raw.audio_ssrc, 100, b"opaque"))
+        .expect("protect");
     let mut bad_tag = good.to_vec();
     let last = bad_tag.len() - 1;
     bad_tag[last] ^= 0x55;
     path.socket.send_to(&bad_tag, media).await.expect("send");
     let v = wait_drops(&relay, "srtp_auth_failed", 1.0).await;
-    assert!(v >= 1.0, "{:?}", scrape(&relay).await.into_iter().filter(|(k, _)| k.contains("dropped") || k.contains("received")).collect::<Vec<_>>());
+    assert!(
+        v >= 1.0,
+        "{:?}",
+        scrape(&relay)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains("dropped") || k.contains("received"))
+            .collect::<Vec<_>>()
+    );
     let m = scrape(&relay).await;
     assert!(metric(&m, "blindrelay_srtp_auth_failures_total") >= 1.0);
 
@@ -97,14 +118,22 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     path.socket.send_to(&good, media).await.expect("send");
     path.socket.send_to(&good, media).await.expect("send");
     assert!(wait_drops(&relay, "srtp_replay", 1.0).await >= 1.0);
-    assert!(metric(&scrape(&relay).await, "blindrelay_srtp_replay_failures_total") >= 1.0);
+    assert!(
+        metric(
+            &scrape(&relay).await,
+            "blindrelay_srtp_replay_failures_total"
+        ) >= 1.0
+    );
 
     // 7. A truncated SRTP packet (shorter than an RTP header).
     path.socket.send_to(&good[..8], media).await.expect("send");
     assert!(wait_drops(&relay, "srtp_malformed", 1.0).await >= 1.0);
 
     // The hand-driven call still works after all that: a fresh packet reaches the peer.
-    let fresh = path.outbound.encrypt_rtp(&rtp_packet(raw.audio_ssrc, 101, b"still here")).expect("protect");
+    let fresh = path
+        .outbound
+        .encrypt_rtp(&rtp_packet(raw.audio_ssrc, 101, b"still here"))
+        .expect("protect");
     path.socket.send_to(&fresh, media).await.expect("send");
     let mut peer_path = peer_path;
     let got = tokio::time::timeout(Duration::from_secs(2), async {
@@ -128,7 +157,11 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     let (sa, sb) = calls.await.expect("call task");
     for s in [&sa, &sb] {
         assert!(s.error.is_none(), "{:?}", s.error);
-        assert!(s.frames_verified > 50, "call kept flowing: {} frames", s.frames_verified);
+        assert!(
+            s.frames_verified > 50,
+            "call kept flowing: {} frames",
+            s.frames_verified
+        );
         assert_eq!(s.frames_corrupt, 0);
     }
     drop(path);
@@ -140,15 +173,42 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
 async fn dtls_certificate_not_matching_the_offer_is_refused() {
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
-    let mut raw = raw_join(&relay.signal_url(), &token(&cfg, "mallory", None, "user"), "c").await;
+    let mut raw = raw_join(
+        &relay.signal_url(),
+        &token(&cfg, "mallory", None, "user"),
+        "c",
+    )
+    .await;
     let other = blindrelay_transport::DtlsIdentity::generate().expect("identity");
-    assert!(raw.connect_as(&other).await.is_err(), "handshake with the wrong certificate must fail");
+    assert!(
+        raw.connect_as(&other).await.is_err(),
+        "handshake with the wrong certificate must fail"
+    );
     let m = scrape(&relay).await;
-    assert_eq!(metric(&m, "blindrelay_dtls_handshakes_total{result=\"fingerprint_mismatch\"}"), 1.0, "{:?}", m.iter().filter(|(k, _)| k.contains("dtls")).collect::<Vec<_>>());
-    assert_eq!(metric(&m, "blindrelay_dtls_handshakes_total{result=\"ok\"}"), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "blindrelay_dtls_handshakes_total{result=\"fingerprint_mismatch\"}"
+        ),
+        1.0,
+        "{:?}",
+        m.iter()
+            .filter(|(k, _)| k.contains("dtls"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        metric(&m, "blindrelay_dtls_handshakes_total{result=\"ok\"}"),
+        0.0
+    );
     // The relay removes the participant and says why.
-    let left = raw.wait_for(Duration::from_secs(2), |m| matches!(m, ServerMessage::ParticipantLeft { .. })).await;
-    assert!(matches!(left, Some(ServerMessage::ParticipantLeft { reason, .. }) if reason == "dtls_failed"));
+    let left = raw
+        .wait_for(Duration::from_secs(2), |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
+        .await;
+    assert!(
+        matches!(left, Some(ServerMessage::ParticipantLeft { reason, .. }) if reason == "dtls_failed")
+    );
     relay.shutdown().await;
 }
 
@@ -172,15 +232,40 @@ async fn vanished_client_is_removed_after_consent_timeout() {
         .wait_for(Duration::from_secs(8), |m| matches!(m, ServerMessage::ParticipantLeft { participant, .. } if *participant == ghost_id))
         .await;
     match left {
-        Some(ServerMessage::ParticipantLeft { reason, .. }) => assert_eq!(reason, "consent_timeout"),
-        other => panic!("ghost not removed: {other:?} {:?}", scrape(&relay).await.into_iter().filter(|(k, _)| k.contains("removed") || k.contains("participants")).collect::<Vec<_>>()),
+        Some(ServerMessage::ParticipantLeft { reason, .. }) => {
+            assert_eq!(reason, "consent_timeout")
+        }
+        other => panic!(
+            "ghost not removed: {other:?} {:?}",
+            scrape(&relay)
+                .await
+                .into_iter()
+                .filter(|(k, _)| k.contains("removed") || k.contains("participants"))
+                .collect::<Vec<_>>()
+        ),
     }
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(3500), "removed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(3500),
+        "removed too early: {took:?}"
+    );
     let m = scrape(&relay).await;
-    assert_eq!(metric(&m, "blindrelay_participants_removed_total{reason=\"consent_timeout\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "blindrelay_participants_removed_total{reason=\"consent_timeout\"}"
+        ),
+        1.0
+    );
     // The watcher, who kept its consent fresh, is still there.
-    assert_eq!(metric(&m, "blindrelay_participants{role=\"user\"}"), 1.0, "{:?}", m.iter().filter(|(k, _)| k.contains("partic") || k.contains("joins")).collect::<Vec<_>>());
+    assert_eq!(
+        metric(&m, "blindrelay_participants{role=\"user\"}"),
+        1.0,
+        "{:?}",
+        m.iter()
+            .filter(|(k, _)| k.contains("partic") || k.contains("joins"))
+            .collect::<Vec<_>>()
+    );
     drop(ghost);
     relay.shutdown().await;
 }

@@ -29,18 +29,32 @@ async fn two_clients_exchange_media_byte_for_byte() {
     for (name, s) in [("alice", &sa), ("bob", &sb)] {
         assert!(s.error.is_none(), "{name}: {:?}", s.error);
         assert!(s.joined, "{name} joined");
-        assert!(s.received_packets > 100, "{name} received {}", s.received_packets);
-        assert!(s.frames_verified > 50, "{name} verified {} frames", s.frames_verified);
+        assert!(
+            s.received_packets > 100,
+            "{name} received {}",
+            s.received_packets
+        );
+        assert!(
+            s.frames_verified > 50,
+            "{name} verified {} frames",
+            s.frames_verified
+        );
         assert_eq!(s.frames_corrupt, 0, "{name}: corrupt frames");
         assert_eq!(s.srtp_failures, 0, "{name}: SRTP failures");
     }
     let m = scrape(&relay).await;
     let fwd = metric(&m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}");
     let received_by_clients = (sa.received_packets + sb.received_packets) as f64;
-    assert!(fwd >= received_by_clients, "forwarded {fwd} < received by clients {received_by_clients}");
+    assert!(
+        fwd >= received_by_clients,
+        "forwarded {fwd} < received by clients {received_by_clients}"
+    );
     assert!(metric(&m, "blindrelay_dtls_handshakes_total{result=\"ok\"}") >= 2.0);
     assert!(metric(&m, "blindrelay_joins_total{result=\"ok\"}") >= 2.0);
-    assert!(metric(&m, "blindrelay_packets_received_total{kind=\"rtp\"}") >= (sa.sent_packets + sb.sent_packets) as f64 * 0.99);
+    assert!(
+        metric(&m, "blindrelay_packets_received_total{kind=\"rtp\"}")
+            >= (sa.sent_packets + sb.sent_packets) as f64 * 0.99
+    );
     assert!(metric(&m, "blindrelay_forwarding_latency_seconds_count") > 0.0);
     relay.shutdown().await;
 }
@@ -83,14 +97,28 @@ async fn e2ee_call_agrees_codes_and_relay_holds_only_ciphertext() {
     let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
     for (name, s) in [("alice", &sa), ("bob", &sb)] {
         assert!(s.error.is_none(), "{name}: {:?}", s.error);
-        assert_eq!(s.call_mode, Some(blindrelay_protocol::signal::CallMode::E2ee), "{name}");
+        assert_eq!(
+            s.call_mode,
+            Some(blindrelay_protocol::signal::CallMode::E2ee),
+            "{name}"
+        );
         assert!(s.e2ee, "{name} keyed");
-        assert!(s.frames_decrypted > 50, "{name} decrypted {}", s.frames_decrypted);
+        assert!(
+            s.frames_decrypted > 50,
+            "{name} decrypted {}",
+            s.frames_decrypted
+        );
         assert_eq!(s.decrypt_failures, 0, "{name}");
         assert_eq!(s.frames_corrupt, 0, "{name}");
-        assert_eq!(s.frames_verified, s.frames_decrypted, "{name}: every decrypted frame verified");
+        assert_eq!(
+            s.frames_verified, s.frames_decrypted,
+            "{name}: every decrypted frame verified"
+        );
     }
-    let (ca, cb) = (sa.verification_code.clone().expect("code"), sb.verification_code.clone().expect("code"));
+    let (ca, cb) = (
+        sa.verification_code.clone().expect("code"),
+        sb.verification_code.clone().expect("code"),
+    );
     assert_eq!(ca, cb, "both sides show the same verification code");
     assert_eq!(ca.replace(' ', "").len(), 20);
     assert_eq!(ca.split(' ').count(), 4);
@@ -98,8 +126,16 @@ async fn e2ee_call_agrees_codes_and_relay_holds_only_ciphertext() {
     assert_eq!(sb.chat_received, vec!["hello from alice".to_string()]);
     let seen = seen.lock().expect("tap lock").clone();
     assert!(seen.len() > 100, "tap saw {} packets", seen.len());
-    assert_eq!(payloads_with(&seen, canary.as_bytes()), 0, "relay saw the plaintext canary");
-    assert_eq!(payloads_with(&seen, b"BRF1"), 0, "relay saw plaintext frame headers");
+    assert_eq!(
+        payloads_with(&seen, canary.as_bytes()),
+        0,
+        "relay saw the plaintext canary"
+    );
+    assert_eq!(
+        payloads_with(&seen, b"BRF1"),
+        0,
+        "relay saw plaintext frame headers"
+    );
     relay.shutdown().await;
 }
 

@@ -19,9 +19,24 @@ async fn expect_error(sig: &mut Signal, want: ErrorCode) {
 
 fn expired_token(secret: &str) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    let c = Claims { sub: "alice".into(), tenant: "t".into(), role: "user".into(), call: None, exp: now - 3600, iat: now - 7200 };
-    encode(&Header::default(), &c, &EncodingKey::from_secret(secret.as_bytes())).expect("encode")
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let c = Claims {
+        sub: "alice".into(),
+        tenant: "t".into(),
+        role: "user".into(),
+        call: None,
+        exp: now - 3600,
+        iat: now - 7200,
+    };
+    encode(
+        &Header::default(),
+        &c,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,39 +47,114 @@ async fn bad_messages_get_typed_errors_and_the_connection_survives() {
 
     sig.send_raw("{not json".into()).await.expect("send");
     expect_error(&mut sig, ErrorCode::BadRequest).await;
-    sig.send_raw(r#"{"type":"teleport"}"#.into()).await.expect("send");
+    sig.send_raw(r#"{"type":"teleport"}"#.into())
+        .await
+        .expect("send");
     expect_error(&mut sig, ErrorCode::UnknownMessage).await;
-    sig.send_raw(r#"{"type":"join"}"#.into()).await.expect("send");
+    sig.send_raw(r#"{"type":"join"}"#.into())
+        .await
+        .expect("send");
     expect_error(&mut sig, ErrorCode::BadRequest).await;
-    sig.send_raw(format!(r#"{{"type":"chat","body":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES + 10))).await.expect("send");
+    sig.send_raw(format!(
+        r#"{{"type":"chat","body":"{}"}}"#,
+        "x".repeat(MAX_MESSAGE_BYTES + 10)
+    ))
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::MessageTooLarge).await;
-    sig.send(&ClientMessage::Join { call: "demo".into(), e2ee_enabled: false, offer_sdp: "v=0".into() }).await.expect("send");
+    sig.send(&ClientMessage::Join {
+        call: "demo".into(),
+        e2ee_enabled: false,
+        offer_sdp: "v=0".into(),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::NotAuthenticated).await;
-    sig.send(&ClientMessage::Hello { token: "garbage.token.here".into() }).await.expect("send");
+    sig.send(&ClientMessage::Hello {
+        token: "garbage.token.here".into(),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::Unauthorized).await;
-    let forged = blindrelay::token::issue("some-other-secret-0123", "alice", "t", "user", None, std::time::Duration::from_secs(60)).expect("issue");
-    sig.send(&ClientMessage::Hello { token: forged }).await.expect("send");
+    let forged = blindrelay::token::issue(
+        "some-other-secret-0123",
+        "alice",
+        "t",
+        "user",
+        None,
+        std::time::Duration::from_secs(60),
+    )
+    .expect("issue");
+    sig.send(&ClientMessage::Hello { token: forged })
+        .await
+        .expect("send");
     expect_error(&mut sig, ErrorCode::Unauthorized).await;
-    sig.send(&ClientMessage::Hello { token: expired_token(&cfg.auth.api_secret) }).await.expect("send");
+    sig.send(&ClientMessage::Hello {
+        token: expired_token(&cfg.auth.api_secret),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::TokenExpired).await;
 
     // Now a good token: the same connection works.
-    sig.send(&ClientMessage::Hello { token: token(&cfg, "alice", Some("demo"), "user") }).await.expect("send");
-    assert!(matches!(sig.recv().await.expect("caps"), ServerMessage::Capabilities { .. }));
-    sig.send(&ClientMessage::Join { call: "other".into(), e2ee_enabled: false, offer_sdp: "v=0".into() }).await.expect("send");
+    sig.send(&ClientMessage::Hello {
+        token: token(&cfg, "alice", Some("demo"), "user"),
+    })
+    .await
+    .expect("send");
+    assert!(matches!(
+        sig.recv().await.expect("caps"),
+        ServerMessage::Capabilities { .. }
+    ));
+    sig.send(&ClientMessage::Join {
+        call: "other".into(),
+        e2ee_enabled: false,
+        offer_sdp: "v=0".into(),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::WrongCall).await;
-    sig.send(&ClientMessage::Join { call: "demo".into(), e2ee_enabled: false, offer_sdp: "v=0\r\nnonsense".into() }).await.expect("send");
+    sig.send(&ClientMessage::Join {
+        call: "demo".into(),
+        e2ee_enabled: false,
+        offer_sdp: "v=0\r\nnonsense".into(),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::BadSdp).await;
-    sig.send(&ClientMessage::E2ee { to: "p-x".into(), blob: "b".into() }).await.expect("send");
+    sig.send(&ClientMessage::E2ee {
+        to: "p-x".into(),
+        blob: "b".into(),
+    })
+    .await
+    .expect("send");
     expect_error(&mut sig, ErrorCode::NotJoined).await;
     sig.send(&ClientMessage::Leave).await.expect("send");
     expect_error(&mut sig, ErrorCode::NotJoined).await;
 
     let m = scrape(&relay).await;
-    assert_eq!(metric(&m, "blindrelay_signalling_errors_total{code=\"bad_request\"}"), 2.0);
-    assert_eq!(metric(&m, "blindrelay_signalling_errors_total{code=\"unauthorized\"}"), 2.0);
-    assert_eq!(metric(&m, "blindrelay_joins_total{result=\"wrong_call\"}"), 1.0);
-    assert_eq!(metric(&m, "blindrelay_joins_total{result=\"bad_sdp\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "blindrelay_signalling_errors_total{code=\"bad_request\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "blindrelay_signalling_errors_total{code=\"unauthorized\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "blindrelay_joins_total{result=\"wrong_call\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "blindrelay_joins_total{result=\"bad_sdp\"}"),
+        1.0
+    );
     let (status, body) = http_get(relay.admin_addr, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, _) = http_get(relay.admin_addr, "/readyz").await;
@@ -79,24 +169,79 @@ async fn e2ee_blobs_relay_opaquely_and_leave_notifies_the_peer() {
     let url = relay.signal_url();
     let mut a = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
     let mut b = raw_join(&url, &token(&cfg, "bob", None, "user"), "c").await;
-    assert!(a.wait_for(std::time::Duration::from_secs(2), |m| matches!(m, ServerMessage::ParticipantJoined { .. })).await.is_some());
+    assert!(a
+        .wait_for(std::time::Duration::from_secs(2), |m| matches!(
+            m,
+            ServerMessage::ParticipantJoined { .. }
+        ))
+        .await
+        .is_some());
     let blob = "opaque \u{1F512} blob with any bytes: {\"not\":\"parsed\"}";
-    a.sig.send(&ClientMessage::E2ee { to: b.me.clone(), blob: blob.into() }).await.expect("send");
-    let got = b.wait_for(std::time::Duration::from_secs(2), |m| matches!(m, ServerMessage::E2ee { .. })).await;
-    assert_eq!(got, Some(ServerMessage::E2ee { from: a.me.clone(), blob: blob.into() }));
-    a.sig.send(&ClientMessage::E2ee { to: "p-nobody".into(), blob: "x".into() }).await.expect("send");
+    a.sig
+        .send(&ClientMessage::E2ee {
+            to: b.me.clone(),
+            blob: blob.into(),
+        })
+        .await
+        .expect("send");
+    let got = b
+        .wait_for(std::time::Duration::from_secs(2), |m| {
+            matches!(m, ServerMessage::E2ee { .. })
+        })
+        .await;
+    assert_eq!(
+        got,
+        Some(ServerMessage::E2ee {
+            from: a.me.clone(),
+            blob: blob.into()
+        })
+    );
+    a.sig
+        .send(&ClientMessage::E2ee {
+            to: "p-nobody".into(),
+            blob: "x".into(),
+        })
+        .await
+        .expect("send");
     assert!(matches!(
-        a.wait_for(std::time::Duration::from_secs(2), |m| matches!(m, ServerMessage::Error { .. })).await,
-        Some(ServerMessage::Error { code: ErrorCode::UnknownParticipant, .. })
+        a.wait_for(std::time::Duration::from_secs(2), |m| matches!(
+            m,
+            ServerMessage::Error { .. }
+        ))
+        .await,
+        Some(ServerMessage::Error {
+            code: ErrorCode::UnknownParticipant,
+            ..
+        })
     ));
     a.sig.send(&ClientMessage::Leave).await.expect("send");
-    let left = b.wait_for(std::time::Duration::from_secs(2), |m| matches!(m, ServerMessage::ParticipantLeft { .. })).await;
-    assert_eq!(left, Some(ServerMessage::ParticipantLeft { participant: a.me.clone(), reason: "left".into() }));
+    let left = b
+        .wait_for(std::time::Duration::from_secs(2), |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
+        .await;
+    assert_eq!(
+        left,
+        Some(ServerMessage::ParticipantLeft {
+            participant: a.me.clone(),
+            reason: "left".into()
+        })
+    );
     // Closing the socket without a word removes the participant too.
     let bob_id = b.me.clone();
     let mut c = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
     drop(b);
-    let left = c.wait_for(std::time::Duration::from_secs(3), |m| matches!(m, ServerMessage::ParticipantLeft { .. })).await;
-    assert_eq!(left, Some(ServerMessage::ParticipantLeft { participant: bob_id, reason: "signalling_lost".into() }));
+    let left = c
+        .wait_for(std::time::Duration::from_secs(3), |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
+        .await;
+    assert_eq!(
+        left,
+        Some(ServerMessage::ParticipantLeft {
+            participant: bob_id,
+            reason: "signalling_lost".into()
+        })
+    );
     relay.shutdown().await;
 }

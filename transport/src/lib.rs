@@ -109,7 +109,11 @@ pub struct PacketConn {
 
 impl PacketConn {
     /// Returns the conn and the sender the demultiplexer uses to feed it DTLS datagrams.
-    pub fn new(socket: Arc<UdpSocket>, remote: SocketAddr, depth: usize) -> (Arc<Self>, mpsc::Sender<Bytes>) {
+    pub fn new(
+        socket: Arc<UdpSocket>,
+        remote: SocketAddr,
+        depth: usize,
+    ) -> (Arc<Self>, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel(depth);
         (
             Arc::new(PacketConn {
@@ -123,7 +127,13 @@ impl PacketConn {
 }
 
 fn closed() -> webrtc_util::Error {
-    webrtc_util::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "demultiplexer closed").into())
+    webrtc_util::Error::Io(
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "demultiplexer closed",
+        )
+        .into(),
+    )
 }
 
 #[async_trait::async_trait]
@@ -216,20 +226,23 @@ pub async fn handshake(
         ..Default::default()
     };
     let is_client = role == DtlsRole::Client;
-    let dtls = match tokio::time::timeout(timeout, DTLSConn::new(conn, config, is_client, None)).await {
-        Err(_) => return Err(TransportError::Timeout),
-        Ok(Err(e)) => {
-            let s = e.to_string();
-            if s.contains("fingerprint mismatch") {
-                return Err(TransportError::FingerprintMismatch);
+    let dtls =
+        match tokio::time::timeout(timeout, DTLSConn::new(conn, config, is_client, None)).await {
+            Err(_) => return Err(TransportError::Timeout),
+            Ok(Err(e)) => {
+                let s = e.to_string();
+                if s.contains("fingerprint mismatch") {
+                    return Err(TransportError::FingerprintMismatch);
+                }
+                return Err(TransportError::Handshake(s));
             }
-            return Err(TransportError::Handshake(s));
-        }
-        Ok(Ok(c)) => c,
-    };
+            Ok(Ok(c)) => c,
+        };
     let profile = match dtls.selected_srtpprotection_profile() {
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        }
         _ => return Err(TransportError::NoSrtpProfile),
     };
     let mut cfg = webrtc_srtp::config::Config {
@@ -240,8 +253,14 @@ pub async fn handshake(
         .await
         .map_err(|e| TransportError::Srtp(e.to_string()))?;
     let keys = &cfg.keys;
-    let outbound = Context::new(&keys.local_master_key, &keys.local_master_salt, profile, None, None)
-        .map_err(|e| TransportError::Srtp(e.to_string()))?;
+    let outbound = Context::new(
+        &keys.local_master_key,
+        &keys.local_master_salt,
+        profile,
+        None,
+        None,
+    )
+    .map_err(|e| TransportError::Srtp(e.to_string()))?;
     let inbound = Context::new(
         &keys.remote_master_key,
         &keys.remote_master_salt,

@@ -89,7 +89,10 @@ impl CallRegistry {
         }
         let is_bot = req.role.starts_with("bot:");
         if is_bot && req.e2ee_enabled {
-            return Err((ErrorCode::E2eeNotAllowed, "bots cannot take part in end-to-end encryption".into()));
+            return Err((
+                ErrorCode::E2eeNotAllowed,
+                "bots cannot take part in end-to-end encryption".into(),
+            ));
         }
         let info = ParticipantInfo {
             participant: req.public_id.clone(),
@@ -106,7 +109,11 @@ impl CallRegistry {
                 let key = self.next_call;
                 self.next_call += 1;
                 let worker = (key as usize) % self.workers;
-                let mode = if req.e2ee_enabled { CallMode::E2ee } else { CallMode::Standard };
+                let mode = if req.e2ee_enabled {
+                    CallMode::E2ee
+                } else {
+                    CallMode::Standard
+                };
                 let mut members = BTreeMap::new();
                 members.insert(req.peer, member);
                 self.calls.insert(
@@ -153,16 +160,28 @@ impl CallRegistry {
                     }
                     CallMode::Standard => {
                         if call.members.len() >= self.max_participants {
-                            return Err((ErrorCode::CallFull, format!("the call has {} participants already", call.members.len())));
+                            return Err((
+                                ErrorCode::CallFull,
+                                format!("the call has {} participants already", call.members.len()),
+                            ));
                         }
                         if req.e2ee_enabled && call.mode_reason.is_none() {
-                            let first = call.members.values().next().map(|m| m.info.user.clone()).unwrap_or_default();
+                            let first = call
+                                .members
+                                .values()
+                                .next()
+                                .map(|m| m.info.user.clone())
+                                .unwrap_or_default();
                             call.mode_reason =
                                 Some(format!("standard call: {first} had not turned on end-to-end encryption when the call started"));
                         }
                     }
                 }
-                let others = call.members.iter().map(|(p, m)| (*p, m.info.clone())).collect();
+                let others = call
+                    .members
+                    .iter()
+                    .map(|(p, m)| (*p, m.info.clone()))
+                    .collect();
                 call.members.insert(req.peer, member);
                 let out = Joined {
                     call_key: call.key,
@@ -203,13 +222,23 @@ impl CallRegistry {
     /// The peers in `peer`'s call other than itself, with the call's mode.
     pub fn peers_of(&self, peer: PeerId) -> Option<(CallMode, Vec<(PeerId, &Member)>)> {
         let call = self.calls.get(self.by_peer.get(&peer)?)?;
-        Some((call.mode, call.members.iter().filter(|(p, _)| **p != peer).map(|(p, m)| (*p, m)).collect()))
+        Some((
+            call.mode,
+            call.members
+                .iter()
+                .filter(|(p, _)| **p != peer)
+                .map(|(p, m)| (*p, m))
+                .collect(),
+        ))
     }
 
     /// Find a participant of `peer`'s call by its public id.
     pub fn find_in_call(&self, peer: PeerId, public_id: &str) -> Option<PeerId> {
         let call = self.calls.get(self.by_peer.get(&peer)?)?;
-        call.members.iter().find(|(_, m)| m.info.participant == public_id).map(|(p, _)| *p)
+        call.members
+            .iter()
+            .find(|(_, m)| m.info.participant == public_id)
+            .map(|(p, _)| *p)
     }
 
     pub fn call_count(&self) -> usize {
@@ -237,11 +266,20 @@ mod tests {
     fn e2ee_call_is_one_to_one_and_refuses_bots() {
         let mut r = CallRegistry::new(2, 16);
         assert_eq!(r.join(req(1, "user", true)).unwrap().mode, CallMode::E2ee);
-        assert_eq!(r.join(req(2, "bot:recording", false)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
-        assert_eq!(r.join(req(3, "user", false)).unwrap_err().0, ErrorCode::E2eeRequired);
+        assert_eq!(
+            r.join(req(2, "bot:recording", false)).unwrap_err().0,
+            ErrorCode::E2eeCallRefusesBots
+        );
+        assert_eq!(
+            r.join(req(3, "user", false)).unwrap_err().0,
+            ErrorCode::E2eeRequired
+        );
         let j = r.join(req(4, "user", true)).unwrap();
         assert_eq!(j.others.len(), 1);
-        assert_eq!(r.join(req(5, "user", true)).unwrap_err().0, ErrorCode::E2eeCallIsOneToOne);
+        assert_eq!(
+            r.join(req(5, "user", true)).unwrap_err().0,
+            ErrorCode::E2eeCallIsOneToOne
+        );
         let l = r.leave(1).unwrap();
         assert_eq!(l.remaining, vec![4]);
         assert!(r.leave(4).unwrap().ended.is_some());
@@ -256,7 +294,13 @@ mod tests {
         assert_eq!(j.mode, CallMode::Standard);
         assert!(j.mode_reason.unwrap().contains("u1"));
         r.join(req(3, "bot:captions", false)).unwrap();
-        assert_eq!(r.join(req(4, "user", false)).unwrap_err().0, ErrorCode::CallFull);
-        assert_eq!(r.join(req(1, "user", false)).unwrap_err().0, ErrorCode::AlreadyJoined);
+        assert_eq!(
+            r.join(req(4, "user", false)).unwrap_err().0,
+            ErrorCode::CallFull
+        );
+        assert_eq!(
+            r.join(req(1, "user", false)).unwrap_err().0,
+            ErrorCode::AlreadyJoined
+        );
     }
 }

@@ -48,7 +48,9 @@ fn srtp_drop(e: &webrtc_srtp::Error) -> DropReason {
     match e {
         // An AEAD open failure is a tag mismatch.
         E::ErrFailedToVerifyAuthTag | E::AesGcm(_) => DropReason::SrtpAuthFailed,
-        E::SrtpSsrcDuplicated(..) | E::SrtcpSsrcDuplicated(..) | E::ErrDuplicated => DropReason::SrtpReplay,
+        E::SrtpSsrcDuplicated(..) | E::SrtcpSsrcDuplicated(..) | E::ErrDuplicated => {
+            DropReason::SrtpReplay
+        }
         _ => DropReason::SrtpMalformed,
     }
 }
@@ -62,7 +64,15 @@ impl Forwarder {
     }
 
     /// Start forwarding for a participant whose DTLS handshake finished.
-    pub fn add_peer(&mut self, peer: PeerId, call: CallKey, addr: SocketAddr, inbound: Context, outbound: Context, ssrcs: &[u32]) {
+    pub fn add_peer(
+        &mut self,
+        peer: PeerId,
+        call: CallKey,
+        addr: SocketAddr,
+        inbound: Context,
+        outbound: Context,
+        ssrcs: &[u32],
+    ) {
         for s in ssrcs {
             self.ssrc_owner.insert((call, *s), peer);
         }
@@ -103,9 +113,17 @@ impl Forwarder {
 
     /// Unprotect an SRTP packet from `from` and protect it for every other participant of
     /// its call. Returns how many transmits were queued.
-    pub fn on_rtp(&mut self, from: PeerId, data: &[u8], out: &mut Vec<Transmit>) -> Result<usize, DropReason> {
+    pub fn on_rtp(
+        &mut self,
+        from: PeerId,
+        data: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> Result<usize, DropReason> {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
-        let plain = sender.inbound.decrypt_rtp(data).map_err(|e| srtp_drop(&e))?;
+        let plain = sender
+            .inbound
+            .decrypt_rtp(data)
+            .map_err(|e| srtp_drop(&e))?;
         let hdr = RtpHeader::parse(&plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
         self.ssrc_owner.entry((call, hdr.ssrc)).or_insert(from);
@@ -114,12 +132,18 @@ impl Forwarder {
         }
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {
-            self.scratch.extend(members.iter().copied().filter(|p| *p != from));
+            self.scratch
+                .extend(members.iter().copied().filter(|p| *p != from));
         }
         let mut n = 0;
         for to in &self.scratch {
-            let Some(r) = self.peers.get_mut(to) else { continue };
-            let data = r.outbound.encrypt_rtp(&plain).map_err(|_| DropReason::SrtpProtectFailed)?;
+            let Some(r) = self.peers.get_mut(to) else {
+                continue;
+            };
+            let data = r
+                .outbound
+                .encrypt_rtp(&plain)
+                .map_err(|_| DropReason::SrtpProtectFailed)?;
             out.push(Transmit {
                 to: r.addr,
                 data,
@@ -133,11 +157,23 @@ impl Forwarder {
     /// Unprotect an SRTCP compound packet and route each packet in it: sender-side reports
     /// (SR, SDES, BYE) to every other participant, receiver-side ones (RR, NACK, PLI, FIR)
     /// to whoever sends the SSRC they are about.
-    pub fn on_rtcp(&mut self, from: PeerId, data: &[u8], out: &mut Vec<Transmit>) -> Result<usize, DropReason> {
+    pub fn on_rtcp(
+        &mut self,
+        from: PeerId,
+        data: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> Result<usize, DropReason> {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
-        let plain = sender.inbound.decrypt_rtcp(data).map_err(|e| srtp_drop(&e))?;
+        let plain = sender
+            .inbound
+            .decrypt_rtcp(data)
+            .map_err(|e| srtp_drop(&e))?;
         let call = sender.call;
-        let members: Vec<PeerId> = self.calls.get(&call).map(|m| m.iter().copied().filter(|p| *p != from).collect()).unwrap_or_default();
+        let members: Vec<PeerId> = self
+            .calls
+            .get(&call)
+            .map(|m| m.iter().copied().filter(|p| *p != from).collect())
+            .unwrap_or_default();
         // Per receiver, the packets of this compound that go to it.
         let mut per_dest: Vec<(PeerId, Vec<u8>)> = Vec::new();
         for p in rtcp::packets(&plain) {
@@ -159,8 +195,13 @@ impl Forwarder {
         }
         let mut n = 0;
         for (to, compound) in per_dest {
-            let Some(r) = self.peers.get_mut(&to) else { continue };
-            let data = r.outbound.encrypt_rtcp(&compound).map_err(|_| DropReason::SrtpProtectFailed)?;
+            let Some(r) = self.peers.get_mut(&to) else {
+                continue;
+            };
+            let data = r
+                .outbound
+                .encrypt_rtcp(&compound)
+                .map_err(|_| DropReason::SrtpProtectFailed)?;
             out.push(Transmit {
                 to: r.addr,
                 data,
@@ -178,7 +219,14 @@ mod tests {
     use webrtc_srtp::protection_profile::ProtectionProfile;
 
     fn ctx(key: u8) -> Context {
-        Context::new(&[key; 16], &[key; 12], ProtectionProfile::AeadAes128Gcm, None, None).unwrap()
+        Context::new(
+            &[key; 16],
+            &[key; 12],
+            ProtectionProfile::AeadAes128Gcm,
+            None,
+            None,
+        )
+        .unwrap()
     }
     fn ctx_replay(key: u8) -> Context {
         Context::new(
@@ -193,7 +241,16 @@ mod tests {
 
     fn rtp(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
-        RtpHeader { marker: false, payload_type: 96, sequence: seq, timestamp: 1, ssrc, header_len: 12, padding_len: 0 }.write_minimal(&mut b);
+        RtpHeader {
+            marker: false,
+            payload_type: 96,
+            sequence: seq,
+            timestamp: 1,
+            ssrc,
+            header_len: 12,
+            padding_len: 0,
+        }
+        .write_minimal(&mut b);
         b.extend_from_slice(payload);
         b
     }
@@ -216,7 +273,8 @@ mod tests {
         let got = client_b_in.decrypt_rtp(&out[0].data).unwrap();
         assert_eq!(&got[..], &pkt[..]);
         assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SrtpReplay));
-        let mut bad = wire.to_vec();
+        // A fresh index with a damaged tag: authentication, not replay, refuses it.
+        let mut bad = client_a_out.encrypt_rtp(&rtp(100, 2, b"opaque")).unwrap().to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(f.on_rtp(1, &bad, &mut out), Err(DropReason::SrtpAuthFailed));
@@ -226,14 +284,35 @@ mod tests {
     #[test]
     fn pli_goes_to_the_media_sender_only() {
         let mut f = Forwarder::new(None);
-        f.add_peer(1, 7, "127.0.0.1:1".parse().unwrap(), ctx_replay(1), ctx(11), &[100]);
-        f.add_peer(2, 7, "127.0.0.1:2".parse().unwrap(), ctx_replay(2), ctx(12), &[200]);
-        f.add_peer(3, 7, "127.0.0.1:3".parse().unwrap(), ctx_replay(3), ctx(13), &[300]);
+        f.add_peer(
+            1,
+            7,
+            "127.0.0.1:1".parse().unwrap(),
+            ctx_replay(1),
+            ctx(11),
+            &[100],
+        );
+        f.add_peer(
+            2,
+            7,
+            "127.0.0.1:2".parse().unwrap(),
+            ctx_replay(2),
+            ctx(12),
+            &[200],
+        );
+        f.add_peer(
+            3,
+            7,
+            "127.0.0.1:3".parse().unwrap(),
+            ctx_replay(3),
+            ctx(13),
+            &[300],
+        );
         let mut c2 = ctx(2);
         let wire = c2.encrypt_rtcp(&rtcp::pli(200, 100)).unwrap();
         let mut out = vec![];
         assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(1));
-        assert_eq!(out[0].to, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(out[0].to, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
         let plain = ctx_replay(11).decrypt_rtcp(&out[0].data).unwrap();
         assert_eq!(&plain[..], &rtcp::pli(200, 100)[..]);
     }

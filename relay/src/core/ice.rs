@@ -2,7 +2,9 @@
 //! requests and learns each participant's address from them.
 
 use crate::metrics::DropReason;
-use blindrelay_protocol::stun::{StunError, StunMessage, StunWriter, BINDING_INDICATION, BINDING_REQUEST, BINDING_SUCCESS};
+use blindrelay_protocol::stun::{
+    StunError, StunMessage, StunWriter, BINDING_INDICATION, BINDING_REQUEST, BINDING_SUCCESS,
+};
 use std::net::SocketAddr;
 
 /// Short-term credentials of one participant's ICE session.
@@ -34,7 +36,11 @@ pub enum StunOutcome<T> {
 /// Check a STUN datagram from `from`: a binding request whose USERNAME is
 /// `relay_ufrag:client_ufrag` of a known participant and whose MESSAGE-INTEGRITY verifies
 /// with that participant's relay password. `lookup` finds a participant by relay ufrag.
-pub fn handle_stun<T: IceCredentials>(buf: &[u8], from: SocketAddr, lookup: impl FnOnce(&str) -> Option<T>) -> StunOutcome<T> {
+pub fn handle_stun<T: IceCredentials>(
+    buf: &[u8],
+    from: SocketAddr,
+    lookup: impl FnOnce(&str) -> Option<T>,
+) -> StunOutcome<T> {
     let msg = match StunMessage::parse(buf) {
         Ok(m) => m,
         Err(_) => return StunOutcome::Drop(DropReason::StunMalformed),
@@ -56,7 +62,9 @@ pub fn handle_stun<T: IceCredentials>(buf: &[u8], from: SocketAddr, lookup: impl
     }
     match msg.verify_integrity(entry.local_pwd().as_bytes()) {
         Ok(()) => {}
-        Err(StunError::NoIntegrity) | Err(_) => return StunOutcome::Drop(DropReason::StunBadIntegrity),
+        Err(StunError::NoIntegrity) | Err(_) => {
+            return StunOutcome::Drop(DropReason::StunBadIntegrity)
+        }
     }
     let response = StunWriter::new(BINDING_SUCCESS, &msg.transaction_id)
         .xor_mapped_address(from)
@@ -117,6 +125,9 @@ mod tests {
             handle_stun(&req("rel:other", "relaypassword0123456789"), from, lookup),
             StunOutcome::Drop(DropReason::StunUnknownUser)
         ));
-        assert!(matches!(handle_stun(&[0, 1, 0], from, lookup), StunOutcome::Drop(DropReason::StunMalformed)));
+        assert!(matches!(
+            handle_stun(&[0, 1, 0], from, lookup),
+            StunOutcome::Drop(DropReason::StunMalformed)
+        ));
     }
 }

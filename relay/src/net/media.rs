@@ -91,7 +91,9 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
             m.received_bytes[k].increment(data.len() as u64);
             match kind {
                 PacketKind::Stun => {
-                    let outcome = handle_stun(&data, from, |u| shared.ice.get(u).map(|e| e.value().clone()));
+                    let outcome = handle_stun(&data, from, |u| {
+                        shared.ice.get(u).map(|e| e.value().clone())
+                    });
                     match outcome {
                         StunOutcome::Binding(b) => {
                             b.entry.activity.store(now_ms, Ordering::Relaxed);
@@ -104,7 +106,8 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
                             // relay never moves it afterwards.
                             let peer = b.entry.peer;
                             if !peer_addr.contains_key(&peer) && !addrs.contains_key(&from) {
-                                let (conn, dtls_tx) = PacketConn::new(shared.media.socket.clone(), from, DTLS_QUEUE);
+                                let (conn, dtls_tx) =
+                                    PacketConn::new(shared.media.socket.clone(), from, DTLS_QUEUE);
                                 addrs.insert(
                                     from,
                                     AddrEntry {
@@ -155,7 +158,11 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
     }
 }
 
-fn remove(addrs: &mut HashMap<SocketAddr, AddrEntry>, peer_addr: &mut HashMap<PeerId, SocketAddr>, p: PeerId) {
+fn remove(
+    addrs: &mut HashMap<SocketAddr, AddrEntry>,
+    peer_addr: &mut HashMap<PeerId, SocketAddr>,
+    p: PeerId,
+) {
     if let Some(a) = peer_addr.remove(&p) {
         if addrs.get(&a).is_some_and(|e| e.peer == p) {
             addrs.remove(&a);
@@ -165,7 +172,12 @@ fn remove(addrs: &mut HashMap<SocketAddr, AddrEntry>, peer_addr: &mut HashMap<Pe
 
 /// Handshake with one participant, hand its SRTP contexts to its forwarding loop, then
 /// wait for the association to end (close_notify or error).
-async fn dtls_task(shared: Arc<Shared>, entry: Arc<IceEntry>, conn: Arc<PacketConn>, addr: SocketAddr) {
+async fn dtls_task(
+    shared: Arc<Shared>,
+    entry: Arc<IceEntry>,
+    conn: Arc<PacketConn>,
+    addr: SocketAddr,
+) {
     let m = &shared.metrics;
     let started = Instant::now();
     let result = handshake(
@@ -186,7 +198,8 @@ async fn dtls_task(shared: Arc<Shared>, entry: Arc<IceEntry>, conn: Arc<PacketCo
         }
     };
     m.dtls_handshake("ok").increment(1);
-    m.dtls_handshake_time.record(started.elapsed().as_secs_f64());
+    m.dtls_handshake_time
+        .record(started.elapsed().as_secs_f64());
     let dtls = session.conn.clone();
     match shared.sessions.get(&entry.peer) {
         Some(s) => {
@@ -211,7 +224,10 @@ async fn dtls_task(shared: Arc<Shared>, entry: Arc<IceEntry>, conn: Arc<PacketCo
         return;
     }
     m.join_time.record(entry.joined_at.elapsed().as_secs_f64());
-    debug!(profile = blindrelay_transport::profile_label(session.profile), "participant keyed");
+    debug!(
+        profile = blindrelay_transport::profile_label(session.profile),
+        "participant keyed"
+    );
     let mut buf = vec![0u8; 2048];
     loop {
         match dtls.read(&mut buf, None).await {
@@ -226,7 +242,12 @@ async fn dtls_task(shared: Arc<Shared>, entry: Arc<IceEntry>, conn: Arc<PacketCo
 }
 
 /// One forwarding loop: packets of the calls pinned to it, in arrival order.
-pub async fn worker_loop(mut rx: mpsc::Receiver<WorkerMsg>, media: Arc<MediaSocket>, m: Arc<Metrics>, tap: Option<MediaTap>) {
+pub async fn worker_loop(
+    mut rx: mpsc::Receiver<WorkerMsg>,
+    media: Arc<MediaSocket>,
+    m: Arc<Metrics>,
+    tap: Option<MediaTap>,
+) {
     let mut fwd = Forwarder::new(tap);
     let mut msgs = Vec::with_capacity(256);
     let mut out: Vec<Transmit> = Vec::with_capacity(512);
@@ -234,7 +255,12 @@ pub async fn worker_loop(mut rx: mpsc::Receiver<WorkerMsg>, media: Arc<MediaSock
     while rx.recv_many(&mut msgs, 256).await > 0 {
         for msg in msgs.drain(..) {
             match msg {
-                WorkerMsg::Packet { peer, rtcp, data, at } => {
+                WorkerMsg::Packet {
+                    peer,
+                    rtcp,
+                    data,
+                    at,
+                } => {
                     let r = if rtcp {
                         fwd.on_rtcp(peer, &data, &mut out)
                     } else {
@@ -282,7 +308,8 @@ pub async fn worker_loop(mut rx: mpsc::Receiver<WorkerMsg>, media: Arc<MediaSock
         }
         let now = Instant::now();
         for at in arrivals.drain(..) {
-            m.forwarding_latency.record(now.duration_since(at).as_secs_f64());
+            m.forwarding_latency
+                .record(now.duration_since(at).as_secs_f64());
         }
     }
 }

@@ -109,7 +109,11 @@ impl Shared {
         };
         // The registry lock guards only membership; a poisoned lock means a panic elsewhere
         // already, and membership is still consistent (each call is one atomic update).
-        let left = self.registry.lock().unwrap_or_else(|p| p.into_inner()).leave(peer);
+        let left = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leave(peer);
         self.ice.remove(&session.local_ufrag);
         let _ = self.recv_ctl.send(RecvCtl::RemovePeer(peer));
         if let Some(w) = self.workers.get(session.worker) {
@@ -118,7 +122,11 @@ impl Shared {
                 let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
             });
         }
-        let dtls = session.dtls.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let dtls = session
+            .dtls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(conn) = dtls {
             tokio::spawn(async move {
                 let _ = conn.close().await;
@@ -130,7 +138,8 @@ impl Shared {
             if let Some(mode) = left.ended {
                 self.metrics.calls(mode.as_str()).decrement(1.0);
             }
-            if reason == "consent_timeout" || reason == "dtls_failed" || reason == "connect_timeout" {
+            if reason == "consent_timeout" || reason == "dtls_failed" || reason == "connect_timeout"
+            {
                 let _ = session.to_client.send(ServerMessage::ParticipantLeft {
                     participant: left.public_id.clone(),
                     reason: reason.to_string(),
@@ -177,8 +186,13 @@ pub struct Relay {
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+async fn bind_tcp(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 impl Relay {
@@ -187,11 +201,12 @@ impl Relay {
         // Only ring is compiled in; installing it explicitly keeps rustls from guessing.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let identity = DtlsIdentity::generate()?;
-        let media = MediaSocket::bind(config.media.listen, config.media.socket_buffer_bytes).map_err(|source| StartError::Bind {
-            what: "media",
-            addr: config.media.listen,
-            source,
-        })?;
+        let media = MediaSocket::bind(config.media.listen, config.media.socket_buffer_bytes)
+            .map_err(|source| StartError::Bind {
+                what: "media",
+                addr: config.media.listen,
+                source,
+            })?;
         let media_addr = media.local_addr().map_err(|source| StartError::Bind {
             what: "media",
             addr: config.media.listen,
@@ -199,16 +214,20 @@ impl Relay {
         })?;
         let signal_listener = bind_tcp("signal", config.signal.listen).await?;
         let admin_listener = bind_tcp("admin", config.admin.listen).await?;
-        let signal_addr = signal_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "signal",
-            addr: config.signal.listen,
-            source,
-        })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "admin",
-            addr: config.admin.listen,
-            source,
-        })?;
+        let signal_addr = signal_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "signal",
+                addr: config.signal.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "admin",
+                addr: config.admin.listen,
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new());
         let media = Arc::new(media);
         let n_workers = config.worker_count();
@@ -217,7 +236,12 @@ impl Relay {
         for _ in 0..n_workers {
             let (tx, rx) = mpsc::channel(media::WORKER_QUEUE);
             workers.push(tx);
-            tasks.push(tokio::spawn(media::worker_loop(rx, media.clone(), metrics.clone(), options.tap.clone())));
+            tasks.push(tokio::spawn(media::worker_loop(
+                rx,
+                media.clone(),
+                metrics.clone(),
+                options.tap.clone(),
+            )));
         }
         let (recv_ctl, recv_ctl_rx) = mpsc::unbounded_channel();
         let registry = Mutex::new(CallRegistry::new(n_workers, config.calls.max_participants));

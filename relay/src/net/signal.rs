@@ -13,7 +13,8 @@ use axum::routing::get;
 use axum::Router;
 use blindrelay_protocol::sdp::{self, AnswerParams};
 use blindrelay_protocol::signal::{
-    parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ServerMessage, MAX_MESSAGE_BYTES,
+    parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ServerMessage,
+    MAX_MESSAGE_BYTES,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::distr::{Alphanumeric, SampleString};
@@ -24,7 +25,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let app = Router::new().route("/v1/signal", get(upgrade)).with_state(shared);
+    let app = Router::new()
+        .route("/v1/signal", get(upgrade))
+        .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         error!(error = %e, "signalling listener stopped");
     }
@@ -46,7 +49,10 @@ struct Conn {
 }
 
 fn role_label(role: &str) -> &'static str {
-    token::ROLES.into_iter().find(|r| *r == role).unwrap_or("user")
+    token::ROLES
+        .into_iter()
+        .find(|r| *r == role)
+        .unwrap_or("user")
 }
 
 async fn connection(socket: WebSocket, shared: Arc<Shared>) {
@@ -98,13 +104,17 @@ async fn send(
     m: &ServerMessage,
 ) -> Result<(), axum::Error> {
     // Our own enums always serialize.
-    let text = serde_json::to_string(m).unwrap_or_else(|_| unreachable!("ServerMessage serializes"));
+    let text =
+        serde_json::to_string(m).unwrap_or_else(|_| unreachable!("ServerMessage serializes"));
     sink.send(Message::Text(text.into())).await
 }
 
 impl Conn {
     fn error(&self, code: ErrorCode, message: String) -> ServerMessage {
-        self.shared.metrics.signalling_error(code.as_str()).increment(1);
+        self.shared
+            .metrics
+            .signalling_error(code.as_str())
+            .increment(1);
         ServerMessage::Error { code, message }
     }
 
@@ -120,7 +130,9 @@ impl Conn {
                 e2ee_enabled,
                 offer_sdp,
             } => self.join(call, e2ee_enabled, &offer_sdp),
-            ClientMessage::E2ee { to, blob } => self.relay_to(&to, |from| ServerMessage::E2ee { from, blob }),
+            ClientMessage::E2ee { to, blob } => {
+                self.relay_to(&to, |from| ServerMessage::E2ee { from, blob })
+            }
             ClientMessage::Chat { body } => self.chat(body),
             ClientMessage::Feature { name, .. } => self.feature(&name),
             ClientMessage::Leave => match self.peer.take() {
@@ -140,7 +152,11 @@ impl Conn {
         let cfg = &self.shared.config.auth;
         match token::verify(&cfg.api_secret, token, cfg.leeway) {
             Ok(claims) => {
-                let e2ee_option = if claims.is_bot() { E2eeOption::Hidden } else { E2eeOption::Available };
+                let e2ee_option = if claims.is_bot() {
+                    E2eeOption::Hidden
+                } else {
+                    E2eeOption::Available
+                };
                 let reply = ServerMessage::Capabilities {
                     user: claims.sub.clone(),
                     tenant: claims.tenant.clone(),
@@ -166,10 +182,18 @@ impl Conn {
             vec![this.error(code, msg)]
         };
         if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return refuse(self, ErrorCode::ShuttingDown, "relay is shutting down".into());
+            return refuse(
+                self,
+                ErrorCode::ShuttingDown,
+                "relay is shutting down".into(),
+            );
         }
         let Some(claims) = self.claims.clone() else {
-            return refuse(self, ErrorCode::NotAuthenticated, "send hello with a token first".into());
+            return refuse(
+                self,
+                ErrorCode::NotAuthenticated,
+                "send hello with a token first".into(),
+            );
         };
         if self.peer.is_some() {
             return refuse(self, ErrorCode::AlreadyJoined, "already in a call".into());
@@ -181,11 +205,19 @@ impl Conn {
         }
         if let Some(allowed) = &claims.call {
             if *allowed != call {
-                return refuse(self, ErrorCode::WrongCall, format!("token admits to call `{allowed}` only"));
+                return refuse(
+                    self,
+                    ErrorCode::WrongCall,
+                    format!("token admits to call `{allowed}` only"),
+                );
             }
         }
         if call.is_empty() || call.len() > 256 {
-            return refuse(self, ErrorCode::BadRequest, "call id must be 1 to 256 bytes".into());
+            return refuse(
+                self,
+                ErrorCode::BadRequest,
+                "call id must be 1 to 256 bytes".into(),
+            );
         }
         let offer = match sdp::parse_offer(offer_sdp) {
             Ok(o) => o,
@@ -195,7 +227,11 @@ impl Conn {
         let mut rng = rand::rng();
         let public_id = format!("p-{}", Alphanumeric.sample_string(&mut rng, 12));
         let joined = {
-            let mut reg = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             reg.join(JoinRequest {
                 peer,
                 public_id: public_id.clone(),
@@ -213,7 +249,11 @@ impl Conn {
         let local_ufrag = Alphanumeric.sample_string(&mut rng, 16);
         let local_pwd = Alphanumeric.sample_string(&mut rng, 32);
         let activity = Arc::new(AtomicU64::new(self.shared.now_ms()));
-        let ssrcs: Vec<u32> = offer.media.iter().flat_map(|s| s.ssrcs.iter().copied()).collect();
+        let ssrcs: Vec<u32> = offer
+            .media
+            .iter()
+            .flat_map(|s| s.ssrcs.iter().copied())
+            .collect();
         let answer_sdp = sdp::build_answer(
             &offer,
             &AnswerParams {
@@ -226,7 +266,11 @@ impl Conn {
         );
         let role = role_label(&claims.role);
         let Some(out_tx) = self.out_tx.take() else {
-            return refuse(self, ErrorCode::Internal, "connection already used for a call".into());
+            return refuse(
+                self,
+                ErrorCode::Internal,
+                "connection already used for a call".into(),
+            );
         };
         self.shared.ice.insert(
             local_ufrag.clone(),
@@ -270,7 +314,9 @@ impl Conn {
         };
         for (other, _) in &joined.others {
             if let Some(s) = self.shared.sessions.get(other) {
-                let _ = s.to_client.send(ServerMessage::ParticipantJoined { participant: me.clone() });
+                let _ = s.to_client.send(ServerMessage::ParticipantJoined {
+                    participant: me.clone(),
+                });
             }
         }
         info!(mode = joined.mode.as_str(), role, "participant joined");
@@ -283,7 +329,11 @@ impl Conn {
         }]
     }
 
-    fn hello_still_valid(&self, secret: &str, leeway: std::time::Duration) -> Result<(), token::TokenError> {
+    fn hello_still_valid(
+        &self,
+        secret: &str,
+        leeway: std::time::Duration,
+    ) -> Result<(), token::TokenError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -296,7 +346,11 @@ impl Conn {
     }
 
     /// Relay a message to one participant of the caller's call.
-    fn relay_to(&mut self, to: &str, make: impl FnOnce(String) -> ServerMessage) -> Vec<ServerMessage> {
+    fn relay_to(
+        &mut self,
+        to: &str,
+        make: impl FnOnce(String) -> ServerMessage,
+    ) -> Vec<ServerMessage> {
         let Some(peer) = self.peer else {
             return vec![self.error(ErrorCode::NotJoined, "join a call first".into())];
         };
@@ -311,7 +365,10 @@ impl Conn {
                 let _ = s.to_client.send(make(self.public_id.clone()));
                 vec![]
             }
-            None => vec![self.error(ErrorCode::UnknownParticipant, format!("no participant `{to}` in this call"))],
+            None => vec![self.error(
+                ErrorCode::UnknownParticipant,
+                format!("no participant `{to}` in this call"),
+            )],
         }
     }
 
@@ -320,8 +377,14 @@ impl Conn {
             return vec![self.error(ErrorCode::NotJoined, "join a call first".into())];
         };
         let others: Vec<PeerId> = {
-            let reg = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
-            reg.peers_of(peer).map(|(_, v)| v.into_iter().map(|(p, _)| p).collect()).unwrap_or_default()
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            reg.peers_of(peer)
+                .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect())
+                .unwrap_or_default()
         };
         for o in others {
             if let Some(s) = self.shared.sessions.get(&o) {
@@ -339,7 +402,11 @@ impl Conn {
             return vec![self.error(ErrorCode::NotJoined, "join a call first".into())];
         };
         let mode = {
-            let reg = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             reg.peers_of(peer).map(|(m, _)| m)
         };
         const FEATURES: [&str; 8] = [
@@ -353,7 +420,10 @@ impl Conn {
             "transcription",
         ];
         if !FEATURES.contains(&name) {
-            return vec![self.error(ErrorCode::UnknownFeature, format!("unknown feature `{name}`"))];
+            return vec![self.error(
+                ErrorCode::UnknownFeature,
+                format!("unknown feature `{name}`"),
+            )];
         }
         debug!(feature = name, "feature requested");
         match mode {

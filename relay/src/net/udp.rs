@@ -22,7 +22,11 @@ pub struct MediaSocket {
 impl MediaSocket {
     /// Bind with large kernel buffers (bursts of video must not overflow them).
     pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Self> {
-        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let domain = if addr.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
         let _ = s.set_recv_buffer_size(buffer_bytes);
@@ -47,8 +51,10 @@ impl MediaSocket {
         let n = loop {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
-                let mut slices: Vec<IoSliceMut<'_>> = chunk.chunks_mut(SLOT).map(IoSliceMut::new).collect();
-                self.state.recv(UdpSockRef::from(&*self.socket), &mut slices, &mut meta)
+                let mut slices: Vec<IoSliceMut<'_>> =
+                    chunk.chunks_mut(SLOT).map(IoSliceMut::new).collect();
+                self.state
+                    .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut meta)
             });
             match r {
                 Ok(n) => break n,
@@ -84,7 +90,9 @@ impl MediaSocket {
             src_ip: None,
         };
         loop {
-            match self.socket.try_io(Interest::WRITABLE, || self.state.try_send(UdpSockRef::from(&*self.socket), &t)) {
+            match self.socket.try_io(Interest::WRITABLE, || {
+                self.state.try_send(UdpSockRef::from(&*self.socket), &t)
+            }) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
                 Err(e) => return Err(e),
