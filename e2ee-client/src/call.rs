@@ -92,6 +92,8 @@ pub struct CallSummary {
     pub e2ee_option: Option<E2eeOption>,
     pub e2ee: bool,
     pub verification_code: Option<String>,
+    /// Why end-to-end key agreement failed (e.g. a reveal that does not match its commitment).
+    pub e2ee_error: Option<String>,
     pub srtp_profile: Option<String>,
     pub join_ms: Option<f64>,
     pub connect_ms: Option<f64>,
@@ -341,6 +343,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let mut opened = Vec::with_capacity(video_frame_bytes + 64);
     let mut last_bytes = 0u64;
     let mut ended_by_relay = false;
+    let mut early_blobs: Vec<(String, String)> = Vec::new();
     loop {
         let sending = !e2ee_call || e2ee.is_some();
         tokio::select! {
@@ -423,6 +426,9 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                         say(opts, &format!("{} ({}) joined", participant.participant, participant.user));
                         if e2ee_call && kex.is_none() {
                             start_kex(opts, &mut sig, &mut kex, &me, &participant).await?;
+                            for (from, blob) in std::mem::take(&mut early_blobs) {
+                                on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
+                            }
                         }
                         peers.push(participant);
                     }
@@ -436,28 +442,14 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                         s.peers_left.push(participant);
                     }
                     ServerMessage::E2ee { from, blob } => {
-                        if let Some(k) = kex.as_mut() {
-                            match k.handle_blob(&blob) {
-                                Ok(Some(reply)) => sig.send(&ClientMessage::E2ee { to: from.clone(), blob: reply }).await?,
-                                Ok(None) => {}
-                                Err(e) => say(opts, &format!("key agreement error: {e}")),
+                        if kex.is_none() {
+                            // Key agreement can overtake the participant_joined event on
+                            // the way here; keep it until the agreement exists.
+                            if early_blobs.len() < 16 {
+                                early_blobs.push((from, blob));
                             }
-                            if e2ee.is_none() {
-                                if let Some(keys) = k.keys() {
-                                    let (send_kid, recv_kid) = match k.role() {
-                                        Role::Initiator => (KID_INITIATOR, KID_RESPONDER),
-                                        Role::Responder => (KID_RESPONDER, KID_INITIATOR),
-                                    };
-                                    let suite = CipherSuite::default();
-                                    let mut receiver = SframeReceiver::new();
-                                    receiver.add_key(suite, recv_kid, keys.recv_key.as_bytes());
-                                    e2ee = Some(E2ee { sender: SframeSender::new(suite, send_kid, keys.send_key.as_bytes()), receiver });
-                                    s.e2ee = true;
-                                    s.verification_code = Some(keys.verification_code.to_string());
-                                    eprintln!("[{}] Verification code: {}", opts.name, keys.verification_code);
-                                    say(opts, "lock: on (end-to-end encrypted)");
-                                }
-                            }
+                        } else {
+                            on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
                         }
                     }
                     ServerMessage::Chat { from, body } => {
@@ -504,6 +496,49 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;
     sig.close().await;
+    Ok(())
+}
+
+/// Feed one key-agreement blob; installs the SFrame keys once the agreement completes.
+async fn on_kex_blob(
+    opts: &CallOptions,
+    sig: &mut Signal,
+    kex: &mut Option<KeyAgreement>,
+    e2ee: &mut Option<E2ee>,
+    s: &mut CallSummary,
+    from: String,
+    blob: String,
+) -> Result<(), CallError> {
+    let Some(k) = kex.as_mut() else { return Ok(()) };
+    match k.handle_blob(&blob) {
+        Ok(Some(reply)) => sig.send(&ClientMessage::E2ee { to: from, blob: reply }).await?,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("[{}] end-to-end key agreement failed: {e}", opts.name);
+            if s.e2ee_error.is_none() {
+                s.e2ee_error = Some(e.to_string());
+            }
+        }
+    }
+    if e2ee.is_none() {
+        if let Some(keys) = k.keys() {
+            let (send_kid, recv_kid) = match k.role() {
+                Role::Initiator => (KID_INITIATOR, KID_RESPONDER),
+                Role::Responder => (KID_RESPONDER, KID_INITIATOR),
+            };
+            let suite = CipherSuite::default();
+            let mut receiver = SframeReceiver::new();
+            receiver.add_key(suite, recv_kid, keys.recv_key.as_bytes());
+            *e2ee = Some(E2ee {
+                sender: SframeSender::new(suite, send_kid, keys.send_key.as_bytes()),
+                receiver,
+            });
+            s.e2ee = true;
+            s.verification_code = Some(keys.verification_code.to_string());
+            eprintln!("[{}] Verification code: {}", opts.name, keys.verification_code);
+            say(opts, "lock: on (end-to-end encrypted)");
+        }
+    }
     Ok(())
 }
 

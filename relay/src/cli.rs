@@ -47,6 +47,11 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// Write every RTP packet the relay forwards, as it holds it after hop decryption, to
+    /// this pcap file (sets `capture.path`), to audit that the relay is blind.
+    #[arg(long, value_name = "FILE.pcap")]
+    pub capture: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -156,7 +161,11 @@ pub fn init_tracing(filter: &str) -> Result<(), CliError> {
 /// Run the parsed command to completion.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     // Loaded before anything else, so a bad config exits 2 without touching a port.
-    let config = load_config(cli.config.as_deref())?;
+    let mut config = load_config(cli.config.as_deref())?;
+    if let Some(path) = cli.capture {
+        config.capture.path = Some(path);
+        config.validate()?;
+    }
     match cli.command {
         None => serve(config),
         Some(Command::CheckConfig) => print_stdout("config OK\n"),
@@ -257,6 +266,18 @@ mod tests {
         let cli = Cli::try_parse_from(["blindrelay"]).unwrap();
         assert!(cli.command.is_none());
         assert!(cli.config.is_none());
+        assert!(cli.capture.is_none());
+    }
+
+    #[test]
+    fn capture_flag_sets_the_capture_path() {
+        // Literal, valid arguments: a parse failure is the bug under test.
+        let cli = Cli::try_parse_from(["blindrelay", "--capture", "relay.pcap"]).unwrap();
+        assert_eq!(cli.capture.as_deref(), Some(Path::new("relay.pcap")));
+        assert!(cli.command.is_none());
+        // An empty path is a usage error (status 2), caught before any port opens.
+        let e = Cli::try_parse_from(["blindrelay", "--capture", ""]).err();
+        assert!(e.as_ref().is_some_and(|e| e.exit_code() == 2), "{e:?}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -37,6 +37,7 @@ pub struct Config {
     pub ice: IceConfig,
     pub auth: AuthConfig,
     pub calls: CallsConfig,
+    pub capture: CaptureConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +92,22 @@ pub struct CallsConfig {
     pub max_participants: usize,
 }
 
+/// Smallest `capture.max_bytes`: the pcap file header, so a capture is always a valid file.
+pub const MIN_CAPTURE_BYTES: u64 = 24;
+
+/// A pcap of the RTP the relay holds after hop decryption, for audits that the relay is
+/// blind. Off unless `path` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// The pcap file to write (truncated at start). Absent: no capture, no cost.
+    pub path: Option<PathBuf>,
+    /// Size cap of the file; the capture stops (the relay does not) when it is reached.
+    pub max_bytes: u64,
+    /// Capture only the call with this id.
+    pub call: Option<String>,
+}
+
 impl Default for SignalConfig {
     fn default() -> Self {
         SignalConfig {
@@ -127,6 +144,15 @@ impl Default for AuthConfig {
         AuthConfig {
             api_secret: DEV_API_SECRET.to_string(),
             leeway: Duration::from_secs(5),
+        }
+    }
+}
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            path: None,
+            max_bytes: 100 * 1024 * 1024,
+            call: None,
         }
     }
 }
@@ -218,6 +244,34 @@ impl Config {
                 message: "must be at least 2".into(),
             });
         }
+        if self
+            .capture
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "capture.path",
+                message: "must not be empty; leave the key out to capture nothing".into(),
+            });
+        }
+        if self.capture.max_bytes < MIN_CAPTURE_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "capture.max_bytes",
+                message: format!("must be at least {MIN_CAPTURE_BYTES} (the pcap file header)"),
+            });
+        }
+        if self
+            .capture
+            .call
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 256)
+        {
+            return Err(ConfigError::Invalid {
+                key: "capture.call",
+                message: "a call id is 1 to 256 bytes".into(),
+            });
+        }
         Ok(())
     }
 
@@ -247,6 +301,29 @@ mod tests {
         assert_eq!(c.ice.consent_timeout, d.ice.consent_timeout);
         assert_eq!(c.auth.api_secret, d.auth.api_secret);
         assert_eq!(c.calls.max_participants, d.calls.max_participants);
+        assert_eq!(c.capture.max_bytes, d.capture.max_bytes);
+        assert!(c.capture.path.is_none(), "the embedded default captures nothing");
+        assert!(c.capture.call.is_none());
+    }
+
+    #[test]
+    fn capture_section_parses_and_validates() {
+        let c = Config::parse(
+            "[capture]\npath = \"/tmp/x.pcap\"\nmax_bytes = 4096\ncall = \"demo\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.capture.path.as_deref(), Some(Path::new("/tmp/x.pcap")));
+        assert_eq!(c.capture.max_bytes, 4096);
+        assert_eq!(c.capture.call.as_deref(), Some("demo"));
+        for (text, key) in [
+            ("[capture]\nmax_bytes = 10\n", "capture.max_bytes"),
+            ("[capture]\npath = \"\"\n", "capture.path"),
+            ("[capture]\ncall = \"\"\n", "capture.call"),
+            ("[capture]\nfile = \"x\"\n", "file"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

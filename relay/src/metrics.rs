@@ -128,6 +128,10 @@ const M_CALLS: &str = "blindrelay_calls";
 const M_PARTICIPANTS: &str = "blindrelay_participants";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
+const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
+const M_CAPTURE_DROPPED: &str = "blindrelay_capture_dropped_total";
+const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
+const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
 
 /// Pre-registered handles for everything the relay counts.
 pub struct Metrics {
@@ -146,6 +150,14 @@ pub struct Metrics {
     pub forwarding_latency: Histogram,
     pub dtls_handshake_time: Histogram,
     pub join_time: Histogram,
+    /// Packets written to the capture file.
+    pub capture_packets: Counter,
+    /// Packets the capture dropped because its writer fell behind.
+    pub capture_dropped: Counter,
+    /// Captures stopped before the relay did (size cap or write error).
+    pub capture_stopped: Counter,
+    /// 1 while a capture is writing.
+    pub capture_active: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,6 +203,10 @@ impl Metrics {
             forwarding_latency: h(M_LATENCY),
             dtls_handshake_time: h(M_DTLS_TIME),
             join_time: h(M_JOIN_TIME),
+            capture_packets: c(M_CAPTURE_PKTS, vec![]),
+            capture_dropped: c(M_CAPTURE_DROPPED, vec![]),
+            capture_stopped: c(M_CAPTURE_STOPPED, vec![]),
+            capture_active: recorder.register_gauge(&Key::from_name(M_CAPTURE_ACTIVE), &meta()),
             recorder,
             handle,
         };
@@ -202,6 +218,7 @@ impl Metrics {
         for role in crate::token::ROLES {
             m.participants(role).set(0.0);
         }
+        m.capture_active.set(0.0);
         m
     }
 
@@ -254,6 +271,26 @@ impl Metrics {
         );
         d(M_REMOVED, None, "Participants removed, by reason.");
         d(M_STUN, None, "STUN binding responses sent.");
+        d(
+            M_CAPTURE_PKTS,
+            None,
+            "RTP packets written to the capture file.",
+        );
+        d(
+            M_CAPTURE_DROPPED,
+            None,
+            "RTP packets the capture dropped because its writer fell behind.",
+        );
+        d(
+            M_CAPTURE_STOPPED,
+            None,
+            "Captures stopped early (size cap reached or write error).",
+        );
+        self.recorder.describe_gauge(
+            M_CAPTURE_ACTIVE.into(),
+            None,
+            "1 while a pcap capture is being written.".into(),
+        );
         self.recorder
             .describe_gauge(M_CALLS.into(), None, "Calls in progress, by mode.".into());
         self.recorder.describe_gauge(

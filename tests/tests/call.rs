@@ -62,12 +62,13 @@ async fn two_clients_exchange_media_byte_for_byte() {
 fn tap_collector() -> (RelayOptions, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
     let s2 = seen.clone();
-    let tap: blindrelay::core::forward::MediaTap = std::sync::Arc::new(move |pkt: &[u8]| {
-        let mut v = s2.lock().expect("tap lock");
-        if v.len() < 5000 {
-            v.push(pkt.to_vec());
-        }
-    });
+    let tap: blindrelay::core::forward::MediaTap =
+        std::sync::Arc::new(move |pkt: &blindrelay::core::forward::TapPacket<'_>| {
+            let mut v = s2.lock().expect("tap lock");
+            if v.len() < 5000 {
+                v.push(pkt.data.to_vec());
+            }
+        });
     (RelayOptions { tap: Some(tap) }, seen)
 }
 

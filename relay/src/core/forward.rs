@@ -14,8 +14,21 @@ use std::sync::Arc;
 use webrtc_srtp::context::Context;
 
 /// A hook that sees every RTP packet as the relay holds it after hop decryption (clear
-/// header, end-to-end payload). Tests use it to prove the relay holds only ciphertext.
-pub type MediaTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+/// header, end-to-end payload). Tests and the pcap capture use it to prove the relay holds
+/// only ciphertext.
+pub type MediaTap = Arc<dyn Fn(&TapPacket<'_>) + Send + Sync>;
+
+/// One RTP packet handed to a [`MediaTap`]: who sent it and in which call, so a tap can
+/// filter by call and write the sender's address without another lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct TapPacket<'a> {
+    /// The sender's transport address (its fixed ICE 5-tuple).
+    pub from: SocketAddr,
+    /// The call the packet belongs to.
+    pub call: CallKey,
+    /// The RTP packet after hop decryption: clear header, end-to-end payload.
+    pub data: &'a [u8],
+}
 
 /// One datagram to send.
 #[derive(Debug, Clone)]
@@ -126,9 +139,14 @@ impl Forwarder {
             .map_err(|e| srtp_drop(&e))?;
         let hdr = RtpHeader::parse(&plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
+        let from_addr = sender.addr;
         self.ssrc_owner.entry((call, hdr.ssrc)).or_insert(from);
         if let Some(tap) = &self.tap {
-            tap(&plain);
+            tap(&TapPacket {
+                from: from_addr,
+                call,
+                data: &plain,
+            });
         }
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {

@@ -2,6 +2,7 @@
 //! WebSocket server and the admin HTTP listener.
 
 pub mod admin;
+pub mod capture;
 pub mod media;
 pub mod server;
 pub mod signal;

@@ -1,11 +1,12 @@
 //! Starting and stopping a relay, and the state its tasks share.
 
+use super::capture::{Capture, CaptureError};
 use super::media::{self, RecvCtl, WorkerMsg};
 use super::udp::MediaSocket;
 use super::{admin, signal};
 use crate::config::Config;
 use crate::core::calls::CallRegistry;
-use crate::core::forward::MediaTap;
+use crate::core::forward::{MediaTap, TapPacket};
 use crate::core::ice::IceCredentials;
 use crate::core::{CallKey, PeerId};
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub enum StartError {
     },
     #[error("cannot create the relay's DTLS certificate: {0}")]
     Identity(#[from] blindrelay_transport::TransportError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
 }
 
 /// Options that are code, not configuration.
@@ -93,6 +96,8 @@ pub struct Shared {
     pub next_peer: AtomicU64,
     pub epoch: Instant,
     pub shutting_down: AtomicBool,
+    /// The pcap capture, when `capture.path` is set; joins tell it their call.
+    pub capture: Option<Arc<Capture>>,
 }
 
 impl Shared {
@@ -229,6 +234,12 @@ impl Relay {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        // Without a capture path no tap is installed: capture costs nothing when off.
+        let capture = match &config.capture.path {
+            Some(path) => Some(Capture::start(path, &config.capture, media_addr, &metrics)?),
+            None => None,
+        };
+        let tap = both_taps(options.tap.clone(), capture.as_ref().map(Capture::tap));
         let media = Arc::new(media);
         let n_workers = config.worker_count();
         let mut workers = Vec::new();
@@ -240,7 +251,7 @@ impl Relay {
                 rx,
                 media.clone(),
                 metrics.clone(),
-                options.tap.clone(),
+                tap.clone(),
             )));
         }
         let (recv_ctl, recv_ctl_rx) = mpsc::unbounded_channel();
@@ -259,6 +270,7 @@ impl Relay {
             next_peer: AtomicU64::new(1),
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            capture,
         });
         tasks.push(tokio::spawn(media::recv_loop(shared.clone(), recv_ctl_rx)));
         tasks.push(tokio::spawn(signal::serve(signal_listener, shared.clone())));
@@ -319,6 +331,26 @@ impl Relay {
         for t in &self.tasks {
             t.abort();
         }
+        self.flush_capture().await;
         info!("blindrelay stopped");
+    }
+
+    /// Write out every captured packet queued so far (no-op without a capture), so the
+    /// pcap file is complete up to now. Waits at most 2 s for the disk.
+    pub async fn flush_capture(&self) {
+        if let Some(c) = self.shared.capture.clone() {
+            let _ = tokio::task::spawn_blocking(move || c.flush(Duration::from_secs(2))).await;
+        }
+    }
+}
+
+/// One tap from the caller's and the capture's, whichever are present.
+fn both_taps(a: Option<MediaTap>, b: Option<MediaTap>) -> Option<MediaTap> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Arc::new(move |p: &TapPacket<'_>| {
+            a(p);
+            b(p);
+        })),
+        (a, b) => a.or(b),
     }
 }

@@ -246,6 +246,9 @@ impl Conn {
             Ok(j) => j,
             Err((code, msg)) => return refuse(self, code, msg),
         };
+        if let Some(c) = &self.shared.capture {
+            c.on_join(&call, joined.call_key);
+        }
         let local_ufrag = Alphanumeric.sample_string(&mut rng, 16);
         let local_pwd = Alphanumeric.sample_string(&mut rng, 32);
         let activity = Arc::new(AtomicU64::new(self.shared.now_ms()));
