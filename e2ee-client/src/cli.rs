@@ -1,5 +1,6 @@
 //! Command line of `e2ee-client`: the logic lives here so `main.rs` stays thin.
 
+use crate::audit;
 use crate::call::{run_call, CallOptions};
 use crate::sframe;
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +27,21 @@ pub enum Command {
         #[command(subcommand)]
         command: SframeCommand,
     },
+    /// Audit a pcap of what a relay holds (`blindrelay --capture`): exit 0 if it is blind
+    /// (every frame is SFrame, no canary in the clear), 1 if not, 2 if unreadable.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The pcap file (classic libpcap; raw IP, Ethernet or Linux cooked).
+    pub file: PathBuf,
+    /// Known plaintext to search for: the `--canary` the clients sent.
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +173,32 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Sframe { command } => sframe_command(command),
+        Command::Audit(a) => audit_command(&a),
+    }
+}
+
+fn audit_command(a: &AuditArgs) -> i32 {
+    let report = match audit::audit_file(&a.file, a.canary.as_deref().map(str::as_bytes)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("e2ee-client: audit: {e}");
+            return 2;
+        }
+    };
+    if a.json {
+        // AuditReport holds only plain data; serialization cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|_| unreachable!("report serializes"))
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if report.blind {
+        0
+    } else {
+        1
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reference client for blindrelay: end-to-end encryption (SFrame, RFC 9605), key agreement
 //! with a verification code, and a DTLS-SRTP transport to the relay.
 
+pub mod audit;
 pub mod call;
 pub mod cli;
 pub mod kex;
