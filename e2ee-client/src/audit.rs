@@ -140,7 +140,10 @@ impl AuditReport {
                 let _ = writeln!(o, "canary: {c:?}");
             }
             None => {
-                let _ = writeln!(o, "canary: none given (--canary TEXT searches for a known plaintext)");
+                let _ = writeln!(
+                    o,
+                    "canary: none given (--canary TEXT searches for a known plaintext)"
+                );
             }
         }
         let _ = writeln!(
@@ -589,7 +592,12 @@ mod tests {
 
     /// RTP packets of `frames` frames of stream `ssrc`; `seal` turns a frame into what is
     /// sent (identity for plaintext).
-    fn stream(ssrc: u32, frames: u32, canary: &[u8], seal: impl Fn(&[u8]) -> Vec<u8>) -> Vec<Vec<u8>> {
+    fn stream(
+        ssrc: u32,
+        frames: u32,
+        canary: &[u8],
+        seal: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut seq = 100u16;
         let mut f = Vec::new();
@@ -619,8 +627,15 @@ mod tests {
     fn seal(ctr: &std::cell::Cell<u64>) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
         move |f| {
             ctr.set(ctr.get() + 1);
-            sframe::encrypt(sframe::CipherSuite::AesGcm128Sha256, &[7; 16], 1, ctr.get(), &[], f)
-                .unwrap()
+            sframe::encrypt(
+                sframe::CipherSuite::AesGcm128Sha256,
+                &[7; 16],
+                1,
+                ctr.get(),
+                &[],
+                f,
+            )
+            .unwrap()
         }
     }
 
@@ -643,8 +658,16 @@ mod tests {
         assert_eq!((s.frames, s.sframe_frames), (20, 0));
         assert_eq!(s.plaintext_magic_frames, 20);
         assert_eq!((s.canary_packets, s.canary_frames), (60, 20));
-        assert!(r.reasons.iter().any(|x| x.contains("canary")), "{:?}", r.reasons);
-        assert!(r.reasons.iter().any(|x| x.contains("SFrame")), "{:?}", r.reasons);
+        assert!(
+            r.reasons.iter().any(|x| x.contains("canary")),
+            "{:?}",
+            r.reasons
+        );
+        assert!(
+            r.reasons.iter().any(|x| x.contains("SFrame")),
+            "{:?}",
+            r.reasons
+        );
         assert!(r.table().contains("NOT blind"));
         // Without a canary the SFrame check alone still refuses it.
         let r = audit_reader(&pcap(&plain, false)[..], None).unwrap();
@@ -655,14 +678,26 @@ mod tests {
     fn empty_capture_is_not_blind_and_bad_files_are_errors() {
         let r = audit_reader(&pcap(&[], false)[..], None).unwrap();
         assert!(!r.blind && r.rtp_packets == 0);
-        assert!(matches!(audit_reader(&b"short"[..], None), Err(AuditError::TooShort)));
-        assert!(matches!(audit_reader(&[0u8; 24][..], None), Err(AuditError::BadMagic(0))));
+        assert!(matches!(
+            audit_reader(&b"short"[..], None),
+            Err(AuditError::TooShort)
+        ));
+        assert!(matches!(
+            audit_reader(&[0u8; 24][..], None),
+            Err(AuditError::BadMagic(0))
+        ));
         let mut ng = pcap(&[], false);
         ng[..4].copy_from_slice(&0x0a0d_0d0au32.to_le_bytes());
-        assert!(matches!(audit_reader(&ng[..], None), Err(AuditError::Pcapng)));
+        assert!(matches!(
+            audit_reader(&ng[..], None),
+            Err(AuditError::Pcapng)
+        ));
         let mut eth = pcap(&[], false);
         eth[20] = 147;
-        assert!(matches!(audit_reader(&eth[..], None), Err(AuditError::LinkType(147))));
+        assert!(matches!(
+            audit_reader(&eth[..], None),
+            Err(AuditError::LinkType(147))
+        ));
     }
 
     #[test]

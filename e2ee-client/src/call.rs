@@ -42,6 +42,8 @@ pub struct CallOptions {
     pub name: String,
     pub chat: Option<String>,
     pub features: Vec<String>,
+    /// Run as a bot: receive only; record or emit a line per frame.
+    pub bot: Option<(crate::bot::BotKind, Option<std::path::PathBuf>)>,
 }
 
 impl Default for CallOptions {
@@ -62,6 +64,7 @@ impl Default for CallOptions {
             name: "client".into(),
             chat: None,
             features: vec![],
+            bot: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct CallSummary {
     pub chat_received: Vec<String>,
     pub features: Vec<FeatureOutcome>,
     pub peers_left: Vec<String>,
+    /// Packets a recording bot wrote to its file.
+    pub recorded_packets: Option<u64>,
     pub error: Option<SummaryError>,
 }
 
@@ -344,6 +349,14 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let mut last_bytes = 0u64;
     let mut ended_by_relay = false;
     let mut early_blobs: Vec<(String, String)> = Vec::new();
+    let mut recorder = match &opts.bot {
+        Some((crate::bot::BotKind::Recording, Some(out))) => Some(
+            crate::bot::RtpDumpWriter::create(out, path.relay).map_err(|e| {
+                CallError::Protocol(format!("cannot create {}: {e}", out.display()))
+            })?,
+        ),
+        _ => None,
+    };
     loop {
         let sending = !e2ee_call || e2ee.is_some();
         tokio::select! {
@@ -395,10 +408,17 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     s.first_media_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
                 }
                 s.received_packets += 1;
+                if let Some(r) = recorder.as_mut() {
+                    let _ = r.write(&plain);
+                }
                 s.received_bytes += data.len() as u64;
                 let st = streams.entry(h.ssrc).or_default();
                 let Some(f) = st.push(h.sequence, h.timestamp, h.marker, h.payload(&plain)) else { continue };
                 s.frames_received += 1;
+                if let Some((kind @ (crate::bot::BotKind::Captions | crate::bot::BotKind::Transcription), _)) = &opts.bot {
+                    // Where speech-to-text would run on the frame.
+                    println!("{kind:?}: ssrc={:08x} ts={} frame of {} bytes", h.ssrc, h.timestamp, f.len());
+                }
                 let plain_frame: &[u8] = if e2ee_call {
                     let Some(k) = e2ee.as_mut() else { s.frames_before_keys += 1; continue };
                     match k.receiver.open_into(&[], &f, &mut opened) {
@@ -491,6 +511,9 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     };
     s.latency_ms_p50 = pct(0.5);
     s.latency_ms_p99 = pct(0.99);
+    if let Some(r) = recorder.take() {
+        s.recorded_packets = r.finish().ok();
+    }
     if !ended_by_relay {
         let _ = sig.send(&ClientMessage::Leave).await;
     }
@@ -511,7 +534,13 @@ async fn on_kex_blob(
 ) -> Result<(), CallError> {
     let Some(k) = kex.as_mut() else { return Ok(()) };
     match k.handle_blob(&blob) {
-        Ok(Some(reply)) => sig.send(&ClientMessage::E2ee { to: from, blob: reply }).await?,
+        Ok(Some(reply)) => {
+            sig.send(&ClientMessage::E2ee {
+                to: from,
+                blob: reply,
+            })
+            .await?
+        }
         Ok(None) => {}
         Err(e) => {
             eprintln!("[{}] end-to-end key agreement failed: {e}", opts.name);
@@ -535,7 +564,10 @@ async fn on_kex_blob(
             });
             s.e2ee = true;
             s.verification_code = Some(keys.verification_code.to_string());
-            eprintln!("[{}] Verification code: {}", opts.name, keys.verification_code);
+            eprintln!(
+                "[{}] Verification code: {}",
+                opts.name, keys.verification_code
+            );
             say(opts, "lock: on (end-to-end encrypted)");
         }
     }

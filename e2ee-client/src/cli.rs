@@ -1,6 +1,7 @@
 //! Command line of `e2ee-client`: the logic lives here so `main.rs` stays thin.
 
 use crate::audit;
+use crate::bot::BotKind;
 use crate::call::{run_call, CallOptions};
 use crate::sframe;
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Join a call, send synthetic audio and video, check what arrives.
     Call(CallArgs),
+    /// Join as a recording, captions or transcription bot (receive only).
+    Bot(BotArgs),
     /// SFrame (RFC 9605) tools.
     Sframe {
         #[command(subcommand)]
@@ -87,6 +90,27 @@ pub struct CallArgs {
     pub name: String,
 }
 
+#[derive(Debug, Args)]
+pub struct BotArgs {
+    /// Which bot (the token's role must match: bot:recording, bot:captions, bot:transcription).
+    #[arg(long)]
+    pub kind: BotKind,
+    /// Recording: write received RTP here (rtpdump format).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal")]
+    pub relay: String,
+    #[arg(long, env = "BLINDRELAY_TOKEN")]
+    pub token: String,
+    #[arg(long, default_value = "demo")]
+    pub call: String,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Print a JSON summary on stdout at exit.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SframeCommand {
     /// Check a file of RFC 9605 test vectors (JSON).
@@ -137,6 +161,7 @@ pub async fn run(cli: Cli) -> i32 {
                 name: a.name,
                 chat: a.chat,
                 features: a.request,
+                bot: None,
             };
             let summary = run_call(&opts).await;
             if a.json {
@@ -167,6 +192,45 @@ pub async fn run(cli: Cli) -> i32 {
                 eprintln!("e2ee-client: {}: {}", e.code, e.message);
             }
             if summary.success() {
+                0
+            } else {
+                1
+            }
+        }
+        Command::Bot(b) => {
+            if b.kind == BotKind::Recording && b.out.is_none() {
+                eprintln!("e2ee-client: --kind recording needs --out FILE");
+                return 2;
+            }
+            let opts = CallOptions {
+                relay: b.relay,
+                token: b.token,
+                call: b.call,
+                duration: b.duration,
+                audio: false,
+                video: false,
+                stats_every: Some(Duration::from_secs(1)),
+                name: b.kind.role().to_string(),
+                bot: Some((b.kind, b.out)),
+                ..Default::default()
+            };
+            let summary = run_call(&opts).await;
+            let out = serde_json::json!({
+                "joined": summary.joined,
+                "kind": b.kind.role(),
+                "call_mode": summary.call_mode,
+                "frames_received": summary.frames_received,
+                "packets_received": summary.received_packets,
+                "recorded_packets": summary.recorded_packets,
+                "error": summary.error,
+            });
+            if b.json {
+                println!("{out}");
+            }
+            if let Some(e) = &summary.error {
+                eprintln!("e2ee-client: {}: {}", e.code, e.message);
+            }
+            if summary.joined && summary.error.is_none() && summary.frames_received > 0 {
                 0
             } else {
                 1

@@ -2,6 +2,7 @@
 //! with a verification code, and a DTLS-SRTP transport to the relay.
 
 pub mod audit;
+pub mod bot;
 pub mod call;
 pub mod cli;
 pub mod kex;

@@ -109,7 +109,12 @@ fn sealed_capture_is_blind_exit_0() {
     let p = write("blind", &pcap(&call_packets(true)));
     let out = audit(&p, &["--canary", CANARY]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("verdict: blind"), "{stdout}");
     assert!(stdout.contains("0x0000abcd"), "{stdout}");
 

@@ -8,10 +8,20 @@ fn bin() -> Command {
 
 #[test]
 fn sframe_vectors_pass_on_the_in_repo_subset_and_fail_on_a_damaged_copy() {
-    let subset = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sframe-rfc9605-subset.json");
-    let out = bin().args(["sframe", "vectors", subset]).output().expect("runs");
+    let subset = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/sframe-rfc9605-subset.json"
+    );
+    let out = bin()
+        .args(["sframe", "vectors", subset])
+        .output()
+        .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("sframe"), "{stdout}");
 
     // Flip one hex digit of the first `"ct"` value: the tool must fail.
@@ -22,23 +32,47 @@ fn sframe_vectors_pass_on_the_in_repo_subset_and_fail_on_a_damaged_copy() {
     damaged[quote] = if damaged[quote] == b'0' { b'1' } else { b'0' };
     let path = std::env::temp_dir().join(format!("sframe-damaged-{}.json", std::process::id()));
     std::fs::write(&path, damaged).expect("write");
-    let out = bin().args(["sframe", "vectors"]).arg(&path).output().expect("runs");
+    let out = bin()
+        .args(["sframe", "vectors"])
+        .arg(&path)
+        .output()
+        .expect("runs");
     let _ = std::fs::remove_file(&path);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
-    let out = bin().args(["sframe", "vectors", "/nonexistent/vectors.json"]).output().expect("runs");
+    let out = bin()
+        .args(["sframe", "vectors", "/nonexistent/vectors.json"])
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn official_vectors_pass_when_present() {
-    let official = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/sframe-rfc9605-test-vectors.json");
+    let official = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/vectors/sframe-rfc9605-test-vectors.json"
+    );
     if !std::path::Path::new(official).exists() {
-        eprintln!("official RFC 9605 vector file not beside the checkout; the in-repo subset covers this");
+        eprintln!(
+            "official RFC 9605 vector file not beside the checkout; the in-repo subset covers this"
+        );
         return;
     }
-    let out = bin().args(["sframe", "vectors", official]).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = bin()
+        .args(["sframe", "vectors", official])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -46,31 +80,92 @@ fn seal_then_open_round_trips_and_tampering_fails() {
     let key = "000102030405060708090a0b0c0d0e0f";
     for suite in ["1", "2", "3", "4"] {
         let out = bin()
-            .args(["sframe", "seal", "--suite", suite, "--base-key", key, "--kid", "300", "--ctr", "18446744073709551615", "--metadata", "cafe", "48656c6c6f"])
+            .args([
+                "sframe",
+                "seal",
+                "--suite",
+                suite,
+                "--base-key",
+                key,
+                "--kid",
+                "300",
+                "--ctr",
+                "18446744073709551615",
+                "--metadata",
+                "cafe",
+                "48656c6c6f",
+            ])
             .output()
             .expect("runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ct = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let out = bin().args(["sframe", "open", "--suite", suite, "--base-key", key, "--metadata", "cafe", &ct]).output().expect("runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = bin()
+            .args([
+                "sframe",
+                "open",
+                "--suite",
+                suite,
+                "--base-key",
+                key,
+                "--metadata",
+                "cafe",
+                &ct,
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "48656c6c6f");
         // Wrong metadata: authentication fails with a clear error and a non-zero exit.
-        let out = bin().args(["sframe", "open", "--suite", suite, "--base-key", key, "--metadata", "beef", &ct]).output().expect("runs");
+        let out = bin()
+            .args([
+                "sframe",
+                "open",
+                "--suite",
+                suite,
+                "--base-key",
+                key,
+                "--metadata",
+                "beef",
+                &ct,
+            ])
+            .output()
+            .expect("runs");
         assert!(!out.status.success());
         assert!(!out.stderr.is_empty());
     }
-    let out = bin().args(["sframe", "open", "--suite", "4", "--base-key", key, "zz"]).output().expect("runs");
+    let out = bin()
+        .args(["sframe", "open", "--suite", "4", "--base-key", key, "zz"])
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
 }
 
 #[test]
 fn call_without_a_relay_exits_non_zero_with_a_json_error() {
     let out = bin()
-        .args(["call", "--relay", "ws://127.0.0.1:9/v1/signal", "--token", "x", "--duration", "1s", "--json"])
+        .args([
+            "call",
+            "--relay",
+            "ws://127.0.0.1:9/v1/signal",
+            "--token",
+            "x",
+            "--duration",
+            "1s",
+            "--json",
+        ])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary even on failure");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON summary even on failure");
     assert_eq!(v["joined"], false);
     assert_eq!(v["error"]["code"], "signalling_failed");
 }

@@ -128,6 +128,7 @@ const M_CALLS: &str = "blindrelay_calls";
 const M_PARTICIPANTS: &str = "blindrelay_participants";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
+const M_BOT_REFUSED: &str = "blindrelay_bot_refusals_total";
 const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
 const M_CAPTURE_DROPPED: &str = "blindrelay_capture_dropped_total";
 const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
@@ -271,6 +272,7 @@ impl Metrics {
         );
         d(M_REMOVED, None, "Participants removed, by reason.");
         d(M_STUN, None, "STUN binding responses sent.");
+        d(M_BOT_REFUSED, None, "Recording, captions and transcription bots refused from E2EE calls, by role.");
         d(
             M_CAPTURE_PKTS,
             None,
@@ -338,6 +340,10 @@ impl Metrics {
             &Key::from_parts(M_SIGNAL_ERR, vec![Label::new("code", code)]),
             &meta(),
         )
+    }
+    /// Bots refused from E2EE calls, by bot role.
+    pub fn bot_refused(&self, role: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(M_BOT_REFUSED, vec![Label::new("role", role)]), &meta())
     }
     pub fn removed(&self, reason: &'static str) -> Counter {
         self.recorder.register_counter(

@@ -244,7 +244,12 @@ impl Conn {
         };
         let joined = match joined {
             Ok(j) => j,
-            Err((code, msg)) => return refuse(self, code, msg),
+            Err((code, msg)) => {
+                if code == ErrorCode::E2eeCallRefusesBots {
+                    m.bot_refused(role_label(&claims.role)).increment(1);
+                }
+                return refuse(self, code, msg);
+            }
         };
         if let Some(c) = &self.shared.capture {
             c.on_join(&call, joined.call_key);
