@@ -310,7 +310,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         ),
     );
 
-    let e2ee_call = mode == CallMode::E2ee;
+    let mut e2ee_call = mode == CallMode::E2ee;
     let mut kex: Option<KeyAgreement> = None;
     let mut e2ee: Option<E2ee> = None;
     if e2ee_call {
@@ -470,6 +470,18 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                             }
                         } else {
                             on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
+                        }
+                    }
+                    ServerMessage::CallModeChanged { call_mode, reason } => {
+                        // Only ever before keys exist: the relay refuses it afterwards.
+                        say(opts, &format!("call is now {}: {reason}", call_mode.as_str()));
+                        if e2ee.is_none() {
+                            e2ee_call = call_mode == CallMode::E2ee;
+                            s.call_mode = Some(call_mode);
+                            s.mode_reason = Some(reason);
+                            if !e2ee_call {
+                                kex = None;
+                            }
                         }
                     }
                     ServerMessage::Chat { from, body } => {

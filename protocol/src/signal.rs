@@ -95,6 +95,12 @@ pub enum ServerMessage {
     ParticipantJoined {
         participant: ParticipantInfo,
     },
+    /// The call's mode changed before any keys were agreed (a joiner who does not encrypt
+    /// turned a provisional E2EE call into a standard one).
+    CallModeChanged {
+        call_mode: CallMode,
+        reason: String,
+    },
     ParticipantLeft {
         participant: String,
         reason: String,

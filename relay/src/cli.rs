@@ -78,6 +78,45 @@ pub enum Command {
     },
     /// Validate the configuration and exit: "config OK" (status 0) or the error (status 2).
     CheckConfig,
+    /// E2EE policies on a running relay, through its admin API (like Teams' cmdlets).
+    Policy {
+        /// Admin API base URL; default: the config's admin.listen.
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Admin bearer token; default: the config's admin.token.
+        #[arg(long, global = true, env = "BLINDRELAY_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Create or change a named policy (Set-CsTeamsEnhancedEncryptionPolicy).
+    Set {
+        #[arg(long)]
+        identity: String,
+        #[arg(long, value_parser = PossibleValuesParser::new(["Disabled", "DisabledUserOverride", "Required"]))]
+        calling_e2ee: String,
+    },
+    /// Grant a policy to a user, `user` or `user@tenant` (Grant-CsTeamsEnhancedEncryptionPolicy).
+    Grant {
+        #[arg(long)]
+        user: String,
+        /// Policy name; omit to remove the user's grant.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Show all policies, or one user's effective policy.
+    Show {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Re-read the policy file now (as SIGHUP does).
+    Reload,
 }
 
 /// Why the command failed. [`CliError::exit_code`] maps each to the process status.
@@ -102,6 +141,8 @@ pub enum CliError {
     },
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error("admin API at {url}: {message}")]
+    Admin { url: String, message: String },
 }
 
 impl CliError {
@@ -169,6 +210,41 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         None => serve(config),
         Some(Command::CheckConfig) => print_stdout("config OK\n"),
+        Some(Command::Policy {
+            admin,
+            admin_token,
+            command,
+        }) => {
+            let base = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
+            let token = admin_token.unwrap_or_else(|| config.admin.token.clone());
+            let (method, path, body) = match command {
+                PolicyCommand::Set {
+                    identity,
+                    calling_e2ee,
+                } => (
+                    "PUT",
+                    format!("/v1/policy/policies/{}", url_path(&identity)),
+                    serde_json::json!({ "calling_e2ee": calling_e2ee }).to_string(),
+                ),
+                PolicyCommand::Grant { user, policy } => (
+                    "PUT",
+                    format!("/v1/policy/users/{}", url_path(&user)),
+                    serde_json::json!({ "policy": policy }).to_string(),
+                ),
+                PolicyCommand::Show { user: None, .. } => ("GET", "/v1/policy".into(), String::new()),
+                PolicyCommand::Show {
+                    user: Some(u),
+                    tenant,
+                } => (
+                    "GET",
+                    format!("/v1/policy/effective?user={}&tenant={}", url_path(&u), url_path(&tenant)),
+                    String::new(),
+                ),
+                PolicyCommand::Reload => ("POST", "/v1/policy/reload".into(), String::new()),
+            };
+            let reply = admin_request(&base, &token, method, &path, &body)?;
+            print_stdout(&format!("{reply}\n"))
+        }
         Some(Command::Token {
             user,
             call,
@@ -186,6 +262,49 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             print_stdout(&format!("{jwt}\n"))
         }
+    }
+}
+
+/// Percent-encode a path segment or query value.
+fn url_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request to the admin API; returns the body, or the API's error.
+fn admin_request(base: &str, token: &str, method: &str, path: &str, body: &str) -> Result<String, CliError> {
+    use std::io::Read;
+    let fail = |message: String| CliError::Admin {
+        url: base.to_string(),
+        message,
+    };
+    let host = base
+        .strip_prefix("http://")
+        .ok_or_else(|| fail("only http:// admin URLs are supported".into()))?
+        .trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).map_err(|e| fail(e.to_string()))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(fail(format!("HTTP {status}: {body}")))
     }
 }
 
@@ -238,9 +357,19 @@ fn serve(config: Config) -> Result<(), CliError> {
         )) {
             warn!(error = %e, "cannot print the listening addresses");
         }
-        let name = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
+        let mut sighup = signal(SignalKind::hangup()).map_err(|source| CliError::Signal {
+            name: "SIGHUP",
+            source,
+        })?;
+        let name = loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = sighup.recv() => {
+                    // The policy in force stays on error; the error is logged.
+                    let _ = relay.reload_policies();
+                }
+            }
         };
         info!(signal = name, "shutting down");
         relay.shutdown().await;

@@ -14,6 +14,9 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/relay.toml");
 /// The development secret shipped in the default config; only usable on loopback.
 pub const DEV_API_SECRET: &str = "blindrelay-dev-secret-loopback-only";
 
+/// The development admin token shipped in the default config; only usable on loopback.
+pub const DEV_ADMIN_TOKEN: &str = "blindrelay-dev-admin-token-loopback-only";
+
 /// Why a configuration cannot be used. The CLI exits with status 2 on any of these.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -38,6 +41,27 @@ pub struct Config {
     pub auth: AuthConfig,
     pub calls: CallsConfig,
     pub capture: CaptureConfig,
+    pub policy: PolicyConfig,
+}
+
+/// Where E2EE policies come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// TOML policy file (see config/policies.toml); reloaded on SIGHUP and when it changes,
+    /// rewritten atomically by the admin API. Without it, policies live in memory only.
+    pub file: Option<std::path::PathBuf>,
+    /// `calling_e2ee` of the `Global` policy when the policy file does not define it.
+    pub global: crate::core::policy::CallingE2ee,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            file: None,
+            global: crate::core::policy::CallingE2ee::Disabled,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +74,8 @@ pub struct SignalConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token for the admin API (policy changes). Compared in constant time.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +145,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token: DEV_ADMIN_TOKEN.to_string(),
         }
     }
 }
@@ -216,12 +243,28 @@ impl Config {
         ]
         .into_iter()
         .find(|(_, a)| !a.ip().is_loopback());
+        if self.admin.token.len() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                message: "must be at least 16 bytes".into(),
+            });
+        }
         if let Some((key, addr)) = exposed {
             if self.auth.api_secret == DEV_API_SECRET {
                 return Err(ConfigError::Invalid {
                     key: "auth.api_secret",
                     message: format!(
                         "the development secret only works on loopback, but {key} is {addr}; set your own secret"
+                    ),
+                });
+            }
+        }
+        if let Some((key, addr)) = exposed {
+            if self.admin.token == DEV_ADMIN_TOKEN {
+                return Err(ConfigError::Invalid {
+                    key: "admin.token",
+                    message: format!(
+                        "the development admin token only works on loopback, but {key} is {addr}; set your own token"
                     ),
                 });
             }
@@ -302,16 +345,18 @@ mod tests {
         assert_eq!(c.auth.api_secret, d.auth.api_secret);
         assert_eq!(c.calls.max_participants, d.calls.max_participants);
         assert_eq!(c.capture.max_bytes, d.capture.max_bytes);
-        assert!(c.capture.path.is_none(), "the embedded default captures nothing");
+        assert!(
+            c.capture.path.is_none(),
+            "the embedded default captures nothing"
+        );
         assert!(c.capture.call.is_none());
     }
 
     #[test]
     fn capture_section_parses_and_validates() {
-        let c = Config::parse(
-            "[capture]\npath = \"/tmp/x.pcap\"\nmax_bytes = 4096\ncall = \"demo\"\n",
-        )
-        .unwrap();
+        let c =
+            Config::parse("[capture]\npath = \"/tmp/x.pcap\"\nmax_bytes = 4096\ncall = \"demo\"\n")
+                .unwrap();
         assert_eq!(c.capture.path.as_deref(), Some(Path::new("/tmp/x.pcap")));
         assert_eq!(c.capture.max_bytes, 4096);
         assert_eq!(c.capture.call.as_deref(), Some("demo"));
@@ -340,6 +385,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth.api_secret"), "{e}");
-        Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n[auth]\napi_secret = \"a-real-production-secret\"\n").unwrap();
+        let e = Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n[auth]\napi_secret = \"a-real-production-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.token"), "{e}");
+        Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n[auth]\napi_secret = \"a-real-production-secret\"\n[admin]\ntoken = \"a-real-admin-token-123\"\n").unwrap();
     }
 }

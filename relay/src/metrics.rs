@@ -272,7 +272,11 @@ impl Metrics {
         );
         d(M_REMOVED, None, "Participants removed, by reason.");
         d(M_STUN, None, "STUN binding responses sent.");
-        d(M_BOT_REFUSED, None, "Recording, captions and transcription bots refused from E2EE calls, by role.");
+        d(
+            M_BOT_REFUSED,
+            None,
+            "Recording, captions and transcription bots refused from E2EE calls, by role.",
+        );
         d(
             M_CAPTURE_PKTS,
             None,
@@ -343,7 +347,10 @@ impl Metrics {
     }
     /// Bots refused from E2EE calls, by bot role.
     pub fn bot_refused(&self, role: &'static str) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(M_BOT_REFUSED, vec![Label::new("role", role)]), &meta())
+        self.recorder.register_counter(
+            &Key::from_parts(M_BOT_REFUSED, vec![Label::new("role", role)]),
+            &meta(),
+        )
     }
     pub fn removed(&self, reason: &'static str) -> Counter {
         self.recorder.register_counter(

@@ -11,7 +11,11 @@ fn metadata() -> Value {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("metadata is JSON")
 }
 
@@ -21,7 +25,12 @@ fn build_closure(meta: &Value, root: &str) -> HashSet<String> {
         .as_array()
         .expect("packages")
         .iter()
-        .map(|p| (p["id"].as_str().unwrap_or("").to_string(), p["name"].as_str().unwrap_or("").to_string()))
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or("").to_string(),
+                p["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     let nodes: HashMap<String, &Value> = meta["resolve"]["nodes"]
         .as_array()
@@ -29,29 +38,48 @@ fn build_closure(meta: &Value, root: &str) -> HashSet<String> {
         .iter()
         .map(|n| (n["id"].as_str().unwrap_or("").to_string(), n))
         .collect();
-    let root_id = packages.iter().find(|(_, n)| n.as_str() == root).map(|(id, _)| id.clone()).expect("root package");
+    let root_id = packages
+        .iter()
+        .find(|(_, n)| n.as_str() == root)
+        .map(|(id, _)| id.clone())
+        .expect("root package");
     let mut seen = HashSet::new();
     let mut stack = vec![root_id];
     while let Some(id) = stack.pop() {
         let Some(node) = nodes.get(&id) else { continue };
         for dep in node["deps"].as_array().into_iter().flatten() {
-            let non_dev = dep["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].as_str() != Some("dev"));
+            let non_dev = dep["dep_kinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["kind"].as_str() != Some("dev"));
             let dep_id = dep["pkg"].as_str().unwrap_or("").to_string();
             if non_dev && seen.insert(dep_id.clone()) {
                 stack.push(dep_id);
             }
         }
     }
-    seen.iter().filter_map(|id| packages.get(id).cloned()).collect()
+    seen.iter()
+        .filter_map(|id| packages.get(id).cloned())
+        .collect()
 }
 
 #[test]
 fn relay_does_not_depend_on_the_client_key_code() {
     let meta = metadata();
     let relay = build_closure(&meta, "blindrelay");
-    assert!(relay.contains("blindrelay-protocol"), "sanity: the walk finds direct deps");
-    assert!(relay.contains("webrtc-srtp"), "sanity: the walk finds hop crypto");
-    assert!(!relay.contains("e2ee-client"), "relay depends on e2ee-client");
+    assert!(
+        relay.contains("blindrelay-protocol"),
+        "sanity: the walk finds direct deps"
+    );
+    assert!(
+        relay.contains("webrtc-srtp"),
+        "sanity: the walk finds hop crypto"
+    );
+    assert!(
+        !relay.contains("e2ee-client"),
+        "relay depends on e2ee-client"
+    );
     // The client, by contrast, does contain it (the check can fail).
     let bench = build_closure(&meta, "blindrelay-bench");
     assert!(bench.contains("e2ee-client"));

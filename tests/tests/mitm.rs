@@ -49,7 +49,9 @@ impl Mallory {
             let posing_as = &self.sides[1 - i].0;
             let mut k = KeyAgreement::new(&self.call, posing_as, me_id).expect("mallory kex");
             if let Some(first) = k.start() {
-                let _ = tx.send(json!({"type":"e2ee","from":posing_as,"blob":first.to_blob()}).to_string());
+                let _ = tx.send(
+                    json!({"type":"e2ee","from":posing_as,"blob":first.to_blob()}).to_string(),
+                );
             }
             self.sessions.push(Some(k));
         }
@@ -59,7 +61,9 @@ impl Mallory {
     fn intercept(&mut self, i: usize, blob: &str) {
         // A client may commit before Mallory's delayed start.
         self.start();
-        let Some((other_id, _)) = self.other(i).cloned() else { return };
+        let Some((other_id, _)) = self.other(i).cloned() else {
+            return;
+        };
         let tx = self.sides[i].1.clone();
         if let Some(Some(k)) = self.sessions.get_mut(i) {
             if let Ok(Some(reply)) = k.handle_blob(blob) {
@@ -78,8 +82,13 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
             let upstream = upstream.clone();
             let mallory = mallory.clone();
             tokio::spawn(async move {
-                let Ok(client) = tokio_tungstenite::accept_async(tcp).await else { return };
-                let Ok((relay, _)) = tokio_tungstenite::connect_async(upstream.as_str()).await else { return };
+                let Ok(client) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let Ok((relay, _)) = tokio_tungstenite::connect_async(upstream.as_str()).await
+                else {
+                    return;
+                };
                 let (mut c_tx, mut c_rx) = client.split();
                 let (mut r_tx, mut r_rx) = relay.split();
                 let (inject_tx, mut inject_rx) = mpsc::unbounded_channel::<String>();
@@ -151,7 +160,10 @@ fn x25519_public_of_random() -> [u8; 32] {
 async fn attacked_call(attack: Attack) -> (CallSummary, CallSummary) {
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
-    let mallory = Arc::new(Mutex::new(Mallory { call: "demo".into(), ..Default::default() }));
+    let mallory = Arc::new(Mutex::new(Mallory {
+        call: "demo".into(),
+        ..Default::default()
+    }));
     let url = proxy(relay.signal_url(), attack, mallory).await;
     let mk = |user: &str| CallOptions {
         relay: url.clone(),
@@ -173,12 +185,22 @@ async fn attacked_call(attack: Attack) -> (CallSummary, CallSummary) {
 async fn full_key_swap_gives_different_codes_and_no_readable_media() {
     let (a, b) = attacked_call(Attack::FullSwap).await;
     let (ca, cb) = (a.verification_code.clone(), b.verification_code.clone());
-    assert!(ca.is_some() && cb.is_some(), "both sides keyed (with Mallory): {a:?} {b:?}");
-    assert_ne!(ca, cb, "a man in the middle must show as different verification codes");
+    assert!(
+        ca.is_some() && cb.is_some(),
+        "both sides keyed (with Mallory): {a:?} {b:?}"
+    );
+    assert_ne!(
+        ca, cb,
+        "a man in the middle must show as different verification codes"
+    );
     // Media goes through the relay untouched, keyed to Mallory's two different sessions:
     // neither side can open the other's frames.
     for s in [&a, &b] {
-        assert!(s.frames_received > 10, "frames arrived: {}", s.frames_received);
+        assert!(
+            s.frames_received > 10,
+            "frames arrived: {}",
+            s.frames_received
+        );
         assert_eq!(s.frames_decrypted, 0);
         assert_eq!(s.decrypt_failures + s.frames_before_keys, s.frames_received);
         assert!(s.decrypt_failures > 10);
@@ -189,9 +211,16 @@ async fn full_key_swap_gives_different_codes_and_no_readable_media() {
 async fn swapping_the_revealed_key_after_the_commitment_aborts_setup() {
     let (a, b) = attacked_call(Attack::SwapReveal).await;
     // The responder sees a reveal that does not match the commitment.
-    let errors: Vec<_> = [&a, &b].iter().filter_map(|s| s.e2ee_error.clone()).collect();
+    let errors: Vec<_> = [&a, &b]
+        .iter()
+        .filter_map(|s| s.e2ee_error.clone())
+        .collect();
     assert_eq!(errors.len(), 1, "exactly the responder aborts: {errors:?}");
-    assert!(errors[0].to_lowercase().contains("commit"), "clear error: {}", errors[0]);
+    assert!(
+        errors[0].to_lowercase().contains("commit"),
+        "clear error: {}",
+        errors[0]
+    );
     // No call was keyed on the responder side, so nothing was sent or opened there.
     let responder = if a.e2ee_error.is_some() { &a } else { &b };
     assert!(!responder.e2ee && responder.verification_code.is_none());

@@ -1,6 +1,7 @@
 //! Call membership and the call mode decision. Pure state: the signalling layer calls it
 //! under one lock and delivers the resulting messages.
 
+use super::policy::CallingE2ee;
 use super::{CallKey, PeerId};
 use blindrelay_protocol::signal::{CallMode, ErrorCode, ParticipantInfo};
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +16,35 @@ pub struct JoinRequest {
     pub role: String,
     pub call: String,
     pub e2ee_enabled: bool,
+    /// The user's effective `calling_e2ee` policy.
+    pub policy: CallingE2ee,
+}
+
+impl JoinRequest {
+    fn is_bot(&self) -> bool {
+        self.role.starts_with("bot:")
+    }
+    /// Encrypts: allowed by policy and turned on (Required counts as on).
+    fn wants_e2ee(&self) -> bool {
+        !self.is_bot() && (self.policy == CallingE2ee::Required || (self.policy == CallingE2ee::DisabledUserOverride && self.e2ee_enabled))
+    }
+    /// Why this participant does not encrypt, in words.
+    fn why_not(&self) -> String {
+        if self.is_bot() {
+            format!("{} is a {} bot", self.user, self.role.trim_start_matches("bot:"))
+        } else if self.policy == CallingE2ee::Disabled {
+            format!("{}'s policy does not allow end-to-end encryption", self.user)
+        } else {
+            format!("{} has not turned on end-to-end encryption", self.user)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Member {
     pub info: ParticipantInfo,
     pub e2ee_enabled: bool,
+    pub policy: CallingE2ee,
 }
 
 #[derive(Debug)]
@@ -43,6 +67,8 @@ pub struct Joined {
     pub worker: usize,
     /// Everyone already in the call.
     pub others: Vec<(PeerId, ParticipantInfo)>,
+    /// Participants whose provisional E2EE call this join turned into a standard call.
+    pub downgraded: Vec<PeerId>,
 }
 
 /// A removal: who is still in the call to be told.
@@ -79,121 +105,98 @@ impl CallRegistry {
 
     /// Admit `req` to its call, creating the call if it is the first participant.
     ///
-    /// Until per-user policy lands, every user may turn E2EE on, and the first participant's
-    /// switch sets the call's mode: an E2EE call admits one more participant who also
-    /// encrypts and no bots; a standard call admits anyone, telling an encrypting joiner why
-    /// the call is not encrypted.
+    /// The decision table (Teams' rule, made safe against downgrade): a call is E2EE only
+    /// if every participant's policy allows it and every participant turned it on. The
+    /// first participant's choice makes the call provisionally E2EE or standard. While an
+    /// E2EE call has one participant (no keys agreed yet), a joiner who does not encrypt
+    /// turns it into a standard call, and the first participant is told why
+    /// ([`Joined::downgraded`]), unless someone's policy is `Required`: then the joiner is
+    /// refused. Once two participants are in an E2EE call it is final: one-to-one, no bots.
     pub fn join(&mut self, req: JoinRequest) -> Result<Joined, (ErrorCode, String)> {
         if self.by_peer.contains_key(&req.peer) {
             return Err((ErrorCode::AlreadyJoined, "already in a call".into()));
         }
-        let is_bot = req.role.starts_with("bot:");
-        if is_bot && req.e2ee_enabled {
-            return Err((
-                ErrorCode::E2eeNotAllowed,
-                "bots cannot take part in end-to-end encryption".into(),
-            ));
+        if req.e2ee_enabled && (req.is_bot() || req.policy == CallingE2ee::Disabled) {
+            return Err((ErrorCode::E2eeNotAllowed, format!("{}: end-to-end encryption is not available", req.why_not())));
         }
-        let info = ParticipantInfo {
-            participant: req.public_id.clone(),
-            user: req.user.clone(),
-            tenant: req.tenant.clone(),
-            role: req.role.clone(),
-        };
+        let wants = req.wants_e2ee();
         let member = Member {
-            info,
-            e2ee_enabled: req.e2ee_enabled,
+            info: ParticipantInfo {
+                participant: req.public_id.clone(),
+                user: req.user.clone(),
+                tenant: req.tenant.clone(),
+                role: req.role.clone(),
+            },
+            e2ee_enabled: wants,
+            policy: req.policy,
         };
-        match self.calls.get_mut(&req.call) {
-            None => {
-                let key = self.next_call;
-                self.next_call += 1;
-                let worker = (key as usize) % self.workers;
-                let mode = if req.e2ee_enabled {
-                    CallMode::E2ee
-                } else {
-                    CallMode::Standard
-                };
-                let mut members = BTreeMap::new();
-                members.insert(req.peer, member);
-                self.calls.insert(
-                    req.call.clone(),
-                    Call {
-                        key,
-                        id: req.call.clone(),
-                        mode,
-                        mode_reason: None,
-                        worker,
-                        members,
-                    },
-                );
-                self.by_peer.insert(req.peer, req.call);
-                Ok(Joined {
-                    call_key: key,
-                    mode,
-                    mode_reason: None,
-                    worker,
-                    others: vec![],
-                })
-            }
-            Some(call) => {
-                match call.mode {
-                    CallMode::E2ee => {
-                        if is_bot {
-                            return Err((
-                                ErrorCode::E2eeCallRefusesBots,
-                                "this call is end-to-end encrypted: recording, captions and transcription bots cannot join".into(),
-                            ));
-                        }
-                        if call.members.len() >= 2 {
-                            return Err((
-                                ErrorCode::E2eeCallIsOneToOne,
-                                "an end-to-end encrypted call is one-to-one".into(),
-                            ));
-                        }
-                        if !req.e2ee_enabled {
-                            return Err((
-                                ErrorCode::E2eeRequired,
-                                "this call is end-to-end encrypted: turn on end-to-end encryption to join".into(),
-                            ));
-                        }
-                    }
-                    CallMode::Standard => {
-                        if call.members.len() >= self.max_participants {
-                            return Err((
-                                ErrorCode::CallFull,
-                                format!("the call has {} participants already", call.members.len()),
-                            ));
-                        }
-                        if req.e2ee_enabled && call.mode_reason.is_none() {
-                            let first = call
-                                .members
-                                .values()
-                                .next()
-                                .map(|m| m.info.user.clone())
-                                .unwrap_or_default();
-                            call.mode_reason =
-                                Some(format!("standard call: {first} had not turned on end-to-end encryption when the call started"));
-                        }
-                    }
+        let Some(call) = self.calls.get_mut(&req.call) else {
+            let key = self.next_call;
+            self.next_call += 1;
+            let worker = (key as usize) % self.workers;
+            let mode = if wants { CallMode::E2ee } else { CallMode::Standard };
+            let mode_reason = (!wants).then(|| format!("standard call: {}", req.why_not()));
+            let mut members = BTreeMap::new();
+            members.insert(req.peer, member);
+            self.calls.insert(
+                req.call.clone(),
+                Call { key, id: req.call.clone(), mode, mode_reason: mode_reason.clone(), worker, members },
+            );
+            self.by_peer.insert(req.peer, req.call);
+            return Ok(Joined { call_key: key, mode, mode_reason, worker, others: vec![], downgraded: vec![] });
+        };
+        let mut downgraded = Vec::new();
+        match call.mode {
+            CallMode::E2ee => {
+                if req.is_bot() {
+                    return Err((
+                        ErrorCode::E2eeCallRefusesBots,
+                        "this call is end-to-end encrypted: recording, captions and transcription bots cannot join".into(),
+                    ));
                 }
-                let others = call
-                    .members
-                    .iter()
-                    .map(|(p, m)| (*p, m.info.clone()))
-                    .collect();
-                call.members.insert(req.peer, member);
-                let out = Joined {
-                    call_key: call.key,
-                    mode: call.mode,
-                    mode_reason: call.mode_reason.clone(),
-                    worker: call.worker,
-                    others,
-                };
-                self.by_peer.insert(req.peer, req.call);
-                Ok(out)
+                if call.members.len() >= 2 {
+                    return Err((ErrorCode::E2eeCallIsOneToOne, "an end-to-end encrypted call is one-to-one".into()));
+                }
+                if !wants {
+                    if let Some(m) = call.members.values().find(|m| m.policy == CallingE2ee::Required) {
+                        return Err((
+                            ErrorCode::E2eeRequired,
+                            format!("{}'s policy requires end-to-end encryption, and {}", m.info.user, req.why_not()),
+                        ));
+                    }
+                    // Nobody has keys yet: the call becomes standard, and everyone is told.
+                    call.mode = CallMode::Standard;
+                    call.mode_reason = Some(format!("standard call: {}", req.why_not()));
+                    downgraded = call.members.keys().copied().collect();
+                }
+            }
+            CallMode::Standard => {
+                if req.policy == CallingE2ee::Required {
+                    return Err((
+                        ErrorCode::E2eeRequired,
+                        format!(
+                            "your policy requires end-to-end encryption, but this is a {}",
+                            call.mode_reason.clone().unwrap_or_else(|| "standard call".into())
+                        ),
+                    ));
+                }
+                if call.members.len() >= self.max_participants {
+                    return Err((ErrorCode::CallFull, format!("the call has {} participants already", call.members.len())));
+                }
             }
         }
+        let others = call.members.iter().map(|(p, m)| (*p, m.info.clone())).collect();
+        call.members.insert(req.peer, member);
+        let out = Joined {
+            call_key: call.key,
+            mode: call.mode,
+            mode_reason: call.mode_reason.clone(),
+            worker: call.worker,
+            others,
+            downgraded,
+        };
+        self.by_peer.insert(req.peer, req.call);
+        Ok(out)
     }
 
     /// Remove a participant; `None` if it was in no call.
@@ -249,8 +252,9 @@ impl CallRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use CallingE2ee::*;
 
-    fn req(peer: PeerId, role: &str, e2ee: bool) -> JoinRequest {
+    fn req(peer: PeerId, role: &str, e2ee: bool, policy: CallingE2ee) -> JoinRequest {
         JoinRequest {
             peer,
             public_id: format!("p{peer}"),
@@ -259,27 +263,66 @@ mod tests {
             role: role.into(),
             call: "c".into(),
             e2ee_enabled: e2ee,
+            policy,
+        }
+    }
+
+    /// Two users' policies x their switches -> the call's mode, or the second's refusal.
+    #[test]
+    fn decision_table() {
+        let policies = [Disabled, DisabledUserOverride, Required];
+        for p1 in policies {
+            for p2 in policies {
+                for on1 in [false, true] {
+                    for on2 in [false, true] {
+                        let mut r = CallRegistry::new(2, 16);
+                        let first = r.join(req(1, "user", on1, p1));
+                        if on1 && p1 == Disabled {
+                            assert_eq!(first.unwrap_err().0, ErrorCode::E2eeNotAllowed);
+                            continue;
+                        }
+                        let first = first.unwrap();
+                        let wants1 = p1 == Required || (p1 == DisabledUserOverride && on1);
+                        let wants2 = p2 == Required || (p2 == DisabledUserOverride && on2);
+                        assert_eq!(first.mode == CallMode::E2ee, wants1);
+                        let second = r.join(req(2, "user", on2, p2));
+                        if on2 && p2 == Disabled {
+                            assert_eq!(second.unwrap_err().0, ErrorCode::E2eeNotAllowed);
+                            continue;
+                        }
+                        let case = format!("{p1:?}/{on1} + {p2:?}/{on2}");
+                        if (p1 == Required && !wants2) || (p2 == Required && !wants1) {
+                            let e = second.unwrap_err();
+                            assert_eq!(e.0, ErrorCode::E2eeRequired, "{case}");
+                            assert!(e.1.contains("u1") || e.1.contains("your policy"), "{case}: {}", e.1);
+                            continue;
+                        }
+                        let j = second.unwrap();
+                        assert_eq!(j.mode == CallMode::E2ee, wants1 && wants2, "{case}");
+                        if j.mode == CallMode::Standard {
+                            let reason = j.mode_reason.unwrap();
+                            let who = if !wants1 { "u1" } else { "u2" };
+                            assert!(reason.contains(who), "{case}: {reason}");
+                            let policy_words = if (!wants1 && p1 == Disabled) || (wants1 && p2 == Disabled) { "policy" } else { "turned on" };
+                            assert!(reason.contains(policy_words), "{case}: {reason}");
+                        }
+                        assert_eq!(!j.downgraded.is_empty(), wants1 && !wants2, "{case}");
+                    }
+                }
+            }
         }
     }
 
     #[test]
     fn e2ee_call_is_one_to_one_and_refuses_bots() {
         let mut r = CallRegistry::new(2, 16);
-        assert_eq!(r.join(req(1, "user", true)).unwrap().mode, CallMode::E2ee);
-        assert_eq!(
-            r.join(req(2, "bot:recording", false)).unwrap_err().0,
-            ErrorCode::E2eeCallRefusesBots
-        );
-        assert_eq!(
-            r.join(req(3, "user", false)).unwrap_err().0,
-            ErrorCode::E2eeRequired
-        );
-        let j = r.join(req(4, "user", true)).unwrap();
+        assert_eq!(r.join(req(1, "user", true, DisabledUserOverride)).unwrap().mode, CallMode::E2ee);
+        assert_eq!(r.join(req(2, "bot:recording", false, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
+        assert_eq!(r.join(req(2, "bot:captions", true, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeNotAllowed);
+        let j = r.join(req(4, "user", true, Required)).unwrap();
         assert_eq!(j.others.len(), 1);
-        assert_eq!(
-            r.join(req(5, "user", true)).unwrap_err().0,
-            ErrorCode::E2eeCallIsOneToOne
-        );
+        assert_eq!(r.join(req(5, "user", true, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeCallIsOneToOne);
+        assert_eq!(r.join(req(6, "bot:transcription", false, Disabled)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
         let l = r.leave(1).unwrap();
         assert_eq!(l.remaining, vec![4]);
         assert!(r.leave(4).unwrap().ended.is_some());
@@ -287,20 +330,22 @@ mod tests {
     }
 
     #[test]
-    fn standard_call_explains_itself() {
+    fn standard_call_admits_bots_and_fills_up() {
         let mut r = CallRegistry::new(2, 3);
-        r.join(req(1, "user", false)).unwrap();
-        let j = r.join(req(2, "user", true)).unwrap();
+        r.join(req(1, "user", false, DisabledUserOverride)).unwrap();
+        let j = r.join(req(2, "user", true, DisabledUserOverride)).unwrap();
         assert_eq!(j.mode, CallMode::Standard);
-        assert!(j.mode_reason.unwrap().contains("u1"));
-        r.join(req(3, "bot:captions", false)).unwrap();
-        assert_eq!(
-            r.join(req(4, "user", false)).unwrap_err().0,
-            ErrorCode::CallFull
-        );
-        assert_eq!(
-            r.join(req(1, "user", false)).unwrap_err().0,
-            ErrorCode::AlreadyJoined
-        );
+        assert!(j.mode_reason.unwrap().contains("u1 has not turned on"));
+        r.join(req(3, "bot:captions", false, Disabled)).unwrap();
+        assert_eq!(r.join(req(4, "user", false, Disabled)).unwrap_err().0, ErrorCode::CallFull);
+        assert_eq!(r.join(req(1, "user", false, Disabled)).unwrap_err().0, ErrorCode::AlreadyJoined);
+    }
+
+    #[test]
+    fn bot_does_not_downgrade_a_provisional_e2ee_call() {
+        let mut r = CallRegistry::new(1, 16);
+        r.join(req(1, "user", true, DisabledUserOverride)).unwrap();
+        assert_eq!(r.join(req(2, "bot:recording", false, Disabled)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
+        assert_eq!(r.join(req(3, "user", true, DisabledUserOverride)).unwrap().mode, CallMode::E2ee);
     }
 }

@@ -292,11 +292,38 @@ mod tests {
         assert_eq!(&got[..], &pkt[..]);
         assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SrtpReplay));
         // A fresh index with a damaged tag: authentication, not replay, refuses it.
-        let mut bad = client_a_out.encrypt_rtp(&rtp(100, 2, b"opaque")).unwrap().to_vec();
+        let mut bad = client_a_out
+            .encrypt_rtp(&rtp(100, 2, b"opaque"))
+            .unwrap()
+            .to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(f.on_rtp(1, &bad, &mut out), Err(DropReason::SrtpAuthFailed));
         assert_eq!(f.on_rtp(3, &wire, &mut out), Err(DropReason::NotConnected));
+    }
+
+    #[test]
+    fn tap_sees_sender_call_and_clear_packet() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let tap: MediaTap = Arc::new(move |p: &TapPacket<'_>| {
+            s2.lock().unwrap().push((p.from, p.call, p.data.to_vec()));
+        });
+        let mut f = Forwarder::new(Some(tap));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        f.add_peer(1, 7, a, ctx_replay(1), ctx(3), &[100]);
+        f.add_peer(
+            2,
+            7,
+            "127.0.0.1:2".parse().unwrap(),
+            ctx_replay(4),
+            ctx(2),
+            &[200],
+        );
+        let pkt = rtp(100, 1, b"opaque e2ee frame");
+        let wire = ctx(1).encrypt_rtp(&pkt).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut vec![]), Ok(1));
+        assert_eq!(*seen.lock().unwrap(), vec![(a, 7, pkt)]);
     }
 
     #[test]

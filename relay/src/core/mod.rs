@@ -9,3 +9,4 @@ pub mod ice;
 pub type PeerId = u64;
 /// Relay-internal call handle.
 pub type CallKey = u64;
+pub mod policy;

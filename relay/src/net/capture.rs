@@ -296,7 +296,14 @@ impl Writer {
     fn write(&mut self, rec: &Record) {
         self.ip_id = self.ip_id.wrapping_add(1);
         self.buf.clear();
-        if !encode_record(rec.at, rec.from, self.relay_addr, &rec.data, self.ip_id, &mut self.buf) {
+        if !encode_record(
+            rec.at,
+            rec.from,
+            self.relay_addr,
+            &rec.data,
+            self.ip_id,
+            &mut self.buf,
+        ) {
             // Larger than an IP datagram can be: cannot be a packet the relay received.
             self.dropped.increment(1);
             return;
@@ -508,7 +515,14 @@ mod tests {
     fn oversize_payload_is_refused() {
         let mut out = Vec::new();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(!encode_record(UNIX_EPOCH, a, a, &[0u8; 65_510], 0, &mut out));
+        assert!(!encode_record(
+            UNIX_EPOCH,
+            a,
+            a,
+            &[0u8; 65_510],
+            0,
+            &mut out
+        ));
         assert!(out.is_empty());
     }
 
@@ -548,8 +562,14 @@ mod tests {
         assert_eq!(bytes.len() as u64, PCAP_FILE_HEADER as u64 + 3 * per_record);
         assert_eq!(&bytes[..24], &pcap_file_header());
         let text = metrics.render();
-        assert!(text.contains("blindrelay_capture_packets_total 3"), "{text}");
-        assert!(text.contains("blindrelay_capture_stopped_total 1"), "{text}");
+        assert!(
+            text.contains("blindrelay_capture_packets_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blindrelay_capture_stopped_total 1"),
+            "{text}"
+        );
         assert!(text.contains("blindrelay_capture_active 0"), "{text}");
         let _ = std::fs::remove_file(&path);
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod capture;
 pub mod media;
+pub mod policy_store;
 pub mod server;
 pub mod signal;
 pub mod udp;

@@ -37,6 +37,8 @@ pub enum StartError {
     Identity(#[from] blindrelay_transport::TransportError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Policy(#[from] super::policy_store::StoreError),
 }
 
 /// Options that are code, not configuration.
@@ -98,6 +100,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// The pcap capture, when `capture.path` is set; joins tell it their call.
     pub capture: Option<Arc<Capture>>,
+    /// E2EE policies in force.
+    pub policies: super::policy_store::PolicyStore,
 }
 
 impl Shared {
@@ -233,6 +237,7 @@ impl Relay {
                 addr: config.admin.listen,
                 source,
             })?;
+        let policies = super::policy_store::PolicyStore::load(&config.policy)?;
         let metrics = Arc::new(Metrics::new());
         // Without a capture path no tap is installed: capture costs nothing when off.
         let capture = match &config.capture.path {
@@ -270,11 +275,21 @@ impl Relay {
             next_peer: AtomicU64::new(1),
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            policies,
             capture,
         });
         tasks.push(tokio::spawn(media::recv_loop(shared.clone(), recv_ctl_rx)));
         tasks.push(tokio::spawn(signal::serve(signal_listener, shared.clone())));
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+        // Notice edits of the policy file within a second (SIGHUP forces a reload too).
+        let watcher = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let _ = watcher.policies.reload(false);
+            }
+        }));
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -297,6 +312,11 @@ impl Relay {
             shared,
             tasks,
         })
+    }
+
+    /// Re-read the policy file now (what SIGHUP does). The policy in force stays on error.
+    pub fn reload_policies(&self) -> Result<bool, super::policy_store::StoreError> {
+        self.shared.policies.reload(true)
     }
 
     /// The signalling URL clients connect to.

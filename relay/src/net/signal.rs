@@ -152,10 +152,15 @@ impl Conn {
         let cfg = &self.shared.config.auth;
         match token::verify(&cfg.api_secret, token, cfg.leeway) {
             Ok(claims) => {
+                // The relay enforces the same option at join.
                 let e2ee_option = if claims.is_bot() {
                     E2eeOption::Hidden
                 } else {
-                    E2eeOption::Available
+                    self.shared
+                        .policies
+                        .effective(&claims.sub, &claims.tenant)
+                        .calling_e2ee
+                        .option()
                 };
                 let reply = ServerMessage::Capabilities {
                     user: claims.sub.clone(),
@@ -223,6 +228,15 @@ impl Conn {
             Ok(o) => o,
             Err(e) => return refuse(self, ErrorCode::BadSdp, e.to_string()),
         };
+        // Read at every join: a policy change applies to the very next join.
+        let policy = if claims.is_bot() {
+            crate::core::policy::CallingE2ee::Disabled
+        } else {
+            self.shared
+                .policies
+                .effective(&claims.sub, &claims.tenant)
+                .calling_e2ee
+        };
         let peer = self.shared.next_peer.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
         let public_id = format!("p-{}", Alphanumeric.sample_string(&mut rng, 12));
@@ -240,6 +254,7 @@ impl Conn {
                 role: claims.role.clone(),
                 call: call.clone(),
                 e2ee_enabled,
+                policy,
             })
         };
         let joined = match joined {
@@ -320,6 +335,18 @@ impl Conn {
             tenant: claims.tenant.clone(),
             role: claims.role.clone(),
         };
+        if !joined.downgraded.is_empty() {
+            m.calls("e2ee").decrement(1.0);
+            m.calls("standard").increment(1.0);
+        }
+        for p in &joined.downgraded {
+            if let Some(s) = self.shared.sessions.get(p) {
+                let _ = s.to_client.send(ServerMessage::CallModeChanged {
+                    call_mode: joined.mode,
+                    reason: joined.mode_reason.clone().unwrap_or_default(),
+                });
+            }
+        }
         for (other, _) in &joined.others {
             if let Some(s) = self.shared.sessions.get(other) {
                 let _ = s.to_client.send(ServerMessage::ParticipantJoined {

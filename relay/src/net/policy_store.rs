@@ -1,0 +1,128 @@
+//! The policy store in force: loaded from the policy file at start, reloaded on SIGHUP and
+//! when the file changes, changed through the admin API with an atomic write (temp file +
+//! rename) so a crash never leaves half a file. A file with an error is rejected with a
+//! message naming the line, and the policy in force stays in force. Every change applies to
+//! the very next join.
+
+use crate::config::PolicyConfig;
+use crate::core::policy::{CallingE2ee, Effective, PolicyError, PolicySet, GLOBAL};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+use thiserror::Error;
+use tracing::{error, info};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write policy file {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Invalid { path: String, source: PolicyError },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+pub struct PolicyStore {
+    current: RwLock<Arc<PolicySet>>,
+    path: Option<PathBuf>,
+    global_default: CallingE2ee,
+    /// Modification time and length of the file as last loaded, to notice edits.
+    seen: Mutex<Option<(SystemTime, u64)>>,
+    /// Serialises writers so two admin changes cannot interleave.
+    write_lock: Mutex<()>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl PolicyStore {
+    pub fn load(cfg: &PolicyConfig) -> Result<Self, StoreError> {
+        let set = match &cfg.file {
+            Some(p) => read(p)?,
+            None => PolicySet::default(),
+        };
+        Ok(PolicyStore {
+            current: RwLock::new(Arc::new(set)),
+            seen: Mutex::new(cfg.file.as_deref().and_then(stamp)),
+            path: cfg.file.clone(),
+            global_default: cfg.global,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// The set in force, with `Global` filled in from the config when the file has none.
+    pub fn snapshot(&self) -> Arc<PolicySet> {
+        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if cur.policies.contains_key(GLOBAL) {
+            return cur;
+        }
+        let mut s = (*cur).clone();
+        s.policies.insert(GLOBAL.to_string(), crate::core::policy::Policy { calling_e2ee: self.global_default });
+        Arc::new(s)
+    }
+
+    pub fn effective(&self, user: &str, tenant: &str) -> Effective {
+        self.snapshot().effective(user, tenant)
+    }
+
+    /// Re-read the file if it changed (or always, with `force`). On error the policy in
+    /// force stays and the error is returned (and logged).
+    pub fn reload(&self, force: bool) -> Result<bool, StoreError> {
+        let Some(path) = &self.path else { return Ok(false) };
+        let now = stamp(path);
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && now == *seen {
+                return Ok(false);
+            }
+        }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        match read(path) {
+            Ok(set) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                info!(path = %path.display(), "policy file reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                error!(error = %e, "policy file rejected; the policy in force stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply a change, persist it atomically (when there is a file), then put it in force.
+    pub fn update(&self, change: impl FnOnce(&mut PolicySet) -> Result<(), PolicyError>) -> Result<(), StoreError> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**self.current.read().unwrap_or_else(|p| p.into_inner())).clone();
+        change(&mut next)?;
+        next.validate()?;
+        if let Some(path) = &self.path {
+            write_atomically(path, &next.to_toml())?;
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<PolicySet, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Read { path: path.display().to_string(), source })?;
+    PolicySet::parse(&text).map_err(|source| StoreError::Invalid { path: path.display().to_string(), source })
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), StoreError> {
+    let err = |source| StoreError::Write { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("policies"), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(b"# blindrelay E2EE policies (written by the admin API)\n").map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}

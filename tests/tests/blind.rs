@@ -1,0 +1,256 @@
+//! "Prove the relay is blind": a real relay captures what it holds after hop decryption to
+//! a pcap (`[capture]`), and the client's auditor reads it. An E2EE call with a canary must
+//! audit blind; the same call as a standard call must not (or the audit proves nothing).
+//! tshark, when present, must decode the capture as the same number of RTP packets.
+
+use blindrelay::config::Config;
+use blindrelay::{Relay, RelayOptions};
+use blindrelay_tests::*;
+use e2ee_client::audit::{audit_file, AuditReport};
+use e2ee_client::call::{run_call, CallOptions, CallSummary};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CANARY: &str = "CANARY-blind-relay-audit";
+
+fn temp_pcap(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "blindrelay-{tag}-{}-{nanos}.pcap",
+        std::process::id()
+    ))
+}
+
+fn client(relay: &Relay, cfg: &Config, user: &str, call: &str, e2ee: bool) -> CallOptions {
+    CallOptions {
+        relay: relay.signal_url(),
+        token: token(cfg, user, Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_millis(2500),
+        video_kbps: 800,
+        e2ee,
+        canary: Some(CANARY.into()),
+        name: user.into(),
+        ..Default::default()
+    }
+}
+
+/// Two clients in one call through `relay`; both must have verified media.
+async fn call_pair(relay: &Relay, cfg: &Config, call: &str, e2ee: bool) -> [CallSummary; 2] {
+    let a = client(relay, cfg, &format!("alice-{call}"), call, e2ee);
+    let b = client(relay, cfg, &format!("bob-{call}"), call, e2ee);
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
+    for (name, s) in [("alice", &sa), ("bob", &sb)] {
+        assert!(s.error.is_none(), "{call}/{name}: {:?}", s.error);
+        assert!(s.success(), "{call}/{name}: no media");
+        assert_eq!(s.e2ee, e2ee, "{call}/{name}: e2ee");
+        assert!(
+            s.frames_verified > 50,
+            "{call}/{name}: verified {} frames",
+            s.frames_verified
+        );
+        assert_eq!(s.frames_corrupt, 0, "{call}/{name}: corrupt frames");
+    }
+    [sa, sb]
+}
+
+/// Let in-flight packets reach the writer, then write everything out.
+async fn settle(relay: &Relay) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.flush_capture().await;
+}
+
+fn capture_config(path: &Path) -> Config {
+    let mut cfg = loopback_config();
+    cfg.capture.path = Some(path.to_path_buf());
+    cfg
+}
+
+/// What tshark makes of the capture: one line per packet it decodes as RTP (the SSRC), or
+/// `None` when tshark is not installed here (a failure on CI, which must install it).
+fn tshark_rtp_ssrcs(path: &Path, media_port: u16) -> Option<Vec<String>> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-d", &format!("udp.port=={media_port},rtp")])
+        .args(["-T", "fields", "-e", "rtp.ssrc"])
+        .output();
+    match out {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "tshark failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("tshark is not installed; CI must install it (.ci/run does)");
+            }
+            eprintln!("note: tshark not on PATH; skipping the tshark cross-check");
+            None
+        }
+        Err(e) => panic!("cannot run tshark: {e}"),
+    }
+}
+
+fn audit(path: &Path) -> AuditReport {
+    audit_file(path, Some(CANARY.as_bytes())).expect("the relay's capture is a readable pcap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2ee_call_capture_audits_blind() {
+    let path = temp_pcap("e2ee");
+    let cfg = capture_config(&path);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    call_pair(&relay, &cfg, "demo", true).await;
+    settle(&relay).await;
+    let m = scrape(&relay).await;
+    let report = audit(&path);
+    let table = report.table();
+    assert!(report.blind, "{table}");
+    assert_eq!(report.verdict, "blind");
+    assert_eq!(report.canary_packets(), 0, "{table}");
+    // Two clients, audio and video each.
+    assert_eq!(report.streams.len(), 4, "{table}");
+    for s in &report.streams {
+        assert!(s.frames > 20, "{table}");
+        assert_eq!(s.canary_frames, 0, "{table}");
+        assert_eq!(s.plaintext_magic_frames, 0, "{table}");
+        assert_eq!(s.sframe_frames, s.frames, "every frame is SFrame: {table}");
+        assert!(s.entropy_bits_per_byte > 7.5, "{table}");
+    }
+    let captured = metric(&m, "blindrelay_capture_packets_total");
+    assert_eq!(report.rtp_packets as f64, captured, "{table}");
+    assert_eq!(report.records, report.rtp_packets, "only RTP is captured");
+    assert_eq!(metric(&m, "blindrelay_capture_active"), 1.0);
+    assert_eq!(metric(&m, "blindrelay_capture_stopped_total"), 0.0);
+    if let Some(ssrcs) = tshark_rtp_ssrcs(&path, relay.media_addr.port()) {
+        assert_eq!(
+            ssrcs.len() as u64,
+            report.rtp_packets,
+            "tshark packet count"
+        );
+        assert!(
+            ssrcs.iter().all(|s| s.starts_with("0x")),
+            "tshark decodes every packet as RTP: {:?}",
+            ssrcs.iter().find(|s| !s.starts_with("0x"))
+        );
+        let mut distinct = ssrcs.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "tshark sees the four streams");
+    }
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Negative control: the same call without E2EE must audit NOT blind, or the audit above
+/// proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_call_capture_audits_not_blind() {
+    let path = temp_pcap("standard");
+    let cfg = capture_config(&path);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    call_pair(&relay, &cfg, "demo", false).await;
+    settle(&relay).await;
+    let report = audit(&path);
+    let table = report.table();
+    assert!(!report.blind, "{table}");
+    assert_eq!(report.verdict, "NOT blind");
+    assert!(report.canary_packets() > 50, "{table}");
+    assert!(
+        report.reasons.iter().any(|r| r.contains("canary")),
+        "{table}"
+    );
+    for s in &report.streams {
+        assert_eq!(
+            s.sframe_frames, 0,
+            "plaintext frames are not SFrame: {table}"
+        );
+        assert_eq!(s.plaintext_magic_frames, s.frames, "{table}");
+        assert!(s.canary_frames > 0, "{table}");
+    }
+    if let Some(ssrcs) = tshark_rtp_ssrcs(&path, relay.media_addr.port()) {
+        assert_eq!(
+            ssrcs.len() as u64,
+            report.rtp_packets,
+            "tshark packet count"
+        );
+    }
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `capture.call` limits the capture to one call: a standard call running alongside with
+/// the canary in the clear must not reach the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_of_one_call_leaves_other_calls_out() {
+    let path = temp_pcap("one-call");
+    let mut cfg = capture_config(&path);
+    cfg.capture.call = Some("audited".into());
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let (audited, other) = tokio::join!(
+        call_pair(&relay, &cfg, "audited", true),
+        call_pair(&relay, &cfg, "other", false)
+    );
+    settle(&relay).await;
+    let report = audit(&path);
+    let table = report.table();
+    assert!(report.blind, "only the E2EE call is in the file: {table}");
+    assert_eq!(report.streams.len(), 4, "{table}");
+    let other_sent: u64 = other.iter().map(|s| s.sent_packets).sum();
+    let audited_sent: u64 = audited.iter().map(|s| s.sent_packets).sum();
+    assert!(other_sent > 0);
+    assert!(
+        report.rtp_packets <= audited_sent,
+        "captured {} > sent in the audited call {audited_sent}",
+        report.rtp_packets
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A tiny `capture.max_bytes`: the capture stops, says so in the metrics, and the relay goes
+/// on forwarding (the clients still verify frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_stops_at_max_bytes_and_forwarding_goes_on() {
+    let path = temp_pcap("cap");
+    let mut cfg = capture_config(&path);
+    cfg.capture.max_bytes = 16 * 1024;
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let summaries = call_pair(&relay, &cfg, "demo", true).await;
+    settle(&relay).await;
+    let m = scrape(&relay).await;
+    assert_eq!(metric(&m, "blindrelay_capture_stopped_total"), 1.0);
+    assert_eq!(metric(&m, "blindrelay_capture_active"), 0.0);
+    let captured = metric(&m, "blindrelay_capture_packets_total");
+    assert!(captured > 0.0, "some packets before the cap");
+    let forwarded = metric(&m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}");
+    let received: u64 = summaries.iter().map(|s| s.received_packets).sum();
+    assert!(
+        forwarded > captured * 10.0,
+        "forwarded {forwarded} vs captured {captured}"
+    );
+    assert!(received as f64 > captured * 10.0);
+    let size = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+    assert!(
+        size > 24 && size <= cfg.capture.max_bytes,
+        "file is {size} bytes"
+    );
+    // What was written is still a whole, auditable pcap.
+    let report = audit(&path);
+    assert!(!report.truncated_tail, "{}", report.table());
+    assert_eq!(report.rtp_packets as f64, captured);
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
