@@ -231,13 +231,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     format!("/v1/policy/users/{}", url_path(&user)),
                     serde_json::json!({ "policy": policy }).to_string(),
                 ),
-                PolicyCommand::Show { user: None, .. } => ("GET", "/v1/policy".into(), String::new()),
+                PolicyCommand::Show { user: None, .. } => {
+                    ("GET", "/v1/policy".into(), String::new())
+                }
                 PolicyCommand::Show {
                     user: Some(u),
                     tenant,
                 } => (
                     "GET",
-                    format!("/v1/policy/effective?user={}&tenant={}", url_path(&u), url_path(&tenant)),
+                    format!(
+                        "/v1/policy/effective?user={}&tenant={}",
+                        url_path(&u),
+                        url_path(&tenant)
+                    ),
                     String::new(),
                 ),
                 PolicyCommand::Reload => ("POST", "/v1/policy/reload".into(), String::new()),
@@ -279,7 +285,13 @@ fn url_path(s: &str) -> String {
 }
 
 /// One HTTP/1.1 request to the admin API; returns the body, or the API's error.
-fn admin_request(base: &str, token: &str, method: &str, path: &str, body: &str) -> Result<String, CliError> {
+fn admin_request(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, CliError> {
     use std::io::Read;
     let fail = |message: String| CliError::Admin {
         url: base.to_string(),
@@ -295,12 +307,23 @@ fn admin_request(base: &str, token: &str, method: &str, path: &str, body: &str) 
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(req.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| fail(e.to_string()))?;
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| fail(e.to_string()))?;
     let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     if (200..300).contains(&status) {
         Ok(body)
     } else {

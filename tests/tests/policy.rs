@@ -8,11 +8,21 @@ use e2ee_client::call::{run_call, CallOptions};
 use e2ee_client::signal::Signal;
 use std::time::Duration;
 
-async fn admin(relay: &blindrelay::Relay, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+async fn admin(
+    relay: &blindrelay::Relay,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = relay.admin_addr;
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -21,13 +31,26 @@ async fn admin(relay: &blindrelay::Relay, method: &str, path: &str, token: Optio
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 async fn capabilities(url: &str, token: &str) -> E2eeOption {
     let mut sig = Signal::connect(url).await.expect("connect");
-    sig.send(&ClientMessage::Hello { token: token.into() }).await.expect("send");
+    sig.send(&ClientMessage::Hello {
+        token: token.into(),
+    })
+    .await
+    .expect("send");
     match sig.recv().await.expect("reply") {
         ServerMessage::Capabilities { e2ee_option, .. } => e2ee_option,
         m => panic!("{m:?}"),
@@ -35,7 +58,15 @@ async fn capabilities(url: &str, token: &str) -> E2eeOption {
 }
 
 fn tok(cfg: &blindrelay::config::Config, user: &str, tenant: &str) -> String {
-    blindrelay::token::issue(&cfg.auth.api_secret, user, tenant, "user", None, Duration::from_secs(600)).expect("token")
+    blindrelay::token::issue(
+        &cfg.auth.api_secret,
+        user,
+        tenant,
+        "user",
+        None,
+        Duration::from_secs(600),
+    )
+    .expect("token")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,33 +74,98 @@ async fn admin_api_needs_the_token_and_changes_apply_to_the_next_join() {
     let dir = std::env::temp_dir().join(format!("policy-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("policies.toml");
-    std::fs::write(&file, "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n").expect("write");
+    std::fs::write(
+        &file,
+        "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n",
+    )
+    .expect("write");
     let mut cfg = loopback_config();
     cfg.policy.file = Some(file.clone());
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let url = relay.signal_url();
 
     assert_eq!(admin(&relay, "GET", "/v1/policy", None, "").await.0, 401);
-    assert_eq!(admin(&relay, "GET", "/v1/policy", Some("wrong-token-of-some-length"), "").await.0, 401);
-    assert_eq!(admin(&relay, "PUT", "/v1/policy/policies/NoE2ee", None, r#"{"calling_e2ee":"Disabled"}"#).await.0, 401);
+    assert_eq!(
+        admin(
+            &relay,
+            "GET",
+            "/v1/policy",
+            Some("wrong-token-of-some-length"),
+            ""
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        admin(
+            &relay,
+            "PUT",
+            "/v1/policy/policies/NoE2ee",
+            None,
+            r#"{"calling_e2ee":"Disabled"}"#
+        )
+        .await
+        .0,
+        401
+    );
     let (status, body) = admin(&relay, "GET", "/v1/policy", Some(DEV_ADMIN_TOKEN), "").await;
     assert_eq!(status, 200, "{body}");
 
-    assert_eq!(capabilities(&url, &tok(&cfg, "alice", "t")).await, E2eeOption::Available);
-    let (s, b) = admin(&relay, "PUT", "/v1/policy/policies/NoE2ee", Some(DEV_ADMIN_TOKEN), r#"{"calling_e2ee":"Disabled"}"#).await;
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "alice", "t")).await,
+        E2eeOption::Available
+    );
+    let (s, b) = admin(
+        &relay,
+        "PUT",
+        "/v1/policy/policies/NoE2ee",
+        Some(DEV_ADMIN_TOKEN),
+        r#"{"calling_e2ee":"Disabled"}"#,
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = admin(&relay, "PUT", "/v1/policy/users/alice", Some(DEV_ADMIN_TOKEN), r#"{"policy":"NoE2ee"}"#).await;
+    let (s, b) = admin(
+        &relay,
+        "PUT",
+        "/v1/policy/users/alice",
+        Some(DEV_ADMIN_TOKEN),
+        r#"{"policy":"NoE2ee"}"#,
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     // At once, not hours later.
-    assert_eq!(capabilities(&url, &tok(&cfg, "alice", "t")).await, E2eeOption::Hidden);
-    assert_eq!(capabilities(&url, &tok(&cfg, "bob", "t")).await, E2eeOption::Available);
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "alice", "t")).await,
+        E2eeOption::Hidden
+    );
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "bob", "t")).await,
+        E2eeOption::Available
+    );
     // The relay enforces the hidden option: alice cannot turn E2EE on.
-    let mut a = CallOptions { relay: url.clone(), token: tok(&cfg, "alice", "t"), call: "x".into(), duration: Duration::from_millis(300), ..Default::default() };
+    let mut a = CallOptions {
+        relay: url.clone(),
+        token: tok(&cfg, "alice", "t"),
+        call: "x".into(),
+        duration: Duration::from_millis(300),
+        ..Default::default()
+    };
     let mut sig = Signal::connect(&url).await.expect("connect");
-    sig.send(&ClientMessage::Hello { token: a.token.clone() }).await.expect("send");
+    sig.send(&ClientMessage::Hello {
+        token: a.token.clone(),
+    })
+    .await
+    .expect("send");
     let _ = sig.recv().await;
     let offer = e2ee_offer();
-    sig.send(&ClientMessage::Join { call: "x".into(), e2ee_enabled: true, offer_sdp: offer }).await.expect("send");
+    sig.send(&ClientMessage::Join {
+        call: "x".into(),
+        e2ee_enabled: true,
+        offer_sdp: offer,
+    })
+    .await
+    .expect("send");
     match sig.recv().await.expect("reply") {
         ServerMessage::Error { code, message } => {
             assert_eq!(code, ErrorCode::E2eeNotAllowed);
@@ -80,17 +176,35 @@ async fn admin_api_needs_the_token_and_changes_apply_to_the_next_join() {
     // The client itself does not offer E2EE when hidden: it joins a standard call.
     a.e2ee = true;
     let s = run_call(&a).await;
-    assert!(s.joined && s.call_mode == Some(CallMode::Standard), "{:?}", s.error);
+    assert!(
+        s.joined && s.call_mode == Some(CallMode::Standard),
+        "{:?}",
+        s.error
+    );
 
     // Persisted atomically: the file now holds both changes and parses.
     let text = std::fs::read_to_string(&file).expect("policy file");
     let set = blindrelay::core::policy::PolicySet::parse(&text).expect("valid file");
     assert_eq!(set.users.get("alice").map(String::as_str), Some("NoE2ee"));
     // A grant naming a missing policy is refused and changes nothing.
-    let (s, b) = admin(&relay, "PUT", "/v1/policy/users/bob", Some(DEV_ADMIN_TOKEN), r#"{"policy":"Nope"}"#).await;
+    let (s, b) = admin(
+        &relay,
+        "PUT",
+        "/v1/policy/users/bob",
+        Some(DEV_ADMIN_TOKEN),
+        r#"{"policy":"Nope"}"#,
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert!(b.contains("Nope"));
-    let (s, _) = admin(&relay, "PUT", "/v1/policy/policies/X", Some(DEV_ADMIN_TOKEN), r#"{"calling_e2ee":"Maybe"}"#).await;
+    let (s, _) = admin(
+        &relay,
+        "PUT",
+        "/v1/policy/policies/X",
+        Some(DEV_ADMIN_TOKEN),
+        r#"{"calling_e2ee":"Maybe"}"#,
+    )
+    .await;
     assert_eq!(s, 400);
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -119,12 +233,22 @@ async fn policy_file_hot_reload_and_a_broken_file_keeps_the_policy_in_force() {
     cfg.policy.file = Some(file.clone());
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let url = relay.signal_url();
-    assert_eq!(capabilities(&url, &tok(&cfg, "u", "fabrikam")).await, E2eeOption::Hidden);
-    assert_eq!(capabilities(&url, &tok(&cfg, "u", "contoso")).await, E2eeOption::Required);
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "u", "fabrikam")).await,
+        E2eeOption::Hidden
+    );
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "u", "contoso")).await,
+        E2eeOption::Required
+    );
 
     // Edit the file: the relay notices within a couple of seconds.
     tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
-    std::fs::write(&file, "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n").expect("write");
+    std::fs::write(
+        &file,
+        "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n",
+    )
+    .expect("write");
     let mut seen = E2eeOption::Hidden;
     for _ in 0..30 {
         seen = capabilities(&url, &tok(&cfg, "u", "fabrikam")).await;
@@ -137,12 +261,24 @@ async fn policy_file_hot_reload_and_a_broken_file_keeps_the_policy_in_force() {
 
     // A broken file: rejected with the line named, the policy in force stays.
     std::fs::write(&file, "[policies.Global]\ncalling_e2ee = \"Sometimes\"\n").expect("write");
-    let err = relay.reload_policies().expect_err("broken file is rejected");
+    let err = relay
+        .reload_policies()
+        .expect_err("broken file is rejected");
     assert!(err.to_string().contains("line 2"), "{err}");
-    let (s, b) = admin(&relay, "POST", "/v1/policy/reload", Some(DEV_ADMIN_TOKEN), "").await;
+    let (s, b) = admin(
+        &relay,
+        "POST",
+        "/v1/policy/reload",
+        Some(DEV_ADMIN_TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(s, 422, "{b}");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(capabilities(&url, &tok(&cfg, "u", "fabrikam")).await, E2eeOption::Available);
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "u", "fabrikam")).await,
+        E2eeOption::Available
+    );
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -184,10 +320,25 @@ async fn call_modes_across_tenants_with_reasons() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sb = run_call(&b).await;
     let sa = alice.await.expect("alice");
-    assert!(sa.success() && sb.success(), "{:?} {:?}", sa.error, sb.error);
+    assert!(
+        sa.success() && sb.success(),
+        "{:?} {:?}",
+        sa.error,
+        sb.error
+    );
     assert_eq!(sa.call_mode, Some(CallMode::Standard));
-    assert!(sa.mode_reason.as_deref().unwrap_or("").contains("bob has not turned on"), "{:?}", sa.mode_reason);
-    assert!(!sa.e2ee && sa.frames_verified > 10, "media flows in the clear once standard");
+    assert!(
+        sa.mode_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("bob has not turned on"),
+        "{:?}",
+        sa.mode_reason
+    );
+    assert!(
+        !sa.e2ee && sa.frames_verified > 10,
+        "media flows in the clear once standard"
+    );
 
     // carol (contoso, Required) and erin (fabrikam, on): E2EE across tenants.
     let mut c = call(&url, tok(&cfg, "carol", "contoso"), "carol", false);
@@ -195,7 +346,12 @@ async fn call_modes_across_tenants_with_reasons() {
     let mut e = call(&url, tok(&cfg, "erin", "fabrikam"), "erin", true);
     e.call = "x-tenant".into();
     let (sc, se) = tokio::join!(run_call(&c), run_call(&e));
-    assert_eq!(sc.call_mode, Some(CallMode::E2ee), "Required encrypts even with the switch off: {:?}", sc.error);
+    assert_eq!(
+        sc.call_mode,
+        Some(CallMode::E2ee),
+        "Required encrypts even with the switch off: {:?}",
+        sc.error
+    );
     assert_eq!(se.call_mode, Some(CallMode::E2ee));
     assert_eq!(sc.verification_code, se.verification_code);
     assert!(sc.frames_decrypted > 10);
@@ -210,10 +366,17 @@ async fn call_modes_across_tenants_with_reasons() {
     let sd = run_call(&d).await;
     let err = sd.error.expect("dave refused");
     assert_eq!(err.code, "e2ee_required");
-    assert!(err.message.contains("carol") && err.message.contains("policy"), "{}", err.message);
+    assert!(
+        err.message.contains("carol") && err.message.contains("policy"),
+        "{}",
+        err.message
+    );
     let _ = carol.await;
     let m = scrape(&relay).await;
-    assert_eq!(metric(&m, "blindrelay_joins_total{result=\"e2ee_required\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "blindrelay_joins_total{result=\"e2ee_required\"}"),
+        1.0
+    );
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,14 +26,23 @@ impl JoinRequest {
     }
     /// Encrypts: allowed by policy and turned on (Required counts as on).
     fn wants_e2ee(&self) -> bool {
-        !self.is_bot() && (self.policy == CallingE2ee::Required || (self.policy == CallingE2ee::DisabledUserOverride && self.e2ee_enabled))
+        !self.is_bot()
+            && (self.policy == CallingE2ee::Required
+                || (self.policy == CallingE2ee::DisabledUserOverride && self.e2ee_enabled))
     }
     /// Why this participant does not encrypt, in words.
     fn why_not(&self) -> String {
         if self.is_bot() {
-            format!("{} is a {} bot", self.user, self.role.trim_start_matches("bot:"))
+            format!(
+                "{} is a {} bot",
+                self.user,
+                self.role.trim_start_matches("bot:")
+            )
         } else if self.policy == CallingE2ee::Disabled {
-            format!("{}'s policy does not allow end-to-end encryption", self.user)
+            format!(
+                "{}'s policy does not allow end-to-end encryption",
+                self.user
+            )
         } else {
             format!("{} has not turned on end-to-end encryption", self.user)
         }
@@ -117,7 +126,10 @@ impl CallRegistry {
             return Err((ErrorCode::AlreadyJoined, "already in a call".into()));
         }
         if req.e2ee_enabled && (req.is_bot() || req.policy == CallingE2ee::Disabled) {
-            return Err((ErrorCode::E2eeNotAllowed, format!("{}: end-to-end encryption is not available", req.why_not())));
+            return Err((
+                ErrorCode::E2eeNotAllowed,
+                format!("{}: end-to-end encryption is not available", req.why_not()),
+            ));
         }
         let wants = req.wants_e2ee();
         let member = Member {
@@ -134,16 +146,34 @@ impl CallRegistry {
             let key = self.next_call;
             self.next_call += 1;
             let worker = (key as usize) % self.workers;
-            let mode = if wants { CallMode::E2ee } else { CallMode::Standard };
+            let mode = if wants {
+                CallMode::E2ee
+            } else {
+                CallMode::Standard
+            };
             let mode_reason = (!wants).then(|| format!("standard call: {}", req.why_not()));
             let mut members = BTreeMap::new();
             members.insert(req.peer, member);
             self.calls.insert(
                 req.call.clone(),
-                Call { key, id: req.call.clone(), mode, mode_reason: mode_reason.clone(), worker, members },
+                Call {
+                    key,
+                    id: req.call.clone(),
+                    mode,
+                    mode_reason: mode_reason.clone(),
+                    worker,
+                    members,
+                },
             );
             self.by_peer.insert(req.peer, req.call);
-            return Ok(Joined { call_key: key, mode, mode_reason, worker, others: vec![], downgraded: vec![] });
+            return Ok(Joined {
+                call_key: key,
+                mode,
+                mode_reason,
+                worker,
+                others: vec![],
+                downgraded: vec![],
+            });
         };
         let mut downgraded = Vec::new();
         match call.mode {
@@ -155,13 +185,24 @@ impl CallRegistry {
                     ));
                 }
                 if call.members.len() >= 2 {
-                    return Err((ErrorCode::E2eeCallIsOneToOne, "an end-to-end encrypted call is one-to-one".into()));
+                    return Err((
+                        ErrorCode::E2eeCallIsOneToOne,
+                        "an end-to-end encrypted call is one-to-one".into(),
+                    ));
                 }
                 if !wants {
-                    if let Some(m) = call.members.values().find(|m| m.policy == CallingE2ee::Required) {
+                    if let Some(m) = call
+                        .members
+                        .values()
+                        .find(|m| m.policy == CallingE2ee::Required)
+                    {
                         return Err((
                             ErrorCode::E2eeRequired,
-                            format!("{}'s policy requires end-to-end encryption, and {}", m.info.user, req.why_not()),
+                            format!(
+                                "{}'s policy requires end-to-end encryption, and {}",
+                                m.info.user,
+                                req.why_not()
+                            ),
                         ));
                     }
                     // Nobody has keys yet: the call becomes standard, and everyone is told.
@@ -176,16 +217,25 @@ impl CallRegistry {
                         ErrorCode::E2eeRequired,
                         format!(
                             "your policy requires end-to-end encryption, but this is a {}",
-                            call.mode_reason.clone().unwrap_or_else(|| "standard call".into())
+                            call.mode_reason
+                                .clone()
+                                .unwrap_or_else(|| "standard call".into())
                         ),
                     ));
                 }
                 if call.members.len() >= self.max_participants {
-                    return Err((ErrorCode::CallFull, format!("the call has {} participants already", call.members.len())));
+                    return Err((
+                        ErrorCode::CallFull,
+                        format!("the call has {} participants already", call.members.len()),
+                    ));
                 }
             }
         }
-        let others = call.members.iter().map(|(p, m)| (*p, m.info.clone())).collect();
+        let others = call
+            .members
+            .iter()
+            .map(|(p, m)| (*p, m.info.clone()))
+            .collect();
         call.members.insert(req.peer, member);
         let out = Joined {
             call_key: call.key,
@@ -294,7 +344,11 @@ mod tests {
                         if (p1 == Required && !wants2) || (p2 == Required && !wants1) {
                             let e = second.unwrap_err();
                             assert_eq!(e.0, ErrorCode::E2eeRequired, "{case}");
-                            assert!(e.1.contains("u1") || e.1.contains("your policy"), "{case}: {}", e.1);
+                            assert!(
+                                e.1.contains("u1") || e.1.contains("your policy"),
+                                "{case}: {}",
+                                e.1
+                            );
                             continue;
                         }
                         let j = second.unwrap();
@@ -303,7 +357,12 @@ mod tests {
                             let reason = j.mode_reason.unwrap();
                             let who = if !wants1 { "u1" } else { "u2" };
                             assert!(reason.contains(who), "{case}: {reason}");
-                            let policy_words = if (!wants1 && p1 == Disabled) || (wants1 && p2 == Disabled) { "policy" } else { "turned on" };
+                            let policy_words =
+                                if (!wants1 && p1 == Disabled) || (wants1 && p2 == Disabled) {
+                                    "policy"
+                                } else {
+                                    "turned on"
+                                };
                             assert!(reason.contains(policy_words), "{case}: {reason}");
                         }
                         assert_eq!(!j.downgraded.is_empty(), wants1 && !wants2, "{case}");
@@ -316,13 +375,38 @@ mod tests {
     #[test]
     fn e2ee_call_is_one_to_one_and_refuses_bots() {
         let mut r = CallRegistry::new(2, 16);
-        assert_eq!(r.join(req(1, "user", true, DisabledUserOverride)).unwrap().mode, CallMode::E2ee);
-        assert_eq!(r.join(req(2, "bot:recording", false, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
-        assert_eq!(r.join(req(2, "bot:captions", true, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeNotAllowed);
+        assert_eq!(
+            r.join(req(1, "user", true, DisabledUserOverride))
+                .unwrap()
+                .mode,
+            CallMode::E2ee
+        );
+        assert_eq!(
+            r.join(req(2, "bot:recording", false, DisabledUserOverride))
+                .unwrap_err()
+                .0,
+            ErrorCode::E2eeCallRefusesBots
+        );
+        assert_eq!(
+            r.join(req(2, "bot:captions", true, DisabledUserOverride))
+                .unwrap_err()
+                .0,
+            ErrorCode::E2eeNotAllowed
+        );
         let j = r.join(req(4, "user", true, Required)).unwrap();
         assert_eq!(j.others.len(), 1);
-        assert_eq!(r.join(req(5, "user", true, DisabledUserOverride)).unwrap_err().0, ErrorCode::E2eeCallIsOneToOne);
-        assert_eq!(r.join(req(6, "bot:transcription", false, Disabled)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
+        assert_eq!(
+            r.join(req(5, "user", true, DisabledUserOverride))
+                .unwrap_err()
+                .0,
+            ErrorCode::E2eeCallIsOneToOne
+        );
+        assert_eq!(
+            r.join(req(6, "bot:transcription", false, Disabled))
+                .unwrap_err()
+                .0,
+            ErrorCode::E2eeCallRefusesBots
+        );
         let l = r.leave(1).unwrap();
         assert_eq!(l.remaining, vec![4]);
         assert!(r.leave(4).unwrap().ended.is_some());
@@ -337,15 +421,31 @@ mod tests {
         assert_eq!(j.mode, CallMode::Standard);
         assert!(j.mode_reason.unwrap().contains("u1 has not turned on"));
         r.join(req(3, "bot:captions", false, Disabled)).unwrap();
-        assert_eq!(r.join(req(4, "user", false, Disabled)).unwrap_err().0, ErrorCode::CallFull);
-        assert_eq!(r.join(req(1, "user", false, Disabled)).unwrap_err().0, ErrorCode::AlreadyJoined);
+        assert_eq!(
+            r.join(req(4, "user", false, Disabled)).unwrap_err().0,
+            ErrorCode::CallFull
+        );
+        assert_eq!(
+            r.join(req(1, "user", false, Disabled)).unwrap_err().0,
+            ErrorCode::AlreadyJoined
+        );
     }
 
     #[test]
     fn bot_does_not_downgrade_a_provisional_e2ee_call() {
         let mut r = CallRegistry::new(1, 16);
         r.join(req(1, "user", true, DisabledUserOverride)).unwrap();
-        assert_eq!(r.join(req(2, "bot:recording", false, Disabled)).unwrap_err().0, ErrorCode::E2eeCallRefusesBots);
-        assert_eq!(r.join(req(3, "user", true, DisabledUserOverride)).unwrap().mode, CallMode::E2ee);
+        assert_eq!(
+            r.join(req(2, "bot:recording", false, Disabled))
+                .unwrap_err()
+                .0,
+            ErrorCode::E2eeCallRefusesBots
+        );
+        assert_eq!(
+            r.join(req(3, "user", true, DisabledUserOverride))
+                .unwrap()
+                .mode,
+            CallMode::E2ee
+        );
     }
 }

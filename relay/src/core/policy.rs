@@ -84,7 +84,11 @@ pub enum PolicyError {
     #[error("`{0}` is not a calling_e2ee value (Disabled, DisabledUserOverride, Required)")]
     BadValue(String),
     #[error("{what} `{who}` names policy `{policy}`, which does not exist")]
-    UnknownPolicy { what: &'static str, who: String, policy: String },
+    UnknownPolicy {
+        what: &'static str,
+        who: String,
+        policy: String,
+    },
     #[error("policy name must be 1 to 64 characters of letters, digits, '-' or '_'")]
     BadName,
 }
@@ -119,7 +123,11 @@ impl PolicySet {
         for (what, map) in [("tenant", &self.tenants), ("user", &self.users)] {
             for (who, policy) in map {
                 if !self.policies.contains_key(policy) && policy != GLOBAL {
-                    return Err(PolicyError::UnknownPolicy { what, who: who.clone(), policy: policy.clone() });
+                    return Err(PolicyError::UnknownPolicy {
+                        what,
+                        who: who.clone(),
+                        policy: policy.clone(),
+                    });
                 }
             }
         }
@@ -134,13 +142,21 @@ impl PolicySet {
         for key in [scoped.as_str(), user] {
             if let Some(name) = self.users.get(key) {
                 if let Some(v) = lookup(name) {
-                    return Effective { policy: name.clone(), calling_e2ee: v, source: "user" };
+                    return Effective {
+                        policy: name.clone(),
+                        calling_e2ee: v,
+                        source: "user",
+                    };
                 }
             }
         }
         if let Some(name) = self.tenants.get(tenant) {
             if let Some(v) = lookup(name) {
-                return Effective { policy: name.clone(), calling_e2ee: v, source: "tenant" };
+                return Effective {
+                    policy: name.clone(),
+                    calling_e2ee: v,
+                    source: "tenant",
+                };
             }
         }
         Effective {
@@ -153,7 +169,12 @@ impl PolicySet {
     /// Create or change a named policy (`Set-/New-CsTeamsEnhancedEncryptionPolicy`).
     pub fn set_policy(&mut self, name: &str, value: CallingE2ee) -> Result<(), PolicyError> {
         valid_name(name)?;
-        self.policies.insert(name.to_string(), Policy { calling_e2ee: value });
+        self.policies.insert(
+            name.to_string(),
+            Policy {
+                calling_e2ee: value,
+            },
+        );
         Ok(())
     }
 
@@ -166,7 +187,11 @@ impl PolicySet {
             }
             Some(p) => {
                 if !self.policies.contains_key(p) && p != GLOBAL {
-                    return Err(PolicyError::UnknownPolicy { what: "user", who: user.into(), policy: p.into() });
+                    return Err(PolicyError::UnknownPolicy {
+                        what: "user",
+                        who: user.into(),
+                        policy: p.into(),
+                    });
                 }
                 self.users.insert(user.to_string(), p.to_string());
             }
@@ -176,7 +201,11 @@ impl PolicySet {
 }
 
 fn valid_name(name: &str) -> Result<(), PolicyError> {
-    let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -206,24 +235,43 @@ contoso = "MustEncrypt"
     #[test]
     fn effective_policy_resolution() {
         let p = PolicySet::parse(FILE).unwrap();
-        assert_eq!(p.effective("alice", "fabrikam").calling_e2ee, CallingE2ee::Disabled);
+        assert_eq!(
+            p.effective("alice", "fabrikam").calling_e2ee,
+            CallingE2ee::Disabled
+        );
         assert_eq!(p.effective("alice", "fabrikam").source, "user");
-        assert_eq!(p.effective("bob", "contoso").calling_e2ee, CallingE2ee::Required);
-        assert_eq!(p.effective("carol", "other").calling_e2ee, CallingE2ee::DisabledUserOverride);
-        assert_eq!(PolicySet::default().effective("x", "y").calling_e2ee, CallingE2ee::Disabled);
+        assert_eq!(
+            p.effective("bob", "contoso").calling_e2ee,
+            CallingE2ee::Required
+        );
+        assert_eq!(
+            p.effective("carol", "other").calling_e2ee,
+            CallingE2ee::DisabledUserOverride
+        );
+        assert_eq!(
+            PolicySet::default().effective("x", "y").calling_e2ee,
+            CallingE2ee::Disabled
+        );
     }
 
     #[test]
     fn errors_name_the_line_or_the_policy() {
-        let e = PolicySet::parse("[policies.X]\ncalling_e2ee = \"Sometimes\"\n").unwrap_err().to_string();
+        let e = PolicySet::parse("[policies.X]\ncalling_e2ee = \"Sometimes\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
-        let e = PolicySet::parse("[users]\nbob = \"Nope\"\n").unwrap_err().to_string();
+        let e = PolicySet::parse("[users]\nbob = \"Nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Nope"), "{e}");
         let mut p = PolicySet::parse(FILE).unwrap();
         assert!(p.grant("dave", Some("Missing")).is_err());
         p.set_policy("Strict", CallingE2ee::Required).unwrap();
         p.grant("dave", Some("Strict")).unwrap();
         assert_eq!(PolicySet::parse(&p.to_toml()).unwrap(), p);
-        assert_eq!(p.set_policy("bad name", CallingE2ee::Required), Err(PolicyError::BadName));
+        assert_eq!(
+            p.set_policy("bad name", CallingE2ee::Required),
+            Err(PolicyError::BadName)
+        );
     }
 }

@@ -36,7 +36,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }
@@ -50,7 +53,11 @@ async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 fn fail(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(serde_json::json!({"code": code, "message": message}))).into_response()
+    (
+        status,
+        Json(serde_json::json!({"code": code, "message": message})),
+    )
+        .into_response()
 }
 
 /// Check `Authorization: Bearer <admin.token>` in constant time.
@@ -64,8 +71,14 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     if given.len() == want.len() && bool::from(given.as_bytes().ct_eq(want)) {
         Ok(())
     } else {
-        s.metrics.signalling_error("admin_unauthorized").increment(1);
-        Err(fail(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token".into()))
+        s.metrics
+            .signalling_error("admin_unauthorized")
+            .increment(1);
+        Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin bearer token".into(),
+        ))
     }
 }
 
@@ -87,7 +100,11 @@ fn default_tenant() -> String {
     "default".into()
 }
 
-async fn effective(State(s): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<WhoQuery>) -> Response {
+async fn effective(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<WhoQuery>,
+) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
@@ -100,13 +117,22 @@ struct SetBody {
     calling_e2ee: String,
 }
 
-async fn set_policy(State(s): State<Arc<Shared>>, headers: HeaderMap, Path(name): Path<String>, body: String) -> Response {
+async fn set_policy(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
     let value: Result<CallingE2ee, String> = serde_json::from_str::<SetBody>(&body)
         .map_err(|e| format!("body must be {{\"calling_e2ee\": ...}}: {e}"))
-        .and_then(|b| b.calling_e2ee.parse().map_err(|e: crate::core::policy::PolicyError| e.to_string()));
+        .and_then(|b| {
+            b.calling_e2ee
+                .parse()
+                .map_err(|e: crate::core::policy::PolicyError| e.to_string())
+        });
     let value = match value {
         Ok(v) => v,
         Err(m) => return fail(StatusCode::BAD_REQUEST, "bad_request", m),
@@ -126,13 +152,24 @@ struct GrantBody {
     policy: Option<String>,
 }
 
-async fn grant(State(s): State<Arc<Shared>>, headers: HeaderMap, Path(user): Path<String>, body: String) -> Response {
+async fn grant(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: String,
+) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
     let policy = match serde_json::from_str::<GrantBody>(&body) {
         Ok(b) => b.policy,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, "bad_request", format!("body must be {{\"policy\": NAME or null}}: {e}")),
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"policy\": NAME or null}}: {e}"),
+            )
+        }
     };
     match s.policies.update(|set| set.grant(&user, policy.as_deref())) {
         Ok(()) => Json(serde_json::json!({"user": user, "policy": policy})).into_response(),
@@ -146,6 +183,10 @@ async fn reload(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     }
     match s.policies.reload(true) {
         Ok(changed) => Json(serde_json::json!({"reloaded": changed})).into_response(),
-        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, "bad_policy_file", e.to_string()),
+        Err(e) => fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_policy_file",
+            e.to_string(),
+        ),
     }
 }

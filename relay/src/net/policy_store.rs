@@ -16,9 +16,15 @@ use tracing::{error, info};
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot read policy file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write policy file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Invalid { path: String, source: PolicyError },
     #[error(transparent)]
@@ -57,12 +63,21 @@ impl PolicyStore {
 
     /// The set in force, with `Global` filled in from the config when the file has none.
     pub fn snapshot(&self) -> Arc<PolicySet> {
-        let cur = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if cur.policies.contains_key(GLOBAL) {
             return cur;
         }
         let mut s = (*cur).clone();
-        s.policies.insert(GLOBAL.to_string(), crate::core::policy::Policy { calling_e2ee: self.global_default });
+        s.policies.insert(
+            GLOBAL.to_string(),
+            crate::core::policy::Policy {
+                calling_e2ee: self.global_default,
+            },
+        );
         Arc::new(s)
     }
 
@@ -73,7 +88,9 @@ impl PolicyStore {
     /// Re-read the file if it changed (or always, with `force`). On error the policy in
     /// force stays and the error is returned (and logged).
     pub fn reload(&self, force: bool) -> Result<bool, StoreError> {
-        let Some(path) = &self.path else { return Ok(false) };
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
         let now = stamp(path);
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,7 +113,10 @@ impl PolicyStore {
     }
 
     /// Apply a change, persist it atomically (when there is a file), then put it in force.
-    pub fn update(&self, change: impl FnOnce(&mut PolicySet) -> Result<(), PolicyError>) -> Result<(), StoreError> {
+    pub fn update(
+        &self,
+        change: impl FnOnce(&mut PolicySet) -> Result<(), PolicyError>,
+    ) -> Result<(), StoreError> {
         let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (**self.current.read().unwrap_or_else(|p| p.into_inner())).clone();
         change(&mut next)?;
@@ -111,16 +131,35 @@ impl PolicyStore {
 }
 
 fn read(path: &Path) -> Result<PolicySet, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Read { path: path.display().to_string(), source })?;
-    PolicySet::parse(&text).map_err(|source| StoreError::Invalid { path: path.display().to_string(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    PolicySet::parse(&text).map_err(|source| StoreError::Invalid {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), StoreError> {
-    let err = |source| StoreError::Write { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("policies"), std::process::id()));
+    let err = |source| StoreError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("policies"),
+        std::process::id()
+    ));
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(b"# blindrelay E2EE policies (written by the admin API)\n").map_err(err)?;
+    f.write_all(b"# blindrelay E2EE policies (written by the admin API)\n")
+        .map_err(err)?;
     f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)?;
