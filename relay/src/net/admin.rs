@@ -61,7 +61,7 @@ fn fail(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// Check `Authorization: Bearer <admin.token>` in constant time.
-fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -84,7 +84,7 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
 
 async fn show(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     Json(serde_json::to_value(&*s.policies.snapshot()).unwrap_or_default()).into_response()
 }
@@ -106,7 +106,7 @@ async fn effective(
     Query(q): Query<WhoQuery>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     Json(s.policies.effective(&q.user, &q.tenant)).into_response()
 }
@@ -124,7 +124,7 @@ async fn set_policy(
     body: String,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     let value: Result<CallingE2ee, String> = serde_json::from_str::<SetBody>(&body)
         .map_err(|e| format!("body must be {{\"calling_e2ee\": ...}}: {e}"))
@@ -159,7 +159,7 @@ async fn grant(
     body: String,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     let policy = match serde_json::from_str::<GrantBody>(&body) {
         Ok(b) => b.policy,
@@ -179,7 +179,7 @@ async fn grant(
 
 async fn reload(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.policies.reload(true) {
         Ok(changed) => Json(serde_json::json!({"reloaded": changed})).into_response(),
