@@ -74,11 +74,11 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
         s.metrics
             .signalling_error("admin_unauthorized")
             .increment(1);
-        Err(fail(
+        Err(Box::new(fail(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong admin bearer token".into(),
-        ))
+        )))
     }
 }
 
