@@ -23,6 +23,8 @@ enum Attack {
     /// Let the exchange through but replace the key in the revealed public key (after the
     /// commitment was made).
     SwapReveal,
+    /// Change nothing; record every blob and participant id (a passive observer).
+    Passive,
 }
 
 #[derive(Default)]
@@ -32,6 +34,9 @@ struct Mallory {
     sides: Vec<(String, mpsc::UnboundedSender<String>)>,
     /// Per side index: Mallory's key agreement with that client, posing as the other.
     sessions: Vec<Option<KeyAgreement>>,
+    /// Passive: (sender id, blob) of every key-agreement message seen, and the ids.
+    observed: Vec<(String, String)>,
+    ids: Vec<String>,
 }
 
 impl Mallory {
@@ -106,6 +111,11 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
                                         }
                                         continue;
                                     }
+                                    Attack::Passive => {
+                                        let mut mal = mallory.lock().expect("lock");
+                                        let from = side.and_then(|i| mal.ids.get(i).cloned()).unwrap_or_default();
+                                        mal.observed.push((from, v["blob"].as_str().unwrap_or("").to_string()));
+                                    }
                                     Attack::SwapReveal => {
                                         if let Ok(mut msg) = KexMessage::from_blob(v["blob"].as_str().unwrap_or("")) {
                                             if msg.kind() == "reveal" {
@@ -124,6 +134,11 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
                             let Some(Ok(Message::Text(t))) = m else { break };
                             let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                             if c_tx.send(Message::Text(t)).await.is_err() { break }
+                            if attack == Attack::Passive && v["type"] == "joined" {
+                                let mut mal = mallory.lock().expect("lock");
+                                side = Some(mal.ids.len());
+                                mal.ids.push(v["participant"].as_str().unwrap_or("").to_string());
+                            }
                             if attack == Attack::FullSwap && v["type"] == "joined" {
                                 let mut mal = mallory.lock().expect("lock");
                                 side = Some(mal.sides.len());
@@ -158,13 +173,21 @@ fn x25519_public_of_random() -> [u8; 32] {
 }
 
 async fn attacked_call(attack: Attack) -> (CallSummary, CallSummary) {
+    let (a, b, _) = attacked_call_with(attack, RelayOptions::default()).await;
+    (a, b)
+}
+
+async fn attacked_call_with(
+    attack: Attack,
+    options: RelayOptions,
+) -> (CallSummary, CallSummary, Arc<Mutex<Mallory>>) {
     let cfg = loopback_config();
-    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let relay = start_relay(cfg.clone(), options).await;
     let mallory = Arc::new(Mutex::new(Mallory {
         call: "demo".into(),
         ..Default::default()
     }));
-    let url = proxy(relay.signal_url(), attack, mallory).await;
+    let url = proxy(relay.signal_url(), attack, mallory.clone()).await;
     let mk = |user: &str| CallOptions {
         relay: url.clone(),
         token: token(&cfg, user, Some("demo"), "user"),
@@ -176,9 +199,81 @@ async fn attacked_call(attack: Attack) -> (CallSummary, CallSummary) {
         ..Default::default()
     };
     let (a, b) = (mk("alice"), mk("bob"));
-    let out = tokio::join!(run_call(&a), run_call(&b));
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
     relay.shutdown().await;
-    out
+    (sa, sb, mallory)
+}
+
+/// A passive observer of the signalling and of everything the relay forwards, doing its
+/// best with what it saw (its own key agreements fed the honest messages), cannot open a
+/// single frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_observer_cannot_open_a_single_frame() {
+    let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let s2 = seen.clone();
+    let tap: blindrelay::core::forward::MediaTap =
+        Arc::new(move |p: &blindrelay::core::forward::TapPacket<'_>| {
+            s2.lock().expect("tap").push(p.data.to_vec());
+        });
+    let (a, b, mallory) =
+        attacked_call_with(Attack::Passive, RelayOptions { tap: Some(tap) }).await;
+    assert!(
+        a.verification_code.is_some() && a.verification_code == b.verification_code,
+        "honest call keyed alike"
+    );
+    assert!(a.frames_decrypted > 10 && b.frames_decrypted > 10);
+    let mal = mallory.lock().expect("lock");
+    assert_eq!(mal.ids.len(), 2);
+    assert!(
+        mal.observed.len() >= 3,
+        "saw commit, public and reveal: {}",
+        mal.observed.len()
+    );
+    // Mallory plays each role against the messages it saw, with its own ephemeral keys.
+    let mut candidate_keys: Vec<Vec<u8>> = Vec::new();
+    for (me, peer) in [(0, 1), (1, 0)] {
+        let mut k = KeyAgreement::new("demo", &mal.ids[me], &mal.ids[peer]).expect("kex");
+        let _ = k.start();
+        for (from, blob) in &mal.observed {
+            if *from == mal.ids[peer] {
+                let _ = k.handle_blob(blob);
+            }
+        }
+        if let Some(keys) = k.keys() {
+            candidate_keys.push(keys.send_key.as_bytes().to_vec());
+            candidate_keys.push(keys.recv_key.as_bytes().to_vec());
+        }
+    }
+    assert!(
+        candidate_keys.len() >= 2,
+        "Mallory completed its own agreements"
+    );
+    let packets = seen.lock().expect("tap").clone();
+    assert!(packets.len() > 100);
+    let mut frames = Vec::new();
+    let mut streams: std::collections::HashMap<u32, e2ee_client::media::StreamReceiver> =
+        Default::default();
+    for p in &packets {
+        let h = blindrelay_protocol::rtp::RtpHeader::parse(p).expect("RTP");
+        if let Some(f) =
+            streams
+                .entry(h.ssrc)
+                .or_default()
+                .push(h.sequence, h.timestamp, h.marker, h.payload(p))
+        {
+            frames.push(f);
+        }
+    }
+    assert!(frames.len() > 50);
+    let mut opened = 0;
+    for key in &candidate_keys {
+        for kid in 0..4u64 {
+            let mut r = e2ee_client::sframe::Receiver::new();
+            r.add_key(e2ee_client::sframe::CipherSuite::default(), kid, key);
+            opened += frames.iter().filter(|f| r.open(&[], f).is_ok()).count();
+        }
+    }
+    assert_eq!(opened, 0, "an observer opened frames");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
