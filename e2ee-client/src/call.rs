@@ -44,6 +44,9 @@ pub struct CallOptions {
     pub features: Vec<String>,
     /// Run as a bot: receive only; record or emit a line per frame.
     pub bot: Option<(crate::bot::BotKind, Option<std::path::PathBuf>)>,
+    /// Wait (up to `duration`) for an invitation and join the call it names instead of
+    /// `call` (add_participant, transfer, retrieve, a bot brought in).
+    pub wait_invite: bool,
 }
 
 impl Default for CallOptions {
@@ -65,6 +68,7 @@ impl Default for CallOptions {
             chat: None,
             features: vec![],
             bot: None,
+            wait_invite: false,
         }
     }
 }
@@ -124,6 +128,13 @@ pub struct CallSummary {
     pub peers_left: Vec<String>,
     /// Packets a recording bot wrote to its file.
     pub recorded_packets: Option<u64>,
+    /// Distinct media streams (SSRCs) received.
+    pub streams_received: usize,
+    /// The invitation this client followed, if any: (call, by, reason).
+    pub invited: Option<(String, String, String)>,
+    /// Why the relay ended this participant's part, when it was a normal hand-over
+    /// (transferred, parked).
+    pub ended: Option<String>,
     pub error: Option<SummaryError>,
 }
 
@@ -240,6 +251,29 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         ServerMessage::Capabilities { e2ee_option, .. } => s.e2ee_option = Some(e2ee_option),
         m => return Err(CallError::Protocol(format!("{m:?}"))),
     }
+    let mut call_id = opts.call.clone();
+    if opts.wait_invite {
+        let deadline = tokio::time::Instant::now() + opts.duration;
+        loop {
+            match tokio::time::timeout_at(deadline, sig.recv()).await {
+                Err(_) => {
+                    return Err(CallError::Refused {
+                        code: "no_invite".into(),
+                        message: "no invitation arrived".into(),
+                    })
+                }
+                Ok(m) => {
+                    if let ServerMessage::Invite { call, by, reason } = m? {
+                        say(opts, &format!("invited to `{call}` by {by} ({reason})"));
+                        call_id = call.clone();
+                        s.invited = Some((call, by, reason));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let call_id = call_id;
     if opts.e2ee && s.e2ee_option == Some(E2eeOption::Hidden) {
         say(
             opts,
@@ -264,7 +298,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         session_id: rand::random::<u32>() as u64,
     });
     sig.send(&ClientMessage::Join {
-        call: opts.call.clone(),
+        call: call_id.clone(),
         e2ee_enabled: want_e2ee,
         offer_sdp: offer,
     })
@@ -288,11 +322,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     s.join_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
     say(
         opts,
-        &format!(
-            "joined call `{}` as {me}, mode {}",
-            opts.call,
-            mode.as_str()
-        ),
+        &format!("joined call `{}` as {me}, mode {}", call_id, mode.as_str()),
     );
     if let Some(r) = &s.mode_reason {
         say(opts, r);
@@ -318,16 +348,17 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     }
     if let Some(peer) = peers.first().cloned() {
         if e2ee_call {
-            start_kex(opts, &mut sig, &mut kex, &me, &peer).await?;
+            start_kex(opts, &call_id, &mut sig, &mut kex, &me, &peer).await?;
         }
     }
     let mut sent_chat = false;
     for f in &opts.features {
-        sig.send(&ClientMessage::Feature {
-            name: f.clone(),
-            arg: None,
-        })
-        .await?;
+        // FEATURE or FEATURE=ARG
+        let (name, arg) = match f.split_once('=') {
+            Some((n, a)) => (n.to_string(), Some(a.to_string())),
+            None => (f.clone(), None),
+        };
+        sig.send(&ClientMessage::Feature { name, arg }).await?;
     }
     let canary = opts.canary.as_deref().map(str::as_bytes);
     let end = tokio::time::Instant::now() + opts.duration;
@@ -445,7 +476,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     ServerMessage::ParticipantJoined { participant } => {
                         say(opts, &format!("{} ({}) joined", participant.participant, participant.user));
                         if e2ee_call && kex.is_none() {
-                            start_kex(opts, &mut sig, &mut kex, &me, &participant).await?;
+                            start_kex(opts, &call_id, &mut sig, &mut kex, &me, &participant).await?;
                             for (from, blob) in std::mem::take(&mut early_blobs) {
                                 on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
                             }
@@ -454,6 +485,11 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     }
                     ServerMessage::ParticipantLeft { participant, reason } => {
                         say(opts, &format!("{participant} left ({reason})"));
+                        if participant == me && (reason == "transferred" || reason == "parked") {
+                            s.ended = Some(reason);
+                            ended_by_relay = true;
+                            break;
+                        }
                         if participant == me {
                             s.error = Some(SummaryError { code: reason, message: "removed from the call by the relay".into() });
                             ended_by_relay = true;
@@ -514,6 +550,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         }
     }
     s.lost_packets = streams.values().map(|x| x.lost()).sum();
+    s.streams_received = streams.len();
     s.frames_incomplete = streams.values().map(|x| x.frames_incomplete).sum();
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -588,6 +625,7 @@ async fn on_kex_blob(
 
 async fn start_kex(
     opts: &CallOptions,
+    call_id: &str,
     sig: &mut Signal,
     kex: &mut Option<KeyAgreement>,
     me: &str,
@@ -604,7 +642,7 @@ async fn start_kex(
         );
         return Ok(());
     }
-    let mut k = KeyAgreement::new(&opts.call, me, &peer.participant)
+    let mut k = KeyAgreement::new(call_id, me, &peer.participant)
         .map_err(|e| CallError::Protocol(e.to_string()))?;
     if let Some(first) = k.start() {
         sig.send(&ClientMessage::E2ee {

@@ -79,9 +79,14 @@ pub struct CallArgs {
     /// Send one chat message once a peer is there.
     #[arg(long)]
     pub chat: Option<String>,
-    /// Ask the relay for a call feature mid-call (repeatable).
+    /// Ask the relay for a call feature mid-call: FEATURE or FEATURE=ARG, e.g.
+    /// `add_participant=bob`, `transfer=carol@contoso`, `merge=other-call`, `park`,
+    /// `record` (repeatable). Answers appear under `features` in the JSON summary.
     #[arg(long = "request")]
     pub request: Vec<String>,
+    /// Wait for an invitation (add_participant, transfer, retrieve) and join that call.
+    #[arg(long)]
+    pub wait_invite: bool,
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +114,10 @@ pub struct BotArgs {
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
+    /// Wait in the lobby until a call brings this bot in (record, live_captions,
+    /// transcription), then join that call.
+    #[arg(long)]
+    pub wait_invite: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +171,7 @@ pub async fn run(cli: Cli) -> i32 {
                 chat: a.chat,
                 features: a.request,
                 bot: None,
+                wait_invite: a.wait_invite,
             };
             let summary = run_call(&opts).await;
             if a.json {
@@ -212,6 +222,7 @@ pub async fn run(cli: Cli) -> i32 {
                 stats_every: Some(Duration::from_secs(1)),
                 name: b.kind.role().to_string(),
                 bot: Some((b.kind, b.out)),
+                wait_invite: b.wait_invite,
                 ..Default::default()
             };
             let summary = run_call(&opts).await;

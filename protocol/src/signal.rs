@@ -119,6 +119,14 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// An invitation to join `call` (add_participant, transfer, retrieve of a parked call,
+    /// or a bot brought in). Joining that call is then allowed even if the token names
+    /// another call.
+    Invite {
+        call: String,
+        by: String,
+        reason: String,
+    },
     Error {
         code: ErrorCode,
         message: String,

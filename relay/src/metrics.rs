@@ -129,6 +129,7 @@ const M_PARTICIPANTS: &str = "blindrelay_participants";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
 const M_BOT_REFUSED: &str = "blindrelay_bot_refusals_total";
+const M_FEATURE_REFUSED: &str = "blindrelay_features_refused_total";
 const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
 const M_CAPTURE_DROPPED: &str = "blindrelay_capture_dropped_total";
 const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
@@ -342,6 +343,13 @@ impl Metrics {
     pub fn signalling_error(&self, code: &'static str) -> Counter {
         self.recorder.register_counter(
             &Key::from_parts(M_SIGNAL_ERR, vec![Label::new("code", code)]),
+            &meta(),
+        )
+    }
+    /// Call features refused on E2EE calls, by feature.
+    pub fn feature_refused(&self, feature: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_FEATURE_REFUSED, vec![Label::new("feature", feature)]),
             &meta(),
         )
     }

@@ -80,6 +80,16 @@ pub struct Joined {
     pub downgraded: Vec<PeerId>,
 }
 
+/// A merge: who moved from the other call, who was already there.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub call_key: CallKey,
+    pub worker: usize,
+    pub from_worker: usize,
+    pub moved: Vec<(PeerId, ParticipantInfo)>,
+    pub existing: Vec<(PeerId, ParticipantInfo)>,
+}
+
 /// A removal: who is still in the call to be told.
 #[derive(Debug, Clone)]
 pub struct Left {
@@ -247,6 +257,82 @@ impl CallRegistry {
         };
         self.by_peer.insert(req.peer, req.call);
         Ok(out)
+    }
+
+    /// Move every participant of call `from_call` into `peer`'s call (merge). Both calls
+    /// must be standard: media of an E2EE call cannot be mixed with anyone else's.
+    pub fn merge(&mut self, peer: PeerId, from_call: &str) -> Result<Merged, (ErrorCode, String)> {
+        let into_id = self
+            .by_peer
+            .get(&peer)
+            .cloned()
+            .ok_or((ErrorCode::NotJoined, "not in a call".to_string()))?;
+        if into_id == from_call {
+            return Err((
+                ErrorCode::BadRequest,
+                "cannot merge a call into itself".into(),
+            ));
+        }
+        let Some(from) = self.calls.get(from_call) else {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("no call `{from_call}` on this relay"),
+            ));
+        };
+        if from.mode == CallMode::E2ee {
+            return Err((
+                ErrorCode::FeatureUnavailableInE2eeCall,
+                format!("call `{from_call}` is end-to-end encrypted"),
+            ));
+        }
+        let into = self
+            .calls
+            .get(&into_id)
+            .ok_or((ErrorCode::NotJoined, "not in a call".to_string()))?;
+        if into.members.len() + from.members.len() > self.max_participants {
+            return Err((
+                ErrorCode::CallFull,
+                "the merged call would be too large".into(),
+            ));
+        }
+        let existing: Vec<(PeerId, ParticipantInfo)> = into
+            .members
+            .iter()
+            .map(|(p, m)| (*p, m.info.clone()))
+            .collect();
+        let (call_key, worker) = (into.key, into.worker);
+        let from = self
+            .calls
+            .remove(from_call)
+            .ok_or((ErrorCode::Internal, "call vanished".to_string()))?;
+        let from_worker = from.worker;
+        let moved: Vec<(PeerId, ParticipantInfo)> = from
+            .members
+            .iter()
+            .map(|(p, m)| (*p, m.info.clone()))
+            .collect();
+        let into = self
+            .calls
+            .get_mut(&into_id)
+            .ok_or((ErrorCode::Internal, "call vanished".to_string()))?;
+        for (p, m) in from.members {
+            into.members.insert(p, m);
+            self.by_peer.insert(p, into_id.clone());
+        }
+        Ok(Merged {
+            call_key,
+            worker,
+            from_worker,
+            moved,
+            existing,
+        })
+    }
+
+    /// `peer`'s call: id, key and mode.
+    pub fn call_of(&self, peer: PeerId) -> Option<(String, CallKey, CallMode)> {
+        let id = self.by_peer.get(&peer)?;
+        let c = self.calls.get(id)?;
+        Some((id.clone(), c.key, c.mode))
     }
 
     /// Remove a participant; `None` if it was in no call.

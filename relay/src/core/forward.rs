@@ -38,6 +38,14 @@ pub struct Transmit {
     pub rtcp: bool,
 }
 
+/// A participant's hop state on its way from one call (or loop) to another.
+pub struct PeerTransfer {
+    pub addr: SocketAddr,
+    pub inbound: Context,
+    pub outbound: Context,
+    pub ssrcs: Vec<u32>,
+}
+
 struct PeerMedia {
     call: CallKey,
     addr: SocketAddr,
@@ -105,15 +113,33 @@ impl Forwarder {
     }
 
     pub fn remove_peer(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.remove(&peer) {
-            if let Some(m) = self.calls.get_mut(&p.call) {
-                m.retain(|x| *x != peer);
-                if m.is_empty() {
-                    self.calls.remove(&p.call);
-                }
+        let _ = self.take_peer(peer);
+    }
+
+    /// Remove a participant and hand back its hop state, to re-home it in another call
+    /// (merge), possibly on another forwarding loop.
+    pub fn take_peer(&mut self, peer: PeerId) -> Option<PeerTransfer> {
+        let p = self.peers.remove(&peer)?;
+        if let Some(m) = self.calls.get_mut(&p.call) {
+            m.retain(|x| *x != peer);
+            if m.is_empty() {
+                self.calls.remove(&p.call);
             }
-            self.ssrc_owner.retain(|_, owner| *owner != peer);
         }
+        let mut ssrcs = Vec::new();
+        self.ssrc_owner.retain(|(_, ssrc), owner| {
+            let mine = *owner == peer;
+            if mine {
+                ssrcs.push(*ssrc);
+            }
+            !mine
+        });
+        Some(PeerTransfer {
+            addr: p.addr,
+            inbound: p.inbound,
+            outbound: p.outbound,
+            ssrcs,
+        })
     }
 
     pub fn has_peer(&self, peer: PeerId) -> bool {

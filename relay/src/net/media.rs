@@ -36,6 +36,12 @@ pub enum WorkerMsg {
         ssrcs: Vec<u32>,
     },
     RemovePeer(PeerId),
+    /// Re-home a participant into `call` on the loop `to` (merge).
+    MovePeer {
+        peer: PeerId,
+        call: CallKey,
+        to: mpsc::Sender<WorkerMsg>,
+    },
     Packet {
         peer: PeerId,
         rtcp: bool,
@@ -47,6 +53,8 @@ pub enum WorkerMsg {
 /// Messages to the receive loop.
 pub enum RecvCtl {
     RemovePeer(PeerId),
+    /// The participant's call now lives on another forwarding loop.
+    SetWorker(PeerId, usize),
 }
 
 struct AddrEntry {
@@ -73,14 +81,14 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
             }
             c = ctl.recv() => {
                 match c {
-                    Some(RecvCtl::RemovePeer(p)) => remove(&mut addrs, &mut peer_addr, p),
+                    Some(c) => apply(&mut addrs, &mut peer_addr, c),
                     None => return,
                 }
                 continue;
             }
         }
-        while let Ok(RecvCtl::RemovePeer(p)) = ctl.try_recv() {
-            remove(&mut addrs, &mut peer_addr, p);
+        while let Ok(c) = ctl.try_recv() {
+            apply(&mut addrs, &mut peer_addr, c);
         }
         let now = Instant::now();
         let now_ms = shared.now_ms();
@@ -153,6 +161,21 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
                     None => m.dropped(DropReason::UnknownSource),
                 },
                 PacketKind::Unknown => m.dropped(DropReason::UnknownProtocol),
+            }
+        }
+    }
+}
+
+fn apply(
+    addrs: &mut HashMap<SocketAddr, AddrEntry>,
+    peer_addr: &mut HashMap<PeerId, SocketAddr>,
+    c: RecvCtl,
+) {
+    match c {
+        RecvCtl::RemovePeer(p) => remove(addrs, peer_addr, p),
+        RecvCtl::SetWorker(p, w) => {
+            if let Some(e) = peer_addr.get(&p).and_then(|a| addrs.get_mut(a)) {
+                e.worker = w;
             }
         }
     }
@@ -287,6 +310,24 @@ pub async fn worker_loop(
                     ssrcs,
                 } => fwd.add_peer(peer, call, addr, *inbound, *outbound, &ssrcs),
                 WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
+                WorkerMsg::MovePeer { peer, call, to } => {
+                    if let Some(t) = fwd.take_peer(peer) {
+                        let add = WorkerMsg::AddPeer {
+                            peer,
+                            call,
+                            addr: t.addr,
+                            inbound: Box::new(t.inbound),
+                            outbound: Box::new(t.outbound),
+                            ssrcs: t.ssrcs,
+                        };
+                        // The target may be this very loop: never wait on our own queue.
+                        if let Err(mpsc::error::TrySendError::Full(add)) = to.try_send(add) {
+                            tokio::spawn(async move {
+                                let _ = to.send(add).await;
+                            });
+                        }
+                    }
+                }
             }
         }
         for t in out.drain(..) {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod control;
 pub mod media;
 pub mod policy_store;
 pub mod server;

@@ -102,6 +102,8 @@ pub struct Shared {
     pub capture: Option<Arc<Capture>>,
     /// E2EE policies in force.
     pub policies: super::policy_store::PolicyStore,
+    /// Lobby, invitations and parked calls (call control).
+    pub control: super::control::Control,
 }
 
 impl Shared {
@@ -147,8 +149,11 @@ impl Shared {
             if let Some(mode) = left.ended {
                 self.metrics.calls(mode.as_str()).decrement(1.0);
             }
-            if reason == "consent_timeout" || reason == "dtls_failed" || reason == "connect_timeout"
-            {
+            // Tell the participant itself when the relay, not the participant, ended it.
+            if matches!(
+                reason,
+                "consent_timeout" | "dtls_failed" | "connect_timeout" | "transferred" | "parked"
+            ) {
                 let _ = session.to_client.send(ServerMessage::ParticipantLeft {
                     participant: left.public_id.clone(),
                     reason: reason.to_string(),
@@ -276,6 +281,7 @@ impl Relay {
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
             policies,
+            control: Default::default(),
             capture,
         });
         tasks.push(tokio::spawn(media::recv_loop(shared.clone(), recv_ctl_rx)));

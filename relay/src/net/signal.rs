@@ -46,6 +46,17 @@ struct Conn {
     peer: Option<PeerId>,
     public_id: String,
     out_tx: Option<mpsc::UnboundedSender<ServerMessage>>,
+    /// Invitations while authenticated and not in a call.
+    lobby_tx: mpsc::UnboundedSender<ServerMessage>,
+    lobby_conn: Option<u64>,
+}
+
+impl Conn {
+    fn leave_lobby(&mut self) {
+        if let Some(c) = self.lobby_conn.take() {
+            self.shared.control.leave_lobby(c);
+        }
+    }
 }
 
 fn role_label(role: &str) -> &'static str {
@@ -58,12 +69,15 @@ fn role_label(role: &str) -> &'static str {
 async fn connection(socket: WebSocket, shared: Arc<Shared>) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let (lobby_tx, mut lobby_rx) = mpsc::unbounded_channel::<ServerMessage>();
     let mut c = Conn {
         shared: shared.clone(),
         claims: None,
         peer: None,
         public_id: String::new(),
         out_tx: Some(out_tx),
+        lobby_tx,
+        lobby_conn: None,
     };
     loop {
         tokio::select! {
@@ -84,6 +98,9 @@ async fn connection(socket: WebSocket, shared: Arc<Shared>) {
                     if send(&mut sink, &r).await.is_err() { break; }
                 }
             }
+            Some(m) = lobby_rx.recv() => {
+                if send(&mut sink, &m).await.is_err() { break; }
+            }
             m = out_rx.recv(), if c.peer.is_some() => {
                 match m {
                     Some(m) => if send(&mut sink, &m).await.is_err() { break; },
@@ -93,6 +110,7 @@ async fn connection(socket: WebSocket, shared: Arc<Shared>) {
             }
         }
     }
+    c.leave_lobby();
     if let Some(p) = c.peer {
         shared.remove_peer(p, "signalling_lost");
     }
@@ -134,7 +152,7 @@ impl Conn {
                 self.relay_to(&to, |from| ServerMessage::E2ee { from, blob })
             }
             ClientMessage::Chat { body } => self.chat(body),
-            ClientMessage::Feature { name, .. } => self.feature(&name),
+            ClientMessage::Feature { name, arg } => self.feature(&name, arg.as_deref()),
             ClientMessage::Leave => match self.peer.take() {
                 Some(p) => {
                     self.shared.remove_peer(p, "left");
@@ -168,6 +186,13 @@ impl Conn {
                     role: claims.role.clone(),
                     e2ee_option,
                 };
+                self.leave_lobby();
+                self.lobby_conn = Some(self.shared.control.enter_lobby(
+                    &claims.sub,
+                    &claims.tenant,
+                    &claims.role,
+                    self.lobby_tx.clone(),
+                ));
                 self.claims = Some(claims);
                 vec![reply]
             }
@@ -208,7 +233,13 @@ impl Conn {
         if let Err(e) = self.hello_still_valid(&cfg.api_secret, cfg.leeway) {
             return refuse(self, e.code(), e.to_string());
         }
-        if let Some(allowed) = &claims.call {
+        // An invitation (add_participant, transfer, retrieve, a bot brought in) admits to
+        // its call whatever call the token names.
+        let invite = self.shared.control.take_invite(
+            &super::control::user_key(&claims.sub, &claims.tenant),
+            &call,
+        );
+        if let Some(allowed) = claims.call.as_ref().filter(|_| invite.is_none()) {
             if *allowed != call {
                 return refuse(
                     self,
@@ -323,6 +354,15 @@ impl Conn {
             },
         );
         self.peer = Some(peer);
+        self.leave_lobby();
+        if let Some(Some(replaced)) = invite {
+            // A consultative transfer completes: the one who handed over leaves.
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                shared.remove_peer(replaced, "transferred");
+            });
+        }
         self.public_id = public_id.clone();
         m.join("ok").increment(1);
         m.participants(role).increment(1.0);
@@ -432,45 +472,64 @@ impl Conn {
         vec![]
     }
 
-    fn feature(&mut self, name: &str) -> Vec<ServerMessage> {
-        let Some(peer) = self.peer else {
-            return vec![self.error(ErrorCode::NotJoined, "join a call first".into())];
-        };
-        let mode = {
-            let reg = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            reg.peers_of(peer).map(|(m, _)| m)
-        };
-        const FEATURES: [&str; 8] = [
-            "add_participant",
-            "transfer",
-            "consult_transfer",
-            "merge",
-            "park",
-            "record",
-            "live_captions",
-            "transcription",
-        ];
-        if !FEATURES.contains(&name) {
+    fn feature(&mut self, name: &str, arg: Option<&str>) -> Vec<ServerMessage> {
+        if !super::control::FEATURES.contains(&name) {
             return vec![self.error(
                 ErrorCode::UnknownFeature,
                 format!("unknown feature `{name}`"),
             )];
         }
+        let Some(claims) = self.claims.clone() else {
+            return vec![self.error(
+                ErrorCode::NotAuthenticated,
+                "send hello with a token first".into(),
+            )];
+        };
+        let mode = self.peer.and_then(|p| {
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            reg.call_of(p).map(|(_, _, m)| m)
+        });
         debug!(feature = name, "feature requested");
-        match mode {
-            Some(CallMode::E2ee) => vec![self.error(
+        if mode == Some(CallMode::E2ee) {
+            // `name` is one of FEATURES: a bounded label.
+            let label = super::control::FEATURES
+                .into_iter()
+                .find(|f| *f == name)
+                .unwrap_or("unknown");
+            self.shared.metrics.feature_refused(label).increment(1);
+            return vec![self.error(
                 ErrorCode::FeatureUnavailableInE2eeCall,
-                format!("`{name}` needs the media in the clear and is unavailable in an end-to-end encrypted call"),
-            )],
-            _ => vec![ServerMessage::FeatureResult {
+                format!("`{name}` is unavailable in an end-to-end encrypted call: it needs the media in the clear or a third party"),
+            )];
+        }
+        let caller = super::control::Caller {
+            peer: self.peer,
+            user: &claims.sub,
+            tenant: &claims.tenant,
+            token_call: claims.call.as_deref(),
+            lobby_key: super::control::user_key(&claims.sub, &claims.tenant),
+        };
+        match super::control::carry_out(&self.shared, &caller, name, arg) {
+            Ok(detail) => vec![ServerMessage::FeatureResult {
                 name: name.to_string(),
-                ok: false,
-                detail: Some("call-control features are not implemented by this relay yet".into()),
+                ok: true,
+                detail: Some(detail),
             }],
+            Err((code, message)) => {
+                self.shared
+                    .metrics
+                    .signalling_error(code.as_str())
+                    .increment(1);
+                vec![ServerMessage::FeatureResult {
+                    name: name.to_string(),
+                    ok: false,
+                    detail: Some(format!("{}: {message}", code.as_str())),
+                }]
+            }
         }
     }
 }
