@@ -154,10 +154,13 @@ async fn standard_call_tap_sees_plaintext() {
     for o in [&mut a, &mut b] {
         o.canary = Some(canary.into());
         o.duration = Duration::from_secs(2);
+        o.chat = Some(format!("plain chat from {}", o.name));
     }
     let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
     assert!(sa.success() && sb.success());
     assert!(!sa.e2ee && sa.verification_code.is_none());
+    // Chat on a standard call is plain text.
+    assert_eq!(sa.chat_received, vec!["plain chat from bob".to_string()]);
     let seen = seen.lock().expect("tap lock").clone();
     assert!(payloads_with(&seen, canary.as_bytes()) > 50);
     relay.shutdown().await;

@@ -23,8 +23,11 @@ enum Attack {
     /// Let the exchange through but replace the key in the revealed public key (after the
     /// commitment was made).
     SwapReveal,
-    /// Change nothing; record every blob and participant id (a passive observer).
+    /// Change nothing; record every blob, chat body and participant id (a passive observer).
     Passive,
+    /// Pretend a recording bot is in the call and offers key agreement (a relay that
+    /// admitted a bot): the client must never answer it.
+    FakeBot,
 }
 
 #[derive(Default)]
@@ -36,6 +39,7 @@ struct Mallory {
     sessions: Vec<Option<KeyAgreement>>,
     /// Passive: (sender id, blob) of every key-agreement message seen, and the ids.
     observed: Vec<(String, String)>,
+    chats: Vec<String>,
     ids: Vec<String>,
 }
 
@@ -103,6 +107,9 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
                         m = c_rx.next() => {
                             let Some(Ok(Message::Text(t))) = m else { break };
                             let mut v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                            if v["type"] == "chat" {
+                                mallory.lock().expect("lock").chats.push(v["body"].as_str().unwrap_or("").to_string());
+                            }
                             if v["type"] == "e2ee" {
                                 match attack {
                                     Attack::FullSwap => {
@@ -110,6 +117,9 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
                                             mallory.lock().expect("lock").intercept(i, v["blob"].as_str().unwrap_or(""));
                                         }
                                         continue;
+                                    }
+                                    Attack::FakeBot => {
+                                        mallory.lock().expect("lock").observed.push((v["to"].as_str().unwrap_or("").to_string(), String::new()));
                                     }
                                     Attack::Passive => {
                                         let mut mal = mallory.lock().expect("lock");
@@ -134,6 +144,14 @@ async fn proxy(upstream: String, attack: Attack, mallory: Arc<Mutex<Mallory>>) -
                             let Some(Ok(Message::Text(t))) = m else { break };
                             let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                             if c_tx.send(Message::Text(t)).await.is_err() { break }
+                            if attack == Attack::FakeBot && v["type"] == "joined" {
+                                let bot = json!({"participant": "p-bot", "user": "recorder", "tenant": "tenant-a", "role": "bot:recording"});
+                                let _ = inject_tx.send(json!({"type": "participant_joined", "participant": bot}).to_string());
+                                let mut k = KeyAgreement::new("demo", "p-0", v["participant"].as_str().unwrap_or("")).expect("kex");
+                                if let Some(first) = k.start() {
+                                    let _ = inject_tx.send(json!({"type": "e2ee", "from": "p-bot", "blob": first.to_blob()}).to_string());
+                                }
+                            }
                             if attack == Attack::Passive && v["type"] == "joined" {
                                 let mut mal = mallory.lock().expect("lock");
                                 side = Some(mal.ids.len());
@@ -196,6 +214,7 @@ async fn attacked_call_with(
         e2ee: true,
         video_kbps: 300,
         name: user.into(),
+        chat: Some(format!("secret chat from {user}")),
         ..Default::default()
     };
     let (a, b) = (mk("alice"), mk("bob"));
@@ -274,6 +293,49 @@ async fn passive_observer_cannot_open_a_single_frame() {
         }
     }
     assert_eq!(opened, 0, "an observer opened frames");
+    // Chat inside the E2EE call is sealed: the observer sees opaque blobs only.
+    assert_eq!(mal.chats.len(), 2, "{:?}", mal.chats);
+    for c in &mal.chats {
+        assert!(c.starts_with("sframe:") && !c.contains("secret"), "{c}");
+    }
+    assert_eq!(a.chat_received, vec!["secret chat from bob".to_string()]);
+}
+
+/// Defence in depth: even if a relay admitted a bot into an E2EE call, the client never
+/// runs key agreement with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_never_keys_a_bot_even_if_the_relay_admits_one() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let mallory = Arc::new(Mutex::new(Mallory {
+        call: "demo".into(),
+        ..Default::default()
+    }));
+    let url = proxy(relay.signal_url(), Attack::FakeBot, mallory.clone()).await;
+    let a = CallOptions {
+        relay: url,
+        token: token(&cfg, "alice", Some("demo"), "user"),
+        call: "demo".into(),
+        duration: Duration::from_millis(1500),
+        e2ee: true,
+        ..Default::default()
+    };
+    let s = run_call(&a).await;
+    assert!(s.joined && s.error.is_none(), "{:?}", s.error);
+    assert!(!s.e2ee && s.verification_code.is_none(), "keyed with a bot");
+    assert_eq!(s.sent_frames, 0, "no media without keys");
+    let sent_to_bot = mallory
+        .lock()
+        .expect("lock")
+        .observed
+        .iter()
+        .filter(|(to, _)| to == "p-bot")
+        .count();
+    assert_eq!(
+        sent_to_bot, 0,
+        "the client answered the bot's key agreement"
+    );
+    relay.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
