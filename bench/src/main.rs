@@ -12,6 +12,9 @@ use e2ee_client::call::{run_call, CallOptions};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+mod load;
+mod procstat;
+
 #[derive(Parser)]
 #[command(
     name = "blindrelay-bench",
@@ -24,6 +27,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Many real clients against a running relay.
+    Load {
+        #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal")]
+        relay: String,
+        /// The relay's auth.api_secret, to sign the clients' tokens.
+        #[arg(long, default_value = blindrelay::config::DEV_API_SECRET)]
+        api_secret: String,
+        #[arg(long, default_value_t = 10)]
+        calls: usize,
+        #[arg(long, default_value_t = 1500)]
+        video_kbps: u32,
+        /// Send no audio (video only).
+        #[arg(long)]
+        no_audio: bool,
+        #[arg(long)]
+        e2ee: bool,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Participants joining per second.
+        #[arg(long, default_value_t = 50.0)]
+        join_rate: f64,
+        /// The relay's pid, to report its CPU and RSS from /proc.
+        #[arg(long)]
+        relay_pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// One 1:1 call through an in-process relay.
     Call {
         #[arg(long, default_value_t = 1500)]
@@ -144,6 +174,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Load {
+            relay,
+            api_secret,
+            calls,
+            video_kbps,
+            no_audio,
+            e2ee,
+            duration,
+            join_rate,
+            relay_pid,
+            json,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(load::run(load::LoadArgs {
+                relay,
+                api_secret,
+                calls,
+                video_kbps,
+                audio: !no_audio,
+                e2ee,
+                duration,
+                join_rate,
+                relay_pid,
+                quiet: json,
+            }))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                load::print_human(&report);
+            }
+        }
         Cmd::Call {
             video_kbps,
             duration,

@@ -130,6 +130,9 @@ pub struct CallSummary {
     pub recorded_packets: Option<u64>,
     /// Distinct media streams (SSRCs) received.
     pub streams_received: usize,
+    /// Every verified frame's end-to-end latency in µs (sorted), for load reports.
+    #[serde(skip)]
+    pub latencies_us: Vec<u32>,
     /// The invitation this client followed, if any: (call, by, reason).
     pub invited: Option<(String, String, String)>,
     /// Why the relay ended this participant's part, when it was a normal hand-over
@@ -559,6 +562,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             .map(|us| *us as f64 / 1000.0)
     };
     s.latency_ms_p50 = pct(0.5);
+    s.latencies_us = latencies.clone();
     s.latency_ms_p99 = pct(0.99);
     if let Some(r) = recorder.take() {
         s.recorded_packets = r.finish().ok();

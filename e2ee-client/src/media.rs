@@ -158,9 +158,19 @@ impl StreamReceiver {
         if !marker {
             return None;
         }
+        // A frame starts right after the previous frame's marker. Before any marker was
+        // seen we cannot know where this frame began (a receiver may come in mid-frame,
+        // and our payload has no start-of-frame bit), so that first frame is dropped as
+        // incomplete rather than passed on truncated.
         let start = match self.last_marker {
             Some(m) if m < ext => m + 1,
-            _ => *self.parts.keys().next()?,
+            _ => {
+                self.last_marker = Some(ext);
+                self.frames_incomplete += 1;
+                self.parts.clear();
+                self.cur_ts = None;
+                return None;
+            }
         };
         self.last_marker = Some(ext);
         let complete = (start..=ext).all(|s| self.parts.contains_key(&s));
@@ -217,6 +227,11 @@ mod tests {
         assert_eq!(pkts.len(), 3);
         assert!(pkts[2].1 && !pkts[0].1);
         let mut r = StreamReceiver::default();
+        // The tail of a frame that began before this receiver came in: dropped, since
+        // where it started is unknown.
+        assert_eq!(r.push(65532, 5, false, b"tail"), None);
+        assert_eq!(r.push(65533, 5, true, b"end"), None);
+        assert_eq!(r.frames_incomplete, 1);
         let mut out = None;
         for (i, (p, m)) in pkts.iter().enumerate() {
             out = r.push(65534u16.wrapping_add(i as u16), 10, *m, p);
@@ -226,6 +241,6 @@ mod tests {
         assert_eq!(r.push(1, 20, false, b"a"), None);
         assert_eq!(r.push(3, 20, true, b"c"), None);
         assert_eq!(r.lost(), 1);
-        assert_eq!(r.frames_incomplete, 1);
+        assert_eq!(r.frames_incomplete, 2);
     }
 }

@@ -1,0 +1,55 @@
+//! CPU time and resident memory of a process from /proc, to tell the relay's cost apart
+//! from the generator's.
+
+use std::time::Instant;
+
+/// One reading of a process's CPU time and RSS.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: Instant,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_bytes: u64,
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY-free: sysconf has no preconditions; 100 is the Linux default if it fails.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Read /proc/PID/stat and /proc/PID/status ("self" for this process).
+pub fn sample(pid: &str) -> Option<Sample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces, in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(Sample {
+        at: Instant::now(),
+        cpu_ticks: utime + stime,
+        rss_bytes: rss_kb * 1024,
+    })
+}
+
+/// CPU use between two samples, in percent of one core.
+pub fn cpu_percent(a: &Sample, b: &Sample) -> f64 {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / ticks_per_second() / secs * 100.0
+}
