@@ -26,6 +26,8 @@ use webrtc_srtp::protection_profile::ProtectionProfile;
 pub use webrtc_dtls;
 pub use webrtc_srtp;
 
+pub mod fast_srtp;
+
 /// Replay window for SRTP and SRTCP (packets), as RFC 3711 suggests at least 64.
 pub const REPLAY_WINDOW: usize = 128;
 

@@ -1,0 +1,626 @@
+//! In-place SRTP/SRTCP with AEAD_AES_128_GCM (RFC 7714), for the forwarding path.
+//!
+//! `webrtc_srtp::context::Context` allocates a fresh `Bytes` for every packet it protects
+//! or unprotects, plus temporary `Vec`s for the IV and AAD. On an SFU that is two heap
+//! allocations per forwarded packet per hop. [`FastGcmContext`] does the same
+//! transform on the caller's buffer instead: the header stays where it is, the payload is
+//! encrypted or decrypted in place with `ring`'s AES-GCM, and the tag (plus the SRTCP
+//! index word) is written right after it. The only allocation happens the first time an
+//! SSRC is seen (its state entry in a map).
+//!
+//! The wire format, key derivation and IV construction mirror webrtc-srtp 0.17
+//! (`key_derivation.rs`, `cipher/cipher_aead_aes_gcm.rs`), so either side of a session can
+//! use either implementation; the integration tests cross-decrypt both ways.
+//!
+//! Differences from webrtc-srtp, all deliberate:
+//! - Replay protection is always on and works on the full 48-bit SRTP index (RFC 3711
+//!   §3.3.2), not on the 16-bit sequence number, so it stays correct across a rollover.
+//! - The receive-side rollover counter follows the highest authenticated index (RFC 3711
+//!   §3.3.1), so a reordered packet does not drag the ROC estimate backwards.
+//! - State for a new SSRC is created only after a packet for it authenticated, so forged
+//!   packets with random SSRCs cannot grow the map; the map is also capped.
+//! - Exhausting the SRTP (2^48) or SRTCP (2^31) index space is an error rather than a
+//!   wrap: with GCM a wrapped index would reuse a nonce, which leaks the GHASH key.
+//! - SRTCP packets with the E flag clear (authenticated but not encrypted, RFC 7714 §9.3)
+//!   are rejected with [`FastSrtpError::UnencryptedSrtcp`]; neither webrtc-srtp nor any
+//!   browser sends them.
+
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use std::collections::HashMap;
+use std::fmt;
+use thiserror::Error;
+
+/// Master and session key length for AEAD_AES_128_GCM (RFC 7714 §12).
+pub const KEY_LEN: usize = 16;
+/// Master and session salt length for AEAD_AES_128_GCM (RFC 7714 §12).
+pub const SALT_LEN: usize = 12;
+/// The GCM authentication tag appended to every packet (RFC 7714 §14.2: 16 octets).
+pub const TAG_LEN: usize = 16;
+/// Length of the E flag + SRTCP index word that trails an SRTCP packet.
+pub const SRTCP_INDEX_LEN: usize = 4;
+/// Bytes that [`FastGcmContext::protect_rtp`] adds to a packet.
+pub const RTP_OVERHEAD: usize = TAG_LEN;
+/// Bytes that [`FastGcmContext::protect_rtcp`] adds to a packet.
+pub const RTCP_OVERHEAD: usize = TAG_LEN + SRTCP_INDEX_LEN;
+/// Packets a replay window remembers behind the highest index (RFC 3711 asks for >= 64).
+pub const REPLAY_WINDOW: u64 = 128;
+/// Default cap on the number of SSRCs a context tracks per direction and protocol.
+pub const DEFAULT_MAX_SSRCS: usize = 1024;
+
+const RTP_HEADER_LEN: usize = 12;
+const RTCP_HEADER_LEN: usize = 8;
+const SRTCP_E_FLAG: u32 = 0x8000_0000;
+const MAX_SRTCP_INDEX: u32 = 0x7fff_ffff;
+const MAX_SRTP_INDEX: u64 = (1 << 48) - 1;
+
+const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_SALT: u8 = 0x02;
+const LABEL_SRTCP_ENCRYPTION: u8 = 0x03;
+const LABEL_SRTCP_SALT: u8 = 0x05;
+
+/// Why a packet could not be protected or unprotected, or a context not built.
+///
+/// Every variant is cheap to construct (no allocation), so the error path of a forged or
+/// truncated packet costs no more than the success path.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum FastSrtpError {
+    #[error("master or session key must be {KEY_LEN} bytes, got {0}")]
+    KeyLength(usize),
+    #[error("master or session salt must be {SALT_LEN} bytes, got {0}")]
+    SaltLength(usize),
+    #[error("packet is shorter than its header plus the SRTP trailer")]
+    Truncated,
+    #[error("not an RTP/RTCP version 2 packet")]
+    BadVersion,
+    #[error("buffer has no room for the {0}-byte SRTP trailer")]
+    NoRoom(usize),
+    #[error("authentication tag did not verify")]
+    AuthFailed,
+    #[error("replayed or too old: SSRC {ssrc:#010x}, index {index}")]
+    Replay { ssrc: u32, index: u64 },
+    #[error("SRTCP packet is not encrypted (E flag clear); not supported")]
+    UnencryptedSrtcp,
+    #[error("SRTP/SRTCP index space exhausted for SSRC {0:#010x}: rekey needed")]
+    IndexExhausted(u32),
+    #[error("too many SSRCs in one SRTP context")]
+    TooManySsrcs,
+}
+
+impl FastSrtpError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::KeyLength(_) => "key_length",
+            Self::SaltLength(_) => "salt_length",
+            Self::Truncated => "truncated",
+            Self::BadVersion => "bad_version",
+            Self::NoRoom(_) => "no_room",
+            Self::AuthFailed => "auth_failed",
+            Self::Replay { .. } => "replay",
+            Self::UnencryptedSrtcp => "unencrypted_srtcp",
+            Self::IndexExhausted(_) => "index_exhausted",
+            Self::TooManySsrcs => "too_many_ssrcs",
+        }
+    }
+}
+
+/// Sliding replay window over a 64-bit packet index (RFC 3711 §3.3.2), as a bitmask.
+///
+/// Bit `i` of `mask` is set when index `highest - i` has been accepted.
+#[derive(Clone, Copy, Default)]
+struct ReplayWindow {
+    highest: u64,
+    mask: u128,
+    started: bool,
+}
+
+impl ReplayWindow {
+    /// Whether `index` may be accepted; does not change the window (the packet has not
+    /// authenticated yet).
+    fn check(&self, index: u64) -> bool {
+        if !self.started || index > self.highest {
+            return true;
+        }
+        let behind = self.highest - index;
+        behind < REPLAY_WINDOW && self.mask & (1u128 << behind) == 0
+    }
+
+    /// Records an authenticated `index`.
+    fn accept(&mut self, index: u64) {
+        if !self.started {
+            self.started = true;
+            self.highest = index;
+            self.mask = 1;
+        } else if index > self.highest {
+            let shift = index - self.highest;
+            self.mask = if shift >= 128 { 0 } else { self.mask << shift };
+            self.mask |= 1;
+            self.highest = index;
+        } else {
+            let behind = self.highest - index;
+            if behind < REPLAY_WINDOW {
+                self.mask |= 1u128 << behind;
+            }
+        }
+    }
+}
+
+/// Per-SSRC SRTP state: the highest 48-bit index (ROC << 16 | SEQ) seen in each direction.
+#[derive(Clone, Copy, Default)]
+struct RtpSsrcState {
+    /// Highest index protected, `None` until the first packet (or after `set_roc`).
+    tx_highest: Option<u64>,
+    /// ROC to assume for the first packet in each direction (RFC 3711: 0 unless signalled).
+    initial_roc: u32,
+    rx: ReplayWindow,
+}
+
+/// Per-SSRC SRTCP state.
+#[derive(Clone, Copy, Default)]
+struct RtcpSsrcState {
+    /// Last SRTCP index used to protect; the next packet uses `tx_index + 1`.
+    tx_index: u32,
+    rx: ReplayWindow,
+}
+
+/// Guesses the 48-bit index of `seq` given the highest index seen so far (RFC 3711
+/// §3.3.1 / Appendix A), or `initial_roc` for the first packet. `None` when the guess
+/// would pass 2^48 - 1.
+fn estimate_index(highest: Option<u64>, initial_roc: u32, seq: u16) -> Option<u64> {
+    let Some(highest) = highest else {
+        return Some((u64::from(initial_roc) << 16) | u64::from(seq));
+    };
+    let roc = highest >> 16;
+    let s_l = highest as u16;
+    let v = if s_l < 0x8000 {
+        if u32::from(seq) > u32::from(s_l) + 0x8000 && roc > 0 {
+            roc - 1
+        } else {
+            roc
+        }
+    } else if u32::from(seq) + 0x8000 < u32::from(s_l) {
+        roc + 1
+    } else {
+        roc
+    };
+    let index = (v << 16) | u64::from(seq);
+    (index <= MAX_SRTP_INDEX).then_some(index)
+}
+
+/// Length of the RTP header at the start of `packet` (fixed part, CSRCs and header
+/// extension), i.e. the AAD of RFC 7714 §8.2. Errors rather than panics on any input.
+fn rtp_header_len(packet: &[u8]) -> Result<usize, FastSrtpError> {
+    let first = *packet.first().ok_or(FastSrtpError::Truncated)?;
+    if first >> 6 != 2 {
+        return Err(FastSrtpError::BadVersion);
+    }
+    if packet.len() < RTP_HEADER_LEN {
+        return Err(FastSrtpError::Truncated);
+    }
+    let mut len = RTP_HEADER_LEN + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let ext = packet.get(len..len + 4).ok_or(FastSrtpError::Truncated)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+    }
+    if packet.len() < len {
+        return Err(FastSrtpError::Truncated);
+    }
+    Ok(len)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Result<u32, FastSrtpError> {
+    let b = bytes.get(at..at + 4).ok_or(FastSrtpError::Truncated)?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The AES-CM PRF of RFC 3711 §4.3.3 with key derivation rate 0, for one 16-byte output
+/// block, as webrtc-srtp's `aes_cm_key_derivation` computes it for a 12-byte salt: the
+/// salt is left-aligned in a 16-byte block, the label XORed into byte 7 and the block
+/// counter (0) occupies the last two bytes.
+fn prf_block(cipher: &aes::Aes128Enc, master_salt: &[u8; SALT_LEN], label: u8) -> [u8; 16] {
+    let mut block = [0u8; 16];
+    block[..SALT_LEN].copy_from_slice(master_salt);
+    block[7] ^= label;
+    let mut out = aes::Block::from(block);
+    cipher.encrypt_block(&mut out);
+    out.into()
+}
+
+fn gcm_key(key: &[u8]) -> Result<LessSafeKey, FastSrtpError> {
+    UnboundKey::new(&AES_128_GCM, key)
+        .map(LessSafeKey::new)
+        .map_err(|_| FastSrtpError::KeyLength(key.len()))
+}
+
+fn salt_array(salt: &[u8]) -> Result<[u8; SALT_LEN], FastSrtpError> {
+    salt.try_into()
+        .map_err(|_| FastSrtpError::SaltLength(salt.len()))
+}
+
+/// One direction-agnostic SRTP + SRTCP cryptographic context for AEAD_AES_128_GCM,
+/// working in place on caller buffers.
+///
+/// Like webrtc-srtp's `Context`, a context is normally used for one direction only (one
+/// for what we send, one for what we receive); the send and receive state of an SSRC are
+/// nevertheless kept apart, so using one context for both does not break either.
+pub struct FastGcmContext {
+    srtp_key: LessSafeKey,
+    srtcp_key: LessSafeKey,
+    srtp_salt: [u8; SALT_LEN],
+    srtcp_salt: [u8; SALT_LEN],
+    rtp: HashMap<u32, RtpSsrcState>,
+    rtcp: HashMap<u32, RtcpSsrcState>,
+    max_ssrcs: usize,
+}
+
+/// Key material stays out of logs: only the counts are shown.
+impl fmt::Debug for FastGcmContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastGcmContext")
+            .field("profile", &"AEAD_AES_128_GCM")
+            .field("rtp_ssrcs", &self.rtp.len())
+            .field("rtcp_ssrcs", &self.rtcp.len())
+            .field("max_ssrcs", &self.max_ssrcs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Session salts are overwritten when the context goes away (ring zeroes its own keys
+/// only on some platforms; this is best effort for the part we own).
+impl Drop for FastGcmContext {
+    fn drop(&mut self) {
+        for b in self.srtp_salt.iter_mut().chain(self.srtcp_salt.iter_mut()) {
+            // SAFETY: `b` is a valid, aligned, exclusive reference to a u8.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+impl FastGcmContext {
+    /// Builds a context from the DTLS-SRTP master key (16 bytes) and master salt
+    /// (12 bytes), deriving the SRTP and SRTCP session keys and salts with the AES-CM PRF
+    /// (labels 0x00/0x02 for SRTP, 0x03/0x05 for SRTCP), exactly as webrtc-srtp does.
+    pub fn new(master_key: &[u8], master_salt: &[u8]) -> Result<Self, FastSrtpError> {
+        let prf = aes::Aes128Enc::new_from_slice(master_key)
+            .map_err(|_| FastSrtpError::KeyLength(master_key.len()))?;
+        let master_salt = salt_array(master_salt)?;
+        let mut srtp_key = prf_block(&prf, &master_salt, LABEL_SRTP_ENCRYPTION);
+        let mut srtcp_key = prf_block(&prf, &master_salt, LABEL_SRTCP_ENCRYPTION);
+        let srtp_salt = prf_block(&prf, &master_salt, LABEL_SRTP_SALT);
+        let srtcp_salt = prf_block(&prf, &master_salt, LABEL_SRTCP_SALT);
+        let ctx = Self::from_session_keys(
+            &srtp_key,
+            &srtp_salt[..SALT_LEN],
+            &srtcp_key,
+            &srtcp_salt[..SALT_LEN],
+        );
+        srtp_key.fill(0);
+        srtcp_key.fill(0);
+        ctx
+    }
+
+    /// Builds a context from already-derived session keys and salts. This is what the
+    /// RFC 7714 §16/§17 test vectors specify (they skip key derivation); production code
+    /// wants [`FastGcmContext::new`].
+    pub fn from_session_keys(
+        srtp_key: &[u8],
+        srtp_salt: &[u8],
+        srtcp_key: &[u8],
+        srtcp_salt: &[u8],
+    ) -> Result<Self, FastSrtpError> {
+        Ok(Self {
+            srtp_key: gcm_key(srtp_key)?,
+            srtcp_key: gcm_key(srtcp_key)?,
+            srtp_salt: salt_array(srtp_salt)?,
+            srtcp_salt: salt_array(srtcp_salt)?,
+            rtp: HashMap::new(),
+            rtcp: HashMap::new(),
+            max_ssrcs: DEFAULT_MAX_SSRCS,
+        })
+    }
+
+    /// Caps how many SSRCs the context tracks (per protocol); packets for further SSRCs
+    /// fail with [`FastSrtpError::TooManySsrcs`]. Bounds memory against a peer that
+    /// cycles SSRCs.
+    pub fn with_max_ssrcs(mut self, max_ssrcs: usize) -> Self {
+        self.max_ssrcs = max_ssrcs;
+        self
+    }
+
+    /// Sets the rollover counter to assume for the next packet of `ssrc` in both
+    /// directions, forgetting what was seen (e.g. when the ROC is signalled out of band
+    /// for a stream joined mid-way). Allocates if `ssrc` is new.
+    pub fn set_roc(&mut self, ssrc: u32, roc: u32) {
+        self.rtp.insert(
+            ssrc,
+            RtpSsrcState {
+                initial_roc: roc,
+                ..RtpSsrcState::default()
+            },
+        );
+    }
+
+    /// The rollover counter of the highest index sent or received for `ssrc`.
+    pub fn roc(&self, ssrc: u32) -> Option<u32> {
+        let s = self.rtp.get(&ssrc)?;
+        let highest = match (s.tx_highest, s.rx.started) {
+            (Some(tx), true) => tx.max(s.rx.highest),
+            (Some(tx), false) => tx,
+            (None, true) => s.rx.highest,
+            (None, false) => return Some(s.initial_roc),
+        };
+        Some((highest >> 16) as u32)
+    }
+
+    /// Sets the last SRTCP index used to protect for `ssrc`, so the next protected packet
+    /// carries `index + 1` (webrtc-srtp's `set_index` semantics). Allocates if `ssrc` is new.
+    pub fn set_srtcp_index(&mut self, ssrc: u32, index: u32) {
+        self.rtcp.entry(ssrc).or_default().tx_index = index & MAX_SRTCP_INDEX;
+    }
+
+    /// Number of SSRCs with SRTP state.
+    pub fn rtp_ssrc_count(&self) -> usize {
+        self.rtp.len()
+    }
+
+    /// Protects the RTP packet in `buf` in place and appends the 16-byte tag, returning
+    /// the new length. Reserve [`RTP_OVERHEAD`] spare capacity to avoid a reallocation.
+    /// On error `buf` is left at its original length (its payload bytes unchanged).
+    pub fn protect_rtp(&mut self, buf: &mut Vec<u8>) -> Result<usize, FastSrtpError> {
+        let len = buf.len();
+        buf.resize(len + RTP_OVERHEAD, 0);
+        match self.protect_rtp_in(buf, len) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                buf.truncate(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Protects the `len`-byte RTP packet at the start of `buf` in place, writing the tag
+    /// at `buf[len..len + 16]`; returns `len + 16`.
+    pub fn protect_rtp_in(&mut self, buf: &mut [u8], len: usize) -> Result<usize, FastSrtpError> {
+        let out_len = len + RTP_OVERHEAD;
+        if buf.len() < out_len {
+            return Err(FastSrtpError::NoRoom(RTP_OVERHEAD));
+        }
+        let (packet, rest) = buf.split_at_mut(len);
+        let header_len = rtp_header_len(packet)?;
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ssrc = read_u32(packet, 8)?;
+
+        let state = self.rtp.get(&ssrc).copied();
+        let (highest, initial_roc) = state.map_or((None, 0), |s| (s.tx_highest, s.initial_roc));
+        let index =
+            estimate_index(highest, initial_roc, seq).ok_or(FastSrtpError::IndexExhausted(ssrc))?;
+        if state.is_none() && self.rtp.len() >= self.max_ssrcs {
+            return Err(FastSrtpError::TooManySsrcs);
+        }
+
+        let nonce = rtp_nonce(&self.srtp_salt, ssrc, index);
+        let (header, payload) = packet.split_at_mut(header_len);
+        let tag = self
+            .srtp_key
+            .seal_in_place_separate_tag(nonce, Aad::from(&*header), payload)
+            .map_err(|_| FastSrtpError::Truncated)?;
+        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+
+        let entry = self.rtp.entry(ssrc).or_default();
+        entry.tx_highest = Some(entry.tx_highest.map_or(index, |h| h.max(index)));
+        Ok(out_len)
+    }
+
+    /// Verifies and decrypts the SRTP packet `buf` in place; returns the plaintext RTP
+    /// length (`buf.len() - 16`). Truncate the buffer to it. On error the packet must be
+    /// dropped: its payload may have been overwritten.
+    pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, FastSrtpError> {
+        let header_len = rtp_header_len(buf)?;
+        if buf.len() < header_len + TAG_LEN {
+            return Err(FastSrtpError::Truncated);
+        }
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let ssrc = read_u32(buf, 8)?;
+
+        let state = self.rtp.get(&ssrc).copied();
+        let (rx, initial_roc) =
+            state.map_or((ReplayWindow::default(), 0), |s| (s.rx, s.initial_roc));
+        let highest = rx.started.then_some(rx.highest);
+        let index =
+            estimate_index(highest, initial_roc, seq).ok_or(FastSrtpError::IndexExhausted(ssrc))?;
+        if !rx.check(index) {
+            return Err(FastSrtpError::Replay { ssrc, index });
+        }
+        if state.is_none() && self.rtp.len() >= self.max_ssrcs {
+            return Err(FastSrtpError::TooManySsrcs);
+        }
+
+        let nonce = rtp_nonce(&self.srtp_salt, ssrc, index);
+        let (header, payload) = buf.split_at_mut(header_len);
+        let plain = self
+            .srtp_key
+            .open_in_place(nonce, Aad::from(&*header), payload)
+            .map_err(|_| FastSrtpError::AuthFailed)?;
+        let out_len = header_len + plain.len();
+
+        self.rtp.entry(ssrc).or_default().rx.accept(index);
+        Ok(out_len)
+    }
+
+    /// Protects the RTCP (compound) packet in `buf` in place and appends the tag and the
+    /// E flag + SRTCP index word, returning the new length. Reserve [`RTCP_OVERHEAD`]
+    /// spare capacity to avoid a reallocation. On error `buf` keeps its original length.
+    pub fn protect_rtcp(&mut self, buf: &mut Vec<u8>) -> Result<usize, FastSrtpError> {
+        let len = buf.len();
+        buf.resize(len + RTCP_OVERHEAD, 0);
+        match self.protect_rtcp_in(buf, len) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                buf.truncate(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Protects the `len`-byte RTCP packet at the start of `buf` in place, writing tag and
+    /// index word at `buf[len..len + 20]`; returns `len + 20`.
+    ///
+    /// Layout (RFC 7714 §9.3): header (8) | ciphertext | tag (16) | E + index (4);
+    /// AAD = header || E + index.
+    pub fn protect_rtcp_in(&mut self, buf: &mut [u8], len: usize) -> Result<usize, FastSrtpError> {
+        let out_len = len + RTCP_OVERHEAD;
+        if buf.len() < out_len {
+            return Err(FastSrtpError::NoRoom(RTCP_OVERHEAD));
+        }
+        let (packet, rest) = buf.split_at_mut(len);
+        let ssrc = rtcp_header(packet)?;
+
+        let state = self.rtcp.get(&ssrc).copied();
+        if state.is_none() && self.rtcp.len() >= self.max_ssrcs {
+            return Err(FastSrtpError::TooManySsrcs);
+        }
+        let last = state.map_or(0, |s| s.tx_index);
+        if last >= MAX_SRTCP_INDEX {
+            return Err(FastSrtpError::IndexExhausted(ssrc));
+        }
+        let index = last + 1;
+        let word = (index | SRTCP_E_FLAG).to_be_bytes();
+
+        let aad = rtcp_aad(packet, word);
+        let nonce = rtcp_nonce(&self.srtcp_salt, ssrc, index);
+        let tag = self
+            .srtcp_key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut packet[RTCP_HEADER_LEN..])
+            .map_err(|_| FastSrtpError::Truncated)?;
+        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+        rest[TAG_LEN..RTCP_OVERHEAD].copy_from_slice(&word);
+
+        self.rtcp.entry(ssrc).or_default().tx_index = index;
+        Ok(out_len)
+    }
+
+    /// Verifies and decrypts the SRTCP packet `buf` in place; returns the plaintext RTCP
+    /// length (`buf.len() - 20`). On error the packet must be dropped.
+    pub fn unprotect_rtcp(&mut self, buf: &mut [u8]) -> Result<usize, FastSrtpError> {
+        if buf.len() < RTCP_HEADER_LEN + RTCP_OVERHEAD {
+            return Err(FastSrtpError::Truncated);
+        }
+        let ssrc = rtcp_header(buf)?;
+        let body_end = buf.len() - SRTCP_INDEX_LEN;
+        let word_value = read_u32(buf, body_end)?;
+        if word_value & SRTCP_E_FLAG == 0 {
+            return Err(FastSrtpError::UnencryptedSrtcp);
+        }
+        let index = word_value & MAX_SRTCP_INDEX;
+
+        let state = self.rtcp.get(&ssrc).copied();
+        let rx = state.map_or(ReplayWindow::default(), |s| s.rx);
+        if !rx.check(u64::from(index)) {
+            return Err(FastSrtpError::Replay {
+                ssrc,
+                index: u64::from(index),
+            });
+        }
+        if state.is_none() && self.rtcp.len() >= self.max_ssrcs {
+            return Err(FastSrtpError::TooManySsrcs);
+        }
+
+        let aad = rtcp_aad(buf, word_value.to_be_bytes());
+        let nonce = rtcp_nonce(&self.srtcp_salt, ssrc, index);
+        let sealed = &mut buf[RTCP_HEADER_LEN..body_end];
+        let plain = self
+            .srtcp_key
+            .open_in_place(nonce, Aad::from(aad), sealed)
+            .map_err(|_| FastSrtpError::AuthFailed)?;
+        let out_len = RTCP_HEADER_LEN + plain.len();
+
+        self.rtcp
+            .entry(ssrc)
+            .or_default()
+            .rx
+            .accept(u64::from(index));
+        Ok(out_len)
+    }
+}
+
+/// Checks the RTCP version and returns the sender SSRC (bytes 4..8).
+fn rtcp_header(packet: &[u8]) -> Result<u32, FastSrtpError> {
+    let first = *packet.first().ok_or(FastSrtpError::Truncated)?;
+    if first >> 6 != 2 {
+        return Err(FastSrtpError::BadVersion);
+    }
+    read_u32(packet, 4)
+}
+
+/// SRTCP AAD (RFC 7714 §9.3, encrypted case): the 8-byte RTCP header, then the E flag +
+/// SRTCP index word. `packet` is at least 8 bytes long (checked by callers).
+fn rtcp_aad(packet: &[u8], word: [u8; 4]) -> [u8; 12] {
+    let mut aad = [0u8; 12];
+    aad[..RTCP_HEADER_LEN].copy_from_slice(&packet[..RTCP_HEADER_LEN]);
+    aad[RTCP_HEADER_LEN..].copy_from_slice(&word);
+    aad
+}
+
+/// SRTP IV (RFC 7714 §8.1): (00 00 || SSRC || ROC || SEQ) XOR session salt, where
+/// ROC || SEQ is the 48-bit packet index.
+fn rtp_nonce(salt: &[u8; SALT_LEN], ssrc: u32, index: u64) -> Nonce {
+    let mut iv = [0u8; SALT_LEN];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[6..12].copy_from_slice(&index.to_be_bytes()[2..8]);
+    for (v, s) in iv.iter_mut().zip(salt) {
+        *v ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+/// SRTCP IV (RFC 7714 §9.1): (00 00 || SSRC || 00 00 || 0 || 31-bit index) XOR salt.
+fn rtcp_nonce(salt: &[u8; SALT_LEN], ssrc: u32, index: u32) -> Nonce {
+    let mut iv = [0u8; SALT_LEN];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[8..12].copy_from_slice(&(index & MAX_SRTCP_INDEX).to_be_bytes());
+    for (v, s) in iv.iter_mut().zip(salt) {
+        *v ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window_basics() {
+        let mut w = ReplayWindow::default();
+        assert!(w.check(1000));
+        w.accept(1000);
+        assert!(!w.check(1000));
+        assert!(w.check(999));
+        w.accept(999);
+        assert!(!w.check(999));
+        assert!(w.check(1001));
+        w.accept(1000 + 200);
+        assert!(!w.check(1000));
+        assert!(w.check(1200 - 127));
+        assert!(!w.check(1200 - 128));
+    }
+
+    #[test]
+    fn roc_estimate_follows_rfc3711() {
+        assert_eq!(estimate_index(None, 0, 65530), Some(65530));
+        assert_eq!(estimate_index(Some(65535), 0, 0), Some(1 << 16));
+        assert_eq!(estimate_index(Some(1 << 16), 0, 65535), Some(65535));
+        assert_eq!(estimate_index(Some(100), 0, 65000), Some(65000));
+        assert_eq!(estimate_index(Some(MAX_SRTP_INDEX), 0, 1), None);
+    }
+
+    #[test]
+    fn header_len_handles_csrcs_and_extension() {
+        let mut p = vec![0x92u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        p.extend_from_slice(&[0; 8]); // 2 CSRCs
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0]);
+        assert_eq!(rtp_header_len(&p), Ok(28));
+        assert_eq!(rtp_header_len(&p[..27]), Err(FastSrtpError::Truncated));
+        assert_eq!(rtp_header_len(&[0x40; 12]), Err(FastSrtpError::BadVersion));
+    }
+}
