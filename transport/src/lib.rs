@@ -27,6 +27,7 @@ pub use webrtc_dtls;
 pub use webrtc_srtp;
 
 pub mod fast_srtp;
+pub mod hop;
 
 /// Replay window for SRTP and SRTCP (packets), as RFC 3711 suggests at least 64.
 pub const REPLAY_WINDOW: usize = 128;
@@ -188,6 +189,9 @@ pub struct DtlsSession {
     pub outbound: Context,
     /// Unprotects what this end receives, replay protection on.
     pub inbound: Context,
+    /// The same keys as relay hop contexts (fast in-place path for AEAD_AES_128_GCM).
+    pub hop_outbound: hop::HopContext,
+    pub hop_inbound: hop::HopContext,
 }
 
 /// Run the DTLS handshake over `conn`, refusing a peer whose certificate does not hash to
@@ -271,11 +275,44 @@ pub async fn handshake(
         Some(srtcp_replay_protection(REPLAY_WINDOW)),
     )
     .map_err(|e| TransportError::Srtp(e.to_string()))?;
+    let (hop_outbound, hop_inbound) = if matches!(profile, ProtectionProfile::AeadAes128Gcm) {
+        let out = fast_srtp::FastGcmContext::new(&keys.local_master_key, &keys.local_master_salt)
+            .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        let inb = fast_srtp::FastGcmContext::new(&keys.remote_master_key, &keys.remote_master_salt)
+            .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        (
+            hop::HopContext::Fast(Box::new(out)),
+            hop::HopContext::Fast(Box::new(inb)),
+        )
+    } else {
+        let out = Context::new(
+            &keys.local_master_key,
+            &keys.local_master_salt,
+            profile,
+            None,
+            None,
+        )
+        .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        let inb = Context::new(
+            &keys.remote_master_key,
+            &keys.remote_master_salt,
+            profile,
+            Some(srtp_replay_protection(REPLAY_WINDOW)),
+            Some(srtcp_replay_protection(REPLAY_WINDOW)),
+        )
+        .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        (
+            hop::HopContext::Reference(Box::new(out)),
+            hop::HopContext::Reference(Box::new(inb)),
+        )
+    };
     Ok(DtlsSession {
         conn: Arc::new(dtls),
         profile,
         outbound,
         inbound,
+        hop_outbound,
+        hop_inbound,
     })
 }
 

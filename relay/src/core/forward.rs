@@ -7,11 +7,11 @@ use super::{CallKey, PeerId};
 use crate::metrics::DropReason;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::RtpHeader;
+use blindrelay_transport::hop::{HopContext, HopError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use webrtc_srtp::context::Context;
 
 /// A hook that sees every RTP packet as the relay holds it after hop decryption (clear
 /// header, end-to-end payload). Tests and the pcap capture use it to prove the relay holds
@@ -41,16 +41,16 @@ pub struct Transmit {
 /// A participant's hop state on its way from one call (or loop) to another.
 pub struct PeerTransfer {
     pub addr: SocketAddr,
-    pub inbound: Context,
-    pub outbound: Context,
+    pub inbound: HopContext,
+    pub outbound: HopContext,
     pub ssrcs: Vec<u32>,
 }
 
 struct PeerMedia {
     call: CallKey,
     addr: SocketAddr,
-    inbound: Context,
-    outbound: Context,
+    inbound: HopContext,
+    outbound: HopContext,
 }
 
 /// Forwarding state of one worker loop.
@@ -62,17 +62,16 @@ pub struct Forwarder {
     tap: Option<MediaTap>,
     /// Reused list of receivers, so routing does not allocate.
     scratch: Vec<PeerId>,
+    /// Reused buffer for the clear packet (the in-place SRTP path unprotects into it).
+    clear: Vec<u8>,
 }
 
-fn srtp_drop(e: &webrtc_srtp::Error) -> DropReason {
-    use webrtc_srtp::Error as E;
+fn hop_drop(e: HopError) -> DropReason {
     match e {
-        // An AEAD open failure is a tag mismatch.
-        E::ErrFailedToVerifyAuthTag | E::AesGcm(_) => DropReason::SrtpAuthFailed,
-        E::SrtpSsrcDuplicated(..) | E::SrtcpSsrcDuplicated(..) | E::ErrDuplicated => {
-            DropReason::SrtpReplay
-        }
-        _ => DropReason::SrtpMalformed,
+        HopError::AuthFailed => DropReason::SrtpAuthFailed,
+        HopError::Replay => DropReason::SrtpReplay,
+        HopError::Malformed => DropReason::SrtpMalformed,
+        HopError::Protect => DropReason::SrtpProtectFailed,
     }
 }
 
@@ -90,8 +89,8 @@ impl Forwarder {
         peer: PeerId,
         call: CallKey,
         addr: SocketAddr,
-        inbound: Context,
-        outbound: Context,
+        inbound: HopContext,
+        outbound: HopContext,
         ssrcs: &[u32],
     ) {
         for s in ssrcs {
@@ -161,9 +160,9 @@ impl Forwarder {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
         let plain = sender
             .inbound
-            .decrypt_rtp(data)
-            .map_err(|e| srtp_drop(&e))?;
-        let hdr = RtpHeader::parse(&plain).map_err(|_| DropReason::RtpMalformed)?;
+            .unprotect_rtp(data, &mut self.clear)
+            .map_err(hop_drop)?;
+        let hdr = RtpHeader::parse(plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
         let from_addr = sender.addr;
         self.ssrc_owner.entry((call, hdr.ssrc)).or_insert(from);
@@ -171,7 +170,7 @@ impl Forwarder {
             tap(&TapPacket {
                 from: from_addr,
                 call,
-                data: &plain,
+                data: plain,
             });
         }
         self.scratch.clear();
@@ -186,7 +185,7 @@ impl Forwarder {
             };
             let data = r
                 .outbound
-                .encrypt_rtp(&plain)
+                .protect_rtp(plain)
                 .map_err(|_| DropReason::SrtpProtectFailed)?;
             out.push(Transmit {
                 to: r.addr,
@@ -210,8 +209,8 @@ impl Forwarder {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
         let plain = sender
             .inbound
-            .decrypt_rtcp(data)
-            .map_err(|e| srtp_drop(&e))?;
+            .unprotect_rtcp(data, &mut self.clear)
+            .map_err(hop_drop)?;
         let call = sender.call;
         let members: Vec<PeerId> = self
             .calls
@@ -220,7 +219,7 @@ impl Forwarder {
             .unwrap_or_default();
         // Per receiver, the packets of this compound that go to it.
         let mut per_dest: Vec<(PeerId, Vec<u8>)> = Vec::new();
-        for p in rtcp::packets(&plain) {
+        for p in rtcp::packets(plain) {
             let p = p.map_err(|_| DropReason::RtpMalformed)?;
             let dests: &[PeerId] = match p.route() {
                 RtcpRoute::Others => &members,
@@ -244,7 +243,7 @@ impl Forwarder {
             };
             let data = r
                 .outbound
-                .encrypt_rtcp(&compound)
+                .protect_rtcp(&compound)
                 .map_err(|_| DropReason::SrtpProtectFailed)?;
             out.push(Transmit {
                 to: r.addr,
@@ -261,6 +260,18 @@ impl Forwarder {
 mod tests {
     use super::*;
     use webrtc_srtp::protection_profile::ProtectionProfile;
+
+    use webrtc_srtp::context::Context;
+
+    fn hop(c: Context) -> HopContext {
+        HopContext::Reference(Box::new(c))
+    }
+
+    fn fast(key: u8) -> HopContext {
+        HopContext::Fast(Box::new(
+            blindrelay_transport::fast_srtp::FastGcmContext::new(&[key; 16], &[key; 12]).unwrap(),
+        ))
+    }
 
     fn ctx(key: u8) -> Context {
         Context::new(
@@ -305,8 +316,9 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         // a sends with key 1 (relay inbound 1); relay sends to b with key 2.
-        f.add_peer(1, 7, a, ctx_replay(1), ctx(3), &[100]);
-        f.add_peer(2, 7, b, ctx_replay(4), ctx(2), &[200]);
+        // The relay side runs the in-place GCM path; the clients run webrtc-srtp.
+        f.add_peer(1, 7, a, fast(1), fast(3), &[100]);
+        f.add_peer(2, 7, b, fast(4), fast(2), &[200]);
         let mut client_a_out = ctx(1);
         let mut client_b_in = ctx_replay(2);
         let pkt = rtp(100, 1, b"opaque e2ee frame");
@@ -337,13 +349,13 @@ mod tests {
         });
         let mut f = Forwarder::new(Some(tap));
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        f.add_peer(1, 7, a, ctx_replay(1), ctx(3), &[100]);
+        f.add_peer(1, 7, a, hop(ctx_replay(1)), hop(ctx(3)), &[100]);
         f.add_peer(
             2,
             7,
             "127.0.0.1:2".parse().unwrap(),
-            ctx_replay(4),
-            ctx(2),
+            hop(ctx_replay(4)),
+            hop(ctx(2)),
             &[200],
         );
         let pkt = rtp(100, 1, b"opaque e2ee frame");
@@ -359,24 +371,24 @@ mod tests {
             1,
             7,
             "127.0.0.1:1".parse().unwrap(),
-            ctx_replay(1),
-            ctx(11),
+            hop(ctx_replay(1)),
+            hop(ctx(11)),
             &[100],
         );
         f.add_peer(
             2,
             7,
             "127.0.0.1:2".parse().unwrap(),
-            ctx_replay(2),
-            ctx(12),
+            hop(ctx_replay(2)),
+            hop(ctx(12)),
             &[200],
         );
         f.add_peer(
             3,
             7,
             "127.0.0.1:3".parse().unwrap(),
-            ctx_replay(3),
-            ctx(13),
+            hop(ctx_replay(3)),
+            hop(ctx(13)),
             &[300],
         );
         let mut c2 = ctx(2);

@@ -9,7 +9,7 @@ use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::{CallKey, PeerId};
 use crate::metrics::{kind_index, DropReason, Metrics};
 use blindrelay_protocol::demux::{classify, PacketKind};
-use blindrelay_transport::webrtc_srtp::context::Context;
+use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::{handshake, DtlsRole, PacketConn};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -31,8 +31,8 @@ pub enum WorkerMsg {
         peer: PeerId,
         call: CallKey,
         addr: SocketAddr,
-        inbound: Box<Context>,
-        outbound: Box<Context>,
+        inbound: Box<HopContext>,
+        outbound: Box<HopContext>,
         ssrcs: Vec<u32>,
     },
     RemovePeer(PeerId),
@@ -239,8 +239,8 @@ async fn dtls_task(
         peer: entry.peer,
         call: entry.call_key,
         addr,
-        inbound: Box::new(session.inbound),
-        outbound: Box::new(session.outbound),
+        inbound: Box::new(session.hop_inbound),
+        outbound: Box::new(session.hop_outbound),
         ssrcs: entry.ssrcs.clone(),
     };
     if shared.workers[entry.worker].send(add).await.is_err() {
