@@ -23,7 +23,7 @@ pub enum HopError {
 
 fn from_fast(e: FastSrtpError) -> HopError {
     match e {
-        FastSrtpError::AuthFailed { .. } => HopError::AuthFailed,
+        FastSrtpError::AuthFailed => HopError::AuthFailed,
         FastSrtpError::Replay { .. } => HopError::Replay,
         _ => HopError::Malformed,
     }
