@@ -44,6 +44,14 @@ pub struct Config {
     pub policy: PolicyConfig,
 }
 
+/// Which hop SRTP implementation the forwarding loops use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpImpl {
+    Fast,
+    Reference,
+}
+
 /// Where E2EE policies come from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +90,9 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     pub listen: SocketAddr,
+    /// Hop SRTP implementation: `fast` (in-place AEAD_AES_128_GCM when negotiated,
+    /// webrtc-srtp for other profiles) or `reference` (webrtc-srtp always).
+    pub srtp: SrtpImpl,
     pub workers: usize,
     pub socket_buffer_bytes: usize,
 }
@@ -153,6 +164,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            srtp: SrtpImpl::Fast,
             workers: 0,
             socket_buffer_bytes: 8 * 1024 * 1024,
         }

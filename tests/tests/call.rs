@@ -165,3 +165,25 @@ async fn standard_call_tap_sees_plaintext() {
     assert!(payloads_with(&seen, canary.as_bytes()) > 50);
     relay.shutdown().await;
 }
+
+/// The reference hop SRTP implementation (webrtc-srtp on the relay) carries a call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_srtp_implementation_carries_a_call() {
+    let mut cfg = loopback_config();
+    cfg.media.srtp = blindrelay::config::SrtpImpl::Reference;
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let mut a = opts(&url, token(&cfg, "alice", Some("demo"), "user"), "alice");
+    let mut b = opts(&url, token(&cfg, "bob", Some("demo"), "user"), "bob");
+    a.duration = Duration::from_secs(2);
+    b.duration = Duration::from_secs(2);
+    let (sa, sb) = tokio::join!(run_call(&a), run_call(&b));
+    for s in [&sa, &sb] {
+        assert!(
+            s.error.is_none() && s.frames_verified > 20 && s.frames_corrupt == 0,
+            "{:?}",
+            s.error
+        );
+    }
+    relay.shutdown().await;
+}

@@ -189,9 +189,51 @@ pub struct DtlsSession {
     pub outbound: Context,
     /// Unprotects what this end receives, replay protection on.
     pub inbound: Context,
-    /// The same keys as relay hop contexts (fast in-place path for AEAD_AES_128_GCM).
-    pub hop_outbound: hop::HopContext,
-    pub hop_inbound: hop::HopContext,
+    keys: webrtc_srtp::config::SessionKeys,
+}
+
+impl DtlsSession {
+    /// The same keys as (outbound, inbound) relay hop contexts: the in-place path for
+    /// AEAD_AES_128_GCM when `fast`, webrtc-srtp otherwise (and for other profiles).
+    pub fn hop_contexts(
+        &self,
+        fast: bool,
+    ) -> Result<(hop::HopContext, hop::HopContext), TransportError> {
+        let keys = &self.keys;
+        let srtp = |e: String| TransportError::Srtp(e);
+        if fast && matches!(self.profile, ProtectionProfile::AeadAes128Gcm) {
+            let out =
+                fast_srtp::FastGcmContext::new(&keys.local_master_key, &keys.local_master_salt)
+                    .map_err(|e| srtp(e.to_string()))?;
+            let inb =
+                fast_srtp::FastGcmContext::new(&keys.remote_master_key, &keys.remote_master_salt)
+                    .map_err(|e| srtp(e.to_string()))?;
+            return Ok((
+                hop::HopContext::Fast(Box::new(out)),
+                hop::HopContext::Fast(Box::new(inb)),
+            ));
+        }
+        let out = Context::new(
+            &keys.local_master_key,
+            &keys.local_master_salt,
+            self.profile,
+            None,
+            None,
+        )
+        .map_err(|e| srtp(e.to_string()))?;
+        let inb = Context::new(
+            &keys.remote_master_key,
+            &keys.remote_master_salt,
+            self.profile,
+            Some(srtp_replay_protection(REPLAY_WINDOW)),
+            Some(srtcp_replay_protection(REPLAY_WINDOW)),
+        )
+        .map_err(|e| srtp(e.to_string()))?;
+        Ok((
+            hop::HopContext::Reference(Box::new(out)),
+            hop::HopContext::Reference(Box::new(inb)),
+        ))
+    }
 }
 
 /// Run the DTLS handshake over `conn`, refusing a peer whose certificate does not hash to
@@ -275,44 +317,12 @@ pub async fn handshake(
         Some(srtcp_replay_protection(REPLAY_WINDOW)),
     )
     .map_err(|e| TransportError::Srtp(e.to_string()))?;
-    let (hop_outbound, hop_inbound) = if matches!(profile, ProtectionProfile::AeadAes128Gcm) {
-        let out = fast_srtp::FastGcmContext::new(&keys.local_master_key, &keys.local_master_salt)
-            .map_err(|e| TransportError::Srtp(e.to_string()))?;
-        let inb = fast_srtp::FastGcmContext::new(&keys.remote_master_key, &keys.remote_master_salt)
-            .map_err(|e| TransportError::Srtp(e.to_string()))?;
-        (
-            hop::HopContext::Fast(Box::new(out)),
-            hop::HopContext::Fast(Box::new(inb)),
-        )
-    } else {
-        let out = Context::new(
-            &keys.local_master_key,
-            &keys.local_master_salt,
-            profile,
-            None,
-            None,
-        )
-        .map_err(|e| TransportError::Srtp(e.to_string()))?;
-        let inb = Context::new(
-            &keys.remote_master_key,
-            &keys.remote_master_salt,
-            profile,
-            Some(srtp_replay_protection(REPLAY_WINDOW)),
-            Some(srtcp_replay_protection(REPLAY_WINDOW)),
-        )
-        .map_err(|e| TransportError::Srtp(e.to_string()))?;
-        (
-            hop::HopContext::Reference(Box::new(out)),
-            hop::HopContext::Reference(Box::new(inb)),
-        )
-    };
     Ok(DtlsSession {
         conn: Arc::new(dtls),
         profile,
         outbound,
         inbound,
-        hop_outbound,
-        hop_inbound,
+        keys: cfg.keys.clone(),
     })
 }
 

@@ -235,12 +235,21 @@ async fn dtls_task(
             return;
         }
     }
+    let fast = shared.config.media.srtp == crate::config::SrtpImpl::Fast;
+    let (outbound, inbound) = match session.hop_contexts(fast) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "SRTP setup failed");
+            shared.remove_peer(entry.peer, "dtls_failed");
+            return;
+        }
+    };
     let add = WorkerMsg::AddPeer {
         peer: entry.peer,
         call: entry.call_key,
         addr,
-        inbound: Box::new(session.hop_inbound),
-        outbound: Box::new(session.hop_outbound),
+        inbound: Box::new(inbound),
+        outbound: Box::new(outbound),
         ssrcs: entry.ssrcs.clone(),
     };
     if shared.workers[entry.worker].send(add).await.is_err() {
