@@ -284,6 +284,8 @@ pub async fn worker_loop(
     let mut msgs = Vec::with_capacity(256);
     let mut out: Vec<Transmit> = Vec::with_capacity(512);
     let mut arrivals: Vec<Instant> = Vec::with_capacity(256);
+    // Reused buffer for GSO sends: no allocation per batch after warm-up.
+    let mut gso: Vec<u8> = Vec::with_capacity(64 * 1500);
     while rx.recv_many(&mut msgs, 256).await > 0 {
         for msg in msgs.drain(..) {
             match msg {
@@ -339,8 +341,44 @@ pub async fn worker_loop(
                 }
             }
         }
-        for t in out.drain(..) {
-            match media.send(t.to, &t.data).await {
+        send_all(&media, &mut out, &mut gso, &m).await;
+        let now = Instant::now();
+        for at in arrivals.drain(..) {
+            m.forwarding_latency
+                .record(now.duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+/// Send a batch of transmits. Consecutive packets to the same receiver whose sizes allow
+/// it (all equal, the last possibly shorter) go out in one UDP GSO syscall: a video
+/// frame's packets to one receiver are exactly that.
+async fn send_all(media: &MediaSocket, out: &mut Vec<Transmit>, gso: &mut Vec<u8>, m: &Metrics) {
+    let max_segments = media.max_gso_segments().max(1);
+    let mut i = 0;
+    while i < out.len() {
+        let to = out[i].to;
+        let size = out[i].data.len();
+        let mut j = i + 1;
+        while j < out.len() && j - i < max_segments && out[j].to == to && out[j].data.len() <= size
+        {
+            let shorter = out[j].data.len() < size;
+            j += 1;
+            if shorter {
+                break;
+            }
+        }
+        let result = if j - i == 1 {
+            media.send(to, &out[i].data).await
+        } else {
+            gso.clear();
+            for t in &out[i..j] {
+                gso.extend_from_slice(&t.data);
+            }
+            media.send_segments(to, gso, Some(size)).await
+        };
+        for t in &out[i..j] {
+            match &result {
                 Ok(()) => {
                     let (p, b) = if t.rtcp {
                         (&m.forwarded_packets_rtcp, &m.forwarded_bytes_rtcp)
@@ -356,10 +394,7 @@ pub async fn worker_loop(
                 }
             }
         }
-        let now = Instant::now();
-        for at in arrivals.drain(..) {
-            m.forwarding_latency
-                .record(now.duration_since(at).as_secs_f64());
-        }
+        i = j;
     }
+    out.clear();
 }

@@ -82,11 +82,27 @@ impl MediaSocket {
     /// Send one datagram; waits for socket space rather than dropping while the kernel
     /// buffer drains.
     pub async fn send(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.send_segments(to, data, None).await
+    }
+
+    /// How many datagrams one GSO send may carry here (1 without GSO).
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Send `data` as datagrams of `segment_size` bytes (the last may be shorter) in one
+    /// syscall (UDP GSO), or as one datagram when `segment_size` is `None`.
+    pub async fn send_segments(
+        &self,
+        to: SocketAddr,
+        data: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
         let t = Transmit {
             destination: to,
             ecn: None,
             contents: data,
-            segment_size: None,
+            segment_size,
             src_ip: None,
         };
         loop {
