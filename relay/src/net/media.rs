@@ -69,10 +69,11 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
     let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::new();
     let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::new();
     let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let mut chunk = bytes::BytesMut::new();
     let m = shared.metrics.clone();
     loop {
         tokio::select! {
-            r = shared.media.recv_batch(&mut batch) => {
+            r = shared.media.recv_batch(&mut chunk, &mut batch) => {
                 if let Err(e) = r {
                     // ICMP port unreachable surfaces here on Linux; nothing to do but go on.
                     debug!(error = %e, "media recv error");

@@ -12,6 +12,8 @@ use tokio::net::UdpSocket;
 pub const BATCH: usize = 32;
 /// Receive slot per datagram; larger than any MTU-sized SRTP packet.
 const SLOT: usize = 2048;
+/// Slots per receive buffer allocation.
+const CHUNK_SLOTS: usize = 256;
 
 /// The one UDP socket carrying STUN, DTLS, SRTP and SRTCP.
 pub struct MediaSocket {
@@ -35,6 +37,23 @@ impl MediaSocket {
         s.bind(&addr.into())?;
         let std_sock: std::net::UdpSocket = s.into();
         let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
+        // quinn-udp turns UDP GRO on; our receive slots hold one datagram each, so a
+        // coalesced burst would be truncated. Turn it off again (best effort).
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let off: libc::c_int = 0;
+            // SAFETY: a valid fd and a c_int option value of the right size.
+            let _ = unsafe {
+                libc::setsockopt(
+                    std_sock.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_GRO,
+                    (&off as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
         let socket = Arc::new(UdpSocket::from_std(std_sock)?);
         Ok(MediaSocket { socket, state })
     }
@@ -45,14 +64,26 @@ impl MediaSocket {
 
     /// Wait for datagrams and receive a batch into one fresh buffer; each datagram comes
     /// back as a zero-copy slice of it.
-    pub async fn recv_batch(&self, out: &mut Vec<(SocketAddr, Bytes)>) -> io::Result<()> {
-        let mut chunk = BytesMut::zeroed(BATCH * SLOT);
+    ///
+    /// `chunk` is the receive loop's buffer: each batch takes only the slots it filled off
+    /// its front, so a fresh (zeroed) buffer is needed once every [`CHUNK_SLOTS`] packets,
+    /// not once per batch.
+    pub async fn recv_batch(
+        &self,
+        chunk: &mut BytesMut,
+        out: &mut Vec<(SocketAddr, Bytes)>,
+    ) -> io::Result<()> {
+        if chunk.len() < BATCH * SLOT {
+            *chunk = BytesMut::zeroed(CHUNK_SLOTS * SLOT);
+        }
         let mut meta = [RecvMeta::default(); BATCH];
         let n = loop {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    chunk.chunks_mut(SLOT).map(IoSliceMut::new).collect();
+                let mut slices: Vec<IoSliceMut<'_>> = chunk[..BATCH * SLOT]
+                    .chunks_mut(SLOT)
+                    .map(IoSliceMut::new)
+                    .collect();
                 self.state
                     .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut meta)
             });
@@ -62,7 +93,7 @@ impl MediaSocket {
                 Err(e) => return Err(e),
             }
         };
-        let chunk = chunk.freeze();
+        let chunk = chunk.split_to(n * SLOT).freeze();
         for (i, m) in meta.iter().enumerate().take(n) {
             let base = i * SLOT;
             let stride = if m.stride == 0 { m.len } else { m.stride };
