@@ -47,6 +47,13 @@ pub enum HopContext {
     Reference(Box<Context>),
 }
 
+/// RTP or RTCP: the two differ only in which SRTP transform runs.
+#[derive(Clone, Copy)]
+enum Kind {
+    Rtp,
+    Rtcp,
+}
+
 impl HopContext {
     /// Unprotect an SRTP packet into `scratch` (reused, so no allocation on the fast path);
     /// returns the clear RTP packet.
@@ -55,19 +62,7 @@ impl HopContext {
         input: &[u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], HopError> {
-        scratch.clear();
-        match self {
-            HopContext::Fast(c) => {
-                scratch.extend_from_slice(input);
-                let n = c.unprotect_rtp(scratch).map_err(from_fast)?;
-                Ok(&scratch[..n])
-            }
-            HopContext::Reference(c) => {
-                let clear = c.decrypt_rtp(input).map_err(from_reference)?;
-                scratch.extend_from_slice(&clear);
-                Ok(&scratch[..])
-            }
-        }
+        self.unprotect(Kind::Rtp, input, scratch)
     }
 
     /// Unprotect an SRTCP compound packet into `scratch`.
@@ -76,44 +71,69 @@ impl HopContext {
         input: &[u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], HopError> {
+        self.unprotect(Kind::Rtcp, input, scratch)
+    }
+
+    /// Protect a clear RTP packet for this receiver.
+    pub fn protect_rtp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
+        self.protect(Kind::Rtp, clear)
+    }
+
+    /// Protect a clear RTCP compound packet for this receiver.
+    pub fn protect_rtcp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
+        self.protect(Kind::Rtcp, clear)
+    }
+
+    fn unprotect<'a>(
+        &mut self,
+        kind: Kind,
+        input: &[u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], HopError> {
         scratch.clear();
         match self {
             HopContext::Fast(c) => {
                 scratch.extend_from_slice(input);
-                let n = c.unprotect_rtcp(scratch).map_err(from_fast)?;
+                let n = match kind {
+                    Kind::Rtp => c.unprotect_rtp(scratch),
+                    Kind::Rtcp => c.unprotect_rtcp(scratch),
+                }
+                .map_err(from_fast)?;
                 Ok(&scratch[..n])
             }
             HopContext::Reference(c) => {
-                let clear = c.decrypt_rtcp(input).map_err(from_reference)?;
+                let clear = match kind {
+                    Kind::Rtp => c.decrypt_rtp(input),
+                    Kind::Rtcp => c.decrypt_rtcp(input),
+                }
+                .map_err(from_reference)?;
                 scratch.extend_from_slice(&clear);
                 Ok(&scratch[..])
             }
         }
     }
 
-    /// Protect a clear RTP packet for this receiver.
-    pub fn protect_rtp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
+    fn protect(&mut self, kind: Kind, clear: &[u8]) -> Result<Bytes, HopError> {
         match self {
             HopContext::Fast(c) => {
-                let mut v = Vec::with_capacity(clear.len() + RTP_OVERHEAD);
+                let overhead = match kind {
+                    Kind::Rtp => RTP_OVERHEAD,
+                    Kind::Rtcp => RTCP_OVERHEAD,
+                };
+                let mut v = Vec::with_capacity(clear.len() + overhead);
                 v.extend_from_slice(clear);
-                c.protect_rtp(&mut v).map_err(|_| HopError::Protect)?;
+                match kind {
+                    Kind::Rtp => c.protect_rtp(&mut v),
+                    Kind::Rtcp => c.protect_rtcp(&mut v),
+                }
+                .map_err(|_| HopError::Protect)?;
                 Ok(Bytes::from(v))
             }
-            HopContext::Reference(c) => c.encrypt_rtp(clear).map_err(|_| HopError::Protect),
-        }
-    }
-
-    /// Protect a clear RTCP compound packet for this receiver.
-    pub fn protect_rtcp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
-        match self {
-            HopContext::Fast(c) => {
-                let mut v = Vec::with_capacity(clear.len() + RTCP_OVERHEAD);
-                v.extend_from_slice(clear);
-                c.protect_rtcp(&mut v).map_err(|_| HopError::Protect)?;
-                Ok(Bytes::from(v))
+            HopContext::Reference(c) => match kind {
+                Kind::Rtp => c.encrypt_rtp(clear),
+                Kind::Rtcp => c.encrypt_rtcp(clear),
             }
-            HopContext::Reference(c) => c.encrypt_rtcp(clear).map_err(|_| HopError::Protect),
+            .map_err(|_| HopError::Protect),
         }
     }
 
