@@ -184,7 +184,16 @@ async fn dtls_certificate_not_matching_the_offer_is_refused() {
         raw.connect_as(&other).await.is_err(),
         "handshake with the wrong certificate must fail"
     );
-    let m = scrape(&relay).await;
+    // The client can give up before the relay's handshake task has counted the failure.
+    let key = "blindrelay_dtls_handshakes_total{result=\"fingerprint_mismatch\"}";
+    let mut m = scrape(&relay).await;
+    for _ in 0..50 {
+        if metric(&m, key) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape(&relay).await;
+    }
     assert_eq!(
         metric(
             &m,

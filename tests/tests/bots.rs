@@ -68,7 +68,20 @@ async fn call_with_bots(
         sa.error,
         sb.error
     );
-    let m = scrape(&relay).await;
+    // Leaves are processed asynchronously after each client returns: let them land.
+    let mut m = scrape(&relay).await;
+    for _ in 0..40 {
+        let present: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("blindrelay_participants{"))
+            .map(|(_, v)| *v)
+            .sum();
+        if present == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape(&relay).await;
+    }
     relay.shutdown().await;
     (out, m)
 }
