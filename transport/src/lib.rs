@@ -129,23 +129,20 @@ impl PacketConn {
     }
 }
 
-fn closed() -> webrtc_util::Error {
-    webrtc_util::Error::Io(
-        std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "demultiplexer closed",
-        )
-        .into(),
-    )
-}
-
 #[async_trait::async_trait]
 impl webrtc_util::Conn for PacketConn {
     async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
         Ok(())
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let pkt = self.rx.lock().await.recv().await.ok_or_else(closed)?;
+        // The guard is a temporary of this statement: released before any wait below.
+        let next = self.rx.lock().await.recv().await;
+        let Some(pkt) = next else {
+            // The demultiplexer is gone and no datagram will come again. webrtc-dtls's
+            // reader retries every error but a fatal alert at once, so an error here would
+            // spin a core until the conn is closed; wait for the close instead.
+            return std::future::pending().await;
+        };
         let n = pkt.len().min(buf.len());
         buf[..n].copy_from_slice(&pkt[..n]);
         Ok(n)
