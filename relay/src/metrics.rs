@@ -7,6 +7,9 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Why a datagram was dropped. Every drop is counted under exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +110,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25,
 ];
+const LATENCY_HELP: &str = "Time from a packet's receipt to its send to the last receiver.";
 const JOIN_BUCKETS: [f64; 12] = [
     0.001, 0.002_5, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -149,7 +153,9 @@ pub struct Metrics {
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
-    pub forwarding_latency: Histogram,
+    /// Recorded once per forwarded packet, so it is a fixed-bucket histogram of atomics
+    /// rather than the exporter's (whose sample buffer allocates as samples arrive).
+    pub forwarding_latency: LatencyHistogram,
     pub dtls_handshake_time: Histogram,
     pub join_time: Histogram,
     /// Packets written to the capture file.
@@ -175,10 +181,7 @@ fn meta() -> Metadata<'static> {
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(M_LATENCY.into()), &LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(M_DTLS_TIME.into()), &JOIN_BUCKETS)
-            })
+            .set_buckets_for_metric(Matcher::Full(M_DTLS_TIME.into()), &JOIN_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(M_JOIN_TIME.into()), &JOIN_BUCKETS)
             })
@@ -202,7 +205,7 @@ impl Metrics {
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
-            forwarding_latency: h(M_LATENCY),
+            forwarding_latency: LatencyHistogram::default(),
             dtls_handshake_time: h(M_DTLS_TIME),
             join_time: h(M_JOIN_TIME),
             capture_packets: c(M_CAPTURE_PKTS, vec![]),
@@ -306,11 +309,6 @@ impl Metrics {
             "Participants in calls, by role.".into(),
         );
         self.recorder.describe_histogram(
-            M_LATENCY.into(),
-            Some(Unit::Seconds),
-            "Time from a packet's receipt to its send to the last receiver.".into(),
-        );
-        self.recorder.describe_histogram(
             M_DTLS_TIME.into(),
             Some(Unit::Seconds),
             "DTLS handshake duration on the relay.".into(),
@@ -381,12 +379,115 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.forwarding_latency
+            .render(M_LATENCY, LATENCY_HELP, &mut text);
+        text
+    }
+}
+
+/// A Prometheus histogram over [`LATENCY_BUCKETS`] whose recording is a few relaxed atomic
+/// adds: no allocation, no lock, so the forwarding loops can record every packet.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per-bucket (not cumulative) counts; the last slot is above the largest bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of the samples, in nanoseconds (exact, unlike an f64 accumulated atomically).
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        // Same rule as the exporter's histogram: a sample counts in every bucket whose
+        // bound it does not exceed; here it is stored once, in the first such bucket.
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Append `name` in the text exposition format, as the exporter writes histograms:
+    /// HELP and TYPE lines, cumulative `_bucket{le=...}` lines ending with `+Inf`, `_sum`
+    /// and `_count`, then a blank line. `+Inf` and `_count` come from the same snapshot,
+    /// so they always agree.
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+        out.push('\n');
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written histogram reads like the exporter's: one family, cumulative
+    /// buckets with the configured bounds, `+Inf` equal to the count.
+    #[test]
+    fn forwarding_latency_renders_as_a_prometheus_histogram() {
+        let m = Metrics::new();
+        m.forwarding_latency.record(Duration::from_micros(20));
+        m.forwarding_latency.record(Duration::from_micros(20));
+        m.forwarding_latency.record(Duration::from_millis(3));
+        m.forwarding_latency.record(Duration::from_secs(1));
+        let text = m.render();
+        assert_eq!(
+            text.matches(&format!("# TYPE {M_LATENCY} histogram"))
+                .count(),
+            1
+        );
+        assert!(text.contains(&format!("# HELP {M_LATENCY} {LATENCY_HELP}")));
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let sample = |name: String| {
+            let s = scrape.samples.iter().find(|s| s.metric == name).unwrap();
+            match &s.value {
+                prometheus_parse::Value::Untyped(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v) => *v,
+                other => panic!("{name}: unexpected {other:?}"),
+            }
+        };
+        let count = sample(format!("{M_LATENCY}_count"));
+        assert_eq!(count, 4.0);
+        let sum = sample(format!("{M_LATENCY}_sum"));
+        assert!((sum - 1.00304).abs() < 1e-9, "{sum}");
+        let hist = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == M_LATENCY)
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(h) => h.clone(),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .unwrap();
+        let at = |le: f64| hist.iter().find(|c| c.less_than == le).unwrap().count;
+        assert_eq!(hist.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(at(0.000_01), 0.0);
+        assert_eq!(at(0.000_025), 2.0);
+        assert_eq!(at(0.002_5), 2.0);
+        assert_eq!(at(0.005), 3.0);
+        assert_eq!(at(0.25), 3.0);
+        assert_eq!(at(f64::INFINITY), 4.0);
     }
 }

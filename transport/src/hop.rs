@@ -4,7 +4,7 @@
 //! webrtc-srtp otherwise (AES128_CM_HMAC_SHA1_80).
 
 use crate::fast_srtp::{FastGcmContext, FastSrtpError, RTCP_OVERHEAD, RTP_OVERHEAD};
-use bytes::Bytes;
+use std::ops::Range;
 use thiserror::Error;
 use webrtc_srtp::context::Context;
 
@@ -74,14 +74,26 @@ impl HopContext {
         self.unprotect(Kind::Rtcp, input, scratch)
     }
 
-    /// Protect a clear RTP packet for this receiver.
-    pub fn protect_rtp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
-        self.protect(Kind::Rtp, clear)
+    /// Protect a clear RTP packet for this receiver, appending the SRTP packet to `arena`;
+    /// returns where it landed. The arena is the forwarding loop's reused output buffer, so
+    /// the in-place path allocates nothing once the arena has grown to its working size.
+    /// On error `arena` is left as it was.
+    pub fn protect_rtp_into(
+        &mut self,
+        clear: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<Range<usize>, HopError> {
+        self.protect_into(Kind::Rtp, clear, arena)
     }
 
-    /// Protect a clear RTCP compound packet for this receiver.
-    pub fn protect_rtcp(&mut self, clear: &[u8]) -> Result<Bytes, HopError> {
-        self.protect(Kind::Rtcp, clear)
+    /// Protect a clear RTCP compound packet for this receiver, appending the SRTCP packet
+    /// to `arena`; returns where it landed. On error `arena` is left as it was.
+    pub fn protect_rtcp_into(
+        &mut self,
+        clear: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<Range<usize>, HopError> {
+        self.protect_into(Kind::Rtcp, clear, arena)
     }
 
     fn unprotect<'a>(
@@ -113,27 +125,51 @@ impl HopContext {
         }
     }
 
-    fn protect(&mut self, kind: Kind, clear: &[u8]) -> Result<Bytes, HopError> {
+    fn protect_into(
+        &mut self,
+        kind: Kind,
+        clear: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<Range<usize>, HopError> {
+        let start = arena.len();
         match self {
             HopContext::Fast(c) => {
                 let overhead = match kind {
                     Kind::Rtp => RTP_OVERHEAD,
                     Kind::Rtcp => RTCP_OVERHEAD,
                 };
-                let mut v = Vec::with_capacity(clear.len() + overhead);
-                v.extend_from_slice(clear);
-                match kind {
-                    Kind::Rtp => c.protect_rtp(&mut v),
-                    Kind::Rtcp => c.protect_rtcp(&mut v),
+                // Copy the clear packet to the arena's end, leave room for the trailer, and
+                // transform it where it lies.
+                arena.extend_from_slice(clear);
+                arena.resize(start + clear.len() + overhead, 0);
+                let packet = &mut arena[start..];
+                let n = match kind {
+                    Kind::Rtp => c.protect_rtp_in(packet, clear.len()),
+                    Kind::Rtcp => c.protect_rtcp_in(packet, clear.len()),
+                };
+                match n {
+                    Ok(n) => {
+                        // protect_*_in returns exactly len + overhead; keep the arena in step
+                        // with the range we hand back all the same.
+                        arena.truncate(start + n);
+                        Ok(start..start + n)
+                    }
+                    Err(_) => {
+                        arena.truncate(start);
+                        Err(HopError::Protect)
+                    }
+                }
+            }
+            // The reference implementation returns a fresh buffer; copy it over.
+            HopContext::Reference(c) => {
+                let sealed = match kind {
+                    Kind::Rtp => c.encrypt_rtp(clear),
+                    Kind::Rtcp => c.encrypt_rtcp(clear),
                 }
                 .map_err(|_| HopError::Protect)?;
-                Ok(Bytes::from(v))
+                arena.extend_from_slice(&sealed);
+                Ok(start..arena.len())
             }
-            HopContext::Reference(c) => match kind {
-                Kind::Rtp => c.encrypt_rtp(clear),
-                Kind::Rtcp => c.encrypt_rtcp(clear),
-            }
-            .map_err(|_| HopError::Protect),
         }
     }
 

@@ -8,9 +8,9 @@ use crate::metrics::DropReason;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_transport::hop::{HopContext, HopError};
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A hook that sees every RTP packet as the relay holds it after hop decryption (clear
@@ -30,12 +30,101 @@ pub struct TapPacket<'a> {
     pub data: &'a [u8],
 }
 
-/// One datagram to send.
-#[derive(Debug, Clone)]
+/// One datagram to send: its receiver, and where its bytes lie in the [`Outbox`] arena.
+/// Small and `Copy`, so queuing one allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     pub to: SocketAddr,
-    pub data: Bytes,
+    /// Offset of the datagram in [`Outbox::arena`].
+    pub start: usize,
+    /// Length of the datagram.
+    pub len: usize,
     pub rtcp: bool,
+}
+
+impl Transmit {
+    /// Where the datagram lies in [`Outbox::arena`].
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
+}
+
+/// The datagrams a forwarding loop queued, in order. Their bytes lie back to back in one
+/// arena that is cleared, not freed, between batches: once it has grown to the working
+/// size, forwarding allocates nothing per packet, and consecutive datagrams to one
+/// receiver are already contiguous for a GSO send.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    arena: Vec<u8>,
+    transmits: Vec<Transmit>,
+}
+
+impl Outbox {
+    /// Room for `packets` datagrams totalling `bytes` before the first growth.
+    pub fn with_capacity(packets: usize, bytes: usize) -> Self {
+        Outbox {
+            arena: Vec::with_capacity(bytes),
+            transmits: Vec::with_capacity(packets),
+        }
+    }
+
+    /// Forget every datagram, keeping the memory for the next batch.
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.transmits.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.transmits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.transmits.is_empty()
+    }
+
+    /// The queued datagrams, in order.
+    pub fn transmits(&self) -> &[Transmit] {
+        &self.transmits
+    }
+
+    /// Every queued datagram's bytes, back to back.
+    pub fn arena(&self) -> &[u8] {
+        &self.arena
+    }
+
+    /// The bytes of `t`, one of this outbox's transmits.
+    pub fn data(&self, t: &Transmit) -> &[u8] {
+        &self.arena[t.range()]
+    }
+
+    /// The bytes of the `i`th datagram, if there is one.
+    pub fn get(&self, i: usize) -> Option<(Transmit, &[u8])> {
+        let t = *self.transmits.get(i)?;
+        Some((t, self.arena.get(t.range())?))
+    }
+
+    /// Protect `clear` with `ctx` straight into the arena and queue it for `to`.
+    fn push(
+        &mut self,
+        to: SocketAddr,
+        rtcp: bool,
+        ctx: &mut HopContext,
+        clear: &[u8],
+    ) -> Result<(), DropReason> {
+        let r = if rtcp {
+            ctx.protect_rtcp_into(clear, &mut self.arena)
+        } else {
+            ctx.protect_rtp_into(clear, &mut self.arena)
+        }
+        .map_err(|_| DropReason::SrtpProtectFailed)?;
+        self.transmits.push(Transmit {
+            to,
+            start: r.start,
+            len: r.len(),
+            rtcp,
+        });
+        Ok(())
+    }
 }
 
 /// A participant's hop state on its way from one call (or loop) to another.
@@ -64,6 +153,10 @@ pub struct Forwarder {
     scratch: Vec<PeerId>,
     /// Reused buffer for the clear packet (the in-place SRTP path unprotects into it).
     clear: Vec<u8>,
+    /// Reused list of an RTCP compound's receivers, in order of first appearance.
+    rtcp_dests: Vec<PeerId>,
+    /// Reused buffer where one receiver's share of an RTCP compound is assembled.
+    rtcp_part: Vec<u8>,
 }
 
 fn hop_drop(e: HopError) -> DropReason {
@@ -150,12 +243,12 @@ impl Forwarder {
     }
 
     /// Unprotect an SRTP packet from `from` and protect it for every other participant of
-    /// its call. Returns how many transmits were queued.
+    /// its call, appending to `out`. Returns how many transmits were queued.
     pub fn on_rtp(
         &mut self,
         from: PeerId,
         data: &[u8],
-        out: &mut Vec<Transmit>,
+        out: &mut Outbox,
     ) -> Result<usize, DropReason> {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
         let plain = sender
@@ -183,15 +276,7 @@ impl Forwarder {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
             };
-            let data = r
-                .outbound
-                .protect_rtp(plain)
-                .map_err(|_| DropReason::SrtpProtectFailed)?;
-            out.push(Transmit {
-                to: r.addr,
-                data,
-                rtcp: false,
-            });
+            out.push(r.addr, false, &mut r.outbound, plain)?;
             n += 1;
         }
         Ok(n)
@@ -199,60 +284,84 @@ impl Forwarder {
 
     /// Unprotect an SRTCP compound packet and route each packet in it: sender-side reports
     /// (SR, SDES, BYE) to every other participant, receiver-side ones (RR, NACK, PLI, FIR)
-    /// to whoever sends the SSRC they are about.
+    /// to whoever sends the SSRC they are about. Each receiver gets one compound of the
+    /// packets meant for it, in their original order; receivers are served in the order
+    /// they first appear. Returns how many transmits were queued.
     pub fn on_rtcp(
         &mut self,
         from: PeerId,
         data: &[u8],
-        out: &mut Vec<Transmit>,
+        out: &mut Outbox,
     ) -> Result<usize, DropReason> {
-        let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
+        // Split borrows: the clear compound lives in `clear` while the other scratch
+        // buffers and the receivers' contexts are used.
+        let Forwarder {
+            peers,
+            calls,
+            ssrc_owner,
+            scratch: members,
+            clear,
+            rtcp_dests: dests,
+            rtcp_part: part,
+            ..
+        } = self;
+        let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
         let plain = sender
             .inbound
-            .unprotect_rtcp(data, &mut self.clear)
+            .unprotect_rtcp(data, clear)
             .map_err(hop_drop)?;
         let call = sender.call;
-        let members: Vec<PeerId> = self
-            .calls
-            .get(&call)
-            .map(|m| m.iter().copied().filter(|p| *p != from).collect())
-            .unwrap_or_default();
-        // Per receiver, the packets of this compound that go to it.
-        let mut per_dest: Vec<(PeerId, Vec<u8>)> = Vec::new();
+        members.clear();
+        if let Some(m) = calls.get(&call) {
+            members.extend(m.iter().copied().filter(|p| *p != from));
+        }
+        // Who gets something, in order of first appearance. The whole compound is parsed
+        // before anything is queued, so a malformed one queues nothing.
+        dests.clear();
         for p in rtcp::packets(plain) {
             let p = p.map_err(|_| DropReason::RtpMalformed)?;
-            let dests: &[PeerId] = match p.route() {
-                RtcpRoute::Others => &members,
-                RtcpRoute::MediaSender(ssrc) => match self.ssrc_owner.get(&(call, ssrc)) {
-                    Some(owner) if *owner != from => std::slice::from_ref(owner),
-                    _ => &[],
-                },
-                RtcpRoute::Terminate => &[],
-            };
-            for d in dests {
-                match per_dest.iter_mut().find(|(x, _)| x == d) {
-                    Some((_, buf)) => buf.extend_from_slice(p.bytes),
-                    None => per_dest.push((*d, p.bytes.to_vec())),
+            for d in route(p.route(), call, from, members, ssrc_owner) {
+                if !dests.contains(d) {
+                    dests.push(*d);
                 }
             }
         }
         let mut n = 0;
-        for (to, compound) in per_dest {
-            let Some(r) = self.peers.get_mut(&to) else {
+        for to in dests.iter() {
+            // This receiver's share, in the compound's order.
+            part.clear();
+            for p in rtcp::packets(plain).flatten() {
+                if route(p.route(), call, from, members, ssrc_owner).contains(to) {
+                    part.extend_from_slice(p.bytes);
+                }
+            }
+            let Some(r) = peers.get_mut(to) else {
                 continue;
             };
-            let data = r
-                .outbound
-                .protect_rtcp(&compound)
-                .map_err(|_| DropReason::SrtpProtectFailed)?;
-            out.push(Transmit {
-                to: r.addr,
-                data,
-                rtcp: true,
-            });
+            out.push(r.addr, true, &mut r.outbound, part)?;
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// The receivers of one RTCP packet from `from`: `members` (the call minus `from`) for
+/// sender-side reports, the media sender of the SSRC concerned (unless that is `from`)
+/// for feedback, nobody for what ends at the relay.
+fn route<'a>(
+    route: RtcpRoute,
+    call: CallKey,
+    from: PeerId,
+    members: &'a [PeerId],
+    ssrc_owner: &'a HashMap<(CallKey, u32), PeerId>,
+) -> &'a [PeerId] {
+    match route {
+        RtcpRoute::Others => members,
+        RtcpRoute::MediaSender(ssrc) => match ssrc_owner.get(&(call, ssrc)) {
+            Some(owner) if *owner != from => std::slice::from_ref(owner),
+            _ => &[],
+        },
+        RtcpRoute::Terminate => &[],
     }
 }
 
@@ -323,10 +432,13 @@ mod tests {
         let mut client_b_in = ctx_replay(2);
         let pkt = rtp(100, 1, b"opaque e2ee frame");
         let wire = client_a_out.encrypt_rtp(&pkt).unwrap();
-        let mut out = vec![];
+        let mut out = Outbox::default();
         assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
-        assert_eq!(out[0].to, b);
-        let got = client_b_in.decrypt_rtp(&out[0].data).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.transmits()[0].to, b);
+        let got = client_b_in
+            .decrypt_rtp(out.data(&out.transmits()[0]))
+            .unwrap();
         assert_eq!(&got[..], &pkt[..]);
         assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SrtpReplay));
         // A fresh index with a damaged tag: authentication, not replay, refuses it.
@@ -360,7 +472,7 @@ mod tests {
         );
         let pkt = rtp(100, 1, b"opaque e2ee frame");
         let wire = ctx(1).encrypt_rtp(&pkt).unwrap();
-        assert_eq!(f.on_rtp(1, &wire, &mut vec![]), Ok(1));
+        assert_eq!(f.on_rtp(1, &wire, &mut Outbox::default()), Ok(1));
         assert_eq!(*seen.lock().unwrap(), vec![(a, 7, pkt)]);
     }
 
@@ -393,10 +505,56 @@ mod tests {
         );
         let mut c2 = ctx(2);
         let wire = c2.encrypt_rtcp(&rtcp::pli(200, 100)).unwrap();
-        let mut out = vec![];
+        let mut out = Outbox::default();
         assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(1));
-        assert_eq!(out[0].to, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
-        let plain = ctx_replay(11).decrypt_rtcp(&out[0].data).unwrap();
+        assert_eq!(out.len(), 1);
+        let (t, data) = out.get(0).unwrap();
+        assert!(t.rtcp);
+        assert_eq!(t.to, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        let plain = ctx_replay(11).decrypt_rtcp(data).unwrap();
         assert_eq!(&plain[..], &rtcp::pli(200, 100)[..]);
+    }
+
+    /// A compound from participant 2 (SR, an RR about 3's stream, a PLI about 1's) in a
+    /// three-party call: each receiver gets one compound of what concerns it, in order.
+    #[test]
+    fn rtcp_compound_is_split_per_receiver() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(1, 7, addr(1), fast(1), fast(11), &[100]);
+        f.add_peer(2, 7, addr(2), fast(2), fast(12), &[200]);
+        f.add_peer(3, 7, addr(3), fast(3), fast(13), &[300]);
+        let mut sr = vec![0x80, rtcp::PT_SR, 0, 6];
+        sr.extend_from_slice(&200u32.to_be_bytes());
+        sr.extend_from_slice(&[0; 20]);
+        let rr = rtcp::receiver_report(200, 300, 0, 0, 10);
+        let pli = rtcp::pli(200, 100);
+        // An RR without report blocks ends at the relay.
+        let empty_rr = [0x80, rtcp::PT_RR, 0, 1, 0, 0, 0, 200];
+        let mut compound = sr.clone();
+        compound.extend_from_slice(&rr);
+        compound.extend_from_slice(&empty_rr);
+        compound.extend_from_slice(&pli);
+        let mut c2 = ctx(2);
+        let wire = c2.encrypt_rtcp(&compound).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(2));
+        let (t1, d1) = out.get(0).unwrap();
+        let (t3, d3) = out.get(1).unwrap();
+        assert!(t1.rtcp && t3.rtcp);
+        assert_eq!((t1.to, t3.to), (addr(1), addr(3)));
+        let to1 = [&sr[..], &pli[..]].concat();
+        let to3 = [&sr[..], &rr[..]].concat();
+        assert_eq!(&ctx_replay(11).decrypt_rtcp(d1).unwrap()[..], &to1[..]);
+        assert_eq!(&ctx_replay(13).decrypt_rtcp(d3).unwrap()[..], &to3[..]);
+        assert_eq!(out.arena().len(), d1.len() + d3.len());
+
+        // A malformed packet anywhere in the compound queues nothing.
+        let mut bad = compound.clone();
+        bad.extend_from_slice(&[0x80, rtcp::PT_SR, 0, 9]);
+        let wire = c2.encrypt_rtcp(&bad).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Err(DropReason::RtpMalformed));
+        assert!(out.is_empty() && out.arena().is_empty());
     }
 }

@@ -3,8 +3,8 @@
 //! participants' SRTP contexts outright, so no lock is taken per packet.
 
 use super::server::{IceEntry, Shared};
-use super::udp::{MediaSocket, BATCH};
-use crate::core::forward::{Forwarder, MediaTap, Transmit};
+use super::udp::{MediaSocket, RecvBuffers, BATCH};
+use crate::core::forward::{Forwarder, MediaTap, Outbox};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::{CallKey, PeerId};
 use crate::metrics::{kind_index, DropReason, Metrics};
@@ -69,11 +69,11 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
     let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::new();
     let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::new();
     let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
-    let mut chunk = bytes::BytesMut::new();
+    let mut bufs = RecvBuffers::new();
     let m = shared.metrics.clone();
     loop {
         tokio::select! {
-            r = shared.media.recv_batch(&mut chunk, &mut batch) => {
+            r = shared.media.recv_batch(&mut bufs, &mut batch) => {
                 if let Err(e) = r {
                     // ICMP port unreachable surfaces here on Linux; nothing to do but go on.
                     debug!(error = %e, "media recv error");
@@ -283,7 +283,8 @@ pub async fn worker_loop(
 ) {
     let mut fwd = Forwarder::new(tap);
     let mut msgs = Vec::with_capacity(256);
-    let mut out: Vec<Transmit> = Vec::with_capacity(512);
+    // Reused between batches: the arena and transmit list grow to the working size once.
+    let mut out = Outbox::with_capacity(512, 512 * 1500);
     let mut arrivals: Vec<Instant> = Vec::with_capacity(256);
     // Reused buffer for GSO sends: no allocation per batch after warm-up.
     let mut gso: Vec<u8> = Vec::with_capacity(64 * 1500);
@@ -345,40 +346,49 @@ pub async fn worker_loop(
         send_all(&media, &mut out, &mut gso, &m).await;
         let now = Instant::now();
         for at in arrivals.drain(..) {
-            m.forwarding_latency
-                .record(now.duration_since(at).as_secs_f64());
+            m.forwarding_latency.record(now.duration_since(at));
         }
     }
 }
 
-/// Send a batch of transmits. Consecutive packets to the same receiver whose sizes allow
-/// it (all equal, the last possibly shorter) go out in one UDP GSO syscall: a video
-/// frame's packets to one receiver are exactly that.
-async fn send_all(media: &MediaSocket, out: &mut Vec<Transmit>, gso: &mut Vec<u8>, m: &Metrics) {
+/// Send a batch of transmits, then clear it. Consecutive packets to the same receiver
+/// whose sizes allow it (all equal, the last possibly shorter) go out in one UDP GSO
+/// syscall: a video frame's packets to one receiver are exactly that. Such a run is
+/// normally contiguous in the outbox arena and is sent from there; `gso` is the reused
+/// fallback for a run that is not.
+async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &Metrics) {
     let max_segments = media.max_gso_segments().max(1);
+    let ts = out.transmits();
     let mut i = 0;
-    while i < out.len() {
-        let to = out[i].to;
-        let size = out[i].data.len();
+    while i < ts.len() {
+        let to = ts[i].to;
+        let size = ts[i].len;
+        let mut contiguous = true;
         let mut j = i + 1;
-        while j < out.len() && j - i < max_segments && out[j].to == to && out[j].data.len() <= size
-        {
-            let shorter = out[j].data.len() < size;
+        while j < ts.len() && j - i < max_segments && ts[j].to == to && ts[j].len <= size {
+            contiguous &= ts[j].start == ts[j - 1].start + ts[j - 1].len;
+            let shorter = ts[j].len < size;
             j += 1;
             if shorter {
                 break;
             }
         }
+        let run = &ts[i..j];
         let result = if j - i == 1 {
-            media.send(to, &out[i].data).await
+            media.send(to, out.data(&ts[i])).await
+        } else if contiguous {
+            let end = ts[j - 1].start + ts[j - 1].len;
+            media
+                .send_segments(to, &out.arena()[ts[i].start..end], Some(size))
+                .await
         } else {
             gso.clear();
-            for t in &out[i..j] {
-                gso.extend_from_slice(&t.data);
+            for t in run {
+                gso.extend_from_slice(out.data(t));
             }
             media.send_segments(to, gso, Some(size)).await
         };
-        for t in &out[i..j] {
+        for t in run {
             match &result {
                 Ok(()) => {
                     let (p, b) = if t.rtcp {
@@ -387,7 +397,7 @@ async fn send_all(media: &MediaSocket, out: &mut Vec<Transmit>, gso: &mut Vec<u8
                         (&m.forwarded_packets_rtp, &m.forwarded_bytes_rtp)
                     };
                     p.increment(1);
-                    b.increment(t.data.len() as u64);
+                    b.increment(t.len as u64);
                 }
                 Err(e) => {
                     debug!(error = %e, "media send failed");

@@ -12,8 +12,115 @@ use tokio::net::UdpSocket;
 pub const BATCH: usize = 32;
 /// Receive slot per datagram; larger than any MTU-sized SRTP packet.
 const SLOT: usize = 2048;
-/// Slots per receive buffer allocation.
+/// Slots per receive buffer.
 const CHUNK_SLOTS: usize = 256;
+/// Bytes per receive buffer.
+const CHUNK_BYTES: usize = CHUNK_SLOTS * SLOT;
+/// Used-up receive buffers kept for reuse. Downstream holds a buffer only until the
+/// forwarding loop has handled its datagrams, so two or three are normally in rotation;
+/// more than this are in flight only under a backlog, and are then let go (freed when
+/// their last datagram is) rather than kept forever.
+const RECV_POOL: usize = 8;
+
+/// The receive loop's buffers for [`MediaSocket::recv_batch`].
+///
+/// Datagrams are handed on as zero-copy `Bytes` slices of a large buffer. Each batch takes
+/// the slots it filled off the front of `current`; when too little is left, `current` joins
+/// `spent` and the oldest spent buffer none of whose datagrams is still alive is reclaimed
+/// in place (`BytesMut::try_reclaim`), so in steady state no buffer is ever allocated.
+/// A reclaimed buffer stays a shared (`KIND_ARC`) `BytesMut`: its one small shared header
+/// is allocated on the first split of its lifetime and reused afterwards.
+#[derive(Debug)]
+pub struct RecvBuffers {
+    /// The buffer being filled; `None` until the first batch.
+    current: Option<BytesMut>,
+    /// Oldest first: the oldest is the likeliest to be free.
+    spent: Vec<BytesMut>,
+}
+
+impl Default for RecvBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBuffers {
+    pub fn new() -> Self {
+        RecvBuffers {
+            current: None,
+            spent: Vec::with_capacity(RECV_POOL),
+        }
+    }
+
+    /// A buffer with room for a full batch, reusing a drained one if there is one.
+    fn ready(&mut self) -> &mut BytesMut {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.len() < BATCH * SLOT)
+        {
+            if self.spent.len() == RECV_POOL {
+                // Still held downstream (a backlog): let it go rather than grow the pool.
+                self.spent.remove(0);
+            }
+            if let Some(used) = self.current.take() {
+                self.spent.push(used);
+            }
+        }
+        self.current.get_or_insert_with(|| {
+            let free = self.spent.iter_mut().position(|b| {
+                // Only the capacity is wanted back: the old datagrams are not kept.
+                b.clear();
+                b.try_reclaim(CHUNK_BYTES)
+            });
+            match free {
+                Some(i) => {
+                    let mut b = self.spent.remove(i);
+                    // Within the reclaimed capacity: no allocation, only a memset.
+                    b.resize(CHUNK_BYTES, 0);
+                    b
+                }
+                None => BytesMut::zeroed(CHUNK_BYTES),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BufferDir {
+    Recv,
+    Send,
+}
+
+/// Set a kernel socket buffer size past `net.core.{r,w}mem_max` (privileged); false when
+/// refused or unsupported, so the caller falls back to the capped option.
+#[cfg(target_os = "linux")]
+fn force_buffer_size(s: &socket2::Socket, dir: BufferDir, bytes: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let opt = match dir {
+        BufferDir::Recv => libc::SO_RCVBUFFORCE,
+        BufferDir::Send => libc::SO_SNDBUFFORCE,
+    };
+    let Ok(value) = libc::c_int::try_from(bytes) else {
+        return false;
+    };
+    // SAFETY: a valid fd and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffer_size(_: &socket2::Socket, _: BufferDir, _: usize) -> bool {
+    false
+}
 
 /// The one UDP socket carrying STUN, DTLS, SRTP and SRTCP.
 pub struct MediaSocket {
@@ -30,9 +137,16 @@ impl MediaSocket {
             socket2::Domain::IPV6
         };
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-        let _ = s.set_recv_buffer_size(buffer_bytes);
-        let _ = s.set_send_buffer_size(buffer_bytes);
+        // At 300k packets/s the default net.core.rmem_max (~208 KiB) is under a millisecond
+        // of buffering, so a scheduling hiccup drops packets. SO_{RCV,SND}BUFFORCE ignore
+        // that cap but need CAP_NET_ADMIN (we usually run as root); without it (EPERM),
+        // fall back to the ordinary options, which the kernel caps at {r,w}mem_max.
+        if !force_buffer_size(&s, BufferDir::Recv, buffer_bytes) {
+            let _ = s.set_recv_buffer_size(buffer_bytes);
+        }
+        if !force_buffer_size(&s, BufferDir::Send, buffer_bytes) {
+            let _ = s.set_send_buffer_size(buffer_bytes);
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         let std_sock: std::net::UdpSocket = s.into();
@@ -62,28 +176,24 @@ impl MediaSocket {
         self.socket.local_addr()
     }
 
-    /// Wait for datagrams and receive a batch into one fresh buffer; each datagram comes
-    /// back as a zero-copy slice of it.
-    ///
-    /// `chunk` is the receive loop's buffer: each batch takes only the slots it filled off
-    /// its front, so a fresh (zeroed) buffer is needed once every [`CHUNK_SLOTS`] packets,
-    /// not once per batch.
+    /// Wait for datagrams and receive a batch; each datagram comes back as a zero-copy
+    /// slice of one of `bufs`' buffers (see [`RecvBuffers`]).
     pub async fn recv_batch(
         &self,
-        chunk: &mut BytesMut,
+        bufs: &mut RecvBuffers,
         out: &mut Vec<(SocketAddr, Bytes)>,
     ) -> io::Result<()> {
-        if chunk.len() < BATCH * SLOT {
-            *chunk = BytesMut::zeroed(CHUNK_SLOTS * SLOT);
-        }
+        let chunk = bufs.ready();
         let mut meta = [RecvMeta::default(); BATCH];
         let n = loop {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
-                let mut slices: Vec<IoSliceMut<'_>> = chunk[..BATCH * SLOT]
-                    .chunks_mut(SLOT)
-                    .map(IoSliceMut::new)
-                    .collect();
+                // On the stack: one IoSliceMut per slot, no Vec per syscall.
+                let mut slots = chunk[..BATCH * SLOT].chunks_exact_mut(SLOT);
+                let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+                    // chunks_exact_mut over BATCH * SLOT bytes yields exactly BATCH slots.
+                    IoSliceMut::new(slots.next().unwrap_or_default())
+                });
                 self.state
                     .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut meta)
             });
