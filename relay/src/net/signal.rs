@@ -33,10 +33,19 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Per-connection WebSocket read buffer.
+const WS_READ_BUFFER: usize = 4096;
+
 async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> Response {
     // Accept frames somewhat over the limit so an over-size message gets a typed error
     // instead of a dropped connection.
+    //
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first read,
+    // which made it most of an idle participant's memory; signalling messages are a few
+    // KiB, and a larger one still arrives, over several reads.
     ws.max_message_size(MAX_MESSAGE_BYTES * 4)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| connection(socket, shared))
 }
 
