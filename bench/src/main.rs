@@ -12,8 +12,17 @@ use e2ee_client::call::{run_call, CallOptions};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+mod alloc;
+mod baseline;
+mod gen;
 mod load;
 mod procstat;
+mod sweep;
+
+/// Counts allocations on threads that opt in (the relay's, in `alloc`); a thread-local
+/// check and nothing else on all other threads.
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAlloc = alloc::CountingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +60,66 @@ enum Cmd {
         /// The relay's pid, to report its CPU and RSS from /proc.
         #[arg(long)]
         relay_pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A bare UDP forwarder (the relay's socket and syscalls, no crypto or routing):
+    /// this machine's ceiling, for the sweep.
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 32 << 20)]
+        socket_buffer_bytes: usize,
+        /// Exit by itself after this long.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        max_duration: Duration,
+    },
+    /// Raise the load until loss or p99 passes its limit, for the relay (one core) and
+    /// the baseline in the same run, and print each one's maximum and their ratio.
+    Sweep {
+        /// The relay binary (default: `blindrelay` next to this one).
+        #[arg(long)]
+        relay_bin: Option<std::path::PathBuf>,
+        /// 1:1 calls (two generator legs each).
+        #[arg(long, default_value_t = 16)]
+        calls: usize,
+        #[arg(long, default_value_t = 50_000.0)]
+        start_pps: f64,
+        #[arg(long, default_value_t = 50_000.0)]
+        step_pps: f64,
+        #[arg(long, default_value_t = 2_000_000.0)]
+        max_pps: f64,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        step_duration: Duration,
+        /// Bisection steps between the last pass and the first failure.
+        #[arg(long, default_value_t = 2)]
+        refine: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// CPU for the relay or baseline process.
+        #[arg(long, default_value_t = 0)]
+        relay_cpu: usize,
+        /// CPU for this process (the generator).
+        #[arg(long, default_value_t = 1)]
+        gen_cpu: usize,
+        #[arg(long, default_value_t = 0.1)]
+        loss_limit_pct: f64,
+        #[arg(long, default_value_t = 5.0)]
+        p99_limit_ms: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Heap allocations per forwarded packet on an in-process relay, counted by a global
+    /// allocator on the relay's threads only.
+    Alloc {
+        #[arg(long, default_value_t = 8)]
+        calls: usize,
+        #[arg(long, default_value_t = 50_000.0)]
+        rate_pps: f64,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
         #[arg(long)]
         json: bool,
     },
@@ -205,6 +274,85 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 load::print_human(&report);
+            }
+        }
+        Cmd::Alloc {
+            calls,
+            rate_pps,
+            duration,
+            warmup,
+            json,
+        } => {
+            let r = alloc::run(calls, rate_pps, duration, warmup)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} packets forwarded at {:.0} pkt/s target ({:.3} % loss) in {:.1} s",
+                    r.forwarded_packets, r.rate_pps, r.loss_pct, r.phase_secs
+                );
+                println!(
+                    "relay-thread allocations: {} loaded ({} bytes), {} idle over the same time",
+                    r.loaded_allocations, r.loaded_allocated_bytes, r.idle_allocations
+                );
+                println!(
+                    "allocations per forwarded packet: {:.6}",
+                    r.allocations_per_forwarded_packet
+                );
+            }
+        }
+        Cmd::Baseline {
+            listen,
+            socket_buffer_bytes,
+            max_duration,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(baseline::run(listen, socket_buffer_bytes, max_duration))?;
+        }
+        Cmd::Sweep {
+            relay_bin,
+            calls,
+            start_pps,
+            step_pps,
+            max_pps,
+            step_duration,
+            refine,
+            runs,
+            relay_cpu,
+            gen_cpu,
+            loss_limit_pct,
+            p99_limit_ms,
+            json,
+        } => {
+            let me = std::env::current_exe().context("locate this binary")?;
+            let relay_bin = relay_bin.unwrap_or_else(|| me.with_file_name("blindrelay"));
+            // The generator runs on one thread pinned to its own core.
+            sweep::pin_current_thread(gen_cpu)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(sweep::run(sweep::SweepArgs {
+                relay_bin,
+                bench_bin: me,
+                calls,
+                start_pps,
+                step_pps,
+                max_pps,
+                step_duration,
+                runs,
+                relay_cpu,
+                gen_cpu,
+                loss_limit_pct,
+                p99_limit_ms,
+                refine,
+                quiet: false,
+            }))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                sweep::print_human(&report);
             }
         }
         Cmd::Call {

@@ -4,6 +4,8 @@
 use blindrelay_protocol::demux::{classify, PacketKind};
 use blindrelay_protocol::sdp::AnswerInfo;
 use blindrelay_protocol::stun::{StunMessage, StunWriter, BINDING_REQUEST, BINDING_SUCCESS};
+use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use blindrelay_transport::webrtc_srtp::context::Context;
 use blindrelay_transport::{handshake, DtlsIdentity, DtlsRole, PacketConn, TransportError};
@@ -40,7 +42,20 @@ pub struct MediaPath {
     pub media_rx: mpsc::Receiver<(Bytes, bool)>,
     /// Datagrams dropped because the receive queue was full.
     pub queue_drops: Arc<AtomicU64>,
+    /// The same keys as in-place AEAD_AES_128_GCM contexts (outbound, inbound) when that
+    /// profile was negotiated: a load generator drives the socket itself with them.
+    pub fast: Option<(FastGcmContext, FastGcmContext)>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl MediaPath {
+    /// Stop reading the socket and sending consent checks, so a caller can drive the
+    /// socket itself (the sweep generator). The DTLS association stays up.
+    pub fn stop_background(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
 }
 
 impl Drop for MediaPath {
@@ -175,6 +190,10 @@ pub async fn connect(
             return Err(e.into());
         }
     };
+    let fast = match session.hop_contexts(true) {
+        Ok((HopContext::Fast(o), HopContext::Fast(i))) => Some((*o, *i)),
+        _ => None,
+    };
     // Consent freshness (RFC 7675): a check every 2.5 s keeps the relay's timer fresh even
     // when no media flows.
     let ksock = socket.clone();
@@ -200,6 +219,7 @@ pub async fn connect(
         profile: blindrelay_transport::profile_label(session.profile),
         media_rx,
         queue_drops,
+        fast,
         tasks: vec![demux, keepalive],
     })
 }

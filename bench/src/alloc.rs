@@ -1,0 +1,139 @@
+//! `blindrelay-bench alloc`: heap allocations per forwarded packet, counted by a global
+//! allocator, on a real relay (real sockets, DTLS-keyed SRTP, the real receive and
+//! forwarding loops) in this process.
+//!
+//! Only the relay's runtime threads are counted: they set a thread-local flag when they
+//! start, and the allocator counts calls made while it is set. The relay runs an idle
+//! phase and a loaded phase of equal length; what the loaded phase allocates beyond the
+//! idle one (timers, consent checks) is what forwarding allocates.
+
+use crate::gen::Generator;
+use anyhow::{Context, Result};
+use blindrelay::{Relay, RelayOptions};
+use serde::Serialize;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+thread_local! {
+    static TRACKED: Cell<bool> = const { Cell::new(false) };
+}
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting allocations and reallocations on tracked threads.
+pub struct CountingAlloc;
+
+fn count(size: usize) {
+    // try_with: during thread teardown the flag may already be gone; count nothing then.
+    if TRACKED.try_with(|t| t.get()).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; counting touches
+// only atomics and a const-initialised thread-local, neither of which allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn snapshot() -> (u64, u64) {
+    (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocReport {
+    pub rate_pps: f64,
+    pub phase_secs: f64,
+    pub forwarded_packets: f64,
+    pub idle_allocations: u64,
+    pub loaded_allocations: u64,
+    pub loaded_allocated_bytes: u64,
+    /// (loaded − idle) / forwarded packets.
+    pub allocations_per_forwarded_packet: f64,
+    pub loss_pct: f64,
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result<AllocReport> {
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(|| TRACKED.with(|t| t.set(true)))
+        .enable_all()
+        .build()?;
+    let mut cfg = blindrelay::config::Config::embedded()?;
+    cfg.signal.listen = "127.0.0.1:0".parse()?;
+    cfg.admin.listen = "127.0.0.1:0".parse()?;
+    cfg.media.listen = "127.0.0.1:0".parse()?;
+    cfg.media.workers = 1;
+    let relay = relay_rt
+        .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
+        .context("start relay")?;
+    let gen_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = gen_rt.block_on(async {
+        let mut g = Generator::join_relay(&relay.signal_url(), &cfg.auth.api_secret, calls).await?;
+        // Warm-up: queues, arenas and maps reach their working size.
+        g.phase(rate, warmup, None).await?;
+        let (a0, _) = snapshot();
+        // As long as a loaded phase lasts, including its drain wait.
+        tokio::time::sleep(phase + crate::gen::DRAIN).await;
+        let (a1, _) = snapshot();
+        let before = relay.metrics_text();
+        let (b0, bytes0) = snapshot();
+        let p = g.phase(rate, phase, None).await?;
+        let (b1, bytes1) = snapshot();
+        let after = relay.metrics_text();
+        let fwd = metric(&after, "blindrelay_packets_forwarded_total{kind=\"rtp\"}")
+            - metric(&before, "blindrelay_packets_forwarded_total{kind=\"rtp\"}");
+        let idle = a1 - a0;
+        let loaded = b1 - b0;
+        anyhow::Ok(AllocReport {
+            rate_pps: rate,
+            phase_secs: phase.as_secs_f64(),
+            forwarded_packets: fwd,
+            idle_allocations: idle,
+            loaded_allocations: loaded,
+            loaded_allocated_bytes: bytes1 - bytes0,
+            allocations_per_forwarded_packet: if fwd > 0.0 {
+                loaded.saturating_sub(idle) as f64 / fwd
+            } else {
+                f64::NAN
+            },
+            loss_pct: p.loss_pct,
+        })
+    })?;
+    relay_rt.block_on(relay.shutdown());
+    Ok(report)
+}

@@ -1,0 +1,641 @@
+//! `blindrelay-bench sweep`: the relay's maximum sustained forwarding rate on one core,
+//! next to this machine's ceiling (the baseline forwarder) measured the same way in the
+//! same run.
+//!
+//! The relay (or baseline) runs as a child process pinned to one core with `taskset`;
+//! this process pins itself to the other and runs the generator on one thread. The load
+//! rises in steps until loss passes the limit or the p99 latency does; the last step that
+//! passed, refined by bisection, is the maximum sustained rate. Then the relay runs once
+//! more at half that rate, and its own `blindrelay_forwarding_latency_seconds` histogram
+//! is read next to the generator's end-to-end figure.
+
+use crate::gen::{Generator, PhaseResult};
+use crate::procstat;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Clone)]
+pub struct SweepArgs {
+    pub relay_bin: PathBuf,
+    pub bench_bin: PathBuf,
+    pub calls: usize,
+    pub start_pps: f64,
+    pub step_pps: f64,
+    pub max_pps: f64,
+    pub step_duration: Duration,
+    pub runs: usize,
+    pub relay_cpu: usize,
+    pub gen_cpu: usize,
+    pub loss_limit_pct: f64,
+    pub p99_limit_ms: f64,
+    pub refine: usize,
+    pub quiet: bool,
+}
+
+/// One load step of one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    #[serde(flatten)]
+    pub phase: PhaseResult,
+    pub target_cpu_pct: f64,
+    pub generator_cpu_pct: f64,
+    pub passed: bool,
+}
+
+/// One target's sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSweep {
+    pub target: &'static str,
+    pub max_sustained_pps: f64,
+    /// Why the sweep stopped: the limit that failed, or that the generator could not
+    /// offer the rate (then the ceiling is the generator's, not the target's).
+    pub stopped_by: String,
+    pub steps: Vec<Step>,
+}
+
+/// The relay at half its maximum: the bench's and the relay's own view of latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct HalfLoad {
+    pub rate_pps: f64,
+    pub loss_pct: f64,
+    pub e2e_latency_ms_p50: f64,
+    pub e2e_latency_ms_p99: f64,
+    /// p99 of the relay's `blindrelay_forwarding_latency_seconds` over the phase: the
+    /// upper bound of the bucket holding the 99th percentile.
+    pub relay_histogram_p99_ms_le: f64,
+    pub relay_histogram_count: f64,
+    pub relay_cpu_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRun {
+    pub relay: TargetSweep,
+    pub baseline: TargetSweep,
+    pub ratio: f64,
+    pub half_load: Option<HalfLoad>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub machine: String,
+    pub calls: usize,
+    pub packet_bytes: usize,
+    pub runs: Vec<SweepRun>,
+    pub relay_max_pps_median: f64,
+    pub baseline_max_pps_median: f64,
+    pub ratio_median: f64,
+    pub half_load_relay_p99_ms_le_median: Option<f64>,
+    pub half_load_e2e_p99_ms_median: Option<f64>,
+}
+
+/// Pin the calling thread (and the threads it starts later) to one CPU.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; 0 means this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin the generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A child process under test, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Target {
+    child: Child,
+    media: SocketAddr,
+    signal_url: Option<String>,
+    admin: Option<SocketAddr>,
+    _config: Option<tempfile_path::TempPath>,
+}
+
+mod tempfile_path {
+    /// A file removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pid(t: &Target) -> String {
+    t.child.id().to_string()
+}
+
+/// Read the child's stdout until `pred` has seen what it needs (or 20 s pass).
+fn read_banner(child: &mut Child, mut pred: impl FnMut(&str) -> bool) -> Result<()> {
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("child stdout not captured"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("the target printed no listening address within 20 s"))?;
+        if pred(&line) {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return Ok(());
+        }
+    }
+}
+
+fn start_relay(a: &SweepArgs) -> Result<Target> {
+    let path = std::env::temp_dir().join(format!(
+        "blindrelay-sweep-{}-{}.toml",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    // One forwarding loop: the sweep measures what one core does.
+    std::fs::write(
+        &path,
+        "[signal]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [media]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nsrtp = \"fast\"\n\
+         socket_buffer_bytes = 33554432\n",
+    )?;
+    let temp = tempfile_path::TempPath(path.clone());
+    let mut child = Command::new("taskset")
+        .arg("-c")
+        .arg(a.relay_cpu.to_string())
+        .arg(&a.relay_bin)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {} under taskset", a.relay_bin.display()))?;
+    let mut signal = None;
+    let mut admin = None;
+    let mut media = None;
+    read_banner(&mut child, |l| {
+        let l = l.trim();
+        if let Some(v) = l.strip_prefix("signalling") {
+            signal = Some(v.trim().to_string());
+        } else if let Some(v) = l.strip_prefix("admin") {
+            admin = v
+                .trim()
+                .trim_start_matches("http://")
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok());
+        } else if let Some(v) = l.strip_prefix("media") {
+            media = v.trim().trim_start_matches("udp").trim().parse().ok();
+        }
+        media.is_some()
+    })?;
+    Ok(Target {
+        child,
+        media: media.ok_or_else(|| anyhow!("no media address in the relay's banner"))?,
+        signal_url: signal,
+        admin,
+        _config: Some(temp),
+    })
+}
+
+fn start_baseline(a: &SweepArgs) -> Result<Target> {
+    let mut child = Command::new("taskset")
+        .arg("-c")
+        .arg(a.relay_cpu.to_string())
+        .arg(&a.bench_bin)
+        .args([
+            "baseline",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-duration",
+            "15m",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {} baseline under taskset", a.bench_bin.display()))?;
+    let mut media = None;
+    read_banner(&mut child, |l| {
+        media = l
+            .strip_prefix("baseline listening udp ")
+            .and_then(|v| v.trim().parse().ok());
+        media.is_some()
+    })?;
+    Ok(Target {
+        child,
+        media: media.ok_or_else(|| anyhow!("no address from the baseline"))?,
+        signal_url: None,
+        admin: None,
+        _config: None,
+    })
+}
+
+/// GET /metrics from the relay's admin listener.
+async fn scrape(admin: SocketAddr) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(admin).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let start = body
+        .find("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP reply"))?;
+    Ok(body[start + 4..].to_string())
+}
+
+/// Cumulative bucket counts of one histogram, by upper bound.
+fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut v: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// The upper bound of the bucket holding quantile `q` of the difference of two scrapes.
+fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> (f64, f64) {
+    let b = buckets(before, name);
+    let a = buckets(after, name);
+    let delta: Vec<(f64, f64)> = a
+        .iter()
+        .map(|(le, c)| {
+            let prev = b
+                .iter()
+                .find(|(l, _)| l == le)
+                .map(|(_, c)| *c)
+                .unwrap_or(0.0);
+            (*le, c - prev)
+        })
+        .collect();
+    let total = delta.last().map(|(_, c)| *c).unwrap_or(0.0);
+    let want = total * q;
+    let le = delta
+        .iter()
+        .find(|(_, c)| *c >= want)
+        .map(|(le, _)| *le)
+        .unwrap_or(f64::NAN);
+    (le, total)
+}
+
+fn say(a: &SweepArgs, line: &str) {
+    if !a.quiet {
+        eprintln!("{line}");
+    }
+}
+
+async fn measured_phase(g: &mut Generator, t: &Target, rate: f64, a: &SweepArgs) -> Result<Step> {
+    let t0 = procstat::sample(&pid(t));
+    let g0 = procstat::sample("self");
+    let phase = g.phase(rate, a.step_duration, None).await?;
+    let t1 = procstat::sample(&pid(t));
+    let g1 = procstat::sample("self");
+    let cpu = |x: Option<procstat::Sample>, y: Option<procstat::Sample>| match (x, y) {
+        (Some(x), Some(y)) => procstat::cpu_percent(&x, &y),
+        _ => f64::NAN,
+    };
+    let passed = phase.loss_pct <= a.loss_limit_pct
+        && phase.latency_ms_p99 <= a.p99_limit_ms
+        && phase.decrypt_failures == 0;
+    Ok(Step {
+        target_cpu_pct: cpu(t0, t1),
+        generator_cpu_pct: cpu(g0, g1),
+        passed,
+        phase,
+    })
+}
+
+fn describe(name: &str, s: &Step) -> String {
+    format!(
+        "{name:>8} target {:>8.0}  offered {:>8.0}  delivered {:>8.0} pkt/s  loss {:>7.3} %  \
+         p50 {:>6.3} ms  p99 {:>6.3} ms  {name} CPU {:>5.1} %  generator CPU {:>5.1} %  {}",
+        s.phase.target_pps,
+        s.phase.offered_pps,
+        s.phase.delivered_pps,
+        s.phase.loss_pct,
+        s.phase.latency_ms_p50,
+        s.phase.latency_ms_p99,
+        s.target_cpu_pct,
+        s.generator_cpu_pct,
+        if s.passed { "pass" } else { "FAIL" }
+    )
+}
+
+/// Raise the rate until a step fails, then bisect between the last pass and the fail.
+async fn ramp(
+    name: &'static str,
+    g: &mut Generator,
+    t: &Target,
+    a: &SweepArgs,
+) -> Result<TargetSweep> {
+    let mut steps = Vec::new();
+    let mut best = 0.0f64;
+    let mut fail_at: Option<f64> = None;
+    let mut stopped_by = String::from("max_pps reached");
+    let mut rate = a.start_pps;
+    while rate <= a.max_pps {
+        let s = measured_phase(g, t, rate, a).await?;
+        say(a, &describe(name, &s));
+        let generator_short = s.phase.offered_pps < 0.97 * rate;
+        let passed = s.passed && !generator_short;
+        if !passed {
+            stopped_by = reason(&s, a, generator_short);
+        }
+        steps.push(s);
+        if !passed {
+            fail_at = Some(rate);
+            break;
+        }
+        best = rate;
+        rate += a.step_pps;
+    }
+    if let Some(mut hi) = fail_at {
+        let mut lo = best;
+        for _ in 0..a.refine {
+            let mid = (lo + hi) / 2.0;
+            if mid - lo < a.step_pps / 8.0 {
+                break;
+            }
+            let s = measured_phase(g, t, mid, a).await?;
+            say(a, &describe(name, &s));
+            let ok = s.passed && s.phase.offered_pps >= 0.97 * mid;
+            steps.push(s);
+            if ok {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        best = lo;
+    }
+    Ok(TargetSweep {
+        target: name,
+        max_sustained_pps: best,
+        stopped_by,
+        steps,
+    })
+}
+
+fn reason(s: &Step, a: &SweepArgs, generator_short: bool) -> String {
+    if generator_short {
+        format!(
+            "generator could not offer the rate ({:.0} of {:.0} pkt/s)",
+            s.phase.offered_pps, s.phase.target_pps
+        )
+    } else if s.phase.decrypt_failures > 0 {
+        format!(
+            "{} sampled packets failed to decrypt",
+            s.phase.decrypt_failures
+        )
+    } else if s.phase.loss_pct > a.loss_limit_pct {
+        format!("loss {:.3} % > {} %", s.phase.loss_pct, a.loss_limit_pct)
+    } else {
+        format!(
+            "p99 {:.2} ms > {} ms",
+            s.phase.latency_ms_p99, a.p99_limit_ms
+        )
+    }
+}
+
+async fn sweep_relay(a: &SweepArgs) -> Result<(TargetSweep, Option<HalfLoad>)> {
+    let t = start_relay(a)?;
+    let url = t
+        .signal_url
+        .clone()
+        .ok_or_else(|| anyhow!("no signalling URL in the relay's banner"))?;
+    let mut g = Generator::join_relay(&url, blindrelay::config::DEV_API_SECRET, a.calls).await?;
+    say(
+        a,
+        &format!(
+            "relay (pid {}, CPU {}; generator CPU {}) media {}: {} participants joined",
+            t.child.id(),
+            a.relay_cpu,
+            a.gen_cpu,
+            t.media,
+            g.participants()
+        ),
+    );
+    let sweep = ramp("relay", &mut g, &t, a).await?;
+    let mut half = None;
+    if let (Some(admin), true) = (t.admin, sweep.max_sustained_pps > 0.0) {
+        let rate = sweep.max_sustained_pps / 2.0;
+        let before = scrape(admin).await?;
+        let s = measured_phase(&mut g, &t, rate, a).await?;
+        let after = scrape(admin).await?;
+        let name = "blindrelay_forwarding_latency_seconds";
+        let (le, count) = histogram_quantile(&before, &after, name, 0.99);
+        say(a, &describe("half", &s));
+        say(
+            a,
+            &format!(
+                "    relay histogram: p99 <= {:.3} ms over {count:.0} packets",
+                le * 1e3
+            ),
+        );
+        half = Some(HalfLoad {
+            rate_pps: rate,
+            loss_pct: s.phase.loss_pct,
+            e2e_latency_ms_p50: s.phase.latency_ms_p50,
+            e2e_latency_ms_p99: s.phase.latency_ms_p99,
+            relay_histogram_p99_ms_le: le * 1e3,
+            relay_histogram_count: count,
+            relay_cpu_pct: s.target_cpu_pct,
+        });
+    }
+    drop(g);
+    drop(t);
+    Ok((sweep, half))
+}
+
+async fn sweep_baseline(a: &SweepArgs) -> Result<TargetSweep> {
+    let t = start_baseline(a)?;
+    let mut g = Generator::pair_baseline(t.media, a.calls).await?;
+    say(
+        a,
+        &format!(
+            "baseline (pid {}, CPU {}) udp {}: {} legs paired",
+            t.child.id(),
+            a.relay_cpu,
+            t.media,
+            g.participants()
+        ),
+    );
+    let sweep = ramp("baseline", &mut g, &t, a).await?;
+    drop(g);
+    drop(t);
+    Ok(sweep)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+pub async fn run(a: SweepArgs) -> Result<SweepReport> {
+    if a.calls == 0 {
+        bail!("--calls must be at least 1");
+    }
+    let mut runs = Vec::new();
+    for r in 0..a.runs.max(1) {
+        say(&a, &format!("== run {} of {}", r + 1, a.runs.max(1)));
+        // Alternate which goes first, so drift on a shared machine hits both alike.
+        let (relay, half, baseline) = if r % 2 == 0 {
+            let (s, h) = sweep_relay(&a).await?;
+            (s, h, sweep_baseline(&a).await?)
+        } else {
+            let b = sweep_baseline(&a).await?;
+            let (s, h) = sweep_relay(&a).await?;
+            (s, h, b)
+        };
+        let ratio = if baseline.max_sustained_pps > 0.0 {
+            relay.max_sustained_pps / baseline.max_sustained_pps
+        } else {
+            f64::NAN
+        };
+        say(
+            &a,
+            &format!(
+                "run {}: relay {:.0} pkt/s ({}), baseline {:.0} pkt/s ({}), ratio {:.2}",
+                r + 1,
+                relay.max_sustained_pps,
+                relay.stopped_by,
+                baseline.max_sustained_pps,
+                baseline.stopped_by,
+                ratio
+            ),
+        );
+        runs.push(SweepRun {
+            relay,
+            baseline,
+            ratio,
+            half_load: half,
+        });
+    }
+    let halves: Vec<&HalfLoad> = runs.iter().filter_map(|r| r.half_load.as_ref()).collect();
+    Ok(SweepReport {
+        machine: format!(
+            "{} cores, {}",
+            // Online CPUs, not this thread's (pinned) share of them.
+            // SAFETY: sysconf has no preconditions.
+            unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
+            cpu_model()
+        ),
+        calls: a.calls,
+        packet_bytes: crate::gen::PACKET,
+        relay_max_pps_median: median(runs.iter().map(|r| r.relay.max_sustained_pps).collect()),
+        baseline_max_pps_median: median(
+            runs.iter().map(|r| r.baseline.max_sustained_pps).collect(),
+        ),
+        ratio_median: median(runs.iter().map(|r| r.ratio).collect()),
+        half_load_relay_p99_ms_le_median: (!halves.is_empty())
+            .then(|| median(halves.iter().map(|h| h.relay_histogram_p99_ms_le).collect())),
+        half_load_e2e_p99_ms_median: (!halves.is_empty())
+            .then(|| median(halves.iter().map(|h| h.e2e_latency_ms_p99).collect())),
+        runs,
+    })
+}
+
+pub fn print_human(r: &SweepReport) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(
+        o,
+        "sweep: {} 1:1 calls, {}-byte SRTP packets, {} ({} runs)",
+        r.calls,
+        r.packet_bytes,
+        r.machine,
+        r.runs.len()
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  run {}: relay {:>8.0} pkt/s   baseline {:>8.0} pkt/s   ratio {:.2}   (relay stopped by: {}; baseline: {})",
+            i + 1,
+            run.relay.max_sustained_pps,
+            run.baseline.max_sustained_pps,
+            run.ratio,
+            run.relay.stopped_by,
+            run.baseline.stopped_by
+        );
+        if let Some(h) = &run.half_load {
+            let _ = writeln!(
+                o,
+                "         at half load ({:.0} pkt/s): end-to-end p99 {:.3} ms, relay histogram p99 <= {:.3} ms, relay CPU {:.1} %",
+                h.rate_pps, h.e2e_latency_ms_p99, h.relay_histogram_p99_ms_le, h.relay_cpu_pct
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "median: relay {:.0} pkt/s, baseline {:.0} pkt/s, ratio {:.2}",
+        r.relay_max_pps_median, r.baseline_max_pps_median, r.ratio_median
+    );
+    if let (Some(rp), Some(ep)) = (
+        r.half_load_relay_p99_ms_le_median,
+        r.half_load_e2e_p99_ms_median,
+    ) {
+        let _ = writeln!(
+            o,
+            "median at half load: relay histogram p99 <= {rp:.3} ms, end-to-end p99 {ep:.3} ms"
+        );
+    }
+}
