@@ -106,9 +106,10 @@ pub fn kind_index(k: blindrelay_protocol::demux::PacketKind) -> usize {
 }
 
 /// Sub-millisecond buckets: a relay's forwarding time is tens of microseconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25,
+/// 0.75 ms sits between 0.5 and 1 ms so "p99 under 1 ms" can be read off the histogram.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25,
 ];
 const LATENCY_HELP: &str = "Time from a packet's receipt to its send to the last receiver.";
 const JOIN_BUCKETS: [f64; 12] = [

@@ -10,14 +10,14 @@
 //!
 //! A second test runs the socket side the way the receive and worker loops do, over
 //! loopback on a single-threaded runtime: `MediaSocket::recv_batch` into the pooled
-//! receive buffers, the worker queue (tokio mpsc, `try_send` / `recv_many`), the
+//! receive buffers, the worker's packet ring (`PacketQueue`, push / pop), the
 //! forwarder, GSO sends straight from the outbox arena, the counters and the latency
 //! histogram. It does not run the relay's own loops (no signalling, ICE or DTLS); the
 //! bench crate measures the whole relay end to end.
 
 use blindrelay::core::forward::{Forwarder, Outbox};
 use blindrelay::metrics::Metrics;
-use blindrelay::net::media::{WorkerMsg, WORKER_QUEUE};
+use blindrelay::net::media::{Packet, PacketQueue, WORKER_QUEUE};
 use blindrelay::net::udp::{MediaSocket, RecvBuffers};
 use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
@@ -28,7 +28,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Counts allocations made by threads that armed it; never prints (printing allocates).
 struct Counting;
@@ -386,9 +385,7 @@ struct Rig {
     sink: std::net::UdpSocket,
     bufs: RecvBuffers,
     batch: Vec<(SocketAddr, bytes::Bytes)>,
-    tx: mpsc::Sender<WorkerMsg>,
-    rx: mpsc::Receiver<WorkerMsg>,
-    msgs: Vec<WorkerMsg>,
+    queue: PacketQueue,
     arrivals: Vec<Instant>,
     fwd: Forwarder,
     out: Outbox,
@@ -421,28 +418,26 @@ async fn round(r: &mut Rig, inputs: &[Input]) -> usize {
             let i = &inputs[received];
             assert_eq!(&data[..], &i.wire[..]);
             received += 1;
-            let msg = WorkerMsg::Packet {
+            let msg = Packet {
                 peer: i.from,
                 rtcp: i.rtcp,
                 data,
                 at: Instant::now(),
             };
-            assert!(r.tx.try_send(msg).is_ok(), "worker queue full");
+            assert!(r.queue.push(msg).is_ok(), "worker queue full");
         }
     }
     let mut handled = 0;
     while handled < inputs.len() {
-        handled += r.rx.recv_many(&mut r.msgs, 256).await;
-        for msg in r.msgs.drain(..) {
-            let WorkerMsg::Packet {
-                peer,
-                rtcp,
-                data,
-                at,
-            } = msg
-            else {
-                unreachable!("only packets are queued");
-            };
+        r.queue.wait().await;
+        while let Some(Packet {
+            peer,
+            rtcp,
+            data,
+            at,
+        }) = r.queue.pop()
+        {
+            handled += 1;
             let res = if rtcp {
                 r.fwd.on_rtcp(peer, &data, &mut r.out)
             } else {
@@ -530,7 +525,6 @@ fn socket_path_steady_state_does_not_allocate() {
         let inputs: Vec<Input> = (0..12_000).map(|n| next_input(&mut clients, n)).collect();
         let (warmup, measured) = inputs.split_at(2_000);
         let media = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
         let mut r = Rig {
             relay: media.local_addr().unwrap(),
             media,
@@ -538,9 +532,7 @@ fn socket_path_steady_state_does_not_allocate() {
             sink,
             bufs: RecvBuffers::new(),
             batch: Vec::with_capacity(128),
-            tx,
-            rx,
-            msgs: Vec::with_capacity(256),
+            queue: PacketQueue::new(WORKER_QUEUE),
             arrivals: Vec::with_capacity(256),
             fwd,
             out: Outbox::with_capacity(512, 512 * 1500),

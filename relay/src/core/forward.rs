@@ -8,7 +8,8 @@ use crate::metrics::DropReason;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_transport::hop::{HopContext, HopError};
-use std::collections::HashMap;
+// foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;

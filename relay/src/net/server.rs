@@ -94,6 +94,8 @@ pub struct Shared {
     pub sessions: DashMap<PeerId, Session>,
     pub ice: DashMap<String, Arc<IceEntry>>,
     pub workers: Vec<mpsc::Sender<WorkerMsg>>,
+    /// Each forwarding loop's packet ring, by the same index as `workers`.
+    pub packet_queues: Vec<Arc<media::PacketQueue>>,
     pub recv_ctl: mpsc::UnboundedSender<RecvCtl>,
     pub next_peer: AtomicU64,
     pub epoch: Instant,
@@ -253,12 +255,16 @@ impl Relay {
         let media = Arc::new(media);
         let n_workers = config.worker_count();
         let mut workers = Vec::new();
+        let mut packet_queues = Vec::new();
         let mut tasks = Vec::new();
         for _ in 0..n_workers {
-            let (tx, rx) = mpsc::channel(media::WORKER_QUEUE);
+            let (tx, rx) = mpsc::channel(media::CONTROL_QUEUE);
+            let packets = Arc::new(media::PacketQueue::new(media::WORKER_QUEUE));
             workers.push(tx);
+            packet_queues.push(packets.clone());
             tasks.push(tokio::spawn(media::worker_loop(
                 rx,
+                packets,
                 media.clone(),
                 metrics.clone(),
                 tap.clone(),
@@ -276,6 +282,7 @@ impl Relay {
             sessions: DashMap::new(),
             ice: DashMap::new(),
             workers,
+            packet_queues,
             recv_ctl,
             next_peer: AtomicU64::new(1),
             epoch: Instant::now(),
