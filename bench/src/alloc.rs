@@ -22,6 +22,8 @@ thread_local! {
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Tracked allocations by size class (log2 of the size), to tell what they are.
+static BY_SIZE: [AtomicU64; 40] = [const { AtomicU64::new(0) }; 40];
 
 /// The system allocator, counting allocations and reallocations on tracked threads.
 pub struct CountingAlloc;
@@ -31,6 +33,8 @@ fn count(size: usize) {
     if TRACKED.try_with(|t| t.get()).unwrap_or(false) {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        let class = (usize::BITS - size.leading_zeros()) as usize;
+        BY_SIZE[class.min(BY_SIZE.len() - 1)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -58,6 +62,10 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
+fn by_size() -> Vec<u64> {
+    BY_SIZE.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+}
+
 fn snapshot() -> (u64, u64) {
     (
         ALLOCS.load(Ordering::Relaxed),
@@ -76,6 +84,8 @@ pub struct AllocReport {
     /// (loaded − idle) / forwarded packets.
     pub allocations_per_forwarded_packet: f64,
     pub loss_pct: f64,
+    /// Loaded-phase allocations by size range ("513-1024" bytes, say).
+    pub loaded_by_size: Vec<(String, u64)>,
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -111,9 +121,21 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
         tokio::time::sleep(phase + crate::gen::DRAIN).await;
         let (a1, _) = snapshot();
         let before = relay.metrics_text();
+        let s0 = by_size();
         let (b0, bytes0) = snapshot();
         let p = g.phase(rate, phase, None).await?;
         let (b1, bytes1) = snapshot();
+        let s1 = by_size();
+        let loaded_by_size = s0
+            .iter()
+            .zip(&s1)
+            .enumerate()
+            .filter(|(_, (a, b))| *b > *a)
+            .map(|(class, (a, b))| {
+                let hi = 1u64 << class.min(63);
+                (format!("{}-{}", hi / 2 + 1, hi), b - a)
+            })
+            .collect();
         let after = relay.metrics_text();
         let fwd = metric(&after, "blindrelay_packets_forwarded_total{kind=\"rtp\"}")
             - metric(&before, "blindrelay_packets_forwarded_total{kind=\"rtp\"}");
@@ -132,6 +154,7 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
                 f64::NAN
             },
             loss_pct: p.loss_pct,
+            loaded_by_size,
         })
     })?;
     relay_rt.block_on(relay.shutdown());

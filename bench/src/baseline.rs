@@ -8,12 +8,15 @@
 use anyhow::Result;
 use blindrelay::net::udp::{MediaSocket, RecvBuffers, BATCH};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 7] = b"BRBASE\0";
+/// Packets gathered before sending, as the relay's forwarding loop does.
+const SEND_BATCH: usize = 256;
 
 /// A leg's hello: "I am one side of pair `pair` of generator run `run`".
 pub fn hello(run: u32, pair: u32) -> Vec<u8> {
@@ -61,7 +64,6 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
     let mut chunk = RecvBuffers::new();
     let mut out: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
     let mut gso: Vec<u8> = Vec::with_capacity(64 * 1500);
-    let max_segments = sock.max_gso_segments().max(1);
     let ack = ack();
     loop {
         let r =
@@ -70,6 +72,15 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
             Err(_) => return Ok(()),
             Ok(Err(_)) => continue,
             Ok(Ok(())) => {}
+        }
+        // Take what else is already queued, up to a forwarding loop's batch (the relay's
+        // worker takes up to 256 packets per round), so runs to one receiver are as long
+        // as the relay's and leave in as few GSO sends.
+        while batch.len() < SEND_BATCH {
+            match sock.recv_batch(&mut chunk, &mut batch).now_or_never() {
+                Some(Ok(())) => continue,
+                _ => break,
+            }
         }
         for (from, data) in batch.drain(..) {
             if let Some(to) = route.get(&from) {
@@ -93,6 +104,7 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
         while i < out.len() {
             let to = out[i].0;
             let size = out[i].1.len();
+            let max_segments = sock.gso_segments_for(size);
             let mut j = i + 1;
             while j < out.len() && j - i < max_segments && out[j].0 == to && out[j].1.len() <= size
             {

@@ -381,7 +381,7 @@ impl Generator {
             .first()
             .map(|l| l.state.max_gso_segments())
             .unwrap_or(1)
-            .clamp(1, 64);
+            .clamp(1, blindrelay::net::udp::MAX_GSO_BYTES / PACKET);
         Generator {
             legs,
             epoch,

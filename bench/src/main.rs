@@ -106,6 +106,9 @@ enum Cmd {
         loss_limit_pct: f64,
         #[arg(long, default_value_t = 5.0)]
         p99_limit_ms: f64,
+        /// Sweep the relay only (to compare two relay builds with --relay-bin).
+        #[arg(long)]
+        no_baseline: bool,
         #[arg(long)]
         json: bool,
     },
@@ -299,6 +302,9 @@ fn main() -> Result<()> {
                     "allocations per forwarded packet: {:.6}",
                     r.allocations_per_forwarded_packet
                 );
+                for (range, n) in &r.loaded_by_size {
+                    println!("  {n:>6} allocations of {range} bytes");
+                }
             }
         }
         Cmd::Baseline {
@@ -324,6 +330,7 @@ fn main() -> Result<()> {
             gen_cpu,
             loss_limit_pct,
             p99_limit_ms,
+            no_baseline,
             json,
         } => {
             let me = std::env::current_exe().context("locate this binary")?;
@@ -347,6 +354,7 @@ fn main() -> Result<()> {
                 loss_limit_pct,
                 p99_limit_ms,
                 refine,
+                no_baseline,
                 quiet: false,
             }))?;
             if json {

@@ -53,3 +53,34 @@ pub fn cpu_percent(a: &Sample, b: &Sample) -> f64 {
     }
     (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / ticks_per_second() / secs * 100.0
 }
+
+/// Busy and total jiffies of one CPU from /proc/stat: busy counts user, nice, system,
+/// irq, softirq and steal, so the kernel's packet work on that core is included (a
+/// process's own CPU time leaves softirq work out).
+pub fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let total = busy + get(3) + get(4);
+    Some((busy, total))
+}
+
+/// Percentage of the time a CPU was busy between two [`cpu_jiffies`] readings.
+pub fn core_busy_percent(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> f64 {
+    match (a, b) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            (b1.saturating_sub(b0)) as f64 / (t1 - t0) as f64 * 100.0
+        }
+        _ => f64::NAN,
+    }
+}

@@ -35,7 +35,54 @@ pub struct SweepArgs {
     pub loss_limit_pct: f64,
     pub p99_limit_ms: f64,
     pub refine: usize,
+    /// Sweep the relay only (A/B runs of two relay builds).
+    pub no_baseline: bool,
     pub quiet: bool,
+}
+
+/// Attempts after a failed one before a rate counts as failed.
+const REPEATS: usize = 2;
+
+/// The longest gaps a pinned busy loop saw on each core with no load running: the
+/// machine's own scheduling stalls, which put a floor under any p99 measured on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hiccups {
+    pub seconds: f64,
+    /// Per core: (longest gap ms, total of gaps over 1 ms in ms).
+    pub per_core: Vec<(usize, f64, f64)>,
+}
+
+fn spin_gaps(secs: f64) -> (f64, f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut last = Instant::now();
+    let (mut max, mut total) = (0.0f64, 0.0f64);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return (max, total);
+        }
+        let gap = now.duration_since(last).as_secs_f64() * 1e3;
+        if gap > 1.0 {
+            total += gap;
+        }
+        max = max.max(gap);
+        last = now;
+    }
+}
+
+/// Spin on both cores at once for `secs` and report the stalls each one saw.
+pub fn hiccups(a: &SweepArgs, secs: f64) -> Result<Hiccups> {
+    let other = a.relay_cpu;
+    let h = std::thread::spawn(move || pin_current_thread(other).map(|_| spin_gaps(secs)));
+    let mine = spin_gaps(secs);
+    let theirs = h.join().map_err(|_| anyhow!("hiccup thread panicked"))??;
+    Ok(Hiccups {
+        seconds: secs,
+        per_core: vec![
+            (a.relay_cpu, theirs.0, theirs.1),
+            (a.gen_cpu, mine.0, mine.1),
+        ],
+    })
 }
 
 /// One load step of one target.
@@ -45,6 +92,14 @@ pub struct Step {
     pub phase: PhaseResult,
     pub target_cpu_pct: f64,
     pub generator_cpu_pct: f64,
+    /// How busy the target's core was, kernel packet work (softirq) included: the
+    /// loopback delivery of what the target sends runs there and is not in its CPU time.
+    pub target_core_busy_pct: f64,
+    /// Datagrams the kernel dropped for a full socket receive buffer during the step
+    /// (UDP RcvbufErrors, whole machine): loss that happened before any process saw it.
+    pub kernel_rcvbuf_drops: u64,
+    /// The relay's own drop counters over the step, by reason (relay steps only).
+    pub relay_drops: Vec<(String, f64)>,
     pub passed: bool,
 }
 
@@ -84,6 +139,7 @@ pub struct SweepRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepReport {
     pub machine: String,
+    pub hiccups: Option<Hiccups>,
     pub calls: usize,
     pub packet_bytes: usize,
     pub runs: Vec<SweepRun>,
@@ -332,12 +388,60 @@ fn say(a: &SweepArgs, line: &str) {
     }
 }
 
+/// UDP RcvbufErrors from /proc/net/snmp.
+fn udp_rcvbuf_errors() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The relay's drop counters, by reason.
+fn drops(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with("blindrelay_packets_dropped_total{"))
+        .filter_map(|l| {
+            let reason = l.split("reason=\"").nth(1)?.split('"').next()?;
+            let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((reason.to_string(), v))
+        })
+        .collect()
+}
+
 async fn measured_phase(g: &mut Generator, t: &Target, rate: f64, a: &SweepArgs) -> Result<Step> {
+    let before = match t.admin {
+        Some(admin) => Some(scrape(admin).await?),
+        None => None,
+    };
+    let k0 = udp_rcvbuf_errors();
+    let c0 = procstat::cpu_jiffies(a.relay_cpu);
     let t0 = procstat::sample(&pid(t));
     let g0 = procstat::sample("self");
     let phase = g.phase(rate, a.step_duration, None).await?;
     let t1 = procstat::sample(&pid(t));
     let g1 = procstat::sample("self");
+    let k1 = udp_rcvbuf_errors();
+    let c1 = procstat::cpu_jiffies(a.relay_cpu);
+    let mut relay_drops = Vec::new();
+    if let (Some(admin), Some(before)) = (t.admin, before) {
+        let after = scrape(admin).await?;
+        let b = drops(&before);
+        for (reason, v) in drops(&after) {
+            let prev = b.iter().find(|(r, _)| *r == reason).map_or(0.0, |x| x.1);
+            if v - prev > 0.0 {
+                relay_drops.push((reason, v - prev));
+            }
+        }
+    }
     let cpu = |x: Option<procstat::Sample>, y: Option<procstat::Sample>| match (x, y) {
         (Some(x), Some(y)) => procstat::cpu_percent(&x, &y),
         _ => f64::NAN,
@@ -348,15 +452,25 @@ async fn measured_phase(g: &mut Generator, t: &Target, rate: f64, a: &SweepArgs)
     Ok(Step {
         target_cpu_pct: cpu(t0, t1),
         generator_cpu_pct: cpu(g0, g1),
+        target_core_busy_pct: procstat::core_busy_percent(c0, c1),
+        kernel_rcvbuf_drops: k1.saturating_sub(k0),
+        relay_drops,
         passed,
         phase,
     })
 }
 
 fn describe(name: &str, s: &Step) -> String {
+    let mut drops = String::new();
+    if s.kernel_rcvbuf_drops > 0 {
+        drops.push_str(&format!("  kernel rcvbuf drops {}", s.kernel_rcvbuf_drops));
+    }
+    for (r, v) in &s.relay_drops {
+        drops.push_str(&format!("  relay drop {r} {v:.0}"));
+    }
     format!(
         "{name:>8} target {:>8.0}  offered {:>8.0}  delivered {:>8.0} pkt/s  loss {:>7.3} %  \
-         p50 {:>6.3} ms  p99 {:>6.3} ms  {name} CPU {:>5.1} %  generator CPU {:>5.1} %  {}",
+         p50 {:>6.3} ms  p99 {:>6.3} ms  {name} CPU {:>5.1} % (core {:>5.1} %)  generator CPU {:>5.1} %  {}{drops}",
         s.phase.target_pps,
         s.phase.offered_pps,
         s.phase.delivered_pps,
@@ -364,6 +478,7 @@ fn describe(name: &str, s: &Step) -> String {
         s.phase.latency_ms_p50,
         s.phase.latency_ms_p99,
         s.target_cpu_pct,
+        s.target_core_busy_pct,
         s.generator_cpu_pct,
         if s.passed { "pass" } else { "FAIL" }
     )
@@ -382,9 +497,21 @@ async fn ramp(
     let mut stopped_by = String::from("max_pps reached");
     let mut rate = a.start_pps;
     while rate <= a.max_pps {
-        let s = measured_phase(g, t, rate, a).await?;
+        let mut s = measured_phase(g, t, rate, a).await?;
         say(a, &describe(name, &s));
-        let generator_short = s.phase.offered_pps < 0.97 * rate;
+        let mut generator_short = s.phase.offered_pps < 0.97 * rate;
+        // A failure must reproduce: this VM stalls both cores for up to ~10 ms at
+        // times (see `hiccups`), which alone can push one step's p99 over the limit.
+        // A step fails when all its attempts fail; every attempt stays in the record.
+        for _ in 0..REPEATS {
+            if s.passed || generator_short {
+                break;
+            }
+            steps.push(s);
+            s = measured_phase(g, t, rate, a).await?;
+            say(a, &format!("{} (repeat)", describe(name, &s)));
+            generator_short = s.phase.offered_pps < 0.97 * rate;
+        }
         let passed = s.passed && !generator_short;
         if !passed {
             stopped_by = reason(&s, a, generator_short);
@@ -404,8 +531,16 @@ async fn ramp(
             if mid - lo < a.step_pps / 8.0 {
                 break;
             }
-            let s = measured_phase(g, t, mid, a).await?;
+            let mut s = measured_phase(g, t, mid, a).await?;
             say(a, &describe(name, &s));
+            for _ in 0..REPEATS {
+                if s.passed {
+                    break;
+                }
+                steps.push(s);
+                s = measured_phase(g, t, mid, a).await?;
+                say(a, &format!("{} (repeat)", describe(name, &s)));
+            }
             let ok = s.passed && s.phase.offered_pps >= 0.97 * mid;
             steps.push(s);
             if ok {
@@ -535,11 +670,33 @@ pub async fn run(a: SweepArgs) -> Result<SweepReport> {
     if a.calls == 0 {
         bail!("--calls must be at least 1");
     }
+    let hic = hiccups(&a, 3.0)?;
+    say(
+        &a,
+        &format!(
+            "machine stalls with no load (pinned busy loops, {} s): {}",
+            hic.seconds,
+            hic.per_core
+                .iter()
+                .map(|(c, m, t)| format!("core {c}: longest {m:.1} ms, {t:.1} ms in all"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
     let mut runs = Vec::new();
     for r in 0..a.runs.max(1) {
         say(&a, &format!("== run {} of {}", r + 1, a.runs.max(1)));
         // Alternate which goes first, so drift on a shared machine hits both alike.
-        let (relay, half, baseline) = if r % 2 == 0 {
+        let (relay, half, baseline) = if a.no_baseline {
+            let (s, h) = sweep_relay(&a).await?;
+            let none = TargetSweep {
+                target: "baseline",
+                max_sustained_pps: 0.0,
+                stopped_by: "not run (--no-baseline)".into(),
+                steps: Vec::new(),
+            };
+            (s, h, none)
+        } else if r % 2 == 0 {
             let (s, h) = sweep_relay(&a).await?;
             (s, h, sweep_baseline(&a).await?)
         } else {
@@ -580,6 +737,7 @@ pub async fn run(a: SweepArgs) -> Result<SweepReport> {
             unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
             cpu_model()
         ),
+        hiccups: Some(hic),
         calls: a.calls,
         packet_bytes: crate::gen::PACKET,
         relay_max_pps_median: median(runs.iter().map(|r| r.relay.max_sustained_pps).collect()),
@@ -605,6 +763,15 @@ pub fn print_human(r: &SweepReport) {
         r.machine,
         r.runs.len()
     );
+    if let Some(h) = &r.hiccups {
+        for (c, m, t) in &h.per_core {
+            let _ = writeln!(
+                o,
+                "  machine stalls, core {c}: longest {m:.1} ms, {t:.1} ms in {} s (no load)",
+                h.seconds
+            );
+        }
+    }
     for (i, run) in r.runs.iter().enumerate() {
         let _ = writeln!(
             o,
