@@ -103,7 +103,9 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
             }
             s
         }));
-        tokio::time::sleep(gap).await;
+        // Paced against the start, so per-join overhead does not lower the rate.
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started) + gap * (i as u32 + 1))
+            .await;
         if !a.quiet {
             progress(i + 1, participants, started.elapsed(), "joining");
         }

@@ -267,13 +267,15 @@ async fn dtls_task(
 ) {
     let m = &shared.metrics;
     let started = Instant::now();
-    let result = handshake(
+    // Boxed: the handshake's state is several KiB, and inline it would size this task
+    // for the participant's whole life; boxed, it is freed once the handshake is over.
+    let result = Box::pin(handshake(
         conn,
         &shared.identity,
         DtlsRole::Server,
         entry.fingerprint.clone(),
         shared.config.ice.connect_timeout,
-    )
+    ))
     .await;
     let session = match result {
         Ok(s) => s,
@@ -308,6 +310,10 @@ async fn dtls_task(
             return;
         }
     };
+    let profile = blindrelay_transport::profile_label(session.profile);
+    // The forwarding loop owns the hop contexts now; the session's own webrtc-srtp
+    // contexts and keys are not needed for the rest of the participant's life.
+    drop(session);
     let add = WorkerMsg::AddPeer {
         peer: entry.peer,
         call: entry.call_key,
@@ -320,14 +326,15 @@ async fn dtls_task(
         return;
     }
     m.join_time.record(entry.joined_at.elapsed().as_secs_f64());
-    debug!(
-        profile = blindrelay_transport::profile_label(session.profile),
-        "participant keyed"
-    );
-    let mut buf = vec![0u8; 2048];
+    debug!(profile, "participant keyed");
+    // Only alerts arrive after the handshake (no data channels), and a small buffer is
+    // held per participant for its whole call.
+    let mut buf = [0u8; 512];
     loop {
         match dtls.read(&mut buf, None).await {
-            Ok(_) => continue,
+            // Application data is not part of this call's media (no data channels):
+            // an over-size record is discarded, not taken for the end of the association.
+            Ok(_) | Err(blindrelay_transport::webrtc_dtls::Error::ErrBufferTooSmall) => continue,
             Err(e) => {
                 debug!(error = %e, "DTLS association ended");
                 break;
