@@ -96,6 +96,14 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result<AllocReport> {
+    // The generator's legs stop consent checks once they drive their sockets, so the
+    // idle window must end before the relay's consent timeout (15 s by default).
+    if phase + crate::gen::DRAIN > Duration::from_secs(10) {
+        anyhow::bail!("--duration must be under 10 s (the idle window must not outlast consent)");
+    }
+    if !(rate.is_finite() && rate > 0.0) {
+        anyhow::bail!("--rate-pps must be a positive number");
+    }
     let relay_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .on_thread_start(|| TRACKED.with(|t| t.set(true)))
@@ -115,7 +123,7 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
     let report = gen_rt.block_on(async {
         let mut g = Generator::join_relay(&relay.signal_url(), &cfg.auth.api_secret, calls).await?;
         // Warm-up: queues, arenas and maps reach their working size.
-        g.phase(rate, warmup, None).await?;
+        g.phase(rate, warmup, || {}).await?;
         let (a0, _) = snapshot();
         // As long as a loaded phase lasts, including its drain wait.
         tokio::time::sleep(phase + crate::gen::DRAIN).await;
@@ -123,7 +131,7 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
         let before = relay.metrics_text();
         let s0 = by_size();
         let (b0, bytes0) = snapshot();
-        let p = g.phase(rate, phase, None).await?;
+        let p = g.phase(rate, phase, || {}).await?;
         let (b1, bytes1) = snapshot();
         let s1 = by_size();
         let loaded_by_size = s0
@@ -139,6 +147,9 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
         let after = relay.metrics_text();
         let fwd = metric(&after, "blindrelay_packets_forwarded_total{kind=\"rtp\"}")
             - metric(&before, "blindrelay_packets_forwarded_total{kind=\"rtp\"}");
+        if fwd <= 0.0 {
+            anyhow::bail!("nothing was forwarded in the loaded window (participants gone?)");
+        }
         let idle = a1 - a0;
         let loaded = b1 - b0;
         anyhow::Ok(AllocReport {

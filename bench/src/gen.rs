@@ -21,7 +21,7 @@ use e2ee_client::transport::{self, MediaPath};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
@@ -406,11 +406,14 @@ impl Generator {
 
     /// Send `rate` packets/s in total for `duration`, spread evenly over the legs, then
     /// wait for stragglers and report.
+    ///
+    /// `on_sent` runs when the last packet has been sent, before the wait for stragglers:
+    /// CPU readings taken there cover the sending time only.
     pub async fn phase(
         &mut self,
         rate: f64,
         duration: Duration,
-        stop: Option<&AtomicBool>,
+        on_sent: impl FnOnce(),
     ) -> Result<PhaseResult> {
         self.reset();
         let legs = self.legs.len().max(1);
@@ -422,9 +425,6 @@ impl Generator {
         let mut last = start;
         loop {
             tick.tick().await;
-            if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                break;
-            }
             let now = Instant::now();
             if now.duration_since(start) >= duration {
                 break;
@@ -448,6 +448,7 @@ impl Generator {
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
+        on_sent();
         // Everything in flight arrives well within this.
         tokio::time::sleep(DRAIN).await;
         let received: u64 = self

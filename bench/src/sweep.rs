@@ -250,7 +250,7 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
          socket_buffer_bytes = 33554432\n",
     )?;
     let temp = tempfile_path::TempPath(path.clone());
-    let mut child = Command::new("taskset")
+    let child = Command::new("taskset")
         .arg("-c")
         .arg(a.relay_cpu.to_string())
         .arg(&a.relay_bin)
@@ -262,10 +262,18 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {} under taskset", a.relay_bin.display()))?;
+    // Owned by a Target at once, so any early return below stops the child.
+    let mut t = Target {
+        child,
+        media: SocketAddr::from(([0, 0, 0, 0], 0)),
+        signal_url: None,
+        admin: None,
+        _config: Some(temp),
+    };
     let mut signal = None;
     let mut admin = None;
     let mut media = None;
-    read_banner(&mut child, |l| {
+    read_banner(&mut t.child, |l| {
         let l = l.trim();
         if let Some(v) = l.strip_prefix("signalling") {
             signal = Some(v.trim().to_string());
@@ -281,17 +289,14 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
         }
         media.is_some()
     })?;
-    Ok(Target {
-        child,
-        media: media.ok_or_else(|| anyhow!("no media address in the relay's banner"))?,
-        signal_url: signal,
-        admin,
-        _config: Some(temp),
-    })
+    t.media = media.ok_or_else(|| anyhow!("no media address in the relay's banner"))?;
+    t.signal_url = signal;
+    t.admin = admin;
+    Ok(t)
 }
 
 fn start_baseline(a: &SweepArgs) -> Result<Target> {
-    let mut child = Command::new("taskset")
+    let child = Command::new("taskset")
         .arg("-c")
         .arg(a.relay_cpu.to_string())
         .arg(&a.bench_bin)
@@ -307,20 +312,23 @@ fn start_baseline(a: &SweepArgs) -> Result<Target> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {} baseline under taskset", a.bench_bin.display()))?;
+    // Owned by a Target at once, so any early return below stops the child.
+    let mut t = Target {
+        child,
+        media: SocketAddr::from(([0, 0, 0, 0], 0)),
+        signal_url: None,
+        admin: None,
+        _config: None,
+    };
     let mut media = None;
-    read_banner(&mut child, |l| {
+    read_banner(&mut t.child, |l| {
         media = l
             .strip_prefix("baseline listening udp ")
             .and_then(|v| v.trim().parse().ok());
         media.is_some()
     })?;
-    Ok(Target {
-        child,
-        media: media.ok_or_else(|| anyhow!("no address from the baseline"))?,
-        signal_url: None,
-        admin: None,
-        _config: None,
-    })
+    t.media = media.ok_or_else(|| anyhow!("no address from the baseline"))?;
+    Ok(t)
 }
 
 /// GET /metrics from the relay's admin listener.
@@ -373,6 +381,9 @@ fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> (f64, f6
         })
         .collect();
     let total = delta.last().map(|(_, c)| *c).unwrap_or(0.0);
+    if total <= 0.0 {
+        return (f64::NAN, 0.0);
+    }
     let want = total * q;
     let le = delta
         .iter()
@@ -426,11 +437,15 @@ async fn measured_phase(g: &mut Generator, t: &Target, rate: f64, a: &SweepArgs)
     let c0 = procstat::cpu_jiffies(a.relay_cpu);
     let t0 = procstat::sample(&pid(t));
     let g0 = procstat::sample("self");
-    let phase = g.phase(rate, a.step_duration, None).await?;
-    let t1 = procstat::sample(&pid(t));
-    let g1 = procstat::sample("self");
+    let (mut t1, mut g1, mut c1) = (None, None, None);
+    let phase = g
+        .phase(rate, a.step_duration, || {
+            t1 = procstat::sample(&pid(t));
+            g1 = procstat::sample("self");
+            c1 = procstat::cpu_jiffies(a.relay_cpu);
+        })
+        .await?;
     let k1 = udp_rcvbuf_errors();
-    let c1 = procstat::cpu_jiffies(a.relay_cpu);
     let mut relay_drops = Vec::new();
     if let (Some(admin), Some(before)) = (t.admin, before) {
         let after = scrape(admin).await?;
@@ -669,6 +684,15 @@ fn cpu_model() -> String {
 pub async fn run(a: SweepArgs) -> Result<SweepReport> {
     if a.calls == 0 {
         bail!("--calls must be at least 1");
+    }
+    for (name, v) in [
+        ("--start-pps", a.start_pps),
+        ("--step-pps", a.step_pps),
+        ("--max-pps", a.max_pps),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{name} must be a positive number");
+        }
     }
     let hic = hiccups(&a, 3.0)?;
     say(

@@ -43,7 +43,9 @@ pub struct MediaPath {
     /// Datagrams dropped because the receive queue was full.
     pub queue_drops: Arc<AtomicU64>,
     /// The same keys as in-place AEAD_AES_128_GCM contexts (outbound, inbound) when that
-    /// profile was negotiated: a load generator drives the socket itself with them.
+    /// profile was negotiated: a load generator drives the socket itself with them. Send
+    /// with one outbound context only, never both: two senders on one SSRC would reuse
+    /// GCM nonces.
     pub fast: Option<(FastGcmContext, FastGcmContext)>,
     tasks: Vec<JoinHandle<()>>,
 }

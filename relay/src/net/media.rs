@@ -59,8 +59,10 @@ pub struct Packet {
 /// The packet half of a forwarding loop's inbox: a ring of fixed size, allocated once.
 /// tokio's mpsc allocates a new block whenever its queue deepens past the blocks it kept,
 /// which was the relay's last heap allocation per forwarded packet (one per ~10k).
-/// Control messages keep their mpsc; a packet that overtakes its participant's
-/// `AddPeer` is dropped as `not_connected`, as one arriving before the handshake is.
+/// Control messages keep their mpsc. A packet that finds its participant unknown makes
+/// the loop apply pending control messages and try again, so it does not overtake its
+/// participant's `AddPeer`; packets still in the ring when a participant leaves are
+/// dropped as `not_connected`.
 pub struct PacketQueue {
     ring: crossbeam_queue::ArrayQueue<Packet>,
     ready: tokio::sync::Notify,
@@ -111,6 +113,7 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
     let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::default();
     let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::default();
     let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let mut full: Vec<bool> = Vec::with_capacity(shared.packet_queues.len());
     let mut bufs = RecvBuffers::new();
     let m = shared.metrics.clone();
     loop {
@@ -135,6 +138,11 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
         }
         let now = Instant::now();
         let now_ms = shared.now_ms();
+        // A loop that stayed full through its yields in this batch gets no more yields in
+        // it: its packets are dropped at once, so one overloaded loop cannot slow the
+        // receive loop (and every other call) down to its pace.
+        full.clear();
+        full.resize(shared.packet_queues.len(), false);
         for (from, data) in batch.drain(..) {
             let kind = classify(&data);
             let k = kind_index(kind);
@@ -197,7 +205,16 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
                             data,
                             at: now,
                         };
-                        if !dispatch(&shared.packet_queues[e.worker], msg).await {
+                        let gave_up = full.get(e.worker).copied().unwrap_or(false);
+                        let queued = if gave_up {
+                            shared.packet_queues[e.worker].push(msg).is_ok()
+                        } else {
+                            dispatch(&shared.packet_queues[e.worker], msg).await
+                        };
+                        if !queued {
+                            if let Some(f) = full.get_mut(e.worker) {
+                                *f = true;
+                            }
                             m.dropped(DropReason::WorkerQueueFull);
                         }
                     }
@@ -361,22 +378,22 @@ pub async fn worker_loop(
     loop {
         // Control first: a participant's AddPeer is applied before the packets that
         // followed it into the ring.
-        loop {
-            match rx.try_recv() {
-                Ok(msg) => control(&mut fwd, msg),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-            }
+        if !drain_control(&mut rx, &mut fwd) {
+            return;
         }
         let mut n = 0;
         while n < WORKER_BATCH {
             let Some(p) = packets.pop() else { break };
             n += 1;
-            let r = if p.rtcp {
-                fwd.on_rtcp(p.peer, &p.data, &mut out)
-            } else {
-                fwd.on_rtp(p.peer, &p.data, &mut out)
-            };
+            let mut r = forward(&mut fwd, &p, &mut out);
+            if r == Err(DropReason::NotConnected) {
+                // Its AddPeer may have been queued after this round began (a join, or
+                // the target of a merge): apply what is pending and try once more.
+                if !drain_control(&mut rx, &mut fwd) {
+                    return;
+                }
+                r = forward(&mut fwd, &p, &mut out);
+            }
             match r {
                 Ok(_) => arrivals.push(p.at),
                 Err(reason) => {
@@ -406,8 +423,33 @@ pub async fn worker_loop(
         }
         if n == WORKER_BATCH {
             // More is waiting: let the receive loop (often on this same thread) run
-            // between batches, as a channel's cooperative budget would have.
+            // between batches.
             tokio::task::yield_now().await;
+        } else {
+            // The ring, its Notify and the socket's try_io use no cooperative budget, so
+            // under a steady trickle this loop would never give its thread back and a
+            // task it woke (a merge's target loop, say) could starve in the LIFO slot.
+            tokio::task::coop::consume_budget().await;
+        }
+    }
+}
+
+/// One packet through the forwarder.
+fn forward(fwd: &mut Forwarder, p: &Packet, out: &mut Outbox) -> Result<usize, DropReason> {
+    if p.rtcp {
+        fwd.on_rtcp(p.peer, &p.data, out)
+    } else {
+        fwd.on_rtp(p.peer, &p.data, out)
+    }
+}
+
+/// Apply every pending control message; false once the relay has dropped the sender.
+fn drain_control(rx: &mut mpsc::Receiver<WorkerMsg>, fwd: &mut Forwarder) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => control(fwd, msg),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
 }

@@ -36,10 +36,11 @@ const RECV_POOL: usize = 40;
 /// is allocated on the first split of its lifetime and reused afterwards.
 #[derive(Debug)]
 pub struct RecvBuffers {
-    /// The buffer being filled; `None` until the first batch.
-    current: Option<BytesMut>,
+    /// The buffer being filled, with its allocation's start address; `None` until the
+    /// first batch.
+    current: Option<(BytesMut, usize)>,
     /// Oldest first: the oldest is the likeliest to be free.
-    spent: Vec<BytesMut>,
+    spent: Vec<(BytesMut, usize)>,
 }
 
 impl Default for RecvBuffers {
@@ -61,37 +62,52 @@ impl RecvBuffers {
         if self
             .current
             .as_ref()
-            .is_some_and(|c| c.len() < BATCH * SLOT)
+            .is_some_and(|(c, _)| c.len() < BATCH * SLOT)
         {
-            if self.spent.len() == RECV_POOL {
-                // Still held downstream (a backlog): let it go rather than grow the pool.
-                self.spent.remove(0);
-            }
             if let Some(used) = self.current.take() {
                 self.spent.push(used);
             }
         }
-        self.current.get_or_insert_with(|| {
-            let free = self.spent.iter_mut().position(|b| {
+        if self.current.is_none() {
+            let free = self.spent.iter_mut().position(|(b, _)| {
                 // Only the capacity is wanted back: the old datagrams are not kept.
                 b.clear();
                 b.try_reclaim(CHUNK_BYTES)
             });
-            match free {
+            let next = match free {
                 Some(i) => {
-                    let mut b = self.spent.remove(i);
-                    // SAFETY: `b` is the whole of a buffer made by `BytesMut::zeroed(
-                    // CHUNK_BYTES)` (reclaimed with capacity >= CHUNK_BYTES, and such a
-                    // buffer's capacity is exactly CHUNK_BYTES), so every byte up to
-                    // CHUNK_BYTES was initialised then and only overwritten with bytes
-                    // since. Re-zeroing it cost a 512 KiB memset per 256 packets (3 % of
-                    // the relay's CPU at 300k packets/s).
-                    unsafe { b.set_len(CHUNK_BYTES) };
-                    b
+                    let (mut b, base) = self.spent.remove(i);
+                    if b.as_ptr() as usize == base && b.capacity() >= CHUNK_BYTES {
+                        // SAFETY: `b` starts where the `BytesMut::zeroed(CHUNK_BYTES)`
+                        // that made it started, so its first CHUNK_BYTES bytes are that
+                        // allocation's, all initialised then and only overwritten with
+                        // bytes since. Re-zeroing them cost a 512 KiB memset per 256
+                        // packets (3 % of the relay's CPU at 300k packets/s).
+                        unsafe { b.set_len(CHUNK_BYTES) };
+                    } else {
+                        // Reclaimed at another offset: zero it rather than assume.
+                        b.resize(CHUNK_BYTES, 0);
+                    }
+                    (b, base)
                 }
-                None => BytesMut::zeroed(CHUNK_BYTES),
+                None => {
+                    let b = BytesMut::zeroed(CHUNK_BYTES);
+                    let base = b.as_ptr() as usize;
+                    (b, base)
+                }
+            };
+            // Only now, after the scan: a full pool lets its oldest buffer go (still held
+            // downstream, under a backlog) rather than grow.
+            if self.spent.len() > RECV_POOL {
+                self.spent.remove(0);
             }
-        })
+            self.current = Some(next);
+        }
+        // The branch above always leaves `current` set.
+        &mut self
+            .current
+            .get_or_insert_with(|| unreachable!("current was just set"))
+            .0
     }
 }
 
@@ -172,7 +188,7 @@ impl MediaSocket {
             let off: libc::c_int = 0;
             for (level, name) in [
                 (libc::SOL_UDP, libc::UDP_GRO),
-                // A kernel timestamp per datagram that quinn-udp does not hand back.
+                // A kernel timestamp per datagram, which the relay does not use.
                 (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
                 (libc::IPPROTO_IP, libc::IP_PKTINFO),
                 (libc::IPPROTO_IP, libc::IP_RECVTOS),
