@@ -129,7 +129,11 @@ impl Shared {
             .leave(peer);
         self.ice.remove(&session.local_ufrag);
         let _ = self.recv_ctl.send(RecvCtl::RemovePeer(peer));
-        if let Some(w) = self.workers.get(session.worker) {
+        // Every loop, not only the session's: after a merge the participant's MovePeer may
+        // still be queued at its old loop, and a RemovePeer sent only to the new one could
+        // overtake the AddPeer the move sends there, leaving a participant nobody removes.
+        // Told first, the old loop drops the participant and the move finds nothing.
+        for w in &self.workers {
             let w = w.clone();
             tokio::spawn(async move {
                 let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
