@@ -382,7 +382,10 @@ pub async fn worker_loop(
             return;
         }
         let mut n = 0;
-        while n < WORKER_BATCH {
+        // A round also ends when the outbox holds ARENA_CAP bytes, so a large call's
+        // fan-out (256 packets x every receiver) cannot grow the arena, which keeps its
+        // high-water mark, to tens of MB.
+        while n < WORKER_BATCH && out.arena().len() < ARENA_CAP {
             let Some(p) = packets.pop() else { break };
             n += 1;
             let mut r = forward(&mut fwd, &p, &mut out);
@@ -416,12 +419,14 @@ pub async fn worker_loop(
             }
             continue;
         }
+        // The round stopped short of an empty ring: more is probably waiting.
+        let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
         send_all(&media, &mut out, &mut gso, &m).await;
         let now = Instant::now();
         for at in arrivals.drain(..) {
             m.forwarding_latency.record(now.duration_since(at));
         }
-        if n == WORKER_BATCH {
+        if more {
             // More is waiting: let the receive loop (often on this same thread) run
             // between batches.
             tokio::task::yield_now().await;
@@ -456,6 +461,9 @@ fn drain_control(rx: &mut mpsc::Receiver<WorkerMsg>, fwd: &mut Forwarder) -> boo
 
 /// Packets a forwarding loop takes per round before sending.
 const WORKER_BATCH: usize = 256;
+/// Outbox bytes after which a round stops taking packets and sends: a 1:1 call's full
+/// round is about 0.3 MiB, so only calls with many receivers reach it.
+const ARENA_CAP: usize = 2 << 20;
 
 fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
     match msg {
