@@ -8,6 +8,7 @@
 //! idle one (timers, consent checks) is what forwarding allocates.
 
 use crate::gen::Generator;
+use crate::metric;
 use anyhow::{Context, Result};
 use blindrelay::{Relay, RelayOptions};
 use serde::Serialize;
@@ -88,13 +89,6 @@ pub struct AllocReport {
     pub loaded_by_size: Vec<(String, u64)>,
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result<AllocReport> {
     // The generator's legs stop consent checks once they drive their sockets, so the
     // idle window must end before the relay's consent timeout (15 s by default).
@@ -170,4 +164,22 @@ pub fn run(calls: usize, rate: f64, phase: Duration, warmup: Duration) -> Result
     })?;
     relay_rt.block_on(relay.shutdown());
     Ok(report)
+}
+
+pub fn print_human(r: &AllocReport) {
+    println!(
+        "{} packets forwarded at {:.0} pkt/s target ({:.3} % loss) in {:.1} s",
+        r.forwarded_packets, r.rate_pps, r.loss_pct, r.phase_secs
+    );
+    println!(
+        "relay-thread allocations: {} loaded ({} bytes), {} idle over the same time",
+        r.loaded_allocations, r.loaded_allocated_bytes, r.idle_allocations
+    );
+    println!(
+        "allocations per forwarded packet: {:.6}",
+        r.allocations_per_forwarded_packet
+    );
+    for (range, n) in &r.loaded_by_size {
+        println!("  {n:>6} allocations of {range} bytes");
+    }
 }

@@ -6,7 +6,7 @@
 //! routing and bookkeeping cost.
 
 use anyhow::Result;
-use blindrelay::net::udp::{MediaSocket, RecvBuffers, BATCH};
+use blindrelay::net::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -104,16 +104,9 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
         while i < out.len() {
             let to = out[i].0;
             let size = out[i].1.len();
-            let max_segments = sock.gso_segments_for(size);
-            let mut j = i + 1;
-            while j < out.len() && j - i < max_segments && out[j].0 == to && out[j].1.len() <= size
-            {
-                let shorter = out[j].1.len() < size;
-                j += 1;
-                if shorter {
-                    break;
-                }
-            }
+            let j = gso_run_end(i, out.len(), sock.gso_segments_for(size), |k| {
+                (out[k].0, out[k].1.len())
+            });
             if j - i == 1 {
                 let _ = sock.send(to, &out[i].1).await;
             } else {

@@ -81,42 +81,6 @@ impl Drop for Leg {
     }
 }
 
-/// Raise a socket's kernel buffers past net.core.{r,w}mem_max when privileged
-/// (SO_*BUFFORCE), else as far as the limit allows: at hundreds of thousands of packets/s
-/// the default is under a millisecond of buffering.
-pub fn force_buffers(socket: &UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: a valid fd and a c_int option value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                force,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            // SAFETY: as above.
-            let _ = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    plain,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-        }
-    }
-}
-
 fn random_ssrc() -> u32 {
     rand::random::<u32>() | 1
 }
@@ -129,7 +93,7 @@ impl Leg {
         ssrc: u32,
         keep: Option<(Signal, MediaPath)>,
     ) -> Result<Self> {
-        force_buffers(&socket, SOCKET_BUFFER);
+        blindrelay::net::udp::set_socket_buffers(socket2::SockRef::from(&*socket), SOCKET_BUFFER);
         let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
         Ok(Leg {
             socket,

@@ -154,6 +154,7 @@ struct CallRun {
     e2e_latency_p99_ms: f64,
 }
 
+/// The sum of a metric's samples (every label set) in Prometheus text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -238,6 +239,7 @@ async fn one_call(
     })
 }
 
+/// The middle value (the upper one of an even count); 0 for none.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -290,21 +292,7 @@ fn main() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!(
-                    "{} packets forwarded at {:.0} pkt/s target ({:.3} % loss) in {:.1} s",
-                    r.forwarded_packets, r.rate_pps, r.loss_pct, r.phase_secs
-                );
-                println!(
-                    "relay-thread allocations: {} loaded ({} bytes), {} idle over the same time",
-                    r.loaded_allocations, r.loaded_allocated_bytes, r.idle_allocations
-                );
-                println!(
-                    "allocations per forwarded packet: {:.6}",
-                    r.allocations_per_forwarded_packet
-                );
-                for (range, n) in &r.loaded_by_size {
-                    println!("  {n:>6} allocations of {range} bytes");
-                }
+                alloc::print_human(&r);
             }
         }
         Cmd::Baseline {

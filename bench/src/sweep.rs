@@ -10,9 +10,11 @@
 //! is read next to the generator's end-to-end figure.
 
 use crate::gen::{Generator, PhaseResult};
+use crate::median;
 use crate::procstat;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -185,6 +187,36 @@ mod tempfile_path {
     }
 }
 
+impl Target {
+    /// Start `bin args` pinned to the target core, stdout piped for its banner. The child
+    /// is owned by the returned Target at once, so any early return after this stops it.
+    fn spawn(
+        a: &SweepArgs,
+        bin: &std::path::Path,
+        args: &[&OsStr],
+        config: Option<tempfile_path::TempPath>,
+    ) -> Result<Target> {
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(a.relay_cpu.to_string())
+            .arg(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {} under taskset", bin.display()))?;
+        Ok(Target {
+            child,
+            media: SocketAddr::from(([0, 0, 0, 0], 0)),
+            signal_url: None,
+            admin: None,
+            _config: config,
+        })
+    }
+}
+
 impl Drop for Target {
     fn drop(&mut self) {
         // SAFETY: kill(2) on the pid of a child we started and have not reaped.
@@ -250,26 +282,8 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
          socket_buffer_bytes = 33554432\n",
     )?;
     let temp = tempfile_path::TempPath(path.clone());
-    let child = Command::new("taskset")
-        .arg("-c")
-        .arg(a.relay_cpu.to_string())
-        .arg(&a.relay_bin)
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {} under taskset", a.relay_bin.display()))?;
-    // Owned by a Target at once, so any early return below stops the child.
-    let mut t = Target {
-        child,
-        media: SocketAddr::from(([0, 0, 0, 0], 0)),
-        signal_url: None,
-        admin: None,
-        _config: Some(temp),
-    };
+    let config = path.as_os_str().to_owned();
+    let mut t = Target::spawn(a, &a.relay_bin, &["--config".as_ref(), &config], Some(temp))?;
     let mut signal = None;
     let mut admin = None;
     let mut media = None;
@@ -296,30 +310,15 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
 }
 
 fn start_baseline(a: &SweepArgs) -> Result<Target> {
-    let child = Command::new("taskset")
-        .arg("-c")
-        .arg(a.relay_cpu.to_string())
-        .arg(&a.bench_bin)
-        .args([
-            "baseline",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-duration",
-            "15m",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {} baseline under taskset", a.bench_bin.display()))?;
-    // Owned by a Target at once, so any early return below stops the child.
-    let mut t = Target {
-        child,
-        media: SocketAddr::from(([0, 0, 0, 0], 0)),
-        signal_url: None,
-        admin: None,
-        _config: None,
-    };
+    let args = [
+        "baseline",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-duration",
+        "15m",
+    ]
+    .map(OsStr::new);
+    let mut t = Target::spawn(a, &a.bench_bin, &args, None)?;
     let mut media = None;
     read_banner(&mut t.child, |l| {
         media = l
@@ -662,11 +661,6 @@ async fn sweep_baseline(a: &SweepArgs) -> Result<TargetSweep> {
     drop(g);
     drop(t);
     Ok(sweep)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn cpu_model() -> String {

@@ -128,6 +128,22 @@ fn key(i: u64, dir: u8) -> ([u8; 16], [u8; 12]) {
     (k, s)
 }
 
+/// A forwarder holding every client, keyed as each client's own contexts are.
+fn forwarder_for(clients: &[Client]) -> Forwarder {
+    let mut f = Forwarder::new(None);
+    for c in clients {
+        f.add_peer(
+            c.peer,
+            c.call,
+            c.addr,
+            HopContext::Fast(Box::new(ctx(c.peer, 1))),
+            HopContext::Fast(Box::new(ctx(c.peer, 2))),
+            &[c.ssrc],
+        );
+    }
+    f
+}
+
 fn ctx(i: u64, dir: u8) -> FastGcmContext {
     let (k, s) = key(i, dir);
     FastGcmContext::new(&k, &s).unwrap()
@@ -324,17 +340,7 @@ fn steady_state_forwarding_does_not_allocate() {
         seq: 65_000 + peer as u16, // crosses a rollover in the window
     })
     .collect();
-    let mut f = Forwarder::new(None);
-    for c in &clients {
-        f.add_peer(
-            c.peer,
-            c.call,
-            c.addr,
-            HopContext::Fast(Box::new(ctx(c.peer, 1))),
-            HopContext::Fast(Box::new(ctx(c.peer, 2))),
-            &[c.ssrc],
-        );
-    }
+    let mut f = forwarder_for(&clients);
 
     // Everything the clients send is encrypted before the window.
     let total = WARMUP + MEASURED_RTP + MEASURED_RTP / (RTCP_EVERY - 1) + 1;
@@ -511,17 +517,7 @@ fn socket_path_steady_state_does_not_allocate() {
                 seq: 1,
             })
             .collect();
-        let mut fwd = Forwarder::new(None);
-        for c in &clients {
-            fwd.add_peer(
-                c.peer,
-                c.call,
-                c.addr,
-                HopContext::Fast(Box::new(ctx(c.peer, 1))),
-                HopContext::Fast(Box::new(ctx(c.peer, 2))),
-                &[c.ssrc],
-            );
-        }
+        let fwd = forwarder_for(&clients);
         let inputs: Vec<Input> = (0..12_000).map(|n| next_input(&mut clients, n)).collect();
         let (warmup, measured) = inputs.split_at(2_000);
         let media = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();

@@ -3,7 +3,7 @@
 //! participants' SRTP contexts outright, so no lock is taken per packet.
 
 use super::server::{IceEntry, Shared};
-use super::udp::{MediaSocket, RecvBuffers, BATCH};
+use super::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
 use crate::core::forward::{Forwarder, MediaTap, Outbox};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::{CallKey, PeerId};
@@ -508,18 +508,11 @@ async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &
     while i < ts.len() {
         let to = ts[i].to;
         let size = ts[i].len;
-        let max_segments = media.gso_segments_for(size);
-        let mut contiguous = true;
-        let mut j = i + 1;
-        while j < ts.len() && j - i < max_segments && ts[j].to == to && ts[j].len <= size {
-            contiguous &= ts[j].start == ts[j - 1].start + ts[j - 1].len;
-            let shorter = ts[j].len < size;
-            j += 1;
-            if shorter {
-                break;
-            }
-        }
+        let j = gso_run_end(i, ts.len(), media.gso_segments_for(size), |k| {
+            (ts[k].to, ts[k].len)
+        });
         let run = &ts[i..j];
+        let contiguous = run.windows(2).all(|w| w[1].start == w[0].start + w[0].len);
         let result = if j - i == 1 {
             media.send(to, out.data(&ts[i])).await
         } else if contiguous {

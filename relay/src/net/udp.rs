@@ -147,6 +147,44 @@ fn force_buffer_size(_: &socket2::Socket, _: BufferDir, _: usize) -> bool {
     false
 }
 
+/// Give a UDP socket `bytes` of kernel buffer each way. At 300k packets/s the default
+/// net.core.rmem_max (~208 KiB) is under a millisecond of buffering, so a scheduling
+/// hiccup drops packets. SO_{RCV,SND}BUFFORCE ignore that cap but need CAP_NET_ADMIN (we
+/// usually run as root); without it (EPERM), fall back to the ordinary options, which
+/// the kernel caps at {r,w}mem_max. Best effort either way.
+pub fn set_socket_buffers(s: socket2::SockRef<'_>, bytes: usize) {
+    if !force_buffer_size(&s, BufferDir::Recv, bytes) {
+        let _ = s.set_recv_buffer_size(bytes);
+    }
+    if !force_buffer_size(&s, BufferDir::Send, bytes) {
+        let _ = s.set_send_buffer_size(bytes);
+    }
+}
+
+/// Where the GSO run starting at `i` ends (exclusive), for `n` datagrams whose
+/// destination and size `at(k)` gives: consecutive datagrams to one destination, all the
+/// size of the first but the last, which may be shorter, at most `max_segments`.
+pub fn gso_run_end(
+    i: usize,
+    n: usize,
+    max_segments: usize,
+    at: impl Fn(usize) -> (SocketAddr, usize),
+) -> usize {
+    let (to, size) = at(i);
+    let mut j = i + 1;
+    while j < n && j - i < max_segments {
+        let (t, len) = at(j);
+        if t != to || len > size {
+            break;
+        }
+        j += 1;
+        if len < size {
+            break;
+        }
+    }
+    j
+}
+
 /// The one UDP socket carrying STUN, DTLS, SRTP and SRTCP.
 pub struct MediaSocket {
     pub socket: Arc<UdpSocket>,
@@ -162,16 +200,7 @@ impl MediaSocket {
             socket2::Domain::IPV6
         };
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-        // At 300k packets/s the default net.core.rmem_max (~208 KiB) is under a millisecond
-        // of buffering, so a scheduling hiccup drops packets. SO_{RCV,SND}BUFFORCE ignore
-        // that cap but need CAP_NET_ADMIN (we usually run as root); without it (EPERM),
-        // fall back to the ordinary options, which the kernel caps at {r,w}mem_max.
-        if !force_buffer_size(&s, BufferDir::Recv, buffer_bytes) {
-            let _ = s.set_recv_buffer_size(buffer_bytes);
-        }
-        if !force_buffer_size(&s, BufferDir::Send, buffer_bytes) {
-            let _ = s.set_send_buffer_size(buffer_bytes);
-        }
+        set_socket_buffers(socket2::SockRef::from(&s), buffer_bytes);
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         let std_sock: std::net::UdpSocket = s.into();
