@@ -156,6 +156,12 @@ pub enum ErrorCode {
     FeatureUnavailableInE2eeCall,
     UnknownFeature,
     ShuttingDown,
+    /// The relay is at its limit of calls or participants.
+    RelayFull,
+    /// The connection sent messages faster than `signal.messages_per_second`.
+    RateLimited,
+    /// No valid `hello` within `signal.hello_timeout`; the connection closes.
+    HelloTimeout,
     Internal,
 }
 
@@ -182,6 +188,9 @@ impl ErrorCode {
             ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
             ErrorCode::UnknownFeature => "unknown_feature",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RelayFull => "relay_full",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::HelloTimeout => "hello_timeout",
             ErrorCode::Internal => "internal",
         }
     }

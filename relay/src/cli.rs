@@ -72,7 +72,7 @@ pub enum Command {
         /// Role; bots are refused by end-to-end encrypted calls.
         #[arg(long, default_value = "user", value_parser = PossibleValuesParser::new(token::ROLES))]
         role: String,
-        /// Lifetime, e.g. `1h`, `30m`, `7days`.
+        /// Lifetime, e.g. `1h`, `30m`; at most the config's auth.max_ttl (default 24h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
     },
@@ -143,6 +143,13 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error("admin API at {url}: {message}")]
     Admin { url: String, message: String },
+    #[error(
+        "--ttl {} is longer than auth.max_ttl ({}): the relay would refuse the token; \
+         use a shorter --ttl or raise auth.max_ttl in the config",
+        humantime::format_duration(*.ttl),
+        humantime::format_duration(*.max_ttl)
+    )]
+    TtlOverMax { ttl: Duration, max_ttl: Duration },
 }
 
 impl CliError {
@@ -151,6 +158,7 @@ impl CliError {
         match self {
             CliError::Config(_)
             | CliError::LogFilter { .. }
+            | CliError::TtlOverMax { .. }
             | CliError::Token(TokenError::BadRole(_)) => 2,
             _ => 1,
         }
@@ -182,6 +190,14 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be at most 100 years".into());
     }
     Ok(ttl)
+}
+
+/// A token the relay would refuse for its lifetime is not issued.
+fn check_ttl(ttl: Duration, max_ttl: Duration) -> Result<(), CliError> {
+    if ttl > max_ttl {
+        return Err(CliError::TtlOverMax { ttl, max_ttl });
+    }
+    Ok(())
 }
 
 /// Install the stderr log subscriber. Separate from [`run`] so a caller embedding the
@@ -258,6 +274,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             role,
             ttl,
         }) => {
+            check_ttl(ttl, config.auth.max_ttl)?;
             let jwt = token::issue(
                 &config.auth.api_secret,
                 &user,
@@ -477,6 +494,21 @@ mod tests {
                 "{args:?}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn ttl_over_max_ttl_is_refused_with_status_2() {
+        let max = Config::embedded().unwrap().auth.max_ttl;
+        assert!(check_ttl(max, max).is_ok());
+        assert!(check_ttl(Duration::from_secs(3600), max).is_ok());
+        let e = check_ttl(max + Duration::from_secs(1), max).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--ttl") && msg.contains("auth.max_ttl"),
+            "{msg}"
+        );
+        assert!(msg.contains("1day"), "{msg}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! runs with no flags; a user file is parsed with the same types, so an unknown key or a
 //! bad value is an error that names the key, not a silent default.
 
+use crate::token::{TokenRules, DEFAULT_MAX_TTL};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,10 +73,30 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The signalling listener and the limits that keep one client from holding the relay's
+/// memory or connections: every one is bounded, and every refusal is counted by reason.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalConfig {
     pub listen: SocketAddr,
+    /// A connection that has not authenticated (`hello`) by then is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub hello_timeout: Duration,
+    /// Longest time from TCP accept to a finished WebSocket upgrade (slowloris).
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    /// Longest time one outbound WebSocket write may take before the connection is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub write_timeout: Duration,
+    /// Bytes queued for one connection that it has not read yet; past this the client is
+    /// a slow reader and is disconnected.
+    pub max_outbound_bytes: usize,
+    /// Open signalling connections, in total and from one source address.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// Messages one connection may send per second (sustained) and in one burst.
+    pub messages_per_second: u32,
+    pub message_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +133,20 @@ pub struct AuthConfig {
     pub api_secret: String,
     #[serde(with = "humantime_serde_compat")]
     pub leeway: Duration,
+    /// Longest token lifetime accepted (`exp - iat`, and `exp - now`); longer-lived
+    /// tokens are refused.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ttl: Duration,
+}
+
+impl AuthConfig {
+    /// The rules tokens are checked by.
+    pub fn rules(&self) -> TokenRules {
+        TokenRules {
+            leeway: self.leeway,
+            max_ttl: self.max_ttl,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -119,6 +154,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("api_secret", &"<redacted>")
             .field("leeway", &self.leeway)
+            .field("max_ttl", &self.max_ttl)
             .finish()
     }
 }
@@ -126,7 +162,21 @@ impl std::fmt::Debug for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallsConfig {
+    /// Largest number of participants in one call.
     pub max_participants: usize,
+    /// Calls and participants on the whole relay.
+    pub max_calls: usize,
+    pub max_total_participants: usize,
+    /// How long an invitation (add participant, transfer, bot) and a parked call wait.
+    #[serde(with = "humantime_serde_compat")]
+    pub invite_ttl: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub park_ttl: Duration,
+    /// Pending invitations and parked calls on the whole relay.
+    pub max_invites: usize,
+    pub max_parked: usize,
+    /// Wrong pickup codes one user may try per minute before retrieve is refused.
+    pub retrieve_attempts_per_minute: u32,
 }
 
 /// Smallest `capture.max_bytes`: the pcap file header, so a capture is always a valid file.
@@ -149,6 +199,14 @@ impl Default for SignalConfig {
     fn default() -> Self {
         SignalConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            hello_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_outbound_bytes: 1024 * 1024,
+            max_connections: 20_000,
+            max_connections_per_source: 1_000,
+            messages_per_second: 50,
+            message_burst: 200,
         }
     }
 }
@@ -183,6 +241,7 @@ impl Default for AuthConfig {
         AuthConfig {
             api_secret: DEV_API_SECRET.to_string(),
             leeway: Duration::from_secs(5),
+            max_ttl: DEFAULT_MAX_TTL,
         }
     }
 }
@@ -199,6 +258,13 @@ impl Default for CallsConfig {
     fn default() -> Self {
         CallsConfig {
             max_participants: 16,
+            max_calls: 10_000,
+            max_total_participants: 20_000,
+            invite_ttl: Duration::from_secs(120),
+            park_ttl: Duration::from_secs(120),
+            max_invites: 10_000,
+            max_parked: 10_000,
+            retrieve_attempts_per_minute: 10,
         }
     }
 }
@@ -246,6 +312,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.api_secret",
                 message: "must be at least 16 bytes".into(),
+            });
+        }
+        // Tokens carry whole seconds: a sub-second max_ttl would refuse every token.
+        if self.auth.max_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "auth.max_ttl",
+                message: "must be at least 1s".into(),
             });
         }
         let exposed = [
@@ -298,6 +371,46 @@ impl Config {
                 key: "calls.max_participants",
                 message: "must be at least 2".into(),
             });
+        }
+        for (key, zero) in [
+            ("signal.hello_timeout", self.signal.hello_timeout.is_zero()),
+            (
+                "signal.header_read_timeout",
+                self.signal.header_read_timeout.is_zero(),
+            ),
+            ("signal.write_timeout", self.signal.write_timeout.is_zero()),
+            (
+                "signal.max_outbound_bytes",
+                self.signal.max_outbound_bytes < 64 * 1024,
+            ),
+            ("signal.max_connections", self.signal.max_connections == 0),
+            (
+                "signal.max_connections_per_source",
+                self.signal.max_connections_per_source == 0,
+            ),
+            (
+                "signal.messages_per_second",
+                self.signal.messages_per_second == 0,
+            ),
+            ("signal.message_burst", self.signal.message_burst == 0),
+            ("calls.max_calls", self.calls.max_calls == 0),
+            (
+                "calls.max_total_participants",
+                self.calls.max_total_participants < 2,
+            ),
+            ("calls.invite_ttl", self.calls.invite_ttl.is_zero()),
+            ("calls.park_ttl", self.calls.park_ttl.is_zero()),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: if key == "signal.max_outbound_bytes" {
+                        "must be at least 65536 (one signalling message)".into()
+                    } else {
+                        "must be greater than zero".into()
+                    },
+                });
+            }
         }
         if self
             .capture
@@ -355,6 +468,8 @@ mod tests {
         assert_eq!(c.media.listen, d.media.listen);
         assert_eq!(c.ice.consent_timeout, d.ice.consent_timeout);
         assert_eq!(c.auth.api_secret, d.auth.api_secret);
+        assert_eq!(c.auth.leeway, d.auth.leeway);
+        assert_eq!(c.auth.max_ttl, d.auth.max_ttl);
         assert_eq!(c.calls.max_participants, d.calls.max_participants);
         assert_eq!(c.capture.max_bytes, d.capture.max_bytes);
         assert!(
@@ -380,6 +495,23 @@ mod tests {
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn auth_max_ttl_parses_and_validates() {
+        let c = Config::parse("[auth]\nmax_ttl = \"7days\"\n").unwrap();
+        assert_eq!(c.auth.max_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.auth.rules().max_ttl, c.auth.max_ttl);
+        assert_eq!(c.auth.rules().leeway, c.auth.leeway);
+        assert!(format!("{:?}", c.auth).contains("max_ttl"));
+        for text in [
+            "[auth]\nmax_ttl = \"0s\"\n",
+            "[auth]\nmax_ttl = \"500ms\"\n",
+            "[auth]\nmax_ttl = \"forever\"\n",
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains("max_ttl"), "{text}: {e}");
         }
     }
 

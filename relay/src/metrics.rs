@@ -131,6 +131,9 @@ const M_SIGNAL_ERR: &str = "blindrelay_signalling_errors_total";
 const M_REMOVED: &str = "blindrelay_participants_removed_total";
 const M_CALLS: &str = "blindrelay_calls";
 const M_PARTICIPANTS: &str = "blindrelay_participants";
+const M_CONNS: &str = "blindrelay_signalling_connections";
+const M_CONNS_CLOSED: &str = "blindrelay_signalling_closed_total";
+const M_CONNS_REFUSED: &str = "blindrelay_signalling_refused_total";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
 const M_BOT_REFUSED: &str = "blindrelay_bot_refusals_total";
@@ -225,6 +228,7 @@ impl Metrics {
             m.participants(role).set(0.0);
         }
         m.capture_active.set(0.0);
+        m.signalling_connections().set(0.0);
         m
     }
 
@@ -276,6 +280,18 @@ impl Metrics {
             "Signalling errors sent to clients, by code.",
         );
         d(M_REMOVED, None, "Participants removed, by reason.");
+        d(
+            M_CONNS_CLOSED,
+            None,
+            "Signalling connections closed, by reason (client, hello_timeout, header_timeout, slow_reader, write_timeout, removed, shutdown, read_error).",
+        );
+        d(
+            M_CONNS_REFUSED,
+            None,
+            "Signalling connections refused at accept, by reason (too_many_connections, too_many_from_source).",
+        );
+        self.recorder
+            .describe_gauge(M_CONNS.into(), None, "Open signalling connections.".into());
         d(M_STUN, None, "STUN binding responses sent.");
         d(
             M_BOT_REFUSED,
@@ -374,6 +390,26 @@ impl Metrics {
     pub fn participants(&self, role: &'static str) -> Gauge {
         self.recorder.register_gauge(
             &Key::from_parts(M_PARTICIPANTS, vec![Label::new("role", role)]),
+            &meta(),
+        )
+    }
+
+    /// Open signalling connections (TCP accepted, not yet closed).
+    pub fn signalling_connections(&self) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_name(M_CONNS), &meta())
+    }
+    /// Signalling connections closed, by reason (see `CloseReason`).
+    pub fn signalling_closed(&self, reason: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_CONNS_CLOSED, vec![Label::new("reason", reason)]),
+            &meta(),
+        )
+    }
+    /// Signalling connections refused at accept, by reason.
+    pub fn signalling_refused(&self, reason: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_CONNS_REFUSED, vec![Label::new("reason", reason)]),
             &meta(),
         )
     }

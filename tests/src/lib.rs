@@ -263,3 +263,64 @@ pub fn rtp_packet(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
     b.extend_from_slice(payload);
     b
 }
+
+/// A browser-shaped offer for raw signalling tests.
+pub fn offer(identity: &DtlsIdentity, ufrag: &str, n: u32) -> String {
+    sdp::build_offer(&OfferParams {
+        ice_ufrag: ufrag,
+        ice_pwd: "rawpasswordrawpassword00",
+        fingerprint: identity.fingerprint(),
+        audio_ssrc: 2 * n + 1,
+        video_ssrc: 2 * n + 2,
+        cname: "raw",
+        session_id: u64::from(n),
+    })
+}
+
+/// Connect and authenticate; panics unless the relay answers with capabilities.
+pub async fn hello(url: &str, token: &str) -> Signal {
+    let mut sig = Signal::connect(url).await.expect("signal connects");
+    sig.send(&ClientMessage::Hello {
+        token: token.into(),
+    })
+    .await
+    .expect("send hello");
+    match sig.recv().await.expect("capabilities") {
+        ServerMessage::Capabilities { .. } => sig,
+        m => panic!("expected capabilities, got {m:?}"),
+    }
+}
+
+/// The next signalling message, within 10 s.
+pub async fn next_reply(sig: &mut Signal) -> ServerMessage {
+    tokio::time::timeout(Duration::from_secs(10), sig.recv())
+        .await
+        .expect("reply in time")
+        .expect("reply")
+}
+
+/// Scrape until `pred` holds for the metrics, or panic with `what` after `limit`.
+pub async fn await_metrics(
+    relay: &blindrelay::Relay,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let m = scrape(relay).await;
+        if pred(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached in {limit:?}; metrics: {:?}",
+            m.iter()
+                .filter(|(k, _)| k.starts_with("blindrelay_signalling")
+                    || k.starts_with("blindrelay_participants")
+                    || k.starts_with("blindrelay_calls"))
+                .collect::<Vec<_>>()
+        );
+        tokio::task::yield_now().await;
+    }
+}

@@ -30,6 +30,7 @@ fn expired_token(secret: &str) -> String {
         call: None,
         exp: now - 3600,
         iat: now - 7200,
+        nbf: None,
     };
     encode(
         &Header::default(),

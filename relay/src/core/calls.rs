@@ -56,7 +56,7 @@ pub struct Member {
     pub policy: CallingE2ee,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Call {
     pub key: CallKey,
     pub id: String,
@@ -78,6 +78,8 @@ pub struct Joined {
     pub others: Vec<(PeerId, ParticipantInfo)>,
     /// Participants whose provisional E2EE call this join turned into a standard call.
     pub downgraded: Vec<PeerId>,
+    /// The earlier session of the same identity that this join replaced, and its removal.
+    pub replaced: Option<(PeerId, Left)>,
 }
 
 /// A merge: who moved from the other call, who was already there.
@@ -183,6 +185,7 @@ impl CallRegistry {
                 worker,
                 others: vec![],
                 downgraded: vec![],
+                replaced: None,
             });
         };
         let mut downgraded = Vec::new();
@@ -254,9 +257,64 @@ impl CallRegistry {
             worker: call.worker,
             others,
             downgraded,
+            replaced: None,
         };
         self.by_peer.insert(req.peer, req.call);
         Ok(out)
+    }
+
+    /// [`CallRegistry::join`] as if `replacing` (an earlier session of the same identity in
+    /// that call) had left first. A refused join changes nothing, not even the earlier
+    /// session's membership.
+    pub fn join_replacing(
+        &mut self,
+        req: JoinRequest,
+        replacing: Option<PeerId>,
+    ) -> Result<Joined, (ErrorCode, String)> {
+        let Some(old) = replacing else {
+            return self.join(req);
+        };
+        let snapshot = self.calls.get(&req.call).cloned();
+        let old_call = self.by_peer.get(&old).cloned();
+        let new_peer = req.peer;
+        let next_call = self.next_call;
+        let Some(left) = self.leave(old) else {
+            return self.join(req);
+        };
+        // A second session of someone already in an E2EE call must not downgrade it.
+        let result = self.join(req).and_then(|j| {
+            if j.downgraded.is_empty() {
+                Ok(j)
+            } else {
+                Err((
+                    ErrorCode::E2eeRequired,
+                    "this call is end-to-end encrypted: rejoin with end-to-end encryption on"
+                        .into(),
+                ))
+            }
+        });
+        match result {
+            Ok(mut j) => {
+                j.replaced = Some((old, left));
+                Ok(j)
+            }
+            Err(e) => {
+                self.by_peer.remove(&new_peer);
+                if let Some(c) = snapshot {
+                    self.calls.insert(c.id.clone(), c);
+                }
+                if let Some(id) = old_call {
+                    self.by_peer.insert(old, id);
+                }
+                self.next_call = next_call;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a call with this id is in progress.
+    pub fn has_call(&self, call: &str) -> bool {
+        self.calls.contains_key(call)
     }
 
     /// Move every participant of call `from_call` into `peer`'s call (merge). Both calls

@@ -5,20 +5,32 @@
 //! Grant-CsTeamsEnhancedEncryptionPolicy, `GET /v1/policy[/effective?user=&tenant=]` is
 //! Get-. Changes are persisted atomically and apply to the very next join.
 
-use super::server::Shared;
+use super::policy_store::PolicyStore;
 use crate::core::policy::CallingE2ee;
+use crate::metrics::Metrics;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tracing::{error, info};
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// What the admin listener serves from.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub policies: Arc<PolicyStore>,
+    /// `admin.token`, compared in constant time.
+    pub token: String,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: AdminState) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -34,7 +46,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -44,7 +56,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
@@ -61,13 +73,13 @@ fn fail(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// Check `Authorization: Bearer <admin.token>` in constant time.
-fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let want = s.config.admin.token.as_bytes();
+    let want = s.token.as_bytes();
     if given.len() == want.len() && bool::from(given.as_bytes().ct_eq(want)) {
         Ok(())
     } else {
@@ -82,7 +94,7 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
-async fn show(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn show(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return *r;
     }
@@ -101,7 +113,7 @@ fn default_tenant() -> String {
 }
 
 async fn effective(
-    State(s): State<Arc<Shared>>,
+    State(s): State<AdminState>,
     headers: HeaderMap,
     Query(q): Query<WhoQuery>,
 ) -> Response {
@@ -118,7 +130,7 @@ struct SetBody {
 }
 
 async fn set_policy(
-    State(s): State<Arc<Shared>>,
+    State(s): State<AdminState>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: String,
@@ -153,7 +165,7 @@ struct GrantBody {
 }
 
 async fn grant(
-    State(s): State<Arc<Shared>>,
+    State(s): State<AdminState>,
     headers: HeaderMap,
     Path(user): Path<String>,
     body: String,
@@ -177,7 +189,7 @@ async fn grant(
     }
 }
 
-async fn reload(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return *r;
     }

@@ -2,20 +2,21 @@
 //! SRTP/SRTCP to the forwarding loop its call is pinned to; each forwarding loop owns its
 //! participants' SRTP contexts outright, so no lock is taken per packet.
 
-use super::server::{IceEntry, Shared};
+use super::events::{Event, EventTx, KeyedMedia};
 use super::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
 use crate::core::forward::{Forwarder, MediaTap, Outbox};
 use crate::core::ice::{handle_stun, StunOutcome};
+use crate::core::plane::IcePeer;
 use crate::core::{CallKey, PeerId};
 use crate::metrics::{kind_index, DropReason, Metrics};
 use blindrelay_protocol::demux::{classify, PacketKind};
+use blindrelay_protocol::sdp::Fingerprint;
 use blindrelay_transport::hop::HopContext;
-use blindrelay_transport::{handshake, DtlsRole, PacketConn};
+use blindrelay_transport::{handshake, DtlsIdentity, DtlsRole, PacketConn};
 use bytes::Bytes;
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
 use foldhash::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -94,31 +95,83 @@ impl PacketQueue {
     }
 }
 
-/// Messages to the receive loop.
+/// Messages to the receive loop, from the control plane's driver, in the order the
+/// plane made them.
 pub enum RecvCtl {
-    RemovePeer(PeerId),
+    /// Accept ICE checks for a joined participant.
+    AddIce(Box<IcePeer>),
+    RemovePeer {
+        peer: PeerId,
+        ufrag: String,
+    },
     /// The participant's call now lives on another forwarding loop.
-    SetWorker(PeerId, usize),
+    SetWorker {
+        peer: PeerId,
+        ufrag: String,
+        worker: usize,
+        call_key: CallKey,
+    },
 }
 
 struct AddrEntry {
     peer: PeerId,
     worker: usize,
     dtls_tx: mpsc::Sender<Bytes>,
-    activity: Arc<AtomicU64>,
+    /// When activity was last reported to the control plane (ms since start).
+    reported_ms: u64,
+}
+
+/// How often a participant's liveness is reported to the control plane: consent is
+/// judged in seconds, and the receive loop must not send an event per packet.
+const ACTIVITY_REPORT_MS: u64 = 1000;
+
+/// What the receive loop needs besides its socket.
+pub struct RecvSetup {
+    pub media: Arc<MediaSocket>,
+    pub queues: Vec<Arc<PacketQueue>>,
+    pub metrics: Arc<Metrics>,
+    pub events: EventTx,
+    pub dtls: DtlsSetup,
+}
+
+/// What each participant's DTLS handshake needs.
+#[derive(Clone)]
+pub struct DtlsSetup {
+    pub identity: Arc<DtlsIdentity>,
+    pub connect_timeout: std::time::Duration,
+    /// In-place AEAD_AES_128_GCM SRTP when negotiated (`media.srtp = fast`).
+    pub fast: bool,
+}
+
+/// Report liveness to the control plane at most once per [`ACTIVITY_REPORT_MS`]. Never
+/// waits: a full inbox means the report is tried again with the next packet.
+fn report_activity(events: &EventTx, e: &mut AddrEntry, now_ms: u64) {
+    if now_ms.saturating_sub(e.reported_ms) >= ACTIVITY_REPORT_MS
+        && events.try_send(Event::Activity { peer: e.peer }).is_ok()
+    {
+        e.reported_ms = now_ms;
+    }
 }
 
 /// Receive, classify and dispatch every datagram on the media port.
-pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<RecvCtl>) {
+pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
+    let RecvSetup {
+        media,
+        queues,
+        metrics: m,
+        events,
+        dtls,
+    } = setup;
+    let epoch = Instant::now();
+    let mut ice: HashMap<String, IcePeer> = HashMap::default();
     let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::default();
     let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::default();
     let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
-    let mut full: Vec<bool> = Vec::with_capacity(shared.packet_queues.len());
+    let mut full: Vec<bool> = Vec::with_capacity(queues.len());
     let mut bufs = RecvBuffers::new();
-    let m = shared.metrics.clone();
     loop {
         tokio::select! {
-            r = shared.media.recv_batch(&mut bufs, &mut batch) => {
+            r = media.recv_batch(&mut bufs, &mut batch) => {
                 if let Err(e) = r {
                     // ICMP port unreachable surfaces here on Linux; nothing to do but go on.
                     debug!(error = %e, "media recv error");
@@ -127,67 +180,73 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
             }
             c = ctl.recv() => {
                 match c {
-                    Some(c) => apply(&mut addrs, &mut peer_addr, c),
+                    Some(c) => apply(&mut ice, &mut addrs, &mut peer_addr, c),
                     None => return,
                 }
                 continue;
             }
         }
+        // Control first: a participant's AddIce was queued before its client could send
+        // the check in this batch.
         while let Ok(c) = ctl.try_recv() {
-            apply(&mut addrs, &mut peer_addr, c);
+            apply(&mut ice, &mut addrs, &mut peer_addr, c);
         }
         let now = Instant::now();
-        let now_ms = shared.now_ms();
+        let now_ms = now.duration_since(epoch).as_millis() as u64;
         // A loop that stayed full through its yields in this batch gets no more yields in
         // it: its packets are dropped at once, so one overloaded loop cannot slow the
         // receive loop (and every other call) down to its pace.
         full.clear();
-        full.resize(shared.packet_queues.len(), false);
+        full.resize(queues.len(), false);
         for (from, data) in batch.drain(..) {
             let kind = classify(&data);
             let k = kind_index(kind);
             m.received_packets[k].increment(1);
             m.received_bytes[k].increment(data.len() as u64);
             match kind {
-                PacketKind::Stun => {
-                    let outcome = handle_stun(&data, from, |u| {
-                        shared.ice.get(u).map(|e| e.value().clone())
-                    });
-                    match outcome {
-                        StunOutcome::Binding(b) => {
-                            b.entry.activity.store(now_ms, Ordering::Relaxed);
-                            if let Err(e) = shared.media.send(from, &b.response).await {
-                                debug!(error = %e, "STUN response send failed");
-                            } else {
-                                m.stun_responses.increment(1);
-                            }
-                            // The first valid check fixes the participant's 5-tuple; the
-                            // relay never moves it afterwards.
-                            let peer = b.entry.peer;
-                            if !peer_addr.contains_key(&peer) && !addrs.contains_key(&from) {
-                                let (conn, dtls_tx) =
-                                    PacketConn::new(shared.media.socket.clone(), from, DTLS_QUEUE);
-                                addrs.insert(
-                                    from,
-                                    AddrEntry {
-                                        peer,
-                                        worker: b.entry.worker,
-                                        dtls_tx,
-                                        activity: b.entry.activity.clone(),
-                                    },
-                                );
-                                peer_addr.insert(peer, from);
-                                tokio::spawn(dtls_task(shared.clone(), b.entry, conn, from));
-                            }
+                PacketKind::Stun => match handle_stun(&data, from, |u| ice.get(u)) {
+                    StunOutcome::Binding(b) => {
+                        if let Err(e) = media.send(from, &b.response).await {
+                            debug!(error = %e, "STUN response send failed");
+                        } else {
+                            m.stun_responses.increment(1);
                         }
-                        StunOutcome::Indication => {
-                            if let Some(e) = addrs.get(&from) {
-                                e.activity.store(now_ms, Ordering::Relaxed);
-                            }
+                        // The first valid check fixes the participant's 5-tuple; the
+                        // relay never moves it afterwards.
+                        let p = b.entry;
+                        if let Some(e) = peer_addr.get(&p.peer).and_then(|a| addrs.get_mut(a)) {
+                            report_activity(&events, e, now_ms);
+                        } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                            addrs.entry(from)
+                        {
+                            let (conn, dtls_tx) =
+                                PacketConn::new(media.socket.clone(), from, DTLS_QUEUE);
+                            let e = slot.insert(AddrEntry {
+                                peer: p.peer,
+                                worker: p.worker,
+                                dtls_tx,
+                                reported_ms: 0,
+                            });
+                            report_activity(&events, e, now_ms.max(ACTIVITY_REPORT_MS));
+                            peer_addr.insert(p.peer, from);
+                            tokio::spawn(dtls_task(
+                                dtls.clone(),
+                                m.clone(),
+                                events.clone(),
+                                p.peer,
+                                p.fingerprint.clone(),
+                                conn,
+                                from,
+                            ));
                         }
-                        StunOutcome::Drop(r) => m.dropped(r),
                     }
-                }
+                    StunOutcome::Indication => {
+                        if let Some(e) = addrs.get_mut(&from) {
+                            report_activity(&events, e, now_ms);
+                        }
+                    }
+                    StunOutcome::Drop(r) => m.dropped(r),
+                },
                 PacketKind::Dtls => match addrs.get(&from) {
                     Some(e) => {
                         if e.dtls_tx.try_send(data).is_err() {
@@ -196,9 +255,9 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
                     }
                     None => m.dropped(DropReason::DtlsUnknownSource),
                 },
-                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get(&from) {
+                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get_mut(&from) {
                     Some(e) => {
-                        e.activity.store(now_ms, Ordering::Relaxed);
+                        report_activity(&events, e, now_ms);
                         let msg = Packet {
                             peer: e.peer,
                             rtcp: kind == PacketKind::Rtcp,
@@ -207,9 +266,9 @@ pub async fn recv_loop(shared: Arc<Shared>, mut ctl: mpsc::UnboundedReceiver<Rec
                         };
                         let gave_up = full.get(e.worker).copied().unwrap_or(false);
                         let queued = if gave_up {
-                            shared.packet_queues[e.worker].push(msg).is_ok()
+                            queues[e.worker].push(msg).is_ok()
                         } else {
-                            dispatch(&shared.packet_queues[e.worker], msg).await
+                            dispatch(&queues[e.worker], msg).await
                         };
                         if !queued {
                             if let Some(f) = full.get_mut(e.worker) {
@@ -248,50 +307,61 @@ async fn dispatch(worker: &PacketQueue, mut msg: Packet) -> bool {
 }
 
 fn apply(
+    ice: &mut HashMap<String, IcePeer>,
     addrs: &mut HashMap<SocketAddr, AddrEntry>,
     peer_addr: &mut HashMap<PeerId, SocketAddr>,
     c: RecvCtl,
 ) {
     match c {
-        RecvCtl::RemovePeer(p) => remove(addrs, peer_addr, p),
-        RecvCtl::SetWorker(p, w) => {
-            if let Some(e) = peer_addr.get(&p).and_then(|a| addrs.get_mut(a)) {
-                e.worker = w;
+        RecvCtl::AddIce(p) => {
+            ice.insert(p.local_ufrag.clone(), *p);
+        }
+        RecvCtl::RemovePeer { peer, ufrag } => {
+            ice.remove(&ufrag);
+            if let Some(a) = peer_addr.remove(&peer) {
+                if addrs.get(&a).is_some_and(|e| e.peer == peer) {
+                    addrs.remove(&a);
+                }
+            }
+        }
+        RecvCtl::SetWorker {
+            peer,
+            ufrag,
+            worker,
+            call_key,
+        } => {
+            if let Some(p) = ice.get_mut(&ufrag) {
+                p.worker = worker;
+                p.call_key = call_key;
+            }
+            if let Some(e) = peer_addr.get(&peer).and_then(|a| addrs.get_mut(a)) {
+                e.worker = worker;
             }
         }
     }
 }
 
-fn remove(
-    addrs: &mut HashMap<SocketAddr, AddrEntry>,
-    peer_addr: &mut HashMap<PeerId, SocketAddr>,
-    p: PeerId,
-) {
-    if let Some(a) = peer_addr.remove(&p) {
-        if addrs.get(&a).is_some_and(|e| e.peer == p) {
-            addrs.remove(&a);
-        }
-    }
-}
-
-/// Handshake with one participant, hand its SRTP contexts to its forwarding loop, then
-/// wait for the association to end (close_notify or error).
+/// Handshake with one participant, hand its SRTP contexts to the control plane's driver
+/// (which gives them to the participant's forwarding loop), then wait for the association
+/// to end (close_notify or error).
 async fn dtls_task(
-    shared: Arc<Shared>,
-    entry: Arc<IceEntry>,
+    setup: DtlsSetup,
+    m: Arc<Metrics>,
+    events: EventTx,
+    peer: PeerId,
+    fingerprint: Fingerprint,
     conn: Arc<PacketConn>,
     addr: SocketAddr,
 ) {
-    let m = &shared.metrics;
     let started = Instant::now();
     // Boxed: the handshake's state is several KiB, and inline it would size this task
     // for the participant's whole life; boxed, it is freed once the handshake is over.
     let result = Box::pin(handshake(
         conn,
-        &shared.identity,
+        &setup.identity,
         DtlsRole::Server,
-        entry.fingerprint.clone(),
-        shared.config.ice.connect_timeout,
+        fingerprint,
+        setup.connect_timeout,
     ))
     .await;
     let session = match result {
@@ -299,7 +369,7 @@ async fn dtls_task(
         Err(e) => {
             m.dtls_handshake(e.reason()).increment(1);
             warn!(error = %e, "DTLS handshake failed");
-            shared.remove_peer(entry.peer, "dtls_failed");
+            let _ = events.send(Event::DtlsFailed { peer }).await;
             return;
         }
     };
@@ -307,23 +377,12 @@ async fn dtls_task(
     m.dtls_handshake_time
         .record(started.elapsed().as_secs_f64());
     let dtls = session.conn.clone();
-    match shared.sessions.get(&entry.peer) {
-        Some(s) => {
-            *s.dtls.lock().unwrap_or_else(|p| p.into_inner()) = Some(dtls.clone());
-            s.connected.store(true, Ordering::Relaxed);
-        }
-        None => {
-            // Left while handshaking.
-            let _ = dtls.close().await;
-            return;
-        }
-    }
-    let fast = shared.config.media.srtp == crate::config::SrtpImpl::Fast;
-    let (outbound, inbound) = match session.hop_contexts(fast) {
+    let (outbound, inbound) = match session.hop_contexts(setup.fast) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "SRTP setup failed");
-            shared.remove_peer(entry.peer, "dtls_failed");
+            let _ = dtls.close().await;
+            let _ = events.send(Event::DtlsFailed { peer }).await;
             return;
         }
     };
@@ -331,18 +390,18 @@ async fn dtls_task(
     // The forwarding loop owns the hop contexts now; the session's own webrtc-srtp
     // contexts and keys are not needed for the rest of the participant's life.
     drop(session);
-    let add = WorkerMsg::AddPeer {
-        peer: entry.peer,
-        call: entry.call_key,
-        addr,
-        inbound: Box::new(inbound),
-        outbound: Box::new(outbound),
-        ssrcs: entry.ssrcs.clone(),
+    let keyed = Event::Keyed {
+        peer,
+        media: Box::new(KeyedMedia {
+            dtls: dtls.clone(),
+            addr,
+            inbound,
+            outbound,
+        }),
     };
-    if shared.workers[entry.worker].send(add).await.is_err() {
+    if events.send(keyed).await.is_err() {
         return;
     }
-    m.join_time.record(entry.joined_at.elapsed().as_secs_f64());
     debug!(profile, "participant keyed");
     // Only alerts arrive after the handshake (no data channels), and a small buffer is
     // held per participant for its whole call.
@@ -358,7 +417,7 @@ async fn dtls_task(
             }
         }
     }
-    shared.remove_peer(entry.peer, "dtls_closed");
+    let _ = events.send(Event::DtlsClosed { peer }).await;
 }
 
 /// One forwarding loop: packets of the calls pinned to it, in arrival order.

@@ -1,10 +1,15 @@
-//! The IO driver: the shared media socket and its forwarding loops, the signalling
-//! WebSocket server and the admin HTTP listener.
+//! The IO driver. Dependencies run one way, with no cycle:
+//! `server` starts everything; `driver` runs the control plane and talks to `media` and
+//! to connections' `outq`; `signal` (the listener and connection tasks) and `media` (the
+//! receive and forwarding loops, DTLS) report to the driver through `events`; `admin`
+//! serves metrics and policy.
 
 pub mod admin;
 pub mod capture;
-pub mod control;
+pub mod driver;
+pub mod events;
 pub mod media;
+pub mod outq;
 pub mod policy_store;
 pub mod server;
 pub mod signal;

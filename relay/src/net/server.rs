@@ -1,28 +1,28 @@
-//! Starting and stopping a relay, and the state its tasks share.
+//! Starting and stopping a relay: bind the listeners, start the forwarding loops, the
+//! receive loop, the control plane's driver, the signalling and admin listeners, and wire
+//! them together with bounded channels.
 
 use super::capture::{Capture, CaptureError};
-use super::media::{self, RecvCtl, WorkerMsg};
+use super::driver::{self, MediaControl};
+use super::events::{self, Event, EventTx};
+use super::media;
+use super::policy_store::PolicyStore;
+use super::signal::ListenerLimits;
 use super::udp::MediaSocket;
 use super::{admin, signal};
 use crate::config::Config;
-use crate::core::calls::CallRegistry;
 use crate::core::forward::{MediaTap, TapPacket};
-use crate::core::ice::IceCredentials;
-use crate::core::{CallKey, PeerId};
+use crate::core::plane::{ControlPlane, PlaneConfig};
 use crate::metrics::Metrics;
-use blindrelay_protocol::sdp::Fingerprint;
-use blindrelay_protocol::signal::ServerMessage;
-use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use blindrelay_transport::DtlsIdentity;
-use dashmap::DashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::info;
 
 /// Why a relay could not start.
 #[derive(Debug, Error)]
@@ -48,161 +48,16 @@ pub struct RelayOptions {
     pub tap: Option<MediaTap>,
 }
 
-/// What the media path needs to know about a joined participant, found by relay ufrag.
-#[derive(Debug)]
-pub struct IceEntry {
-    pub peer: PeerId,
-    pub call_key: CallKey,
-    pub worker: usize,
-    pub local_pwd: String,
-    pub remote_ufrag: String,
-    pub fingerprint: Fingerprint,
-    pub ssrcs: Vec<u32>,
-    pub activity: Arc<AtomicU64>,
-    pub joined_at: Instant,
-}
-
-impl IceCredentials for Arc<IceEntry> {
-    fn local_pwd(&self) -> &str {
-        &self.local_pwd
-    }
-    fn remote_ufrag(&self) -> &str {
-        &self.remote_ufrag
-    }
-}
-
-/// Control-plane state of one joined participant.
-pub struct Session {
-    pub to_client: mpsc::UnboundedSender<ServerMessage>,
-    pub role: &'static str,
-    pub worker: usize,
-    pub local_ufrag: String,
-    pub activity: Arc<AtomicU64>,
-    pub joined_at: Instant,
-    pub connected: Arc<AtomicBool>,
-    pub dtls: Mutex<Option<Arc<DTLSConn>>>,
-}
-
-/// State shared by the relay's tasks.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub identity: DtlsIdentity,
-    pub media: Arc<MediaSocket>,
-    pub media_addr: SocketAddr,
-    pub registry: Mutex<CallRegistry>,
-    pub sessions: DashMap<PeerId, Session>,
-    pub ice: DashMap<String, Arc<IceEntry>>,
-    pub workers: Vec<mpsc::Sender<WorkerMsg>>,
-    /// Each forwarding loop's packet ring, by the same index as `workers`.
-    pub packet_queues: Vec<Arc<media::PacketQueue>>,
-    pub recv_ctl: mpsc::UnboundedSender<RecvCtl>,
-    pub next_peer: AtomicU64,
-    pub epoch: Instant,
-    pub shutting_down: AtomicBool,
-    /// The pcap capture, when `capture.path` is set; joins tell it their call.
-    pub capture: Option<Arc<Capture>>,
-    /// E2EE policies in force.
-    pub policies: super::policy_store::PolicyStore,
-    /// Lobby, invitations and parked calls (call control).
-    pub control: super::control::Control,
-}
-
-impl Shared {
-    /// Milliseconds since start: the unit of activity timestamps.
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Remove a participant everywhere, tell its call, and close its DTLS association
-    /// (close_notify). Idempotent: the first caller does the work.
-    pub fn remove_peer(self: &Arc<Self>, peer: PeerId, reason: &'static str) {
-        let Some((_, session)) = self.sessions.remove(&peer) else {
-            return;
-        };
-        // The registry lock guards only membership; a poisoned lock means a panic elsewhere
-        // already, and membership is still consistent (each call is one atomic update).
-        let left = self
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .leave(peer);
-        self.ice.remove(&session.local_ufrag);
-        let _ = self.recv_ctl.send(RecvCtl::RemovePeer(peer));
-        // Every loop, not only the session's: after a merge the participant's MovePeer may
-        // still be queued at its old loop, and a RemovePeer sent only to the new one could
-        // overtake the AddPeer the move sends there, leaving a participant nobody removes.
-        // Told first, the old loop drops the participant and the move finds nothing.
-        for w in &self.workers {
-            let w = w.clone();
-            tokio::spawn(async move {
-                let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
-            });
-        }
-        let dtls = session
-            .dtls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(conn) = dtls {
-            tokio::spawn(async move {
-                let _ = conn.close().await;
-            });
-        }
-        self.metrics.removed(reason).increment(1);
-        self.metrics.participants(session.role).decrement(1.0);
-        if let Some(left) = left {
-            if let Some(mode) = left.ended {
-                self.metrics.calls(mode.as_str()).decrement(1.0);
-            }
-            // Tell the participant itself when the relay, not the participant, ended it.
-            if matches!(
-                reason,
-                "consent_timeout" | "dtls_failed" | "connect_timeout" | "transferred" | "parked"
-            ) {
-                let _ = session.to_client.send(ServerMessage::ParticipantLeft {
-                    participant: left.public_id.clone(),
-                    reason: reason.to_string(),
-                });
-            }
-            for other in left.remaining {
-                if let Some(s) = self.sessions.get(&other) {
-                    let _ = s.to_client.send(ServerMessage::ParticipantLeft {
-                        participant: left.public_id.clone(),
-                        reason: reason.to_string(),
-                    });
-                }
-            }
-        }
-        debug!(reason, "participant removed");
-    }
-
-    /// Remove participants that went silent (consent, RFC 7675 spirit) or never connected.
-    fn sweep(self: &Arc<Self>) {
-        let now = self.now_ms();
-        let consent = self.config.ice.consent_timeout.as_millis() as u64;
-        let connect = self.config.ice.connect_timeout;
-        let mut stale = Vec::new();
-        for s in self.sessions.iter() {
-            let last = s.activity.load(Ordering::Relaxed);
-            if now.saturating_sub(last) > consent {
-                stale.push((*s.key(), "consent_timeout"));
-            } else if !s.connected.load(Ordering::Relaxed) && s.joined_at.elapsed() > connect {
-                stale.push((*s.key(), "connect_timeout"));
-            }
-        }
-        for (p, why) in stale {
-            self.remove_peer(p, why);
-        }
-    }
-}
-
 /// A running relay.
 pub struct Relay {
     pub signal_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub media_addr: SocketAddr,
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    policies: Arc<PolicyStore>,
+    capture: Option<Arc<Capture>>,
+    events: EventTx,
+    shutting_down: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -248,7 +103,7 @@ impl Relay {
                 addr: config.admin.listen,
                 source,
             })?;
-        let policies = super::policy_store::PolicyStore::load(&config.policy)?;
+        let policies = Arc::new(PolicyStore::load(&config.policy)?);
         let metrics = Arc::new(Metrics::new());
         // Without a capture path no tap is installed: capture costs nothing when off.
         let capture = match &config.capture.path {
@@ -274,45 +129,76 @@ impl Relay {
                 tap.clone(),
             )));
         }
-        let (recv_ctl, recv_ctl_rx) = mpsc::unbounded_channel();
-        let registry = Mutex::new(CallRegistry::new(n_workers, config.calls.max_participants));
-        let shared = Arc::new(Shared {
-            config,
-            metrics,
-            identity,
-            media,
-            media_addr,
-            registry,
-            sessions: DashMap::new(),
-            ice: DashMap::new(),
-            workers,
-            packet_queues,
-            recv_ctl,
-            next_peer: AtomicU64::new(1),
-            epoch: Instant::now(),
-            shutting_down: AtomicBool::new(false),
-            policies,
-            control: Default::default(),
-            capture,
-        });
-        tasks.push(tokio::spawn(media::recv_loop(shared.clone(), recv_ctl_rx)));
-        tasks.push(tokio::spawn(signal::serve(signal_listener, shared.clone())));
-        tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+        let (events, events_rx) = mpsc::channel(events::EVENT_QUEUE);
+        let (recv_ctl, recv_ctl_rx) = mpsc::channel(media::CONTROL_QUEUE);
+        let identity = Arc::new(identity);
+        let plane = {
+            let p = policies.clone();
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            ControlPlane::new(
+                PlaneConfig::new(&config, media_addr, identity.fingerprint().clone()),
+                metrics.clone(),
+                Box::new(move |user: &str, tenant: &str| p.effective(user, tenant).calling_e2ee),
+                (Instant::now(), unix),
+                rand::random(),
+            )
+        };
+        tasks.push(tokio::spawn(driver::run(
+            plane,
+            events_rx,
+            MediaControl {
+                workers,
+                recv: recv_ctl,
+            },
+            capture.clone(),
+        )));
+        tasks.push(tokio::spawn(media::recv_loop(
+            media::RecvSetup {
+                media: media.clone(),
+                queues: packet_queues,
+                metrics: metrics.clone(),
+                events: events.clone(),
+                dtls: media::DtlsSetup {
+                    identity,
+                    connect_timeout: config.ice.connect_timeout,
+                    fast: config.media.srtp == crate::config::SrtpImpl::Fast,
+                },
+            },
+            recv_ctl_rx,
+        )));
+        let limits = ListenerLimits {
+            max_connections: config.signal.max_connections,
+            max_connections_per_source: config.signal.max_connections_per_source,
+            header_read_timeout: config.signal.header_read_timeout,
+            write_timeout: config.signal.write_timeout,
+            max_outbound_bytes: config.signal.max_outbound_bytes,
+        };
+        tasks.push(tokio::spawn(signal::serve(
+            signal_listener,
+            events.clone(),
+            limits,
+            metrics.clone(),
+        )));
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        tasks.push(tokio::spawn(admin::serve(
+            admin_listener,
+            admin::AdminState {
+                metrics: metrics.clone(),
+                policies: policies.clone(),
+                token: config.admin.token.clone(),
+                shutting_down: shutting_down.clone(),
+            },
+        )));
         // Notice edits of the policy file within a second (SIGHUP forces a reload too).
-        let watcher = shared.clone();
+        let watcher = policies.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let _ = watcher.policies.reload(false);
-            }
-        }));
-        let sweeper = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                sweeper.sweep();
+                let _ = watcher.reload(false);
             }
         }));
         info!(
@@ -326,14 +212,18 @@ impl Relay {
             signal_addr,
             admin_addr,
             media_addr,
-            shared,
+            metrics,
+            policies,
+            capture,
+            events,
+            shutting_down,
             tasks,
         })
     }
 
     /// Re-read the policy file now (what SIGHUP does). The policy in force stays on error.
     pub fn reload_policies(&self) -> Result<bool, super::policy_store::StoreError> {
-        self.shared.policies.reload(true)
+        self.policies.reload(true)
     }
 
     /// The signalling URL clients connect to.
@@ -343,27 +233,15 @@ impl Relay {
 
     /// The current metrics as Prometheus text.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.metrics.render()
     }
 
     /// Stop: refuse new work, send DTLS close_notify to every connected peer, stop tasks.
     pub async fn shutdown(self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let peers: Vec<PeerId> = self.shared.sessions.iter().map(|s| *s.key()).collect();
-        let mut closes = Vec::new();
-        for p in peers {
-            if let Some(s) = self.shared.sessions.get(&p) {
-                let conn = s.dtls.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(c) = conn {
-                    closes.push(tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
-                    }));
-                }
-            }
-            self.shared.remove_peer(p, "shutdown");
-        }
-        for c in closes {
-            let _ = c.await;
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let (done, wait) = oneshot::channel();
+        if self.events.send(Event::Shutdown { done }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
         }
         for t in &self.tasks {
             t.abort();
@@ -375,12 +253,11 @@ impl Relay {
     /// Write out every captured packet queued so far (no-op without a capture), so the
     /// pcap file is complete up to now. Waits at most 2 s for the disk.
     pub async fn flush_capture(&self) {
-        if let Some(c) = self.shared.capture.clone() {
+        if let Some(c) = self.capture.clone() {
             let _ = tokio::task::spawn_blocking(move || c.flush(Duration::from_secs(2))).await;
         }
     }
 }
-
 /// One tap from the caller's and the capture's, whichever are present.
 fn both_taps(a: Option<MediaTap>, b: Option<MediaTap>) -> Option<MediaTap> {
     match (a, b) {

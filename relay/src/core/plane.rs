@@ -1,0 +1,1921 @@
+//! The control plane, with one owner: signalling connections, sessions, calls, ICE
+//! credentials, the lobby, invitations, parked calls, policy decisions and every timer.
+//!
+//! Sans-IO in the style of str0m and quinn-proto: the driver (`net::driver`) feeds
+//! [`Input`]s and the time, and carries out the [`Output`]s it polls, in order. Nothing
+//! here reads a clock, touches a socket or spawns a task, so every ordering and every
+//! timer is testable with a virtual clock. Because one owner changes the state and emits
+//! the events in the order it changed, a `participant_joined` cannot be lost between two
+//! concurrent joins, and a refused request leaves nothing behind.
+
+use super::calls::{CallRegistry, JoinRequest};
+use super::policy::CallingE2ee;
+use super::{CallKey, PeerId};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::token::{self, Claims, TokenRules};
+use blindrelay_protocol::sdp::{self, AnswerParams, Fingerprint};
+use blindrelay_protocol::signal::{
+    parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo,
+    ServerMessage,
+};
+use rand::distr::{Alphanumeric, SampleString};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+
+/// A signalling connection, numbered by the driver.
+pub type ConnId = u64;
+
+/// Features a client may ask for.
+pub const FEATURES: [&str; 9] = [
+    "add_participant",
+    "transfer",
+    "consult_transfer",
+    "merge",
+    "park",
+    "retrieve",
+    "record",
+    "live_captions",
+    "transcription",
+];
+
+/// Longest call id, in bytes.
+const MAX_CALL_ID: usize = 256;
+
+/// The control plane's settings, taken from [`Config`] plus what only the running relay
+/// knows (its media address and DTLS fingerprint).
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    pub api_secret: String,
+    pub token_rules: TokenRules,
+    pub hello_timeout: Duration,
+    pub consent_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub invite_ttl: Duration,
+    pub park_ttl: Duration,
+    pub max_call_participants: usize,
+    pub max_calls: usize,
+    pub max_total_participants: usize,
+    pub max_invites: usize,
+    pub max_parked: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub retrieve_attempts_per_minute: u32,
+    pub workers: usize,
+    pub media_addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+}
+
+impl PlaneConfig {
+    pub fn new(c: &Config, media_addr: SocketAddr, fingerprint: Fingerprint) -> Self {
+        PlaneConfig {
+            api_secret: c.auth.api_secret.clone(),
+            token_rules: c.auth.rules(),
+            hello_timeout: c.signal.hello_timeout,
+            consent_timeout: c.ice.consent_timeout,
+            connect_timeout: c.ice.connect_timeout,
+            invite_ttl: c.calls.invite_ttl,
+            park_ttl: c.calls.park_ttl,
+            max_call_participants: c.calls.max_participants,
+            max_calls: c.calls.max_calls,
+            max_total_participants: c.calls.max_total_participants,
+            max_invites: c.calls.max_invites,
+            max_parked: c.calls.max_parked,
+            messages_per_second: c.signal.messages_per_second,
+            message_burst: c.signal.message_burst,
+            retrieve_attempts_per_minute: c.calls.retrieve_attempts_per_minute,
+            workers: c.worker_count(),
+            media_addr,
+            fingerprint,
+        }
+    }
+}
+
+/// A user's effective `calling_e2ee`, read at every hello and join so a policy change
+/// applies at once. A lookup in memory, not IO.
+pub type PolicyLookup = Box<dyn Fn(&str, &str) -> CallingE2ee + Send>;
+
+/// What happened, as the driver saw it.
+#[derive(Debug)]
+pub enum Input {
+    /// A WebSocket connection is up.
+    Connected {
+        conn: ConnId,
+    },
+    /// A text frame.
+    Text {
+        conn: ConnId,
+        text: String,
+    },
+    /// A binary frame (signalling is JSON text).
+    Binary {
+        conn: ConnId,
+    },
+    /// The connection is gone, for whatever reason.
+    Disconnected {
+        conn: ConnId,
+    },
+    /// The participant's media path is alive (a valid STUN check, or media from its
+    /// address); the driver reports it at most about once a second.
+    Activity {
+        peer: PeerId,
+    },
+    /// The participant's DTLS handshake finished; the driver holds its SRTP contexts.
+    Keyed {
+        peer: PeerId,
+    },
+    DtlsFailed {
+        peer: PeerId,
+    },
+    DtlsClosed {
+        peer: PeerId,
+    },
+    /// Refuse new work and remove everyone.
+    Shutdown,
+}
+
+/// Why the relay closes a signalling connection (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    HelloTimeout,
+    /// The relay removed the participant (consent, DTLS, transfer, park, replaced...).
+    Removed,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HelloTimeout => "hello_timeout",
+            CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What the media path needs to answer a participant's ICE checks and run its DTLS
+/// handshake.
+#[derive(Debug, Clone)]
+pub struct IcePeer {
+    pub peer: PeerId,
+    pub call_key: CallKey,
+    pub worker: usize,
+    pub local_ufrag: String,
+    pub local_pwd: String,
+    pub remote_ufrag: String,
+    pub fingerprint: Fingerprint,
+    pub ssrcs: Vec<u32>,
+}
+
+impl super::ice::IceCredentials for &IcePeer {
+    fn local_pwd(&self) -> &str {
+        &self.local_pwd
+    }
+    fn remote_ufrag(&self) -> &str {
+        &self.remote_ufrag
+    }
+}
+
+/// What the driver must do, in this order.
+#[derive(Debug)]
+pub enum Output {
+    /// Queue a message on a connection.
+    Send { conn: ConnId, msg: ServerMessage },
+    /// Close a connection once what is queued for it is written.
+    Close { conn: ConnId, reason: CloseReason },
+    /// Accept ICE checks for this participant.
+    IceAdd(IcePeer),
+    /// Forget the participant on the media path: ICE, address, forwarding loops, and
+    /// close its DTLS association (close_notify).
+    MediaRemove { peer: PeerId, ufrag: String },
+    /// Hand the participant's SRTP contexts (held by the driver) to its forwarding loop.
+    Attach {
+        peer: PeerId,
+        call_key: CallKey,
+        worker: usize,
+        ssrcs: Vec<u32>,
+    },
+    /// The participant's call now lives on another forwarding loop (merge).
+    Move {
+        peer: PeerId,
+        ufrag: String,
+        call_key: CallKey,
+        from_worker: usize,
+        to_worker: usize,
+    },
+    /// A call id got its relay-internal key (the capture filters by call id).
+    CallStarted { call: String, call_key: CallKey },
+}
+
+/// A token bucket: `rate` per second, up to `burst`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: u32, now: Instant) -> Self {
+        Bucket {
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+    fn refill(&mut self, now: Instant, rate: f64, burst: u32) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(f64::from(burst));
+        self.at = now;
+    }
+    fn take(&mut self, now: Instant, rate: f64, burst: u32) -> bool {
+        self.refill(now, rate, burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    claims: Option<Claims>,
+    peer: Option<PeerId>,
+    rate: Bucket,
+    hello_deadline: Option<Instant>,
+    /// A close was ordered: nothing more is read from or sent to it.
+    closing: bool,
+}
+
+impl Conn {
+    fn user_key(&self) -> Option<String> {
+        self.claims.as_ref().map(|c| user_key(&c.sub, &c.tenant))
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    conn: ConnId,
+    public_id: String,
+    user_key: String,
+    role: &'static str,
+    call: String,
+    local_ufrag: String,
+    worker: usize,
+    ssrcs: Vec<u32>,
+    joined_at: Instant,
+    last_activity: Instant,
+    keyed: bool,
+}
+
+#[derive(Debug)]
+struct Invite {
+    expires: Instant,
+    /// A consultative transfer completes when the invitee joins: this peer then leaves.
+    replaces: Option<PeerId>,
+}
+
+#[derive(Debug)]
+struct Parked {
+    call: String,
+    tenant: String,
+    expires: Instant,
+}
+
+/// Timers, each checked against the state when it fires (stale ones do nothing), so
+/// none has to be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Hello(ConnId),
+    Consent(PeerId),
+    Connect(PeerId),
+    Invite(String, String),
+    Parked(String),
+    RetrieveBucket(String),
+}
+
+/// `user@tenant`: how the lobby and invitations name people.
+pub fn user_key(user: &str, tenant: &str) -> String {
+    format!("{user}@{tenant}")
+}
+
+fn role_label(role: &str) -> &'static str {
+    token::ROLES
+        .into_iter()
+        .find(|r| *r == role)
+        .unwrap_or("user")
+}
+
+/// Removals the relay (not the participant) decided: the participant is told, and its
+/// connection closed.
+fn relay_initiated(reason: &str) -> bool {
+    !matches!(reason, "left" | "signalling_lost")
+}
+
+/// Removals the participant hears about as `participant_left` naming itself.
+fn told_to_self(reason: &str) -> bool {
+    matches!(
+        reason,
+        "consent_timeout"
+            | "dtls_failed"
+            | "connect_timeout"
+            | "transferred"
+            | "parked"
+            | "replaced"
+    )
+}
+
+type Refusal = (ErrorCode, String);
+
+/// The control plane. See the module docs.
+pub struct ControlPlane {
+    cfg: PlaneConfig,
+    metrics: Arc<Metrics>,
+    policy: PolicyLookup,
+    /// Unix time (seconds) at `clock_origin`, for token expiry.
+    clock_origin: (Instant, u64),
+    rng: StdRng,
+    registry: CallRegistry,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<PeerId, Session>,
+    /// Authenticated connections not in a call, by `user@tenant`: who can be invited.
+    lobby: BTreeMap<String, Vec<ConnId>>,
+    invites: HashMap<(String, String), Invite>,
+    parked: HashMap<String, Parked>,
+    /// Wrong pickup codes per user (only users who tried one have an entry).
+    retrieves: HashMap<String, Bucket>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    out: VecDeque<Output>,
+    next_peer: PeerId,
+    shutting_down: bool,
+}
+
+impl ControlPlane {
+    /// `clock_origin` pairs an instant with the Unix time (seconds) at that instant; `seed`
+    /// seeds ids, ICE credentials and pickup codes (from the OS in production, fixed in
+    /// tests).
+    pub fn new(
+        cfg: PlaneConfig,
+        metrics: Arc<Metrics>,
+        policy: PolicyLookup,
+        clock_origin: (Instant, u64),
+        seed: [u8; 32],
+    ) -> Self {
+        ControlPlane {
+            registry: CallRegistry::new(cfg.workers, cfg.max_call_participants),
+            cfg,
+            metrics,
+            policy,
+            clock_origin,
+            rng: StdRng::from_seed(seed),
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            lobby: BTreeMap::new(),
+            invites: HashMap::new(),
+            parked: HashMap::new(),
+            retrieves: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            next_peer: 1,
+            shutting_down: false,
+        }
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`ControlPlane::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Participants in calls, calls, and open connections: for tests and the admin view.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.sessions.len(),
+            self.registry.call_count(),
+            self.conns.len(),
+        )
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        let (at, unix) = self.clock_origin;
+        if now >= at {
+            unix.saturating_add(now.duration_since(at).as_secs())
+        } else {
+            unix.saturating_sub(at.duration_since(now).as_secs())
+        }
+    }
+
+    fn timer(&mut self, at: Instant, t: Timer) {
+        self.timers.push(Reverse((at, t)));
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMessage) {
+        if self.conns.get(&conn).is_some_and(|c| !c.closing) {
+            self.out.push_back(Output::Send { conn, msg });
+        }
+    }
+
+    fn error(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        self.metrics.signalling_error(code.as_str()).increment(1);
+        self.send(conn, ServerMessage::Error { code, message });
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.closing {
+                c.closing = true;
+                self.out.push_back(Output::Close { conn, reason });
+            }
+        }
+        self.leave_lobby(conn);
+    }
+
+    /// Feed one input at time `now`.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Connected { conn } => {
+                let deadline = now + self.cfg.hello_timeout;
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        claims: None,
+                        peer: None,
+                        rate: Bucket::full(self.cfg.message_burst, now),
+                        hello_deadline: Some(deadline),
+                        closing: false,
+                    },
+                );
+                self.timer(deadline, Timer::Hello(conn));
+            }
+            Input::Text { conn, text } => self.on_text(now, conn, &text),
+            Input::Binary { conn } => {
+                if self.admit_message(now, conn) {
+                    self.error(
+                        conn,
+                        ErrorCode::BadRequest,
+                        "signalling messages are JSON text frames".into(),
+                    );
+                }
+            }
+            Input::Disconnected { conn } => {
+                self.leave_lobby(conn);
+                if let Some(c) = self.conns.remove(&conn) {
+                    if let Some(p) = c.peer {
+                        self.remove_peer(now, p, "signalling_lost");
+                    }
+                }
+            }
+            Input::Activity { peer } => {
+                if let Some(s) = self.sessions.get_mut(&peer) {
+                    s.last_activity = now;
+                }
+            }
+            Input::Keyed { peer } => {
+                let Some(s) = self.sessions.get_mut(&peer) else {
+                    return;
+                };
+                if s.keyed {
+                    return;
+                }
+                s.keyed = true;
+                s.last_activity = now;
+                let since = now.saturating_duration_since(s.joined_at);
+                let (worker, ssrcs) = (s.worker, s.ssrcs.clone());
+                let Some((_, call_key, _)) = self.registry.call_of(peer) else {
+                    return;
+                };
+                self.metrics.join_time.record(since.as_secs_f64());
+                self.out.push_back(Output::Attach {
+                    peer,
+                    call_key,
+                    worker,
+                    ssrcs,
+                });
+            }
+            Input::DtlsFailed { peer } => self.remove_peer(now, peer, "dtls_failed"),
+            Input::DtlsClosed { peer } => self.remove_peer(now, peer, "dtls_closed"),
+            Input::Shutdown => {
+                self.shutting_down = true;
+                let peers: Vec<PeerId> = self.sessions.keys().copied().collect();
+                for p in peers {
+                    self.remove_peer(now, p, "shutdown");
+                }
+                let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+                for c in conns {
+                    self.close(c, CloseReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Fire every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, t))) = self.timers.pop() else {
+                break;
+            };
+            self.fire(now, t);
+        }
+    }
+
+    fn fire(&mut self, now: Instant, t: Timer) {
+        match t {
+            Timer::Hello(conn) => {
+                let due = self.conns.get(&conn).is_some_and(|c| {
+                    c.claims.is_none() && !c.closing && c.hello_deadline.is_some_and(|d| d <= now)
+                });
+                if due {
+                    self.error(
+                        conn,
+                        ErrorCode::HelloTimeout,
+                        format!(
+                            "no valid hello within {}",
+                            humantime::format_duration(self.cfg.hello_timeout)
+                        ),
+                    );
+                    self.close(conn, CloseReason::HelloTimeout);
+                }
+            }
+            Timer::Consent(peer) => {
+                let Some(s) = self.sessions.get(&peer) else {
+                    return;
+                };
+                let expires = s.last_activity + self.cfg.consent_timeout;
+                if expires <= now {
+                    self.remove_peer(now, peer, "consent_timeout");
+                } else {
+                    self.timer(expires, Timer::Consent(peer));
+                }
+            }
+            Timer::Connect(peer) => {
+                if self.sessions.get(&peer).is_some_and(|s| !s.keyed) {
+                    self.remove_peer(now, peer, "connect_timeout");
+                }
+            }
+            Timer::Invite(key, call) => {
+                let k = (key, call);
+                if self.invites.get(&k).is_some_and(|i| i.expires <= now) {
+                    self.invites.remove(&k);
+                }
+            }
+            Timer::Parked(code) => {
+                if self.parked.get(&code).is_some_and(|p| p.expires <= now) {
+                    self.parked.remove(&code);
+                }
+            }
+            Timer::RetrieveBucket(user) => {
+                let (rate, burst) = self.retrieve_rate();
+                if let Some(b) = self.retrieves.get_mut(&user) {
+                    b.refill(now, rate, burst);
+                    if b.tokens >= f64::from(burst) {
+                        self.retrieves.remove(&user);
+                    } else {
+                        self.timer(now + Duration::from_secs(60), Timer::RetrieveBucket(user));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rate limit: false (and a `rate_limited` error) when the connection is over it.
+    fn admit_message(&mut self, now: Instant, conn: ConnId) -> bool {
+        let (rate, burst) = (
+            f64::from(self.cfg.messages_per_second),
+            self.cfg.message_burst,
+        );
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.closing {
+            return false;
+        }
+        if c.rate.take(now, rate, burst) {
+            return true;
+        }
+        self.error(
+            conn,
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} messages per second",
+                self.cfg.messages_per_second
+            ),
+        );
+        false
+    }
+
+    fn on_text(&mut self, now: Instant, conn: ConnId, text: &str) {
+        if !self.admit_message(now, conn) {
+            return;
+        }
+        let msg = match parse_client_message(text) {
+            Ok(m) => m,
+            Err((code, message)) => return self.error(conn, code, message),
+        };
+        match msg {
+            ClientMessage::Hello { token } => self.hello(now, conn, &token),
+            ClientMessage::Join {
+                call,
+                e2ee_enabled,
+                offer_sdp,
+            } => self.join(now, conn, call, e2ee_enabled, &offer_sdp),
+            ClientMessage::E2ee { to, blob } => self.relay_to(conn, &to, blob),
+            ClientMessage::Chat { body } => self.chat(conn, body),
+            ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
+            ClientMessage::Leave => match self.conns.get(&conn).and_then(|c| c.peer) {
+                Some(p) => self.remove_peer(now, p, "left"),
+                None => self.error(conn, ErrorCode::NotJoined, "not in a call".into()),
+            },
+        }
+    }
+
+    fn hello(&mut self, now: Instant, conn: ConnId, token: &str) {
+        if self.conns.get(&conn).is_some_and(|c| c.peer.is_some()) {
+            return self.error(conn, ErrorCode::AlreadyJoined, "hello after join".into());
+        }
+        let unix = self.unix(now);
+        let verified = token::verify_at(&self.cfg.api_secret, token, &self.cfg.token_rules, unix);
+        self.leave_lobby(conn);
+        let hello_timeout = self.cfg.hello_timeout;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match verified {
+            Ok(claims) => {
+                // The relay enforces the same option at join.
+                let e2ee_option = if claims.is_bot() {
+                    E2eeOption::Hidden
+                } else {
+                    (self.policy)(&claims.sub, &claims.tenant).option()
+                };
+                let reply = ServerMessage::Capabilities {
+                    user: claims.sub.clone(),
+                    tenant: claims.tenant.clone(),
+                    role: claims.role.clone(),
+                    e2ee_option,
+                };
+                let key = user_key(&claims.sub, &claims.tenant);
+                c.claims = Some(claims);
+                c.hello_deadline = None;
+                self.lobby.entry(key).or_default().push(conn);
+                self.send(conn, reply);
+            }
+            Err(e) => {
+                // A connection that lost its authentication gets a new hello deadline.
+                if c.claims.take().is_some() || c.hello_deadline.is_none() {
+                    let d = now + hello_timeout;
+                    c.hello_deadline = Some(d);
+                    self.timer(d, Timer::Hello(conn));
+                }
+                self.error(conn, e.code(), e.to_string());
+            }
+        }
+    }
+
+    fn leave_lobby(&mut self, conn: ConnId) {
+        let Some(key) = self.conns.get(&conn).and_then(Conn::user_key) else {
+            return;
+        };
+        if let Some(v) = self.lobby.get_mut(&key) {
+            v.retain(|c| *c != conn);
+            if v.is_empty() {
+                self.lobby.remove(&key);
+            }
+        }
+    }
+
+    fn refuse_join(&mut self, conn: ConnId, code: ErrorCode, msg: String) {
+        self.metrics.join(code.as_str()).increment(1);
+        self.error(conn, code, msg);
+    }
+
+    fn join(&mut self, now: Instant, conn: ConnId, call: String, e2ee: bool, offer_sdp: &str) {
+        if let Err((code, msg)) = self.check_join(now, conn, &call) {
+            return self.refuse_join(conn, code, msg);
+        }
+        let Some(claims) = self.conns.get(&conn).and_then(|c| c.claims.clone()) else {
+            return self.refuse_join(
+                conn,
+                ErrorCode::NotAuthenticated,
+                "send hello with a token first".into(),
+            );
+        };
+        let offer = match sdp::parse_offer(offer_sdp) {
+            Ok(o) => o,
+            Err(e) => return self.refuse_join(conn, ErrorCode::BadSdp, e.to_string()),
+        };
+        let key = user_key(&claims.sub, &claims.tenant);
+        // A second session of the same identity in this call replaces the first.
+        let replaced = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.call == call && s.user_key == key)
+            .map(|(p, _)| *p);
+        let policy = if claims.is_bot() {
+            CallingE2ee::Disabled
+        } else {
+            (self.policy)(&claims.sub, &claims.tenant)
+        };
+        let peer = self.next_peer;
+        let public_id = format!("p-{}", Alphanumeric.sample_string(&mut self.rng, 12));
+        let req = JoinRequest {
+            peer,
+            public_id: public_id.clone(),
+            user: claims.sub.clone(),
+            tenant: claims.tenant.clone(),
+            role: claims.role.clone(),
+            call: call.clone(),
+            e2ee_enabled: e2ee,
+            policy,
+        };
+        let joined = match self.registry.join_replacing(req, replaced) {
+            Ok(j) => j,
+            Err((code, msg)) => {
+                if code == ErrorCode::E2eeCallRefusesBots {
+                    self.metrics
+                        .bot_refused(role_label(&claims.role))
+                        .increment(1);
+                }
+                return self.refuse_join(conn, code, msg);
+            }
+        };
+        // Admitted: from here on nothing can fail.
+        self.next_peer += 1;
+        let invite = self
+            .invites
+            .remove(&(key.clone(), call.clone()))
+            .filter(|i| i.expires > now);
+        if let Some((old, left)) = joined.replaced.clone() {
+            self.removed_side_effects(now, old, "replaced", Some(left));
+        }
+        self.leave_lobby(conn);
+        let role = role_label(&claims.role);
+        let local_ufrag = Alphanumeric.sample_string(&mut self.rng, 16);
+        let local_pwd = Alphanumeric.sample_string(&mut self.rng, 32);
+        let ssrcs: Vec<u32> = offer
+            .media
+            .iter()
+            .flat_map(|s| s.ssrcs.iter().copied())
+            .collect();
+        let answer_sdp = sdp::build_answer(
+            &offer,
+            &AnswerParams {
+                ice_ufrag: &local_ufrag,
+                ice_pwd: &local_pwd,
+                fingerprint: &self.cfg.fingerprint,
+                media_addr: self.cfg.media_addr,
+                session_id: peer,
+            },
+        );
+        if joined.others.is_empty() {
+            self.metrics.calls(joined.mode.as_str()).increment(1.0);
+            self.out.push_back(Output::CallStarted {
+                call: call.clone(),
+                call_key: joined.call_key,
+            });
+        }
+        self.out.push_back(Output::IceAdd(IcePeer {
+            peer,
+            call_key: joined.call_key,
+            worker: joined.worker,
+            local_ufrag: local_ufrag.clone(),
+            local_pwd,
+            remote_ufrag: offer.ice_ufrag.clone(),
+            fingerprint: offer.fingerprint.clone(),
+            ssrcs: ssrcs.clone(),
+        }));
+        self.sessions.insert(
+            peer,
+            Session {
+                conn,
+                public_id: public_id.clone(),
+                user_key: key,
+                role,
+                call: call.clone(),
+                local_ufrag,
+                worker: joined.worker,
+                ssrcs,
+                joined_at: now,
+                last_activity: now,
+                keyed: false,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Some(peer);
+        }
+        self.timer(now + self.cfg.connect_timeout, Timer::Connect(peer));
+        self.timer(now + self.cfg.consent_timeout, Timer::Consent(peer));
+        self.metrics.join("ok").increment(1);
+        self.metrics.participants(role).increment(1.0);
+        if !joined.downgraded.is_empty() {
+            self.metrics.calls("e2ee").decrement(1.0);
+            self.metrics.calls("standard").increment(1.0);
+        }
+        self.send(
+            conn,
+            ServerMessage::Joined {
+                participant: public_id.clone(),
+                call_mode: joined.mode,
+                mode_reason: joined.mode_reason.clone(),
+                answer_sdp,
+                participants: joined.others.iter().map(|(_, i)| i.clone()).collect(),
+            },
+        );
+        for p in &joined.downgraded {
+            if let Some(c) = self.sessions.get(p).map(|s| s.conn) {
+                self.send(
+                    c,
+                    ServerMessage::CallModeChanged {
+                        call_mode: joined.mode,
+                        reason: joined.mode_reason.clone().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        let me = ParticipantInfo {
+            participant: public_id,
+            user: claims.sub.clone(),
+            tenant: claims.tenant.clone(),
+            role: claims.role.clone(),
+        };
+        for (other, _) in &joined.others {
+            if let Some(c) = self.sessions.get(other).map(|s| s.conn) {
+                self.send(
+                    c,
+                    ServerMessage::ParticipantJoined {
+                        participant: me.clone(),
+                    },
+                );
+            }
+        }
+        info!(mode = joined.mode.as_str(), role, "participant joined");
+        if let Some(Some(replaced)) = invite.map(|i| i.replaces) {
+            // A consultative transfer completes: the one who handed over leaves.
+            self.remove_peer(now, replaced, "transferred");
+        }
+    }
+
+    /// Every check of a join that needs no registry change.
+    fn check_join(&self, now: Instant, conn: ConnId, call: &str) -> Result<(), Refusal> {
+        if self.shutting_down {
+            return Err((ErrorCode::ShuttingDown, "relay is shutting down".into()));
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Err((ErrorCode::Internal, "connection is gone".into()));
+        };
+        let Some(claims) = &c.claims else {
+            return Err((
+                ErrorCode::NotAuthenticated,
+                "send hello with a token first".into(),
+            ));
+        };
+        if c.peer.is_some() {
+            return Err((ErrorCode::AlreadyJoined, "already in a call".into()));
+        }
+        // Expiry is re-checked at join: a token may have expired since hello.
+        let leeway = self.cfg.token_rules.leeway.as_secs();
+        if claims.exp.saturating_add(leeway) < self.unix(now) {
+            return Err((ErrorCode::TokenExpired, "token expired".into()));
+        }
+        if call.is_empty() || call.len() > MAX_CALL_ID {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("call id must be 1 to {MAX_CALL_ID} bytes"),
+            ));
+        }
+        // An invitation (add_participant, transfer, retrieve, a bot brought in) admits to
+        // its call whatever call the token names.
+        let invited = self
+            .invites
+            .get(&(user_key(&claims.sub, &claims.tenant), call.to_string()))
+            .is_some_and(|i| i.expires > now);
+        if let Some(allowed) = claims.call.as_ref().filter(|_| !invited) {
+            if allowed != call {
+                return Err((
+                    ErrorCode::WrongCall,
+                    format!("token admits to call `{allowed}` only"),
+                ));
+            }
+        }
+        if self.sessions.len() >= self.cfg.max_total_participants {
+            return Err((
+                ErrorCode::RelayFull,
+                format!(
+                    "the relay has {} participants, its limit",
+                    self.sessions.len()
+                ),
+            ));
+        }
+        if !self.registry.has_call(call) && self.registry.call_count() >= self.cfg.max_calls {
+            return Err((
+                ErrorCode::RelayFull,
+                format!(
+                    "the relay has {} calls, its limit",
+                    self.registry.call_count()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Remove a participant everywhere and tell its call. Idempotent.
+    fn remove_peer(&mut self, now: Instant, peer: PeerId, reason: &'static str) {
+        if !self.sessions.contains_key(&peer) {
+            return;
+        }
+        let left = self.registry.leave(peer);
+        self.removed_side_effects(now, peer, reason, left);
+    }
+
+    /// Everything but the registry change of a removal (a replacing join has made that
+    /// change already).
+    fn removed_side_effects(
+        &mut self,
+        _now: Instant,
+        peer: PeerId,
+        reason: &'static str,
+        left: Option<super::calls::Left>,
+    ) {
+        let Some(session) = self.sessions.remove(&peer) else {
+            return;
+        };
+        self.out.push_back(Output::MediaRemove {
+            peer,
+            ufrag: session.local_ufrag.clone(),
+        });
+        self.metrics.removed(reason).increment(1);
+        self.metrics.participants(session.role).decrement(1.0);
+        let conn = session.conn;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = None;
+        }
+        if let Some(left) = left {
+            if let Some(mode) = left.ended {
+                self.metrics.calls(mode.as_str()).decrement(1.0);
+            }
+            if told_to_self(reason) {
+                self.send(
+                    conn,
+                    ServerMessage::ParticipantLeft {
+                        participant: left.public_id.clone(),
+                        reason: reason.to_string(),
+                    },
+                );
+            }
+            for other in left.remaining {
+                if let Some(c) = self.sessions.get(&other).map(|s| s.conn) {
+                    self.send(
+                        c,
+                        ServerMessage::ParticipantLeft {
+                            participant: left.public_id.clone(),
+                            reason: reason.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        if relay_initiated(reason) {
+            let why = if reason == "shutdown" {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::Removed
+            };
+            self.close(conn, why);
+        } else if let Some(key) = self
+            .conns
+            .get(&conn)
+            .filter(|c| !c.closing)
+            .and_then(Conn::user_key)
+        {
+            // Left on purpose: back in the lobby, and free to join again.
+            self.lobby.entry(key).or_default().push(conn);
+        }
+        debug!(reason, "participant removed");
+    }
+
+    fn joined_peer(&mut self, conn: ConnId) -> Option<PeerId> {
+        let p = self.conns.get(&conn).and_then(|c| c.peer);
+        if p.is_none() {
+            self.error(conn, ErrorCode::NotJoined, "join a call first".into());
+        }
+        p
+    }
+
+    /// Relay an opaque key-agreement blob to one participant of the caller's call.
+    fn relay_to(&mut self, conn: ConnId, to: &str, blob: String) {
+        let Some(peer) = self.joined_peer(conn) else {
+            return;
+        };
+        let target = self
+            .registry
+            .find_in_call(peer, to)
+            .and_then(|t| self.sessions.get(&t))
+            .map(|s| s.conn);
+        let from = self.sessions.get(&peer).map(|s| s.public_id.clone());
+        match (target, from) {
+            (Some(t), Some(from)) => self.send(t, ServerMessage::E2ee { from, blob }),
+            _ => self.error(
+                conn,
+                ErrorCode::UnknownParticipant,
+                format!("no participant `{to}` in this call"),
+            ),
+        }
+    }
+
+    fn chat(&mut self, conn: ConnId, body: String) {
+        let Some(peer) = self.joined_peer(conn) else {
+            return;
+        };
+        let Some(from) = self.sessions.get(&peer).map(|s| s.public_id.clone()) else {
+            return;
+        };
+        let others: Vec<ConnId> = self
+            .registry
+            .peers_of(peer)
+            .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| self.sessions.get(&p).map(|s| s.conn))
+            .collect();
+        for c in others {
+            self.send(
+                c,
+                ServerMessage::Chat {
+                    from: from.clone(),
+                    body: body.clone(),
+                },
+            );
+        }
+    }
+
+    fn feature(&mut self, now: Instant, conn: ConnId, name: &str, arg: Option<String>) {
+        let Some(label) = FEATURES.into_iter().find(|f| *f == name) else {
+            return self.error(
+                conn,
+                ErrorCode::UnknownFeature,
+                format!("unknown feature `{name}`"),
+            );
+        };
+        let Some(claims) = self.conns.get(&conn).and_then(|c| c.claims.clone()) else {
+            return self.error(
+                conn,
+                ErrorCode::NotAuthenticated,
+                "send hello with a token first".into(),
+            );
+        };
+        let peer = self.conns.get(&conn).and_then(|c| c.peer);
+        let mode = peer.and_then(|p| self.registry.call_of(p).map(|(_, _, m)| m));
+        debug!(feature = label, "feature requested");
+        if mode == Some(CallMode::E2ee) {
+            self.metrics.feature_refused(label).increment(1);
+            return self.error(
+                conn,
+                ErrorCode::FeatureUnavailableInE2eeCall,
+                format!("`{name}` is unavailable in an end-to-end encrypted call: it needs the media in the clear or a third party"),
+            );
+        }
+        let mut after: Option<(PeerId, &'static str)> = None;
+        // The request's result goes out before the events it caused (invitations, the
+        // participants a merge brought in), so a client always learns the outcome first.
+        let mark = self.out.len();
+        let result = self.carry_out(now, conn, peer, &claims, label, arg.as_deref(), &mut after);
+        let reply = match result {
+            Ok(detail) => ServerMessage::FeatureResult {
+                name: name.to_string(),
+                ok: true,
+                detail: Some(detail),
+            },
+            Err((code, message)) => {
+                self.metrics.signalling_error(code.as_str()).increment(1);
+                ServerMessage::FeatureResult {
+                    name: name.to_string(),
+                    ok: false,
+                    detail: Some(format!("{}: {message}", code.as_str())),
+                }
+            }
+        };
+        if self.conns.get(&conn).is_some_and(|c| !c.closing) {
+            self.out.insert(mark, Output::Send { conn, msg: reply });
+        }
+        // A transfer or park hands over after the caller has its result.
+        if let Some((p, reason)) = after {
+            self.remove_peer(now, p, reason);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn carry_out(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        peer: Option<PeerId>,
+        claims: &Claims,
+        name: &'static str,
+        arg: Option<&str>,
+        after: &mut Option<(PeerId, &'static str)>,
+    ) -> Result<String, Refusal> {
+        let me = user_key(&claims.sub, &claims.tenant);
+        if name == "retrieve" {
+            return self.retrieve(now, conn, claims, arg);
+        }
+        let peer = peer.ok_or((ErrorCode::NotJoined, "join a call first".to_string()))?;
+        let (call, _, _) = self
+            .registry
+            .call_of(peer)
+            .ok_or((ErrorCode::NotJoined, "not in a call".to_string()))?;
+        let target = || {
+            let a = arg.ok_or((
+                ErrorCode::BadRequest,
+                format!("{name} needs a user (user or user@tenant)"),
+            ))?;
+            Ok::<String, Refusal>(if a.contains('@') {
+                a.to_string()
+            } else {
+                user_key(a, &claims.tenant)
+            })
+        };
+        let offline = |who: &str| {
+            (
+                ErrorCode::UnknownParticipant,
+                format!("{who} is not online"),
+            )
+        };
+        match name {
+            "add_participant" => {
+                let who = target()?;
+                self.invite(now, &who, &call, &claims.sub, name, None)?
+                    .then(|| format!("invited {who}"))
+                    .ok_or_else(|| offline(&who))
+            }
+            "transfer" => {
+                let who = target()?;
+                if !self.invite(now, &who, &call, &claims.sub, name, None)? {
+                    return Err(offline(&who));
+                }
+                // A blind transfer: the caller hands over at once.
+                *after = Some((peer, "transferred"));
+                Ok(format!("call transferred to {who}"))
+            }
+            "consult_transfer" => {
+                let who = target()?;
+                self.invite(now, &who, &call, &claims.sub, name, Some(peer))?
+                    .then(|| format!("consulting {who}; the call is theirs when they join"))
+                    .ok_or_else(|| offline(&who))
+            }
+            "merge" => {
+                let other = arg.ok_or((
+                    ErrorCode::BadRequest,
+                    "merge needs the other call's id".to_string(),
+                ))?;
+                if claims.call.as_deref().is_some_and(|c| c != other) {
+                    return Err((
+                        ErrorCode::WrongCall,
+                        format!("your token does not admit to call `{other}`"),
+                    ));
+                }
+                self.merge(peer, other)?;
+                Ok(format!("merged call {other} into this call"))
+            }
+            "park" => {
+                if self.parked.len() >= self.cfg.max_parked {
+                    return Err((ErrorCode::RelayFull, "too many parked calls".into()));
+                }
+                // Unique among the parked calls: a retrieve can never find another's.
+                let code = loop {
+                    let c = format!("{:06}", self.rng.random_range(0..1_000_000u32));
+                    if !self.parked.contains_key(&c) {
+                        break c;
+                    }
+                };
+                let expires = now + self.cfg.park_ttl;
+                self.parked.insert(
+                    code.clone(),
+                    Parked {
+                        call,
+                        tenant: claims.tenant.clone(),
+                        expires,
+                    },
+                );
+                self.timer(expires, Timer::Parked(code.clone()));
+                let _ = me;
+                *after = Some((peer, "parked"));
+                Ok(code)
+            }
+            "record" | "live_captions" | "transcription" => {
+                let role = match name {
+                    "record" => "bot:recording",
+                    "live_captions" => "bot:captions",
+                    _ => "bot:transcription",
+                };
+                let bot = self
+                    .lobby
+                    .iter()
+                    .find(|(_, conns)| {
+                        conns.iter().any(|c| {
+                            self.conns
+                                .get(c)
+                                .and_then(|c| c.claims.as_ref())
+                                .is_some_and(|cl| cl.role == role && cl.tenant == claims.tenant)
+                        })
+                    })
+                    .map(|(k, _)| k.clone());
+                match bot {
+                    Some(k) if self.invite(now, &k, &call, &claims.sub, role, None)? => {
+                        Ok(format!("{role} invited"))
+                    }
+                    _ => Err((
+                        ErrorCode::UnknownParticipant,
+                        format!("no {role} is available"),
+                    )),
+                }
+            }
+            _ => Err((
+                ErrorCode::UnknownFeature,
+                format!("unknown feature `{name}`"),
+            )),
+        }
+    }
+
+    fn retrieve_rate(&self) -> (f64, u32) {
+        let per_min = self.cfg.retrieve_attempts_per_minute.max(1);
+        (f64::from(per_min) / 60.0, per_min)
+    }
+
+    fn retrieve(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        claims: &Claims,
+        arg: Option<&str>,
+    ) -> Result<String, Refusal> {
+        let code = arg.ok_or((
+            ErrorCode::BadRequest,
+            "retrieve needs the pickup code".to_string(),
+        ))?;
+        let me = user_key(&claims.sub, &claims.tenant);
+        let (rate, burst) = self.retrieve_rate();
+        // Only wrong codes spend the budget; an exhausted one refuses every attempt.
+        if let Some(b) = self.retrieves.get_mut(&me) {
+            b.refill(now, rate, burst);
+            if b.tokens < 1.0 {
+                return Err((
+                    ErrorCode::RateLimited,
+                    "too many wrong pickup codes; try again later".into(),
+                ));
+            }
+        }
+        let found = self
+            .parked
+            .get(code)
+            .filter(|p| p.tenant == claims.tenant && p.expires > now)
+            .map(|p| p.call.clone());
+        let Some(call) = found else {
+            let fresh = !self.retrieves.contains_key(&me);
+            let b = self
+                .retrieves
+                .entry(me.clone())
+                .or_insert_with(|| Bucket::full(burst, now));
+            b.tokens -= 1.0;
+            if fresh {
+                self.timer(now + Duration::from_secs(60), Timer::RetrieveBucket(me));
+            }
+            return Err((
+                ErrorCode::BadRequest,
+                "no call is parked under that code".into(),
+            ));
+        };
+        if self.conns.get(&conn).is_some_and(|c| c.peer.is_some()) {
+            return Err((
+                ErrorCode::AlreadyJoined,
+                "retrieve from a connection that is not in a call".into(),
+            ));
+        }
+        self.parked.remove(code);
+        // The retriever is invited to the parked call; its own lobby entry gets it.
+        if !self.invite(now, &me, &call, &claims.sub, "retrieve", None)? {
+            return Err((
+                ErrorCode::NotJoined,
+                "retrieve from a connection that is not in a call".into(),
+            ));
+        }
+        Ok(format!("retrieving the call parked under {code}"))
+    }
+
+    /// Invite `key` (everyone of it in the lobby) to `call`. Ok(false): nobody to invite.
+    fn invite(
+        &mut self,
+        now: Instant,
+        key: &str,
+        call: &str,
+        by: &str,
+        reason: &str,
+        replaces: Option<PeerId>,
+    ) -> Result<bool, Refusal> {
+        let Some(conns) = self.lobby.get(key).cloned() else {
+            return Ok(false);
+        };
+        let k = (key.to_string(), call.to_string());
+        if !self.invites.contains_key(&k) && self.invites.len() >= self.cfg.max_invites {
+            return Err((ErrorCode::RelayFull, "too many pending invitations".into()));
+        }
+        for c in conns {
+            self.send(
+                c,
+                ServerMessage::Invite {
+                    call: call.to_string(),
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        let expires = now + self.cfg.invite_ttl;
+        self.invites.insert(k, Invite { expires, replaces });
+        self.timer(expires, Timer::Invite(key.to_string(), call.to_string()));
+        Ok(true)
+    }
+
+    /// Move the other call's participants into `peer`'s call: membership, forwarding
+    /// loop, and everyone told who is now with them.
+    fn merge(&mut self, peer: PeerId, other: &str) -> Result<(), Refusal> {
+        let merged = self.registry.merge(peer, other)?;
+        self.metrics.calls("standard").decrement(1.0);
+        for (p, _) in &merged.moved {
+            if let Some(s) = self.sessions.get_mut(p) {
+                s.worker = merged.worker;
+                s.call = self
+                    .registry
+                    .call_of(peer)
+                    .map(|(id, _, _)| id)
+                    .unwrap_or_default();
+                self.out.push_back(Output::Move {
+                    peer: *p,
+                    ufrag: s.local_ufrag.clone(),
+                    call_key: merged.call_key,
+                    from_worker: merged.from_worker,
+                    to_worker: merged.worker,
+                });
+            }
+        }
+        let tell = |this: &mut Self,
+                    to: &[(PeerId, ParticipantInfo)],
+                    about: &[(PeerId, ParticipantInfo)]| {
+            for (p, _) in to {
+                if let Some(c) = this.sessions.get(p).map(|s| s.conn) {
+                    for (_, info) in about {
+                        this.send(
+                            c,
+                            ServerMessage::ParticipantJoined {
+                                participant: info.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        };
+        tell(self, &merged.existing, &merged.moved);
+        tell(self, &merged.moved, &merged.existing);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The control plane on a virtual clock: no sockets, no sleeps, microseconds a test.
+    use super::*;
+    use blindrelay_protocol::sdp::{build_offer, OfferParams};
+
+    const SECRET: &str = "unit-test-secret-0123456789";
+
+    fn cfg() -> PlaneConfig {
+        let mut c = Config::embedded().expect("embedded config parses");
+        c.auth.api_secret = SECRET.into();
+        c.media.workers = 2;
+        PlaneConfig::new(
+            &c,
+            "127.0.0.1:7402".parse().expect("literal"),
+            Fingerprint { sha256: [7; 32] },
+        )
+    }
+
+    fn offer(n: u32) -> String {
+        build_offer(&OfferParams {
+            ice_ufrag: "cufrag",
+            ice_pwd: "clientpasswordclientpassword",
+            fingerprint: &Fingerprint { sha256: [9; 32] },
+            audio_ssrc: 2 * n + 1,
+            video_ssrc: 2 * n + 2,
+            cname: "c",
+            session_id: u64::from(n),
+        })
+    }
+
+    /// A plane and its virtual clock; outputs are collected per connection.
+    struct H {
+        p: ControlPlane,
+        now: Instant,
+        out: Vec<Output>,
+        unix: u64,
+    }
+
+    impl H {
+        fn with(cfg: PlaneConfig, policy: CallingE2ee) -> H {
+            let now = Instant::now();
+            let unix = 1_800_000_000;
+            H {
+                p: ControlPlane::new(
+                    cfg,
+                    Arc::new(Metrics::new()),
+                    Box::new(move |_: &str, _: &str| policy),
+                    (now, unix),
+                    [1; 32],
+                ),
+                now,
+                out: Vec::new(),
+                unix,
+            }
+        }
+        fn new() -> H {
+            H::with(cfg(), CallingE2ee::DisabledUserOverride)
+        }
+        fn token(&self, user: &str, call: Option<&str>, role: &str) -> String {
+            let claims = Claims {
+                sub: user.into(),
+                tenant: "t".into(),
+                role: role.into(),
+                call: call.map(str::to_string),
+                exp: self.unix + 3600,
+                iat: self.unix,
+                nbf: None,
+            };
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("encodes")
+        }
+        fn input(&mut self, i: Input) {
+            self.p.handle_input(self.now, i);
+            self.drain();
+        }
+        fn drain(&mut self) {
+            while let Some(o) = self.p.poll_output() {
+                self.out.push(o);
+            }
+        }
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            // Fire timers at their own instants, as the driver would.
+            while let Some(t) = self.p.poll_timeout().filter(|t| *t <= end) {
+                self.now = self.now.max(t);
+                self.p.handle_timeout(self.now);
+                self.drain();
+            }
+            self.now = end;
+        }
+        fn text(&mut self, conn: ConnId, m: &ClientMessage) {
+            let text = serde_json::to_string(m).expect("serializes");
+            self.input(Input::Text { conn, text });
+        }
+        /// Messages for `conn` since the last call, in order.
+        fn take(&mut self, conn: ConnId) -> Vec<ServerMessage> {
+            let mut mine = Vec::new();
+            let mut rest = Vec::new();
+            for o in self.out.drain(..) {
+                match o {
+                    Output::Send { conn: c, msg } if c == conn => mine.push(msg),
+                    o => rest.push(o),
+                }
+            }
+            self.out = rest;
+            mine
+        }
+        fn closed(&self, conn: ConnId) -> Option<CloseReason> {
+            self.out.iter().find_map(|o| match o {
+                Output::Close { conn: c, reason } if *c == conn => Some(*reason),
+                _ => None,
+            })
+        }
+        fn hello(&mut self, conn: ConnId, user: &str, call: Option<&str>, role: &str) {
+            self.input(Input::Connected { conn });
+            let token = self.token(user, call, role);
+            self.text(conn, &ClientMessage::Hello { token });
+            let m = self.take(conn);
+            assert!(
+                matches!(m.as_slice(), [ServerMessage::Capabilities { .. }]),
+                "{m:?}"
+            );
+        }
+        fn join(&mut self, conn: ConnId, call: &str, e2ee: bool) -> Vec<ServerMessage> {
+            self.text(
+                conn,
+                &ClientMessage::Join {
+                    call: call.into(),
+                    e2ee_enabled: e2ee,
+                    offer_sdp: offer(conn as u32),
+                },
+            );
+            self.take(conn)
+        }
+        fn peer_of(&self, conn: ConnId) -> PeerId {
+            self.p.conns[&conn].peer.expect("joined")
+        }
+    }
+
+    fn joined_mode(m: &[ServerMessage]) -> CallMode {
+        match m.first() {
+            Some(ServerMessage::Joined { call_mode, .. }) => *call_mode,
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+
+    fn error_code(m: &[ServerMessage]) -> ErrorCode {
+        match m.last() {
+            Some(ServerMessage::Error { code, .. }) => *code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_join_leaves_no_trace_and_a_connection_can_join_again() {
+        let mut h = H::new();
+        h.hello(1, "mallory", None, "user");
+        assert_eq!(joined_mode(&h.join(1, "c", true)), CallMode::E2ee);
+        h.text(1, &ClientMessage::Leave);
+        assert_eq!(h.p.counts().0, 0);
+        // Joining again on the same connection works; a refused join changes nothing.
+        assert_eq!(joined_mode(&h.join(1, "other", false)), CallMode::Standard);
+        assert_eq!(error_code(&h.join(1, "c", false)), ErrorCode::AlreadyJoined);
+        h.text(1, &ClientMessage::Leave);
+        assert_eq!(h.p.counts(), (0, 0, 1));
+        h.text(
+            1,
+            &ClientMessage::Join {
+                call: "c".into(),
+                e2ee_enabled: true,
+                offer_sdp: "v=0 garbage".into(),
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::BadSdp);
+        assert_eq!(h.p.counts(), (0, 0, 1));
+        // Now a two-party E2EE call on that call id is E2EE and one-to-one.
+        h.hello(2, "alice", None, "user");
+        h.hello(3, "bob", None, "user");
+        assert_eq!(joined_mode(&h.join(2, "c", true)), CallMode::E2ee);
+        let bob = h.join(3, "c", true);
+        assert_eq!(joined_mode(&bob), CallMode::E2ee);
+        match &bob[0] {
+            ServerMessage::Joined { participants, .. } => {
+                assert_eq!(participants.len(), 1);
+                assert_eq!(participants[0].user, "alice");
+            }
+            m => panic!("{m:?}"),
+        }
+        let a = h.take(2);
+        assert!(
+            matches!(&a[..], [ServerMessage::ParticipantJoined { participant }] if participant.user == "bob"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn hello_timeout_closes_only_silent_connections() {
+        let mut h = H::new();
+        h.input(Input::Connected { conn: 1 });
+        h.hello(2, "alice", None, "user");
+        h.advance(Duration::from_millis(9_999));
+        assert_eq!(h.closed(1), None);
+        h.advance(Duration::from_millis(1));
+        assert_eq!(error_code(&h.take(1)), ErrorCode::HelloTimeout);
+        assert_eq!(h.closed(1), Some(CloseReason::HelloTimeout));
+        assert_eq!(h.closed(2), None);
+        // A bad hello does not extend the deadline.
+        h.input(Input::Connected { conn: 3 });
+        h.advance(Duration::from_secs(5));
+        h.text(3, &ClientMessage::Hello { token: "x".into() });
+        h.advance(Duration::from_secs(5));
+        assert_eq!(h.closed(3), Some(CloseReason::HelloTimeout));
+    }
+
+    #[test]
+    fn connect_and_consent_timeouts_remove_and_tell() {
+        let mut h = H::new();
+        h.hello(1, "alice", None, "user");
+        h.hello(2, "bob", None, "user");
+        h.join(1, "c", false);
+        h.join(2, "c", false);
+        let (a, b) = (h.peer_of(1), h.peer_of(2));
+        h.take(1);
+        // bob never finishes DTLS: removed at connect_timeout (10 s).
+        h.input(Input::Keyed { peer: a });
+        assert!(h
+            .out
+            .iter()
+            .any(|o| matches!(o, Output::Attach { peer, .. } if *peer == a)));
+        h.advance(Duration::from_secs(5));
+        h.input(Input::Activity { peer: a });
+        h.advance(Duration::from_secs(5));
+        let to_b = h.take(2);
+        assert!(
+            matches!(&to_b[..], [ServerMessage::ParticipantLeft { reason, .. }] if reason == "connect_timeout"),
+            "{to_b:?}"
+        );
+        assert_eq!(h.closed(2), Some(CloseReason::Removed));
+        assert!(h
+            .out
+            .iter()
+            .any(|o| matches!(o, Output::MediaRemove { peer, .. } if *peer == b)));
+        // alice was active at 5 s: consent holds until 20 s, not 15 s.
+        h.out.clear();
+        h.advance(Duration::from_millis(9_900));
+        assert_eq!(h.p.counts().0, 1);
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.p.counts().0, 0);
+        let to_a = h.take(1);
+        assert!(
+            matches!(&to_a[..], [ServerMessage::ParticipantLeft { reason, .. }] if reason == "consent_timeout"),
+            "{to_a:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_identity_replaces_the_first_session() {
+        let mut h = H::new();
+        h.hello(1, "alice", None, "user");
+        h.hello(2, "bob", None, "user");
+        h.hello(3, "alice", None, "user");
+        h.join(1, "c", true);
+        h.join(2, "c", true);
+        h.take(1);
+        // The same user again, in a one-to-one E2EE call: admitted, the old one replaced.
+        let m = h.join(3, "c", true);
+        assert_eq!(joined_mode(&m), CallMode::E2ee);
+        let old = h.take(1);
+        assert!(
+            matches!(&old[..], [ServerMessage::ParticipantLeft { reason, .. }] if reason == "replaced"),
+            "{old:?}"
+        );
+        assert_eq!(h.closed(1), Some(CloseReason::Removed));
+        let to_bob = h.take(2);
+        assert!(
+            matches!(&to_bob[..], [ServerMessage::ParticipantLeft { reason, .. }, ServerMessage::ParticipantJoined { participant }] if reason == "replaced" && participant.user == "alice"),
+            "{to_bob:?}"
+        );
+        assert_eq!(h.p.counts().0, 2);
+        // A refused replacing join keeps the first session.
+        h.out.clear();
+        h.hello(4, "alice", None, "bot:recording");
+        assert_eq!(
+            error_code(&h.join(4, "c", false)),
+            ErrorCode::E2eeCallRefusesBots
+        );
+        h.hello(5, "alice", None, "user");
+        assert_eq!(error_code(&h.join(5, "c", false)), ErrorCode::E2eeRequired);
+        assert_eq!(h.p.counts().0, 2);
+        assert!(h.out.is_empty(), "no trace: {:?}", h.out);
+    }
+
+    #[test]
+    fn concurrent_joins_lose_no_event() {
+        let mut h = H::new();
+        for i in 0..200u64 {
+            h.hello(2 * i + 1, &format!("a{i}"), None, "user");
+            h.hello(2 * i + 2, &format!("b{i}"), None, "user");
+        }
+        for i in 0..200u64 {
+            let call = format!("call-{i}");
+            h.text(
+                2 * i + 1,
+                &ClientMessage::Join {
+                    call: call.clone(),
+                    e2ee_enabled: true,
+                    offer_sdp: offer(1),
+                },
+            );
+            h.text(
+                2 * i + 2,
+                &ClientMessage::Join {
+                    call,
+                    e2ee_enabled: true,
+                    offer_sdp: offer(2),
+                },
+            );
+        }
+        for i in 0..200u64 {
+            let a = h.take(2 * i + 1);
+            assert!(
+                matches!(&a[..], [ServerMessage::Joined { call_mode: CallMode::E2ee, .. }, ServerMessage::ParticipantJoined { participant }] if participant.user == format!("b{i}")),
+                "{a:?}"
+            );
+            let b = h.take(2 * i + 2);
+            assert!(
+                matches!(&b[..], [ServerMessage::Joined { participants, .. }] if participants.len() == 1),
+                "{b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn merge_moves_and_tells_both_sides() {
+        let mut h = H::new();
+        for (c, u) in [(1, "a"), (2, "b"), (3, "x"), (4, "y")] {
+            h.hello(c, u, None, "user");
+        }
+        h.join(1, "one", false);
+        h.join(2, "one", false);
+        h.join(3, "two", false);
+        h.join(4, "two", false);
+        for c in 1..=4 {
+            h.take(c);
+        }
+        h.out.clear();
+        h.text(
+            1,
+            &ClientMessage::Feature {
+                name: "merge".into(),
+                arg: Some("two".into()),
+            },
+        );
+        let r = h.take(1);
+        // The request's result, then the events it caused (x and y joined this call).
+        assert!(
+            matches!(
+                &r[..],
+                [
+                    ServerMessage::FeatureResult { ok: true, .. },
+                    ServerMessage::ParticipantJoined { .. },
+                    ServerMessage::ParticipantJoined { .. }
+                ]
+            ),
+            "{r:?}"
+        );
+        assert_eq!(r.len(), 3, "result then x and y joined: {r:?}");
+        assert_eq!(h.take(3).len(), 2, "x hears of a and b");
+        let moves = h
+            .out
+            .iter()
+            .filter(|o| matches!(o, Output::Move { .. }))
+            .count();
+        assert_eq!(moves, 2);
+        assert_eq!(h.p.counts().1, 1);
+    }
+
+    #[test]
+    fn invites_and_parked_calls_expire() {
+        let mut h = H::new();
+        h.hello(1, "alice", Some("c"), "user");
+        h.hello(2, "bob", Some("elsewhere"), "user");
+        h.join(1, "c", false);
+        h.text(
+            1,
+            &ClientMessage::Feature {
+                name: "add_participant".into(),
+                arg: Some("bob".into()),
+            },
+        );
+        assert!(matches!(
+            h.take(2).as_slice(),
+            [ServerMessage::Invite { .. }]
+        ));
+        assert_eq!(h.p.invites.len(), 1);
+        h.advance(Duration::from_secs(120));
+        assert_eq!(h.p.invites.len(), 0, "expired invitation purged");
+        assert_eq!(error_code(&h.join(2, "c", false)), ErrorCode::WrongCall);
+        // Park: the code is valid for park_ttl, then purged.
+        h.hello(3, "carol", None, "user");
+        h.join(3, "d", false);
+        h.text(
+            3,
+            &ClientMessage::Feature {
+                name: "park".into(),
+                arg: None,
+            },
+        );
+        let r = h.take(3);
+        assert!(
+            matches!(&r[0], ServerMessage::FeatureResult { ok: true, .. }),
+            "{r:?}"
+        );
+        assert!(
+            matches!(&r[1], ServerMessage::ParticipantLeft { reason, .. } if reason == "parked"),
+            "{r:?}"
+        );
+        assert_eq!(h.p.parked.len(), 1);
+        h.advance(Duration::from_secs(120));
+        assert_eq!(h.p.parked.len(), 0);
+        assert!(h.p.timers.is_empty(), "every timer fired: {:?}", h.p.timers);
+    }
+
+    #[test]
+    fn pickup_codes_are_rate_limited() {
+        let mut h = H::new();
+        h.hello(1, "alice", None, "user");
+        h.hello(2, "alice", None, "user");
+        h.join(1, "c", false);
+        h.text(
+            1,
+            &ClientMessage::Feature {
+                name: "park".into(),
+                arg: None,
+            },
+        );
+        let code = match &h.take(1)[0] {
+            ServerMessage::FeatureResult {
+                detail: Some(d), ..
+            } => d.clone(),
+            m => panic!("{m:?}"),
+        };
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        let retrieve = |h: &mut H, c: &str| {
+            h.text(
+                2,
+                &ClientMessage::Feature {
+                    name: "retrieve".into(),
+                    arg: Some(c.into()),
+                },
+            );
+            match h.take(2).into_iter().next() {
+                Some(ServerMessage::FeatureResult { ok, detail, .. }) => {
+                    (ok, detail.unwrap_or_default())
+                }
+                m => panic!("{m:?}"),
+            }
+        };
+        for _ in 0..10 {
+            assert!(!retrieve(&mut h, wrong).0);
+        }
+        let (ok, detail) = retrieve(&mut h, &code);
+        assert!(!ok && detail.starts_with("rate_limited"), "{detail}");
+        h.advance(Duration::from_secs(7));
+        let (ok, detail) = retrieve(&mut h, &code);
+        assert!(ok, "{detail}");
+    }
+
+    #[test]
+    fn message_rate_and_relay_caps() {
+        let mut c = cfg();
+        c.max_total_participants = 2;
+        c.max_calls = 1;
+        let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+        h.hello(1, "a", None, "user");
+        h.hello(2, "b", None, "user");
+        h.hello(3, "c", None, "user");
+        h.join(1, "one", false);
+        assert_eq!(error_code(&h.join(2, "two", false)), ErrorCode::RelayFull);
+        h.join(2, "one", false);
+        assert_eq!(error_code(&h.join(3, "one", false)), ErrorCode::RelayFull);
+        // 200 messages in a burst pass (hello used one), then the rate applies.
+        // hello and the refused join took two.
+        for _ in 0..198 {
+            h.text(3, &ClientMessage::Leave);
+        }
+        assert!(h.take(3).iter().all(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::NotJoined,
+                ..
+            }
+        )));
+        h.text(3, &ClientMessage::Leave);
+        assert_eq!(error_code(&h.take(3)), ErrorCode::RateLimited);
+        h.advance(Duration::from_millis(40));
+        h.text(3, &ClientMessage::Leave);
+        assert_eq!(error_code(&h.take(3)), ErrorCode::NotJoined);
+    }
+
+    #[test]
+    fn signalling_loss_and_shutdown_remove_everyone() {
+        let mut h = H::new();
+        h.hello(1, "a", None, "user");
+        h.hello(2, "b", None, "user");
+        h.join(1, "c", false);
+        h.join(2, "c", false);
+        h.input(Input::Disconnected { conn: 1 });
+        let b = h.take(2);
+        assert!(
+            matches!(b.last(), Some(ServerMessage::ParticipantLeft { reason, .. }) if reason == "signalling_lost"),
+            "{b:?}"
+        );
+        h.input(Input::Shutdown);
+        assert_eq!(h.p.counts().0, 0);
+        assert_eq!(h.closed(2), Some(CloseReason::Shutdown));
+        h.hello(3, "c", None, "user");
+        assert_eq!(error_code(&h.join(3, "c", false)), ErrorCode::ShuttingDown);
+    }
+}

@@ -1,0 +1,228 @@
+//! The one task that drives the control plane: it feeds the plane every event (signalling
+//! frames, connections, media-path news) with the time, and carries out its outputs in
+//! the order they were made. It sleeps only until the plane's next deadline.
+
+use super::capture::Capture;
+use super::events::{Event, KeyedMedia};
+use super::media::{RecvCtl, WorkerMsg};
+use super::outq::OutQueue;
+use crate::core::plane::{ConnId, ControlPlane, Input, Output};
+use crate::core::PeerId;
+use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+/// How long a DTLS close_notify may take.
+const DTLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The media path's control inputs.
+#[derive(Clone)]
+pub struct MediaControl {
+    /// Each forwarding loop's control queue, by worker index.
+    pub workers: Vec<mpsc::Sender<WorkerMsg>>,
+    pub recv: mpsc::Sender<RecvCtl>,
+}
+
+struct Driver {
+    media: MediaControl,
+    capture: Option<Arc<Capture>>,
+    conns: HashMap<ConnId, Arc<OutQueue>>,
+    /// Keyed participants whose contexts wait for the plane's `Attach`.
+    pending: HashMap<PeerId, Box<KeyedMedia>>,
+    /// DTLS associations of attached participants, for close_notify at removal.
+    dtls: HashMap<PeerId, Arc<DTLSConn>>,
+    /// During shutdown: the close_notify tasks to wait for.
+    closing: Option<Vec<JoinHandle<()>>>,
+}
+
+/// Run the control plane until every event sender is gone.
+pub async fn run(
+    mut plane: ControlPlane,
+    mut events: mpsc::Receiver<Event>,
+    media: MediaControl,
+    capture: Option<Arc<Capture>>,
+) {
+    let mut d = Driver {
+        media,
+        capture,
+        conns: HashMap::new(),
+        pending: HashMap::new(),
+        dtls: HashMap::new(),
+        closing: None,
+    };
+    loop {
+        let deadline = plane.poll_timeout();
+        let wake = deadline
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let ev = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(e) => Some(e),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(wake), if deadline.is_some() => None,
+        };
+        let now = Instant::now();
+        let mut done = None;
+        if let Some(ev) = ev {
+            match ev {
+                Event::Connected { conn, queue } => {
+                    d.conns.insert(conn, queue);
+                    plane.handle_input(now, Input::Connected { conn });
+                }
+                Event::Text { conn, text, permit } => {
+                    plane.handle_input(now, Input::Text { conn, text });
+                    drop(permit);
+                }
+                Event::Binary { conn } => plane.handle_input(now, Input::Binary { conn }),
+                Event::Disconnected { conn } => {
+                    d.conns.remove(&conn);
+                    plane.handle_input(now, Input::Disconnected { conn });
+                }
+                Event::Activity { peer } => plane.handle_input(now, Input::Activity { peer }),
+                Event::Keyed { peer, media } => {
+                    d.pending.insert(peer, media);
+                    plane.handle_input(now, Input::Keyed { peer });
+                }
+                Event::DtlsFailed { peer } => plane.handle_input(now, Input::DtlsFailed { peer }),
+                Event::DtlsClosed { peer } => plane.handle_input(now, Input::DtlsClosed { peer }),
+                Event::Shutdown { done: tx } => {
+                    d.closing = Some(Vec::new());
+                    plane.handle_input(now, Input::Shutdown);
+                    done = Some(tx);
+                }
+            }
+        }
+        plane.handle_timeout(now);
+        while let Some(o) = plane.poll_output() {
+            d.execute(o).await;
+        }
+        // Keyed, but the plane had no one to attach (left during the handshake).
+        let orphans: Vec<Box<KeyedMedia>> = d.pending.drain().map(|(_, m)| m).collect();
+        for m in orphans {
+            d.closing_task(m.dtls);
+        }
+        if let Some(tx) = done {
+            for t in d.closing.take().unwrap_or_default() {
+                let _ = t.await;
+            }
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Driver {
+    fn closing_task(&mut self, conn: Arc<DTLSConn>) {
+        let t = tokio::spawn(async move {
+            let _ = tokio::time::timeout(DTLS_CLOSE_TIMEOUT, conn.close()).await;
+        });
+        if let Some(c) = &mut self.closing {
+            c.push(t);
+        }
+    }
+
+    async fn execute(&mut self, o: Output) {
+        match o {
+            Output::Send { conn, msg } => {
+                if let Some(q) = self.conns.get(&conn) {
+                    // Our own enums always serialize.
+                    let text = serde_json::to_string(&msg)
+                        .unwrap_or_else(|_| unreachable!("ServerMessage serializes"));
+                    if !q.push(text) {
+                        debug!("message to a closed or slow connection dropped");
+                    }
+                }
+            }
+            Output::Close { conn, reason } => {
+                if let Some(q) = self.conns.get(&conn) {
+                    q.close(reason.as_str());
+                }
+            }
+            Output::IceAdd(p) => {
+                let _ = self.media.recv.send(RecvCtl::AddIce(Box::new(p))).await;
+            }
+            Output::MediaRemove { peer, ufrag } => {
+                let _ = self
+                    .media
+                    .recv
+                    .send(RecvCtl::RemovePeer { peer, ufrag })
+                    .await;
+                // Every loop, not only the participant's: after a merge its MovePeer may
+                // still be queued at the old loop. Told first, the old loop drops the
+                // participant and the move finds nothing.
+                for w in &self.media.workers {
+                    let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
+                }
+                if let Some(m) = self.pending.remove(&peer) {
+                    self.closing_task(m.dtls);
+                }
+                if let Some(c) = self.dtls.remove(&peer) {
+                    self.closing_task(c);
+                }
+            }
+            Output::Attach {
+                peer,
+                call_key,
+                worker,
+                ssrcs,
+            } => {
+                let (Some(m), Some(w)) =
+                    (self.pending.remove(&peer), self.media.workers.get(worker))
+                else {
+                    return;
+                };
+                let m = *m;
+                self.dtls.insert(peer, m.dtls);
+                let _ = w
+                    .send(WorkerMsg::AddPeer {
+                        peer,
+                        call: call_key,
+                        addr: m.addr,
+                        inbound: Box::new(m.inbound),
+                        outbound: Box::new(m.outbound),
+                        ssrcs,
+                    })
+                    .await;
+            }
+            Output::Move {
+                peer,
+                ufrag,
+                call_key,
+                from_worker,
+                to_worker,
+            } => {
+                if let (Some(from), Some(to)) = (
+                    self.media.workers.get(from_worker),
+                    self.media.workers.get(to_worker),
+                ) {
+                    let _ = from
+                        .send(WorkerMsg::MovePeer {
+                            peer,
+                            call: call_key,
+                            to: to.clone(),
+                        })
+                        .await;
+                }
+                let _ = self
+                    .media
+                    .recv
+                    .send(RecvCtl::SetWorker {
+                        peer,
+                        ufrag,
+                        worker: to_worker,
+                        call_key,
+                    })
+                    .await;
+            }
+            Output::CallStarted { call, call_key } => {
+                if let Some(c) = &self.capture {
+                    c.on_join(&call, call_key);
+                }
+            }
+        }
+    }
+}
