@@ -130,6 +130,8 @@ pub struct CallSummary {
     pub recorded_packets: Option<u64>,
     /// Distinct media streams (SSRCs) received.
     pub streams_received: usize,
+    /// Relay offers (renegotiations) answered.
+    pub offers_answered: u64,
     /// Every verified frame's end-to-end latency in µs (sorted), for load reports.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
@@ -509,6 +511,17 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                             }
                         } else {
                             on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
+                        }
+                    }
+                    ServerMessage::Offer { sdp: offer_sdp, revision } => {
+                        // The relay re-describes the session (a track per remote sender):
+                        // accept every m-line as offered. Media is told apart by SSRC.
+                        match sdp::answer_relay_offer(&offer_sdp, &ufrag, &pwd, identity.fingerprint()) {
+                            Ok(answer) => {
+                                sig.send(&ClientMessage::Answer { sdp: answer, revision }).await?;
+                                s.offers_answered += 1;
+                            }
+                            Err(e) => say(opts, &format!("cannot answer the relay's offer {revision}: {e}")),
                         }
                     }
                     ServerMessage::CallModeChanged { call_mode, reason } => {

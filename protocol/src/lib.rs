@@ -12,3 +12,4 @@ pub mod rtp;
 pub mod sdp;
 pub mod signal;
 pub mod stun;
+pub mod twcc;

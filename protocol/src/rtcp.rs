@@ -30,10 +30,19 @@ pub enum RtcpRoute {
     /// Receiver-side information about one media stream (RR blocks, NACK, PLI, FIR):
     /// to whoever sends that SSRC.
     MediaSender(u32),
+    /// A receiver report: each report block goes to whoever sends the SSRC it is about
+    /// (see [`report_blocks`]).
+    ReportBlocks,
     /// Nothing to route on (an RR without report blocks, a feedback message without a
-    /// media SSRC): terminated at the relay.
+    /// media SSRC), or feedback that belongs to the hop it arrived on (transport-cc,
+    /// REMB): terminated at the relay.
     Terminate,
 }
+
+/// Transport-wide congestion control feedback (RTPFB FMT 15).
+pub const FMT_TRANSPORT_CC: u8 = 15;
+/// Application-layer feedback (PSFB FMT 15): REMB.
+pub const FMT_AFB: u8 = 15;
 
 /// One packet inside a compound RTCP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +64,13 @@ impl RtcpPacket<'_> {
         };
         match self.packet_type {
             PT_SR | PT_SDES | PT_BYE | PT_APP | PT_XR => RtcpRoute::Others,
-            // RR: the first report block's source SSRC (offset 8). Each block is about
-            // one sender; a compound with several blocks is rare between two peers.
-            PT_RR => match (self.fmt, u32_at(8)) {
-                (n, Some(ssrc)) if n > 0 => RtcpRoute::MediaSender(ssrc),
-                _ => RtcpRoute::Terminate,
-            },
+            // RR: each report block is about one sender.
+            PT_RR if self.fmt > 0 => RtcpRoute::ReportBlocks,
+            PT_RR => RtcpRoute::Terminate,
+            // Congestion feedback describes the hop it came on; the relay answers each
+            // sender's hop itself.
+            PT_RTPFB if self.fmt == FMT_TRANSPORT_CC => RtcpRoute::Terminate,
+            PT_PSFB if self.fmt == FMT_AFB => RtcpRoute::Terminate,
             PT_RTPFB | PT_PSFB => {
                 // Media source at offset 8; FIR (PSFB fmt 4) puts it in the FCI instead.
                 let media = if self.packet_type == PT_PSFB && self.fmt == 4 {
@@ -126,6 +136,30 @@ fn parse_one(buf: &[u8]) -> Result<(RtcpPacket<'_>, &[u8]), RtcpError> {
     ))
 }
 
+/// The report blocks of a receiver report: (source SSRC, the 24-byte block).
+pub fn report_blocks<'a>(rr: &RtcpPacket<'a>) -> impl Iterator<Item = (u32, &'a [u8])> {
+    let n = if rr.packet_type == PT_RR {
+        rr.fmt as usize
+    } else {
+        0
+    };
+    let body = rr.bytes.get(8..).unwrap_or(&[]);
+    body.chunks_exact(24)
+        .take(n)
+        .map(|b| (u32::from_be_bytes([b[0], b[1], b[2], b[3]]), b))
+}
+
+/// The header of a receiver report with one block, from `sender`: prepend to a block
+/// from [`report_blocks`].
+pub fn rr_header(sender: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[0] = 0x81;
+    h[1] = PT_RR;
+    h[3] = 7;
+    h[4..8].copy_from_slice(&sender.to_be_bytes());
+    h
+}
+
 /// Sender SSRC of the first packet: the SRTCP replay/key state is keyed on it.
 pub fn first_sender_ssrc(buf: &[u8]) -> Option<u32> {
     buf.get(4..8)
@@ -175,9 +209,40 @@ mod tests {
         c.extend_from_slice(&pli(1, 3));
         let ps: Vec<_> = packets(&c).collect::<Result<_, _>>().unwrap();
         assert_eq!(ps.len(), 2);
-        assert_eq!(ps[0].route(), RtcpRoute::MediaSender(2));
+        assert_eq!(ps[0].route(), RtcpRoute::ReportBlocks);
+        let blocks: Vec<_> = report_blocks(&ps[0]).collect();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].0, 2);
         assert_eq!(ps[1].route(), RtcpRoute::MediaSender(3));
         assert_eq!(ps[1].sender_ssrc, Some(1));
+    }
+
+    #[test]
+    fn hop_feedback_is_terminated_and_blocks_split() {
+        let mut twcc = pli(1, 5);
+        twcc[0] = 0x80 | FMT_TRANSPORT_CC;
+        twcc[1] = PT_RTPFB;
+        let mut remb = pli(1, 5);
+        remb[0] = 0x80 | FMT_AFB;
+        for p in [twcc, remb] {
+            let p = packets(&p).next().unwrap().unwrap();
+            assert_eq!(p.route(), RtcpRoute::Terminate);
+        }
+        // Two blocks, about 7 and 9.
+        let mut rr = receiver_report(1, 7, 0, 0, 1).to_vec();
+        rr.extend_from_slice(&receiver_report(1, 9, 0, 0, 2)[8..]);
+        rr[0] = 0x82;
+        rr[3] = 13;
+        let p = packets(&rr).next().unwrap().unwrap();
+        let ssrcs: Vec<u32> = report_blocks(&p).map(|(s, _)| s).collect();
+        assert_eq!(ssrcs, vec![7, 9]);
+        let mut one = rr_header(1).to_vec();
+        one.extend_from_slice(report_blocks(&p).nth(1).unwrap().1);
+        let q = packets(&one).next().unwrap().unwrap();
+        assert_eq!(
+            report_blocks(&q).map(|(s, _)| s).collect::<Vec<_>>(),
+            vec![9]
+        );
     }
 
     #[test]

@@ -90,6 +90,52 @@ impl RtpHeader {
     }
 }
 
+/// The value of header extension `id` in `buf` (RFC 8285, one-byte `0xBEDE` or two-byte
+/// `0x100x` form), if the packet carries it.
+pub fn find_extension(buf: &[u8], id: u8) -> Option<&[u8]> {
+    if buf.len() < 12 || buf[0] & 0x10 == 0 || id == 0 {
+        return None;
+    }
+    let start = 12 + 4 * (buf[0] & 0x0f) as usize;
+    let profile = u16::from_be_bytes([*buf.get(start)?, *buf.get(start + 1)?]);
+    let words = u16::from_be_bytes([*buf.get(start + 2)?, *buf.get(start + 3)?]) as usize;
+    let ext = buf.get(start + 4..start + 4 + 4 * words)?;
+    let mut i = 0;
+    if profile == 0xBEDE {
+        while i < ext.len() {
+            let b = ext[i];
+            if b == 0 {
+                i += 1;
+                continue;
+            }
+            let (eid, len) = (b >> 4, (b & 0x0f) as usize + 1);
+            if eid == 15 {
+                return None;
+            }
+            let v = ext.get(i + 1..i + 1 + len)?;
+            if eid == id {
+                return Some(v);
+            }
+            i += 1 + len;
+        }
+    } else if profile & 0xFFF0 == 0x1000 {
+        while i < ext.len() {
+            let eid = ext[i];
+            if eid == 0 {
+                i += 1;
+                continue;
+            }
+            let len = *ext.get(i + 1)? as usize;
+            let v = ext.get(i + 2..i + 2 + len)?;
+            if eid == id {
+                return Some(v);
+            }
+            i += 2 + len;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +172,26 @@ mod tests {
         // Padding longer than the packet.
         b = vec![0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 200];
         assert_eq!(RtpHeader::parse(&b), Err(RtpError::BadPadding));
+    }
+
+    #[test]
+    fn finds_one_and_two_byte_extensions() {
+        // One-byte form: id 3 (2 bytes: 0x01 0x02), padding, id 5 (1 byte).
+        let mut b = vec![0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+        b.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x31, 1, 2, 0, 0x50, 9, 0, 0]);
+        b.extend_from_slice(b"p");
+        assert_eq!(find_extension(&b, 3), Some(&[1u8, 2][..]));
+        assert_eq!(find_extension(&b, 5), Some(&[9u8][..]));
+        assert_eq!(find_extension(&b, 4), None);
+        // Two-byte form.
+        let mut b = vec![0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+        b.extend_from_slice(&[0x10, 0x00, 0, 1, 7, 2, 0xaa, 0xbb]);
+        assert_eq!(find_extension(&b, 7), Some(&[0xaau8, 0xbb][..]));
+        // A length past the block, and no extension at all.
+        let mut b = vec![0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+        b.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x3f, 1, 2, 3]);
+        assert_eq!(find_extension(&b, 3), None);
+        assert_eq!(find_extension(&[0x80; 12], 3), None);
     }
 
     #[test]

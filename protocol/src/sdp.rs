@@ -73,6 +73,8 @@ pub struct MediaSection {
     pub formats: Vec<String>,
     /// Codec attributes (rtpmap, fmtp, rtcp-fb) for those formats, echoed in the answer.
     pub codec_attributes: Vec<(String, String)>,
+    /// SSRCs that repair another (the second of each `a=ssrc-group:FID`): RTX.
+    pub rtx_ssrcs: Vec<u32>,
 }
 
 /// What the relay needs from an offer.
@@ -151,6 +153,18 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
                 }
             }
         }
+        let mut rtx_ssrcs = Vec::new();
+        for a in &md.attributes {
+            if a.key == "ssrc-group" {
+                let v = a.value.as_deref().unwrap_or("");
+                let mut f = v.split_whitespace();
+                if f.next() == Some("FID") {
+                    if let Some(rtx) = f.nth(1).and_then(|x| x.parse::<u32>().ok()) {
+                        rtx_ssrcs.push(rtx);
+                    }
+                }
+            }
+        }
         let direction = ["sendrecv", "sendonly", "recvonly", "inactive"]
             .into_iter()
             .find(|d| md.has_attribute(d))
@@ -170,6 +184,7 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
             direction,
             formats,
             codec_attributes,
+            rtx_ssrcs,
         });
     }
     if media.is_empty() {
@@ -182,17 +197,6 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
         setup,
         media,
     })
-}
-
-/// The relay's side of the answer.
-#[derive(Debug, Clone)]
-pub struct AnswerParams<'a> {
-    pub ice_ufrag: &'a str,
-    pub ice_pwd: &'a str,
-    pub fingerprint: &'a Fingerprint,
-    /// The relay's shared media address: its only (host) candidate.
-    pub media_addr: SocketAddr,
-    pub session_id: u64,
 }
 
 fn session(session_id: u64, addr: SocketAddr) -> SessionDescription {
@@ -265,61 +269,6 @@ fn push(md: &mut MediaDescription, key: &str, value: Option<String>) {
         key: key.to_string(),
         value,
     });
-}
-
-/// Write the relay's answer: ICE-lite, one host candidate on the shared media port,
-/// DTLS server (a=setup:passive), the offered m-lines and codecs accepted as they are.
-pub fn build_answer(offer: &Offer, p: &AnswerParams<'_>) -> String {
-    let mut s = session(p.session_id, p.media_addr);
-    let mids: Vec<&str> = offer.media.iter().map(|m| m.mid.as_str()).collect();
-    s.attributes.push(Attribute {
-        key: "group".into(),
-        value: Some(format!("BUNDLE {}", mids.join(" "))),
-    });
-    s.attributes.push(Attribute {
-        key: "ice-lite".into(),
-        value: None,
-    });
-    s.attributes.push(Attribute {
-        key: "msid-semantic".into(),
-        value: Some(" WMS *".into()),
-    });
-    for (i, m) in offer.media.iter().enumerate() {
-        let mut md = media_description(
-            &m.kind,
-            p.media_addr.port(),
-            m.formats.clone(),
-            Some(p.media_addr),
-        );
-        push(&mut md, "mid", Some(m.mid.clone()));
-        push(&mut md, "ice-ufrag", Some(p.ice_ufrag.to_string()));
-        push(&mut md, "ice-pwd", Some(p.ice_pwd.to_string()));
-        push(&mut md, "fingerprint", Some(p.fingerprint.to_sdp_value()));
-        push(&mut md, "setup", Some("passive".into()));
-        push(&mut md, "rtcp-mux", None);
-        let dir = match m.direction.as_str() {
-            "sendonly" => "recvonly",
-            "recvonly" => "sendonly",
-            "inactive" => "inactive",
-            _ => "sendrecv",
-        };
-        push(&mut md, dir, None);
-        for (k, v) in &m.codec_attributes {
-            push(&mut md, k, Some(v.clone()));
-        }
-        if i == 0 {
-            let ip = p.media_addr.ip();
-            let port = p.media_addr.port();
-            push(
-                &mut md,
-                "candidate",
-                Some(format!("1 1 udp 2130706431 {ip} {port} typ host")),
-            );
-            push(&mut md, "end-of-candidates", None);
-        }
-        s.media_descriptions.push(md);
-    }
-    s.marshal()
 }
 
 /// What a client puts in its offer.
@@ -424,6 +373,431 @@ pub fn parse_answer(text: &str) -> Result<AnswerInfo, SdpError> {
     })
 }
 
+/// The header extension the relay negotiates: transport-wide congestion control, whose
+/// feedback the relay itself sends to each sender. Every other extension is left out of
+/// what the relay writes, and stripped from what it forwards.
+pub const TWCC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// The codecs a call carries. Each participant numbers them its own way; the relay
+/// rewrites the payload type per receiver. RED, ULPFEC and RTX are left out of every
+/// description the relay writes, so no sender uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Opus = 0,
+    Vp8 = 1,
+}
+
+/// How many [`Codec`]s there are (array sizes).
+pub const CODEC_COUNT: usize = 2;
+
+impl Codec {
+    pub const ALL: [Codec; CODEC_COUNT] = [Codec::Opus, Codec::Vp8];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Codec::Opus => "audio",
+            Codec::Vp8 => "video",
+        }
+    }
+
+    /// The rtpmap encoding, after the payload type.
+    pub fn rtpmap(self) -> &'static str {
+        match self {
+            Codec::Opus => "opus/48000/2",
+            Codec::Vp8 => "VP8/90000",
+        }
+    }
+
+    fn default_fmtp(self) -> Option<&'static str> {
+        match self {
+            Codec::Opus => Some("minptime=10;useinbandfec=1"),
+            Codec::Vp8 => None,
+        }
+    }
+
+    /// Whether an rtpmap encoding (`opus/48000/2`) names this codec.
+    fn matches(self, encoding: &str) -> bool {
+        let mut f = encoding.split('/');
+        let (name, clock) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        match self {
+            Codec::Opus => name.eq_ignore_ascii_case("opus") && clock == "48000",
+            Codec::Vp8 => name.eq_ignore_ascii_case("vp8") && clock == "90000",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How one participant numbers the call's codecs and the transport-cc extension, read
+/// from its offer: the relay answers it in its own numbers, writes every later offer to
+/// it in them, and rewrites forwarded packets into them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Numbering {
+    /// The participant's payload type for each [`Codec`] (by index), if it offered it.
+    pub pt: [Option<u8>; CODEC_COUNT],
+    /// Its own fmtp for each codec, echoed back to it.
+    pub fmtp: [Option<String>; CODEC_COUNT],
+    /// Its id for the transport-cc header extension.
+    pub twcc: Option<u8>,
+}
+
+impl Numbering {
+    /// Read an offer. A codec offered on several m-lines keeps its first number.
+    pub fn from_offer(offer: &Offer) -> Numbering {
+        let mut n = Numbering::default();
+        for m in &offer.media {
+            for (k, v) in &m.codec_attributes {
+                match k.as_str() {
+                    "rtpmap" => {
+                        let Some((pt, enc)) = v.split_once(' ') else {
+                            continue;
+                        };
+                        let Ok(pt) = pt.trim().parse::<u8>() else {
+                            continue;
+                        };
+                        if pt > 127 || !m.formats.iter().any(|f| f == &pt.to_string()) {
+                            continue;
+                        }
+                        for c in Codec::ALL {
+                            if c.kind() == m.kind
+                                && c.matches(enc.trim())
+                                && n.pt[c.index()].is_none()
+                            {
+                                n.pt[c.index()] = Some(pt);
+                            }
+                        }
+                    }
+                    "extmap" => {
+                        let mut f = v.split_whitespace();
+                        let id = f
+                            .next()
+                            .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+                        if let (Some(id), Some(TWCC_URI)) = (id, f.next()) {
+                            if (1..=14).contains(&id) && n.twcc.is_none() {
+                                n.twcc = Some(id);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for m in &offer.media {
+            for (k, v) in &m.codec_attributes {
+                if k != "fmtp" {
+                    continue;
+                }
+                let Some((pt, params)) = v.split_once(' ') else {
+                    continue;
+                };
+                let pt = pt.trim().parse::<u8>().ok();
+                for c in Codec::ALL {
+                    if pt.is_some() && n.pt[c.index()] == pt && n.fmtp[c.index()].is_none() {
+                        n.fmtp[c.index()] = Some(params.trim().to_string());
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// The codec a payload type of this participant stands for.
+    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
+        Codec::ALL
+            .into_iter()
+            .find(|c| self.pt[c.index()] == Some(pt))
+    }
+
+    /// The payload type this participant uses for `c`.
+    pub fn pt_of(&self, c: Codec) -> Option<u8> {
+        self.pt[c.index()]
+    }
+
+    /// The call codec of a kind this participant can receive.
+    pub fn codec_for_kind(&self, kind: &str) -> Option<Codec> {
+        Codec::ALL
+            .into_iter()
+            .find(|c| c.kind() == kind && self.pt[c.index()].is_some())
+    }
+}
+
+/// A track a participant sends: the primary SSRC of one of its sending m-lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentTrack {
+    pub kind: &'static str,
+    pub ssrc: u32,
+}
+
+impl Offer {
+    /// The tracks the offerer sends: one per sending m-line with an SSRC (RTX left out).
+    pub fn sent_tracks(&self) -> Vec<SentTrack> {
+        self.media
+            .iter()
+            .filter(|m| m.direction == "sendrecv" || m.direction == "sendonly")
+            .filter_map(|m| {
+                let ssrc = m.ssrcs.iter().find(|s| !m.rtx_ssrcs.contains(s))?;
+                let kind = if m.kind == "audio" { "audio" } else { "video" };
+                Some(SentTrack { kind, ssrc: *ssrc })
+            })
+            .collect()
+    }
+}
+
+/// One m-line the relay writes for a receiver: another participant's track. Once
+/// written, a track keeps its place and mid; when its sender leaves it turns inactive
+/// (port 0), as m-lines can never be removed from a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTrack {
+    pub mid: String,
+    pub kind: &'static str,
+    /// The sender's public participant id: the msid stream id, so `ontrack`'s stream
+    /// names the participant.
+    pub stream: String,
+    pub ssrc: u32,
+    pub active: bool,
+}
+
+/// The relay's transport parameters for one participant's session.
+#[derive(Debug, Clone)]
+pub struct RelayMedia<'a> {
+    pub ice_ufrag: &'a str,
+    pub ice_pwd: &'a str,
+    pub fingerprint: &'a Fingerprint,
+    pub media_addr: SocketAddr,
+    pub session_id: u64,
+    /// Incremented with every description written for this session (the o= version).
+    pub version: u64,
+}
+
+/// The relay's description of one participant's session: first the participant's own
+/// m-lines (the relay receives on them), then one m-line per remote track (the relay
+/// sends on it), all in the participant's own numbering. `as_offer` writes a re-offer
+/// (`a=setup:actpass`); otherwise the answer to the participant's offer
+/// (`a=setup:passive`: the relay is always the DTLS server).
+pub fn write_relay_description(
+    own: &Offer,
+    numbering: &Numbering,
+    remote: &[RemoteTrack],
+    p: &RelayMedia<'_>,
+    as_offer: bool,
+) -> String {
+    let mut s = session(p.session_id, p.media_addr);
+    s.origin.session_version = 2 + p.version;
+    let mut bundle: Vec<&str> = Vec::new();
+    let mut lines: Vec<MediaDescription> = Vec::new();
+    let common = |md: &mut MediaDescription, mid: &str| {
+        push(md, "mid", Some(mid.to_string()));
+        push(md, "ice-ufrag", Some(p.ice_ufrag.to_string()));
+        push(md, "ice-pwd", Some(p.ice_pwd.to_string()));
+        push(md, "fingerprint", Some(p.fingerprint.to_sdp_value()));
+        push(
+            md,
+            "setup",
+            Some(if as_offer { "actpass" } else { "passive" }.into()),
+        );
+        push(md, "rtcp-mux", None);
+    };
+    let codec_lines =
+        |md: &mut MediaDescription, c: Codec, pt: u8, fmtp: Option<&str>, twcc: bool| {
+            push(md, "rtpmap", Some(format!("{pt} {}", c.rtpmap())));
+            if let Some(f) = fmtp {
+                push(md, "fmtp", Some(format!("{pt} {f}")));
+            }
+            if c.kind() == "video" {
+                push(md, "rtcp-fb", Some(format!("{pt} nack pli")));
+                push(md, "rtcp-fb", Some(format!("{pt} ccm fir")));
+            }
+            if twcc {
+                push(md, "rtcp-fb", Some(format!("{pt} transport-cc")));
+            }
+        };
+    for m in &own.media {
+        let codecs: Vec<(Codec, u8)> = Codec::ALL
+            .into_iter()
+            .filter(|c| c.kind() == m.kind)
+            .filter_map(|c| Some((c, numbering.pt_of(c)?)))
+            .filter(|(_, pt)| m.formats.iter().any(|f| *f == pt.to_string()))
+            .collect();
+        let sends = m.direction == "sendrecv" || m.direction == "sendonly";
+        if codecs.is_empty() {
+            // Nothing the call carries: rejected (port 0), out of the bundle.
+            let mut md = media_description(
+                &m.kind,
+                0,
+                m.formats.iter().take(1).cloned().collect(),
+                Some(p.media_addr),
+            );
+            push(&mut md, "mid", Some(m.mid.clone()));
+            push(&mut md, "inactive", None);
+            lines.push(md);
+            continue;
+        }
+        let formats = codecs.iter().map(|(_, pt)| pt.to_string()).collect();
+        let mut md = media_description(&m.kind, p.media_addr.port(), formats, Some(p.media_addr));
+        common(&mut md, &m.mid);
+        push(&mut md, if sends { "recvonly" } else { "inactive" }, None);
+        if let Some(id) = numbering.twcc {
+            push(&mut md, "extmap", Some(format!("{id} {TWCC_URI}")));
+        }
+        for (c, pt) in &codecs {
+            let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
+            codec_lines(&mut md, *c, *pt, fmtp, numbering.twcc.is_some());
+        }
+        bundle.push(&m.mid);
+        lines.push(md);
+    }
+    for t in remote {
+        let Some(c) = numbering.codec_for_kind(t.kind) else {
+            continue;
+        };
+        let Some(pt) = numbering.pt_of(c) else {
+            continue;
+        };
+        let port = if t.active { p.media_addr.port() } else { 0 };
+        let mut md = media_description(t.kind, port, vec![pt.to_string()], Some(p.media_addr));
+        common(&mut md, &t.mid);
+        if !t.active {
+            push(&mut md, "inactive", None);
+            codec_lines(&mut md, c, pt, None, false);
+            lines.push(md);
+            continue;
+        }
+        push(&mut md, "sendonly", None);
+        let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
+        codec_lines(&mut md, c, pt, fmtp, false);
+        let track = format!("{}-{}", t.stream, t.kind);
+        push(&mut md, "msid", Some(format!("{} {track}", t.stream)));
+        push(
+            &mut md,
+            "ssrc",
+            Some(format!("{} cname:{}", t.ssrc, t.stream)),
+        );
+        push(
+            &mut md,
+            "ssrc",
+            Some(format!("{} msid:{} {track}", t.ssrc, t.stream)),
+        );
+        bundle.push(&t.mid);
+        lines.push(md);
+    }
+    s.attributes.push(Attribute {
+        key: "group".into(),
+        value: Some(format!("BUNDLE {}", bundle.join(" "))),
+    });
+    s.attributes.push(Attribute {
+        key: "ice-lite".into(),
+        value: None,
+    });
+    s.attributes.push(Attribute {
+        key: "msid-semantic".into(),
+        value: Some(" WMS *".into()),
+    });
+    // The one host candidate, on the first bundled m-line.
+    if let Some(first) = bundle.first().copied() {
+        let first = first.to_string();
+        if let Some(md) = lines
+            .iter_mut()
+            .find(|md| md.attribute("mid").flatten() == Some(first.as_str()))
+        {
+            let ip = p.media_addr.ip();
+            let port = p.media_addr.port();
+            push(
+                md,
+                "candidate",
+                Some(format!("1 1 udp 2130706431 {ip} {port} typ host")),
+            );
+            push(md, "end-of-candidates", None);
+        }
+    }
+    s.media_descriptions = lines;
+    s.marshal()
+}
+
+/// A client's answer to a relay offer: every m-line mirrored (sendonly answered recvonly
+/// and the other way round), the offered codecs accepted, the client's own ICE
+/// credentials and fingerprint, `a=setup:active`. e2ee-client and tests use it.
+pub fn answer_relay_offer(
+    offer_text: &str,
+    ice_ufrag: &str,
+    ice_pwd: &str,
+    fingerprint: &Fingerprint,
+) -> Result<String, SdpError> {
+    let mut cur = Cursor::new(offer_text.as_bytes());
+    let o = SessionDescription::unmarshal(&mut cur).map_err(|e| SdpError::Syntax(e.to_string()))?;
+    let mut s = session(
+        o.origin.session_id,
+        "127.0.0.1:9"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("literal")),
+    );
+    let mut bundle = Vec::new();
+    for m in &o.media_descriptions {
+        let mid = m
+            .attribute("mid")
+            .flatten()
+            .ok_or(SdpError::Missing("a=mid"))?
+            .to_string();
+        let active = m.media_name.port.value != 0;
+        let mut md = media_description(
+            &m.media_name.media,
+            if active { 9 } else { 0 },
+            m.media_name.formats.clone(),
+            None,
+        );
+        push(&mut md, "mid", Some(mid.clone()));
+        if active {
+            push(&mut md, "ice-ufrag", Some(ice_ufrag.into()));
+            push(&mut md, "ice-pwd", Some(ice_pwd.into()));
+            push(&mut md, "fingerprint", Some(fingerprint.to_sdp_value()));
+            push(&mut md, "setup", Some("active".into()));
+            push(&mut md, "rtcp-mux", None);
+            bundle.push(mid);
+        }
+        let dir = if !active || m.has_attribute("inactive") {
+            "inactive"
+        } else if m.has_attribute("sendonly") {
+            "recvonly"
+        } else if m.has_attribute("recvonly") {
+            "sendonly"
+        } else {
+            "sendrecv"
+        };
+        push(&mut md, dir, None);
+        for a in &m.attributes {
+            if matches!(a.key.as_str(), "rtpmap" | "fmtp" | "rtcp-fb" | "extmap") {
+                push(&mut md, &a.key, a.value.clone());
+            }
+        }
+        s.media_descriptions.push(md);
+    }
+    s.attributes.push(Attribute {
+        key: "group".into(),
+        value: Some(format!("BUNDLE {}", bundle.join(" "))),
+    });
+    Ok(s.marshal())
+}
+
+/// What the relay checks in a client's answer to its offer: it parses, and answers every
+/// m-line the offer had, with the same mids in the same order.
+pub fn check_answer(answer: &str, offered_mids: &[String]) -> Result<(), SdpError> {
+    let mut cur = Cursor::new(answer.as_bytes());
+    let s = SessionDescription::unmarshal(&mut cur).map_err(|e| SdpError::Syntax(e.to_string()))?;
+    let mids: Vec<&str> = s
+        .media_descriptions
+        .iter()
+        .map(|m| m.attribute("mid").flatten().unwrap_or(""))
+        .collect();
+    if mids.len() != offered_mids.len() || mids.iter().zip(offered_mids).any(|(a, b)| *a != b) {
+        return Err(SdpError::Invalid(
+            "m-lines of the answer (they must match the offer's mids)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,26 +825,102 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
         assert_eq!(o.fingerprint.sha256[0], 0x3c);
     }
 
+    fn relay(version: u64) -> RelayMedia<'static> {
+        static FP: Fingerprint = Fingerprint { sha256: [0xab; 32] };
+        RelayMedia {
+            ice_ufrag: "relayufrag",
+            ice_pwd: "relaypasswordrelaypassword",
+            fingerprint: &FP,
+            media_addr: "127.0.0.1:7402".parse().unwrap(),
+            session_id: 1,
+            version,
+        }
+    }
+
     #[test]
-    fn answer_is_ice_lite_with_host_candidate() {
+    fn answer_is_ice_lite_in_the_offerers_numbering_without_red_rtx_or_extensions() {
         let o = parse_offer(CHROME_OFFER).unwrap();
-        let fp = Fingerprint { sha256: [0xab; 32] };
-        let a = build_answer(
-            &o,
-            &AnswerParams {
-                ice_ufrag: "relayufrag",
-                ice_pwd: "relaypasswordrelaypassword",
-                fingerprint: &fp,
-                media_addr: "127.0.0.1:7402".parse().unwrap(),
-                session_id: 1,
-            },
+        let n = Numbering::from_offer(&o);
+        assert_eq!(n.pt_of(Codec::Opus), Some(111));
+        assert_eq!(n.pt_of(Codec::Vp8), Some(96));
+        assert_eq!(
+            n.fmtp[Codec::Opus.index()].as_deref(),
+            Some("minptime=10;useinbandfec=1")
         );
+        let a = write_relay_description(&o, &n, &[], &relay(0), false);
         let info = parse_answer(&a).unwrap();
         assert!(info.ice_lite);
         assert_eq!(info.candidate, "127.0.0.1:7402".parse().unwrap());
-        assert_eq!(info.fingerprint, fp);
+        assert_eq!(info.fingerprint, Fingerprint { sha256: [0xab; 32] });
         assert!(a.contains("a=setup:passive"));
         assert!(a.contains("a=group:BUNDLE 0 1"));
+        assert!(a.contains("m=audio 7402 UDP/TLS/RTP/SAVPF 111\r\n"), "{a}");
+        assert!(a.contains("m=video 7402 UDP/TLS/RTP/SAVPF 96\r\n"), "{a}");
+        assert!(a.contains("a=recvonly"));
+        for absent in ["red", "rtx", "extmap", "ssrc-audio-level", "a=sendrecv"] {
+            assert!(!a.contains(absent), "{absent} in {a}");
+        }
+    }
+
+    #[test]
+    fn re_offer_has_a_line_per_remote_track_and_twcc() {
+        let twcc = CHROME_OFFER.replace(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+            &format!("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:3 {TWCC_URI}\r\n"),
+        );
+        let o = parse_offer(&twcc).unwrap();
+        let n = Numbering::from_offer(&o);
+        assert_eq!(n.twcc, Some(3));
+        assert_eq!(
+            o.sent_tracks(),
+            vec![
+                SentTrack {
+                    kind: "audio",
+                    ssrc: 1001
+                },
+                SentTrack {
+                    kind: "video",
+                    ssrc: 2001
+                }
+            ],
+            "RTX (FID second) is not a track"
+        );
+        let remote = [
+            RemoteTrack {
+                mid: "r0".into(),
+                kind: "audio",
+                stream: "p-bob".into(),
+                ssrc: 77,
+                active: true,
+            },
+            RemoteTrack {
+                mid: "r1".into(),
+                kind: "video",
+                stream: "p-bob".into(),
+                ssrc: 78,
+                active: false,
+            },
+        ];
+        let s = write_relay_description(&o, &n, &remote, &relay(3), true);
+        assert!(s.contains("a=setup:actpass"));
+        assert!(s.contains("o=- 1 5 IN IP4"), "version 2 + 3: {s}");
+        assert!(
+            s.contains("a=group:BUNDLE 0 1 r0\r\n"),
+            "the inactive line is out of the bundle: {s}"
+        );
+        assert!(s.contains(&format!("a=extmap:3 {TWCC_URI}")));
+        assert!(s.contains("a=rtcp-fb:96 transport-cc"));
+        assert!(s.contains("a=msid:p-bob p-bob-audio"));
+        assert!(s.contains("a=ssrc:77 cname:p-bob"));
+        assert!(s.contains("m=video 0 "), "{s}");
+        // A client answers it, and the relay's check accepts that answer.
+        let fp = Fingerprint { sha256: [1; 32] };
+        let answer = answer_relay_offer(&s, "cli", "clientpasswordclientpassword", &fp).unwrap();
+        let mids: Vec<String> = ["0", "1", "r0", "r1"].map(String::from).to_vec();
+        check_answer(&answer, &mids).unwrap();
+        assert!(answer.contains("a=mid:r0\r\na=ice-ufrag:cli"), "{answer}");
+        assert!(check_answer(&answer, &mids[..3]).is_err());
+        assert!(check_answer("garbage", &mids).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum ClientMessage {
     Chat { body: String },
     /// Leave the call; the relay closes the media path.
     Leave,
+    /// The answer to the relay's `offer` of the same revision.
+    Answer { sdp: String, revision: u64 },
 }
 
 /// The user's E2EE option as the policy makes it.
@@ -95,6 +97,13 @@ pub enum ServerMessage {
     ParticipantJoined {
         participant: ParticipantInfo,
     },
+    /// The remote tracks changed: a new description of the client's session in which
+    /// every remote participant's track has an m-line of its own. The client answers
+    /// with `answer` of the same revision; at most one offer is outstanding per client.
+    Offer {
+        sdp: String,
+        revision: u64,
+    },
     /// The call's mode changed before any keys were agreed (a joiner who does not encrypt
     /// turned a provisional E2EE call into a standard one).
     CallModeChanged {
@@ -156,6 +165,8 @@ pub enum ErrorCode {
     FeatureUnavailableInE2eeCall,
     UnknownFeature,
     ShuttingDown,
+    /// The offer shares no codec with the call (Opus for audio, VP8 for video).
+    NoCommonCodec,
     /// The relay is at its limit of calls or participants.
     RelayFull,
     /// The connection sent messages faster than `signal.messages_per_second`.
@@ -188,6 +199,7 @@ impl ErrorCode {
             ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
             ErrorCode::UnknownFeature => "unknown_feature",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoCommonCodec => "no_common_codec",
             ErrorCode::RelayFull => "relay_full",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HelloTimeout => "hello_timeout",
@@ -209,7 +221,9 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, Str
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
-    let known = ["hello", "join", "e2ee", "feature", "chat", "leave"];
+    let known = [
+        "hello", "join", "e2ee", "feature", "chat", "leave", "answer",
+    ];
     match value.get("type").and_then(|t| t.as_str()) {
         None => return Err((ErrorCode::BadRequest, "message has no string `type`".into())),
         Some(t) if !known.contains(&t) => {

@@ -9,7 +9,7 @@
 //! Input packets are protected in criterion's untimed setup, each with a fresh sequence
 //! number, so the replay window never rejects one.
 
-use blindrelay::core::forward::{Forwarder, Outbox};
+use blindrelay::core::forward::{Forwarder, Outbox, PeerTables};
 use blindrelay_transport::fast_srtp::FastGcmContext;
 use blindrelay_transport::hop::HopContext;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
@@ -92,7 +92,7 @@ fn forward_rtp(c: &mut Criterion) {
                         addr(p as u32 + 1),
                         fast(key),
                         fast(key + 100),
-                        &[SSRC + p as u32],
+                        PeerTables::standard(&[SSRC + p as u32]),
                     );
                 }
                 // Participant 0 sends with its client key (the relay's inbound key for it).

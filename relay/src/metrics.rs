@@ -47,10 +47,14 @@ pub enum DropReason {
     SrtpProtectFailed,
     /// The kernel refused the send.
     SendFailed,
+    /// RTP with an SSRC its sender did not announce, or that another participant owns.
+    SsrcNotOwned,
+    /// RTP whose payload type maps to none of the call's codecs for its sender.
+    UnknownPayloadType,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -67,6 +71,8 @@ impl DropReason {
         DropReason::WorkerQueueFull,
         DropReason::SrtpProtectFailed,
         DropReason::SendFailed,
+        DropReason::SsrcNotOwned,
+        DropReason::UnknownPayloadType,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +93,8 @@ impl DropReason {
             DropReason::WorkerQueueFull => "worker_queue_full",
             DropReason::SrtpProtectFailed => "srtp_protect_failed",
             DropReason::SendFailed => "send_failed",
+            DropReason::SsrcNotOwned => "ssrc_not_owned",
+            DropReason::UnknownPayloadType => "unknown_payload_type",
         }
     }
 }
@@ -153,7 +161,7 @@ pub struct Metrics {
     pub forwarded_packets_rtcp: Counter,
     pub forwarded_bytes_rtp: Counter,
     pub forwarded_bytes_rtcp: Counter,
-    dropped: [Counter; 16],
+    dropped: [Counter; 18],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,

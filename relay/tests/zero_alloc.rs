@@ -15,7 +15,7 @@
 //! histogram. It does not run the relay's own loops (no signalling, ICE or DTLS); the
 //! bench crate measures the whole relay end to end.
 
-use blindrelay::core::forward::{Forwarder, Outbox};
+use blindrelay::core::forward::{Forwarder, Outbox, PeerTables};
 use blindrelay::metrics::Metrics;
 use blindrelay::net::media::{Packet, PacketQueue, WORKER_QUEUE};
 use blindrelay::net::udp::{MediaSocket, RecvBuffers};
@@ -138,7 +138,7 @@ fn forwarder_for(clients: &[Client]) -> Forwarder {
             c.addr,
             HopContext::Fast(Box::new(ctx(c.peer, 1))),
             HopContext::Fast(Box::new(ctx(c.peer, 2))),
-            &[c.ssrc],
+            PeerTables::standard(&[c.ssrc]),
         );
     }
     f

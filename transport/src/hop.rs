@@ -86,6 +86,46 @@ impl HopContext {
         self.protect_into(Kind::Rtp, clear, arena)
     }
 
+    /// [`HopContext::protect_rtp_into`] for a packet given as a rewritten `header` and the
+    /// untouched `payload`: the two are copied once, straight into the arena, so a
+    /// per-receiver header rewrite costs no extra copy of the payload.
+    pub fn protect_rtp_parts_into(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        arena: &mut Vec<u8>,
+    ) -> Result<Range<usize>, HopError> {
+        match self {
+            HopContext::Fast(c) => {
+                let start = arena.len();
+                let len = header.len() + payload.len();
+                arena.extend_from_slice(header);
+                arena.extend_from_slice(payload);
+                arena.resize(start + len + RTP_OVERHEAD, 0);
+                match c.protect_rtp_in(&mut arena[start..], len) {
+                    Ok(n) => {
+                        arena.truncate(start + n);
+                        Ok(start..start + n)
+                    }
+                    Err(_) => {
+                        arena.truncate(start);
+                        Err(HopError::Protect)
+                    }
+                }
+            }
+            HopContext::Reference(c) => {
+                // webrtc-srtp needs one contiguous packet and allocates its output anyway.
+                let mut clear = Vec::with_capacity(header.len() + payload.len());
+                clear.extend_from_slice(header);
+                clear.extend_from_slice(payload);
+                let sealed = c.encrypt_rtp(&clear).map_err(|_| HopError::Protect)?;
+                let start = arena.len();
+                arena.extend_from_slice(&sealed);
+                Ok(start..arena.len())
+            }
+        }
+    }
+
     /// Protect a clear RTCP compound packet for this receiver, appending the SRTCP packet
     /// to `arena`; returns where it landed. On error `arena` is left as it was.
     pub fn protect_rtcp_into(

@@ -6,13 +6,16 @@
 use super::{CallKey, PeerId};
 use crate::metrics::DropReason;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
-use blindrelay_protocol::rtp::RtpHeader;
+use blindrelay_protocol::rtp::{find_extension, RtpHeader};
+use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack, CODEC_COUNT};
+use blindrelay_protocol::twcc::{self, Arrival, SeqUnwrapper};
 use blindrelay_transport::hop::{HopContext, HopError};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
 use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A hook that sees every RTP packet as the relay holds it after hop decryption (clear
 /// header, end-to-end payload). Tests and the pcap capture use it to prove the relay holds
@@ -128,12 +131,101 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// [`Outbox::push`] for an RTP packet given as a rewritten header and its payload.
+    fn push_rtp_parts(
+        &mut self,
+        to: SocketAddr,
+        ctx: &mut HopContext,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<(), DropReason> {
+        let r = ctx
+            .protect_rtp_parts_into(header, payload, &mut self.arena)
+            .map_err(|_| DropReason::SrtpProtectFailed)?;
+        self.transmits.push(Transmit {
+            to,
+            start: r.start,
+            len: r.len(),
+            rtcp: false,
+        });
+        Ok(())
+    }
+}
+
+/// The SSRC the relay's own RTCP (transport-cc feedback, PLI) is sent from.
+pub const RELAY_SSRC: u32 = 1;
+
+/// How often at most a sender gets transport-cc feedback (libwebrtc sends it about every
+/// 50-100 ms) and, separately, a keyframe request.
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Arrivals held per sender between feedback packets.
+const TWCC_PENDING: usize = 256;
+const NO: u8 = 0xff;
+
+/// A participant's numbering and tracks as flat tables the per-packet path indexes
+/// without hashing or allocating (see [`Numbering`]).
+#[derive(Debug, Clone)]
+pub struct PeerTables {
+    codec_of_pt: [u8; 128],
+    pt_of_codec: [u8; CODEC_COUNT],
+    twcc_id: u8,
+    /// The SSRCs the participant announced: it may send no other. Empty: it announced
+    /// none, and owns the SSRCs it sends first.
+    pub ssrcs: Vec<u32>,
+    /// Its video SSRCs, for keyframe requests.
+    pub video_ssrcs: Vec<u32>,
+}
+
+impl PeerTables {
+    pub fn new(n: &Numbering, tracks: &[SentTrack], announced: &[u32]) -> Self {
+        let mut t = PeerTables {
+            codec_of_pt: [NO; 128],
+            pt_of_codec: [NO; CODEC_COUNT],
+            twcc_id: n.twcc.unwrap_or(0),
+            ssrcs: announced.to_vec(),
+            video_ssrcs: tracks
+                .iter()
+                .filter(|t| t.kind == "video")
+                .map(|t| t.ssrc)
+                .collect(),
+        };
+        for c in Codec::ALL {
+            if let Some(pt) = n.pt_of(c).filter(|pt| *pt < 128) {
+                t.codec_of_pt[pt as usize] = c as u8;
+                t.pt_of_codec[c.index()] = pt;
+            }
+        }
+        t
+    }
+
+    /// e2ee-client's numbering (Opus 111, VP8 96), no transport-cc: for tests and
+    /// benchmarks that build forwarders by hand.
+    pub fn standard(ssrcs: &[u32]) -> Self {
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(blindrelay_protocol::sdp::AUDIO_PT);
+        n.pt[Codec::Vp8.index()] = Some(blindrelay_protocol::sdp::VIDEO_PT);
+        PeerTables::new(&n, &[], ssrcs)
+    }
+}
+
+/// Transport-cc state of one sender: arrivals not yet reported.
+struct TwccState {
+    unwrap: SeqUnwrapper,
+    pending: [Arrival; TWCC_PENDING],
+    n: usize,
+    media_ssrc: u32,
+    fb_count: u8,
+    last_fb: Option<Instant>,
+}
+
 /// A participant's hop state on its way from one call (or loop) to another.
 pub struct PeerTransfer {
     pub addr: SocketAddr,
     pub inbound: HopContext,
     pub outbound: HopContext,
-    pub ssrcs: Vec<u32>,
+    pub tables: PeerTables,
 }
 
 struct PeerMedia {
@@ -141,6 +233,11 @@ struct PeerMedia {
     addr: SocketAddr,
     inbound: HopContext,
     outbound: HopContext,
+    tables: PeerTables,
+    twcc: Option<Box<TwccState>>,
+    /// A receiver joined: ask this participant for a keyframe with its next packet.
+    pli_due: bool,
+    last_pli: Option<Instant>,
 }
 
 /// Forwarding state of one worker loop.
@@ -158,6 +255,12 @@ pub struct Forwarder {
     rtcp_dests: Vec<PeerId>,
     /// Reused buffer where one receiver's share of an RTCP compound is assembled.
     rtcp_part: Vec<u8>,
+    /// Reused buffer for the relay's own RTCP (feedback, PLI).
+    own_rtcp: Vec<u8>,
+    /// The arrival time of the packet being handled (sans-IO: the loop passes it in).
+    now: Option<Instant>,
+    /// Origin of the microsecond clock in transport-cc feedback.
+    epoch: Option<Instant>,
 }
 
 fn hop_drop(e: HopError) -> DropReason {
@@ -177,7 +280,8 @@ impl Forwarder {
         }
     }
 
-    /// Start forwarding for a participant whose DTLS handshake finished.
+    /// Start forwarding for a participant whose DTLS handshake finished. Everyone else in
+    /// its call is asked for a keyframe, so the newcomer's decoders start at once.
     pub fn add_peer(
         &mut self,
         peer: PeerId,
@@ -185,11 +289,21 @@ impl Forwarder {
         addr: SocketAddr,
         inbound: HopContext,
         outbound: HopContext,
-        ssrcs: &[u32],
+        tables: PeerTables,
     ) {
-        for s in ssrcs {
+        for s in &tables.ssrcs {
             self.ssrc_owner.insert((call, *s), peer);
         }
+        let twcc = (tables.twcc_id != 0).then(|| {
+            Box::new(TwccState {
+                unwrap: SeqUnwrapper::default(),
+                pending: [Arrival::default(); TWCC_PENDING],
+                n: 0,
+                media_ssrc: 0,
+                fb_count: 0,
+                last_fb: None,
+            })
+        });
         self.peers.insert(
             peer,
             PeerMedia {
@@ -197,11 +311,31 @@ impl Forwarder {
                 addr,
                 inbound,
                 outbound,
+                tables,
+                twcc,
+                pli_due: false,
+                last_pli: None,
             },
         );
         let members = self.calls.entry(call).or_default();
         if !members.contains(&peer) {
             members.push(peer);
+        }
+        for m in members.iter() {
+            if *m != peer {
+                if let Some(p) = self.peers.get_mut(m) {
+                    p.pli_due = true;
+                }
+            }
+        }
+    }
+
+    /// The time of the packets handled next (their arrival): transport-cc feedback
+    /// reports it, and feedback and keyframe requests are paced by it.
+    pub fn set_time(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
         }
     }
 
@@ -219,19 +353,12 @@ impl Forwarder {
                 self.calls.remove(&p.call);
             }
         }
-        let mut ssrcs = Vec::new();
-        self.ssrc_owner.retain(|(_, ssrc), owner| {
-            let mine = *owner == peer;
-            if mine {
-                ssrcs.push(*ssrc);
-            }
-            !mine
-        });
+        self.ssrc_owner.retain(|_, owner| *owner != peer);
         Some(PeerTransfer {
             addr: p.addr,
             inbound: p.inbound,
             outbound: p.outbound,
-            ssrcs,
+            tables: p.tables,
         })
     }
 
@@ -244,7 +371,11 @@ impl Forwarder {
     }
 
     /// Unprotect an SRTP packet from `from` and protect it for every other participant of
-    /// its call, appending to `out`. Returns how many transmits were queued.
+    /// its call, appending to `out`. Each receiver gets the header in its own numbering
+    /// (payload type), without header extensions (they are per hop); the payload (the
+    /// end-to-end encrypted frame) is copied byte for byte. The sender gets transport-cc
+    /// feedback and, when a receiver joined, a keyframe request. Returns how many
+    /// transmits were queued for receivers.
     pub fn on_rtp(
         &mut self,
         from: PeerId,
@@ -259,7 +390,24 @@ impl Forwarder {
         let hdr = RtpHeader::parse(plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
         let from_addr = sender.addr;
-        self.ssrc_owner.entry((call, hdr.ssrc)).or_insert(from);
+        // A participant sends only the SSRCs it announced (or, having announced none,
+        // those nobody else owns): another's SSRC would make every receiver's context
+        // seal two plaintexts under one nonce.
+        let owner = match self.ssrc_owner.get(&(call, hdr.ssrc)) {
+            Some(o) => *o,
+            None if sender.tables.ssrcs.is_empty() => {
+                self.ssrc_owner.insert((call, hdr.ssrc), from);
+                from
+            }
+            None => return Err(DropReason::SsrcNotOwned),
+        };
+        if owner != from {
+            return Err(DropReason::SsrcNotOwned);
+        }
+        let codec = sender.tables.codec_of_pt[hdr.payload_type as usize & 0x7f];
+        if codec == NO {
+            return Err(DropReason::UnknownPayloadType);
+        }
         if let Some(tap) = &self.tap {
             tap(&TapPacket {
                 from: from_addr,
@@ -267,6 +415,17 @@ impl Forwarder {
                 data: plain,
             });
         }
+        // The sender's hop: feedback and keyframe requests, protected with its context.
+        if let Some(now) = self.now {
+            let epoch = self.epoch.unwrap_or(now);
+            sender_rtcp(sender, plain, hdr.ssrc, now, epoch, &mut self.own_rtcp, out);
+        }
+        // The header every receiver gets: fixed part and CSRCs, extension bit cleared.
+        let base = 12 + 4 * (plain[0] & 0x0f) as usize;
+        let mut header = [0u8; 12 + 4 * 15];
+        header[..base].copy_from_slice(&plain[..base]);
+        header[0] &= !0x10;
+        let payload = &plain[hdr.header_len..];
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {
             self.scratch
@@ -277,7 +436,13 @@ impl Forwarder {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
             };
-            out.push(r.addr, false, &mut r.outbound, plain)?;
+            let pt = r.tables.pt_of_codec[codec as usize];
+            if pt == NO {
+                // This receiver cannot decode the codec: it was never offered the track.
+                continue;
+            }
+            header[1] = (header[1] & 0x80) | pt;
+            out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)?;
             n += 1;
         }
         Ok(n)
@@ -321,19 +486,47 @@ impl Forwarder {
         dests.clear();
         for p in rtcp::packets(plain) {
             let p = p.map_err(|_| DropReason::RtpMalformed)?;
-            for d in route(p.route(), call, from, members, ssrc_owner) {
-                if !dests.contains(d) {
-                    dests.push(*d);
+            match p.route() {
+                RtcpRoute::ReportBlocks => {
+                    for (ssrc, _) in rtcp::report_blocks(&p) {
+                        if let Some(o) = ssrc_owner.get(&(call, ssrc)).filter(|o| **o != from) {
+                            if !dests.contains(o) {
+                                dests.push(*o);
+                            }
+                        }
+                    }
+                }
+                r => {
+                    for d in route(r, call, from, members, ssrc_owner) {
+                        if !dests.contains(d) {
+                            dests.push(*d);
+                        }
+                    }
                 }
             }
         }
         let mut n = 0;
         for to in dests.iter() {
-            // This receiver's share, in the compound's order.
+            // This receiver's share, in the compound's order; of a receiver report, the
+            // blocks about its own streams, each as a report of its own.
             part.clear();
             for p in rtcp::packets(plain).flatten() {
-                if route(p.route(), call, from, members, ssrc_owner).contains(to) {
-                    part.extend_from_slice(p.bytes);
+                match p.route() {
+                    RtcpRoute::ReportBlocks => {
+                        for (ssrc, block) in rtcp::report_blocks(&p) {
+                            if ssrc_owner.get(&(call, ssrc)) == Some(to) {
+                                part.extend_from_slice(&rtcp::rr_header(
+                                    p.sender_ssrc.unwrap_or(0),
+                                ));
+                                part.extend_from_slice(block);
+                            }
+                        }
+                    }
+                    r => {
+                        if route(r, call, from, members, ssrc_owner).contains(to) {
+                            part.extend_from_slice(p.bytes);
+                        }
+                    }
                 }
             }
             let Some(r) = peers.get_mut(to) else {
@@ -343,6 +536,76 @@ impl Forwarder {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// The relay's own RTCP to a sender on its hop: transport-cc feedback about the packet
+/// just received (every [`FEEDBACK_INTERVAL`], or when the pending list is full) and a
+/// PLI per video SSRC when a receiver joined (at most every [`PLI_INTERVAL`]).
+fn sender_rtcp(
+    sender: &mut PeerMedia,
+    plain: &[u8],
+    ssrc: u32,
+    now: Instant,
+    epoch: Instant,
+    buf: &mut Vec<u8>,
+    out: &mut Outbox,
+) {
+    if let Some(tw) = sender.twcc.as_deref_mut() {
+        if let Some(v) = find_extension(plain, sender.tables.twcc_id).filter(|v| v.len() >= 2) {
+            let seq = tw.unwrap.unwrap(u16::from_be_bytes([v[0], v[1]]));
+            let at_us = now.saturating_duration_since(epoch).as_micros() as i64;
+            if tw.n < TWCC_PENDING {
+                tw.pending[tw.n] = Arrival { seq, at_us };
+                tw.n += 1;
+            }
+            if tw.media_ssrc == 0 {
+                tw.media_ssrc = ssrc;
+            }
+        }
+        let due = tw
+            .last_fb
+            .is_none_or(|t| now.saturating_duration_since(t) >= FEEDBACK_INTERVAL);
+        if tw.n > 0 && (due || tw.n == TWCC_PENDING) {
+            let pending = &mut tw.pending[..tw.n];
+            pending.sort_unstable_by_key(|a| a.seq);
+            // One feedback covers at most MAX_STATUS sequence numbers from the first.
+            let first = pending[0].seq;
+            let mut end = pending.len();
+            while end > 1 && pending[end - 1].seq - first >= twcc::MAX_STATUS {
+                end -= 1;
+            }
+            let mut k = 0;
+            for i in 0..end {
+                if k == 0 || pending[i].seq != pending[k - 1].seq {
+                    pending[k] = pending[i];
+                    k += 1;
+                }
+            }
+            if twcc::write_feedback(buf, RELAY_SSRC, tw.media_ssrc, tw.fb_count, &pending[..k]) {
+                tw.fb_count = tw.fb_count.wrapping_add(1);
+                let _ = out.push(sender.addr, true, &mut sender.outbound, buf);
+            }
+            // What did not fit stays for the next feedback.
+            let rest = tw.n - end;
+            tw.pending.copy_within(end..tw.n, 0);
+            tw.n = rest;
+            tw.last_fb = Some(now);
+        }
+    }
+    if sender.pli_due
+        && !sender.tables.video_ssrcs.is_empty()
+        && sender
+            .last_pli
+            .is_none_or(|t| now.saturating_duration_since(t) >= PLI_INTERVAL)
+    {
+        sender.pli_due = false;
+        sender.last_pli = Some(now);
+        buf.clear();
+        for v in &sender.tables.video_ssrcs {
+            buf.extend_from_slice(&rtcp::pli(RELAY_SSRC, *v));
+        }
+        let _ = out.push(sender.addr, true, &mut sender.outbound, buf);
     }
 }
 
@@ -362,7 +625,7 @@ fn route<'a>(
             Some(owner) if *owner != from => std::slice::from_ref(owner),
             _ => &[],
         },
-        RtcpRoute::Terminate => &[],
+        RtcpRoute::Terminate | RtcpRoute::ReportBlocks => &[],
     }
 }
 
@@ -427,8 +690,8 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         // a sends with key 1 (relay inbound 1); relay sends to b with key 2.
         // The relay side runs the in-place GCM path; the clients run webrtc-srtp.
-        f.add_peer(1, 7, a, fast(1), fast(3), &[100]);
-        f.add_peer(2, 7, b, fast(4), fast(2), &[200]);
+        f.add_peer(1, 7, a, fast(1), fast(3), PeerTables::standard(&[100]));
+        f.add_peer(2, 7, b, fast(4), fast(2), PeerTables::standard(&[200]));
         let mut client_a_out = ctx(1);
         let mut client_b_in = ctx_replay(2);
         let pkt = rtp(100, 1, b"opaque e2ee frame");
@@ -462,14 +725,21 @@ mod tests {
         });
         let mut f = Forwarder::new(Some(tap));
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        f.add_peer(1, 7, a, hop(ctx_replay(1)), hop(ctx(3)), &[100]);
+        f.add_peer(
+            1,
+            7,
+            a,
+            hop(ctx_replay(1)),
+            hop(ctx(3)),
+            PeerTables::standard(&[100]),
+        );
         f.add_peer(
             2,
             7,
             "127.0.0.1:2".parse().unwrap(),
             hop(ctx_replay(4)),
             hop(ctx(2)),
-            &[200],
+            PeerTables::standard(&[200]),
         );
         let pkt = rtp(100, 1, b"opaque e2ee frame");
         let wire = ctx(1).encrypt_rtp(&pkt).unwrap();
@@ -486,7 +756,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             hop(ctx_replay(1)),
             hop(ctx(11)),
-            &[100],
+            PeerTables::standard(&[100]),
         );
         f.add_peer(
             2,
@@ -494,7 +764,7 @@ mod tests {
             "127.0.0.1:2".parse().unwrap(),
             hop(ctx_replay(2)),
             hop(ctx(12)),
-            &[200],
+            PeerTables::standard(&[200]),
         );
         f.add_peer(
             3,
@@ -502,7 +772,7 @@ mod tests {
             "127.0.0.1:3".parse().unwrap(),
             hop(ctx_replay(3)),
             hop(ctx(13)),
-            &[300],
+            PeerTables::standard(&[300]),
         );
         let mut c2 = ctx(2);
         let wire = c2.encrypt_rtcp(&rtcp::pli(200, 100)).unwrap();
@@ -522,9 +792,30 @@ mod tests {
     fn rtcp_compound_is_split_per_receiver() {
         let mut f = Forwarder::new(None);
         let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
-        f.add_peer(1, 7, addr(1), fast(1), fast(11), &[100]);
-        f.add_peer(2, 7, addr(2), fast(2), fast(12), &[200]);
-        f.add_peer(3, 7, addr(3), fast(3), fast(13), &[300]);
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            PeerTables::standard(&[100]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            PeerTables::standard(&[200]),
+        );
+        f.add_peer(
+            3,
+            7,
+            addr(3),
+            fast(3),
+            fast(13),
+            PeerTables::standard(&[300]),
+        );
         let mut sr = vec![0x80, rtcp::PT_SR, 0, 6];
         sr.extend_from_slice(&200u32.to_be_bytes());
         sr.extend_from_slice(&[0; 20]);
@@ -557,5 +848,158 @@ mod tests {
         let mut out = Outbox::default();
         assert_eq!(f.on_rtcp(2, &wire, &mut out), Err(DropReason::RtpMalformed));
         assert!(out.is_empty() && out.arena().is_empty());
+    }
+
+    /// Tables for a stack that numbers Opus `opus` and VP8 `vp8`, with transport-cc at
+    /// extension id `twcc` (0: none).
+    fn tables(opus: u8, vp8: u8, twcc: u8, ssrcs: &[u32], video: &[u32]) -> PeerTables {
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(opus);
+        n.pt[Codec::Vp8.index()] = Some(vp8);
+        n.twcc = (twcc != 0).then_some(twcc);
+        let tracks: Vec<SentTrack> = video
+            .iter()
+            .map(|s| SentTrack {
+                kind: "video",
+                ssrc: *s,
+            })
+            .collect();
+        PeerTables::new(&n, &tracks, ssrcs)
+    }
+
+    /// A VP8 packet from a Chrome-like sender (PT 96, one-byte extensions: transport-cc
+    /// at id 3 with sequence `tseq`, and an abs-send-time at id 2).
+    fn chrome_rtp(ssrc: u32, seq: u16, tseq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x90, 0x80 | 96];
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&1234u32.to_be_bytes());
+        b.extend_from_slice(&ssrc.to_be_bytes());
+        b.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x22, 1, 2, 3, 0x31]);
+        b.extend_from_slice(&tseq.to_be_bytes());
+        b.push(0);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn each_receiver_gets_its_own_payload_type_without_extensions_and_the_same_payload() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        // Chrome-like sender (VP8 96), aiortc-like receiver (VP8 97), e2ee-client (96).
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            tables(111, 96, 3, &[100], &[100]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            tables(96, 97, 0, &[200], &[]),
+        );
+        f.add_peer(
+            3,
+            7,
+            addr(3),
+            fast(3),
+            fast(13),
+            PeerTables::standard(&[300]),
+        );
+        let payload = b"\x90\xe0 an e2ee frame, byte for byte";
+        let wire = ctx(1).encrypt_rtp(&chrome_rtp(100, 5, 1, payload)).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(2));
+        for (i, (key, pt)) in [(12u8, 97u8), (13, 96)].into_iter().enumerate() {
+            let (t, d) = out.get(i).unwrap();
+            assert!(!t.rtcp);
+            let got = ctx_replay(key).decrypt_rtp(d).unwrap();
+            assert_eq!(got[0] & 0x10, 0, "extension bit cleared");
+            assert_eq!(got[1], 0x80 | pt, "marker kept, payload type rewritten");
+            assert_eq!(&got[2..12], &chrome_rtp(100, 5, 1, payload)[2..12]);
+            assert_eq!(&got[12..], &payload[..], "payload byte for byte");
+        }
+        // An SSRC the sender did not announce, or another's, is dropped.
+        let wire = ctx(1).encrypt_rtp(&chrome_rtp(300, 6, 2, payload)).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SsrcNotOwned));
+        let wire = ctx(1).encrypt_rtp(&chrome_rtp(999, 7, 3, payload)).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SsrcNotOwned));
+        // A payload type outside the call's codecs is dropped.
+        let mut odd = chrome_rtp(100, 8, 4, payload);
+        odd[1] = 118;
+        let wire = ctx(1).encrypt_rtp(&odd).unwrap();
+        assert_eq!(
+            f.on_rtp(1, &wire, &mut out),
+            Err(DropReason::UnknownPayloadType)
+        );
+    }
+
+    #[test]
+    fn senders_get_transport_cc_feedback_and_a_keyframe_request_when_someone_joins() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let t0 = Instant::now();
+        f.set_time(t0);
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            tables(111, 96, 3, &[100], &[100]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            PeerTables::standard(&[200]),
+        );
+        let mut tx = ctx(1);
+        let mut rx = ctx_replay(11);
+        let mut out = Outbox::default();
+        // Packet 1 at t0: feedback (first) and the PLI asked for by 2's join.
+        let wire = tx.encrypt_rtp(&chrome_rtp(100, 1, 10, b"x")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        let to_sender: Vec<Vec<u8>> = (0..out.len())
+            .filter_map(|i| out.get(i))
+            .filter(|(t, _)| t.to == addr(1))
+            .map(|(_, d)| rx.decrypt_rtcp(d).unwrap().to_vec())
+            .collect();
+        assert_eq!(to_sender.len(), 2, "feedback and PLI");
+        let fb = &to_sender[0];
+        assert_eq!(
+            (fb[0] & 0x1f, fb[1]),
+            (rtcp::FMT_TRANSPORT_CC, rtcp::PT_RTPFB)
+        );
+        assert_eq!(u16::from_be_bytes([fb[12], fb[13]]), 10, "base sequence");
+        assert_eq!(u16::from_be_bytes([fb[14], fb[15]]), 1, "status count");
+        assert_eq!(&to_sender[1][..], &rtcp::pli(RELAY_SSRC, 100)[..]);
+        // Packets 11 and 13 within 50 ms: no feedback yet; at 60 ms one covering 11..=14
+        // with 12 missing.
+        out.clear();
+        for (ms, tseq, seq) in [(10, 11, 2), (20, 13, 3), (60, 14, 4)] {
+            f.set_time(t0 + Duration::from_millis(ms));
+            let wire = tx.encrypt_rtp(&chrome_rtp(100, seq, tseq, b"x")).unwrap();
+            f.on_rtp(1, &wire, &mut out).unwrap();
+        }
+        let fbs: Vec<Vec<u8>> = (0..out.len())
+            .filter_map(|i| out.get(i))
+            .filter(|(t, _)| t.rtcp && t.to == addr(1))
+            .map(|(_, d)| rx.decrypt_rtcp(d).unwrap().to_vec())
+            .collect();
+        assert_eq!(fbs.len(), 1, "one feedback, no second PLI");
+        assert_eq!(u16::from_be_bytes([fbs[0][12], fbs[0][13]]), 11);
+        assert_eq!(u16::from_be_bytes([fbs[0][14], fbs[0][15]]), 4);
+        // Feedback from a receiver about this hop ends at the relay.
+        let mut remb = rtcp::pli(200, 100);
+        remb[0] = 0x80 | rtcp::FMT_AFB;
+        let wire = ctx(2).encrypt_rtcp(&remb).unwrap();
+        assert_eq!(f.on_rtcp(2, &wire, &mut Outbox::default()), Ok(0));
     }
 }

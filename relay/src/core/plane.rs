@@ -9,12 +9,15 @@
 //! concurrent joins, and a refused request leaves nothing behind.
 
 use super::calls::{CallRegistry, JoinRequest};
+use super::forward::PeerTables;
 use super::policy::CallingE2ee;
 use super::{CallKey, PeerId};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, TokenRules};
-use blindrelay_protocol::sdp::{self, AnswerParams, Fingerprint};
+use blindrelay_protocol::sdp::{
+    self, Fingerprint, Numbering, Offer, RelayMedia, RemoteTrack, SentTrack,
+};
 use blindrelay_protocol::signal::{
     parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo,
     ServerMessage,
@@ -199,7 +202,7 @@ pub enum Output {
         peer: PeerId,
         call_key: CallKey,
         worker: usize,
-        ssrcs: Vec<u32>,
+        tables: Box<PeerTables>,
     },
     /// The participant's call now lives on another forwarding loop (merge).
     Move {
@@ -267,11 +270,34 @@ struct Session {
     role: &'static str,
     call: String,
     local_ufrag: String,
+    local_pwd: String,
     worker: usize,
-    ssrcs: Vec<u32>,
+    /// The participant's offer: its own m-lines, its numbering and what it sends.
+    offer: Offer,
+    numbering: Numbering,
+    tracks: Vec<SentTrack>,
     joined_at: Instant,
     last_activity: Instant,
     keyed: bool,
+    neg: Negotiation,
+}
+
+/// The relay's side of one participant's renegotiation.
+#[derive(Debug, Default)]
+struct Negotiation {
+    /// The remote tracks written into its session, in m-line order, each with its sender
+    /// and whether its m-line was inactive in the last answered offer (only such a line
+    /// may be recycled for another track).
+    remote: Vec<(RemoteTrack, PeerId, bool)>,
+    /// Descriptions written (the answer to `join` was the first).
+    version: u64,
+    /// The last offer's revision.
+    revision: u64,
+    /// The revision of the offer awaiting an answer, and the mids it had.
+    outstanding: Option<(u64, Vec<String>)>,
+    /// Tracks changed while an offer was outstanding: offer again after its answer.
+    dirty: bool,
+    next_mid: u64,
 }
 
 #[derive(Debug)]
@@ -494,7 +520,14 @@ impl ControlPlane {
                 s.keyed = true;
                 s.last_activity = now;
                 let since = now.saturating_duration_since(s.joined_at);
-                let (worker, ssrcs) = (s.worker, s.ssrcs.clone());
+                let announced: Vec<u32> = s
+                    .offer
+                    .media
+                    .iter()
+                    .flat_map(|m| m.ssrcs.iter().copied())
+                    .collect();
+                let tables = Box::new(PeerTables::new(&s.numbering, &s.tracks, &announced));
+                let worker = s.worker;
                 let Some((_, call_key, _)) = self.registry.call_of(peer) else {
                     return;
                 };
@@ -503,7 +536,7 @@ impl ControlPlane {
                     peer,
                     call_key,
                     worker,
-                    ssrcs,
+                    tables,
                 });
             }
             Input::DtlsFailed { peer } => self.remove_peer(now, peer, "dtls_failed"),
@@ -638,6 +671,7 @@ impl ControlPlane {
             ClientMessage::E2ee { to, blob } => self.relay_to(conn, &to, blob),
             ClientMessage::Chat { body } => self.chat(conn, body),
             ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
+            ClientMessage::Answer { sdp, revision } => self.answer(conn, &sdp, revision),
             ClientMessage::Leave => match self.conns.get(&conn).and_then(|c| c.peer) {
                 Some(p) => self.remove_peer(now, p, "left"),
                 None => self.error(conn, ErrorCode::NotJoined, "not in a call".into()),
@@ -720,6 +754,14 @@ impl ControlPlane {
             Ok(o) => o,
             Err(e) => return self.refuse_join(conn, ErrorCode::BadSdp, e.to_string()),
         };
+        let numbering = Numbering::from_offer(&offer);
+        if numbering.pt.iter().all(Option::is_none) {
+            return self.refuse_join(
+                conn,
+                ErrorCode::NoCommonCodec,
+                "the offer has none of the call's codecs: opus/48000/2 for audio, VP8/90000 for video".into(),
+            );
+        }
         let key = user_key(&claims.sub, &claims.tenant);
         // A second session of the same identity in this call replaces the first.
         let replaced = self
@@ -773,15 +815,19 @@ impl ControlPlane {
             .iter()
             .flat_map(|s| s.ssrcs.iter().copied())
             .collect();
-        let answer_sdp = sdp::build_answer(
+        let answer_sdp = sdp::write_relay_description(
             &offer,
-            &AnswerParams {
+            &numbering,
+            &[],
+            &RelayMedia {
                 ice_ufrag: &local_ufrag,
                 ice_pwd: &local_pwd,
                 fingerprint: &self.cfg.fingerprint,
                 media_addr: self.cfg.media_addr,
                 session_id: peer,
+                version: 0,
             },
+            false,
         );
         if joined.others.is_empty() {
             self.metrics.calls(joined.mode.as_str()).increment(1.0);
@@ -795,10 +841,10 @@ impl ControlPlane {
             call_key: joined.call_key,
             worker: joined.worker,
             local_ufrag: local_ufrag.clone(),
-            local_pwd,
+            local_pwd: local_pwd.clone(),
             remote_ufrag: offer.ice_ufrag.clone(),
             fingerprint: offer.fingerprint.clone(),
-            ssrcs: ssrcs.clone(),
+            ssrcs,
         }));
         self.sessions.insert(
             peer,
@@ -809,11 +855,15 @@ impl ControlPlane {
                 role,
                 call: call.clone(),
                 local_ufrag,
+                local_pwd,
                 worker: joined.worker,
-                ssrcs,
+                tracks: offer.sent_tracks(),
+                offer,
+                numbering,
                 joined_at: now,
                 last_activity: now,
                 keyed: false,
+                neg: Negotiation::default(),
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -865,6 +915,7 @@ impl ControlPlane {
             }
         }
         info!(mode = joined.mode.as_str(), role, "participant joined");
+        self.renegotiate_call_of(peer);
         if let Some(Some(replaced)) = invite.map(|i| i.replaces) {
             // A consultative transfer completes: the one who handed over leaves.
             self.remove_peer(now, replaced, "transferred");
@@ -978,8 +1029,8 @@ impl ControlPlane {
                     },
                 );
             }
-            for other in left.remaining {
-                if let Some(c) = self.sessions.get(&other).map(|s| s.conn) {
+            for other in &left.remaining {
+                if let Some(c) = self.sessions.get(other).map(|s| s.conn) {
                     self.send(
                         c,
                         ServerMessage::ParticipantLeft {
@@ -988,6 +1039,9 @@ impl ControlPlane {
                         },
                     );
                 }
+            }
+            for other in &left.remaining {
+                self.renegotiate(*other);
             }
         }
         if relay_initiated(reason) {
@@ -1390,7 +1444,157 @@ impl ControlPlane {
         };
         tell(self, &merged.existing, &merged.moved);
         tell(self, &merged.moved, &merged.existing);
+        self.renegotiate_call_of(peer);
         Ok(())
+    }
+
+    /// Renegotiate with everyone in `peer`'s call (itself included).
+    fn renegotiate_call_of(&mut self, peer: PeerId) {
+        let mut members: Vec<PeerId> = self
+            .registry
+            .peers_of(peer)
+            .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect())
+            .unwrap_or_default();
+        members.push(peer);
+        for m in members {
+            self.renegotiate(m);
+        }
+    }
+
+    /// Bring `peer`'s remote tracks in line with its call: an m-line per track of every
+    /// other participant (in a codec it can receive), departed ones inactive. If that
+    /// changed anything, offer it, or, with an offer outstanding, offer once it is
+    /// answered: at most one offer is outstanding per client, and later changes fold
+    /// into the next one.
+    fn renegotiate(&mut self, peer: PeerId) {
+        let others: Vec<PeerId> = self
+            .registry
+            .peers_of(peer)
+            .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect())
+            .unwrap_or_default();
+        let desired: Vec<(PeerId, String, SentTrack)> = others
+            .iter()
+            .filter_map(|o| self.sessions.get(o).map(|s| (*o, s)))
+            .flat_map(|(o, s)| s.tracks.iter().map(move |t| (o, s.public_id.clone(), *t)))
+            .collect();
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let neg = &mut s.neg;
+        let mut changed = false;
+        for (t, owner, _) in neg.remote.iter_mut() {
+            if t.active
+                && !desired
+                    .iter()
+                    .any(|(o, _, d)| o == owner && d.ssrc == t.ssrc)
+            {
+                t.active = false;
+                changed = true;
+            }
+        }
+        for (o, stream, d) in desired {
+            if s.numbering.codec_for_kind(d.kind).is_none()
+                || neg
+                    .remote
+                    .iter()
+                    .any(|(t, ow, _)| t.active && *ow == o && t.ssrc == d.ssrc)
+            {
+                continue;
+            }
+            let track = RemoteTrack {
+                mid: format!("r{}", neg.next_mid),
+                kind: d.kind,
+                stream,
+                ssrc: d.ssrc,
+                active: true,
+            };
+            neg.next_mid += 1;
+            match neg
+                .remote
+                .iter_mut()
+                .find(|(t, _, settled)| !t.active && *settled && t.kind == d.kind)
+            {
+                Some(slot) => *slot = (track, o, false),
+                None => neg.remote.push((track, o, false)),
+            }
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+        if neg.outstanding.is_some() {
+            neg.dirty = true;
+            return;
+        }
+        self.send_offer(peer);
+    }
+
+    fn send_offer(&mut self, peer: PeerId) {
+        let (fingerprint, media_addr) = (self.cfg.fingerprint.clone(), self.cfg.media_addr);
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        s.neg.revision += 1;
+        s.neg.version += 1;
+        s.neg.dirty = false;
+        let remote: Vec<RemoteTrack> = s.neg.remote.iter().map(|(t, _, _)| t.clone()).collect();
+        let sdp = sdp::write_relay_description(
+            &s.offer,
+            &s.numbering,
+            &remote,
+            &RelayMedia {
+                ice_ufrag: &s.local_ufrag,
+                ice_pwd: &s.local_pwd,
+                fingerprint: &fingerprint,
+                media_addr,
+                session_id: peer,
+                version: s.neg.version,
+            },
+            true,
+        );
+        let mids = s
+            .offer
+            .media
+            .iter()
+            .map(|m| m.mid.clone())
+            .chain(remote.iter().map(|t| t.mid.clone()))
+            .collect();
+        let revision = s.neg.revision;
+        s.neg.outstanding = Some((revision, mids));
+        let conn = s.conn;
+        self.send(conn, ServerMessage::Offer { sdp, revision });
+    }
+
+    /// A client's answer to the relay's outstanding offer.
+    fn answer(&mut self, conn: ConnId, sdp: &str, revision: u64) {
+        let Some(peer) = self.joined_peer(conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let checked = match &s.neg.outstanding {
+            Some((r, mids)) if *r == revision => sdp::check_answer(sdp, mids).map_err(|e| {
+                (
+                    ErrorCode::BadSdp,
+                    format!("answer to offer {revision}: {e}"),
+                )
+            }),
+            _ => Err((
+                ErrorCode::BadRequest,
+                format!("no offer with revision {revision} is waiting for an answer"),
+            )),
+        };
+        if let Err((code, msg)) = checked {
+            return self.error(conn, code, msg);
+        }
+        s.neg.outstanding = None;
+        for (t, _, settled) in s.neg.remote.iter_mut() {
+            *settled = !t.active;
+        }
+        if s.neg.dirty {
+            self.send_offer(peer);
+        }
     }
 }
 
@@ -1589,7 +1793,7 @@ mod tests {
         }
         let a = h.take(2);
         assert!(
-            matches!(&a[..], [ServerMessage::ParticipantJoined { participant }] if participant.user == "bob"),
+            matches!(&a[..], [ServerMessage::ParticipantJoined { participant }, ServerMessage::Offer { revision: 1, .. }] if participant.user == "bob"),
             "{a:?}"
         );
     }
@@ -1720,12 +1924,12 @@ mod tests {
         for i in 0..200u64 {
             let a = h.take(2 * i + 1);
             assert!(
-                matches!(&a[..], [ServerMessage::Joined { call_mode: CallMode::E2ee, .. }, ServerMessage::ParticipantJoined { participant }] if participant.user == format!("b{i}")),
+                matches!(&a[..], [ServerMessage::Joined { call_mode: CallMode::E2ee, .. }, ServerMessage::ParticipantJoined { participant }, ServerMessage::Offer { revision: 1, .. }] if participant.user == format!("b{i}")),
                 "{a:?}"
             );
             let b = h.take(2 * i + 2);
             assert!(
-                matches!(&b[..], [ServerMessage::Joined { participants, .. }] if participants.len() == 1),
+                matches!(&b[..], [ServerMessage::Joined { participants, .. }, ServerMessage::Offer { revision: 1, .. }] if participants.len() == 1),
                 "{b:?}"
             );
         }
@@ -1917,5 +2121,96 @@ mod tests {
         assert_eq!(h.closed(2), Some(CloseReason::Shutdown));
         h.hello(3, "c", None, "user");
         assert_eq!(error_code(&h.join(3, "c", false)), ErrorCode::ShuttingDown);
+    }
+
+    fn offer_of(m: &[ServerMessage]) -> (String, u64) {
+        m.iter()
+            .find_map(|m| match m {
+                ServerMessage::Offer { sdp, revision } => Some((sdp.clone(), *revision)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no offer in {m:?}"))
+    }
+
+    fn answer(h: &mut H, conn: ConnId, offer: &str, revision: u64) {
+        let sdp = sdp::answer_relay_offer(
+            offer,
+            "cli",
+            "clientpasswordclientpassword",
+            &Fingerprint { sha256: [9; 32] },
+        )
+        .expect("answerable");
+        h.text(conn, &ClientMessage::Answer { sdp, revision });
+    }
+
+    /// Joins and leaves re-describe every session: an m-line per remote track, at most one
+    /// offer outstanding, later changes folded into the next offer, departed tracks
+    /// inactive, and only a settled inactive line recycled.
+    #[test]
+    fn renegotiation_tracks_joins_and_leaves() {
+        let mut h = H::new();
+        for (c, u) in [(1, "a"), (2, "b"), (3, "c")] {
+            h.hello(c, u, None, "user");
+        }
+        let m = h.join(1, "x", false);
+        assert!(
+            !m.iter().any(|m| matches!(m, ServerMessage::Offer { .. })),
+            "alone: no offer"
+        );
+        h.join(2, "x", false);
+        let (o1, r1) = offer_of(&h.take(1));
+        assert_eq!(r1, 1);
+        assert_eq!(
+            o1.matches("a=sendonly").count(),
+            2,
+            "b's audio and video: {o1}"
+        );
+        // c joins while a's first offer is unanswered: nothing new for a yet. c's own first
+        // offer has a's and b's tracks.
+        let (oc, _) = offer_of(&h.join(3, "x", false));
+        assert_eq!(oc.matches("a=sendonly").count(), 4);
+        assert!(!h
+            .take(1)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Offer { .. })));
+        // A stale or unknown revision is refused; the right answer brings the next offer.
+        h.text(
+            1,
+            &ClientMessage::Answer {
+                sdp: "v=0".into(),
+                revision: 7,
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::BadRequest);
+        h.text(
+            1,
+            &ClientMessage::Answer {
+                sdp: "garbage".into(),
+                revision: 1,
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::BadSdp);
+        answer(&mut h, 1, &o1, 1);
+        let (o2, r2) = offer_of(&h.take(1));
+        assert_eq!(r2, 2);
+        assert_eq!(
+            o2.matches("a=sendonly").count(),
+            4,
+            "b's and c's tracks: {o2}"
+        );
+        answer(&mut h, 1, &o2, 2);
+        // b leaves: a's next offer keeps b's lines, inactive.
+        h.text(2, &ClientMessage::Leave);
+        let (o3, r3) = offer_of(&h.take(1));
+        assert_eq!(r3, 3);
+        assert_eq!(o3.matches("a=sendonly").count(), 2);
+        assert_eq!(o3.matches("a=inactive").count(), 2);
+        answer(&mut h, 1, &o3, 3);
+        // b joins again: its new tracks recycle the settled lines, with new mids.
+        h.join(2, "x", false);
+        let (o4, _) = offer_of(&h.take(1));
+        assert_eq!(o4.matches("m=").count(), 6, "no growth: {o4}");
+        assert_eq!(o4.matches("a=sendonly").count(), 4);
+        assert!(o4.contains("a=mid:r4") && o4.contains("a=mid:r5"), "{o4}");
     }
 }

@@ -168,7 +168,7 @@ impl Driver {
                 peer,
                 call_key,
                 worker,
-                ssrcs,
+                tables,
             } => {
                 let (Some(m), Some(w)) =
                     (self.pending.remove(&peer), self.media.workers.get(worker))
@@ -184,7 +184,7 @@ impl Driver {
                         addr: m.addr,
                         inbound: Box::new(m.inbound),
                         outbound: Box::new(m.outbound),
-                        ssrcs,
+                        tables,
                     })
                     .await;
             }

@@ -4,7 +4,7 @@
 
 use super::events::{Event, EventTx, KeyedMedia};
 use super::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
-use crate::core::forward::{Forwarder, MediaTap, Outbox};
+use crate::core::forward::{Forwarder, MediaTap, Outbox, PeerTables};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::plane::IcePeer;
 use crate::core::{CallKey, PeerId};
@@ -37,7 +37,7 @@ pub enum WorkerMsg {
         addr: SocketAddr,
         inbound: Box<HopContext>,
         outbound: Box<HopContext>,
-        ssrcs: Vec<u32>,
+        tables: Box<PeerTables>,
     },
     RemovePeer(PeerId),
     /// Re-home a participant into `call` on the loop `to` (merge).
@@ -498,8 +498,9 @@ pub async fn worker_loop(
     }
 }
 
-/// One packet through the forwarder.
+/// One packet through the forwarder, at its arrival time.
 fn forward(fwd: &mut Forwarder, p: &Packet, out: &mut Outbox) -> Result<usize, DropReason> {
+    fwd.set_time(p.at);
     if p.rtcp {
         fwd.on_rtcp(p.peer, &p.data, out)
     } else {
@@ -532,8 +533,8 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             addr,
             inbound,
             outbound,
-            ssrcs,
-        } => fwd.add_peer(peer, call, addr, *inbound, *outbound, &ssrcs),
+            tables,
+        } => fwd.add_peer(peer, call, addr, *inbound, *outbound, *tables),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::MovePeer { peer, call, to } => {
             if let Some(t) = fwd.take_peer(peer) {
@@ -543,7 +544,7 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
                     addr: t.addr,
                     inbound: Box::new(t.inbound),
                     outbound: Box::new(t.outbound),
-                    ssrcs: t.ssrcs,
+                    tables: Box::new(t.tables),
                 };
                 // The target may be this very loop: never wait on our own queue.
                 if let Err(mpsc::error::TrySendError::Full(add)) = to.try_send(add) {
