@@ -183,6 +183,7 @@ pub async fn connect(
         DtlsRole::Client,
         answer.fingerprint.clone(),
         timeout,
+        &blindrelay_transport::DEFAULT_PROFILES,
     )
     .await
     {

@@ -108,6 +108,9 @@ pub struct PacketConn {
     socket: Arc<UdpSocket>,
     remote: SocketAddr,
     rx: Mutex<mpsc::Receiver<Bytes>>,
+    /// A datagram taken early (the first ClientHello, read for its SRTP profiles) and
+    /// handed to the DTLS stack as its first read.
+    peeked: std::sync::Mutex<Option<Bytes>>,
 }
 
 impl PacketConn {
@@ -123,10 +126,79 @@ impl PacketConn {
                 socket,
                 remote,
                 rx: Mutex::new(rx),
+                peeked: std::sync::Mutex::new(None),
             }),
             tx,
         )
     }
+}
+
+impl PacketConn {
+    /// Wait for the first datagram and keep it for the DTLS stack's first read.
+    async fn peek_first(&self) -> Option<Bytes> {
+        let mut slot = self
+            .peeked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if slot.is_none() {
+            slot = self.rx.lock().await.recv().await;
+            *self.peeked.lock().unwrap_or_else(|p| p.into_inner()) = slot.clone();
+        }
+        slot
+    }
+}
+
+/// SRTP protection profile ids (RFC 5764 §4.1.2, RFC 7714 §14.2).
+const USE_SRTP_EXTENSION: u16 = 14;
+const PROFILE_AEAD_AES_128_GCM: u16 = 0x0007;
+
+/// Whether a datagram holding a DTLS ClientHello offers SRTP_AEAD_AES_128_GCM in its
+/// use_srtp extension. Anything that does not parse as such is `false`.
+pub fn client_hello_offers_gcm(d: &[u8]) -> bool {
+    fn offers(d: &[u8]) -> Option<bool> {
+        // DTLS record: type 22 (handshake), version, epoch + sequence (8), length.
+        if *d.first()? != 22 {
+            return None;
+        }
+        let body = d.get(13..)?;
+        // Handshake: type 1 (ClientHello), length (3), message_seq (2), fragment offset
+        // (3), fragment length (3); then the ClientHello itself.
+        if *body.first()? != 1 || body.get(6..9)? != [0, 0, 0] {
+            return None;
+        }
+        let frag_len = u32::from_be_bytes([0, *body.get(9)?, *body.get(10)?, *body.get(11)?]);
+        let h = body.get(12..12 + frag_len as usize)?;
+        let mut i = 2 + 32; // client_version, random
+        let skip8 = |i: usize| -> Option<usize> { Some(i + 1 + *h.get(i)? as usize) };
+        let skip16 = |i: usize| -> Option<usize> {
+            Some(i + 2 + u16::from_be_bytes([*h.get(i)?, *h.get(i + 1)?]) as usize)
+        };
+        i = skip8(i)?; // session_id
+        i = skip8(i)?; // cookie
+        i = skip16(i)?; // cipher_suites
+        i = skip8(i)?; // compression_methods
+        let ext_len = u16::from_be_bytes([*h.get(i)?, *h.get(i + 1)?]) as usize;
+        let exts = h.get(i + 2..i + 2 + ext_len)?;
+        let mut j = 0;
+        while j + 4 <= exts.len() {
+            let ty = u16::from_be_bytes([exts[j], exts[j + 1]]);
+            let len = u16::from_be_bytes([exts[j + 2], exts[j + 3]]) as usize;
+            let data = exts.get(j + 4..j + 4 + len)?;
+            if ty == USE_SRTP_EXTENSION {
+                let n = u16::from_be_bytes([*data.first()?, *data.get(1)?]) as usize;
+                let profiles = data.get(2..2 + n)?;
+                return Some(
+                    profiles
+                        .chunks_exact(2)
+                        .any(|p| u16::from_be_bytes([p[0], p[1]]) == PROFILE_AEAD_AES_128_GCM),
+                );
+            }
+            j += 4 + len;
+        }
+        Some(false)
+    }
+    offers(d).unwrap_or(false)
 }
 
 #[async_trait::async_trait]
@@ -135,8 +207,12 @@ impl webrtc_util::Conn for PacketConn {
         Ok(())
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        let peeked = self.peeked.lock().unwrap_or_else(|p| p.into_inner()).take();
         // The guard is a temporary of this statement: released before any wait below.
-        let next = self.rx.lock().await.recv().await;
+        let next = match peeked {
+            Some(p) => Some(p),
+            None => self.rx.lock().await.recv().await,
+        };
         let Some(pkt) = next else {
             // The demultiplexer is gone and no datagram will come again. webrtc-dtls's
             // reader retries every error but a fatal alert at once, so an error here would
@@ -170,6 +246,12 @@ impl webrtc_util::Conn for PacketConn {
         self
     }
 }
+
+/// The SRTP profiles this project's clients offer, fastest for the relay first.
+pub const DEFAULT_PROFILES: [SrtpProtectionProfile; 2] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
 
 /// Which end of the DTLS handshake this is. The relay is always the server (a=setup:passive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,13 +317,20 @@ impl DtlsSession {
 
 /// Run the DTLS handshake over `conn`, refusing a peer whose certificate does not hash to
 /// `expected_peer` (the a=fingerprint of its SDP), and key SRTP from the result.
+///
+/// `profiles` are the SRTP profiles a client offers, in its order of preference. A server
+/// chooses AEAD_AES_128_GCM whenever the client offers it, whatever the client's order
+/// (webrtc-dtls would take the client's first: Chrome and webrtcbin list
+/// AES128_CM_HMAC_SHA1_80 first), since the relay's in-place GCM path is its fast one.
 pub async fn handshake(
     conn: Arc<PacketConn>,
     identity: &DtlsIdentity,
     role: DtlsRole,
     expected_peer: Fingerprint,
     timeout: Duration,
+    profiles: &[SrtpProtectionProfile],
 ) -> Result<DtlsSession, TransportError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let expected = expected_peer.sha256;
     let verify = Arc::new(
         move |certs: &[Vec<u8>], _chains: &[rustls::pki_types::CertificateDer<'static>]| {
@@ -258,10 +347,19 @@ pub async fn handshake(
     );
     let config = Config {
         certificates: vec![identity.certificate.clone()],
-        srtp_protection_profiles: vec![
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-        ],
+        srtp_protection_profiles: match role {
+            DtlsRole::Client => profiles.to_vec(),
+            DtlsRole::Server => {
+                let first = tokio::time::timeout_at(deadline, conn.peek_first())
+                    .await
+                    .map_err(|_| TransportError::Timeout)?;
+                if first.is_some_and(|d| client_hello_offers_gcm(&d)) {
+                    vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm]
+                } else {
+                    vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]
+                }
+            }
+        },
         client_auth: ClientAuthType::RequireAnyClientCert,
         extended_master_secret: ExtendedMasterSecretType::Require,
         // Self-signed certificates are authenticated by the SDP fingerprint, below.
@@ -271,18 +369,19 @@ pub async fn handshake(
         ..Default::default()
     };
     let is_client = role == DtlsRole::Client;
-    let dtls =
-        match tokio::time::timeout(timeout, DTLSConn::new(conn, config, is_client, None)).await {
-            Err(_) => return Err(TransportError::Timeout),
-            Ok(Err(e)) => {
-                let s = e.to_string();
-                if s.contains("fingerprint mismatch") {
-                    return Err(TransportError::FingerprintMismatch);
-                }
-                return Err(TransportError::Handshake(s));
+    let dtls = match tokio::time::timeout_at(deadline, DTLSConn::new(conn, config, is_client, None))
+        .await
+    {
+        Err(_) => return Err(TransportError::Timeout),
+        Ok(Err(e)) => {
+            let s = e.to_string();
+            if s.contains("fingerprint mismatch") {
+                return Err(TransportError::FingerprintMismatch);
             }
-            Ok(Ok(c)) => c,
-        };
+            return Err(TransportError::Handshake(s));
+        }
+        Ok(Ok(c)) => c,
+    };
     let profile = match dtls.selected_srtpprotection_profile() {
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {

@@ -362,6 +362,8 @@ async fn dtls_task(
         DtlsRole::Server,
         fingerprint,
         setup.connect_timeout,
+        // Only a client's list counts; the relay picks GCM whenever it is offered.
+        &blindrelay_transport::DEFAULT_PROFILES,
     ))
     .await;
     let session = match result {
