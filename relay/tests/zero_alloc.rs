@@ -573,3 +573,127 @@ fn counting_allocator_counts() {
     assert_eq!(v.len(), 100);
     assert_eq!(allocs, 1);
 }
+
+/// The interop path allocates nothing either: a Chrome-like sender (transport-cc
+/// extension, its own payload types) in a three-party call with receivers that number
+/// codecs differently. Every packet gets a per-receiver header rewrite; the sender gets
+/// transport-cc feedback every 50 ms of (virtual) arrival time and, after a join, a PLI.
+/// Forwarded packets are decrypted and their payload compared byte for byte.
+#[test]
+fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
+    use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack};
+    let tables = |opus: u8, vp8: u8, twcc: u8, ssrc: u32| {
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(opus);
+        n.pt[Codec::Vp8.index()] = Some(vp8);
+        n.twcc = (twcc != 0).then_some(twcc);
+        PeerTables::new(
+            &n,
+            &[SentTrack {
+                kind: "video",
+                ssrc,
+            }],
+            &[ssrc],
+        )
+    };
+    let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 20_000 + i));
+    let mut f = Forwarder::new(None);
+    let t0 = Instant::now();
+    f.set_time(t0);
+    // 1: Chrome-like sender; 2: aiortc-like (VP8 97); 3: e2ee-client numbering.
+    let numbering = [(111, 96, 3), (96, 97, 0), (111, 96, 0)];
+    for (i, (opus, vp8, twcc)) in numbering.into_iter().enumerate() {
+        let p = i as u64 + 1;
+        f.add_peer(
+            p,
+            9,
+            addr(p as u16),
+            HopContext::Fast(Box::new(ctx(p, 1))),
+            HopContext::Fast(Box::new(ctx(p, 2))),
+            tables(opus, vp8, twcc, 1000 + p as u32),
+        );
+    }
+    let mut tx = ctx(1, 1);
+    let mut rx2 = ctx(2, 2);
+    let mut out = Outbox::with_capacity(BATCH * 4, BATCH * 4 * 1500);
+    let mut wire: Vec<Vec<u8>> = Vec::with_capacity(WARMUP + MEASURED_RTP);
+    let payload: Vec<u8> = (0..1100).map(|i| i as u8).collect();
+    for n in 0..(WARMUP + MEASURED_RTP) {
+        let seq = n as u16;
+        let mut b = vec![0x90, 96];
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&(n as u32 * 3000).to_be_bytes());
+        b.extend_from_slice(&1001u32.to_be_bytes());
+        b.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x31]);
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.push(0);
+        b.extend_from_slice(&payload);
+        tx.protect_rtp(&mut b).unwrap();
+        wire.push(b);
+    }
+    let run = |f: &mut Forwarder, out: &mut Outbox, range: std::ops::Range<usize>| {
+        let mut sent = 0usize;
+        for chunk in wire[range.clone()].chunks(BATCH) {
+            for (k, w) in chunk.iter().enumerate() {
+                // 1 ms between packets of virtual arrival time.
+                let n = range.start + sent + k;
+                f.set_time(t0 + Duration::from_millis(n as u64));
+                f.on_rtp(1, w, out).unwrap();
+            }
+            sent += chunk.len();
+            out.clear();
+        }
+    };
+    run(&mut f, &mut out, 0..WARMUP);
+    // Someone joins mid-call: the sender owes a PLI. It goes out, with the first packet's
+    // SRTP state in the newcomer's context (created once per SSRC), before the window.
+    f.add_peer(
+        4,
+        9,
+        addr(4),
+        HopContext::Fast(Box::new(ctx(4, 1))),
+        HopContext::Fast(Box::new(ctx(4, 2))),
+        tables(111, 96, 0, 1004),
+    );
+    run(&mut f, &mut out, WARMUP..WARMUP + 10);
+    let ((), allocs, reallocs) =
+        count_allocs(|| run(&mut f, &mut out, WARMUP + 10..WARMUP + MEASURED_RTP));
+    assert_eq!(
+        (allocs, reallocs),
+        (0, 0),
+        "allocations on the interop path"
+    );
+    // What it did: a replay queues nothing; a fresh packet reaches receiver 2 in its own
+    // numbering, payload unchanged, and (a minute later) brings the sender feedback.
+    assert!(f
+        .on_rtp(1, &wire[WARMUP + MEASURED_RTP - 1], &mut out)
+        .is_err());
+    assert!(out.is_empty());
+    let mut b = vec![0x90, 96];
+    let seq = (WARMUP + MEASURED_RTP) as u16;
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&7u32.to_be_bytes());
+    b.extend_from_slice(&1001u32.to_be_bytes());
+    b.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x31]);
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.push(0);
+    b.extend_from_slice(&payload);
+    tx.protect_rtp(&mut b).unwrap();
+    f.set_time(t0 + Duration::from_secs(60));
+    f.on_rtp(1, &b, &mut out).unwrap();
+    let (t, d) = (0..out.len())
+        .filter_map(|i| out.get(i))
+        .find(|(t, _)| t.to == addr(2))
+        .expect("receiver 2 got it");
+    assert!(!t.rtcp);
+    let mut d = d.to_vec();
+    let len = rx2.unprotect_rtp(&mut d).unwrap();
+    assert_eq!(d[1] & 0x7f, 97, "receiver 2's VP8 number");
+    assert_eq!(d[0] & 0x10, 0, "no extension");
+    assert_eq!(&d[12..len], &payload[..], "payload byte for byte");
+    let to_sender = (0..out.len())
+        .filter_map(|i| out.get(i))
+        .filter(|(t, _)| t.to == addr(1) && t.rtcp)
+        .count();
+    assert_eq!(to_sender, 1, "transport-cc feedback to the sender");
+}
