@@ -69,7 +69,7 @@ pub struct Leg {
     timestamp: u32,
     pub stats: Arc<LegStats>,
     /// Signalling and DTLS of a relay leg: dropping them would end the participant.
-    _keep: Option<(Signal, MediaPath)>,
+    _keep: Option<(AbortOnDrop, MediaPath)>,
     recv_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -91,7 +91,7 @@ impl Leg {
         dest: SocketAddr,
         tx: FastGcmContext,
         ssrc: u32,
-        keep: Option<(Signal, MediaPath)>,
+        keep: Option<(AbortOnDrop, MediaPath)>,
     ) -> Result<Self> {
         blindrelay::net::udp::set_socket_buffers(socket2::SockRef::from(&*socket), SOCKET_BUFFER);
         let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
@@ -276,19 +276,35 @@ impl Generator {
         let run: u32 = rand::random();
         let mut legs = Vec::with_capacity(calls * 2);
         let mut rxs = Vec::with_capacity(calls * 2);
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..calls * 2 {
             let call = format!("sweep-{run}-{}", i / 2);
-            let (leg, rx) = join_one(signal_url, api_secret, &call, &format!("g{i}"))
-                .await
-                .with_context(|| format!("participant {i} of call {call}"))?;
+            let (leg, rx) = join_one(
+                signal_url,
+                api_secret,
+                &call,
+                &format!("g{i}"),
+                answered.clone(),
+            )
+            .await
+            .with_context(|| format!("participant {i} of call {call}"))?;
             legs.push(leg);
             rxs.push(rx);
         }
         for (leg, rx) in legs.iter_mut().zip(rxs) {
             leg.start_receiving(rx, epoch);
         }
-        // The relay hands each keyed participant to its forwarding loop just after the
-        // handshake; give the last one a moment.
+        // Every participant answers one offer (its partner's tracks); the relay forwards
+        // to it only after that.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < calls * 2 {
+            if Instant::now() > deadline {
+                bail!("the relay's offers were not all answered in 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The relay hands each keyed participant, and each answer, to its forwarding
+        // loop asynchronously; give the last one a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(Self::from_legs(legs, epoch))
     }
@@ -459,6 +475,7 @@ async fn join_one(
     api_secret: &str,
     call: &str,
     user: &str,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<(Leg, FastGcmContext)> {
     let token = blindrelay::token::issue(
         api_secret,
@@ -512,6 +529,56 @@ async fn join_one(
         .ok_or_else(|| anyhow!("the relay did not negotiate AEAD_AES_128_GCM"))?;
     let socket = path.socket.clone();
     let dest = path.relay;
-    let leg = Leg::new(socket, dest, tx, ssrc, Some((sig, path)))?;
+    let answering = AbortOnDrop(tokio::spawn(answer_offers(
+        sig,
+        ufrag,
+        pwd,
+        identity.fingerprint().clone(),
+        answered,
+    )));
+    let leg = Leg::new(socket, dest, tx, ssrc, Some((answering, path)))?;
     Ok((leg, rx))
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Answer the relay's offers (each adds an m-line per remote track): the relay sends a
+/// participant only media it has answered for. Counts answers in `answered`.
+async fn answer_offers(
+    mut sig: Signal,
+    ufrag: String,
+    pwd: String,
+    fingerprint: blindrelay_protocol::sdp::Fingerprint,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    while let Ok(m) = sig.recv().await {
+        let ServerMessage::Offer {
+            sdp: offer,
+            revision,
+        } = m
+        else {
+            continue;
+        };
+        let Ok(answer) = sdp::answer_relay_offer(&offer, &ufrag, &pwd, &fingerprint) else {
+            continue;
+        };
+        if sig
+            .send(&ClientMessage::Answer {
+                sdp: answer,
+                revision,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

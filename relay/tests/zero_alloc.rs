@@ -613,6 +613,9 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
             tables(opus, vp8, twcc, 1000 + p as u32),
         );
     }
+    // Each receiver has answered the offer with the sender's track.
+    f.set_receiving(2, vec![1001]);
+    f.set_receiving(3, vec![1001]);
     let mut tx = ctx(1, 1);
     let mut rx2 = ctx(2, 2);
     let mut out = Outbox::with_capacity(BATCH * 4, BATCH * 4 * 1500);

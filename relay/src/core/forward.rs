@@ -176,6 +176,10 @@ pub struct PeerTables {
     pub ssrcs: Vec<u32>,
     /// Its video SSRCs, for keyframe requests.
     pub video_ssrcs: Vec<u32>,
+    /// The remote SSRCs it has tracks for (it answered the offer that added them): it is
+    /// sent no other media. `None`: everything (tests and benchmarks that build
+    /// forwarders by hand, without signalling).
+    pub receiving: Option<Vec<u32>>,
 }
 
 impl PeerTables {
@@ -190,6 +194,7 @@ impl PeerTables {
                 .filter(|t| t.kind == "video")
                 .map(|t| t.ssrc)
                 .collect(),
+            receiving: Some(Vec::new()),
         };
         for c in Codec::ALL {
             if let Some(pt) = n.pt_of(c).filter(|pt| *pt < 128) {
@@ -206,7 +211,10 @@ impl PeerTables {
         let mut n = Numbering::default();
         n.pt[Codec::Opus.index()] = Some(blindrelay_protocol::sdp::AUDIO_PT);
         n.pt[Codec::Vp8.index()] = Some(blindrelay_protocol::sdp::VIDEO_PT);
-        PeerTables::new(&n, &[], ssrcs)
+        PeerTables {
+            receiving: None,
+            ..PeerTables::new(&n, &[], ssrcs)
+        }
     }
 }
 
@@ -339,6 +347,13 @@ impl Forwarder {
         }
     }
 
+    /// The remote SSRCs `peer` now has tracks for.
+    pub fn set_receiving(&mut self, peer: PeerId, ssrcs: Vec<u32>) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.tables.receiving = Some(ssrcs);
+        }
+    }
+
     pub fn remove_peer(&mut self, peer: PeerId) {
         let _ = self.take_peer(peer);
     }
@@ -436,6 +451,14 @@ impl Forwarder {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
             };
+            if r.tables
+                .receiving
+                .as_ref()
+                .is_some_and(|ok| !ok.contains(&hdr.ssrc))
+            {
+                // No track for it yet: the receiver has not answered the offer adding it.
+                continue;
+            }
             let pt = r.tables.pt_of_codec[codec as usize];
             if pt == NO {
                 // This receiver cannot decode the codec: it was never offered the track.
@@ -911,8 +934,15 @@ mod tests {
             PeerTables::standard(&[300]),
         );
         let payload = b"\x90\xe0 an e2ee frame, byte for byte";
-        let wire = ctx(1).encrypt_rtp(&chrome_rtp(100, 5, 1, payload)).unwrap();
+        let mut tx = ctx(1);
+        // 2 has not answered the offer with 1's track yet: it gets nothing.
+        let wire = tx.encrypt_rtp(&chrome_rtp(100, 4, 0, payload)).unwrap();
         let mut out = Outbox::default();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        assert_eq!(out.transmits()[0].to, addr(3));
+        out.clear();
+        f.set_receiving(2, vec![100]);
+        let wire = tx.encrypt_rtp(&chrome_rtp(100, 5, 1, payload)).unwrap();
         assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(2));
         for (i, (key, pt)) in [(12u8, 97u8), (13, 96)].into_iter().enumerate() {
             let (t, d) = out.get(i).unwrap();
@@ -924,14 +954,14 @@ mod tests {
             assert_eq!(&got[12..], &payload[..], "payload byte for byte");
         }
         // An SSRC the sender did not announce, or another's, is dropped.
-        let wire = ctx(1).encrypt_rtp(&chrome_rtp(300, 6, 2, payload)).unwrap();
+        let wire = tx.encrypt_rtp(&chrome_rtp(300, 6, 2, payload)).unwrap();
         assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SsrcNotOwned));
-        let wire = ctx(1).encrypt_rtp(&chrome_rtp(999, 7, 3, payload)).unwrap();
+        let wire = tx.encrypt_rtp(&chrome_rtp(999, 7, 3, payload)).unwrap();
         assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::SsrcNotOwned));
         // A payload type outside the call's codecs is dropped.
         let mut odd = chrome_rtp(100, 8, 4, payload);
         odd[1] = 118;
-        let wire = ctx(1).encrypt_rtp(&odd).unwrap();
+        let wire = tx.encrypt_rtp(&odd).unwrap();
         assert_eq!(
             f.on_rtp(1, &wire, &mut out),
             Err(DropReason::UnknownPayloadType)

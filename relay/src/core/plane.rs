@@ -204,6 +204,13 @@ pub enum Output {
         worker: usize,
         tables: Box<PeerTables>,
     },
+    /// The remote SSRCs a participant has tracks for (it answered the offer that added
+    /// them): the only media its forwarding loop sends it.
+    Receive {
+        peer: PeerId,
+        worker: usize,
+        ssrcs: Vec<u32>,
+    },
     /// The participant's call now lives on another forwarding loop (merge).
     Move {
         peer: PeerId,
@@ -293,8 +300,13 @@ struct Negotiation {
     version: u64,
     /// The last offer's revision.
     revision: u64,
-    /// The revision of the offer awaiting an answer, and the mids it had.
-    outstanding: Option<(u64, Vec<String>)>,
+    /// The revision of the offer awaiting an answer, the mids it had, and the remote
+    /// SSRCs it made active.
+    outstanding: Option<(u64, Vec<String>, Vec<u32>)>,
+    /// Remote SSRCs of the last answered offer: the only media this client is sent, so
+    /// no packet reaches it before it has a track for it (webrtcbin loses its receive
+    /// path for good on an early one; aiortc misroutes it).
+    receiving: Vec<u32>,
     /// Tracks changed while an offer was outstanding: offer again after its answer.
     dirty: bool,
     next_mid: u64,
@@ -526,7 +538,9 @@ impl ControlPlane {
                     .iter()
                     .flat_map(|m| m.ssrcs.iter().copied())
                     .collect();
-                let tables = Box::new(PeerTables::new(&s.numbering, &s.tracks, &announced));
+                let mut tables = PeerTables::new(&s.numbering, &s.tracks, &announced);
+                tables.receiving = Some(s.neg.receiving.clone());
+                let tables = Box::new(tables);
                 let worker = s.worker;
                 let Some((_, call_key, _)) = self.registry.call_of(peer) else {
                     return;
@@ -1477,6 +1491,7 @@ impl ControlPlane {
             .filter_map(|o| self.sessions.get(o).map(|s| (*o, s)))
             .flat_map(|(o, s)| s.tracks.iter().map(move |t| (o, s.public_id.clone(), *t)))
             .collect();
+        let recycle_after = 4 * self.cfg.max_call_participants;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
@@ -1509,9 +1524,14 @@ impl ControlPlane {
                 active: true,
             };
             neg.next_mid += 1;
+            // New tracks get new m-lines: webrtcbin (GStreamer 1.22) cannot take a
+            // recycled one. Only a session that has collected many inactive lines
+            // recycles them, so churn cannot grow it without bound.
+            let recycle = neg.remote.len() >= recycle_after;
             match neg
                 .remote
                 .iter_mut()
+                .filter(|_| recycle)
                 .find(|(t, _, settled)| !t.active && *settled && t.kind == d.kind)
             {
                 Some(slot) => *slot = (track, o, false),
@@ -1560,7 +1580,8 @@ impl ControlPlane {
             .chain(remote.iter().map(|t| t.mid.clone()))
             .collect();
         let revision = s.neg.revision;
-        s.neg.outstanding = Some((revision, mids));
+        let active = remote.iter().filter(|t| t.active).map(|t| t.ssrc).collect();
+        s.neg.outstanding = Some((revision, mids, active));
         let conn = s.conn;
         self.send(conn, ServerMessage::Offer { sdp, revision });
     }
@@ -1574,7 +1595,7 @@ impl ControlPlane {
             return;
         };
         let checked = match &s.neg.outstanding {
-            Some((r, mids)) if *r == revision => sdp::check_answer(sdp, mids).map_err(|e| {
+            Some((r, mids, _)) if *r == revision => sdp::check_answer(sdp, mids).map_err(|e| {
                 (
                     ErrorCode::BadSdp,
                     format!("answer to offer {revision}: {e}"),
@@ -1588,7 +1609,19 @@ impl ControlPlane {
         if let Err((code, msg)) = checked {
             return self.error(conn, code, msg);
         }
-        s.neg.outstanding = None;
+        if let Some((_, _, active)) = s.neg.outstanding.take() {
+            s.neg.receiving = active;
+            if s.keyed {
+                self.out.push_back(Output::Receive {
+                    peer,
+                    worker: s.worker,
+                    ssrcs: s.neg.receiving.clone(),
+                });
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
         for (t, _, settled) in s.neg.remote.iter_mut() {
             *settled = !t.active;
         }
@@ -2206,10 +2239,11 @@ mod tests {
         assert_eq!(o3.matches("a=sendonly").count(), 2);
         assert_eq!(o3.matches("a=inactive").count(), 2);
         answer(&mut h, 1, &o3, 3);
-        // b joins again: its new tracks recycle the settled lines, with new mids.
+        // b joins again: its new tracks get new lines (webrtcbin cannot take a recycled
+        // one); the departed ones stay inactive.
         h.join(2, "x", false);
         let (o4, _) = offer_of(&h.take(1));
-        assert_eq!(o4.matches("m=").count(), 6, "no growth: {o4}");
+        assert_eq!(o4.matches("m=").count(), 8, "{o4}");
         assert_eq!(o4.matches("a=sendonly").count(), 4);
         assert!(o4.contains("a=mid:r4") && o4.contains("a=mid:r5"), "{o4}");
     }

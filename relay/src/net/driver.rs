@@ -188,6 +188,15 @@ impl Driver {
                     })
                     .await;
             }
+            Output::Receive {
+                peer,
+                worker,
+                ssrcs,
+            } => {
+                if let Some(w) = self.media.workers.get(worker) {
+                    let _ = w.send(WorkerMsg::Receive(peer, ssrcs)).await;
+                }
+            }
             Output::Move {
                 peer,
                 ufrag,

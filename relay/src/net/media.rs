@@ -40,6 +40,8 @@ pub enum WorkerMsg {
         tables: Box<PeerTables>,
     },
     RemovePeer(PeerId),
+    /// The remote SSRCs the participant has tracks for.
+    Receive(PeerId, Vec<u32>),
     /// Re-home a participant into `call` on the loop `to` (merge).
     MovePeer {
         peer: PeerId,
@@ -538,6 +540,7 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             tables,
         } => fwd.add_peer(peer, call, addr, *inbound, *outbound, *tables),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
+        WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
         WorkerMsg::MovePeer { peer, call, to } => {
             if let Some(t) = fwd.take_peer(peer) {
                 let add = WorkerMsg::AddPeer {
