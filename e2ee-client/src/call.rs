@@ -90,6 +90,14 @@ pub struct FeatureOutcome {
 }
 
 /// What happened in the call; printed as JSON by `--json`.
+/// Packets received on one SSRC, with the payload type they came with.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InboundStream {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub packets: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallSummary {
     pub joined: bool,
@@ -132,6 +140,11 @@ pub struct CallSummary {
     pub streams_received: usize,
     /// Relay offers (renegotiations) answered.
     pub offers_answered: u64,
+    /// What arrived, per SSRC (interop tests attribute it to senders by SSRC).
+    pub inbound: Vec<InboundStream>,
+    /// The SSRCs this client sent audio and video on.
+    pub audio_ssrc: Option<u32>,
+    pub video_ssrc: Option<u32>,
     /// Every verified frame's end-to-end latency in µs (sorted), for load reports.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
@@ -293,6 +306,8 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let mut audio = Outgoing::new(AUDIO_PT, 48_000);
     let mut video = Outgoing::new(VIDEO_PT, 90_000);
     let cname = Alphanumeric.sample_string(&mut rand::rng(), 12);
+    s.audio_ssrc = Some(audio.ssrc);
+    s.video_ssrc = Some(video.ssrc);
     let offer = sdp::build_offer(&OfferParams {
         ice_ufrag: &ufrag,
         ice_pwd: &pwd,
@@ -448,6 +463,11 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     let _ = r.write(&plain);
                 }
                 s.received_bytes += data.len() as u64;
+                if let Some(i) = s.inbound.iter_mut().find(|i| i.ssrc == h.ssrc) {
+                    i.packets += 1;
+                } else if s.inbound.len() < 64 {
+                    s.inbound.push(InboundStream { ssrc: h.ssrc, payload_type: h.payload_type, packets: 1 });
+                }
                 let st = streams.entry(h.ssrc).or_default();
                 let Some(f) = st.push(h.sequence, h.timestamp, h.marker, h.payload(&plain)) else { continue };
                 s.frames_received += 1;
