@@ -158,6 +158,9 @@ pub struct RawParticipant {
     pub offer_identity: DtlsIdentity,
 }
 
+/// The ICE password of raw participants' offers.
+const RAW_ICE_PWD: &str = "rawpasswordrawpassword00";
+
 /// Hello + join with a browser-shaped offer; returns before any media path exists.
 pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
     let mut sig = Signal::connect(url).await.expect("signal connects");
@@ -175,7 +178,7 @@ pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
     let (audio_ssrc, video_ssrc) = (rand::random::<u32>() | 1, rand::random::<u32>() | 1);
     let offer = sdp::build_offer(&OfferParams {
         ice_ufrag: &ufrag,
-        ice_pwd: "rawpasswordrawpassword00",
+        ice_pwd: RAW_ICE_PWD,
         fingerprint: offer_identity.fingerprint(),
         audio_ssrc,
         video_ssrc,
@@ -230,6 +233,34 @@ impl RawParticipant {
         transport::connect(&self.answer, &self.ufrag, identity, Duration::from_secs(5)).await
     }
 
+    /// Answer the relay's next offer (a track per remote sender), as a browser would: the
+    /// relay sends a participant media only for tracks it has answered. Panics if no offer
+    /// comes within 5 s.
+    pub async fn answer_offer(&mut self) {
+        let offer = self
+            .wait_for(Duration::from_secs(5), |m| {
+                matches!(m, ServerMessage::Offer { .. })
+            })
+            .await;
+        let Some(ServerMessage::Offer { sdp, revision }) = offer else {
+            panic!("no offer from the relay");
+        };
+        let answer = sdp::answer_relay_offer(
+            &sdp,
+            &self.ufrag,
+            RAW_ICE_PWD,
+            self.offer_identity.fingerprint(),
+        )
+        .expect("the relay's offer can be answered");
+        self.sig
+            .send(&ClientMessage::Answer {
+                sdp: answer,
+                revision,
+            })
+            .await
+            .expect("send answer");
+    }
+
     /// Wait for a signalling message matching `pred`, up to `timeout`.
     pub async fn wait_for(
         &mut self,
@@ -268,7 +299,7 @@ pub fn rtp_packet(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
 pub fn offer(identity: &DtlsIdentity, ufrag: &str, n: u32) -> String {
     sdp::build_offer(&OfferParams {
         ice_ufrag: ufrag,
-        ice_pwd: "rawpasswordrawpassword00",
+        ice_pwd: RAW_ICE_PWD,
         fingerprint: identity.fingerprint(),
         audio_ssrc: 2 * n + 1,
         video_ssrc: 2 * n + 2,

@@ -51,7 +51,9 @@ async fn bad_datagrams_are_dropped_by_reason_and_the_call_keeps_flowing() {
     let mut raw = raw_join(&url, &token(&cfg, "mallory", None, "user"), "other").await;
     let mut path = raw.connect().await.expect("raw participant connects");
     // A second participant in that call so valid packets have somewhere to go.
-    let peer = raw_join(&url, &token(&cfg, "peer", None, "user"), "other").await;
+    let mut peer = raw_join(&url, &token(&cfg, "peer", None, "user"), "other").await;
+    // The relay sends the peer mallory's media once it has answered the offer of it.
+    peer.answer_offer().await;
     let peer_path = peer.connect().await.expect("peer connects");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let media = relay.media_addr;

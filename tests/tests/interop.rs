@@ -117,6 +117,8 @@ struct Peer {
     names: Vec<String>,
     leave_after: Option<u64>,
     join_after: Option<u64>,
+    /// The e2ee-client sends video (its synthetic frames).
+    video: bool,
 }
 
 impl Peer {
@@ -138,7 +140,14 @@ impl Peer {
             names: names.iter().map(|s| s.to_string()).collect(),
             leave_after: None,
             join_after: None,
+            video: true,
         }
+    }
+    /// The e2ee-client sends audio only: its synthetic "VP8" is not VP8, and GStreamer
+    /// 1.22's webrtcbin pipeline stalls on it.
+    fn no_video(mut self) -> Peer {
+        self.video = false;
+        self
     }
     fn leave_after(mut self, secs: u64) -> Peer {
         self.leave_after = Some(secs);
@@ -279,6 +288,8 @@ async fn run_call(
             call: call.to_string(),
             duration: Duration::from_secs(duration),
             video_kbps: 300,
+            video: p.video,
+            audio: true,
             name: p.names[0].clone(),
             ..Default::default()
         };
@@ -491,11 +502,11 @@ fn attribute_by_ssrc(reports: &mut [Report]) {
 }
 
 /// Media between the project's client and the WebRTC stacks in `reports`: every stack
-/// receives packets of both kinds from the client on tracks attributed to it, and the
-/// client receives packets of both kinds from every stack. (The client's media is
+/// receives packets of each kind in `client_sends` from the client on tracks attributed to
+/// it, and the client receives packets of both kinds from every stack. (The client's media is
 /// synthetic, so nobody decodes it; the stacks' media among themselves is checked by
 /// `assert_full_mesh`.)
-fn assert_client_exchanges_packets(reports: &[Report], min_packets: u64) {
+fn assert_client_exchanges_packets(reports: &[Report], min_packets: u64, client_sends: &[&str]) {
     let client = reports
         .iter()
         .find(|r| r.stack == Stack::E2eeClient)
@@ -504,12 +515,16 @@ fn assert_client_exchanges_packets(reports: &[Report], min_packets: u64) {
     for other in reports.iter().filter(|r| r.stack != Stack::E2eeClient) {
         let oid = other.participant().expect("joined");
         for kind in ["audio", "video"] {
-            let from_client = other
-                .from(cid, kind)
-                .iter()
-                .map(|i| Report::num(i, "packetsReceived"))
-                .max()
-                .unwrap_or(0);
+            let from_client = if !client_sends.contains(&kind) {
+                min_packets
+            } else {
+                other
+                    .from(cid, kind)
+                    .iter()
+                    .map(|i| Report::num(i, "packetsReceived"))
+                    .max()
+                    .unwrap_or(0)
+            };
             assert!(
                 from_client >= min_packets,
                 "{} ({:?}) received {from_client} {kind} packets from the e2ee-client:\n{}",
@@ -848,13 +863,13 @@ async fn four_way_mix() {
         Peer::chromium(&["alice"]),
         Peer::aiortc("bob"),
         Peer::webrtcbin("carol"),
-        Peer::e2ee_client("dave"),
+        Peer::e2ee_client("dave").no_video(),
     ];
     let r = run_call(&cfg, &relay, "mix", 15, peers).await;
     // Four stacks (three video encoders, up to nine decoders) share 2 cores: a lower bar.
     let stacks: Vec<&Report> = r.iter().filter(|r| r.stack != Stack::E2eeClient).collect();
     assert_full_mesh(&r, &stacks, MIN_VIDEO_FRAMES / 2);
-    assert_client_exchanges_packets(&r, MIN_AUDIO_PACKETS);
+    assert_client_exchanges_packets(&r, MIN_AUDIO_PACKETS, &["audio"]);
     relay.shutdown().await;
 }
 
@@ -872,7 +887,7 @@ async fn chromium_e2ee_client() {
     )
     .await;
     assert_all_joined(&r);
-    assert_client_exchanges_packets(&r, MIN_AUDIO_PACKETS);
+    assert_client_exchanges_packets(&r, MIN_AUDIO_PACKETS, &["audio", "video"]);
     relay.shutdown().await;
 }
 
