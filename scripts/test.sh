@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
+# The alert rules parse and their unit tests pass (tests/tests/ops.rs checks that every
+# metric they and the Grafana dashboard query exists on a live relay).
+promtool check rules config/prometheus-rules.yml
+promtool test rules config/prometheus-rules.test.yml
 cargo test --workspace "$@"

@@ -5,8 +5,8 @@
 use crate::procstat;
 use anyhow::{bail, Result};
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
     let mut handles = Vec::with_capacity(participants);
     let gap = Duration::from_secs_f64(1.0 / a.join_rate.max(0.1));
     let run_id: u32 = rand_id();
+    let progress = Progress::new(participants, a.quiet);
+    progress.phase("joining");
     for i in 0..participants {
         let call = format!("load-{run_id}-{}", i / 2);
         let user = format!("u{i}");
@@ -106,9 +108,7 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
         // Paced against the start, so per-join overhead does not lower the rate.
         tokio::time::sleep_until(tokio::time::Instant::from_std(started) + gap * (i as u32 + 1))
             .await;
-        if !a.quiet {
-            progress(i + 1, participants, started.elapsed(), "joining");
-        }
+        progress.inc();
     }
     let joins_done = started.elapsed();
     // Sample the relay in the middle of the steady state.
@@ -116,15 +116,17 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
     tokio::time::sleep(mid).await;
     let relay_mid = relay_pid.as_deref().and_then(procstat::sample);
     let mut summaries: Vec<CallSummary> = Vec::with_capacity(participants);
-    for (i, h) in handles.into_iter().enumerate() {
+    progress.phase("finishing");
+    for h in handles {
         summaries.push(h.await?);
-        if !a.quiet {
-            progress(i + 1, participants, started.elapsed(), "finishing");
-        }
+        progress.inc();
     }
-    if !a.quiet {
-        eprintln!();
-    }
+    progress.finish(&format!(
+        "load: {participants} participants joined in {:.1} s ({} joined the call), all finished after {:.1} s",
+        joins_done.as_secs_f64(),
+        joined.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    ));
     let relay_after = relay_pid.as_deref().and_then(procstat::sample);
     let gen_after = procstat::sample("self");
     let ok: Vec<&CallSummary> = summaries
@@ -193,16 +195,46 @@ fn rand_id() -> u32 {
         .unwrap_or(0)
 }
 
-fn progress(done: usize, total: usize, elapsed: Duration, what: &str) {
-    let width = 30;
-    let filled = done * width / total.max(1);
-    eprint!(
-        "\r[{}{}] {done}/{total} {what} {:.1}s ",
-        "#".repeat(filled),
-        " ".repeat(width - filled),
-        elapsed.as_secs_f64()
-    );
-    let _ = std::io::stderr().flush();
+/// Progress of the joining and finishing phases on stderr. The bar is indicatif's, which
+/// draws only when stderr is a terminal (in CI or a log file it writes nothing); either way
+/// the run ends with one summary line.
+struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(participants: usize, quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(participants as u64)
+        };
+        // A constant template: it parses, and a bar without style would still count.
+        if let Ok(style) =
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} {elapsed_precise}")
+        {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        Progress { bar, quiet }
+    }
+
+    fn phase(&self, what: &'static str) {
+        self.bar.set_position(0);
+        self.bar.set_message(what);
+    }
+
+    fn inc(&self) {
+        self.bar.inc(1);
+    }
+
+    /// Clear the bar and print the run's one summary line (unless quiet).
+    fn finish(&self, summary: &str) {
+        self.bar.finish_and_clear();
+        if !self.quiet {
+            eprintln!("{summary}");
+        }
+    }
 }
 
 pub fn print_human(r: &LoadReport) {

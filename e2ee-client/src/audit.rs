@@ -2,18 +2,25 @@
 //! of clear RTP) and say whether the relay is blind: every frame it forwards is an SFrame
 //! ciphertext and no known plaintext (the `--canary`) appears anywhere.
 //!
-//! The pcap reader is our own and small on purpose (classic libpcap, both byte orders;
-//! LINKTYPE_RAW, Ethernet, Linux cooked; IPv4/IPv6 + UDP): an auditor can read all of it.
+//! Files are read with the `pcap-file` crate: classic libpcap (both byte orders, micro- or
+//! nanosecond) and pcapng (the default of tshark and Wireshark), with link types
+//! LINKTYPE_RAW, IPv4, IPv6, Ethernet and Linux cooked; `etherparse` unwraps the
+//! Ethernet/IP/UDP framing. The file is read as it is parsed (a record at a time), so a
+//! large capture does not have to fit in memory.
 //! Frames are reassembled per SSRC exactly as a receiving client does it
 //! ([`StreamReceiver`]), so "frame" means the same thing here and in the call.
 
 use crate::media::StreamReceiver;
 use crate::sframe;
 use blindrelay_protocol::rtp::RtpHeader;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use pcap_file::pcap::PcapParser;
+use pcap_file::pcapng::{Block, PcapNgParser};
+use pcap_file::{Endianness, PcapError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 use thiserror::Error;
 
@@ -27,6 +34,16 @@ pub const PLAINTEXT_MAGIC: &[u8; 4] = b"BRF1";
 /// Largest record we accept: far above any snap length tools use, so a larger one means a
 /// corrupt file rather than a big packet.
 const MAX_RECORD: u32 = 1 << 20;
+/// Largest pcapng block we accept (a packet block holds a record plus options).
+const MAX_BLOCK: u32 = 16 << 20;
+/// Link types the audit unwraps.
+const LINK_ETHERNET: u32 = 1;
+const LINK_RAW: u32 = 101;
+const LINK_LINUX_SLL: u32 = 113;
+const LINK_IPV4: u32 = 228;
+const LINK_IPV6: u32 = 229;
+/// pcapng files start with a section header block, whose type reads the same both ways.
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
 /// Why a capture cannot be audited. The CLI exits with status 2 on any of these.
 #[derive(Debug, Error)]
@@ -36,16 +53,31 @@ pub enum AuditError {
         path: String,
         source: std::io::Error,
     },
-    #[error("not a pcap file: the file is shorter than the 24-byte pcap header")]
+    #[error("not a pcap file: the file is shorter than a pcap header (24 bytes) or a pcapng section header")]
     TooShort,
-    #[error("pcapng is not supported; convert it with `editcap -F pcap IN OUT`")]
-    Pcapng,
-    #[error("not a pcap file (magic {0:08x})")]
+    #[error("not a pcap or pcapng file (magic {0:08x})")]
     BadMagic(u32),
     #[error("unsupported pcap link type {0} (supported: 1 Ethernet, 101 raw IP, 113 Linux cooked, 228 IPv4, 229 IPv6)")]
     LinkType(u32),
     #[error("corrupt pcap: record {record} claims {len} bytes")]
     BadRecord { record: u64, len: u32 },
+    #[error(
+        "corrupt pcapng: packet on interface {0}, which no interface description block declared"
+    )]
+    NoInterface(u32),
+    #[error("corrupt capture file: {0}")]
+    Corrupt(String),
+}
+
+/// A pcap-file error other than running out of input (which the caller handles).
+fn corrupt(e: PcapError) -> AuditError {
+    match e {
+        PcapError::IoError(source) => AuditError::Read {
+            path: String::new(),
+            source,
+        },
+        e => AuditError::Corrupt(e.to_string()),
+    }
 }
 
 /// What the audit found in one RTP stream.
@@ -173,49 +205,27 @@ impl AuditReport {
     }
 }
 
-/// Audit the pcap file at `path`, searching for `canary` when given.
+/// Audit the pcap or pcapng file at `path`, searching for `canary` when given.
 pub fn audit_file(path: &Path, canary: Option<&[u8]>) -> Result<AuditReport, AuditError> {
     let read_err = |source| AuditError::Read {
         path: path.display().to_string(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
-    audit_reader(BufReader::new(file), canary).map_err(|e| match e {
+    audit_reader(file, canary).map_err(|e| match e {
         AuditError::Read { source, .. } => read_err(source),
         e => e,
     })
 }
 
-/// Audit pcap bytes from any reader.
-pub fn audit_reader(mut r: impl Read, canary: Option<&[u8]>) -> Result<AuditReport, AuditError> {
-    let io = |source| AuditError::Read {
-        path: String::new(),
-        source,
-    };
-    let mut hdr = [0u8; 24];
-    match read_full(&mut r, &mut hdr).map_err(io)? {
-        24 => {}
-        _ => return Err(AuditError::TooShort),
-    }
-    let magic = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let big_endian = match magic {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => false,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
-        0x0a0d_0d0a => return Err(AuditError::Pcapng),
-        m => return Err(AuditError::BadMagic(m)),
-    };
-    let u32_at = |b: &[u8], i: usize| {
-        let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        if big_endian {
-            u32::from_be_bytes(w)
-        } else {
-            u32::from_le_bytes(w)
-        }
-    };
-    // The link type is the low 16 bits (the upper ones carry FCS flags).
-    let link = u32_at(&hdr, 20) & 0xffff;
-    if !matches!(link, 1 | 101 | 113 | 228 | 229) {
-        return Err(AuditError::LinkType(link));
+/// Audit pcap or pcapng bytes from any reader (read as they are parsed; no need to buffer).
+pub fn audit_reader(r: impl Read, canary: Option<&[u8]>) -> Result<AuditReport, AuditError> {
+    let mut input = Input::new(r);
+    // Enough to tell the formats apart and hold a pcap header.
+    while input.data().len() < 24 && input.more(24).map_err(io_err)? {}
+    let head = input.data();
+    if head.len() < 4 {
+        return Err(AuditError::TooShort);
     }
     let canary = canary.filter(|c| !c.is_empty());
     let mut audit = Audit {
@@ -225,53 +235,237 @@ pub fn audit_reader(mut r: impl Read, canary: Option<&[u8]>) -> Result<AuditRepo
         records: 0,
         rtp_packets: 0,
     };
-    let mut truncated_tail = false;
-    let mut rec = [0u8; 16];
-    let mut data = Vec::with_capacity(2048);
-    loop {
-        match read_full(&mut r, &mut rec).map_err(io)? {
-            0 => break,
-            16 => {}
-            _ => {
-                truncated_tail = true;
-                break;
-            }
-        }
-        let incl = u32_at(&rec, 8);
-        let orig = u32_at(&rec, 12);
-        if incl > MAX_RECORD {
-            return Err(AuditError::BadRecord {
-                record: audit.records + 1,
-                len: incl,
-            });
-        }
-        data.resize(incl as usize, 0);
-        if read_full(&mut r, &mut data).map_err(io)? < data.len() {
-            truncated_tail = true;
-            break;
-        }
-        audit.records += 1;
-        if incl < orig {
-            audit.skipped.truncated += 1;
-            continue;
-        }
-        audit.datagram(link, &data);
-    }
+    let truncated_tail = if head[..4] == PCAPNG_MAGIC {
+        read_pcapng(&mut input, &mut audit)?
+    } else {
+        read_pcap(&mut input, &mut audit)?
+    };
     Ok(audit.finish(truncated_tail))
 }
 
-/// Read until `buf` is full or the input ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+fn io_err(source: std::io::Error) -> AuditError {
+    AuditError::Read {
+        path: String::new(),
+        source,
+    }
+}
+
+/// The next bytes of the capture for pcap-file's slice parsers, read as they ask for more.
+struct Input<R> {
+    r: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> Input<R> {
+    fn new(r: R) -> Self {
+        Input {
+            r,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
         }
     }
-    Ok(n)
+
+    /// The bytes read and not yet consumed.
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Read more input, with room for at least `want` unconsumed bytes. Returns false at
+    /// the end of the input.
+    fn more(&mut self, want: usize) -> std::io::Result<bool> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let want = want.max(self.end + 1);
+        if self.buf.len() < want {
+            self.buf.resize(want.next_power_of_two(), 0);
+        }
+        loop {
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A 32-bit field of a header in the file's byte order (`at` must be in bounds).
+fn u32_at(b: &[u8], at: usize, endianness: Endianness) -> u32 {
+    let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+    match endianness {
+        Endianness::Big => u32::from_be_bytes(w),
+        Endianness::Little => u32::from_le_bytes(w),
+    }
+}
+
+fn supported_link(link: u32) -> Result<u32, AuditError> {
+    match link {
+        LINK_ETHERNET | LINK_RAW | LINK_LINUX_SLL | LINK_IPV4 | LINK_IPV6 => Ok(link),
+        other => Err(AuditError::LinkType(other)),
+    }
+}
+
+/// Audit every record of a classic pcap file. Returns whether the file ends mid-record.
+fn read_pcap<R: Read>(input: &mut Input<R>, audit: &mut Audit<'_>) -> Result<bool, AuditError> {
+    let head = input.data();
+    if head.len() < 24 {
+        return Err(AuditError::TooShort);
+    }
+    let parser = match PcapParser::new(head) {
+        Ok((rest, parser)) => {
+            let used = head.len() - rest.len();
+            input.consume(used);
+            parser
+        }
+        Err(PcapError::InvalidField(_)) => {
+            return Err(AuditError::BadMagic(u32::from_le_bytes([
+                head[0], head[1], head[2], head[3],
+            ])))
+        }
+        Err(e) => return Err(corrupt(e)),
+    };
+    let header = parser.header();
+    // The link type is the low 16 bits (the upper ones carry FCS flags).
+    let link = supported_link(u32::from(header.datalink) & 0xffff)?;
+    loop {
+        let data = input.data();
+        match parser.next_raw_packet(data) {
+            Ok((rest, p)) => {
+                let used = data.len() - rest.len();
+                audit.records += 1;
+                if p.incl_len < p.orig_len {
+                    audit.skipped.truncated += 1;
+                } else {
+                    audit.datagram(link, &p.data);
+                }
+                input.consume(used);
+            }
+            Err(PcapError::IncompleteBuffer) => {
+                // Refuse an absurd length before reading that much.
+                let want = if data.len() >= 16 {
+                    let incl = u32_at(data, 8, header.endianness);
+                    if incl > MAX_RECORD {
+                        return Err(AuditError::BadRecord {
+                            record: audit.records + 1,
+                            len: incl,
+                        });
+                    }
+                    16 + incl as usize
+                } else {
+                    16
+                };
+                if !input.more(want).map_err(io_err)? {
+                    return Ok(!input.data().is_empty());
+                }
+            }
+            Err(e) => return Err(corrupt(e)),
+        }
+    }
+}
+
+/// Audit every packet block of a pcapng file. Returns whether the file ends mid-block.
+fn read_pcapng<R: Read>(input: &mut Input<R>, audit: &mut Audit<'_>) -> Result<bool, AuditError> {
+    let mut parser = loop {
+        let data = input.data();
+        match PcapNgParser::new(data) {
+            Ok((rest, parser)) => {
+                let used = data.len() - rest.len();
+                input.consume(used);
+                break parser;
+            }
+            Err(PcapError::IncompleteBuffer) => {
+                let want = block_len(data, None)?;
+                if !input.more(want).map_err(io_err)? {
+                    return Err(AuditError::TooShort);
+                }
+            }
+            Err(e) => return Err(corrupt(e)),
+        }
+    };
+    loop {
+        let data = input.data();
+        match parser.next_block(data) {
+            Ok((rest, block)) => {
+                let used = data.len() - rest.len();
+                let packet = match &block {
+                    Block::EnhancedPacket(p) => Some((
+                        p.interface_id,
+                        p.data.len() < p.original_len as usize,
+                        &p.data,
+                    )),
+                    Block::SimplePacket(p) => {
+                        Some((0, p.data.len() < p.original_len as usize, &p.data))
+                    }
+                    Block::Packet(p) => Some((
+                        u32::from(p.interface_id),
+                        p.captured_len < p.original_len,
+                        &p.data,
+                    )),
+                    _ => None,
+                };
+                if let Some((interface, truncated, bytes)) = packet {
+                    let link = parser
+                        .interfaces()
+                        .get(interface as usize)
+                        .map(|i| u32::from(i.linktype) & 0xffff)
+                        .ok_or(AuditError::NoInterface(interface))?;
+                    let link = supported_link(link)?;
+                    audit.records += 1;
+                    if truncated {
+                        audit.skipped.truncated += 1;
+                    } else {
+                        audit.datagram(link, bytes);
+                    }
+                }
+                input.consume(used);
+            }
+            Err(PcapError::IncompleteBuffer) => {
+                let want = block_len(data, Some(parser.section().endianness))?;
+                if !input.more(want).map_err(io_err)? {
+                    return Ok(!input.data().is_empty());
+                }
+            }
+            Err(e) => return Err(corrupt(e)),
+        }
+    }
+}
+
+/// How many bytes the pcapng block starting `data` needs, when its header is there (its
+/// length field is in the section's byte order; a section header's own is in either).
+fn block_len(data: &[u8], endianness: Option<Endianness>) -> Result<usize, AuditError> {
+    if data.len() < 12 {
+        return Ok(12);
+    }
+    let len = match endianness {
+        Some(e) if data[..4] != PCAPNG_MAGIC => u32_at(data, 4, e),
+        // A section header: its byte order is its magic's (bytes 8..12).
+        _ => {
+            let e = if data[8..12] == [0x1a, 0x2b, 0x3c, 0x4d] {
+                Endianness::Big
+            } else {
+                Endianness::Little
+            };
+            u32_at(data, 4, e)
+        }
+    };
+    if len > MAX_BLOCK {
+        return Err(AuditError::Corrupt(format!(
+            "a pcapng block claims {len} bytes"
+        )));
+    }
+    Ok((len as usize).max(12))
 }
 
 #[derive(Default)]
@@ -330,21 +524,31 @@ pub fn entropy(histogram: &[u64]) -> f64 {
 impl Audit<'_> {
     /// One captured datagram, by link type: find the UDP payload and audit it as RTP.
     fn datagram(&mut self, link: u32, d: &[u8]) {
-        let ip = match link {
-            101 | 228 | 229 => Some(d),
-            1 => ethernet_payload(d),
-            113 => linux_cooked_payload(d),
-            _ => None,
+        let sliced = match link {
+            LINK_ETHERNET => SlicedPacket::from_ethernet(d),
+            LINK_LINUX_SLL => SlicedPacket::from_linux_sll(d),
+            _ => SlicedPacket::from_ip(d),
         };
-        let Some(ip) = ip else {
+        let Ok(p) = sliced else {
+            // Not IP, or a header (IP or UDP) whose lengths do not hold.
             self.skipped.not_ip += 1;
             return;
         };
-        match udp_payload(ip) {
-            Ok(p) => self.rtp(p),
-            Err(Skip::NotIp) => self.skipped.not_ip += 1,
-            Err(Skip::NotUdp) => self.skipped.not_udp += 1,
-            Err(Skip::Fragment) => self.skipped.fragments += 1,
+        let fragmented = match &p.net {
+            Some(NetSlice::Ipv4(ip)) => ip.payload().fragmented,
+            Some(NetSlice::Ipv6(ip)) => ip.payload().fragmented,
+            _ => {
+                self.skipped.not_ip += 1;
+                return;
+            }
+        };
+        if fragmented {
+            self.skipped.fragments += 1;
+            return;
+        }
+        match &p.transport {
+            Some(TransportSlice::Udp(u)) => self.rtp(u.payload()),
+            _ => self.skipped.not_udp += 1,
         }
     }
 
@@ -466,84 +670,6 @@ impl Audit<'_> {
     }
 }
 
-enum Skip {
-    NotIp,
-    NotUdp,
-    Fragment,
-}
-
-/// The IP packet inside an Ethernet frame (VLAN tags skipped).
-fn ethernet_payload(d: &[u8]) -> Option<&[u8]> {
-    let mut off = 12;
-    loop {
-        let t = u16::from_be_bytes([*d.get(off)?, *d.get(off + 1)?]);
-        match t {
-            0x8100 | 0x88a8 => off += 4,
-            0x0800 | 0x86dd => return d.get(off + 2..),
-            _ => return None,
-        }
-    }
-}
-
-/// The IP packet inside a Linux cooked (SLL) frame.
-fn linux_cooked_payload(d: &[u8]) -> Option<&[u8]> {
-    let t = u16::from_be_bytes([*d.get(14)?, *d.get(15)?]);
-    matches!(t, 0x0800 | 0x86dd).then(|| d.get(16..)).flatten()
-}
-
-/// The UDP payload of an IPv4 or IPv6 packet, bounded by the IP and UDP lengths.
-fn udp_payload(ip: &[u8]) -> Result<&[u8], Skip> {
-    let first = *ip.first().ok_or(Skip::NotIp)?;
-    let (proto, l4) = match first >> 4 {
-        4 => {
-            let ihl = usize::from(first & 0x0f) * 4;
-            if ihl < 20 || ip.len() < ihl {
-                return Err(Skip::NotIp);
-            }
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            if total < ihl || total > ip.len() {
-                return Err(Skip::NotIp);
-            }
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            // More-fragments set or a non-zero offset.
-            if frag & 0x3fff != 0 {
-                return Err(Skip::Fragment);
-            }
-            (ip[9], &ip[ihl..total])
-        }
-        6 => {
-            if ip.len() < 40 {
-                return Err(Skip::NotIp);
-            }
-            let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            let body = ip.get(40..40 + plen).ok_or(Skip::NotIp)?;
-            let (mut next, mut off) = (ip[6], 0usize);
-            // Hop-by-hop, routing and destination options may precede UDP.
-            while matches!(next, 0 | 43 | 60) {
-                let h = body.get(off..off + 2).ok_or(Skip::NotIp)?;
-                next = h[0];
-                off += (usize::from(h[1]) + 1) * 8;
-            }
-            if next == 44 {
-                return Err(Skip::Fragment);
-            }
-            (next, body.get(off..).ok_or(Skip::NotIp)?)
-        }
-        _ => return Err(Skip::NotIp),
-    };
-    if proto != 17 {
-        return Err(Skip::NotUdp);
-    }
-    if l4.len() < 8 {
-        return Err(Skip::NotIp);
-    }
-    let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-    if ulen < 8 || ulen > l4.len() {
-        return Err(Skip::NotIp);
-    }
-    Ok(&l4[8..ulen])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +714,43 @@ mod tests {
             f.extend_from_slice(p);
         }
         f
+    }
+
+    /// The same datagrams as [`pcap`] in a pcapng file (written by pcap-file's writer): a
+    /// section, one LINKTYPE_RAW interface, an enhanced packet block per packet.
+    fn pcapng(packets: &[Vec<u8>], big_endian: bool) -> Vec<u8> {
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+        use pcap_file::pcapng::PcapNgWriter;
+        let endianness = if big_endian {
+            Endianness::Big
+        } else {
+            Endianness::Little
+        };
+        let mut w = PcapNgWriter::with_endianness(Vec::new(), endianness).unwrap();
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: pcap_file::DataLink::RAW,
+            snaplen: 65535,
+            options: vec![],
+        })
+        .unwrap();
+        // The classic file's records, re-wrapped (skip its 24-byte header).
+        let classic = pcap(packets, false);
+        let mut rest = &classic[24..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+            let data = rest[16..16 + len].to_vec();
+            rest = &rest[16 + len..];
+            w.write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: std::time::Duration::from_secs(1),
+                original_len: data.len() as u32,
+                data: data.into(),
+                options: vec![],
+            })
+            .unwrap();
+        }
+        w.into_inner()
     }
 
     /// RTP packets of `frames` frames of stream `ssrc`; `seal` turns a frame into what is
@@ -687,11 +850,16 @@ mod tests {
             audit_reader(&[0u8; 24][..], None),
             Err(AuditError::BadMagic(0))
         ));
+        // A pcapng magic with no valid section header behind it.
         let mut ng = pcap(&[], false);
-        ng[..4].copy_from_slice(&0x0a0d_0d0au32.to_le_bytes());
+        ng[..4].copy_from_slice(&PCAPNG_MAGIC);
         assert!(matches!(
             audit_reader(&ng[..], None),
-            Err(AuditError::Pcapng)
+            Err(AuditError::Corrupt(_))
+        ));
+        assert!(matches!(
+            audit_reader(&PCAPNG_MAGIC[..], None),
+            Err(AuditError::TooShort)
         ));
         let mut eth = pcap(&[], false);
         eth[20] = 147;
@@ -716,15 +884,83 @@ mod tests {
     }
 
     #[test]
-    fn ethernet_and_ipv6_are_unwrapped() {
-        let mut eth = vec![0u8; 12];
-        eth.extend_from_slice(&[0x81, 0x00, 0, 1, 0x86, 0xdd]);
-        let mut ip6 = vec![0x60, 0, 0, 0, 0, 12, 17, 64];
-        ip6.extend_from_slice(&[0; 32]);
-        ip6.extend_from_slice(&[0, 1, 0, 2, 0, 12, 0, 0, b'a', b'b', b'c', b'd']);
-        eth.extend_from_slice(&ip6);
-        let ip = ethernet_payload(&eth).unwrap();
-        assert_eq!(udp_payload(ip).ok(), Some(&b"abcd"[..]));
+    fn pcapng_audits_like_pcap_in_both_byte_orders() {
+        let ctr = std::cell::Cell::new(0);
+        let sealed = stream(0x1111, 20, b"CANARY", seal(&ctr));
+        let plain = stream(0x2222, 20, b"CANARY", |f| f.to_vec());
+        for (packets, blind) in [(&sealed, true), (&plain, false)] {
+            let classic = audit_reader(&pcap(packets, false)[..], Some(b"CANARY")).unwrap();
+            for big_endian in [false, true] {
+                let ng = audit_reader(&pcapng(packets, big_endian)[..], Some(b"CANARY")).unwrap();
+                assert_eq!(ng.blind, blind, "{}", ng.table());
+                assert_eq!(ng.table(), classic.table());
+                assert_eq!(
+                    serde_json::to_string(&ng).unwrap(),
+                    serde_json::to_string(&classic).unwrap()
+                );
+            }
+        }
+        // A cut pcapng ends like a cut pcap: what was whole is audited.
+        let mut f = pcapng(&sealed, false);
+        f.truncate(f.len() - 3);
+        let r = audit_reader(&f[..], None).unwrap();
+        assert!(r.truncated_tail);
+        assert_eq!(r.rtp_packets, sealed.len() as u64 - 1);
+    }
+
+    #[test]
+    fn ethernet_vlan_and_ipv6_are_unwrapped() {
+        let rtp = stream(0x3333, 2, b"C", |f| f.to_vec()).remove(0);
+        let mut eth = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .single_vlan(etherparse::VlanId::try_new(1).unwrap())
+            .ipv6([1; 16], [2; 16], 64)
+            .udp(1, 2)
+            .write(&mut eth, &rtp)
+            .unwrap();
+        let mut a = Audit {
+            canary: None,
+            streams: BTreeMap::new(),
+            skipped: Skipped::default(),
+            records: 0,
+            rtp_packets: 0,
+        };
+        a.datagram(LINK_ETHERNET, &eth);
+        assert_eq!(a.rtp_packets, 1);
+        assert!(a.streams.contains_key(&0x3333));
+        // ARP is not IP; a fragment is not read as a datagram.
+        a.datagram(
+            LINK_ETHERNET,
+            &[0u8; 12]
+                .iter()
+                .chain(&[0x08, 0x06])
+                .chain(&[0; 28])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(a.skipped.not_ip, 1);
+        let mut frag = Vec::new();
+        let mut h =
+            etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, [1; 4], [2; 4]).unwrap();
+        h.more_fragments = true;
+        h.dont_fragment = false;
+        etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+            .udp(1, 2)
+            .write(&mut frag, &rtp)
+            .unwrap();
+        a.datagram(LINK_RAW, &frag);
+        assert_eq!(a.skipped.fragments, 1);
+        assert_eq!(a.rtp_packets, 1);
+    }
+
+    #[test]
+    fn a_record_claiming_megabytes_is_corrupt_not_a_cut_tail() {
+        let mut f = pcap(&[vec![0x80; 20]], false);
+        f[32..36].copy_from_slice(&(MAX_RECORD + 1).to_le_bytes());
+        assert!(matches!(
+            audit_reader(&f[..], None),
+            Err(AuditError::BadRecord { record: 1, .. })
+        ));
     }
 
     #[test]

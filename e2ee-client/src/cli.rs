@@ -37,7 +37,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The pcap file (classic libpcap; raw IP, Ethernet or Linux cooked).
+    /// The capture file: pcap or pcapng (raw IP, IPv4, IPv6, Ethernet or Linux cooked).
     pub file: PathBuf,
     /// Known plaintext to search for: the `--canary` the clients sent.
     #[arg(long)]

@@ -150,6 +150,7 @@ const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
 const M_CAPTURE_DROPPED: &str = "blindrelay_capture_dropped_total";
 const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
 const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
+const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
 
 /// Pre-registered handles for everything the relay counts.
 pub struct Metrics {
@@ -307,6 +308,11 @@ impl Metrics {
             "Recording, captions and transcription bots refused from E2EE calls, by role.",
         );
         d(
+            M_POLICY_RELOADS,
+            None,
+            "Policy file reloads (file watcher, SIGHUP, admin API), by result (ok, rejected).",
+        );
+        d(
             M_CAPTURE_PKTS,
             None,
             "RTP packets written to the capture file.",
@@ -398,6 +404,14 @@ impl Metrics {
     pub fn participants(&self, role: &'static str) -> Gauge {
         self.recorder.register_gauge(
             &Key::from_parts(M_PARTICIPANTS, vec![Label::new("role", role)]),
+            &meta(),
+        )
+    }
+
+    /// Policy file reloads, by result (`ok`, `rejected`).
+    pub fn policy_reload(&self, result: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_POLICY_RELOADS, vec![Label::new("result", result)]),
             &meta(),
         )
     }

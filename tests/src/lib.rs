@@ -136,9 +136,48 @@ pub async fn scrape(relay: &Relay) -> HashMap<String, f64> {
     out
 }
 
-/// A metric's value, 0 when absent.
+/// A metric's value. Panics when the series is not in the scrape, so an assertion on a
+/// renamed (or never registered) metric fails instead of reading 0.
 pub fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+    match m.get(key) {
+        Some(v) => *v,
+        None => panic!(
+            "metric series `{key}` is not in the scrape (renamed, or never registered?); \
+             series of that name present: {:?}",
+            same_family(m, key)
+        ),
+    }
+}
+
+/// A series' value, or `None` while it does not exist. For wait predicates only: labelled
+/// counters appear on their first event, so "absent" there means "not yet". A renamed
+/// metric then never satisfies the wait, and the wait fails.
+pub fn series(m: &HashMap<String, f64>, key: &str) -> Option<f64> {
+    m.get(key).copied()
+}
+
+/// A labelled series' value, 0 when that label set has not been created yet, for asserting
+/// that something never happened (`dtls_handshakes_total{result="ok"}` is created by the
+/// first successful handshake). The metric *family* must be in the scrape (some other label
+/// set of it), so a renamed metric still fails. Each caller says why absence means 0.
+pub fn metric_or_zero(m: &HashMap<String, f64>, key: &str) -> f64 {
+    assert!(
+        !same_family(m, key).is_empty(),
+        "no series of the metric family of `{key}` is in the scrape (renamed?)"
+    );
     m.get(key).copied().unwrap_or(0.0)
+}
+
+/// The keys in `m` of the same metric name as `key` (labels ignored), sorted.
+fn same_family<'a>(m: &'a HashMap<String, f64>, key: &str) -> Vec<&'a str> {
+    let name = key.split('{').next().unwrap_or(key);
+    let mut v: Vec<&str> = m
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.split('{').next() == Some(name))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 use blindrelay_protocol::sdp::{self, AnswerInfo, OfferParams};
@@ -353,5 +392,182 @@ pub async fn await_metrics(
                 .collect::<Vec<_>>()
         );
         tokio::task::yield_now().await;
+    }
+}
+
+/// Poll `probe` until it returns `Some`, or panic with `what` after `limit`. For conditions
+/// only a request can observe (a policy change seen through `capabilities`...): the short
+/// pause between probes is a polling interval, not a guess at how long something takes.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy in front of the relay's signalling listener that counts, by `type`, the
+/// messages the relay sends through it. A test that must know a client has reached a state
+/// (authenticated and in the lobby: `capabilities`; in its call: `joined`) before the next
+/// step points that client at [`SignalWatch::url`] and waits for the message, instead of
+/// sleeping. Server-to-client WebSocket frames are neither masked nor compressed, so each
+/// message's JSON (`{"type":"joined",...`) appears verbatim in the byte stream.
+pub struct SignalWatch {
+    /// The signalling URL to give clients instead of `relay.signal_url()`.
+    pub url: String,
+    seen: tokio::sync::watch::Receiver<HashMap<String, usize>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        // Proxied connections end with their client or the relay.
+        self.accept.abort();
+    }
+}
+
+/// Start a [`SignalWatch`] in front of `relay`.
+pub async fn watch_signal(relay: &Relay) -> SignalWatch {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind signalling proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let upstream = relay.signal_addr;
+    let (tx, seen) = tokio::sync::watch::channel(HashMap::new());
+    let tx = std::sync::Arc::new(tx);
+    let accept = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                proxy_connection(client, server, &tx).await;
+            });
+        }
+    });
+    SignalWatch {
+        url: format!("ws://{addr}/v1/signal"),
+        seen,
+        accept,
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    seen: &tokio::sync::watch::Sender<HashMap<String, usize>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut tail = Vec::new();
+        loop {
+            let n = match server_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let types = message_types(&mut tail, &buf[..n]);
+            if !types.is_empty() {
+                seen.send_modify(|m| {
+                    for t in types {
+                        *m.entry(t).or_default() += 1;
+                    }
+                });
+            }
+            if client_wr.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either side ending ends the connection (both halves are dropped).
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}
+
+/// The `type`s of the messages that complete in `chunk`, the next bytes of the stream after
+/// those `tail` keeps from the previous chunks (a message's start may straddle two reads).
+fn message_types(tail: &mut Vec<u8>, chunk: &[u8]) -> Vec<String> {
+    const START: &[u8] = br#"{"type":""#;
+    let old = tail.len();
+    tail.extend_from_slice(chunk);
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(i) = tail[from..]
+        .windows(START.len())
+        .position(|w| w == START)
+        .map(|i| from + i)
+    {
+        let name_at = i + START.len();
+        let Some(len) = tail[name_at..].iter().position(|b| *b == b'"') else {
+            break; // the name goes on in the next chunk
+        };
+        // A name whose closing quote was in an earlier chunk was counted then.
+        if name_at + len >= old {
+            found.push(String::from_utf8_lossy(&tail[name_at..name_at + len]).into_owned());
+        }
+        from = name_at + len;
+    }
+    // Enough for a message start and a type name to straddle the next read.
+    let keep = tail.len().min(64);
+    tail.drain(..tail.len() - keep);
+    found
+}
+
+impl SignalWatch {
+    /// How many messages of `ty` the relay has sent through this proxy so far.
+    pub fn count(&self, ty: &str) -> usize {
+        self.seen.borrow().get(ty).copied().unwrap_or(0)
+    }
+
+    /// Wait until the relay has sent `n` messages of `ty` through this proxy (over all its
+    /// connections), or panic after `limit`.
+    pub async fn wait_for(&mut self, ty: &str, n: usize, limit: Duration) {
+        let reached = tokio::time::timeout(
+            limit,
+            self.seen.wait_for(|m| m.get(ty).copied().unwrap_or(0) >= n),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        assert!(
+            reached,
+            "{n} `{ty}` messages not seen in {limit:?}; seen: {:?}",
+            *self.seen.borrow()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_types;
+
+    #[test]
+    fn message_types_are_found_across_reads() {
+        let stream =
+            br#"....{"type":"capabilities","user":"a"}..{"type":"joined","x":{"type":"nested"}}"#;
+        // Every split point gives the same messages, each once.
+        for cut in 0..stream.len() {
+            let mut tail = Vec::new();
+            let mut got = message_types(&mut tail, &stream[..cut]);
+            got.extend(message_types(&mut tail, &stream[cut..]));
+            assert_eq!(got, ["capabilities", "joined", "nested"], "cut at {cut}");
+        }
     }
 }

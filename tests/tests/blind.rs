@@ -1,7 +1,8 @@
 //! "Prove the relay is blind": a real relay captures what it holds after hop decryption to
 //! a pcap (`[capture]`), and the client's auditor reads it. An E2EE call with a canary must
 //! audit blind; the same call as a standard call must not (or the audit proves nothing).
-//! tshark, when present, must decode the capture as the same number of RTP packets.
+//! tshark, when present, must decode the capture as the same number of RTP packets; and
+//! the capture rewritten by tshark as pcapng (its default format) must audit the same.
 
 use blindrelay::config::Config;
 use blindrelay::{Relay, RelayOptions};
@@ -57,9 +58,45 @@ async fn call_pair(relay: &Relay, cfg: &Config, call: &str, e2ee: bool) -> [Call
     [sa, sb]
 }
 
-/// Let in-flight packets reach the writer, then write everything out.
+/// Drop reasons a received RTP datagram can get before the forwarding loop hands it to the
+/// capture (after that, every packet is offered to it).
+const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
+    "unknown_source",
+    "not_connected",
+    "srtp_auth_failed",
+    "srtp_replay",
+    "srtp_malformed",
+    "rtp_malformed",
+    "worker_queue_full",
+    "ssrc_not_owned",
+    "unknown_payload_type",
+];
+
+/// Wait until every RTP packet the relay accepted has reached the capture writer (written,
+/// or counted as left out), then flush the file. The clients have returned, so nothing new
+/// arrives. For a capture of every call that has not stopped.
 async fn settle(relay: &Relay) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    await_metrics(
+        relay,
+        Duration::from_secs(10),
+        "every accepted RTP packet reached the capture",
+        |m| {
+            let dropped: f64 = DROPPED_BEFORE_CAPTURE
+                .iter()
+                .map(|r| {
+                    metric(
+                        m,
+                        &format!("blindrelay_packets_dropped_total{{reason=\"{r}\"}}"),
+                    )
+                })
+                .sum();
+            let accepted = metric(m, "blindrelay_packets_received_total{kind=\"rtp\"}") - dropped;
+            metric(m, "blindrelay_capture_packets_total")
+                + metric(m, "blindrelay_capture_dropped_total")
+                >= accepted
+        },
+    )
+    .await;
     relay.flush_capture().await;
 }
 
@@ -107,6 +144,40 @@ fn audit(path: &Path) -> AuditReport {
     audit_file(path, Some(CANARY.as_bytes())).expect("the relay's capture is a readable pcap")
 }
 
+/// Rewrite the capture as pcapng with tshark (`tshark -r IN -F pcapng -w OUT`) and audit
+/// that: the report must be the one of the pcap. Needs tshark: this test fails without it.
+fn assert_pcapng_audits_the_same(pcap: &Path, report: &AuditReport) {
+    let ng = pcap.with_extension("pcapng");
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-F", "pcapng", "-w"])
+        .arg(&ng)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run tshark (needed to write the pcapng this test audits): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "tshark -F pcapng failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&ng).expect("tshark wrote the pcapng");
+    assert_eq!(
+        bytes.get(..4),
+        Some(&[0x0a, 0x0d, 0x0d, 0x0a][..]),
+        "tshark wrote a pcapng section header"
+    );
+    let from_ng = audit_file(&ng, Some(CANARY.as_bytes())).expect("the pcapng is readable");
+    let _ = std::fs::remove_file(&ng);
+    assert_eq!(from_ng.table(), report.table());
+    assert_eq!(
+        serde_json::to_value(&from_ng).expect("report as JSON"),
+        serde_json::to_value(report).expect("report as JSON"),
+        "the pcapng audits exactly as the pcap"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2ee_call_capture_audits_blind() {
     let path = temp_pcap("e2ee");
@@ -150,6 +221,7 @@ async fn e2ee_call_capture_audits_blind() {
         distinct.dedup();
         assert_eq!(distinct.len(), 4, "tshark sees the four streams");
     }
+    assert_pcapng_audits_the_same(&path, &report);
     relay.shutdown().await;
     let _ = std::fs::remove_file(&path);
 }
@@ -187,6 +259,8 @@ async fn standard_call_capture_audits_not_blind() {
             "tshark packet count"
         );
     }
+    // The negative control holds for pcapng too: the audit can fail on tshark's format.
+    assert_pcapng_audits_the_same(&path, &report);
     relay.shutdown().await;
     let _ = std::fs::remove_file(&path);
 }
@@ -203,7 +277,9 @@ async fn capture_of_one_call_leaves_other_calls_out() {
         call_pair(&relay, &cfg, "audited", true),
         call_pair(&relay, &cfg, "other", false)
     );
-    settle(&relay).await;
+    // Nothing below counts packets exactly (only an upper bound), so the flush alone is
+    // enough; a packet still in flight could only add to the audited call's streams.
+    relay.flush_capture().await;
     let report = audit(&path);
     let table = report.table();
     assert!(report.blind, "only the E2EE call is in the file: {table}");
@@ -229,8 +305,13 @@ async fn capture_stops_at_max_bytes_and_forwarding_goes_on() {
     cfg.capture.max_bytes = 16 * 1024;
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let summaries = call_pair(&relay, &cfg, "demo", true).await;
-    settle(&relay).await;
-    let m = scrape(&relay).await;
+    // The cap is a few dozen packets: the capture stopped during the call (stop() flushes
+    // what was written before the cap).
+    let m = await_metrics(&relay, Duration::from_secs(10), "capture stopped", |m| {
+        metric(m, "blindrelay_capture_stopped_total") >= 1.0
+    })
+    .await;
+    relay.flush_capture().await;
     assert_eq!(metric(&m, "blindrelay_capture_stopped_total"), 1.0);
     assert_eq!(metric(&m, "blindrelay_capture_active"), 0.0);
     let captured = metric(&m, "blindrelay_capture_packets_total");

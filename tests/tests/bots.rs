@@ -46,12 +46,17 @@ async fn call_with_bots(
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let url = relay.signal_url();
+    // The people join first (through a proxy that sees their `joined`): the call's mode is
+    // theirs when the bots ask to join.
+    let mut people_sig = watch_signal(&relay).await;
     let (a, b) = (
-        user(&url, &cfg, "alice", e2ee),
-        user(&url, &cfg, "bob", e2ee),
+        user(&people_sig.url, &cfg, "alice", e2ee),
+        user(&people_sig.url, &cfg, "bob", e2ee),
     );
     let people = tokio::spawn(async move { tokio::join!(run_call(&a), run_call(&b)) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    people_sig
+        .wait_for("joined", 2, Duration::from_secs(10))
+        .await;
     let mut handles = Vec::new();
     for mut o in bots {
         o.relay = url.clone();
@@ -69,19 +74,12 @@ async fn call_with_bots(
         sb.error
     );
     // Leaves are processed asynchronously after each client returns: let them land.
-    let mut m = scrape(&relay).await;
-    for _ in 0..40 {
-        let present: f64 = m
+    let m = await_metrics(&relay, Duration::from_secs(10), "everyone left", |m| {
+        ["user", "bot:recording", "bot:captions", "bot:transcription"]
             .iter()
-            .filter(|(k, _)| k.starts_with("blindrelay_participants{"))
-            .map(|(_, v)| *v)
-            .sum();
-        if present == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        m = scrape(&relay).await;
-    }
+            .all(|r| metric(m, &format!("blindrelay_participants{{role=\"{r}\"}}")) == 0.0)
+    })
+    .await;
     relay.shutdown().await;
     (out, m)
 }

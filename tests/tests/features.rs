@@ -78,14 +78,19 @@ async fn add_participant_transfer_and_consult_transfer() {
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let url = relay.signal_url();
     // Invitees wait in the lobby; their tokens name another call, the invitation admits them.
+    // The relay puts a connection in the lobby before it answers its hello: once the three
+    // have their `capabilities`, they can be invited.
+    let mut lobby = watch_signal(&relay).await;
     let mut waiters = Vec::new();
     for who in ["carol", "dave", "erin"] {
-        let mut o = person(&url, &cfg, who, "somewhere-else");
+        let mut o = person(&lobby.url, &cfg, who, "somewhere-else");
         o.wait_invite = true;
         o.duration = Duration::from_secs(3);
         waiters.push(spawn(o));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lobby
+        .wait_for("capabilities", 3, Duration::from_secs(10))
+        .await;
     let mut a1 = person(&url, &cfg, "alice", "c1");
     a1.features = vec!["add_participant=carol".into()];
     let mut a2 = person(&url, &cfg, "alice2", "c2");
@@ -155,7 +160,8 @@ async fn merge_park_retrieve_and_bots_brought_in() {
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let url = relay.signal_url();
-    // Bots wait to be brought in.
+    // Bots wait to be brought in (in the lobby once they have their `capabilities`).
+    let mut lobby = watch_signal(&relay).await;
     let mut bots = Vec::new();
     for kind in [
         BotKind::Recording,
@@ -168,7 +174,7 @@ async fn merge_park_retrieve_and_bots_brought_in() {
             kind
         ));
         bots.push(spawn(CallOptions {
-            relay: url.clone(),
+            relay: lobby.url.clone(),
             token: token(&cfg, kind.role(), Some("nowhere"), kind.role()),
             duration: Duration::from_secs(3),
             audio: false,
@@ -178,16 +184,21 @@ async fn merge_park_retrieve_and_bots_brought_in() {
             ..Default::default()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lobby
+        .wait_for("capabilities", 3, Duration::from_secs(10))
+        .await;
     // Call m2 (carol, dave) merges into m1 (alice, bob); alice also brings in the bots.
+    let mut joiners = watch_signal(&relay).await;
+    let joiners_url = joiners.url.clone();
     let any = |user: &str, call: &str| CallOptions {
         token: token(&cfg, user, None, "user"),
-        ..person(&url, &cfg, user, call)
+        ..person(&joiners_url, &cfg, user, call)
     };
     let carol = spawn(any("carol", "m2"));
     let dave = spawn(any("dave", "m2"));
     let bob = spawn(any("bob", "m1"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both calls exist before alice asks to merge them.
+    joiners.wait_for("joined", 3, Duration::from_secs(10)).await;
     let mut a = any("alice", "m1");
     a.features = vec![
         "merge=m2".into(),
@@ -223,8 +234,10 @@ async fn merge_park_retrieve_and_bots_brought_in() {
     }
 
     // Park: alice parks, frank retrieves with the code and is in the call with bob.
-    let bob = spawn(person(&url, &cfg, "bob", "p1"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut bob_sig = watch_signal(&relay).await;
+    let bob = spawn(person(&bob_sig.url, &cfg, "bob", "p1"));
+    // bob is in p1 before alice joins and parks it (parking an empty call leaves nothing).
+    bob_sig.wait_for("joined", 1, Duration::from_secs(10)).await;
     let mut a = person(&url, &cfg, "alice", "p1");
     a.features = vec!["park".into()];
     let sa = run_call(&a).await;

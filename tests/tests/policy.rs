@@ -216,25 +216,41 @@ async fn policy_file_hot_reload_and_a_broken_file_keeps_the_policy_in_force() {
         E2eeOption::Required
     );
 
-    // Edit the file: the relay notices within a couple of seconds.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
+    // Edit the file: the relay notices within a couple of seconds. (The watcher compares
+    // mtime and length; the lengths differ, so no gap for a coarse mtime is needed.)
     std::fs::write(
         &file,
         "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n",
     )
     .expect("write");
-    let mut seen = E2eeOption::Hidden;
-    for _ in 0..30 {
-        seen = capabilities(&url, &tok(&cfg, "u", "fabrikam")).await;
-        if seen == E2eeOption::Available {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, E2eeOption::Available, "file change applied");
+    eventually(Duration::from_secs(5), "file change applied", || async {
+        (capabilities(&url, &tok(&cfg, "u", "fabrikam")).await == E2eeOption::Available)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &scrape(&relay).await,
+            "blindrelay_policy_reloads_total{result=\"ok\"}"
+        ),
+        1.0
+    );
 
-    // A broken file: rejected with the line named, the policy in force stays.
+    // A broken file: the watcher rejects it (and counts it), the policy in force stays.
     std::fs::write(&file, "[policies.Global]\ncalling_e2ee = \"Sometimes\"\n").expect("write");
+    await_metrics(
+        &relay,
+        Duration::from_secs(5),
+        "broken file rejected",
+        |m| metric(m, "blindrelay_policy_reloads_total{result=\"rejected\"}") >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        capabilities(&url, &tok(&cfg, "u", "fabrikam")).await,
+        E2eeOption::Available,
+        "the watcher kept the policy in force"
+    );
+    // Reloaded by hand: rejected with the line named.
     let err = relay
         .reload_policies()
         .expect_err("broken file is rejected");
@@ -248,7 +264,6 @@ async fn policy_file_hot_reload_and_a_broken_file_keeps_the_policy_in_force() {
     )
     .await;
     assert_eq!(s, 422, "{b}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         capabilities(&url, &tok(&cfg, "u", "fabrikam")).await,
         E2eeOption::Available
@@ -288,10 +303,12 @@ async fn call_modes_across_tenants_with_reasons() {
     let url = relay.signal_url();
 
     // alice (fabrikam, override, on) then bob (fabrikam, override, off): standard, because of bob.
-    let a = call(&url, tok(&cfg, "alice", "fabrikam"), "alice", true);
+    // alice is in the call (her `joined`, seen through a proxy) before bob asks to join.
+    let mut first = watch_signal(&relay).await;
+    let a = call(&first.url, tok(&cfg, "alice", "fabrikam"), "alice", true);
     let b = call(&url, tok(&cfg, "bob", "fabrikam"), "bob", false);
     let alice = tokio::spawn(async move { run_call(&a).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.wait_for("joined", 1, Duration::from_secs(10)).await;
     let sb = run_call(&b).await;
     let sa = alice.await.expect("alice");
     assert!(
@@ -331,10 +348,11 @@ async fn call_modes_across_tenants_with_reasons() {
     assert!(sc.frames_decrypted > 10);
 
     // carol (Required) first, then dave whose policy disables E2EE: dave is refused, with carol named.
-    let mut c = call(&url, tok(&cfg, "carol", "contoso"), "carol", true);
+    let mut first = watch_signal(&relay).await;
+    let mut c = call(&first.url, tok(&cfg, "carol", "contoso"), "carol", true);
     c.call = "strict".into();
     let carol = tokio::spawn(async move { run_call(&c).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.wait_for("joined", 1, Duration::from_secs(10)).await;
     let mut d = call(&url, tok(&cfg, "dave", "fabrikam"), "dave", false);
     d.call = "strict".into();
     let sd = run_call(&d).await;

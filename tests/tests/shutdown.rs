@@ -21,7 +21,13 @@ async fn shutdown_sends_close_notify_to_peers() {
         // Returns once the association ends; Err after a close_notify alert.
         dtls.read(&mut buf, None).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client's side is up; wait until the relay's is too (it records the join's
+    // duration when the participant's media path is keyed), so shutdown has a peer to
+    // send close_notify to.
+    await_metrics(&relay, Duration::from_secs(5), "relay keyed the hop", |m| {
+        metric(m, "blindrelay_join_duration_seconds_count") >= 1.0
+    })
+    .await;
     assert!(!reader.is_finished(), "association is up before shutdown");
     relay.shutdown().await;
     let ended = tokio::time::timeout(Duration::from_secs(3), reader).await;

@@ -2,9 +2,10 @@
 //! decryption (clear RTP header, end-to-end payload), so anyone can audit with their own
 //! tools that the payload is ciphertext (`e2ee-client audit`, tshark, Wireshark).
 //!
-//! Classic libpcap format with LINKTYPE_RAW: each record is an IPv4 (or IPv6) + UDP header
-//! built here, from the sender's address to the relay's media address, then the RTP
-//! packet. Decode it with `tshark -d udp.port==MEDIA_PORT,rtp`.
+//! Classic libpcap format (written with the `pcap-file` crate), little-endian, LINKTYPE_RAW:
+//! each record is an IPv4 (or IPv6) + UDP datagram built with `etherparse`, from the
+//! sender's address to the relay's media address, around the RTP packet. Decode it with
+//! `tshark -d udp.port==MEDIA_PORT,rtp`.
 //!
 //! The forwarding loops only copy the packet into a bounded queue (a full queue drops and
 //! counts); a dedicated thread does the file IO, so a slow disk never stalls forwarding.
@@ -14,14 +15,17 @@ use crate::config::CaptureConfig;
 use crate::core::forward::{MediaTap, TapPacket};
 use crate::core::CallKey;
 use crate::metrics::Metrics;
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use metrics::{Counter, Gauge};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::{DataLink, Endianness, TsResolution};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -35,9 +39,49 @@ pub const PCAP_FILE_HEADER: usize = 24;
 pub const PCAP_RECORD_HEADER: usize = 16;
 /// LINKTYPE_RAW: the record starts with an IPv4 or IPv6 header.
 pub const LINKTYPE_RAW: u32 = 101;
+/// Largest datagram (IP header included) a record holds; larger ones are not captured.
 const SNAPLEN: u32 = 65_535;
 /// How long written records may sit in the buffer, so a running capture can be read.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// The capture's pcap file header: little-endian, microsecond timestamps, LINKTYPE_RAW.
+fn header() -> PcapHeader {
+    PcapHeader {
+        version_major: 2,
+        version_minor: 4,
+        ts_correction: 0,
+        ts_accuracy: 0,
+        snaplen: SNAPLEN,
+        datalink: DataLink::from(LINKTYPE_RAW),
+        ts_resolution: TsResolution::MicroSecond,
+        endianness: Endianness::Little,
+    }
+}
+
+/// The capture file behind its [`PcapWriter`], which owns its sink and offers no way to
+/// flush it: the writer thread keeps a second handle to flush the buffer and to learn how
+/// far the file got.
+#[derive(Clone)]
+struct SharedFile(Arc<Mutex<BufWriter<File>>>);
+
+impl SharedFile {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<File>> {
+        // A poisoned lock still guards a valid BufWriter.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lock().write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.lock().write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.lock().flush()
+    }
+}
 
 /// Why a capture could not start.
 #[derive(Debug, Error)]
@@ -102,15 +146,19 @@ impl Capture {
             path: path.display().to_string(),
             source,
         };
-        let mut out = BufWriter::with_capacity(256 * 1024, File::create(path).map_err(create_err)?);
+        let mut file = SharedFile(Arc::new(Mutex::new(BufWriter::with_capacity(
+            256 * 1024,
+            File::create(path).map_err(create_err)?,
+        ))));
         // Written and flushed now, so the file is a valid (empty) pcap from the start.
-        out.write_all(&pcap_file_header())
-            .and_then(|()| out.flush())
-            .map_err(create_err)?;
+        let pcap = PcapWriter::with_header(file.clone(), header())
+            .map_err(|e| create_err(std::io::Error::other(e)))?;
+        file.flush().map_err(create_err)?;
         let (tx, rx) = mpsc::sync_channel(CAPTURE_QUEUE);
         let active = Arc::new(AtomicBool::new(true));
         let writer = Writer {
-            out,
+            pcap,
+            file,
             written: PCAP_FILE_HEADER as u64,
             max_bytes: config.max_bytes,
             relay_addr,
@@ -230,7 +278,9 @@ impl Capture {
 
 /// The writer thread's state.
 struct Writer {
-    out: BufWriter<File>,
+    pcap: PcapWriter<SharedFile>,
+    /// The same file, to flush.
+    file: SharedFile,
     written: u64,
     max_bytes: u64,
     relay_addr: SocketAddr,
@@ -241,7 +291,7 @@ struct Writer {
     gauge: Gauge,
     path: PathBuf,
     ip_id: u16,
-    /// Reused record buffer.
+    /// Reused datagram buffer.
     buf: Vec<u8>,
 }
 
@@ -295,9 +345,7 @@ impl Writer {
 
     fn write(&mut self, rec: &Record) {
         self.ip_id = self.ip_id.wrapping_add(1);
-        self.buf.clear();
-        if !encode_record(
-            rec.at,
+        if !encode_datagram(
             rec.from,
             self.relay_addr,
             &rec.data,
@@ -308,24 +356,39 @@ impl Writer {
             self.dropped.increment(1);
             return;
         }
-        if self.written + self.buf.len() as u64 > self.max_bytes {
-            let _ = self.out.flush();
+        let size = (PCAP_RECORD_HEADER + self.buf.len()) as u64;
+        if self.written + size > self.max_bytes {
+            let _ = self.file.flush();
             self.stop(&format!(
                 "capture.max_bytes ({}) reached; no more packets are captured",
                 self.max_bytes
             ));
             return;
         }
-        if let Err(e) = self.out.write_all(&self.buf) {
-            self.stop(&format!("write failed: {e}"));
-            return;
+        let since = rec.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        // `encode_datagram` keeps the datagram within the snap length, so its length fits.
+        let len = self.buf.len() as u32;
+        match self
+            .pcap
+            .write_packet(&PcapPacket::new(since, len, &self.buf))
+        {
+            Ok(n) => self.written += n as u64,
+            Err(pcap_file::PcapError::IoError(e)) => {
+                self.stop(&format!("write failed: {e}"));
+                return;
+            }
+            // A field pcap cannot hold (a timestamp past 2106): this record only.
+            Err(e) => {
+                warn!(error = %e, "packet left out of the capture");
+                self.dropped.increment(1);
+                return;
+            }
         }
-        self.written += self.buf.len() as u64;
         self.packets.increment(1);
     }
 
     fn flush_or_stop(&mut self) {
-        if let Err(e) = self.out.flush() {
+        if let Err(e) = self.file.flush() {
             self.stop(&format!("write failed: {e}"));
         }
     }
@@ -343,15 +406,11 @@ impl Writer {
     }
 }
 
-/// The classic pcap file header: little-endian, microsecond timestamps, LINKTYPE_RAW.
+/// The capture's pcap file header: little-endian, microsecond timestamps, LINKTYPE_RAW.
 pub fn pcap_file_header() -> [u8; PCAP_FILE_HEADER] {
     let mut h = [0u8; PCAP_FILE_HEADER];
-    h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    h[4..6].copy_from_slice(&2u16.to_le_bytes());
-    h[6..8].copy_from_slice(&4u16.to_le_bytes());
-    // thiszone and sigfigs stay 0.
-    h[16..20].copy_from_slice(&SNAPLEN.to_le_bytes());
-    h[20..24].copy_from_slice(&LINKTYPE_RAW.to_le_bytes());
+    // Writing 24 bytes into a 24-byte slice cannot fail.
+    let _ = header().write_to(&mut &mut h[..]);
     h
 }
 
@@ -363,23 +422,39 @@ fn as_v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-/// The Internet checksum (RFC 1071) of `data`, starting from a partial sum.
-fn checksum(mut sum: u32, data: &[u8]) -> u16 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+/// Replace `out` with an IP + UDP datagram from `from` to `to` carrying `payload` (IPv4
+/// when both are IPv4, else IPv6; lengths and checksums filled in). Returns false, leaving
+/// `out` empty, when it would not fit one datagram within the snap length.
+fn encode_datagram(
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+    ip_id: u16,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let ip = match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            // Lengths and checksum are the builder's; don't fragment, TTL 64.
+            let Ok(mut h) = Ipv4Header::new(0, 64, IpNumber::UDP, s.octets(), d.octets()) else {
+                return false;
+            };
+            h.identification = ip_id;
+            PacketBuilder::ip(IpHeaders::Ipv4(h, Default::default()))
+        }
+        (s, d) => PacketBuilder::ipv6(as_v6(s).octets(), as_v6(d).octets(), 64),
+    };
+    let udp = ip.udp(from.port(), to.port());
+    if udp.size(payload.len()) > SNAPLEN as usize || udp.write_to_vec(out, payload).is_err() {
+        out.clear();
+        return false;
     }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    true
 }
 
-/// Append one pcap record (record header, IP header, UDP header, `payload`) to `out`.
-/// Returns false, appending nothing, when the payload does not fit one IP datagram.
+/// Append one pcap record (record header, IP header, UDP header, `payload`) to `out`, as
+/// the capture writes it. Returns false, appending nothing, when the payload does not fit
+/// one IP datagram.
 pub fn encode_record(
     at: SystemTime,
     from: SocketAddr,
@@ -388,75 +463,53 @@ pub fn encode_record(
     ip_id: u16,
     out: &mut Vec<u8>,
 ) -> bool {
-    let udp_len = payload.len() + 8;
-    let (src, dst) = (from.ip(), to.ip());
-    let v4 = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Some((s, d)),
-        _ => None,
-    };
-    let ip_len = if v4.is_some() { 20 } else { 40 };
-    // IPv4's total length and IPv6's payload length are 16 bits.
-    let limit = if v4.is_some() { 65_535 - 20 } else { 65_535 };
-    if udp_len > limit {
+    let mut datagram = Vec::new();
+    if !encode_datagram(from, to, payload, ip_id, &mut datagram) {
         return false;
     }
-    let total = ip_len + udp_len;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    // pcap's 32-bit seconds run out in 2106; the wrap is the format's, not ours.
-    out.extend_from_slice(&(since.as_secs() as u32).to_le_bytes());
-    out.extend_from_slice(&since.subsec_micros().to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    let udp_sum = match v4 {
-        Some((s, d)) => {
-            let start = out.len();
-            out.extend_from_slice(&[0x45, 0]);
-            out.extend_from_slice(&(total as u16).to_be_bytes());
-            out.extend_from_slice(&ip_id.to_be_bytes());
-            // Don't fragment, TTL 64, UDP, checksum filled in below.
-            out.extend_from_slice(&[0x40, 0x00, 64, 17, 0, 0]);
-            out.extend_from_slice(&s.octets());
-            out.extend_from_slice(&d.octets());
-            let sum = checksum(0, &out[start..start + 20]);
-            out[start + 10..start + 12].copy_from_slice(&sum.to_be_bytes());
-            // Optional in IPv4; 0 says "not computed".
-            0
+    // pcap-file writes records only through a writer, which starts with the file header.
+    let record = PcapWriter::with_header(Vec::new(), header()).and_then(|mut w| {
+        w.write_packet(&PcapPacket::new(since, datagram.len() as u32, &datagram))?;
+        Ok(w.into_writer())
+    });
+    match record {
+        Ok(bytes) => {
+            out.extend_from_slice(&bytes[PCAP_FILE_HEADER..]);
+            true
         }
-        None => {
-            let (s, d) = (as_v6(src), as_v6(dst));
-            // Version 6, traffic class and flow label 0.
-            out.extend_from_slice(&[0x60, 0, 0, 0]);
-            out.extend_from_slice(&(udp_len as u16).to_be_bytes());
-            out.extend_from_slice(&[17, 64]);
-            out.extend_from_slice(&s.octets());
-            out.extend_from_slice(&d.octets());
-            // Mandatory in IPv6: pseudo-header (addresses, length, next header) + UDP.
-            let mut pseudo = 0u32;
-            for w in s.segments().into_iter().chain(d.segments()) {
-                pseudo += u32::from(w);
-            }
-            pseudo += udp_len as u32 + 17;
-            pseudo += u32::from(from.port()) + u32::from(to.port()) + udp_len as u32;
-            let sum = checksum(pseudo, payload);
-            // An all-zero result is sent as all ones (RFC 8200 §8.1).
-            if sum == 0 {
-                0xffff
-            } else {
-                sum
-            }
-        }
-    };
-    out.extend_from_slice(&from.port().to_be_bytes());
-    out.extend_from_slice(&to.port().to_be_bytes());
-    out.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    out.extend_from_slice(&udp_sum.to_be_bytes());
-    out.extend_from_slice(payload);
-    true
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Internet checksum (RFC 1071) of `data`, starting from a partial sum: an
+    /// independent check of the headers the library builds.
+    fn checksum(mut sum: u32, data: &[u8]) -> u16 {
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn file_header_is_classic_little_endian_raw() {
+        let h = pcap_file_header();
+        assert_eq!(&h[0..4], &0xa1b2_c3d4u32.to_le_bytes());
+        assert_eq!(&h[4..8], &[2, 0, 4, 0]);
+        assert_eq!(&h[16..20], &SNAPLEN.to_le_bytes());
+        assert_eq!(&h[20..24], &LINKTYPE_RAW.to_le_bytes());
+    }
 
     fn temp_path(name: &str) -> PathBuf {
         let nanos = SystemTime::now()
@@ -491,6 +544,13 @@ mod tests {
         assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 7402);
         assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 12);
         assert_eq!(&out[44..], b"rtp!");
+        // The UDP checksum is filled in and verifies over the IPv4 pseudo-header.
+        assert_ne!(&out[42..44], &[0, 0]);
+        let mut pseudo = 17 + 12u32;
+        for c in ip[12..20].chunks(2) {
+            pseudo += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        assert_eq!(checksum(pseudo, &out[36..]), 0);
     }
 
     #[test]
@@ -561,6 +621,23 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, PCAP_FILE_HEADER as u64 + 3 * per_record);
         assert_eq!(&bytes[..24], &pcap_file_header());
+        // A library reader reads it back: three raw-IP UDP datagrams from the sender to
+        // the relay, carrying the packet.
+        let (mut rest, parser) = pcap_file::pcap::PcapParser::new(&bytes).unwrap();
+        assert_eq!(u32::from(parser.header().datalink), LINKTYPE_RAW);
+        for _ in 0..3 {
+            let (r, p) = parser.next_packet(rest).unwrap();
+            rest = r;
+            let sliced = etherparse::SlicedPacket::from_ip(&p.data).unwrap();
+            match sliced.transport {
+                Some(etherparse::TransportSlice::Udp(u)) => {
+                    assert_eq!((u.source_port(), u.destination_port()), (5000, 7402));
+                    assert_eq!(u.payload(), &data[..]);
+                }
+                other => panic!("not UDP: {other:?}"),
+            }
+        }
+        assert!(rest.is_empty());
         let text = metrics.render();
         assert!(
             text.contains("blindrelay_capture_packets_total 3"),

@@ -6,6 +6,7 @@
 
 use crate::config::PolicyConfig;
 use crate::core::policy::{CallingE2ee, Effective, PolicyError, PolicySet, GLOBAL};
+use metrics::Counter;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +40,9 @@ pub struct PolicyStore {
     seen: Mutex<Option<(SystemTime, u64)>>,
     /// Serialises writers so two admin changes cannot interleave.
     write_lock: Mutex<()>,
+    /// Reloads of the file that put it in force, and that rejected it.
+    reloaded: Counter,
+    rejected: Counter,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -58,7 +62,16 @@ impl PolicyStore {
             path: cfg.file.clone(),
             global_default: cfg.global,
             write_lock: Mutex::new(()),
+            reloaded: Counter::noop(),
+            rejected: Counter::noop(),
         })
+    }
+
+    /// Count file reloads in `blindrelay_policy_reloads_total{result}` (`ok`, `rejected`).
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.reloaded = metrics.policy_reload("ok");
+        self.rejected = metrics.policy_reload("rejected");
+        self
     }
 
     /// The set in force, with `Global` filled in from the config when the file has none.
@@ -102,10 +115,12 @@ impl PolicyStore {
         match read(path) {
             Ok(set) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                self.reloaded.increment(1);
                 info!(path = %path.display(), "policy file reloaded");
                 Ok(true)
             }
             Err(e) => {
+                self.rejected.increment(1);
                 error!(error = %e, "policy file rejected; the policy in force stays in force");
                 Err(e)
             }

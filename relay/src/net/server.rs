@@ -103,8 +103,8 @@ impl Relay {
                 addr: config.admin.listen,
                 source,
             })?;
-        let policies = Arc::new(PolicyStore::load(&config.policy)?);
         let metrics = Arc::new(Metrics::new());
+        let policies = Arc::new(PolicyStore::load(&config.policy)?.with_metrics(&metrics));
         // Without a capture path no tap is installed: capture costs nothing when off.
         let capture = match &config.capture.path {
             Some(path) => Some(Capture::start(path, &config.capture, media_addr, &metrics)?),
