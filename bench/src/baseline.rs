@@ -6,7 +6,7 @@
 //! routing and bookkeeping cost.
 
 use anyhow::Result;
-use blindrelay::net::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
+use blindrelay::net::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, BATCH};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -60,7 +60,7 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
     let deadline = Instant::now() + max_duration;
     let mut first_of_pair: HashMap<(u32, u32), SocketAddr> = HashMap::new();
     let mut route: HashMap<SocketAddr, SocketAddr> = HashMap::new();
-    let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let mut batch: Vec<Datagram> = Vec::with_capacity(BATCH * 4);
     let mut chunk = RecvBuffers::new();
     let mut out: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
     let mut gso: Vec<u8> = Vec::with_capacity(64 * 1500);
@@ -82,7 +82,7 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
                 _ => break,
             }
         }
-        for (from, data) in batch.drain(..) {
+        for Datagram { from, data, .. } in batch.drain(..) {
             if let Some(to) = route.get(&from) {
                 out.push((*to, data));
             } else if let Some(key) = parse_hello(&data) {

@@ -379,26 +379,45 @@ pub fn parse_answer(text: &str) -> Result<AnswerInfo, SdpError> {
 pub const TWCC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
-/// The codecs a call carries. Each participant numbers them its own way; the relay
+/// The codecs a call can carry. Each participant numbers them its own way; the relay
 /// rewrites the payload type per receiver. RED, ULPFEC and RTX are left out of every
-/// description the relay writes, so no sender uses them.
+/// description the relay writes, so no sender uses them. Opus and VP8 (the codecs every
+/// WebRTC endpoint must implement, RFC 7874 and RFC 7742) are always in a call; VP9,
+/// AV1 and H264 only while every participant of the call offered them (see
+/// [`CodecSet`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     Opus = 0,
     Vp8 = 1,
+    Vp9 = 2,
+    Av1 = 3,
+    H264 = 4,
 }
 
 /// How many [`Codec`]s there are (array sizes).
-pub const CODEC_COUNT: usize = 2;
+pub const CODEC_COUNT: usize = 5;
+
+/// A set of [`Codec`]s, by index.
+pub type CodecSet = [bool; CODEC_COUNT];
 
 impl Codec {
-    pub const ALL: [Codec; CODEC_COUNT] = [Codec::Opus, Codec::Vp8];
+    pub const ALL: [Codec; CODEC_COUNT] =
+        [Codec::Opus, Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::H264];
+
+    /// The set every call starts from: the mandatory codecs, plus the optional video
+    /// codecs until a participant lacks them.
+    pub const EVERY: CodecSet = [true; CODEC_COUNT];
 
     pub fn kind(self) -> &'static str {
         match self {
             Codec::Opus => "audio",
-            Codec::Vp8 => "video",
+            Codec::Vp8 | Codec::Vp9 | Codec::Av1 | Codec::H264 => "video",
         }
+    }
+
+    /// Whether every call carries it (a participant need not share the others).
+    pub fn mandatory(self) -> bool {
+        matches!(self, Codec::Opus | Codec::Vp8)
     }
 
     /// The rtpmap encoding, after the payload type.
@@ -406,6 +425,9 @@ impl Codec {
         match self {
             Codec::Opus => "opus/48000/2",
             Codec::Vp8 => "VP8/90000",
+            Codec::Vp9 => "VP9/90000",
+            Codec::Av1 => "AV1/90000",
+            Codec::H264 => "H264/90000",
         }
     }
 
@@ -413,16 +435,50 @@ impl Codec {
         match self {
             Codec::Opus => Some("minptime=10;useinbandfec=1"),
             Codec::Vp8 => None,
+            Codec::Vp9 => Some("profile-id=0"),
+            Codec::Av1 => Some("profile=0"),
+            Codec::H264 => {
+                Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+            }
         }
     }
 
-    /// Whether an rtpmap encoding (`opus/48000/2`) names this codec.
-    fn matches(self, encoding: &str) -> bool {
+    /// Whether an rtpmap encoding (`opus/48000/2`) with its fmtp parameters names this
+    /// codec in the one profile a call carries, so that every receiver can decode every
+    /// sender: VP9 profile 0, AV1 main profile, and H264 constrained baseline in
+    /// non-interleaved mode (`profile-level-id=42e0xx;packetization-mode=1`; the level may
+    /// differ per direction). Other profiles are left out.
+    fn matches(self, encoding: &str, fmtp: &str) -> bool {
         let mut f = encoding.split('/');
         let (name, clock) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let param = |key: &str| {
+            fmtp.split(';').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                k.trim().eq_ignore_ascii_case(key).then(|| v.trim())
+            })
+        };
+        let video = clock == "90000";
         match self {
             Codec::Opus => name.eq_ignore_ascii_case("opus") && clock == "48000",
-            Codec::Vp8 => name.eq_ignore_ascii_case("vp8") && clock == "90000",
+            Codec::Vp8 => name.eq_ignore_ascii_case("vp8") && video,
+            Codec::Vp9 => {
+                name.eq_ignore_ascii_case("vp9")
+                    && video
+                    && param("profile-id").is_none_or(|p| p == "0")
+            }
+            Codec::Av1 => {
+                name.eq_ignore_ascii_case("av1")
+                    && video
+                    && param("profile").is_none_or(|p| p == "0")
+            }
+            Codec::H264 => {
+                name.eq_ignore_ascii_case("h264")
+                    && video
+                    && param("packetization-mode") == Some("1")
+                    && param("profile-level-id").is_some_and(|p| {
+                        p.len() == 6 && p.get(..4).is_some_and(|x| x.eq_ignore_ascii_case("42e0"))
+                    })
+            }
         }
     }
 
@@ -440,65 +496,79 @@ pub struct Numbering {
     pub pt: [Option<u8>; CODEC_COUNT],
     /// Its own fmtp for each codec, echoed back to it.
     pub fmtp: [Option<String>; CODEC_COUNT],
+    /// Its preference: each codec's position in its offer's format list. Every list the
+    /// relay writes to it keeps this order, so a sender that put H264 first (for example
+    /// with `setCodecPreferences`) sends H264.
+    pub rank: [usize; CODEC_COUNT],
     /// Its id for the transport-cc header extension.
     pub twcc: Option<u8>,
 }
 
 impl Numbering {
-    /// Read an offer. A codec offered on several m-lines keeps its first number.
+    /// Read an offer. A codec offered on several m-lines keeps its first number; within
+    /// an m-line, the first payload type in the format list that matches.
     pub fn from_offer(offer: &Offer) -> Numbering {
         let mut n = Numbering::default();
         for m in &offer.media {
+            let attr_of = |key: &str, pt: &str| {
+                m.codec_attributes.iter().find_map(|(k, v)| {
+                    let (p, rest) = v.split_once(' ')?;
+                    (k == key && p.trim() == pt).then(|| rest.trim())
+                })
+            };
+            for (position, format) in m.formats.iter().enumerate() {
+                let Ok(pt) = format.parse::<u8>() else {
+                    continue;
+                };
+                if pt > 127 {
+                    continue;
+                }
+                let Some(encoding) = attr_of("rtpmap", format) else {
+                    continue;
+                };
+                let fmtp = attr_of("fmtp", format);
+                for c in Codec::ALL {
+                    if c.kind() == m.kind
+                        && n.pt[c.index()].is_none()
+                        && c.matches(encoding, fmtp.unwrap_or(""))
+                    {
+                        n.pt[c.index()] = Some(pt);
+                        n.fmtp[c.index()] = fmtp.map(str::to_string);
+                        n.rank[c.index()] = position;
+                    }
+                }
+            }
             for (k, v) in &m.codec_attributes {
-                match k.as_str() {
-                    "rtpmap" => {
-                        let Some((pt, enc)) = v.split_once(' ') else {
-                            continue;
-                        };
-                        let Ok(pt) = pt.trim().parse::<u8>() else {
-                            continue;
-                        };
-                        if pt > 127 || !m.formats.iter().any(|f| f == &pt.to_string()) {
-                            continue;
-                        }
-                        for c in Codec::ALL {
-                            if c.kind() == m.kind
-                                && c.matches(enc.trim())
-                                && n.pt[c.index()].is_none()
-                            {
-                                n.pt[c.index()] = Some(pt);
-                            }
-                        }
+                if k != "extmap" {
+                    continue;
+                }
+                let mut f = v.split_whitespace();
+                let id = f
+                    .next()
+                    .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+                if let (Some(id), Some(TWCC_URI)) = (id, f.next()) {
+                    if (1..=14).contains(&id) && n.twcc.is_none() {
+                        n.twcc = Some(id);
                     }
-                    "extmap" => {
-                        let mut f = v.split_whitespace();
-                        let id = f
-                            .next()
-                            .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
-                        if let (Some(id), Some(TWCC_URI)) = (id, f.next()) {
-                            if (1..=14).contains(&id) && n.twcc.is_none() {
-                                n.twcc = Some(id);
-                            }
-                        }
-                    }
-                    _ => {}
                 }
             }
         }
-        for m in &offer.media {
-            for (k, v) in &m.codec_attributes {
-                if k != "fmtp" {
-                    continue;
-                }
-                let Some((pt, params)) = v.split_once(' ') else {
-                    continue;
-                };
-                let pt = pt.trim().parse::<u8>().ok();
-                for c in Codec::ALL {
-                    if pt.is_some() && n.pt[c.index()] == pt && n.fmtp[c.index()].is_none() {
-                        n.fmtp[c.index()] = Some(params.trim().to_string());
-                    }
-                }
+        n
+    }
+
+    /// The codecs this participant offered.
+    pub fn offered(&self) -> CodecSet {
+        self.pt.map(|p| p.is_some())
+    }
+
+    /// The same numbering with only the codecs in `set`: what the relay writes to the
+    /// participant while `set` is its call's codecs.
+    pub fn restricted(&self, set: &CodecSet) -> Numbering {
+        let mut n = self.clone();
+        for c in Codec::ALL {
+            if !set[c.index()] {
+                n.pt[c.index()] = None;
+                n.fmtp[c.index()] = None;
             }
         }
         n
@@ -516,12 +586,35 @@ impl Numbering {
         self.pt[c.index()]
     }
 
-    /// The call codec of a kind this participant can receive.
-    pub fn codec_for_kind(&self, kind: &str) -> Option<Codec> {
-        Codec::ALL
+    /// The call codecs of a kind this participant can receive, in its order of preference.
+    pub fn codecs_for_kind(&self, kind: &str) -> Vec<(Codec, u8)> {
+        let mut v: Vec<(Codec, u8)> = Codec::ALL
             .into_iter()
-            .find(|c| c.kind() == kind && self.pt[c.index()].is_some())
+            .filter(|c| c.kind() == kind)
+            .filter_map(|c| Some((c, self.pt_of(c)?)))
+            .collect();
+        v.sort_by_key(|(c, _)| self.rank[c.index()]);
+        v
     }
+
+    /// Whether this participant can receive any call codec of a kind.
+    pub fn receives_kind(&self, kind: &str) -> bool {
+        !self.codecs_for_kind(kind).is_empty()
+    }
+}
+
+/// The codecs a call carries: the mandatory ones, plus each optional video codec that
+/// every participant offered.
+pub fn call_codecs<'a>(members: impl IntoIterator<Item = &'a Numbering>) -> CodecSet {
+    let mut set = Codec::EVERY;
+    for n in members {
+        for c in Codec::ALL {
+            if !c.mandatory() && n.pt_of(c).is_none() {
+                set[c.index()] = false;
+            }
+        }
+    }
+    set
 }
 
 /// A track a participant sends: the primary SSRC of one of its sending m-lines.
@@ -615,10 +708,9 @@ pub fn write_relay_description(
             }
         };
     for m in &own.media {
-        let codecs: Vec<(Codec, u8)> = Codec::ALL
+        let codecs: Vec<(Codec, u8)> = numbering
+            .codecs_for_kind(&m.kind)
             .into_iter()
-            .filter(|c| c.kind() == m.kind)
-            .filter_map(|c| Some((c, numbering.pt_of(c)?)))
             .filter(|(_, pt)| m.formats.iter().any(|f| *f == pt.to_string()))
             .collect();
         let sends = m.direction == "sendrecv" || m.direction == "sendonly";
@@ -650,24 +742,29 @@ pub fn write_relay_description(
         lines.push(md);
     }
     for t in remote {
-        let Some(c) = numbering.codec_for_kind(t.kind) else {
-            continue;
-        };
-        let Some(pt) = numbering.pt_of(c) else {
+        let codecs = numbering.codecs_for_kind(t.kind);
+        let Some(&(first, first_pt)) = codecs.first() else {
             continue;
         };
         let port = if t.active { p.media_addr.port() } else { 0 };
-        let mut md = media_description(t.kind, port, vec![pt.to_string()], Some(p.media_addr));
+        let formats = if t.active {
+            codecs.iter().map(|(_, pt)| pt.to_string()).collect()
+        } else {
+            vec![first_pt.to_string()]
+        };
+        let mut md = media_description(t.kind, port, formats, Some(p.media_addr));
         common(&mut md, &t.mid);
         if !t.active {
             push(&mut md, "inactive", None);
-            codec_lines(&mut md, c, pt, None, false);
+            codec_lines(&mut md, first, first_pt, None, false);
             lines.push(md);
             continue;
         }
         push(&mut md, "sendonly", None);
-        let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
-        codec_lines(&mut md, c, pt, fmtp, false);
+        for (c, pt) in &codecs {
+            let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
+            codec_lines(&mut md, *c, *pt, fmtp, false);
+        }
         let track = format!("{}-{}", t.stream, t.kind);
         push(&mut md, "msid", Some(format!("{} {track}", t.stream)));
         push(
@@ -952,5 +1049,134 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
         assert_eq!(parse_offer(&no_fp), Err(SdpError::Missing("a=fingerprint")));
         let passive = CHROME_OFFER.replace("a=setup:actpass", "a=setup:passive");
         assert!(matches!(parse_offer(&passive), Err(SdpError::Invalid(_))));
+    }
+
+    /// Chromium 156's video m-line as it offers it here (payload types and fmtp verbatim).
+    fn chromium_video_offer(formats: &str) -> String {
+        let mut attrs = String::new();
+        for (pt, enc, fmtp) in [
+            ("96", "VP8/90000", ""),
+            ("97", "rtx/90000", "apt=96"),
+            (
+                "102",
+                "H264/90000",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            ),
+            (
+                "104",
+                "H264/90000",
+                "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f",
+            ),
+            (
+                "114",
+                "H264/90000",
+                "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+            ),
+            (
+                "108",
+                "H264/90000",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            ),
+            (
+                "116",
+                "H264/90000",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f",
+            ),
+            ("45", "AV1/90000", "level-idx=5;profile=0;tier=0"),
+            ("100", "VP9/90000", "profile-id=2"),
+            ("98", "VP9/90000", "profile-id=0"),
+            ("118", "red/90000", ""),
+            ("120", "ulpfec/90000", ""),
+        ] {
+            attrs.push_str(&format!("a=rtpmap:{pt} {enc}\r\n"));
+            if !fmtp.is_empty() {
+                attrs.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+            }
+        }
+        let video = CHROME_OFFER.find("m=video").unwrap();
+        let rtpmap = CHROME_OFFER.find("a=rtpmap:96").unwrap();
+        let ssrcs = CHROME_OFFER.find("a=ssrc-group").unwrap();
+        format!(
+            "{}m=video 9 UDP/TLS/RTP/SAVPF {formats}\r\n{}{attrs}{}",
+            &CHROME_OFFER[..video],
+            &CHROME_OFFER[CHROME_OFFER[video..].find("\r\n").unwrap() + video + 2..rtpmap],
+            &CHROME_OFFER[ssrcs..]
+        )
+    }
+
+    #[test]
+    fn numbering_takes_the_one_profile_of_each_codec() {
+        let text = chromium_video_offer("96 97 102 104 114 108 116 45 100 98 118 120");
+        let o = parse_offer(&text).unwrap();
+        let n = Numbering::from_offer(&o);
+        assert_eq!(n.pt_of(Codec::Vp8), Some(96));
+        // Constrained baseline, packetization-mode 1: not 102 (baseline), 114 (mode 0)
+        // or 116 (main).
+        assert_eq!(n.pt_of(Codec::H264), Some(108));
+        assert_eq!(n.pt_of(Codec::Av1), Some(45));
+        // VP9 profile 0, not profile 2 (10-bit) listed first.
+        assert_eq!(n.pt_of(Codec::Vp9), Some(98));
+        assert_eq!(
+            n.fmtp[Codec::H264.index()].as_deref(),
+            Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+        );
+        let order: Vec<Codec> = n.codecs_for_kind("video").iter().map(|(c, _)| *c).collect();
+        assert_eq!(order, [Codec::Vp8, Codec::H264, Codec::Av1, Codec::Vp9]);
+        // An offer that prefers H264 (setCodecPreferences) is answered H264 first, so
+        // the client sends H264; RTX, RED and ULPFEC are left out.
+        let text = chromium_video_offer("108 109 96 97 98 45 118 120");
+        let o = parse_offer(&text).unwrap();
+        let n = Numbering::from_offer(&o);
+        let answer = write_relay_description(&o, &n, &[], &relay(0), false);
+        assert!(
+            answer.contains("m=video 7402 UDP/TLS/RTP/SAVPF 108 96 98 45\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(
+            "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+        ));
+        for absent in ["rtx", "red/", "ulpfec", "a=rtpmap:97", "a=rtpmap:100 "] {
+            assert!(!answer.contains(absent), "{absent} in {answer}");
+        }
+    }
+
+    #[test]
+    fn a_call_carries_the_optional_codecs_only_while_everyone_has_them() {
+        let chrome =
+            Numbering::from_offer(&parse_offer(&chromium_video_offer("96 108 45 98")).unwrap());
+        let vp8_only = Numbering::from_offer(&parse_offer(CHROME_OFFER).unwrap());
+        let all = call_codecs([&chrome, &chrome]);
+        assert_eq!(all, Codec::EVERY);
+        let narrowed = call_codecs([&chrome, &vp8_only]);
+        assert_eq!(narrowed, [true, true, false, false, false]);
+        // Written to the Chromium participant while a VP8-only one is in the call: its
+        // own line and a remote track list VP8 alone.
+        let o = parse_offer(&chromium_video_offer("108 96 45 98")).unwrap();
+        let n = Numbering::from_offer(&o).restricted(&narrowed);
+        let remote = [RemoteTrack {
+            mid: "r0".into(),
+            kind: "video",
+            stream: "p-b".into(),
+            ssrc: 9,
+            active: true,
+        }];
+        let text = write_relay_description(&o, &n, &remote, &relay(1), true);
+        assert_eq!(
+            text.matches("m=video 7402 UDP/TLS/RTP/SAVPF 96\r\n")
+                .count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("H264") && !text.contains("VP9") && !text.contains("AV1"));
+        // Everyone has them: the remote track offers every shared codec, in the
+        // receiver's order.
+        let n = Numbering::from_offer(&o).restricted(&all);
+        let text = write_relay_description(&o, &n, &remote, &relay(1), true);
+        assert_eq!(
+            text.matches("m=video 7402 UDP/TLS/RTP/SAVPF 108 96 45 98\r\n")
+                .count(),
+            2,
+            "{text}"
+        );
     }
 }

@@ -18,7 +18,7 @@
 use blindrelay::core::forward::{Forwarder, Outbox, PeerTables};
 use blindrelay::metrics::Metrics;
 use blindrelay::net::media::{Packet, PacketQueue, WORKER_QUEUE};
-use blindrelay::net::udp::{MediaSocket, RecvBuffers};
+use blindrelay::net::udp::{Datagram, MediaSocket, RecvBuffers};
 use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_transport::fast_srtp::{FastGcmContext, RTP_OVERHEAD};
@@ -390,7 +390,7 @@ struct Rig {
     client: std::net::UdpSocket,
     sink: std::net::UdpSocket,
     bufs: RecvBuffers,
-    batch: Vec<(SocketAddr, bytes::Bytes)>,
+    batch: Vec<Datagram>,
     queue: PacketQueue,
     arrivals: Vec<Instant>,
     fwd: Forwarder,
@@ -419,7 +419,7 @@ async fn round(r: &mut Rig, inputs: &[Input]) -> usize {
         .await
         .expect("loopback datagrams arrive")
         .unwrap();
-        for (_, data) in r.batch.drain(..) {
+        for Datagram { data, at, .. } in r.batch.drain(..) {
             // Loopback keeps the order of one socket pair's datagrams.
             let i = &inputs[received];
             assert_eq!(&data[..], &i.wire[..]);
@@ -428,7 +428,7 @@ async fn round(r: &mut Rig, inputs: &[Input]) -> usize {
                 peer: i.from,
                 rtcp: i.rtcp,
                 data,
-                at: Instant::now(),
+                at,
             };
             assert!(r.queue.push(msg).is_ok(), "worker queue full");
         }

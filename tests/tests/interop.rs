@@ -21,6 +21,10 @@ const INSTALL_HINT: &str =
     "run scripts/install-test-deps.sh (as root) to install the interop peers";
 /// Fewest decoded video frames from each remote (30 fps sources; a call lasts >= 10 s).
 const MIN_VIDEO_FRAMES: u64 = 100;
+/// How long the calls that measure quality last, and the window measured: the last 20 s,
+/// after 8 s for the bandwidth estimate to settle.
+const QUALITY_CALL_SECS: u64 = 28;
+const QUALITY_WINDOW_SECS: usize = 20;
 /// Fewest audio packets from each remote (50 packets/s).
 const MIN_AUDIO_PACKETS: u64 = 100;
 
@@ -119,6 +123,10 @@ struct Peer {
     join_after: Option<u64>,
     /// The e2ee-client sends video (its synthetic frames).
     video: bool,
+    /// Chromium: the video codec each page puts first (`setCodecPreferences`), by name.
+    prefer: Vec<String>,
+    /// Stay this long instead of the call's duration.
+    stay: Option<u64>,
 }
 
 impl Peer {
@@ -141,7 +149,22 @@ impl Peer {
             leave_after: None,
             join_after: None,
             video: true,
+            prefer: Vec::new(),
+            stay: None,
         }
+    }
+    /// Stay `secs` seconds instead of the call's duration (an external peer only).
+    fn stay(mut self, secs: u64) -> Peer {
+        assert_ne!(self.stack, Stack::E2eeClient, "an external peer option");
+        self.stay = Some(secs);
+        self
+    }
+    /// Chromium pages prefer these video codecs, one per page ("" keeps the default).
+    fn prefer(mut self, codecs: &[&str]) -> Peer {
+        assert_eq!(self.stack, Stack::Chromium, "a Chromium peer option");
+        assert_eq!(codecs.len(), self.names.len(), "one codec per page");
+        self.prefer = codecs.iter().map(|c| c.to_string()).collect();
+        self
     }
     /// The e2ee-client sends audio only: its synthetic "VP8" is not VP8, and GStreamer
     /// 1.22's webrtcbin pipeline stalls on it.
@@ -326,12 +349,15 @@ async fn run_call(
         cmd.args(["--url", url, "--call", call])
             .args(["--token", &tokens.join(",")])
             .args(["--name", &p.names.join(",")])
-            .args(["--duration", &duration.to_string()]);
+            .args(["--duration", &p.stay.unwrap_or(duration).to_string()]);
         if let Some(l) = p.leave_after {
             cmd.args(["--leave-after", &l.to_string()]);
         }
         if let Some(j) = p.join_after {
             cmd.args(["--join-after", &j.to_string()]);
+        }
+        if !p.prefer.is_empty() {
+            cmd.args(["--prefer-codec", &p.prefer.join(",")]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -342,7 +368,13 @@ async fn run_call(
             .unwrap_or_else(|e| panic!("spawn {:?} peer: {e}; {INSTALL_HINT}", p.stack));
         children.push((p, child));
     }
-    let late = peers.iter().filter_map(|p| p.join_after).max().unwrap_or(0);
+    let late = peers.iter().filter_map(|p| p.join_after).max().unwrap_or(0)
+        + peers
+            .iter()
+            .filter_map(|p| p.stay)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(duration);
     let limit = Duration::from_secs(late + duration + 60);
     let mut reports = Vec::new();
     let waits = children.into_iter().map(|(p, mut child)| async move {
@@ -727,6 +759,105 @@ fn assert_full_mesh(reports: &[Report], present: &[&Report], min_frames: u64) {
     }
 }
 
+/// Chromium's view of the hop to the relay, over the call's last `window` seconds (the
+/// peers sample once a second): its send-side bandwidth estimate (which collapses
+/// without the relay's transport-cc feedback) stays above 1 Mbit/s, its camera is sent
+/// at 24 fps or more every second, and each remote video decodes at 24 fps or more.
+/// Returns (lowest estimate in bit/s, lowest sent fps) over all pages, for the log.
+fn assert_media_quality(reports: &[Report], window: usize) -> (f64, f64) {
+    let (mut min_bwe, mut min_fps) = (f64::MAX, f64::MAX);
+    for r in reports.iter().filter(|r| r.stack == Stack::Chromium) {
+        let series = |key: &str| -> Vec<f64> {
+            r.json[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        for (key, floor, what) in [
+            (
+                "availableOutgoingBitrateSamples",
+                1_000_000.0,
+                "bandwidth estimate (bit/s)",
+            ),
+            ("outboundFpsSamples", 24.0, "sent video fps"),
+        ] {
+            let s = series(key);
+            assert!(
+                s.len() >= window,
+                "{}: {} samples of {key}, wanted the last {window}:\n{}",
+                r.name(),
+                s.len(),
+                summary(reports)
+            );
+            let last = &s[s.len() - window..];
+            let low = last.iter().copied().fold(f64::MAX, f64::min);
+            assert!(
+                low >= floor,
+                "{}: {what} fell to {low} (floor {floor}) in the last {window} s: {last:?}\n{}",
+                r.name(),
+                summary(reports)
+            );
+            if key.starts_with("available") {
+                min_bwe = min_bwe.min(low);
+            } else {
+                min_fps = min_fps.min(low);
+            }
+        }
+        for i in r.inbound() {
+            if i["kind"] == "video" && i["active"] != false {
+                let fps = i["avgFps"].as_f64().unwrap_or(0.0);
+                assert!(
+                    fps >= 24.0,
+                    "{}: video from {} decoded at {fps} fps on average:\n{}",
+                    r.name(),
+                    i["participant"],
+                    summary(reports)
+                );
+            }
+        }
+    }
+    (min_bwe, min_fps)
+}
+
+/// The video codec each Chromium page sent, by participant id.
+fn sent_codecs(reports: &[Report]) -> HashMap<String, String> {
+    reports
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.participant()?.to_string(),
+                r.json["outboundCodec"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Every decoded remote video track was decoded in the codec its sender sent.
+fn assert_decoded_in_sent_codec(reports: &[Report]) {
+    let sent = sent_codecs(reports);
+    // Only Chromium reports the codec of what it decoded.
+    for r in reports.iter().filter(|r| r.stack == Stack::Chromium) {
+        for i in r.inbound() {
+            if i["kind"] != "video" || Report::num(i, "framesDecoded") == 0 {
+                continue;
+            }
+            let Some(from) = i["participant"].as_str() else {
+                continue;
+            };
+            if let Some(codec) = sent.get(from) {
+                assert_eq!(
+                    i["codec"].as_str(),
+                    Some(codec.as_str()),
+                    "{}: video from {from} decoded as {} but sent as {codec}:\n{}",
+                    r.name(),
+                    i["codec"],
+                    summary(reports)
+                );
+            }
+        }
+    }
+}
+
 fn mesh(reports: &[Report], min_frames: u64) {
     let all: Vec<&Report> = reports.iter().collect();
     assert_full_mesh(reports, &all, min_frames);
@@ -743,11 +874,13 @@ async fn chromium_two_party() {
         &cfg,
         &relay,
         "chrome2",
-        12,
+        QUALITY_CALL_SECS,
         vec![Peer::chromium(&["alice", "bob"])],
     )
     .await;
     assert_two_party(&r, true);
+    let (bwe, fps) = assert_media_quality(&r, QUALITY_WINDOW_SECS);
+    eprintln!("2-party: lowest bandwidth estimate {bwe} bit/s, lowest sent fps {fps}");
     relay.shutdown().await;
 }
 
@@ -795,11 +928,71 @@ async fn chromium_three_party() {
         &cfg,
         &relay,
         "chrome3",
-        15,
+        QUALITY_CALL_SECS,
         vec![Peer::chromium(&["alice", "bob", "carol"])],
     )
     .await;
     mesh(&r, MIN_VIDEO_FRAMES);
+    // The same bar as the 2-party call above, side by side.
+    let (bwe, fps) = assert_media_quality(&r, QUALITY_WINDOW_SECS);
+    eprintln!("3-party: lowest bandwidth estimate {bwe} bit/s, lowest sent fps {fps}");
+    relay.shutdown().await;
+}
+
+/// Three Chromium pages, each sending a different optional codec (H264, VP9, AV1): the
+/// relay answers each in its own order of preference, and each page decodes both others
+/// in the codec they sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_three_codecs() {
+    let (cfg, relay) = relay().await;
+    let r = run_call(
+        &cfg,
+        &relay,
+        "chrome-codecs",
+        12,
+        vec![Peer::chromium(&["alice", "bob", "carol"]).prefer(&["H264", "VP9", "AV1"])],
+    )
+    .await;
+    mesh(&r, MIN_VIDEO_FRAMES);
+    let sent = sent_codecs(&r);
+    let mut codecs: Vec<&str> = sent.values().map(String::as_str).collect();
+    codecs.sort_unstable();
+    assert_eq!(
+        codecs,
+        ["video/AV1", "video/H264", "video/VP9"],
+        "{}",
+        summary(&r)
+    );
+    assert_decoded_in_sent_codec(&r);
+    relay.shutdown().await;
+}
+
+/// A Chromium page that prefers H264 in a call with webrtcbin, which offers VP8 only:
+/// H264 is not one of the call's codecs while webrtcbin is in it, so the page sends VP8
+/// and everyone decodes everyone. (webrtcbin stays longer: once it leaves, H264 is back
+/// in the call and the page would switch to it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_h264_falls_back_to_the_calls_codec() {
+    let (cfg, relay) = relay().await;
+    let r = run_call(
+        &cfg,
+        &relay,
+        "chrome-h264-gst",
+        12,
+        vec![
+            Peer::chromium(&["alice", "bob"]).prefer(&["H264", ""]),
+            Peer::webrtcbin("carol").stay(16),
+        ],
+    )
+    .await;
+    mesh(&r, MIN_VIDEO_FRAMES);
+    let sent = sent_codecs(&r);
+    assert!(
+        !sent.is_empty() && sent.values().all(|c| c == "video/VP8"),
+        "{sent:?}\n{}",
+        summary(&r)
+    );
+    assert_decoded_in_sent_codec(&r);
     relay.shutdown().await;
 }
 

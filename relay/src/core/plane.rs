@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, TokenRules};
 use blindrelay_protocol::sdp::{
-    self, Fingerprint, Numbering, Offer, RelayMedia, RemoteTrack, SentTrack,
+    self, Codec, CodecSet, Fingerprint, Numbering, Offer, RelayMedia, RemoteTrack, SentTrack,
 };
 use blindrelay_protocol::signal::{
     parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo,
@@ -310,6 +310,8 @@ struct Negotiation {
     /// Tracks changed while an offer was outstanding: offer again after its answer.
     dirty: bool,
     next_mid: u64,
+    /// The call's codecs when its last description was written.
+    codecs: CodecSet,
 }
 
 #[derive(Debug)]
@@ -769,11 +771,14 @@ impl ControlPlane {
             Err(e) => return self.refuse_join(conn, ErrorCode::BadSdp, e.to_string()),
         };
         let numbering = Numbering::from_offer(&offer);
-        if numbering.pt.iter().all(Option::is_none) {
+        if !Codec::ALL
+            .into_iter()
+            .any(|c| c.mandatory() && numbering.pt_of(c).is_some())
+        {
             return self.refuse_join(
                 conn,
                 ErrorCode::NoCommonCodec,
-                "the offer has none of the call's codecs: opus/48000/2 for audio, VP8/90000 for video".into(),
+                "the offer has neither of the codecs every call carries: opus/48000/2 for audio, VP8/90000 for video".into(),
             );
         }
         let key = user_key(&claims.sub, &claims.tenant);
@@ -829,9 +834,18 @@ impl ControlPlane {
             .iter()
             .flat_map(|s| s.ssrcs.iter().copied())
             .collect();
+        // The call's codecs with this participant in it; if that narrows them, the
+        // others learn in the renegotiation this join starts.
+        let codecs = sdp::call_codecs(
+            joined
+                .others
+                .iter()
+                .filter_map(|(p, _)| self.sessions.get(p).map(|s| &s.numbering))
+                .chain([&numbering]),
+        );
         let answer_sdp = sdp::write_relay_description(
             &offer,
-            &numbering,
+            &numbering.restricted(&codecs),
             &[],
             &RelayMedia {
                 ice_ufrag: &local_ufrag,
@@ -877,7 +891,10 @@ impl ControlPlane {
                 joined_at: now,
                 last_activity: now,
                 keyed: false,
-                neg: Negotiation::default(),
+                neg: Negotiation {
+                    codecs,
+                    ..Negotiation::default()
+                },
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1486,6 +1503,7 @@ impl ControlPlane {
             .peers_of(peer)
             .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect())
             .unwrap_or_default();
+        let codecs = self.call_codecs(peer, &others);
         let desired: Vec<(PeerId, String, SentTrack)> = others
             .iter()
             .filter_map(|o| self.sessions.get(o).map(|s| (*o, s)))
@@ -1495,8 +1513,10 @@ impl ControlPlane {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        let receives = s.numbering.restricted(&codecs);
         let neg = &mut s.neg;
-        let mut changed = false;
+        // A join or leave that changes the call's codecs changes every description.
+        let mut changed = neg.codecs != codecs;
         for (t, owner, _) in neg.remote.iter_mut() {
             if t.active
                 && !desired
@@ -1508,7 +1528,7 @@ impl ControlPlane {
             }
         }
         for (o, stream, d) in desired {
-            if s.numbering.codec_for_kind(d.kind).is_none()
+            if !receives.receives_kind(d.kind)
                 || neg
                     .remote
                     .iter()
@@ -1549,18 +1569,35 @@ impl ControlPlane {
         self.send_offer(peer);
     }
 
+    /// The codecs of `peer`'s call: the mandatory ones plus what it and `others` share.
+    fn call_codecs(&self, peer: PeerId, others: &[PeerId]) -> CodecSet {
+        sdp::call_codecs(
+            others
+                .iter()
+                .chain([&peer])
+                .filter_map(|p| self.sessions.get(p).map(|s| &s.numbering)),
+        )
+    }
+
     fn send_offer(&mut self, peer: PeerId) {
         let (fingerprint, media_addr) = (self.cfg.fingerprint.clone(), self.cfg.media_addr);
+        let others: Vec<PeerId> = self
+            .registry
+            .peers_of(peer)
+            .map(|(_, v)| v.into_iter().map(|(p, _)| p).collect())
+            .unwrap_or_default();
+        let codecs = self.call_codecs(peer, &others);
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        s.neg.codecs = codecs;
         s.neg.revision += 1;
         s.neg.version += 1;
         s.neg.dirty = false;
         let remote: Vec<RemoteTrack> = s.neg.remote.iter().map(|(t, _, _)| t.clone()).collect();
         let sdp = sdp::write_relay_description(
             &s.offer,
-            &s.numbering,
+            &s.numbering.restricted(&codecs),
             &remote,
             &RelayMedia {
                 ice_ufrag: &s.local_ufrag,
@@ -2174,6 +2211,84 @@ mod tests {
         )
         .expect("answerable");
         h.text(conn, &ClientMessage::Answer { sdp, revision });
+    }
+
+    /// The optional video codecs follow the call's members: a participant that lacks H264
+    /// takes it out of everyone's descriptions while it is in the call, and its leaving
+    /// brings it back. A participant with neither mandatory codec is refused.
+    #[test]
+    fn call_codecs_narrow_on_join_and_widen_on_leave() {
+        let mut h = H::new();
+        h.hello(1, "a", None, "user");
+        h.hello(2, "b", None, "user");
+        h.hello(3, "c", None, "user");
+        let h264 = "a=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+        let with_h264 = |n: u32| {
+            offer(n)
+                .replace("SAVPF 96\r\n", "SAVPF 108 96\r\n")
+                .replace(
+                    "a=rtpmap:96 VP8/90000\r\n",
+                    &format!("a=rtpmap:96 VP8/90000\r\n{h264}"),
+                )
+        };
+        h.text(
+            1,
+            &ClientMessage::Join {
+                call: "x".into(),
+                e2ee_enabled: false,
+                offer_sdp: with_h264(1),
+            },
+        );
+        let m = h.take(1);
+        let ServerMessage::Joined { answer_sdp, .. } = &m[0] else {
+            panic!("{m:?}")
+        };
+        // Alone in the call, it sends what it prefers.
+        assert!(answer_sdp.contains("SAVPF 108 96\r\n"), "{answer_sdp}");
+        h.text(
+            3,
+            &ClientMessage::Join {
+                call: "x".into(),
+                e2ee_enabled: false,
+                offer_sdp: with_h264(3),
+            },
+        );
+        let (o, rev) = offer_of(&h.take(1));
+        assert!(o.contains("SAVPF 108 96\r\n"), "both have H264: {o}");
+        answer(&mut h, 1, &o, rev);
+        let (o, rev) = offer_of(&h.take(3));
+        answer(&mut h, 3, &o, rev);
+        // b has VP8 only: a's and c's own lines and remote lines lose H264.
+        h.join(2, "x", false);
+        for conn in [1, 3] {
+            let (o, rev) = offer_of(&h.take(conn));
+            assert!(!o.contains("H264"), "{o}");
+            assert!(o.contains("m=video 7402 UDP/TLS/RTP/SAVPF 96\r\n"), "{o}");
+            answer(&mut h, conn, &o, rev);
+        }
+        h.text(2, &ClientMessage::Leave);
+        let (o, _) = offer_of(&h.take(1));
+        assert!(
+            o.contains("m=video 7402 UDP/TLS/RTP/SAVPF 108 96\r\n"),
+            "{o}"
+        );
+        // A remote track of c, who has H264 too, offers both.
+        assert!(o.matches("SAVPF 108 96\r\n").count() >= 2, "{o}");
+        // Neither Opus nor VP8: refused with a typed error.
+        let h264_only = with_h264(2)
+            .replace("SAVPF 108 96\r\n", "SAVPF 108\r\n")
+            .replace("SAVPF 111\r\n", "SAVPF 0\r\n")
+            .replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:0 PCMU/8000")
+            .replace("a=rtpmap:96 VP8/90000\r\n", "");
+        h.text(
+            2,
+            &ClientMessage::Join {
+                call: "x".into(),
+                e2ee_enabled: false,
+                offer_sdp: h264_only,
+            },
+        );
+        assert_eq!(error_code(&h.take(2)), ErrorCode::NoCommonCodec);
     }
 
     /// Joins and leaves re-describe every session: an m-line per remote track, at most one

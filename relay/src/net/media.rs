@@ -3,7 +3,7 @@
 //! participants' SRTP contexts outright, so no lock is taken per packet.
 
 use super::events::{Event, EventTx, KeyedMedia};
-use super::udp::{gso_run_end, MediaSocket, RecvBuffers, BATCH};
+use super::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, BATCH};
 use crate::core::forward::{Forwarder, MediaTap, Outbox, PeerTables};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::plane::IcePeer;
@@ -168,7 +168,7 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
     let mut ice: HashMap<String, IcePeer> = HashMap::default();
     let mut addrs: HashMap<SocketAddr, AddrEntry> = HashMap::default();
     let mut peer_addr: HashMap<PeerId, SocketAddr> = HashMap::default();
-    let mut batch: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let mut batch: Vec<Datagram> = Vec::with_capacity(BATCH * 4);
     let mut full: Vec<bool> = Vec::with_capacity(queues.len());
     let mut bufs = RecvBuffers::new();
     loop {
@@ -200,7 +200,7 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
         // receive loop (and every other call) down to its pace.
         full.clear();
         full.resize(queues.len(), false);
-        for (from, data) in batch.drain(..) {
+        for Datagram { from, data, at } in batch.drain(..) {
             let kind = classify(&data);
             let k = kind_index(kind);
             m.received_packets[k].increment(1);
@@ -264,7 +264,7 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                             peer: e.peer,
                             rtcp: kind == PacketKind::Rtcp,
                             data,
-                            at: now,
+                            at,
                         };
                         let gave_up = full.get(e.worker).copied().unwrap_or(false);
                         let queued = if gave_up {

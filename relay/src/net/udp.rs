@@ -5,6 +5,7 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -25,6 +26,48 @@ const CHUNK_BYTES: usize = CHUNK_SLOTS * SLOT;
 /// turn into a free and a fresh 512 KiB allocation per 256 packets. Buffers are made
 /// only when needed, so the pool costs memory only after a backlog has happened.
 const RECV_POOL: usize = 40;
+
+/// One received datagram: a zero-copy slice of a receive buffer, and when the kernel
+/// received it.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub data: Bytes,
+    pub at: Instant,
+}
+
+/// Turns the kernel's wall-clock receive timestamps into `Instant`s: sampled once per
+/// batch, so each datagram keeps its own arrival time at the cost of two clock reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivalClock {
+    now: Instant,
+    wall: Duration,
+}
+
+impl ArrivalClock {
+    /// A timestamp older than this is not believed (the wall clock stepped): the batch's
+    /// read time stands in for it.
+    const MAX_AGE: Duration = Duration::from_secs(1);
+
+    pub fn now() -> Self {
+        ArrivalClock {
+            now: Instant::now(),
+            wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The arrival `Instant` of a datagram the kernel stamped `stamp` (Unix time), or the
+    /// read time without a believable stamp.
+    pub fn arrival(&self, stamp: Option<Duration>) -> Instant {
+        stamp
+            .and_then(|t| self.wall.checked_sub(t))
+            .filter(|age| *age <= Self::MAX_AGE)
+            .and_then(|age| self.now.checked_sub(age))
+            .unwrap_or(self.now)
+    }
+}
 
 /// The receive loop's buffers for [`MediaSocket::recv_batch`].
 ///
@@ -207,18 +250,18 @@ impl MediaSocket {
         let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
         // quinn-udp turns UDP GRO on; our receive slots hold one datagram each, so a
         // coalesced burst would be truncated. It also asks for the destination address
-        // and ECN bits and a timestamp of every datagram, which the relay never reads and
-        // the kernel formats per packet (about 4 % of the relay's CPU at 300k packets/s,
-        // and another 2-4 % for the timestamp). Turn all
-        // of that off again (best effort).
+        // and ECN bits of every datagram, which the relay never reads and the kernel
+        // formats per packet (about 4 % of the relay's CPU at 300k packets/s). Turn that
+        // off again (best effort). The kernel's receive timestamp (SO_TIMESTAMPNS, 2-4 %)
+        // stays on: it is the arrival time the relay's transport-cc feedback reports, and
+        // a batch read after a delay would otherwise give a burst one time, which makes
+        // the sender's bandwidth probes invalid (zero receive interval).
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
             let off: libc::c_int = 0;
             for (level, name) in [
                 (libc::SOL_UDP, libc::UDP_GRO),
-                // A kernel timestamp per datagram, which the relay does not use.
-                (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
                 (libc::IPPROTO_IP, libc::IP_PKTINFO),
                 (libc::IPPROTO_IP, libc::IP_RECVTOS),
                 (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
@@ -249,7 +292,7 @@ impl MediaSocket {
     pub async fn recv_batch(
         &self,
         bufs: &mut RecvBuffers,
-        out: &mut Vec<(SocketAddr, Bytes)>,
+        out: &mut Vec<Datagram>,
     ) -> io::Result<()> {
         let chunk = bufs.ready();
         let mut meta = [RecvMeta::default(); BATCH];
@@ -272,17 +315,27 @@ impl MediaSocket {
             }
         };
         let chunk = chunk.split_to(n * SLOT).freeze();
+        let clock = ArrivalClock::now();
         for (i, m) in meta.iter().enumerate().take(n) {
+            let at = clock.arrival(m.timestamp);
             let base = i * SLOT;
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let mut off = 0;
             while off < m.len {
                 let len = stride.min(m.len - off);
-                out.push((m.addr, chunk.slice(base + off..base + off + len)));
+                out.push(Datagram {
+                    from: m.addr,
+                    data: chunk.slice(base + off..base + off + len),
+                    at,
+                });
                 off += len;
             }
             if m.len == 0 {
-                out.push((m.addr, Bytes::new()));
+                out.push(Datagram {
+                    from: m.addr,
+                    data: Bytes::new(),
+                    at,
+                });
             }
         }
         Ok(())
@@ -338,6 +391,62 @@ impl MediaSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Datagrams read in one batch keep their own arrival times (the kernel's stamps):
+    /// two sent 20 ms apart and read together are 20 ms apart, not one batch time.
+    #[tokio::test]
+    async fn a_batch_keeps_each_arrival_time() {
+        let relay = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let to = relay.local_addr().unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gap = Duration::from_millis(20);
+        let mut bufs = RecvBuffers::new();
+        // Linux turns receive timestamping on for the whole stack a moment after the
+        // first socket asks (a deferred static key); until then datagrams are stamped
+        // when read. So a few pairs may go by before the stamps are arrival times.
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let before = Instant::now();
+            peer.send_to(b"first", to).unwrap();
+            std::thread::sleep(gap); // the spacing under test, not a wait for a condition
+            peer.send_to(b"second", to).unwrap();
+            let sent_within = before.elapsed();
+            let mut out = Vec::new();
+            while out.len() < 2 {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    relay.recv_batch(&mut bufs, &mut out),
+                )
+                .await
+                .expect("loopback datagrams arrive")
+                .unwrap();
+            }
+            let spacing = out[1].at.saturating_duration_since(out[0].at);
+            seen.push(spacing);
+            let slack = Duration::from_millis(1);
+            if spacing + slack >= gap {
+                assert!(
+                    spacing <= sent_within + slack,
+                    "arrivals {spacing:?} apart, sent {gap:?} to {sent_within:?} apart"
+                );
+                break;
+            }
+        }
+        assert!(
+            seen.last()
+                .is_some_and(|s| *s + Duration::from_millis(1) >= gap),
+            "pairs sent {gap:?} apart arrived {seen:?} apart"
+        );
+        // Without a believable stamp, the read time stands in.
+        let c = ArrivalClock::now();
+        assert_eq!(c.arrival(None), c.now);
+        assert_eq!(c.arrival(Some(c.wall + Duration::from_secs(1))), c.now);
+        assert_eq!(c.arrival(Some(c.wall - Duration::from_secs(5))), c.now);
+        assert_eq!(
+            c.arrival(Some(c.wall - Duration::from_millis(3))),
+            c.now - Duration::from_millis(3)
+        );
+    }
 
     /// A GSO run as long as `gso_segments_for` allows really leaves in one send and
     /// arrives whole; one segment more than the 64 KiB limit would have been refused

@@ -3,6 +3,7 @@
 //
 //   node peer.mjs --url ws://127.0.0.1:PORT/v1/signal --token T1[,T2,...] --call CALL \
 //       --duration SECS --name NAME[,NAME2,...] [--peers N] [--leave-after SECS]
+//       [--prefer-codec CODEC[,CODEC2,...]]   (per page, e.g. H264,,VP9; empty = default)
 //
 // With --peers N, N pages (one participant each, token i and name i from the comma lists;
 // a single name gets "-i" appended) share one browser process. Logs go to stderr; stdout
@@ -29,6 +30,7 @@ function parseArgs(argv) {
       case '--name': a.name = v; i++; break;
       case '--peers': a.peers = Number(v); i++; break;
       case '--leave-after': a.leaveAfter = Number(v); i++; break;
+      case '--prefer-codec': a.preferCodec = v; i++; break;
       case '--chromium': a.chromium = v; i++; break;
       default: throw new Error(`unknown argument ${k}`);
     }
@@ -62,7 +64,8 @@ const browser = await chromium.launch({
   executablePath,
   args: [
     '--headless', '--no-sandbox', '--disable-gpu',
-    '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    // The fake camera runs at 20 fps unless told otherwise; real cameras give 30.
+    '--use-fake-device-for-media-stream=fps=30', '--use-fake-ui-for-media-stream',
     '--allow-loopback-in-peer-connection',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
   ],
@@ -86,6 +89,7 @@ try {
         return await page.evaluate((o) => window.runPeer(o), {
           url: args.url, token: tokens[i], call: args.call, duration: args.duration, name,
           leaveAfter: args.leaveAfter ?? null,
+          preferCodec: args.preferCodec ? (args.preferCodec.split(',')[i] || null) : null,
         });
       } catch (e) {
         return { name, joined: false, participant: null, offers_answered: 0, inbound: [], errors: [String(e.message || e)] };
