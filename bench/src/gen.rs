@@ -509,6 +509,7 @@ async fn join_one(
                         call: call.to_string(),
                         e2ee_enabled: false,
                         offer_sdp,
+                        e2ee_scheme: Default::default(),
                     })
                     .await?;
                 }

@@ -321,6 +321,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         call: call_id.clone(),
         e2ee_enabled: want_e2ee,
         offer_sdp: offer,
+        e2ee_scheme: Default::default(),
     })
     .await?;
     let (me, mode, answer_sdp, mut peers) = match expect_reply(&mut sig).await? {
@@ -330,6 +331,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             mode_reason,
             answer_sdp,
             participants,
+            ..
         } => {
             s.mode_reason = mode_reason;
             (participant, call_mode, answer_sdp, participants)

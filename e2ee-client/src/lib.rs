@@ -7,6 +7,7 @@ pub mod call;
 pub mod cli;
 pub mod kex;
 pub mod media;
+pub mod mls;
 pub mod sframe;
 pub mod signal;
 pub mod transport;

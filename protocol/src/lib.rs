@@ -4,9 +4,11 @@
 //! - [`stun`]: the STUN subset ICE-lite needs (RFC 5389 / 8445).
 //! - [`rtp`] and [`rtcp`]: header views; the payload is never interpreted.
 //! - [`signal`]: signalling messages (JSON over WebSocket) and stable error codes.
+//! - [`mls`]: the clear header of an MLS handshake message (epoch, group id, type).
 //! - [`sdp`]: the SDP subset a browser's RTCPeerConnection produces, parsed with a real parser.
 
 pub mod demux;
+pub mod mls;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;

@@ -20,9 +20,24 @@ pub enum ClientMessage {
         #[serde(default)]
         e2ee_enabled: bool,
         offer_sdp: String,
+        /// How an E2EE call keys: the first joiner of a call chooses, later joiners must
+        /// match. Absent means `x25519` (one-to-one).
+        #[serde(default, skip_serializing_if = "E2eeScheme::is_default")]
+        e2ee_scheme: E2eeScheme,
     },
     /// An opaque end-to-end key-agreement blob for another participant.
     E2ee { to: String, blob: String },
+    /// MLS group E2EE: this joiner's KeyPackage (base64 MLSMessage), for the members.
+    MlsKeyPackage { blob: String },
+    /// MLS: a commit (base64 MLSMessage) and, if it adds members, their Welcome. The relay
+    /// accepts the first commit of each epoch and refuses the others.
+    MlsCommit {
+        commit: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        welcome: Option<String>,
+    },
+    /// MLS: this participant joined the group from a Welcome, at `epoch`.
+    MlsJoined { epoch: u64 },
     /// Ask for a call feature (record, transfer, ...).
     Feature {
         name: String,
@@ -35,6 +50,31 @@ pub enum ClientMessage {
     Leave,
     /// The answer to the relay's `offer` of the same revision.
     Answer { sdp: String, revision: u64 },
+}
+
+/// How an end-to-end encrypted call agrees its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum E2eeScheme {
+    /// One-to-one: ephemeral X25519 with commit-then-reveal and a 20-digit code.
+    #[default]
+    #[serde(rename = "x25519-commit-reveal", alias = "x25519")]
+    X25519,
+    /// A group of 2 to `calls.max_participants`: MLS (RFC 9420), SFrame keys per epoch
+    /// and sender (RFC 9605 §5.2), rekeyed on every join and leave.
+    Mls,
+}
+
+impl E2eeScheme {
+    pub fn is_default(&self) -> bool {
+        *self == E2eeScheme::X25519
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            E2eeScheme::X25519 => "x25519-commit-reveal",
+            E2eeScheme::Mls => "mls",
+        }
+    }
 }
 
 /// The user's E2EE option as the policy makes it.
@@ -93,6 +133,9 @@ pub enum ServerMessage {
         mode_reason: Option<String>,
         answer_sdp: String,
         participants: Vec<ParticipantInfo>,
+        /// An E2EE call's key scheme.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        e2ee_scheme: Option<E2eeScheme>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -118,6 +161,32 @@ pub enum ServerMessage {
         from: String,
         blob: String,
     },
+    /// MLS: a joiner's KeyPackage, for the group's members to add.
+    MlsKeyPackage {
+        from: String,
+        blob: String,
+    },
+    /// MLS: the commit the relay accepted for `epoch`; every member applies it.
+    MlsCommit {
+        from: String,
+        epoch: u64,
+        commit: String,
+    },
+    /// MLS: the verdict on this participant's own commit made in `epoch`. Refused, it
+    /// waits for the winning commit (`mls_commit`) and commits again on the new epoch.
+    MlsCommitResult {
+        epoch: u64,
+        accepted: bool,
+    },
+    /// MLS: a Welcome, sent to every participant waiting to join the group; the ones it
+    /// adds join from it.
+    MlsWelcome {
+        from: String,
+        welcome: String,
+    },
+    /// MLS: the group has no member left in the call: start it anew (epoch 0) and add
+    /// the waiting joiners, whose KeyPackages follow.
+    MlsCreate {},
     Chat {
         from: String,
         body: String,
@@ -173,6 +242,8 @@ pub enum ErrorCode {
     RateLimited,
     /// No valid `hello` within `signal.hello_timeout`; the connection closes.
     HelloTimeout,
+    /// The join's E2EE scheme is not the call's (`e2ee_scheme`).
+    E2eeSchemeMismatch,
     Internal,
 }
 
@@ -195,6 +266,7 @@ impl ErrorCode {
             ErrorCode::E2eeNotAllowed => "e2ee_not_allowed",
             ErrorCode::E2eeRequired => "e2ee_required",
             ErrorCode::E2eeCallIsOneToOne => "e2ee_call_is_one_to_one",
+            ErrorCode::E2eeSchemeMismatch => "e2ee_scheme_mismatch",
             ErrorCode::E2eeCallRefusesBots => "e2ee_call_refuses_bots",
             ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
             ErrorCode::UnknownFeature => "unknown_feature",
@@ -222,7 +294,16 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, Str
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
     let known = [
-        "hello", "join", "e2ee", "feature", "chat", "leave", "answer",
+        "hello",
+        "join",
+        "e2ee",
+        "feature",
+        "chat",
+        "leave",
+        "answer",
+        "mls_key_package",
+        "mls_commit",
+        "mls_joined",
     ];
     match value.get("type").and_then(|t| t.as_str()) {
         None => return Err((ErrorCode::BadRequest, "message has no string `type`".into())),

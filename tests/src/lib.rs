@@ -228,6 +228,7 @@ pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
         call: call.into(),
         e2ee_enabled: false,
         offer_sdp: offer,
+        e2ee_scheme: Default::default(),
     })
     .await
     .expect("send join");

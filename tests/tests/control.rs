@@ -43,6 +43,7 @@ async fn refused_and_repeated_joins_leave_no_ghost() {
             call: "ghost".into(),
             e2ee_enabled: round % 2 == 0,
             offer_sdp: offer(&id, "ghostufrag", round),
+            e2ee_scheme: Default::default(),
         })
         .await
         .expect("join");
@@ -58,6 +59,7 @@ async fn refused_and_repeated_joins_leave_no_ghost() {
             call: "not-my-call".into(),
             e2ee_enabled: false,
             offer_sdp: offer(&id, "ghostufrag", 9),
+            e2ee_scheme: Default::default(),
         })
         .await
         .expect("join");

@@ -298,6 +298,7 @@ async fn merge_park_retrieve_and_bots_brought_in() {
             call: "p1".into(),
             e2ee_enabled: false,
             offer_sdp: offer,
+            e2ee_scheme: Default::default(),
         })
         .await
         .expect("send");

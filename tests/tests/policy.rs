@@ -137,6 +137,7 @@ async fn admin_api_needs_the_token_and_changes_apply_to_the_next_join() {
         call: "x".into(),
         e2ee_enabled: true,
         offer_sdp: offer,
+        e2ee_scheme: Default::default(),
     })
     .await
     .expect("send");

@@ -67,6 +67,7 @@ async fn bad_messages_get_typed_errors_and_the_connection_survives() {
         call: "demo".into(),
         e2ee_enabled: false,
         offer_sdp: "v=0".into(),
+        e2ee_scheme: Default::default(),
     })
     .await
     .expect("send");
@@ -111,6 +112,7 @@ async fn bad_messages_get_typed_errors_and_the_connection_survives() {
         call: "other".into(),
         e2ee_enabled: false,
         offer_sdp: "v=0".into(),
+        e2ee_scheme: Default::default(),
     })
     .await
     .expect("send");
@@ -119,6 +121,7 @@ async fn bad_messages_get_typed_errors_and_the_connection_survives() {
         call: "demo".into(),
         e2ee_enabled: false,
         offer_sdp: "v=0\r\nnonsense".into(),
+        e2ee_scheme: Default::default(),
     })
     .await
     .expect("send");

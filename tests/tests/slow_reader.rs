@@ -38,6 +38,7 @@ async fn slow_reader_is_cut_off_and_memory_stays_bounded() {
             call: "flood".into(),
             e2ee_enabled: false,
             offer_sdp: offer(&id, "floodufrag", n as u32),
+            e2ee_scheme: Default::default(),
         })
         .await
         .expect("join");

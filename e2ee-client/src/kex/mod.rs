@@ -44,7 +44,7 @@
 //! Secrets: each [`KeyAgreement`] draws a fresh ephemeral key pair, the secret is consumed
 //! (and wiped by `x25519-dalek`) at derivation, and no `Debug` impl prints key bytes.
 
-mod code;
+pub mod code;
 mod crypto;
 mod error;
 mod message;

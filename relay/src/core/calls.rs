@@ -3,7 +3,7 @@
 
 use super::policy::CallingE2ee;
 use super::{CallKey, PeerId};
-use blindrelay_protocol::signal::{CallMode, ErrorCode, ParticipantInfo};
+use blindrelay_protocol::signal::{CallMode, E2eeScheme, ErrorCode, ParticipantInfo};
 use std::collections::{BTreeMap, HashMap};
 
 /// Who wants to join, as the token and the join message say.
@@ -18,6 +18,8 @@ pub struct JoinRequest {
     pub e2ee_enabled: bool,
     /// The user's effective `calling_e2ee` policy.
     pub policy: CallingE2ee,
+    /// How the joiner keys an E2EE call.
+    pub e2ee_scheme: E2eeScheme,
 }
 
 impl JoinRequest {
@@ -65,6 +67,8 @@ pub struct Call {
     pub mode_reason: Option<String>,
     pub worker: usize,
     pub members: BTreeMap<PeerId, Member>,
+    /// An E2EE call's key scheme, chosen by its first joiner.
+    pub scheme: Option<E2eeScheme>,
 }
 
 /// A successful join.
@@ -73,6 +77,8 @@ pub struct Joined {
     pub call_key: CallKey,
     pub mode: CallMode,
     pub mode_reason: Option<String>,
+    /// An E2EE call's key scheme.
+    pub scheme: Option<E2eeScheme>,
     pub worker: usize,
     /// Everyone already in the call.
     pub others: Vec<(PeerId, ParticipantInfo)>,
@@ -164,6 +170,7 @@ impl CallRegistry {
                 CallMode::Standard
             };
             let mode_reason = (!wants).then(|| format!("standard call: {}", req.why_not()));
+            let scheme = wants.then_some(req.e2ee_scheme);
             let mut members = BTreeMap::new();
             members.insert(req.peer, member);
             self.calls.insert(
@@ -175,6 +182,7 @@ impl CallRegistry {
                     mode_reason: mode_reason.clone(),
                     worker,
                     members,
+                    scheme: wants.then_some(req.e2ee_scheme),
                 },
             );
             self.by_peer.insert(req.peer, req.call);
@@ -182,6 +190,7 @@ impl CallRegistry {
                 call_key: key,
                 mode,
                 mode_reason,
+                scheme,
                 worker,
                 others: vec![],
                 downgraded: vec![],
@@ -197,10 +206,40 @@ impl CallRegistry {
                         "this call is end-to-end encrypted: recording, captions and transcription bots cannot join".into(),
                     ));
                 }
-                if call.members.len() >= 2 {
+                let scheme = call.scheme.unwrap_or_default();
+                if wants && req.e2ee_scheme != scheme {
                     return Err((
-                        ErrorCode::E2eeCallIsOneToOne,
-                        "an end-to-end encrypted call is one-to-one".into(),
+                        ErrorCode::E2eeSchemeMismatch,
+                        format!(
+                            "this call is keyed with {}, not {}",
+                            scheme.as_str(),
+                            req.e2ee_scheme.as_str()
+                        ),
+                    ));
+                }
+                match scheme {
+                    E2eeScheme::X25519 if call.members.len() >= 2 => {
+                        return Err((
+                            ErrorCode::E2eeCallIsOneToOne,
+                            "an end-to-end encrypted call keyed with x25519-commit-reveal is one-to-one (join with e2ee_scheme mls for a group)".into(),
+                        ));
+                    }
+                    E2eeScheme::Mls if call.members.len() >= self.max_participants => {
+                        return Err((
+                            ErrorCode::CallFull,
+                            format!("the call has {} participants already", call.members.len()),
+                        ));
+                    }
+                    _ => {}
+                }
+                if !wants && call.members.len() >= 2 {
+                    // Two members may have agreed keys already: never downgrade then.
+                    return Err((
+                        ErrorCode::E2eeRequired,
+                        format!(
+                            "this call is end-to-end encrypted and is never downgraded, and {}",
+                            req.why_not()
+                        ),
                     ));
                 }
                 if !wants {
@@ -220,6 +259,7 @@ impl CallRegistry {
                     }
                     // Nobody has keys yet: the call becomes standard, and everyone is told.
                     call.mode = CallMode::Standard;
+                    call.scheme = None;
                     call.mode_reason = Some(format!("standard call: {}", req.why_not()));
                     downgraded = call.members.keys().copied().collect();
                 }
@@ -254,6 +294,7 @@ impl CallRegistry {
             call_key: call.key,
             mode: call.mode,
             mode_reason: call.mode_reason.clone(),
+            scheme: call.scheme,
             worker: call.worker,
             others,
             downgraded,
@@ -458,6 +499,7 @@ mod tests {
             call: "c".into(),
             e2ee_enabled: e2ee,
             policy,
+            e2ee_scheme: E2eeScheme::X25519,
         }
     }
 

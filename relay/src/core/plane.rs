@@ -15,18 +15,21 @@ use super::{CallKey, PeerId};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, TokenRules};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use blindrelay_protocol::mls;
 use blindrelay_protocol::sdp::{
     self, Codec, CodecSet, Fingerprint, Numbering, Offer, RelayMedia, RemoteTrack, SentTrack,
 };
 use blindrelay_protocol::signal::{
-    parse_client_message, CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo,
-    ServerMessage,
+    parse_client_message, CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode,
+    ParticipantInfo, ServerMessage,
 };
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,6 +317,20 @@ struct Negotiation {
     codecs: CodecSet,
 }
 
+/// The relay as MLS Delivery Service for one group-E2EE call: it orders commits (the
+/// first of each epoch wins) and hands Welcomes to the participants waiting to join. It
+/// reads only an MLS message's clear header, and holds no keys.
+#[derive(Debug, Default)]
+struct MlsDs {
+    /// The epoch whose commit is awaited.
+    epoch: u64,
+    group_id: Option<Vec<u8>>,
+    /// In the group: its creator, and every joiner that reported `mls_joined`.
+    members: BTreeSet<PeerId>,
+    /// Waiting for a Welcome, with their KeyPackage (at most one per participant).
+    waiting: BTreeMap<PeerId, String>,
+}
+
 #[derive(Debug)]
 struct Invite {
     expires: Instant,
@@ -384,6 +401,8 @@ pub struct ControlPlane {
     registry: CallRegistry,
     conns: HashMap<ConnId, Conn>,
     sessions: HashMap<PeerId, Session>,
+    /// MLS Delivery Service state of each group-E2EE call, by call id.
+    mls: HashMap<String, MlsDs>,
     /// Authenticated connections not in a call, by `user@tenant`: who can be invited.
     lobby: BTreeMap<String, Vec<ConnId>>,
     invites: HashMap<(String, String), Invite>,
@@ -416,6 +435,7 @@ impl ControlPlane {
             rng: StdRng::from_seed(seed),
             conns: HashMap::new(),
             sessions: HashMap::new(),
+            mls: HashMap::new(),
             lobby: BTreeMap::new(),
             invites: HashMap::new(),
             parked: HashMap::new(),
@@ -683,8 +703,12 @@ impl ControlPlane {
                 call,
                 e2ee_enabled,
                 offer_sdp,
-            } => self.join(now, conn, call, e2ee_enabled, &offer_sdp),
+                e2ee_scheme,
+            } => self.join(now, conn, call, e2ee_enabled, e2ee_scheme, &offer_sdp),
             ClientMessage::E2ee { to, blob } => self.relay_to(conn, &to, blob),
+            ClientMessage::MlsKeyPackage { blob } => self.mls_key_package(conn, blob),
+            ClientMessage::MlsCommit { commit, welcome } => self.mls_commit(conn, commit, welcome),
+            ClientMessage::MlsJoined { epoch } => self.mls_joined(conn, epoch),
             ClientMessage::Chat { body } => self.chat(conn, body),
             ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
             ClientMessage::Answer { sdp, revision } => self.answer(conn, &sdp, revision),
@@ -755,7 +779,15 @@ impl ControlPlane {
         self.error(conn, code, msg);
     }
 
-    fn join(&mut self, now: Instant, conn: ConnId, call: String, e2ee: bool, offer_sdp: &str) {
+    fn join(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        call: String,
+        e2ee: bool,
+        e2ee_scheme: E2eeScheme,
+        offer_sdp: &str,
+    ) {
         if let Err((code, msg)) = self.check_join(now, conn, &call) {
             return self.refuse_join(conn, code, msg);
         }
@@ -804,6 +836,7 @@ impl ControlPlane {
             call: call.clone(),
             e2ee_enabled: e2ee,
             policy,
+            e2ee_scheme,
         };
         let joined = match self.registry.join_replacing(req, replaced) {
             Ok(j) => j,
@@ -916,8 +949,20 @@ impl ControlPlane {
                 mode_reason: joined.mode_reason.clone(),
                 answer_sdp,
                 participants: joined.others.iter().map(|(_, i)| i.clone()).collect(),
+                e2ee_scheme: joined.scheme,
             },
         );
+        if joined.scheme == Some(E2eeScheme::Mls) {
+            let ds = self.mls.entry(call.clone()).or_default();
+            if joined.others.is_empty() {
+                // The first joiner creates the group (epoch 0).
+                *ds = MlsDs::default();
+                ds.members.insert(peer);
+            }
+        } else {
+            // A downgraded or standard call has no group.
+            self.mls.remove(&call);
+        }
         for p in &joined.downgraded {
             if let Some(c) = self.sessions.get(p).map(|s| s.conn) {
                 self.send(
@@ -1037,6 +1082,7 @@ impl ControlPlane {
         let Some(session) = self.sessions.remove(&peer) else {
             return;
         };
+        self.mls_left(&session.call, peer);
         self.out.push_back(Output::MediaRemove {
             peer,
             ufrag: session.local_ufrag.clone(),
@@ -1120,6 +1166,178 @@ impl ControlPlane {
                 ErrorCode::UnknownParticipant,
                 format!("no participant `{to}` in this call"),
             ),
+        }
+    }
+
+    /// The MLS call `conn`'s participant is in, with its public id.
+    fn mls_call_of(&mut self, conn: ConnId) -> Option<(PeerId, String, String)> {
+        let peer = self.joined_peer(conn)?;
+        let s = self.sessions.get(&peer)?;
+        let (call, public) = (s.call.clone(), s.public_id.clone());
+        if !self.mls.contains_key(&call) {
+            self.error(
+                conn,
+                ErrorCode::BadRequest,
+                "this call is not keyed with mls".into(),
+            );
+            return None;
+        }
+        Some((peer, call, public))
+    }
+
+    fn conns_of(&self, peers: impl IntoIterator<Item = PeerId>) -> Vec<ConnId> {
+        peers
+            .into_iter()
+            .filter_map(|p| self.sessions.get(&p).map(|s| s.conn))
+            .collect()
+    }
+
+    /// A joiner's KeyPackage: kept until its Welcome, and passed to the group's members.
+    fn mls_key_package(&mut self, conn: ConnId, blob: String) {
+        let Some((peer, call, from)) = self.mls_call_of(conn) else {
+            return;
+        };
+        let Some(ds) = self.mls.get_mut(&call) else {
+            return;
+        };
+        if ds.members.contains(&peer) {
+            return self.error(conn, ErrorCode::BadRequest, "already in the group".into());
+        }
+        ds.waiting.insert(peer, blob.clone());
+        let members: Vec<PeerId> = ds.members.iter().copied().collect();
+        for c in self.conns_of(members) {
+            self.send(
+                c,
+                ServerMessage::MlsKeyPackage {
+                    from: from.clone(),
+                    blob: blob.clone(),
+                },
+            );
+        }
+    }
+
+    /// A member's commit: the first of its epoch is accepted and goes to every other
+    /// member (its Welcome to everyone waiting); a later one for that epoch is refused.
+    /// Only the clear header is read: group id, epoch, content type.
+    fn mls_commit(&mut self, conn: ConnId, commit: String, welcome: Option<String>) {
+        let Some((peer, call, from)) = self.mls_call_of(conn) else {
+            return;
+        };
+        let raw = match BASE64.decode(commit.as_bytes()) {
+            Ok(r) => r,
+            Err(_) => {
+                return self.error(conn, ErrorCode::BadRequest, "commit is not base64".into())
+            }
+        };
+        let framing = match mls::parse_framing(&raw) {
+            Ok(f) if f.content_type == mls::CONTENT_COMMIT => f,
+            Ok(_) => return self.error(conn, ErrorCode::BadRequest, "not an MLS commit".into()),
+            Err(e) => return self.error(conn, ErrorCode::BadRequest, e.to_string()),
+        };
+        let Some(ds) = self.mls.get_mut(&call) else {
+            return;
+        };
+        if !ds.members.contains(&peer) {
+            return self.error(
+                conn,
+                ErrorCode::BadRequest,
+                "only a member of the group commits".into(),
+            );
+        }
+        if ds
+            .group_id
+            .as_deref()
+            .is_some_and(|g| g != framing.group_id)
+        {
+            return self.error(conn, ErrorCode::BadRequest, "another MLS group".into());
+        }
+        let epoch = framing.epoch;
+        if epoch != ds.epoch {
+            return self.send(
+                conn,
+                ServerMessage::MlsCommitResult {
+                    epoch,
+                    accepted: false,
+                },
+            );
+        }
+        ds.group_id.get_or_insert_with(|| framing.group_id.to_vec());
+        ds.epoch += 1;
+        let others: Vec<PeerId> = ds.members.iter().copied().filter(|p| *p != peer).collect();
+        let waiting: Vec<PeerId> = ds.waiting.keys().copied().collect();
+        self.send(
+            conn,
+            ServerMessage::MlsCommitResult {
+                epoch,
+                accepted: true,
+            },
+        );
+        for c in self.conns_of(others) {
+            self.send(
+                c,
+                ServerMessage::MlsCommit {
+                    from: from.clone(),
+                    epoch,
+                    commit: commit.clone(),
+                },
+            );
+        }
+        if let Some(welcome) = welcome {
+            for c in self.conns_of(waiting) {
+                self.send(
+                    c,
+                    ServerMessage::MlsWelcome {
+                        from: from.clone(),
+                        welcome: welcome.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A waiting joiner is in the group now.
+    fn mls_joined(&mut self, conn: ConnId, epoch: u64) {
+        let Some((peer, call, _)) = self.mls_call_of(conn) else {
+            return;
+        };
+        let Some(ds) = self.mls.get_mut(&call) else {
+            return;
+        };
+        if epoch != ds.epoch || ds.waiting.remove(&peer).is_none() {
+            let msg = format!("not waiting to join, or not at epoch {}", ds.epoch);
+            return self.error(conn, ErrorCode::BadRequest, msg);
+        }
+        ds.members.insert(peer);
+    }
+
+    /// `peer` left an MLS call. If no member of the group is left, the earliest waiting
+    /// joiner starts it anew and gets the others' KeyPackages.
+    fn mls_left(&mut self, call: &str, peer: PeerId) {
+        let Some(ds) = self.mls.get_mut(call) else {
+            return;
+        };
+        ds.members.remove(&peer);
+        ds.waiting.remove(&peer);
+        if !ds.members.is_empty() {
+            return;
+        }
+        let Some((&first, _)) = ds.waiting.iter().next() else {
+            self.mls.remove(call);
+            return;
+        };
+        ds.waiting.remove(&first);
+        ds.members.insert(first);
+        ds.epoch = 0;
+        ds.group_id = None;
+        let kps: Vec<(PeerId, String)> = ds.waiting.iter().map(|(p, b)| (*p, b.clone())).collect();
+        let Some(conn) = self.sessions.get(&first).map(|s| s.conn) else {
+            return;
+        };
+        self.send(conn, ServerMessage::MlsCreate {});
+        for (p, blob) in kps {
+            if let Some(from) = self.sessions.get(&p).map(|s| s.public_id.clone()) {
+                self.send(conn, ServerMessage::MlsKeyPackage { from, blob });
+            }
         }
     }
 
@@ -1803,6 +2021,7 @@ mod tests {
                     call: call.into(),
                     e2ee_enabled: e2ee,
                     offer_sdp: offer(conn as u32),
+                    e2ee_scheme: Default::default(),
                 },
             );
             self.take(conn)
@@ -1844,6 +2063,7 @@ mod tests {
                 call: "c".into(),
                 e2ee_enabled: true,
                 offer_sdp: "v=0 garbage".into(),
+                e2ee_scheme: Default::default(),
             },
         );
         assert_eq!(error_code(&h.take(1)), ErrorCode::BadSdp);
@@ -1980,6 +2200,7 @@ mod tests {
                     call: call.clone(),
                     e2ee_enabled: true,
                     offer_sdp: offer(1),
+                    e2ee_scheme: Default::default(),
                 },
             );
             h.text(
@@ -1988,6 +2209,7 @@ mod tests {
                     call,
                     e2ee_enabled: true,
                     offer_sdp: offer(2),
+                    e2ee_scheme: Default::default(),
                 },
             );
         }
@@ -2213,6 +2435,224 @@ mod tests {
         h.text(conn, &ClientMessage::Answer { sdp, revision });
     }
 
+    /// A commit's clear MLS header (public message, member sender 0, no aad) and body.
+    fn commit_b64(group: &[u8], epoch: u64) -> String {
+        let mut m = vec![0, 1, 0, 1, group.len() as u8];
+        m.extend_from_slice(group);
+        m.extend_from_slice(&epoch.to_be_bytes());
+        m.extend_from_slice(&[1, 0, 0, 0, 0, 0, mls::CONTENT_COMMIT, 0xee, 0xff]);
+        BASE64.encode(m)
+    }
+
+    /// The relay as MLS Delivery Service: KeyPackages go to the members, the first commit
+    /// of an epoch wins and the others are refused, Welcomes reach those waiting, a keyed
+    /// group call is never downgraded, schemes must match, and a group whose members all
+    /// left is restarted by the earliest waiting joiner.
+    #[test]
+    fn mls_delivery_service_orders_commits_per_epoch() {
+        let mut h = H::new();
+        for (c, u) in [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")] {
+            h.hello(c, u, None, "user");
+        }
+        let join = |h: &mut H, conn: ConnId, e2ee: bool, scheme: E2eeScheme| {
+            h.text(
+                conn,
+                &ClientMessage::Join {
+                    call: "g".into(),
+                    e2ee_enabled: e2ee,
+                    offer_sdp: offer(conn as u32),
+                    e2ee_scheme: scheme,
+                },
+            );
+            h.take(conn)
+        };
+        let a = join(&mut h, 1, true, E2eeScheme::Mls);
+        assert!(
+            matches!(&a[0], ServerMessage::Joined { e2ee_scheme: Some(E2eeScheme::Mls), participants, .. } if participants.is_empty()),
+            "{a:?}"
+        );
+        // A one-to-one joiner cannot enter a group call.
+        assert_eq!(
+            error_code(&join(&mut h, 5, true, E2eeScheme::X25519)),
+            ErrorCode::E2eeSchemeMismatch
+        );
+        join(&mut h, 2, true, E2eeScheme::Mls);
+        h.take(1);
+        // b's KeyPackage reaches a; a's commit for epoch 0 is accepted, its Welcome
+        // reaches b.
+        h.text(
+            2,
+            &ClientMessage::MlsKeyPackage {
+                blob: "kp-b".into(),
+            },
+        );
+        assert!(h
+            .take(1)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-b")));
+        // b is not a member yet: its commit is refused as a request.
+        h.text(
+            2,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g1", 0),
+                welcome: None,
+            },
+        );
+        assert_eq!(error_code(&h.take(2)), ErrorCode::BadRequest);
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g1", 0),
+                welcome: Some("welcome-b".into()),
+            },
+        );
+        assert!(matches!(
+            &h.take(1)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 0,
+                accepted: true
+            }]
+        ));
+        assert!(
+            matches!(&h.take(2)[..], [ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-b")
+        );
+        h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
+        assert!(h.take(2).is_empty());
+        // Keyed: a standard joiner is refused, never downgrading the call.
+        assert_eq!(
+            error_code(&join(&mut h, 5, false, E2eeScheme::X25519)),
+            ErrorCode::E2eeRequired
+        );
+        // A third member (groups are not one-to-one).
+        assert!(matches!(
+            join(&mut h, 3, true, E2eeScheme::Mls)[0],
+            ServerMessage::Joined { .. }
+        ));
+        h.text(
+            3,
+            &ClientMessage::MlsKeyPackage {
+                blob: "kp-c".into(),
+            },
+        );
+        for conn in [1, 2] {
+            assert!(h
+                .take(conn)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-c")));
+        }
+        // a and b both commit on epoch 1: the first wins, the second is refused and
+        // gets the winner's commit.
+        h.text(
+            2,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g1", 1),
+                welcome: Some("welcome-c-from-b".into()),
+            },
+        );
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g1", 1),
+                welcome: Some("welcome-c-from-a".into()),
+            },
+        );
+        let to_b = h.take(2);
+        assert!(
+            matches!(
+                to_b[0],
+                ServerMessage::MlsCommitResult {
+                    epoch: 1,
+                    accepted: true
+                }
+            ),
+            "{to_b:?}"
+        );
+        let to_a = h.take(1);
+        assert!(
+            matches!(
+                &to_a[..],
+                [
+                    ServerMessage::MlsCommit { epoch: 1, .. },
+                    ServerMessage::MlsCommitResult {
+                        epoch: 1,
+                        accepted: false
+                    }
+                ]
+            ),
+            "{to_a:?}"
+        );
+        assert!(
+            matches!(&h.take(3)[..], [ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-c-from-b")
+        );
+        // Another group id, and garbage, are refused.
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"other", 2),
+                welcome: None,
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::BadRequest);
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: "!!".into(),
+                welcome: None,
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::BadRequest);
+        // c has not joined yet; a and b leave: c restarts the group and gets d's
+        // KeyPackage.
+        join(&mut h, 4, true, E2eeScheme::Mls);
+        h.text(
+            4,
+            &ClientMessage::MlsKeyPackage {
+                blob: "kp-d".into(),
+            },
+        );
+        h.text(1, &ClientMessage::Leave);
+        h.text(2, &ClientMessage::Leave);
+        let to_c = h.take(3);
+        assert!(
+            to_c.iter()
+                .any(|m| matches!(m, ServerMessage::MlsCreate {})),
+            "{to_c:?}"
+        );
+        assert!(
+            to_c.iter()
+                .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-d")),
+            "{to_c:?}"
+        );
+        h.text(
+            3,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g2", 0),
+                welcome: Some("welcome-d".into()),
+            },
+        );
+        assert!(matches!(
+            &h.take(3)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 0,
+                accepted: true
+            }]
+        ));
+        // A standard call has no group.
+        h.hello(6, "f", None, "user");
+        h.text(
+            6,
+            &ClientMessage::Join {
+                call: "std".into(),
+                e2ee_enabled: false,
+                offer_sdp: offer(6),
+                e2ee_scheme: E2eeScheme::X25519,
+            },
+        );
+        h.take(6);
+        h.text(6, &ClientMessage::MlsKeyPackage { blob: "x".into() });
+        assert_eq!(error_code(&h.take(6)), ErrorCode::BadRequest);
+    }
+
     /// The optional video codecs follow the call's members: a participant that lacks H264
     /// takes it out of everyone's descriptions while it is in the call, and its leaving
     /// brings it back. A participant with neither mandatory codec is refused.
@@ -2237,6 +2677,7 @@ mod tests {
                 call: "x".into(),
                 e2ee_enabled: false,
                 offer_sdp: with_h264(1),
+                e2ee_scheme: Default::default(),
             },
         );
         let m = h.take(1);
@@ -2251,6 +2692,7 @@ mod tests {
                 call: "x".into(),
                 e2ee_enabled: false,
                 offer_sdp: with_h264(3),
+                e2ee_scheme: Default::default(),
             },
         );
         let (o, rev) = offer_of(&h.take(1));
@@ -2286,6 +2728,7 @@ mod tests {
                 call: "x".into(),
                 e2ee_enabled: false,
                 offer_sdp: h264_only,
+                e2ee_scheme: Default::default(),
             },
         );
         assert_eq!(error_code(&h.take(2)), ErrorCode::NoCommonCodec);
