@@ -1204,8 +1204,16 @@ impl ControlPlane {
             return self.error(conn, ErrorCode::BadRequest, "already in the group".into());
         }
         ds.waiting.insert(peer, blob.clone());
-        let members: Vec<PeerId> = ds.members.iter().copied().collect();
-        for c in self.conns_of(members) {
+        // Those waiting get it too: whoever is in the group by the time it commits may
+        // be the committer.
+        let others: Vec<PeerId> = ds
+            .members
+            .iter()
+            .chain(ds.waiting.keys())
+            .copied()
+            .filter(|p| *p != peer)
+            .collect();
+        for c in self.conns_of(others) {
             self.send(
                 c,
                 ServerMessage::MlsKeyPackage {
@@ -1263,7 +1271,15 @@ impl ControlPlane {
         }
         ds.group_id.get_or_insert_with(|| framing.group_id.to_vec());
         ds.epoch += 1;
-        let others: Vec<PeerId> = ds.members.iter().copied().filter(|p| *p != peer).collect();
+        // Commits go to those waiting as well: one accepted between a joiner's Welcome
+        // and its `mls_joined` must reach it (it ignores those from before its epoch).
+        let others: Vec<PeerId> = ds
+            .members
+            .iter()
+            .chain(ds.waiting.keys())
+            .copied()
+            .filter(|p| *p != peer)
+            .collect();
         let waiting: Vec<PeerId> = ds.waiting.keys().copied().collect();
         self.send(
             conn,
@@ -1303,8 +1319,8 @@ impl ControlPlane {
         let Some(ds) = self.mls.get_mut(&call) else {
             return;
         };
-        if epoch != ds.epoch || ds.waiting.remove(&peer).is_none() {
-            let msg = format!("not waiting to join, or not at epoch {}", ds.epoch);
+        if epoch > ds.epoch || ds.waiting.remove(&peer).is_none() {
+            let msg = format!("not waiting to join, or epoch {epoch} is ahead of the group");
             return self.error(conn, ErrorCode::BadRequest, msg);
         }
         ds.members.insert(peer);
@@ -2513,8 +2529,9 @@ mod tests {
                 accepted: true
             }]
         ));
+        // b, waiting, gets the commit (it ignores it: it has no group yet) and the Welcome.
         assert!(
-            matches!(&h.take(2)[..], [ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-b")
+            matches!(&h.take(2)[..], [ServerMessage::MlsCommit { epoch: 0, .. }, ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-b")
         );
         h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
         assert!(h.take(2).is_empty());
@@ -2582,7 +2599,7 @@ mod tests {
             "{to_a:?}"
         );
         assert!(
-            matches!(&h.take(3)[..], [ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-c-from-b")
+            matches!(&h.take(3)[..], [ServerMessage::MlsCommit { epoch: 1, .. }, ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-c-from-b")
         );
         // Another group id, and garbage, are refused.
         h.text(
