@@ -275,7 +275,7 @@ mod tests {
         fn deliver(&mut self, to: &str, m: ServerMessage) {
             self.inbox.entry(to.to_string()).or_default().push_back(m);
         }
-        fn from_client(&mut self, from: &str, m: ClientMessage) {
+        fn handle(&mut self, from: &str, m: ClientMessage) {
             match m {
                 ClientMessage::MlsKeyPackage { blob } => {
                     let others: Vec<String> = self
@@ -403,7 +403,7 @@ mod tests {
                 .expect("busy");
             let Some(sess) = s.get_mut(who) else { continue };
             for reply in sess.on_message(now, &m).expect("group message") {
-                ds.from_client(who, reply);
+                ds.handle(who, reply);
             }
         }
         panic!("did not settle");
@@ -433,7 +433,7 @@ mod tests {
                 }
                 s.insert(p.to_string(), g);
                 for m in out {
-                    ds.from_client(p, m);
+                    ds.handle(p, m);
                 }
                 settle(&mut ds, &mut s, &mut seed, now);
             }
@@ -442,7 +442,7 @@ mod tests {
                 let out = g.start(now, false).unwrap();
                 s.insert(p.to_string(), g);
                 for m in out {
-                    ds.from_client(p, m);
+                    ds.handle(p, m);
                 }
             }
             s.remove("b");
