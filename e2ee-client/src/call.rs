@@ -2,6 +2,7 @@
 //! end-to-end keys with the peer when the call is E2EE, then send synthetic media and check
 //! every frame that arrives.
 
+use crate::group::GroupSession;
 use crate::kex::{KeyAgreement, Role};
 use crate::media::{self, make_frame, packetize, verify_frame, StreamReceiver};
 use crate::sframe::{CipherSuite, Receiver as SframeReceiver, Sender as SframeSender};
@@ -12,11 +13,12 @@ use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_protocol::sdp::{self, OfferParams, AUDIO_PT, VIDEO_PT};
 use blindrelay_protocol::signal::{
-    CallMode, ClientMessage, E2eeOption, ErrorCode, ParticipantInfo, ServerMessage,
+    CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode, ParticipantInfo, ServerMessage,
 };
 use blindrelay_transport::DtlsIdentity;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -29,6 +31,8 @@ pub struct CallOptions {
     pub call: String,
     pub duration: Duration,
     pub e2ee: bool,
+    /// How a new E2EE call keys (a joiner must match the call).
+    pub e2ee_scheme: E2eeScheme,
     pub audio: bool,
     pub video: bool,
     pub video_kbps: u32,
@@ -57,6 +61,7 @@ impl Default for CallOptions {
             call: "demo".into(),
             duration: Duration::from_secs(10),
             e2ee: false,
+            e2ee_scheme: E2eeScheme::X25519,
             audio: true,
             video: true,
             video_kbps: 1500,
@@ -106,6 +111,12 @@ pub struct CallSummary {
     pub participant: Option<String>,
     pub e2ee_option: Option<E2eeOption>,
     pub e2ee: bool,
+    /// `mls` or `x25519-commit-reveal` on an E2EE call.
+    pub e2ee_scheme: Option<String>,
+    /// The MLS epoch the call ended in (group calls).
+    pub epoch: Option<u64>,
+    /// Frames opened, by sending participant (group calls).
+    pub frames_decrypted_from: BTreeMap<String, u64>,
     pub verification_code: Option<String>,
     /// Why end-to-end key agreement failed (e.g. a reveal that does not match its commitment).
     pub e2ee_error: Option<String>,
@@ -321,7 +332,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         call: call_id.clone(),
         e2ee_enabled: want_e2ee,
         offer_sdp: offer,
-        e2ee_scheme: Default::default(),
+        e2ee_scheme: opts.e2ee_scheme,
     })
     .await?;
     let (me, mode, answer_sdp, mut peers) = match expect_reply(&mut sig).await? {
@@ -331,9 +342,10 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             mode_reason,
             answer_sdp,
             participants,
-            ..
+            e2ee_scheme,
         } => {
             s.mode_reason = mode_reason;
+            s.e2ee_scheme = e2ee_scheme.map(|x| x.as_str().to_string());
             (participant, call_mode, answer_sdp, participants)
         }
         m => return Err(CallError::Protocol(format!("{m:?}"))),
@@ -365,10 +377,22 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let mut e2ee_call = mode == CallMode::E2ee;
     let mut kex: Option<KeyAgreement> = None;
     let mut e2ee: Option<E2ee> = None;
+    // A group call keys with MLS instead of the one-to-one agreement.
+    let mut group: Option<GroupSession> = None;
     if e2ee_call {
         say(opts, "lock: waiting for end-to-end keys");
     }
-    if let Some(peer) = peers.first().cloned() {
+    if e2ee_call && s.e2ee_scheme.as_deref() == Some(E2eeScheme::Mls.as_str()) {
+        let mut g =
+            GroupSession::new(&me, &call_id).map_err(|e| CallError::Protocol(e.to_string()))?;
+        for m in g
+            .start(Instant::now(), peers.is_empty())
+            .map_err(|e| CallError::Protocol(e.to_string()))?
+        {
+            sig.send(&m).await?;
+        }
+        group = Some(g);
+    } else if let Some(peer) = peers.first().cloned() {
         if e2ee_call {
             start_kex(opts, &call_id, &mut sig, &mut kex, &me, &peer).await?;
         }
@@ -411,16 +435,18 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         _ => None,
     };
     loop {
-        let sending = !e2ee_call || e2ee.is_some();
+        let sending = !e2ee_call || e2ee.is_some() || group.as_ref().is_some_and(|g| g.keyed());
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
             _ = audio_tick.tick(), if opts.audio && sending => {
                 make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
-                send_frame(&mut path, &mut audio, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
+                send_frame(&mut path, &mut audio, &frame, sealer, &mut sealed, &mut pkt, s).await;
             }
             _ = video_tick.tick(), if opts.video && sending => {
                 make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                send_frame(&mut path, &mut video, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
+                send_frame(&mut path, &mut video, &frame, sealer, &mut sealed, &mut pkt, s).await;
             }
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
@@ -477,7 +503,17 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     // Where speech-to-text would run on the frame.
                     println!("{kind:?}: ssrc={:08x} ts={} frame of {} bytes", h.ssrc, h.timestamp, f.len());
                 }
-                let plain_frame: &[u8] = if e2ee_call {
+                let plain_frame: &[u8] = if let Some(g) = group.as_mut() {
+                    if !g.keyed() { s.frames_before_keys += 1; continue }
+                    match g.open_into(Instant::now(), &[], &f, &mut opened) {
+                        Ok(from) => {
+                            s.frames_decrypted += 1;
+                            *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
+                            &opened
+                        }
+                        Err(_) => { s.decrypt_failures += 1; continue; }
+                    }
+                } else if e2ee_call {
                     let Some(k) = e2ee.as_mut() else { s.frames_before_keys += 1; continue };
                     match k.receiver.open_into(&[], &f, &mut opened) {
                         Ok(_) => { s.frames_decrypted += 1; &opened }
@@ -499,10 +535,32 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     Ok(m) => m,
                     Err(_) => { ended_by_relay = true; break; }
                 };
+                if let Some(g) = group.as_mut() {
+                    match g.on_message(Instant::now(), &m) {
+                        Ok(out) => {
+                            for o in out {
+                                sig.send(&o).await?;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("[{}] group key exchange failed: {e}", opts.name);
+                            s.e2ee_error.get_or_insert(e.to_string());
+                        }
+                    }
+                    let code = g.verification_code();
+                    if g.keyed() && code != s.verification_code {
+                        if let (Some(c), Some(epoch)) = (&code, g.epoch()) {
+                            eprintln!("[{}] Verification code (epoch {epoch}): {c}", opts.name);
+                        }
+                    }
+                    s.e2ee = g.keyed();
+                    s.epoch = g.epoch();
+                    s.verification_code = code;
+                }
                 match m {
                     ServerMessage::ParticipantJoined { participant } => {
                         say(opts, &format!("{} ({}) joined", participant.participant, participant.user));
-                        if e2ee_call && kex.is_none() {
+                        if e2ee_call && kex.is_none() && group.is_none() {
                             start_kex(opts, &call_id, &mut sig, &mut kex, &me, &participant).await?;
                             for (from, blob) in std::mem::take(&mut early_blobs) {
                                 on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
@@ -698,13 +756,13 @@ async fn send_frame(
     path: &mut MediaPath,
     out: &mut Outgoing,
     frame: &[u8],
-    e2ee: Option<&mut E2ee>,
+    sealer: Option<&mut SframeSender>,
     sealed: &mut Vec<u8>,
     pkt: &mut Vec<u8>,
     s: &mut CallSummary,
 ) {
-    let body: &[u8] = match e2ee {
-        Some(k) => match k.sender.seal_into(&[], frame, sealed) {
+    let body: &[u8] = match sealer {
+        Some(k) => match k.seal_into(&[], frame, sealed) {
             Ok(_) => sealed,
             Err(_) => return,
         },

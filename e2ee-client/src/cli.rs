@@ -4,6 +4,7 @@ use crate::audit;
 use crate::bot::BotKind;
 use crate::call::{run_call, CallOptions};
 use crate::sframe;
+use blindrelay_protocol::signal::E2eeScheme;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +65,10 @@ pub struct CallArgs {
     /// Turn end-to-end encryption on.
     #[arg(long)]
     pub e2ee: bool,
+    /// How a new E2EE call keys: `x25519` (one-to-one) or `mls` (a group); a joiner must
+    /// match the call.
+    #[arg(long, default_value = "x25519", value_parser = parse_scheme)]
+    pub e2ee_scheme: E2eeScheme,
     /// Video bitrate in kbit/s (0 sends no video).
     #[arg(long, default_value_t = 1500)]
     pub video_kbps: u32,
@@ -160,6 +165,7 @@ pub async fn run(cli: Cli) -> i32 {
                 call: a.call,
                 duration: a.duration,
                 e2ee: a.e2ee,
+                e2ee_scheme: a.e2ee_scheme,
                 audio: !a.no_audio,
                 video: a.video_kbps > 0,
                 video_kbps: a.video_kbps,
@@ -321,5 +327,13 @@ fn sframe_command(c: SframeCommand) -> i32 {
             eprintln!("e2ee-client: {e}");
             1
         }
+    }
+}
+
+fn parse_scheme(s: &str) -> Result<E2eeScheme, String> {
+    match s {
+        "x25519" | "x25519-commit-reveal" => Ok(E2eeScheme::X25519),
+        "mls" => Ok(E2eeScheme::Mls),
+        other => Err(format!("unknown scheme `{other}`: x25519 or mls")),
     }
 }
