@@ -392,7 +392,8 @@ async function onChat(m) {
   }
   st.chat.push({ from: m.from, text, sealed });
   const li = document.createElement('li');
-  li.textContent = `${m.from}: ${text}${sealed ? '' : st.callMode === 'e2ee' ? ' (not encrypted)' : ''}`;
+  const who = st.participants.get(m.from);
+  li.textContent = `${who ? who.user : m.from}: ${text}${sealed ? '' : st.callMode === 'e2ee' ? ' (not encrypted)' : ''}`;
   $('chat-log').appendChild(li);
 }
 
@@ -451,7 +452,9 @@ function renderCallBar() {
   const lock = $('lock');
   lock.hidden = st.callMode !== 'e2ee';
   lock.title = st.keyed ? 'End-to-end encrypted: click to show the verification code' : 'Waiting for end-to-end keys';
-  lock.textContent = st.keyed ? '\u{1F512}' : '\u{1F513}';
+  lock.classList.toggle('pending', !st.keyed);
+  $('lock-shackle').setAttribute('d', st.keyed ? 'M8 10V7a4 4 0 0 1 8 0v3' : 'M8 10V7a4 4 0 0 1 8 0');
+  $('lock-label').textContent = st.keyed ? 'end-to-end encrypted' : 'waiting for end-to-end keys';
   $('code').textContent = st.code || 'waiting for the other participant';
 }
 
@@ -523,10 +526,18 @@ function renderFeatures() {
     b.type = 'button';
     b.dataset.feature = name;
     b.textContent = label;
+    const row = document.createElement('div');
+    row.className = 'feature';
+    row.appendChild(b);
     if (e2ee) {
       b.disabled = true;
       b.title = E2EE_FEATURE_REASON[name];
-      b.setAttribute('aria-description', E2EE_FEATURE_REASON[name]);
+      const why = document.createElement('span');
+      why.className = 'why';
+      why.id = `why-${name}`;
+      why.textContent = E2EE_FEATURE_REASON[name];
+      b.setAttribute('aria-describedby', why.id);
+      row.appendChild(why);
     } else {
       b.title = needs ? `${label} (needs a ${needs})` : label;
       b.onclick = () => {
@@ -536,7 +547,7 @@ function renderFeatures() {
         $('feature-result').textContent = `${label}: asked the relay...`;
       };
     }
-    box.appendChild(b);
+    box.appendChild(row);
   }
   box.appendChild(arg);
 }
@@ -627,6 +638,9 @@ window.blindrelay = {
       frames_encrypted: w.frames_encrypted,
       frames_decrypted: w.frames_decrypted,
       decrypt_failures: w.decrypt_failures,
+      last_decrypt_error: w.last_error || null,
+      dropped_before_keys: w.dropped_before_keys || 0,
+      empty_frames: w.empty_frames || 0,
       inbound: st.inbound.map((i) => ({ ...i })),
       payload_types: { ...st.payloadTypes },
       error: st.error,

@@ -8,7 +8,7 @@ import { SframeSender, SframeReceiver, sealMedia, openMedia, SframeError } from 
 let mode = 'e2ee'; // 'e2ee' | 'passthrough' (the call turned out to be a standard call)
 let sender = null;
 let receiver = null;
-const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, last_error: null };
+const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null };
 const transformers = new Set();
 
 function b64encode(bytes) {
@@ -52,6 +52,9 @@ function setup(transformer) {
         controller.enqueue(frame);
       } else {
         if (!receiver) { stats.dropped_before_keys++; return; }
+        // Chromium now and then hands the receiver an empty audio frame (no payload): it
+        // holds neither ciphertext nor media, so it is dropped and counted, not "opened".
+        if (data.length === 0) { stats.empty_frames++; return; }
         try {
           const opened = await openMedia(receiver, kind, data);
           frame.data = opened.buffer;
@@ -59,7 +62,7 @@ function setup(transformer) {
           controller.enqueue(frame);
         } catch (e) {
           stats.decrypt_failures++;
-          stats.last_error = e instanceof SframeError ? e.code : 'error';
+          stats.last_error = `${kind}: ${e instanceof SframeError ? e.code : String(e && e.name)} (${data.length} bytes, type ${frame.type || '-'})`;
         }
       }
     },
