@@ -10,3 +10,4 @@ pub mod media;
 pub mod sframe;
 pub mod signal;
 pub mod transport;
+pub mod webframe;
