@@ -112,18 +112,45 @@ impl PageReport {
 /// Run web.mjs with `args`; returns one report per page (the run's exit status is in `ok`
 /// of each page, so the caller asserts with the reports in the message).
 async fn drive(args: &[String]) -> Vec<PageReport> {
+    drive_released(args, None::<std::future::Ready<()>>).await
+}
+
+/// [`drive`]; with `release` (and `--wait-stdin` in `args`), the pages stay in the call
+/// after their condition until `release` completes.
+async fn drive_released<F: std::future::Future<Output = ()>>(
+    args: &[String],
+    release: Option<F>,
+) -> Vec<PageReport> {
+    use tokio::io::AsyncWriteExt;
     check_chromium();
     let mut cmd = Command::new("node");
     cmd.arg(chromium_dir().join("web.mjs"))
         .args(args)
+        .stdin(if release.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node: {e}; {INSTALL_HINT}"));
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
+    let stdin = child.stdin.take();
+    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output());
+    let released = async move {
+        if let (Some(release), Some(mut stdin)) = (release, stdin) {
+            release.await;
+            let _ = stdin.write_all(b"go\n").await;
+            let _ = stdin.flush().await;
+            Some(stdin)
+        } else {
+            None
+        }
+    };
+    let (out, _stdin) = tokio::join!(output, released);
+    let out = out
         .expect("web.mjs finishes within 180 s")
         .expect("web.mjs output");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -702,5 +729,174 @@ async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
     assert_eq!(s.decrypt_failures, 0, "e2ee-client failures: {s:?}");
     assert!(page.num("frames_decrypted") > 100, "{}", page.brief());
     assert_eq!(page.num("decrypt_failures"), 0, "{}", page.brief());
+    relay.shutdown().await;
+}
+
+/// Bots and the page: a recording bot is refused from the page's E2EE call
+/// (`e2ee_call_refuses_bots`); on a standard call the page's Record button goes to the
+/// relay's call control, which invites the tenant's recording bot from the lobby, and the
+/// bot records the page's media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a_standard_one() {
+    use e2ee_client::bot::BotKind;
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+
+    // E2EE: the page and e2ee-client are keyed; then a recording bot asks to join.
+    let call = "web-bots-e2ee";
+    let client = CallOptions {
+        relay: relay.signal_url(),
+        token: token(&cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(20),
+        e2ee: true,
+        video: false,
+        web_peers: true,
+        name: "rusty".into(),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        true,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "keyed",
+        "--min-encrypted",
+        "100",
+        "--timeout",
+        "20",
+        "--wait-stdin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bot_opts = |call: &str, wait_invite: bool, relay_url: &str| CallOptions {
+        relay: relay_url.into(),
+        token: token(&cfg, "recorder", Some(call), BotKind::Recording.role()),
+        call: call.into(),
+        duration: Duration::from_secs(20),
+        audio: false,
+        video: false,
+        name: "recorder".into(),
+        bot: Some((BotKind::Recording, None)),
+        wait_invite,
+        ..Default::default()
+    };
+    let refused_bot = bot_opts(call, false, &relay.signal_url());
+    let refused = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let slot = refused.clone();
+    let relay_ref = &relay;
+    let pages = drive_released(
+        &args,
+        Some(async move {
+            // Both people are in the call (the page has keyed: it is past its condition).
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(20),
+                "two people in the call",
+                |m| metric(m, "blindrelay_participants{role=\"user\"}") == 2.0,
+            )
+            .await;
+            *slot.lock().await = Some(run_call(&refused_bot).await);
+        }),
+    )
+    .await;
+    let page = &pages[0];
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "e2ee");
+    let bot = refused.lock().await.take().expect("the bot tried");
+    assert!(!bot.joined);
+    assert_eq!(
+        bot.error.as_ref().map(|e| e.code.as_str()),
+        Some("e2ee_call_refuses_bots"),
+        "{:?}",
+        bot.error
+    );
+    assert_eq!(
+        page.s("participants").as_array().map(Vec::len),
+        Some(1),
+        "only rusty: {}",
+        page.brief()
+    );
+    client.abort();
+
+    // Standard: the recording bot waits in the lobby; the page presses Record.
+    let call = "web-bots-standard";
+    let mut lobby = watch_signal(&relay).await;
+    let waiting = bot_opts("any-call", true, &lobby.url);
+    let waiting = tokio::spawn(async move { run_call(&waiting).await });
+    lobby
+        .wait_for("capabilities", 1, Duration::from_secs(10))
+        .await;
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        false,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "participants",
+        "--min-participants",
+        "1",
+        "--click-feature",
+        "record",
+        "--timeout",
+        "30",
+        "--wait-stdin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let before = metric(
+        &scrape(&relay).await,
+        "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
+    );
+    let relay_ref = &relay;
+    let pages = drive_released(
+        &args,
+        Some(async move {
+            // The page stays until the relay has forwarded it to the bot for a while.
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(30),
+                "the bot receives the page's media",
+                |m| metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= before + 200.0,
+            )
+            .await;
+        }),
+    )
+    .await;
+    let page = &pages[0];
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "standard");
+    let features = page.s("features").as_array().cloned().unwrap_or_default();
+    assert!(
+        features
+            .iter()
+            .any(|f| f["name"] == "record" && f["ok"] == true),
+        "Record carried out: {features:?}"
+    );
+    let bot = waiting.await.expect("bot task");
+    assert!(bot.joined && bot.error.is_none(), "{:?}", bot.error);
+    assert_eq!(bot.invited.as_ref().map(|i| i.0.as_str()), Some(call));
+    assert!(
+        bot.received_packets > 100,
+        "the bot recorded {} packets",
+        bot.received_packets
+    );
+    eprintln!(
+        "recording bot: refused on the E2EE call; on the standard call invited by Record, received {} packets",
+        bot.received_packets
+    );
     relay.shutdown().await;
 }

@@ -4,8 +4,13 @@
 //   node web.mjs --page URL [--page URL ...] [--until joined|error|capabilities|media|keyed]
 //       [--min-video-frames N] [--min-encrypted N] [--min-decrypted N] [--timeout SECS]
 //       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
+//       [--click-feature NAME] [--min-participants N] [--wait-stdin]
 //
 // --connect presses "Check settings" on each page (for URLs without autojoin=1).
+// --click-feature NAME presses that call-feature button once the page has joined.
+// --wait-stdin: once the condition is met, print "ready" on stderr and keep the pages in
+// the call until a line arrives on stdin (the test releases them when it has seen what it
+// waits for, e.g. a bot's packets in the relay's metrics).
 //
 // Every page is opened in one browser (one context each). The driver polls
 // window.blindrelay.state() until every page meets the --until condition or the timeout
@@ -28,6 +33,9 @@ for (let i = 0; i < argv.length; i++) {
     case '--timeout': a.timeout = Number(v); i++; break;
     case '--min-decrypted': a.minDecrypted = Number(v); i++; break;
     case '--connect': a.connect = true; break;
+    case '--click-feature': a.clickFeature = v; i++; break;
+    case '--min-participants': a.minParticipants = Number(v); i++; break;
+    case '--wait-stdin': a.waitStdin = true; break;
     case '--screenshot': a.screenshot = v; i++; break;
     case '--click-lock': a.clickLock = true; break;
     case '--chat': a.chat = v; i++; break;
@@ -49,6 +57,7 @@ function met(s) {
     case 'error': return !!s.error;
     case 'capabilities': return s.e2ee_option !== null;
     case 'joined': return s.joined;
+    case 'participants': return s.joined && s.participants.length >= (a.minParticipants || 1);
     case 'keyed': return s.joined && s.e2ee && s.frames_encrypted >= a.minEncrypted && s.frames_decrypted >= a.minDecrypted;
     case 'media': {
       if (!s.joined) return false;
@@ -93,9 +102,26 @@ try {
     for (const p of pages) states.set(p.n, await p.page.evaluate(() => window.blindrelay.state()).catch((e) => { p.errors.push(String(e.message)); return null; }));
   };
   await poll();
+  const clicked = new Set();
   while (Date.now() < deadline && !pages.every((p) => met(states.get(p.n)))) {
+    if (a.clickFeature) {
+      for (const p of pages) {
+        if (!clicked.has(p.n) && states.get(p.n)?.joined) {
+          clicked.add(p.n);
+          await p.page.click(`#feature-buttons button[data-feature="${a.clickFeature}"]`).catch((e) => p.errors.push(`click: ${e.message}`));
+        }
+      }
+    }
     await new Promise((r) => setTimeout(r, 250));
     await poll();
+  }
+  if (a.waitStdin) {
+    console.error('ready');
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, a.timeout * 1000);
+      process.stdin.once('data', () => { clearTimeout(t); resolve(); });
+    });
+    process.stdin.pause();
   }
   if (a.chat) {
     for (const p of pages) {
