@@ -52,6 +52,10 @@ pub struct CallOptions {
     /// RFC 7741 descriptors with a clear VP8 header). Their frames are decrypted and
     /// counted, not checked against the synthetic pattern.
     pub web_peers: bool,
+    /// Send this IVF file's VP8 frames (looped, 30 fps by `fps`) instead of synthetic video:
+    /// packetised per RFC 7741 and, on an E2EE call, sealed in the web client's framing
+    /// (clear VP8 header as SFrame metadata), so a browser decodes the picture.
+    pub video_clip: Option<std::path::PathBuf>,
 }
 
 impl Default for CallOptions {
@@ -75,6 +79,7 @@ impl Default for CallOptions {
             bot: None,
             wait_invite: false,
             web_peers: false,
+            video_clip: None,
         }
     }
 }
@@ -184,6 +189,8 @@ pub enum CallError {
     Identity(String),
     #[error("relay answer unusable: {0}")]
     Answer(String),
+    #[error("video clip: {0}")]
+    Clip(#[from] crate::webframe::ClipError),
 }
 
 fn now_us() -> u64 {
@@ -266,6 +273,10 @@ async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
 
 async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let t0 = Instant::now();
+    let clip = match &opts.video_clip {
+        Some(p) => Some(crate::webframe::read_ivf(p)?),
+        None => None,
+    };
     let mut sig = Signal::connect(&opts.relay).await?;
     sig.send(&ClientMessage::Hello {
         token: opts.token.clone(),
@@ -423,8 +434,13 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                 send_frame(&mut path, &mut audio, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
             }
             _ = video_tick.tick(), if opts.video && sending => {
-                make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                send_frame(&mut path, &mut video, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
+                    let f = &frames[video.frame_no as usize % frames.len()];
+                    send_vp8_frame(&mut path, &mut video, f, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                } else {
+                    make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
+                    send_frame(&mut path, &mut video, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                }
             }
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
@@ -760,6 +776,57 @@ async fn send_frame(
         }
         .write_minimal(pkt);
         pkt.extend_from_slice(chunk);
+        out.seq = out.seq.wrapping_add(1);
+        let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
+            continue;
+        };
+        if path.socket.send_to(&p, path.relay).await.is_ok() {
+            s.sent_packets += 1;
+            s.sent_bytes += p.len() as u64;
+        }
+    }
+    out.frame_no = out.frame_no.wrapping_add(1);
+    s.sent_frames += 1;
+}
+
+/// One frame of a VP8 clip: sealed in the web client's framing on an E2EE call, then one
+/// RTP packet per chunk behind a VP8 payload descriptor (RFC 7741).
+async fn send_vp8_frame(
+    path: &mut MediaPath,
+    out: &mut Outgoing,
+    frame: &[u8],
+    e2ee: Option<&mut E2ee>,
+    sealed: &mut Vec<u8>,
+    pkt: &mut Vec<u8>,
+    s: &mut CallSummary,
+) {
+    let body: &[u8] = match e2ee {
+        Some(k) => {
+            let clear = crate::webframe::vp8_clear_len(frame);
+            let Ok(ct) = k.sender.seal(&frame[..clear], &frame[clear..]) else {
+                return;
+            };
+            sealed.clear();
+            sealed.extend_from_slice(&frame[..clear]);
+            sealed.extend_from_slice(&ct);
+            sealed
+        }
+        None => frame,
+    };
+    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    for (payload, last) in crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1) {
+        pkt.clear();
+        RtpHeader {
+            marker: last,
+            payload_type: out.pt,
+            sequence: out.seq,
+            timestamp: ts,
+            ssrc: out.ssrc,
+            header_len: 12,
+            padding_len: 0,
+        }
+        .write_minimal(pkt);
+        pkt.extend_from_slice(&payload);
         out.seq = out.seq.wrapping_add(1);
         let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
             continue;

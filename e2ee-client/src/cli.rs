@@ -98,6 +98,12 @@ pub struct CallArgs {
     /// and count decrypted frames instead of checking the synthetic pattern.
     #[arg(long)]
     pub web_peers: bool,
+    /// Send the VP8 frames of this IVF file (looped) as the video, packetised per RFC 7741
+    /// (sealed in the web client's framing on an E2EE call), so browsers show the picture.
+    /// Make one with `gst-launch-1.0 videotestsrc num-buffers=300 ! vp8enc ! ...` or
+    /// `ffmpeg -i IN -c:v libvpx -f ivf clip.ivf`.
+    #[arg(long)]
+    pub video_clip: Option<PathBuf>,
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
@@ -184,6 +190,7 @@ pub async fn run(cli: Cli) -> i32 {
                 bot: None,
                 wait_invite: a.wait_invite,
                 web_peers: a.web_peers,
+                video_clip: a.video_clip,
             };
             let summary = run_call(&opts).await;
             if a.json {

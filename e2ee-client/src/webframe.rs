@@ -71,3 +71,143 @@ mod tests {
         assert_eq!(vp8_clear_len(&[]), 0);
     }
 }
+
+/// Why a VP8 clip cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not an IVF file (no DKIF signature)")]
+    NotIvf,
+    #[error("the IVF file holds {0}, not VP8 (VP80)")]
+    NotVp8(String),
+    #[error("the IVF file is cut short in frame {0}")]
+    Truncated(usize),
+    #[error("the IVF file holds no frame")]
+    Empty,
+}
+
+/// Largest frame accepted from a clip (a 4K key frame is far below this).
+const MAX_CLIP_FRAME: usize = 4 << 20;
+
+/// The VP8 frames of an IVF file (the container `ffmpeg -f ivf` and libvpx write):
+/// a 32-byte header (`DKIF`, version, header length, `VP80`, ...), then per frame a
+/// 4-byte little-endian size, an 8-byte timestamp and the frame.
+pub fn parse_ivf(bytes: &[u8]) -> Result<Vec<Vec<u8>>, ClipError> {
+    if bytes.len() < 32 || &bytes[..4] != b"DKIF" {
+        return Err(ClipError::NotIvf);
+    }
+    if &bytes[8..12] != b"VP80" {
+        return Err(ClipError::NotVp8(
+            String::from_utf8_lossy(&bytes[8..12]).into_owned(),
+        ));
+    }
+    let header_len = usize::from(u16::from_le_bytes([bytes[6], bytes[7]])).max(32);
+    let mut at = header_len;
+    let mut frames = Vec::new();
+    while at < bytes.len() {
+        let head = bytes
+            .get(at..at + 12)
+            .ok_or(ClipError::Truncated(frames.len()))?;
+        let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if size > MAX_CLIP_FRAME {
+            return Err(ClipError::Truncated(frames.len()));
+        }
+        let frame = bytes
+            .get(at + 12..at + 12 + size)
+            .ok_or(ClipError::Truncated(frames.len()))?;
+        frames.push(frame.to_vec());
+        at += 12 + size;
+    }
+    if frames.is_empty() {
+        return Err(ClipError::Empty);
+    }
+    Ok(frames)
+}
+
+/// Writes VP8 frames as an IVF file (for tests and tools that make clips).
+pub fn write_ivf(width: u16, height: u16, fps: u32, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"DKIF");
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&32u16.to_le_bytes());
+    out.extend_from_slice(b"VP80");
+    out.extend_from_slice(&width.to_le_bytes());
+    out.extend_from_slice(&height.to_le_bytes());
+    out.extend_from_slice(&fps.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(i as u64).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// Reads an IVF clip from `path`.
+pub fn read_ivf(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ClipError> {
+    let bytes = std::fs::read(path).map_err(|source| ClipError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_ivf(&bytes)
+}
+
+/// RTP payloads of one VP8 frame (RFC 7741): a one-byte payload descriptor (S set on the
+/// first packet, partition 0) before each chunk of at most `max_chunk` bytes; the bool
+/// marks the frame's last packet (the RTP marker bit).
+pub fn vp8_packets(frame: &[u8], max_chunk: usize) -> Vec<(Vec<u8>, bool)> {
+    let max_chunk = max_chunk.max(1);
+    let n = frame.len().div_ceil(max_chunk).max(1);
+    (0..n)
+        .map(|i| {
+            let chunk = &frame[i * max_chunk..((i + 1) * max_chunk).min(frame.len())];
+            let mut p = Vec::with_capacity(chunk.len() + 1);
+            p.push(if i == 0 { 0x10 } else { 0x00 });
+            p.extend_from_slice(chunk);
+            (p, i + 1 == n)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+
+    #[test]
+    fn ivf_round_trips_and_rejects_junk() {
+        let frames = vec![vec![0x30, 1, 2], vec![0x91; 5000]];
+        let ivf = write_ivf(320, 240, 30, &frames);
+        assert_eq!(parse_ivf(&ivf).ok(), Some(frames));
+        assert!(matches!(parse_ivf(b"nope"), Err(ClipError::NotIvf)));
+        assert!(matches!(
+            parse_ivf(&ivf[..ivf.len() - 1]),
+            Err(ClipError::Truncated(1))
+        ));
+        let mut vp9 = ivf.clone();
+        vp9[8..12].copy_from_slice(b"VP90");
+        assert!(matches!(parse_ivf(&vp9), Err(ClipError::NotVp8(_))));
+    }
+
+    #[test]
+    fn vp8_packets_carry_a_descriptor_and_a_marker() {
+        let frame: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let p = vp8_packets(&frame, 1000);
+        assert_eq!(p.len(), 3);
+        assert_eq!((p[0].0[0], p[1].0[0], p[2].0[0]), (0x10, 0x00, 0x00));
+        assert_eq!(
+            p.iter().map(|x| x.1).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        let joined: Vec<u8> = p
+            .iter()
+            .flat_map(|(x, _)| x[vp8_descriptor_len(x).unwrap_or(0)..].to_vec())
+            .collect();
+        assert_eq!(joined, frame);
+    }
+}

@@ -900,3 +900,117 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
     );
     relay.shutdown().await;
 }
+
+/// Chromium <-> e2ee-client sending a real VP8 clip (made now with GStreamer's vp8enc,
+/// RFC 7741 packets, each frame SFrame-sealed in the web client's framing): the page
+/// decrypts and renders the client's picture, and the client opens the page's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
+    let _lock = CALL_LOCK.lock().await;
+    // The clip: 300 frames of a moving ball, a key frame every 30 frames.
+    let dir = temp_path("clip", "d");
+    std::fs::create_dir_all(&dir).expect("clip dir");
+    let out = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=300",
+            "pattern=ball",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=30/1",
+            "!",
+            "vp8enc",
+            "deadline=1",
+            "keyframe-max-dist=30",
+            "target-bitrate=600000",
+            "!",
+            "multifilesink",
+        ])
+        .arg(format!("location={}/%05d.vp8", dir.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
+        });
+    assert!(
+        out.status.success(),
+        "vp8enc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("frames")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    let frames: Vec<Vec<u8>> = names
+        .iter()
+        .map(|p| std::fs::read(p).expect("frame"))
+        .collect();
+    assert_eq!(frames.len(), 300);
+    let clip = dir.join("clip.ivf");
+    std::fs::write(
+        &clip,
+        e2ee_client::webframe::write_ivf(320, 240, 30, &frames),
+    )
+    .expect("ivf");
+
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-clip";
+    let client = CallOptions {
+        relay: relay.signal_url(),
+        token: token(&cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(25),
+        e2ee: true,
+        web_peers: true,
+        video_clip: Some(clip),
+        name: "rusty".into(),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        true,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "media",
+        "--min-video-frames",
+        "100",
+        "--timeout",
+        "24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    let s = client.await.expect("e2ee-client task");
+    let page = &pages[0];
+    let rusty = s.participant.clone().unwrap_or_default();
+    eprintln!(
+        "page: {} VP8 frames decoded from e2ee-client's clip, canvas {}, decrypted {} (failures {}); e2ee-client decrypted {} (failures {})",
+        page.video_frames_from(&rusty),
+        page.0["samples"][&rusty],
+        page.num("frames_decrypted"),
+        page.num("decrypt_failures"),
+        s.frames_decrypted,
+        s.decrypt_failures
+    );
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.code(), s.verification_code.as_deref());
+    assert!(page.video_frames_from(&rusty) > 100, "{}", page.brief());
+    let sample = &page.0["samples"][&rusty];
+    assert!(
+        sample["stddev"].as_f64().unwrap_or(0.0) > 5.0
+            && sample["distinctColours"].as_u64().unwrap_or(0) > 2,
+        "the clip on a canvas is not uniform: {sample}"
+    );
+    assert_eq!(page.num("decrypt_failures"), 0, "{}", page.brief());
+    assert!(s.frames_decrypted > 100 && s.decrypt_failures == 0, "{s:?}");
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
