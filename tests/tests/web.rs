@@ -1014,3 +1014,91 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every error code the relay can send has words on the page: the codes are read from the
+/// protocol's own `ErrorCode::as_str`, so a new code without a message fails here.
+#[test]
+fn the_page_has_words_for_every_error_code() {
+    let src =
+        std::fs::read_to_string(repo_root().join("protocol/src/signal.rs")).expect("signal.rs");
+    let start = src
+        .find(
+            "pub fn as_str(self) -> &'static str {\n        match self {\n            ErrorCode::",
+        )
+        .expect("ErrorCode::as_str");
+    let body = &src[start..];
+    let body = &body[..body.find("\n        }\n").expect("end of match")];
+    let codes: Vec<&str> = body
+        .lines()
+        .filter_map(|l| {
+            l.split_once("=> \"")
+                .map(|(_, r)| r.trim_end_matches("\","))
+        })
+        .collect();
+    assert!(codes.len() >= 20, "{codes:?}");
+    let app = std::fs::read_to_string(repo_root().join("web/app.js")).expect("app.js");
+    let table = &app[app.find("const ERROR_TEXT = {").expect("ERROR_TEXT")..];
+    let table = &table[..table.find("};").expect("end of ERROR_TEXT")];
+    for code in codes {
+        assert!(
+            table.contains(&format!("\n  {code}: ")),
+            "no words for `{code}` in web/app.js"
+        );
+    }
+}
+
+/// The demo as a person runs it: pages that only know a name fetch a development token
+/// (`?name=`), join end to end encrypted and key; on a relay with a real secret the page
+/// says why it cannot get one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
+    let _lock = CALL_LOCK.lock().await;
+    let relay = start_relay(loopback_config(), RelayOptions::default()).await;
+    let demo = |name: &str| {
+        format!(
+            "http://{}/?call=demo&name={name}&e2ee=1&autojoin=1",
+            relay.signal_addr
+        )
+    };
+    let args: Vec<String> = [
+        "--page",
+        &demo("ann"),
+        "--page",
+        &demo("ben"),
+        "--until",
+        "keyed",
+        "--timeout",
+        "40",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    for p in &pages {
+        assert!(p.ok(), "{}", p.brief());
+    }
+    assert_eq!(pages[0].code(), pages[1].code());
+    relay.shutdown().await;
+
+    let mut cfg = loopback_config();
+    cfg.auth.api_secret = "a-real-secret-that-is-long-enough-0123456789".into();
+    let relay = start_relay(cfg, RelayOptions::default()).await;
+    let url = format!(
+        "http://{}/?call=demo&name=ann&autojoin=1",
+        relay.signal_addr
+    );
+    let args: Vec<String> = ["--page", &url, "--until", "error", "--timeout", "20"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let pages = drive(&args).await;
+    let p = &pages[0];
+    assert!(p.ok(), "{}", p.brief());
+    assert_eq!(p.s("error")["code"], "dev_tokens_disabled");
+    let shown = p.0["message"].as_str().unwrap_or("");
+    assert!(
+        shown.contains("Development tokens are off") && shown.contains("own API secret"),
+        "{shown}"
+    );
+    relay.shutdown().await;
+}
