@@ -655,7 +655,9 @@ window.blindrelay = {
 
 // ---------- wiring ----------
 
-$('dev-token').onclick = () => devToken();
+// A development token or a pasted one signs in at once, so the settings show.
+$('dev-token').onclick = async () => { const t = await devToken(); if (t) await connect(t); };
+$('token').onchange = () => { const t = $('token').value.trim(); if (t) connect(t); };
 $('connect').onclick = async () => {
   const token = $('token').value.trim();
   if (!token) { showMessage('Paste a token, or get a development token.'); return; }
