@@ -387,6 +387,16 @@ async fn dev_tokens_only_with_the_dev_secret_on_loopback() {
         "POST",
         "/dev/token",
         None,
+        r#"{"user":"  ","call":"demo"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("user must be"), "{body}");
+    let (status, body) = http(
+        relay.signal_addr,
+        "POST",
+        "/dev/token",
+        None,
         "{\"user\":1}",
     )
     .await;

@@ -19,6 +19,8 @@ use thiserror::Error;
 
 /// Lifetime of a development token.
 pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Longest user name or call id a development token is issued for.
+pub const MAX_DEV_ID_BYTES: usize = 64;
 /// Tenant of development tokens (the CLI's default tenant).
 pub const DEV_TENANT: &str = "default";
 
@@ -175,14 +177,17 @@ pub async fn dev_token(State(st): State<WebState>, body: axum::body::Bytes) -> R
             )
         }
     };
-    match crate::token::issue(
-        secret,
-        req.user.trim(),
-        DEV_TENANT,
-        "user",
-        Some(req.call.trim()),
-        DEV_TOKEN_TTL,
-    ) {
+    let (user, call) = (req.user.trim(), req.call.trim());
+    for (what, v) in [("user", user), ("call", call)] {
+        if v.is_empty() || v.len() > MAX_DEV_ID_BYTES {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{what} must be 1 to {MAX_DEV_ID_BYTES} bytes"),
+            );
+        }
+    }
+    match crate::token::issue(secret, user, DEV_TENANT, "user", Some(call), DEV_TOKEN_TTL) {
         Ok(token) => Json(serde_json::json!({ "token": token })).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     }
