@@ -474,7 +474,15 @@ async function refreshStats() {
   stats.forEach((s) => {
     if (s.type !== 'inbound-rtp') return;
     const participant = ssrcOwner[String(s.ssrc)] || (s.mid != null ? remoteMsid.byMid[s.mid] : null) || null;
-    inbound.push({ participant, kind: s.kind, ssrc: s.ssrc, mid: s.mid ?? null, framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 });
+    const e = { participant, kind: s.kind, ssrc: s.ssrc, mid: s.mid ?? null, framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 };
+    if (s.kind === 'audio') {
+      e.totalSamplesReceived = s.totalSamplesReceived || 0;
+      e.concealedSamples = s.concealedSamples || 0;
+      e.totalAudioEnergy = s.totalAudioEnergy || 0;
+      e.totalSamplesDuration = s.totalSamplesDuration || 0;
+      e.audioLevel = s.audioLevel || 0;
+    }
+    inbound.push(e);
   });
   st.inbound = inbound;
 }

@@ -56,6 +56,9 @@ pub struct CallOptions {
     /// packetised per RFC 7741 and, on an E2EE call, sealed in the web client's framing
     /// (clear VP8 header as SFrame metadata), so a browser decodes the picture.
     pub video_clip: Option<std::path::PathBuf>,
+    /// Send this Ogg Opus file's packets (looped, one per 20 ms) instead of synthetic audio:
+    /// one packet per RTP payload (RFC 7587), each sealed whole on an E2EE call.
+    pub audio_clip: Option<std::path::PathBuf>,
 }
 
 impl Default for CallOptions {
@@ -80,6 +83,7 @@ impl Default for CallOptions {
             wait_invite: false,
             web_peers: false,
             video_clip: None,
+            audio_clip: None,
         }
     }
 }
@@ -216,6 +220,9 @@ struct Outgoing {
     frame_no: u32,
     clock_rate: u32,
     started: Instant,
+    /// RTP timestamp step per frame when the media has a fixed frame duration (an Opus
+    /// clip: 960 = 20 ms at 48 kHz); otherwise the timestamp follows the clock.
+    step: Option<u32>,
 }
 
 impl Outgoing {
@@ -227,6 +234,7 @@ impl Outgoing {
             frame_no: 0,
             clock_rate,
             started: Instant::now(),
+            step: None,
         }
     }
 }
@@ -277,6 +285,12 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         Some(p) => Some(crate::webframe::read_ivf(p)?),
         None => None,
     };
+    let audio_clip = match &opts.audio_clip {
+        Some(p) => Some(crate::webframe::read_ogg_opus(p)?),
+        None => None,
+    };
+    // An Opus clip's packets are 20 ms each (opusenc's default frame size).
+    let audio_step = audio_clip.as_ref().map(|_| 960);
     let mut sig = Signal::connect(&opts.relay).await?;
     sig.send(&ClientMessage::Hello {
         token: opts.token.clone(),
@@ -321,6 +335,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 8);
     let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let mut audio = Outgoing::new(AUDIO_PT, 48_000);
+    audio.step = audio_step;
     let mut video = Outgoing::new(VIDEO_PT, 90_000);
     let cname = Alphanumeric.sample_string(&mut rand::rng(), 12);
     s.audio_ssrc = Some(audio.ssrc);
@@ -430,8 +445,13 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
             _ = audio_tick.tick(), if opts.audio && sending => {
-                make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
-                send_frame(&mut path, &mut audio, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                if let Some(packets) = audio_clip.as_ref().filter(|p| !p.is_empty()) {
+                    let p = &packets[audio.frame_no as usize % packets.len()];
+                    send_frame(&mut path, &mut audio, p, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                } else {
+                    make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
+                    send_frame(&mut path, &mut audio, &frame, e2ee.as_mut(), &mut sealed, &mut pkt, s).await;
+                }
             }
             _ = video_tick.tick(), if opts.video && sending => {
                 if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
@@ -762,7 +782,12 @@ async fn send_frame(
         },
         None => frame,
     };
-    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    let ts = match out.step {
+        Some(step) => out.frame_no.wrapping_mul(step),
+        None => {
+            (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32
+        }
+    };
     for (chunk, last) in packetize(body) {
         pkt.clear();
         RtpHeader {

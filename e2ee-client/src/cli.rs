@@ -104,6 +104,11 @@ pub struct CallArgs {
     /// `ffmpeg -i IN -c:v libvpx -f ivf clip.ivf`.
     #[arg(long)]
     pub video_clip: Option<PathBuf>,
+    /// Send the Opus packets of this Ogg Opus file (looped, 20 ms each) as the audio, one
+    /// per RTP packet (RFC 7587), sealed whole on an E2EE call. Make one with
+    /// `gst-launch-1.0 audiotestsrc ! opusenc ! oggmux ! filesink location=clip.opus`.
+    #[arg(long)]
+    pub audio_clip: Option<PathBuf>,
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
@@ -191,6 +196,7 @@ pub async fn run(cli: Cli) -> i32 {
                 wait_invite: a.wait_invite,
                 web_peers: a.web_peers,
                 video_clip: a.video_clip,
+                audio_clip: a.audio_clip,
             };
             let summary = run_call(&opts).await;
             if a.json {

@@ -84,10 +84,14 @@ pub enum ClipError {
     NotIvf,
     #[error("the IVF file holds {0}, not VP8 (VP80)")]
     NotVp8(String),
-    #[error("the IVF file is cut short in frame {0}")]
+    #[error("the clip is cut short in frame {0}")]
     Truncated(usize),
-    #[error("the IVF file holds no frame")]
+    #[error("the clip holds no frame")]
     Empty,
+    #[error("not an Ogg file (no OggS page)")]
+    NotOgg,
+    #[error("Opus packet {0} is not 20 ms long (the client sends one packet per 20 ms)")]
+    OpusFrameSize(usize),
 }
 
 /// Largest frame accepted from a clip (a 4K key frame is far below this).
@@ -158,6 +162,85 @@ pub fn read_ivf(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ClipError> {
     parse_ivf(&bytes)
 }
 
+/// The Opus packets of an Ogg Opus file (RFC 7845: what `opusenc`, `oggmux` and
+/// `ffmpeg -c:a libopus` write), without the OpusHead and OpusTags header packets. Each
+/// packet is one RTP payload (RFC 7587). Only the first logical stream is read.
+pub fn parse_ogg_opus(bytes: &[u8]) -> Result<Vec<Vec<u8>>, ClipError> {
+    let mut packets = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut at = 0;
+    let mut serial = None;
+    while at < bytes.len() {
+        let page = bytes
+            .get(at..at + 27)
+            .ok_or(ClipError::Truncated(packets.len()))?;
+        if &page[..4] != b"OggS" {
+            return Err(ClipError::NotOgg);
+        }
+        let this_serial = u32::from_le_bytes([page[14], page[15], page[16], page[17]]);
+        let nsegs = usize::from(page[26]);
+        let table = bytes
+            .get(at + 27..at + 27 + nsegs)
+            .ok_or(ClipError::Truncated(packets.len()))?;
+        let mut data_at = at + 27 + nsegs;
+        let first_stream = *serial.get_or_insert(this_serial) == this_serial;
+        for &lace in table {
+            let seg = bytes
+                .get(data_at..data_at + usize::from(lace))
+                .ok_or(ClipError::Truncated(packets.len()))?;
+            data_at += usize::from(lace);
+            if !first_stream {
+                continue;
+            }
+            partial.extend_from_slice(seg);
+            if lace < 255 {
+                let packet = std::mem::take(&mut partial);
+                if !packet.starts_with(b"OpusHead") && !packet.starts_with(b"OpusTags") {
+                    if packet.len() > MAX_CLIP_FRAME {
+                        return Err(ClipError::Truncated(packets.len()));
+                    }
+                    packets.push(packet);
+                }
+            }
+        }
+        at = data_at;
+    }
+    if packets.is_empty() {
+        return Err(ClipError::Empty);
+    }
+    if let Some(i) = packets.iter().position(|p| opus_samples(p) != Some(960)) {
+        return Err(ClipError::OpusFrameSize(i));
+    }
+    Ok(packets)
+}
+
+/// Samples at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 §3.1).
+pub fn opus_samples(packet: &[u8]) -> Option<u32> {
+    let toc = *packet.first()?;
+    let config = toc >> 3;
+    // Frame duration in units of 2.5 ms.
+    let units: u32 = match config {
+        0..=11 => [4, 8, 16, 24][usize::from(config % 4)],
+        12..=15 => [4, 8][usize::from(config % 2)],
+        _ => [1, 2, 4, 8][usize::from(config % 4)],
+    };
+    let frames = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u32::from(*packet.get(1)? & 0x3f),
+    };
+    Some(units * 120 * frames)
+}
+
+/// Reads an Ogg Opus clip from `path`.
+pub fn read_ogg_opus(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ClipError> {
+    let bytes = std::fs::read(path).map_err(|source| ClipError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_ogg_opus(&bytes)
+}
+
 /// RTP payloads of one VP8 frame (RFC 7741): a one-byte payload descriptor (S set on the
 /// first packet, partition 0) before each chunk of at most `max_chunk` bytes; the bool
 /// marks the frame's last packet (the RTP marker bit).
@@ -192,6 +275,54 @@ mod clip_tests {
         let mut vp9 = ivf.clone();
         vp9[8..12].copy_from_slice(b"VP90");
         assert!(matches!(parse_ivf(&vp9), Err(ClipError::NotVp8(_))));
+    }
+
+    /// One Ogg page with the given packets (each under 255 * 255 bytes).
+    fn ogg_page(serial: u32, packets: &[&[u8]]) -> Vec<u8> {
+        let mut table = Vec::new();
+        let mut data = Vec::new();
+        for p in packets {
+            let mut n = p.len();
+            while n >= 255 {
+                table.push(255u8);
+                n -= 255;
+            }
+            table.push(n as u8);
+            data.extend_from_slice(p);
+        }
+        let mut page = b"OggS\0\0".to_vec();
+        page.extend_from_slice(&[0; 8]);
+        page.extend_from_slice(&serial.to_le_bytes());
+        page.extend_from_slice(&[0; 8]);
+        page.push(table.len() as u8);
+        page.extend(table);
+        page.extend(data);
+        page
+    }
+
+    #[test]
+    fn ogg_opus_packets_without_the_headers() {
+        let big = vec![7u8; 600];
+        assert_eq!(opus_samples(&[0x78]), Some(960));
+        assert_eq!(opus_samples(&[0xfc]), Some(960)); // CELT FB 20 ms
+        assert_eq!(opus_samples(&[0x79]), Some(1920)); // two 20 ms frames
+        assert_eq!(opus_samples(&[0x80]), Some(120)); // CELT NB 2.5 ms
+        let mut file = ogg_page(1, &[b"OpusHead\x01\x01"]);
+        file.extend(ogg_page(1, &[b"OpusTags...."]));
+        let mut big = big;
+        big[0] = 0x78; // SILK wideband 20 ms, one frame
+        file.extend(ogg_page(1, &[&[0x78, 1, 2], &big]));
+        file.extend(ogg_page(2, &[&[0xff; 9]]));
+        let packets = parse_ogg_opus(&file).expect("parses");
+        assert_eq!(packets, vec![vec![0x78, 1, 2], big]);
+        assert!(matches!(
+            parse_ogg_opus(b"nope, not ogg at all, really nothing"),
+            Err(ClipError::NotOgg)
+        ));
+        assert!(matches!(
+            parse_ogg_opus(&file[..file.len() - 3]),
+            Err(ClipError::Truncated(_))
+        ));
     }
 
     #[test]

@@ -77,6 +77,8 @@ const browser = await chromium.launch({
     '--headless', '--no-sandbox', '--disable-gpu',
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
     '--allow-loopback-in-peer-connection',
+    // Remote audio plays (and so is decoded and counted) without a click.
+    '--autoplay-policy=no-user-gesture-required',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
   ],
 });
