@@ -80,10 +80,25 @@ fn corrupt(e: PcapError) -> AuditError {
     }
 }
 
+/// Payload types whose packets are the relay's web client's (see [`crate::webframe`]): Opus
+/// (an SFrame per packet) and VP8 (RFC 7741 descriptors, a clear VP8 header, then the
+/// SFrame). Streams of other payload types are read as e2ee-client frames. For web
+/// streams a frame counts as SFrame only if it also continues its stream's SFrame
+/// sequence: the stream's one KID and a CTR above the previous frame's. Real Opus and VP8
+/// have no plaintext magic and are as dense as ciphertext, so a header that merely parses
+/// would prove nothing; a plaintext stream's "headers" do not keep one KID and a rising CTR.
+#[derive(Debug, Clone, Default)]
+pub struct WebFraming {
+    pub opus_pts: Vec<u8>,
+    pub vp8_pts: Vec<u8>,
+}
+
 /// What the audit found in one RTP stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamReport {
     pub ssrc: u32,
+    /// How frames were read: `e2ee-client`, `web-opus` or `web-vp8` ([`WebFraming`]).
+    pub framing: String,
     pub ssrc_hex: String,
     pub packets: u64,
     /// RTP payload bytes (headers and padding excluded).
@@ -207,12 +222,21 @@ impl AuditReport {
 
 /// Audit the pcap or pcapng file at `path`, searching for `canary` when given.
 pub fn audit_file(path: &Path, canary: Option<&[u8]>) -> Result<AuditReport, AuditError> {
+    audit_file_framed(path, canary, &WebFraming::default())
+}
+
+/// [`audit_file`], reading the payload types in `web` as the web client's streams.
+pub fn audit_file_framed(
+    path: &Path,
+    canary: Option<&[u8]>,
+    web: &WebFraming,
+) -> Result<AuditReport, AuditError> {
     let read_err = |source| AuditError::Read {
         path: path.display().to_string(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
-    audit_reader(file, canary).map_err(|e| match e {
+    audit_reader_framed(file, canary, web).map_err(|e| match e {
         AuditError::Read { source, .. } => read_err(source),
         e => e,
     })
@@ -220,6 +244,15 @@ pub fn audit_file(path: &Path, canary: Option<&[u8]>) -> Result<AuditReport, Aud
 
 /// Audit pcap or pcapng bytes from any reader (read as they are parsed; no need to buffer).
 pub fn audit_reader(r: impl Read, canary: Option<&[u8]>) -> Result<AuditReport, AuditError> {
+    audit_reader_framed(r, canary, &WebFraming::default())
+}
+
+/// [`audit_reader`] with the web client's payload types.
+pub fn audit_reader_framed(
+    r: impl Read,
+    canary: Option<&[u8]>,
+    web: &WebFraming,
+) -> Result<AuditReport, AuditError> {
     let mut input = Input::new(r);
     // Enough to tell the formats apart and hold a pcap header.
     while input.data().len() < 24 && input.more(24).map_err(io_err)? {}
@@ -230,6 +263,7 @@ pub fn audit_reader(r: impl Read, canary: Option<&[u8]>) -> Result<AuditReport, 
     let canary = canary.filter(|c| !c.is_empty());
     let mut audit = Audit {
         canary,
+        web,
         streams: BTreeMap::new(),
         skipped: Skipped::default(),
         records: 0,
@@ -479,10 +513,15 @@ struct Stream {
     canary_packets: u64,
     canary_frames: u64,
     histogram: Vec<u64>,
+    framing: &'static str,
+    /// Web streams: the stream's KID and the last frame's CTR.
+    kid: Option<u64>,
+    last_ctr: Option<u64>,
 }
 
 struct Audit<'a> {
     canary: Option<&'a [u8]>,
+    web: &'a WebFraming,
     streams: BTreeMap<u32, Stream>,
     skipped: Skipped,
     records: u64,
@@ -564,9 +603,17 @@ impl Audit<'_> {
         };
         self.rtp_packets += 1;
         let payload = h.payload(p);
+        let framing = if self.web.opus_pts.contains(&h.payload_type) {
+            "web-opus"
+        } else if self.web.vp8_pts.contains(&h.payload_type) {
+            "web-vp8"
+        } else {
+            "e2ee-client"
+        };
         let st = self.streams.entry(h.ssrc).or_default();
         if st.histogram.is_empty() {
             st.histogram = vec![0; 256];
+            st.framing = framing;
         }
         st.packets += 1;
         st.payload_bytes += payload.len() as u64;
@@ -578,15 +625,55 @@ impl Audit<'_> {
                 st.canary_packets += 1;
             }
         }
-        let Some(frame) = st.rx.push(h.sequence, h.timestamp, h.marker, payload) else {
-            return;
+        let frame = match st.framing {
+            "web-opus" if !payload.is_empty() => payload.to_vec(),
+            "web-vp8" if !payload.is_empty() => {
+                let Some(n) = crate::webframe::vp8_descriptor_len(payload) else {
+                    st.rx.frames_incomplete += 1;
+                    return;
+                };
+                let Some(f) = st.rx.push(h.sequence, h.timestamp, h.marker, &payload[n..]) else {
+                    return;
+                };
+                f
+            }
+            // Padding-only packets of a web stream carry no frame.
+            "web-opus" | "web-vp8" => return,
+            _ => {
+                let Some(f) = st.rx.push(h.sequence, h.timestamp, h.marker, payload) else {
+                    return;
+                };
+                f
+            }
         };
         st.frames += 1;
         if frame.starts_with(PLAINTEXT_MAGIC) {
             st.plaintext_magic_frames += 1;
         }
-        if looks_like_sframe(&frame) {
-            st.sframe_frames += 1;
+        match st.framing {
+            "web-opus" | "web-vp8" => {
+                let clear = if st.framing == "web-vp8" {
+                    crate::webframe::vp8_clear_len(&frame)
+                } else {
+                    0
+                };
+                let sf = &frame[clear..];
+                if looks_like_sframe(sf) {
+                    if let Ok((hd, _)) = sframe::Header::decode(sf) {
+                        let kid_ok = *st.kid.get_or_insert(hd.kid) == hd.kid;
+                        let ctr_ok = st.last_ctr.is_none_or(|c| hd.ctr > c);
+                        st.last_ctr = Some(hd.ctr);
+                        if kid_ok && ctr_ok {
+                            st.sframe_frames += 1;
+                        }
+                    }
+                }
+            }
+            _ => {
+                if looks_like_sframe(&frame) {
+                    st.sframe_frames += 1;
+                }
+            }
         }
         if let Some(c) = self.canary {
             if contains(&frame, c) {
@@ -611,6 +698,12 @@ impl Audit<'_> {
                 };
                 StreamReport {
                     ssrc,
+                    framing: if st.framing.is_empty() {
+                        "e2ee-client"
+                    } else {
+                        st.framing
+                    }
+                    .into(),
                     ssrc_hex: format!("0x{ssrc:08x}"),
                     packets: st.packets,
                     payload_bytes: st.payload_bytes,
@@ -802,6 +895,113 @@ mod tests {
         }
     }
 
+    /// Packets of the web client's framing: Opus (PT 111, a frame per packet) and VP8 (PT 96,
+    /// a 4-byte RFC 7741 descriptor per packet, the frame's clear VP8 header, then the body).
+    fn web_stream(seal: impl Fn(&[u8], &[u8]) -> Vec<u8>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect()
+        };
+        let mut seq = 1u16;
+        for n in 0..40u32 {
+            // Opus: a TOC byte and "compressed" bytes.
+            let mut opus = vec![0x78];
+            opus.extend(noise(80));
+            let mut p = Vec::new();
+            RtpHeader {
+                marker: false,
+                payload_type: 111,
+                sequence: seq,
+                timestamp: n * 960,
+                ssrc: 0xa0,
+                header_len: 12,
+                padding_len: 0,
+            }
+            .write_minimal(&mut p);
+            p.extend(seal(&[], &opus));
+            out.push(p);
+            // VP8: a key frame every 10 frames, 2 packets each.
+            let mut vp8 = vec![if n % 10 == 0 { 0x10 } else { 0x31 }];
+            vp8.extend(noise(1500));
+            let clear = crate::webframe::vp8_clear_len(&vp8);
+            let mut body = vp8[..clear].to_vec();
+            body.extend(seal(&vp8[..clear], &vp8[clear..]));
+            let (a, b) = body.split_at(body.len() / 2);
+            for (i, chunk) in [a, b].into_iter().enumerate() {
+                let mut p = Vec::new();
+                RtpHeader {
+                    marker: i == 1,
+                    payload_type: 96,
+                    sequence: seq,
+                    timestamp: n * 3000,
+                    ssrc: 0xb0,
+                    header_len: 12,
+                    padding_len: 0,
+                }
+                .write_minimal(&mut p);
+                p.extend_from_slice(&[
+                    if i == 0 { 0x90 } else { 0x80 },
+                    0x80,
+                    0x80 | (n >> 8) as u8,
+                    n as u8,
+                ]);
+                p.extend_from_slice(chunk);
+                out.push(p);
+                seq = seq.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn web_framing_sealed_is_blind_plain_opus_and_vp8_are_not() {
+        let web = WebFraming {
+            opus_pts: vec![111],
+            vp8_pts: vec![96],
+        };
+        let ctr = std::cell::Cell::new(0);
+        let sealed = web_stream(|meta, f| {
+            ctr.set(ctr.get() + 1);
+            sframe::encrypt(
+                sframe::CipherSuite::AesGcm128Sha256,
+                &[7; 16],
+                2,
+                ctr.get(),
+                meta,
+                f,
+            )
+            .unwrap()
+        });
+        let r = audit_reader_framed(&pcap(&sealed, false)[..], None, &web).unwrap();
+        assert!(r.blind, "{}", r.table());
+        assert_eq!(r.streams.len(), 2);
+        for s in &r.streams {
+            assert!(s.framing.starts_with("web-"));
+            assert!(s.frames >= 39, "{}", r.table());
+            assert_eq!(s.sframe_frames, s.frames, "{}", r.table());
+        }
+        // The same media in the clear: dense bytes whose "headers" do not form one
+        // SFrame sequence.
+        let plain = web_stream(|_, f| f.to_vec());
+        let r = audit_reader_framed(&pcap(&plain, false)[..], None, &web).unwrap();
+        assert!(!r.blind, "{}", r.table());
+        for s in &r.streams {
+            assert!(s.sframe_share < 0.9, "{}", r.table());
+        }
+        // Read without the web framing, the sealed web streams are not SFrame either:
+        // the framing is what makes the audit right.
+        let r = audit_reader(&pcap(&sealed, false)[..], None).unwrap();
+        assert!(!r.blind, "{}", r.table());
+    }
+
     #[test]
     fn sealed_stream_is_blind_plaintext_is_not() {
         let ctr = std::cell::Cell::new(0);
@@ -918,8 +1118,10 @@ mod tests {
             .udp(1, 2)
             .write(&mut eth, &rtp)
             .unwrap();
+        let web = WebFraming::default();
         let mut a = Audit {
             canary: None,
+            web: &web,
             streams: BTreeMap::new(),
             skipped: Skipped::default(),
             records: 0,

@@ -51,6 +51,18 @@ pub struct CallOptions {
     /// Wait (up to `duration`) for an invitation and join the call it names instead of
     /// `call` (add_participant, transfer, retrieve, a bot brought in).
     pub wait_invite: bool,
+    /// The remote participants are browsers running the relay's web client: read their
+    /// media in its framing ([`crate::webframe`]: Opus one frame per packet, VP8 behind
+    /// RFC 7741 descriptors with a clear VP8 header). Their frames are decrypted and
+    /// counted, not checked against the synthetic pattern.
+    pub web_peers: bool,
+    /// Send this IVF file's VP8 frames (looped, 30 fps by `fps`) instead of synthetic video:
+    /// packetised per RFC 7741 and, on an E2EE call, sealed in the web client's framing
+    /// (clear VP8 header as SFrame metadata), so a browser decodes the picture.
+    pub video_clip: Option<std::path::PathBuf>,
+    /// Send this Ogg Opus file's packets (looped, one per 20 ms) instead of synthetic audio:
+    /// one packet per RTP payload (RFC 7587), each sealed whole on an E2EE call.
+    pub audio_clip: Option<std::path::PathBuf>,
 }
 
 impl Default for CallOptions {
@@ -74,6 +86,9 @@ impl Default for CallOptions {
             features: vec![],
             bot: None,
             wait_invite: false,
+            web_peers: false,
+            video_clip: None,
+            audio_clip: None,
         }
     }
 }
@@ -189,6 +204,8 @@ pub enum CallError {
     Identity(String),
     #[error("relay answer unusable: {0}")]
     Answer(String),
+    #[error("video clip: {0}")]
+    Clip(#[from] crate::webframe::ClipError),
 }
 
 fn now_us() -> u64 {
@@ -214,6 +231,9 @@ struct Outgoing {
     frame_no: u32,
     clock_rate: u32,
     started: Instant,
+    /// RTP timestamp step per frame when the media has a fixed frame duration (an Opus
+    /// clip: 960 = 20 ms at 48 kHz); otherwise the timestamp follows the clock.
+    step: Option<u32>,
 }
 
 impl Outgoing {
@@ -225,6 +245,7 @@ impl Outgoing {
             frame_no: 0,
             clock_rate,
             started: Instant::now(),
+            step: None,
         }
     }
 }
@@ -271,6 +292,16 @@ async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
 
 async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let t0 = Instant::now();
+    let clip = match &opts.video_clip {
+        Some(p) => Some(crate::webframe::read_ivf(p)?),
+        None => None,
+    };
+    let audio_clip = match &opts.audio_clip {
+        Some(p) => Some(crate::webframe::read_ogg_opus(p)?),
+        None => None,
+    };
+    // An Opus clip's packets are 20 ms each (opusenc's default frame size).
+    let audio_step = audio_clip.as_ref().map(|_| 960);
     let mut sig = Signal::connect(&opts.relay).await?;
     sig.send(&ClientMessage::Hello {
         token: opts.token.clone(),
@@ -315,6 +346,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 8);
     let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let mut audio = Outgoing::new(AUDIO_PT, 48_000);
+    audio.step = audio_step;
     let mut video = Outgoing::new(VIDEO_PT, 90_000);
     let cname = Alphanumeric.sample_string(&mut rand::rng(), 12);
     s.audio_ssrc = Some(audio.ssrc);
@@ -439,14 +471,24 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
             _ = audio_tick.tick(), if opts.audio && sending => {
-                make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
                 let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
-                send_frame(&mut path, &mut audio, &frame, sealer, &mut sealed, &mut pkt, s).await;
+                if let Some(packets) = audio_clip.as_ref().filter(|p| !p.is_empty()) {
+                    let p = &packets[audio.frame_no as usize % packets.len()];
+                    send_frame(&mut path, &mut audio, p, sealer, &mut sealed, &mut pkt, s).await;
+                } else {
+                    make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
+                    send_frame(&mut path, &mut audio, &frame, sealer, &mut sealed, &mut pkt, s).await;
+                }
             }
             _ = video_tick.tick(), if opts.video && sending => {
-                make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
                 let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
-                send_frame(&mut path, &mut video, &frame, sealer, &mut sealed, &mut pkt, s).await;
+                if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
+                    let f = &frames[video.frame_no as usize % frames.len()];
+                    send_vp8_frame(&mut path, &mut video, f, sealer, &mut sealed, &mut pkt, s).await;
+                } else {
+                    make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
+                    send_frame(&mut path, &mut video, &frame, sealer, &mut sealed, &mut pkt, s).await;
+                }
             }
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
@@ -497,15 +539,26 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     s.inbound.push(InboundStream { ssrc: h.ssrc, payload_type: h.payload_type, packets: 1 });
                 }
                 let st = streams.entry(h.ssrc).or_default();
-                let Some(f) = st.push(h.sequence, h.timestamp, h.marker, h.payload(&plain)) else { continue };
+                let payload = h.payload(&plain);
+                let f = if opts.web_peers {
+                    match web_frame(st, &h, payload) {
+                        Some(f) => f,
+                        None => continue,
+                    }
+                } else {
+                    let Some(f) = st.push(h.sequence, h.timestamp, h.marker, payload) else { continue };
+                    f
+                };
                 s.frames_received += 1;
                 if let Some((kind @ (crate::bot::BotKind::Captions | crate::bot::BotKind::Transcription), _)) = &opts.bot {
                     // Where speech-to-text would run on the frame.
                     println!("{kind:?}: ssrc={:08x} ts={} frame of {} bytes", h.ssrc, h.timestamp, f.len());
                 }
+                // The web client keeps a VP8 frame's first bytes clear, as SFrame metadata.
+                let clear = if opts.web_peers && h.payload_type == VIDEO_PT { crate::webframe::vp8_clear_len(&f) } else { 0 };
                 let plain_frame: &[u8] = if let Some(g) = group.as_mut() {
                     if !g.keyed() { s.frames_before_keys += 1; continue }
-                    match g.open_into(Instant::now(), &[], &f, &mut opened) {
+                    match g.open_into(Instant::now(), &f[..clear], &f[clear..], &mut opened) {
                         Ok(from) => {
                             s.frames_decrypted += 1;
                             *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
@@ -515,13 +568,17 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                     }
                 } else if e2ee_call {
                     let Some(k) = e2ee.as_mut() else { s.frames_before_keys += 1; continue };
-                    match k.receiver.open_into(&[], &f, &mut opened) {
+                    match k.receiver.open_into(&f[..clear], &f[clear..], &mut opened) {
                         Ok(_) => { s.frames_decrypted += 1; &opened }
                         Err(_) => { s.decrypt_failures += 1; continue; }
                     }
                 } else {
                     &f
                 };
+                if opts.web_peers {
+                    // Real Opus and VP8 from a browser: nothing to compare with.
+                    continue;
+                }
                 match verify_frame(plain_frame, canary) {
                     Some(info) => {
                         s.frames_verified += 1;
@@ -668,6 +725,23 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     Ok(())
 }
 
+/// One received packet of a web client, as a frame to open: an Opus packet is a frame; VP8
+/// packets lose their payload descriptor and are joined up to the marker bit. Packets of
+/// other payload types, and empty (padding) packets, yield nothing.
+fn web_frame(st: &mut StreamReceiver, h: &RtpHeader, payload: &[u8]) -> Option<Vec<u8>> {
+    if payload.is_empty() {
+        return None;
+    }
+    match h.payload_type {
+        AUDIO_PT => Some(payload.to_vec()),
+        VIDEO_PT => {
+            let n = crate::webframe::vp8_descriptor_len(payload)?;
+            st.push(h.sequence, h.timestamp, h.marker, &payload[n..])
+        }
+        _ => None,
+    }
+}
+
 /// Feed one key-agreement blob; installs the SFrame keys once the agreement completes.
 async fn on_kex_blob(
     opts: &CallOptions,
@@ -768,7 +842,12 @@ async fn send_frame(
         },
         None => frame,
     };
-    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    let ts = match out.step {
+        Some(step) => out.frame_no.wrapping_mul(step),
+        None => {
+            (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32
+        }
+    };
     for (chunk, last) in packetize(body) {
         pkt.clear();
         RtpHeader {
@@ -782,6 +861,57 @@ async fn send_frame(
         }
         .write_minimal(pkt);
         pkt.extend_from_slice(chunk);
+        out.seq = out.seq.wrapping_add(1);
+        let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
+            continue;
+        };
+        if path.socket.send_to(&p, path.relay).await.is_ok() {
+            s.sent_packets += 1;
+            s.sent_bytes += p.len() as u64;
+        }
+    }
+    out.frame_no = out.frame_no.wrapping_add(1);
+    s.sent_frames += 1;
+}
+
+/// One frame of a VP8 clip: sealed in the web client's framing on an E2EE call, then one
+/// RTP packet per chunk behind a VP8 payload descriptor (RFC 7741).
+async fn send_vp8_frame(
+    path: &mut MediaPath,
+    out: &mut Outgoing,
+    frame: &[u8],
+    sealer: Option<&mut SframeSender>,
+    sealed: &mut Vec<u8>,
+    pkt: &mut Vec<u8>,
+    s: &mut CallSummary,
+) {
+    let body: &[u8] = match sealer {
+        Some(k) => {
+            let clear = crate::webframe::vp8_clear_len(frame);
+            let Ok(ct) = k.seal(&frame[..clear], &frame[clear..]) else {
+                return;
+            };
+            sealed.clear();
+            sealed.extend_from_slice(&frame[..clear]);
+            sealed.extend_from_slice(&ct);
+            sealed
+        }
+        None => frame,
+    };
+    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    for (payload, last) in crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1) {
+        pkt.clear();
+        RtpHeader {
+            marker: last,
+            payload_type: out.pt,
+            sequence: out.seq,
+            timestamp: ts,
+            ssrc: out.ssrc,
+            header_len: 12,
+            padding_len: 0,
+        }
+        .write_minimal(pkt);
+        pkt.extend_from_slice(&payload);
         out.seq = out.seq.wrapping_add(1);
         let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
             continue;

@@ -46,6 +46,12 @@ pub struct AuditArgs {
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Payload type of the web client's Opus streams (a sealed frame per packet); repeatable.
+    #[arg(long = "opus-pt")]
+    pub opus_pt: Vec<u8>,
+    /// Payload type of the web client's VP8 streams (RFC 7741, clear VP8 header); repeatable.
+    #[arg(long = "vp8-pt")]
+    pub vp8_pt: Vec<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +98,22 @@ pub struct CallArgs {
     /// Wait for an invitation (add_participant, transfer, retrieve) and join that call.
     #[arg(long)]
     pub wait_invite: bool,
+    /// The other participants are browsers running the relay's web client: read their media
+    /// in its framing (Opus one frame per packet; VP8 per RFC 7741 with a clear VP8 header)
+    /// and count decrypted frames instead of checking the synthetic pattern.
+    #[arg(long)]
+    pub web_peers: bool,
+    /// Send the VP8 frames of this IVF file (looped) as the video, packetised per RFC 7741
+    /// (sealed in the web client's framing on an E2EE call), so browsers show the picture.
+    /// Make one with `gst-launch-1.0 videotestsrc num-buffers=300 ! vp8enc ! ...` or
+    /// `ffmpeg -i IN -c:v libvpx -f ivf clip.ivf`.
+    #[arg(long)]
+    pub video_clip: Option<PathBuf>,
+    /// Send the Opus packets of this Ogg Opus file (looped, 20 ms each) as the audio, one
+    /// per RTP packet (RFC 7587), sealed whole on an E2EE call. Make one with
+    /// `gst-launch-1.0 audiotestsrc ! opusenc ! oggmux ! filesink location=clip.opus`.
+    #[arg(long)]
+    pub audio_clip: Option<PathBuf>,
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
@@ -178,6 +200,9 @@ pub async fn run(cli: Cli) -> i32 {
                 features: a.request,
                 bot: None,
                 wait_invite: a.wait_invite,
+                web_peers: a.web_peers,
+                video_clip: a.video_clip,
+                audio_clip: a.audio_clip,
             };
             let summary = run_call(&opts).await;
             if a.json {
@@ -259,13 +284,18 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn audit_command(a: &AuditArgs) -> i32 {
-    let report = match audit::audit_file(&a.file, a.canary.as_deref().map(str::as_bytes)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("e2ee-client: audit: {e}");
-            return 2;
-        }
+    let web = audit::WebFraming {
+        opus_pts: a.opus_pt.clone(),
+        vp8_pts: a.vp8_pt.clone(),
     };
+    let report =
+        match audit::audit_file_framed(&a.file, a.canary.as_deref().map(str::as_bytes), &web) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("e2ee-client: audit: {e}");
+                return 2;
+            }
+        };
     if a.json {
         // AuditReport holds only plain data; serialization cannot fail.
         println!(

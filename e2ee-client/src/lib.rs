@@ -12,3 +12,4 @@ pub mod mls;
 pub mod sframe;
 pub mod signal;
 pub mod transport;
+pub mod webframe;

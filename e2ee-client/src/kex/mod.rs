@@ -485,3 +485,138 @@ mod tests {
         }
     }
 }
+
+/// The cross-check with the web client (web/kex.js): exchanges run here with fixed secrets
+/// are written to `web/test/kex-vectors.json`, and `node --test web/test/` replays them in
+/// JavaScript (blobs, transcript, keys, code, and SFrame frames sealed with the keys).
+/// The committed file must be exactly what this side computes; `BLINDRELAY_BLESS=1`
+/// rewrites it.
+#[cfg(test)]
+mod web_vectors {
+    use super::*;
+    use crate::sframe::{CipherSuite, Sender};
+
+    fn hexs(b: &[u8]) -> String {
+        hex::encode(b)
+    }
+
+    fn case(call: &str, a: &str, b: &str, seed_a: [u8; 32], seed_b: [u8; 32]) -> serde_json::Value {
+        let (Ok(mut ka), Ok(mut kb)) = (
+            KeyAgreement::with_seed(call, a, b, seed_a),
+            KeyAgreement::with_seed(call, b, a, seed_b),
+        ) else {
+            panic!("agreements")
+        };
+        // Whoever initiates starts.
+        let (ini, res, seed_i, seed_r, ini_id, res_id) = if ka.role() == Role::Initiator {
+            (&mut ka, &mut kb, seed_a, seed_b, a, b)
+        } else {
+            (&mut kb, &mut ka, seed_b, seed_a, b, a)
+        };
+        let Some(commit) = ini.start() else {
+            panic!("commit")
+        };
+        let commit_blob = commit.to_blob();
+        let Ok(Some(public)) = res.handle_blob(&commit_blob) else {
+            panic!("public")
+        };
+        let Ok(Some(reveal)) = ini.handle_blob(&public) else {
+            panic!("reveal")
+        };
+        assert!(matches!(res.handle_blob(&reveal), Ok(None)));
+        let (Some(ki), Some(kr)) = (ini.keys(), res.keys()) else {
+            panic!("keys")
+        };
+        assert_eq!(ki.verification_code, kr.verification_code);
+        let (_, pk_i) = crypto::keypair_from_seed(seed_i);
+        let (_, pk_r) = crypto::keypair_from_seed(seed_r);
+        let Ok(ctx) = crypto::encode_context(call, ini_id, res_id) else {
+            panic!("ctx")
+        };
+        let commit_hash = crypto::commit_hash(&ctx, &pk_i);
+        let transcript = crypto::transcript_hash(&ctx, &commit_hash, &pk_r, &pk_i);
+        // Frames sealed the way e2ee-client seals them: one SFrame sender per direction,
+        // KID 1 (initiator) / 2 (responder), CTR from 0; media without metadata, chat with
+        // metadata "chat".
+        let suite = CipherSuite::AesGcm128Sha256;
+        let mut send_i = Sender::new(suite, 1, ki.send_key.as_bytes());
+        let mut send_r = Sender::new(suite, 2, kr.send_key.as_bytes());
+        let mut frames = Vec::new();
+        for (who, meta, pt) in [
+            ("initiator", &b""[..], &b"audio frame 0"[..]),
+            ("initiator", &b"chat"[..], &b"hello from the initiator"[..]),
+            ("responder", &b""[..], &b"video frame 0"[..]),
+            (
+                "responder",
+                &b"\x10\x02\x00"[..],
+                &b"vp8 delta frame body"[..],
+            ),
+        ] {
+            let sender = if who == "initiator" {
+                &mut send_i
+            } else {
+                &mut send_r
+            };
+            let Ok(sealed) = sender.seal(meta, pt) else {
+                panic!("seal")
+            };
+            frames.push(serde_json::json!({
+                "sender": who, "metadata": hexs(meta), "plaintext": hexs(pt), "sealed": hexs(&sealed),
+            }));
+        }
+        serde_json::json!({
+            "call": call,
+            "initiator_id": ini_id,
+            "responder_id": res_id,
+            "initiator_seed": hexs(&seed_i),
+            "responder_seed": hexs(&seed_r),
+            "initiator_public": hexs(&pk_i),
+            "responder_public": hexs(&pk_r),
+            "context": hexs(&ctx),
+            "commit_blob": commit_blob,
+            "public_blob": public,
+            "reveal_blob": reveal,
+            "transcript": hexs(&transcript),
+            "i2r": hexs(ki.send_key.as_bytes()),
+            "r2i": hexs(kr.send_key.as_bytes()),
+            "verification_code": ki.verification_code.to_string(),
+            "frames": frames,
+        })
+    }
+
+    #[test]
+    fn web_client_vectors_are_what_rust_computes() {
+        let seed = |n: u8| {
+            let mut s = [0u8; 32];
+            for (i, b) in s.iter_mut().enumerate() {
+                *b = n.wrapping_mul(31).wrapping_add(i as u8);
+            }
+            s
+        };
+        let cases = vec![
+            case("call-1", "alice", "bob", [0x11; 32], [0x22; 32]),
+            case("demo", "p-9f2c", "p-1a7e", seed(3), seed(4)),
+            // Non-ASCII ids and call: byte order (UTF-8), not UTF-16 order, picks the roles.
+            case("réunion-zoë", "🔒a", "\u{fb01}x", seed(5), seed(6)),
+            case(&"c".repeat(300), "a", "b", seed(7), seed(8)),
+        ];
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "about": "Written by e2ee-client's kex::web_vectors test (BLINDRELAY_BLESS=1 rewrites); replayed by web/test/kex.test.mjs",
+            "cases": cases,
+        }))
+        .expect("JSON")
+            + "\n";
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/test/kex-vectors.json");
+        if std::env::var("BLINDRELAY_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &text).expect("write kex-vectors.json");
+        }
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (BLINDRELAY_BLESS=1 writes it)", path.display()));
+        assert!(
+            committed == text,
+            "{} differs from what Rust computes now; rerun with BLINDRELAY_BLESS=1 if the change is intended",
+            path.display()
+        );
+    }
+}

@@ -14,3 +14,4 @@ pub mod policy_store;
 pub mod server;
 pub mod signal;
 pub mod udp;
+pub mod web;

@@ -181,6 +181,7 @@ impl Relay {
             events.clone(),
             limits,
             metrics.clone(),
+            super::web::WebState::new(&config),
         )));
         let shutting_down = Arc::new(AtomicBool::new(false));
         tasks.push(tokio::spawn(admin::serve(

@@ -13,8 +13,9 @@ use crate::metrics::Metrics;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 use futures_util::{SinkExt, StreamExt};
@@ -85,12 +86,14 @@ struct SignalState {
     metrics: Arc<Metrics>,
 }
 
-/// Accept signalling connections until the listener fails.
+/// Accept signalling connections until the listener fails. The same listener serves the
+/// web client (`/` and its files) and, in development, `POST /dev/token` (see [`super::web`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     events: EventTx,
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
+    web: super::web::WebState,
 ) {
     let state = SignalState {
         events,
@@ -100,7 +103,13 @@ pub async fn serve(
     };
     let app = Router::new()
         .route("/v1/signal", get(upgrade))
-        .with_state(state);
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/dev/token", post(super::web::dev_token))
+                .with_state(web),
+        )
+        .fallback(static_file);
     let counts = Arc::new(Mutex::new(ConnCounts::default()));
     let next_id = AtomicU64::new(1);
     loop {
@@ -141,6 +150,18 @@ pub async fn serve(
             drop(held);
         });
     }
+}
+
+/// The web client's files (GET and HEAD); 404 for anything else.
+async fn static_file(method: Method, uri: Uri) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
+    }
+    let path = match uri.path() {
+        "/index.html" => "/",
+        p => p,
+    };
+    super::web::asset(path).unwrap_or_else(|| (StatusCode::NOT_FOUND, "not found").into_response())
 }
 
 fn admit(

@@ -1,0 +1,176 @@
+#!/usr/bin/env node
+// Drives the relay's own web client (served at / by the relay) in headless Chromium.
+//
+//   node web.mjs --page URL [--page URL ...] [--until joined|error|capabilities|media|keyed]
+//       [--min-video-frames N] [--min-encrypted N] [--min-decrypted N] [--timeout SECS]
+//       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
+//       [--click-feature NAME] [--min-participants N] [--wait-stdin]
+//
+// --connect presses "Check settings" on each page (for URLs without autojoin=1).
+// --click-feature NAME presses that call-feature button once the page has joined.
+// --wait-stdin: once the condition is met, print "ready" on stderr and keep the pages in
+// the call until a line arrives on stdin (the test releases them when it has seen what it
+// waits for, e.g. a bot's packets in the relay's metrics).
+//
+// Every page is opened in one browser (one context each). The driver polls
+// window.blindrelay.state() until every page meets the --until condition or the timeout
+// passes, then (for media) samples each remote video on a canvas. stdout gets one JSON
+// line: [{url, ok, state, samples, toggle, lock, errors}] (ok = the condition was met).
+// Exit status 0 when every page met it.
+import { chromium } from 'playwright-core';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const a = { pages: [], until: 'media', minVideoFrames: 100, minEncrypted: 0, minDecrypted: 0, timeout: 60, chat: null };
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i++) {
+  const v = argv[i + 1];
+  switch (argv[i]) {
+    case '--page': a.pages.push(v); i++; break;
+    case '--until': a.until = v; i++; break;
+    case '--min-video-frames': a.minVideoFrames = Number(v); i++; break;
+    case '--min-encrypted': a.minEncrypted = Number(v); i++; break;
+    case '--timeout': a.timeout = Number(v); i++; break;
+    case '--min-decrypted': a.minDecrypted = Number(v); i++; break;
+    case '--connect': a.connect = true; break;
+    case '--click-feature': a.clickFeature = v; i++; break;
+    case '--min-participants': a.minParticipants = Number(v); i++; break;
+    case '--wait-stdin': a.waitStdin = true; break;
+    case '--screenshot': a.screenshot = v; i++; break;
+    case '--click-lock': a.clickLock = true; break;
+    case '--chat': a.chat = v; i++; break;
+    case '--chromium': a.chromium = v; i++; break;
+    default: throw new Error(`unknown argument ${argv[i]}`);
+  }
+}
+if (!a.pages.length) throw new Error('--page is required');
+const executablePath = a.chromium || '/usr/bin/chromium';
+if (!existsSync(executablePath)) {
+  console.error(`${executablePath} not found: run scripts/install-test-deps.sh`);
+  process.exit(3);
+}
+
+/** Whether a page's state meets the condition. */
+function met(s) {
+  if (!s) return false;
+  switch (a.until) {
+    case 'error': return !!s.error;
+    case 'capabilities': return s.e2ee_option !== null;
+    case 'joined': return s.joined;
+    case 'participants': return s.joined && s.participants.length >= (a.minParticipants || 1);
+    case 'keyed': return s.joined && s.e2ee && s.frames_encrypted >= a.minEncrypted && s.frames_decrypted >= a.minDecrypted;
+    case 'media': {
+      if (!s.joined) return false;
+      if (s.call_mode === 'e2ee' && !s.e2ee) return false;
+      if (s.frames_encrypted < a.minEncrypted) return false;
+      const video = s.inbound.filter((i) => i.kind === 'video' && i.participant);
+      const remotes = s.participants.length;
+      return remotes > 0 && s.participants.every((p) => video.some((i) => i.participant === p && i.framesDecoded > a.minVideoFrames));
+    }
+    default: throw new Error(`unknown --until ${a.until}`);
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu',
+    '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection',
+    // Remote audio plays (and so is decoded and counted) without a click.
+    '--autoplay-policy=no-user-gesture-required',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+console.error(`[web] chromium ${browser.version()}: ${a.pages.length} page(s), until ${a.until}`);
+const results = [];
+let allOk = true;
+try {
+  const pages = [];
+  for (const [n, url] of a.pages.entries()) {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+    await context.grantPermissions(['camera', 'microphone']).catch(() => {});
+    const page = await context.newPage();
+    const errors = [];
+    page.on('console', (m) => console.error(`[page ${n}] ${m.text()}`));
+    page.on('pageerror', (e) => { errors.push(e.message); console.error(`[page ${n}] pageerror ${e.message}`); });
+    await page.goto(url);
+    if (a.connect) await page.click('#connect');
+    pages.push({ n, url, page, errors });
+  }
+  const deadline = Date.now() + a.timeout * 1000;
+  const states = new Map();
+  const poll = async () => {
+    for (const p of pages) states.set(p.n, await p.page.evaluate(() => window.blindrelay.state()).catch((e) => { p.errors.push(String(e.message)); return null; }));
+  };
+  await poll();
+  const clicked = new Set();
+  while (Date.now() < deadline && !pages.every((p) => met(states.get(p.n)))) {
+    if (a.clickFeature) {
+      for (const p of pages) {
+        if (!clicked.has(p.n) && states.get(p.n)?.joined) {
+          clicked.add(p.n);
+          await p.page.click(`#feature-buttons button[data-feature="${a.clickFeature}"]`).catch((e) => p.errors.push(`click: ${e.message}`));
+        }
+      }
+    }
+    await new Promise((r) => setTimeout(r, 250));
+    await poll();
+  }
+  if (a.waitStdin) {
+    console.error('ready');
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, a.timeout * 1000);
+      process.stdin.once('data', () => { clearTimeout(t); resolve(); });
+    });
+    process.stdin.pause();
+  }
+  if (a.chat) {
+    for (const p of pages) {
+      await p.page.fill('#chat-input', `${a.chat} from page ${p.n}`).catch((e) => p.errors.push(`chat: ${e.message}`));
+      await p.page.click('#chat-send').catch((e) => p.errors.push(`chat: ${e.message}`));
+    }
+    // Wait for each page to receive the other pages' lines.
+    const want = pages.length - 1;
+    while (Date.now() < deadline + 10000) {
+      await poll();
+      if (pages.every((p) => (states.get(p.n)?.chat || []).filter((c) => !c.mine).length >= want)) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  await poll();
+  for (const p of pages) {
+    const s = states.get(p.n);
+    const ok = met(s);
+    allOk &&= ok;
+    const samples = {};
+    for (const who of s ? s.participants : []) samples[who] = await p.page.evaluate((w) => window.blindrelay.sampleVideo(w), who).catch(() => null);
+    const toggle = await p.page.evaluate(() => {
+      const t = document.getElementById('e2ee-toggle');
+      return t ? { present: true, visible: !!(t.offsetWidth || t.offsetHeight), checked: t.checked, disabled: t.disabled } : { present: false };
+    });
+    const lock = await p.page.evaluate(() => {
+      const l = document.getElementById('lock');
+      return { visible: !!l && !l.hidden && !!(l.offsetWidth || l.offsetHeight) };
+    });
+    let shownCode = null;
+    if (a.clickLock && lock.visible) {
+      await p.page.click('#lock');
+      shownCode = await p.page.textContent('#code');
+    }
+    const features = await p.page.evaluate(() => [...document.querySelectorAll('#feature-buttons button')].map((b) => ({ name: b.dataset.feature, disabled: b.disabled, reason: b.title })));
+    const message = await p.page.evaluate(() => { const m = document.getElementById('message'); return m && !m.hidden ? m.textContent : null; });
+    if (a.screenshot) {
+      mkdirSync(a.screenshot, { recursive: true });
+      await p.page.screenshot({ path: join(a.screenshot, `page-${p.n}.png`) });
+    }
+    results.push({ url: p.url, ok, state: s, samples, toggle, lock, shownCode, features, message, errors: p.errors });
+  }
+} catch (e) {
+  console.error(`[web] ${e.stack || e}`);
+  allOk = false;
+} finally {
+  await browser.close().catch(() => {});
+}
+process.stdout.write(JSON.stringify(results) + '\n');
+process.exit(allOk ? 0 : 1);

@@ -1,0 +1,1184 @@
+//! The relay's own web client (web/, served at `/`), in headless Chromium (playwright-core,
+//! tests/peers/chromium/web.mjs), through a real relay on loopback: real DTLS-SRTP, real
+//! VP8 and Opus, SFrame in an RTCRtpScriptTransform worker. The driver polls
+//! `window.blindrelay.state()` until a condition holds or a deadline passes; these tests
+//! assert on what it reports.
+//!
+//! Missing Chromium, node or playwright-core is a failure, never a skip: run
+//! `scripts/install-test-deps.sh`. Calls run one after another (2 cores).
+
+use blindrelay::config::Config;
+use blindrelay::RelayOptions;
+use blindrelay_tests::*;
+use e2ee_client::audit::{audit_file_framed, AuditReport, WebFraming};
+use e2ee_client::call::{run_call, CallOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+const INSTALL_HINT: &str =
+    "run scripts/install-test-deps.sh (as root) to install Chromium and playwright-core";
+/// Fewest decoded video frames from the other page (30 fps camera, a few seconds of call).
+const MIN_VIDEO_FRAMES: u64 = 100;
+
+/// Calls use all the machine's cores; never run two at once.
+static CALL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn chromium_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/chromium")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn check_chromium() {
+    let dir = chromium_dir();
+    assert!(
+        dir.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is not installed in {}: {INSTALL_HINT}",
+        dir.display()
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium not found: {INSTALL_HINT}"
+    );
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "node not found: {INSTALL_HINT}");
+}
+
+/// One page's report from web.mjs.
+#[derive(Debug, Clone)]
+struct PageReport(Value);
+
+impl PageReport {
+    fn ok(&self) -> bool {
+        self.0["ok"].as_bool().unwrap_or(false)
+    }
+    fn s(&self, key: &str) -> &Value {
+        &self.0["state"][key]
+    }
+    fn num(&self, key: &str) -> u64 {
+        self.s(key).as_u64().unwrap_or(0)
+    }
+    fn code(&self) -> Option<&str> {
+        self.s("verification_code").as_str()
+    }
+    fn me(&self) -> &str {
+        self.s("participant").as_str().unwrap_or("?")
+    }
+    /// Video frames decoded from `participant`.
+    fn video_frames_from(&self, participant: &str) -> u64 {
+        self.s("inbound")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| i["kind"] == "video" && i["participant"] == participant)
+                    .map(|i| i["framesDecoded"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    /// One line of measured figures, for the test log.
+    fn figures(&self, other: &PageReport) -> String {
+        format!(
+            "{}: {} video frames decoded from {}, frames encrypted {} decrypted {} failures {}, canvas stddev {:.1}, code {:?}",
+            self.me(),
+            self.video_frames_from(other.me()),
+            other.me(),
+            self.num("frames_encrypted"),
+            self.num("frames_decrypted"),
+            self.num("decrypt_failures"),
+            self.0["samples"][other.me()]["stddev"].as_f64().unwrap_or(0.0),
+            self.code()
+        )
+    }
+    fn brief(&self) -> String {
+        let mut s = self.0.clone();
+        if let Some(o) = s.as_object_mut() {
+            o.remove("features");
+        }
+        s.to_string()
+    }
+}
+
+/// Run web.mjs with `args`; returns one report per page (the run's exit status is in `ok`
+/// of each page, so the caller asserts with the reports in the message).
+async fn drive(args: &[String]) -> Vec<PageReport> {
+    drive_released(args, None::<std::future::Ready<()>>).await
+}
+
+/// [`drive`]; with `release` (and `--wait-stdin` in `args`), the pages stay in the call
+/// after their condition until `release` completes.
+async fn drive_released<F: std::future::Future<Output = ()>>(
+    args: &[String],
+    release: Option<F>,
+) -> Vec<PageReport> {
+    use tokio::io::AsyncWriteExt;
+    check_chromium();
+    let mut cmd = Command::new("node");
+    cmd.arg(chromium_dir().join("web.mjs"))
+        .args(args)
+        .stdin(if release.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node: {e}; {INSTALL_HINT}"));
+    let stdin = child.stdin.take();
+    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output());
+    let released = async move {
+        if let (Some(release), Some(mut stdin)) = (release, stdin) {
+            release.await;
+            let _ = stdin.write_all(b"go\n").await;
+            let _ = stdin.flush().await;
+            Some(stdin)
+        } else {
+            None
+        }
+    };
+    let (out, _stdin) = tokio::join!(output, released);
+    let out = out
+        .expect("web.mjs finishes within 180 s")
+        .expect("web.mjs output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!("web.mjs printed no JSON ({e}): {stdout}\n--- stderr:\n{stderr}")
+    });
+    let pages: Vec<PageReport> = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(PageReport)
+        .collect();
+    if pages.iter().any(|p| !p.ok()) {
+        eprintln!("--- web.mjs stderr (a page missed its condition):\n{stderr}");
+    }
+    pages
+}
+
+fn page_url(relay: &blindrelay::Relay, token: &str, call: &str, e2ee: bool) -> String {
+    format!(
+        "http://{}/?call={call}&token={token}&autojoin=1{}",
+        relay.signal_addr,
+        if e2ee { "&e2ee=1" } else { "" }
+    )
+}
+
+fn temp_path(tag: &str, ext: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "blindrelay-web-{tag}-{}-{nanos}.{ext}",
+        std::process::id()
+    ))
+}
+
+/// Drop reasons an RTP datagram can get before the forwarding loop offers it to the capture.
+const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
+    "unknown_source",
+    "not_connected",
+    "srtp_auth_failed",
+    "srtp_replay",
+    "srtp_malformed",
+    "rtp_malformed",
+    "worker_queue_full",
+    "ssrc_not_owned",
+    "unknown_payload_type",
+];
+
+/// Wait until every accepted RTP packet reached the capture writer, then flush it.
+async fn settle(relay: &blindrelay::Relay) {
+    await_metrics(
+        relay,
+        Duration::from_secs(10),
+        "every accepted RTP packet reached the capture",
+        |m| {
+            let dropped: f64 = DROPPED_BEFORE_CAPTURE
+                .iter()
+                .map(|r| {
+                    metric(
+                        m,
+                        &format!("blindrelay_packets_dropped_total{{reason=\"{r}\"}}"),
+                    )
+                })
+                .sum();
+            let accepted = metric(m, "blindrelay_packets_received_total{kind=\"rtp\"}") - dropped;
+            metric(m, "blindrelay_capture_packets_total")
+                + metric(m, "blindrelay_capture_dropped_total")
+                >= accepted
+        },
+    )
+    .await;
+    relay.flush_capture().await;
+}
+
+fn capture_config(path: &Path) -> Config {
+    let mut cfg = loopback_config();
+    cfg.capture.path = Some(path.to_path_buf());
+    cfg
+}
+
+/// The pages' own Opus and VP8 payload types, which their streams carry in the capture.
+fn web_framing(pages: &[PageReport]) -> WebFraming {
+    let mut w = WebFraming::default();
+    for p in pages {
+        let pts = &p.s("payload_types");
+        let audio = pts["audio"]
+            .as_u64()
+            .expect("page reports its Opus payload type") as u8;
+        let video = pts["video"]
+            .as_u64()
+            .expect("page reports its VP8 payload type") as u8;
+        w.opus_pts.push(audio);
+        w.vp8_pts.push(video);
+    }
+    w
+}
+
+/// Where the screenshots README shows are written.
+fn screenshot_to_docs(dir: &Path, name: &str) {
+    let from = dir.join("page-0.png");
+    let bytes = std::fs::read(&from).expect("the driver wrote a screenshot");
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let docs = repo_root().join("docs/screenshots");
+    std::fs::create_dir_all(&docs).expect("docs/screenshots");
+    std::fs::write(docs.join(name), bytes).expect("write the screenshot");
+}
+
+/// Two pages in one call, driven until each renders the other's video; then the relay's
+/// capture is audited. Returns the pages and the audit.
+async fn two_pages(call: &str, e2ee: bool, shot: &str) -> (Vec<PageReport>, AuditReport) {
+    let pcap = temp_path(call, "pcap");
+    let shots = temp_path(call, "shots");
+    let cfg = capture_config(&pcap);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let ta = token(&cfg, &format!("alice-{call}"), Some(call), "user");
+    let tb = token(&cfg, &format!("bob-{call}"), Some(call), "user");
+    let args: Vec<String> = [
+        "--page",
+        &page_url(&relay, &ta, call, e2ee),
+        "--page",
+        &page_url(&relay, &tb, call, e2ee),
+        "--until",
+        "media",
+        "--min-video-frames",
+        &MIN_VIDEO_FRAMES.to_string(),
+        "--timeout",
+        "90",
+        "--click-lock",
+        "--chat",
+        "hello over the relay",
+        "--screenshot",
+        shots.to_str().expect("utf-8 path"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    assert_eq!(pages.len(), 2, "two pages reported");
+    screenshot_to_docs(&shots, shot);
+    settle(&relay).await;
+    let report = audit_file_framed(&pcap, None, &web_framing(&pages))
+        .expect("the relay's capture is a readable pcap");
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&pcap);
+    let _ = std::fs::remove_dir_all(&shots);
+    (pages, report)
+}
+
+fn grouped_code(code: &str) -> bool {
+    let groups: Vec<&str> = code.split(' ').collect();
+    groups.len() == 4
+        && groups
+            .iter()
+            .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The page's files come from the relay itself, with their types and a CSP that allows
+/// nothing from elsewhere; unknown paths are 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_serves_the_web_client() {
+    let relay = start_relay(loopback_config(), RelayOptions::default()).await;
+    let (status, body) = http_get(relay.signal_addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<script type=\"module\" src=\"/app.js\">"),
+        "{body}"
+    );
+    for (path, needle) in [
+        ("/app.js", "window.blindrelay"),
+        ("/kex.js", "blindrelay-e2ee-v1 commit"),
+        ("/sframe.js", "SFrame 1.0 Secret key "),
+        ("/worker.js", "onrtctransform"),
+        ("/style.css", ".tile"),
+    ] {
+        let (status, body) = http_get(relay.signal_addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains(needle), "{path}");
+    }
+    let raw = raw_get(relay.signal_addr, "/app.js").await;
+    let head = raw
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    assert_eq!(http_get(relay.signal_addr, "/secret.txt").await.0, 404);
+    assert_eq!(http(relay.signal_addr, "POST", "/", None, "").await.0, 405);
+    // Signalling still works on the same listener.
+    let t = token(&loopback_config(), "carol", Some("demo"), "user");
+    let _ = hello(&relay.signal_url(), &t).await;
+    relay.shutdown().await;
+}
+
+/// Headers and all of one GET.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `POST /dev/token` issues a working token on the development secret on loopback, and is
+/// refused with a typed error when the relay has a real secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tokens_only_with_the_dev_secret_on_loopback() {
+    let relay = start_relay(loopback_config(), RelayOptions::default()).await;
+    let (status, body) = http(
+        relay.signal_addr,
+        "POST",
+        "/dev/token",
+        None,
+        r#"{"user":"dora","call":"demo"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    let t = v["token"].as_str().expect("a token");
+    // The token works: the relay answers its hello with capabilities.
+    let _sig = hello(&relay.signal_url(), t).await;
+    let (status, body) = http(
+        relay.signal_addr,
+        "POST",
+        "/dev/token",
+        None,
+        r#"{"user":"  ","call":"demo"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("user must be"), "{body}");
+    let (status, body) = http(
+        relay.signal_addr,
+        "POST",
+        "/dev/token",
+        None,
+        "{\"user\":1}",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"code\":\"bad_request\""), "{body}");
+    relay.shutdown().await;
+
+    let mut cfg = loopback_config();
+    cfg.auth.api_secret = "a-real-secret-that-is-long-enough-0123456789".into();
+    let relay = start_relay(cfg, RelayOptions::default()).await;
+    let (status, body) = http(
+        relay.signal_addr,
+        "POST",
+        "/dev/token",
+        None,
+        r#"{"user":"dora","call":"demo"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["code"], "dev_tokens_disabled");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("own API secret"),
+        "{body}"
+    );
+    relay.shutdown().await;
+}
+
+/// Chromium <-> Chromium, end-to-end encrypted: both pages show the lock and the same
+/// 20-digit code (also in the panel the lock opens), each decrypts and renders the other's
+/// video, chat is sealed, the features that need the clear are disabled with a reason, and
+/// the relay's capture of the call audits blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_e2ee_call_shows_the_code_renders_video_and_the_relay_is_blind() {
+    let _lock = CALL_LOCK.lock().await;
+    let (pages, report) = two_pages("web-e2ee", true, "web-e2ee-call.png").await;
+    let table = report.table();
+    eprintln!(
+        "{}\n{}\n{table}",
+        pages[0].figures(&pages[1]),
+        pages[1].figures(&pages[0])
+    );
+    for (p, other) in [(&pages[0], &pages[1]), (&pages[1], &pages[0])] {
+        assert!(p.ok(), "page missed its condition: {}", p.brief());
+        assert_eq!(p.s("call_mode"), "e2ee", "{}", p.brief());
+        assert_eq!(p.s("e2ee"), true, "{}", p.brief());
+        assert_eq!(p.0["lock"]["visible"], true, "lock icon shown");
+        let code = p.code().expect("a verification code");
+        assert!(grouped_code(code), "20 digits in groups of five: {code}");
+        assert_eq!(p.code(), other.code(), "both pages show the same code");
+        assert_eq!(
+            p.0["shownCode"].as_str(),
+            Some(code),
+            "the lock reveals the code"
+        );
+        let frames = p.video_frames_from(other.me());
+        assert!(
+            frames > MIN_VIDEO_FRAMES,
+            "decoded {frames} frames: {}",
+            p.brief()
+        );
+        let sample = &p.0["samples"][other.me()];
+        assert!(
+            sample["stddev"].as_f64().unwrap_or(0.0) > 5.0
+                && sample["distinctColours"].as_u64().unwrap_or(0) > 20,
+            "the remote video on a canvas is not uniform: {sample}"
+        );
+        assert!(p.num("frames_encrypted") > 200, "{}", p.brief());
+        assert!(p.num("frames_decrypted") > 200, "{}", p.brief());
+        assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
+        // Features that need the clear or a third party: disabled, each with its reason.
+        let features = p.0["features"].as_array().expect("feature buttons");
+        assert_eq!(features.len(), 8);
+        for f in features {
+            assert_eq!(f["disabled"], true, "{f}");
+            assert!(f["reason"].as_str().unwrap_or("").len() > 10, "{f}");
+        }
+        let chat = p.s("chat").as_array().expect("chat");
+        let got: Vec<&Value> = chat.iter().filter(|c| c["mine"] != true).collect();
+        assert_eq!(got.len(), 1, "{chat:?}");
+        assert_eq!(got[0]["sealed"], true);
+        assert!(got[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("hello over the relay"));
+    }
+    assert!(report.blind, "{table}");
+    assert_eq!(
+        report.streams.len(),
+        4,
+        "two pages, audio and video each: {table}"
+    );
+    for s in &report.streams {
+        assert!(s.framing.starts_with("web-"), "{table}");
+        assert!(s.frames > 100, "{table}");
+        assert_eq!(
+            s.sframe_frames, s.frames,
+            "every frame continues its SFrame sequence: {table}"
+        );
+    }
+}
+
+/// Negative control: the same call in standard mode. Video still renders, no lock, the
+/// features are offered, chat is plain, and the capture does NOT audit blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_standard_call_is_not_blind() {
+    let _lock = CALL_LOCK.lock().await;
+    let (pages, report) = two_pages("web-standard", false, "web-standard-call.png").await;
+    let table = report.table();
+    eprintln!(
+        "{}\n{}\n{table}",
+        pages[0].figures(&pages[1]),
+        pages[1].figures(&pages[0])
+    );
+    for (p, other) in [(&pages[0], &pages[1]), (&pages[1], &pages[0])] {
+        assert!(p.ok(), "page missed its condition: {}", p.brief());
+        assert_eq!(p.s("call_mode"), "standard");
+        assert_eq!(p.s("e2ee"), false);
+        assert!(p.s("verification_code").is_null());
+        assert_eq!(p.0["lock"]["visible"], false);
+        assert!(
+            p.video_frames_from(other.me()) > MIN_VIDEO_FRAMES,
+            "{}",
+            p.brief()
+        );
+        assert_eq!(p.num("frames_encrypted"), 0);
+        for f in p.0["features"].as_array().expect("feature buttons") {
+            assert_eq!(f["disabled"], false, "{f}");
+        }
+        let chat = p.s("chat").as_array().expect("chat");
+        assert!(
+            chat.iter()
+                .any(|c| c["mine"] != true && c["sealed"] == false),
+            "{chat:?}"
+        );
+    }
+    assert!(!report.blind, "{table}");
+    assert_eq!(report.verdict, "NOT blind");
+    assert_eq!(report.streams.len(), 4, "{table}");
+    for s in &report.streams {
+        assert!(s.frames > 100, "{table}");
+        assert!(
+            s.sframe_share < 0.9,
+            "plain Opus/VP8 does not pass as an SFrame sequence: {table}"
+        );
+    }
+}
+
+fn policy_config(dir: &Path) -> Config {
+    std::fs::create_dir_all(dir).expect("dir");
+    let file = dir.join("policies.toml");
+    std::fs::write(
+        &file,
+        "[policies.Global]\ncalling_e2ee = \"DisabledUserOverride\"\n[policies.Strict]\ncalling_e2ee = \"Required\"\n[policies.Off]\ncalling_e2ee = \"Disabled\"\n[tenants]\ncontoso = \"Strict\"\n[users]\n\"dave@fabrikam\" = \"Off\"\n",
+    )
+    .expect("write");
+    let mut cfg = loopback_config();
+    cfg.policy.file = Some(file);
+    cfg
+}
+
+fn tok(cfg: &Config, user: &str, tenant: &str, call: &str) -> String {
+    blindrelay::token::issue(
+        &cfg.auth.api_secret,
+        user,
+        tenant,
+        "user",
+        Some(call),
+        Duration::from_secs(600),
+    )
+    .expect("token")
+}
+
+/// Policy on the page: with `Disabled` the toggle is absent; with `Required` it is on and
+/// cannot be turned off; a peer who does not encrypt is refused from a Required user's
+/// call, and the page says why (whose policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_hides_or_forces_the_toggle_and_the_page_says_why_a_join_is_refused() {
+    let _lock = CALL_LOCK.lock().await;
+    let dir = temp_path("policy", "d");
+    let cfg = policy_config(&dir);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    // Settings only (no autojoin): dave (Disabled), frank (contoso: Required), erin (override).
+    let settings = |user: &str, tenant: &str| {
+        format!(
+            "http://{}/?call=x&token={}",
+            relay.signal_addr,
+            tok(&cfg, user, tenant, "x")
+        )
+    };
+    // The page connects when asked: web.mjs' `capabilities` condition clicks nothing, so
+    // these URLs autojoin=0 and the driver presses "Check settings" itself.
+    let args: Vec<String> = [
+        "--page",
+        &settings("dave", "fabrikam"),
+        "--page",
+        &settings("frank", "contoso"),
+        "--page",
+        &settings("erin", "fabrikam"),
+        "--until",
+        "capabilities",
+        "--connect",
+        "--timeout",
+        "30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    assert_eq!(pages.len(), 3);
+    for p in &pages {
+        assert!(p.ok(), "{}", p.brief());
+    }
+    let (dave, frank, erin) = (&pages[0], &pages[1], &pages[2]);
+    assert_eq!(dave.s("e2ee_option"), "hidden");
+    assert_eq!(dave.0["toggle"]["present"], false, "Disabled: no toggle");
+    assert_eq!(frank.s("e2ee_option"), "required");
+    assert_eq!(frank.0["toggle"]["checked"], true, "Required: on");
+    assert_eq!(
+        frank.0["toggle"]["disabled"], true,
+        "Required: cannot be turned off"
+    );
+    assert_eq!(erin.s("e2ee_option"), "available");
+    assert_eq!(erin.0["toggle"]["present"], true);
+    assert_eq!(erin.0["toggle"]["disabled"], false);
+
+    // carol (contoso, Required) is in call "strict" first; dave's page joins without E2EE
+    // (his policy hides it) and is refused, with the reason on the page.
+    let mut first = watch_signal(&relay).await;
+    let carol = CallOptions {
+        relay: first.url.clone(),
+        token: tok(&cfg, "carol", "contoso", "strict"),
+        call: "strict".into(),
+        duration: Duration::from_secs(30),
+        e2ee: true,
+        name: "carol".into(),
+        ..Default::default()
+    };
+    let carol = tokio::spawn(async move { run_call(&carol).await });
+    first.wait_for("joined", 1, Duration::from_secs(10)).await;
+    let url = page_url(
+        &relay,
+        &tok(&cfg, "dave", "fabrikam", "strict"),
+        "strict",
+        false,
+    );
+    let args: Vec<String> = ["--page", &url, "--until", "error", "--timeout", "30"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let pages = drive(&args).await;
+    let dave = &pages[0];
+    assert!(dave.ok(), "{}", dave.brief());
+    assert_eq!(dave.s("joined"), false);
+    assert_eq!(dave.s("error")["code"], "e2ee_required", "{}", dave.brief());
+    let shown = dave.0["message"].as_str().unwrap_or("");
+    assert!(
+        shown.contains("must be end-to-end encrypted")
+            && shown.contains("carol")
+            && shown.contains("policy"),
+        "the page says why: {shown}"
+    );
+    carol.abort();
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Chromium <-> e2ee-client, end-to-end encrypted: both derive the same code; e2ee-client
+/// opens the browser's Opus and VP8 frames (web framing) and the page opens e2ee-client's
+/// (audio only: its synthetic frames are not VP8), with no failures on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-mixed";
+    let client = CallOptions {
+        relay: relay.signal_url(),
+        token: token(&cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(25),
+        e2ee: true,
+        video: false,
+        web_peers: true,
+        name: "rusty".into(),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        true,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "keyed",
+        "--min-encrypted",
+        "400",
+        "--min-decrypted",
+        "150",
+        "--timeout",
+        "24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    let s = client.await.expect("e2ee-client task");
+    let page = &pages[0];
+    eprintln!(
+        "page: code {:?}, encrypted {}, decrypted {} (failures {}); e2ee-client: code {:?}, decrypted {} (failures {})",
+        page.code(),
+        page.num("frames_encrypted"),
+        page.num("frames_decrypted"),
+        page.num("decrypt_failures"),
+        s.verification_code,
+        s.frames_decrypted,
+        s.decrypt_failures
+    );
+    assert!(page.ok(), "{}", page.brief());
+    assert!(s.error.is_none(), "{:?}", s.error);
+    assert!(s.e2ee, "e2ee-client keyed: {:?}", s.e2ee_error);
+    assert_eq!(page.s("call_mode"), "e2ee");
+    assert_eq!(
+        page.code(),
+        s.verification_code.as_deref(),
+        "same code on both sides"
+    );
+    assert!(
+        s.frames_decrypted > 100,
+        "e2ee-client decrypted {} frames",
+        s.frames_decrypted
+    );
+    assert_eq!(s.decrypt_failures, 0, "e2ee-client failures: {s:?}");
+    assert!(page.num("frames_decrypted") > 100, "{}", page.brief());
+    assert_eq!(page.num("decrypt_failures"), 0, "{}", page.brief());
+    relay.shutdown().await;
+}
+
+/// Bots and the page: a recording bot is refused from the page's E2EE call
+/// (`e2ee_call_refuses_bots`); on a standard call the page's Record button goes to the
+/// relay's call control, which invites the tenant's recording bot from the lobby, and the
+/// bot records the page's media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a_standard_one() {
+    use e2ee_client::bot::BotKind;
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+
+    // E2EE: the page and e2ee-client are keyed; then a recording bot asks to join.
+    let call = "web-bots-e2ee";
+    let client = CallOptions {
+        relay: relay.signal_url(),
+        token: token(&cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(20),
+        e2ee: true,
+        video: false,
+        web_peers: true,
+        name: "rusty".into(),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        true,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "keyed",
+        "--min-encrypted",
+        "100",
+        "--timeout",
+        "20",
+        "--wait-stdin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bot_opts = |call: &str, wait_invite: bool, relay_url: &str| CallOptions {
+        relay: relay_url.into(),
+        token: token(&cfg, "recorder", Some(call), BotKind::Recording.role()),
+        call: call.into(),
+        duration: Duration::from_secs(20),
+        audio: false,
+        video: false,
+        name: "recorder".into(),
+        bot: Some((BotKind::Recording, None)),
+        wait_invite,
+        ..Default::default()
+    };
+    let refused_bot = bot_opts(call, false, &relay.signal_url());
+    let refused = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let slot = refused.clone();
+    let relay_ref = &relay;
+    let pages = drive_released(
+        &args,
+        Some(async move {
+            // Both people are in the call (the page has keyed: it is past its condition).
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(20),
+                "two people in the call",
+                |m| metric(m, "blindrelay_participants{role=\"user\"}") == 2.0,
+            )
+            .await;
+            *slot.lock().await = Some(run_call(&refused_bot).await);
+        }),
+    )
+    .await;
+    let page = &pages[0];
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "e2ee");
+    let bot = refused.lock().await.take().expect("the bot tried");
+    assert!(!bot.joined);
+    assert_eq!(
+        bot.error.as_ref().map(|e| e.code.as_str()),
+        Some("e2ee_call_refuses_bots"),
+        "{:?}",
+        bot.error
+    );
+    assert_eq!(
+        page.s("participants").as_array().map(Vec::len),
+        Some(1),
+        "only rusty: {}",
+        page.brief()
+    );
+    client.abort();
+
+    // Standard: the recording bot waits in the lobby; the page presses Record.
+    let call = "web-bots-standard";
+    let mut lobby = watch_signal(&relay).await;
+    let waiting = bot_opts("any-call", true, &lobby.url);
+    let waiting = tokio::spawn(async move { run_call(&waiting).await });
+    lobby
+        .wait_for("capabilities", 1, Duration::from_secs(10))
+        .await;
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        false,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "participants",
+        "--min-participants",
+        "1",
+        "--click-feature",
+        "record",
+        "--timeout",
+        "30",
+        "--wait-stdin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let before = metric(
+        &scrape(&relay).await,
+        "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
+    );
+    let relay_ref = &relay;
+    let pages = drive_released(
+        &args,
+        Some(async move {
+            // The page stays until the relay has forwarded it to the bot for a while.
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(30),
+                "the bot receives the page's media",
+                |m| metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= before + 200.0,
+            )
+            .await;
+        }),
+    )
+    .await;
+    let page = &pages[0];
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "standard");
+    let features = page.s("features").as_array().cloned().unwrap_or_default();
+    assert!(
+        features
+            .iter()
+            .any(|f| f["name"] == "record" && f["ok"] == true),
+        "Record carried out: {features:?}"
+    );
+    let bot = waiting.await.expect("bot task");
+    assert!(bot.joined && bot.error.is_none(), "{:?}", bot.error);
+    assert_eq!(bot.invited.as_ref().map(|i| i.0.as_str()), Some(call));
+    assert!(
+        bot.received_packets > 100,
+        "the bot recorded {} packets",
+        bot.received_packets
+    );
+    eprintln!(
+        "recording bot: refused on the E2EE call; on the standard call invited by Record, received {} packets",
+        bot.received_packets
+    );
+    relay.shutdown().await;
+}
+
+/// Chromium <-> e2ee-client sending a real VP8 clip (made now with GStreamer's vp8enc,
+/// RFC 7741 packets, each frame SFrame-sealed in the web client's framing): the page
+/// decrypts and renders the client's picture, and the client opens the page's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
+    let _lock = CALL_LOCK.lock().await;
+    // The clip: 300 frames of a moving ball, a key frame every 30 frames.
+    let dir = temp_path("clip", "d");
+    std::fs::create_dir_all(&dir).expect("clip dir");
+    let out = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=300",
+            "pattern=ball",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=30/1",
+            "!",
+            "vp8enc",
+            "deadline=1",
+            "keyframe-max-dist=30",
+            "target-bitrate=600000",
+            "!",
+            "multifilesink",
+        ])
+        .arg(format!("location={}/%05d.vp8", dir.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
+        });
+    assert!(
+        out.status.success(),
+        "vp8enc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("frames")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    let frames: Vec<Vec<u8>> = names
+        .iter()
+        .map(|p| std::fs::read(p).expect("frame"))
+        .collect();
+    assert_eq!(frames.len(), 300);
+    let clip = dir.join("clip.ivf");
+    std::fs::write(
+        &clip,
+        e2ee_client::webframe::write_ivf(320, 240, 30, &frames),
+    )
+    .expect("ivf");
+    // And 10 s of a 440 Hz tone as Ogg Opus (20 ms packets).
+    let opus = dir.join("clip.opus");
+    let out = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "num-buffers=500",
+            "wave=sine",
+            "freq=440",
+            "!",
+            "audio/x-raw,rate=48000,channels=1",
+            "!",
+            "opusenc",
+            "!",
+            "oggmux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", opus.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
+        });
+    assert!(
+        out.status.success(),
+        "opusenc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-clip";
+    let client = CallOptions {
+        relay: relay.signal_url(),
+        token: token(&cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(25),
+        e2ee: true,
+        web_peers: true,
+        video_clip: Some(clip),
+        audio_clip: Some(opus),
+        name: "rusty".into(),
+        ..Default::default()
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = page_url(
+        &relay,
+        &token(&cfg, "webby", Some(call), "user"),
+        call,
+        true,
+    );
+    let args: Vec<String> = [
+        "--page",
+        &url,
+        "--until",
+        "media",
+        "--min-video-frames",
+        "100",
+        "--timeout",
+        "24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    let s = client.await.expect("e2ee-client task");
+    let page = &pages[0];
+    let rusty = s.participant.clone().unwrap_or_default();
+    eprintln!(
+        "page: {} VP8 frames decoded from e2ee-client's clip, canvas {}, decrypted {} (failures {}); e2ee-client decrypted {} (failures {})",
+        page.video_frames_from(&rusty),
+        page.0["samples"][&rusty],
+        page.num("frames_decrypted"),
+        page.num("decrypt_failures"),
+        s.frames_decrypted,
+        s.decrypt_failures
+    );
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.code(), s.verification_code.as_deref());
+    assert!(page.video_frames_from(&rusty) > 100, "{}", page.brief());
+    let sample = &page.0["samples"][&rusty];
+    assert!(
+        sample["stddev"].as_f64().unwrap_or(0.0) > 5.0
+            && sample["distinctColours"].as_u64().unwrap_or(0) > 2,
+        "the clip on a canvas is not uniform: {sample}"
+    );
+    assert_eq!(page.num("decrypt_failures"), 0, "{}", page.brief());
+    assert!(s.frames_decrypted > 100 && s.decrypt_failures == 0, "{s:?}");
+    // The Opus clip decodes: Chromium plays seconds of it and conceals little (a payload
+    // its decoder cannot read would be concealed throughout).
+    let audio: Vec<&Value> = page
+        .s("inbound")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["kind"] == "audio" && i["participant"] == rusty.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let total: u64 = audio
+        .iter()
+        .map(|i| i["totalSamplesReceived"].as_u64().unwrap_or(0))
+        .sum();
+    let concealed: u64 = audio
+        .iter()
+        .map(|i| i["concealedSamples"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "page: Opus from e2ee-client: {total} samples received, {concealed} concealed: {audio:?}"
+    );
+    assert!(
+        total > 48_000,
+        "at least a second of audio played: {audio:?}"
+    );
+    // Measured: the clip 0 concealed; e2ee-client's synthetic frames about 27%.
+    assert!(
+        (concealed as f64) < 0.1 * total as f64,
+        "{concealed} of {total} samples concealed: {audio:?}"
+    );
+    // The clip is a sine at 0.8 of full scale: decoded, its level is about 0.8. (Opus
+    // decodes any bytes into something: e2ee-client's synthetic frames measured 0.23.)
+    let level = audio
+        .iter()
+        .map(|i| i["audioLevel"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    assert!(
+        level > 0.6,
+        "audio level {level}: the tone is heard: {audio:?}"
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every error code the relay can send has words on the page: the codes are read from the
+/// protocol's own `ErrorCode::as_str`, so a new code without a message fails here.
+#[test]
+fn the_page_has_words_for_every_error_code() {
+    let src =
+        std::fs::read_to_string(repo_root().join("protocol/src/signal.rs")).expect("signal.rs");
+    let start = src
+        .find(
+            "pub fn as_str(self) -> &'static str {\n        match self {\n            ErrorCode::",
+        )
+        .expect("ErrorCode::as_str");
+    let body = &src[start..];
+    let body = &body[..body.find("\n        }\n").expect("end of match")];
+    let codes: Vec<&str> = body
+        .lines()
+        .filter_map(|l| {
+            l.split_once("=> \"")
+                .map(|(_, r)| r.trim_end_matches("\","))
+        })
+        .collect();
+    assert!(codes.len() >= 20, "{codes:?}");
+    let app = std::fs::read_to_string(repo_root().join("web/app.js")).expect("app.js");
+    let table = &app[app.find("const ERROR_TEXT = {").expect("ERROR_TEXT")..];
+    let table = &table[..table.find("};").expect("end of ERROR_TEXT")];
+    for code in codes {
+        assert!(
+            table.contains(&format!("\n  {code}: ")),
+            "no words for `{code}` in web/app.js"
+        );
+    }
+}
+
+/// The demo as a person runs it: pages that only know a name fetch a development token
+/// (`?name=`), join end to end encrypted and key; on a relay with a real secret the page
+/// says why it cannot get one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
+    let _lock = CALL_LOCK.lock().await;
+    let relay = start_relay(loopback_config(), RelayOptions::default()).await;
+    let demo = |name: &str| {
+        format!(
+            "http://{}/?call=demo&name={name}&e2ee=1&autojoin=1",
+            relay.signal_addr
+        )
+    };
+    let args: Vec<String> = [
+        "--page",
+        &demo("ann"),
+        "--page",
+        &demo("ben"),
+        "--until",
+        "keyed",
+        "--timeout",
+        "40",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pages = drive(&args).await;
+    for p in &pages {
+        assert!(p.ok(), "{}", p.brief());
+    }
+    assert_eq!(pages[0].code(), pages[1].code());
+    relay.shutdown().await;
+
+    let mut cfg = loopback_config();
+    cfg.auth.api_secret = "a-real-secret-that-is-long-enough-0123456789".into();
+    let relay = start_relay(cfg, RelayOptions::default()).await;
+    let url = format!(
+        "http://{}/?call=demo&name=ann&autojoin=1",
+        relay.signal_addr
+    );
+    let args: Vec<String> = ["--page", &url, "--until", "error", "--timeout", "20"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let pages = drive(&args).await;
+    let p = &pages[0];
+    assert!(p.ok(), "{}", p.brief());
+    assert_eq!(p.s("error")["code"], "dev_tokens_disabled");
+    let shown = p.0["message"].as_str().unwrap_or("");
+    assert!(
+        shown.contains("Development tokens are off") && shown.contains("own API secret"),
+        "{shown}"
+    );
+    relay.shutdown().await;
+}
