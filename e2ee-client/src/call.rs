@@ -132,6 +132,10 @@ pub struct CallSummary {
     pub epoch: Option<u64>,
     /// Frames opened, by sending participant (group calls).
     pub frames_decrypted_from: BTreeMap<String, u64>,
+    /// Every epoch this member was keyed in and the group code it showed then (group
+    /// calls; the last 256). Members compare codes epoch by epoch: the group changes as
+    /// people come and go, so "the same code" means the same code in the same epoch.
+    pub epoch_codes: BTreeMap<u64, String>,
     pub verification_code: Option<String>,
     /// Why end-to-end key agreement failed (e.g. a reveal that does not match its commitment).
     pub e2ee_error: Option<String>,
@@ -564,6 +568,10 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                             *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
                             &opened
                         }
+                        // Sealed before this member's Welcome: not for it.
+                        Err(crate::group::OpenError::BeforeJoin(_)) => { s.frames_before_keys += 1; continue; }
+                        // Sealed in an epoch whose commit has not arrived yet: opened then.
+                        Err(crate::group::OpenError::Early) => continue,
                         Err(_) => { s.decrypt_failures += 1; continue; }
                     }
                 } else if e2ee_call {
@@ -604,15 +612,33 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                             s.e2ee_error.get_or_insert(e.to_string());
                         }
                     }
-                    let code = g.verification_code();
-                    if g.keyed() && code != s.verification_code {
-                        if let (Some(c), Some(epoch)) = (&code, g.epoch()) {
-                            eprintln!("[{}] Verification code (epoch {epoch}): {c}", opts.name);
+                    // Frames that overtook their epoch's commit open now.
+                    for (from, plain) in g.open_early(Instant::now()) {
+                        s.frames_decrypted += 1;
+                        *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
+                        if !opts.web_peers {
+                            match verify_frame(&plain, canary) {
+                                Some(_) => s.frames_verified += 1,
+                                None => s.frames_corrupt += 1,
+                            }
                         }
                     }
-                    s.e2ee = g.keyed();
-                    s.epoch = g.epoch();
-                    s.verification_code = code;
+                    s.decrypt_failures += std::mem::take(&mut g.early_expired);
+                    if g.keyed() {
+                        if let (Some(code), Some(epoch)) = (g.verification_code(), g.epoch()) {
+                            if s.epoch != Some(epoch) {
+                                eprintln!("[{}] Verification code (epoch {epoch}): {code}", opts.name);
+                                s.epoch_codes.insert(epoch, code.clone());
+                                while s.epoch_codes.len() > 256 {
+                                    s.epoch_codes.pop_first();
+                                }
+                            }
+                            // The lock stays on once keyed; the code is the latest epoch's.
+                            s.e2ee = true;
+                            s.epoch = Some(epoch);
+                            s.verification_code = Some(code);
+                        }
+                    }
                 }
                 match m {
                     ServerMessage::ParticipantJoined { participant } => {

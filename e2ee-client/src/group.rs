@@ -8,7 +8,7 @@
 //! the winner's and, if work is left, commits again on the new epoch. So two joins and a
 //! leave at once converge on one epoch however the messages interleave.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -44,6 +44,32 @@ pub struct GroupSession {
     leaf_owner: HashMap<u32, String>,
     /// Epoch changes seen (for tests and the summary).
     pub epochs_installed: u64,
+    /// The epoch this participant entered the group at.
+    first_epoch: Option<u64>,
+    /// Frames sealed in an epoch this member has not reached yet (media overtakes the
+    /// commit, which comes through the relay's signalling): opened once it has, or given
+    /// up after [`EARLY_FRAME_WAIT`].
+    early: VecDeque<(Instant, Vec<u8>, Vec<u8>)>,
+    /// Early frames given up on.
+    pub early_expired: u64,
+}
+
+/// At most this many early frames are kept, each at most [`EARLY_FRAME_WAIT`].
+pub const EARLY_FRAMES: usize = 512;
+pub const EARLY_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a frame did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Sealed in an epoch before this participant joined: never meant for it.
+    #[error("frame of epoch {0} (mod 256), before this member joined")]
+    BeforeJoin(u64),
+    /// Sealed in an epoch this member has not reached yet: kept, and opened by
+    /// [`GroupSession::open_early`] once it has.
+    #[error("frame of a coming epoch: kept until its commit arrives")]
+    Early,
+    #[error(transparent)]
+    Sframe(#[from] SframeError),
 }
 
 impl GroupSession {
@@ -59,6 +85,9 @@ impl GroupSession {
             in_flight: false,
             leaf_owner: HashMap::new(),
             epochs_installed: 0,
+            first_epoch: None,
+            early: VecDeque::new(),
+            early_expired: 0,
         })
     }
 
@@ -79,6 +108,7 @@ impl GroupSession {
         let id = format!("{}/{:016x}", self.call, rand::random::<u64>());
         self.member.create(id.as_bytes())?;
         self.frames.clear();
+        self.first_epoch = None;
         self.in_flight = false;
         self.installed(now)
     }
@@ -89,6 +119,9 @@ impl GroupSession {
         }
         self.frames.install(now, &self.member.epoch_keys()?);
         self.epochs_installed += 1;
+        if self.first_epoch.is_none() {
+            self.first_epoch = self.member.epoch();
+        }
         let present: BTreeSet<String> = self.member.members().into_iter().map(|m| m.1).collect();
         self.waiting.retain(|p, _| !present.contains(p));
         self.departed.retain(|p| present.contains(p));
@@ -206,6 +239,32 @@ impl GroupSession {
         }))
     }
 
+    /// Open the early frames whose epoch has come: (sender, plaintext) each; those kept
+    /// longer than [`EARLY_FRAME_WAIT`] are given up (`early_expired`).
+    pub fn open_early(&mut self, now: Instant) -> Vec<(Option<String>, Vec<u8>)> {
+        let mut opened = Vec::new();
+        let mut keep = VecDeque::new();
+        for (at, metadata, sealed) in std::mem::take(&mut self.early) {
+            let mut out = Vec::new();
+            match self.open_into(now, &metadata, &sealed, &mut out) {
+                Ok(from) => opened.push((from, out)),
+                Err(OpenError::Early) => {
+                    // Put back by open_into; keep its original arrival time.
+                    if let Some(last) = self.early.pop_back() {
+                        if now.saturating_duration_since(at) < EARLY_FRAME_WAIT {
+                            keep.push_back((at, last.1, last.2));
+                        } else {
+                            self.early_expired += 1;
+                        }
+                    }
+                }
+                Err(_) => self.early_expired += 1,
+            }
+        }
+        self.early = keep;
+        opened
+    }
+
     /// Keys exist and someone else is in the group: media can flow encrypted.
     pub fn keyed(&self) -> bool {
         self.frames.epoch().is_some() && self.member.members().len() >= 2
@@ -239,12 +298,31 @@ impl GroupSession {
         metadata: &[u8],
         sealed: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<Option<String>, SframeError> {
+    ) -> Result<Option<String>, OpenError> {
         self.frames.expire(now);
-        let opened = self
-            .frames
-            .receiver_mut()
-            .open_into(metadata, sealed, out)?;
+        let opened = match self.frames.receiver_mut().open_into(metadata, sealed, out) {
+            Ok(o) => o,
+            Err(SframeError::UnknownKid { kid }) => {
+                let mask = (1u64 << crate::mls::EPOCH_BITS) - 1;
+                let e = kid & mask;
+                let behind = self.first_epoch.map(|first| first.wrapping_sub(e) & mask);
+                let ahead = self.member.epoch().map(|cur| e.wrapping_sub(cur) & mask);
+                return Err(match (behind, ahead) {
+                    (Some(d), _) if (1..=128).contains(&d) => OpenError::BeforeJoin(e),
+                    (_, Some(d)) if (1..=128).contains(&d) => {
+                        if self.early.len() == EARLY_FRAMES {
+                            self.early.pop_front();
+                            self.early_expired += 1;
+                        }
+                        self.early
+                            .push_back((now, metadata.to_vec(), sealed.to_vec()));
+                        OpenError::Early
+                    }
+                    _ => OpenError::Sframe(SframeError::UnknownKid { kid }),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let leaf = crate::mls::leaf_of_kid(opened.kid);
         let range = opened.plaintext;
         if range.start > 0 || range.end < out.len() {
@@ -258,7 +336,6 @@ impl GroupSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
 
     /// The relay's Delivery Service rules, for driving sessions without sockets: the
     /// first commit per epoch wins; KeyPackages go to members; Welcomes to the waiting.
