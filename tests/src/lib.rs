@@ -555,6 +555,67 @@ impl SignalWatch {
     }
 }
 
+/// A fresh path in the temp directory: `blindrelay-TAG-PID-NANOS.EXT`.
+pub fn temp_path(tag: &str, ext: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "blindrelay-{tag}-{}-{nanos}.{ext}",
+        std::process::id()
+    ))
+}
+
+/// A loopback relay config that captures every forwarded RTP packet to `path`.
+pub fn capture_config(path: &std::path::Path) -> Config {
+    let mut cfg = loopback_config();
+    cfg.capture.path = Some(path.to_path_buf());
+    cfg
+}
+
+/// Drop reasons a received RTP datagram can get before the forwarding loop hands it to the
+/// capture (after that, every packet is offered to it).
+pub const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
+    "unknown_source",
+    "not_connected",
+    "srtp_auth_failed",
+    "srtp_replay",
+    "srtp_malformed",
+    "rtp_malformed",
+    "worker_queue_full",
+    "ssrc_not_owned",
+    "unknown_payload_type",
+];
+
+/// Wait until every RTP packet the relay accepted has reached the capture writer (written,
+/// or counted as left out), then flush the file. Call it once the clients have returned,
+/// so nothing new arrives.
+pub async fn settle_capture(relay: &Relay) {
+    await_metrics(
+        relay,
+        Duration::from_secs(10),
+        "every accepted RTP packet reached the capture",
+        |m| {
+            let dropped: f64 = DROPPED_BEFORE_CAPTURE
+                .iter()
+                .map(|r| {
+                    metric(
+                        m,
+                        &format!("blindrelay_packets_dropped_total{{reason=\"{r}\"}}"),
+                    )
+                })
+                .sum();
+            let accepted = metric(m, "blindrelay_packets_received_total{kind=\"rtp\"}") - dropped;
+            metric(m, "blindrelay_capture_packets_total")
+                + metric(m, "blindrelay_capture_dropped_total")
+                >= accepted
+        },
+    )
+    .await;
+    relay.flush_capture().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

@@ -9,21 +9,10 @@ use blindrelay::{Relay, RelayOptions};
 use blindrelay_tests::*;
 use e2ee_client::audit::{audit_file, AuditReport};
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const CANARY: &str = "CANARY-blind-relay-audit";
-
-fn temp_pcap(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "blindrelay-{tag}-{}-{nanos}.pcap",
-        std::process::id()
-    ))
-}
 
 fn client(relay: &Relay, cfg: &Config, user: &str, call: &str, e2ee: bool) -> CallOptions {
     CallOptions {
@@ -56,54 +45,6 @@ async fn call_pair(relay: &Relay, cfg: &Config, call: &str, e2ee: bool) -> [Call
         assert_eq!(s.frames_corrupt, 0, "{call}/{name}: corrupt frames");
     }
     [sa, sb]
-}
-
-/// Drop reasons a received RTP datagram can get before the forwarding loop hands it to the
-/// capture (after that, every packet is offered to it).
-const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
-    "unknown_source",
-    "not_connected",
-    "srtp_auth_failed",
-    "srtp_replay",
-    "srtp_malformed",
-    "rtp_malformed",
-    "worker_queue_full",
-    "ssrc_not_owned",
-    "unknown_payload_type",
-];
-
-/// Wait until every RTP packet the relay accepted has reached the capture writer (written,
-/// or counted as left out), then flush the file. The clients have returned, so nothing new
-/// arrives. For a capture of every call that has not stopped.
-async fn settle(relay: &Relay) {
-    await_metrics(
-        relay,
-        Duration::from_secs(10),
-        "every accepted RTP packet reached the capture",
-        |m| {
-            let dropped: f64 = DROPPED_BEFORE_CAPTURE
-                .iter()
-                .map(|r| {
-                    metric(
-                        m,
-                        &format!("blindrelay_packets_dropped_total{{reason=\"{r}\"}}"),
-                    )
-                })
-                .sum();
-            let accepted = metric(m, "blindrelay_packets_received_total{kind=\"rtp\"}") - dropped;
-            metric(m, "blindrelay_capture_packets_total")
-                + metric(m, "blindrelay_capture_dropped_total")
-                >= accepted
-        },
-    )
-    .await;
-    relay.flush_capture().await;
-}
-
-fn capture_config(path: &Path) -> Config {
-    let mut cfg = loopback_config();
-    cfg.capture.path = Some(path.to_path_buf());
-    cfg
 }
 
 /// What tshark makes of the capture: one line per packet it decodes as RTP (the SSRC), or
@@ -180,11 +121,11 @@ fn assert_pcapng_audits_the_same(pcap: &Path, report: &AuditReport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2ee_call_capture_audits_blind() {
-    let path = temp_pcap("e2ee");
+    let path = temp_path("e2ee", "pcap");
     let cfg = capture_config(&path);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     call_pair(&relay, &cfg, "demo", true).await;
-    settle(&relay).await;
+    settle_capture(&relay).await;
     let m = scrape(&relay).await;
     let report = audit(&path);
     let table = report.table();
@@ -230,11 +171,11 @@ async fn e2ee_call_capture_audits_blind() {
 /// proves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_call_capture_audits_not_blind() {
-    let path = temp_pcap("standard");
+    let path = temp_path("standard", "pcap");
     let cfg = capture_config(&path);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     call_pair(&relay, &cfg, "demo", false).await;
-    settle(&relay).await;
+    settle_capture(&relay).await;
     let report = audit(&path);
     let table = report.table();
     assert!(!report.blind, "{table}");
@@ -269,7 +210,7 @@ async fn standard_call_capture_audits_not_blind() {
 /// the canary in the clear must not reach the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_of_one_call_leaves_other_calls_out() {
-    let path = temp_pcap("one-call");
+    let path = temp_path("one-call", "pcap");
     let mut cfg = capture_config(&path);
     cfg.capture.call = Some("audited".into());
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
@@ -300,7 +241,7 @@ async fn capture_of_one_call_leaves_other_calls_out() {
 /// on forwarding (the clients still verify frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_stops_at_max_bytes_and_forwarding_goes_on() {
-    let path = temp_pcap("cap");
+    let path = temp_path("cap", "pcap");
     let mut cfg = capture_config(&path);
     cfg.capture.max_bytes = 16 * 1024;
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;

@@ -9,7 +9,6 @@ use blindrelay_protocol::signal::E2eeScheme;
 use blindrelay_tests::*;
 use e2ee_client::audit::audit_file;
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
-use std::path::PathBuf;
 use std::time::Duration;
 
 const CANARY: &str = "CANARY-group-e2ee";
@@ -77,24 +76,12 @@ fn opened_from(s: &CallSummary, from: &CallSummary) -> u64 {
     s.frames_decrypted_from.get(id).copied().unwrap_or(0)
 }
 
-fn temp_pcap(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "blindrelay-group-{tag}-{}-{nanos}.pcap",
-        std::process::id()
-    ))
-}
-
 /// Four members: each opens more than 100 frames from each other one with no failure,
 /// all end on one epoch and code, and the relay's capture audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_members_key_each_other_and_the_relay_is_blind() {
-    let path = temp_pcap("four");
-    let mut cfg = loopback_config();
-    cfg.capture.path = Some(path.clone());
+    let path = temp_path("group-four", "pcap");
+    let cfg = capture_config(&path);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let opts: Vec<CallOptions> = ["ann", "ben", "cat", "dan"]
         .iter()
@@ -126,7 +113,7 @@ async fn four_members_key_each_other_and_the_relay_is_blind() {
         "no epoch with all four: {:?}",
         s.iter().map(|x| &x.epoch_codes).collect::<Vec<_>>()
     );
-    relay.flush_capture().await;
+    settle_capture(&relay).await;
     let report = audit_file(&path, Some(CANARY.as_bytes())).expect("a readable capture");
     let table = report.table();
     assert!(report.blind, "{table}");

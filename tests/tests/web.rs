@@ -180,62 +180,6 @@ fn page_url(relay: &blindrelay::Relay, token: &str, call: &str, e2ee: bool) -> S
     )
 }
 
-fn temp_path(tag: &str, ext: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "blindrelay-web-{tag}-{}-{nanos}.{ext}",
-        std::process::id()
-    ))
-}
-
-/// Drop reasons an RTP datagram can get before the forwarding loop offers it to the capture.
-const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
-    "unknown_source",
-    "not_connected",
-    "srtp_auth_failed",
-    "srtp_replay",
-    "srtp_malformed",
-    "rtp_malformed",
-    "worker_queue_full",
-    "ssrc_not_owned",
-    "unknown_payload_type",
-];
-
-/// Wait until every accepted RTP packet reached the capture writer, then flush it.
-async fn settle(relay: &blindrelay::Relay) {
-    await_metrics(
-        relay,
-        Duration::from_secs(10),
-        "every accepted RTP packet reached the capture",
-        |m| {
-            let dropped: f64 = DROPPED_BEFORE_CAPTURE
-                .iter()
-                .map(|r| {
-                    metric(
-                        m,
-                        &format!("blindrelay_packets_dropped_total{{reason=\"{r}\"}}"),
-                    )
-                })
-                .sum();
-            let accepted = metric(m, "blindrelay_packets_received_total{kind=\"rtp\"}") - dropped;
-            metric(m, "blindrelay_capture_packets_total")
-                + metric(m, "blindrelay_capture_dropped_total")
-                >= accepted
-        },
-    )
-    .await;
-    relay.flush_capture().await;
-}
-
-fn capture_config(path: &Path) -> Config {
-    let mut cfg = loopback_config();
-    cfg.capture.path = Some(path.to_path_buf());
-    cfg
-}
-
 /// The pages' own Opus and VP8 payload types, which their streams carry in the capture.
 fn web_framing(pages: &[PageReport]) -> WebFraming {
     let mut w = WebFraming::default();
@@ -253,11 +197,16 @@ fn web_framing(pages: &[PageReport]) -> WebFraming {
     w
 }
 
-/// Where the screenshots README shows are written.
+/// The screenshot is checked to be a PNG; with `BLINDRELAY_UPDATE_SCREENSHOTS=1` it is
+/// also written to docs/screenshots (the ones README shows), so a plain test run leaves
+/// the working tree as it was.
 fn screenshot_to_docs(dir: &Path, name: &str) {
     let from = dir.join("page-0.png");
     let bytes = std::fs::read(&from).expect("the driver wrote a screenshot");
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
+    if std::env::var_os("BLINDRELAY_UPDATE_SCREENSHOTS").is_none() {
+        return;
+    }
     let docs = repo_root().join("docs/screenshots");
     std::fs::create_dir_all(&docs).expect("docs/screenshots");
     std::fs::write(docs.join(name), bytes).expect("write the screenshot");
@@ -295,7 +244,7 @@ async fn two_pages(call: &str, e2ee: bool, shot: &str) -> (Vec<PageReport>, Audi
     let pages = drive(&args).await;
     assert_eq!(pages.len(), 2, "two pages reported");
     screenshot_to_docs(&shots, shot);
-    settle(&relay).await;
+    settle_capture(&relay).await;
     let report = audit_file_framed(&pcap, None, &web_framing(&pages))
         .expect("the relay's capture is a readable pcap");
     relay.shutdown().await;
