@@ -2540,6 +2540,23 @@ mod tests {
             error_code(&join(&mut h, 5, false, E2eeScheme::X25519)),
             ErrorCode::E2eeRequired
         );
+        // Bots and clear-media features stay out of a group E2EE call.
+        h.hello(7, "rec", None, "bot:recording");
+        assert_eq!(
+            error_code(&join(&mut h, 7, false, E2eeScheme::X25519)),
+            ErrorCode::E2eeCallRefusesBots
+        );
+        h.text(
+            1,
+            &ClientMessage::Feature {
+                name: "record".into(),
+                arg: None,
+            },
+        );
+        assert_eq!(
+            error_code(&h.take(1)),
+            ErrorCode::FeatureUnavailableInE2eeCall
+        );
         // A third member (groups are not one-to-one).
         assert!(matches!(
             join(&mut h, 3, true, E2eeScheme::Mls)[0],
