@@ -6,12 +6,13 @@
 //! - op % 4 == 2 / 3: the bytes are a clear RTP / RTCP packet: the peer protects it, a bit
 //!   is flipped when op's high bit is set, and the receiver unprotects it. An untouched
 //!   packet that authenticates must come back byte for byte; a touched one must never
-//!   authenticate.
+//!   authenticate. An RTP packet the peer protected once is never protected again: the
+//!   second seal of its (SSRC, index) fails with `IndexReused` (a GCM nonce is used once).
 //!
 //! One receiver context sees the whole run, so the replay windows and rollover estimates
 //! carry state from record to record.
 
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::{FastGcmContext, FastSrtpError};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: [u8; 16] = *b"fuzz-master-key!";
@@ -48,6 +49,17 @@ fuzz_target!(|data: &[u8]| {
                 };
                 if sealed.is_err() {
                     continue;
+                }
+                if !rtcp {
+                    let mut again = chunk.to_vec();
+                    assert!(
+                        matches!(
+                            tx.protect_rtp(&mut again),
+                            Err(FastSrtpError::IndexReused { .. })
+                        ),
+                        "one (SSRC, index) sealed twice"
+                    );
+                    assert_eq!(again, chunk, "a refused packet is left as it was");
                 }
                 let tampered = op & 0x80 != 0;
                 if tampered {
