@@ -88,7 +88,9 @@ pub enum FastSrtpError {
     Replay { ssrc: u32, index: u64 },
     /// Protecting would reuse an (SSRC, index), i.e. a GCM nonce: the index was protected
     /// before, or lies behind the send window where that can no longer be ruled out.
-    #[error("SRTP index already protected or too old to protect: SSRC {ssrc:#010x}, index {index}")]
+    #[error(
+        "SRTP index already protected or too old to protect: SSRC {ssrc:#010x}, index {index}"
+    )]
     IndexReused { ssrc: u32, index: u64 },
     #[error("SRTCP packet is not encrypted (E flag clear); not supported")]
     UnencryptedSrtcp,
@@ -671,7 +673,10 @@ mod tests {
         let before = forged.clone();
         assert_eq!(
             tx.protect_rtp(&mut forged),
-            Err(FastSrtpError::IndexReused { ssrc: 0xa, index: 5 })
+            Err(FastSrtpError::IndexReused {
+                ssrc: 0xa,
+                index: 5
+            })
         );
         assert_eq!(forged, before, "a refused packet is left as it was");
         assert_eq!(
@@ -713,7 +718,9 @@ mod tests {
             assert!(tx.protect_rtp(&mut rtp(1, seq, b"p")).is_ok());
         }
         assert!(tx.roc(1).is_some_and(|r| r >= 1));
-        assert!(tx.protect_rtp(&mut rtp(1, seq.wrapping_add(1), b"p")).is_ok());
+        assert!(tx
+            .protect_rtp(&mut rtp(1, seq.wrapping_add(1), b"p"))
+            .is_ok());
     }
 
     #[test]
