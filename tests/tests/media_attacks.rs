@@ -317,7 +317,9 @@ fn call_options(
         relay: relay.signal_url(),
         token: token(cfg, user, Some(call), "user"),
         call: call.into(),
-        duration: Duration::from_secs(5),
+        // Long enough that the flood (about 2.5 s here) ends well inside the live call
+        // on a loaded machine.
+        duration: Duration::from_secs(7),
         video_kbps: 500,
         name: user.into(),
         ..Default::default()
