@@ -51,10 +51,13 @@ pub enum DropReason {
     SsrcNotOwned,
     /// RTP whose payload type maps to none of the call's codecs for its sender.
     UnknownPayloadType,
+    /// Protecting for a receiver would have reused an SRTP index (a GCM nonce) on its hop;
+    /// that receiver's copy was not sent.
+    SrtpIndexReused,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -73,6 +76,7 @@ impl DropReason {
         DropReason::SendFailed,
         DropReason::SsrcNotOwned,
         DropReason::UnknownPayloadType,
+        DropReason::SrtpIndexReused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl DropReason {
             DropReason::SendFailed => "send_failed",
             DropReason::SsrcNotOwned => "ssrc_not_owned",
             DropReason::UnknownPayloadType => "unknown_payload_type",
+            DropReason::SrtpIndexReused => "srtp_index_reused",
         }
     }
 }
@@ -162,7 +167,7 @@ pub struct Metrics {
     pub forwarded_packets_rtcp: Counter,
     pub forwarded_bytes_rtp: Counter,
     pub forwarded_bytes_rtcp: Counter,
-    dropped: [Counter; 18],
+    dropped: [Counter; 19],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
@@ -354,7 +359,12 @@ impl Metrics {
     /// Count one dropped datagram.
     #[inline]
     pub fn dropped(&self, reason: DropReason) {
-        self.dropped[reason as usize].increment(1);
+        self.dropped_n(reason, 1);
+    }
+
+    /// Count `n` datagrams dropped for one reason.
+    pub fn dropped_n(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].increment(n);
     }
 
     pub fn dtls_handshake(&self, result: &'static str) -> Counter {

@@ -444,6 +444,9 @@ async fn round(r: &mut Rig, inputs: &[Input]) -> usize {
         }) = r.queue.pop()
         {
             handled += 1;
+            // As the worker loop: the packet's arrival time first (transport-cc feedback,
+            // keyframe requests and liveness reports run on it).
+            r.fwd.set_time(at);
             let res = if rtcp {
                 r.fwd.on_rtcp(peer, &data, &mut r.out)
             } else {
@@ -453,6 +456,12 @@ async fn round(r: &mut Rig, inputs: &[Input]) -> usize {
             r.arrivals.push(at);
         }
     }
+    // As the worker loop after a round: liveness reports of the participants whose packets
+    // authenticated, and receivers' copies that could not be protected (none here).
+    let mut receiver_drops = 0;
+    r.fwd.take_activity(|_| true);
+    r.fwd.take_receiver_drops(|_, n| receiver_drops += n);
+    assert_eq!(receiver_drops, 0);
     // As send_all: runs of equal-size datagrams to one address go out as one GSO send,
     // straight from the arena.
     let ts = r.out.transmits();

@@ -21,6 +21,13 @@
 //!   packets with random SSRCs cannot grow the map; the map is also capped.
 //! - Exhausting the SRTP (2^48) or SRTCP (2^31) index space is an error rather than a
 //!   wrap: with GCM a wrapped index would reuse a nonce, which leaks the GHASH key.
+//! - The send side keeps a replay window too, as libsrtp does (`srtp_protect` checks its
+//!   `rtp_rdbx` and fails with `srtp_err_status_replay_fail` / `replay_old` unless the
+//!   stream was created with `allow_repeat_tx`): protecting an (SSRC, index) that was
+//!   already protected, or one older than the window, fails with
+//!   [`FastSrtpError::IndexReused`] and seals nothing. Two different plaintexts under one
+//!   GCM nonce would give away the GHASH key of the hop and let anyone forge on it.
+//!   webrtc-srtp has no such check.
 //! - SRTCP packets with the E flag clear (authenticated but not encrypted, RFC 7714 §9.3)
 //!   are rejected with [`FastSrtpError::UnencryptedSrtcp`]; neither webrtc-srtp nor any
 //!   browser sends them.
@@ -79,6 +86,12 @@ pub enum FastSrtpError {
     AuthFailed,
     #[error("replayed or too old: SSRC {ssrc:#010x}, index {index}")]
     Replay { ssrc: u32, index: u64 },
+    /// Protecting would reuse an (SSRC, index), i.e. a GCM nonce: the index was protected
+    /// before, or lies behind the send window where that can no longer be ruled out.
+    #[error(
+        "SRTP index already protected or too old to protect: SSRC {ssrc:#010x}, index {index}"
+    )]
+    IndexReused { ssrc: u32, index: u64 },
     #[error("SRTCP packet is not encrypted (E flag clear); not supported")]
     UnencryptedSrtcp,
     #[error("SRTP/SRTCP index space exhausted for SSRC {0:#010x}: rekey needed")]
@@ -98,6 +111,7 @@ impl FastSrtpError {
             Self::NoRoom(_) => "no_room",
             Self::AuthFailed => "auth_failed",
             Self::Replay { .. } => "replay",
+            Self::IndexReused { .. } => "index_reused",
             Self::UnencryptedSrtcp => "unencrypted_srtcp",
             Self::IndexExhausted(_) => "index_exhausted",
             Self::TooManySsrcs => "too_many_ssrcs",
@@ -146,11 +160,13 @@ impl ReplayWindow {
     }
 }
 
-/// Per-SSRC SRTP state: the highest 48-bit index (ROC << 16 | SEQ) seen in each direction.
+/// Per-SSRC SRTP state: a window over the 48-bit indices (ROC << 16 | SEQ) seen in each
+/// direction.
 #[derive(Clone, Copy, Default)]
 struct RtpSsrcState {
-    /// Highest index protected, `None` until the first packet (or after `set_roc`).
-    tx_highest: Option<u64>,
+    /// Indices protected: the highest, and which of the [`REPLAY_WINDOW`] below it were.
+    /// Not started until the first packet.
+    tx: ReplayWindow,
     /// ROC to assume for the first packet in each direction (RFC 3711: 0 unless signalled).
     initial_roc: u32,
     rx: ReplayWindow,
@@ -329,13 +345,22 @@ impl FastGcmContext {
     }
 
     /// Sets the rollover counter to assume for the next packet of `ssrc` in both
-    /// directions, forgetting what was seen (e.g. when the ROC is signalled out of band
-    /// for a stream joined mid-way). Allocates if `ssrc` is new.
+    /// directions, forgetting what was received (e.g. when the ROC is signalled out of band
+    /// for a stream joined mid-way). The send side forgets what it protected only when
+    /// `roc` lies beyond every index it protected; otherwise it keeps its window (and its
+    /// ROC), since going back would reuse nonces. Allocates if `ssrc` is new.
     pub fn set_roc(&mut self, ssrc: u32, roc: u32) {
+        let tx = self
+            .rtp
+            .get(&ssrc)
+            .map(|s| s.tx)
+            .filter(|tx| tx.started && tx.highest >= u64::from(roc) << 16)
+            .unwrap_or_default();
         self.rtp.insert(
             ssrc,
             RtpSsrcState {
                 initial_roc: roc,
+                tx,
                 ..RtpSsrcState::default()
             },
         );
@@ -344,19 +369,22 @@ impl FastGcmContext {
     /// The rollover counter of the highest index sent or received for `ssrc`.
     pub fn roc(&self, ssrc: u32) -> Option<u32> {
         let s = self.rtp.get(&ssrc)?;
-        let highest = match (s.tx_highest, s.rx.started) {
-            (Some(tx), true) => tx.max(s.rx.highest),
-            (Some(tx), false) => tx,
-            (None, true) => s.rx.highest,
-            (None, false) => return Some(s.initial_roc),
+        let highest = match (s.tx.started, s.rx.started) {
+            (true, true) => s.tx.highest.max(s.rx.highest),
+            (true, false) => s.tx.highest,
+            (false, true) => s.rx.highest,
+            (false, false) => return Some(s.initial_roc),
         };
         Some((highest >> 16) as u32)
     }
 
     /// Sets the last SRTCP index used to protect for `ssrc`, so the next protected packet
-    /// carries `index + 1` (webrtc-srtp's `set_index` semantics). Allocates if `ssrc` is new.
+    /// carries `index + 1` (webrtc-srtp's `set_index` semantics). It never moves the index
+    /// back: an index below the last one used is ignored, since reusing one would reuse a
+    /// nonce. Allocates if `ssrc` is new.
     pub fn set_srtcp_index(&mut self, ssrc: u32, index: u32) {
-        self.rtcp.entry(ssrc).or_default().tx_index = index & MAX_SRTCP_INDEX;
+        let e = self.rtcp.entry(ssrc).or_default();
+        e.tx_index = e.tx_index.max(index & MAX_SRTCP_INDEX);
     }
 
     /// Number of SSRCs with SRTP state.
@@ -380,7 +408,9 @@ impl FastGcmContext {
     }
 
     /// Protects the `len`-byte RTP packet at the start of `buf` in place, writing the tag
-    /// at `buf[len..len + 16]`; returns `len + 16`.
+    /// at `buf[len..len + 16]`; returns `len + 16`. Refuses, with
+    /// [`FastSrtpError::IndexReused`] and `buf` untouched, an index it protected before
+    /// for the packet's SSRC or one more than [`REPLAY_WINDOW`] behind the highest.
     pub fn protect_rtp_in(&mut self, buf: &mut [u8], len: usize) -> Result<usize, FastSrtpError> {
         let out_len = len + RTP_OVERHEAD;
         if buf.len() < out_len {
@@ -392,9 +422,14 @@ impl FastGcmContext {
         let ssrc = read_u32(packet, 8)?;
 
         let state = self.rtp.get(&ssrc).copied();
-        let (highest, initial_roc) = state.map_or((None, 0), |s| (s.tx_highest, s.initial_roc));
+        let (tx, initial_roc) =
+            state.map_or((ReplayWindow::default(), 0), |s| (s.tx, s.initial_roc));
+        let highest = tx.started.then_some(tx.highest);
         let index =
             estimate_index(highest, initial_roc, seq).ok_or(FastSrtpError::IndexExhausted(ssrc))?;
+        if !tx.check(index) {
+            return Err(FastSrtpError::IndexReused { ssrc, index });
+        }
         if state.is_none() && self.rtp.len() >= self.max_ssrcs {
             return Err(FastSrtpError::TooManySsrcs);
         }
@@ -407,8 +442,7 @@ impl FastGcmContext {
             .map_err(|_| FastSrtpError::Truncated)?;
         rest[..TAG_LEN].copy_from_slice(tag.as_ref());
 
-        let entry = self.rtp.entry(ssrc).or_default();
-        entry.tx_highest = Some(entry.tx_highest.map_or(index, |h| h.max(index)));
+        self.rtp.entry(ssrc).or_default().tx.accept(index);
         Ok(out_len)
     }
 
@@ -612,6 +646,103 @@ mod tests {
         assert_eq!(estimate_index(Some(1 << 16), 0, 65535), Some(65535));
         assert_eq!(estimate_index(Some(100), 0, 65000), Some(65000));
         assert_eq!(estimate_index(Some(MAX_SRTP_INDEX), 0, 1), None);
+    }
+
+    fn rtp(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 111];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// The nonce reuse of issue 12: a relay re-protecting for one receiver got A's packet
+    /// and then B's forgery with A's SSRC and sequence number, and sealed both under the
+    /// same nonce. XOR of the two ciphertexts is then the XOR of the two plaintexts (GCM
+    /// is a stream cipher), and the two tags give away the GHASH key. The context must
+    /// refuse the second seal and leave the buffer as it was.
+    #[test]
+    fn protect_refuses_an_index_it_already_sealed() {
+        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        let mut a = rtp(0xa, 5, b"alice's frame....");
+        let a_len = a.len();
+        assert_eq!(tx.protect_rtp(&mut a), Ok(a_len + TAG_LEN));
+
+        let mut forged = rtp(0xa, 5, b"mallory's frame..");
+        let before = forged.clone();
+        assert_eq!(
+            tx.protect_rtp(&mut forged),
+            Err(FastSrtpError::IndexReused {
+                ssrc: 0xa,
+                index: 5
+            })
+        );
+        assert_eq!(forged, before, "a refused packet is left as it was");
+        assert_eq!(
+            FastSrtpError::IndexReused { ssrc: 0, index: 0 }.kind(),
+            "index_reused"
+        );
+
+        // The same packet again (a retransmission sent as is) is refused too: same nonce.
+        let mut again = rtp(0xa, 5, b"alice's frame....");
+        assert!(matches!(
+            tx.protect_rtp(&mut again),
+            Err(FastSrtpError::IndexReused { .. })
+        ));
+        // Another SSRC has its own indices.
+        assert!(tx.protect_rtp(&mut rtp(0xb, 5, b"x")).is_ok());
+    }
+
+    #[test]
+    fn protect_takes_reordered_fresh_indices_and_refuses_old_ones() {
+        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        for seq in [1000u16, 1002, 1001, 1003] {
+            assert!(tx.protect_rtp(&mut rtp(1, seq, b"p")).is_ok(), "{seq}");
+        }
+        assert!(tx.protect_rtp(&mut rtp(1, 1001, b"q")).is_err());
+        // Behind the window: it may have been sealed, so it is refused (libsrtp's
+        // replay_old).
+        assert!(tx.protect_rtp(&mut rtp(1, 1003 + 200, b"p")).is_ok());
+        assert_eq!(
+            tx.protect_rtp(&mut rtp(1, 1003, b"z")),
+            Err(FastSrtpError::IndexReused {
+                ssrc: 1,
+                index: 1003
+            })
+        );
+        // Across a rollover the full index counts: seq 1000 of ROC 1 is new.
+        let mut seq = 1203u16;
+        for _ in 0..(u16::MAX / 0x4000 + 1) * 4 {
+            seq = seq.wrapping_add(0x4000);
+            assert!(tx.protect_rtp(&mut rtp(1, seq, b"p")).is_ok());
+        }
+        assert!(tx.roc(1).is_some_and(|r| r >= 1));
+        assert!(tx
+            .protect_rtp(&mut rtp(1, seq.wrapping_add(1), b"p"))
+            .is_ok());
+    }
+
+    #[test]
+    fn set_roc_and_set_srtcp_index_never_go_back() {
+        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_ok());
+        tx.set_roc(3, 0);
+        assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_err());
+        // Forward is fine: every index of ROC 2 is new.
+        tx.set_roc(3, 2);
+        assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_ok());
+        assert_eq!(tx.roc(3), Some(2));
+
+        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 3];
+        let n = rtcp.len();
+        assert!(tx.protect_rtcp(&mut rtcp).is_ok());
+        let first = u32::from_be_bytes(rtcp[rtcp.len() - 4..].try_into().unwrap());
+        tx.set_srtcp_index(3, 0);
+        let mut next = vec![0x80, 201, 0, 1, 0, 0, 0, 3];
+        assert!(tx.protect_rtcp(&mut next).is_ok());
+        let second = u32::from_be_bytes(next[n + TAG_LEN..].try_into().unwrap());
+        assert_eq!(second & MAX_SRTCP_INDEX, (first & MAX_SRTCP_INDEX) + 1);
     }
 
     #[test]

@@ -19,6 +19,17 @@ pub enum HopError {
     Malformed,
     #[error("SRTP protect failed")]
     Protect,
+    /// Protecting would have reused an SRTP index (a GCM nonce) on the receiver's hop.
+    #[error("SRTP send index already used")]
+    IndexReused,
+}
+
+/// A protect failure, in the relay's drop vocabulary.
+fn protect_error(e: FastSrtpError) -> HopError {
+    match e {
+        FastSrtpError::IndexReused { .. } => HopError::IndexReused,
+        _ => HopError::Protect,
+    }
 }
 
 fn from_fast(e: FastSrtpError) -> HopError {
@@ -107,9 +118,9 @@ impl HopContext {
                         arena.truncate(start + n);
                         Ok(start..start + n)
                     }
-                    Err(_) => {
+                    Err(e) => {
                         arena.truncate(start);
-                        Err(HopError::Protect)
+                        Err(protect_error(e))
                     }
                 }
             }
@@ -194,9 +205,9 @@ impl HopContext {
                         arena.truncate(start + n);
                         Ok(start..start + n)
                     }
-                    Err(_) => {
+                    Err(e) => {
                         arena.truncate(start);
-                        Err(HopError::Protect)
+                        Err(protect_error(e))
                     }
                 }
             }

@@ -120,7 +120,7 @@ impl Outbox {
         } else {
             ctx.protect_rtp_into(clear, &mut self.arena)
         }
-        .map_err(|_| DropReason::SrtpProtectFailed)?;
+        .map_err(hop_drop)?;
         self.transmits.push(Transmit {
             to,
             start: r.start,
@@ -142,7 +142,7 @@ impl Outbox {
     ) -> Result<(), DropReason> {
         let r = ctx
             .protect_rtp_parts_into(header, payload, &mut self.arena)
-            .map_err(|_| DropReason::SrtpProtectFailed)?;
+            .map_err(hop_drop)?;
         self.transmits.push(Transmit {
             to,
             start: r.start,
@@ -163,6 +163,9 @@ const PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Arrivals held per sender between feedback packets.
 const TWCC_PENDING: usize = 256;
 const NO: u8 = 0xff;
+/// How often at most a participant's liveness (consent) is reported: consent is judged in
+/// seconds, and the forwarding loop must not send the control plane an event per packet.
+pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A participant's numbering and tracks as flat tables the per-packet path indexes
 /// without hashing or allocating (see [`Numbering`]).
@@ -246,6 +249,10 @@ struct PeerMedia {
     /// A receiver joined: ask this participant for a keyframe with its next packet.
     pli_due: bool,
     last_pli: Option<Instant>,
+    /// When an authenticated packet last made this participant's liveness reportable.
+    activity_at: Option<Instant>,
+    /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
+    activity_pending: bool,
 }
 
 /// Forwarding state of one worker loop.
@@ -269,6 +276,13 @@ pub struct Forwarder {
     now: Option<Instant>,
     /// Origin of the microsecond clock in transport-cc feedback.
     epoch: Option<Instant>,
+    /// Participants whose SRTP or SRTCP authenticated since the last
+    /// [`Forwarder::take_activity`] (at most once per [`ACTIVITY_INTERVAL`] each); its
+    /// capacity is kept at the number of participants, so pushing never allocates.
+    active: Vec<PeerId>,
+    /// Receivers' copies not sent since the last [`Forwarder::take_receiver_drops`], by
+    /// [`DropReason`] (a packet that reached some receivers and not others).
+    receiver_drops: [u64; DropReason::ALL.len()],
 }
 
 fn hop_drop(e: HopError) -> DropReason {
@@ -277,6 +291,20 @@ fn hop_drop(e: HopError) -> DropReason {
         HopError::Replay => DropReason::SrtpReplay,
         HopError::Malformed => DropReason::SrtpMalformed,
         HopError::Protect => DropReason::SrtpProtectFailed,
+        HopError::IndexReused => DropReason::SrtpIndexReused,
+    }
+}
+
+/// An authenticated packet from `p`: queue its liveness report if one is due.
+fn note_activity(p: &mut PeerMedia, peer: PeerId, now: Option<Instant>, active: &mut Vec<PeerId>) {
+    let Some(now) = now else { return };
+    if !p.activity_pending
+        && p.activity_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= ACTIVITY_INTERVAL)
+    {
+        p.activity_at = Some(now);
+        p.activity_pending = true;
+        active.push(peer);
     }
 }
 
@@ -323,8 +351,13 @@ impl Forwarder {
                 twcc,
                 pli_due: false,
                 last_pli: None,
+                activity_at: None,
+                activity_pending: false,
             },
         );
+        if self.active.capacity() < self.peers.len() {
+            self.active.reserve(self.peers.len() - self.active.len());
+        }
         let members = self.calls.entry(call).or_default();
         if !members.contains(&peer) {
             members.push(peer);
@@ -377,6 +410,34 @@ impl Forwarder {
         })
     }
 
+    /// Hand each participant whose SRTP or SRTCP authenticated since the last call (at most
+    /// once per [`ACTIVITY_INTERVAL`] each) to `report`, which says whether the report was
+    /// delivered; an undelivered one is due again with the participant's next packet.
+    /// Only authenticated packets count: a forged or replayed one from a participant's
+    /// address must not keep it alive (consent, RFC 7675).
+    pub fn take_activity(&mut self, mut report: impl FnMut(PeerId) -> bool) {
+        for peer in self.active.drain(..) {
+            let delivered = report(peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.activity_pending = false;
+                if !delivered {
+                    p.activity_at = None;
+                }
+            }
+        }
+    }
+
+    /// Hand the count of receivers' copies not sent, per reason, since the last call to
+    /// `count` (reasons with a count of 0 are skipped).
+    pub fn take_receiver_drops(&mut self, mut count: impl FnMut(DropReason, u64)) {
+        for (reason, n) in DropReason::ALL.iter().zip(self.receiver_drops.iter_mut()) {
+            if *n > 0 {
+                count(*reason, *n);
+                *n = 0;
+            }
+        }
+    }
+
     pub fn has_peer(&self, peer: PeerId) -> bool {
         self.peers.contains_key(&peer)
     }
@@ -402,6 +463,7 @@ impl Forwarder {
             .inbound
             .unprotect_rtp(data, &mut self.clear)
             .map_err(hop_drop)?;
+        note_activity(sender, from, self.now, &mut self.active);
         let hdr = RtpHeader::parse(plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
         let from_addr = sender.addr;
@@ -465,8 +527,12 @@ impl Forwarder {
                 continue;
             }
             header[1] = (header[1] & 0x80) | pt;
-            out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)?;
-            n += 1;
+            // A copy that cannot be protected for one receiver (its hop would reuse an
+            // SRTP index) is dropped for that receiver alone.
+            match out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload) {
+                Ok(()) => n += 1,
+                Err(reason) => self.receiver_drops[reason as usize] += 1,
+            }
         }
         Ok(n)
     }
@@ -492,6 +558,9 @@ impl Forwarder {
             clear,
             rtcp_dests: dests,
             rtcp_part: part,
+            active,
+            receiver_drops,
+            now,
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
@@ -499,6 +568,7 @@ impl Forwarder {
             .inbound
             .unprotect_rtcp(data, clear)
             .map_err(hop_drop)?;
+        note_activity(sender, from, *now, active);
         let call = sender.call;
         members.clear();
         if let Some(m) = calls.get(&call) {
@@ -555,8 +625,10 @@ impl Forwarder {
             let Some(r) = peers.get_mut(to) else {
                 continue;
             };
-            out.push(r.addr, true, &mut r.outbound, part)?;
-            n += 1;
+            match out.push(r.addr, true, &mut r.outbound, part) {
+                Ok(()) => n += 1,
+                Err(reason) => receiver_drops[reason as usize] += 1,
+            }
         }
         Ok(n)
     }
@@ -704,6 +776,128 @@ mod tests {
         .write_minimal(&mut b);
         b.extend_from_slice(payload);
         b
+    }
+
+    /// A participant who announced no SSRC owns what it sends first; when it leaves, the
+    /// next such participant may take the same SSRC over and send the same sequence
+    /// numbers. A receiver's hop context has sealed those indices already: sealing them
+    /// again would reuse GCM nonces on its hop. That copy is dropped (and counted), and
+    /// the receiver is sent each index once only.
+    #[test]
+    fn a_receiver_is_never_sent_one_index_sealed_twice() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(1, 7, addr(1), fast(1), fast(11), PeerTables::standard(&[]));
+        f.add_peer(
+            3,
+            7,
+            addr(3),
+            fast(3),
+            fast(13),
+            PeerTables::standard(&[300]),
+        );
+        let mut out = Outbox::default();
+        let mut a = ctx(1);
+        for seq in 1..=3 {
+            let wire = a.encrypt_rtp(&rtp(100, seq, b"alice")).unwrap();
+            assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        }
+        f.remove_peer(1);
+        f.add_peer(2, 7, addr(2), fast(2), fast(12), PeerTables::standard(&[]));
+        let mut b = ctx(2);
+        // Seq 2 and 3 were sealed for 3 already; 4 is new.
+        for seq in 2..=4 {
+            let wire = b.encrypt_rtp(&rtp(100, seq, b"bob!!")).unwrap();
+            let sent = f.on_rtp(2, &wire, &mut out);
+            assert_eq!(sent, Ok(usize::from(seq == 4)), "seq {seq}");
+        }
+        let mut drops = Vec::new();
+        f.take_receiver_drops(|r, n| drops.push((r, n)));
+        assert_eq!(drops, [(DropReason::SrtpIndexReused, 2)]);
+        f.take_receiver_drops(|r, n| panic!("counted twice: {r:?} {n}"));
+        // What receiver 3 got: every index once, each opens with its hop key.
+        let mut rx = ctx_replay(13);
+        let mut seen = Vec::new();
+        for t in out.transmits() {
+            assert_eq!(t.to, addr(3));
+            let clear = rx
+                .decrypt_rtp(out.data(t))
+                .expect("authentic and not a replay");
+            seen.push(u16::from_be_bytes([clear[2], clear[3]]));
+        }
+        assert_eq!(seen, [1, 2, 3, 4]);
+    }
+
+    /// Consent: only packets that authenticated make a participant's liveness reportable,
+    /// at most once per [`ACTIVITY_INTERVAL`], and an undelivered report is due again.
+    #[test]
+    fn activity_is_reported_for_authenticated_packets_only() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let t0 = Instant::now();
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            PeerTables::standard(&[100]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            PeerTables::standard(&[200]),
+        );
+        let mut out = Outbox::default();
+        fn taken(f: &mut Forwarder, deliver: bool) -> Vec<PeerId> {
+            let mut v = Vec::new();
+            f.take_activity(|p| {
+                v.push(p);
+                deliver
+            });
+            v
+        }
+        let mut a = ctx(1);
+        // Forged: a bad tag with the participant's SSRC, junk, a replay.
+        f.set_time(t0);
+        let good = a.encrypt_rtp(&rtp(100, 1, b"x")).unwrap();
+        let mut forged = good.to_vec();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            f.on_rtp(1, &forged, &mut out),
+            Err(DropReason::SrtpAuthFailed)
+        );
+        assert!(f
+            .on_rtcp(1, &[0x80, 200, 0, 1, 0, 0, 0, 100], &mut out)
+            .is_err());
+        assert!(
+            taken(&mut f, true).is_empty(),
+            "forged packets are no proof of life"
+        );
+        assert_eq!(f.on_rtp(1, &good, &mut out), Ok(1));
+        assert_eq!(taken(&mut f, true), [1]);
+        assert_eq!(f.on_rtp(1, &good, &mut out), Err(DropReason::SrtpReplay));
+        // Within the interval: nothing new, however many packets.
+        f.set_time(t0 + ACTIVITY_INTERVAL / 2);
+        let w = a.encrypt_rtp(&rtp(100, 2, b"x")).unwrap();
+        assert_eq!(f.on_rtp(1, &w, &mut out), Ok(1));
+        assert!(taken(&mut f, true).is_empty());
+        // After it: reported again; undelivered, it is due with the next packet.
+        f.set_time(t0 + ACTIVITY_INTERVAL);
+        let w = a.encrypt_rtp(&rtp(100, 3, b"x")).unwrap();
+        assert_eq!(f.on_rtp(1, &w, &mut out), Ok(1));
+        assert_eq!(taken(&mut f, false), [1]);
+        let w = a.encrypt_rtp(&rtp(100, 4, b"x")).unwrap();
+        assert_eq!(f.on_rtp(1, &w, &mut out), Ok(1));
+        assert_eq!(taken(&mut f, true), [1]);
+        // SRTCP that authenticates counts too.
+        f.set_time(t0 + 2 * ACTIVITY_INTERVAL);
+        let rr = a.encrypt_rtcp(&[0x80, 201, 0, 1, 0, 0, 0, 100]).unwrap();
+        assert!(f.on_rtcp(1, &rr, &mut out).is_ok());
+        assert_eq!(taken(&mut f, true), [1]);
     }
 
     #[test]

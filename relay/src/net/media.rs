@@ -119,12 +119,15 @@ struct AddrEntry {
     peer: PeerId,
     worker: usize,
     dtls_tx: mpsc::Sender<Bytes>,
-    /// When activity was last reported to the control plane (ms since start).
+    /// When a valid binding request's activity was last reported to the control plane
+    /// (ms since start).
     reported_ms: u64,
 }
 
-/// How often a participant's liveness is reported to the control plane: consent is
-/// judged in seconds, and the receive loop must not send an event per packet.
+/// How often at most a participant's liveness is reported to the control plane from its
+/// binding requests (the forwarding loop reports authenticated SRTP/SRTCP at the same
+/// pace, [`crate::core::forward::ACTIVITY_INTERVAL`]): consent is judged in seconds, and
+/// the receive loop must not send an event per packet.
 const ACTIVITY_REPORT_MS: u64 = 1000;
 
 /// What the receive loop needs besides its socket.
@@ -146,7 +149,9 @@ pub struct DtlsSetup {
 }
 
 /// Report liveness to the control plane at most once per [`ACTIVITY_REPORT_MS`]. Never
-/// waits: a full inbox means the report is tried again with the next packet.
+/// waits: a full inbox means the report is tried again with the next packet. Only a
+/// binding request whose MESSAGE-INTEGRITY verified comes here; SRTP and SRTCP count once
+/// they authenticated, in the forwarding loop.
 fn report_activity(events: &EventTx, e: &mut AddrEntry, now_ms: u64) {
     if now_ms.saturating_sub(e.reported_ms) >= ACTIVITY_REPORT_MS
         && events.try_send(Event::Activity { peer: e.peer }).is_ok()
@@ -242,11 +247,9 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                             ));
                         }
                     }
-                    StunOutcome::Indication => {
-                        if let Some(e) = addrs.get_mut(&from) {
-                            report_activity(&events, e, now_ms);
-                        }
-                    }
+                    // A binding indication carries no MESSAGE-INTEGRITY (RFC 8445 §11): anyone
+                    // can send one from a participant's address, so it refreshes nothing.
+                    StunOutcome::Indication => {}
                     StunOutcome::Drop(r) => m.dropped(r),
                 },
                 PacketKind::Dtls => match addrs.get(&from) {
@@ -257,9 +260,10 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                     }
                     None => m.dropped(DropReason::DtlsUnknownSource),
                 },
-                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get_mut(&from) {
+                // Not proof of life yet: consent is refreshed by the forwarding loop once the
+                // packet has authenticated.
+                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get(&from) {
                     Some(e) => {
-                        report_activity(&events, e, now_ms);
                         let msg = Packet {
                             peer: e.peer,
                             rtcp: kind == PacketKind::Rtcp,
@@ -431,6 +435,7 @@ pub async fn worker_loop(
     media: Arc<MediaSocket>,
     m: Arc<Metrics>,
     tap: Option<MediaTap>,
+    events: EventTx,
 ) {
     let mut fwd = Forwarder::new(tap);
     // Reused between batches: the arena and transmit list grow to the working size once.
@@ -482,6 +487,11 @@ pub async fn worker_loop(
             }
             continue;
         }
+        // Liveness of the participants whose packets authenticated (never waits: an
+        // undelivered report is due again with the participant's next packet), and the
+        // receivers' copies that could not be protected.
+        fwd.take_activity(|peer| events.try_send(Event::Activity { peer }).is_ok());
+        fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
         // The round stopped short of an empty ring: more is probably waiting.
         let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
         send_all(&media, &mut out, &mut gso, &m).await;

@@ -116,6 +116,7 @@ impl Relay {
         let mut workers = Vec::new();
         let mut packet_queues = Vec::new();
         let mut tasks = Vec::new();
+        let (events, events_rx) = mpsc::channel(events::EVENT_QUEUE);
         for _ in 0..n_workers {
             let (tx, rx) = mpsc::channel(media::CONTROL_QUEUE);
             let packets = Arc::new(media::PacketQueue::new(media::WORKER_QUEUE));
@@ -127,9 +128,9 @@ impl Relay {
                 media.clone(),
                 metrics.clone(),
                 tap.clone(),
+                events.clone(),
             )));
         }
-        let (events, events_rx) = mpsc::channel(events::EVENT_QUEUE);
         let (recv_ctl, recv_ctl_rx) = mpsc::channel(media::CONTROL_QUEUE);
         let identity = Arc::new(identity);
         let plane = {

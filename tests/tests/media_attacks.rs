@@ -1,0 +1,517 @@
+//! Attacks on the media path of a real relay on loopback, with real DTLS-SRTP:
+//!
+//! - a participant sending another's SSRC with its sequence numbers (the GCM nonce reuse
+//!   of issue 12) is dropped as `ssrc_not_owned`, and the victim's receiver never gets one
+//!   SRTP index sealed twice;
+//! - forged packets from a vanished participant's own address do not keep it alive past
+//!   the consent timeout (only authenticated SRTP/SRTCP and STUN requests with a valid
+//!   MESSAGE-INTEGRITY refresh consent);
+//! - a flood of 200,000 bad datagrams during a live call costs the call nothing, and every
+//!   one of them is counted under its drop reason in the relay's Prometheus metrics.
+
+use blindrelay::RelayOptions;
+use blindrelay_protocol::signal::ServerMessage;
+use blindrelay_protocol::stun::{StunWriter, BINDING_INDICATION, BINDING_REQUEST};
+use blindrelay_tests::*;
+use e2ee_client::call::{run_call, CallOptions, CallSummary};
+use e2ee_client::transport::MediaPath;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+fn dropped(reason: &str) -> String {
+    format!("blindrelay_packets_dropped_total{{reason=\"{reason}\"}}")
+}
+
+/// Send RTP from `from` (SSRC `ssrc`) until `to` receives one: both hops are keyed and the
+/// relay's forwarding loop has both participants, and `to` has a track for the SSRC.
+async fn probe_until_forwarded(
+    from: &mut MediaPath,
+    ssrc: u32,
+    to: &mut MediaPath,
+    relay: SocketAddr,
+) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for seq in 1u16.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never forwarded the probe"
+        );
+        let probe = from
+            .outbound
+            .encrypt_rtp(&rtp_packet(ssrc, seq, b"probe"))
+            .expect("protect");
+        from.socket.send_to(&probe, relay).await.expect("send");
+        let arrived = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                let (d, rtcp) = to.media_rx.recv().await.expect("media");
+                if !rtcp
+                    && to
+                        .inbound
+                        .decrypt_rtp(&d)
+                        .is_ok_and(|p| p.ends_with(b"probe"))
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        if arrived.is_ok() {
+            return seq;
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// The RTP sequence number and SSRC in an SRTP packet's clear header.
+fn seq_ssrc(srtp: &[u8]) -> Option<(u16, u32)> {
+    let h = srtp.get(..12)?;
+    Some((
+        u16::from_be_bytes([h[2], h[3]]),
+        u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_participants_ssrc_is_dropped_and_no_index_is_sealed_twice() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let bob = raw_join(&url, &token(&cfg, "bob", None, "user"), "c").await;
+    let mut b = bob.connect().await.expect("bob connects");
+    // Carol receives alice's stream (she answers the relay's offer of the tracks).
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    let first = probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+
+    // Bob sends alice's SSRC with alice's next sequence numbers, each one interleaved
+    // with alice's own packet of that number (bob first for even numbers, alice first
+    // for odd ones). Bob's packets authenticate on his hop: only ownership stops them.
+    const N: u16 = 200;
+    let seqs = first + 1..=first + N;
+    for seq in seqs.clone() {
+        let real = a
+            .outbound
+            .encrypt_rtp(&rtp_packet(
+                alice.audio_ssrc,
+                seq,
+                format!("alice {seq}").as_bytes(),
+            ))
+            .expect("protect");
+        let forged = b
+            .outbound
+            .encrypt_rtp(&rtp_packet(
+                alice.audio_ssrc,
+                seq,
+                format!("bob!! {seq}").as_bytes(),
+            ))
+            .expect("protect");
+        if seq % 2 == 0 {
+            b.socket.send_to(&forged, media).await.expect("send");
+            a.socket.send_to(&real, media).await.expect("send");
+        } else {
+            a.socket.send_to(&real, media).await.expect("send");
+            b.socket.send_to(&forged, media).await.expect("send");
+        }
+    }
+
+    // Carol gets alice's N packets; anything else with that SSRC would show up as a
+    // second packet of one sequence number (ROC 0 here, so index = sequence number).
+    let mut per_index: HashMap<u16, usize> = HashMap::new();
+    let mut payloads = Vec::new();
+    let got_all = tokio::time::timeout(Duration::from_secs(10), async {
+        while payloads.len() < usize::from(N) {
+            let (d, rtcp) = c.media_rx.recv().await.expect("media");
+            if rtcp {
+                continue;
+            }
+            let Some((seq, ssrc)) = seq_ssrc(&d) else {
+                continue;
+            };
+            if ssrc != alice.audio_ssrc || !seqs.contains(&seq) {
+                continue;
+            }
+            *per_index.entry(seq).or_default() += 1;
+            // Carol's context has no replay protection on the raw count above; this
+            // decrypt also proves the packet is authentic on her hop.
+            let clear = c.inbound.decrypt_rtp(&d).expect("authentic on carol's hop");
+            payloads.push(clear[12..].to_vec());
+        }
+    })
+    .await;
+    assert!(
+        got_all.is_ok(),
+        "carol got {} of alice's {N} packets",
+        payloads.len()
+    );
+    let m = await_metrics(
+        &relay,
+        Duration::from_secs(5),
+        "bob's forgeries counted",
+        |m| series(m, &dropped("ssrc_not_owned")).is_some_and(|v| v >= f64::from(N)),
+    )
+    .await;
+    assert_eq!(metric(&m, &dropped("ssrc_not_owned")), f64::from(N));
+    // Ownership stopped them before any receiver's context was asked to reuse an index.
+    assert_eq!(metric(&m, &dropped("srtp_index_reused")), 0.0);
+    // Every index once, and it is alice's packet.
+    let twice: Vec<_> = per_index.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "indices sealed more than once: {twice:?}");
+    assert_eq!(per_index.len(), usize::from(N));
+    for p in &payloads {
+        assert!(p.starts_with(b"alice "), "{:?}", String::from_utf8_lossy(p));
+    }
+    // Nothing more of alice's SSRC arrives (a late forgery would).
+    let late = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let (d, rtcp) = c.media_rx.recv().await.expect("media");
+            if !rtcp && seq_ssrc(&d).is_some_and(|(_, s)| s == alice.audio_ssrc) {
+                return d;
+            }
+        }
+    })
+    .await;
+    assert!(late.is_err(), "an extra packet of alice's SSRC: {late:?}");
+    drop((a, b, c));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_packets_from_a_vanished_participants_address_do_not_keep_it_alive() {
+    let mut cfg = loopback_config();
+    // Clients refresh consent every 2.5 s: the watcher must outlive the ghost.
+    let timeout = Duration::from_secs(4);
+    cfg.ice.consent_timeout = timeout;
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let mut watcher = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let _watcher_path = watcher.connect().await.expect("connect");
+    let ghost = raw_join(&url, &token(&cfg, "ghost", None, "user"), "c").await;
+    let mut path = ghost.connect().await.expect("connect");
+    // The ghost's client goes away (no consent checks, no media), but someone keeps
+    // sending from its address and port: SRTP and SRTCP with its SSRC and a bad tag, a
+    // truncated SRTP packet, binding indications (no integrity), and binding requests
+    // with its USERNAME and a wrong MESSAGE-INTEGRITY.
+    path.stop_background();
+    let username = format!("{}:{}", ghost.answer.ice_ufrag, ghost.ufrag);
+    let ssrc = ghost.audio_ssrc;
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let flood = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut rounds = 0u32;
+        // Bounded: 25 s of rounds at most.
+        while rounds < 5000 {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = tick.tick() => {}
+            }
+            rounds += 1;
+            let seq = rounds as u16;
+            let mut srtp = path
+                .outbound
+                .encrypt_rtp(&rtp_packet(ssrc, seq, b"forged"))
+                .expect("protect")
+                .to_vec();
+            *srtp.last_mut().expect("tag") ^= 0x5a;
+            let mut srtcp = path
+                .outbound
+                .encrypt_rtcp(&[0x80, 201, 0, 1, 0, 0, 0, 1])
+                .expect("protect")
+                .to_vec();
+            srtcp[9] ^= 0x5a;
+            let indication =
+                StunWriter::new(BINDING_INDICATION, &[rounds as u8; 12]).finish_with_fingerprint();
+            let bad_request = StunWriter::new(BINDING_REQUEST, &[7; 12])
+                .username(&username)
+                .use_candidate()
+                .integrity(b"not-the-relay-password")
+                .finish_with_fingerprint();
+            let truncated = &srtp[..10];
+            for d in [&srtp[..], &srtcp, truncated, &indication, &bad_request] {
+                path.socket.send_to(d, media).await.expect("send");
+            }
+        }
+        rounds
+    });
+    let started = std::time::Instant::now();
+    let ghost_id = ghost.me.clone();
+    let left = watcher
+        .wait_for(timeout * 4, |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant, .. } if *participant == ghost_id)
+        })
+        .await;
+    let took = started.elapsed();
+    let m = scrape(&relay).await;
+    let _ = stop_tx.send(());
+    let rounds = flood.await.expect("flood task");
+    match left {
+        Some(ServerMessage::ParticipantLeft { reason, .. }) => {
+            assert_eq!(reason, "consent_timeout")
+        }
+        other => panic!(
+            "the forged packets kept the ghost alive: {other:?} after {took:?}, {rounds} rounds; {:?}",
+            m.iter()
+                .filter(|(k, _)| k.contains("dropped") || k.contains("participants"))
+                .collect::<Vec<_>>()
+        ),
+    }
+    // Consent was last refreshed by a real check at most a moment before `started`.
+    assert!(
+        took >= timeout - Duration::from_millis(500),
+        "removed too early: {took:?}"
+    );
+    // The flood reached the relay while the ghost was still there, as every kind.
+    for reason in ["srtp_auth_failed", "srtp_malformed", "stun_bad_integrity"] {
+        assert!(
+            metric(&m, &dropped(reason)) >= 50.0,
+            "{reason}: {}",
+            metric(&m, &dropped(reason))
+        );
+    }
+    assert!(metric(&m, "blindrelay_srtp_auth_failures_total") >= 100.0);
+    assert_eq!(
+        metric(
+            &m,
+            "blindrelay_participants_removed_total{reason=\"consent_timeout\"}"
+        ),
+        1.0
+    );
+    relay.shutdown().await;
+}
+
+/// The kinds of bad datagram in the flood, with the drop reason each must be counted under.
+const FLOOD: [(&str, &str); 7] = [
+    ("junk", "unknown_protocol"),
+    ("truncated STUN", "stun_malformed"),
+    ("STUN with a bad MESSAGE-INTEGRITY", "stun_bad_integrity"),
+    ("DTLS ClientHello from a stranger", "dtls_unknown_source"),
+    ("SRTP from a stranger", "unknown_source"),
+    (
+        "SRTP with a bad tag and the sender's SSRC",
+        "srtp_auth_failed",
+    ),
+    ("truncated SRTP", "srtp_malformed"),
+];
+const FLOOD_TOTAL: usize = 200_000;
+/// Datagrams sent before waiting for the relay to have counted them all: the socket's
+/// receive buffer holds a chunk whole, so the kernel drops none of it.
+const CHUNK: usize = 2_000;
+/// Drops under a flood reason that are not the flood's: the last keying probe may still be
+/// in flight when the flood's baseline is read, and a live-call client may send a packet
+/// after it left.
+const SLACK: usize = 8;
+
+fn call_options(
+    relay: &blindrelay::Relay,
+    cfg: &blindrelay::config::Config,
+    user: &str,
+    call: &str,
+) -> CallOptions {
+    CallOptions {
+        relay: relay.signal_url(),
+        token: token(cfg, user, Some(call), "user"),
+        call: call.into(),
+        // Long enough that the flood (about 2.5 s here) ends well inside the live call
+        // on a loaded machine.
+        duration: Duration::from_secs(7),
+        video_kbps: 500,
+        name: user.into(),
+        ..Default::default()
+    }
+}
+
+fn assert_call_ok(s: &CallSummary, what: &str) {
+    assert!(
+        s.error.is_none()
+            && s.frames_corrupt == 0
+            && s.srtp_failures == 0
+            && s.frames_verified > 50,
+        "{what}: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_datagrams_costs_a_live_call_nothing_and_each_is_counted() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let media = relay.media_addr;
+
+    // Baseline: the call with no flood.
+    let (oa, ob) = (
+        call_options(&relay, &cfg, "alice", "baseline"),
+        call_options(&relay, &cfg, "bob", "baseline"),
+    );
+    let (ba, bb) = tokio::join!(run_call(&oa), run_call(&ob));
+    assert_call_ok(&ba, "baseline alice");
+    assert_call_ok(&bb, "baseline bob");
+
+    // A hand-driven participant of another call, keyed, so SRTP from its address reaches
+    // its forwarding loop (and fails there).
+    let mallory = raw_join(
+        &relay.signal_url(),
+        &token(&cfg, "mallory", None, "user"),
+        "other",
+    )
+    .await;
+    let mut path = mallory.connect().await.expect("mallory connects");
+    let mut bad_tag = Vec::new();
+    for seq in 0..64u16 {
+        let mut p = path
+            .outbound
+            .encrypt_rtp(&rtp_packet(mallory.audio_ssrc, 1000 + seq, &[0xab; 160]))
+            .expect("protect")
+            .to_vec();
+        *p.last_mut().expect("tag") ^= 0x01;
+        bad_tag.push(p);
+    }
+    let truncated = bad_tag[0][..10].to_vec();
+    // Its hop must be in the forwarding loop, or bad tags count as `not_connected`: send
+    // one until one is counted as a bad tag.
+    let key = dropped("srtp_auth_failed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        path.socket.send_to(&bad_tag[0], media).await.expect("send");
+        if series(&scrape(&relay).await, &key).is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mallory's hop never reached the forwarding loop"
+        );
+        // A polling interval: the state is only visible through the metrics.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Strangers: sockets no participant was checked from.
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        strangers.push(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let username = format!("{}:{}", mallory.answer.ice_ufrag, mallory.ufrag);
+    let bad_stun = StunWriter::new(BINDING_REQUEST, &[9; 12])
+        .username(&username)
+        .use_candidate()
+        .integrity(b"not-the-relay-password")
+        .finish_with_fingerprint();
+    let client_hello = [
+        22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let junk: Vec<u8> = (0..120u8).map(|i| 64 + i % 64).collect();
+    let truncated_stun = [0u8, 1, 0, 8, 0x21, 0x12];
+    let stranger_rtp = rtp_packet(mallory.audio_ssrc, 7, &[0xcd; 100]);
+
+    // The live call, then the flood once media flows.
+    let fwd_key = "blindrelay_packets_forwarded_total{kind=\"rtp\"}";
+    let forwarded_before = metric(&scrape(&relay).await, fwd_key);
+    let (ca, cb) = (
+        call_options(&relay, &cfg, "alice", "live"),
+        call_options(&relay, &cfg, "bob", "live"),
+    );
+    let calls = tokio::spawn(async move { tokio::join!(run_call(&ca), run_call(&cb)) });
+    let before = await_metrics(&relay, Duration::from_secs(5), "live call flows", |m| {
+        metric(m, fwd_key) >= forwarded_before + 200.0
+    })
+    .await;
+    let all_drops = |m: &HashMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("blindrelay_packets_dropped_total{"))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let flood_drops = |m: &HashMap<String, f64>| -> f64 {
+        FLOOD.iter().map(|(_, r)| metric(m, &dropped(r))).sum()
+    };
+    let base_flood = flood_drops(&before);
+    let base_all = all_drops(&before);
+    let started = std::time::Instant::now();
+    let mut sent = [0usize; FLOOD.len()];
+    let mut total = 0usize;
+    while total < FLOOD_TOTAL {
+        let n = CHUNK.min(FLOOD_TOTAL - total);
+        for i in 0..n {
+            let k = (total + i) % FLOOD.len();
+            let s = &strangers[(total + i) % strangers.len()];
+            match k {
+                0 => s.send_to(&junk, media).await,
+                1 => s.send_to(&truncated_stun, media).await,
+                2 => s.send_to(&bad_stun, media).await,
+                3 => s.send_to(&client_hello, media).await,
+                4 => s.send_to(&stranger_rtp, media).await,
+                5 => {
+                    path.socket
+                        .send_to(&bad_tag[(total + i) % bad_tag.len()], media)
+                        .await
+                }
+                _ => path.socket.send_to(&truncated, media).await,
+            }
+            .expect("send on loopback");
+            sent[k] += 1;
+        }
+        total += n;
+        let want = base_flood + total as f64;
+        await_metrics(
+            &relay,
+            Duration::from_secs(10),
+            "the relay counted the chunk",
+            |m| flood_drops(m) >= want,
+        )
+        .await;
+    }
+    let flood_time = started.elapsed();
+    assert!(
+        !calls.is_finished(),
+        "the flood ({flood_time:?}) outlasted the live call: nothing was measured"
+    );
+    let after = scrape(&relay).await;
+    let (sa, sb) = calls.await.expect("call task");
+    assert_call_ok(&sa, "alice under the flood");
+    assert_call_ok(&sb, "bob under the flood");
+
+    // Every datagram counted, each under its own reason, and the drops that cost a call
+    // packets (a full queue, a refused send) did not happen.
+    assert!(all_drops(&after) - base_all >= FLOOD_TOTAL as f64);
+    for (i, (what, reason)) in FLOOD.iter().enumerate() {
+        let delta = metric(&after, &dropped(reason)) - metric(&before, &dropped(reason));
+        assert!(
+            delta >= sent[i] as f64 && delta <= (sent[i] + SLACK) as f64,
+            "{what}: {} sent, {delta} counted as {reason}",
+            sent[i]
+        );
+        assert!(sent[i] > 20_000, "{what}: {}", sent[i]);
+    }
+    for reason in ["worker_queue_full", "send_failed", "srtp_protect_failed"] {
+        assert_eq!(
+            metric(&after, &dropped(reason)),
+            metric(&before, &dropped(reason)),
+            "{reason}"
+        );
+    }
+    // The call lost no more than the same call without the flood.
+    for (flooded, base, who) in [(&sa, &ba, "alice"), (&sb, &bb, "bob")] {
+        assert!(
+            flooded.lost_packets <= base.lost_packets,
+            "{who}: lost {} under the flood, {} without",
+            flooded.lost_packets,
+            base.lost_packets
+        );
+        assert!(
+            flooded.received_packets * 100 >= base.received_packets * 95,
+            "{who}: received {} under the flood, {} without",
+            flooded.received_packets,
+            base.received_packets
+        );
+    }
+    eprintln!(
+        "flood: {FLOOD_TOTAL} datagrams in {flood_time:?}; per kind {sent:?}; \
+         lost packets (alice, bob) {}/{} vs baseline {}/{}",
+        sa.lost_packets, sb.lost_packets, ba.lost_packets, bb.lost_packets
+    );
+    drop(path);
+    relay.shutdown().await;
+}
