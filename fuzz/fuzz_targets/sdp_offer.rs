@@ -23,7 +23,18 @@ fuzz_target!(|data: &[u8]| {
     for pt in 0..=127u8 {
         let _ = n.codec_of(pt);
     }
-    let _ = (n.codec_for_kind("audio"), n.codec_for_kind("video"));
+    for kind in ["audio", "video"] {
+        for (c, pt) in n.codecs_for_kind(kind) {
+            assert_eq!(c.kind(), kind);
+            assert_eq!(n.pt_of(c), Some(pt));
+        }
+    }
+    // What the relay writes while a call lacks some optional codec keeps only that set.
+    let set = blindrelay_protocol::sdp::call_codecs([&n]);
+    let r = n.restricted(&set);
+    for c in Codec::ALL {
+        assert!(r.pt_of(c).is_none() || set[c.index()]);
+    }
     if let Some(id) = n.twcc {
         assert!((1..=14).contains(&id));
     }
