@@ -6,7 +6,7 @@
 //! routing and bookkeeping cost.
 
 use anyhow::Result;
-use blindrelay::net::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, BATCH};
+use blindrelay::net::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, MAX_BATCH_DATAGRAMS};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -60,9 +60,9 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
     let deadline = Instant::now() + max_duration;
     let mut first_of_pair: HashMap<(u32, u32), SocketAddr> = HashMap::new();
     let mut route: HashMap<SocketAddr, SocketAddr> = HashMap::new();
-    let mut batch: Vec<Datagram> = Vec::with_capacity(BATCH * 4);
+    let mut batch: Vec<Datagram> = Vec::with_capacity(MAX_BATCH_DATAGRAMS);
     let mut chunk = RecvBuffers::new();
-    let mut out: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(BATCH * 4);
+    let mut out: Vec<(SocketAddr, Bytes)> = Vec::with_capacity(SEND_BATCH + MAX_BATCH_DATAGRAMS);
     let mut gso: Vec<u8> = Vec::with_capacity(64 * 1500);
     let ack = ack();
     loop {
@@ -71,14 +71,14 @@ pub async fn run(listen: SocketAddr, buffer_bytes: usize, max_duration: Duration
         match r {
             Err(_) => return Ok(()),
             Ok(Err(_)) => continue,
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
         }
         // Take what else is already queued, up to a forwarding loop's batch (the relay's
         // worker takes up to 256 packets per round), so runs to one receiver are as long
         // as the relay's and leave in as few GSO sends.
         while batch.len() < SEND_BATCH {
             match sock.recv_batch(&mut chunk, &mut batch).now_or_never() {
-                Some(Ok(())) => continue,
+                Some(Ok(_)) => continue,
                 _ => break,
             }
         }

@@ -536,7 +536,7 @@ fn socket_path_steady_state_does_not_allocate() {
             client: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             sink,
             bufs: RecvBuffers::new(),
-            batch: Vec::with_capacity(128),
+            batch: Vec::with_capacity(blindrelay::net::udp::MAX_BATCH_DATAGRAMS),
             queue: PacketQueue::new(WORKER_QUEUE),
             arrivals: Vec::with_capacity(256),
             fwd,

@@ -13,18 +13,26 @@ use tokio::net::UdpSocket;
 pub const MAX_GSO_BYTES: usize = 65_000;
 /// Datagrams received per syscall at most.
 pub const BATCH: usize = 32;
-/// Receive slot per datagram; larger than any MTU-sized SRTP packet.
-const SLOT: usize = 2048;
-/// Slots per receive buffer.
-const CHUNK_SLOTS: usize = 256;
+/// Datagrams one [`MediaSocket::recv_batch`] may push at most: the kernel coalesces at
+/// most 64 segments into one GRO receive (`UDP_GRO_CNT_MAX`). Callers size their list by
+/// it, so a batch of coalesced bursts does not grow it.
+pub const MAX_BATCH_DATAGRAMS: usize = BATCH * 64;
+/// Receive slot per datagram: with UDP GRO one receive may carry a whole coalesced burst,
+/// up to the 64 KiB limit of one IP packet, and a shorter slot would truncate it.
+const SLOT: usize = 65_536;
+/// Slots per receive buffer: two full batches. Only the pages the kernel writes become
+/// resident (the buffer is zero-allocated, so untouched pages stay unmapped), so a
+/// 1,200-byte datagram in a 64 KiB slot costs one page, not the slot.
+const CHUNK_SLOTS: usize = 2 * BATCH;
 /// Bytes per receive buffer.
 const CHUNK_BYTES: usize = CHUNK_SLOTS * SLOT;
 /// Used-up receive buffers kept for reuse. Downstream holds a buffer only until the
 /// forwarding loop has handled its datagrams, so two or three are normally in rotation;
-/// more than that are in flight only under a backlog. A full forwarding ring (8,192
-/// packets) pins 32 buffers; the pool keeps that many and a few more, so a burst does not
-/// turn into a free and a fresh 512 KiB allocation per 256 packets. Buffers are made
-/// only when needed, so the pool costs memory only after a backlog has happened.
+/// more than that are in flight only under a backlog (a full forwarding ring of 8,192
+/// single datagrams would pin 128). The pool keeps 40, so a burst does not turn into a
+/// free and a fresh allocation per 64 receives. Buffers are made only when needed, so the
+/// pool costs memory only after a backlog has happened, and then only the pages that
+/// were written.
 const RECV_POOL: usize = 40;
 
 /// One received datagram: a zero-copy slice of a receive buffer, and when the kernel
@@ -248,11 +256,13 @@ impl MediaSocket {
         s.bind(&addr.into())?;
         let std_sock: std::net::UdpSocket = s.into();
         let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
-        // quinn-udp turns UDP GRO on; our receive slots hold one datagram each, so a
-        // coalesced burst would be truncated. It also asks for the destination address
-        // and ECN bits of every datagram, which the relay never reads and the kernel
-        // formats per packet (about 4 % of the relay's CPU at 300k packets/s). Turn that
-        // off again (best effort). The kernel's receive timestamp (SO_TIMESTAMPNS, 2-4 %)
+        // quinn-udp turns UDP GRO on, and it stays on: a burst of equal-sized datagrams
+        // from one sender (a video frame's packets, a GSO send) then arrives as one
+        // receive, one socket buffer and one copy instead of one each, and `recv_batch`
+        // splits it again by its segment size. quinn-udp also asks for the destination
+        // address and ECN bits of every datagram, which the relay never reads and the
+        // kernel formats per packet (about 4 % of the relay's CPU at 300k packets/s).
+        // Turn those off again (best effort). The kernel's receive timestamp (SO_TIMESTAMPNS, 2-4 %)
         // stays on: it is the arrival time the relay's transport-cc feedback reports, and
         // a batch read after a delay would otherwise give a burst one time, which makes
         // the sender's bandwidth probes invalid (zero receive interval).
@@ -261,7 +271,6 @@ impl MediaSocket {
             use std::os::fd::AsRawFd;
             let off: libc::c_int = 0;
             for (level, name) in [
-                (libc::SOL_UDP, libc::UDP_GRO),
                 (libc::IPPROTO_IP, libc::IP_PKTINFO),
                 (libc::IPPROTO_IP, libc::IP_RECVTOS),
                 (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
@@ -288,12 +297,13 @@ impl MediaSocket {
     }
 
     /// Wait for datagrams and receive a batch; each datagram comes back as a zero-copy
-    /// slice of one of `bufs`' buffers (see [`RecvBuffers`]).
+    /// slice of one of `bufs`' buffers (see [`RecvBuffers`]). Returns how many receives
+    /// the kernel filled: fewer than the datagrams pushed when GRO coalesced some.
     pub async fn recv_batch(
         &self,
         bufs: &mut RecvBuffers,
         out: &mut Vec<Datagram>,
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         let chunk = bufs.ready();
         let mut meta = [RecvMeta::default(); BATCH];
         let n = loop {
@@ -314,7 +324,13 @@ impl MediaSocket {
                 Err(e) => return Err(e),
             }
         };
-        let chunk = chunk.split_to(n * SLOT).freeze();
+        // Only up to the end of the last datagram is used up (rounded to a cache line): the
+        // next batch's slots start there, so a batch of one short datagram does not use
+        // up 2 MiB of the buffer.
+        let used = n.checked_sub(1).map_or(0, |last| {
+            last * SLOT + meta[last].len.min(SLOT).next_multiple_of(64)
+        });
+        let chunk = chunk.split_to(used).freeze();
         let clock = ArrivalClock::now();
         for (i, m) in meta.iter().enumerate().take(n) {
             let at = clock.arrival(m.timestamp);
@@ -338,7 +354,7 @@ impl MediaSocket {
                 });
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Send one datagram; waits for socket space rather than dropping while the kernel
@@ -446,6 +462,50 @@ mod tests {
             c.arrival(Some(c.wall - Duration::from_millis(3))),
             c.now - Duration::from_millis(3)
         );
+    }
+
+    /// A burst sent with GSO arrives coalesced by GRO and is split into its datagrams
+    /// again, byte for byte, including a shorter last one and a run of 64 KiB that a
+    /// one-datagram slot would have truncated.
+    #[tokio::test]
+    async fn a_coalesced_burst_is_split_into_its_datagrams() {
+        let relay = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+        let to = relay.local_addr().unwrap();
+        let peer = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+        let mut bufs = RecvBuffers::new();
+        let long = relay.gso_segments_for(1200);
+        for (segments, last) in [(9usize, 700usize), (long, 1200)] {
+            let mut sent = Vec::new();
+            for i in 0..segments {
+                let len = if i + 1 == segments { last } else { 1200 };
+                sent.push((0..len).map(|k| (i * 7 + k) as u8).collect::<Vec<u8>>());
+            }
+            peer.send_segments(to, &sent.concat(), Some(1200))
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut receives = 0;
+            while got.len() < segments {
+                receives += tokio::time::timeout(
+                    Duration::from_secs(5),
+                    relay.recv_batch(&mut bufs, &mut got),
+                )
+                .await
+                .expect("the burst arrives")
+                .unwrap();
+            }
+            assert_eq!(got.len(), segments);
+            for (d, s) in got.iter().zip(&sent) {
+                assert_eq!(&d.data[..], &s[..]);
+                assert_eq!(d.from, peer.local_addr().unwrap());
+            }
+            if relay.max_gso_segments() > 1 {
+                assert!(
+                    receives < segments,
+                    "{segments} datagrams took {receives} receives: GRO is off"
+                );
+            }
+        }
     }
 
     /// A GSO run as long as `gso_segments_for` allows really leaves in one send and
