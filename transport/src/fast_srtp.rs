@@ -122,7 +122,7 @@ impl FastSrtpError {
 /// Sliding replay window over a 64-bit packet index (RFC 3711 §3.3.2), as a bitmask.
 ///
 /// Bit `i` of `mask` is set when index `highest - i` has been accepted.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct ReplayWindow {
     highest: u64,
     mask: u128,
@@ -157,6 +157,43 @@ impl ReplayWindow {
                 self.mask |= 1u128 << behind;
             }
         }
+    }
+}
+
+/// The RTP indices already protected, per SSRC, for an SRTP implementation that does not
+/// refuse a repeated one itself (webrtc-srtp's AES_CM_HMAC_SHA1_80 contexts): a repeated
+/// index reuses the AES-CM keystream, as it would reuse a GCM nonce. The same window,
+/// index estimate and SSRC cap as [`FastGcmContext`]'s own send side.
+#[derive(Debug, Default)]
+pub struct SendIndexGuard {
+    sent: HashMap<u32, ReplayWindow>,
+}
+
+impl SendIndexGuard {
+    /// The SSRC and index the clear RTP `packet` would be protected under, or
+    /// [`FastSrtpError::IndexReused`] when that index was protected before (or lies more
+    /// than [`REPLAY_WINDOW`] behind the highest). Changes nothing: call
+    /// [`SendIndexGuard::record`] once the packet is protected.
+    pub fn check(&self, packet: &[u8]) -> Result<(u32, u64), FastSrtpError> {
+        rtp_header_len(packet)?;
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ssrc = read_u32(packet, 8)?;
+        let window = self.sent.get(&ssrc);
+        if window.is_none() && self.sent.len() >= DEFAULT_MAX_SSRCS {
+            return Err(FastSrtpError::TooManySsrcs);
+        }
+        let tx = window.copied().unwrap_or_default();
+        let index = estimate_index(tx.started.then_some(tx.highest), 0, seq)
+            .ok_or(FastSrtpError::IndexExhausted(ssrc))?;
+        if !tx.check(index) {
+            return Err(FastSrtpError::IndexReused { ssrc, index });
+        }
+        Ok((ssrc, index))
+    }
+
+    /// Remember that `index` was protected for `ssrc`.
+    pub fn record(&mut self, ssrc: u32, index: u64) {
+        self.sent.entry(ssrc).or_default().accept(index);
     }
 }
 

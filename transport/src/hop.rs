@@ -3,7 +3,9 @@
 //! ([`FastGcmContext`], about 4x cheaper, no allocation) when that profile was negotiated,
 //! webrtc-srtp otherwise (AES128_CM_HMAC_SHA1_80).
 
-use crate::fast_srtp::{FastGcmContext, FastSrtpError, RTCP_OVERHEAD, RTP_OVERHEAD};
+use crate::fast_srtp::{
+    FastGcmContext, FastSrtpError, SendIndexGuard, RTCP_OVERHEAD, RTP_OVERHEAD,
+};
 use std::ops::Range;
 use thiserror::Error;
 use webrtc_srtp::context::Context;
@@ -55,7 +57,24 @@ fn from_reference(e: webrtc_srtp::Error) -> HopError {
 /// SRTP state for one direction of one participant's hop.
 pub enum HopContext {
     Fast(Box<FastGcmContext>),
-    Reference(Box<Context>),
+    Reference(Box<ReferenceHop>),
+}
+
+/// A webrtc-srtp context and the RTP indices it protected: webrtc-srtp would seal a
+/// repeated index again, so the hop refuses one itself, as [`FastGcmContext`] does.
+pub struct ReferenceHop {
+    ctx: Context,
+    sent: SendIndexGuard,
+}
+
+impl ReferenceHop {
+    /// Protect a clear RTP packet, refusing an index protected before.
+    fn encrypt_rtp(&mut self, clear: &[u8]) -> Result<bytes::Bytes, HopError> {
+        let (ssrc, index) = self.sent.check(clear).map_err(protect_error)?;
+        let sealed = self.ctx.encrypt_rtp(clear).map_err(|_| HopError::Protect)?;
+        self.sent.record(ssrc, index);
+        Ok(sealed)
+    }
 }
 
 /// RTP or RTCP: the two differ only in which SRTP transform runs.
@@ -66,6 +85,14 @@ enum Kind {
 }
 
 impl HopContext {
+    /// A hop on webrtc-srtp (AES128_CM_HMAC_SHA1_80, or GCM when the in-place path is off).
+    pub fn reference(ctx: Context) -> Self {
+        HopContext::Reference(Box::new(ReferenceHop {
+            ctx,
+            sent: SendIndexGuard::default(),
+        }))
+    }
+
     /// Unprotect an SRTP packet into `scratch` (reused, so no allocation on the fast path);
     /// returns the clear RTP packet.
     pub fn unprotect_rtp<'a>(
@@ -129,7 +156,7 @@ impl HopContext {
                 let mut clear = Vec::with_capacity(header.len() + payload.len());
                 clear.extend_from_slice(header);
                 clear.extend_from_slice(payload);
-                let sealed = c.encrypt_rtp(&clear).map_err(|_| HopError::Protect)?;
+                let sealed = c.encrypt_rtp(&clear)?;
                 let start = arena.len();
                 arena.extend_from_slice(&sealed);
                 Ok(start..arena.len())
@@ -166,8 +193,8 @@ impl HopContext {
             }
             HopContext::Reference(c) => {
                 let clear = match kind {
-                    Kind::Rtp => c.decrypt_rtp(input),
-                    Kind::Rtcp => c.decrypt_rtcp(input),
+                    Kind::Rtp => c.ctx.decrypt_rtp(input),
+                    Kind::Rtcp => c.ctx.decrypt_rtcp(input),
                 }
                 .map_err(from_reference)?;
                 scratch.extend_from_slice(&clear);
@@ -213,11 +240,11 @@ impl HopContext {
             }
             // The reference implementation returns a fresh buffer; copy it over.
             HopContext::Reference(c) => {
+                // SRTCP indices are webrtc-srtp's own counter: they never repeat.
                 let sealed = match kind {
-                    Kind::Rtp => c.encrypt_rtp(clear),
-                    Kind::Rtcp => c.encrypt_rtcp(clear),
-                }
-                .map_err(|_| HopError::Protect)?;
+                    Kind::Rtp => c.encrypt_rtp(clear)?,
+                    Kind::Rtcp => c.ctx.encrypt_rtcp(clear).map_err(|_| HopError::Protect)?,
+                };
                 arena.extend_from_slice(&sealed);
                 Ok(start..arena.len())
             }

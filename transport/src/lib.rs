@@ -309,8 +309,8 @@ impl DtlsSession {
         )
         .map_err(|e| srtp(e.to_string()))?;
         Ok((
-            hop::HopContext::Reference(Box::new(out)),
-            hop::HopContext::Reference(Box::new(inb)),
+            hop::HopContext::reference(out),
+            hop::HopContext::reference(inb),
         ))
     }
 }

@@ -732,7 +732,7 @@ mod tests {
     use webrtc_srtp::context::Context;
 
     fn hop(c: Context) -> HopContext {
-        HopContext::Reference(Box::new(c))
+        HopContext::reference(c)
     }
 
     fn fast(key: u8) -> HopContext {
@@ -785,6 +785,28 @@ mod tests {
     /// the receiver is sent each index once only.
     #[test]
     fn a_receiver_is_never_sent_one_index_sealed_twice() {
+        never_sealed_twice(fast(13), ctx_replay(13));
+    }
+
+    /// The same on a hop that negotiated AES128_CM_HMAC_SHA1_80 (webrtc-srtp), where a
+    /// repeated index would reuse the AES-CM keystream.
+    #[test]
+    fn a_receiver_on_aes_cm_is_never_sent_one_index_sealed_twice() {
+        let cm = |replay: bool| {
+            Context::new(
+                &[13; 16],
+                &[13; 14],
+                ProtectionProfile::Aes128CmHmacSha1_80,
+                replay.then(|| webrtc_srtp::option::srtp_replay_protection(64)),
+                None,
+            )
+            .unwrap()
+        };
+        never_sealed_twice(HopContext::reference(cm(false)), cm(true));
+    }
+
+    /// Receiver 3 gets `outbound` as its hop context; `rx` is its side of that hop.
+    fn never_sealed_twice(outbound: HopContext, mut rx: Context) {
         let mut f = Forwarder::new(None);
         let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
         f.add_peer(1, 7, addr(1), fast(1), fast(11), PeerTables::standard(&[]));
@@ -793,7 +815,7 @@ mod tests {
             7,
             addr(3),
             fast(3),
-            fast(13),
+            outbound,
             PeerTables::standard(&[300]),
         );
         let mut out = Outbox::default();
@@ -816,7 +838,6 @@ mod tests {
         assert_eq!(drops, [(DropReason::SrtpIndexReused, 2)]);
         f.take_receiver_drops(|r, n| panic!("counted twice: {r:?} {n}"));
         // What receiver 3 got: every index once, each opens with its hop key.
-        let mut rx = ctx_replay(13);
         let mut seen = Vec::new();
         for t in out.transmits() {
             assert_eq!(t.to, addr(3));
