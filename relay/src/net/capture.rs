@@ -24,7 +24,11 @@ use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+// crossbeam's bounded channel, not std's: `flush` must wait for room with a deadline
+// (`send_timeout`), which std's `SyncSender` lacks.
+use crossbeam_channel::{
+    self as channel, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -98,7 +102,7 @@ pub enum CaptureError {
 enum Msg {
     Packet(Record),
     /// Flush the file, then answer.
-    Flush(mpsc::Sender<()>),
+    Flush(Sender<()>),
 }
 
 struct Record {
@@ -116,7 +120,7 @@ struct CallFilter {
 
 /// A running capture. Install [`Capture::tap`] in the forwarding loops.
 pub struct Capture {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     /// Cleared by the writer when it stops, so the packet path stops copying.
     active: Arc<AtomicBool>,
     filter: Option<CallFilter>,
@@ -154,7 +158,7 @@ impl Capture {
         let pcap = PcapWriter::with_header(file.clone(), header())
             .map_err(|e| create_err(std::io::Error::other(e)))?;
         file.flush().map_err(create_err)?;
-        let (tx, rx) = mpsc::sync_channel(CAPTURE_QUEUE);
+        let (tx, rx) = channel::bounded(CAPTURE_QUEUE);
         let active = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             pcap,
@@ -255,24 +259,11 @@ impl Capture {
     /// Blocking: call it from a blocking context. Returns whether the writer confirmed.
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let (ack_tx, ack_rx) = mpsc::channel();
-        let mut msg = Msg::Flush(ack_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+        let (ack_tx, ack_rx) = channel::bounded(1);
+        match self.tx.send_deadline(Msg::Flush(ack_tx), deadline) {
+            Ok(()) => ack_rx.recv_deadline(deadline).is_ok(),
+            Err(SendTimeoutError::Timeout(_) | SendTimeoutError::Disconnected(_)) => false,
         }
-        ack_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
     }
 }
 
@@ -296,7 +287,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, rx: channel::Receiver<Msg>) {
         let mut last_flush = Instant::now();
         let mut dirty = false;
         loop {
