@@ -874,30 +874,7 @@ async fn send_frame(
             (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32
         }
     };
-    for (chunk, last) in packetize(body) {
-        pkt.clear();
-        RtpHeader {
-            marker: last,
-            payload_type: out.pt,
-            sequence: out.seq,
-            timestamp: ts,
-            ssrc: out.ssrc,
-            header_len: 12,
-            padding_len: 0,
-        }
-        .write_minimal(pkt);
-        pkt.extend_from_slice(chunk);
-        out.seq = out.seq.wrapping_add(1);
-        let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
-            continue;
-        };
-        if path.socket.send_to(&p, path.relay).await.is_ok() {
-            s.sent_packets += 1;
-            s.sent_bytes += p.len() as u64;
-        }
-    }
-    out.frame_no = out.frame_no.wrapping_add(1);
-    s.sent_frames += 1;
+    send_packets(path, out, ts, packetize(body), pkt, s).await;
 }
 
 /// One frame of a VP8 clip: sealed in the web client's framing on an E2EE call, then one
@@ -925,7 +902,21 @@ async fn send_vp8_frame(
         None => frame,
     };
     let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
-    for (payload, last) in crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1) {
+    let packets = crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1);
+    send_packets(path, out, ts, packets, pkt, s).await;
+}
+
+/// One frame's payloads as consecutive RTP packets of `out`'s stream, all with timestamp
+/// `ts` and the marker on the last; the frame is counted once they are sent.
+async fn send_packets<P: AsRef<[u8]>>(
+    path: &mut MediaPath,
+    out: &mut Outgoing,
+    ts: u32,
+    payloads: impl IntoIterator<Item = (P, bool)>,
+    pkt: &mut Vec<u8>,
+    s: &mut CallSummary,
+) {
+    for (payload, last) in payloads {
         pkt.clear();
         RtpHeader {
             marker: last,
@@ -937,7 +928,7 @@ async fn send_vp8_frame(
             padding_len: 0,
         }
         .write_minimal(pkt);
-        pkt.extend_from_slice(&payload);
+        pkt.extend_from_slice(payload.as_ref());
         out.seq = out.seq.wrapping_add(1);
         let Ok(p) = path.outbound.encrypt_rtp(pkt) else {
             continue;
