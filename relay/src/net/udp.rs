@@ -28,12 +28,13 @@ const CHUNK_SLOTS: usize = 2 * BATCH;
 const CHUNK_BYTES: usize = CHUNK_SLOTS * SLOT;
 /// Used-up receive buffers kept for reuse. Downstream holds a buffer only until the
 /// forwarding loop has handled its datagrams, so two or three are normally in rotation;
-/// more than that are in flight only under a backlog (a full forwarding ring of 8,192
-/// single datagrams would pin 128). The pool keeps 40, so a burst does not turn into a
-/// free and a fresh allocation per 64 receives. Buffers are made only when needed, so the
-/// pool costs memory only after a backlog has happened, and then only the pages that
-/// were written.
-const RECV_POOL: usize = 40;
+/// more are in flight only under a backlog (a full forwarding ring of 8,192 datagrams
+/// that GRO did not coalesce pins up to 128). A buffer in rotation ends up resident (the
+/// batches of a light load write it from end to end), so the pool is capped by memory:
+/// 10 buffers, 40 MiB, as much as the pool of 40 x 512 KiB buffers of one-datagram slots
+/// took before. After a backlog deeper than that, a spent buffer is freed and a fresh one
+/// allocated per 64 receives until the backlog drains.
+const RECV_POOL: usize = 10;
 
 /// One received datagram: a zero-copy slice of a receive buffer, and when the kernel
 /// received it.
