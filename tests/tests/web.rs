@@ -172,6 +172,26 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
     pages
 }
 
+/// e2ee-client as "rusty" in `call` for `secs`, end-to-end encrypted in the web client's
+/// framing, so it and the page open each other's frames.
+fn rusty(relay: &blindrelay::Relay, cfg: &Config, call: &str, secs: u64) -> CallOptions {
+    CallOptions {
+        relay: relay.signal_url(),
+        token: token(cfg, "rusty", Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(secs),
+        e2ee: true,
+        web_peers: true,
+        name: "rusty".into(),
+        ..Default::default()
+    }
+}
+
+/// Arguments for `web/test/peer.mjs`.
+fn peer_args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 fn page_url(relay: &blindrelay::Relay, token: &str, call: &str, e2ee: bool) -> String {
     format!(
         "http://{}/?call={call}&token={token}&autojoin=1{}",
@@ -221,7 +241,7 @@ async fn two_pages(call: &str, e2ee: bool, shot: &str) -> (Vec<PageReport>, Audi
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let ta = token(&cfg, &format!("alice-{call}"), Some(call), "user");
     let tb = token(&cfg, &format!("bob-{call}"), Some(call), "user");
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &page_url(&relay, &ta, call, e2ee),
         "--page",
@@ -237,10 +257,7 @@ async fn two_pages(call: &str, e2ee: bool, shot: &str) -> (Vec<PageReport>, Audi
         "hello over the relay",
         "--screenshot",
         shots.to_str().expect("utf-8 path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let pages = drive(&args).await;
     assert_eq!(pages.len(), 2, "two pages reported");
     screenshot_to_docs(&shots, shot);
@@ -541,7 +558,7 @@ async fn policy_hides_or_forces_the_toggle_and_the_page_says_why_a_join_is_refus
     };
     // The page connects when asked: web.mjs' `capabilities` condition clicks nothing, so
     // these URLs autojoin=0 and the driver presses "Check settings" itself.
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &settings("dave", "fabrikam"),
         "--page",
@@ -553,10 +570,7 @@ async fn policy_hides_or_forces_the_toggle_and_the_page_says_why_a_join_is_refus
         "--connect",
         "--timeout",
         "30",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let pages = drive(&args).await;
     assert_eq!(pages.len(), 3);
     for p in &pages {
@@ -595,10 +609,7 @@ async fn policy_hides_or_forces_the_toggle_and_the_page_says_why_a_join_is_refus
         "strict",
         false,
     );
-    let args: Vec<String> = ["--page", &url, "--until", "error", "--timeout", "30"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = peer_args(&["--page", &url, "--until", "error", "--timeout", "30"]);
     let pages = drive(&args).await;
     let dave = &pages[0];
     assert!(dave.ok(), "{}", dave.brief());
@@ -626,15 +637,8 @@ async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-mixed";
     let client = CallOptions {
-        relay: relay.signal_url(),
-        token: token(&cfg, "rusty", Some(call), "user"),
-        call: call.into(),
-        duration: Duration::from_secs(25),
-        e2ee: true,
         video: false,
-        web_peers: true,
-        name: "rusty".into(),
-        ..Default::default()
+        ..rusty(&relay, &cfg, call, 25)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
     let url = page_url(
@@ -643,7 +647,7 @@ async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
         call,
         true,
     );
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &url,
         "--until",
@@ -654,10 +658,7 @@ async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
         "150",
         "--timeout",
         "24",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let pages = drive(&args).await;
     let s = client.await.expect("e2ee-client task");
     let page = &pages[0];
@@ -705,15 +706,8 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
     // E2EE: the page and e2ee-client are keyed; then a recording bot asks to join.
     let call = "web-bots-e2ee";
     let client = CallOptions {
-        relay: relay.signal_url(),
-        token: token(&cfg, "rusty", Some(call), "user"),
-        call: call.into(),
-        duration: Duration::from_secs(20),
-        e2ee: true,
         video: false,
-        web_peers: true,
-        name: "rusty".into(),
-        ..Default::default()
+        ..rusty(&relay, &cfg, call, 20)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
     let url = page_url(
@@ -722,7 +716,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
         call,
         true,
     );
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &url,
         "--until",
@@ -732,10 +726,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
         "--timeout",
         "20",
         "--wait-stdin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let bot_opts = |call: &str, wait_invite: bool, relay_url: &str| CallOptions {
         relay: relay_url.into(),
         token: token(&cfg, "recorder", Some(call), BotKind::Recording.role()),
@@ -800,7 +791,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
         call,
         false,
     );
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &url,
         "--until",
@@ -812,10 +803,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
         "--timeout",
         "30",
         "--wait-stdin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let before = metric(
         &scrape(&relay).await,
         "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
@@ -944,16 +932,9 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-clip";
     let client = CallOptions {
-        relay: relay.signal_url(),
-        token: token(&cfg, "rusty", Some(call), "user"),
-        call: call.into(),
-        duration: Duration::from_secs(25),
-        e2ee: true,
-        web_peers: true,
         video_clip: Some(clip),
         audio_clip: Some(opus),
-        name: "rusty".into(),
-        ..Default::default()
+        ..rusty(&relay, &cfg, call, 25)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
     let url = page_url(
@@ -962,7 +943,7 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
         call,
         true,
     );
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &url,
         "--until",
@@ -971,10 +952,7 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
         "100",
         "--timeout",
         "24",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let pages = drive(&args).await;
     let s = client.await.expect("e2ee-client task");
     let page = &pages[0];
@@ -1089,7 +1067,7 @@ async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
             relay.signal_addr
         )
     };
-    let args: Vec<String> = [
+    let args = peer_args(&[
         "--page",
         &demo("ann"),
         "--page",
@@ -1098,10 +1076,7 @@ async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
         "keyed",
         "--timeout",
         "40",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let pages = drive(&args).await;
     for p in &pages {
         assert!(p.ok(), "{}", p.brief());
@@ -1116,10 +1091,7 @@ async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
         "http://{}/?call=demo&name=ann&autojoin=1",
         relay.signal_addr
     );
-    let args: Vec<String> = ["--page", &url, "--until", "error", "--timeout", "20"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = peer_args(&["--page", &url, "--until", "error", "--timeout", "20"]);
     let pages = drive(&args).await;
     let p = &pages[0];
     assert!(p.ok(), "{}", p.brief());
