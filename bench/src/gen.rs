@@ -311,25 +311,25 @@ impl Generator {
 
     /// Pair legs through the baseline forwarder at `dest`: each sends a hello naming its
     /// pair, and the forwarder sends each datagram on to the other member of the pair.
-    /// Keys are the generator's own (the baseline does no crypto); a receiver decrypts
-    /// with its peer's sending key.
-    pub async fn pair_baseline(dest: SocketAddr, calls: usize) -> Result<Self> {
+    /// Keys are the generator's own: without `srtp` the baseline does no crypto and a
+    /// receiver decrypts with its peer's sending key; with it, each hello also carries the
+    /// leg's sending key and the key it receives with, and the baseline re-seals.
+    pub async fn pair_baseline(dest: SocketAddr, calls: usize, srtp: bool) -> Result<Self> {
         let epoch = Instant::now();
         let mut legs = Vec::with_capacity(calls * 2);
-        let mut keys = Vec::with_capacity(calls * 2);
+        let mut keys: Vec<crate::baseline::LegKeys> = Vec::with_capacity(calls * 2);
         for _ in 0..calls * 2 {
-            let key: [u8; 16] = rand::random();
-            let salt: [u8; 12] = rand::random();
-            keys.push((key, salt));
+            let k: crate::baseline::LegKeys = rand::random();
             let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-            let tx = FastGcmContext::new(&key, &salt).map_err(|e| anyhow!("{e}"))?;
+            let tx = FastGcmContext::new(&k.0, &k.1).map_err(|e| anyhow!("{e}"))?;
+            keys.push(k);
             legs.push(Leg::new(socket, dest, tx, random_ssrc(), None)?);
         }
         let run: u32 = rand::random();
         // Hello until the forwarder acknowledges, a few times in case of a drop (before
         // the receive tasks start, which would take the acknowledgement).
         for (i, leg) in legs.iter().enumerate() {
-            let hello = crate::baseline::hello(run, (i / 2) as u32);
+            let hello = crate::baseline::hello(run, (i / 2) as u32, srtp.then_some(&keys[i]));
             let mut ok = false;
             for _ in 0..20 {
                 leg.socket.send_to(&hello, dest).await?;
@@ -349,8 +349,12 @@ impl Generator {
             }
         }
         for (i, leg) in legs.iter_mut().enumerate() {
-            let (k, s) = keys[i ^ 1];
-            let rx = FastGcmContext::new(&k, &s).map_err(|e| anyhow!("{e}"))?;
+            let rx = if srtp {
+                FastGcmContext::new(&keys[i].2, &keys[i].3)
+            } else {
+                FastGcmContext::new(&keys[i ^ 1].0, &keys[i ^ 1].1)
+            }
+            .map_err(|e| anyhow!("{e}"))?;
             leg.start_receiving(rx, epoch);
         }
         Ok(Self::from_legs(legs, epoch))

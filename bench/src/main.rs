@@ -73,6 +73,10 @@ enum Cmd {
         /// Exit by itself after this long.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         max_duration: Duration,
+        /// Open each packet with the sender's SRTP key and seal it with the receiver's, as
+        /// any SRTP relay must (keys from the legs' hellos).
+        #[arg(long)]
+        srtp: bool,
     },
     /// Raise the load until loss or p99 passes its limit, for the relay (one core) and
     /// the baseline in the same run, and print each one's maximum and their ratio.
@@ -109,6 +113,10 @@ enum Cmd {
         /// Sweep the relay only (to compare two relay builds with --relay-bin).
         #[arg(long)]
         no_baseline: bool,
+        /// The baseline also opens and seals every packet's SRTP (`baseline --srtp`), so
+        /// the ratio is the relay's cost beyond the cryptography any SRTP relay pays.
+        #[arg(long)]
+        baseline_srtp: bool,
         #[arg(long)]
         json: bool,
     },
@@ -299,11 +307,17 @@ fn main() -> Result<()> {
             listen,
             socket_buffer_bytes,
             max_duration,
+            srtp,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(baseline::run(listen, socket_buffer_bytes, max_duration))?;
+            rt.block_on(baseline::run(
+                listen,
+                socket_buffer_bytes,
+                max_duration,
+                srtp,
+            ))?;
         }
         Cmd::Sweep {
             relay_bin,
@@ -319,6 +333,7 @@ fn main() -> Result<()> {
             loss_limit_pct,
             p99_limit_ms,
             no_baseline,
+            baseline_srtp,
             json,
         } => {
             let me = std::env::current_exe().context("locate this binary")?;
@@ -343,6 +358,7 @@ fn main() -> Result<()> {
                 p99_limit_ms,
                 refine,
                 no_baseline,
+                baseline_srtp,
                 quiet: false,
             }))?;
             if json {

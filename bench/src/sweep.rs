@@ -39,6 +39,8 @@ pub struct SweepArgs {
     pub refine: usize,
     /// Sweep the relay only (A/B runs of two relay builds).
     pub no_baseline: bool,
+    /// The baseline opens and seals each packet's SRTP (`baseline --srtp`).
+    pub baseline_srtp: bool,
     pub quiet: bool,
 }
 
@@ -144,6 +146,8 @@ pub struct SweepReport {
     pub hiccups: Option<Hiccups>,
     pub calls: usize,
     pub packet_bytes: usize,
+    /// Whether the baseline opened and sealed SRTP (`--baseline-srtp`).
+    pub baseline_srtp: bool,
     pub runs: Vec<SweepRun>,
     pub relay_max_pps_median: f64,
     pub baseline_max_pps_median: f64,
@@ -310,14 +314,17 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
 }
 
 fn start_baseline(a: &SweepArgs) -> Result<Target> {
-    let args = [
+    let mut args = vec![
         "baseline",
         "--listen",
         "127.0.0.1:0",
         "--max-duration",
         "15m",
-    ]
-    .map(OsStr::new);
+    ];
+    if a.baseline_srtp {
+        args.push("--srtp");
+    }
+    let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
     let mut t = Target::spawn(a, &a.bench_bin, &args, None)?;
     let mut media = None;
     read_banner(&mut t.child, |l| {
@@ -646,7 +653,7 @@ async fn sweep_relay(a: &SweepArgs) -> Result<(TargetSweep, Option<HalfLoad>)> {
 
 async fn sweep_baseline(a: &SweepArgs) -> Result<TargetSweep> {
     let t = start_baseline(a)?;
-    let mut g = Generator::pair_baseline(t.media, a.calls).await?;
+    let mut g = Generator::pair_baseline(t.media, a.calls, a.baseline_srtp).await?;
     say(
         a,
         &format!(
@@ -758,6 +765,7 @@ pub async fn run(a: SweepArgs) -> Result<SweepReport> {
         hiccups: Some(hic),
         calls: a.calls,
         packet_bytes: crate::gen::PACKET,
+        baseline_srtp: a.baseline_srtp,
         relay_max_pps_median: median(runs.iter().map(|r| r.relay.max_sustained_pps).collect()),
         baseline_max_pps_median: median(
             runs.iter().map(|r| r.baseline.max_sustained_pps).collect(),
@@ -775,11 +783,16 @@ pub fn print_human(r: &SweepReport) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(
         o,
-        "sweep: {} 1:1 calls, {}-byte SRTP packets, {} ({} runs)",
+        "sweep: {} 1:1 calls, {}-byte SRTP packets, {} ({} runs; baseline {})",
         r.calls,
         r.packet_bytes,
         r.machine,
-        r.runs.len()
+        r.runs.len(),
+        if r.baseline_srtp {
+            "opens and seals SRTP"
+        } else {
+            "forwards bytes, no SRTP"
+        }
     );
     if let Some(h) = &r.hiccups {
         for (c, m, t) in &h.per_core {
