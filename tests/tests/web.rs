@@ -187,6 +187,11 @@ fn rusty(relay: &blindrelay::Relay, cfg: &Config, call: &str, secs: u64) -> Call
     }
 }
 
+/// The page's URL for "webby" in `call`, joining end-to-end encrypted when `e2ee`.
+fn webby_url(relay: &blindrelay::Relay, cfg: &Config, call: &str, e2ee: bool) -> String {
+    page_url(relay, &token(cfg, "webby", Some(call), "user"), call, e2ee)
+}
+
 /// Arguments for `web/test/peer.mjs`.
 fn peer_args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -641,12 +646,7 @@ async fn chromium_and_e2ee_client_agree_keys_and_decrypt_each_other() {
         ..rusty(&relay, &cfg, call, 25)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
-    let url = page_url(
-        &relay,
-        &token(&cfg, "webby", Some(call), "user"),
-        call,
-        true,
-    );
+    let url = webby_url(&relay, &cfg, call, true);
     let args = peer_args(&[
         "--page",
         &url,
@@ -710,12 +710,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
         ..rusty(&relay, &cfg, call, 20)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
-    let url = page_url(
-        &relay,
-        &token(&cfg, "webby", Some(call), "user"),
-        call,
-        true,
-    );
+    let url = webby_url(&relay, &cfg, call, true);
     let args = peer_args(&[
         "--page",
         &url,
@@ -785,12 +780,7 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
     lobby
         .wait_for("capabilities", 1, Duration::from_secs(10))
         .await;
-    let url = page_url(
-        &relay,
-        &token(&cfg, "webby", Some(call), "user"),
-        call,
-        false,
-    );
+    let url = webby_url(&relay, &cfg, call, false);
     let args = peer_args(&[
         "--page",
         &url,
@@ -937,12 +927,7 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
         ..rusty(&relay, &cfg, call, 25)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
-    let url = page_url(
-        &relay,
-        &token(&cfg, "webby", Some(call), "user"),
-        call,
-        true,
-    );
+    let url = webby_url(&relay, &cfg, call, true);
     let args = peer_args(&[
         "--page",
         &url,
