@@ -6,6 +6,7 @@
 //! - [`signal`]: signalling messages (JSON over WebSocket) and stable error codes.
 //! - [`mls`]: the clear header of an MLS handshake message (epoch, group id, type).
 //! - [`sdp`]: the SDP subset a browser's RTCPeerConnection produces, parsed with a real parser.
+//! - [`token`]: token claims, and issuer-signed (EdDSA) tokens and their Ed25519 key files.
 
 pub mod demux;
 pub mod mls;
@@ -14,4 +15,5 @@ pub mod rtp;
 pub mod sdp;
 pub mod signal;
 pub mod stun;
+pub mod token;
 pub mod twcc;
