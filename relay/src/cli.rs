@@ -6,8 +6,9 @@
 
 use crate::config::{Config, ConfigError};
 use crate::net::server::StartError;
-use crate::token::{self, TokenError};
+use crate::token::TokenError;
 use crate::{Relay, RelayOptions};
+use blindrelay_protocol::token;
 use clap::builder::{NonEmptyStringValueParser, PossibleValuesParser};
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Write};
@@ -18,6 +19,7 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+use zeroize::Zeroizing;
 
 /// Longest token lifetime accepted. Far beyond any sensible use, but it keeps
 /// `now + ttl` from overflowing when the expiry is computed.
@@ -58,7 +60,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print an HS256 token signed with the config's auth.api_secret.
+    /// Print a token: EdDSA signed with --signing-key (an issuer's key, for a relay with
+    /// auth.issuer_public_keys), or else HS256 signed with the config's auth.api_secret.
     Token {
         /// User id (the token's `sub`).
         #[arg(long, value_parser = NonEmptyStringValueParser::new())]
@@ -75,6 +78,25 @@ pub enum Command {
         /// Lifetime, e.g. `1h`, `30m`; at most the config's auth.max_ttl (default 24h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
+        /// Issuer's Ed25519 private key (PKCS#8 PEM, from `blindrelay keygen`): sign an
+        /// EdDSA token the relay can verify but not mint.
+        #[arg(long, value_name = "FILE")]
+        signing_key: Option<PathBuf>,
+        /// The token header's kid; default: the signing key's RFC 7638 thumbprint.
+        #[arg(long, requires = "signing_key", value_parser = NonEmptyStringValueParser::new())]
+        kid: Option<String>,
+        /// A client's Ed25519 public key (SPKI PEM) to put in the `cnf` claim, binding the
+        /// token to the key the client signs its MLS credential with.
+        #[arg(long, value_name = "PUBFILE", requires = "signing_key")]
+        cnf_key: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 issuer key pair: PREFIX.key (PKCS#8 PEM, mode 0600; keep it
+    /// off the relay) and PREFIX.pub (SPKI PEM, for auth.issuer_public_keys). Prints the
+    /// key's kid (its RFC 7638 thumbprint).
+    Keygen {
+        /// Path prefix of the two files; neither may exist yet.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
     },
     /// Validate the configuration and exit: "config OK" (status 0) or the error (status 2).
     CheckConfig,
@@ -143,6 +165,21 @@ pub enum CliError {
     Stdout(std::io::Error),
     #[error("admin API at {url}: {message}")]
     Admin { url: String, message: String },
+    #[error("{path}: {source}")]
+    Key {
+        path: String,
+        source: blindrelay_protocol::token::KeyError,
+    },
+    #[error("{path}: {source}")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the config sets auth.issuer_public_keys, so the relay refuses HS256 tokens; \
+         sign with the issuer's key: --signing-key FILE"
+    )]
+    IssuerOnly,
     #[error(
         "--ttl {} is longer than auth.max_ttl ({}): the relay would refuse the token; \
          use a shorter --ttl or raise auth.max_ttl in the config",
@@ -159,6 +196,9 @@ impl CliError {
             CliError::Config(_)
             | CliError::LogFilter { .. }
             | CliError::TtlOverMax { .. }
+            | CliError::Key { .. }
+            | CliError::KeyFile { .. }
+            | CliError::IssuerOnly
             | CliError::Token(TokenError::BadRole(_)) => 2,
             _ => 1,
         }
@@ -267,25 +307,129 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let reply = admin_request(&base, &token, method, &path, &body)?;
             print_stdout(&format!("{reply}\n"))
         }
+        Some(Command::Keygen { out }) => {
+            let kid = keygen(&out)?;
+            print_stdout(&format!("{kid}\n"))
+        }
         Some(Command::Token {
             user,
             call,
             tenant,
             role,
             ttl,
+            signing_key,
+            kid,
+            cnf_key,
         }) => {
             check_ttl(ttl, config.auth.max_ttl)?;
-            let jwt = token::issue(
-                &config.auth.api_secret,
-                &user,
-                &tenant,
-                &role,
-                call.as_deref(),
-                ttl,
-            )?;
+            let jwt = match signing_key {
+                Some(path) => {
+                    let issuer = read_key_file(&path, token::read_ed25519_private)?;
+                    let mut claims = token::Claims::new(
+                        &user,
+                        &tenant,
+                        &role,
+                        call.as_deref(),
+                        token::now_secs(),
+                        ttl,
+                    );
+                    if let Some(path) = cnf_key {
+                        let public = read_key_file(&path, token::read_ed25519_public)?;
+                        claims.cnf = Some(token::Cnf::ed25519(&public));
+                    }
+                    let kid = kid.unwrap_or_else(|| issuer.kid());
+                    token::issue_eddsa(&issuer, &kid, &claims)?
+                }
+                None if !config.auth.relay_mints() => return Err(CliError::IssuerOnly),
+                None => crate::token::issue(
+                    &config.auth.api_secret,
+                    &user,
+                    &tenant,
+                    &role,
+                    call.as_deref(),
+                    ttl,
+                )?,
+            };
             print_stdout(&format!("{jwt}\n"))
         }
     }
+}
+
+/// Read a PEM key file and parse it with `read`; errors name the file.
+fn read_key_file<T>(
+    path: &Path,
+    read: impl FnOnce(&str) -> Result<T, token::KeyError>,
+) -> Result<T, CliError> {
+    // Zeroized: the file may hold a private key.
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| CliError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
+    read(&text).map_err(|source| CliError::Key {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// `PREFIX` with `ext` appended (`issuer` -> `issuer.key`), keeping any dots in PREFIX.
+fn with_suffix(prefix: &Path, ext: &str) -> PathBuf {
+    let mut p = prefix.as_os_str().to_owned();
+    p.push(ext);
+    PathBuf::from(p)
+}
+
+/// `blindrelay keygen`: write PREFIX.key (0600, created, never overwritten) and
+/// PREFIX.pub; return the kid.
+fn keygen(prefix: &Path) -> Result<String, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public) = token::generate_ed25519().map_err(|source| CliError::Key {
+        path: prefix.display().to_string(),
+        source,
+    })?;
+    let kid = token::read_ed25519_public(&public)
+        .map(|k| token::kid_of(&k))
+        .map_err(|source| CliError::Key {
+            path: prefix.display().to_string(),
+            source,
+        })?;
+    let write = |path: PathBuf, mode: u32, text: &str| {
+        let fail = |source| CliError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(fail)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(fail)
+    };
+    let key_path = with_suffix(prefix, ".key");
+    let pub_path = with_suffix(prefix, ".pub");
+    // Both names are checked first, so a clash leaves no half-written pair.
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            return Err(CliError::KeyFile {
+                path: p.display().to_string(),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+    }
+    write(key_path.clone(), 0o600, &private)?;
+    write(pub_path.clone(), 0o644, &public)?;
+    info!(
+        private = %key_path.display(),
+        public = %pub_path.display(),
+        kid = %kid,
+        "wrote an issuer key pair; keep the private key off the relay"
+    );
+    Ok(kid)
 }
 
 /// Percent-encode a path segment or query value.
@@ -469,7 +613,11 @@ mod tests {
                 tenant,
                 role,
                 ttl,
+                signing_key,
+                kid,
+                cnf_key,
             }) => {
+                assert_eq!((signing_key, kid, cnf_key), (None, None, None));
                 assert_eq!(user, "alice");
                 assert_eq!(call, None);
                 assert_eq!(tenant, "default");
@@ -478,6 +626,75 @@ mod tests {
             }
             other => panic!("expected token, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn issuer_token_and_keygen_flags() {
+        // Literal, valid arguments: a parse failure is the bug under test.
+        let cli = Cli::try_parse_from([
+            "blindrelay",
+            "token",
+            "--user",
+            "a",
+            "--signing-key",
+            "i.key",
+            "--kid",
+            "2026",
+            "--cnf-key",
+            "c.pub",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Token {
+                signing_key,
+                kid,
+                cnf_key,
+                ..
+            }) => {
+                assert_eq!(signing_key.as_deref(), Some(Path::new("i.key")));
+                assert_eq!(kid.as_deref(), Some("2026"));
+                assert_eq!(cnf_key.as_deref(), Some(Path::new("c.pub")));
+            }
+            other => panic!("expected token, got {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["blindrelay", "keygen", "--out", "issuer"]).unwrap();
+        assert!(
+            matches!(&cli.command, Some(Command::Keygen { out }) if out == Path::new("issuer")),
+            "{:?}",
+            cli.command
+        );
+        // --kid and --cnf-key only mean something with a signing key; keygen needs --out.
+        for args in [
+            &["blindrelay", "token", "--user", "a", "--kid", "k"][..],
+            &["blindrelay", "token", "--user", "a", "--cnf-key", "c.pub"][..],
+            &[
+                "blindrelay",
+                "token",
+                "--user",
+                "a",
+                "--signing-key",
+                "k",
+                "--kid",
+                "",
+            ][..],
+            &["blindrelay", "keygen"][..],
+        ] {
+            let e = Cli::try_parse_from(args).err();
+            assert!(
+                e.as_ref().is_some_and(|e| e.exit_code() == 2),
+                "{args:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_file_suffixes_keep_the_prefix() {
+        assert_eq!(
+            with_suffix(Path::new("/tmp/issuer.2026"), ".key"),
+            PathBuf::from("/tmp/issuer.2026.key")
+        );
+        assert_eq!(CliError::IssuerOnly.exit_code(), 2);
+        assert!(CliError::IssuerOnly.to_string().contains("--signing-key"));
     }
 
     #[test]

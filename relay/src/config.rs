@@ -2,7 +2,8 @@
 //! runs with no flags; a user file is parsed with the same types, so an unknown key or a
 //! bad value is an error that names the key, not a silent default.
 
-use crate::token::{TokenRules, DEFAULT_MAX_TTL};
+use crate::token::{TokenRules, TokenVerifier, DEFAULT_MAX_TTL};
+use blindrelay_protocol::token::{kid_of, read_ed25519_public, MAX_KID_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,10 @@ pub struct AuthConfig {
     /// tokens are refused.
     #[serde(with = "humantime_serde_compat")]
     pub max_ttl: Duration,
+    /// The token issuer's Ed25519 public keys, chosen by a token's `kid` (several, for
+    /// rotation). When set, the relay accepts EdDSA tokens under these keys only and
+    /// refuses HS256: it holds no key that could mint an identity.
+    pub issuer_public_keys: Vec<IssuerKey>,
 }
 
 impl AuthConfig {
@@ -147,6 +152,98 @@ impl AuthConfig {
             max_ttl: self.max_ttl,
         }
     }
+
+    /// How `hello` checks tokens: issuer keys when any are configured, else HS256 under
+    /// `api_secret`.
+    pub fn verifier(&self) -> TokenVerifier {
+        if self.issuer_public_keys.is_empty() {
+            TokenVerifier::Hs256(self.api_secret.clone())
+        } else {
+            TokenVerifier::Issuer(
+                self.issuer_public_keys
+                    .iter()
+                    .map(|k| (k.kid.clone(), k.public_key))
+                    .collect(),
+            )
+        }
+    }
+
+    /// Whether the relay can mint tokens itself (HS256 mode).
+    pub fn relay_mints(&self) -> bool {
+        self.issuer_public_keys.is_empty()
+    }
+}
+
+/// One issuer public key: `{ kid = "...", public_key = "-----BEGIN PUBLIC KEY-----..." }`
+/// or `{ kid = "...", public_key_file = "issuer.pub" }` (a path relative to the working
+/// directory). The PEM is read and checked when the config loads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "IssuerKeyToml")]
+pub struct IssuerKey {
+    pub kid: String,
+    pub public_key: [u8; 32],
+}
+
+impl IssuerKey {
+    /// A key from SPKI PEM text; the error names the kid.
+    pub fn from_pem(kid: &str, pem: &str) -> Result<IssuerKey, ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            key: "auth.issuer_public_keys",
+            message,
+        };
+        if kid.is_empty() || kid.len() > MAX_KID_BYTES {
+            return Err(bad(format!("a kid is 1 to {MAX_KID_BYTES} bytes")));
+        }
+        let public_key = read_ed25519_public(pem).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
+        Ok(IssuerKey {
+            kid: kid.to_string(),
+            public_key,
+        })
+    }
+
+    /// The key's RFC 7638 thumbprint, the kid `blindrelay keygen` prints.
+    pub fn thumbprint(&self) -> String {
+        kid_of(&self.public_key)
+    }
+}
+
+/// `auth.issuer_public_keys` entries as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerKeyToml {
+    kid: String,
+    public_key: Option<String>,
+    public_key_file: Option<PathBuf>,
+}
+
+impl TryFrom<IssuerKeyToml> for IssuerKey {
+    type Error = ConfigError;
+
+    fn try_from(t: IssuerKeyToml) -> Result<IssuerKey, ConfigError> {
+        let pem = match (t.public_key, t.public_key_file) {
+            (Some(pem), None) => pem,
+            (None, Some(path)) => {
+                std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                    key: "auth.issuer_public_keys",
+                    message: format!(
+                        "key `{}`: cannot read public_key_file {}: {e}",
+                        t.kid,
+                        path.display()
+                    ),
+                })?
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "auth.issuer_public_keys",
+                    message: format!(
+                        "key `{}`: give exactly one of public_key (PEM text) and public_key_file",
+                        t.kid
+                    ),
+                })
+            }
+        };
+        IssuerKey::from_pem(&t.kid, &pem)
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -155,6 +252,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("api_secret", &"<redacted>")
             .field("leeway", &self.leeway)
             .field("max_ttl", &self.max_ttl)
+            .field("issuer_public_keys", &self.issuer_public_keys)
             .finish()
     }
 }
@@ -242,6 +340,7 @@ impl Default for AuthConfig {
             api_secret: DEV_API_SECRET.to_string(),
             leeway: Duration::from_secs(5),
             max_ttl: DEFAULT_MAX_TTL,
+            issuer_public_keys: Vec::new(),
         }
     }
 }
@@ -334,7 +433,18 @@ impl Config {
                 message: "must be at least 16 bytes".into(),
             });
         }
-        if let Some((key, addr)) = exposed {
+        let mut kids = std::collections::HashSet::new();
+        for k in &self.auth.issuer_public_keys {
+            if !kids.insert(k.kid.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.issuer_public_keys",
+                    message: format!("kid `{}` is given twice; each key needs its own", k.kid),
+                });
+            }
+        }
+        // With issuer keys the secret signs and checks nothing, so the development one is
+        // harmless off loopback.
+        if let Some((key, addr)) = exposed.filter(|_| self.auth.relay_mints()) {
             if self.auth.api_secret == DEV_API_SECRET {
                 return Err(ConfigError::Invalid {
                     key: "auth.api_secret",
@@ -534,5 +644,136 @@ mod tests {
             .to_string();
         assert!(e.contains("admin.token"), "{e}");
         Config::parse("[signal]\nlisten = \"0.0.0.0:7400\"\n[auth]\napi_secret = \"a-real-production-secret\"\n[admin]\ntoken = \"a-real-admin-token-123\"\n").unwrap();
+    }
+
+    fn pem_key() -> String {
+        blindrelay_protocol::token::generate_ed25519()
+            .expect("the OS has randomness")
+            .1
+    }
+
+    /// `[auth]` with these issuer keys, written as inline tables.
+    fn with_keys(entries: &[String]) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            "[auth]\nissuer_public_keys = [\n{}\n]\n",
+            entries.join(",\n")
+        ))
+    }
+
+    #[test]
+    fn issuer_keys_inline_and_from_files() {
+        let (a, b) = (pem_key(), pem_key());
+        let file =
+            std::env::temp_dir().join(format!("blindrelay-config-test-{}.pub", std::process::id()));
+        std::fs::write(&file, &b).expect("temp dir is writable");
+        let c = with_keys(&[
+            format!("{{ kid = \"old\", public_key = \"\"\"{a}\"\"\" }}"),
+            format!(
+                "{{ kid = \"new\", public_key_file = {:?} }}",
+                file.display().to_string()
+            ),
+        ]);
+        let _ = std::fs::remove_file(&file);
+        let c = c.expect("two good keys");
+        let read = |pem: &str| blindrelay_protocol::token::read_ed25519_public(pem).expect("pem");
+        assert_eq!(
+            c.auth.issuer_public_keys,
+            vec![
+                IssuerKey {
+                    kid: "old".into(),
+                    public_key: read(&a)
+                },
+                IssuerKey {
+                    kid: "new".into(),
+                    public_key: read(&b)
+                },
+            ]
+        );
+        assert!(!c.auth.relay_mints());
+        match c.auth.verifier() {
+            TokenVerifier::Issuer(keys) => assert_eq!(
+                keys,
+                vec![("old".to_string(), read(&a)), ("new".to_string(), read(&b))]
+            ),
+            v => panic!("expected issuer keys, got {v:?}"),
+        }
+        assert!(format!("{:?}", c.auth).contains("\"old\""));
+        // Without keys: HS256 under the secret, as before.
+        let d = Config::embedded().expect("embedded");
+        assert!(d.auth.relay_mints());
+        assert!(matches!(d.auth.verifier(), TokenVerifier::Hs256(s) if s == DEV_API_SECRET));
+    }
+
+    #[test]
+    fn bad_issuer_keys_name_the_key() {
+        let good = pem_key();
+        let missing = std::env::temp_dir().join("blindrelay-no-such-key-file.pub");
+        for (entries, want) in [
+            (
+                vec!["{ kid = \"k1\", public_key = \"not a pem\" }".to_string()],
+                vec!["auth.issuer_public_keys", "`k1`", "PUBLIC KEY"],
+            ),
+            (
+                vec![format!(
+                    "{{ kid = \"k2\", public_key_file = {:?} }}",
+                    missing.display().to_string()
+                )],
+                vec!["`k2`", "public_key_file", "blindrelay-no-such-key-file.pub"],
+            ),
+            (
+                vec!["{ kid = \"k3\" }".to_string()],
+                vec!["`k3`", "exactly one"],
+            ),
+            (
+                vec![format!(
+                    "{{ kid = \"k4\", public_key = \"\"\"{good}\"\"\", public_key_file = \"x\" }}"
+                )],
+                vec!["`k4`", "exactly one"],
+            ),
+            (
+                vec![format!("{{ kid = \"\", public_key = \"\"\"{good}\"\"\" }}")],
+                vec!["auth.issuer_public_keys", "kid is 1 to"],
+            ),
+            (
+                vec![
+                    format!("{{ kid = \"k5\", public_key = \"\"\"{good}\"\"\" }}"),
+                    format!("{{ kid = \"k5\", public_key = \"\"\"{}\"\"\" }}", pem_key()),
+                ],
+                vec!["auth.issuer_public_keys", "`k5`", "twice"],
+            ),
+            (
+                vec![format!(
+                    "{{ kid = \"k6\", public_key = \"\"\"{good}\"\"\", algorithm = \"EdDSA\" }}"
+                )],
+                vec!["algorithm"],
+            ),
+        ] {
+            let e = with_keys(&entries).unwrap_err().to_string();
+            for w in want {
+                assert!(e.contains(w), "{entries:?}: `{w}` not in: {e}");
+            }
+        }
+        // A private key where the public one belongs is refused, and not echoed.
+        let (private, _) = blindrelay_protocol::token::generate_ed25519().expect("randomness");
+        let e = with_keys(&[format!(
+            "{{ kid = \"k7\", public_key = \"\"\"{}\"\"\" }}",
+            private.as_str()
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`k7`"), "{e}");
+        let body = private.lines().nth(1).expect("a PEM body line");
+        assert!(!e.contains(body), "the error echoes the private key: {e}");
+    }
+
+    #[test]
+    fn issuer_keys_make_the_unused_dev_secret_harmless_off_loopback() {
+        let key = format!("{{ kid = \"k\", public_key = \"\"\"{}\"\"\" }}", pem_key());
+        let exposed =
+            "[signal]\nlisten = \"0.0.0.0:7400\"\n[admin]\ntoken = \"a-real-admin-token-123\"\n";
+        let e = Config::parse(exposed).unwrap_err().to_string();
+        assert!(e.contains("auth.api_secret"), "{e}");
+        Config::parse(&format!("{exposed}[auth]\nissuer_public_keys = [{key}]\n"))
+            .expect("no secret signs anything here");
     }
 }

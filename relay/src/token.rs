@@ -1,89 +1,56 @@
-//! Relay-signed HS256 tokens: who a user is, in which tenant, with which role, for which
-//! call, until when. The relay both issues (`blindrelay token`) and checks them.
+//! Tokens the relay checks at `hello`. Two modes, chosen by the config:
+//!
+//! - **HS256** under the relay's own `auth.api_secret` (the no-flag default): the relay
+//!   both issues (`blindrelay token`, `POST /dev/token`) and checks them, so whoever runs
+//!   it can mint any identity.
+//! - **Issuer** (`auth.issuer_public_keys`): EdDSA tokens signed by an issuer whose public
+//!   keys alone the relay holds. It verifies them and refuses HS256, so it cannot mint.
+//!
+//! Claims, rules and errors are shared with the clients: `blindrelay_protocol::token`.
 
-use blindrelay_protocol::signal::ErrorCode;
+pub use blindrelay_protocol::token::{
+    check_claims, now_secs, Claims, Cnf, TokenError, TokenRules, DEFAULT_MAX_TTL, MAX_ID_BYTES,
+    ROLES,
+};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use thiserror::Error;
+use std::time::Duration;
 
-/// Token roles. Bots are the recording / captions / transcription services that an E2EE
-/// call refuses.
-pub const ROLES: [&str; 4] = ["user", "bot:recording", "bot:captions", "bot:transcription"];
-
-/// Longest identifier (`sub`, `tenant`) a token may carry, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
-
-/// Default longest token lifetime (`auth.max_ttl`).
-pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// User id.
-    pub sub: String,
-    pub tenant: String,
-    pub role: String,
-    /// The call this token admits to; `None` admits to any call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call: Option<String>,
-    pub exp: u64,
-    /// Issued at; `0` when the token has none (then only `exp - now` bounds its lifetime).
-    #[serde(default)]
-    pub iat: u64,
-    /// Not before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
+/// How `hello` checks a token. Built from the config's `[auth]`.
+#[derive(Clone)]
+pub enum TokenVerifier {
+    /// HS256 under this secret; the relay can mint such tokens.
+    Hs256(String),
+    /// EdDSA under one of these issuer public keys, chosen by `kid`; HS256 is refused.
+    Issuer(Vec<(String, [u8; 32])>),
 }
 
-impl Claims {
-    pub fn is_bot(&self) -> bool {
-        self.role.starts_with("bot:")
-    }
-}
-
-/// What [`verify_at`] accepts besides a good signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenRules {
-    /// Clock skew allowed on `exp`, `nbf` and the `exp - now` bound.
-    pub leeway: Duration,
-    /// Longest lifetime: `exp - max(iat, nbf)`, and `exp - now` (plus leeway).
-    pub max_ttl: Duration,
-}
-
-/// Why a token is refused; each maps to a stable signalling error code.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("token expired")]
-    Expired,
-    #[error("token not yet valid (nbf is in the future)")]
-    NotYetValid,
-    #[error("token lifetime is longer than the relay accepts (auth.max_ttl)")]
-    TtlTooLong,
-    #[error("token invalid: {0}")]
-    Invalid(String),
-    #[error("unknown role `{0}`")]
-    BadRole(String),
-    #[error("invalid subject: {0}")]
-    BadSubject(String),
-    #[error("invalid tenant: {0}")]
-    BadTenant(String),
-}
-
-impl TokenError {
-    pub fn code(&self) -> ErrorCode {
+impl TokenVerifier {
+    /// Check `token` at `now_unix` by this verifier's mode.
+    pub fn verify_at(
+        &self,
+        token: &str,
+        rules: &TokenRules,
+        now_unix: u64,
+    ) -> Result<Claims, TokenError> {
         match self {
-            TokenError::Expired => ErrorCode::TokenExpired,
-            _ => ErrorCode::Unauthorized,
+            TokenVerifier::Hs256(secret) => verify_at(secret, token, rules, now_unix),
+            TokenVerifier::Issuer(keys) => {
+                blindrelay_protocol::token::verify_eddsa_at(token, keys, rules, now_unix)
+            }
         }
     }
 }
 
-/// Seconds since the Unix epoch by the system clock (0 if it is before 1970).
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenVerifier::Hs256(_) => f.write_str("Hs256(<redacted>)"),
+            TokenVerifier::Issuer(keys) => f
+                .debug_tuple("Issuer")
+                .field(&keys.iter().map(|(kid, _)| kid).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 /// Sign a token.
@@ -98,37 +65,13 @@ pub fn issue(
     if !ROLES.contains(&role) {
         return Err(TokenError::BadRole(role.to_string()));
     }
-    let iat = now_secs();
-    let claims = Claims {
-        sub: user.to_string(),
-        tenant: tenant.to_string(),
-        role: role.to_string(),
-        call: call.map(str::to_string),
-        exp: iat.saturating_add(ttl.as_secs()),
-        iat,
-        nbf: None,
-    };
+    let claims = Claims::new(user, tenant, role, call, now_secs(), ttl);
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .map_err(|e| TokenError::Invalid(e.to_string()))
-}
-
-/// Why an identifier is unusable, if it is: empty or over [`MAX_ID_BYTES`]. The value
-/// itself is not echoed.
-fn id_problem(id: &str) -> Option<String> {
-    if id.is_empty() {
-        Some("empty".into())
-    } else if id.len() > MAX_ID_BYTES {
-        Some(format!(
-            "{} bytes long, at most {MAX_ID_BYTES} allowed",
-            id.len()
-        ))
-    } else {
-        None
-    }
 }
 
 /// Check a token at time `now_unix` (seconds): signature (HS256 only; `alg: none` and
@@ -149,38 +92,7 @@ pub fn verify_at(
     let claims = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v)
         .map_err(|e| TokenError::Invalid(e.to_string()))?
         .claims;
-
-    let leeway = rules.leeway.as_secs();
-    let max_ttl = rules.max_ttl.as_secs();
-    if claims.exp.saturating_add(leeway) < now_unix {
-        return Err(TokenError::Expired);
-    }
-    if claims
-        .nbf
-        .is_some_and(|nbf| now_unix.saturating_add(leeway) < nbf)
-    {
-        return Err(TokenError::NotYetValid);
-    }
-    let iat = (claims.iat != 0).then_some(claims.iat);
-    let start = iat.max(claims.nbf);
-    if start.is_some_and(|start| claims.exp.saturating_sub(start) > max_ttl) {
-        return Err(TokenError::TtlTooLong);
-    }
-    // A missing or back-dated `iat` must not buy a longer life.
-    if claims.exp.saturating_sub(now_unix) > max_ttl.saturating_add(leeway) {
-        return Err(TokenError::TtlTooLong);
-    }
-
-    if !ROLES.contains(&claims.role.as_str()) {
-        return Err(TokenError::BadRole(claims.role));
-    }
-    if let Some(why) = id_problem(&claims.sub) {
-        return Err(TokenError::BadSubject(why));
-    }
-    if let Some(why) = id_problem(&claims.tenant) {
-        return Err(TokenError::BadTenant(why));
-    }
-    Ok(claims)
+    check_claims(claims, rules, now_unix)
 }
 
 /// [`verify_at`] by the system clock, with a `max_ttl` of [`DEFAULT_MAX_TTL`].
@@ -195,7 +107,35 @@ pub fn verify(secret: &str, token: &str, leeway: Duration) -> Result<Claims, Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blindrelay_protocol::signal::ErrorCode;
+    use blindrelay_protocol::token::{generate_ed25519, issue_eddsa, read_ed25519_private};
+    use serde::Serialize;
     const S: &str = "0123456789abcdef0123";
+
+    #[test]
+    fn each_mode_takes_only_its_own_tokens() {
+        let (private, _) = generate_ed25519().expect("randomness");
+        let issuer = read_ed25519_private(&private).expect("reads");
+        let hs = TokenVerifier::Hs256(S.into());
+        let ed = TokenVerifier::Issuer(vec![(issuer.kid(), *issuer.public())]);
+        let r = rules(5, 3600);
+        let c = claims(NOW, NOW + 60);
+        let hs_token = sign(&c);
+        let ed_token = issue_eddsa(&issuer, &issuer.kid(), &c).expect("issues");
+        assert_eq!(hs.verify_at(&hs_token, &r, NOW), Ok(c.clone()));
+        assert_eq!(ed.verify_at(&ed_token, &r, NOW), Ok(c.clone()));
+        // An issuer-mode relay refuses what its own secret signs: it cannot mint.
+        let e = ed.verify_at(&hs_token, &r, NOW).unwrap_err();
+        assert_eq!(e, TokenError::WrongAlgorithm("HS256".into(), "EdDSA"));
+        assert_eq!(e.code(), ErrorCode::Unauthorized);
+        assert!(matches!(
+            hs.verify_at(&ed_token, &r, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+        // The secret never shows in Debug; kids do.
+        assert_eq!(format!("{hs:?}"), "Hs256(<redacted>)");
+        assert!(format!("{ed:?}").contains(&issuer.kid()));
+    }
 
     #[test]
     fn issue_and_verify() {
@@ -244,6 +184,7 @@ mod tests {
             exp,
             iat,
             nbf: None,
+            cnf: None,
         }
     }
 

@@ -14,7 +14,7 @@ use super::policy::CallingE2ee;
 use super::{CallKey, PeerId};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::token::{self, Claims, TokenRules};
+use crate::token::{self, Claims, TokenRules, TokenVerifier};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use blindrelay_protocol::mls;
@@ -58,7 +58,8 @@ const MAX_CALL_ID: usize = 256;
 /// knows (its media address and DTLS fingerprint).
 #[derive(Debug, Clone)]
 pub struct PlaneConfig {
-    pub api_secret: String,
+    /// HS256 under the relay's secret, or issuer public keys only (`auth.issuer_public_keys`).
+    pub tokens: TokenVerifier,
     pub token_rules: TokenRules,
     pub hello_timeout: Duration,
     pub consent_timeout: Duration,
@@ -81,7 +82,7 @@ pub struct PlaneConfig {
 impl PlaneConfig {
     pub fn new(c: &Config, media_addr: SocketAddr, fingerprint: Fingerprint) -> Self {
         PlaneConfig {
-            api_secret: c.auth.api_secret.clone(),
+            tokens: c.auth.verifier(),
             token_rules: c.auth.rules(),
             hello_timeout: c.signal.hello_timeout,
             consent_timeout: c.ice.consent_timeout,
@@ -724,7 +725,10 @@ impl ControlPlane {
             return self.error(conn, ErrorCode::AlreadyJoined, "hello after join".into());
         }
         let unix = self.unix(now);
-        let verified = token::verify_at(&self.cfg.api_secret, token, &self.cfg.token_rules, unix);
+        let verified = self
+            .cfg
+            .tokens
+            .verify_at(token, &self.cfg.token_rules, unix);
         self.leave_lobby(conn);
         let hello_timeout = self.cfg.hello_timeout;
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -1970,6 +1974,7 @@ mod tests {
                 exp: self.unix + 3600,
                 iat: self.unix,
                 nbf: None,
+                cnf: None,
             };
             jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

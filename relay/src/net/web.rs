@@ -4,8 +4,9 @@
 //!
 //! `POST /dev/token {"user":U,"call":C}` issues a user token for a name, so that the demo
 //! works without a terminal. It exists only while the relay runs on the built-in
-//! development secret *and* every listener is on loopback; otherwise it answers 403 with a
-//! typed error (`dev_tokens_disabled`) saying why.
+//! development secret *and* every listener is on loopback *and* no issuer keys are
+//! configured; otherwise it answers 403 with a typed error (`dev_tokens_disabled`, and a
+//! `reason`) saying why.
 
 use crate::config::{Config, DEV_API_SECRET};
 use axum::extract::State;
@@ -27,6 +28,8 @@ pub const DEV_TENANT: &str = "default";
 /// Why the development token route is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DevTokenRefusal {
+    #[error("development tokens are off: the relay accepts only tokens signed by the issuer's keys (auth.issuer_public_keys) and holds no key that could sign one")]
+    IssuerKeys,
     #[error("development tokens are off: the relay uses its own API secret (tokens come from `blindrelay token` or your token service)")]
     RealSecret,
     #[error("development tokens are off: {key} is {addr}, not loopback")]
@@ -38,11 +41,23 @@ impl DevTokenRefusal {
     pub fn code(&self) -> &'static str {
         "dev_tokens_disabled"
     }
+
+    /// Which condition refused them, for the `reason` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DevTokenRefusal::IssuerKeys => "issuer_keys",
+            DevTokenRefusal::RealSecret => "real_secret",
+            DevTokenRefusal::OffLoopback { .. } => "off_loopback",
+        }
+    }
 }
 
-/// Whether `config` allows development tokens: the development secret, and every listener
-/// on loopback.
+/// Whether `config` allows development tokens: no issuer keys, the development secret,
+/// and every listener on loopback.
 pub fn dev_tokens_allowed(config: &Config) -> Result<(), DevTokenRefusal> {
+    if !config.auth.relay_mints() {
+        return Err(DevTokenRefusal::IssuerKeys);
+    }
     if config.auth.api_secret != DEV_API_SECRET {
         return Err(DevTokenRefusal::RealSecret);
     }
@@ -155,17 +170,31 @@ pub struct DevTokenRequest {
 struct ErrorBody {
     code: &'static str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 fn error(status: StatusCode, code: &'static str, message: String) -> Response {
-    (status, Json(ErrorBody { code, message })).into_response()
+    let body = ErrorBody {
+        code,
+        message,
+        reason: None,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// `POST /dev/token`.
 pub async fn dev_token(State(st): State<WebState>, body: axum::body::Bytes) -> Response {
     let secret = match &st.dev_tokens {
         Ok(s) => s,
-        Err(refusal) => return error(StatusCode::FORBIDDEN, refusal.code(), refusal.to_string()),
+        Err(refusal) => {
+            let body = ErrorBody {
+                code: refusal.code(),
+                message: refusal.to_string(),
+                reason: Some(refusal.reason()),
+            };
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        }
     };
     let req: DevTokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -224,6 +253,17 @@ mod tests {
         c.auth.api_secret = "a-real-secret-of-enough-length-0123456789".into();
         assert_eq!(dev_tokens_allowed(&c), Err(DevTokenRefusal::RealSecret));
         assert_eq!(DevTokenRefusal::RealSecret.code(), "dev_tokens_disabled");
+        // Issuer keys turn them off whatever the secret: the relay must not mint.
+        let Ok(mut c) = Config::embedded() else {
+            panic!("embedded config")
+        };
+        let (_, public) =
+            blindrelay_protocol::token::generate_ed25519().expect("the OS has randomness");
+        c.auth.issuer_public_keys =
+            vec![crate::config::IssuerKey::from_pem("k1", &public).expect("a fresh key")];
+        assert_eq!(dev_tokens_allowed(&c), Err(DevTokenRefusal::IssuerKeys));
+        assert_eq!(DevTokenRefusal::IssuerKeys.reason(), "issuer_keys");
+        assert!(WebState::new(&c).dev_tokens.is_err());
     }
 
     #[test]
