@@ -30,7 +30,19 @@ pub struct CallOptions {
     pub token: String,
     pub call: String,
     pub duration: Duration,
+    /// Ask for end-to-end encryption. On its own it is *required*: told the call will be
+    /// standard, the client leaves (`left_reason: downgrade_refused`) and never sends a
+    /// clear frame.
     pub e2ee: bool,
+    /// With `e2ee`: go on as a standard call when the relay says E2EE is not possible
+    /// (before keys exist), saying so loudly. Never after keys exist.
+    pub e2ee_preferred: bool,
+    /// The Ed25519 identity key the token's `cnf` binds: the MLS signature key, with the
+    /// token carried in the credential (group calls).
+    pub identity_key: Option<crate::identity::IdentityKey>,
+    /// Issuer public keys (raw Ed25519): every other member's credential must carry a
+    /// token one of them signed, naming that member's user and binding its signature key.
+    pub issuer_keys: Vec<[u8; 32]>,
     /// How a new E2EE call keys (a joiner must match the call).
     pub e2ee_scheme: E2eeScheme,
     pub audio: bool,
@@ -73,6 +85,9 @@ impl Default for CallOptions {
             call: "demo".into(),
             duration: Duration::from_secs(10),
             e2ee: false,
+            e2ee_preferred: false,
+            identity_key: None,
+            issuer_keys: Vec::new(),
             e2ee_scheme: E2eeScheme::X25519,
             audio: true,
             video: true,
@@ -137,6 +152,20 @@ pub struct CallSummary {
     /// people come and go, so "the same code" means the same code in the same epoch.
     pub epoch_codes: BTreeMap<u64, String>,
     pub verification_code: Option<String>,
+    /// The group's members in the final epoch, as their MLS credentials name them
+    /// (user names, sorted): compare them as well as the code.
+    pub group_members: Vec<String>,
+    /// KeyPackages refused on arrival (named someone else, never announced, already a
+    /// member, invalid, unverified), all reasons together; by reason in
+    /// `key_packages_refused_by`.
+    pub key_packages_refused: u64,
+    pub key_packages_refused_by: BTreeMap<String, u64>,
+    /// Why this client left before its duration ended: `downgrade_refused` (told the
+    /// call would not be end-to-end encrypted), `group_refused` (a commit or Welcome would
+    /// have keyed an unannounced member), or the relay's removal reason.
+    pub left_reason: Option<String>,
+    /// Set when `--e2ee-preferred` accepted a standard call: the relay's reason.
+    pub downgrade_accepted: Option<String>,
     /// Why end-to-end key agreement failed (e.g. a reveal that does not match its commitment).
     pub e2ee_error: Option<String>,
     pub srtp_profile: Option<String>,
@@ -339,10 +368,10 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     }
     let call_id = call_id;
     if opts.e2ee && s.e2ee_option == Some(E2eeOption::Hidden) {
-        say(
-            opts,
-            "end-to-end encryption is not available to this user; joining a standard call",
-        );
+        let reason = "the relay says end-to-end encryption is not available to this user";
+        if !accept_downgrade(opts, s, reason) {
+            return Ok(());
+        }
     }
     let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden)
         || s.e2ee_option == Some(E2eeOption::Required);
@@ -397,6 +426,18 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     if let Some(r) = &s.mode_reason {
         say(opts, r);
     }
+    if want_e2ee && mode != CallMode::E2ee {
+        let reason = s
+            .mode_reason
+            .clone()
+            .unwrap_or_else(|| "the relay made it a standard call".into());
+        if !accept_downgrade(opts, s, &reason) {
+            // Before any media path exists: not one frame was sent.
+            let _ = sig.send(&ClientMessage::Leave).await;
+            sig.close().await;
+            return Ok(());
+        }
+    }
     let answer = sdp::parse_answer(&answer_sdp).map_err(|e| CallError::Answer(e.to_string()))?;
     let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
     s.connect_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
@@ -419,10 +460,10 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         say(opts, "lock: waiting for end-to-end keys");
     }
     if e2ee_call && s.e2ee_scheme.as_deref() == Some(E2eeScheme::Mls.as_str()) {
-        let mut g =
-            GroupSession::new(&me, &call_id).map_err(|e| CallError::Protocol(e.to_string()))?;
+        let mut g = GroupSession::new(&me, &call_id, group_identity(opts, &call_id))
+            .map_err(|e| CallError::Protocol(e.to_string()))?;
         for m in g
-            .start(Instant::now(), peers.is_empty())
+            .start(Instant::now(), &peers)
             .map_err(|e| CallError::Protocol(e.to_string()))?
         {
             sig.send(&m).await?;
@@ -624,10 +665,20 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                         }
                     }
                     s.decrypt_failures += std::mem::take(&mut g.early_expired);
+                    s.key_packages_refused = g.key_packages_refused_total();
+                    s.key_packages_refused_by = g.key_packages_refused.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                    if let Some(r) = &g.refused {
+                        // Never key media to someone the relay did not announce.
+                        eprintln!("[{}] leaving: the group would include someone not announced in this call: {r}", opts.name);
+                        s.left_reason = Some("group_refused".into());
+                        s.error = Some(SummaryError { code: "group_refused".into(), message: r.to_string() });
+                        break;
+                    }
                     if g.keyed() {
                         if let (Some(code), Some(epoch)) = (g.verification_code(), g.epoch()) {
                             if s.epoch != Some(epoch) {
-                                eprintln!("[{}] Verification code (epoch {epoch}): {code}", opts.name);
+                                let members = g.member_names().join(", ");
+                                eprintln!("[{}] Verification code (epoch {epoch}): {code}  members: {members}", opts.name);
                                 s.epoch_codes.insert(epoch, code.clone());
                                 while s.epoch_codes.len() > 256 {
                                     s.epoch_codes.pop_first();
@@ -659,6 +710,7 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                             break;
                         }
                         if participant == me {
+                            s.left_reason = Some(reason.clone());
                             s.error = Some(SummaryError { code: reason, message: "removed from the call by the relay".into() });
                             ended_by_relay = true;
                             break;
@@ -688,15 +740,27 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                         }
                     }
                     ServerMessage::CallModeChanged { call_mode, reason } => {
-                        // Only ever before keys exist: the relay refuses it afterwards.
-                        say(opts, &format!("call is now {}: {reason}", call_mode.as_str()));
-                        if e2ee.is_none() {
+                        say(opts, &format!("the relay says the call is now {}: {reason}", call_mode.as_str()));
+                        let keyed = e2ee.is_some() || group.as_ref().is_some_and(|g| g.keyed());
+                        if keyed {
+                            // Once keys exist nothing turns encryption off: every frame
+                            // stays sealed whatever the relay says.
+                            eprintln!("[{}] keys exist: staying end-to-end encrypted", opts.name);
+                        } else if want_e2ee && call_mode != CallMode::E2ee {
+                            // A relay's word never turns encryption off: without consent
+                            // (`--e2ee-preferred`) the client leaves.
+                            if !accept_downgrade(opts, s, &reason) {
+                                break;
+                            }
+                            e2ee_call = false;
+                            kex = None;
+                            group = None;
+                            s.call_mode = Some(call_mode);
+                            s.mode_reason = Some(reason);
+                        } else {
                             e2ee_call = call_mode == CallMode::E2ee;
                             s.call_mode = Some(call_mode);
                             s.mode_reason = Some(reason);
-                            if !e2ee_call {
-                                kex = None;
-                            }
                         }
                     }
                     ServerMessage::Chat { from, body } => {
@@ -728,6 +792,10 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             sent_chat = true;
         }
     }
+    if let Some(g) = &group {
+        s.group_members = g.member_names();
+        s.key_packages_refused = g.key_packages_refused_total();
+    }
     s.lost_packets = streams.values().map(|x| x.lost()).sum();
     s.streams_received = streams.len();
     s.frames_incomplete = streams.values().map(|x| x.frames_incomplete).sum();
@@ -749,6 +817,49 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;
     sig.close().await;
     Ok(())
+}
+
+/// The relay says the call cannot be end-to-end encrypted (`reason`). With
+/// `--e2ee-preferred` that is accepted loudly (true: go on); otherwise the client records
+/// `downgrade_refused` and must leave without sending anything in the clear (false).
+fn accept_downgrade(opts: &CallOptions, s: &mut CallSummary, reason: &str) -> bool {
+    if opts.e2ee_preferred {
+        eprintln!(
+            "[{}] WARNING: this call is NOT end-to-end encrypted: {reason} (going on because of --e2ee-preferred)",
+            opts.name
+        );
+        s.downgrade_accepted = Some(reason.to_string());
+        return true;
+    }
+    eprintln!(
+        "[{}] leaving: this call can't be end-to-end encrypted: {reason} (--e2ee-preferred would go on unencrypted)",
+        opts.name
+    );
+    s.left_reason = Some("downgrade_refused".into());
+    s.mode_reason = Some(reason.to_string());
+    s.error = Some(SummaryError {
+        code: "downgrade_refused".into(),
+        message: reason.to_string(),
+    });
+    false
+}
+
+/// How this client appears in an MLS group: its user name (from its token), its identity
+/// key and token when it has one, and the issuer check when it was given issuer keys.
+fn group_identity(opts: &CallOptions, call: &str) -> crate::group::GroupIdentity {
+    let user = crate::roster::token_subject(&opts.token).unwrap_or_else(|| opts.name.clone());
+    let mut id = crate::group::GroupIdentity::plain(&user);
+    if let Some(k) = &opts.identity_key {
+        id.key = Some((k.seed.clone(), k.public));
+        id.token = Some(opts.token.clone());
+    }
+    if !opts.issuer_keys.is_empty() {
+        id.check = Some(crate::identity::issuer_check(
+            opts.issuer_keys.clone(),
+            call.to_string(),
+        ));
+    }
+    id
 }
 
 /// One received packet of a web client, as a frame to open: an Opus packet is a frame; VP8

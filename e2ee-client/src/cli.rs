@@ -3,6 +3,7 @@
 use crate::audit;
 use crate::bot::BotKind;
 use crate::call::{run_call, CallOptions};
+use crate::identity;
 use crate::sframe;
 use blindrelay_protocol::signal::E2eeScheme;
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,13 @@ pub enum Command {
     Sframe {
         #[command(subcommand)]
         command: SframeCommand,
+    },
+    /// Write a new Ed25519 identity key: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub
+    /// (SPKI PEM). Give PREFIX.pub to the token issuer (`blindrelay token --cnf-key`) and
+    /// PREFIX.key to `call --identity-key`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Audit a pcap of what a relay holds (`blindrelay --capture`): exit 0 if it is blind
     /// (every frame is SFrame, no canary in the clear), 1 if not, 2 if unreadable.
@@ -68,9 +76,24 @@ pub struct CallArgs {
     /// How long to stay in the call.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Turn end-to-end encryption on.
+    /// Require end-to-end encryption: told the call will be standard, leave (exit 1,
+    /// `left_reason: downgrade_refused`) without sending anything in the clear.
     #[arg(long)]
     pub e2ee: bool,
+    /// Ask for end-to-end encryption, but go on as a standard call if the relay says it
+    /// is not possible (before keys exist), with a warning and `downgrade_accepted` in the
+    /// summary.
+    #[arg(long)]
+    pub e2ee_preferred: bool,
+    /// Group calls: sign MLS messages with this Ed25519 identity key (`e2ee-client
+    /// keygen`) and carry the token in the credential. The token's `cnf` must bind it.
+    #[arg(long)]
+    pub identity_key: Option<PathBuf>,
+    /// Group calls: the token issuer's public key (SPKI PEM), from a source other than the
+    /// relay; repeatable. Every member's credential must carry a token it signed that
+    /// binds the member's signature key, or the member is refused.
+    #[arg(long = "issuer-key")]
+    pub issuer_key: Vec<PathBuf>,
     /// How a new E2EE call keys: `x25519` (one-to-one) or `mls` (a group); a joiner must
     /// match the call.
     #[arg(long, default_value = "x25519", value_parser = parse_scheme)]
@@ -181,12 +204,33 @@ pub enum SframeCommand {
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Call(a) => {
+            let identity_key = match a.identity_key.as_deref().map(identity::load_identity_key) {
+                Some(Err(e)) => {
+                    eprintln!("e2ee-client: --identity-key: {e}");
+                    return 2;
+                }
+                Some(Ok(k)) => Some(k),
+                None => None,
+            };
+            let mut issuer_keys = Vec::new();
+            for p in &a.issuer_key {
+                match identity::load_issuer_key(p) {
+                    Ok(k) => issuer_keys.push(k),
+                    Err(e) => {
+                        eprintln!("e2ee-client: --issuer-key: {e}");
+                        return 2;
+                    }
+                }
+            }
             let opts = CallOptions {
                 relay: a.relay,
                 token: a.token,
                 call: a.call,
                 duration: a.duration,
-                e2ee: a.e2ee,
+                e2ee: a.e2ee || a.e2ee_preferred,
+                e2ee_preferred: a.e2ee_preferred,
+                identity_key,
+                issuer_keys,
                 e2ee_scheme: a.e2ee_scheme,
                 audio: !a.no_audio,
                 video: a.video_kbps > 0,
@@ -280,6 +324,43 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Sframe { command } => sframe_command(command),
         Command::Audit(a) => audit_command(&a),
+        Command::Keygen { out } => keygen_command(&out),
+    }
+}
+
+/// Write PREFIX.key (0600) and PREFIX.pub; print the public key's thumbprint.
+fn keygen_command(out: &std::path::Path) -> i32 {
+    use std::io::Write as _;
+    let (private, public) = match blindrelay_protocol::token::generate_ed25519() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("e2ee-client: keygen: {e}");
+            return 1;
+        }
+    };
+    let key_path = out.with_extension("key");
+    let pub_path = out.with_extension("pub");
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let written = o
+        .open(&key_path)
+        .and_then(|mut f| f.write_all(private.as_bytes()))
+        .and_then(|_| std::fs::write(&pub_path, public.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("e2ee-client: keygen: {}: {e}", key_path.display());
+        return 1;
+    }
+    match identity::load_issuer_key(&pub_path) {
+        Ok(k) => {
+            println!("{}", blindrelay_protocol::token::kid_of(&k));
+            0
+        }
+        Err(e) => {
+            eprintln!("e2ee-client: keygen: {e}");
+            1
+        }
     }
 }
 

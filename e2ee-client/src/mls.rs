@@ -24,6 +24,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::kex::code::VerificationCode;
+use crate::roster::{Candidate, Refusal};
 use crate::sframe::{CipherSuite, Receiver, Sender};
 
 /// X25519 key exchange, AES-128-GCM, SHA-256 and Ed25519 signatures.
@@ -49,6 +50,10 @@ pub enum MlsError {
     Unexpected(&'static str),
     #[error("a commit of epoch {0} is still waiting for the relay's verdict")]
     CommitPending(u64),
+    /// A commit or Welcome would put someone in the group whom this member's roster
+    /// checks refuse: it is not applied.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
 }
 
 fn lib<E: std::fmt::Display>(e: E) -> MlsError {
@@ -84,6 +89,65 @@ pub enum Processed {
     Removed,
 }
 
+/// One member of the group as its leaf shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberCred {
+    pub leaf: u32,
+    /// The BasicCredential's identity bytes.
+    pub identity: Vec<u8>,
+    pub signature_key: Vec<u8>,
+}
+
+impl MemberCred {
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            identity: self.identity.clone(),
+            signature_key: self.signature_key.clone(),
+        }
+    }
+}
+
+fn candidate_of(leaf: &LeafNode) -> Candidate {
+    Candidate {
+        identity: basic_identity(leaf.credential()),
+        signature_key: leaf.signature_key().as_slice().to_vec(),
+    }
+}
+
+/// A BasicCredential's identity; empty for any other credential type (which no member
+/// check accepts).
+fn basic_identity(c: &Credential) -> Vec<u8> {
+    BasicCredential::try_from(c.clone())
+        .map(|c| c.identity().to_vec())
+        .unwrap_or_default()
+}
+
+/// Parse and validate a KeyPackage (an MLSMessage) on its own: signature, lifetime,
+/// ciphersuite, and the credential it carries.
+pub fn inspect_key_package(raw: &[u8]) -> Result<Candidate, MlsError> {
+    let crypto = openmls_rust_crypto::RustCrypto::default();
+    Ok(candidate_of(
+        validate_key_package(&crypto, raw)?.leaf_node(),
+    ))
+}
+
+fn validate_key_package(
+    crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+    raw: &[u8],
+) -> Result<KeyPackage, MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(raw).map_err(lib)?;
+    let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+        return Err(MlsError::Unexpected("KeyPackage"));
+    };
+    let kp = kp.validate(crypto, ProtocolVersion::Mls10).map_err(lib)?;
+    if kp.ciphersuite() != CIPHERSUITE {
+        return Err(MlsError::Unexpected(
+            "KeyPackage of this call's ciphersuite",
+        ));
+    }
+    Ok(kp)
+}
+
 /// One member's MLS state: its signing identity and, once it created or joined one, the
 /// call's group.
 pub struct GroupMember {
@@ -94,13 +158,33 @@ pub struct GroupMember {
 }
 
 impl GroupMember {
-    /// A fresh signing key for `identity` (the participant id): ephemeral, one per call.
-    pub fn new(identity: &str) -> Result<Self, MlsError> {
-        let provider = OpenMlsRustCrypto::default();
+    /// A fresh signing key for `identity` (the credential's identity bytes): ephemeral,
+    /// one per call.
+    pub fn new(identity: impl AsRef<[u8]>) -> Result<Self, MlsError> {
         let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(lib)?;
+        Self::with_signer(identity, signer)
+    }
+
+    /// A member signing with a given Ed25519 key (the identity key its token's `cnf`
+    /// binds): `seed` and `public` are the raw 32-byte halves.
+    pub fn with_key(
+        identity: impl AsRef<[u8]>,
+        seed: &[u8; 32],
+        public: &[u8; 32],
+    ) -> Result<Self, MlsError> {
+        let signer = SignatureKeyPair::from_raw(
+            CIPHERSUITE.signature_algorithm(),
+            seed.to_vec(),
+            public.to_vec(),
+        );
+        Self::with_signer(identity, signer)
+    }
+
+    fn with_signer(identity: impl AsRef<[u8]>, signer: SignatureKeyPair) -> Result<Self, MlsError> {
+        let provider = OpenMlsRustCrypto::default();
         signer.store(provider.storage()).map_err(lib)?;
         let credential = CredentialWithKey {
-            credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
+            credential: BasicCredential::new(identity.as_ref().to_vec()).into(),
             signature_key: signer.public().into(),
         };
         Ok(GroupMember {
@@ -167,14 +251,7 @@ impl GroupMember {
         self.no_pending()?;
         let mut kps = Vec::with_capacity(key_packages.len());
         for kp in key_packages {
-            let msg = MlsMessageIn::tls_deserialize_exact(kp).map_err(lib)?;
-            let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-                return Err(MlsError::Unexpected("KeyPackage"));
-            };
-            let kp = kp
-                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
-                .map_err(lib)?;
-            kps.push(kp);
+            kps.push(validate_key_package(self.provider.crypto(), kp)?);
         }
         let remove: Vec<LeafNodeIndex> = remove.iter().map(|l| LeafNodeIndex::new(*l)).collect();
         let (provider, signer) = (&self.provider, &self.signer);
@@ -222,8 +299,13 @@ impl GroupMember {
         group.clear_pending_commit(provider.storage()).map_err(lib)
     }
 
-    /// Join from a Welcome (the ratchet tree travels in it).
-    pub fn join(&mut self, welcome: &[u8]) -> Result<u64, MlsError> {
+    /// Join from a Welcome (the ratchet tree travels in it), if `check` accepts every
+    /// member it names.
+    pub fn join(
+        &mut self,
+        welcome: &[u8],
+        check: impl FnOnce(&[Candidate]) -> Result<(), Refusal>,
+    ) -> Result<u64, MlsError> {
         let msg = MlsMessageIn::tls_deserialize_exact(welcome).map_err(lib)?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(MlsError::Unexpected("Welcome"));
@@ -231,17 +313,30 @@ impl GroupMember {
         let config = MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(true)
             .build();
-        let group = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
-            .map_err(lib)?
-            .into_group(&self.provider)
-            .map_err(lib)?;
+        let staged =
+            StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None).map_err(lib)?;
+        let roster: Vec<Candidate> = staged
+            .members()
+            .map(|m| Candidate {
+                identity: basic_identity(&m.credential),
+                signature_key: m.signature_key,
+            })
+            .collect();
+        check(&roster)?;
+        let group = staged.into_group(&self.provider).map_err(lib)?;
         let epoch = group.epoch().as_u64();
         self.group = Some(group);
         Ok(epoch)
     }
 
-    /// Apply another member's commit (which the relay accepted for the current epoch).
-    pub fn process_commit(&mut self, commit: &[u8]) -> Result<Processed, MlsError> {
+    /// Apply another member's commit (which the relay accepted for the current epoch), if
+    /// `check` accepts the group it leads to (every member after its removals and adds).
+    /// A refused commit is not merged.
+    pub fn process_commit(
+        &mut self,
+        commit: &[u8],
+        check: impl FnOnce(&[Candidate]) -> Result<(), Refusal>,
+    ) -> Result<Processed, MlsError> {
         let msg = MlsMessageIn::tls_deserialize_exact(commit).map_err(lib)?;
         let msg = msg
             .try_into_protocol_message()
@@ -253,12 +348,37 @@ impl GroupMember {
             return Err(MlsError::Unexpected("commit"));
         };
         let removed = staged.self_removed();
+        if !removed {
+            let gone: Vec<LeafNodeIndex> = staged
+                .remove_proposals()
+                .map(|r| r.remove_proposal().removed())
+                .collect();
+            let after: Vec<Candidate> = group
+                .members()
+                .filter(|m| !gone.contains(&m.index))
+                .map(|m| Candidate {
+                    identity: basic_identity(&m.credential),
+                    signature_key: m.signature_key,
+                })
+                .chain(
+                    staged
+                        .add_proposals()
+                        .map(|a| candidate_of(a.add_proposal().key_package().leaf_node())),
+                )
+                .collect();
+            check(&after)?;
+        }
         group.merge_staged_commit(provider, *staged).map_err(lib)?;
         if removed {
             self.group = None;
             return Ok(Processed::Removed);
         }
         Ok(Processed::NewEpoch(group.epoch().as_u64()))
+    }
+
+    /// Drop the group (this member refused a change to it).
+    pub fn leave(&mut self) {
+        self.group = None;
     }
 
     pub fn in_group(&self) -> bool {
@@ -273,19 +393,23 @@ impl GroupMember {
         self.group.as_ref().map(|g| g.own_leaf_index().u32())
     }
 
-    /// Every member: leaf index and identity (the participant id its credential names).
-    pub fn members(&self) -> Vec<(u32, String)> {
+    /// Every member: leaf index, credential identity and signature key.
+    pub fn members(&self) -> Vec<MemberCred> {
         let Some(g) = &self.group else {
             return Vec::new();
         };
         g.members()
-            .map(|m| {
-                let id = BasicCredential::try_from(m.credential)
-                    .map(|c| String::from_utf8_lossy(c.identity()).into_owned())
-                    .unwrap_or_default();
-                (m.index.u32(), id)
+            .map(|m| MemberCred {
+                leaf: m.index.u32(),
+                identity: basic_identity(&m.credential),
+                signature_key: m.signature_key,
             })
             .collect()
+    }
+
+    /// This member's signature public key.
+    pub fn signature_key(&self) -> &[u8] {
+        self.signer.public()
     }
 
     /// The group's verification code for the current epoch: 20 digits from the epoch
@@ -478,8 +602,8 @@ mod tests {
         assert_eq!(c.epoch, 0);
         assert_eq!(m[0].commit_accepted().unwrap(), 1);
         let welcome = c.welcome.clone().expect("adds make a Welcome");
-        assert_eq!(m[1].join(&welcome).unwrap(), 1);
-        assert_eq!(m[2].join(&welcome).unwrap(), 1);
+        assert_eq!(m[1].join(&welcome, |_| Ok(())).unwrap(), 1);
+        assert_eq!(m[2].join(&welcome, |_| Ok(())).unwrap(), 1);
         for i in 0..3 {
             f[i].install(t0, &keys(&m[i]));
         }
@@ -504,11 +628,11 @@ mod tests {
         m[1].commit_accepted().unwrap();
         for i in [0, 2] {
             assert_eq!(
-                m[i].process_commit(&c.commit).unwrap(),
+                m[i].process_commit(&c.commit, |_| Ok(())).unwrap(),
                 Processed::NewEpoch(2)
             );
         }
-        m[3].join(&c.welcome.unwrap()).unwrap();
+        m[3].join(&c.welcome.unwrap(), |_| Ok(())).unwrap();
         let t1 = t0 + Duration::from_millis(10);
         for i in 0..4 {
             f[i].install(t1, &keys(&m[i]));
@@ -530,14 +654,17 @@ mod tests {
         assert!(rm.welcome.is_none());
         m[0].commit_accepted().unwrap();
         assert_eq!(
-            m[1].process_commit(&rm.commit).unwrap(),
+            m[1].process_commit(&rm.commit, |_| Ok(())).unwrap(),
             Processed::NewEpoch(3)
         );
         assert_eq!(
-            m[3].process_commit(&rm.commit).unwrap(),
+            m[3].process_commit(&rm.commit, |_| Ok(())).unwrap(),
             Processed::NewEpoch(3)
         );
-        assert_eq!(m[2].process_commit(&rm.commit).unwrap(), Processed::Removed);
+        assert_eq!(
+            m[2].process_commit(&rm.commit, |_| Ok(())).unwrap(),
+            Processed::Removed
+        );
         assert!(!m[2].in_group());
         let t2 = t1 + Duration::from_millis(10);
         for i in [0, 1, 3] {
@@ -570,7 +697,7 @@ mod tests {
         a.create(b"call-y").unwrap();
         let add_b = a.commit(&[b.key_package().unwrap()], &[]).unwrap();
         a.commit_accepted().unwrap();
-        b.join(&add_b.welcome.unwrap()).unwrap();
+        b.join(&add_b.welcome.unwrap(), |_| Ok(())).unwrap();
         let kp_c = c.key_package().unwrap();
         let kp_d = d.key_package().unwrap();
         let from_a = a.commit(&[kp_c], &[]).unwrap();
@@ -584,14 +711,14 @@ mod tests {
         a.commit_accepted().unwrap();
         b.commit_refused().unwrap();
         assert_eq!(
-            b.process_commit(&from_a.commit).unwrap(),
+            b.process_commit(&from_a.commit, |_| Ok(())).unwrap(),
             Processed::NewEpoch(2)
         );
         let retry = b.commit(&[kp_d], &[]).unwrap();
         assert_eq!(retry.epoch, 2);
         b.commit_accepted().unwrap();
         assert_eq!(
-            a.process_commit(&retry.commit).unwrap(),
+            a.process_commit(&retry.commit, |_| Ok(())).unwrap(),
             Processed::NewEpoch(3)
         );
         assert_eq!(
@@ -600,6 +727,6 @@ mod tests {
         );
         assert_eq!(a.members().len(), 4);
         // A stale commit (epoch 1) is refused by the library, not merged.
-        assert!(a.process_commit(&from_b.commit).is_err());
+        assert!(a.process_commit(&from_b.commit, |_| Ok(())).is_err());
     }
 }
