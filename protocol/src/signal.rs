@@ -178,8 +178,8 @@ pub enum ServerMessage {
         epoch: u64,
         accepted: bool,
     },
-    /// MLS: a Welcome, sent to every participant waiting to join the group; the ones it
-    /// adds join from it.
+    /// MLS: a Welcome, sent only to the waiting participants whose KeyPackage it adds (the
+    /// relay matches KeyPackageRefs); they join from it.
     MlsWelcome {
         from: String,
         welcome: String,
@@ -244,6 +244,9 @@ pub enum ErrorCode {
     HelloTimeout,
     /// The join's E2EE scheme is not the call's (`e2ee_scheme`).
     E2eeSchemeMismatch,
+    /// An MLS message the relay, as Delivery Service, refuses: a KeyPackage that does not
+    /// parse, a commit from a non-member, `mls_joined` without a Welcome for that epoch...
+    MlsRefused,
     Internal,
 }
 
@@ -267,6 +270,7 @@ impl ErrorCode {
             ErrorCode::E2eeRequired => "e2ee_required",
             ErrorCode::E2eeCallIsOneToOne => "e2ee_call_is_one_to_one",
             ErrorCode::E2eeSchemeMismatch => "e2ee_scheme_mismatch",
+            ErrorCode::MlsRefused => "mls_refused",
             ErrorCode::E2eeCallRefusesBots => "e2ee_call_refuses_bots",
             ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
             ErrorCode::UnknownFeature => "unknown_feature",

@@ -104,6 +104,55 @@ impl DropReason {
     }
 }
 
+/// Why the relay, as MLS Delivery Service, refused a participant's MLS message. Each
+/// refusal is counted under one of these (and the participant gets `mls_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum MlsRefusal {
+    /// `mls_joined` from a participant not delivered a Welcome for that epoch.
+    JoinWithoutWelcome,
+    /// A commit from a participant who is not a member of the group.
+    CommitFromNonMember,
+    /// A KeyPackage that is not base64, does not parse, or has an unknown cipher suite.
+    BadKeyPackage,
+    /// A KeyPackage whose ref or signature key another waiting joiner's already has.
+    DuplicateKeyPackage,
+    /// A KeyPackage from a participant already in the group.
+    KeyPackageFromMember,
+    /// A commit that is not base64 or whose clear header is not a commit's.
+    BadCommit,
+    /// A commit for another MLS group than the call's.
+    WrongGroup,
+    /// A commit whose Welcome is not base64 or does not parse.
+    BadWelcome,
+}
+
+impl MlsRefusal {
+    pub const ALL: [MlsRefusal; 8] = [
+        MlsRefusal::JoinWithoutWelcome,
+        MlsRefusal::CommitFromNonMember,
+        MlsRefusal::BadKeyPackage,
+        MlsRefusal::DuplicateKeyPackage,
+        MlsRefusal::KeyPackageFromMember,
+        MlsRefusal::BadCommit,
+        MlsRefusal::WrongGroup,
+        MlsRefusal::BadWelcome,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MlsRefusal::JoinWithoutWelcome => "join_without_welcome",
+            MlsRefusal::CommitFromNonMember => "commit_from_non_member",
+            MlsRefusal::BadKeyPackage => "bad_key_package",
+            MlsRefusal::DuplicateKeyPackage => "duplicate_key_package",
+            MlsRefusal::KeyPackageFromMember => "key_package_from_member",
+            MlsRefusal::BadCommit => "bad_commit",
+            MlsRefusal::WrongGroup => "wrong_group",
+            MlsRefusal::BadWelcome => "bad_welcome",
+        }
+    }
+}
+
 /// Kinds of datagram on the media port, as labels (order = index).
 pub const KINDS: [&str; 5] = ["stun", "dtls", "rtp", "rtcp", "unknown"];
 
@@ -156,6 +205,7 @@ const M_CAPTURE_DROPPED: &str = "blindrelay_capture_dropped_total";
 const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
 const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
 const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
+const M_MLS_REFUSED: &str = "blindrelay_mls_refused_total";
 
 /// Pre-registered handles for everything the relay counts.
 pub struct Metrics {
@@ -168,6 +218,7 @@ pub struct Metrics {
     pub forwarded_bytes_rtp: Counter,
     pub forwarded_bytes_rtcp: Counter,
     dropped: [Counter; 19],
+    mls_refused: [Counter; 8],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
@@ -220,6 +271,8 @@ impl Metrics {
             forwarded_bytes_rtp: c(M_BYTES_FWD, vec![Label::new("kind", "rtp")]),
             forwarded_bytes_rtcp: c(M_BYTES_FWD, vec![Label::new("kind", "rtcp")]),
             dropped: DropReason::ALL.map(|r| c(M_DROPPED, vec![Label::new("reason", r.as_str())])),
+            mls_refused: MlsRefusal::ALL
+                .map(|r| c(M_MLS_REFUSED, vec![Label::new("reason", r.as_str())])),
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
@@ -242,6 +295,10 @@ impl Metrics {
             m.participants(role).set(0.0);
         }
         m.capture_active.set(0.0);
+        // Counters too: an alert on refusals sees 0 before the first one.
+        for c in &m.mls_refused {
+            c.increment(0);
+        }
         m.signalling_connections().set(0.0);
         m
     }
@@ -313,6 +370,11 @@ impl Metrics {
             "Recording, captions and transcription bots refused from E2EE calls, by role.",
         );
         d(
+            M_MLS_REFUSED,
+            None,
+            "MLS messages the relay (as Delivery Service) refused from a participant, by reason.",
+        );
+        d(
             M_POLICY_RELOADS,
             None,
             "Policy file reloads (file watcher, SIGHUP, admin API), by result (ok, rejected).",
@@ -365,6 +427,21 @@ impl Metrics {
     /// Count `n` datagrams dropped for one reason.
     pub fn dropped_n(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].increment(n);
+    }
+
+    /// Count one MLS message refused by the Delivery Service.
+    pub fn mls_refused(&self, reason: MlsRefusal) {
+        self.mls_refused[reason as usize].increment(1);
+    }
+
+    /// The count of MLS refusals for one reason so far, as scraped.
+    #[cfg(test)]
+    pub(crate) fn mls_refused_count(&self, reason: MlsRefusal) -> u64 {
+        let name = format!("{M_MLS_REFUSED}{{reason=\"{}\"}} ", reason.as_str());
+        self.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
     }
 
     pub fn dtls_handshake(&self, result: &'static str) -> Counter {

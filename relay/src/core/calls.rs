@@ -69,6 +69,9 @@ pub struct Call {
     pub members: BTreeMap<PeerId, Member>,
     /// An E2EE call's key scheme, chosen by its first joiner.
     pub scheme: Option<E2eeScheme>,
+    /// This E2EE call has had two participants at once, so keys may exist: it stays E2EE
+    /// however many leave (no unencrypted joiner, no bot, nobody told it is standard).
+    pub keyed: bool,
 }
 
 /// A successful join.
@@ -138,7 +141,9 @@ impl CallRegistry {
     /// E2EE call has one participant (no keys agreed yet), a joiner who does not encrypt
     /// turns it into a standard call, and the first participant is told why
     /// ([`Joined::downgraded`]), unless someone's policy is `Required`: then the joiner is
-    /// refused. Once two participants are in an E2EE call it is final: one-to-one, no bots.
+    /// refused. Once two participants have been in an E2EE call at once it is final, even
+    /// after all but one leave: no participant who does not encrypt, no bots (one-to-one
+    /// for the x25519 scheme).
     pub fn join(&mut self, req: JoinRequest) -> Result<Joined, (ErrorCode, String)> {
         if self.by_peer.contains_key(&req.peer) {
             return Err((ErrorCode::AlreadyJoined, "already in a call".into()));
@@ -183,6 +188,7 @@ impl CallRegistry {
                     worker,
                     members,
                     scheme: wants.then_some(req.e2ee_scheme),
+                    keyed: false,
                 },
             );
             self.by_peer.insert(req.peer, req.call);
@@ -232,8 +238,9 @@ impl CallRegistry {
                     }
                     _ => {}
                 }
-                if !wants && call.members.len() >= 2 {
-                    // Two members may have agreed keys already: never downgrade then.
+                if !wants && (call.members.len() >= 2 || call.keyed) {
+                    // Two members may have agreed keys already, now or earlier in the call
+                    // (its keys are still in use by whoever is left): never downgrade then.
                     return Err((
                         ErrorCode::E2eeRequired,
                         format!(
@@ -290,6 +297,9 @@ impl CallRegistry {
             .map(|(p, m)| (*p, m.info.clone()))
             .collect();
         call.members.insert(req.peer, member);
+        if call.mode == CallMode::E2ee && call.members.len() >= 2 {
+            call.keyed = true;
+        }
         let out = Joined {
             call_key: call.key,
             mode: call.mode,
@@ -351,6 +361,14 @@ impl CallRegistry {
                 Err(e)
             }
         }
+    }
+
+    /// The participants of call `call`, earliest joiner first (peer ids only grow).
+    pub fn participants(&self, call: &str) -> Vec<PeerId> {
+        self.calls
+            .get(call)
+            .map(|c| c.members.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Whether a call with this id is in progress.
@@ -615,6 +633,41 @@ mod tests {
             r.join(req(1, "user", false, Disabled)).unwrap_err().0,
             ErrorCode::AlreadyJoined
         );
+    }
+
+    /// A keyed call down to one participant is still final: an unencrypted joiner and a
+    /// bot are refused, and nobody is told the call is standard. Before it was keyed, the
+    /// same joiner downgrades it (provisional case).
+    #[test]
+    fn a_call_that_held_keys_stays_e2ee_whoever_leaves() {
+        for scheme in [E2eeScheme::X25519, E2eeScheme::Mls] {
+            let with = |peer, role: &str, e2ee| JoinRequest {
+                e2ee_scheme: scheme,
+                ..req(peer, role, e2ee, DisabledUserOverride)
+            };
+            let mut r = CallRegistry::new(1, 16);
+            r.join(with(1, "user", true)).unwrap();
+            r.join(with(2, "user", true)).unwrap();
+            assert_eq!(r.leave(1).unwrap().remaining, vec![2]);
+            let e = r.join(with(3, "user", false)).unwrap_err();
+            assert_eq!(e.0, ErrorCode::E2eeRequired, "{scheme:?}");
+            assert!(e.1.contains("never downgraded"), "{}", e.1);
+            assert_eq!(
+                r.join(with(4, "bot:recording", false)).unwrap_err().0,
+                ErrorCode::E2eeCallRefusesBots
+            );
+            assert_eq!(r.call_of(2).unwrap().2, CallMode::E2ee);
+            // An encrypting joiner is still welcome.
+            let j = r.join(with(5, "user", true)).unwrap();
+            assert_eq!((j.mode, j.downgraded.len()), (CallMode::E2ee, 0));
+            assert_eq!(r.participants("c"), vec![2, 5]);
+            // A call of the same id after everyone left starts provisional again.
+            r.leave(2);
+            r.leave(5);
+            r.join(with(6, "user", true)).unwrap();
+            let j = r.join(with(7, "user", false)).unwrap();
+            assert_eq!((j.mode, j.downgraded), (CallMode::Standard, vec![6]));
+        }
     }
 
     #[test]

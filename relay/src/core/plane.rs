@@ -13,7 +13,7 @@ use super::forward::PeerTables;
 use super::policy::CallingE2ee;
 use super::{CallKey, PeerId};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MlsRefusal};
 use crate::token::{self, Claims, TokenRules, TokenVerifier};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -319,8 +319,14 @@ struct Negotiation {
 }
 
 /// The relay as MLS Delivery Service for one group-E2EE call: it orders commits (the
-/// first of each epoch wins) and hands Welcomes to the participants waiting to join. It
-/// reads only an MLS message's clear header, and holds no keys.
+/// first of each epoch wins) and hands each Welcome to the waiting participants it adds.
+/// It reads only what MLS messages show in the clear, and holds no keys.
+///
+/// An honest relay so defends the members against a malicious participant: only a member
+/// commits; only a participant a Welcome was delivered to becomes a member, for the epoch
+/// that Welcome starts; a KeyPackage that does not parse never reaches a member; and the
+/// state lives while anyone is in the call, so someone is always told to (re)create the
+/// group.
 #[derive(Debug, Default)]
 struct MlsDs {
     /// The epoch whose commit is awaited.
@@ -328,8 +334,75 @@ struct MlsDs {
     group_id: Option<Vec<u8>>,
     /// In the group: its creator, and every joiner that reported `mls_joined`.
     members: BTreeSet<PeerId>,
-    /// Waiting for a Welcome, with their KeyPackage (at most one per participant).
-    waiting: BTreeMap<PeerId, String>,
+    /// Waiting for a Welcome (until `mls_joined`), with their KeyPackage (at most one per
+    /// participant).
+    waiting: BTreeMap<PeerId, WaitingKeyPackage>,
+    /// Delivered a Welcome: the epochs those Welcomes start (the last few). Only these
+    /// participants may say `mls_joined`, and only for one of these epochs.
+    welcomed: BTreeMap<PeerId, BTreeSet<u64>>,
+}
+
+/// Welcomes remembered per waiting participant: an honest group sends one.
+const WELCOMES_KEPT: usize = 8;
+
+/// A waiting joiner's KeyPackage, as sent, and what a Welcome adding it will name.
+#[derive(Debug)]
+struct WaitingKeyPackage {
+    blob: String,
+    reference: mls::KeyPackageRef,
+    signature_key: Vec<u8>,
+}
+
+/// What is wrong with an MLS blob.
+#[derive(Debug, thiserror::Error)]
+enum BlobError {
+    #[error("not base64")]
+    Base64,
+    #[error(transparent)]
+    Mls(#[from] mls::MlsFramingError),
+    #[error("not an MLS commit")]
+    NotCommit,
+}
+
+/// Why the Delivery Service refused a participant's MLS message: sent to it as
+/// `mls_refused` with this text, and counted by [`MlsRefusal`].
+#[derive(Debug, thiserror::Error)]
+enum MlsRefused {
+    #[error("no Welcome starting epoch {0} was delivered to this participant: it is not a member")]
+    JoinWithoutWelcome(u64),
+    #[error("only a member of the group commits")]
+    CommitFromNonMember,
+    #[error("bad KeyPackage: {0}")]
+    BadKeyPackage(BlobError),
+    #[error("another waiting participant published this KeyPackage or signature key")]
+    DuplicateKeyPackage,
+    #[error("already in the group")]
+    KeyPackageFromMember,
+    #[error("bad commit: {0}")]
+    BadCommit(BlobError),
+    #[error("a commit for another MLS group")]
+    WrongGroup,
+    #[error("bad Welcome: {0}")]
+    BadWelcome(BlobError),
+}
+
+impl MlsRefused {
+    fn reason(&self) -> MlsRefusal {
+        match self {
+            MlsRefused::JoinWithoutWelcome(_) => MlsRefusal::JoinWithoutWelcome,
+            MlsRefused::CommitFromNonMember => MlsRefusal::CommitFromNonMember,
+            MlsRefused::BadKeyPackage(_) => MlsRefusal::BadKeyPackage,
+            MlsRefused::DuplicateKeyPackage => MlsRefusal::DuplicateKeyPackage,
+            MlsRefused::KeyPackageFromMember => MlsRefusal::KeyPackageFromMember,
+            MlsRefused::BadCommit(_) => MlsRefusal::BadCommit,
+            MlsRefused::WrongGroup => MlsRefusal::WrongGroup,
+            MlsRefused::BadWelcome(_) => MlsRefusal::BadWelcome,
+        }
+    }
+}
+
+fn base64_blob(b: &str) -> Result<Vec<u8>, BlobError> {
+    BASE64.decode(b.as_bytes()).map_err(|_| BlobError::Base64)
 }
 
 #[derive(Debug)]
@@ -959,7 +1032,8 @@ impl ControlPlane {
         if joined.scheme == Some(E2eeScheme::Mls) {
             let ds = self.mls.entry(call.clone()).or_default();
             if joined.others.is_empty() {
-                // The first joiner creates the group (epoch 0).
+                // The first joiner creates the group (epoch 0): `joined` with nobody else
+                // tells it to.
                 *ds = MlsDs::default();
                 ds.members.insert(peer);
             }
@@ -1196,18 +1270,50 @@ impl ControlPlane {
             .collect()
     }
 
-    /// A joiner's KeyPackage: kept until its Welcome, and passed to the group's members.
+    /// Refuse a participant's MLS message: it is told why, and the refusal is counted.
+    fn refuse_mls(&mut self, conn: ConnId, why: MlsRefused) {
+        let reason = why.reason();
+        self.metrics.mls_refused(reason);
+        debug!(reason = reason.as_str(), "MLS message refused");
+        self.error(conn, ErrorCode::MlsRefused, why.to_string());
+    }
+
+    /// A joiner's KeyPackage: parsed and its KeyPackageRef computed now (one that does not
+    /// parse is refused here, before any member could try to commit it), kept until its
+    /// owner joins, and passed to the group's members.
     fn mls_key_package(&mut self, conn: ConnId, blob: String) {
         let Some((peer, call, from)) = self.mls_call_of(conn) else {
             return;
+        };
+        let parsed = base64_blob(&blob).and_then(|raw| {
+            let kp = mls::parse_key_package(&raw)?;
+            Ok((kp.reference()?, kp.signature_key.to_vec()))
+        });
+        let (reference, signature_key) = match parsed {
+            Ok(p) => p,
+            Err(e) => return self.refuse_mls(conn, MlsRefused::BadKeyPackage(e)),
         };
         let Some(ds) = self.mls.get_mut(&call) else {
             return;
         };
         if ds.members.contains(&peer) {
-            return self.error(conn, ErrorCode::BadRequest, "already in the group".into());
+            return self.refuse_mls(conn, MlsRefused::KeyPackageFromMember);
         }
-        ds.waiting.insert(peer, blob.clone());
+        // The same KeyPackage (or signing key) under two participants could only fail a
+        // commit adding both, or be welcomed for the wrong one.
+        if ds.waiting.iter().any(|(p, w)| {
+            *p != peer && (w.reference == reference || w.signature_key == signature_key)
+        }) {
+            return self.refuse_mls(conn, MlsRefused::DuplicateKeyPackage);
+        }
+        ds.waiting.insert(
+            peer,
+            WaitingKeyPackage {
+                blob: blob.clone(),
+                reference,
+                signature_key,
+            },
+        );
         // Those waiting get it too: whoever is in the group by the time it commits may
         // be the committer.
         let others: Vec<PeerId> = ds
@@ -1229,39 +1335,34 @@ impl ControlPlane {
     }
 
     /// A member's commit: the first of its epoch is accepted and goes to every other
-    /// member (its Welcome to everyone waiting); a later one for that epoch is refused.
-    /// Only the clear header is read: group id, epoch, content type.
+    /// member and waiting joiner, and its Welcome to the waiting joiners whose
+    /// KeyPackageRef it names; a later one for that epoch is refused. Only clear parts
+    /// are read: the commit's group id, epoch and content type, the Welcome's refs.
     fn mls_commit(&mut self, conn: ConnId, commit: String, welcome: Option<String>) {
         let Some((peer, call, from)) = self.mls_call_of(conn) else {
             return;
         };
-        let raw = match BASE64.decode(commit.as_bytes()) {
+        let raw = match base64_blob(&commit) {
             Ok(r) => r,
-            Err(_) => {
-                return self.error(conn, ErrorCode::BadRequest, "commit is not base64".into())
-            }
+            Err(e) => return self.refuse_mls(conn, MlsRefused::BadCommit(e)),
         };
         let framing = match mls::parse_framing(&raw) {
             Ok(f) if f.content_type == mls::CONTENT_COMMIT => f,
-            Ok(_) => return self.error(conn, ErrorCode::BadRequest, "not an MLS commit".into()),
-            Err(e) => return self.error(conn, ErrorCode::BadRequest, e.to_string()),
+            Ok(_) => return self.refuse_mls(conn, MlsRefused::BadCommit(BlobError::NotCommit)),
+            Err(e) => return self.refuse_mls(conn, MlsRefused::BadCommit(e.into())),
         };
-        let Some(ds) = self.mls.get_mut(&call) else {
+        let Some(ds) = self.mls.get(&call) else {
             return;
         };
         if !ds.members.contains(&peer) {
-            return self.error(
-                conn,
-                ErrorCode::BadRequest,
-                "only a member of the group commits".into(),
-            );
+            return self.refuse_mls(conn, MlsRefused::CommitFromNonMember);
         }
         if ds
             .group_id
             .as_deref()
             .is_some_and(|g| g != framing.group_id)
         {
-            return self.error(conn, ErrorCode::BadRequest, "another MLS group".into());
+            return self.refuse_mls(conn, MlsRefused::WrongGroup);
         }
         let epoch = framing.epoch;
         if epoch != ds.epoch {
@@ -1273,8 +1374,36 @@ impl ControlPlane {
                 },
             );
         }
+        // Whom the Welcome adds, before accepting anything: a commit whose Welcome does
+        // not parse would move the group on without its joiners.
+        let welcomed: Vec<PeerId> = match welcome.as_deref().map(|w| {
+            let raw = base64_blob(w)?;
+            let parsed = mls::parse_welcome(&raw)?;
+            let named: BTreeSet<&[u8]> = parsed.new_members().collect();
+            Ok::<_, BlobError>(
+                ds.waiting
+                    .iter()
+                    .filter(|(_, w)| named.contains(&w.reference[..]))
+                    .map(|(p, _)| *p)
+                    .collect(),
+            )
+        }) {
+            None => Vec::new(),
+            Some(Ok(w)) => w,
+            Some(Err(e)) => return self.refuse_mls(conn, MlsRefused::BadWelcome(e)),
+        };
+        let Some(ds) = self.mls.get_mut(&call) else {
+            return;
+        };
         ds.group_id.get_or_insert_with(|| framing.group_id.to_vec());
         ds.epoch += 1;
+        for p in &welcomed {
+            let epochs = ds.welcomed.entry(*p).or_default();
+            epochs.insert(ds.epoch);
+            while epochs.len() > WELCOMES_KEPT {
+                epochs.pop_first();
+            }
+        }
         // Commits go to those waiting as well: one accepted between a joiner's Welcome
         // and its `mls_joined` must reach it (it ignores those from before its epoch).
         let others: Vec<PeerId> = ds
@@ -1284,7 +1413,6 @@ impl ControlPlane {
             .copied()
             .filter(|p| *p != peer)
             .collect();
-        let waiting: Vec<PeerId> = ds.waiting.keys().copied().collect();
         self.send(
             conn,
             ServerMessage::MlsCommitResult {
@@ -1303,7 +1431,7 @@ impl ControlPlane {
             );
         }
         if let Some(welcome) = welcome {
-            for c in self.conns_of(waiting) {
+            for c in self.conns_of(welcomed) {
                 self.send(
                     c,
                     ServerMessage::MlsWelcome {
@@ -1315,7 +1443,9 @@ impl ControlPlane {
         }
     }
 
-    /// A waiting joiner is in the group now.
+    /// A waiting joiner is in the group now: only if a Welcome starting that epoch was
+    /// delivered to it. (A participant that merely claims membership could otherwise get
+    /// a garbage commit accepted as the epoch's, and freeze the real members there.)
     fn mls_joined(&mut self, conn: ConnId, epoch: u64) {
         let Some((peer, call, _)) = self.mls_call_of(conn) else {
             return;
@@ -1323,33 +1453,52 @@ impl ControlPlane {
         let Some(ds) = self.mls.get_mut(&call) else {
             return;
         };
-        if epoch > ds.epoch || ds.waiting.remove(&peer).is_none() {
-            let msg = format!("not waiting to join, or epoch {epoch} is ahead of the group");
-            return self.error(conn, ErrorCode::BadRequest, msg);
+        let welcomed = ds.welcomed.get(&peer).is_some_and(|e| e.contains(&epoch));
+        if !welcomed || ds.members.contains(&peer) {
+            return self.refuse_mls(conn, MlsRefused::JoinWithoutWelcome(epoch));
         }
+        ds.welcomed.remove(&peer);
+        ds.waiting.remove(&peer);
         ds.members.insert(peer);
     }
 
-    /// `peer` left an MLS call. If no member of the group is left, the earliest waiting
-    /// joiner starts it anew and gets the others' KeyPackages.
+    /// `peer` left an MLS call. If no member of the group is left but someone is still in
+    /// the call, the earliest of them (whether or not its KeyPackage arrived) starts the
+    /// group anew and gets the waiting KeyPackages. The state goes with the call's last
+    /// participant, so a later joiner is never left without a group to be added to.
     fn mls_left(&mut self, call: &str, peer: PeerId) {
         let Some(ds) = self.mls.get_mut(call) else {
             return;
         };
         ds.members.remove(&peer);
         ds.waiting.remove(&peer);
+        ds.welcomed.remove(&peer);
         if !ds.members.is_empty() {
             return;
         }
-        let Some((&first, _)) = ds.waiting.iter().next() else {
+        // Only participants with a session: one whose join is still being admitted (a
+        // replacing join) creates the group itself if it is alone.
+        let first = self
+            .registry
+            .participants(call)
+            .into_iter()
+            .find(|p| *p != peer && self.sessions.contains_key(p));
+        let (Some(first), Some(ds)) = (first, self.mls.get_mut(call)) else {
             self.mls.remove(call);
             return;
         };
         ds.waiting.remove(&first);
+        // Welcomes into the old group are void: a joiner welcomed but not yet joined is
+        // added again (its KeyPackage stays waiting).
+        ds.welcomed.clear();
         ds.members.insert(first);
         ds.epoch = 0;
         ds.group_id = None;
-        let kps: Vec<(PeerId, String)> = ds.waiting.iter().map(|(p, b)| (*p, b.clone())).collect();
+        let kps: Vec<(PeerId, String)> = ds
+            .waiting
+            .iter()
+            .map(|(p, w)| (*p, w.blob.clone()))
+            .collect();
         let Some(conn) = self.sessions.get(&first).map(|s| s.conn) else {
             return;
         };
@@ -2465,10 +2614,559 @@ mod tests {
         BASE64.encode(m)
     }
 
-    /// The relay as MLS Delivery Service: KeyPackages go to the members, the first commit
-    /// of an epoch wins and the others are refused, Welcomes reach those waiting, a keyed
-    /// group call is never downgraded, schemes must match, and a group whose members all
-    /// left is restarted by the earliest waiting joiner.
+    /// Real MLS members (openmls, the clients' suite 0x0001) for the Delivery Service
+    /// tests: real KeyPackages, commits and Welcomes, so the relay's parsers and refs are
+    /// checked against what clients send.
+    mod real_mls {
+        use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+        use openmls::prelude::*;
+        use openmls_basic_credential::SignatureKeyPair;
+        use openmls_rust_crypto::OpenMlsRustCrypto;
+
+        const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+        pub struct Member {
+            provider: OpenMlsRustCrypto,
+            signer: SignatureKeyPair,
+            credential: CredentialWithKey,
+            group: Option<MlsGroup>,
+        }
+
+        impl Member {
+            pub fn new(identity: &str) -> Member {
+                let provider = OpenMlsRustCrypto::default();
+                let signer =
+                    SignatureKeyPair::new(SUITE.signature_algorithm()).expect("a signing key");
+                signer.store(provider.storage()).expect("stored");
+                let credential = CredentialWithKey {
+                    credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
+                    signature_key: signer.public().into(),
+                };
+                Member {
+                    provider,
+                    signer,
+                    credential,
+                    group: None,
+                }
+            }
+
+            /// A KeyPackage as clients send it: a serialised MLSMessage.
+            pub fn key_package(&self) -> Vec<u8> {
+                let bundle = KeyPackage::builder()
+                    .build(SUITE, &self.provider, &self.signer, self.credential.clone())
+                    .expect("a KeyPackage");
+                MlsMessageOut::from(bundle.key_package().clone())
+                    .tls_serialize_detached()
+                    .expect("serialises")
+            }
+
+            pub fn create(&mut self, group_id: &[u8]) {
+                let config = MlsGroupCreateConfig::builder()
+                    .ciphersuite(SUITE)
+                    .use_ratchet_tree_extension(true)
+                    .build();
+                self.group = Some(
+                    MlsGroup::new_with_group_id(
+                        &self.provider,
+                        &self.signer,
+                        &config,
+                        GroupId::from_slice(group_id),
+                        self.credential.clone(),
+                    )
+                    .expect("a group"),
+                );
+            }
+
+            /// A pending commit adding the owners of `key_packages`: (commit, Welcome).
+            pub fn commit(&mut self, key_packages: &[Vec<u8>]) -> (Vec<u8>, Option<Vec<u8>>) {
+                let kps = key_packages
+                    .iter()
+                    .map(|kp| {
+                        let msg = MlsMessageIn::tls_deserialize_exact(kp).expect("a message");
+                        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+                            panic!("not a KeyPackage");
+                        };
+                        kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                            .expect("valid")
+                    })
+                    .collect::<Vec<_>>();
+                let (provider, signer) = (&self.provider, &self.signer);
+                let group = self.group.as_mut().expect("in a group");
+                let bundle = group
+                    .commit_builder()
+                    .propose_adds(kps)
+                    .load_psks(provider.storage())
+                    .expect("psks")
+                    .build(provider.rand(), provider.crypto(), signer, |_| true)
+                    .expect("built")
+                    .stage_commit(provider)
+                    .expect("staged");
+                let (commit, welcome, _) = bundle.into_contents();
+                (
+                    commit.tls_serialize_detached().expect("serialises"),
+                    welcome.map(|w| {
+                        MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10)
+                            .tls_serialize_detached()
+                            .expect("serialises")
+                    }),
+                )
+            }
+
+            pub fn accepted(&mut self) {
+                let group = self.group.as_mut().expect("in a group");
+                group.merge_pending_commit(&self.provider).expect("merged");
+            }
+
+            pub fn refused(&mut self) {
+                let group = self.group.as_mut().expect("in a group");
+                group
+                    .clear_pending_commit(self.provider.storage())
+                    .expect("cleared");
+            }
+
+            /// Join from a Welcome: the epoch it starts.
+            pub fn join(&mut self, welcome: &[u8]) -> u64 {
+                let msg = MlsMessageIn::tls_deserialize_exact(welcome).expect("a message");
+                let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+                    panic!("not a Welcome");
+                };
+                let config = MlsGroupJoinConfig::builder()
+                    .use_ratchet_tree_extension(true)
+                    .build();
+                let group = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+                    .expect("a Welcome for this member")
+                    .into_group(&self.provider)
+                    .expect("a group");
+                let epoch = group.epoch().as_u64();
+                self.group = Some(group);
+                epoch
+            }
+
+            /// Apply another member's commit.
+            pub fn process(&mut self, commit: &[u8]) {
+                let msg = MlsMessageIn::tls_deserialize_exact(commit).expect("a message");
+                let msg = msg
+                    .try_into_protocol_message()
+                    .expect("a handshake message");
+                let provider = &self.provider;
+                let group = self.group.as_mut().expect("in a group");
+                let processed = group.process_message(provider, msg).expect("processed");
+                let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+                else {
+                    panic!("not a commit");
+                };
+                group
+                    .merge_staged_commit(provider, *staged)
+                    .expect("merged");
+            }
+
+            pub fn epoch(&self) -> u64 {
+                self.group.as_ref().expect("in a group").epoch().as_u64()
+            }
+
+            pub fn authenticator(&self) -> Vec<u8> {
+                let g = self.group.as_ref().expect("in a group");
+                g.epoch_authenticator().as_slice().to_vec()
+            }
+        }
+
+        /// openmls's own KeyPackageRef of a serialised KeyPackage message.
+        pub fn openmls_ref(key_package: &[u8]) -> Vec<u8> {
+            let msg = MlsMessageIn::tls_deserialize_exact(key_package).expect("a message");
+            let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+                panic!("not a KeyPackage");
+            };
+            let provider = OpenMlsRustCrypto::default();
+            let kp = kp
+                .validate(provider.crypto(), ProtocolVersion::Mls10)
+                .expect("valid");
+            kp.hash_ref(provider.crypto())
+                .expect("a ref")
+                .as_slice()
+                .to_vec()
+        }
+
+        /// The refs openmls reads from a serialised Welcome message.
+        pub fn openmls_welcome_refs(welcome: &[u8]) -> Vec<Vec<u8>> {
+            let msg = MlsMessageIn::tls_deserialize_exact(welcome).expect("a message");
+            let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+                panic!("not a Welcome");
+            };
+            welcome
+                .secrets()
+                .iter()
+                .map(|s| s.new_member().as_slice().to_vec())
+                .collect()
+        }
+    }
+
+    fn kp_of(m: &real_mls::Member) -> (Vec<u8>, String) {
+        let kp = m.key_package();
+        let b64 = BASE64.encode(&kp);
+        (kp, b64)
+    }
+
+    fn commit_of(commit: &[u8], welcome: Option<&[u8]>) -> ClientMessage {
+        ClientMessage::MlsCommit {
+            commit: BASE64.encode(commit),
+            welcome: welcome.map(|w| BASE64.encode(w)),
+        }
+    }
+
+    fn welcome_in(m: &[ServerMessage]) -> Option<Vec<u8>> {
+        m.iter().find_map(|m| match m {
+            ServerMessage::MlsWelcome { welcome, .. } => {
+                Some(BASE64.decode(welcome).expect("base64"))
+            }
+            _ => None,
+        })
+    }
+
+    fn commit_in(m: &[ServerMessage], epoch: u64) -> Vec<u8> {
+        m.iter()
+            .find_map(|m| match m {
+                ServerMessage::MlsCommit {
+                    epoch: e, commit, ..
+                } if *e == epoch => Some(BASE64.decode(commit).expect("base64")),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no commit of epoch {epoch} in {m:?}"))
+    }
+
+    fn refused(m: &[ServerMessage]) -> String {
+        match m.last() {
+            Some(ServerMessage::Error {
+                code: ErrorCode::MlsRefused,
+                message,
+            }) => message.clone(),
+            other => panic!("expected mls_refused, got {other:?}"),
+        }
+    }
+
+    fn join_mls(h: &mut H, conn: ConnId, call: &str) -> Vec<ServerMessage> {
+        h.text(
+            conn,
+            &ClientMessage::Join {
+                call: call.into(),
+                e2ee_enabled: true,
+                offer_sdp: offer(conn as u32),
+                e2ee_scheme: E2eeScheme::Mls,
+            },
+        );
+        h.take(conn)
+    }
+
+    /// The relay's KeyPackageRefs and Welcome parser agree with openmls: a Welcome adding
+    /// two of three waiting KeyPackages names exactly those two refs.
+    #[test]
+    fn key_package_refs_and_welcome_match_openmls() {
+        let mut a = real_mls::Member::new("a");
+        a.create(b"call/refs");
+        let joiners: Vec<real_mls::Member> = ["b", "c", "d"]
+            .iter()
+            .map(|n| real_mls::Member::new(n))
+            .collect();
+        let kps: Vec<Vec<u8>> = joiners.iter().map(real_mls::Member::key_package).collect();
+        let refs: Vec<mls::KeyPackageRef> = kps
+            .iter()
+            .map(|kp| {
+                let parsed = mls::parse_key_package(kp).expect("a KeyPackage parses");
+                assert_eq!(
+                    parsed.cipher_suite,
+                    mls::SUITE_X25519_AES128GCM_SHA256_ED25519
+                );
+                let r = parsed.reference().expect("suite 1 has a ref");
+                assert_eq!(
+                    r.to_vec(),
+                    real_mls::openmls_ref(kp),
+                    "the ref is openmls's"
+                );
+                r
+            })
+            .collect();
+        let (commit, welcome) = a.commit(&kps[..2]);
+        let welcome = welcome.expect("adds have a Welcome");
+        let parsed = mls::parse_welcome(&welcome).expect("a Welcome parses");
+        assert_eq!(parsed.cipher_suite, 1);
+        assert_eq!(parsed.count, 2);
+        let named: BTreeSet<&[u8]> = parsed.new_members().collect();
+        let want: BTreeSet<&[u8]> = refs[..2].iter().map(|r| &r[..]).collect();
+        assert_eq!(named, want);
+        assert!(!named.contains(&refs[2][..]));
+        let theirs: BTreeSet<Vec<u8>> = real_mls::openmls_welcome_refs(&welcome)
+            .into_iter()
+            .collect();
+        assert_eq!(theirs, named.iter().map(|r| r.to_vec()).collect());
+        // The commit's header reads as before; a KeyPackage is not a Welcome or a commit.
+        let f = mls::parse_framing(&commit).expect("a commit's header");
+        assert_eq!((f.group_id, f.epoch), (&b"call/refs"[..], 0));
+        assert!(mls::parse_welcome(&kps[0]).is_err());
+        assert!(mls::parse_key_package(&welcome).is_err());
+        assert!(mls::parse_framing(&kps[0]).is_err());
+    }
+
+    /// A Welcome reaches only the joiners it adds; `mls_joined` is taken only from one a
+    /// Welcome for that epoch was delivered to; commits only from members. The attack of
+    /// issue 18: a waiting joiner never added claims `mls_joined` and sends a garbage
+    /// commit: both refused and counted, and the real members go on to the next epochs.
+    #[test]
+    fn mls_joined_needs_a_delivered_welcome_and_commits_a_member() {
+        let mut h = H::new();
+        for (c, u) in [(1, "a"), (2, "b"), (3, "c"), (4, "mallory")] {
+            h.hello(c, u, None, "user");
+        }
+        let metrics = h.p.metrics.clone();
+        join_mls(&mut h, 1, "g");
+        let mut a = real_mls::Member::new("a");
+        a.create(b"g/1");
+        let mut b = real_mls::Member::new("b");
+        let mut c = real_mls::Member::new("c");
+        let mallory = real_mls::Member::new("mallory");
+        for conn in [2, 3, 4] {
+            join_mls(&mut h, conn, "g");
+        }
+        h.take(1);
+        // A KeyPackage that does not parse never reaches a member.
+        for blob in ["!!".to_string(), BASE64.encode(b"\x00\x01\x00\x05garbage")] {
+            h.text(4, &ClientMessage::MlsKeyPackage { blob });
+            assert!(refused(&h.take(4)).starts_with("bad KeyPackage"));
+        }
+        assert_eq!(metrics.mls_refused_count(MlsRefusal::BadKeyPackage), 2);
+        assert!(h.take(1).is_empty());
+        let (kp_b, kp_b64) = kp_of(&b);
+        h.text(2, &ClientMessage::MlsKeyPackage { blob: kp_b64 });
+        let (kp_c, kp_c64) = kp_of(&c);
+        h.text(3, &ClientMessage::MlsKeyPackage { blob: kp_c64 });
+        let (_, kp_m64) = kp_of(&mallory);
+        h.text(
+            4,
+            &ClientMessage::MlsKeyPackage {
+                blob: kp_m64.clone(),
+            },
+        );
+        // The same KeyPackage under another participant is refused.
+        h.text(3, &ClientMessage::MlsKeyPackage { blob: kp_m64 });
+        assert!(refused(&h.take(3)).contains("another waiting participant"));
+        assert_eq!(
+            metrics.mls_refused_count(MlsRefusal::DuplicateKeyPackage),
+            1
+        );
+        let to_a = h.take(1);
+        assert_eq!(
+            to_a.iter()
+                .filter(|m| matches!(m, ServerMessage::MlsKeyPackage { .. }))
+                .count(),
+            3,
+            "{to_a:?}"
+        );
+        // a adds b only: b alone gets the Welcome; c and mallory get just the commit.
+        let (commit0, welcome_b) = a.commit(std::slice::from_ref(&kp_b));
+        h.text(1, &commit_of(&commit0, welcome_b.as_deref()));
+        assert!(matches!(
+            &h.take(1)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 0,
+                accepted: true
+            }]
+        ));
+        a.accepted();
+        let to_b = h.take(2);
+        let w = welcome_in(&to_b).expect("b is added: its Welcome");
+        assert_eq!(Some(&w), welcome_b.as_ref());
+        for conn in [3, 4] {
+            let m = h.take(conn);
+            assert!(welcome_in(&m).is_none(), "{conn}: {m:?}");
+            commit_in(&m, 0);
+        }
+        // The attack: mallory, never added, says it joined at epoch 1 (a member's
+        // epoch) and sends a well-formed commit of garbage for it.
+        h.text(4, &ClientMessage::MlsJoined { epoch: 1 });
+        assert!(refused(&h.take(4)).contains("epoch 1"));
+        h.text(
+            4,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g/1", 1),
+                welcome: None,
+            },
+        );
+        assert_eq!(refused(&h.take(4)), "only a member of the group commits");
+        assert_eq!(metrics.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 1);
+        assert_eq!(
+            metrics.mls_refused_count(MlsRefusal::CommitFromNonMember),
+            1
+        );
+        for conn in [1, 2, 3] {
+            assert!(h.take(conn).is_empty(), "{conn} is told nothing");
+        }
+        // b joins from its Welcome, at the epoch it starts (a wrong epoch is refused).
+        assert_eq!(b.join(&w), 1);
+        h.text(2, &ClientMessage::MlsJoined { epoch: 2 });
+        refused(&h.take(2));
+        h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
+        assert!(h.take(2).is_empty());
+        // ...once: it is a member now.
+        h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
+        refused(&h.take(2));
+        // The group goes on: b (a member now) commits epoch 1 adding c, a applies it.
+        let (commit1, welcome_c) = b.commit(std::slice::from_ref(&kp_c));
+        h.text(2, &commit_of(&commit1, welcome_c.as_deref()));
+        assert!(matches!(
+            &h.take(2)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 1,
+                accepted: true
+            }]
+        ));
+        b.accepted();
+        a.process(&commit_in(&h.take(1), 1));
+        let to_c = h.take(3);
+        assert_eq!(c.join(&welcome_in(&to_c).expect("c's Welcome")), 2);
+        let to_m = h.take(4);
+        assert!(welcome_in(&to_m).is_none(), "{to_m:?}");
+        // mallory claims the epoch c's Welcome started: still not delivered to it.
+        h.text(4, &ClientMessage::MlsJoined { epoch: 2 });
+        refused(&h.take(4));
+        h.text(3, &ClientMessage::MlsJoined { epoch: 2 });
+        assert!(h.take(3).is_empty());
+        // And on: a commits epoch 2 (adding nobody), everyone applies it.
+        let (commit2, none) = a.commit(&[]);
+        assert!(none.is_none());
+        h.text(1, &commit_of(&commit2, None));
+        assert!(matches!(
+            &h.take(1)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 2,
+                accepted: true
+            }]
+        ));
+        a.accepted();
+        b.process(&commit_in(&h.take(2), 2));
+        c.process(&commit_in(&h.take(3), 2));
+        assert_eq!((a.epoch(), b.epoch(), c.epoch()), (3, 3, 3));
+        assert_eq!(a.authenticator(), b.authenticator());
+        assert_eq!(a.authenticator(), c.authenticator());
+        assert_eq!(metrics.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 4);
+        // Every reason has a series from the start.
+        let text = metrics.render();
+        for r in MlsRefusal::ALL {
+            let series = format!("blindrelay_mls_refused_total{{reason=\"{}\"}}", r.as_str());
+            assert!(text.contains(&series), "{series}");
+        }
+    }
+
+    /// The group's state lives while anyone is in the call: when its last member leaves,
+    /// the earliest remaining participant, whose KeyPackage has not even arrived, is told
+    /// to create it anew and gets the waiting KeyPackages; the state goes with the call's
+    /// last participant. A call that held keys stays E2EE with one member left: no
+    /// unencrypted joiner, no bot, and nobody is told it is standard.
+    #[test]
+    fn mls_group_state_lives_while_anyone_waits_and_keyed_calls_stay_e2ee() {
+        let mut h = H::new();
+        for (c, u) in [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")] {
+            h.hello(c, u, None, "user");
+        }
+        h.hello(6, "rec", None, "bot:recording");
+        join_mls(&mut h, 1, "g");
+        let mut a = real_mls::Member::new("a");
+        a.create(b"g/1");
+        join_mls(&mut h, 2, "g");
+        let mut b = real_mls::Member::new("b");
+        let (kp_b, kp_b64) = kp_of(&b);
+        h.text(2, &ClientMessage::MlsKeyPackage { blob: kp_b64 });
+        let (commit0, welcome) = a.commit(&[kp_b]);
+        h.text(1, &commit_of(&commit0, welcome.as_deref()));
+        a.accepted();
+        b.join(&welcome_in(&h.take(2)).expect("b's Welcome"));
+        h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
+        h.take(1);
+        // Keyed and down to a: no unencrypted joiner, no bot; a hears of no downgrade.
+        h.text(2, &ClientMessage::Leave);
+        assert_eq!(error_code(&h.join(3, "g", false)), ErrorCode::E2eeRequired);
+        h.text(
+            6,
+            &ClientMessage::Join {
+                call: "g".into(),
+                e2ee_enabled: false,
+                offer_sdp: offer(6),
+                e2ee_scheme: E2eeScheme::X25519,
+            },
+        );
+        assert_eq!(error_code(&h.take(6)), ErrorCode::E2eeCallRefusesBots);
+        let to_a = h.take(1);
+        assert!(
+            !to_a
+                .iter()
+                .any(|m| matches!(m, ServerMessage::CallModeChanged { .. })),
+            "{to_a:?}"
+        );
+        // c joins (its KeyPackage not sent yet), then d, who publishes one; a leaves.
+        assert!(matches!(
+            joined_mode(&join_mls(&mut h, 3, "g")),
+            CallMode::E2ee
+        ));
+        join_mls(&mut h, 4, "g");
+        let d = real_mls::Member::new("d");
+        let (kp_d, kp_d64) = kp_of(&d);
+        h.text(
+            4,
+            &ClientMessage::MlsKeyPackage {
+                blob: kp_d64.clone(),
+            },
+        );
+        h.text(1, &ClientMessage::Leave);
+        let to_c = h.take(3);
+        let create = to_c
+            .iter()
+            .position(|m| matches!(m, ServerMessage::MlsCreate {}))
+            .unwrap_or_else(|| panic!("no mls_create in {to_c:?}"));
+        assert!(
+            matches!(&to_c[create + 1], ServerMessage::MlsKeyPackage { blob, .. } if *blob == kp_d64),
+            "{to_c:?}"
+        );
+        assert!(!h
+            .take(4)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::MlsCreate {})));
+        // c's own KeyPackage, arriving late, is refused: it is the group now.
+        let mut c = real_mls::Member::new("c");
+        let (_, kp_c64) = kp_of(&c);
+        h.text(3, &ClientMessage::MlsKeyPackage { blob: kp_c64 });
+        assert_eq!(refused(&h.take(3)), "already in the group");
+        // c creates the group anew (epoch 0, a new group id) and adds d.
+        c.create(b"g/2");
+        let (commit, welcome) = c.commit(&[kp_d]);
+        h.text(3, &commit_of(&commit, welcome.as_deref()));
+        assert!(matches!(
+            &h.take(3)[..],
+            [ServerMessage::MlsCommitResult {
+                epoch: 0,
+                accepted: true
+            }]
+        ));
+        assert!(welcome_in(&h.take(4)).is_some());
+        // The call keeps its state while anyone is in it, and drops it with the last.
+        h.text(3, &ClientMessage::Leave);
+        assert!(h.p.mls.contains_key("g"));
+        let to_d = h.take(4);
+        assert!(
+            to_d.iter()
+                .any(|m| matches!(m, ServerMessage::MlsCreate {})),
+            "{to_d:?}"
+        );
+        h.text(4, &ClientMessage::Leave);
+        assert!(!h.p.mls.contains_key("g"));
+        // A new call of that id starts provisional again, and its first joiner creates.
+        let e = join_mls(&mut h, 5, "g");
+        assert!(
+            matches!(&e[0], ServerMessage::Joined { participants, .. } if participants.is_empty())
+        );
+        assert!(h.p.mls["g"].members.contains(&h.peer_of(5)));
+    }
+
+    /// The relay as MLS Delivery Service, with real MLS members: KeyPackages go to the
+    /// members, the first commit of an epoch wins and the others are refused, a Welcome
+    /// reaches the joiner it adds, a keyed group call is never downgraded, schemes must
+    /// match, and a group whose members all left is restarted by the earliest participant.
     #[test]
     fn mls_delivery_service_orders_commits_per_epoch() {
         let mut h = H::new();
@@ -2487,11 +3185,13 @@ mod tests {
             );
             h.take(conn)
         };
-        let a = join(&mut h, 1, true, E2eeScheme::Mls);
+        let a0 = join(&mut h, 1, true, E2eeScheme::Mls);
         assert!(
-            matches!(&a[0], ServerMessage::Joined { e2ee_scheme: Some(E2eeScheme::Mls), participants, .. } if participants.is_empty()),
-            "{a:?}"
+            matches!(&a0[0], ServerMessage::Joined { e2ee_scheme: Some(E2eeScheme::Mls), participants, .. } if participants.is_empty()),
+            "{a0:?}"
         );
+        let mut a = real_mls::Member::new("a");
+        a.create(b"g1");
         // A one-to-one joiner cannot enter a group call.
         assert_eq!(
             error_code(&join(&mut h, 5, true, E2eeScheme::X25519)),
@@ -2501,17 +3201,19 @@ mod tests {
         h.take(1);
         // b's KeyPackage reaches a; a's commit for epoch 0 is accepted, its Welcome
         // reaches b.
+        let mut b = real_mls::Member::new("b");
+        let (kp_b, kp_b64) = kp_of(&b);
         h.text(
             2,
             &ClientMessage::MlsKeyPackage {
-                blob: "kp-b".into(),
+                blob: kp_b64.clone(),
             },
         );
         assert!(h
             .take(1)
             .iter()
-            .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-b")));
-        // b is not a member yet: its commit is refused as a request.
+            .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if *blob == kp_b64)));
+        // b is not a member yet: its commit is refused.
         h.text(
             2,
             &ClientMessage::MlsCommit {
@@ -2519,14 +3221,9 @@ mod tests {
                 welcome: None,
             },
         );
-        assert_eq!(error_code(&h.take(2)), ErrorCode::BadRequest);
-        h.text(
-            1,
-            &ClientMessage::MlsCommit {
-                commit: commit_b64(b"g1", 0),
-                welcome: Some("welcome-b".into()),
-            },
-        );
+        assert_eq!(refused(&h.take(2)), "only a member of the group commits");
+        let (commit0, welcome_b) = a.commit(&[kp_b]);
+        h.text(1, &commit_of(&commit0, welcome_b.as_deref()));
         assert!(matches!(
             &h.take(1)[..],
             [ServerMessage::MlsCommitResult {
@@ -2534,10 +3231,21 @@ mod tests {
                 accepted: true
             }]
         ));
+        a.accepted();
         // b, waiting, gets the commit (it ignores it: it has no group yet) and the Welcome.
+        let to_b = h.take(2);
         assert!(
-            matches!(&h.take(2)[..], [ServerMessage::MlsCommit { epoch: 0, .. }, ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-b")
+            matches!(
+                &to_b[..],
+                [
+                    ServerMessage::MlsCommit { epoch: 0, .. },
+                    ServerMessage::MlsWelcome { .. }
+                ]
+            ),
+            "{to_b:?}"
         );
+        assert_eq!(welcome_in(&to_b), welcome_b);
+        assert_eq!(b.join(&welcome_in(&to_b).expect("a Welcome")), 1);
         h.text(2, &ClientMessage::MlsJoined { epoch: 1 });
         assert!(h.take(2).is_empty());
         // Keyed: a standard joiner is refused, never downgrading the call.
@@ -2567,34 +3275,25 @@ mod tests {
             join(&mut h, 3, true, E2eeScheme::Mls)[0],
             ServerMessage::Joined { .. }
         ));
+        let mut c = real_mls::Member::new("c");
+        let (kp_c, kp_c64) = kp_of(&c);
         h.text(
             3,
             &ClientMessage::MlsKeyPackage {
-                blob: "kp-c".into(),
+                blob: kp_c64.clone(),
             },
         );
         for conn in [1, 2] {
-            assert!(h
-                .take(conn)
-                .iter()
-                .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-c")));
+            assert!(h.take(conn).iter().any(
+                |m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if *blob == kp_c64)
+            ));
         }
         // a and b both commit on epoch 1: the first wins, the second is refused and
         // gets the winner's commit.
-        h.text(
-            2,
-            &ClientMessage::MlsCommit {
-                commit: commit_b64(b"g1", 1),
-                welcome: Some("welcome-c-from-b".into()),
-            },
-        );
-        h.text(
-            1,
-            &ClientMessage::MlsCommit {
-                commit: commit_b64(b"g1", 1),
-                welcome: Some("welcome-c-from-a".into()),
-            },
-        );
+        let (commit_b1, welcome_c_from_b) = b.commit(std::slice::from_ref(&kp_c));
+        let (commit_a1, welcome_c_from_a) = a.commit(std::slice::from_ref(&kp_c));
+        h.text(2, &commit_of(&commit_b1, welcome_c_from_b.as_deref()));
+        h.text(1, &commit_of(&commit_a1, welcome_c_from_a.as_deref()));
         let to_b = h.take(2);
         assert!(
             matches!(
@@ -2606,6 +3305,7 @@ mod tests {
             ),
             "{to_b:?}"
         );
+        b.accepted();
         let to_a = h.take(1);
         assert!(
             matches!(
@@ -2620,9 +3320,21 @@ mod tests {
             ),
             "{to_a:?}"
         );
+        a.refused();
+        a.process(&commit_in(&to_a, 1));
+        assert_eq!(a.authenticator(), b.authenticator());
+        let to_c = h.take(3);
         assert!(
-            matches!(&h.take(3)[..], [ServerMessage::MlsCommit { epoch: 1, .. }, ServerMessage::MlsWelcome { welcome, .. }] if welcome == "welcome-c-from-b")
+            matches!(
+                &to_c[..],
+                [
+                    ServerMessage::MlsCommit { epoch: 1, .. },
+                    ServerMessage::MlsWelcome { .. }
+                ]
+            ),
+            "{to_c:?}"
         );
+        assert_eq!(welcome_in(&to_c), welcome_c_from_b);
         // Another group id, and garbage, are refused.
         h.text(
             1,
@@ -2631,7 +3343,7 @@ mod tests {
                 welcome: None,
             },
         );
-        assert_eq!(error_code(&h.take(1)), ErrorCode::BadRequest);
+        assert_eq!(refused(&h.take(1)), "a commit for another MLS group");
         h.text(
             1,
             &ClientMessage::MlsCommit {
@@ -2639,36 +3351,45 @@ mod tests {
                 welcome: None,
             },
         );
-        assert_eq!(error_code(&h.take(1)), ErrorCode::BadRequest);
+        assert_eq!(refused(&h.take(1)), "bad commit: not base64");
+        // A commit whose Welcome does not parse is refused whole: the group stays at
+        // epoch 2 rather than move on without its joiner.
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: commit_b64(b"g1", 2),
+                welcome: Some(BASE64.encode(b"\x00\x01\x00\x03")),
+            },
+        );
+        assert!(refused(&h.take(1)).starts_with("bad Welcome"));
+        assert_eq!(h.p.mls["g"].epoch, 2);
         // c has not joined yet; a and b leave: c restarts the group and gets d's
         // KeyPackage.
         join(&mut h, 4, true, E2eeScheme::Mls);
+        let d = real_mls::Member::new("d");
+        let (kp_d, kp_d64) = kp_of(&d);
         h.text(
             4,
             &ClientMessage::MlsKeyPackage {
-                blob: "kp-d".into(),
+                blob: kp_d64.clone(),
             },
         );
         h.text(1, &ClientMessage::Leave);
         h.text(2, &ClientMessage::Leave);
         let to_c = h.take(3);
+        let create = to_c
+            .iter()
+            .position(|m| matches!(m, ServerMessage::MlsCreate {}))
+            .unwrap_or_else(|| panic!("no mls_create in {to_c:?}"));
         assert!(
-            to_c.iter()
-                .any(|m| matches!(m, ServerMessage::MlsCreate {})),
+            to_c[create..]
+                .iter()
+                .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if *blob == kp_d64)),
             "{to_c:?}"
         );
-        assert!(
-            to_c.iter()
-                .any(|m| matches!(m, ServerMessage::MlsKeyPackage { blob, .. } if blob == "kp-d")),
-            "{to_c:?}"
-        );
-        h.text(
-            3,
-            &ClientMessage::MlsCommit {
-                commit: commit_b64(b"g2", 0),
-                welcome: Some("welcome-d".into()),
-            },
-        );
+        c.create(b"g2");
+        let (commit, welcome_d) = c.commit(&[kp_d]);
+        h.text(3, &commit_of(&commit, welcome_d.as_deref()));
         assert!(matches!(
             &h.take(3)[..],
             [ServerMessage::MlsCommitResult {
@@ -2676,6 +3397,7 @@ mod tests {
                 accepted: true
             }]
         ));
+        assert_eq!(welcome_in(&h.take(4)), welcome_d);
         // A standard call has no group.
         h.hello(6, "f", None, "user");
         h.text(
