@@ -148,14 +148,20 @@ async fn admin_api_needs_the_token_and_changes_apply_to_the_next_join() {
         }
         m => panic!("{m:?}"),
     }
-    // The client itself does not offer E2EE when hidden: it joins a standard call.
+    // A client that requires E2EE and is told the option is hidden does not join at all.
     a.e2ee = true;
+    let s = run_call(&a).await;
+    assert!(!s.joined && s.sent_packets == 0, "{s:?}");
+    assert_eq!(s.left_reason.as_deref(), Some("downgrade_refused"));
+    // One that only prefers it does not offer E2EE when hidden: it joins a standard call.
+    a.e2ee_preferred = true;
     let s = run_call(&a).await;
     assert!(
         s.joined && s.call_mode == Some(CallMode::Standard),
         "{:?}",
         s.error
     );
+    assert!(s.downgrade_accepted.is_some());
 
     // Persisted atomically: the file now holds both changes and parses.
     let text = std::fs::read_to_string(&file).expect("policy file");
@@ -306,7 +312,10 @@ async fn call_modes_across_tenants_with_reasons() {
     // alice (fabrikam, override, on) then bob (fabrikam, override, off): standard, because of bob.
     // alice is in the call (her `joined`, seen through a proxy) before bob asks to join.
     let mut first = watch_signal(&relay).await;
-    let a = call(&first.url, tok(&cfg, "alice", "fabrikam"), "alice", true);
+    // alice preferred E2EE: she consents to going on unencrypted (a client that requires
+    // it leaves instead: tests/tests/malicious_relay.rs).
+    let mut a = call(&first.url, tok(&cfg, "alice", "fabrikam"), "alice", true);
+    a.e2ee_preferred = true;
     let b = call(&url, tok(&cfg, "bob", "fabrikam"), "bob", false);
     let alice = tokio::spawn(async move { run_call(&a).await });
     first.wait_for("joined", 1, Duration::from_secs(10)).await;
@@ -330,6 +339,10 @@ async fn call_modes_across_tenants_with_reasons() {
     assert!(
         !sa.e2ee && sa.frames_verified > 10,
         "media flows in the clear once standard"
+    );
+    assert_eq!(
+        sa.downgrade_accepted, sa.mode_reason,
+        "the consent is recorded"
     );
 
     // carol (contoso, Required) and erin (fabrikam, on): E2EE across tenants.
