@@ -121,7 +121,17 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
     args: &[String],
     release: Option<F>,
 ) -> Vec<PageReport> {
-    use tokio::io::AsyncWriteExt;
+    drive_ready(args, std::sync::Arc::default(), release).await
+}
+
+/// [`drive_released`]; `ready` is notified when every page has met its condition (web.mjs
+/// says "ready" with `--wait-stdin`), so `release` can wait for that.
+async fn drive_ready<F: std::future::Future<Output = ()>>(
+    args: &[String],
+    ready: std::sync::Arc<tokio::sync::Notify>,
+    release: Option<F>,
+) -> Vec<PageReport> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     check_chromium();
     let mut cmd = Command::new("node");
     cmd.arg(chromium_dir().join("web.mjs"))
@@ -138,6 +148,19 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node: {e}; {INSTALL_HINT}"));
     let stdin = child.stdin.take();
+    let err = child.stderr.take().expect("piped stderr");
+    let stderr_lines = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(err).lines();
+        let mut all = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "ready" {
+                ready.notify_one();
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
     let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output());
     let released = async move {
         if let (Some(release), Some(mut stdin)) = (release, stdin) {
@@ -154,7 +177,7 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
         .expect("web.mjs finishes within 180 s")
         .expect("web.mjs output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr_lines.await.unwrap_or_default();
     let line = stdout.lines().last().unwrap_or("");
     let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
         panic!("web.mjs printed no JSON ({e}): {stdout}\n--- stderr:\n{stderr}")
@@ -1417,4 +1440,228 @@ async fn the_page_asks_before_joining_when_the_relay_hides_the_e2ee_it_asked_for
     assert_eq!(page.s("clear_consent"), true);
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A signalling proxy in front of `relay` that lies as a malicious relay can: once `lie` is
+/// set, it slips `call_mode_changed {call_mode: standard}` into every WebSocket it carries,
+/// between two of the relay's frames. Everything else passes unchanged (the page's files
+/// too: it is loaded through the proxy, so its WebSocket goes through it). Server frames
+/// are unmasked and uncompressed, so frame boundaries are read from their headers.
+async fn lying_proxy(
+    relay: &blindrelay::Relay,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the lying proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let upstream = relay.signal_addr;
+    let (lie, told) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let told = told.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                lie_on(client, server, told).await;
+            });
+        }
+    });
+    (addr, lie)
+}
+
+async fn lie_on(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut told: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+    };
+    let downstream = async {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        // The response head: only a 101 (WebSocket) is read frame by frame.
+        let websocket = loop {
+            let n = match server_rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                if client_wr.write_all(&head).await.is_err() {
+                    return;
+                }
+                break head.starts_with(b"HTTP/1.1 101");
+            }
+        };
+        if !websocket {
+            if client_wr.write_all(&buf).await.is_ok() {
+                let _ = tokio::io::copy(&mut server_rd, &mut client_wr).await;
+            }
+            return;
+        }
+        let mut lied = false;
+        loop {
+            // Whole frames only: between two writes is a frame boundary.
+            while let Some(len) = ws_frame_len(&buf) {
+                let frame: Vec<u8> = buf.drain(..len).collect();
+                if client_wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            if !lied && *told.borrow_and_update() {
+                lied = true;
+                let lie = br#"{"type":"call_mode_changed","call_mode":"standard","reason":"standard call: mallory has not turned on end-to-end encryption"}"#;
+                // A text frame, its length in the fewest bytes (browsers insist).
+                let mut frame = vec![0x81];
+                match u8::try_from(lie.len()) {
+                    Ok(n) if n < 126 => frame.push(n),
+                    _ => {
+                        frame.push(126);
+                        frame.extend_from_slice(&(lie.len() as u16).to_be_bytes());
+                    }
+                }
+                frame.extend_from_slice(lie);
+                if client_wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                r = server_rd.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                // The test dropping its sender ends the lying, not the connection.
+                r = told.changed(), if !lied => if r.is_err() { lied = true },
+            }
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}
+
+/// The length of the unmasked WebSocket frame at the start of `b`, once all of it is there.
+fn ws_frame_len(b: &[u8]) -> Option<usize> {
+    let len7 = usize::from(*b.get(1)? & 0x7f);
+    let (head, len) = match len7 {
+        126 => (
+            4usize,
+            usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?])),
+        ),
+        127 => {
+            let ext: [u8; 8] = b.get(2..10)?.try_into().ok()?;
+            (10, usize::try_from(u64::from_be_bytes(ext)).ok()?)
+        }
+        n => (2, n),
+    };
+    let total = head.checked_add(len)?;
+    (b.len() >= total).then_some(total)
+}
+
+/// After keys exist, a relay's claim that the call is standard is refused without a
+/// question: the page stays in the call, encrypted, and says the relay tried. The lie comes
+/// from a proxy (an honest relay never sends it to a keyed call); e2ee-client opens every
+/// frame the page sends after it, so none went out in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let (options, log) = tap_log();
+    let relay = start_relay(cfg.clone(), options).await;
+    let (proxy, lie) = lying_proxy(&relay).await;
+    let call = "web-lie-after-keys";
+    let client = CallOptions {
+        video: false,
+        ..rusty(&relay, &cfg, call, 30)
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = format!(
+        "http://{proxy}/?call={call}&token={}&autojoin=1&e2ee=1",
+        token(&cfg, "webby", Some(call), "user")
+    );
+    let args = peer_args(&[
+        "--page",
+        &url,
+        "--until",
+        "keyed",
+        "--min-encrypted",
+        "100",
+        "--min-decrypted",
+        "50",
+        "--timeout",
+        "30",
+        "--wait-stdin",
+        "--then",
+        "keyed",
+    ]);
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let lied_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let at = lied_at.clone();
+    let relay_ref = &relay;
+    let pages = drive_ready(
+        &args,
+        ready.clone(),
+        Some(async move {
+            ready.notified().await;
+            *at.lock().expect("lie lock") = Some(std::time::Instant::now());
+            lie.send_replace(true);
+            // The page goes on for a while after the lie (about 80 packets a second).
+            let before = metric(
+                &scrape(relay_ref).await,
+                "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
+            );
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(30),
+                "media after the lie",
+                |m| metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= before + 500.0,
+            )
+            .await;
+        }),
+    )
+    .await;
+    let s = client.await.expect("e2ee-client task");
+    relay.shutdown().await;
+    let page = &pages[0];
+    eprintln!("page: {}", page.brief());
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("downgrades_refused"), 1, "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "e2ee");
+    assert_eq!(page.s("e2ee"), true);
+    assert!(
+        page.s("pending_downgrade").is_null(),
+        "no question once keyed"
+    );
+    assert!(page.s("left_reason").is_null(), "the page stayed");
+    assert!(
+        page.s("messages")
+            .as_array()
+            .is_some_and(|m| m.iter().any(|t| t
+                .as_str()
+                .is_some_and(|t| t.contains("stays end-to-end encrypted")))),
+        "the page says the relay tried: {}",
+        page.brief()
+    );
+    let lied_at = lied_at.lock().expect("lie lock").expect("the lie was told");
+    let mine = client_ssrcs(&s);
+    let (_, after) = payload_packets(&log, &mine, lied_at);
+    eprintln!(
+        "after the lie the page sent {after} packets; e2ee-client decrypted {} frames in all, {} failures",
+        s.frames_decrypted, s.decrypt_failures
+    );
+    assert!(after > 200, "the page went on sending: {after}");
+    assert!(s.e2ee, "{:?}", s.e2ee_error);
+    assert_eq!(
+        s.decrypt_failures, 0,
+        "every frame from the page opened: {s:?}"
+    );
+    assert!(s.frames_decrypted > after / 2, "{s:?}");
 }
