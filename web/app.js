@@ -3,7 +3,16 @@
 //
 // Automation: window.blindrelay.state() returns the call's state (see README, "The web
 // client"); URL parameters call, token, e2ee=1, autojoin=1 (and name= for a development
-// token) join without clicks.
+// token) join without clicks; window.blindrelay.answerDowngrade(true|false) answers the
+// downgrade question.
+//
+// No downgrade without consent: the relay is the adversary, and its word that a call is
+// standard is only a claim. A page that asked for E2EE sends nothing in the clear (media or
+// chat) until the person has answered "Continue unencrypted" to the question the claim
+// raises; until then the worker keeps dropping every frame. Once keys exist, a claim that the
+// call is standard is refused outright: an honest relay never downgrades a call that can hold
+// keys (two members), so the page stays in the call, keeps sealing with the agreed keys, and
+// says the relay tried.
 import { KeyAgreement } from './kex.js';
 
 const $ = (id) => document.getElementById(id);
@@ -59,8 +68,10 @@ const FEATURES = [
 const st = {
   connected: false, capabilities: null, joined: false, callMode: null, modeReason: null, me: null, call: null,
   keyed: false, code: null, participants: new Map(), error: null, messages: [], chat: [], features: [],
-  workerStats: { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 }, inbound: [],
+  workerStats: { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 }, inbound: [], outbound: [],
   payloadTypes: {}, kexError: null, joinedAt: null,
+  // No downgrade without consent (see the top of the file).
+  askedE2ee: false, clearConsent: false, pendingDowngrade: null, leftReason: null, downgradesRefused: 0,
 };
 let ws = null, pc = null, localStream = null, worker = null, kex = null, earlyBlobs = [];
 let chain = Promise.resolve();
@@ -131,7 +142,7 @@ function connect(token) {
     ws.onopen = () => { st.connected = true; send({ type: 'hello', token }); };
     ws.onclose = (ev) => {
       st.connected = false;
-      if (st.joined) { showMessage(describe('signalling_closed', ev.reason || `code ${ev.code}`)); endCall(false); }
+      if (st.joined) { st.leftReason = 'signalling_closed'; showMessage(describe('signalling_closed', ev.reason || `code ${ev.code}`)); endCall(false); }
       resolve(false);
     };
     ws.onmessage = (ev) => {
@@ -170,6 +181,7 @@ async function handle(m, connected) {
     }
     case 'participant_left': {
       if (m.participant === st.me) {
+        st.leftReason = m.reason || 'removed';
         showMessage(m.reason === 'transferred' || m.reason === 'parked'
           ? `You left the call: ${m.reason}.` : `The relay removed you from the call (${m.reason}).`, 'info');
         endCall(false);
@@ -185,13 +197,14 @@ async function handle(m, connected) {
       if (!kex) { if (earlyBlobs.length < 16) earlyBlobs.push([m.from, m.blob]); } else await onBlob(m.from, m.blob);
       break;
     case 'call_mode_changed':
-      showMessage(`This call is now ${m.call_mode === 'e2ee' ? 'end-to-end encrypted' : 'a standard call'}: ${m.reason}`, 'info');
+      if (m.call_mode !== 'e2ee') { relaySaysStandard(m.reason); break; }
+      showMessage(`This call is now end-to-end encrypted: ${m.reason}`, 'info');
       if (!st.keyed) {
         st.callMode = m.call_mode;
         st.modeReason = m.reason;
-        if (m.call_mode !== 'e2ee') { kex = null; if (worker) worker.postMessage({ type: 'mode', mode: 'passthrough' }); }
         renderCallBar();
         renderFeatures();
+        renderChat();
       }
       break;
     case 'chat': await onChat(m); break;
@@ -268,6 +281,15 @@ async function join() {
   $('message').hidden = true;
   const e2ee = wantE2ee();
   st.call = call;
+  st.leftReason = null;
+  if (!st.clearConsent) {
+    st.askedE2ee = e2ee || (st.capabilities.e2ee_option === 'hidden' && params.get('e2ee') === '1');
+    if (st.askedE2ee && !e2ee) {
+      // e2ee=1 was asked for, and the relay says E2EE is not offered: ask before joining.
+      askDowngrade("the relay does not offer end-to-end encryption to you (it says your organisation's policy hides it)");
+      return;
+    }
+  }
   try {
     localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240, frameRate: 30 } });
   } catch (e) {
@@ -313,7 +335,6 @@ async function onJoined(m) {
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
   st.joined = true;
   st.joinedAt = performance.now();
-  if (worker && st.callMode !== 'e2ee') worker.postMessage({ type: 'mode', mode: 'passthrough' });
   $('setup').hidden = true;
   $('call-view').hidden = false;
   $('callbar').hidden = false;
@@ -324,6 +345,7 @@ async function onJoined(m) {
   renderFeatures();
   renderChat();
   timers.push(setInterval(tick, 500));
+  if (st.callMode !== 'e2ee' && !clearAllowed()) relaySaysStandard(st.modeReason || 'the relay says this is a standard call');
   const first = [...st.participants.values()][0];
   if (st.callMode === 'e2ee' && first) {
     await startKex(first);
@@ -374,9 +396,112 @@ async function onBlob(from, blob) {
       [k.sendKey.buffer, k.recvKey.buffer]);
     kex.keys = { verificationCode: k.verificationCode };
     st.keyed = true;
+    if (st.pendingDowngrade) {
+      // Keys were agreed after all: the call is end-to-end encrypted, whatever the relay said.
+      st.pendingDowngrade = null;
+      st.callMode = 'e2ee';
+      renderDowngrade();
+      showMessage('End-to-end keys were agreed: this call stays end-to-end encrypted.', 'info');
+      renderFeatures();
+    }
     renderCallBar();
     renderChat();
   }
+}
+
+// ---------- no downgrade without consent ----------
+
+/** Whether this page may send media or chat in the clear: it never asked for E2EE, or the
+ * person answered "Continue unencrypted". */
+function clearAllowed() {
+  return !st.askedE2ee || st.clearConsent;
+}
+
+/** The relay says the call is (or will be) standard, with `reason` (its words, untrusted).
+ * A page that asked for E2EE asks the person; once keyed, the claim is refused outright. */
+function relaySaysStandard(reason) {
+  reason = String(reason || 'the relay gave no reason');
+  if (st.keyed) {
+    // Two members have agreed keys: an honest relay never downgrades such a call. Stay in
+    // the call, keep sealing with the agreed keys (the worker refuses passthrough once
+    // keyed), and say the relay tried.
+    st.downgradesRefused++;
+    showMessage(`The relay said this call is now a standard call (${reason}). It already has end-to-end keys, so it stays end-to-end encrypted; the relay cannot read it.`);
+    return;
+  }
+  if (!clearAllowed()) {
+    // Until the answer: the worker stays in E2EE mode (no keys: every frame is dropped), chat
+    // is closed, features stay off. A key agreement already running goes on.
+    st.callMode = 'standard';
+    st.modeReason = reason;
+    askDowngrade(reason);
+    return;
+  }
+  showMessage(`This call is now a standard call: ${reason}`, 'info');
+  st.callMode = 'standard';
+  st.modeReason = reason;
+  kex = null;
+  if (worker) worker.postMessage({ type: 'mode', mode: 'passthrough' });
+  renderCallBar();
+  renderFeatures();
+  renderChat();
+}
+
+function askDowngrade(reason) {
+  st.pendingDowngrade = { reason };
+  renderDowngrade();
+  if (st.joined) {
+    renderCallBar();
+    renderFeatures();
+    renderChat();
+  }
+}
+
+/** The question's words: the relay's reason without its "standard call: " prefix. */
+function questionText(reason) {
+  const why = reason.replace(/^standard call:\s*/i, '').replace(/[.\s]+$/, '');
+  return `This call can't be end-to-end encrypted: ${why}. Continue unencrypted, or leave?`;
+}
+
+function renderDowngrade() {
+  const box = $('downgrade');
+  const p = st.pendingDowngrade;
+  box.hidden = !p;
+  if (!p) return;
+  $('downgrade-text').textContent = questionText(p.reason);
+  $('downgrade-leave').focus();
+}
+
+/** The person's answer. true: go on as a standard call (media and chat in the clear, the
+ * badge says so); false: leave (`leave` sent, the peer connection closed). Returns whether a
+ * question was pending. */
+function answerDowngrade(yes) {
+  const p = st.pendingDowngrade;
+  if (!p) return false;
+  st.pendingDowngrade = null;
+  renderDowngrade();
+  if (!yes) {
+    st.leftReason = 'downgrade_refused';
+    const was = st.joined;
+    if (was) endCall(true); else stopMedia();
+    showMessage(`You ${was ? 'left the call' : 'did not join'}: it could not be end-to-end encrypted (${p.reason}).`, 'info');
+    return true;
+  }
+  st.clearConsent = true;
+  if (!st.joined) {
+    join().catch((err) => showMessage(String(err.message || err)));
+    return true;
+  }
+  st.callMode = 'standard';
+  st.modeReason = p.reason;
+  kex = null;
+  earlyBlobs = [];
+  if (worker) worker.postMessage({ type: 'mode', mode: 'passthrough' });
+  showMessage(`You chose to continue unencrypted: this is a standard call (${p.reason}). The relay can see and hear it.`, 'info');
+  renderCallBar();
+  renderFeatures();
+  renderChat();
+  return true;
 }
 
 // ---------- chat ----------
@@ -394,21 +519,24 @@ async function onChat(m) {
   st.chat.push({ from: m.from, text, sealed });
   const li = document.createElement('li');
   const who = st.participants.get(m.from);
-  li.textContent = `${who ? who.user : m.from}: ${text}${sealed ? '' : st.callMode === 'e2ee' ? ' (not encrypted)' : ''}`;
+  li.textContent = `${who ? who.user : m.from}: ${text}${sealed ? '' : st.callMode === 'e2ee' || !clearAllowed() ? ' (not encrypted)' : ''}`;
   $('chat-log').appendChild(li);
 }
 
 async function sendChat(text) {
   if (!text) return;
   let body = text;
-  if (st.callMode === 'e2ee') {
+  // Sealed on an E2EE call, and on any call this page asked to encrypt until the person
+  // agreed to go on unencrypted: no keys then means no chat, never clear chat.
+  const seal = st.callMode === 'e2ee' || !clearAllowed();
+  if (seal) {
     if (!st.keyed) return;
     const r = await rpc({ type: 'seal_chat', text });
     if (r.error) { showMessage(`Chat not sent: ${r.error}`); return; }
     body = r.body;
   }
   send({ type: 'chat', body });
-  st.chat.push({ from: st.me, text, sealed: st.callMode === 'e2ee', mine: true });
+  st.chat.push({ from: st.me, text, sealed: seal, mine: true });
   const li = document.createElement('li');
   li.textContent = `me: ${text}`;
   $('chat-log').appendChild(li);
@@ -448,8 +576,13 @@ function renderSettings() {
 
 function renderCallBar() {
   const b = $('mode-badge');
-  b.textContent = st.callMode === 'e2ee' ? 'end-to-end encrypted' : 'standard call';
-  b.className = `badge ${st.callMode}`;
+  if (st.pendingDowngrade) {
+    b.textContent = 'paused: not encrypted';
+    b.className = 'badge paused';
+  } else {
+    b.textContent = st.callMode === 'e2ee' ? 'end-to-end encrypted' : 'standard call';
+    b.className = `badge ${st.callMode}`;
+  }
   const lock = $('lock');
   lock.hidden = st.callMode !== 'e2ee';
   lock.title = st.keyed ? 'End-to-end encrypted: click to show the verification code' : 'Waiting for end-to-end keys';
@@ -472,7 +605,9 @@ async function refreshStats() {
   if (!pc) return;
   const stats = await pc.getStats();
   const inbound = [];
+  const outbound = [];
   stats.forEach((s) => {
+    if (s.type === 'outbound-rtp') outbound.push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent || 0, bytesSent: s.bytesSent || 0 });
     if (s.type !== 'inbound-rtp') return;
     const participant = ssrcOwner[String(s.ssrc)] || (s.mid != null ? remoteMsid.byMid[s.mid] : null) || null;
     const e = { participant, kind: s.kind, ssrc: s.ssrc, mid: s.mid ?? null, framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 };
@@ -486,6 +621,7 @@ async function refreshStats() {
     inbound.push(e);
   });
   st.inbound = inbound;
+  st.outbound = outbound;
 }
 
 function ensureTile(participant) {
@@ -522,10 +658,13 @@ function renderTiles() {
 function renderFeatures() {
   const box = $('feature-buttons');
   box.replaceChildren();
-  const e2ee = st.callMode === 'e2ee';
-  $('features-note').textContent = e2ee
-    ? 'Unavailable on an end-to-end encrypted call: each needs the media in the clear or a third party in a one-to-one call.'
-    : 'Carried out by the relay\'s call control. Add participant, transfer and consult transfer take a user; merge takes a call id.';
+  // Until the person agrees to an unencrypted call, features stay as on an E2EE call.
+  const e2ee = st.callMode === 'e2ee' || !clearAllowed();
+  $('features-note').textContent = st.pendingDowngrade
+    ? 'Unavailable until you answer whether to continue unencrypted.'
+    : e2ee
+      ? 'Unavailable on an end-to-end encrypted call: each needs the media in the clear or a third party in a one-to-one call.'
+      : 'Carried out by the relay\'s call control. Add participant, transfer and consult transfer take a user; merge takes a call id.';
   const arg = document.createElement('input');
   arg.id = 'feature-arg';
   arg.placeholder = 'user or call id';
@@ -562,11 +701,13 @@ function renderFeatures() {
 }
 
 function renderChat() {
-  const e2ee = st.callMode === 'e2ee';
-  $('chat-e2ee').textContent = e2ee
-    ? (st.keyed ? 'Chat is end-to-end encrypted (sealed with the call\'s keys).' : 'Chat opens once the call is keyed.')
-    : 'Chat is not end-to-end encrypted: the relay can read it.';
-  const enabled = st.joined && (!e2ee || st.keyed);
+  const e2ee = st.callMode === 'e2ee' || !clearAllowed();
+  $('chat-e2ee').textContent = st.pendingDowngrade && !st.keyed
+    ? 'Chat is closed until you answer whether to continue unencrypted.'
+    : e2ee
+      ? (st.keyed ? 'Chat is end-to-end encrypted (sealed with the call\'s keys).' : 'Chat opens once the call is keyed.')
+      : 'Chat is not end-to-end encrypted: the relay can read it.';
+  const enabled = st.joined && (e2ee ? st.keyed : clearAllowed());
   $('chat-input').disabled = !enabled;
   $('chat-send').disabled = !enabled;
 }
@@ -583,6 +724,9 @@ function stopMedia() {
 
 function endCall(sendLeave) {
   if (sendLeave) send({ type: 'leave' });
+  st.pendingDowngrade = null;
+  st.clearConsent = false;
+  renderDowngrade();
   for (const t of timers) clearInterval(t);
   timers = [];
   stopMedia();
@@ -651,15 +795,23 @@ window.blindrelay = {
       dropped_before_keys: w.dropped_before_keys || 0,
       empty_frames: w.empty_frames || 0,
       inbound: st.inbound.map((i) => ({ ...i })),
+      outbound: st.outbound.map((o) => ({ ...o })),
       payload_types: { ...st.payloadTypes },
       error: st.error,
       kex_error: st.kexError,
+      pending_downgrade: st.pendingDowngrade ? { reason: st.pendingDowngrade.reason } : null,
+      left_reason: st.leftReason,
+      asked_e2ee: st.askedE2ee,
+      clear_consent: st.clearConsent,
+      downgrades_refused: st.downgradesRefused,
       messages: st.messages.map((m) => m.text),
       chat: st.chat.map((c) => ({ ...c })),
       features: st.features.map((f) => ({ ...f })),
     };
   },
   sampleVideo,
+  /** Answer the downgrade question: true continues as a standard call, false leaves. */
+  answerDowngrade(yes) { return answerDowngrade(!!yes); },
 };
 
 // ---------- wiring ----------
@@ -673,7 +825,9 @@ $('connect').onclick = async () => {
   await connect(token);
 };
 $('join-form').onsubmit = (e) => { e.preventDefault(); join().catch((err) => showMessage(String(err.message || err))); };
-$('leave').onclick = () => endCall(true);
+$('leave').onclick = () => { st.leftReason = 'left'; endCall(true); };
+$('downgrade-continue').onclick = () => answerDowngrade(true);
+$('downgrade-leave').onclick = () => answerDowngrade(false);
 $('lock').onclick = () => {
   const panel = $('code-panel');
   panel.hidden = !panel.hidden;

@@ -5,7 +5,9 @@
 // exist are dropped, never sent in the clear. Nothing here logs key material.
 import { SframeSender, SframeReceiver, sealMedia, openMedia, SframeError } from './sframe.js';
 
-let mode = 'e2ee'; // 'e2ee' | 'passthrough' (the call turned out to be a standard call)
+// 'e2ee' | 'passthrough' (a standard call the person agreed to; never once keyed). Until
+// told otherwise, and without keys, every frame is dropped.
+let mode = 'e2ee';
 let sender = null;
 let receiver = null;
 const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null };
@@ -86,7 +88,9 @@ self.onmessage = async (event) => {
         break;
       }
       case 'mode':
-        mode = m.mode === 'passthrough' ? 'passthrough' : 'e2ee';
+        // Once keyed, never passthrough: a call with keys stays sealed whatever the relay
+        // says (the page refuses such a downgrade too; this holds if it did not).
+        mode = m.mode === 'passthrough' && !sender ? 'passthrough' : 'e2ee';
         break;
       case 'seal_chat': {
         if (!sender) { self.postMessage({ type: 'reply', id: m.id, error: 'no keys yet' }); break; }

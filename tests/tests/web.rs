@@ -121,7 +121,17 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
     args: &[String],
     release: Option<F>,
 ) -> Vec<PageReport> {
-    use tokio::io::AsyncWriteExt;
+    drive_ready(args, std::sync::Arc::default(), release).await
+}
+
+/// [`drive_released`]; `ready` is notified when every page has met its condition (web.mjs
+/// says "ready" with `--wait-stdin`), so `release` can wait for that.
+async fn drive_ready<F: std::future::Future<Output = ()>>(
+    args: &[String],
+    ready: std::sync::Arc<tokio::sync::Notify>,
+    release: Option<F>,
+) -> Vec<PageReport> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     check_chromium();
     let mut cmd = Command::new("node");
     cmd.arg(chromium_dir().join("web.mjs"))
@@ -138,6 +148,19 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node: {e}; {INSTALL_HINT}"));
     let stdin = child.stdin.take();
+    let err = child.stderr.take().expect("piped stderr");
+    let stderr_lines = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(err).lines();
+        let mut all = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "ready" {
+                ready.notify_one();
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
     let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output());
     let released = async move {
         if let (Some(release), Some(mut stdin)) = (release, stdin) {
@@ -154,7 +177,7 @@ async fn drive_released<F: std::future::Future<Output = ()>>(
         .expect("web.mjs finishes within 180 s")
         .expect("web.mjs output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr_lines.await.unwrap_or_default();
     let line = stdout.lines().last().unwrap_or("");
     let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
         panic!("web.mjs printed no JSON ({e}): {stdout}\n--- stderr:\n{stderr}")
@@ -226,7 +249,12 @@ fn web_framing(pages: &[PageReport]) -> WebFraming {
 /// also written to docs/screenshots (the ones README shows), so a plain test run leaves
 /// the working tree as it was.
 fn screenshot_to_docs(dir: &Path, name: &str) {
-    let from = dir.join("page-0.png");
+    shot_to_docs(dir, "page-0.png", name);
+}
+
+/// [`screenshot_to_docs`] for the driver's file `file` (e.g. `question-0.png`).
+fn shot_to_docs(dir: &Path, file: &str, name: &str) {
+    let from = dir.join(file);
     let bytes = std::fs::read(&from).expect("the driver wrote a screenshot");
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
     if std::env::var_os("BLINDRELAY_UPDATE_SCREENSHOTS").is_none() {
@@ -1087,4 +1115,553 @@ async fn demo_pages_get_development_tokens_and_key_or_say_why_not() {
         "{shown}"
     );
     relay.shutdown().await;
+}
+
+/// What the relay forwarded, packet by packet: when it saw it, its SSRC, and whether its
+/// RTP payload (padding excluded) held any bytes.
+type TapLog = std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, u32, bool)>>>;
+
+/// Relay options whose media tap logs every packet into the returned [`TapLog`].
+fn tap_log() -> (RelayOptions, TapLog) {
+    let log = TapLog::default();
+    let l = log.clone();
+    let tap: blindrelay::core::forward::MediaTap =
+        std::sync::Arc::new(move |pkt: &blindrelay::core::forward::TapPacket<'_>| {
+            if let Ok(h) = blindrelay_protocol::rtp::RtpHeader::parse(pkt.data) {
+                let payload = !h.payload(pkt.data).is_empty();
+                l.lock()
+                    .expect("tap log lock")
+                    .push((std::time::Instant::now(), h.ssrc, payload));
+            }
+        });
+    (RelayOptions { tap: Some(tap) }, log)
+}
+
+/// Packets with a payload that the relay forwarded on SSRCs other than `not`, before and
+/// from `at`.
+fn payload_packets(log: &TapLog, not: &[u32], at: std::time::Instant) -> (u64, u64) {
+    let log = log.lock().expect("tap log lock");
+    let mut counts = (0, 0);
+    for (t, ssrc, payload) in log.iter() {
+        if *payload && !not.contains(ssrc) {
+            if *t < at {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// e2ee-client "rusty", standard (no E2EE, audio only), for the downgrade tests.
+fn standard_rusty(relay: &blindrelay::Relay, cfg: &Config, call: &str, secs: u64) -> CallOptions {
+    CallOptions {
+        e2ee: false,
+        video: false,
+        ..rusty(relay, cfg, call, secs)
+    }
+}
+
+/// A page that asked for E2EE is alone in a provisional E2EE call; a standard e2ee-client
+/// joins for `secs`, and the relay makes the call standard (`call_mode_changed`). The page
+/// is driven with `args(url)` (until its downgrade question, then held with --wait-stdin and
+/// answered as the arguments say). Returns the page, the client's summary, the tap's log,
+/// and the instant the page was released to answer: before it, the page had not answered.
+async fn downgrade_call(
+    call: &str,
+    secs: u64,
+    args: impl FnOnce(&str) -> Vec<String>,
+) -> (
+    PageReport,
+    e2ee_client::call::CallSummary,
+    TapLog,
+    std::time::Instant,
+) {
+    let cfg = loopback_config();
+    let (options, log) = tap_log();
+    let relay = start_relay(cfg.clone(), options).await;
+    let args = args(&webby_url(&relay, &cfg, call, true));
+    let client = standard_rusty(&relay, &cfg, call, secs);
+    let task = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let released = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (slot, at) = (task.clone(), released.clone());
+    let relay_ref = &relay;
+    let pages = drive_released(
+        &args,
+        Some(async move {
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(40),
+                "the page is in its call",
+                |m| metric(m, "blindrelay_participants{role=\"user\"}") == 1.0,
+            )
+            .await;
+            let before = metric(
+                &scrape(relay_ref).await,
+                "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
+            );
+            *slot.lock().await = Some(tokio::spawn(async move { run_call(&client).await }));
+            // The client's audio reaches the page for five seconds (250 packets at 50 a
+            // second): the page's media path is up, and a page that sent in the clear
+            // would have done so all that time.
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(40),
+                "the client's media reaches the page",
+                |m| metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= before + 250.0,
+            )
+            .await;
+            *at.lock().expect("release lock") = Some(std::time::Instant::now());
+        }),
+    )
+    .await;
+    let client = task.lock().await.take().expect("the client was started");
+    let s = client.await.expect("e2ee-client task");
+    relay.shutdown().await;
+    let released = released
+        .lock()
+        .expect("release lock")
+        .expect("the page was released");
+    (pages[0].clone(), s, log, released)
+}
+
+/// The question as the page words it, for the relay's `reason`.
+fn question_words(reason: &str) -> String {
+    let why = reason.strip_prefix("standard call: ").unwrap_or(reason);
+    format!("This call can't be end-to-end encrypted: {why}. Continue unencrypted, or leave?")
+}
+
+/// What the page showed while the question was pending: the question in words with its two
+/// buttons, chat closed, the worker dropping its frames (none sealed: no keys), and
+/// `pending_downgrade` holding the relay's reason (the one the client was given).
+fn assert_question_shown(page: &PageReport, s: &e2ee_client::call::CallSummary) {
+    let q = &page.0["question"];
+    let reason = s
+        .mode_reason
+        .as_deref()
+        .expect("the relay gave the client a reason");
+    assert!(reason.contains("rusty has not turned on"), "{reason}");
+    assert_eq!(q["state"]["pending_downgrade"]["reason"], reason, "{q}");
+    assert_eq!(q["visible"], true, "the question is on the page: {q}");
+    assert_eq!(
+        q["text"].as_str(),
+        Some(question_words(reason).as_str()),
+        "{q}"
+    );
+    assert_eq!(
+        q["buttons"],
+        serde_json::json!(["Leave", "Continue unencrypted"]),
+        "{q}"
+    );
+    assert_eq!(q["chat_disabled"], true, "{q}");
+    assert_eq!(q["state"]["joined"], true, "{q}");
+    assert_eq!(q["state"]["e2ee"], false, "{q}");
+    assert_eq!(q["state"]["frames_encrypted"], 0, "{q}");
+    assert!(
+        q["state"]["dropped_before_keys"].as_u64().unwrap_or(0) > 50,
+        "the page's worker dropped its frames: {q}"
+    );
+}
+
+/// The client's own SSRCs: every other SSRC is the page's.
+fn client_ssrcs(s: &e2ee_client::call::CallSummary) -> Vec<u32> {
+    assert!(s.audio_ssrc.is_some(), "the client sent audio: {s:?}");
+    s.audio_ssrc.into_iter().chain(s.video_ssrc).collect()
+}
+
+/// No downgrade without consent, the page: on a provisional E2EE call a standard
+/// e2ee-client joins and the relay makes the call standard. The page asks, in words, and
+/// until the person answers the relay forwards not one byte of media from it; answered
+/// "continue unencrypted" (`answerDowngrade(true)`), its media flows and reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_before_going_unencrypted_and_sends_nothing_until_answered_yes() {
+    let _lock = CALL_LOCK.lock().await;
+    let shots = temp_path("web-downgrade", "shots");
+    let shots_arg = shots.to_str().expect("utf-8 path").to_string();
+    let (page, s, log, released) = downgrade_call("web-downgrade-yes", 30, |url| {
+        peer_args(&[
+            "--page",
+            url,
+            "--until",
+            "downgrade_question",
+            "--timeout",
+            "40",
+            "--wait-stdin",
+            "--answer-downgrade",
+            "yes",
+            "--then",
+            "sending",
+            "--min-sent",
+            "400",
+            "--screenshot",
+            &shots_arg,
+        ])
+    })
+    .await;
+    eprintln!("page: {}", page.brief());
+    assert!(page.ok(), "{}", page.brief());
+    assert!(s.joined && s.error.is_none(), "{:?}", s.error);
+    // Answered yes: a standard call, the page's media flowing.
+    assert!(page.s("pending_downgrade").is_null(), "{}", page.brief());
+    assert!(page.s("left_reason").is_null(), "{}", page.brief());
+    assert_eq!(page.s("joined"), true);
+    assert_eq!(page.s("call_mode"), "standard");
+    assert_eq!(page.s("clear_consent"), true);
+    let mine = client_ssrcs(&s);
+    let (all, _) = payload_packets(&log, &[], released);
+    let (before, after) = payload_packets(&log, &mine, released);
+    let window = all - before;
+    eprintln!(
+        "the relay forwarded, with a payload: before the answer {window} packets from the client and {before} from the page; after it {after} from the page"
+    );
+    assert_eq!(before, 0, "no media from the page before the answer");
+    assert!(
+        window >= 250,
+        "the window held the client's media: {window}"
+    );
+    assert!(after > 200, "the page's media flows once answered: {after}");
+    assert_question_shown(&page, &s);
+    shot_to_docs(&shots, "question-0.png", "web-downgrade-question.png");
+    let _ = std::fs::remove_dir_all(&shots);
+    // And reaches the other side.
+    let from_page: u64 = s
+        .inbound
+        .iter()
+        .filter(|i| !mine.contains(&i.ssrc))
+        .map(|i| i.packets)
+        .sum();
+    assert!(
+        from_page > 200,
+        "the client received {from_page} packets from the page: {:?}",
+        s.inbound
+    );
+}
+
+/// The same question answered "leave" (the page's Leave button): the page leaves the call
+/// (`left_reason: downgrade_refused`), the client sees it go (`participant_left`), and the
+/// relay never forwarded a byte of media from the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_before_going_unencrypted_and_leaves_when_answered_no() {
+    let _lock = CALL_LOCK.lock().await;
+    let (page, s, log, released) = downgrade_call("web-downgrade-no", 20, |url| {
+        peer_args(&[
+            "--page",
+            url,
+            "--until",
+            "downgrade_question",
+            "--timeout",
+            "40",
+            "--wait-stdin",
+            "--answer-downgrade",
+            "click-no",
+            "--then",
+            "left",
+        ])
+    })
+    .await;
+    eprintln!("page: {}", page.brief());
+    assert!(page.ok(), "{}", page.brief());
+    assert!(s.joined && s.error.is_none(), "{:?}", s.error);
+    assert_eq!(page.s("left_reason"), "downgrade_refused");
+    assert_eq!(page.s("joined"), false);
+    assert!(page.s("pending_downgrade").is_null());
+    let me = page.0["question"]["state"]["participant"]
+        .as_str()
+        .expect("the page's participant id");
+    assert!(
+        s.peers_left.iter().any(|p| p == me),
+        "the client saw {me} leave: {:?}",
+        s.peers_left
+    );
+    let mine = client_ssrcs(&s);
+    let (all, _) = payload_packets(&log, &[], released);
+    let (before, after) = payload_packets(&log, &mine, released);
+    let window = all - before;
+    eprintln!(
+        "the relay forwarded, with a payload: {window} packets from the client before the answer; from the page {before} before it and {after} after"
+    );
+    assert_eq!((before, after), (0, 0), "no media from the page, ever");
+    assert!(
+        window >= 250,
+        "the window held the client's media: {window}"
+    );
+    assert_question_shown(&page, &s);
+}
+
+/// The third way a relay says a call will be standard: `capabilities.e2ee_option` is
+/// `hidden` (dave's policy is Disabled) while the URL asked for `e2ee=1`. The page asks
+/// before joining, and joins (a standard call) only once told to continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_before_joining_when_the_relay_hides_the_e2ee_it_asked_for() {
+    let _lock = CALL_LOCK.lock().await;
+    let dir = temp_path("hidden", "d");
+    let cfg = policy_config(&dir);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-hidden";
+    let url = page_url(&relay, &tok(&cfg, "dave", "fabrikam", call), call, true);
+    let args = peer_args(&[
+        "--page",
+        &url,
+        "--until",
+        "downgrade_question",
+        "--timeout",
+        "30",
+        "--answer-downgrade",
+        "click-yes",
+        "--then",
+        "joined",
+    ]);
+    let pages = drive(&args).await;
+    let page = &pages[0];
+    eprintln!("page: {}", page.brief());
+    assert!(page.ok(), "{}", page.brief());
+    let q = &page.0["question"];
+    assert_eq!(q["state"]["e2ee_option"], "hidden", "{q}");
+    assert_eq!(q["state"]["joined"], false, "asked before joining: {q}");
+    assert!(q["state"]["participant"].is_null(), "{q}");
+    let reason = q["state"]["pending_downgrade"]["reason"]
+        .as_str()
+        .expect("a reason");
+    assert!(
+        reason.contains("does not offer end-to-end encryption"),
+        "{reason}"
+    );
+    assert_eq!(q["visible"], true, "{q}");
+    assert_eq!(
+        q["text"].as_str(),
+        Some(question_words(reason).as_str()),
+        "{q}"
+    );
+    // Continued: a standard call.
+    assert_eq!(page.s("joined"), true);
+    assert_eq!(page.s("call_mode"), "standard");
+    assert!(page.s("pending_downgrade").is_null());
+    assert_eq!(page.s("clear_consent"), true);
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A signalling proxy in front of `relay` that lies as a malicious relay can: once `lie` is
+/// set, it slips `call_mode_changed {call_mode: standard}` into every WebSocket it carries,
+/// between two of the relay's frames. Everything else passes unchanged (the page's files
+/// too: it is loaded through the proxy, so its WebSocket goes through it). Server frames
+/// are unmasked and uncompressed, so frame boundaries are read from their headers.
+async fn lying_proxy(
+    relay: &blindrelay::Relay,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the lying proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let upstream = relay.signal_addr;
+    let (lie, told) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let told = told.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                lie_on(client, server, told).await;
+            });
+        }
+    });
+    (addr, lie)
+}
+
+async fn lie_on(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut told: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+    };
+    let downstream = async {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        // The response head: only a 101 (WebSocket) is read frame by frame.
+        let websocket = loop {
+            let n = match server_rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                if client_wr.write_all(&head).await.is_err() {
+                    return;
+                }
+                break head.starts_with(b"HTTP/1.1 101");
+            }
+        };
+        if !websocket {
+            if client_wr.write_all(&buf).await.is_ok() {
+                let _ = tokio::io::copy(&mut server_rd, &mut client_wr).await;
+            }
+            return;
+        }
+        let mut lied = false;
+        loop {
+            // Whole frames only: between two writes is a frame boundary.
+            while let Some(len) = ws_frame_len(&buf) {
+                let frame: Vec<u8> = buf.drain(..len).collect();
+                if client_wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            if !lied && *told.borrow_and_update() {
+                lied = true;
+                let lie = br#"{"type":"call_mode_changed","call_mode":"standard","reason":"standard call: mallory has not turned on end-to-end encryption"}"#;
+                // A text frame, its length in the fewest bytes (browsers insist).
+                let mut frame = vec![0x81];
+                match u8::try_from(lie.len()) {
+                    Ok(n) if n < 126 => frame.push(n),
+                    _ => {
+                        frame.push(126);
+                        frame.extend_from_slice(&(lie.len() as u16).to_be_bytes());
+                    }
+                }
+                frame.extend_from_slice(lie);
+                if client_wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                r = server_rd.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                // The test dropping its sender ends the lying, not the connection.
+                r = told.changed(), if !lied => if r.is_err() { lied = true },
+            }
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}
+
+/// The length of the unmasked WebSocket frame at the start of `b`, once all of it is there.
+fn ws_frame_len(b: &[u8]) -> Option<usize> {
+    let len7 = usize::from(*b.get(1)? & 0x7f);
+    let (head, len) = match len7 {
+        126 => (
+            4usize,
+            usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?])),
+        ),
+        127 => {
+            let ext: [u8; 8] = b.get(2..10)?.try_into().ok()?;
+            (10, usize::try_from(u64::from_be_bytes(ext)).ok()?)
+        }
+        n => (2, n),
+    };
+    let total = head.checked_add(len)?;
+    (b.len() >= total).then_some(total)
+}
+
+/// After keys exist, a relay's claim that the call is standard is refused without a
+/// question: the page stays in the call, encrypted, and says the relay tried. The lie comes
+/// from a proxy (an honest relay never sends it to a keyed call); e2ee-client opens every
+/// frame the page sends after it, so none went out in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let (options, log) = tap_log();
+    let relay = start_relay(cfg.clone(), options).await;
+    let (proxy, lie) = lying_proxy(&relay).await;
+    let call = "web-lie-after-keys";
+    let client = CallOptions {
+        video: false,
+        ..rusty(&relay, &cfg, call, 30)
+    };
+    let client = tokio::spawn(async move { run_call(&client).await });
+    let url = format!(
+        "http://{proxy}/?call={call}&token={}&autojoin=1&e2ee=1",
+        token(&cfg, "webby", Some(call), "user")
+    );
+    let args = peer_args(&[
+        "--page",
+        &url,
+        "--until",
+        "keyed",
+        "--min-encrypted",
+        "100",
+        "--min-decrypted",
+        "50",
+        "--timeout",
+        "30",
+        "--wait-stdin",
+        "--then",
+        "keyed",
+    ]);
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let lied_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let at = lied_at.clone();
+    let relay_ref = &relay;
+    let pages = drive_ready(
+        &args,
+        ready.clone(),
+        Some(async move {
+            ready.notified().await;
+            *at.lock().expect("lie lock") = Some(std::time::Instant::now());
+            lie.send_replace(true);
+            // The page goes on for a while after the lie (about 80 packets a second).
+            let before = metric(
+                &scrape(relay_ref).await,
+                "blindrelay_packets_forwarded_total{kind=\"rtp\"}",
+            );
+            await_metrics(
+                relay_ref,
+                Duration::from_secs(30),
+                "media after the lie",
+                |m| metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= before + 500.0,
+            )
+            .await;
+        }),
+    )
+    .await;
+    let s = client.await.expect("e2ee-client task");
+    relay.shutdown().await;
+    let page = &pages[0];
+    eprintln!("page: {}", page.brief());
+    assert!(page.ok(), "{}", page.brief());
+    assert_eq!(page.s("downgrades_refused"), 1, "{}", page.brief());
+    assert_eq!(page.s("call_mode"), "e2ee");
+    assert_eq!(page.s("e2ee"), true);
+    assert!(
+        page.s("pending_downgrade").is_null(),
+        "no question once keyed"
+    );
+    assert!(page.s("left_reason").is_null(), "the page stayed");
+    assert!(
+        page.s("messages")
+            .as_array()
+            .is_some_and(|m| m.iter().any(|t| t
+                .as_str()
+                .is_some_and(|t| t.contains("stays end-to-end encrypted")))),
+        "the page says the relay tried: {}",
+        page.brief()
+    );
+    let lied_at = lied_at.lock().expect("lie lock").expect("the lie was told");
+    let mine = client_ssrcs(&s);
+    let (_, after) = payload_packets(&log, &mine, lied_at);
+    eprintln!(
+        "after the lie the page sent {after} packets; e2ee-client decrypted {} frames in all, {} failures",
+        s.frames_decrypted, s.decrypt_failures
+    );
+    assert!(after > 200, "the page went on sending: {after}");
+    assert!(s.e2ee, "{:?}", s.e2ee_error);
+    assert_eq!(
+        s.decrypt_failures, 0,
+        "every frame from the page opened: {s:?}"
+    );
+    assert!(s.frames_decrypted > after / 2, "{s:?}");
 }

@@ -5,12 +5,20 @@
 //       [--min-video-frames N] [--min-encrypted N] [--min-decrypted N] [--timeout SECS]
 //       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
 //       [--click-feature NAME] [--min-participants N] [--wait-stdin]
+//       [--answer-downgrade yes|no|click-yes|click-no] [--then COND] [--min-sent N]
 //
 // --connect presses "Check settings" on each page (for URLs without autojoin=1).
 // --click-feature NAME presses that call-feature button once the page has joined.
 // --wait-stdin: once the condition is met, print "ready" on stderr and keep the pages in
 // the call until a line arrives on stdin (the test releases them when it has seen what it
 // waits for, e.g. a bot's packets in the relay's metrics).
+// --answer-downgrade: once the condition is met (and released, with --wait-stdin), answer
+// each page's downgrade question: yes/no through window.blindrelay.answerDowngrade,
+// click-yes/click-no by clicking the question's buttons as a person does. With --screenshot,
+// each page is first photographed with the question (question-N.png); the report's
+// `question` holds what the page showed then. --then COND: after that, wait until every
+// page meets COND too (the same conditions, plus `left`, `sending` with --min-sent N:
+// packets sent, and `downgrade_question`).
 //
 // Every page is opened in one browser (one context each). The driver polls
 // window.blindrelay.state() until every page meets the --until condition or the timeout
@@ -21,7 +29,7 @@ import { chromium } from 'playwright-core';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const a = { pages: [], until: 'media', minVideoFrames: 100, minEncrypted: 0, minDecrypted: 0, timeout: 60, chat: null };
+const a = { pages: [], until: 'media', minVideoFrames: 100, minEncrypted: 0, minDecrypted: 0, minSent: 0, timeout: 60, chat: null };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const v = argv[i + 1];
@@ -36,6 +44,9 @@ for (let i = 0; i < argv.length; i++) {
     case '--click-feature': a.clickFeature = v; i++; break;
     case '--min-participants': a.minParticipants = Number(v); i++; break;
     case '--wait-stdin': a.waitStdin = true; break;
+    case '--answer-downgrade': a.answerDowngrade = v; i++; break;
+    case '--then': a.then = v; i++; break;
+    case '--min-sent': a.minSent = Number(v); i++; break;
     case '--screenshot': a.screenshot = v; i++; break;
     case '--click-lock': a.clickLock = true; break;
     case '--chat': a.chat = v; i++; break;
@@ -50,10 +61,10 @@ if (!existsSync(executablePath)) {
   process.exit(3);
 }
 
-/** Whether a page's state meets the condition. */
-function met(s) {
+/** Whether a page's state meets the condition `cond`. */
+function met(s, cond = a.until) {
   if (!s) return false;
-  switch (a.until) {
+  switch (cond) {
     case 'error': return !!s.error;
     case 'capabilities': return s.e2ee_option !== null;
     case 'joined': return s.joined;
@@ -67,7 +78,10 @@ function met(s) {
       const remotes = s.participants.length;
       return remotes > 0 && s.participants.every((p) => video.some((i) => i.participant === p && i.framesDecoded > a.minVideoFrames));
     }
-    default: throw new Error(`unknown --until ${a.until}`);
+    case 'downgrade_question': return !!s.pending_downgrade;
+    case 'left': return !s.joined && !!s.left_reason;
+    case 'sending': return s.joined && !s.pending_downgrade && (s.outbound || []).reduce((n, o) => n + o.packetsSent, 0) >= a.minSent;
+    default: throw new Error(`unknown condition ${cond}`);
   }
 }
 
@@ -125,6 +139,43 @@ try {
     });
     process.stdin.pause();
   }
+  const questions = new Map();
+  let firstOk = pages.every((p) => met(states.get(p.n)));
+  if (a.answerDowngrade) {
+    const yes = a.answerDowngrade.endsWith('yes');
+    for (const p of pages) {
+      const q = await p.page.evaluate(() => {
+        const box = document.getElementById('downgrade');
+        const visible = !!box && !box.hidden && !!(box.offsetWidth || box.offsetHeight);
+        return {
+          visible,
+          text: visible ? document.getElementById('downgrade-text').textContent : null,
+          buttons: visible ? [...box.querySelectorAll('button')].map((b) => b.textContent) : [],
+          chat_disabled: document.getElementById('chat-input').disabled && document.getElementById('chat-send').disabled,
+          state: window.blindrelay.state(),
+        };
+      }).catch((e) => { p.errors.push(String(e.message)); return null; });
+      questions.set(p.n, q);
+      if (a.screenshot) {
+        mkdirSync(a.screenshot, { recursive: true });
+        await p.page.screenshot({ path: join(a.screenshot, `question-${p.n}.png`) });
+      }
+      if (a.answerDowngrade.startsWith('click-')) {
+        await p.page.click(yes ? '#downgrade-continue' : '#downgrade-leave').catch((e) => p.errors.push(`answer: ${e.message}`));
+      } else {
+        const answered = await p.page.evaluate((y) => window.blindrelay.answerDowngrade(y), yes).catch((e) => { p.errors.push(String(e.message)); return false; });
+        if (!answered) p.errors.push('answerDowngrade: no question was pending');
+      }
+    }
+  }
+  if (a.then) {
+    const until = Date.now() + a.timeout * 1000;
+    await poll();
+    while (Date.now() < until && !pages.every((p) => met(states.get(p.n), a.then))) {
+      await new Promise((r) => setTimeout(r, 250));
+      await poll();
+    }
+  }
   if (a.chat) {
     for (const p of pages) {
       await p.page.fill('#chat-input', `${a.chat} from page ${p.n}`).catch((e) => p.errors.push(`chat: ${e.message}`));
@@ -141,7 +192,8 @@ try {
   await poll();
   for (const p of pages) {
     const s = states.get(p.n);
-    const ok = met(s);
+    // With --then, the page met both conditions in turn.
+    const ok = a.then ? firstOk && met(s, a.then) : met(s);
     allOk &&= ok;
     const samples = {};
     for (const who of s ? s.participants : []) samples[who] = await p.page.evaluate((w) => window.blindrelay.sampleVideo(w), who).catch(() => null);
@@ -164,7 +216,7 @@ try {
       mkdirSync(a.screenshot, { recursive: true });
       await p.page.screenshot({ path: join(a.screenshot, `page-${p.n}.png`) });
     }
-    results.push({ url: p.url, ok, state: s, samples, toggle, lock, shownCode, features, message, errors: p.errors });
+    results.push({ url: p.url, ok, state: s, samples, toggle, lock, shownCode, features, message, question: questions.get(p.n) ?? null, errors: p.errors });
   }
 } catch (e) {
   console.error(`[web] ${e.stack || e}`);
