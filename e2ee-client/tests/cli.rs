@@ -169,3 +169,56 @@ fn call_without_a_relay_exits_non_zero_with_a_json_error() {
     assert_eq!(v["joined"], false);
     assert_eq!(v["error"]["code"], "signalling_failed");
 }
+
+/// `keygen` writes an identity key (0600) and its public half, prints the thumbprint the
+/// issuer's tooling uses, never overwrites a key, and `call` refuses an unreadable key
+/// before it connects anywhere.
+#[test]
+fn keygen_writes_a_key_pair_that_call_loads() {
+    let prefix = std::env::temp_dir().join(format!("e2ee-id-{}", std::process::id()));
+    let (key, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(&public);
+    let out = bin()
+        .args(["keygen", "--out"])
+        .arg(&prefix)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let loaded = e2ee_client::identity::load_identity_key(&key).expect("the key loads");
+    assert_eq!(
+        e2ee_client::identity::load_issuer_key(&public).expect("the public key loads"),
+        loaded.public
+    );
+    assert_eq!(kid, blindrelay_protocol::token::kid_of(&loaded.public));
+    assert!(!format!("{loaded:?}").contains(&hex::encode(*loaded.seed)));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = bin()
+        .args(["keygen", "--out"])
+        .arg(&prefix)
+        .output()
+        .expect("runs");
+    assert!(
+        !again.status.success(),
+        "an existing key is never overwritten"
+    );
+    let bad = bin()
+        .args(["call", "--token", "t", "--e2ee", "--identity-key"])
+        .arg(&public)
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--identity-key"));
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(&public);
+}
