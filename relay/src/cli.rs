@@ -175,6 +175,8 @@ pub enum CliError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0} already exists; keygen never overwrites a key (choose another --out)")]
+    KeyExists(String),
     #[error(
         "the config sets auth.issuer_public_keys, so the relay refuses HS256 tokens; \
          sign with the issuer's key: --signing-key FILE"
@@ -199,6 +201,7 @@ impl CliError {
             | CliError::Key { .. }
             | CliError::KeyFile { .. }
             | CliError::IssuerOnly
+            | CliError::KeyExists(_)
             | CliError::Token(TokenError::BadRole(_)) => 2,
             _ => 1,
         }
@@ -415,10 +418,7 @@ fn keygen(prefix: &Path) -> Result<String, CliError> {
     // Both names are checked first, so a clash leaves no half-written pair.
     for p in [&key_path, &pub_path] {
         if p.exists() {
-            return Err(CliError::KeyFile {
-                path: p.display().to_string(),
-                source: std::io::ErrorKind::AlreadyExists.into(),
-            });
+            return Err(CliError::KeyExists(p.display().to_string()));
         }
     }
     write(key_path.clone(), 0o600, &private)?;

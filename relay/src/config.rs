@@ -187,14 +187,17 @@ pub struct IssuerKey {
 impl IssuerKey {
     /// A key from SPKI PEM text; the error names the kid.
     pub fn from_pem(kid: &str, pem: &str) -> Result<IssuerKey, ConfigError> {
-        let bad = |message: String| ConfigError::Invalid {
+        Self::parse_pem(kid, pem).map_err(|message| ConfigError::Invalid {
             key: "auth.issuer_public_keys",
             message,
-        };
+        })
+    }
+
+    fn parse_pem(kid: &str, pem: &str) -> Result<IssuerKey, String> {
         if kid.is_empty() || kid.len() > MAX_KID_BYTES {
-            return Err(bad(format!("a kid is 1 to {MAX_KID_BYTES} bytes")));
+            return Err(format!("a kid is 1 to {MAX_KID_BYTES} bytes"));
         }
-        let public_key = read_ed25519_public(pem).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
+        let public_key = read_ed25519_public(pem).map_err(|e| format!("key `{kid}`: {e}"))?;
         Ok(IssuerKey {
             kid: kid.to_string(),
             public_key,
@@ -217,32 +220,27 @@ struct IssuerKeyToml {
 }
 
 impl TryFrom<IssuerKeyToml> for IssuerKey {
-    type Error = ConfigError;
+    /// Shown by the TOML error, under its pointer to the entry.
+    type Error = String;
 
-    fn try_from(t: IssuerKeyToml) -> Result<IssuerKey, ConfigError> {
+    fn try_from(t: IssuerKeyToml) -> Result<IssuerKey, String> {
         let pem = match (t.public_key, t.public_key_file) {
             (Some(pem), None) => pem,
-            (None, Some(path)) => {
-                std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
-                    key: "auth.issuer_public_keys",
-                    message: format!(
-                        "key `{}`: cannot read public_key_file {}: {e}",
-                        t.kid,
-                        path.display()
-                    ),
-                })?
-            }
+            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "auth.issuer_public_keys: key `{}`: cannot read public_key_file {}: {e}",
+                    t.kid,
+                    path.display()
+                )
+            })?,
             _ => {
-                return Err(ConfigError::Invalid {
-                    key: "auth.issuer_public_keys",
-                    message: format!(
-                        "key `{}`: give exactly one of public_key (PEM text) and public_key_file",
-                        t.kid
-                    ),
-                })
+                return Err(format!(
+                    "auth.issuer_public_keys: key `{}`: give exactly one of public_key (PEM text) and public_key_file",
+                    t.kid
+                ))
             }
         };
-        IssuerKey::from_pem(&t.kid, &pem)
+        IssuerKey::parse_pem(&t.kid, &pem).map_err(|m| format!("auth.issuer_public_keys: {m}"))
     }
 }
 
