@@ -42,6 +42,7 @@ const ERROR_TEXT = {
   no_common_codec: "This browser offers none of the call's codecs (Opus, VP8).",
   relay_full: 'The relay is at capacity: try again later.',
   rate_limited: 'Too many requests: wait a moment and try again.',
+  mls_refused: 'The relay refused a group key message from this client (MLS): it was not valid at this point of the call.',
   hello_timeout: 'The relay closed the connection: the page did not sign in in time.',
   internal: 'The relay hit an internal error.',
   dev_tokens_disabled: 'Development tokens are off on this relay.',
