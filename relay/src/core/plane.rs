@@ -2110,6 +2110,9 @@ mod tests {
         fn new() -> H {
             H::with(cfg(), CallingE2ee::DisabledUserOverride)
         }
+        fn token(&self, user: &str, call: Option<&str>, role: &str) -> String {
+            self.token_in("t", user, call, role)
+        }
         fn token_in(&self, tenant: &str, user: &str, call: Option<&str>, role: &str) -> String {
             let claims = Claims {
                 sub: user.into(),
@@ -2171,8 +2174,10 @@ mod tests {
             })
         }
         fn hello(&mut self, conn: ConnId, user: &str, call: Option<&str>, role: &str) {
-            self.hello_in(conn, "t", user, call, role)
+            let token = self.token(user, call, role);
+            self.hello_with(conn, token)
         }
+        /// A hello as `user` of `tenant`.
         fn hello_in(
             &mut self,
             conn: ConnId,
@@ -2181,8 +2186,11 @@ mod tests {
             call: Option<&str>,
             role: &str,
         ) {
-            self.input(Input::Connected { conn });
             let token = self.token_in(tenant, user, call, role);
+            self.hello_with(conn, token)
+        }
+        fn hello_with(&mut self, conn: ConnId, token: String) {
+            self.input(Input::Connected { conn });
             self.text(conn, &ClientMessage::Hello { token });
             let m = self.take(conn);
             assert!(
