@@ -162,7 +162,9 @@ pub struct CallSummary {
     pub key_packages_refused_by: BTreeMap<String, u64>,
     /// Why this client left before its duration ended: `downgrade_refused` (told the
     /// call would not be end-to-end encrypted), `group_refused` (a commit or Welcome would
-    /// have keyed an unannounced member), or the relay's removal reason.
+    /// have keyed an unannounced member), the relay's removal reason, or `signalling_lost`
+    /// (the signalling connection ended before `--duration`: also set as `error`, so the
+    /// CLI exits non-zero).
     pub left_reason: Option<String>,
     /// Set when `--e2ee-preferred` accepted a standard call: the relay's reason.
     pub downgrade_accepted: Option<String>,
@@ -639,7 +641,15 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             m = sig.recv() => {
                 let m = match m {
                     Ok(m) => m,
-                    Err(_) => { ended_by_relay = true; break; }
+                    Err(e) => {
+                        // Cut off before `--duration` ended (removed as a slow reader, the
+                        // relay shut down, the network failed): not a normal end.
+                        eprintln!("[{}] signalling lost before the call's end: {e}", opts.name);
+                        s.left_reason = Some("signalling_lost".into());
+                        s.error = Some(SummaryError { code: "signalling_lost".into(), message: e.to_string() });
+                        ended_by_relay = true;
+                        break;
+                    }
                 };
                 if let Some(g) = group.as_mut() {
                     match g.on_message(Instant::now(), &m) {

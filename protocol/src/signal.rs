@@ -247,6 +247,10 @@ pub enum ErrorCode {
     /// An MLS message the relay, as Delivery Service, refuses: a KeyPackage that does not
     /// parse, a commit from a non-member, `mls_joined` without a Welcome for that epoch...
     MlsRefused,
+    /// A `merge` the requester may not make: it is not in the other call (same identity,
+    /// user@tenant), or one of the calls is not standard. One code and one message for
+    /// every case, so a refusal never tells whether another call exists or in which mode.
+    MergeRefused,
     Internal,
 }
 
@@ -271,6 +275,7 @@ impl ErrorCode {
             ErrorCode::E2eeCallIsOneToOne => "e2ee_call_is_one_to_one",
             ErrorCode::E2eeSchemeMismatch => "e2ee_scheme_mismatch",
             ErrorCode::MlsRefused => "mls_refused",
+            ErrorCode::MergeRefused => "merge_refused",
             ErrorCode::E2eeCallRefusesBots => "e2ee_call_refuses_bots",
             ErrorCode::FeatureUnavailableInE2eeCall => "feature_unavailable_in_e2ee_call",
             ErrorCode::UnknownFeature => "unknown_feature",

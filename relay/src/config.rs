@@ -98,6 +98,11 @@ pub struct SignalConfig {
     /// Messages one connection may send per second (sustained) and in one burst.
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// Web origins (`https://app.example.com`) besides the relay's own whose pages may
+    /// open the signalling WebSocket. A browser sends `Origin`; a request with a foreign
+    /// one is refused (403), so another site's page cannot act with a visitor's
+    /// credentials. Requests without `Origin` (native clients) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +308,7 @@ impl Default for SignalConfig {
             max_connections_per_source: 1_000,
             messages_per_second: 50,
             message_burst: 200,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -480,6 +486,16 @@ impl Config {
                 message: "must be at least 2".into(),
             });
         }
+        for o in &self.signal.allowed_origins {
+            if !is_origin(o) {
+                return Err(ConfigError::Invalid {
+                    key: "signal.allowed_origins",
+                    message: format!(
+                        "`{o}` is not an origin: expected http:// or https:// and a host[:port], no path"
+                    ),
+                });
+            }
+        }
         for (key, zero) in [
             ("signal.hello_timeout", self.signal.hello_timeout.is_zero()),
             (
@@ -563,6 +579,21 @@ impl Config {
     }
 }
 
+/// A web origin as browsers send it: `http://` or `https://`, then a host with an
+/// optional port, nothing else.
+fn is_origin(o: &str) -> bool {
+    let Some(authority) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !authority.is_empty()
+        && !authority
+            .bytes()
+            .any(|b| matches!(b, b'/' | b'?' | b'#' | b'@') || b.is_ascii_whitespace())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +616,33 @@ mod tests {
             "the embedded default captures nothing"
         );
         assert!(c.capture.call.is_none());
+    }
+
+    #[test]
+    fn allowed_origins_parse_and_validate() {
+        let c = Config::parse(
+            "[signal]\nallowed_origins = [\"https://app.example.com\", \"http://127.0.0.1:8080\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.signal.allowed_origins,
+            ["https://app.example.com", "http://127.0.0.1:8080"]
+        );
+        assert!(Config::default().signal.allowed_origins.is_empty());
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a.example/x",
+            "ftp://a",
+            "null",
+        ] {
+            let e = Config::parse(&format!("[signal]\nallowed_origins = [\"{bad}\"]\n"))
+                .expect_err(bad);
+            assert!(
+                e.to_string().contains("signal.allowed_origins"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

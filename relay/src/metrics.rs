@@ -359,7 +359,7 @@ impl Metrics {
         d(
             M_CONNS_REFUSED,
             None,
-            "Signalling connections refused at accept, by reason (too_many_connections, too_many_from_source).",
+            "Signalling connections refused at accept or at the WebSocket upgrade, by reason (too_many_connections, too_many_from_source, foreign_origin).",
         );
         self.recorder
             .describe_gauge(M_CONNS.into(), None, "Open signalling connections.".into());
@@ -515,7 +515,7 @@ impl Metrics {
             &meta(),
         )
     }
-    /// Signalling connections refused at accept, by reason.
+    /// Signalling connections refused at accept or at the upgrade, by reason.
     pub fn signalling_refused(&self, reason: &'static str) -> Counter {
         self.recorder.register_counter(
             &Key::from_parts(M_CONNS_REFUSED, vec![Label::new("reason", reason)]),

@@ -197,8 +197,11 @@ async fn merge_park_retrieve_and_bots_brought_in() {
     let carol = spawn(any("carol", "m2"));
     let dave = spawn(any("dave", "m2"));
     let bob = spawn(any("bob", "m1"));
+    // Only a participant of both calls may merge them: alice is in m2 too, on a second
+    // session (see `merge_is_refused_alike_and_moves_no_one` for everyone else).
+    let alice_in_m2 = spawn(any("alice", "m2"));
     // Both calls exist before alice asks to merge them.
-    joiners.wait_for("joined", 3, Duration::from_secs(10)).await;
+    joiners.wait_for("joined", 4, Duration::from_secs(10)).await;
     let mut a = any("alice", "m1");
     a.features = vec![
         "merge=m2".into(),
@@ -207,10 +210,11 @@ async fn merge_park_retrieve_and_bots_brought_in() {
         "transcription".into(),
     ];
     let sa = run_call(&a).await;
-    let (sc, _sd, _sb) = (
+    let (sc, _sd, _sb, _sa2) = (
         carol.await.expect("carol"),
         dave.await.expect("dave"),
         bob.await.expect("bob"),
+        alice_in_m2.await.expect("alice in m2"),
     );
     assert!(sa.features.iter().all(|f| f.ok), "{:?}", sa.features);
     assert!(
@@ -309,5 +313,87 @@ async fn merge_park_retrieve_and_bots_brought_in() {
         m => panic!("{m:?}"),
     }
     let _ = bob.await;
+    relay.shutdown().await;
+}
+
+/// A merge by someone not in the other call is refused with one answer whether that call
+/// exists or not, and moves no one: a token without a `call` claim (it may merge only calls
+/// its identity is in), and the same user name in another tenant (not the same identity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_is_refused_alike_and_moves_no_one() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    // The victims: carol and dave in call v, sending and receiving media throughout.
+    let mut victims = watch_signal(&relay).await;
+    let victim = |user: &str| CallOptions {
+        duration: Duration::from_secs(5),
+        ..person(&victims.url, &cfg, user, "v")
+    };
+    let carol = spawn(victim("carol"));
+    let dave = spawn(victim("dave"));
+    victims.wait_for("joined", 2, Duration::from_secs(10)).await;
+    // Mallory: no call claim, tenant-a, in her own call m. Carol of tenant-b (the
+    // victim's user name, another identity) in call w.
+    let mallory = token(&cfg, "mallory", None, "user");
+    let other_tenant = blindrelay::token::issue(
+        &cfg.auth.api_secret,
+        "carol",
+        "tenant-b",
+        "user",
+        None,
+        Duration::from_secs(600),
+    )
+    .expect("token");
+    let mut attempts = Vec::new();
+    // Kept open: the attackers stay in their calls while the victims run.
+    let mut attackers = Vec::new();
+    for (tok, call) in [(&mallory, "m"), (&other_tenant, "w")] {
+        let mut sig = raw_join(&url, tok, call).await.sig;
+        for other in ["v", "no-such-call"] {
+            sig.send(&ClientMessage::Feature {
+                name: "merge".into(),
+                arg: Some(other.into()),
+            })
+            .await
+            .expect("send");
+            let reply = loop {
+                match next_reply(&mut sig).await {
+                    ServerMessage::FeatureResult { ok, detail, .. } => break (ok, detail),
+                    ServerMessage::Offer { .. } => continue,
+                    m => panic!("expected the merge's result, got {m:?}"),
+                }
+            };
+            attempts.push((call, other, reply));
+        }
+        attackers.push(sig);
+    }
+    for (call, other, reply) in &attempts {
+        assert_eq!(
+            reply,
+            &(
+                false,
+                Some("merge_refused: you can only merge calls you are in".to_string())
+            ),
+            "merge of {other} into {call}"
+        );
+    }
+    // Three standard calls (v, m, w) with four people: nobody moved.
+    let m = scrape(&relay).await;
+    assert_eq!(metric(&m, "blindrelay_calls{mode=\"standard\"}"), 3.0);
+    assert_eq!(metric(&m, "blindrelay_participants{role=\"user\"}"), 4.0);
+    let (sc, sd) = (carol.await.expect("carol"), dave.await.expect("dave"));
+    for s in [&sc, &sd] {
+        assert!(s.error.is_none() && s.left_reason.is_none(), "{s:?}");
+        assert!(
+            s.streams_received >= 2 && s.frames_received > 10,
+            "the victims kept each other's media: {} streams, {} frames",
+            s.streams_received,
+            s.frames_received
+        );
+    }
+    // Carol heard of dave only (and dave of nobody): no attacker was ever with them.
+    assert_eq!(victims.count("participant_joined"), 1);
+    drop(attackers);
     relay.shutdown().await;
 }

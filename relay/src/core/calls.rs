@@ -91,6 +91,9 @@ pub struct Joined {
     pub replaced: Option<(PeerId, Left)>,
 }
 
+/// The one answer to a merge the requester may not make (see [`CallRegistry::merge`]).
+pub const MERGE_REFUSED: &str = "you can only merge calls you are in";
+
 /// A merge: who moved from the other call, who was already there.
 #[derive(Debug, Clone)]
 pub struct Merged {
@@ -376,9 +379,15 @@ impl CallRegistry {
         self.calls.contains_key(call)
     }
 
-    /// Move every participant of call `from_call` into `peer`'s call (merge). Both calls
-    /// must be standard: media of an E2EE call cannot be mixed with anyone else's.
+    /// Move every participant of call `from_call` into `peer`'s call (merge).
+    ///
+    /// Only a participant of both calls may merge them: `peer`'s identity (user@tenant)
+    /// must also be in `from_call` (through another session), and both calls must be
+    /// standard (media of an E2EE call cannot be mixed with anyone else's). Every other
+    /// case gets the one [`MERGE_REFUSED`] refusal, so that the answer never tells whether
+    /// a call exists, or in which mode. A refused merge changes nothing.
     pub fn merge(&mut self, peer: PeerId, from_call: &str) -> Result<Merged, (ErrorCode, String)> {
+        let refused = || (ErrorCode::MergeRefused, MERGE_REFUSED.to_string());
         let into_id = self
             .by_peer
             .get(&peer)
@@ -390,22 +399,26 @@ impl CallRegistry {
                 "cannot merge a call into itself".into(),
             ));
         }
-        let Some(from) = self.calls.get(from_call) else {
-            return Err((
-                ErrorCode::BadRequest,
-                format!("no call `{from_call}` on this relay"),
-            ));
-        };
-        if from.mode == CallMode::E2ee {
-            return Err((
-                ErrorCode::FeatureUnavailableInE2eeCall,
-                format!("call `{from_call}` is end-to-end encrypted"),
-            ));
-        }
         let into = self
             .calls
             .get(&into_id)
             .ok_or((ErrorCode::NotJoined, "not in a call".to_string()))?;
+        let me = into
+            .members
+            .get(&peer)
+            .map(|m| (m.info.user.as_str(), m.info.tenant.as_str()))
+            .ok_or((ErrorCode::NotJoined, "not in a call".to_string()))?;
+        let from = self.calls.get(from_call).filter(|from| {
+            from.mode == CallMode::Standard
+                && into.mode == CallMode::Standard
+                && from
+                    .members
+                    .values()
+                    .any(|m| (m.info.user.as_str(), m.info.tenant.as_str()) == me)
+        });
+        let Some(from) = from else {
+            return Err(refused());
+        };
         if into.members.len() + from.members.len() > self.max_participants {
             return Err((
                 ErrorCode::CallFull,

@@ -1655,12 +1655,8 @@ impl ControlPlane {
                     ErrorCode::BadRequest,
                     "merge needs the other call's id".to_string(),
                 ))?;
-                if claims.call.as_deref().is_some_and(|c| c != other) {
-                    return Err((
-                        ErrorCode::WrongCall,
-                        format!("your token does not admit to call `{other}`"),
-                    ));
-                }
+                // Membership decides, whatever call the token names: the requester's
+                // identity must be in the other call too (see `CallRegistry::merge`).
                 self.merge(peer, other)?;
                 Ok(format!("merged call {other} into this call"))
             }
@@ -2115,9 +2111,12 @@ mod tests {
             H::with(cfg(), CallingE2ee::DisabledUserOverride)
         }
         fn token(&self, user: &str, call: Option<&str>, role: &str) -> String {
+            self.token_in("t", user, call, role)
+        }
+        fn token_in(&self, tenant: &str, user: &str, call: Option<&str>, role: &str) -> String {
             let claims = Claims {
                 sub: user.into(),
-                tenant: "t".into(),
+                tenant: tenant.into(),
                 role: role.into(),
                 call: call.map(str::to_string),
                 exp: self.unix + 3600,
@@ -2175,8 +2174,23 @@ mod tests {
             })
         }
         fn hello(&mut self, conn: ConnId, user: &str, call: Option<&str>, role: &str) {
-            self.input(Input::Connected { conn });
             let token = self.token(user, call, role);
+            self.hello_with(conn, token)
+        }
+        /// A hello as `user` of `tenant`.
+        fn hello_in(
+            &mut self,
+            conn: ConnId,
+            tenant: &str,
+            user: &str,
+            call: Option<&str>,
+            role: &str,
+        ) {
+            let token = self.token_in(tenant, user, call, role);
+            self.hello_with(conn, token)
+        }
+        fn hello_with(&mut self, conn: ConnId, token: String) {
+            self.input(Input::Connected { conn });
             self.text(conn, &ClientMessage::Hello { token });
             let m = self.take(conn);
             assert!(
@@ -2397,49 +2411,134 @@ mod tests {
         }
     }
 
+    fn merge(h: &mut H, conn: ConnId, other: &str) -> Vec<ServerMessage> {
+        h.text(
+            conn,
+            &ClientMessage::Feature {
+                name: "merge".into(),
+                arg: Some(other.into()),
+            },
+        );
+        h.take(conn)
+    }
+
     #[test]
     fn merge_moves_and_tells_both_sides() {
         let mut h = H::new();
-        for (c, u) in [(1, "a"), (2, "b"), (3, "x"), (4, "y")] {
+        for (c, u) in [(1, "a"), (2, "b"), (3, "x"), (4, "y"), (5, "a")] {
             h.hello(c, u, None, "user");
         }
         h.join(1, "one", false);
         h.join(2, "one", false);
         h.join(3, "two", false);
         h.join(4, "two", false);
-        for c in 1..=4 {
+        // a is in both calls: a second session of the same identity is in "two".
+        h.join(5, "two", false);
+        for c in 1..=5 {
             h.take(c);
         }
         h.out.clear();
-        h.text(
-            1,
-            &ClientMessage::Feature {
-                name: "merge".into(),
-                arg: Some("two".into()),
-            },
-        );
-        let r = h.take(1);
-        // The request's result, then the events it caused (x and y joined this call).
+        let r = merge(&mut h, 1, "two");
+        // The request's result, then the events it caused (x, y and a's other session
+        // joined this call).
         assert!(
             matches!(
                 &r[..],
                 [
                     ServerMessage::FeatureResult { ok: true, .. },
                     ServerMessage::ParticipantJoined { .. },
+                    ServerMessage::ParticipantJoined { .. },
                     ServerMessage::ParticipantJoined { .. }
                 ]
             ),
             "{r:?}"
         );
-        assert_eq!(r.len(), 3, "result then x and y joined: {r:?}");
         assert_eq!(h.take(3).len(), 2, "x hears of a and b");
         let moves = h
             .out
             .iter()
             .filter(|o| matches!(o, Output::Move { .. }))
             .count();
-        assert_eq!(moves, 2);
+        assert_eq!(moves, 3);
         assert_eq!(h.p.counts().1, 1);
+    }
+
+    /// Merge needs the requester's identity (user@tenant) in both calls, both standard;
+    /// every other case gets the same answer, whether or not the other call exists, and
+    /// nothing moves.
+    #[test]
+    fn merge_is_refused_alike_unless_the_requester_is_in_both_calls() {
+        let mut h = H::new();
+        // a: a token without a call claim; x and y in "two"; e alone in an E2EE call;
+        // a@u (another tenant, same user name) in "four" and in "two".
+        h.hello(1, "a", None, "user");
+        h.hello(2, "x", None, "user");
+        h.hello(3, "y", None, "user");
+        h.hello(4, "e", None, "user");
+        h.hello_in(5, "u", "a", None, "user");
+        h.hello_in(6, "u", "a", None, "user");
+        h.join(1, "one", false);
+        h.join(2, "two", false);
+        h.join(3, "two", false);
+        assert_eq!(joined_mode(&h.join(4, "three", true)), CallMode::E2ee);
+        h.join(5, "four", false);
+        h.join(6, "two", false);
+        for c in 1..=6 {
+            h.take(c);
+        }
+        h.out.clear();
+        let before: Vec<_> = (1..=6)
+            .map(|c| h.p.registry.call_of(h.peer_of(c)).map(|(id, _, _)| id))
+            .collect();
+        let refusal = |r: &[ServerMessage]| match r {
+            [ServerMessage::FeatureResult {
+                ok: false, detail, ..
+            }] => detail.clone(),
+            other => panic!("expected one refused result, got {other:?}"),
+        };
+        let mut answers = Vec::new();
+        // Not in "two" (exists, standard), "three" (exists, E2EE), "nowhere" (does not
+        // exist): a claim-less token merges only calls its identity is in.
+        for other in ["two", "three", "nowhere"] {
+            answers.push(refusal(&merge(&mut h, 1, other)));
+        }
+        // a@u is in "two", but a@u is not a@t: another tenant's member is refused alike,
+        // for "one" (exists) and "nowhere".
+        for other in ["one", "nowhere"] {
+            answers.push(refusal(&merge(&mut h, 5, other)));
+        }
+        for a in &answers {
+            assert_eq!(
+                a.as_deref(),
+                Some("merge_refused: you can only merge calls you are in"),
+                "{answers:?}"
+            );
+        }
+        assert!(
+            !h.out.iter().any(|o| matches!(o, Output::Move { .. })),
+            "nothing moved: {:?}",
+            h.out
+        );
+        for c in 2..=6 {
+            assert!(h.take(c).is_empty(), "nobody was told anything");
+        }
+        let after: Vec<_> = (1..=6)
+            .map(|c| h.p.registry.call_of(h.peer_of(c)).map(|(id, _, _)| id))
+            .collect();
+        assert_eq!(before, after);
+        // The control: a@u is in "four" and "two", so it may merge "two" into "four".
+        let r = merge(&mut h, 5, "two");
+        assert!(
+            matches!(
+                r.first(),
+                Some(ServerMessage::FeatureResult { ok: true, .. })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            h.p.registry.call_of(h.peer_of(2)).map(|(id, _, _)| id),
+            Some("four".to_string())
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ impl Relay {
             header_read_timeout: config.signal.header_read_timeout,
             write_timeout: config.signal.write_timeout,
             max_outbound_bytes: config.signal.max_outbound_bytes,
+            allowed_origins: config.signal.allowed_origins.clone().into(),
         };
         tasks.push(tokio::spawn(signal::serve(
             signal_listener,

@@ -12,8 +12,7 @@ use crate::core::plane::ConnId;
 use crate::metrics::Metrics;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::http::{Method, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -40,6 +39,8 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     pub write_timeout: Duration,
     pub max_outbound_bytes: usize,
+    /// Origins besides the relay's own allowed to open the WebSocket (`signal.allowed_origins`).
+    pub allowed_origins: Arc<[String]>,
 }
 
 /// Open connections, in total and by source address. The map holds only sources with an
@@ -197,14 +198,55 @@ fn admit(
     })
 }
 
+/// Whether a WebSocket upgrade with these headers may proceed. Without `Origin` (native
+/// clients send none) it may; with one, only from the relay's own origin (the `Host` the
+/// request was sent to, over http or https) or a configured one. A browser always sends
+/// `Origin` and a page cannot forge it, so another site's page cannot open signalling in
+/// its visitor's name.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let (authority, default_port) = if let Some(a) = origin.strip_prefix("https://") {
+        (a, ":443")
+    } else if let Some(a) = origin.strip_prefix("http://") {
+        (a, ":80")
+    } else {
+        return false;
+    };
+    // `Host` and `Origin` may differ only by the scheme's default port being spelled out.
+    let bare = |s: &str| -> String {
+        let s = s.to_ascii_lowercase();
+        s.strip_suffix(default_port)
+            .map(str::to_string)
+            .unwrap_or(s)
+    };
+    !authority.is_empty() && bare(authority) == bare(host)
+}
+
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(st): State<SignalState>,
+    headers: HeaderMap,
     slot: Option<Extension<Arc<ConnSlot>>>,
 ) -> Response {
     let Some(Extension(slot)) = slot else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no connection slot").into_response();
     };
+    if !origin_allowed(&headers, &st.limits.allowed_origins) {
+        st.metrics.signalling_refused("foreign_origin").increment(1);
+        debug!("signalling upgrade from a foreign origin refused");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     // Accept frames somewhat over the limit so an over-size message gets a typed error
     // instead of a dropped connection.
     //
@@ -315,5 +357,67 @@ async fn connection(socket: WebSocket, st: SignalState, slot: Arc<ConnSlot>) {
         .is_err()
     {
         debug!("signalling close timed out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(host: Option<&str>, origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = host {
+            h.insert(header::HOST, v.parse().expect("header value"));
+        }
+        if let Some(v) = origin {
+            h.insert(header::ORIGIN, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_is_the_relays_own_or_listed_or_absent() {
+        let listed = ["https://app.example.com".to_string()];
+        let ok = |host, origin| origin_allowed(&headers(host, origin), &listed);
+        // Native clients send no Origin.
+        assert!(ok(Some("relay.example.com"), None));
+        assert!(ok(None, None));
+        // The relay's own origin, over either scheme, default port spelled out or not.
+        assert!(ok(Some("127.0.0.1:7400"), Some("http://127.0.0.1:7400")));
+        assert!(ok(
+            Some("Relay.Example.com"),
+            Some("https://relay.example.com")
+        ));
+        assert!(ok(
+            Some("relay.example.com:443"),
+            Some("https://relay.example.com")
+        ));
+        assert!(ok(
+            Some("relay.example.com"),
+            Some("http://relay.example.com:80")
+        ));
+        // Listed.
+        assert!(ok(
+            Some("relay.example.com"),
+            Some("https://app.example.com")
+        ));
+        // Foreign: another host, another port, another scheme's default port, opaque
+        // origins, no Host to compare with.
+        assert!(!ok(Some("127.0.0.1:7400"), Some("http://evil.example")));
+        assert!(!ok(Some("127.0.0.1:7400"), Some("http://127.0.0.1:7401")));
+        assert!(!ok(
+            Some("relay.example.com:443"),
+            Some("http://relay.example.com")
+        ));
+        assert!(!ok(Some("relay.example.com"), Some("null")));
+        assert!(!ok(
+            Some("relay.example.com"),
+            Some("ws://relay.example.com")
+        ));
+        assert!(!ok(None, Some("http://relay.example.com")));
+        assert!(!ok(
+            Some("app.example.com"),
+            Some("http://app.example.com.evil")
+        ));
     }
 }

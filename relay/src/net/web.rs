@@ -183,8 +183,31 @@ fn error(status: StatusCode, code: &'static str, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// `POST /dev/token`.
-pub async fn dev_token(State(st): State<WebState>, body: axum::body::Bytes) -> Response {
+///
+/// Only a JSON body is read: a cross-site HTML form or a "simple" `fetch` can send
+/// `text/plain` or form data without a preflight, never `application/json` (415 otherwise).
+pub async fn dev_token(
+    State(st): State<WebState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !is_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json".into(),
+        );
+    }
     let secret = match &st.dev_tokens {
         Ok(s) => s,
         Err(refusal) => {
