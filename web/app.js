@@ -44,7 +44,6 @@ const ERROR_TEXT = {
   rate_limited: 'Too many requests: wait a moment and try again.',
   mls_refused: 'The relay refused a group key message from this client (MLS): it was not valid at this point of the call.',
   hello_timeout: 'The relay closed the connection: the page did not sign in in time.',
-  mls_refused: 'The relay refused a key-exchange message of this call.',
   merge_refused: 'You can only merge calls you are in.',
   internal: 'The relay hit an internal error.',
   dev_tokens_disabled: 'Development tokens are off on this relay.',
