@@ -43,6 +43,8 @@ const ERROR_TEXT = {
   relay_full: 'The relay is at capacity: try again later.',
   rate_limited: 'Too many requests: wait a moment and try again.',
   hello_timeout: 'The relay closed the connection: the page did not sign in in time.',
+  mls_refused: 'The relay refused a key-exchange (MLS) message from this page.',
+  ssrc_in_use: 'Another participant in this call already sends a stream with the same identifier (SSRC): reload the page to get new ones.',
   internal: 'The relay hit an internal error.',
   dev_tokens_disabled: 'Development tokens are off on this relay.',
   signalling_closed: 'The connection to the relay closed.',

@@ -247,6 +247,9 @@ pub enum ErrorCode {
     /// An MLS message the relay, as Delivery Service, refuses: a KeyPackage that does not
     /// parse, a commit from a non-member, `mls_joined` without a Welcome for that epoch...
     MlsRefused,
+    /// A join's offer, or an answer, lists an SSRC another participant of the call
+    /// already sends: the relay would have to drop one of the two streams.
+    SsrcInUse,
     Internal,
 }
 
@@ -279,6 +282,7 @@ impl ErrorCode {
             ErrorCode::RelayFull => "relay_full",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::SsrcInUse => "ssrc_in_use",
             ErrorCode::Internal => "internal",
         }
     }
