@@ -311,6 +311,32 @@ mod tests {
         );
     }
 
+    /// The SSRCs an SR, BYE and SDES speak for; a chunk list that overruns is an error.
+    #[test]
+    fn source_ssrcs_of_sender_reports() {
+        let ssrcs = |b: &[u8]| {
+            let p = packets(b).next().unwrap().unwrap();
+            source_ssrcs(&p).collect::<Vec<_>>()
+        };
+        let mut sr = vec![0x80, PT_SR, 0, 6, 0, 0, 0, 5];
+        sr.extend_from_slice(&[0; 20]);
+        assert_eq!(ssrcs(&sr), [Ok(5)]);
+        let bye = [0x82, PT_BYE, 0, 2, 0, 0, 0, 7, 0, 0, 0, 9];
+        assert_eq!(ssrcs(&bye), [Ok(7), Ok(9)]);
+        // Two chunks: 7 with a CNAME of 3 bytes (one chunk word of padding), 9 with none.
+        let sdes = [
+            0x82, PT_SDES, 0, 5, 0, 0, 0, 7, 1, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 9, 0, 0, 0,
+            0,
+        ];
+        assert_eq!(ssrcs(&sdes), [Ok(7), Ok(9)]);
+        let mut overrun = sdes;
+        overrun[9] = 200;
+        assert_eq!(ssrcs(&overrun), [Err(RtcpError::Truncated)]);
+        // A BYE counting more SSRCs than it holds.
+        let bye = [0x83, PT_BYE, 0, 2, 0, 0, 0, 7, 0, 0, 0, 9];
+        assert_eq!(ssrcs(&bye), [Ok(7), Ok(9), Err(RtcpError::Truncated)]);
+    }
+
     #[test]
     fn rejects_bad_lengths() {
         let mut p = pli(1, 2).to_vec();
