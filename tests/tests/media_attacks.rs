@@ -678,7 +678,11 @@ async fn forged_bye_sr_and_rr_for_another_participant_are_dropped_and_counted() 
     }
     for (who, path) in [("carol", &mut c), ("alice", &mut a)] {
         let got = rtcp_until(path, &own).await;
-        assert_eq!(got, [own.clone()], "{who} got only mallory's own SR");
+        assert_eq!(
+            got,
+            std::slice::from_ref(&own),
+            "{who} got only mallory's own SR"
+        );
     }
     let after = await_metrics(&relay, Duration::from_secs(5), "drops counted", |m| {
         metric(m, &dropped("rtcp_ssrc_not_owned")) >= 3.0

@@ -31,6 +31,7 @@ fn expired_token(secret: &str) -> String {
         exp: now - 3600,
         iat: now - 7200,
         nbf: None,
+        cnf: None,
     };
     encode(
         &Header::default(),
