@@ -45,6 +45,7 @@ const ERROR_TEXT = {
   mls_refused: 'The relay refused a group key message from this client (MLS): it was not valid at this point of the call.',
   hello_timeout: 'The relay closed the connection: the page did not sign in in time.',
   merge_refused: 'You can only merge calls you are in.',
+  ssrc_in_use: 'Another participant in this call already sends a stream with the same identifier (SSRC): reload the page to get new ones.',
   internal: 'The relay hit an internal error.',
   dev_tokens_disabled: 'Development tokens are off on this relay.',
   signalling_closed: 'The connection to the relay closed.',

@@ -136,6 +136,72 @@ fn parse_one(buf: &[u8]) -> Result<(RtcpPacket<'_>, &[u8]), RtcpError> {
     ))
 }
 
+/// The SSRCs a sender-side packet speaks for: the sender of an SR, APP or XR, each SSRC a
+/// BYE lists, each SDES chunk's. A relay that forwards the packet to others must own
+/// them all to the hop it came on: otherwise it is one participant speaking for
+/// another's stream (a BYE that ends it at every receiver, say). A BYE or SDES whose
+/// list overruns the packet yields [`RtcpError::Truncated`] and ends there.
+pub fn source_ssrcs<'a>(p: &RtcpPacket<'a>) -> impl Iterator<Item = Result<u32, RtcpError>> + 'a {
+    let b = p.bytes;
+    let packet_type = p.packet_type;
+    let count = usize::from(p.fmt);
+    let u32_at = move |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+            .ok_or(RtcpError::Truncated)
+    };
+    // (SSRCs or chunks yielded, offset of the next, done)
+    let mut state = (0usize, 4usize, false);
+    std::iter::from_fn(move || {
+        let (n, pos, done) = &mut state;
+        if *done {
+            return None;
+        }
+        let item = match packet_type {
+            PT_BYE | PT_SDES if *n >= count => None,
+            PT_BYE => Some(u32_at(*pos)),
+            PT_SDES => Some(u32_at(*pos).and_then(|ssrc| {
+                // Items (type, length, text) up to a zero type, then padding to 32 bits.
+                let mut at = *pos + 4;
+                loop {
+                    match b.get(at) {
+                        None => return Err(RtcpError::Truncated),
+                        Some(0) => break,
+                        Some(_) => {
+                            let len = *b.get(at + 1).ok_or(RtcpError::Truncated)?;
+                            at += 2 + usize::from(len);
+                        }
+                    }
+                }
+                // The chunk ends after the zero type, padded to the next 32-bit boundary.
+                *pos = (at + 1).next_multiple_of(4) - 4;
+                Ok(ssrc)
+            })),
+            _ if *n >= 1 => None,
+            _ => Some(u32_at(4)),
+        };
+        *n += 1;
+        *pos += 4;
+        match item {
+            Some(Err(e)) => {
+                *done = true;
+                Some(Err(e))
+            }
+            None => {
+                *done = true;
+                None
+            }
+            some => some,
+        }
+    })
+}
+
+/// Whether a feedback packet asks the media sender for a keyframe: PLI (RFC 4585
+/// §6.3.1) or FIR (RFC 5104 §4.3.1).
+pub fn is_keyframe_request(p: &RtcpPacket<'_>) -> bool {
+    p.packet_type == PT_PSFB && (p.fmt == 1 || p.fmt == 4)
+}
+
 /// The report blocks of a receiver report: (source SSRC, the 24-byte block).
 pub fn report_blocks<'a>(rr: &RtcpPacket<'a>) -> impl Iterator<Item = (u32, &'a [u8])> {
     let n = if rr.packet_type == PT_RR {
@@ -243,6 +309,32 @@ mod tests {
             report_blocks(&q).map(|(s, _)| s).collect::<Vec<_>>(),
             vec![9]
         );
+    }
+
+    /// The SSRCs an SR, BYE and SDES speak for; a chunk list that overruns is an error.
+    #[test]
+    fn source_ssrcs_of_sender_reports() {
+        let ssrcs = |b: &[u8]| {
+            let p = packets(b).next().unwrap().unwrap();
+            source_ssrcs(&p).collect::<Vec<_>>()
+        };
+        let mut sr = vec![0x80, PT_SR, 0, 6, 0, 0, 0, 5];
+        sr.extend_from_slice(&[0; 20]);
+        assert_eq!(ssrcs(&sr), [Ok(5)]);
+        let bye = [0x82, PT_BYE, 0, 2, 0, 0, 0, 7, 0, 0, 0, 9];
+        assert_eq!(ssrcs(&bye), [Ok(7), Ok(9)]);
+        // Two chunks: 7 with a CNAME of 3 bytes (one chunk word of padding), 9 with none.
+        let sdes = [
+            0x82, PT_SDES, 0, 5, 0, 0, 0, 7, 1, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 9, 0, 0, 0,
+            0,
+        ];
+        assert_eq!(ssrcs(&sdes), [Ok(7), Ok(9)]);
+        let mut overrun = sdes;
+        overrun[9] = 200;
+        assert_eq!(ssrcs(&overrun), [Err(RtcpError::Truncated)]);
+        // A BYE counting more SSRCs than it holds.
+        let bye = [0x83, PT_BYE, 0, 2, 0, 0, 0, 7, 0, 0, 0, 9];
+        assert_eq!(ssrcs(&bye), [Ok(7), Ok(9), Err(RtcpError::Truncated)]);
     }
 
     #[test]

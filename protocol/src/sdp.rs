@@ -143,16 +143,7 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
             .ok_or(SdpError::Missing("a=mid"))?
             .to_string();
         let mut ssrcs = Vec::new();
-        for a in &md.attributes {
-            if a.key == "ssrc" {
-                let v = a.value.as_deref().unwrap_or("");
-                let id = v.split(' ').next().unwrap_or("");
-                let ssrc: u32 = id.parse().map_err(|_| SdpError::Invalid("a=ssrc"))?;
-                if !ssrcs.contains(&ssrc) {
-                    ssrcs.push(ssrc);
-                }
-            }
-        }
+        push_ssrcs(md, &mut ssrcs)?;
         let mut rtx_ssrcs = Vec::new();
         for a in &md.attributes {
             if a.key == "ssrc-group" {
@@ -877,9 +868,26 @@ pub fn answer_relay_offer(
     Ok(s.marshal())
 }
 
+/// Append the SSRCs an m-line lists (a=ssrc) to `ssrcs`, each once.
+fn push_ssrcs(md: &MediaDescription, ssrcs: &mut Vec<u32>) -> Result<(), SdpError> {
+    for a in &md.attributes {
+        if a.key == "ssrc" {
+            let v = a.value.as_deref().unwrap_or("");
+            let id = v.split(' ').next().unwrap_or("");
+            let ssrc: u32 = id.parse().map_err(|_| SdpError::Invalid("a=ssrc"))?;
+            if !ssrcs.contains(&ssrc) {
+                ssrcs.push(ssrc);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the relay checks in a client's answer to its offer: it parses, and answers every
-/// m-line the offer had, with the same mids in the same order.
-pub fn check_answer(answer: &str, offered_mids: &[String]) -> Result<(), SdpError> {
+/// m-line the offer had, with the same mids in the same order. Returns the SSRCs the
+/// answer lists (a=ssrc, each once), so the relay can refuse one another participant
+/// already sends.
+pub fn check_answer(answer: &str, offered_mids: &[String]) -> Result<Vec<u32>, SdpError> {
     let mut cur = Cursor::new(answer.as_bytes());
     let s = SessionDescription::unmarshal(&mut cur).map_err(|e| SdpError::Syntax(e.to_string()))?;
     let mids: Vec<&str> = s
@@ -892,7 +900,11 @@ pub fn check_answer(answer: &str, offered_mids: &[String]) -> Result<(), SdpErro
             "m-lines of the answer (they must match the offer's mids)",
         ));
     }
-    Ok(())
+    let mut ssrcs = Vec::new();
+    for md in &s.media_descriptions {
+        push_ssrcs(md, &mut ssrcs)?;
+    }
+    Ok(ssrcs)
 }
 
 #[cfg(test)]

@@ -251,6 +251,9 @@ pub enum ErrorCode {
     /// user@tenant), or one of the calls is not standard. One code and one message for
     /// every case, so a refusal never tells whether another call exists or in which mode.
     MergeRefused,
+    /// A join's offer, or an answer, lists an SSRC another participant of the call
+    /// already sends: the relay would have to drop one of the two streams.
+    SsrcInUse,
     Internal,
 }
 
@@ -284,6 +287,7 @@ impl ErrorCode {
             ErrorCode::RelayFull => "relay_full",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::SsrcInUse => "ssrc_in_use",
             ErrorCode::Internal => "internal",
         }
     }

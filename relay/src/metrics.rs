@@ -54,10 +54,22 @@ pub enum DropReason {
     /// Protecting for a receiver would have reused an SRTP index (a GCM nonce) on its hop;
     /// that receiver's copy was not sent.
     SrtpIndexReused,
+    /// An RTCP packet speaking for an SSRC another participant of the call owns (an SR,
+    /// SDES, BYE, APP or XR for its stream, or feedback sent in its name): forged.
+    RtcpSsrcNotOwned,
+    /// An RTCP sender report (SR, SDES, BYE, APP, XR) for an SSRC nobody in the call
+    /// sends: nothing to tell the others (a receive-only stack's local SSRC).
+    RtcpSsrcUnknown,
+    /// RTCP feedback (a report block, NACK, PLI, FIR) about a stream its sender is not
+    /// sent: it cannot have anything to report about it.
+    RtcpFeedbackNotReceived,
+    /// A keyframe request (PLI, FIR) coalesced: the stream's sender was asked less than
+    /// `KEYFRAME_REQUEST_INTERVAL` ago.
+    KeyframeRequestLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -77,6 +89,10 @@ impl DropReason {
         DropReason::SsrcNotOwned,
         DropReason::UnknownPayloadType,
         DropReason::SrtpIndexReused,
+        DropReason::RtcpSsrcNotOwned,
+        DropReason::RtcpSsrcUnknown,
+        DropReason::RtcpFeedbackNotReceived,
+        DropReason::KeyframeRequestLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +116,10 @@ impl DropReason {
             DropReason::SsrcNotOwned => "ssrc_not_owned",
             DropReason::UnknownPayloadType => "unknown_payload_type",
             DropReason::SrtpIndexReused => "srtp_index_reused",
+            DropReason::RtcpSsrcNotOwned => "rtcp_ssrc_not_owned",
+            DropReason::RtcpSsrcUnknown => "rtcp_ssrc_unknown",
+            DropReason::RtcpFeedbackNotReceived => "rtcp_feedback_not_received",
+            DropReason::KeyframeRequestLimited => "keyframe_request_limited",
         }
     }
 }
@@ -217,7 +237,7 @@ pub struct Metrics {
     pub forwarded_packets_rtcp: Counter,
     pub forwarded_bytes_rtp: Counter,
     pub forwarded_bytes_rtcp: Counter,
-    dropped: [Counter; 19],
+    dropped: [Counter; DropReason::ALL.len()],
     mls_refused: [Counter; 8],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
@@ -296,7 +316,7 @@ impl Metrics {
         }
         m.capture_active.set(0.0);
         // Counters too: an alert on refusals sees 0 before the first one.
-        for c in &m.mls_refused {
+        for c in m.mls_refused.iter().chain(&m.dropped) {
             c.increment(0);
         }
         m.signalling_connections().set(0.0);

@@ -6,11 +6,16 @@
 //! - forged packets from a vanished participant's own address do not keep it alive past
 //!   the consent timeout (only authenticated SRTP/SRTCP and STUN requests with a valid
 //!   MESSAGE-INTEGRITY refresh consent);
+//! - a join claiming another participant's SSRCs is refused `ssrc_in_use` and the owner's
+//!   media keeps flowing; forged BYE, SR and RR are dropped and counted; a PLI flood
+//!   reaches the media sender at most once per 250 ms;
 //! - a flood of 200,000 bad datagrams during a live call costs the call nothing, and every
 //!   one of them is counted under its drop reason in the relay's Prometheus metrics.
 
 use blindrelay::RelayOptions;
-use blindrelay_protocol::signal::ServerMessage;
+use blindrelay_protocol::rtcp;
+use blindrelay_protocol::sdp;
+use blindrelay_protocol::signal::{ClientMessage, ErrorCode, ServerMessage};
 use blindrelay_protocol::stun::{StunWriter, BINDING_INDICATION, BINDING_REQUEST};
 use blindrelay_tests::*;
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
@@ -514,4 +519,232 @@ async fn a_flood_of_bad_datagrams_costs_a_live_call_nothing_and_each_is_counted(
     );
     drop(path);
     relay.shutdown().await;
+}
+
+/// An SR (with 20 bytes of sender info) from `ssrc`.
+fn sender_report(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, rtcp::PT_SR, 0, 6];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[7; 20]);
+    p
+}
+
+/// A BYE for `ssrc`.
+fn bye(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x81, rtcp::PT_BYE, 0, 1];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// The packets of every SRTCP compound `path` receives until one holds `until` (then
+/// returned with the rest), decrypted on its hop; panics after 10 s.
+async fn rtcp_until(path: &mut MediaPath, until: &[u8]) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (d, is_rtcp) = path.media_rx.recv().await.expect("media");
+            if !is_rtcp {
+                continue;
+            }
+            let clear = path.inbound.decrypt_rtcp(&d).expect("authentic on its hop");
+            let mut done = false;
+            for p in rtcp::packets(&clear).flatten() {
+                done |= p.bytes == until;
+                got.push(p.bytes.to_vec());
+            }
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the marker arrives");
+    got
+}
+
+/// SSRCs are unique in a call: a join whose offer lists SSRCs another participant sends is
+/// refused `ssrc_in_use` (and counted), and the owner's media keeps reaching the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_claiming_an_owned_ssrc_is_refused_and_the_owners_media_keeps_flowing() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    let seq = probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+
+    // Mallory joins announcing alice's audio and video SSRCs.
+    let mut mallory = hello(&url, &token(&cfg, "mallory", None, "user")).await;
+    let identity = blindrelay_transport::DtlsIdentity::generate().expect("identity");
+    let forged = sdp::build_offer(&sdp::OfferParams {
+        ice_ufrag: "mallory",
+        ice_pwd: "mallorypasswordmallory00",
+        fingerprint: identity.fingerprint(),
+        audio_ssrc: alice.audio_ssrc,
+        video_ssrc: alice.video_ssrc,
+        cname: "m",
+        session_id: 9,
+    });
+    mallory
+        .send(&ClientMessage::Join {
+            call: "c".into(),
+            e2ee_enabled: false,
+            offer_sdp: forged,
+            e2ee_scheme: Default::default(),
+        })
+        .await
+        .expect("send join");
+    match next_reply(&mut mallory).await {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::SsrcInUse),
+        m => panic!("expected ssrc_in_use, got {m:?}"),
+    }
+    let m = scrape(&relay).await;
+    assert_eq!(
+        metric(&m, "blindrelay_joins_total{result=\"ssrc_in_use\"}"),
+        1.0
+    );
+
+    // Alice's next packets still reach carol, each once, with alice's payload.
+    for s in seq + 1..=seq + 20 {
+        let p = a
+            .outbound
+            .encrypt_rtp(&rtp_packet(
+                alice.audio_ssrc,
+                s,
+                format!("alice {s}").as_bytes(),
+            ))
+            .expect("protect");
+        a.socket.send_to(&p, media).await.expect("send");
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < 20 {
+            let (d, is_rtcp) = c.media_rx.recv().await.expect("media");
+            if is_rtcp || seq_ssrc(&d).is_none_or(|(s, ssrc)| ssrc != alice.audio_ssrc || s <= seq)
+            {
+                continue;
+            }
+            got.push(c.inbound.decrypt_rtp(&d).expect("authentic")[12..].to_vec());
+        }
+    })
+    .await
+    .expect("alice's media keeps flowing");
+    let want: Vec<Vec<u8>> = (seq + 1..=seq + 20)
+        .map(|s| format!("alice {s}").into_bytes())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        metric(&scrape(&relay).await, &dropped("ssrc_not_owned")),
+        0.0
+    );
+}
+
+/// A participant's RTCP speaks only for itself: a BYE and an SR forged for another
+/// participant's SSRC, and a 100 %-loss receiver report about a stream it is not sent,
+/// reach nobody and are counted by reason; its own SR, sent after them, reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_bye_sr_and_rr_for_another_participant_are_dropped_and_counted() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    // Mallory has not answered the relay's offer: she is sent none of alice's media.
+    let mallory = raw_join(&url, &token(&cfg, "mallory", None, "user"), "c").await;
+    let mut m = mallory.connect().await.expect("mallory connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    let before = scrape(&relay).await;
+
+    let own = sender_report(mallory.audio_ssrc);
+    for clear in [
+        bye(alice.audio_ssrc),
+        bye(alice.video_ssrc),
+        sender_report(alice.audio_ssrc),
+        rtcp::receiver_report(mallory.audio_ssrc, alice.audio_ssrc, 255, 100_000, 9).to_vec(),
+        // Her own SR: forwarded, and a marker that everything before it was handled.
+        own.clone(),
+    ] {
+        let wire = m.outbound.encrypt_rtcp(&clear).expect("protect");
+        m.socket
+            .send_to(&wire, relay.media_addr)
+            .await
+            .expect("send");
+    }
+    for (who, path) in [("carol", &mut c), ("alice", &mut a)] {
+        let got = rtcp_until(path, &own).await;
+        assert_eq!(
+            got,
+            std::slice::from_ref(&own),
+            "{who} got only mallory's own SR"
+        );
+    }
+    let after = await_metrics(&relay, Duration::from_secs(5), "drops counted", |m| {
+        metric(m, &dropped("rtcp_ssrc_not_owned")) >= 3.0
+    })
+    .await;
+    let delta = |r: &str| metric(&after, &dropped(r)) - metric(&before, &dropped(r));
+    assert_eq!(delta("rtcp_ssrc_not_owned"), 3.0);
+    assert_eq!(delta("rtcp_feedback_not_received"), 1.0);
+}
+
+/// A PLI flood (200 in about a second) toward a media sender reaches it at most once per
+/// 250 ms; the rest are counted as coalesced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_flood_reaches_the_sender_at_the_limited_rate() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    // Carol is sent alice's media, so she may ask for alice's keyframes.
+    probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+
+    const N: usize = 200;
+    let pli = rtcp::pli(carol.video_ssrc, alice.video_ssrc);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for _ in 0..N {
+        tick.tick().await;
+        let wire = c.outbound.encrypt_rtcp(&pli).expect("protect");
+        c.socket.send_to(&wire, media).await.expect("send");
+    }
+    let elapsed = start.elapsed();
+    // Every PLI is either delivered to alice or counted as coalesced.
+    let mut delivered = 0usize;
+    let limited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let limited = metric(&scrape(&relay).await, &dropped("keyframe_request_limited"));
+            if limited as usize + delivered >= N {
+                return limited as usize;
+            }
+            if let Ok(Some((d, true))) =
+                tokio::time::timeout(Duration::from_millis(50), a.media_rx.recv()).await
+            {
+                let clear = a.inbound.decrypt_rtcp(&d).expect("authentic");
+                delivered += rtcp::packets(&clear)
+                    .flatten()
+                    .filter(|p| p.bytes == pli)
+                    .count();
+            }
+        }
+    })
+    .await
+    .expect("every PLI delivered or counted");
+    assert_eq!(limited + delivered, N);
+    // The relay stamps arrivals; allow one more interval for the spread of the queueing.
+    let bound = 2 + elapsed.as_millis() as usize / 250;
+    assert!(
+        (1..=bound).contains(&delivered),
+        "{delivered} PLIs in {elapsed:?} reached alice (at most {bound})"
+    );
 }

@@ -160,6 +160,17 @@ pub const RELAY_SSRC: u32 = 1;
 /// 50-100 ms) and, separately, a keyframe request.
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// How often at most receivers' keyframe requests (PLI, FIR) about one stream reach its
+/// sender. One keyframe serves every receiver, so requests within the interval are
+/// coalesced into the first, as mediasoup and Janus coalesce PLIs; the rest are dropped
+/// and counted. A receiver still without a keyframe asks again (libwebrtc repeats its
+/// request every few hundred milliseconds), so a decoder waits at most about this long
+/// more, while a flood reaches the sender at no more than 4 requests a second a stream.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// Streams per sender whose last keyframe request is remembered. A sender has at most a
+/// few video streams; with every slot inside its interval, a request about yet another
+/// stream is coalesced too, so a sender is asked at most this many times an interval.
+const KEYFRAME_SLOTS: usize = 4;
 /// Arrivals held per sender between feedback packets.
 const TWCC_PENDING: usize = 256;
 const NO: u8 = 0xff;
@@ -249,6 +260,8 @@ struct PeerMedia {
     /// A receiver joined: ask this participant for a keyframe with its next packet.
     pli_due: bool,
     last_pli: Option<Instant>,
+    /// The streams of this participant receivers last asked a keyframe of, and when.
+    keyframe_asked: [(u32, Option<Instant>); KEYFRAME_SLOTS],
     /// When an authenticated packet last made this participant's liveness reportable.
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
@@ -270,6 +283,8 @@ pub struct Forwarder {
     rtcp_dests: Vec<PeerId>,
     /// Reused buffer where one receiver's share of an RTCP compound is assembled.
     rtcp_part: Vec<u8>,
+    /// Reused: whether each packet of the RTCP compound being routed passed its checks.
+    rtcp_pass: Vec<bool>,
     /// Reused buffer for the relay's own RTCP (feedback, PLI).
     own_rtcp: Vec<u8>,
     /// The arrival time of the packet being handled (sans-IO: the loop passes it in).
@@ -280,8 +295,10 @@ pub struct Forwarder {
     /// [`Forwarder::take_activity`] (at most once per [`ACTIVITY_INTERVAL`] each); its
     /// capacity is kept at the number of participants, so pushing never allocates.
     active: Vec<PeerId>,
-    /// Receivers' copies not sent since the last [`Forwarder::take_receiver_drops`], by
-    /// [`DropReason`] (a packet that reached some receivers and not others).
+    /// What was dropped inside a datagram that was otherwise handled, since the last
+    /// [`Forwarder::take_receiver_drops`], by [`DropReason`]: receivers' copies not sent
+    /// (a packet that reached some receivers and not others), and RTCP packets of a
+    /// compound refused one by one.
     receiver_drops: [u64; DropReason::ALL.len()],
 }
 
@@ -312,6 +329,8 @@ impl Forwarder {
     pub fn new(tap: Option<MediaTap>) -> Self {
         Forwarder {
             tap,
+            // A compound larger than this grows it once; routing then allocates nothing.
+            rtcp_pass: Vec::with_capacity(64),
             ..Default::default()
         }
     }
@@ -327,8 +346,14 @@ impl Forwarder {
         outbound: HopContext,
         tables: PeerTables,
     ) {
+        // An SSRC keeps its owner: the control plane refuses a second claimant
+        // (`ssrc_in_use`), and should one get here anyway, its packets with that SSRC are
+        // dropped (`ssrc_not_owned`) rather than the owner's.
         for s in &tables.ssrcs {
-            self.ssrc_owner.insert((call, *s), peer);
+            let owner = *self.ssrc_owner.entry((call, *s)).or_insert(peer);
+            if owner != peer {
+                tracing::warn!("an SSRC another participant owns was announced again: ignored");
+            }
         }
         let twcc = (tables.twcc_id != 0).then(|| {
             Box::new(TwccState {
@@ -351,6 +376,7 @@ impl Forwarder {
                 twcc,
                 pli_due: false,
                 last_pli: None,
+                keyframe_asked: [(0, None); KEYFRAME_SLOTS],
                 activity_at: None,
                 activity_pending: false,
             },
@@ -427,7 +453,8 @@ impl Forwarder {
         }
     }
 
-    /// Hand the count of receivers' copies not sent, per reason, since the last call to
+    /// Hand the count of what was dropped inside handled datagrams (receivers' copies not
+    /// sent, RTCP packets refused from a compound), per reason, since the last call to
     /// `count` (reasons with a count of 0 are skipped).
     pub fn take_receiver_drops(&mut self, mut count: impl FnMut(DropReason, u64)) {
         for (reason, n) in DropReason::ALL.iter().zip(self.receiver_drops.iter_mut()) {
@@ -538,10 +565,16 @@ impl Forwarder {
     }
 
     /// Unprotect an SRTCP compound packet and route each packet in it: sender-side reports
-    /// (SR, SDES, BYE) to every other participant, receiver-side ones (RR, NACK, PLI, FIR)
-    /// to whoever sends the SSRC they are about. Each receiver gets one compound of the
-    /// packets meant for it, in their original order; receivers are served in the order
-    /// they first appear. Returns how many transmits were queued.
+    /// (SR, SDES, BYE, APP, XR) to every other participant, receiver-side ones (RR blocks,
+    /// NACK, PLI, FIR) to whoever sends the SSRC they are about. Each receiver gets one
+    /// compound of the packets meant for it, in their original order; receivers are
+    /// served in the order they first appear. Returns how many transmits were queued.
+    ///
+    /// A participant speaks only for itself: a sender-side report must be about SSRCs it
+    /// owns, feedback must not be sent from another's SSRC and must be about a stream it
+    /// is sent, and keyframe requests reach a stream's sender at most once per
+    /// [`KEYFRAME_REQUEST_INTERVAL`]. Each packet refused is counted by reason (see
+    /// [`Forwarder::take_receiver_drops`]); the rest of its compound still goes.
     pub fn on_rtcp(
         &mut self,
         from: PeerId,
@@ -558,8 +591,9 @@ impl Forwarder {
             clear,
             rtcp_dests: dests,
             rtcp_part: part,
+            rtcp_pass: pass,
             active,
-            receiver_drops,
+            receiver_drops: drops,
             now,
             ..
         } = self;
@@ -574,40 +608,85 @@ impl Forwarder {
         if let Some(m) = calls.get(&call) {
             members.extend(m.iter().copied().filter(|p| *p != from));
         }
-        // Who gets something, in order of first appearance. The whole compound is parsed
-        // before anything is queued, so a malformed one queues nothing.
-        dests.clear();
+        // The whole compound is parsed before anything is decided or queued, so a
+        // malformed one queues nothing and uses up no keyframe request.
         for p in rtcp::packets(plain) {
             let p = p.map_err(|_| DropReason::RtpMalformed)?;
-            match p.route() {
+            if p.route() == RtcpRoute::Others && rtcp::source_ssrcs(&p).any(|s| s.is_err()) {
+                return Err(DropReason::RtpMalformed);
+            }
+        }
+        // Each packet's verdict, and who gets something, in order of first appearance.
+        pass.clear();
+        dests.clear();
+        fn add(d: PeerId, dests: &mut Vec<PeerId>) {
+            if !dests.contains(&d) {
+                dests.push(d);
+            }
+        }
+        for p in rtcp::packets(plain).flatten() {
+            let verdict = match p.route() {
+                RtcpRoute::Others => {
+                    let v = speaks_for_itself(&p, call, from, ssrc_owner);
+                    if v.is_ok() {
+                        for m in members.iter() {
+                            add(*m, dests);
+                        }
+                    }
+                    v
+                }
                 RtcpRoute::ReportBlocks => {
-                    for (ssrc, _) in rtcp::report_blocks(&p) {
-                        if let Some(o) = ssrc_owner.get(&(call, ssrc)).filter(|o| **o != from) {
-                            if !dests.contains(o) {
-                                dests.push(*o);
+                    feedback_sender_ok(&p, call, from, ssrc_owner).map(|()| {
+                        for (ssrc, _) in rtcp::report_blocks(&p) {
+                            match feedback_target(peers, ssrc_owner, call, from, ssrc) {
+                                Ok(Some(o)) => add(o, dests),
+                                Ok(None) => {}
+                                Err(reason) => drops[reason as usize] += 1,
                             }
                         }
-                    }
+                    })
                 }
-                r => {
-                    for d in route(r, call, from, members, ssrc_owner) {
-                        if !dests.contains(d) {
-                            dests.push(*d);
+                RtcpRoute::MediaSender(ssrc) => feedback_sender_ok(&p, call, from, ssrc_owner)
+                    .and_then(|()| feedback_target(peers, ssrc_owner, call, from, ssrc))
+                    .and_then(|target| match (target, *now) {
+                        (Some(o), Some(now)) if rtcp::is_keyframe_request(&p) => {
+                            let admitted =
+                                peers.get_mut(&o).is_none_or(|m| ask_keyframe(m, ssrc, now));
+                            if admitted {
+                                Ok(Some(o))
+                            } else {
+                                Err(DropReason::KeyframeRequestLimited)
+                            }
                         }
-                    }
-                }
+                        (t, _) => Ok(t),
+                    })
+                    .map(|target| {
+                        if let Some(o) = target {
+                            add(o, dests);
+                        }
+                    }),
+                RtcpRoute::Terminate => Ok(()),
+            };
+            if let Err(reason) = verdict {
+                drops[reason as usize] += 1;
             }
+            pass.push(verdict.is_ok());
         }
         let mut n = 0;
         for to in dests.iter() {
             // This receiver's share, in the compound's order; of a receiver report, the
             // blocks about its own streams, each as a report of its own.
             part.clear();
-            for p in rtcp::packets(plain).flatten() {
+            for (p, ok) in rtcp::packets(plain).flatten().zip(pass.iter()) {
+                if !ok {
+                    continue;
+                }
                 match p.route() {
+                    RtcpRoute::Others => part.extend_from_slice(p.bytes),
                     RtcpRoute::ReportBlocks => {
                         for (ssrc, block) in rtcp::report_blocks(&p) {
-                            if ssrc_owner.get(&(call, ssrc)) == Some(to) {
+                            if feedback_target(peers, ssrc_owner, call, from, ssrc) == Ok(Some(*to))
+                            {
                                 part.extend_from_slice(&rtcp::rr_header(
                                     p.sender_ssrc.unwrap_or(0),
                                 ));
@@ -615,11 +694,12 @@ impl Forwarder {
                             }
                         }
                     }
-                    r => {
-                        if route(r, call, from, members, ssrc_owner).contains(to) {
+                    RtcpRoute::MediaSender(ssrc) => {
+                        if ssrc_owner.get(&(call, ssrc)) == Some(to) {
                             part.extend_from_slice(p.bytes);
                         }
                     }
+                    RtcpRoute::Terminate => {}
                 }
             }
             let Some(r) = peers.get_mut(to) else {
@@ -627,11 +707,95 @@ impl Forwarder {
             };
             match out.push(r.addr, true, &mut r.outbound, part) {
                 Ok(()) => n += 1,
-                Err(reason) => receiver_drops[reason as usize] += 1,
+                Err(reason) => drops[reason as usize] += 1,
             }
         }
         Ok(n)
     }
+}
+
+/// A sender-side report (SR, SDES, BYE, APP, XR) from `from` may go to the others only if
+/// every SSRC it speaks for is one `from` owns in its call.
+fn speaks_for_itself(
+    p: &rtcp::RtcpPacket<'_>,
+    call: CallKey,
+    from: PeerId,
+    ssrc_owner: &HashMap<(CallKey, u32), PeerId>,
+) -> Result<(), DropReason> {
+    let mut any = false;
+    for ssrc in rtcp::source_ssrcs(p) {
+        let ssrc = ssrc.map_err(|_| DropReason::RtpMalformed)?;
+        any = true;
+        match ssrc_owner.get(&(call, ssrc)) {
+            Some(o) if *o == from => {}
+            Some(_) => return Err(DropReason::RtcpSsrcNotOwned),
+            None => return Err(DropReason::RtcpSsrcUnknown),
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        // A BYE or SDES listing nobody says nothing.
+        Err(DropReason::RtcpSsrcUnknown)
+    }
+}
+
+/// Feedback (a receiver report, NACK, PLI, FIR) may be sent from an SSRC `from` owns or
+/// from one nobody owns (a receive-only stack reports from a local SSRC it never
+/// announced: libwebrtc's 1, aiortc's receivers'), never from another participant's.
+fn feedback_sender_ok(
+    p: &rtcp::RtcpPacket<'_>,
+    call: CallKey,
+    from: PeerId,
+    ssrc_owner: &HashMap<(CallKey, u32), PeerId>,
+) -> Result<(), DropReason> {
+    match p.sender_ssrc.and_then(|s| ssrc_owner.get(&(call, s))) {
+        Some(o) if *o != from => Err(DropReason::RtcpSsrcNotOwned),
+        _ => Ok(()),
+    }
+}
+
+/// Who gets `from`'s feedback about `media`: its sender, if `from` is sent that stream;
+/// nobody if the stream is `from`'s own or nobody's (it left); refused if `from` is not
+/// sent it, since it can have nothing to say about it.
+fn feedback_target(
+    peers: &HashMap<PeerId, PeerMedia>,
+    ssrc_owner: &HashMap<(CallKey, u32), PeerId>,
+    call: CallKey,
+    from: PeerId,
+    media: u32,
+) -> Result<Option<PeerId>, DropReason> {
+    let Some(owner) = ssrc_owner.get(&(call, media)).filter(|o| **o != from) else {
+        return Ok(None);
+    };
+    let receives = peers
+        .get(&from)
+        .and_then(|p| p.tables.receiving.as_ref())
+        .is_none_or(|r| r.contains(&media));
+    if receives {
+        Ok(Some(*owner))
+    } else {
+        Err(DropReason::RtcpFeedbackNotReceived)
+    }
+}
+
+/// Whether a receiver's keyframe request about `sender`'s stream `ssrc` may reach it now
+/// (see [`KEYFRAME_REQUEST_INTERVAL`]); if so, it is recorded.
+fn ask_keyframe(sender: &mut PeerMedia, ssrc: u32, now: Instant) -> bool {
+    let fresh = |t: Option<Instant>| {
+        t.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+    };
+    let slots = &mut sender.keyframe_asked;
+    let slot = match slots.iter().position(|(s, t)| *s == ssrc && t.is_some()) {
+        Some(i) if fresh(slots[i].1) => return false,
+        Some(i) => i,
+        None => match slots.iter().position(|(_, t)| !fresh(*t)) {
+            Some(i) => i,
+            None => return false,
+        },
+    };
+    slots[slot] = (ssrc, Some(now));
+    true
 }
 
 /// The relay's own RTCP to a sender on its hop: transport-cc feedback about the packet
@@ -701,26 +865,6 @@ fn sender_rtcp(
             buf.extend_from_slice(&rtcp::pli(RELAY_SSRC, *v));
         }
         let _ = out.push(sender.addr, true, &mut sender.outbound, buf);
-    }
-}
-
-/// The receivers of one RTCP packet from `from`: `members` (the call minus `from`) for
-/// sender-side reports, the media sender of the SSRC concerned (unless that is `from`)
-/// for feedback, nobody for what ends at the relay.
-fn route<'a>(
-    route: RtcpRoute,
-    call: CallKey,
-    from: PeerId,
-    members: &'a [PeerId],
-    ssrc_owner: &'a HashMap<(CallKey, u32), PeerId>,
-) -> &'a [PeerId] {
-    match route {
-        RtcpRoute::Others => members,
-        RtcpRoute::MediaSender(ssrc) => match ssrc_owner.get(&(call, ssrc)) {
-            Some(owner) if *owner != from => std::slice::from_ref(owner),
-            _ => &[],
-        },
-        RtcpRoute::Terminate | RtcpRoute::ReportBlocks => &[],
     }
 }
 
@@ -1246,5 +1390,252 @@ mod tests {
         remb[0] = 0x80 | rtcp::FMT_AFB;
         let wire = ctx(2).encrypt_rtcp(&remb).unwrap();
         assert_eq!(f.on_rtcp(2, &wire, &mut Outbox::default()), Ok(0));
+    }
+
+    /// Participants 1, 2 and 3 of call 7 sending SSRCs 100 (and 101), 200 and 300;
+    /// participant i's hop keys are i (inbound) and 10 + i (outbound).
+    fn three() -> Forwarder {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        for (i, ssrcs) in [(1u8, &[100u32, 101][..]), (2, &[200]), (3, &[300])] {
+            f.add_peer(
+                u64::from(i),
+                7,
+                addr(u16::from(i)),
+                fast(i),
+                fast(10 + i),
+                PeerTables::standard(ssrcs),
+            );
+        }
+        f
+    }
+
+    fn drops(f: &mut Forwarder) -> Vec<(DropReason, u64)> {
+        let mut v = Vec::new();
+        f.take_receiver_drops(|r, n| v.push((r, n)));
+        v
+    }
+
+    /// `from` sends the clear compound `c`; what each receiver got, decrypted.
+    fn send_rtcp(
+        f: &mut Forwarder,
+        tx: &mut Context,
+        from: PeerId,
+        c: &[u8],
+    ) -> Vec<(u16, Vec<u8>)> {
+        let wire = tx.encrypt_rtcp(c).unwrap();
+        let mut out = Outbox::default();
+        let n = f.on_rtcp(from, &wire, &mut out).expect("handled");
+        assert_eq!(n, out.len());
+        (0..out.len())
+            .map(|i| {
+                let (t, d) = out.get(i).unwrap();
+                let port = t.to.port();
+                let clear = ctx_replay(10 + port as u8).decrypt_rtcp(d).unwrap();
+                (port, clear.to_vec())
+            })
+            .collect()
+    }
+
+    fn sr(ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, rtcp::PT_SR, 0, 6];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[7; 20]);
+        p
+    }
+
+    fn bye(ssrcs: &[u32]) -> Vec<u8> {
+        let mut p = vec![0x80 | ssrcs.len() as u8, rtcp::PT_BYE, 0, ssrcs.len() as u8];
+        for s in ssrcs {
+            p.extend_from_slice(&s.to_be_bytes());
+        }
+        p
+    }
+
+    /// An SDES with a CNAME chunk per SSRC.
+    fn sdes(ssrcs: &[u32]) -> Vec<u8> {
+        let mut p = vec![0x80 | ssrcs.len() as u8, rtcp::PT_SDES, 0, 0];
+        for s in ssrcs {
+            p.extend_from_slice(&s.to_be_bytes());
+            p.extend_from_slice(&[1, 3]);
+            p.extend_from_slice(b"abc");
+            p.push(0);
+            while !p.len().is_multiple_of(4) {
+                p.push(0);
+            }
+        }
+        p[3] = (p.len() / 4 - 1) as u8;
+        p
+    }
+
+    fn fir(sender: u32, media: u32, seq: u8) -> Vec<u8> {
+        let mut p = vec![0x84, rtcp::PT_PSFB, 0, 4];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(&media.to_be_bytes());
+        p.extend_from_slice(&[seq, 0, 0, 0]);
+        p
+    }
+
+    fn nack(sender: u32, media: u32) -> Vec<u8> {
+        let mut p = vec![0x81, rtcp::PT_RTPFB, 0, 3];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&media.to_be_bytes());
+        p.extend_from_slice(&[0, 5, 0, 0]);
+        p
+    }
+
+    /// A participant announcing an SSRC another already owns does not take it over: the
+    /// owner's packets keep flowing, the newcomer's with that SSRC are dropped.
+    #[test]
+    fn an_ssrc_keeps_its_owner() {
+        let mut f = three();
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(
+            4,
+            7,
+            addr(4),
+            fast(4),
+            fast(14),
+            PeerTables::standard(&[100, 400]),
+        );
+        let mut out = Outbox::default();
+        let wire = ctx(1).encrypt_rtp(&rtp(100, 1, b"alice")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(3));
+        let mut m = ctx(4);
+        let wire = m.encrypt_rtp(&rtp(100, 2, b"forged")).unwrap();
+        assert_eq!(f.on_rtp(4, &wire, &mut out), Err(DropReason::SsrcNotOwned));
+        let wire = m.encrypt_rtp(&rtp(400, 1, b"mine")).unwrap();
+        assert_eq!(f.on_rtp(4, &wire, &mut out), Ok(3));
+        // Leaving gives up only what it owned.
+        f.remove_peer(4);
+        let wire = ctx(1).encrypt_rtp(&rtp(100, 3, b"alice")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut Outbox::default()), Ok(2));
+    }
+
+    /// SR, SDES, BYE (and APP, XR) go to the others only when every SSRC they speak for is
+    /// the sender's own: one about another's stream is forged, one about a stream nobody
+    /// sends says nothing. Each is dropped and counted; the rest of the compound goes.
+    #[test]
+    fn sender_reports_for_anothers_ssrc_are_dropped_and_counted() {
+        let mut f = three();
+        let mut c2 = ctx(2);
+        for forged in [
+            bye(&[100]),
+            bye(&[200, 100]),
+            sr(100),
+            sdes(&[200, 101]),
+            sdes(&[300]),
+        ] {
+            assert!(
+                send_rtcp(&mut f, &mut c2, 2, &forged).is_empty(),
+                "{forged:?}"
+            );
+            assert_eq!(drops(&mut f), [(DropReason::RtcpSsrcNotOwned, 1)]);
+        }
+        assert!(send_rtcp(&mut f, &mut c2, 2, &sr(999)).is_empty());
+        assert_eq!(drops(&mut f), [(DropReason::RtcpSsrcUnknown, 1)]);
+        // Its own SR and SDES go to 1 and 3; the forged BYE between them does not.
+        let own = [sr(200), sdes(&[200])].concat();
+        let compound = [sr(200), bye(&[100, 101]), sdes(&[200])].concat();
+        assert_eq!(
+            send_rtcp(&mut f, &mut c2, 2, &compound),
+            [(1, own.clone()), (3, own)]
+        );
+        assert_eq!(drops(&mut f), [(DropReason::RtcpSsrcNotOwned, 1)]);
+        // Its own BYE goes too.
+        assert_eq!(send_rtcp(&mut f, &mut c2, 2, &bye(&[200])).len(), 2);
+        // An SDES whose chunk overruns the packet is malformed: nothing is queued.
+        let mut bad = sdes(&[200]);
+        bad[9] = 200;
+        let wire = c2.encrypt_rtcp(&bad).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Err(DropReason::RtpMalformed));
+        assert!(out.is_empty());
+    }
+
+    /// Feedback is never sent in another participant's name, and only about a stream its
+    /// sender is sent; a receive-only stack's unannounced SSRC may send it.
+    #[test]
+    fn feedback_is_from_no_one_elses_ssrc_and_about_a_received_stream() {
+        let mut f = three();
+        f.set_receiving(2, vec![100]);
+        let mut c2 = ctx(2);
+        // About 3's stream, which 2 is not sent: refused.
+        for p in [
+            rtcp::pli(200, 300).to_vec(),
+            nack(200, 300),
+            rtcp::receiver_report(200, 300, 255, 1000, 9).to_vec(),
+        ] {
+            assert!(send_rtcp(&mut f, &mut c2, 2, &p).is_empty());
+            assert_eq!(drops(&mut f), [(DropReason::RtcpFeedbackNotReceived, 1)]);
+        }
+        // In 3's name, about a stream 2 does get: refused.
+        for p in [
+            rtcp::pli(300, 100).to_vec(),
+            rtcp::receiver_report(300, 100, 255, 1000, 9).to_vec(),
+        ] {
+            assert!(send_rtcp(&mut f, &mut c2, 2, &p).is_empty());
+            assert_eq!(drops(&mut f), [(DropReason::RtcpSsrcNotOwned, 1)]);
+        }
+        // From its own SSRC, or an unannounced one (libwebrtc's receive-only 1), about a
+        // stream it gets: to that stream's sender.
+        for sender in [200, 1] {
+            let rr = rtcp::receiver_report(sender, 100, 0, 0, 9);
+            assert_eq!(send_rtcp(&mut f, &mut c2, 2, &rr), [(1, rr.to_vec())]);
+            let n = nack(sender, 100);
+            assert_eq!(send_rtcp(&mut f, &mut c2, 2, &n), [(1, n)]);
+        }
+        // An RR with blocks about 1's stream and 3's: only the first reaches 1.
+        let mut rr = rtcp::receiver_report(200, 100, 0, 0, 9).to_vec();
+        rr.extend_from_slice(&rtcp::receiver_report(200, 300, 0, 0, 9)[8..]);
+        rr[0] = 0x82;
+        rr[3] = 13;
+        assert_eq!(
+            send_rtcp(&mut f, &mut c2, 2, &rr),
+            [(1, rtcp::receiver_report(200, 100, 0, 0, 9).to_vec())]
+        );
+        assert_eq!(drops(&mut f), [(DropReason::RtcpFeedbackNotReceived, 1)]);
+        assert!(drops(&mut f).is_empty());
+    }
+
+    /// Keyframe requests about one stream reach its sender at most once per
+    /// KEYFRAME_REQUEST_INTERVAL, whoever sends them; each stream has its own interval,
+    /// and NACKs are not keyframe requests.
+    #[test]
+    fn keyframe_requests_are_coalesced_per_stream() {
+        let mut f = three();
+        let t0 = Instant::now();
+        let (mut c2, mut c3) = (ctx(2), ctx(3));
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        f.set_time(t0);
+        assert_eq!(send_rtcp(&mut f, &mut c2, 2, &rtcp::pli(200, 100)).len(), 1);
+        // Another receiver, a FIR, 249 ms later: coalesced.
+        f.set_time(ms(10));
+        assert!(send_rtcp(&mut f, &mut c3, 3, &rtcp::pli(300, 100)).is_empty());
+        f.set_time(ms(249));
+        assert!(send_rtcp(&mut f, &mut c2, 2, &fir(200, 100, 1)).is_empty());
+        assert_eq!(drops(&mut f), [(DropReason::KeyframeRequestLimited, 2)]);
+        // 1's other stream is asked separately; NACKs are not limited.
+        let pli101 = rtcp::pli(300, 101);
+        assert_eq!(
+            send_rtcp(&mut f, &mut c3, 3, &pli101),
+            [(1, pli101.to_vec())]
+        );
+        for _ in 0..5 {
+            assert_eq!(send_rtcp(&mut f, &mut c3, 3, &nack(300, 100)).len(), 1);
+        }
+        // After the interval, the next request goes.
+        f.set_time(ms(250));
+        let req = fir(200, 100, 2);
+        assert_eq!(send_rtcp(&mut f, &mut c2, 2, &req), [(1, req)]);
+        // A flood: 200 PLIs over one second reach the sender 4 times.
+        let mut passed = 0;
+        for i in 1..=200u64 {
+            f.set_time(ms(250 + 5 * i));
+            passed += send_rtcp(&mut f, &mut c3, 3, &rtcp::pli(300, 100)).len();
+        }
+        assert_eq!(passed, 4);
+        assert_eq!(drops(&mut f), [(DropReason::KeyframeRequestLimited, 196)]);
     }
 }

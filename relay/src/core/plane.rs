@@ -291,6 +291,17 @@ struct Session {
     last_activity: Instant,
     keyed: bool,
     neg: Negotiation,
+    /// The SSRCs its last accepted answer listed (a receive-only stack reports from
+    /// them): claimed like the offer's, so nobody else in the call may announce them.
+    answer_ssrcs: Vec<u32>,
+}
+
+impl Session {
+    /// Whether this session claims `ssrc`: its offer announced it or its answer listed it.
+    fn claims_ssrc(&self, ssrc: u32) -> bool {
+        self.answer_ssrcs.contains(&ssrc)
+            || self.offer.media.iter().any(|m| m.ssrcs.contains(&ssrc))
+    }
 }
 
 /// The relay's side of one participant's renegotiation.
@@ -902,6 +913,21 @@ impl ControlPlane {
         } else {
             (self.policy)(&claims.sub, &claims.tenant)
         };
+        // SSRCs are unique in a call: the forwarder routes and checks ownership by SSRC, so
+        // a second claimant would either take the owner's stream or lose its own. The
+        // session this join replaces gives its SSRCs up.
+        if let Some(ssrc) = offer
+            .media
+            .iter()
+            .flat_map(|m| m.ssrcs.iter().copied())
+            .find(|x| self.ssrc_claimed(&call, *x, [replaced, None]))
+        {
+            return self.refuse_join(
+                conn,
+                ErrorCode::SsrcInUse,
+                format!("SSRC {ssrc} is already sent by another participant of this call"),
+            );
+        }
         let peer = self.next_peer;
         let public_id = format!("p-{}", Alphanumeric.sample_string(&mut self.rng, 12));
         let req = JoinRequest {
@@ -1005,6 +1031,7 @@ impl ControlPlane {
                     codecs,
                     ..Negotiation::default()
                 },
+                answer_ssrcs: Vec::new(),
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -2006,6 +2033,14 @@ impl ControlPlane {
         self.send(conn, ServerMessage::Offer { sdp, revision });
     }
 
+    /// Whether a participant of `call` other than those in `except` claims `ssrc` (see
+    /// [`Session::claims_ssrc`]).
+    fn ssrc_claimed(&self, call: &str, ssrc: u32, except: [Option<PeerId>; 2]) -> bool {
+        self.sessions
+            .iter()
+            .any(|(p, s)| !except.contains(&Some(*p)) && s.call == call && s.claims_ssrc(ssrc))
+    }
+
     /// A client's answer to the relay's outstanding offer.
     fn answer(&mut self, conn: ConnId, sdp: &str, revision: u64) {
         let Some(peer) = self.joined_peer(conn) else {
@@ -2026,9 +2061,27 @@ impl ControlPlane {
                 format!("no offer with revision {revision} is waiting for an answer"),
             )),
         };
-        if let Err((code, msg)) = checked {
-            return self.error(conn, code, msg);
+        let answer_ssrcs = match checked {
+            Ok(ssrcs) => ssrcs,
+            Err((code, msg)) => return self.error(conn, code, msg),
+        };
+        let call = s.call.clone();
+        if let Some(ssrc) = answer_ssrcs
+            .iter()
+            .copied()
+            .find(|x| self.ssrc_claimed(&call, *x, [Some(peer), None]))
+        {
+            // Refused like a malformed answer: the offer stays outstanding.
+            return self.error(
+                conn,
+                ErrorCode::SsrcInUse,
+                format!("answer to offer {revision}: SSRC {ssrc} is already sent by another participant of this call"),
+            );
         }
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        s.answer_ssrcs = answer_ssrcs;
         if let Some((_, _, active)) = s.neg.outstanding.take() {
             s.neg.receiving = active;
             if s.keyed {
@@ -2691,6 +2744,85 @@ mod tests {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("no offer in {m:?}"))
+    }
+
+    /// SSRCs are unique in a call: a join, or an answer, listing one another participant
+    /// claims is refused `ssrc_in_use` and counted; the owner keeps it; the same
+    /// identity rejoining (replacing itself) may reuse its own.
+    #[test]
+    fn a_join_or_an_answer_claiming_anothers_ssrc_is_refused() {
+        let mut h = H::new();
+        let join_with = |h: &mut H, conn: ConnId, call: &str, n: u32| {
+            h.text(
+                conn,
+                &ClientMessage::Join {
+                    call: call.into(),
+                    e2ee_enabled: false,
+                    offer_sdp: offer(n),
+                    e2ee_scheme: Default::default(),
+                },
+            );
+            h.take(conn)
+        };
+        h.hello(1, "alice", None, "user");
+        joined_mode(&h.join(1, "c", false));
+        // Mallory's offer lists Alice's SSRCs (offer(1): 3 and 4).
+        h.hello(2, "mallory", None, "user");
+        assert_eq!(
+            error_code(&join_with(&mut h, 2, "c", 1)),
+            ErrorCode::SsrcInUse
+        );
+        assert!(h.take(1).is_empty(), "nobody joined: {:?}", h.out);
+        let alice = h.peer_of(1);
+        assert!(h.p.sessions[&alice].claims_ssrc(3));
+        let text = h.p.metrics.render();
+        assert!(
+            text.contains("blindrelay_joins_total{result=\"ssrc_in_use\"} 1"),
+            "{text}"
+        );
+        // The same SSRCs in another call are another call's business.
+        h.hello(3, "carol", None, "user");
+        joined_mode(&join_with(&mut h, 3, "d", 1));
+        // With SSRCs of her own, Mallory joins; her answer may not list Alice's either.
+        let m = join_with(&mut h, 2, "c", 2);
+        joined_mode(&m);
+        h.take(1);
+        let (o, revision) = offer_of(&m);
+        let clean = sdp::answer_relay_offer(
+            &o,
+            "cli",
+            "clientpasswordclientpassword",
+            &Fingerprint { sha256: [9; 32] },
+        )
+        .expect("answerable");
+        let at = clean.find("a=mid:r0\r\n").expect("a remote line") + "a=mid:r0\r\n".len();
+        let forged = format!("{}a=ssrc:3 cname:x\r\n{}", &clean[..at], &clean[at..]);
+        h.text(
+            2,
+            &ClientMessage::Answer {
+                sdp: forged,
+                revision,
+            },
+        );
+        assert_eq!(error_code(&h.take(2)), ErrorCode::SsrcInUse);
+        let mallory = h.peer_of(2);
+        assert!(
+            h.p.sessions[&mallory].neg.outstanding.is_some(),
+            "not settled"
+        );
+        assert!(!h.p.sessions[&mallory].claims_ssrc(3));
+        h.text(
+            2,
+            &ClientMessage::Answer {
+                sdp: clean,
+                revision,
+            },
+        );
+        assert!(h.take(2).is_empty());
+        assert!(h.p.sessions[&mallory].neg.outstanding.is_none(), "settled");
+        // Alice rejoining from another connection replaces herself, SSRCs and all.
+        h.hello(4, "alice", None, "user");
+        joined_mode(&join_with(&mut h, 4, "c", 1));
     }
 
     fn answer(h: &mut H, conn: ConnId, offer: &str, revision: u64) {
