@@ -303,6 +303,7 @@ async fn run_call(
         check_stack(p.stack);
     }
     let mut children = Vec::new();
+    let mut pages = 0;
     let mut in_process = Vec::new();
     for p in peers.iter().filter(|p| p.stack == Stack::E2eeClient) {
         let opts = e2ee_client::call::CallOptions {
@@ -332,6 +333,8 @@ async fn run_call(
                 let mut c = Command::new("node");
                 c.arg(peers_dir().join("chromium/peer.mjs"));
                 c.args(["--peers", &p.names.len().to_string()]);
+                c.args(["--page-port", &page_port(cfg, pages)]);
+                pages += 1;
                 c
             }
             Stack::Aiortc => {
@@ -586,10 +589,34 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// Chromium peers load their page from a local server of their own, another origin than
+/// the relay's, so the relay must allow it (`signal.allowed_origins`), as it would a web
+/// app served elsewhere. Each Chromium process of a call serves on one of these ports.
+const PAGE_ORIGINS: usize = 4;
+
 async fn relay() -> (blindrelay::config::Config, blindrelay::Relay) {
-    let cfg = loopback_config();
+    let mut cfg = loopback_config();
+    // Distinct free ports: held open together, released just before the relay starts.
+    let held: Vec<std::net::TcpListener> = (0..PAGE_ORIGINS)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    cfg.signal.allowed_origins = held
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().expect("bound")))
+        .collect();
+    drop(held);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     (cfg, relay)
+}
+
+/// The port of the `i`-th page origin the relay allows.
+fn page_port(cfg: &blindrelay::config::Config, i: usize) -> String {
+    let origin = &cfg.signal.allowed_origins[i % cfg.signal.allowed_origins.len()];
+    origin
+        .rsplit(':')
+        .next()
+        .expect("http://127.0.0.1:PORT")
+        .to_string()
 }
 
 /// Every participant joined, with a distinct id, and reported no error (a refused offer or

@@ -32,6 +32,7 @@ function parseArgs(argv) {
       case '--leave-after': a.leaveAfter = Number(v); i++; break;
       case '--prefer-codec': a.preferCodec = v; i++; break;
       case '--chromium': a.chromium = v; i++; break;
+      case '--page-port': a.pagePort = Number(v); i++; break;
       default: throw new Error(`unknown argument ${k}`);
     }
   }
@@ -57,7 +58,8 @@ const server = createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
   res.end(html);
 });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
+// The relay must allow this page's origin (signal.allowed_origins): the test names the port.
+await new Promise((r) => server.listen(args.pagePort || 0, '127.0.0.1', r));
 const pageUrl = `http://127.0.0.1:${server.address().port}/peer.html`;
 
 const browser = await chromium.launch({
