@@ -202,6 +202,17 @@ const RAW_ICE_PWD: &str = "rawpasswordrawpassword00";
 
 /// Hello + join with a browser-shaped offer; returns before any media path exists.
 pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
+    raw_join_with(url, token, call, false, Default::default()).await
+}
+
+/// [`raw_join`], asking for end-to-end encryption with `scheme` when `e2ee`.
+pub async fn raw_join_with(
+    url: &str,
+    token: &str,
+    call: &str,
+    e2ee: bool,
+    scheme: blindrelay_protocol::signal::E2eeScheme,
+) -> RawParticipant {
     let mut sig = Signal::connect(url).await.expect("signal connects");
     sig.send(&ClientMessage::Hello {
         token: token.into(),
@@ -226,9 +237,9 @@ pub async fn raw_join(url: &str, token: &str, call: &str) -> RawParticipant {
     });
     sig.send(&ClientMessage::Join {
         call: call.into(),
-        e2ee_enabled: false,
+        e2ee_enabled: e2ee,
         offer_sdp: offer,
-        e2ee_scheme: Default::default(),
+        e2ee_scheme: scheme,
     })
     .await
     .expect("send join");

@@ -426,7 +426,8 @@ async fn a_fake_mls_joined_and_a_garbage_commit_are_refused() {
     let a = group_member(&watch.url, &cfg, "ann", call, 12.0);
     let ta = tokio::spawn(async move { run_call(&a).await });
     watch.wait_for("joined", 1, Duration::from_secs(10)).await;
-    let mut eve = raw_mls_join(&relay, &cfg, "eve", call).await;
+    let eve_token = token(&cfg, "eve", Some(call), "user");
+    let mut eve = raw_join_with(&relay.signal_url(), &eve_token, call, true, E2eeScheme::Mls).await;
     eve.sig
         .send(&ClientMessage::MlsKeyPackage {
             blob: outsider_key_package("p-someone-else", "eve"),
@@ -519,45 +520,6 @@ async fn a_fake_mls_joined_and_a_garbage_commit_are_refused() {
         "counted"
     );
     relay.shutdown().await;
-}
-
-/// Hello + join an MLS call by hand (no media path).
-async fn raw_mls_join(relay: &Relay, cfg: &Config, user: &str, call: &str) -> RawParticipant {
-    let tok = token(cfg, user, Some(call), "user");
-    let mut sig = hello(&relay.signal_url(), &tok).await;
-    let identity = blindrelay_transport::DtlsIdentity::generate().expect("identity");
-    sig.send(&ClientMessage::Join {
-        call: call.into(),
-        e2ee_enabled: true,
-        offer_sdp: offer(&identity, "rawmls", 1),
-        e2ee_scheme: E2eeScheme::Mls,
-    })
-    .await
-    .expect("send join");
-    let (me, answer) = loop {
-        match sig.recv().await.expect("joined") {
-            ServerMessage::Joined {
-                participant,
-                answer_sdp,
-                ..
-            } => {
-                break (
-                    participant,
-                    blindrelay_protocol::sdp::parse_answer(&answer_sdp).expect("answer"),
-                )
-            }
-            _ => continue,
-        }
-    };
-    RawParticipant {
-        sig,
-        me,
-        answer,
-        ufrag: "rawmls".into(),
-        audio_ssrc: 1,
-        video_ssrc: 3,
-        offer_identity: identity,
-    }
 }
 
 /// Once an MLS call has held keys it stays E2EE whoever leaves: down to one member, it
