@@ -66,10 +66,13 @@ pub enum DropReason {
     /// A keyframe request (PLI, FIR) coalesced: the stream's sender was asked less than
     /// `KEYFRAME_REQUEST_INTERVAL` ago.
     KeyframeRequestLimited,
+    /// A padding-only RTP packet (a sender's bandwidth probe) not forwarded to a receiver
+    /// that has not been sent media on its stream yet: it would be a frame without data.
+    PaddingBeforeMedia,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -93,6 +96,7 @@ impl DropReason {
         DropReason::RtcpSsrcUnknown,
         DropReason::RtcpFeedbackNotReceived,
         DropReason::KeyframeRequestLimited,
+        DropReason::PaddingBeforeMedia,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +124,7 @@ impl DropReason {
             DropReason::RtcpSsrcUnknown => "rtcp_ssrc_unknown",
             DropReason::RtcpFeedbackNotReceived => "rtcp_feedback_not_received",
             DropReason::KeyframeRequestLimited => "keyframe_request_limited",
+            DropReason::PaddingBeforeMedia => "padding_before_media",
         }
     }
 }

@@ -262,6 +262,11 @@ struct PeerMedia {
     last_pli: Option<Instant>,
     /// The streams of this participant receivers last asked a keyframe of, and when.
     keyframe_asked: [(u32, Option<Instant>); KEYFRAME_SLOTS],
+    /// The remote streams this participant has been sent a packet with media in (a
+    /// subset of `tables.receiving`, capacity reserved when that is set, so recording
+    /// one never allocates on the packet path): until then, padding-only packets of the
+    /// stream are not forwarded to it (see [`padding_only`]).
+    media_started: Vec<u32>,
     /// When an authenticated packet last made this participant's liveness reportable.
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
@@ -377,6 +382,7 @@ impl Forwarder {
                 pli_due: false,
                 last_pli: None,
                 keyframe_asked: [(0, None); KEYFRAME_SLOTS],
+                media_started: Vec::new(),
                 activity_at: None,
                 activity_pending: false,
             },
@@ -409,6 +415,9 @@ impl Forwarder {
     /// The remote SSRCs `peer` now has tracks for.
     pub fn set_receiving(&mut self, peer: PeerId, ssrcs: Vec<u32>) {
         if let Some(p) = self.peers.get_mut(&peer) {
+            p.media_started.retain(|s| ssrcs.contains(s));
+            p.media_started
+                .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
             p.tables.receiving = Some(ssrcs);
         }
     }
@@ -530,6 +539,7 @@ impl Forwarder {
         header[..base].copy_from_slice(&plain[..base]);
         header[0] &= !0x10;
         let payload = &plain[hdr.header_len..];
+        let padding = padding_only(plain[0], payload);
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {
             self.scratch
@@ -552,6 +562,19 @@ impl Forwarder {
             if pt == NO {
                 // This receiver cannot decode the codec: it was never offered the track.
                 continue;
+            }
+            if r.tables.receiving.is_some() && !r.media_started.contains(&hdr.ssrc) {
+                if padding {
+                    // A sender's bandwidth probe carries the timestamp of its last frame.
+                    // As a receiver's first packet of the stream it would be a frame of its
+                    // own with no data, and an empty frame puts libavcodec's decoders
+                    // (aiortc) into their end-of-stream state for good.
+                    self.receiver_drops[DropReason::PaddingBeforeMedia as usize] += 1;
+                    continue;
+                }
+                if r.media_started.len() < r.media_started.capacity() {
+                    r.media_started.push(hdr.ssrc);
+                }
             }
             header[1] = (header[1] & 0x80) | pt;
             // A copy that cannot be protected for one receiver (its hop would reuse an
@@ -777,6 +800,13 @@ fn feedback_target(
     } else {
         Err(DropReason::RtcpFeedbackNotReceived)
     }
+}
+
+/// Whether an RTP packet (its first byte and its payload, padding included) carries
+/// padding and nothing else: a bandwidth probe (RFC 3550 5.1: the last padding byte
+/// counts the padding bytes, itself included).
+fn padding_only(first: u8, payload: &[u8]) -> bool {
+    first & 0x20 != 0 && payload.last().is_some_and(|n| *n as usize == payload.len())
 }
 
 /// Whether a receiver's keyframe request about `sender`'s stream `ssrc` may reach it now
@@ -1261,6 +1291,79 @@ mod tests {
         b.push(0);
         b.extend_from_slice(payload);
         b
+    }
+
+    /// A padding-only packet (a bandwidth probe, carrying its last frame's timestamp) is
+    /// not a receiver's first packet of a stream: aiortc would decode it as an empty
+    /// frame, which ends libavcodec's decoder for good. After media it goes as usual.
+    #[test]
+    fn padding_only_packets_wait_for_the_streams_first_media_per_receiver() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            tables(111, 96, 3, &[100], &[100]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            tables(96, 97, 0, &[200], &[]),
+        );
+        f.set_receiving(2, vec![100]);
+        let mut padding = chrome_rtp(100, 7, 0, &[0; 223]);
+        padding[0] |= 0x20;
+        padding.push(224);
+        let media = chrome_rtp(100, 8, 1, b"\x90\xe0 a frame");
+        let mut tx = ctx(1);
+        let mut out = Outbox::default();
+        let drops = |f: &mut Forwarder| {
+            let mut n = 0;
+            f.take_receiver_drops(|r, k| {
+                assert_eq!(r, DropReason::PaddingBeforeMedia);
+                n += k;
+            });
+            n
+        };
+        let wire = tx.encrypt_rtp(&padding).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(0));
+        assert_eq!(drops(&mut f), 1);
+        let wire = tx.encrypt_rtp(&media).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        // Padding with data in it is media, and padding after media goes.
+        let mut padding2 = chrome_rtp(100, 9, 2, &[0; 223]);
+        padding2[0] |= 0x20;
+        padding2.push(224);
+        let wire = tx.encrypt_rtp(&padding2).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        assert_eq!(drops(&mut f), 0);
+        // A receiver given the stream again later (re-answered) keeps its start.
+        f.set_receiving(2, vec![100, 300]);
+        let mut padding3 = chrome_rtp(100, 10, 3, &[0; 223]);
+        padding3[0] |= 0x20;
+        padding3.push(224);
+        let wire = tx.encrypt_rtp(&padding3).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        // Dropped from the receiver's streams and given back: it starts again.
+        f.set_receiving(2, vec![300]);
+        f.set_receiving(2, vec![100]);
+        let mut padding4 = chrome_rtp(100, 11, 4, &[0; 223]);
+        padding4[0] |= 0x20;
+        padding4.push(224);
+        let wire = tx.encrypt_rtp(&padding4).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(0));
+        assert_eq!(drops(&mut f), 1);
+        // A packet whose padding leaves payload bytes is not a probe.
+        assert!(!padding_only(0xa0, &[1, 2, 2]));
+        assert!(padding_only(0xa0, &[0, 0, 3]));
+        assert!(!padding_only(0x80, &[0, 0, 3]));
+        assert!(!padding_only(0xa0, &[]));
     }
 
     #[test]
