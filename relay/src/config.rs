@@ -3,6 +3,7 @@
 //! bad value is an error that names the key, not a silent default.
 
 use crate::token::{TokenRules, TokenVerifier, DEFAULT_MAX_TTL};
+use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 use blindrelay_protocol::token::{kid_of, read_ed25519_public, MAX_KID_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -12,6 +13,11 @@ use thiserror::Error;
 
 /// The configuration compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/relay.toml");
+
+/// Bytes of a `chat` message's JSON around its body, with the longest sender id the
+/// relay gives (`p-` and 12 characters): added to `signal.max_chat_bytes` for the
+/// largest chat's wire size.
+pub const CHAT_ENVELOPE_BYTES: u64 = 64;
 
 /// The development secret shipped in the default config; only usable on loopback.
 pub const DEV_API_SECRET: &str = "blindrelay-dev-secret-loopback-only";
@@ -98,6 +104,18 @@ pub struct SignalConfig {
     /// Messages one connection may send per second (sustained) and in one burst.
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// Bytes per second (sustained) and in one burst that one participant may make the
+    /// relay write to the others: chat, `e2ee` blobs, MLS KeyPackages, each charged its
+    /// wire size times the call's other participants (MLS commits and Welcomes are
+    /// charged but never refused). Over it, `rate_limited`. See `core::budget` for the
+    /// reasoning behind the defaults; validation keeps the burst within half of
+    /// `max_outbound_bytes` (a reader faster than the rate never overflows because of
+    /// others) and large enough for the largest chat to a full call.
+    pub broadcast_bytes_per_second: u64,
+    pub broadcast_burst_bytes: u64,
+    /// Largest chat body, in bytes; a larger one is refused with `message_too_large`.
+    /// Sealed (E2EE) chat is base64 of the ciphertext: allow a third more than the text.
+    pub max_chat_bytes: usize,
     /// Web origins (`https://app.example.com`) besides the relay's own whose pages may
     /// open the signalling WebSocket. A browser sends `Origin`; a request with a foreign
     /// one is refused (403), so another site's page cannot act with a visitor's
@@ -308,6 +326,9 @@ impl Default for SignalConfig {
             max_connections_per_source: 1_000,
             messages_per_second: 50,
             message_burst: 200,
+            broadcast_bytes_per_second: 64 * 1024,
+            broadcast_burst_bytes: 256 * 1024,
+            max_chat_bytes: 8 * 1024,
             allowed_origins: Vec::new(),
         }
     }
@@ -407,6 +428,41 @@ impl Config {
             source,
         })?;
         Self::parse(&text)
+    }
+
+    /// The broadcast budget against the queue it protects and the chat it must carry
+    /// (reasoning in `core::budget`).
+    fn validate_broadcast(&self) -> Result<(), ConfigError> {
+        let s = &self.signal;
+        if s.max_chat_bytes > MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "signal.max_chat_bytes",
+                message: format!(
+                    "must be at most {MAX_MESSAGE_BYTES}, the largest signalling message"
+                ),
+            });
+        }
+        let half_queue = (s.max_outbound_bytes / 2) as u64;
+        if s.broadcast_burst_bytes > half_queue {
+            return Err(ConfigError::Invalid {
+                key: "signal.broadcast_burst_bytes",
+                message: format!(
+                    "must be at most half of signal.max_outbound_bytes ({half_queue}): others' bursts must never fill a reader's queue"
+                ),
+            });
+        }
+        let largest_chat = (s.max_chat_bytes as u64 + CHAT_ENVELOPE_BYTES)
+            .saturating_mul(self.calls.max_participants.saturating_sub(1) as u64);
+        if s.broadcast_burst_bytes < largest_chat {
+            return Err(ConfigError::Invalid {
+                key: "signal.broadcast_burst_bytes",
+                message: format!(
+                    "must be at least {largest_chat}: the largest chat (signal.max_chat_bytes + {CHAT_ENVELOPE_BYTES} bytes of JSON) to the other {} participants of a full call",
+                    self.calls.max_participants.saturating_sub(1)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Checks a deserializer cannot express.
@@ -517,6 +573,11 @@ impl Config {
                 self.signal.messages_per_second == 0,
             ),
             ("signal.message_burst", self.signal.message_burst == 0),
+            (
+                "signal.broadcast_bytes_per_second",
+                self.signal.broadcast_bytes_per_second == 0,
+            ),
+            ("signal.max_chat_bytes", self.signal.max_chat_bytes == 0),
             ("calls.max_calls", self.calls.max_calls == 0),
             (
                 "calls.max_total_participants",
@@ -536,6 +597,7 @@ impl Config {
                 });
             }
         }
+        self.validate_broadcast()?;
         if self
             .capture
             .path
@@ -616,6 +678,86 @@ mod tests {
             "the embedded default captures nothing"
         );
         assert!(c.capture.call.is_none());
+        assert_eq!(
+            c.signal.broadcast_bytes_per_second,
+            d.signal.broadcast_bytes_per_second
+        );
+        assert_eq!(
+            c.signal.broadcast_burst_bytes,
+            d.signal.broadcast_burst_bytes
+        );
+        assert_eq!(c.signal.max_chat_bytes, d.signal.max_chat_bytes);
+    }
+
+    #[test]
+    fn the_broadcast_budget_fits_the_queue_and_the_largest_chat() {
+        let c = Config::embedded().unwrap();
+        // The defaults: half the queue at most, one largest chat to a full call at least.
+        assert!(c.signal.broadcast_burst_bytes <= c.signal.max_outbound_bytes as u64 / 2);
+        for (text, key) in [
+            (
+                "[signal]
+broadcast_bytes_per_second = 0
+",
+                "signal.broadcast_bytes_per_second",
+            ),
+            (
+                "[signal]
+max_chat_bytes = 0
+",
+                "signal.max_chat_bytes",
+            ),
+            (
+                "[signal]
+max_chat_bytes = 65537
+",
+                "signal.max_chat_bytes",
+            ),
+            // More than half of the 1 MiB queue.
+            (
+                "[signal]
+broadcast_burst_bytes = 524289
+",
+                "signal.broadcast_burst_bytes",
+            ),
+            // Less than (8192 + 64) * 15.
+            (
+                "[signal]
+broadcast_burst_bytes = 123839
+",
+                "signal.broadcast_burst_bytes",
+            ),
+            // A larger call needs a larger burst than the default.
+            (
+                "[calls]
+max_participants = 40
+",
+                "signal.broadcast_burst_bytes",
+            ),
+        ] {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let ok = Config::parse(
+            "[signal]
+broadcast_burst_bytes = 123840
+broadcast_bytes_per_second = 1
+",
+        )
+        .unwrap();
+        assert_eq!(ok.signal.broadcast_burst_bytes, 123_840);
+    }
+
+    #[test]
+    fn the_chat_envelope_covers_the_longest_sender_id() {
+        use blindrelay_protocol::signal::ServerMessage;
+        let body = "x".repeat(8192);
+        let m = ServerMessage::Chat {
+            from: format!("p-{}", "A".repeat(12)),
+            body: body.clone(),
+        };
+        let wire = serde_json::to_string(&m).unwrap().len() as u64;
+        assert!(wire <= body.len() as u64 + CHAT_ENVELOPE_BYTES, "{wire}");
     }
 
     #[test]

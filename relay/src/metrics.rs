@@ -3,6 +3,7 @@
 //! registered once up front: a packet bumps an atomic, it never looks up a key.
 //! Labels are bounded enums: never an SSRC, a call id or a user id.
 
+use crate::core::budget::RateLimit;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -231,6 +232,7 @@ const M_CAPTURE_STOPPED: &str = "blindrelay_capture_stopped_total";
 const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
 const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
 const M_MLS_REFUSED: &str = "blindrelay_mls_refused_total";
+const M_RATE_LIMITED: &str = "blindrelay_rate_limited_total";
 
 /// Pre-registered handles for everything the relay counts.
 pub struct Metrics {
@@ -244,6 +246,7 @@ pub struct Metrics {
     pub forwarded_bytes_rtcp: Counter,
     dropped: [Counter; DropReason::ALL.len()],
     mls_refused: [Counter; 8],
+    rate_limited: [Counter; RateLimit::ALL.len()],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
@@ -298,6 +301,8 @@ impl Metrics {
             dropped: DropReason::ALL.map(|r| c(M_DROPPED, vec![Label::new("reason", r.as_str())])),
             mls_refused: MlsRefusal::ALL
                 .map(|r| c(M_MLS_REFUSED, vec![Label::new("reason", r.as_str())])),
+            rate_limited: RateLimit::ALL
+                .map(|l| c(M_RATE_LIMITED, vec![Label::new("limit", l.as_str())])),
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
@@ -400,6 +405,11 @@ impl Metrics {
             "MLS messages the relay (as Delivery Service) refused from a participant, by reason.",
         );
         d(
+            M_RATE_LIMITED,
+            None,
+            "Messages refused with rate_limited, by the limit they went over (messages, broadcast_bytes).",
+        );
+        d(
             M_POLICY_RELOADS,
             None,
             "Policy file reloads (file watcher, SIGHUP, admin API), by result (ok, rejected).",
@@ -457,6 +467,21 @@ impl Metrics {
     /// Count one MLS message refused by the Delivery Service.
     pub fn mls_refused(&self, reason: MlsRefusal) {
         self.mls_refused[reason as usize].increment(1);
+    }
+
+    /// Count one message refused with `rate_limited`.
+    pub fn rate_limited(&self, limit: RateLimit) {
+        self.rate_limited[limit as usize].increment(1);
+    }
+
+    /// The count of `rate_limited` refusals for one limit so far, as scraped.
+    #[cfg(test)]
+    pub(crate) fn rate_limited_count(&self, limit: RateLimit) -> u64 {
+        let name = format!("{M_RATE_LIMITED}{{limit=\"{}\"}} ", limit.as_str());
+        self.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
     }
 
     /// The count of MLS refusals for one reason so far, as scraped.

@@ -2,6 +2,7 @@
 //! call membership and modes, ICE-lite checks, and the forwarding state of one worker
 //! loop. Nothing here touches a socket or reads the clock.
 
+pub mod budget;
 pub mod calls;
 pub mod forward;
 pub mod ice;

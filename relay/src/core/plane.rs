@@ -8,6 +8,7 @@
 //! the events in the order it changed, a `participant_joined` cannot be lost between two
 //! concurrent joins, and a refused request leaves nothing behind.
 
+use super::budget::{self, BudgetRate, ByteBudget, RateLimit};
 use super::calls::{CallRegistry, JoinRequest};
 use super::forward::PeerTables;
 use super::policy::CallingE2ee;
@@ -73,6 +74,10 @@ pub struct PlaneConfig {
     pub max_parked: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// Each sender's broadcast budget (see [`super::budget`]).
+    pub broadcast: BudgetRate,
+    /// Largest chat body, in bytes.
+    pub max_chat_bytes: usize,
     pub retrieve_attempts_per_minute: u32,
     pub workers: usize,
     pub media_addr: SocketAddr,
@@ -96,6 +101,11 @@ impl PlaneConfig {
             max_parked: c.calls.max_parked,
             messages_per_second: c.signal.messages_per_second,
             message_burst: c.signal.message_burst,
+            broadcast: BudgetRate {
+                bytes_per_second: c.signal.broadcast_bytes_per_second,
+                burst_bytes: c.signal.broadcast_burst_bytes,
+            },
+            max_chat_bytes: c.signal.max_chat_bytes,
             retrieve_attempts_per_minute: c.calls.retrieve_attempts_per_minute,
             workers: c.worker_count(),
             media_addr,
@@ -262,6 +272,9 @@ struct Conn {
     claims: Option<Claims>,
     peer: Option<PeerId>,
     rate: Bucket,
+    /// What this connection's participant may still make the relay send to others; on
+    /// the connection, so leaving and joining again does not refill it.
+    broadcast: ByteBudget,
     hello_deadline: Option<Instant>,
     /// A close was ordered: nothing more is read from or sent to it.
     closing: bool,
@@ -600,6 +613,7 @@ impl ControlPlane {
                         claims: None,
                         peer: None,
                         rate: Bucket::full(self.cfg.message_burst, now),
+                        broadcast: ByteBudget::full(self.cfg.broadcast, now),
                         hello_deadline: Some(deadline),
                         closing: false,
                     },
@@ -763,14 +777,54 @@ impl ControlPlane {
         if c.rate.take(now, rate, burst) {
             return true;
         }
-        self.error(
-            conn,
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} messages per second",
-                self.cfg.messages_per_second
-            ),
+        let text = format!(
+            "more than {} messages per second",
+            self.cfg.messages_per_second
         );
+        self.rate_limited(conn, RateLimit::Messages, text);
+        false
+    }
+
+    /// Refuse a message with `rate_limited`, counted by the limit it went over (the one
+    /// place such a refusal is counted).
+    fn rate_limited(&mut self, conn: ConnId, limit: RateLimit, message: String) {
+        self.metrics.rate_limited(limit);
+        self.error(conn, ErrorCode::RateLimited, message);
+    }
+
+    /// Charge `peer`'s broadcast budget for a message of `wire` bytes: its size times the
+    /// other participants of the call, whoever it is addressed to (why: [`super::budget`]).
+    /// `always`: a message the call cannot lose, spent even beyond the budget. Otherwise
+    /// false, with a `rate_limited` refusal, when the budget does not cover it.
+    fn charge_broadcast(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        peer: PeerId,
+        wire: u64,
+        always: bool,
+    ) -> bool {
+        let others = self
+            .registry
+            .peers_of(peer)
+            .map_or(0, |(_, v)| v.len() as u64);
+        let cost = wire.saturating_mul(others);
+        let rate = self.cfg.broadcast;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if always {
+            c.broadcast.force(now, cost, rate);
+            return true;
+        }
+        if c.broadcast.try_spend(now, cost, rate) {
+            return true;
+        }
+        let text = format!(
+            "over the broadcast budget of {} bytes per second: this message costs {cost} ({wire} bytes to each of {others} others); try again later",
+            rate.bytes_per_second
+        );
+        self.rate_limited(conn, RateLimit::BroadcastBytes, text);
         false
     }
 
@@ -790,11 +844,13 @@ impl ControlPlane {
                 offer_sdp,
                 e2ee_scheme,
             } => self.join(now, conn, call, e2ee_enabled, e2ee_scheme, &offer_sdp),
-            ClientMessage::E2ee { to, blob } => self.relay_to(conn, &to, blob),
-            ClientMessage::MlsKeyPackage { blob } => self.mls_key_package(conn, blob),
-            ClientMessage::MlsCommit { commit, welcome } => self.mls_commit(conn, commit, welcome),
+            ClientMessage::E2ee { to, blob } => self.relay_to(now, conn, &to, blob),
+            ClientMessage::MlsKeyPackage { blob } => self.mls_key_package(now, conn, blob),
+            ClientMessage::MlsCommit { commit, welcome } => {
+                self.mls_commit(now, conn, commit, welcome)
+            }
             ClientMessage::MlsJoined { epoch } => self.mls_joined(conn, epoch),
-            ClientMessage::Chat { body } => self.chat(conn, body),
+            ClientMessage::Chat { body } => self.chat(now, conn, body),
             ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
             ClientMessage::Answer { sdp, revision } => self.answer(conn, &sdp, revision),
             ClientMessage::Leave => match self.conns.get(&conn).and_then(|c| c.peer) {
@@ -1254,7 +1310,7 @@ impl ControlPlane {
     }
 
     /// Relay an opaque key-agreement blob to one participant of the caller's call.
-    fn relay_to(&mut self, conn: ConnId, to: &str, blob: String) {
+    fn relay_to(&mut self, now: Instant, conn: ConnId, to: &str, blob: String) {
         let Some(peer) = self.joined_peer(conn) else {
             return;
         };
@@ -1265,7 +1321,12 @@ impl ControlPlane {
             .map(|s| s.conn);
         let from = self.sessions.get(&peer).map(|s| s.public_id.clone());
         match (target, from) {
-            (Some(t), Some(from)) => self.send(t, ServerMessage::E2ee { from, blob }),
+            (Some(t), Some(from)) => {
+                let msg = ServerMessage::E2ee { from, blob };
+                if self.charge_broadcast(now, conn, peer, budget::wire_len(&msg), false) {
+                    self.send(t, msg);
+                }
+            }
             _ => self.error(
                 conn,
                 ErrorCode::UnknownParticipant,
@@ -1308,7 +1369,7 @@ impl ControlPlane {
     /// A joiner's KeyPackage: parsed and its KeyPackageRef computed now (one that does not
     /// parse is refused here, before any member could try to commit it), kept until its
     /// owner joins, and passed to the group's members.
-    fn mls_key_package(&mut self, conn: ConnId, blob: String) {
+    fn mls_key_package(&mut self, now: Instant, conn: ConnId, blob: String) {
         let Some((peer, call, from)) = self.mls_call_of(conn) else {
             return;
         };
@@ -1333,6 +1394,17 @@ impl ControlPlane {
         }) {
             return self.refuse_mls(conn, MlsRefused::DuplicateKeyPackage);
         }
+        // Charged before anything is kept: a refused KeyPackage leaves no trace.
+        let wire = budget::wire_len(&ServerMessage::MlsKeyPackage {
+            from: from.clone(),
+            blob: blob.clone(),
+        });
+        if !self.charge_broadcast(now, conn, peer, wire, false) {
+            return;
+        }
+        let Some(ds) = self.mls.get_mut(&call) else {
+            return;
+        };
         ds.waiting.insert(
             peer,
             WaitingKeyPackage {
@@ -1365,7 +1437,7 @@ impl ControlPlane {
     /// member and waiting joiner, and its Welcome to the waiting joiners whose
     /// KeyPackageRef it names; a later one for that epoch is refused. Only clear parts
     /// are read: the commit's group id, epoch and content type, the Welcome's refs.
-    fn mls_commit(&mut self, conn: ConnId, commit: String, welcome: Option<String>) {
+    fn mls_commit(&mut self, now: Instant, conn: ConnId, commit: String, welcome: Option<String>) {
         let Some((peer, call, from)) = self.mls_call_of(conn) else {
             return;
         };
@@ -1447,6 +1519,21 @@ impl ControlPlane {
                 accepted: true,
             },
         );
+        // Charged but always allowed: the group cannot lose an accepted commit or its
+        // Welcome. (Only the first commit of an epoch gets here.)
+        let commit_msg = ServerMessage::MlsCommit {
+            from: from.clone(),
+            epoch,
+            commit: commit.clone(),
+        };
+        let mut wire = budget::wire_len(&commit_msg);
+        if let Some(w) = &welcome {
+            wire += budget::wire_len(&ServerMessage::MlsWelcome {
+                from: from.clone(),
+                welcome: w.clone(),
+            });
+        }
+        self.charge_broadcast(now, conn, peer, wire, true);
         for c in self.conns_of(others) {
             self.send(
                 c,
@@ -1537,10 +1624,23 @@ impl ControlPlane {
         }
     }
 
-    fn chat(&mut self, conn: ConnId, body: String) {
+    /// A chat goes to every other participant of the call, within the sender's broadcast
+    /// budget and `max_chat_bytes`.
+    fn chat(&mut self, now: Instant, conn: ConnId, body: String) {
         let Some(peer) = self.joined_peer(conn) else {
             return;
         };
+        if body.len() > self.cfg.max_chat_bytes {
+            return self.error(
+                conn,
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "a chat body of {} bytes exceeds signal.max_chat_bytes ({})",
+                    body.len(),
+                    self.cfg.max_chat_bytes
+                ),
+            );
+        }
         let Some(from) = self.sessions.get(&peer).map(|s| s.public_id.clone()) else {
             return;
         };
@@ -1552,14 +1652,12 @@ impl ControlPlane {
             .into_iter()
             .filter_map(|p| self.sessions.get(&p).map(|s| s.conn))
             .collect();
+        let msg = ServerMessage::Chat { from, body };
+        if !self.charge_broadcast(now, conn, peer, budget::wire_len(&msg), false) {
+            return;
+        }
         for c in others {
-            self.send(
-                c,
-                ServerMessage::Chat {
-                    from: from.clone(),
-                    body: body.clone(),
-                },
-            );
+            self.send(c, msg.clone());
         }
     }
 
@@ -2715,6 +2813,187 @@ mod tests {
         h.advance(Duration::from_millis(40));
         h.text(3, &ClientMessage::Leave);
         assert_eq!(error_code(&h.take(3)), ErrorCode::NotJoined);
+    }
+
+    fn chats(m: &[ServerMessage]) -> usize {
+        m.iter()
+            .filter(|m| matches!(m, ServerMessage::Chat { .. }))
+            .count()
+    }
+
+    fn rate_limited(m: &[ServerMessage]) -> usize {
+        m.iter()
+            .filter(|m| {
+                matches!(
+                    m,
+                    ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    /// Chat is capped in size and charged to its sender at its wire size times the
+    /// call's other participants: past the budget the sender is refused and counted, and
+    /// the others get exactly what was accepted, never more than burst + rate * time.
+    #[test]
+    fn chat_is_capped_and_charged_to_the_senders_broadcast_budget() {
+        let mut c = cfg();
+        c.broadcast = BudgetRate {
+            bytes_per_second: 10_000,
+            burst_bytes: 100_000,
+        };
+        c.max_chat_bytes = 1000;
+        let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+        for (conn, u) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+            h.hello(conn, u, None, "user");
+            h.join(conn, "room", false);
+        }
+        h.out.clear();
+        let metrics = h.p.metrics.clone();
+        // One byte over the cap: refused, nobody gets it, the budget is untouched.
+        h.text(
+            1,
+            &ClientMessage::Chat {
+                body: "x".repeat(1001),
+            },
+        );
+        assert_eq!(error_code(&h.take(1)), ErrorCode::MessageTooLarge);
+        assert!((2..=4).all(|c| h.take(c).is_empty()));
+        let body = "x".repeat(1000);
+        let from = h.p.sessions[&h.peer_of(1)].public_id.clone();
+        let wire = budget::wire_len(&ServerMessage::Chat {
+            from,
+            body: body.clone(),
+        });
+        let cost = wire * 3;
+        let fits = (100_000 / cost) as usize;
+        // Sent well past the budget (still within the message rate): exactly `fits` pass.
+        for _ in 0..fits + 5 {
+            h.text(1, &ClientMessage::Chat { body: body.clone() });
+        }
+        let mine = h.take(1);
+        assert_eq!(rate_limited(&mine), 5, "{mine:?}");
+        assert_eq!(metrics.rate_limited_count(RateLimit::BroadcastBytes), 5);
+        assert_eq!(metrics.rate_limited_count(RateLimit::Messages), 0);
+        for c in 2..=4 {
+            assert_eq!(chats(&h.take(c)), fits);
+        }
+        // A second's rate buys 10,000 / cost more; the receivers' total stays within
+        // burst + rate * time.
+        h.advance(Duration::from_secs(1));
+        let left = 100_000 - fits as u64 * cost;
+        let more = ((left + 10_000) / cost) as usize;
+        for _ in 0..more + 1 {
+            h.text(1, &ClientMessage::Chat { body: body.clone() });
+        }
+        assert_eq!(rate_limited(&h.take(1)), 1);
+        let got = chats(&h.take(2));
+        assert_eq!(got, more);
+        assert!((fits + got) as u64 * wire <= (100_000 + 10_000) / 3);
+        // Another participant's budget is its own.
+        h.text(2, &ClientMessage::Chat { body: body.clone() });
+        assert_eq!(chats(&h.take(1)), 1);
+        // A participant alone in its call sends to nobody and spends nothing.
+        h.hello(5, "e", None, "user");
+        h.join(5, "alone", false);
+        for _ in 0..150 {
+            h.text(5, &ClientMessage::Chat { body: body.clone() });
+        }
+        assert_eq!(rate_limited(&h.take(5)), 0);
+    }
+
+    /// Messages the call cannot lose pass an exhausted budget: an MLS commit (charged:
+    /// the committer's chat stays refused) and participant events (the relay's own, like
+    /// offers: never charged).
+    /// A KeyPackage over the budget is refused and leaves nothing behind.
+    #[test]
+    fn messages_the_call_cannot_lose_pass_an_exhausted_budget() {
+        let mut c = cfg();
+        c.broadcast = BudgetRate {
+            bytes_per_second: 1_000,
+            burst_bytes: 20_000,
+        };
+        let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+        for (conn, u) in [(1, "a"), (2, "b"), (3, "c")] {
+            h.hello(conn, u, None, "user");
+        }
+        join_mls(&mut h, 1, "g");
+        join_mls(&mut h, 2, "g");
+        // b waits with its KeyPackage (commits go to members and those waiting).
+        let (_, kp1) = kp_of(&real_mls::Member::new("b"));
+        h.text(2, &ClientMessage::MlsKeyPackage { blob: kp1.clone() });
+        assert!(h
+            .take(1)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::MlsKeyPackage { .. })));
+        h.out.clear();
+        let body = "x".repeat(4000);
+        // Large chats, then small ones: less than a small chat's cost is left.
+        let exhaust = |h: &mut H, conn: ConnId| {
+            for _ in 0..10 {
+                h.text(conn, &ClientMessage::Chat { body: body.clone() });
+            }
+            for _ in 0..60 {
+                h.text(
+                    conn,
+                    &ClientMessage::Chat {
+                        body: "y".repeat(50),
+                    },
+                );
+            }
+            assert!(rate_limited(&h.take(conn)) > 0);
+        };
+        exhaust(&mut h, 1);
+        h.take(2);
+        // A commit of 15 KB (its clear header, then what the relay does not read).
+        let mut big = BASE64.decode(commit_b64(b"g/1", 0)).expect("base64");
+        big.resize(big.len() + 15_000, 0xab);
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: BASE64.encode(&big),
+                welcome: None,
+            },
+        );
+        assert!(matches!(
+            h.take(1).as_slice(),
+            [ServerMessage::MlsCommitResult {
+                epoch: 0,
+                accepted: true
+            }]
+        ));
+        let b = h.take(2);
+        assert!(
+            matches!(b.as_slice(), [ServerMessage::MlsCommit { epoch: 0, .. }]),
+            "{b:?}"
+        );
+        // The commit was charged: 20 KB on the wire put a into debt, which 8 s of rate
+        // does not repay enough for a 4 KB chat.
+        h.advance(Duration::from_secs(8));
+        h.text(1, &ClientMessage::Chat { body: body.clone() });
+        assert_eq!(rate_limited(&h.take(1)), 1);
+        // A new KeyPackage over b's budget: refused, not kept (the first stays), not
+        // passed on.
+        exhaust(&mut h, 2);
+        h.take(1);
+        let (_, kp2) = kp_of(&real_mls::Member::new("b"));
+        h.text(2, &ClientMessage::MlsKeyPackage { blob: kp2 });
+        assert_eq!(rate_limited(&h.take(2)), 1);
+        assert!(h.take(1).is_empty());
+        assert_eq!(h.p.mls["g"].waiting[&h.peer_of(2)].blob, kp1);
+        // A join's event reaches both exhausted senders.
+        join_mls(&mut h, 3, "g");
+        for conn in [1, 2] {
+            let m = h.take(conn);
+            assert!(
+                m.iter()
+                    .any(|m| matches!(m, ServerMessage::ParticipantJoined { .. })),
+                "{m:?}"
+            );
+        }
     }
 
     #[test]
