@@ -3,13 +3,13 @@
 //! read to route, and the same bytes are protected for each receiver: the payload (the
 //! end-to-end encrypted frame) is never parsed or changed.
 
+use super::hop::{HopCipher, HopError};
+use super::report::DropReason;
 use super::{CallKey, PeerId};
-use crate::metrics::DropReason;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::{find_extension, RtpHeader};
 use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack, CODEC_COUNT};
 use blindrelay_protocol::twcc::{self, Arrival, SeqUnwrapper};
-use blindrelay_transport::hop::{HopContext, HopError};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
 use foldhash::HashMap;
 use std::net::SocketAddr;
@@ -112,7 +112,7 @@ impl Outbox {
         &mut self,
         to: SocketAddr,
         rtcp: bool,
-        ctx: &mut HopContext,
+        ctx: &mut impl HopCipher,
         clear: &[u8],
     ) -> Result<(), DropReason> {
         let r = if rtcp {
@@ -136,7 +136,7 @@ impl Outbox {
     fn push_rtp_parts(
         &mut self,
         to: SocketAddr,
-        ctx: &mut HopContext,
+        ctx: &mut impl HopCipher,
         header: &[u8],
         payload: &[u8],
     ) -> Result<(), DropReason> {
@@ -243,18 +243,18 @@ struct TwccState {
 }
 
 /// A participant's hop state on its way from one call (or loop) to another.
-pub struct PeerTransfer {
+pub struct PeerTransfer<H> {
     pub addr: SocketAddr,
-    pub inbound: HopContext,
-    pub outbound: HopContext,
+    pub inbound: H,
+    pub outbound: H,
     pub tables: PeerTables,
 }
 
-struct PeerMedia {
+struct PeerMedia<H> {
     call: CallKey,
     addr: SocketAddr,
-    inbound: HopContext,
-    outbound: HopContext,
+    inbound: H,
+    outbound: H,
     tables: PeerTables,
     twcc: Option<Box<TwccState>>,
     /// A receiver joined: ask this participant for a keyframe with its next packet.
@@ -273,10 +273,9 @@ struct PeerMedia {
     activity_pending: bool,
 }
 
-/// Forwarding state of one worker loop.
-#[derive(Default)]
-pub struct Forwarder {
-    peers: HashMap<PeerId, PeerMedia>,
+/// Forwarding state of one worker loop, over the driver's hop cipher `H`.
+pub struct Forwarder<H> {
+    peers: HashMap<PeerId, PeerMedia<H>>,
     calls: HashMap<CallKey, Vec<PeerId>>,
     ssrc_owner: HashMap<(CallKey, u32), PeerId>,
     tap: Option<MediaTap>,
@@ -318,7 +317,12 @@ fn hop_drop(e: HopError) -> DropReason {
 }
 
 /// An authenticated packet from `p`: queue its liveness report if one is due.
-fn note_activity(p: &mut PeerMedia, peer: PeerId, now: Option<Instant>, active: &mut Vec<PeerId>) {
+fn note_activity<H>(
+    p: &mut PeerMedia<H>,
+    peer: PeerId,
+    now: Option<Instant>,
+    active: &mut Vec<PeerId>,
+) {
     let Some(now) = now else { return };
     if !p.activity_pending
         && p.activity_at
@@ -330,7 +334,29 @@ fn note_activity(p: &mut PeerMedia, peer: PeerId, now: Option<Instant>, active: 
     }
 }
 
-impl Forwarder {
+// By hand: a derived Default would ask `H: Default`, and a cipher has no default.
+impl<H> Default for Forwarder<H> {
+    fn default() -> Self {
+        Forwarder {
+            peers: HashMap::default(),
+            calls: HashMap::default(),
+            ssrc_owner: HashMap::default(),
+            tap: None,
+            scratch: Vec::new(),
+            clear: Vec::new(),
+            rtcp_dests: Vec::new(),
+            rtcp_part: Vec::new(),
+            rtcp_pass: Vec::new(),
+            own_rtcp: Vec::new(),
+            now: None,
+            epoch: None,
+            active: Vec::new(),
+            receiver_drops: [0; DropReason::ALL.len()],
+        }
+    }
+}
+
+impl<H: HopCipher> Forwarder<H> {
     pub fn new(tap: Option<MediaTap>) -> Self {
         Forwarder {
             tap,
@@ -347,8 +373,8 @@ impl Forwarder {
         peer: PeerId,
         call: CallKey,
         addr: SocketAddr,
-        inbound: HopContext,
-        outbound: HopContext,
+        inbound: H,
+        outbound: H,
         tables: PeerTables,
     ) {
         // An SSRC keeps its owner: the control plane refuses a second claimant
@@ -428,7 +454,7 @@ impl Forwarder {
 
     /// Remove a participant and hand back its hop state, to re-home it in another call
     /// (merge), possibly on another forwarding loop.
-    pub fn take_peer(&mut self, peer: PeerId) -> Option<PeerTransfer> {
+    pub fn take_peer(&mut self, peer: PeerId) -> Option<PeerTransfer<H>> {
         let p = self.peers.remove(&peer)?;
         if let Some(m) = self.calls.get_mut(&p.call) {
             m.retain(|x| *x != peer);
@@ -781,8 +807,8 @@ fn feedback_sender_ok(
 /// Who gets `from`'s feedback about `media`: its sender, if `from` is sent that stream;
 /// nobody if the stream is `from`'s own or nobody's (it left); refused if `from` is not
 /// sent it, since it can have nothing to say about it.
-fn feedback_target(
-    peers: &HashMap<PeerId, PeerMedia>,
+fn feedback_target<H>(
+    peers: &HashMap<PeerId, PeerMedia<H>>,
     ssrc_owner: &HashMap<(CallKey, u32), PeerId>,
     call: CallKey,
     from: PeerId,
@@ -811,7 +837,7 @@ fn padding_only(first: u8, payload: &[u8]) -> bool {
 
 /// Whether a receiver's keyframe request about `sender`'s stream `ssrc` may reach it now
 /// (see [`KEYFRAME_REQUEST_INTERVAL`]); if so, it is recorded.
-fn ask_keyframe(sender: &mut PeerMedia, ssrc: u32, now: Instant) -> bool {
+fn ask_keyframe<H>(sender: &mut PeerMedia<H>, ssrc: u32, now: Instant) -> bool {
     let fresh = |t: Option<Instant>| {
         t.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
     };
@@ -831,8 +857,8 @@ fn ask_keyframe(sender: &mut PeerMedia, ssrc: u32, now: Instant) -> bool {
 /// The relay's own RTCP to a sender on its hop: transport-cc feedback about the packet
 /// just received (every [`FEEDBACK_INTERVAL`], or when the pending list is full) and a
 /// PLI per video SSRC when a receiver joined (at most every [`PLI_INTERVAL`]).
-fn sender_rtcp(
-    sender: &mut PeerMedia,
+fn sender_rtcp<H: HopCipher>(
+    sender: &mut PeerMedia<H>,
     plain: &[u8],
     ssrc: u32,
     now: Instant,
@@ -901,7 +927,60 @@ fn sender_rtcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blindrelay_transport::hop::{self, HopContext};
     use webrtc_srtp::protection_profile::ProtectionProfile;
+
+    /// The relay's ciphers: the forwarder runs here on real SRTP, as in the relay.
+    type Forwarder = super::Forwarder<HopContext>;
+
+    fn hop_error(e: hop::HopError) -> HopError {
+        match e {
+            hop::HopError::AuthFailed => HopError::AuthFailed,
+            hop::HopError::Replay => HopError::Replay,
+            hop::HopError::Malformed => HopError::Malformed,
+            hop::HopError::Protect => HopError::Protect,
+            hop::HopError::IndexReused => HopError::IndexReused,
+        }
+    }
+
+    impl HopCipher for HopContext {
+        fn unprotect_rtp<'a>(
+            &mut self,
+            input: &[u8],
+            scratch: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], HopError> {
+            HopContext::unprotect_rtp(self, input, scratch).map_err(hop_error)
+        }
+        fn unprotect_rtcp<'a>(
+            &mut self,
+            input: &[u8],
+            scratch: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], HopError> {
+            HopContext::unprotect_rtcp(self, input, scratch).map_err(hop_error)
+        }
+        fn protect_rtp_into(
+            &mut self,
+            clear: &[u8],
+            arena: &mut Vec<u8>,
+        ) -> Result<Range<usize>, HopError> {
+            HopContext::protect_rtp_into(self, clear, arena).map_err(hop_error)
+        }
+        fn protect_rtp_parts_into(
+            &mut self,
+            header: &[u8],
+            payload: &[u8],
+            arena: &mut Vec<u8>,
+        ) -> Result<Range<usize>, HopError> {
+            HopContext::protect_rtp_parts_into(self, header, payload, arena).map_err(hop_error)
+        }
+        fn protect_rtcp_into(
+            &mut self,
+            clear: &[u8],
+            arena: &mut Vec<u8>,
+        ) -> Result<Range<usize>, HopError> {
+            HopContext::protect_rtcp_into(self, clear, arena).map_err(hop_error)
+        }
+    }
 
     use webrtc_srtp::context::Context;
 

@@ -1,7 +1,7 @@
 //! ICE-lite (RFC 8445 §2.5): the relay never sends checks; it answers valid binding
 //! requests and learns each participant's address from them.
 
-use crate::metrics::DropReason;
+use super::report::DropReason;
 use blindrelay_protocol::stun::{
     StunError, StunMessage, StunWriter, BINDING_INDICATION, BINDING_REQUEST, BINDING_SUCCESS,
 };

@@ -12,9 +12,8 @@ use super::budget::{self, BudgetRate, ByteBudget, RateLimit};
 use super::calls::{CallRegistry, JoinRequest};
 use super::forward::PeerTables;
 use super::policy::CallingE2ee;
+use super::report::{MlsRefusal, RemovalReason, Report};
 use super::{CallKey, PeerId};
-use crate::config::Config;
-use crate::metrics::{Metrics, MlsRefusal};
 use crate::token::{self, Claims, TokenRules, TokenVerifier};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -32,7 +31,6 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
@@ -55,7 +53,8 @@ pub const FEATURES: [&str; 9] = [
 /// Longest call id, in bytes.
 const MAX_CALL_ID: usize = 256;
 
-/// The control plane's settings, taken from [`Config`] plus what only the running relay
+/// The control plane's settings: plain values, so the core never reads the relay's config
+/// file format. The driver builds them from its config plus what only the running relay
 /// knows (its media address and DTLS fingerprint).
 #[derive(Debug, Clone)]
 pub struct PlaneConfig {
@@ -82,36 +81,6 @@ pub struct PlaneConfig {
     pub workers: usize,
     pub media_addr: SocketAddr,
     pub fingerprint: Fingerprint,
-}
-
-impl PlaneConfig {
-    pub fn new(c: &Config, media_addr: SocketAddr, fingerprint: Fingerprint) -> Self {
-        PlaneConfig {
-            tokens: c.auth.verifier(),
-            token_rules: c.auth.rules(),
-            hello_timeout: c.signal.hello_timeout,
-            consent_timeout: c.ice.consent_timeout,
-            connect_timeout: c.ice.connect_timeout,
-            invite_ttl: c.calls.invite_ttl,
-            park_ttl: c.calls.park_ttl,
-            max_call_participants: c.calls.max_participants,
-            max_calls: c.calls.max_calls,
-            max_total_participants: c.calls.max_total_participants,
-            max_invites: c.calls.max_invites,
-            max_parked: c.calls.max_parked,
-            messages_per_second: c.signal.messages_per_second,
-            message_burst: c.signal.message_burst,
-            broadcast: BudgetRate {
-                bytes_per_second: c.signal.broadcast_bytes_per_second,
-                burst_bytes: c.signal.broadcast_burst_bytes,
-            },
-            max_chat_bytes: c.signal.max_chat_bytes,
-            retrieve_attempts_per_minute: c.calls.retrieve_attempts_per_minute,
-            workers: c.worker_count(),
-            media_addr,
-            fingerprint,
-        }
-    }
 }
 
 /// A user's effective `calling_e2ee`, read at every hello and join so a policy change
@@ -467,31 +436,11 @@ fn role_label(role: &str) -> &'static str {
         .unwrap_or("user")
 }
 
-/// Removals the relay (not the participant) decided: the participant is told, and its
-/// connection closed.
-fn relay_initiated(reason: &str) -> bool {
-    !matches!(reason, "left" | "signalling_lost")
-}
-
-/// Removals the participant hears about as `participant_left` naming itself.
-fn told_to_self(reason: &str) -> bool {
-    matches!(
-        reason,
-        "consent_timeout"
-            | "dtls_failed"
-            | "connect_timeout"
-            | "transferred"
-            | "parked"
-            | "replaced"
-    )
-}
-
 type Refusal = (ErrorCode, String);
 
 /// The control plane. See the module docs.
 pub struct ControlPlane {
     cfg: PlaneConfig,
-    metrics: Arc<Metrics>,
     policy: PolicyLookup,
     /// Unix time (seconds) at `clock_origin`, for token expiry.
     clock_origin: (Instant, u64),
@@ -509,6 +458,8 @@ pub struct ControlPlane {
     retrieves: HashMap<String, Bucket>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     out: VecDeque<Output>,
+    /// What happened, for the driver to count; drained with [`ControlPlane::poll_report`].
+    reports: VecDeque<Report>,
     next_peer: PeerId,
     shutting_down: bool,
 }
@@ -519,7 +470,6 @@ impl ControlPlane {
     /// tests).
     pub fn new(
         cfg: PlaneConfig,
-        metrics: Arc<Metrics>,
         policy: PolicyLookup,
         clock_origin: (Instant, u64),
         seed: [u8; 32],
@@ -527,7 +477,6 @@ impl ControlPlane {
         ControlPlane {
             registry: CallRegistry::new(cfg.workers, cfg.max_call_participants),
             cfg,
-            metrics,
             policy,
             clock_origin,
             rng: StdRng::from_seed(seed),
@@ -540,6 +489,7 @@ impl ControlPlane {
             retrieves: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
+            reports: VecDeque::new(),
             next_peer: 1,
             shutting_down: false,
         }
@@ -548,6 +498,16 @@ impl ControlPlane {
     /// The next thing for the driver to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The next thing to count. The driver drains these after each input, as it does
+    /// outputs, and turns them into metrics: the core itself records none.
+    pub fn poll_report(&mut self) -> Option<Report> {
+        self.reports.pop_front()
+    }
+
+    fn report(&mut self, r: Report) {
+        self.reports.push_back(r);
     }
 
     /// When [`ControlPlane::handle_timeout`] should next be called.
@@ -588,7 +548,7 @@ impl ControlPlane {
     }
 
     fn error(&mut self, conn: ConnId, code: ErrorCode, message: String) {
-        self.metrics.signalling_error(code.as_str()).increment(1);
+        self.report(Report::SignallingError(code));
         self.send(conn, ServerMessage::Error { code, message });
     }
 
@@ -634,7 +594,7 @@ impl ControlPlane {
                 self.leave_lobby(conn);
                 if let Some(c) = self.conns.remove(&conn) {
                     if let Some(p) = c.peer {
-                        self.remove_peer(now, p, "signalling_lost");
+                        self.remove_peer(now, p, RemovalReason::SignallingLost);
                     }
                 }
             }
@@ -666,7 +626,7 @@ impl ControlPlane {
                 let Some((_, call_key, _)) = self.registry.call_of(peer) else {
                     return;
                 };
-                self.metrics.join_time.record(since.as_secs_f64());
+                self.report(Report::JoinTime(since));
                 self.out.push_back(Output::Attach {
                     peer,
                     call_key,
@@ -674,13 +634,13 @@ impl ControlPlane {
                     tables,
                 });
             }
-            Input::DtlsFailed { peer } => self.remove_peer(now, peer, "dtls_failed"),
-            Input::DtlsClosed { peer } => self.remove_peer(now, peer, "dtls_closed"),
+            Input::DtlsFailed { peer } => self.remove_peer(now, peer, RemovalReason::DtlsFailed),
+            Input::DtlsClosed { peer } => self.remove_peer(now, peer, RemovalReason::DtlsClosed),
             Input::Shutdown => {
                 self.shutting_down = true;
                 let peers: Vec<PeerId> = self.sessions.keys().copied().collect();
                 for p in peers {
-                    self.remove_peer(now, p, "shutdown");
+                    self.remove_peer(now, p, RemovalReason::Shutdown);
                 }
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
                 for c in conns {
@@ -727,14 +687,14 @@ impl ControlPlane {
                 };
                 let expires = s.last_activity + self.cfg.consent_timeout;
                 if expires <= now {
-                    self.remove_peer(now, peer, "consent_timeout");
+                    self.remove_peer(now, peer, RemovalReason::ConsentTimeout);
                 } else {
                     self.timer(expires, Timer::Consent(peer));
                 }
             }
             Timer::Connect(peer) => {
                 if self.sessions.get(&peer).is_some_and(|s| !s.keyed) {
-                    self.remove_peer(now, peer, "connect_timeout");
+                    self.remove_peer(now, peer, RemovalReason::ConnectTimeout);
                 }
             }
             Timer::Invite(key, call) => {
@@ -788,7 +748,7 @@ impl ControlPlane {
     /// Refuse a message with `rate_limited`, counted by the limit it went over (the one
     /// place such a refusal is counted).
     fn rate_limited(&mut self, conn: ConnId, limit: RateLimit, message: String) {
-        self.metrics.rate_limited(limit);
+        self.report(Report::RateLimited(limit));
         self.error(conn, ErrorCode::RateLimited, message);
     }
 
@@ -854,7 +814,7 @@ impl ControlPlane {
             ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
             ClientMessage::Answer { sdp, revision } => self.answer(conn, &sdp, revision),
             ClientMessage::Leave => match self.conns.get(&conn).and_then(|c| c.peer) {
-                Some(p) => self.remove_peer(now, p, "left"),
+                Some(p) => self.remove_peer(now, p, RemovalReason::Left),
                 None => self.error(conn, ErrorCode::NotJoined, "not in a call".into()),
             },
         }
@@ -919,7 +879,7 @@ impl ControlPlane {
     }
 
     fn refuse_join(&mut self, conn: ConnId, code: ErrorCode, msg: String) {
-        self.metrics.join(code.as_str()).increment(1);
+        self.report(Report::JoinRefused(code));
         self.error(conn, code, msg);
     }
 
@@ -1001,9 +961,7 @@ impl ControlPlane {
             Ok(j) => j,
             Err((code, msg)) => {
                 if code == ErrorCode::E2eeCallRefusesBots {
-                    self.metrics
-                        .bot_refused(role_label(&claims.role))
-                        .increment(1);
+                    self.report(Report::BotRefused(role_label(&claims.role)));
                 }
                 return self.refuse_join(conn, code, msg);
             }
@@ -1015,7 +973,7 @@ impl ControlPlane {
             .remove(&(key.clone(), call.clone()))
             .filter(|i| i.expires > now);
         if let Some((old, left)) = joined.replaced.clone() {
-            self.removed_side_effects(now, old, "replaced", Some(left));
+            self.removed_side_effects(now, old, RemovalReason::Replaced, Some(left));
         }
         self.leave_lobby(conn);
         let role = role_label(&claims.role);
@@ -1050,7 +1008,7 @@ impl ControlPlane {
             false,
         );
         if joined.others.is_empty() {
-            self.metrics.calls(joined.mode.as_str()).increment(1.0);
+            self.report(Report::Calls(joined.mode, 1));
             self.out.push_back(Output::CallStarted {
                 call: call.clone(),
                 call_key: joined.call_key,
@@ -1095,11 +1053,11 @@ impl ControlPlane {
         }
         self.timer(now + self.cfg.connect_timeout, Timer::Connect(peer));
         self.timer(now + self.cfg.consent_timeout, Timer::Consent(peer));
-        self.metrics.join("ok").increment(1);
-        self.metrics.participants(role).increment(1.0);
+        self.report(Report::Joined);
+        self.report(Report::Participants(role, 1));
         if !joined.downgraded.is_empty() {
-            self.metrics.calls("e2ee").decrement(1.0);
-            self.metrics.calls("standard").increment(1.0);
+            self.report(Report::Calls(CallMode::E2ee, -1));
+            self.report(Report::Calls(CallMode::Standard, 1));
         }
         self.send(
             conn,
@@ -1155,7 +1113,7 @@ impl ControlPlane {
         self.renegotiate_call_of(peer);
         if let Some(Some(replaced)) = invite.map(|i| i.replaces) {
             // A consultative transfer completes: the one who handed over leaves.
-            self.remove_peer(now, replaced, "transferred");
+            self.remove_peer(now, replaced, RemovalReason::Transferred);
         }
     }
 
@@ -1223,7 +1181,7 @@ impl ControlPlane {
     }
 
     /// Remove a participant everywhere and tell its call. Idempotent.
-    fn remove_peer(&mut self, now: Instant, peer: PeerId, reason: &'static str) {
+    fn remove_peer(&mut self, now: Instant, peer: PeerId, reason: RemovalReason) {
         if !self.sessions.contains_key(&peer) {
             return;
         }
@@ -1237,7 +1195,7 @@ impl ControlPlane {
         &mut self,
         _now: Instant,
         peer: PeerId,
-        reason: &'static str,
+        reason: RemovalReason,
         left: Option<super::calls::Left>,
     ) {
         let Some(session) = self.sessions.remove(&peer) else {
@@ -1248,22 +1206,22 @@ impl ControlPlane {
             peer,
             ufrag: session.local_ufrag.clone(),
         });
-        self.metrics.removed(reason).increment(1);
-        self.metrics.participants(session.role).decrement(1.0);
+        self.report(Report::Removed(reason));
+        self.report(Report::Participants(session.role, -1));
         let conn = session.conn;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer = None;
         }
         if let Some(left) = left {
             if let Some(mode) = left.ended {
-                self.metrics.calls(mode.as_str()).decrement(1.0);
+                self.report(Report::Calls(mode, -1));
             }
-            if told_to_self(reason) {
+            if reason.told_to_self() {
                 self.send(
                     conn,
                     ServerMessage::ParticipantLeft {
                         participant: left.public_id.clone(),
-                        reason: reason.to_string(),
+                        reason: reason.as_str().to_string(),
                     },
                 );
             }
@@ -1273,7 +1231,7 @@ impl ControlPlane {
                         c,
                         ServerMessage::ParticipantLeft {
                             participant: left.public_id.clone(),
-                            reason: reason.to_string(),
+                            reason: reason.as_str().to_string(),
                         },
                     );
                 }
@@ -1282,8 +1240,8 @@ impl ControlPlane {
                 self.renegotiate(*other);
             }
         }
-        if relay_initiated(reason) {
-            let why = if reason == "shutdown" {
+        if reason.relay_initiated() {
+            let why = if reason == RemovalReason::Shutdown {
                 CloseReason::Shutdown
             } else {
                 CloseReason::Removed
@@ -1298,7 +1256,7 @@ impl ControlPlane {
             // Left on purpose: back in the lobby, and free to join again.
             self.lobby.entry(key).or_default().push(conn);
         }
-        debug!(reason, "participant removed");
+        debug!(reason = reason.as_str(), "participant removed");
     }
 
     fn joined_peer(&mut self, conn: ConnId) -> Option<PeerId> {
@@ -1361,7 +1319,7 @@ impl ControlPlane {
     /// Refuse a participant's MLS message: it is told why, and the refusal is counted.
     fn refuse_mls(&mut self, conn: ConnId, why: MlsRefused) {
         let reason = why.reason();
-        self.metrics.mls_refused(reason);
+        self.report(Report::MlsRefused(reason));
         debug!(reason = reason.as_str(), "MLS message refused");
         self.error(conn, ErrorCode::MlsRefused, why.to_string());
     }
@@ -1680,14 +1638,14 @@ impl ControlPlane {
         let mode = peer.and_then(|p| self.registry.call_of(p).map(|(_, _, m)| m));
         debug!(feature = label, "feature requested");
         if mode == Some(CallMode::E2ee) {
-            self.metrics.feature_refused(label).increment(1);
+            self.report(Report::FeatureRefused(label));
             return self.error(
                 conn,
                 ErrorCode::FeatureUnavailableInE2eeCall,
                 format!("`{name}` is unavailable in an end-to-end encrypted call: it needs the media in the clear or a third party"),
             );
         }
-        let mut after: Option<(PeerId, &'static str)> = None;
+        let mut after: Option<(PeerId, RemovalReason)> = None;
         // The request's result goes out before the events it caused (invitations, the
         // participants a merge brought in), so a client always learns the outcome first.
         let mark = self.out.len();
@@ -1699,7 +1657,7 @@ impl ControlPlane {
                 detail: Some(detail),
             },
             Err((code, message)) => {
-                self.metrics.signalling_error(code.as_str()).increment(1);
+                self.report(Report::SignallingError(code));
                 ServerMessage::FeatureResult {
                     name: name.to_string(),
                     ok: false,
@@ -1725,7 +1683,7 @@ impl ControlPlane {
         claims: &Claims,
         name: &'static str,
         arg: Option<&str>,
-        after: &mut Option<(PeerId, &'static str)>,
+        after: &mut Option<(PeerId, RemovalReason)>,
     ) -> Result<String, Refusal> {
         let me = user_key(&claims.sub, &claims.tenant);
         if name == "retrieve" {
@@ -1766,7 +1724,7 @@ impl ControlPlane {
                     return Err(offline(&who));
                 }
                 // A blind transfer: the caller hands over at once.
-                *after = Some((peer, "transferred"));
+                *after = Some((peer, RemovalReason::Transferred));
                 Ok(format!("call transferred to {who}"))
             }
             "consult_transfer" => {
@@ -1807,7 +1765,7 @@ impl ControlPlane {
                 );
                 self.timer(expires, Timer::Parked(code.clone()));
                 let _ = me;
-                *after = Some((peer, "parked"));
+                *after = Some((peer, RemovalReason::Parked));
                 Ok(code)
             }
             "record" | "live_captions" | "transcription" => {
@@ -1947,7 +1905,7 @@ impl ControlPlane {
     /// loop, and everyone told who is now with them.
     fn merge(&mut self, peer: PeerId, other: &str) -> Result<(), Refusal> {
         let merged = self.registry.merge(peer, other)?;
-        self.metrics.calls("standard").decrement(1.0);
+        self.report(Report::Calls(CallMode::Standard, -1));
         for (p, _) in &merged.moved {
             if let Some(s) = self.sessions.get_mut(p) {
                 s.worker = merged.worker;
@@ -2210,15 +2168,37 @@ mod tests {
 
     const SECRET: &str = "unit-test-secret-0123456789";
 
+    /// The plane's settings as the relay's shipped config (`config/relay.toml`) sets them,
+    /// with two forwarding loops and a test secret.
     fn cfg() -> PlaneConfig {
-        let mut c = Config::embedded().expect("embedded config parses");
-        c.auth.api_secret = SECRET.into();
-        c.media.workers = 2;
-        PlaneConfig::new(
-            &c,
-            "127.0.0.1:7402".parse().expect("literal"),
-            Fingerprint { sha256: [7; 32] },
-        )
+        PlaneConfig {
+            tokens: TokenVerifier::Hs256(SECRET.into()),
+            token_rules: TokenRules {
+                leeway: Duration::from_secs(5),
+                max_ttl: Duration::from_secs(24 * 3600),
+            },
+            hello_timeout: Duration::from_secs(10),
+            consent_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            invite_ttl: Duration::from_secs(120),
+            park_ttl: Duration::from_secs(120),
+            max_call_participants: 16,
+            max_calls: 10_000,
+            max_total_participants: 20_000,
+            max_invites: 10_000,
+            max_parked: 10_000,
+            messages_per_second: 50,
+            message_burst: 200,
+            broadcast: BudgetRate {
+                bytes_per_second: 65_536,
+                burst_bytes: 262_144,
+            },
+            max_chat_bytes: 8192,
+            retrieve_attempts_per_minute: 10,
+            workers: 2,
+            media_addr: "127.0.0.1:7402".parse().expect("literal"),
+            fingerprint: Fingerprint { sha256: [7; 32] },
+        }
     }
 
     fn offer(n: u32) -> String {
@@ -2233,11 +2213,13 @@ mod tests {
         })
     }
 
-    /// A plane and its virtual clock; outputs are collected per connection.
+    /// A plane and its virtual clock; outputs are collected per connection, reports in
+    /// the order made.
     struct H {
         p: ControlPlane,
         now: Instant,
         out: Vec<Output>,
+        reports: Vec<Report>,
         unix: u64,
     }
 
@@ -2248,13 +2230,13 @@ mod tests {
             H {
                 p: ControlPlane::new(
                     cfg,
-                    Arc::new(Metrics::new()),
                     Box::new(move |_: &str, _: &str| policy),
                     (now, unix),
                     [1; 32],
                 ),
                 now,
                 out: Vec::new(),
+                reports: Vec::new(),
                 unix,
             }
         }
@@ -2290,6 +2272,16 @@ mod tests {
             while let Some(o) = self.p.poll_output() {
                 self.out.push(o);
             }
+            while let Some(r) = self.p.poll_report() {
+                self.reports.push(r);
+            }
+        }
+        /// How many times the plane reported `r` so far.
+        fn reported(&self, r: &Report) -> usize {
+            self.reports.iter().filter(|x| *x == r).count()
+        }
+        fn mls_refused_count(&self, reason: MlsRefusal) -> usize {
+            self.reported(&Report::MlsRefused(reason))
         }
         fn advance(&mut self, d: Duration) {
             let end = self.now + d;
@@ -2852,7 +2844,6 @@ mod tests {
             h.join(conn, "room", false);
         }
         h.out.clear();
-        let metrics = h.p.metrics.clone();
         // One byte over the cap: refused, nobody gets it, the budget is untouched.
         h.text(
             1,
@@ -2876,8 +2867,11 @@ mod tests {
         }
         let mine = h.take(1);
         assert_eq!(rate_limited(&mine), 5, "{mine:?}");
-        assert_eq!(metrics.rate_limited_count(RateLimit::BroadcastBytes), 5);
-        assert_eq!(metrics.rate_limited_count(RateLimit::Messages), 0);
+        assert_eq!(
+            h.reported(&Report::RateLimited(RateLimit::BroadcastBytes)),
+            5
+        );
+        assert_eq!(h.reported(&Report::RateLimited(RateLimit::Messages)), 0);
         for c in 2..=4 {
             assert_eq!(chats(&h.take(c)), fits);
         }
@@ -3054,10 +3048,11 @@ mod tests {
         assert!(h.take(1).is_empty(), "nobody joined: {:?}", h.out);
         let alice = h.peer_of(1);
         assert!(h.p.sessions[&alice].claims_ssrc(3));
-        let text = h.p.metrics.render();
-        assert!(
-            text.contains("blindrelay_joins_total{result=\"ssrc_in_use\"} 1"),
-            "{text}"
+        assert_eq!(
+            h.reported(&Report::JoinRefused(ErrorCode::SsrcInUse)),
+            1,
+            "{:?}",
+            h.reports
         );
         // The same SSRCs in another call are another call's business.
         h.hello(3, "carol", None, "user");
@@ -3425,7 +3420,6 @@ mod tests {
         for (c, u) in [(1, "a"), (2, "b"), (3, "c"), (4, "mallory")] {
             h.hello(c, u, None, "user");
         }
-        let metrics = h.p.metrics.clone();
         join_mls(&mut h, 1, "g");
         let mut a = real_mls::Member::new("a");
         a.create(b"g/1");
@@ -3441,7 +3435,7 @@ mod tests {
             h.text(4, &ClientMessage::MlsKeyPackage { blob });
             assert!(refused(&h.take(4)).starts_with("bad KeyPackage"));
         }
-        assert_eq!(metrics.mls_refused_count(MlsRefusal::BadKeyPackage), 2);
+        assert_eq!(h.mls_refused_count(MlsRefusal::BadKeyPackage), 2);
         assert!(h.take(1).is_empty());
         let (kp_b, kp_b64) = kp_of(&b);
         h.text(2, &ClientMessage::MlsKeyPackage { blob: kp_b64 });
@@ -3457,10 +3451,7 @@ mod tests {
         // The same KeyPackage under another participant is refused.
         h.text(3, &ClientMessage::MlsKeyPackage { blob: kp_m64 });
         assert!(refused(&h.take(3)).contains("another waiting participant"));
-        assert_eq!(
-            metrics.mls_refused_count(MlsRefusal::DuplicateKeyPackage),
-            1
-        );
+        assert_eq!(h.mls_refused_count(MlsRefusal::DuplicateKeyPackage), 1);
         let to_a = h.take(1);
         assert_eq!(
             to_a.iter()
@@ -3500,11 +3491,8 @@ mod tests {
             },
         );
         assert_eq!(refused(&h.take(4)), "only a member of the group commits");
-        assert_eq!(metrics.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 1);
-        assert_eq!(
-            metrics.mls_refused_count(MlsRefusal::CommitFromNonMember),
-            1
-        );
+        assert_eq!(h.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 1);
+        assert_eq!(h.mls_refused_count(MlsRefusal::CommitFromNonMember), 1);
         for conn in [1, 2, 3] {
             assert!(h.take(conn).is_empty(), "{conn} is told nothing");
         }
@@ -3555,13 +3543,7 @@ mod tests {
         assert_eq!((a.epoch(), b.epoch(), c.epoch()), (3, 3, 3));
         assert_eq!(a.authenticator(), b.authenticator());
         assert_eq!(a.authenticator(), c.authenticator());
-        assert_eq!(metrics.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 4);
-        // Every reason has a series from the start.
-        let text = metrics.render();
-        for r in MlsRefusal::ALL {
-            let series = format!("blindrelay_mls_refused_total{{reason=\"{}\"}}", r.as_str());
-            assert!(text.contains(&series), "{series}");
-        }
+        assert_eq!(h.mls_refused_count(MlsRefusal::JoinWithoutWelcome), 4);
     }
 
     /// The group's state lives while anyone is in the call: when its last member leaves,

@@ -2,7 +2,10 @@
 //! runs with no flags; a user file is parsed with the same types, so an unknown key or a
 //! bad value is an error that names the key, not a silent default.
 
+use crate::core::budget::BudgetRate;
+use crate::core::plane::PlaneConfig;
 use crate::token::{TokenRules, TokenVerifier, DEFAULT_MAX_TTL};
+use blindrelay_protocol::sdp::Fingerprint;
 use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 use blindrelay_protocol::token::{kid_of, read_ed25519_public, MAX_KID_BYTES};
 use serde::Deserialize;
@@ -627,6 +630,37 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The control plane's settings from this config, plus what only the running relay
+    /// knows: its media address and DTLS fingerprint. The core takes plain values, so it
+    /// never depends on this file format.
+    pub fn plane_config(&self, media_addr: SocketAddr, fingerprint: Fingerprint) -> PlaneConfig {
+        PlaneConfig {
+            tokens: self.auth.verifier(),
+            token_rules: self.auth.rules(),
+            hello_timeout: self.signal.hello_timeout,
+            consent_timeout: self.ice.consent_timeout,
+            connect_timeout: self.ice.connect_timeout,
+            invite_ttl: self.calls.invite_ttl,
+            park_ttl: self.calls.park_ttl,
+            max_call_participants: self.calls.max_participants,
+            max_calls: self.calls.max_calls,
+            max_total_participants: self.calls.max_total_participants,
+            max_invites: self.calls.max_invites,
+            max_parked: self.calls.max_parked,
+            messages_per_second: self.signal.messages_per_second,
+            message_burst: self.signal.message_burst,
+            broadcast: BudgetRate {
+                bytes_per_second: self.signal.broadcast_bytes_per_second,
+                burst_bytes: self.signal.broadcast_burst_bytes,
+            },
+            max_chat_bytes: self.signal.max_chat_bytes,
+            retrieve_attempts_per_minute: self.calls.retrieve_attempts_per_minute,
+            workers: self.worker_count(),
+            media_addr,
+            fingerprint,
+        }
     }
 
     /// Forwarding loops to run.

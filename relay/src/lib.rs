@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod config;
-pub mod core;
+/// The sans-IO core this crate drives; re-exported so `blindrelay::core::...` paths work.
+pub use blindrelay_core as core;
+pub mod hop;
 pub mod metrics;
 pub mod net;
 pub mod token;

@@ -2,8 +2,12 @@
 //! one) so several relays can share a process in tests, and hot-path handles are
 //! registered once up front: a packet bumps an atomic, it never looks up a key.
 //! Labels are bounded enums: never an SSRC, a call id or a user id.
+//!
+//! The core counts nothing itself: it returns drop reasons and [`Report`]s, and this
+//! module turns them into the series dashboards and alert rules read.
 
-use crate::core::budget::RateLimit;
+pub use crate::core::budget::RateLimit;
+pub use crate::core::report::{DropReason, MlsRefusal, Report};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -11,173 +15,6 @@ use metrics_exporter_prometheus::{
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Why a datagram was dropped. Every drop is counted under exactly one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DropReason {
-    /// First byte matches no protocol of RFC 7983.
-    UnknownProtocol,
-    /// STUN that does not parse (bad length, bad attribute, bad FINGERPRINT).
-    StunMalformed,
-    /// STUN that is not a binding request (or indication) we answer.
-    StunUnexpected,
-    /// STUN USERNAME names no pending participant.
-    StunUnknownUser,
-    /// STUN MESSAGE-INTEGRITY does not match the participant's password.
-    StunBadIntegrity,
-    /// DTLS from an address no participant has been checked from.
-    DtlsUnknownSource,
-    /// DTLS for a participant whose handshake queue is full or closed.
-    DtlsQueueFull,
-    /// SRTP/SRTCP from an address with no participant.
-    UnknownSource,
-    /// SRTP/SRTCP before the participant's DTLS handshake finished.
-    NotConnected,
-    /// SRTP/SRTCP authentication tag does not verify.
-    SrtpAuthFailed,
-    /// SRTP/SRTCP index already seen (replay).
-    SrtpReplay,
-    /// SRTP/SRTCP that cannot be unprotected for another reason (truncated...).
-    SrtpMalformed,
-    /// Decrypted RTP or RTCP whose header does not parse.
-    RtpMalformed,
-    /// The forwarding loop's queue was full.
-    WorkerQueueFull,
-    /// Protecting for a receiver failed.
-    SrtpProtectFailed,
-    /// The kernel refused the send.
-    SendFailed,
-    /// RTP with an SSRC its sender did not announce, or that another participant owns.
-    SsrcNotOwned,
-    /// RTP whose payload type maps to none of the call's codecs for its sender.
-    UnknownPayloadType,
-    /// Protecting for a receiver would have reused an SRTP index (a GCM nonce) on its hop;
-    /// that receiver's copy was not sent.
-    SrtpIndexReused,
-    /// An RTCP packet speaking for an SSRC another participant of the call owns (an SR,
-    /// SDES, BYE, APP or XR for its stream, or feedback sent in its name): forged.
-    RtcpSsrcNotOwned,
-    /// An RTCP sender report (SR, SDES, BYE, APP, XR) for an SSRC nobody in the call
-    /// sends: nothing to tell the others (a receive-only stack's local SSRC).
-    RtcpSsrcUnknown,
-    /// RTCP feedback (a report block, NACK, PLI, FIR) about a stream its sender is not
-    /// sent: it cannot have anything to report about it.
-    RtcpFeedbackNotReceived,
-    /// A keyframe request (PLI, FIR) coalesced: the stream's sender was asked less than
-    /// `KEYFRAME_REQUEST_INTERVAL` ago.
-    KeyframeRequestLimited,
-    /// A padding-only RTP packet (a sender's bandwidth probe) not forwarded to a receiver
-    /// that has not been sent media on its stream yet: it would be a frame without data.
-    PaddingBeforeMedia,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 24] = [
-        DropReason::UnknownProtocol,
-        DropReason::StunMalformed,
-        DropReason::StunUnexpected,
-        DropReason::StunUnknownUser,
-        DropReason::StunBadIntegrity,
-        DropReason::DtlsUnknownSource,
-        DropReason::DtlsQueueFull,
-        DropReason::UnknownSource,
-        DropReason::NotConnected,
-        DropReason::SrtpAuthFailed,
-        DropReason::SrtpReplay,
-        DropReason::SrtpMalformed,
-        DropReason::RtpMalformed,
-        DropReason::WorkerQueueFull,
-        DropReason::SrtpProtectFailed,
-        DropReason::SendFailed,
-        DropReason::SsrcNotOwned,
-        DropReason::UnknownPayloadType,
-        DropReason::SrtpIndexReused,
-        DropReason::RtcpSsrcNotOwned,
-        DropReason::RtcpSsrcUnknown,
-        DropReason::RtcpFeedbackNotReceived,
-        DropReason::KeyframeRequestLimited,
-        DropReason::PaddingBeforeMedia,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::UnknownProtocol => "unknown_protocol",
-            DropReason::StunMalformed => "stun_malformed",
-            DropReason::StunUnexpected => "stun_unexpected",
-            DropReason::StunUnknownUser => "stun_unknown_user",
-            DropReason::StunBadIntegrity => "stun_bad_integrity",
-            DropReason::DtlsUnknownSource => "dtls_unknown_source",
-            DropReason::DtlsQueueFull => "dtls_queue_full",
-            DropReason::UnknownSource => "unknown_source",
-            DropReason::NotConnected => "not_connected",
-            DropReason::SrtpAuthFailed => "srtp_auth_failed",
-            DropReason::SrtpReplay => "srtp_replay",
-            DropReason::SrtpMalformed => "srtp_malformed",
-            DropReason::RtpMalformed => "rtp_malformed",
-            DropReason::WorkerQueueFull => "worker_queue_full",
-            DropReason::SrtpProtectFailed => "srtp_protect_failed",
-            DropReason::SendFailed => "send_failed",
-            DropReason::SsrcNotOwned => "ssrc_not_owned",
-            DropReason::UnknownPayloadType => "unknown_payload_type",
-            DropReason::SrtpIndexReused => "srtp_index_reused",
-            DropReason::RtcpSsrcNotOwned => "rtcp_ssrc_not_owned",
-            DropReason::RtcpSsrcUnknown => "rtcp_ssrc_unknown",
-            DropReason::RtcpFeedbackNotReceived => "rtcp_feedback_not_received",
-            DropReason::KeyframeRequestLimited => "keyframe_request_limited",
-            DropReason::PaddingBeforeMedia => "padding_before_media",
-        }
-    }
-}
-
-/// Why the relay, as MLS Delivery Service, refused a participant's MLS message. Each
-/// refusal is counted under one of these (and the participant gets `mls_refused`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum MlsRefusal {
-    /// `mls_joined` from a participant not delivered a Welcome for that epoch.
-    JoinWithoutWelcome,
-    /// A commit from a participant who is not a member of the group.
-    CommitFromNonMember,
-    /// A KeyPackage that is not base64, does not parse, or has an unknown cipher suite.
-    BadKeyPackage,
-    /// A KeyPackage whose ref or signature key another waiting joiner's already has.
-    DuplicateKeyPackage,
-    /// A KeyPackage from a participant already in the group.
-    KeyPackageFromMember,
-    /// A commit that is not base64 or whose clear header is not a commit's.
-    BadCommit,
-    /// A commit for another MLS group than the call's.
-    WrongGroup,
-    /// A commit whose Welcome is not base64 or does not parse.
-    BadWelcome,
-}
-
-impl MlsRefusal {
-    pub const ALL: [MlsRefusal; 8] = [
-        MlsRefusal::JoinWithoutWelcome,
-        MlsRefusal::CommitFromNonMember,
-        MlsRefusal::BadKeyPackage,
-        MlsRefusal::DuplicateKeyPackage,
-        MlsRefusal::KeyPackageFromMember,
-        MlsRefusal::BadCommit,
-        MlsRefusal::WrongGroup,
-        MlsRefusal::BadWelcome,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MlsRefusal::JoinWithoutWelcome => "join_without_welcome",
-            MlsRefusal::CommitFromNonMember => "commit_from_non_member",
-            MlsRefusal::BadKeyPackage => "bad_key_package",
-            MlsRefusal::DuplicateKeyPackage => "duplicate_key_package",
-            MlsRefusal::KeyPackageFromMember => "key_package_from_member",
-            MlsRefusal::BadCommit => "bad_commit",
-            MlsRefusal::WrongGroup => "wrong_group",
-            MlsRefusal::BadWelcome => "bad_welcome",
-        }
-    }
-}
 
 /// Kinds of datagram on the media port, as labels (order = index).
 pub const KINDS: [&str; 5] = ["stun", "dtls", "rtp", "rtcp", "unknown"];
@@ -484,6 +321,23 @@ impl Metrics {
             .unwrap_or(0)
     }
 
+    /// Count what the control plane reported.
+    pub fn record(&self, r: &Report) {
+        match *r {
+            Report::SignallingError(code) => self.signalling_error(code.as_str()).increment(1),
+            Report::Joined => self.join("ok").increment(1),
+            Report::JoinRefused(code) => self.join(code.as_str()).increment(1),
+            Report::JoinTime(d) => self.join_time.record(d.as_secs_f64()),
+            Report::BotRefused(role) => self.bot_refused(role).increment(1),
+            Report::FeatureRefused(feature) => self.feature_refused(feature).increment(1),
+            Report::Removed(reason) => self.removed(reason.as_str()).increment(1),
+            Report::MlsRefused(reason) => self.mls_refused(reason),
+            Report::RateLimited(limit) => self.rate_limited(limit),
+            Report::Calls(mode, by) => self.calls(mode.as_str()).increment(f64::from(by)),
+            Report::Participants(role, by) => self.participants(role).increment(f64::from(by)),
+        }
+    }
+
     /// The count of MLS refusals for one reason so far, as scraped.
     #[cfg(test)]
     pub(crate) fn mls_refused_count(&self, reason: MlsRefusal) -> u64 {
@@ -636,6 +490,61 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::report::RemovalReason;
+    use blindrelay_protocol::signal::{CallMode, ErrorCode};
+
+    /// Every MLS refusal reason has a series from the start, so an alert sees 0.
+    #[test]
+    fn every_mls_refusal_has_a_series_from_the_start() {
+        let text = Metrics::new().render();
+        for r in MlsRefusal::ALL {
+            let series = format!("{M_MLS_REFUSED}{{reason=\"{}\"}} 0", r.as_str());
+            assert!(text.contains(&series), "{series}");
+        }
+    }
+
+    /// The plane's reports land in the series they always did, under the same labels.
+    #[test]
+    fn reports_are_counted_under_the_old_names_and_labels() {
+        let m = Metrics::new();
+        for r in [
+            Report::JoinRefused(ErrorCode::SsrcInUse),
+            Report::Joined,
+            Report::Joined,
+            Report::SignallingError(ErrorCode::BadRequest),
+            Report::Removed(RemovalReason::ConsentTimeout),
+            Report::MlsRefused(MlsRefusal::BadCommit),
+            Report::MlsRefused(MlsRefusal::BadCommit),
+            Report::RateLimited(RateLimit::BroadcastBytes),
+            Report::Calls(CallMode::E2ee, 1),
+            Report::Calls(CallMode::E2ee, 1),
+            Report::Calls(CallMode::E2ee, -1),
+            Report::Participants("user", 1),
+            Report::BotRefused("bot:recording"),
+            Report::FeatureRefused("park"),
+            Report::JoinTime(Duration::from_millis(30)),
+        ] {
+            m.record(&r);
+        }
+        let text = m.render();
+        for line in [
+            "blindrelay_joins_total{result=\"ssrc_in_use\"} 1",
+            "blindrelay_joins_total{result=\"ok\"} 2",
+            "blindrelay_signalling_errors_total{code=\"bad_request\"} 1",
+            "blindrelay_participants_removed_total{reason=\"consent_timeout\"} 1",
+            "blindrelay_calls{mode=\"e2ee\"} 1",
+            "blindrelay_calls{mode=\"standard\"} 0",
+            "blindrelay_participants{role=\"user\"} 1",
+            "blindrelay_bot_refusals_total{role=\"bot:recording\"} 1",
+            "blindrelay_features_refused_total{feature=\"park\"} 1",
+            "blindrelay_join_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(m.mls_refused_count(MlsRefusal::BadCommit), 2);
+        assert_eq!(m.rate_limited_count(RateLimit::BroadcastBytes), 1);
+        assert_eq!(m.rate_limited_count(RateLimit::Messages), 0);
+    }
 
     /// The hand-written histogram reads like the exporter's: one family, cumulative
     /// buckets with the configured bounds, `+Inf` equal to the count.

@@ -15,7 +15,8 @@
 //! histogram. It does not run the relay's own loops (no signalling, ICE or DTLS); the
 //! bench crate measures the whole relay end to end.
 
-use blindrelay::core::forward::{Forwarder, Outbox, PeerTables};
+use blindrelay::core::forward::{Outbox, PeerTables};
+use blindrelay::hop::SrtpHop;
 use blindrelay::metrics::{DropReason, Metrics};
 use blindrelay::net::media::{Packet, PacketQueue, WORKER_QUEUE};
 use blindrelay::net::udp::{Datagram, MediaSocket, RecvBuffers};
@@ -28,6 +29,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The forwarder as the relay's loops run it: over the relay's SRTP contexts.
+type Forwarder = blindrelay::core::forward::Forwarder<SrtpHop>;
 
 /// Counts allocations made by threads that armed it; never prints (printing allocates).
 struct Counting;
@@ -136,8 +140,8 @@ fn forwarder_for(clients: &[Client]) -> Forwarder {
             c.peer,
             c.call,
             c.addr,
-            HopContext::Fast(Box::new(ctx(c.peer, 1))),
-            HopContext::Fast(Box::new(ctx(c.peer, 2))),
+            SrtpHop(HopContext::Fast(Box::new(ctx(c.peer, 1)))),
+            SrtpHop(HopContext::Fast(Box::new(ctx(c.peer, 2)))),
             PeerTables::standard(&[c.ssrc]),
         );
     }
@@ -638,8 +642,8 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
             p,
             9,
             addr(p as u16),
-            HopContext::Fast(Box::new(ctx(p, 1))),
-            HopContext::Fast(Box::new(ctx(p, 2))),
+            SrtpHop(HopContext::Fast(Box::new(ctx(p, 1)))),
+            SrtpHop(HopContext::Fast(Box::new(ctx(p, 2)))),
             tables(opus, vp8, twcc, 1000 + p as u32),
         );
     }
@@ -684,8 +688,8 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
         4,
         9,
         addr(4),
-        HopContext::Fast(Box::new(ctx(4, 1))),
-        HopContext::Fast(Box::new(ctx(4, 2))),
+        SrtpHop(HopContext::Fast(Box::new(ctx(4, 1)))),
+        SrtpHop(HopContext::Fast(Box::new(ctx(4, 2)))),
         tables(111, 96, 0, 1004),
     );
     run(&mut f, &mut out, WARMUP..WARMUP + 10);

@@ -1,6 +1,7 @@
 //! The one task that drives the control plane: it feeds the plane every event (signalling
 //! frames, connections, media-path news) with the time, and carries out its outputs in
-//! the order they were made. It sleeps only until the plane's next deadline.
+//! the order they were made, and counts what the plane reports (the core records no
+//! metrics itself). It sleeps only until the plane's next deadline.
 
 use super::capture::Capture;
 use super::events::{Event, KeyedMedia};
@@ -8,6 +9,7 @@ use super::media::{RecvCtl, WorkerMsg};
 use super::outq::OutQueue;
 use crate::core::plane::{ConnId, ControlPlane, Input, Output};
 use crate::core::PeerId;
+use crate::metrics::Metrics;
 use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +47,7 @@ pub async fn run(
     mut events: mpsc::Receiver<Event>,
     media: MediaControl,
     capture: Option<Arc<Capture>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut d = Driver {
         media,
@@ -100,6 +103,9 @@ pub async fn run(
         plane.handle_timeout(now);
         while let Some(o) = plane.poll_output() {
             d.execute(o).await;
+        }
+        while let Some(r) = plane.poll_report() {
+            metrics.record(&r);
         }
         // Keyed, but the plane had no one to attach (left during the handshake).
         let orphans: Vec<Box<KeyedMedia>> = d.pending.drain().map(|(_, m)| m).collect();

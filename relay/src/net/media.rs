@@ -4,10 +4,11 @@
 
 use super::events::{Event, EventTx, KeyedMedia};
 use super::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, MAX_BATCH_DATAGRAMS};
-use crate::core::forward::{Forwarder, MediaTap, Outbox, PeerTables};
+use crate::core::forward::{MediaTap, Outbox, PeerTables};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::plane::IcePeer;
 use crate::core::{CallKey, PeerId};
+use crate::hop::SrtpHop;
 use crate::metrics::{kind_index, DropReason, Metrics};
 use blindrelay_protocol::demux::{classify, PacketKind};
 use blindrelay_protocol::sdp::Fingerprint;
@@ -28,6 +29,9 @@ pub const WORKER_QUEUE: usize = 8192;
 pub const CONTROL_QUEUE: usize = 1024;
 /// Depth of each peer's DTLS queue, in datagrams (handshake flights are a few).
 const DTLS_QUEUE: usize = 64;
+
+/// A forwarding loop's state, over the relay's SRTP contexts.
+type Forwarder = crate::core::forward::Forwarder<SrtpHop>;
 
 /// Messages to a forwarding loop.
 pub enum WorkerMsg {
@@ -559,7 +563,14 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             inbound,
             outbound,
             tables,
-        } => fwd.add_peer(peer, call, addr, *inbound, *outbound, *tables),
+        } => fwd.add_peer(
+            peer,
+            call,
+            addr,
+            SrtpHop(*inbound),
+            SrtpHop(*outbound),
+            *tables,
+        ),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
         WorkerMsg::MovePeer { peer, call, to } => {
@@ -568,8 +579,8 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
                     peer,
                     call,
                     addr: t.addr,
-                    inbound: Box::new(t.inbound),
-                    outbound: Box::new(t.outbound),
+                    inbound: Box::new(t.inbound.0),
+                    outbound: Box::new(t.outbound.0),
                     tables: Box::new(t.tables),
                 };
                 // The target may be this very loop: never wait on our own queue.

@@ -12,7 +12,7 @@ use super::udp::MediaSocket;
 use super::{admin, signal};
 use crate::config::Config;
 use crate::core::forward::{MediaTap, TapPacket};
-use crate::core::plane::{ControlPlane, PlaneConfig};
+use crate::core::plane::ControlPlane;
 use crate::metrics::Metrics;
 use blindrelay_transport::DtlsIdentity;
 use std::net::SocketAddr;
@@ -140,8 +140,7 @@ impl Relay {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             ControlPlane::new(
-                PlaneConfig::new(&config, media_addr, identity.fingerprint().clone()),
-                metrics.clone(),
+                config.plane_config(media_addr, identity.fingerprint().clone()),
                 Box::new(move |user: &str, tenant: &str| p.effective(user, tenant).calling_e2ee),
                 (Instant::now(), unix),
                 rand::random(),
@@ -155,6 +154,7 @@ impl Relay {
                 recv: recv_ctl,
             },
             capture.clone(),
+            metrics.clone(),
         )));
         tasks.push(tokio::spawn(media::recv_loop(
             media::RecvSetup {
