@@ -1,20 +1,20 @@
 //! One participant of a call: join over signalling, connect the hop (ICE, DTLS-SRTP), agree
 //! end-to-end keys with the peer when the call is E2EE, then send synthetic media and check
 //! every frame that arrives.
+//!
+//! What the client decides (downgrade policy, keying, renegotiation, leaving) is the
+//! sans-IO [`ClientSession`] in [`crate::session`]; this module is its driver: the
+//! WebSocket, the media path, the timers, and the media counters of the summary.
 
-use crate::group::GroupSession;
-use crate::kex::{KeyAgreement, Role};
 use crate::media::{self, make_frame, packetize, verify_frame, StreamReceiver};
-use crate::sframe::{CipherSuite, Receiver as SframeReceiver, Sender as SframeSender};
+use crate::session::{ClientSession, FrameOpen, LocalDescription, MediaMode, Output, SessionError};
+use crate::sframe::Sender as SframeSender;
 use crate::signal::{Signal, SignalError};
 use crate::transport::{self, ConnectError, MediaPath};
-use base64::Engine;
 use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
-use blindrelay_protocol::sdp::{self, OfferParams, AUDIO_PT, VIDEO_PT};
-use blindrelay_protocol::signal::{
-    CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode, ParticipantInfo, ServerMessage,
-};
+use blindrelay_protocol::sdp::{AnswerInfo, AUDIO_PT, VIDEO_PT};
+use blindrelay_protocol::signal::{CallMode, E2eeOption, E2eeScheme, ServerMessage};
 use blindrelay_transport::DtlsIdentity;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
@@ -241,6 +241,20 @@ pub enum CallError {
     Answer(String),
     #[error("video clip: {0}")]
     Clip(#[from] crate::webframe::ClipError),
+    /// Signalling ended before the call was set up.
+    #[error("{0}")]
+    Signalling(String),
+}
+
+impl From<SessionError> for CallError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Refused { code, message } => CallError::Refused { code, message },
+            SessionError::Protocol(m) => CallError::Protocol(m),
+            SessionError::Answer(m) => CallError::Answer(m),
+            SessionError::Signalling(m) => CallError::Signalling(m),
+        }
+    }
 }
 
 fn now_us() -> u64 {
@@ -249,15 +263,6 @@ fn now_us() -> u64 {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
-
-/// End-to-end state once keys are agreed.
-struct E2ee {
-    sender: SframeSender,
-    receiver: SframeReceiver,
-}
-
-const KID_INITIATOR: u64 = 1;
-const KID_RESPONDER: u64 = 2;
 
 struct Outgoing {
     ssrc: u32,
@@ -288,12 +293,16 @@ impl Outgoing {
 /// Join a call and run it for `opts.duration`. Refusals come back as a summary with
 /// `error` set, not as `Err`, so the caller can still print the JSON.
 pub async fn run_call(opts: &CallOptions) -> CallSummary {
-    let mut s = CallSummary::default();
-    if let Err(e) = run(opts, &mut s).await {
+    let mut session = None;
+    let r = run(opts, &mut session).await;
+    let mut s = session.map(ClientSession::into_summary).unwrap_or_default();
+    if let Err(e) = r {
         let (code, message) = match &e {
             CallError::Refused { code, message } => (code.clone(), message.clone()),
             CallError::Connect(_) => ("connect_failed".into(), e.to_string()),
-            CallError::Signal(_) => ("signalling_failed".into(), e.to_string()),
+            CallError::Signal(_) | CallError::Signalling(_) => {
+                ("signalling_failed".into(), e.to_string())
+            }
             _ => ("client_error".into(), e.to_string()),
         };
         s.error = Some(SummaryError { code, message });
@@ -307,25 +316,59 @@ fn say(opts: &CallOptions, line: &str) {
     }
 }
 
-async fn expect_reply(sig: &mut Signal) -> Result<ServerMessage, CallError> {
-    loop {
-        match sig.recv().await? {
-            ServerMessage::Error { code, message } => {
-                return Err(CallError::Refused {
-                    code: code.as_str().to_string(),
-                    message,
-                })
-            }
-            // Events about others can precede our reply; they are replayed by `joined`.
-            ServerMessage::ParticipantJoined { .. } | ServerMessage::ParticipantLeft { .. } => {
-                continue
-            }
-            m => return Ok(m),
+/// What the driver does after carrying out a batch of the session's outputs.
+enum Next {
+    /// Wait for the next input.
+    Wait,
+    /// Set up the media path to this answer.
+    Connect(AnswerInfo),
+    /// The call is over.
+    Close,
+}
+
+/// Carry out the session's outputs in order.
+async fn execute(
+    sig: &mut Signal,
+    opts: &CallOptions,
+    outputs: Vec<Output>,
+    media: &mut MediaMode,
+) -> Result<Next, CallError> {
+    let mut next = Next::Wait;
+    for o in outputs {
+        match o {
+            Output::Send(m) => sig.send(&m).await?,
+            Output::ConnectMedia(answer) => next = Next::Connect(answer),
+            Output::Media(m) => *media = m,
+            Output::Say(line) => say(opts, &line),
+            Output::Warn(line) => eprintln!("[{}] {line}", opts.name),
+            Output::Fail(e) => return Err(e.into()),
+            Output::Close => return Ok(Next::Close),
         }
+    }
+    Ok(next)
+}
+
+/// Sleep until the session's next deadline (forever without one).
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }
 
-async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
+/// The session's input for what signalling delivered.
+fn signalled(session: &mut ClientSession, m: Result<ServerMessage, SignalError>) -> Vec<Output> {
+    let now = Instant::now();
+    match m {
+        Ok(m) => session.on_message(now, m),
+        Err(e) => session.on_signalling_closed(now, &e.to_string()),
+    }
+}
+
+/// The thin driver: owns the WebSocket, the media path and the clock, feeds the
+/// [`ClientSession`] and carries out what it says. The session ends up in `slot` (with
+/// the summary) as soon as it exists.
+async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(), CallError> {
     let t0 = Instant::now();
     let clip = match &opts.video_clip {
         Some(p) => Some(crate::webframe::read_ivf(p)?),
@@ -335,158 +378,49 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
         Some(p) => Some(crate::webframe::read_ogg_opus(p)?),
         None => None,
     };
-    // An Opus clip's packets are 20 ms each (opusenc's default frame size).
-    let audio_step = audio_clip.as_ref().map(|_| 960);
-    let mut sig = Signal::connect(&opts.relay).await?;
-    sig.send(&ClientMessage::Hello {
-        token: opts.token.clone(),
-    })
-    .await?;
-    match expect_reply(&mut sig).await? {
-        ServerMessage::Capabilities { e2ee_option, .. } => s.e2ee_option = Some(e2ee_option),
-        m => return Err(CallError::Protocol(format!("{m:?}"))),
-    }
-    let mut call_id = opts.call.clone();
-    if opts.wait_invite {
-        let deadline = tokio::time::Instant::now() + opts.duration;
-        loop {
-            match tokio::time::timeout_at(deadline, sig.recv()).await {
-                Err(_) => {
-                    return Err(CallError::Refused {
-                        code: "no_invite".into(),
-                        message: "no invitation arrived".into(),
-                    })
-                }
-                Ok(m) => {
-                    if let ServerMessage::Invite { call, by, reason } = m? {
-                        say(opts, &format!("invited to `{call}` by {by} ({reason})"));
-                        call_id = call.clone();
-                        s.invited = Some((call, by, reason));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    let call_id = call_id;
-    if opts.e2ee && s.e2ee_option == Some(E2eeOption::Hidden) {
-        let reason = "the relay says end-to-end encryption is not available to this user";
-        if !accept_downgrade(opts, s, reason) {
-            return Ok(());
-        }
-    }
-    let want_e2ee = opts.e2ee && s.e2ee_option != Some(E2eeOption::Hidden)
-        || s.e2ee_option == Some(E2eeOption::Required);
     let identity = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
-    let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 8);
-    let pwd = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let mut audio = Outgoing::new(AUDIO_PT, 48_000);
-    audio.step = audio_step;
+    // An Opus clip's packets are 20 ms each (opusenc's default frame size).
+    audio.step = audio_clip.as_ref().map(|_| 960);
     let mut video = Outgoing::new(VIDEO_PT, 90_000);
-    let cname = Alphanumeric.sample_string(&mut rand::rng(), 12);
-    s.audio_ssrc = Some(audio.ssrc);
-    s.video_ssrc = Some(video.ssrc);
-    let offer = sdp::build_offer(&OfferParams {
-        ice_ufrag: &ufrag,
-        ice_pwd: &pwd,
-        fingerprint: identity.fingerprint(),
+    let local = LocalDescription {
+        ice_ufrag: Alphanumeric.sample_string(&mut rand::rng(), 8),
+        ice_pwd: Alphanumeric.sample_string(&mut rand::rng(), 24),
+        fingerprint: identity.fingerprint().clone(),
         audio_ssrc: audio.ssrc,
         video_ssrc: video.ssrc,
-        cname: &cname,
+        cname: Alphanumeric.sample_string(&mut rand::rng(), 12),
         session_id: rand::random::<u32>() as u64,
-    });
-    sig.send(&ClientMessage::Join {
-        call: call_id.clone(),
-        e2ee_enabled: want_e2ee,
-        offer_sdp: offer,
-        e2ee_scheme: opts.e2ee_scheme,
-    })
-    .await?;
-    let (me, mode, answer_sdp, mut peers) = match expect_reply(&mut sig).await? {
-        ServerMessage::Joined {
-            participant,
-            call_mode,
-            mode_reason,
-            answer_sdp,
-            participants,
-            e2ee_scheme,
-        } => {
-            s.mode_reason = mode_reason;
-            s.e2ee_scheme = e2ee_scheme.map(|x| x.as_str().to_string());
-            (participant, call_mode, answer_sdp, participants)
-        }
-        m => return Err(CallError::Protocol(format!("{m:?}"))),
     };
-    s.joined = true;
-    s.participant = Some(me.clone());
-    s.call_mode = Some(mode);
-    s.join_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-    say(
-        opts,
-        &format!("joined call `{}` as {me}, mode {}", call_id, mode.as_str()),
-    );
-    if let Some(r) = &s.mode_reason {
-        say(opts, r);
-    }
-    if want_e2ee && mode != CallMode::E2ee {
-        let reason = s
-            .mode_reason
-            .clone()
-            .unwrap_or_else(|| "the relay made it a standard call".into());
-        if !accept_downgrade(opts, s, &reason) {
-            // Before any media path exists: not one frame was sent.
-            let _ = sig.send(&ClientMessage::Leave).await;
-            sig.close().await;
-            return Ok(());
-        }
-    }
-    let answer = sdp::parse_answer(&answer_sdp).map_err(|e| CallError::Answer(e.to_string()))?;
-    let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
-    s.connect_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-    s.srtp_profile = Some(path.profile.to_string());
-    say(
-        opts,
-        &format!(
-            "media path up ({}), {:.1} ms after start",
-            path.profile,
-            t0.elapsed().as_secs_f64() * 1e3
-        ),
-    );
+    let ufrag = local.ice_ufrag.clone();
+    let session = slot.insert(ClientSession::new(opts, local, t0));
+    let mut media = MediaMode::Hold;
 
-    let mut e2ee_call = mode == CallMode::E2ee;
-    let mut kex: Option<KeyAgreement> = None;
-    let mut e2ee: Option<E2ee> = None;
-    // A group call keys with MLS instead of the one-to-one agreement.
-    let mut group: Option<GroupSession> = None;
-    if e2ee_call {
-        say(opts, "lock: waiting for end-to-end keys");
-    }
-    if e2ee_call && s.e2ee_scheme.as_deref() == Some(E2eeScheme::Mls.as_str()) {
-        let mut g = GroupSession::new(&me, &call_id, group_identity(opts, &call_id))
-            .map_err(|e| CallError::Protocol(e.to_string()))?;
-        for m in g
-            .start(Instant::now(), &peers)
-            .map_err(|e| CallError::Protocol(e.to_string()))?
-        {
-            sig.send(&m).await?;
+    // Until the relay's answer: hello, (an invitation), join.
+    let mut sig = Signal::connect(&opts.relay).await?;
+    let mut outputs = session.start();
+    let answer = loop {
+        match execute(&mut sig, opts, outputs, &mut media).await? {
+            Next::Connect(answer) => break answer,
+            Next::Close => {
+                sig.close().await;
+                return Ok(());
+            }
+            Next::Wait => {}
         }
-        group = Some(g);
-    } else if let Some(peer) = peers.first().cloned() {
-        if e2ee_call {
-            start_kex(opts, &call_id, &mut sig, &mut kex, &me, &peer).await?;
-        }
-    }
-    let mut sent_chat = false;
-    for f in &opts.features {
-        // FEATURE or FEATURE=ARG
-        let (name, arg) = match f.split_once('=') {
-            Some((n, a)) => (n.to_string(), Some(a.to_string())),
-            None => (f.clone(), None),
+        outputs = tokio::select! {
+            m = sig.recv() => signalled(session, m),
+            _ = until(session.next_deadline()) => session.on_tick(Instant::now()),
         };
-        sig.send(&ClientMessage::Feature { name, arg }).await?;
-    }
+    };
+
+    let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
+    let outputs = session.on_media_connected(Instant::now(), path.profile);
+    let mut closing = matches!(
+        execute(&mut sig, opts, outputs, &mut media).await?,
+        Next::Close
+    );
     let canary = opts.canary.as_deref().map(str::as_bytes);
-    let end = tokio::time::Instant::now() + opts.duration;
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let fps = opts.fps.max(1);
     let mut video_tick = tokio::time::interval(Duration::from_micros(1_000_000 / fps as u64));
@@ -496,51 +430,54 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
     stats_tick.tick().await;
     let video_frame_bytes =
         ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
-    let mut streams: HashMap<u32, StreamReceiver> = HashMap::new();
-    let mut latencies: Vec<u32> = Vec::new();
+    let mut rx = Receiving {
+        streams: HashMap::new(),
+        latencies: Vec::new(),
+        opened: Vec::with_capacity(video_frame_bytes + 64),
+        recorder: match &opts.bot {
+            Some((crate::bot::BotKind::Recording, Some(out))) => Some(
+                crate::bot::RtpDumpWriter::create(out, path.relay).map_err(|e| {
+                    CallError::Protocol(format!("cannot create {}: {e}", out.display()))
+                })?,
+            ),
+            _ => None,
+        },
+        t0,
+    };
     let mut frame = Vec::with_capacity(video_frame_bytes + 64);
     let mut sealed = Vec::with_capacity(video_frame_bytes + 64);
     let mut pkt = Vec::with_capacity(1500);
-    let mut opened = Vec::with_capacity(video_frame_bytes + 64);
     let mut last_bytes = 0u64;
-    let mut ended_by_relay = false;
-    let mut early_blobs: Vec<(String, String)> = Vec::new();
-    let mut recorder = match &opts.bot {
-        Some((crate::bot::BotKind::Recording, Some(out))) => Some(
-            crate::bot::RtpDumpWriter::create(out, path.relay).map_err(|e| {
-                CallError::Protocol(format!("cannot create {}: {e}", out.display()))
-            })?,
-        ),
-        _ => None,
-    };
-    loop {
-        let sending = !e2ee_call || e2ee.is_some() || group.as_ref().is_some_and(|g| g.keyed());
-        tokio::select! {
-            _ = tokio::time::sleep_until(end) => break,
+    while !closing {
+        let sending = media != MediaMode::Hold;
+        let outputs = tokio::select! {
+            _ = until(session.next_deadline()) => session.on_tick(Instant::now()),
             _ = audio_tick.tick(), if opts.audio && sending => {
-                let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
-                if let Some(packets) = audio_clip.as_ref().filter(|p| !p.is_empty()) {
+                let sent = if let Some(packets) = audio_clip.as_ref().filter(|p| !p.is_empty()) {
                     let p = &packets[audio.frame_no as usize % packets.len()];
-                    send_frame(&mut path, &mut audio, p, sealer, &mut sealed, &mut pkt, s).await;
+                    send_frame(&mut path, &mut audio, p, session.sealer(), &mut sealed, &mut pkt).await
                 } else {
                     make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
-                    send_frame(&mut path, &mut audio, &frame, sealer, &mut sealed, &mut pkt, s).await;
-                }
+                    send_frame(&mut path, &mut audio, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                };
+                sent.add_to(session.summary_mut());
+                Vec::new()
             }
             _ = video_tick.tick(), if opts.video && sending => {
-                let sealer = e2ee.as_mut().map(|k| &mut k.sender).or_else(|| group.as_mut().and_then(|g| g.frames_mut().sender_mut()));
-                if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
+                let sent = if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
                     let f = &frames[video.frame_no as usize % frames.len()];
-                    send_vp8_frame(&mut path, &mut video, f, sealer, &mut sealed, &mut pkt, s).await;
+                    send_vp8_frame(&mut path, &mut video, f, session.sealer(), &mut sealed, &mut pkt).await
                 } else {
                     make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                    send_frame(&mut path, &mut video, &frame, sealer, &mut sealed, &mut pkt, s).await;
-                }
+                    send_frame(&mut path, &mut video, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                };
+                sent.add_to(session.summary_mut());
+                Vec::new()
             }
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
                 let mut compound = Vec::new();
-                for (ssrc, st) in &streams {
+                for (ssrc, st) in &rx.streams {
                     compound.extend_from_slice(&rtcp::receiver_report(video.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
                 }
                 if !compound.is_empty() {
@@ -548,267 +485,38 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
                         let _ = path.socket.send_to(&p, path.relay).await;
                     }
                 }
+                Vec::new()
             }
             _ = stats_tick.tick() => {
-                let lost: u64 = streams.values().map(|x| x.lost()).sum();
+                let lost: u64 = rx.streams.values().map(|x| x.lost()).sum();
+                let lock = session.lock();
+                let s = session.summary();
                 let kbps = (s.received_bytes - last_bytes) as f64 * 8.0 / 1000.0 / opts.stats_every.unwrap_or(Duration::from_secs(1)).as_secs_f64();
                 last_bytes = s.received_bytes;
-                let lock = if e2ee.is_some() { "on" } else if e2ee_call { "pending" } else { "off" };
                 say(opts, &format!(
                     "sent {} pkts, received {} pkts ({kbps:.0} kbit/s), lost {lost}, frames ok {} bad {}, e2ee lock {lock}",
                     s.sent_packets, s.received_packets, s.frames_verified, s.frames_corrupt + s.decrypt_failures));
+                Vec::new()
             }
-            r = path.media_rx.recv() => {
-                let Some((data, is_rtcp)) = r else { break };
-                if is_rtcp {
-                    match path.inbound.decrypt_rtcp(&data) {
-                        Ok(_) => s.received_rtcp += 1,
-                        Err(_) => s.srtp_failures += 1,
-                    }
-                    continue;
+            r = path.media_rx.recv() => match r {
+                Some((data, is_rtcp)) => {
+                    rx.packet(opts, session, &mut path, &data, is_rtcp);
+                    Vec::new()
                 }
-                let plain = match path.inbound.decrypt_rtp(&data) {
-                    Ok(p) => p,
-                    Err(_) => { s.srtp_failures += 1; continue; }
-                };
-                let Ok(h) = RtpHeader::parse(&plain) else { s.srtp_failures += 1; continue };
-                if s.received_packets == 0 {
-                    s.first_media_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                s.received_packets += 1;
-                if let Some(r) = recorder.as_mut() {
-                    let _ = r.write(&plain);
-                }
-                s.received_bytes += data.len() as u64;
-                if let Some(i) = s.inbound.iter_mut().find(|i| i.ssrc == h.ssrc) {
-                    i.packets += 1;
-                } else if s.inbound.len() < 64 {
-                    s.inbound.push(InboundStream { ssrc: h.ssrc, payload_type: h.payload_type, packets: 1 });
-                }
-                let st = streams.entry(h.ssrc).or_default();
-                let payload = h.payload(&plain);
-                let f = if opts.web_peers {
-                    match web_frame(st, &h, payload) {
-                        Some(f) => f,
-                        None => continue,
-                    }
-                } else {
-                    let Some(f) = st.push(h.sequence, h.timestamp, h.marker, payload) else { continue };
-                    f
-                };
-                s.frames_received += 1;
-                if let Some((kind @ (crate::bot::BotKind::Captions | crate::bot::BotKind::Transcription), _)) = &opts.bot {
-                    // Where speech-to-text would run on the frame.
-                    println!("{kind:?}: ssrc={:08x} ts={} frame of {} bytes", h.ssrc, h.timestamp, f.len());
-                }
-                // The web client keeps a VP8 frame's first bytes clear, as SFrame metadata.
-                let clear = if opts.web_peers && h.payload_type == VIDEO_PT { crate::webframe::vp8_clear_len(&f) } else { 0 };
-                let plain_frame: &[u8] = if let Some(g) = group.as_mut() {
-                    if !g.keyed() { s.frames_before_keys += 1; continue }
-                    match g.open_into(Instant::now(), &f[..clear], &f[clear..], &mut opened) {
-                        Ok(from) => {
-                            s.frames_decrypted += 1;
-                            *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
-                            &opened
-                        }
-                        // Sealed before this member's Welcome: not for it.
-                        Err(crate::group::OpenError::BeforeJoin(_)) => { s.frames_before_keys += 1; continue; }
-                        // Sealed in an epoch whose commit has not arrived yet: opened then.
-                        Err(crate::group::OpenError::Early) => continue,
-                        Err(_) => { s.decrypt_failures += 1; continue; }
-                    }
-                } else if e2ee_call {
-                    let Some(k) = e2ee.as_mut() else { s.frames_before_keys += 1; continue };
-                    match k.receiver.open_into(&f[..clear], &f[clear..], &mut opened) {
-                        Ok(_) => { s.frames_decrypted += 1; &opened }
-                        Err(_) => { s.decrypt_failures += 1; continue; }
-                    }
-                } else {
-                    &f
-                };
-                if opts.web_peers {
-                    // Real Opus and VP8 from a browser: nothing to compare with.
-                    continue;
-                }
-                match verify_frame(plain_frame, canary) {
-                    Some(info) => {
-                        s.frames_verified += 1;
-                        latencies.push(now_us().saturating_sub(info.send_time_us).min(u32::MAX as u64) as u32);
-                    }
-                    None => s.frames_corrupt += 1,
-                }
-            }
-            m = sig.recv() => {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // Cut off before `--duration` ended (removed as a slow reader, the
-                        // relay shut down, the network failed): not a normal end.
-                        eprintln!("[{}] signalling lost before the call's end: {e}", opts.name);
-                        s.left_reason = Some("signalling_lost".into());
-                        s.error = Some(SummaryError { code: "signalling_lost".into(), message: e.to_string() });
-                        ended_by_relay = true;
-                        break;
-                    }
-                };
-                if let Some(g) = group.as_mut() {
-                    match g.on_message(Instant::now(), &m) {
-                        Ok(out) => {
-                            for o in out {
-                                sig.send(&o).await?;
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("[{}] group key exchange failed: {e}", opts.name);
-                            s.e2ee_error.get_or_insert(e.to_string());
-                        }
-                    }
-                    // Frames that overtook their epoch's commit open now.
-                    for (from, plain) in g.open_early(Instant::now()) {
-                        s.frames_decrypted += 1;
-                        *s.frames_decrypted_from.entry(from.unwrap_or_default()).or_default() += 1;
-                        if !opts.web_peers {
-                            match verify_frame(&plain, canary) {
-                                Some(_) => s.frames_verified += 1,
-                                None => s.frames_corrupt += 1,
-                            }
-                        }
-                    }
-                    s.decrypt_failures += std::mem::take(&mut g.early_expired);
-                    s.key_packages_refused = g.key_packages_refused_total();
-                    s.key_packages_refused_by = g.key_packages_refused.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-                    if let Some(r) = &g.refused {
-                        // Never key media to someone the relay did not announce.
-                        eprintln!("[{}] leaving: the group would include someone not announced in this call: {r}", opts.name);
-                        s.left_reason = Some("group_refused".into());
-                        s.error = Some(SummaryError { code: "group_refused".into(), message: r.to_string() });
-                        break;
-                    }
-                    if g.keyed() {
-                        if let (Some(code), Some(epoch)) = (g.verification_code(), g.epoch()) {
-                            if s.epoch != Some(epoch) {
-                                let members = g.member_names().join(", ");
-                                eprintln!("[{}] Verification code (epoch {epoch}): {code}  members: {members}", opts.name);
-                                s.epoch_codes.insert(epoch, code.clone());
-                                while s.epoch_codes.len() > 256 {
-                                    s.epoch_codes.pop_first();
-                                }
-                            }
-                            // The lock stays on once keyed; the code is the latest epoch's.
-                            s.e2ee = true;
-                            s.epoch = Some(epoch);
-                            s.verification_code = Some(code);
-                        }
-                    }
-                }
-                match m {
-                    ServerMessage::ParticipantJoined { participant } => {
-                        say(opts, &format!("{} ({}) joined", participant.participant, participant.user));
-                        if e2ee_call && kex.is_none() && group.is_none() {
-                            start_kex(opts, &call_id, &mut sig, &mut kex, &me, &participant).await?;
-                            for (from, blob) in std::mem::take(&mut early_blobs) {
-                                on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
-                            }
-                        }
-                        peers.push(participant);
-                    }
-                    ServerMessage::ParticipantLeft { participant, reason } => {
-                        say(opts, &format!("{participant} left ({reason})"));
-                        if participant == me && (reason == "transferred" || reason == "parked") {
-                            s.ended = Some(reason);
-                            ended_by_relay = true;
-                            break;
-                        }
-                        if participant == me {
-                            s.left_reason = Some(reason.clone());
-                            s.error = Some(SummaryError { code: reason, message: "removed from the call by the relay".into() });
-                            ended_by_relay = true;
-                            break;
-                        }
-                        s.peers_left.push(participant);
-                    }
-                    ServerMessage::E2ee { from, blob } => {
-                        if kex.is_none() {
-                            // Key agreement can overtake the participant_joined event on
-                            // the way here; keep it until the agreement exists.
-                            if early_blobs.len() < 16 {
-                                early_blobs.push((from, blob));
-                            }
-                        } else {
-                            on_kex_blob(opts, &mut sig, &mut kex, &mut e2ee, s, from, blob).await?;
-                        }
-                    }
-                    ServerMessage::Offer { sdp: offer_sdp, revision } => {
-                        // The relay re-describes the session (a track per remote sender):
-                        // accept every m-line as offered. Media is told apart by SSRC.
-                        match sdp::answer_relay_offer(&offer_sdp, &ufrag, &pwd, identity.fingerprint()) {
-                            Ok(answer) => {
-                                sig.send(&ClientMessage::Answer { sdp: answer, revision }).await?;
-                                s.offers_answered += 1;
-                            }
-                            Err(e) => say(opts, &format!("cannot answer the relay's offer {revision}: {e}")),
-                        }
-                    }
-                    ServerMessage::CallModeChanged { call_mode, reason } => {
-                        say(opts, &format!("the relay says the call is now {}: {reason}", call_mode.as_str()));
-                        let keyed = e2ee.is_some() || group.as_ref().is_some_and(|g| g.keyed());
-                        if keyed {
-                            // Once keys exist nothing turns encryption off: every frame
-                            // stays sealed whatever the relay says.
-                            eprintln!("[{}] keys exist: staying end-to-end encrypted", opts.name);
-                        } else if want_e2ee && call_mode != CallMode::E2ee {
-                            // A relay's word never turns encryption off: without consent
-                            // (`--e2ee-preferred`) the client leaves.
-                            if !accept_downgrade(opts, s, &reason) {
-                                break;
-                            }
-                            e2ee_call = false;
-                            kex = None;
-                            group = None;
-                            s.call_mode = Some(call_mode);
-                            s.mode_reason = Some(reason);
-                        } else {
-                            e2ee_call = call_mode == CallMode::E2ee;
-                            s.call_mode = Some(call_mode);
-                            s.mode_reason = Some(reason);
-                        }
-                    }
-                    ServerMessage::Chat { from, body } => {
-                        let text = open_chat(&body, e2ee.as_mut());
-                        say(opts, &format!("chat from {from}: {text}"));
-                        s.chat_received.push(text);
-                    }
-                    ServerMessage::FeatureResult { name, ok, detail } => {
-                        s.features.push(FeatureOutcome { name, ok, code: None, detail });
-                    }
-                    ServerMessage::Error { code, message } => {
-                        if matches!(code, ErrorCode::FeatureUnavailableInE2eeCall | ErrorCode::UnknownFeature) {
-                            let name = opts.features.get(s.features.len()).cloned().unwrap_or_default();
-                            say(opts, &format!("feature {name} refused: {message}"));
-                            s.features.push(FeatureOutcome { name, ok: false, code: Some(code.as_str().into()), detail: Some(message) });
-                        } else {
-                            say(opts, &format!("relay error {}: {message}", code.as_str()));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if !sent_chat && !peers.is_empty() && (!e2ee_call || e2ee.is_some()) {
-            if let Some(text) = &opts.chat {
-                let body = seal_chat(text, e2ee.as_mut());
-                sig.send(&ClientMessage::Chat { body }).await?;
-            }
-            sent_chat = true;
-        }
+                None => session.on_media_closed(Instant::now()),
+            },
+            m = sig.recv() => signalled(session, m),
+        };
+        closing = matches!(
+            execute(&mut sig, opts, outputs, &mut media).await?,
+            Next::Close
+        );
     }
-    if let Some(g) = &group {
-        s.group_members = g.member_names();
-        s.key_packages_refused = g.key_packages_refused_total();
-    }
-    s.lost_packets = streams.values().map(|x| x.lost()).sum();
-    s.streams_received = streams.len();
-    s.frames_incomplete = streams.values().map(|x| x.frames_incomplete).sum();
+    let s = session.summary_mut();
+    s.lost_packets = rx.streams.values().map(|x| x.lost()).sum();
+    s.streams_received = rx.streams.len();
+    s.frames_incomplete = rx.streams.values().map(|x| x.frames_incomplete).sum();
+    let latencies = &mut rx.latencies;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -816,60 +524,128 @@ async fn run(opts: &CallOptions, s: &mut CallSummary) -> Result<(), CallError> {
             .map(|us| *us as f64 / 1000.0)
     };
     s.latency_ms_p50 = pct(0.5);
-    s.latencies_us = latencies.clone();
     s.latency_ms_p99 = pct(0.99);
-    if let Some(r) = recorder.take() {
+    s.latencies_us = latencies.clone();
+    if let Some(r) = rx.recorder.take() {
         s.recorded_packets = r.finish().ok();
-    }
-    if !ended_by_relay {
-        let _ = sig.send(&ClientMessage::Leave).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;
     sig.close().await;
     Ok(())
 }
 
-/// The relay says the call cannot be end-to-end encrypted (`reason`). With
-/// `--e2ee-preferred` that is accepted loudly (true: go on); otherwise the client records
-/// `downgrade_refused` and must leave without sending anything in the clear (false).
-fn accept_downgrade(opts: &CallOptions, s: &mut CallSummary, reason: &str) -> bool {
-    if opts.e2ee_preferred {
-        eprintln!(
-            "[{}] WARNING: this call is NOT end-to-end encrypted: {reason} (going on because of --e2ee-preferred)",
-            opts.name
-        );
-        s.downgrade_accepted = Some(reason.to_string());
-        return true;
-    }
-    eprintln!(
-        "[{}] leaving: this call can't be end-to-end encrypted: {reason} (--e2ee-preferred would go on unencrypted)",
-        opts.name
-    );
-    s.left_reason = Some("downgrade_refused".into());
-    s.mode_reason = Some(reason.to_string());
-    s.error = Some(SummaryError {
-        code: "downgrade_refused".into(),
-        message: reason.to_string(),
-    });
-    false
+/// The receive side of the media path: per-stream reassembly, latencies, the recorder.
+struct Receiving {
+    streams: HashMap<u32, StreamReceiver>,
+    latencies: Vec<u32>,
+    opened: Vec<u8>,
+    recorder: Option<crate::bot::RtpDumpWriter>,
+    t0: Instant,
 }
 
-/// How this client appears in an MLS group: its user name (from its token), its identity
-/// key and token when it has one, and the issuer check when it was given issuer keys.
-fn group_identity(opts: &CallOptions, call: &str) -> crate::group::GroupIdentity {
-    let user = crate::roster::token_subject(&opts.token).unwrap_or_else(|| opts.name.clone());
-    let mut id = crate::group::GroupIdentity::plain(&user);
-    if let Some(k) = &opts.identity_key {
-        id.key = Some((k.seed.clone(), k.public));
-        id.token = Some(opts.token.clone());
+impl Receiving {
+    /// One SRTP or SRTCP datagram from the relay: decrypt, reassemble, open (through the
+    /// session's keys) and check the frame it completes.
+    fn packet(
+        &mut self,
+        opts: &CallOptions,
+        session: &mut ClientSession,
+        path: &mut MediaPath,
+        data: &[u8],
+        is_rtcp: bool,
+    ) {
+        let s = session.summary_mut();
+        if is_rtcp {
+            match path.inbound.decrypt_rtcp(data) {
+                Ok(_) => s.received_rtcp += 1,
+                Err(_) => s.srtp_failures += 1,
+            }
+            return;
+        }
+        let plain = match path.inbound.decrypt_rtp(data) {
+            Ok(p) => p,
+            Err(_) => {
+                s.srtp_failures += 1;
+                return;
+            }
+        };
+        let Ok(h) = RtpHeader::parse(&plain) else {
+            s.srtp_failures += 1;
+            return;
+        };
+        if s.received_packets == 0 {
+            s.first_media_ms = Some(self.t0.elapsed().as_secs_f64() * 1e3);
+        }
+        s.received_packets += 1;
+        if let Some(r) = self.recorder.as_mut() {
+            let _ = r.write(&plain);
+        }
+        s.received_bytes += data.len() as u64;
+        if let Some(i) = s.inbound.iter_mut().find(|i| i.ssrc == h.ssrc) {
+            i.packets += 1;
+        } else if s.inbound.len() < 64 {
+            s.inbound.push(InboundStream {
+                ssrc: h.ssrc,
+                payload_type: h.payload_type,
+                packets: 1,
+            });
+        }
+        let st = self.streams.entry(h.ssrc).or_default();
+        let payload = h.payload(&plain);
+        let f = if opts.web_peers {
+            match web_frame(st, &h, payload) {
+                Some(f) => f,
+                None => return,
+            }
+        } else {
+            let Some(f) = st.push(h.sequence, h.timestamp, h.marker, payload) else {
+                return;
+            };
+            f
+        };
+        s.frames_received += 1;
+        if let Some((
+            kind @ (crate::bot::BotKind::Captions | crate::bot::BotKind::Transcription),
+            _,
+        )) = &opts.bot
+        {
+            // Where speech-to-text would run on the frame.
+            println!(
+                "{kind:?}: ssrc={:08x} ts={} frame of {} bytes",
+                h.ssrc,
+                h.timestamp,
+                f.len()
+            );
+        }
+        // The web client keeps a VP8 frame's first bytes clear, as SFrame metadata.
+        let clear = if opts.web_peers && h.payload_type == VIDEO_PT {
+            crate::webframe::vp8_clear_len(&f)
+        } else {
+            0
+        };
+        let plain_frame: &[u8] =
+            match session.open_frame(Instant::now(), &f[..clear], &f[clear..], &mut self.opened) {
+                FrameOpen::Clear => &f,
+                FrameOpen::Opened => &self.opened,
+                FrameOpen::Dropped => return,
+            };
+        if opts.web_peers {
+            // Real Opus and VP8 from a browser: nothing to compare with.
+            return;
+        }
+        let s = session.summary_mut();
+        match verify_frame(plain_frame, opts.canary.as_deref().map(str::as_bytes)) {
+            Some(info) => {
+                s.frames_verified += 1;
+                self.latencies.push(
+                    now_us()
+                        .saturating_sub(info.send_time_us)
+                        .min(u32::MAX as u64) as u32,
+                );
+            }
+            None => s.frames_corrupt += 1,
+        }
     }
-    if !opts.issuer_keys.is_empty() {
-        id.check = Some(crate::identity::issuer_check(
-            opts.issuer_keys.clone(),
-            call.to_string(),
-        ));
-    }
-    id
 }
 
 /// One received packet of a web client, as a frame to open: an Opus packet is a frame; VP8
@@ -889,90 +665,6 @@ fn web_frame(st: &mut StreamReceiver, h: &RtpHeader, payload: &[u8]) -> Option<V
     }
 }
 
-/// Feed one key-agreement blob; installs the SFrame keys once the agreement completes.
-async fn on_kex_blob(
-    opts: &CallOptions,
-    sig: &mut Signal,
-    kex: &mut Option<KeyAgreement>,
-    e2ee: &mut Option<E2ee>,
-    s: &mut CallSummary,
-    from: String,
-    blob: String,
-) -> Result<(), CallError> {
-    let Some(k) = kex.as_mut() else { return Ok(()) };
-    match k.handle_blob(&blob) {
-        Ok(Some(reply)) => {
-            sig.send(&ClientMessage::E2ee {
-                to: from,
-                blob: reply,
-            })
-            .await?
-        }
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("[{}] end-to-end key agreement failed: {e}", opts.name);
-            if s.e2ee_error.is_none() {
-                s.e2ee_error = Some(e.to_string());
-            }
-        }
-    }
-    if e2ee.is_none() {
-        if let Some(keys) = k.keys() {
-            let (send_kid, recv_kid) = match k.role() {
-                Role::Initiator => (KID_INITIATOR, KID_RESPONDER),
-                Role::Responder => (KID_RESPONDER, KID_INITIATOR),
-            };
-            let suite = CipherSuite::default();
-            let mut receiver = SframeReceiver::new();
-            receiver.add_key(suite, recv_kid, keys.recv_key.as_bytes());
-            *e2ee = Some(E2ee {
-                sender: SframeSender::new(suite, send_kid, keys.send_key.as_bytes()),
-                receiver,
-            });
-            s.e2ee = true;
-            s.verification_code = Some(keys.verification_code.to_string());
-            eprintln!(
-                "[{}] Verification code: {}",
-                opts.name, keys.verification_code
-            );
-            say(opts, "lock: on (end-to-end encrypted)");
-        }
-    }
-    Ok(())
-}
-
-async fn start_kex(
-    opts: &CallOptions,
-    call_id: &str,
-    sig: &mut Signal,
-    kex: &mut Option<KeyAgreement>,
-    me: &str,
-    peer: &ParticipantInfo,
-) -> Result<(), CallError> {
-    // Defence in depth: never key a bot, even if a relay admitted one to an E2EE call.
-    if peer.role.starts_with("bot:") {
-        say(
-            opts,
-            &format!(
-                "refusing to share end-to-end keys with {} (role {})",
-                peer.participant, peer.role
-            ),
-        );
-        return Ok(());
-    }
-    let mut k = KeyAgreement::new(call_id, me, &peer.participant)
-        .map_err(|e| CallError::Protocol(e.to_string()))?;
-    if let Some(first) = k.start() {
-        sig.send(&ClientMessage::E2ee {
-            to: peer.participant.clone(),
-            blob: first.to_blob(),
-        })
-        .await?;
-    }
-    *kex = Some(k);
-    Ok(())
-}
-
 async fn send_frame(
     path: &mut MediaPath,
     out: &mut Outgoing,
@@ -980,12 +672,11 @@ async fn send_frame(
     sealer: Option<&mut SframeSender>,
     sealed: &mut Vec<u8>,
     pkt: &mut Vec<u8>,
-    s: &mut CallSummary,
-) {
+) -> Sent {
     let body: &[u8] = match sealer {
         Some(k) => match k.seal_into(&[], frame, sealed) {
             Ok(_) => sealed,
-            Err(_) => return,
+            Err(_) => return Sent::default(),
         },
         None => frame,
     };
@@ -995,7 +686,7 @@ async fn send_frame(
             (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32
         }
     };
-    send_packets(path, out, ts, packetize(body), pkt, s).await;
+    send_packets(path, out, ts, packetize(body), pkt).await
 }
 
 /// One frame of a VP8 clip: sealed in the web client's framing on an E2EE call, then one
@@ -1007,13 +698,12 @@ async fn send_vp8_frame(
     sealer: Option<&mut SframeSender>,
     sealed: &mut Vec<u8>,
     pkt: &mut Vec<u8>,
-    s: &mut CallSummary,
-) {
+) -> Sent {
     let body: &[u8] = match sealer {
         Some(k) => {
             let clear = crate::webframe::vp8_clear_len(frame);
             let Ok(ct) = k.seal(&frame[..clear], &frame[clear..]) else {
-                return;
+                return Sent::default();
             };
             sealed.clear();
             sealed.extend_from_slice(&frame[..clear]);
@@ -1024,7 +714,7 @@ async fn send_vp8_frame(
     };
     let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
     let packets = crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1);
-    send_packets(path, out, ts, packets, pkt, s).await;
+    send_packets(path, out, ts, packets, pkt).await
 }
 
 /// One frame's payloads as consecutive RTP packets of `out`'s stream, all with timestamp
@@ -1035,8 +725,8 @@ async fn send_packets<P: AsRef<[u8]>>(
     ts: u32,
     payloads: impl IntoIterator<Item = (P, bool)>,
     pkt: &mut Vec<u8>,
-    s: &mut CallSummary,
-) {
+) -> Sent {
+    let mut s = Sent::default();
     for (payload, last) in payloads {
         pkt.clear();
         RtpHeader {
@@ -1055,39 +745,27 @@ async fn send_packets<P: AsRef<[u8]>>(
             continue;
         };
         if path.socket.send_to(&p, path.relay).await.is_ok() {
-            s.sent_packets += 1;
-            s.sent_bytes += p.len() as u64;
+            s.packets += 1;
+            s.bytes += p.len() as u64;
         }
     }
     out.frame_no = out.frame_no.wrapping_add(1);
-    s.sent_frames += 1;
+    s.frames = 1;
+    s
 }
 
-const CHAT_SEALED_PREFIX: &str = "sframe:";
-
-/// On an E2EE call chat is sealed with the call's SFrame key; the relay sees base64.
-fn seal_chat(text: &str, e2ee: Option<&mut E2ee>) -> String {
-    match e2ee {
-        Some(k) => match k.sender.seal(b"chat", text.as_bytes()) {
-            Ok(ct) => format!(
-                "{CHAT_SEALED_PREFIX}{}",
-                base64::engine::general_purpose::STANDARD.encode(ct)
-            ),
-            Err(_) => String::new(),
-        },
-        None => text.to_string(),
-    }
+/// What sending one frame put on the wire.
+#[derive(Debug, Default)]
+struct Sent {
+    packets: u64,
+    bytes: u64,
+    frames: u64,
 }
 
-fn open_chat(body: &str, e2ee: Option<&mut E2ee>) -> String {
-    match (body.strip_prefix(CHAT_SEALED_PREFIX), e2ee) {
-        (Some(b64), Some(k)) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .ok()
-            .and_then(|ct| k.receiver.open(b"chat", &ct).ok())
-            .map(|(_, _, pt)| String::from_utf8_lossy(&pt).into_owned())
-            .unwrap_or_else(|| "<chat that does not open>".into()),
-        (Some(_), None) => "<sealed chat, no keys>".into(),
-        (None, _) => body.to_string(),
+impl Sent {
+    fn add_to(&self, s: &mut CallSummary) {
+        s.sent_packets += self.packets;
+        s.sent_bytes += self.bytes;
+        s.sent_frames += self.frames;
     }
 }

@@ -11,6 +11,7 @@ pub mod kex;
 pub mod media;
 pub mod mls;
 pub mod roster;
+pub mod session;
 pub mod sframe;
 pub mod signal;
 pub mod transport;
