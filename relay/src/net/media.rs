@@ -550,7 +550,7 @@ const WORKER_BATCH: usize = 256;
 /// round is about 0.3 MiB, so only calls with many receivers reach it.
 const ARENA_CAP: usize = 2 << 20;
 
-fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
+pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
     match msg {
         WorkerMsg::AddPeer {
             peer,
