@@ -12,7 +12,7 @@ use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -151,9 +151,9 @@ impl Driver {
                     .recv
                     .send(RecvCtl::RemovePeer { peer, ufrag })
                     .await;
-                // Every loop, not only the participant's: after a merge its MovePeer may
-                // still be queued at the old loop. Told first, the old loop drops the
-                // participant and the move finds nothing.
+                // Every loop: the plane does not say which loop holds the participant, and
+                // a loop that does not hold it ignores this. (A merge's AddPeer is always
+                // queued before this: see `Output::Move`.)
                 for w in &self.media.workers {
                     let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
                 }
@@ -208,13 +208,26 @@ impl Driver {
                     self.media.workers.get(from_worker),
                     self.media.workers.get(to_worker),
                 ) {
-                    let _ = from
-                        .send(WorkerMsg::MovePeer {
-                            peer,
-                            call: call_key,
-                            to: to.clone(),
-                        })
-                        .await;
+                    // The driver carries the hop state over itself, waiting for the old
+                    // loop's answer (it answers at its next round): the participant's
+                    // AddPeer is then queued at the target before anything the plane says
+                    // about it later (its Receive, its RemovePeer), in that order. A loop
+                    // forwarding it on its own could land it after the RemovePeer and leave
+                    // a ghost there.
+                    let (reply, taken) = oneshot::channel();
+                    let _ = from.send(WorkerMsg::TakePeer(peer, reply)).await;
+                    if let Ok(t) = taken.await {
+                        let _ = to
+                            .send(WorkerMsg::AddPeer {
+                                peer,
+                                call: call_key,
+                                addr: t.addr,
+                                inbound: Box::new(t.inbound),
+                                outbound: Box::new(t.outbound),
+                                tables: Box::new(t.tables),
+                            })
+                            .await;
+                    }
                 }
                 let _ = self
                     .media

@@ -4,7 +4,7 @@
 
 use super::events::{Event, EventTx, KeyedMedia};
 use super::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, MAX_BATCH_DATAGRAMS};
-use crate::core::forward::{Forwarder, MediaTap, Outbox, PeerTables};
+use crate::core::forward::{Forwarder, MediaTap, Outbox, PeerTables, PeerTransfer};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::plane::IcePeer;
 use crate::core::{CallKey, PeerId};
@@ -19,7 +19,7 @@ use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 /// Depth of each forwarding loop's packet ring.
@@ -42,12 +42,9 @@ pub enum WorkerMsg {
     RemovePeer(PeerId),
     /// The remote SSRCs the participant has tracks for.
     Receive(PeerId, Vec<u32>),
-    /// Re-home a participant into `call` on the loop `to` (merge).
-    MovePeer {
-        peer: PeerId,
-        call: CallKey,
-        to: mpsc::Sender<WorkerMsg>,
-    },
+    /// Hand a participant's hop state back to the driver (merge), which queues it at its
+    /// new loop itself; dropping the sender says the participant is not here.
+    TakePeer(PeerId, oneshot::Sender<PeerTransfer>),
 }
 
 /// One SRTP or SRTCP datagram for a forwarding loop.
@@ -562,22 +559,10 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
         } => fwd.add_peer(peer, call, addr, *inbound, *outbound, *tables),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
-        WorkerMsg::MovePeer { peer, call, to } => {
+        WorkerMsg::TakePeer(peer, reply) => {
             if let Some(t) = fwd.take_peer(peer) {
-                let add = WorkerMsg::AddPeer {
-                    peer,
-                    call,
-                    addr: t.addr,
-                    inbound: Box::new(t.inbound),
-                    outbound: Box::new(t.outbound),
-                    tables: Box::new(t.tables),
-                };
-                // The target may be this very loop: never wait on our own queue.
-                if let Err(mpsc::error::TrySendError::Full(add)) = to.try_send(add) {
-                    tokio::spawn(async move {
-                        let _ = to.send(add).await;
-                    });
-                }
+                // The driver stopped waiting only if it is shutting down.
+                let _ = reply.send(t);
             }
         }
     }
