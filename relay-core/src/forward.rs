@@ -267,6 +267,8 @@ struct PeerMedia<H> {
     /// one never allocates on the packet path): until then, padding-only packets of the
     /// stream are not forwarded to it (see [`padding_only`]).
     media_started: Vec<u32>,
+    /// SSRCs it took ownership of by sending them first (it announced none).
+    claimed: usize,
     /// When an authenticated packet last made this participant's liveness reportable.
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
@@ -304,6 +306,16 @@ pub struct Forwarder<H> {
     /// (a packet that reached some receivers and not others), and RTCP packets of a
     /// compound refused one by one.
     receiver_drops: [u64; DropReason::ALL.len()],
+}
+
+/// SSRCs a participant that announced none may take by sending them first: more than
+/// any client's tracks, few enough that its hop keeps little state.
+const MAX_CLAIMED_SSRCS: usize = 16;
+
+/// The big-endian word at `at` of a packet's clear header.
+fn clear_u32(data: &[u8], at: usize) -> Option<u32> {
+    let b = data.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn hop_drop(e: HopError) -> DropReason {
@@ -409,6 +421,7 @@ impl<H: HopCipher> Forwarder<H> {
                 last_pli: None,
                 keyframe_asked: [(0, None); KEYFRAME_SLOTS],
                 media_started: Vec::new(),
+                claimed: 0,
                 activity_at: None,
                 activity_pending: false,
             },
@@ -521,6 +534,15 @@ impl<H: HopCipher> Forwarder<H> {
         out: &mut Outbox,
     ) -> Result<usize, DropReason> {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
+        // Ownership first, on the SSRC in the clear header: webrtc-srtp keeps state for
+        // every SSRC it is shown, authentic or not, so a packet with an SSRC its sender
+        // may not send never reaches the hop context.
+        let ssrc = clear_u32(data, 8).ok_or(DropReason::SrtpMalformed)?;
+        match self.ssrc_owner.get(&(sender.call, ssrc)) {
+            Some(o) if *o == from => {}
+            None if sender.tables.ssrcs.is_empty() && sender.claimed < MAX_CLAIMED_SSRCS => {}
+            _ => return Err(DropReason::SsrcNotOwned),
+        }
         let plain = sender
             .inbound
             .unprotect_rtp(data, &mut self.clear)
@@ -534,8 +556,9 @@ impl<H: HopCipher> Forwarder<H> {
         // seal two plaintexts under one nonce.
         let owner = match self.ssrc_owner.get(&(call, hdr.ssrc)) {
             Some(o) => *o,
-            None if sender.tables.ssrcs.is_empty() => {
+            None if sender.tables.ssrcs.is_empty() && sender.claimed < MAX_CLAIMED_SSRCS => {
                 self.ssrc_owner.insert((call, hdr.ssrc), from);
+                sender.claimed += 1;
                 from
             }
             None => return Err(DropReason::SsrcNotOwned),
@@ -647,6 +670,17 @@ impl<H: HopCipher> Forwarder<H> {
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
+        // The first packet's sender SSRC is in the clear header, and webrtc-srtp keeps
+        // state for each one it is shown: another participant's is refused before the
+        // hop context sees it (an unowned one may be a receive-only stack's own; the hop
+        // bounds how many of those it keeps).
+        let ssrc = clear_u32(data, 4).ok_or(DropReason::SrtpMalformed)?;
+        if ssrc_owner
+            .get(&(sender.call, ssrc))
+            .is_some_and(|o| *o != from)
+        {
+            return Err(DropReason::RtcpSsrcNotOwned);
+        }
         let plain = sender
             .inbound
             .unprotect_rtcp(data, clear)
@@ -1056,6 +1090,148 @@ mod tests {
             .unwrap()
         };
         never_sealed_twice(HopContext::reference(cm(false)), cm(true));
+    }
+
+    fn aes_cm(key: u8) -> Context {
+        Context::new(
+            &[key; 16],
+            &[key; 14],
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            Some(webrtc_srtp::option::srtp_replay_protection(64)),
+            Some(webrtc_srtp::option::srtcp_replay_protection(64)),
+        )
+        .unwrap()
+    }
+
+    /// SSRCs for a flood: random, none of them one the call's participants own.
+    fn foreign_ssrcs(n: usize, owned: &[u32]) -> Vec<u32> {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let s: u32 = rand::random();
+            if !owned.contains(&s) && !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        v
+    }
+
+    fn inbound_ssrcs(f: &Forwarder, peer: PeerId) -> usize {
+        f.peers[&peer].inbound.unprotect_ssrc_count()
+    }
+
+    /// A participant on a webrtc-srtp (AES128_CM_HMAC_SHA1_80) hop, which keeps state for
+    /// every SSRC it is shown, sends thousands of authentic packets with SSRCs it does not
+    /// own, and SRTCP in another's name: each is dropped as not owned before its hop sees
+    /// it, so the hop's state does not grow; SRTCP from SSRCs nobody owns (a receive-only
+    /// stack's) is let through up to the hop's bound only. Its own media still flows.
+    #[test]
+    fn ssrcs_a_participant_does_not_own_never_reach_its_webrtc_srtp_hop() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            PeerTables::standard(&[100]),
+        );
+        let relay_side = HopContext::reference(aes_cm(2));
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            relay_side,
+            fast(12),
+            PeerTables::standard(&[200]),
+        );
+        let mut tx = aes_cm(2);
+        let mut out = Outbox::default();
+        let wire = tx.encrypt_rtp(&rtp(200, 1, b"own")).unwrap();
+        assert_eq!(f.on_rtp(2, &wire, &mut out), Ok(1));
+        assert_eq!(inbound_ssrcs(&f, 2), 1);
+
+        let flood = foreign_ssrcs(5000, &[100, 200]);
+        let mut not_owned = 0;
+        for (i, ssrc) in flood.iter().chain(&[100]).enumerate() {
+            let wire = tx.encrypt_rtp(&rtp(*ssrc, i as u16, b"flood")).unwrap();
+            if f.on_rtp(2, &wire, &mut out) == Err(DropReason::SsrcNotOwned) {
+                not_owned += 1;
+            }
+        }
+        assert_eq!(not_owned, flood.len() + 1);
+        assert_eq!(inbound_ssrcs(&f, 2), 1, "the flood grew the hop's state");
+
+        // SRTCP in participant 1's name: refused before the hop sees it.
+        for _ in 0..100 {
+            let wire = tx.encrypt_rtcp(&sr(100)).unwrap();
+            assert_eq!(
+                f.on_rtcp(2, &wire, &mut out),
+                Err(DropReason::RtcpSsrcNotOwned)
+            );
+        }
+        assert_eq!(inbound_ssrcs(&f, 2), 1);
+        // Receiver reports from SSRCs nobody owns are legitimate, up to the hop's bound.
+        let max = blindrelay_transport::fast_srtp::DEFAULT_MAX_SSRCS;
+        let (mut passed, mut refused) = (0, 0);
+        for ssrc in &flood[..max + 500] {
+            let rr = rtcp::receiver_report(*ssrc, 100, 0, 0, 9);
+            let wire = tx.encrypt_rtcp(&rr).unwrap();
+            match f.on_rtcp(2, &wire, &mut out) {
+                Ok(1) => passed += 1,
+                Err(DropReason::SrtpMalformed) => refused += 1,
+                r => panic!("{r:?}"),
+            }
+        }
+        assert_eq!((passed, refused), (max, 500));
+        assert_eq!(inbound_ssrcs(&f, 2), 1 + max);
+
+        out.clear();
+        let wire = tx.encrypt_rtp(&rtp(200, 2, b"own")).unwrap();
+        assert_eq!(f.on_rtp(2, &wire, &mut out), Ok(1));
+    }
+
+    /// A participant that announced no SSRC owns those it sends first, up to
+    /// [`MAX_CLAIMED_SSRCS`]; more are dropped before its hop keeps state for them.
+    #[test]
+    fn a_participant_without_announced_ssrcs_claims_a_bounded_few() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            PeerTables::standard(&[100]),
+        );
+        let relay_side = HopContext::reference(aes_cm(2));
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            relay_side,
+            fast(12),
+            PeerTables::standard(&[]),
+        );
+        let mut tx = aes_cm(2);
+        let mut out = Outbox::default();
+        let ssrcs = foreign_ssrcs(1000, &[100]);
+        let sent: Vec<_> = ssrcs
+            .iter()
+            .map(|s| {
+                let wire = tx.encrypt_rtp(&rtp(*s, 1, b"x")).unwrap();
+                f.on_rtp(2, &wire, &mut out)
+            })
+            .collect();
+        assert!(sent[..MAX_CLAIMED_SSRCS].iter().all(|r| *r == Ok(1)));
+        assert!(sent[MAX_CLAIMED_SSRCS..]
+            .iter()
+            .all(|r| *r == Err(DropReason::SsrcNotOwned)));
+        assert_eq!(inbound_ssrcs(&f, 2), MAX_CLAIMED_SSRCS);
+        // What it claimed stays its own.
+        let wire = tx.encrypt_rtp(&rtp(ssrcs[0], 2, b"x")).unwrap();
+        assert_eq!(f.on_rtp(2, &wire, &mut out), Ok(1));
     }
 
     /// Receiver 3 gets `outbound` as its hop context; `rx` is its side of that hop.
@@ -1598,7 +1774,9 @@ mod tests {
         v
     }
 
-    /// `from` sends the clear compound `c`; what each receiver got, decrypted.
+    /// `from` sends the clear compound `c`; what each receiver got, decrypted. A compound
+    /// refused whole (its first sender SSRC is another's, checked before unprotect) is
+    /// counted with the refusals of single packets, as the worker loop counts both.
     fn send_rtcp(
         f: &mut Forwarder,
         tx: &mut Context,
@@ -1607,7 +1785,14 @@ mod tests {
     ) -> Vec<(u16, Vec<u8>)> {
         let wire = tx.encrypt_rtcp(c).unwrap();
         let mut out = Outbox::default();
-        let n = f.on_rtcp(from, &wire, &mut out).expect("handled");
+        let n = match f.on_rtcp(from, &wire, &mut out) {
+            Ok(n) => n,
+            Err(DropReason::RtcpSsrcNotOwned) => {
+                f.receiver_drops[DropReason::RtcpSsrcNotOwned as usize] += 1;
+                0
+            }
+            Err(e) => panic!("not handled: {e:?}"),
+        };
         assert_eq!(n, out.len());
         (0..out.len())
             .map(|i| {

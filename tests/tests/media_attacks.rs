@@ -693,6 +693,114 @@ async fn forged_bye_sr_and_rr_for_another_participant_are_dropped_and_counted() 
     assert_eq!(delta("rtcp_feedback_not_received"), 1.0);
 }
 
+/// On webrtc-srtp hops (`media.srtp = reference`), whose contexts keep state for every
+/// SSRC they are shown: thousands of authentic packets with SSRCs their sender does not
+/// own, and SRTCP in another participant's name, are each dropped and counted (the relay
+/// checks the clear header before unprotecting), nothing of them reaches the others, and
+/// the owner's media keeps flowing. (The forwarder's unit tests show the hop's state stays
+/// at one SSRC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unowned_ssrcs_on_a_webrtc_srtp_hop_is_dropped_and_counted() {
+    let mut cfg = loopback_config();
+    cfg.media.srtp = blindrelay::config::SrtpImpl::Reference;
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let mallory = raw_join(&url, &token(&cfg, "mallory", None, "user"), "c").await;
+    let mut m = mallory.connect().await.expect("mallory connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    let first = probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+    let before = scrape(&relay).await;
+
+    let owned = [
+        alice.audio_ssrc,
+        alice.video_ssrc,
+        mallory.audio_ssrc,
+        mallory.video_ssrc,
+        carol.audio_ssrc,
+        carol.video_ssrc,
+    ];
+    const N: usize = 3000;
+    let mut flood = Vec::with_capacity(N);
+    while flood.len() < N {
+        let s: u32 = rand::random();
+        if !owned.contains(&s) && !flood.contains(&s) {
+            flood.push(s);
+        }
+    }
+    let grew = |m: &HashMap<String, f64>, r: &str| {
+        metric_or_zero(m, &dropped(r)) - metric_or_zero(&before, &dropped(r))
+    };
+    // In chunks, each counted before the next is sent: the flood is about state, not
+    // rate, and the kernel's receive buffer must not drop any of it.
+    const CHUNK: usize = 500;
+    for (k, chunk) in flood.chunks(CHUNK).enumerate() {
+        for (i, ssrc) in chunk.iter().enumerate() {
+            let wire = m
+                .outbound
+                .encrypt_rtp(&rtp_packet(*ssrc, (k * CHUNK + i) as u16, b"flood"))
+                .expect("protect");
+            m.socket.send_to(&wire, media).await.expect("send");
+        }
+        let sent = (k * CHUNK + chunk.len()) as f64;
+        await_metrics(&relay, Duration::from_secs(10), "the flood counted", |m| {
+            grew(m, "ssrc_not_owned") >= sent
+        })
+        .await;
+    }
+    const FORGED_SR: usize = 50;
+    for _ in 0..FORGED_SR {
+        let wire = m
+            .outbound
+            .encrypt_rtcp(&sender_report(alice.audio_ssrc))
+            .expect("protect");
+        m.socket.send_to(&wire, media).await.expect("send");
+    }
+    let after = await_metrics(&relay, Duration::from_secs(10), "forged SRs counted", |m| {
+        grew(m, "rtcp_ssrc_not_owned") >= FORGED_SR as f64
+    })
+    .await;
+    let delta = |r: &str| grew(&after, r);
+    assert_eq!(delta("ssrc_not_owned"), N as f64);
+    assert_eq!(delta("rtcp_ssrc_not_owned"), FORGED_SR as f64);
+    for r in ["srtp_auth_failed", "srtp_malformed", "srtp_replay"] {
+        assert_eq!(delta(r), 0.0, "{r}");
+    }
+    // Alice's media still reaches carol, and nothing of the flood did.
+    let next = a
+        .outbound
+        .encrypt_rtp(&rtp_packet(alice.audio_ssrc, first + 1, b"after"))
+        .expect("protect");
+    a.socket.send_to(&next, media).await.expect("send");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (d, rtcp) = c.media_rx.recv().await.expect("media");
+            if rtcp {
+                continue;
+            }
+            let ssrc = seq_ssrc(&d).map(|(_, s)| s);
+            assert!(
+                !ssrc.is_some_and(|s| flood.contains(&s)),
+                "a flood packet reached carol"
+            );
+            if c.inbound
+                .decrypt_rtp(&d)
+                .is_ok_and(|p| p.ends_with(b"after"))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("alice's media still reaches carol");
+    drop((a, m, c));
+    relay.shutdown().await;
+}
+
 /// A PLI flood (200 in about a second) toward a media sender reaches it at most once per
 /// 250 ms; the rest are counted as coalesced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -429,6 +429,11 @@ impl FastGcmContext {
         self.rtp.len()
     }
 
+    /// Number of SSRCs with SRTCP state.
+    pub fn rtcp_ssrc_count(&self) -> usize {
+        self.rtcp.len()
+    }
+
     /// Protects the RTP packet in `buf` in place and appends the 16-byte tag, returning
     /// the new length. Reserve [`RTP_OVERHEAD`] spare capacity to avoid a reallocation.
     /// On error `buf` is left at its original length (its payload bytes unchanged).

@@ -4,7 +4,7 @@
 //! webrtc-srtp otherwise (AES128_CM_HMAC_SHA1_80).
 
 use crate::fast_srtp::{
-    FastGcmContext, FastSrtpError, SendIndexGuard, RTCP_OVERHEAD, RTP_OVERHEAD,
+    FastGcmContext, FastSrtpError, SendIndexGuard, DEFAULT_MAX_SSRCS, RTCP_OVERHEAD, RTP_OVERHEAD,
 };
 use std::ops::Range;
 use thiserror::Error;
@@ -65,6 +65,10 @@ pub enum HopContext {
 pub struct ReferenceHop {
     ctx: Context,
     sent: SendIndexGuard,
+    /// The SSRCs (RTP, RTCP) whose packets the context was asked to unprotect: it keeps
+    /// state for each from the first packet on, authentic or not, so at most
+    /// [`DEFAULT_MAX_SSRCS`] of each are let through, as [`FastGcmContext`] allows.
+    unprotected: [Vec<u32>; 2],
 }
 
 impl ReferenceHop {
@@ -90,7 +94,17 @@ impl HopContext {
         HopContext::Reference(Box::new(ReferenceHop {
             ctx,
             sent: SendIndexGuard::default(),
+            unprotected: [Vec::new(), Vec::new()],
         }))
+    }
+
+    /// How many SSRCs (RTP and RTCP) this hop keeps receive state for: bounded, whatever
+    /// a participant sends.
+    pub fn unprotect_ssrc_count(&self) -> usize {
+        match self {
+            HopContext::Fast(c) => c.rtp_ssrc_count() + c.rtcp_ssrc_count(),
+            HopContext::Reference(c) => c.unprotected.iter().map(Vec::len).sum(),
+        }
     }
 
     /// Unprotect an SRTP packet into `scratch` (reused, so no allocation on the fast path);
@@ -192,6 +206,21 @@ impl HopContext {
                 Ok(&scratch[..n])
             }
             HopContext::Reference(c) => {
+                // The SSRC is in clear in SRTP (bytes 8..12) and SRTCP (4..8).
+                let (at, seen) = match kind {
+                    Kind::Rtp => (8, &mut c.unprotected[0]),
+                    Kind::Rtcp => (4, &mut c.unprotected[1]),
+                };
+                let ssrc = input
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or(HopError::Malformed)?;
+                if !seen.contains(&ssrc) {
+                    if seen.len() >= DEFAULT_MAX_SSRCS {
+                        return Err(HopError::Malformed);
+                    }
+                    seen.push(ssrc);
+                }
                 let clear = match kind {
                     Kind::Rtp => c.ctx.decrypt_rtp(input),
                     Kind::Rtcp => c.ctx.decrypt_rtcp(input),

@@ -14,7 +14,7 @@ use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -157,9 +157,9 @@ impl Driver {
                     .recv
                     .send(RecvCtl::RemovePeer { peer, ufrag })
                     .await;
-                // Every loop, not only the participant's: after a merge its MovePeer may
-                // still be queued at the old loop. Told first, the old loop drops the
-                // participant and the move finds nothing.
+                // Every loop: the plane does not say which loop holds the participant, and
+                // a loop that does not hold it ignores this. (A merge's AddPeer is always
+                // queued before this: see `Output::Move`.)
                 for w in &self.media.workers {
                     let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
                 }
@@ -214,13 +214,26 @@ impl Driver {
                     self.media.workers.get(from_worker),
                     self.media.workers.get(to_worker),
                 ) {
-                    let _ = from
-                        .send(WorkerMsg::MovePeer {
-                            peer,
-                            call: call_key,
-                            to: to.clone(),
-                        })
-                        .await;
+                    // The driver carries the hop state over itself, waiting for the old
+                    // loop's answer (it answers at its next round): the participant's
+                    // AddPeer is then queued at the target before anything the plane says
+                    // about it later (its Receive, its RemovePeer), in that order. A loop
+                    // forwarding it on its own could land it after the RemovePeer and leave
+                    // a ghost there.
+                    let (reply, taken) = oneshot::channel();
+                    let _ = from.send(WorkerMsg::TakePeer(peer, reply)).await;
+                    if let Ok(t) = taken.await {
+                        let _ = to
+                            .send(WorkerMsg::AddPeer {
+                                peer,
+                                call: call_key,
+                                addr: t.addr,
+                                inbound: Box::new(t.inbound.0),
+                                outbound: Box::new(t.outbound.0),
+                                tables: Box::new(t.tables),
+                            })
+                            .await;
+                    }
                 }
                 let _ = self
                     .media
@@ -239,5 +252,155 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::media::{control, CONTROL_QUEUE};
+    use super::*;
+    use crate::core::forward::PeerTables;
+    use crate::core::CallKey;
+    use crate::hop::SrtpHop;
+    use blindrelay_transport::fast_srtp::FastGcmContext;
+    use blindrelay_transport::hop::HopContext;
+
+    const MOVER: PeerId = 1;
+    const MEMBER: PeerId = 2;
+    const FROM_CALL: CallKey = 10;
+    const TO_CALL: CallKey = 20;
+
+    type Forwarder = crate::core::forward::Forwarder<SrtpHop>;
+
+    fn hop(key: u8) -> SrtpHop {
+        SrtpHop(HopContext::Fast(Box::new(
+            FastGcmContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
+        )))
+    }
+
+    fn addr(port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Two forwarding loops driven by hand, so the test decides who runs when: loop 0
+    /// holds the participant about to be merged away, loop 1 the call it is merged into.
+    struct Loops {
+        fwd: [Forwarder; 2],
+        rx: [mpsc::Receiver<WorkerMsg>; 2],
+        _recv: mpsc::Receiver<RecvCtl>,
+    }
+
+    fn setup() -> (Driver, Loops) {
+        let (t0, r0) = mpsc::channel(CONTROL_QUEUE);
+        let (t1, r1) = mpsc::channel(CONTROL_QUEUE);
+        let (trecv, rrecv) = mpsc::channel(64);
+        let d = Driver {
+            media: MediaControl {
+                workers: vec![t0, t1],
+                recv: trecv,
+            },
+            capture: None,
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            dtls: HashMap::new(),
+            closing: None,
+        };
+        let mut a = Forwarder::new(None);
+        a.add_peer(
+            MOVER,
+            FROM_CALL,
+            addr(5000),
+            hop(1),
+            hop(2),
+            PeerTables::standard(&[111]),
+        );
+        let mut b = Forwarder::new(None);
+        b.add_peer(
+            MEMBER,
+            TO_CALL,
+            addr(5001),
+            hop(3),
+            hop(4),
+            PeerTables::standard(&[222]),
+        );
+        let loops = Loops {
+            fwd: [a, b],
+            rx: [r0, r1],
+            _recv: rrecv,
+        };
+        (d, loops)
+    }
+
+    fn merge() -> Output {
+        Output::Move {
+            peer: MOVER,
+            ufrag: "mover".into(),
+            call_key: TO_CALL,
+            from_worker: 0,
+            to_worker: 1,
+        }
+    }
+
+    impl Loops {
+        /// Run `driver` to completion while the loops apply their control messages, the
+        /// target loop (1) always first when both have work; then drain both the same way.
+        async fn run_with(&mut self, driver: impl std::future::Future<Output = ()>) {
+            let Loops { fwd, rx, .. } = self;
+            let [a, b] = fwd;
+            let [ra, rb] = rx;
+            tokio::pin!(driver);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(m) = rb.recv() => control(b, m),
+                    Some(m) = ra.recv() => control(a, m),
+                    () = &mut driver => break,
+                }
+            }
+            loop {
+                if let Ok(m) = rb.try_recv() {
+                    control(b, m);
+                } else if let Ok(m) = ra.try_recv() {
+                    control(a, m);
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A merge re-homes the participant: afterwards only the target loop forwards for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_merge_moves_the_participant_to_the_target_loop() {
+        let (mut d, mut loops) = setup();
+        loops
+            .run_with(async {
+                d.execute(merge()).await;
+            })
+            .await;
+        assert!(!loops.fwd[0].has_peer(MOVER));
+        assert!(loops.fwd[1].has_peer(MOVER));
+        assert_eq!(loops.fwd[1].peer_count(), 2);
+    }
+
+    /// A participant that leaves right after a merge, before its old loop handled the
+    /// move, is gone from every loop: no ghost stays behind at the target, where its
+    /// call's media would still be sealed and sent to its address.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_participant_leaving_right_after_a_merge_leaves_no_ghost() {
+        let (mut d, mut loops) = setup();
+        loops
+            .run_with(async {
+                d.execute(merge()).await;
+                d.execute(Output::MediaRemove {
+                    peer: MOVER,
+                    ufrag: "mover".into(),
+                })
+                .await;
+            })
+            .await;
+        assert!(!loops.fwd[0].has_peer(MOVER), "left at the old loop");
+        assert!(!loops.fwd[1].has_peer(MOVER), "a ghost at the target loop");
+        assert!(loops.fwd[1].has_peer(MEMBER));
     }
 }

@@ -20,7 +20,7 @@ use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 /// Depth of each forwarding loop's packet ring.
@@ -32,6 +32,7 @@ const DTLS_QUEUE: usize = 64;
 
 /// A forwarding loop's state, over the relay's SRTP contexts.
 type Forwarder = crate::core::forward::Forwarder<SrtpHop>;
+use crate::core::forward::PeerTransfer;
 
 /// Messages to a forwarding loop.
 pub enum WorkerMsg {
@@ -46,12 +47,9 @@ pub enum WorkerMsg {
     RemovePeer(PeerId),
     /// The remote SSRCs the participant has tracks for.
     Receive(PeerId, Vec<u32>),
-    /// Re-home a participant into `call` on the loop `to` (merge).
-    MovePeer {
-        peer: PeerId,
-        call: CallKey,
-        to: mpsc::Sender<WorkerMsg>,
-    },
+    /// Hand a participant's hop state back to the driver (merge), which queues it at its
+    /// new loop itself; dropping the sender says the participant is not here.
+    TakePeer(PeerId, oneshot::Sender<PeerTransfer<SrtpHop>>),
 }
 
 /// One SRTP or SRTCP datagram for a forwarding loop.
@@ -554,7 +552,7 @@ const WORKER_BATCH: usize = 256;
 /// round is about 0.3 MiB, so only calls with many receivers reach it.
 const ARENA_CAP: usize = 2 << 20;
 
-fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
+pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
     match msg {
         WorkerMsg::AddPeer {
             peer,
@@ -573,22 +571,10 @@ fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
         ),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
-        WorkerMsg::MovePeer { peer, call, to } => {
+        WorkerMsg::TakePeer(peer, reply) => {
             if let Some(t) = fwd.take_peer(peer) {
-                let add = WorkerMsg::AddPeer {
-                    peer,
-                    call,
-                    addr: t.addr,
-                    inbound: Box::new(t.inbound.0),
-                    outbound: Box::new(t.outbound.0),
-                    tables: Box::new(t.tables),
-                };
-                // The target may be this very loop: never wait on our own queue.
-                if let Err(mpsc::error::TrySendError::Full(add)) = to.try_send(add) {
-                    tokio::spawn(async move {
-                        let _ = to.send(add).await;
-                    });
-                }
+                // The driver stopped waiting only if it is shutting down.
+                let _ = reply.send(t);
             }
         }
     }
