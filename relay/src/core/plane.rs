@@ -3797,4 +3797,64 @@ mod tests {
         assert_eq!(o4.matches("a=sendonly").count(), 4);
         assert!(o4.contains("a=mid:r4") && o4.contains("a=mid:r5"), "{o4}");
     }
+
+    /// The mids of a description's m-lines, in order.
+    fn mids_of(sdp: &str) -> Vec<String> {
+        sdp.split("\r\n")
+            .filter_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A line is settled (free to carry another track) only once the client has answered
+    /// an offer in which it is inactive: an answer to an offer that still showed it active
+    /// settles nothing, even if its sender has left since.
+    #[test]
+    fn a_line_is_reused_only_after_an_answer_to_an_offer_showing_it_inactive() {
+        let mut c = cfg();
+        // Lines are recycled from 4 x max_call_participants = 8 on.
+        c.max_call_participants = 2;
+        let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+        for (c, u) in [(1, "a"), (2, "b"), (3, "d")] {
+            h.hello(c, u, None, "user");
+        }
+        h.join(1, "x", false);
+        h.join(2, "x", false);
+        let (o, r) = offer_of(&h.take(1));
+        answer(&mut h, 1, &o, r);
+        // b leaves and comes back until a's session has 8 remote lines, all answered.
+        for _ in 0..3 {
+            h.text(2, &ClientMessage::Leave);
+            let (o, r) = offer_of(&h.take(1));
+            answer(&mut h, 1, &o, r);
+            h.join(2, "x", false);
+            let (o, r) = offer_of(&h.take(1));
+            answer(&mut h, 1, &o, r);
+        }
+        h.text(2, &ClientMessage::Leave);
+        let (o, r) = offer_of(&h.take(1));
+        assert_eq!(mids_of(&o).len(), 2 + 8, "{o}");
+        answer(&mut h, 1, &o, r);
+        // b's next tracks recycle the first two lines (settled: inactive in an answer).
+        h.join(2, "x", false);
+        let (o4, r4) = offer_of(&h.take(1));
+        let slot0 = mids_of(&o4)[2].clone();
+        assert_eq!(slot0, "r8", "{o4}");
+        // b leaves before a answers the offer showing its tracks on those lines: a's
+        // answer to it says nothing about them being inactive.
+        h.text(2, &ClientMessage::Leave);
+        answer(&mut h, 1, &o4, r4);
+        let (o5, r5) = offer_of(&h.take(1));
+        assert_eq!(mids_of(&o5)[2], slot0, "inactive, awaiting an answer: {o5}");
+        // d joins while that offer is unanswered: its tracks may not take those lines.
+        h.join(3, "x", false);
+        answer(&mut h, 1, &o5, r5);
+        let (o6, _) = offer_of(&h.take(1));
+        let mids = mids_of(&o6);
+        assert_eq!(
+            mids[2], slot0,
+            "a line the client has not yet seen inactive was reused: {o6}"
+        );
+        assert_eq!(o6.matches("a=sendonly").count(), 2, "d's tracks: {o6}");
+    }
 }
