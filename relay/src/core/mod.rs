@@ -5,6 +5,7 @@
 pub mod calls;
 pub mod forward;
 pub mod ice;
+pub mod lines;
 pub mod plane;
 
 /// Relay-internal participant handle (never shown to clients, never a metric label).
@@ -12,3 +13,4 @@ pub type PeerId = u64;
 /// Relay-internal call handle.
 pub type CallKey = u64;
 pub mod policy;
+pub mod ssrcs;

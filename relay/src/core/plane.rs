@@ -10,7 +10,9 @@
 
 use super::calls::{CallRegistry, JoinRequest};
 use super::forward::PeerTables;
+use super::lines::Lines;
 use super::policy::CallingE2ee;
+use super::ssrcs::SsrcIndex;
 use super::{CallKey, PeerId};
 use crate::config::Config;
 use crate::metrics::{Metrics, MlsRefusal};
@@ -25,6 +27,7 @@ use blindrelay_protocol::signal::{
     parse_client_message, CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode,
     ParticipantInfo, ServerMessage,
 };
+use blindrelay_protocol::tracks::{self, TrackLimits};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +70,8 @@ pub struct PlaneConfig {
     pub invite_ttl: Duration,
     pub park_ttl: Duration,
     pub max_call_participants: usize,
+    /// Tracks one participant may offer (`calls.max_audio_tracks`, `max_video_tracks`).
+    pub track_limits: TrackLimits,
     pub max_calls: usize,
     pub max_total_participants: usize,
     pub max_invites: usize,
@@ -90,6 +95,7 @@ impl PlaneConfig {
             invite_ttl: c.calls.invite_ttl,
             park_ttl: c.calls.park_ttl,
             max_call_participants: c.calls.max_participants,
+            track_limits: c.calls.track_limits(),
             max_calls: c.calls.max_calls,
             max_total_participants: c.calls.max_total_participants,
             max_invites: c.calls.max_invites,
@@ -298,9 +304,18 @@ struct Session {
 
 impl Session {
     /// Whether this session claims `ssrc`: its offer announced it or its answer listed it.
+    #[cfg(test)]
     fn claims_ssrc(&self, ssrc: u32) -> bool {
-        self.answer_ssrcs.contains(&ssrc)
-            || self.offer.media.iter().any(|m| m.ssrcs.contains(&ssrc))
+        self.claimed_ssrcs().any(|x| x == ssrc)
+    }
+
+    /// The SSRCs it claims (see [`Session::claims_ssrc`]), each at least once.
+    fn claimed_ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.offer
+            .media
+            .iter()
+            .flat_map(|m| m.ssrcs.iter().copied())
+            .chain(self.answer_ssrcs.iter().copied())
     }
 }
 
@@ -308,9 +323,8 @@ impl Session {
 #[derive(Debug, Default)]
 struct Negotiation {
     /// The remote tracks written into its session, in m-line order, each with its sender
-    /// and whether its m-line was inactive in the last answered offer (only such a line
-    /// may be recycled for another track).
-    remote: Vec<(RemoteTrack, PeerId, bool)>,
+    /// (bounded; see [`Lines`] for when a line may carry another track).
+    remote: Lines,
     /// Descriptions written (the answer to `join` was the first).
     version: u64,
     /// The last offer's revision.
@@ -486,6 +500,8 @@ pub struct ControlPlane {
     registry: CallRegistry,
     conns: HashMap<ConnId, Conn>,
     sessions: HashMap<PeerId, Session>,
+    /// Who claims each SSRC, per call.
+    ssrcs: SsrcIndex,
     /// MLS Delivery Service state of each group-E2EE call, by call id.
     mls: HashMap<String, MlsDs>,
     /// Authenticated connections not in a call, by `user@tenant`: who can be invited.
@@ -520,6 +536,7 @@ impl ControlPlane {
             rng: StdRng::from_seed(seed),
             conns: HashMap::new(),
             sessions: HashMap::new(),
+            ssrcs: SsrcIndex::default(),
             mls: HashMap::new(),
             lobby: BTreeMap::new(),
             invites: HashMap::new(),
@@ -890,6 +907,11 @@ impl ControlPlane {
             Ok(o) => o,
             Err(e) => return self.refuse_join(conn, ErrorCode::BadSdp, e.to_string()),
         };
+        // Every other member's offers will carry these tracks: within the bounds the
+        // relay's offers were sized for (checked before anything is set up for it).
+        if let Err(e) = self.cfg.track_limits.check_offer(&offer) {
+            return self.refuse_join(conn, ErrorCode::TooManyTracks, e.to_string());
+        }
         let numbering = Numbering::from_offer(&offer);
         if !Codec::ALL
             .into_iter()
@@ -904,10 +926,10 @@ impl ControlPlane {
         let key = user_key(&claims.sub, &claims.tenant);
         // A second session of the same identity in this call replaces the first.
         let replaced = self
-            .sessions
-            .iter()
-            .find(|(_, s)| s.call == call && s.user_key == key)
-            .map(|(p, _)| *p);
+            .registry
+            .participants(&call)
+            .into_iter()
+            .find(|p| self.sessions.get(p).is_some_and(|s| s.user_key == key));
         let policy = if claims.is_bot() {
             CallingE2ee::Disabled
         } else {
@@ -920,7 +942,7 @@ impl ControlPlane {
             .media
             .iter()
             .flat_map(|m| m.ssrcs.iter().copied())
-            .find(|x| self.ssrc_claimed(&call, *x, [replaced, None]))
+            .find(|x| self.ssrcs.claimed_by_other(&call, *x, replaced))
         {
             return self.refuse_join(
                 conn,
@@ -929,7 +951,10 @@ impl ControlPlane {
             );
         }
         let peer = self.next_peer;
-        let public_id = format!("p-{}", Alphanumeric.sample_string(&mut self.rng, 12));
+        let public_id = format!(
+            "p-{}",
+            Alphanumeric.sample_string(&mut self.rng, tracks::PUBLIC_ID_LEN - 2)
+        );
         let req = JoinRequest {
             peer,
             public_id: public_id.clone(),
@@ -963,8 +988,8 @@ impl ControlPlane {
         }
         self.leave_lobby(conn);
         let role = role_label(&claims.role);
-        let local_ufrag = Alphanumeric.sample_string(&mut self.rng, 16);
-        let local_pwd = Alphanumeric.sample_string(&mut self.rng, 32);
+        let local_ufrag = Alphanumeric.sample_string(&mut self.rng, tracks::RELAY_UFRAG_LEN);
+        let local_pwd = Alphanumeric.sample_string(&mut self.rng, tracks::RELAY_PWD_LEN);
         let ssrcs: Vec<u32> = offer
             .media
             .iter()
@@ -1008,8 +1033,14 @@ impl ControlPlane {
             local_pwd: local_pwd.clone(),
             remote_ufrag: offer.ice_ufrag.clone(),
             fingerprint: offer.fingerprint.clone(),
-            ssrcs,
+            ssrcs: ssrcs.clone(),
         }));
+        self.ssrcs.claim(&call, peer, ssrcs);
+        let remote = Lines::new(
+            &self.cfg.track_limits,
+            self.cfg.max_call_participants,
+            4 * self.cfg.max_call_participants,
+        );
         self.sessions.insert(
             peer,
             Session {
@@ -1029,6 +1060,7 @@ impl ControlPlane {
                 keyed: false,
                 neg: Negotiation {
                     codecs,
+                    remote,
                     ..Negotiation::default()
                 },
                 answer_ssrcs: Vec::new(),
@@ -1187,6 +1219,8 @@ impl ControlPlane {
         let Some(session) = self.sessions.remove(&peer) else {
             return;
         };
+        self.ssrcs
+            .release(&session.call, peer, session.claimed_ssrcs());
         self.mls_left(&session.call, peer);
         self.out.push_back(Output::MediaRemove {
             peer,
@@ -1853,11 +1887,14 @@ impl ControlPlane {
         for (p, _) in &merged.moved {
             if let Some(s) = self.sessions.get_mut(p) {
                 s.worker = merged.worker;
-                s.call = self
+                let to = self
                     .registry
                     .call_of(peer)
                     .map(|(id, _, _)| id)
                     .unwrap_or_default();
+                let from = std::mem::replace(&mut s.call, to);
+                self.ssrcs.release(&from, *p, s.claimed_ssrcs());
+                self.ssrcs.claim(&s.call, *p, s.claimed_ssrcs());
                 self.out.push_back(Output::Move {
                     peer: *p,
                     ufrag: s.local_ufrag.clone(),
@@ -1906,7 +1943,8 @@ impl ControlPlane {
     /// other participant (in a codec it can receive), departed ones inactive. If that
     /// changed anything, offer it, or, with an offer outstanding, offer once it is
     /// answered: at most one offer is outstanding per client, and later changes fold
-    /// into the next one.
+    /// into the next one. Lines are bounded ([`Lines`]): a track no line may take yet
+    /// waits for the client's next answer, which renegotiates again.
     fn renegotiate(&mut self, peer: PeerId) {
         let others: Vec<PeerId> = self
             .registry
@@ -1919,7 +1957,6 @@ impl ControlPlane {
             .filter_map(|o| self.sessions.get(o).map(|s| (*o, s)))
             .flat_map(|(o, s)| s.tracks.iter().map(move |t| (o, s.public_id.clone(), *t)))
             .collect();
-        let recycle_after = 4 * self.cfg.max_call_participants;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
@@ -1927,23 +1964,14 @@ impl ControlPlane {
         let neg = &mut s.neg;
         // A join or leave that changes the call's codecs changes every description.
         let mut changed = neg.codecs != codecs;
-        for (t, owner, _) in neg.remote.iter_mut() {
-            if t.active
-                && !desired
-                    .iter()
-                    .any(|(o, _, d)| o == owner && d.ssrc == t.ssrc)
-            {
-                t.active = false;
-                changed = true;
-            }
-        }
+        changed |= neg.remote.retire(|owner, ssrc| {
+            desired
+                .iter()
+                .any(|(o, _, d)| *o == owner && d.ssrc == ssrc)
+        });
+        let mut waiting = 0;
         for (o, stream, d) in desired {
-            if !receives.receives_kind(d.kind)
-                || neg
-                    .remote
-                    .iter()
-                    .any(|(t, ow, _)| t.active && *ow == o && t.ssrc == d.ssrc)
-            {
+            if !receives.receives_kind(d.kind) || neg.remote.has_active(o, d.ssrc) {
                 continue;
             }
             let track = RemoteTrack {
@@ -1953,23 +1981,18 @@ impl ControlPlane {
                 ssrc: d.ssrc,
                 active: true,
             };
-            neg.next_mid += 1;
-            // New tracks get new m-lines: webrtcbin (GStreamer 1.22) cannot take a
-            // recycled one. Only a session that has collected many inactive lines
-            // recycles them, so churn cannot grow it without bound.
-            let recycle = neg.remote.len() >= recycle_after;
-            match neg
-                .remote
-                .iter_mut()
-                .filter(|_| recycle)
-                .find(|(t, _, settled)| !t.active && *settled && t.kind == d.kind)
-            {
-                Some(slot) => *slot = (track, o, false),
-                None => neg.remote.push((track, o, false)),
+            if neg.remote.place(track, o) {
+                neg.next_mid += 1;
+                changed = true;
+            } else {
+                // No line may take it until the client answers: the answer renegotiates.
+                waiting += 1;
             }
-            changed = true;
         }
-        if !changed {
+        if waiting > 0 {
+            debug!(waiting, "tracks wait for the client to settle lines");
+        }
+        if !changed && !neg.dirty {
             return;
         }
         if neg.outstanding.is_some() {
@@ -2004,7 +2027,8 @@ impl ControlPlane {
         s.neg.revision += 1;
         s.neg.version += 1;
         s.neg.dirty = false;
-        let remote: Vec<RemoteTrack> = s.neg.remote.iter().map(|(t, _, _)| t.clone()).collect();
+        let remote: Vec<RemoteTrack> = s.neg.remote.tracks().cloned().collect();
+        s.neg.remote.offered(s.neg.revision);
         let sdp = sdp::write_relay_description(
             &s.offer,
             &s.numbering.restricted(&codecs),
@@ -2033,14 +2057,6 @@ impl ControlPlane {
         self.send(conn, ServerMessage::Offer { sdp, revision });
     }
 
-    /// Whether a participant of `call` other than those in `except` claims `ssrc` (see
-    /// [`Session::claims_ssrc`]).
-    fn ssrc_claimed(&self, call: &str, ssrc: u32, except: [Option<PeerId>; 2]) -> bool {
-        self.sessions
-            .iter()
-            .any(|(p, s)| !except.contains(&Some(*p)) && s.call == call && s.claims_ssrc(ssrc))
-    }
-
     /// A client's answer to the relay's outstanding offer.
     fn answer(&mut self, conn: ConnId, sdp: &str, revision: u64) {
         let Some(peer) = self.joined_peer(conn) else {
@@ -2065,11 +2081,27 @@ impl ControlPlane {
             Ok(ssrcs) => ssrcs,
             Err((code, msg)) => return self.error(conn, code, msg),
         };
+        // What a participant claims is bounded: the SSRC index grows with it.
+        let lines = s
+            .neg
+            .outstanding
+            .as_ref()
+            .map_or(0, |(_, mids, _)| mids.len());
+        if answer_ssrcs.len() > 2 * lines + tracks::MAX_SSRCS_PER_LINE {
+            return self.error(
+                conn,
+                ErrorCode::BadSdp,
+                format!(
+                    "answer to offer {revision}: {} SSRCs for {lines} m-lines",
+                    answer_ssrcs.len()
+                ),
+            );
+        }
         let call = s.call.clone();
         if let Some(ssrc) = answer_ssrcs
             .iter()
             .copied()
-            .find(|x| self.ssrc_claimed(&call, *x, [Some(peer), None]))
+            .find(|x| self.ssrcs.claimed_by_other(&call, *x, Some(peer)))
         {
             // Refused like a malformed answer: the offer stays outstanding.
             return self.error(
@@ -2081,7 +2113,10 @@ impl ControlPlane {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        self.ssrcs.release(&call, peer, s.claimed_ssrcs());
         s.answer_ssrcs = answer_ssrcs;
+        self.ssrcs.claim(&call, peer, s.claimed_ssrcs());
+        s.neg.remote.answered(revision);
         if let Some((_, _, active)) = s.neg.outstanding.take() {
             s.neg.receiving = active;
             if s.keyed {
@@ -2092,15 +2127,8 @@ impl ControlPlane {
                 });
             }
         }
-        let Some(s) = self.sessions.get_mut(&peer) else {
-            return;
-        };
-        for (t, _, settled) in s.neg.remote.iter_mut() {
-            *settled = !t.active;
-        }
-        if s.neg.dirty {
-            self.send_offer(peer);
-        }
+        // Offer what changed meanwhile, and tracks that waited for a settled line.
+        self.renegotiate(peer);
     }
 }
 
@@ -3812,8 +3840,10 @@ mod tests {
     #[test]
     fn a_line_is_reused_only_after_an_answer_to_an_offer_showing_it_inactive() {
         let mut c = cfg();
-        // Lines are recycled from 4 x max_call_participants = 8 on.
+        // Lines are recycled from 4 x max_call_participants = 8 on; the per-kind bound
+        // on lines (more than 8 here) does not come first.
         c.max_call_participants = 2;
+        c.track_limits = TrackLimits { audio: 4, video: 4 };
         let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
         for (c, u) in [(1, "a"), (2, "b"), (3, "d")] {
             h.hello(c, u, None, "user");
