@@ -2137,6 +2137,7 @@ mod tests {
     //! The control plane on a virtual clock: no sockets, no sleeps, microseconds a test.
     use super::*;
     use blindrelay_protocol::sdp::{build_offer, OfferParams};
+    use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 
     const SECRET: &str = "unit-test-secret-0123456789";
 
@@ -3886,5 +3887,136 @@ mod tests {
             "a line the client has not yet seen inactive was reused: {o6}"
         );
         assert_eq!(o6.matches("a=sendonly").count(), 2, "d's tracks: {o6}");
+    }
+
+    /// A browser-shaped offer at the default track limits (a microphone, a camera and a
+    /// screen), every codec a call can carry on each line, and transport-cc.
+    fn full_offer(n: u32) -> String {
+        let fp = Fingerprint { sha256: [9; 32] }.to_sdp_value();
+        let mut o = format!(
+            "v=0\r\no=- {n} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\n"
+        );
+        let common = |mid: &str| {
+            format!(
+                "c=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=ice-ufrag:cufrag\r\na=ice-pwd:clientpasswordclientpassword\r\n\
+                 a=fingerprint:{fp}\r\na=setup:actpass\r\na=rtcp-mux\r\na=sendrecv\r\n\
+                 a=extmap:3 {}\r\n",
+                sdp::TWCC_URI
+            )
+        };
+        o += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        o += &common("0");
+        o += "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+        o += &format!("a=ssrc:{} cname:c\r\n", 10 * n);
+        for (mid, ssrc) in [("1", 10 * n + 1), ("2", 10 * n + 2)] {
+            o += "m=video 9 UDP/TLS/RTP/SAVPF 96 98 45 102\r\n";
+            o += &common(mid);
+            o += "a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                  a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+                  a=rtpmap:102 H264/90000\r\n\
+                  a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+            o += &format!("a=ssrc:{ssrc} cname:c\r\n");
+        }
+        o
+    }
+
+    /// The largest call the relay accepts (`calls.max_participants` as high as the
+    /// configuration check lets it go at the default track limits), every participant
+    /// with every track, and members coming and going until sessions hold all the lines
+    /// they may: every offer the relay writes fits one signalling message, within the
+    /// bound the check computed, and no session exceeds its lines, answering or not.
+    #[test]
+    fn every_offer_of_the_largest_accepted_call_fits_a_signalling_message() {
+        let mut c = Config::embedded().expect("embedded config parses");
+        c.auth.api_secret = SECRET.into();
+        c.media.workers = 2;
+        while c.validate().is_ok() {
+            c.calls.max_participants += 1;
+        }
+        c.calls.max_participants -= 1;
+        let max = c.calls.max_participants;
+        assert!(max >= 16, "the defaults admit the default call size");
+        let limits = c.calls.track_limits();
+        let bound = tracks::largest_offer_message_bytes(&limits, max, c.media.listen);
+        assert!(bound <= MAX_MESSAGE_BYTES);
+        let cfg = PlaneConfig::new(&c, c.media.listen, Fingerprint { sha256: [7; 32] });
+        let mut h = H::with(cfg, CallingE2ee::DisabledUserOverride);
+        let join = |h: &mut H, conn: ConnId| {
+            h.hello(conn, &format!("u{conn}"), None, "user");
+            h.text(
+                conn,
+                &ClientMessage::Join {
+                    call: "big".into(),
+                    e2ee_enabled: false,
+                    offer_sdp: full_offer(conn as u32),
+                    e2ee_scheme: Default::default(),
+                },
+            );
+        };
+        // Conn 1 answers every offer; the others never answer.
+        let mut largest = 0;
+        let mut check = |h: &mut H| {
+            for m in h.take(1) {
+                if let ServerMessage::Offer { sdp, revision } = &m {
+                    let bytes = serde_json::to_string(&m).expect("serializes").len();
+                    assert!(bytes <= bound, "{bytes} > {bound}");
+                    largest = largest.max(bytes);
+                    answer(h, 1, sdp, *revision);
+                } else if let ServerMessage::Joined { .. } = m {
+                } else {
+                    assert!(
+                        matches!(
+                            m,
+                            ServerMessage::ParticipantJoined { .. }
+                                | ServerMessage::ParticipantLeft { .. }
+                        ),
+                        "{m:?}"
+                    );
+                }
+            }
+        };
+        for conn in 1..=max as ConnId {
+            join(&mut h, conn);
+            check(&mut h);
+        }
+        assert_eq!(h.p.counts().0, max, "a full call");
+        let cap: usize = ["audio", "video"]
+            .into_iter()
+            .map(|k| limits.remote_lines(k, max))
+            .sum();
+        // Members leave and others take their place, several rounds of the whole call.
+        let mut next = max as ConnId + 1;
+        for round in 0..3 * max as ConnId {
+            let leaving = 2 + round % (max as ConnId - 1);
+            let leaving = if h.p.conns.get(&leaving).is_some_and(|c| c.peer.is_some()) {
+                leaving
+            } else {
+                h.p.conns
+                    .iter()
+                    .find(|(c, s)| **c != 1 && s.peer.is_some())
+                    .map(|(c, _)| *c)
+                    .expect("a member besides conn 1")
+            };
+            h.text(leaving, &ClientMessage::Leave);
+            check(&mut h);
+            join(&mut h, next);
+            next += 1;
+            check(&mut h);
+            for s in h.p.sessions.values() {
+                assert!(s.neg.remote.len() <= cap, "{} > {cap}", s.neg.remote.len());
+            }
+        }
+        let observer = h.peer_of(1);
+        // So many came and went that its lines are recycled (from 4 x max_participants).
+        assert!(h.p.sessions[&observer].neg.remote.len() >= (4 * max).min(cap));
+        // Every member's tracks are still offered to it (none waits for a line).
+        let active = h.p.sessions[&observer]
+            .neg
+            .remote
+            .tracks()
+            .filter(|t| t.active)
+            .count();
+        assert_eq!(active, 3 * (max - 1));
+        eprintln!("max_participants {max}: largest offer {largest} bytes, bound {bound}");
     }
 }
