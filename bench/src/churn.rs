@@ -92,7 +92,10 @@ fn offer(audio: usize, video: usize, cycle: usize) -> String {
     );
     for i in 0..audio + video {
         let (m, rtpmap) = if i < audio {
-            ("audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2\r\n")
+            (
+                "audio 9 UDP/TLS/RTP/SAVPF 111",
+                "a=rtpmap:111 opus/48000/2\r\n",
+            )
         } else {
             ("video 9 UDP/TLS/RTP/SAVPF 96", "a=rtpmap:96 VP8/90000\r\n")
         };

@@ -71,6 +71,10 @@ impl Lines {
         self.lines.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
     /// The lines' tracks, in m-line order.
     pub fn tracks(&self) -> impl Iterator<Item = &RemoteTrack> {
         self.lines.iter().map(|l| &l.track)

@@ -3985,8 +3985,8 @@ mod tests {
             .map(|k| limits.remote_lines(k, max))
             .sum();
         // Members leave and others take their place, several rounds of the whole call.
-        let mut next = max as ConnId + 1;
         for round in 0..3 * max as ConnId {
+            let next = max as ConnId + 1 + round;
             let leaving = 2 + round % (max as ConnId - 1);
             let leaving = if h.p.conns.get(&leaving).is_some_and(|c| c.peer.is_some()) {
                 leaving
@@ -4000,7 +4000,6 @@ mod tests {
             h.text(leaving, &ClientMessage::Leave);
             check(&mut h);
             join(&mut h, next);
-            next += 1;
             check(&mut h);
             for s in h.p.sessions.values() {
                 assert!(s.neg.remote.len() <= cap, "{} > {cap}", s.neg.remote.len());
