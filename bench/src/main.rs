@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod alloc;
 mod baseline;
+mod churn;
 mod gen;
 mod load;
 mod procstat;
@@ -117,6 +118,30 @@ enum Cmd {
         /// the ratio is the relay's cost beyond the cryptography any SRTP relay pays.
         #[arg(long)]
         baseline_srtp: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One connection joins and leaves a call with many tracks while another member never
+    /// answers; reports an unrelated hello's latency and the relay's CPU and RSS.
+    Churn {
+        #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal")]
+        relay: String,
+        /// The relay's auth.api_secret, to sign the clients' tokens.
+        #[arg(long, default_value = blindrelay::config::DEV_API_SECRET)]
+        api_secret: String,
+        #[arg(long, default_value_t = 175)]
+        cycles: usize,
+        /// m-lines of each join, per kind (the relay's defaults allow 1 and 2).
+        #[arg(long, default_value_t = 1)]
+        audio_tracks: usize,
+        #[arg(long, default_value_t = 2)]
+        video_tracks: usize,
+        /// Messages per second the churning connection sends.
+        #[arg(long, default_value_t = 40.0)]
+        message_rate: f64,
+        /// The relay's pid, to report its CPU and RSS from /proc.
+        #[arg(long)]
+        relay_pid: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -256,6 +281,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Churn {
+            relay,
+            api_secret,
+            cycles,
+            audio_tracks,
+            video_tracks,
+            message_rate,
+            relay_pid,
+            json,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(churn::run(churn::ChurnArgs {
+                relay,
+                api_secret,
+                cycles,
+                audio_tracks,
+                video_tracks,
+                message_rate,
+                relay_pid,
+            }))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
         Cmd::Load {
             relay,
             api_secret,

@@ -7,6 +7,7 @@
 //! - [`mls`]: the clear header of an MLS handshake message (epoch, group id, type).
 //! - [`sdp`]: the SDP subset a browser's RTCPeerConnection produces, parsed with a real parser.
 //! - [`token`]: token claims, and issuer-signed (EdDSA) tokens and their Ed25519 key files.
+//! - [`tracks`]: tracks a participant may send, and the largest offer the relay then writes.
 
 pub mod demux;
 pub mod mls;
@@ -16,4 +17,5 @@ pub mod sdp;
 pub mod signal;
 pub mod stun;
 pub mod token;
+pub mod tracks;
 pub mod twcc;

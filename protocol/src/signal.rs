@@ -254,6 +254,10 @@ pub enum ErrorCode {
     /// A join's offer, or an answer, lists an SSRC another participant of the call
     /// already sends: the relay would have to drop one of the two streams.
     SsrcInUse,
+    /// A join's offer has more m-lines (tracks) of a kind than the relay allows one
+    /// participant (`calls.max_audio_tracks`, `calls.max_video_tracks`), or lines beyond
+    /// the sizes the relay's offers are bounded for (mid, SSRCs, fmtp).
+    TooManyTracks,
     Internal,
 }
 
@@ -288,6 +292,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HelloTimeout => "hello_timeout",
             ErrorCode::SsrcInUse => "ssrc_in_use",
+            ErrorCode::TooManyTracks => "too_many_tracks",
             ErrorCode::Internal => "internal",
         }
     }

@@ -32,9 +32,11 @@ pub mod calls;
 pub mod forward;
 pub mod hop;
 pub mod ice;
+pub mod lines;
 pub mod plane;
 pub mod policy;
 pub mod report;
+pub mod ssrcs;
 pub mod token;
 
 /// Relay-internal participant handle (never shown to clients, never a metric label).

@@ -11,8 +11,10 @@
 use super::budget::{self, BudgetRate, ByteBudget, RateLimit};
 use super::calls::{CallRegistry, JoinRequest};
 use super::forward::PeerTables;
+use super::lines::Lines;
 use super::policy::CallingE2ee;
 use super::report::{MlsRefusal, RemovalReason, Report};
+use super::ssrcs::SsrcIndex;
 use super::{CallKey, PeerId};
 use crate::token::{self, Claims, TokenRules, TokenVerifier};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -25,6 +27,7 @@ use blindrelay_protocol::signal::{
     parse_client_message, CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode,
     ParticipantInfo, ServerMessage,
 };
+use blindrelay_protocol::tracks::{self, TrackLimits};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +70,8 @@ pub struct PlaneConfig {
     pub invite_ttl: Duration,
     pub park_ttl: Duration,
     pub max_call_participants: usize,
+    /// Tracks one participant may offer (`calls.max_audio_tracks`, `max_video_tracks`).
+    pub track_limits: TrackLimits,
     pub max_calls: usize,
     pub max_total_participants: usize,
     pub max_invites: usize,
@@ -280,9 +285,18 @@ struct Session {
 
 impl Session {
     /// Whether this session claims `ssrc`: its offer announced it or its answer listed it.
+    #[cfg(test)]
     fn claims_ssrc(&self, ssrc: u32) -> bool {
-        self.answer_ssrcs.contains(&ssrc)
-            || self.offer.media.iter().any(|m| m.ssrcs.contains(&ssrc))
+        self.claimed_ssrcs().any(|x| x == ssrc)
+    }
+
+    /// The SSRCs it claims (see [`Session::claims_ssrc`]), each at least once.
+    fn claimed_ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.offer
+            .media
+            .iter()
+            .flat_map(|m| m.ssrcs.iter().copied())
+            .chain(self.answer_ssrcs.iter().copied())
     }
 }
 
@@ -290,9 +304,8 @@ impl Session {
 #[derive(Debug, Default)]
 struct Negotiation {
     /// The remote tracks written into its session, in m-line order, each with its sender
-    /// and whether its m-line was inactive in the last answered offer (only such a line
-    /// may be recycled for another track).
-    remote: Vec<(RemoteTrack, PeerId, bool)>,
+    /// (bounded; see [`Lines`] for when a line may carry another track).
+    remote: Lines,
     /// Descriptions written (the answer to `join` was the first).
     version: u64,
     /// The last offer's revision.
@@ -448,6 +461,8 @@ pub struct ControlPlane {
     registry: CallRegistry,
     conns: HashMap<ConnId, Conn>,
     sessions: HashMap<PeerId, Session>,
+    /// Who claims each SSRC, per call.
+    ssrcs: SsrcIndex,
     /// MLS Delivery Service state of each group-E2EE call, by call id.
     mls: HashMap<String, MlsDs>,
     /// Authenticated connections not in a call, by `user@tenant`: who can be invited.
@@ -482,6 +497,7 @@ impl ControlPlane {
             rng: StdRng::from_seed(seed),
             conns: HashMap::new(),
             sessions: HashMap::new(),
+            ssrcs: SsrcIndex::default(),
             mls: HashMap::new(),
             lobby: BTreeMap::new(),
             invites: HashMap::new(),
@@ -906,6 +922,11 @@ impl ControlPlane {
             Ok(o) => o,
             Err(e) => return self.refuse_join(conn, ErrorCode::BadSdp, e.to_string()),
         };
+        // Every other member's offers will carry these tracks: within the bounds the
+        // relay's offers were sized for (checked before anything is set up for it).
+        if let Err(e) = self.cfg.track_limits.check_offer(&offer) {
+            return self.refuse_join(conn, ErrorCode::TooManyTracks, e.to_string());
+        }
         let numbering = Numbering::from_offer(&offer);
         if !Codec::ALL
             .into_iter()
@@ -920,10 +941,10 @@ impl ControlPlane {
         let key = user_key(&claims.sub, &claims.tenant);
         // A second session of the same identity in this call replaces the first.
         let replaced = self
-            .sessions
-            .iter()
-            .find(|(_, s)| s.call == call && s.user_key == key)
-            .map(|(p, _)| *p);
+            .registry
+            .participants(&call)
+            .into_iter()
+            .find(|p| self.sessions.get(p).is_some_and(|s| s.user_key == key));
         let policy = if claims.is_bot() {
             CallingE2ee::Disabled
         } else {
@@ -936,7 +957,7 @@ impl ControlPlane {
             .media
             .iter()
             .flat_map(|m| m.ssrcs.iter().copied())
-            .find(|x| self.ssrc_claimed(&call, *x, [replaced, None]))
+            .find(|x| self.ssrcs.claimed_by_other(&call, *x, replaced))
         {
             return self.refuse_join(
                 conn,
@@ -945,7 +966,10 @@ impl ControlPlane {
             );
         }
         let peer = self.next_peer;
-        let public_id = format!("p-{}", Alphanumeric.sample_string(&mut self.rng, 12));
+        let public_id = format!(
+            "p-{}",
+            Alphanumeric.sample_string(&mut self.rng, tracks::PUBLIC_ID_LEN - 2)
+        );
         let req = JoinRequest {
             peer,
             public_id: public_id.clone(),
@@ -977,8 +1001,8 @@ impl ControlPlane {
         }
         self.leave_lobby(conn);
         let role = role_label(&claims.role);
-        let local_ufrag = Alphanumeric.sample_string(&mut self.rng, 16);
-        let local_pwd = Alphanumeric.sample_string(&mut self.rng, 32);
+        let local_ufrag = Alphanumeric.sample_string(&mut self.rng, tracks::RELAY_UFRAG_LEN);
+        let local_pwd = Alphanumeric.sample_string(&mut self.rng, tracks::RELAY_PWD_LEN);
         let ssrcs: Vec<u32> = offer
             .media
             .iter()
@@ -1022,8 +1046,14 @@ impl ControlPlane {
             local_pwd: local_pwd.clone(),
             remote_ufrag: offer.ice_ufrag.clone(),
             fingerprint: offer.fingerprint.clone(),
-            ssrcs,
+            ssrcs: ssrcs.clone(),
         }));
+        self.ssrcs.claim(&call, peer, ssrcs);
+        let remote = Lines::new(
+            &self.cfg.track_limits,
+            self.cfg.max_call_participants,
+            4 * self.cfg.max_call_participants,
+        );
         self.sessions.insert(
             peer,
             Session {
@@ -1043,6 +1073,7 @@ impl ControlPlane {
                 keyed: false,
                 neg: Negotiation {
                     codecs,
+                    remote,
                     ..Negotiation::default()
                 },
                 answer_ssrcs: Vec::new(),
@@ -1201,6 +1232,8 @@ impl ControlPlane {
         let Some(session) = self.sessions.remove(&peer) else {
             return;
         };
+        self.ssrcs
+            .release(&session.call, peer, session.claimed_ssrcs());
         self.mls_left(&session.call, peer);
         self.out.push_back(Output::MediaRemove {
             peer,
@@ -1909,11 +1942,14 @@ impl ControlPlane {
         for (p, _) in &merged.moved {
             if let Some(s) = self.sessions.get_mut(p) {
                 s.worker = merged.worker;
-                s.call = self
+                let to = self
                     .registry
                     .call_of(peer)
                     .map(|(id, _, _)| id)
                     .unwrap_or_default();
+                let from = std::mem::replace(&mut s.call, to);
+                self.ssrcs.release(&from, *p, s.claimed_ssrcs());
+                self.ssrcs.claim(&s.call, *p, s.claimed_ssrcs());
                 self.out.push_back(Output::Move {
                     peer: *p,
                     ufrag: s.local_ufrag.clone(),
@@ -1962,7 +1998,8 @@ impl ControlPlane {
     /// other participant (in a codec it can receive), departed ones inactive. If that
     /// changed anything, offer it, or, with an offer outstanding, offer once it is
     /// answered: at most one offer is outstanding per client, and later changes fold
-    /// into the next one.
+    /// into the next one. Lines are bounded ([`Lines`]): a track no line may take yet
+    /// waits for the client's next answer, which renegotiates again.
     fn renegotiate(&mut self, peer: PeerId) {
         let others: Vec<PeerId> = self
             .registry
@@ -1975,7 +2012,6 @@ impl ControlPlane {
             .filter_map(|o| self.sessions.get(o).map(|s| (*o, s)))
             .flat_map(|(o, s)| s.tracks.iter().map(move |t| (o, s.public_id.clone(), *t)))
             .collect();
-        let recycle_after = 4 * self.cfg.max_call_participants;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
@@ -1983,23 +2019,14 @@ impl ControlPlane {
         let neg = &mut s.neg;
         // A join or leave that changes the call's codecs changes every description.
         let mut changed = neg.codecs != codecs;
-        for (t, owner, _) in neg.remote.iter_mut() {
-            if t.active
-                && !desired
-                    .iter()
-                    .any(|(o, _, d)| o == owner && d.ssrc == t.ssrc)
-            {
-                t.active = false;
-                changed = true;
-            }
-        }
+        changed |= neg.remote.retire(|owner, ssrc| {
+            desired
+                .iter()
+                .any(|(o, _, d)| *o == owner && d.ssrc == ssrc)
+        });
+        let mut waiting = 0;
         for (o, stream, d) in desired {
-            if !receives.receives_kind(d.kind)
-                || neg
-                    .remote
-                    .iter()
-                    .any(|(t, ow, _)| t.active && *ow == o && t.ssrc == d.ssrc)
-            {
+            if !receives.receives_kind(d.kind) || neg.remote.has_active(o, d.ssrc) {
                 continue;
             }
             let track = RemoteTrack {
@@ -2009,23 +2036,18 @@ impl ControlPlane {
                 ssrc: d.ssrc,
                 active: true,
             };
-            neg.next_mid += 1;
-            // New tracks get new m-lines: webrtcbin (GStreamer 1.22) cannot take a
-            // recycled one. Only a session that has collected many inactive lines
-            // recycles them, so churn cannot grow it without bound.
-            let recycle = neg.remote.len() >= recycle_after;
-            match neg
-                .remote
-                .iter_mut()
-                .filter(|_| recycle)
-                .find(|(t, _, settled)| !t.active && *settled && t.kind == d.kind)
-            {
-                Some(slot) => *slot = (track, o, false),
-                None => neg.remote.push((track, o, false)),
+            if neg.remote.place(track, o) {
+                neg.next_mid += 1;
+                changed = true;
+            } else {
+                // No line may take it until the client answers: the answer renegotiates.
+                waiting += 1;
             }
-            changed = true;
         }
-        if !changed {
+        if waiting > 0 {
+            debug!(waiting, "tracks wait for the client to settle lines");
+        }
+        if !changed && !neg.dirty {
             return;
         }
         if neg.outstanding.is_some() {
@@ -2060,7 +2082,8 @@ impl ControlPlane {
         s.neg.revision += 1;
         s.neg.version += 1;
         s.neg.dirty = false;
-        let remote: Vec<RemoteTrack> = s.neg.remote.iter().map(|(t, _, _)| t.clone()).collect();
+        let remote: Vec<RemoteTrack> = s.neg.remote.tracks().cloned().collect();
+        s.neg.remote.offered(s.neg.revision);
         let sdp = sdp::write_relay_description(
             &s.offer,
             &s.numbering.restricted(&codecs),
@@ -2089,14 +2112,6 @@ impl ControlPlane {
         self.send(conn, ServerMessage::Offer { sdp, revision });
     }
 
-    /// Whether a participant of `call` other than those in `except` claims `ssrc` (see
-    /// [`Session::claims_ssrc`]).
-    fn ssrc_claimed(&self, call: &str, ssrc: u32, except: [Option<PeerId>; 2]) -> bool {
-        self.sessions
-            .iter()
-            .any(|(p, s)| !except.contains(&Some(*p)) && s.call == call && s.claims_ssrc(ssrc))
-    }
-
     /// A client's answer to the relay's outstanding offer.
     fn answer(&mut self, conn: ConnId, sdp: &str, revision: u64) {
         let Some(peer) = self.joined_peer(conn) else {
@@ -2121,11 +2136,27 @@ impl ControlPlane {
             Ok(ssrcs) => ssrcs,
             Err((code, msg)) => return self.error(conn, code, msg),
         };
+        // What a participant claims is bounded: the SSRC index grows with it.
+        let lines = s
+            .neg
+            .outstanding
+            .as_ref()
+            .map_or(0, |(_, mids, _)| mids.len());
+        if answer_ssrcs.len() > 2 * lines + tracks::MAX_SSRCS_PER_LINE {
+            return self.error(
+                conn,
+                ErrorCode::BadSdp,
+                format!(
+                    "answer to offer {revision}: {} SSRCs for {lines} m-lines",
+                    answer_ssrcs.len()
+                ),
+            );
+        }
         let call = s.call.clone();
         if let Some(ssrc) = answer_ssrcs
             .iter()
             .copied()
-            .find(|x| self.ssrc_claimed(&call, *x, [Some(peer), None]))
+            .find(|x| self.ssrcs.claimed_by_other(&call, *x, Some(peer)))
         {
             // Refused like a malformed answer: the offer stays outstanding.
             return self.error(
@@ -2137,7 +2168,10 @@ impl ControlPlane {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        self.ssrcs.release(&call, peer, s.claimed_ssrcs());
         s.answer_ssrcs = answer_ssrcs;
+        self.ssrcs.claim(&call, peer, s.claimed_ssrcs());
+        s.neg.remote.answered(revision);
         if let Some((_, _, active)) = s.neg.outstanding.take() {
             s.neg.receiving = active;
             if s.keyed {
@@ -2148,15 +2182,8 @@ impl ControlPlane {
                 });
             }
         }
-        let Some(s) = self.sessions.get_mut(&peer) else {
-            return;
-        };
-        for (t, _, settled) in s.neg.remote.iter_mut() {
-            *settled = !t.active;
-        }
-        if s.neg.dirty {
-            self.send_offer(peer);
-        }
+        // Offer what changed meanwhile, and tracks that waited for a settled line.
+        self.renegotiate(peer);
     }
 }
 
@@ -2165,6 +2192,7 @@ mod tests {
     //! The control plane on a virtual clock: no sockets, no sleeps, microseconds a test.
     use super::*;
     use blindrelay_protocol::sdp::{build_offer, OfferParams};
+    use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 
     const SECRET: &str = "unit-test-secret-0123456789";
 
@@ -2183,6 +2211,7 @@ mod tests {
             invite_ttl: Duration::from_secs(120),
             park_ttl: Duration::from_secs(120),
             max_call_participants: 16,
+            track_limits: blindrelay_protocol::tracks::TrackLimits { audio: 1, video: 2 },
             max_calls: 10_000,
             max_total_participants: 20_000,
             max_invites: 10_000,
@@ -4057,5 +4086,198 @@ mod tests {
         assert_eq!(o4.matches("m=").count(), 8, "{o4}");
         assert_eq!(o4.matches("a=sendonly").count(), 4);
         assert!(o4.contains("a=mid:r4") && o4.contains("a=mid:r5"), "{o4}");
+    }
+
+    /// The mids of a description's m-lines, in order.
+    fn mids_of(sdp: &str) -> Vec<String> {
+        sdp.split("\r\n")
+            .filter_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A line is settled (free to carry another track) only once the client has answered
+    /// an offer in which it is inactive: an answer to an offer that still showed it active
+    /// settles nothing, even if its sender has left since.
+    #[test]
+    fn a_line_is_reused_only_after_an_answer_to_an_offer_showing_it_inactive() {
+        let mut c = cfg();
+        // Lines are recycled from 4 x max_call_participants = 8 on; the per-kind bound
+        // on lines (more than 8 here) does not come first.
+        c.max_call_participants = 2;
+        c.track_limits = TrackLimits { audio: 4, video: 4 };
+        let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+        for (c, u) in [(1, "a"), (2, "b"), (3, "d")] {
+            h.hello(c, u, None, "user");
+        }
+        h.join(1, "x", false);
+        h.join(2, "x", false);
+        let (o, r) = offer_of(&h.take(1));
+        answer(&mut h, 1, &o, r);
+        // b leaves and comes back until a's session has 8 remote lines, all answered.
+        for _ in 0..3 {
+            h.text(2, &ClientMessage::Leave);
+            let (o, r) = offer_of(&h.take(1));
+            answer(&mut h, 1, &o, r);
+            h.join(2, "x", false);
+            let (o, r) = offer_of(&h.take(1));
+            answer(&mut h, 1, &o, r);
+        }
+        h.text(2, &ClientMessage::Leave);
+        let (o, r) = offer_of(&h.take(1));
+        assert_eq!(mids_of(&o).len(), 2 + 8, "{o}");
+        answer(&mut h, 1, &o, r);
+        // b's next tracks recycle the first two lines (settled: inactive in an answer).
+        h.join(2, "x", false);
+        let (o4, r4) = offer_of(&h.take(1));
+        let slot0 = mids_of(&o4)[2].clone();
+        assert_eq!(slot0, "r8", "{o4}");
+        // b leaves before a answers the offer showing its tracks on those lines: a's
+        // answer to it says nothing about them being inactive.
+        h.text(2, &ClientMessage::Leave);
+        answer(&mut h, 1, &o4, r4);
+        let (o5, r5) = offer_of(&h.take(1));
+        assert_eq!(mids_of(&o5)[2], slot0, "inactive, awaiting an answer: {o5}");
+        // d joins while that offer is unanswered: its tracks may not take those lines.
+        h.join(3, "x", false);
+        answer(&mut h, 1, &o5, r5);
+        let (o6, _) = offer_of(&h.take(1));
+        let mids = mids_of(&o6);
+        assert_eq!(
+            mids[2], slot0,
+            "a line the client has not yet seen inactive was reused: {o6}"
+        );
+        assert_eq!(o6.matches("a=sendonly").count(), 2, "d's tracks: {o6}");
+    }
+
+    /// A browser-shaped offer at the default track limits (a microphone, a camera and a
+    /// screen), every codec a call can carry on each line, and transport-cc.
+    fn full_offer(n: u32) -> String {
+        let fp = Fingerprint { sha256: [9; 32] }.to_sdp_value();
+        let mut o = format!(
+            "v=0\r\no=- {n} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\n"
+        );
+        let common = |mid: &str| {
+            format!(
+                "c=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=ice-ufrag:cufrag\r\na=ice-pwd:clientpasswordclientpassword\r\n\
+                 a=fingerprint:{fp}\r\na=setup:actpass\r\na=rtcp-mux\r\na=sendrecv\r\n\
+                 a=extmap:3 {}\r\n",
+                sdp::TWCC_URI
+            )
+        };
+        o += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        o += &common("0");
+        o += "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+        o += &format!("a=ssrc:{} cname:c\r\n", 10 * n);
+        for (mid, ssrc) in [("1", 10 * n + 1), ("2", 10 * n + 2)] {
+            o += "m=video 9 UDP/TLS/RTP/SAVPF 96 98 45 102\r\n";
+            o += &common(mid);
+            o += "a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                  a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+                  a=rtpmap:102 H264/90000\r\n\
+                  a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+            o += &format!("a=ssrc:{ssrc} cname:c\r\n");
+        }
+        o
+    }
+
+    /// The largest call the relay accepts (`calls.max_participants` as high as the
+    /// configuration check lets it go at the default track limits), every participant
+    /// with every track, and members coming and going until sessions hold all the lines
+    /// they may: every offer the relay writes fits one signalling message, within the
+    /// bound the check computed, and no session exceeds its lines, answering or not.
+    #[test]
+    fn every_offer_of_the_largest_accepted_call_fits_a_signalling_message() {
+        // The relay's configuration check (relay/src/config.rs `validate_tracks`) admits
+        // a call size while this bound fits one message: the largest it admits.
+        let mut cfg = cfg();
+        let limits = cfg.track_limits;
+        let media = cfg.media_addr;
+        let mut max = 2;
+        while tracks::largest_offer_message_bytes(&limits, max + 1, media) <= MAX_MESSAGE_BYTES {
+            max += 1;
+        }
+        assert!(max >= 16, "the defaults admit the default call size");
+        let bound = tracks::largest_offer_message_bytes(&limits, max, media);
+        assert!(bound <= MAX_MESSAGE_BYTES);
+        cfg.max_call_participants = max;
+        cfg.max_total_participants = cfg.max_total_participants.max(max);
+        let mut h = H::with(cfg, CallingE2ee::DisabledUserOverride);
+        let join = |h: &mut H, conn: ConnId| {
+            h.hello(conn, &format!("u{conn}"), None, "user");
+            h.text(
+                conn,
+                &ClientMessage::Join {
+                    call: "big".into(),
+                    e2ee_enabled: false,
+                    offer_sdp: full_offer(conn as u32),
+                    e2ee_scheme: Default::default(),
+                },
+            );
+        };
+        // Conn 1 answers every offer; the others never answer.
+        let mut largest = 0;
+        let mut check = |h: &mut H| {
+            for m in h.take(1) {
+                if let ServerMessage::Offer { sdp, revision } = &m {
+                    let bytes = serde_json::to_string(&m).expect("serializes").len();
+                    assert!(bytes <= bound, "{bytes} > {bound}");
+                    largest = largest.max(bytes);
+                    answer(h, 1, sdp, *revision);
+                } else if let ServerMessage::Joined { .. } = m {
+                } else {
+                    assert!(
+                        matches!(
+                            m,
+                            ServerMessage::ParticipantJoined { .. }
+                                | ServerMessage::ParticipantLeft { .. }
+                        ),
+                        "{m:?}"
+                    );
+                }
+            }
+        };
+        for conn in 1..=max as ConnId {
+            join(&mut h, conn);
+            check(&mut h);
+        }
+        assert_eq!(h.p.counts().0, max, "a full call");
+        let cap: usize = ["audio", "video"]
+            .into_iter()
+            .map(|k| limits.remote_lines(k, max))
+            .sum();
+        // Members leave and others take their place, several rounds of the whole call.
+        for round in 0..3 * max as ConnId {
+            let next = max as ConnId + 1 + round;
+            let leaving = 2 + round % (max as ConnId - 1);
+            let leaving = if h.p.conns.get(&leaving).is_some_and(|c| c.peer.is_some()) {
+                leaving
+            } else {
+                h.p.conns
+                    .iter()
+                    .find(|(c, s)| **c != 1 && s.peer.is_some())
+                    .map(|(c, _)| *c)
+                    .expect("a member besides conn 1")
+            };
+            h.text(leaving, &ClientMessage::Leave);
+            check(&mut h);
+            join(&mut h, next);
+            check(&mut h);
+            for s in h.p.sessions.values() {
+                assert!(s.neg.remote.len() <= cap, "{} > {cap}", s.neg.remote.len());
+            }
+        }
+        let observer = h.peer_of(1);
+        // So many came and went that its lines are recycled (from 4 x max_participants).
+        assert!(h.p.sessions[&observer].neg.remote.len() >= (4 * max).min(cap));
+        // Every member's tracks are still offered to it (none waits for a line).
+        let active = h.p.sessions[&observer]
+            .neg
+            .remote
+            .tracks()
+            .filter(|t| t.active)
+            .count();
+        assert_eq!(active, 3 * (max - 1));
+        eprintln!("max_participants {max}: largest offer {largest} bytes, bound {bound}");
     }
 }

@@ -8,6 +8,7 @@ use crate::token::{TokenRules, TokenVerifier, DEFAULT_MAX_TTL};
 use blindrelay_protocol::sdp::Fingerprint;
 use blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 use blindrelay_protocol::token::{kid_of, read_ed25519_public, MAX_KID_BYTES};
+use blindrelay_protocol::tracks::{self, TrackLimits};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -286,6 +287,11 @@ impl std::fmt::Debug for AuthConfig {
 pub struct CallsConfig {
     /// Largest number of participants in one call.
     pub max_participants: usize,
+    /// Tracks (m-lines) one participant may offer, per kind. With `max_participants`
+    /// they bound every offer the relay writes, which must fit one signalling message
+    /// (checked in [`Config::validate`]).
+    pub max_audio_tracks: usize,
+    pub max_video_tracks: usize,
     /// Calls and participants on the whole relay.
     pub max_calls: usize,
     pub max_total_participants: usize,
@@ -299,6 +305,16 @@ pub struct CallsConfig {
     pub max_parked: usize,
     /// Wrong pickup codes one user may try per minute before retrieve is refused.
     pub retrieve_attempts_per_minute: u32,
+}
+
+impl CallsConfig {
+    /// Tracks one participant may offer.
+    pub fn track_limits(&self) -> TrackLimits {
+        TrackLimits {
+            audio: self.max_audio_tracks,
+            video: self.max_video_tracks,
+        }
+    }
 }
 
 /// Smallest `capture.max_bytes`: the pcap file header, so a capture is always a valid file.
@@ -385,6 +401,8 @@ impl Default for CallsConfig {
     fn default() -> Self {
         CallsConfig {
             max_participants: 16,
+            max_audio_tracks: 1,
+            max_video_tracks: 2,
             max_calls: 10_000,
             max_total_participants: 20_000,
             invite_ttl: Duration::from_secs(120),
@@ -545,6 +563,7 @@ impl Config {
                 message: "must be at least 2".into(),
             });
         }
+        self.validate_tracks()?;
         for o in &self.signal.allowed_origins {
             if !is_origin(o) {
                 return Err(ConfigError::Invalid {
@@ -645,6 +664,7 @@ impl Config {
             invite_ttl: self.calls.invite_ttl,
             park_ttl: self.calls.park_ttl,
             max_call_participants: self.calls.max_participants,
+            track_limits: self.calls.track_limits(),
             max_calls: self.calls.max_calls,
             max_total_participants: self.calls.max_total_participants,
             max_invites: self.calls.max_invites,
@@ -661,6 +681,41 @@ impl Config {
             media_addr,
             fingerprint,
         }
+    }
+
+    /// Tracks per participant: at least one of each kind, and few enough that the largest
+    /// offer the relay can write to a member of a full call (built by
+    /// [`tracks::largest_offer_message_bytes`]) fits one signalling message. A member's
+    /// answer mirrors that offer, and an answer over the limit would leave the call's
+    /// renegotiation stuck, so such a configuration is refused at start.
+    fn validate_tracks(&self) -> Result<(), ConfigError> {
+        for (key, n) in [
+            ("calls.max_audio_tracks", self.calls.max_audio_tracks),
+            ("calls.max_video_tracks", self.calls.max_video_tracks),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        let limits = self.calls.track_limits();
+        let bytes = tracks::largest_offer_message_bytes(
+            &limits,
+            self.calls.max_participants,
+            self.media.listen,
+        );
+        if bytes > MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "calls.max_participants",
+                message: format!(
+                    "{} participants with {} audio and {} video tracks each make offers of up to {bytes} bytes, over the {MAX_MESSAGE_BYTES}-byte signalling message limit; lower calls.max_participants, calls.max_audio_tracks or calls.max_video_tracks",
+                    self.calls.max_participants, limits.audio, limits.video
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Forwarding loops to run.
@@ -761,10 +816,13 @@ broadcast_burst_bytes = 123839
 ",
                 "signal.broadcast_burst_bytes",
             ),
-            // A larger call needs a larger burst than the default.
+            // A larger call needs a larger burst: 18 (the most the track limits admit)
+            // need (8192 + 64) * 17.
             (
                 "[calls]
-max_participants = 40
+max_participants = 18
+[signal]
+broadcast_burst_bytes = 140351
 ",
                 "signal.broadcast_burst_bytes",
             ),

@@ -296,8 +296,13 @@ impl RawParticipant {
         let Some(ServerMessage::Offer { sdp, revision }) = offer else {
             panic!("no offer from the relay");
         };
+        self.answer(&sdp, revision).await;
+    }
+
+    /// Answer the relay's offer `sdp` with `revision`.
+    pub async fn answer(&mut self, sdp: &str, revision: u64) {
         let answer = sdp::answer_relay_offer(
-            &sdp,
+            sdp,
             &self.ufrag,
             RAW_ICE_PWD,
             self.offer_identity.fingerprint(),

@@ -250,3 +250,94 @@ async fn e2ee_blobs_relay_opaquely_and_leave_notifies_the_peer() {
     );
     relay.shutdown().await;
 }
+
+/// A join whose offer has 880 m-lines (57 KB, within the message limit) is refused
+/// `too_many_tracks` before the relay sets anything up for it, and nobody is disconnected:
+/// the members keep their sessions, the refused connection joins with a normal offer,
+/// and the members' next offers (its tracks) arrive and are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_with_880_m_lines_is_refused_and_nobody_is_disconnected() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let mut alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut bob = raw_join(&url, &token(&cfg, "bob", None, "user"), "c").await;
+    alice.answer_offer().await;
+    bob.answer_offer().await;
+
+    let mut mallory = hello(&url, &token(&cfg, "mallory", None, "user")).await;
+    let identity = blindrelay_transport::DtlsIdentity::generate().expect("identity");
+    let mut huge = format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:mal\r\n\
+         a=ice-pwd:malpasswordmalpassword00\r\na=fingerprint:{}\r\na=rtcp-mux\r\n",
+        identity.fingerprint().to_sdp_value()
+    );
+    for i in 0..880u32 {
+        let kind = if i % 2 == 0 {
+            "audio 9 UDP/TLS/RTP/SAVPF 111"
+        } else {
+            "video 9 UDP/TLS/RTP/SAVPF 96"
+        };
+        huge += &format!("m={kind}\r\na=mid:{i}\r\na=ssrc:{} cname:m\r\n", 90_000 + i);
+    }
+    let join = ClientMessage::Join {
+        call: "c".into(),
+        e2ee_enabled: false,
+        offer_sdp: huge,
+        e2ee_scheme: Default::default(),
+    };
+    let bytes = serde_json::to_string(&join).expect("serializes").len();
+    assert!(
+        (50_000..MAX_MESSAGE_BYTES).contains(&bytes),
+        "a join of {bytes} bytes: within the message limit"
+    );
+    mallory.send(&join).await.expect("send");
+    expect_error(&mut mallory, ErrorCode::TooManyTracks).await;
+
+    // The refused connection is still signed in and may join with a normal offer.
+    mallory
+        .send(&ClientMessage::Join {
+            call: "c".into(),
+            e2ee_enabled: false,
+            offer_sdp: offer(&identity, "mal", 77),
+            e2ee_scheme: Default::default(),
+        })
+        .await
+        .expect("send");
+    match next_reply(&mut mallory).await {
+        ServerMessage::Joined { participants, .. } => assert_eq!(participants.len(), 2),
+        m => panic!("expected joined, got {m:?}"),
+    }
+    // The members renegotiate with the newcomer; none of their lines went inactive.
+    for m in [&mut alice, &mut bob] {
+        let offer = m
+            .wait_for(std::time::Duration::from_secs(5), |msg| {
+                matches!(msg, ServerMessage::Offer { .. })
+            })
+            .await;
+        let Some(ServerMessage::Offer { sdp, revision }) = offer else {
+            panic!("a member's next offer did not arrive");
+        };
+        assert_eq!(sdp.matches("a=sendonly").count(), 4, "{sdp}");
+        assert!(!sdp.contains("a=inactive"), "{sdp}");
+        m.answer(&sdp, revision).await;
+    }
+    let m = scrape(&relay).await;
+    assert_eq!(
+        metric(&m, "blindrelay_joins_total{result=\"too_many_tracks\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "blindrelay_joins_total{result=\"ok\"}"), 3.0);
+    // Nobody removed, no connection closed.
+    for prefix in [
+        "blindrelay_participants_removed_total",
+        "blindrelay_signalling_closed_total",
+    ] {
+        let n: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(n, 0.0, "{prefix}");
+    }
+}
