@@ -243,6 +243,13 @@ async fn a_reader_that_stops_is_cut_off_for_its_own_slowness() {
             )
             .is_some_and(|v| v >= 1.0)
                 && metric(m, "blindrelay_participants{role=\"user\"}") == 2.0
+                // The removal is counted by the driver after the close it follows; its
+                // series appears with that count (asserted exactly below).
+                && series(
+                    m,
+                    "blindrelay_participants_removed_total{reason=\"signalling_lost\"}",
+                )
+                .is_some()
         },
     )
     .await;
