@@ -26,7 +26,6 @@ fn the_core_depends_on_no_io_crate() {
     let out = Command::new(env!("CARGO"))
         .args([
             "tree",
-            "--offline",
             "--manifest-path",
             manifest,
             "-p",
