@@ -202,6 +202,12 @@ pub fn is_keyframe_request(p: &RtcpPacket<'_>) -> bool {
     p.packet_type == PT_PSFB && (p.fmt == 1 || p.fmt == 4)
 }
 
+/// How many lost-packet entries (PID + BLP, up to 17 packets each) a generic NACK
+/// (RFC 4585 §6.2.1) carries; `None` for any other packet.
+pub fn nack_entries(p: &RtcpPacket<'_>) -> Option<usize> {
+    (p.packet_type == PT_RTPFB && p.fmt == 1).then(|| p.bytes.len().saturating_sub(12) / 4)
+}
+
 /// The report blocks of a receiver report: (source SSRC, the 24-byte block).
 pub fn report_blocks<'a>(rr: &RtcpPacket<'a>) -> impl Iterator<Item = (u32, &'a [u8])> {
     let n = if rr.packet_type == PT_RR {

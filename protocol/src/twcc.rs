@@ -38,9 +38,20 @@ impl SeqUnwrapper {
     }
 }
 
+/// Longest run a run-length chunk describes (13 bits).
+const MAX_RUN: usize = 0x1fff;
+
+/// Symbols in a two-bit status vector chunk.
+const VECTOR: usize = 7;
+
 /// Write one feedback packet about `arrivals` (sorted by sequence number, no duplicates,
 /// spanning at most [`MAX_STATUS`]) into `out`, which is cleared first. `fb_count`
 /// numbers the feedback packets. Returns false (and writes nothing) for no arrivals.
+///
+/// Runs of one status take a run-length chunk, so a feedback costs at most
+/// [`max_feedback_len`] bytes: its size follows the packets it acknowledges, never the
+/// gaps between their sequence numbers (two packets 4,000 apart would otherwise take
+/// 1.2 KB of status vectors, a sender's way to make the relay send more than it sent).
 pub fn write_feedback(
     out: &mut Vec<u8>,
     sender_ssrc: u32,
@@ -52,7 +63,7 @@ pub fn write_feedback(
     let (Some(first), Some(last)) = (arrivals.first(), arrivals.last()) else {
         return false;
     };
-    let count = (last.seq - first.seq + 1).min(MAX_STATUS);
+    let count = (last.seq - first.seq + 1).min(MAX_STATUS) as usize;
     let ref_time = first.at_us.div_euclid(64_000);
     out.extend_from_slice(&[0x80 | FMT_TRANSPORT_CC, PT_RTPFB, 0, 0]);
     out.extend_from_slice(&sender_ssrc.to_be_bytes());
@@ -62,46 +73,61 @@ pub fn write_feedback(
     let rt = (ref_time as u32) & 0x00ff_ffff;
     out.extend_from_slice(&rt.to_be_bytes()[1..4]);
     out.push(fb_count);
-    // Status symbols, 2 bits each, 7 to a status vector chunk: 0 not received, 1 received
-    // with a one-byte delta, 2 received with a two-byte delta.
+    // Status symbols: 0 not received, 1 received with a one-byte delta, 2 received with
+    // a two-byte delta. On the stack: this runs on the packet path, which allocates
+    // nothing.
+    let mut syms = [0u8; MAX_STATUS as usize];
     let mut prev_us = ref_time * 64_000;
-    // Chunks first: count them, reserve, then fill while writing deltas after them.
-    let chunks = count.div_ceil(7) as usize;
-    out.resize(out.len() + 2 * chunks, 0);
-    let mut next = 0usize;
-    let mut symbols = [0u8; 7];
-    let mut in_chunk = 0usize;
-    let mut chunk_i = 0usize;
-    for i in 0..count {
-        let seq = first.seq + i;
-        let sym = if arrivals.get(next).is_some_and(|a| a.seq == seq) {
-            let a = arrivals[next];
-            next += 1;
-            let d = (a.at_us - prev_us + 125).div_euclid(250);
-            prev_us += d * 250;
-            if (0..=255).contains(&d) {
-                out.push(d as u8);
-                1
-            } else {
-                let d = d.clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16;
-                out.extend_from_slice(&d.to_be_bytes());
-                2
-            }
+    let deltas = |a: &Arrival, prev_us: &mut i64| {
+        let d = (a.at_us - *prev_us + 125).div_euclid(250);
+        *prev_us += d * 250;
+        d
+    };
+    let mut p = prev_us;
+    for a in arrivals {
+        let i = (a.seq - first.seq) as usize;
+        if i >= count {
+            break;
+        }
+        syms[i] = if (0..=255).contains(&deltas(a, &mut p)) {
+            1
         } else {
-            0
+            2
         };
-        symbols[in_chunk] = sym;
-        in_chunk += 1;
-        if in_chunk == 7 || i + 1 == count {
+    }
+    // Chunks: a run of 7 or more equal symbols is one run-length chunk; anything else is
+    // a two-bit status vector chunk of the next 7 (past `count` they are padding the
+    // receiver ignores).
+    let mut i = 0;
+    while i < count {
+        let s = syms[i];
+        let run = syms[i..count.min(i + MAX_RUN)]
+            .iter()
+            .take_while(|x| **x == s)
+            .count();
+        let chunk: u16 = if run >= VECTOR {
+            i += run;
+            (u16::from(s) << 13) | run as u16
+        } else {
             let mut c: u16 = 0b11 << 14;
-            for (k, s) in symbols.iter().take(in_chunk).enumerate() {
+            for (k, s) in syms[i..count.min(i + VECTOR)].iter().enumerate() {
                 c |= u16::from(*s) << (12 - 2 * k);
             }
-            let at = 20 + 2 * chunk_i;
-            out[at..at + 2].copy_from_slice(&c.to_be_bytes());
-            chunk_i += 1;
-            in_chunk = 0;
-            symbols = [0; 7];
+            i += VECTOR;
+            c
+        };
+        out.extend_from_slice(&chunk.to_be_bytes());
+    }
+    for a in arrivals {
+        if a.seq - first.seq >= count as u64 {
+            break;
+        }
+        let d = deltas(a, &mut prev_us);
+        if (0..=255).contains(&d) {
+            out.push(d as u8);
+        } else {
+            let d = d.clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16;
+            out.extend_from_slice(&d.to_be_bytes());
         }
     }
     // Pad to 32 bits, RTCP style: P bit, the last byte says how many.
@@ -117,6 +143,13 @@ pub fn write_feedback(
     true
 }
 
+/// The most bytes [`write_feedback`] writes for `arrivals` packets: the 20-byte header,
+/// per packet at most a status vector chunk, a run-length chunk for the gap after it and
+/// a two-byte delta, and 3 bytes of padding.
+pub const fn max_feedback_len(arrivals: usize) -> usize {
+    20 + 6 * arrivals + 3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,17 +161,23 @@ mod tests {
         let base = u16::from_be_bytes([p[12], p[13]]);
         let count = u16::from_be_bytes([p[14], p[15]]);
         let rt = i64::from(u32::from_be_bytes([0, p[16], p[17], p[18]]));
-        let chunks = (count as usize).div_ceil(7);
         let mut syms = Vec::new();
-        for c in 0..chunks {
-            let v = u16::from_be_bytes([p[20 + 2 * c], p[21 + 2 * c]]);
-            assert_eq!(v >> 14, 0b11, "two-bit status vector chunk");
-            for k in 0..7 {
-                syms.push((v >> (12 - 2 * k)) & 0b11);
+        let mut at = 20;
+        while syms.len() < count as usize {
+            let v = u16::from_be_bytes([p[at], p[at + 1]]);
+            at += 2;
+            if v >> 15 == 0 {
+                // Run-length chunk: the symbol, then how many.
+                let s = (v >> 13) & 0b11;
+                syms.extend(std::iter::repeat_n(s, usize::from(v & 0x1fff)));
+            } else {
+                assert_eq!(v >> 14, 0b11, "two-bit status vector chunk");
+                for k in 0..7 {
+                    syms.push((v >> (12 - 2 * k)) & 0b11);
+                }
             }
         }
         syms.truncate(count as usize);
-        let mut at = 20 + 2 * chunks;
         let mut t = rt * 64_000;
         let mut out = Vec::new();
         for s in syms {
@@ -203,6 +242,87 @@ mod tests {
         );
         assert!(!write_feedback(&mut out, 1, 2, 0, &[]));
         assert!(out.is_empty());
+    }
+
+    /// Arrivals from a seed: sorted, no duplicates, within MAX_STATUS, gaps and time
+    /// jumps of every size.
+    fn arrivals(seed: u64, n: usize) -> Vec<Arrival> {
+        let mut x = seed;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut seq = 100_000u64;
+        let mut at_us = 5_000_000i64;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let gap = match next() % 4 {
+                0 => 1,
+                1 => 1 + next() % 8,
+                2 => 1 + next() % 40,
+                _ => 1 + next() % 600,
+            };
+            if seq + gap - 100_000 >= MAX_STATUS {
+                break;
+            }
+            seq += gap;
+            at_us += (next() % 400_000) as i64 - 20_000;
+            out.push(Arrival { seq, at_us });
+        }
+        out
+    }
+
+    #[test]
+    fn feedback_size_follows_the_packets_not_the_gaps() {
+        // Two packets 4,000 apart: a run-length chunk, not 572 status vector chunks.
+        let two = [
+            Arrival {
+                seq: 1_000,
+                at_us: 0,
+            },
+            Arrival {
+                seq: 5_000,
+                at_us: 1_000,
+            },
+        ];
+        let mut out = Vec::new();
+        assert!(write_feedback(&mut out, 1, 2, 0, &two));
+        assert!(out.len() <= max_feedback_len(2), "{} bytes", out.len());
+        let (_, count, _, got) = parse(&out);
+        assert_eq!(count, 4_001);
+        assert_eq!(got.iter().filter(|s| s.is_some()).count(), 2);
+        assert_eq!((got[0], got[4_000]), (Some(0), Some(1_000)));
+        // Any pattern: within the bound, and it reads back to the arrivals (to 250 µs).
+        for seed in 1..400u64 {
+            let a = arrivals(seed, 1 + (seed as usize % 300));
+            assert!(write_feedback(&mut out, 1, 2, 0, &a));
+            assert!(
+                out.len() <= max_feedback_len(a.len()),
+                "seed {seed}: {} bytes for {} packets",
+                out.len(),
+                a.len()
+            );
+            let (base, count, _, got) = parse(&out);
+            assert_eq!(base, a[0].seq as u16);
+            assert_eq!(u64::from(count), a[a.len() - 1].seq - a[0].seq + 1);
+            let received: Vec<(u64, i64)> = got
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.map(|t| (a[0].seq + i as u64, t)))
+                .collect();
+            assert_eq!(received.len(), a.len(), "seed {seed}");
+            for ((seq, t), want) in received.iter().zip(&a) {
+                assert_eq!(*seq, want.seq);
+                // Deltas are clamped to 16 bits of 250 µs; these jumps stay inside.
+                assert!(
+                    (t - want.at_us).abs() <= 125,
+                    "seed {seed}: {t} vs {}",
+                    want.at_us
+                );
+            }
+        }
     }
 
     #[test]

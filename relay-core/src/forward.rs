@@ -171,6 +171,17 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// few video streams; with every slot inside its interval, a request about yet another
 /// stream is coalesced too, so a sender is asked at most this many times an interval.
 const KEYFRAME_SLOTS: usize = 4;
+/// Lost-packet entries (PID + BLP: up to 17 packets each) a receiver's NACKs may carry
+/// per second, across every stream it receives, and as a burst. libwebrtc asks for each
+/// lost packet a few times, an RTT apart: 10 % loss on 1,000 packets a second received
+/// needs about 300. Beyond it a NACK is dropped and counted, so one receiver cannot turn
+/// a sender's uplink into a retransmission storm (a 206 KB NACK storm reached its victim
+/// before this limit).
+pub const NACK_ENTRIES_PER_SECOND: u64 = 500;
+const NACK_ENTRIES_BURST: u64 = 500;
+/// NACK budget units per entry: a microsecond earns [`NACK_ENTRIES_PER_SECOND`] units,
+/// so the budget is exact integer arithmetic.
+const NACK_UNIT: u64 = 1_000_000;
 /// Arrivals held per sender between feedback packets.
 const TWCC_PENDING: usize = 256;
 const NO: u8 = 0xff;
@@ -262,6 +273,10 @@ struct PeerMedia<H> {
     last_pli: Option<Instant>,
     /// The streams of this participant receivers last asked a keyframe of, and when.
     keyframe_asked: [(u32, Option<Instant>); KEYFRAME_SLOTS],
+    /// NACK entries this participant may still send as a receiver, and when that was
+    /// last refilled (see [`NACK_ENTRIES_PER_SECOND`]).
+    nack_tokens: u64,
+    nack_at: Option<Instant>,
     /// The remote streams this participant has been sent a packet with media in (a
     /// subset of `tables.receiving`, capacity reserved when that is set, so recording
     /// one never allocates on the packet path): until then, padding-only packets of the
@@ -420,6 +435,8 @@ impl<H: HopCipher> Forwarder<H> {
                 pli_due: false,
                 last_pli: None,
                 keyframe_asked: [(0, None); KEYFRAME_SLOTS],
+                nack_tokens: NACK_ENTRIES_BURST * NACK_UNIT,
+                nack_at: None,
                 media_started: Vec::new(),
                 claimed: 0,
                 activity_at: None,
@@ -741,6 +758,12 @@ impl<H: HopCipher> Forwarder<H> {
                                 Err(DropReason::KeyframeRequestLimited)
                             }
                         }
+                        (Some(o), Some(now)) => match rtcp::nack_entries(&p) {
+                            Some(n) if !peers.get_mut(&from).is_none_or(|m| nack(m, n, now)) => {
+                                Err(DropReason::NackLimited)
+                            }
+                            _ => Ok(Some(o)),
+                        },
                         (t, _) => Ok(t),
                     })
                     .map(|target| {
@@ -886,6 +909,29 @@ fn ask_keyframe<H>(sender: &mut PeerMedia<H>, ssrc: u32, now: Instant) -> bool {
     };
     slots[slot] = (ssrc, Some(now));
     true
+}
+
+/// Whether a NACK of `entries` lost-packet entries from receiver `r` may go now; if so,
+/// they are taken from its budget (see [`NACK_ENTRIES_PER_SECOND`]).
+fn nack<H>(r: &mut PeerMedia<H>, entries: usize, now: Instant) -> bool {
+    if let Some(at) = r.nack_at {
+        let us = now.saturating_duration_since(at).as_micros();
+        let earned = u64::try_from(us)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(NACK_ENTRIES_PER_SECOND);
+        r.nack_tokens = r
+            .nack_tokens
+            .saturating_add(earned)
+            .min(NACK_ENTRIES_BURST * NACK_UNIT);
+    }
+    r.nack_at = Some(now);
+    let cost = (entries as u64).saturating_mul(NACK_UNIT);
+    if r.nack_tokens >= cost {
+        r.nack_tokens -= cost;
+        true
+    } else {
+        false
+    }
 }
 
 /// The relay's own RTCP to a sender on its hop: transport-cc feedback about the packet
@@ -1743,6 +1789,35 @@ mod tests {
         assert_eq!(fbs.len(), 1, "one feedback, no second PLI");
         assert_eq!(u16::from_be_bytes([fbs[0][12], fbs[0][13]]), 11);
         assert_eq!(u16::from_be_bytes([fbs[0][14], fbs[0][15]]), 4);
+        // Sparse transport sequence numbers do not inflate the feedback: 8 packets
+        // 500 apart take a feedback the size their count justifies, not one per gap.
+        out.clear();
+        let mut sent = 0;
+        for i in 0..8u16 {
+            f.set_time(t0 + Duration::from_millis(100 + u64::from(i)));
+            let wire = tx
+                .encrypt_rtp(&chrome_rtp(100, 5 + i, 1_000 + 500 * i, b"x"))
+                .unwrap();
+            sent += wire.len();
+            f.on_rtp(1, &wire, &mut out).unwrap();
+        }
+        f.set_time(t0 + Duration::from_millis(200));
+        let wire = tx.encrypt_rtp(&chrome_rtp(100, 13, 4_600, b"x")).unwrap();
+        sent += wire.len();
+        f.on_rtp(1, &wire, &mut out).unwrap();
+        let to_sender: Vec<(usize, Vec<u8>)> = (0..out.len())
+            .filter_map(|i| out.get(i))
+            .filter(|(t, _)| t.rtcp && t.to == addr(1))
+            .map(|(_, d)| (d.len(), rx.decrypt_rtcp(d).unwrap().to_vec()))
+            .collect();
+        assert_eq!(to_sender.len(), 1, "one feedback for the nine");
+        let (wire_len, fb) = &to_sender[0];
+        assert_eq!(u16::from_be_bytes([fb[14], fb[15]]), 3_601, "status count");
+        assert!(fb.len() <= twcc::max_feedback_len(9), "{} bytes", fb.len());
+        assert!(
+            *wire_len < sent / 4,
+            "{wire_len} bytes of feedback for {sent} sent"
+        );
         // Feedback from a receiver about this hop ends at the relay.
         let mut remb = rtcp::pli(200, 100);
         remb[0] = 0x80 | rtcp::FMT_AFB;
@@ -1983,7 +2058,7 @@ mod tests {
         f.set_time(ms(249));
         assert!(send_rtcp(&mut f, &mut c2, 2, &fir(200, 100, 1)).is_empty());
         assert_eq!(drops(&mut f), [(DropReason::KeyframeRequestLimited, 2)]);
-        // 1's other stream is asked separately; NACKs are not limited.
+        // 1's other stream is asked separately; NACKs are not keyframe requests.
         let pli101 = rtcp::pli(300, 101);
         assert_eq!(
             send_rtcp(&mut f, &mut c3, 3, &pli101),
@@ -2004,5 +2079,56 @@ mod tests {
         }
         assert_eq!(passed, 4);
         assert_eq!(drops(&mut f), [(DropReason::KeyframeRequestLimited, 196)]);
+    }
+
+    /// A NACK of `entries` lost-packet entries, PIDs 0, 20, 40, ...
+    fn nack_of(sender: u32, media: u32, entries: u16) -> Vec<u8> {
+        let mut p = vec![0x81, rtcp::PT_RTPFB, 0, 0];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&media.to_be_bytes());
+        for i in 0..entries {
+            p.extend_from_slice(&(i * 20).to_be_bytes());
+            p.extend_from_slice(&[0xff, 0xff]);
+        }
+        let words = (p.len() / 4 - 1) as u16;
+        p[2..4].copy_from_slice(&words.to_be_bytes());
+        p
+    }
+
+    /// Each receiver's NACKs carry at most a burst and then a steady rate of lost-packet
+    /// entries; the rest are dropped and counted, and one receiver's storm leaves
+    /// another's NACKs alone.
+    #[test]
+    fn nacks_are_bounded_per_receiver() {
+        let mut f = three();
+        let t0 = Instant::now();
+        let (mut c2, mut c3) = (ctx(2), ctx(3));
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        f.set_time(t0);
+        // A storm from 2: 100-entry NACKs; the burst passes 5 of them whole.
+        let storm = nack_of(200, 100, 100);
+        let passed: usize = (0..50)
+            .map(|_| send_rtcp(&mut f, &mut c2, 2, &storm).len())
+            .sum();
+        assert_eq!(passed, NACK_ENTRIES_BURST as usize / 100);
+        assert_eq!(drops(&mut f), [(DropReason::NackLimited, 45)]);
+        // 3, another receiver of the same stream, is unaffected.
+        let one = nack_of(300, 100, 1);
+        assert_eq!(send_rtcp(&mut f, &mut c3, 3, &one), [(1, one.clone())]);
+        // 2 earns entries back at the steady rate: 200 ms buys 100.
+        f.set_time(ms(199));
+        assert!(send_rtcp(&mut f, &mut c2, 2, &storm).is_empty());
+        f.set_time(ms(200));
+        assert_eq!(send_rtcp(&mut f, &mut c2, 2, &storm).len(), 1);
+        // Over 10 s of a 100-entry NACK every 10 ms, what reaches the sender is the rate.
+        let mut entries = 0;
+        for i in 1..=1000u64 {
+            f.set_time(ms(200 + 10 * i));
+            entries += 100 * send_rtcp(&mut f, &mut c2, 2, &storm).len();
+        }
+        assert_eq!(entries as u64, 10 * NACK_ENTRIES_PER_SECOND);
+        assert!(drops(&mut f)
+            .iter()
+            .all(|(r, _)| *r == DropReason::NackLimited));
     }
 }

@@ -66,10 +66,13 @@ pub enum DropReason {
     /// A padding-only RTP packet (a sender's bandwidth probe) not forwarded to a receiver
     /// that has not been sent media on its stream yet: it would be a frame without data.
     PaddingBeforeMedia,
+    /// A NACK beyond its sender's budget of lost-packet entries (`NACK_ENTRIES_PER_SECOND`):
+    /// a receiver asks for retransmissions at the rate real loss makes, not in storms.
+    NackLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -94,6 +97,7 @@ impl DropReason {
         DropReason::RtcpFeedbackNotReceived,
         DropReason::KeyframeRequestLimited,
         DropReason::PaddingBeforeMedia,
+        DropReason::NackLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +126,7 @@ impl DropReason {
             DropReason::RtcpFeedbackNotReceived => "rtcp_feedback_not_received",
             DropReason::KeyframeRequestLimited => "keyframe_request_limited",
             DropReason::PaddingBeforeMedia => "padding_before_media",
+            DropReason::NackLimited => "nack_limited",
         }
     }
 }

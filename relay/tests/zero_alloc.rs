@@ -668,6 +668,20 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
         tx.protect_rtp(&mut b).unwrap();
         wire.push(b);
     }
+    // Receiver 2 NACKs a packet of the stream every 10 ms (within its NACK budget): the
+    // feedback path with its per-receiver limit runs in the window too.
+    let mut rtcp2 = ctx(2, 1);
+    let nacks: Vec<Vec<u8>> = (0..(WARMUP + MEASURED_RTP) / 10)
+        .map(|i| {
+            let mut p = vec![0x81, 205, 0, 3];
+            p.extend_from_slice(&1002u32.to_be_bytes());
+            p.extend_from_slice(&1001u32.to_be_bytes());
+            p.extend_from_slice(&((i * 10) as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0]);
+            rtcp2.protect_rtcp(&mut p).unwrap();
+            p
+        })
+        .collect();
     let run = |f: &mut Forwarder, out: &mut Outbox, range: std::ops::Range<usize>| {
         let mut sent = 0usize;
         for chunk in wire[range.clone()].chunks(BATCH) {
@@ -676,6 +690,9 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
                 let n = range.start + sent + k;
                 f.set_time(t0 + Duration::from_millis(n as u64));
                 f.on_rtp(1, w, out).unwrap();
+                if n % 10 == 0 {
+                    assert_eq!(f.on_rtcp(2, &nacks[n / 10], out), Ok(1), "NACK {n}");
+                }
             }
             sent += chunk.len();
             out.clear();

@@ -856,3 +856,123 @@ async fn a_pli_flood_reaches_the_sender_at_the_limited_rate() {
         "{delivered} PLIs in {elapsed:?} reached alice (at most {bound})"
     );
 }
+
+/// A FIR (RFC 5104 §4.3.1) from `sender` asking `media` for a keyframe.
+fn fir(sender: u32, media: u32, seq: u8) -> Vec<u8> {
+    let mut p = vec![0x84, rtcp::PT_PSFB, 0, 4];
+    p.extend_from_slice(&sender.to_be_bytes());
+    p.extend_from_slice(&0u32.to_be_bytes());
+    p.extend_from_slice(&media.to_be_bytes());
+    p.extend_from_slice(&[seq, 0, 0, 0]);
+    p
+}
+
+/// A generic NACK from `sender` about `media` with `entries` lost-packet entries (each
+/// asking for 17 packets).
+fn nack_storm(sender: u32, media: u32, entries: u16) -> Vec<u8> {
+    let mut p = vec![0x81, rtcp::PT_RTPFB, 0, 0];
+    p.extend_from_slice(&sender.to_be_bytes());
+    p.extend_from_slice(&media.to_be_bytes());
+    for i in 0..entries {
+        p.extend_from_slice(&(i * 17).to_be_bytes());
+        p.extend_from_slice(&[0xff, 0xff]);
+    }
+    let words = (p.len() / 4 - 1) as u16;
+    p[2..4].copy_from_slice(&words.to_be_bytes());
+    p
+}
+
+/// A FIR flood and a NACK storm from one receiver toward a media sender: the FIRs reach
+/// it at the keyframe-request rate, the NACKs within the receiver's NACK budget, and
+/// every one held back is counted by its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fir_and_nack_floods_are_limited_and_counted() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+
+    // Sends `n` packets from carol, one every 2 ms, then counts what reaches alice (equal
+    // to one of them) until every packet is delivered or counted under `reason`.
+    async fn flood(
+        relay: &blindrelay::Relay,
+        a: &mut MediaPath,
+        c: &mut MediaPath,
+        media: std::net::SocketAddr,
+        packets: &[Vec<u8>],
+        reason: &str,
+    ) -> (usize, usize, Duration) {
+        let before = metric_or_zero(&scrape(relay).await, &dropped(reason)) as usize;
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        for p in packets {
+            tick.tick().await;
+            let wire = c.outbound.encrypt_rtcp(p).expect("protect");
+            c.socket.send_to(&wire, media).await.expect("send");
+        }
+        let elapsed = start.elapsed();
+        let mut delivered = 0usize;
+        let limited = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let limited =
+                    metric_or_zero(&scrape(relay).await, &dropped(reason)) as usize - before;
+                if limited + delivered >= packets.len() {
+                    return limited;
+                }
+                if let Ok(Some((d, true))) =
+                    tokio::time::timeout(Duration::from_millis(50), a.media_rx.recv()).await
+                {
+                    let clear = a.inbound.decrypt_rtcp(&d).expect("authentic");
+                    delivered += rtcp::packets(&clear)
+                        .flatten()
+                        .filter(|p| packets.iter().any(|q| p.bytes == &q[..]))
+                        .count();
+                }
+            }
+        })
+        .await
+        .expect("every packet delivered or counted");
+        assert_eq!(limited + delivered, packets.len());
+        (delivered, limited, elapsed)
+    }
+
+    // 250 FIRs (distinct sequence numbers, as a real FIR sender numbers them).
+    let firs: Vec<Vec<u8>> = (0..250u32)
+        .map(|i| fir(carol.video_ssrc, alice.video_ssrc, i as u8))
+        .collect();
+    let (delivered, _, elapsed) = flood(
+        &relay,
+        &mut a,
+        &mut c,
+        media,
+        &firs,
+        "keyframe_request_limited",
+    )
+    .await;
+    let bound = 2 + elapsed.as_millis() as usize / 250;
+    assert!(
+        (1..=bound).contains(&delivered),
+        "{delivered} FIRs in {elapsed:?} reached alice (at most {bound})"
+    );
+
+    // 300 NACKs of 100 entries (a 123 KB storm): the burst of 500 entries, then 500 a
+    // second.
+    let storm: Vec<Vec<u8>> = (0..300)
+        .map(|_| nack_storm(carol.audio_ssrc, alice.audio_ssrc, 100))
+        .collect();
+    let (delivered, limited, elapsed) =
+        flood(&relay, &mut a, &mut c, media, &storm, "nack_limited").await;
+    let bound = (500 + 500 * (elapsed.as_millis() as usize + 250) / 1000) / 100;
+    assert!(
+        (5..=bound).contains(&delivered),
+        "{delivered} NACKs of 100 entries in {elapsed:?} reached alice (at most {bound})"
+    );
+    assert!(limited >= 300 - bound);
+    relay.shutdown().await;
+}
