@@ -976,3 +976,124 @@ async fn fir_and_nack_floods_are_limited_and_counted() {
     assert!(limited >= 300 - bound);
     relay.shutdown().await;
 }
+
+/// SSRCs stay unique after the join too: an answer to a renegotiation offer that lists
+/// another participant's SSRC is refused `ssrc_in_use` (counted), the offer stays
+/// outstanding so a clean answer settles it, and the owner's media keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_claiming_an_owned_ssrc_is_refused_and_the_owners_media_keeps_flowing() {
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let url = relay.signal_url();
+    let media = relay.media_addr;
+    let alice = raw_join(&url, &token(&cfg, "alice", None, "user"), "c").await;
+    let mut a = alice.connect().await.expect("alice connects");
+    let mut carol = raw_join(&url, &token(&cfg, "carol", None, "user"), "c").await;
+    carol.answer_offer().await;
+    let mut c = carol.connect().await.expect("carol connects");
+    let seq = probe_until_forwarded(&mut a, alice.audio_ssrc, &mut c, media).await;
+
+    // Mallory joins with SSRCs of her own, then answers the relay's offer (alice's and
+    // carol's tracks) listing alice's audio SSRC as one she sends from.
+    let mut mallory = raw_join(&url, &token(&cfg, "mallory", None, "user"), "c").await;
+    let _m = mallory.connect().await.expect("mallory connects");
+    let Some(ServerMessage::Offer {
+        sdp: offer,
+        revision,
+    }) = mallory
+        .wait_for(Duration::from_secs(5), |m| {
+            matches!(m, ServerMessage::Offer { .. })
+        })
+        .await
+    else {
+        panic!("no offer for mallory");
+    };
+    let clean = sdp::answer_relay_offer(
+        &offer,
+        &mallory.ufrag,
+        "rawpasswordrawpassword00",
+        mallory.offer_identity.fingerprint(),
+    )
+    .expect("answerable");
+    let at = clean.find("a=mid:r0\r\n").expect("a remote line") + "a=mid:r0\r\n".len();
+    let forged = format!(
+        "{}a=ssrc:{} cname:m\r\n{}",
+        &clean[..at],
+        alice.audio_ssrc,
+        &clean[at..]
+    );
+    mallory
+        .sig
+        .send(&ClientMessage::Answer {
+            sdp: forged,
+            revision,
+        })
+        .await
+        .expect("send answer");
+    match mallory
+        .wait_for(Duration::from_secs(5), |m| {
+            matches!(m, ServerMessage::Error { .. })
+        })
+        .await
+    {
+        Some(ServerMessage::Error { code, .. }) => assert_eq!(code, ErrorCode::SsrcInUse),
+        m => panic!("expected ssrc_in_use, got {m:?}"),
+    }
+    await_metrics(&relay, Duration::from_secs(5), "the refusal counted", |m| {
+        metric_or_zero(
+            m,
+            "blindrelay_signalling_errors_total{code=\"ssrc_in_use\"}",
+        ) == 1.0
+    })
+    .await;
+    // The offer is still outstanding: the clean answer to it is taken without a word.
+    mallory
+        .sig
+        .send(&ClientMessage::Answer {
+            sdp: clean,
+            revision,
+        })
+        .await
+        .expect("send answer");
+
+    // Alice's packets keep reaching carol, each once, with alice's payload.
+    for s in seq + 1..=seq + 20 {
+        let p = a
+            .outbound
+            .encrypt_rtp(&rtp_packet(
+                alice.audio_ssrc,
+                s,
+                format!("alice {s}").as_bytes(),
+            ))
+            .expect("protect");
+        a.socket.send_to(&p, media).await.expect("send");
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < 20 {
+            let (d, is_rtcp) = c.media_rx.recv().await.expect("media");
+            if is_rtcp || seq_ssrc(&d).is_none_or(|(s, ssrc)| ssrc != alice.audio_ssrc || s <= seq)
+            {
+                continue;
+            }
+            got.push(c.inbound.decrypt_rtp(&d).expect("authentic")[12..].to_vec());
+        }
+    })
+    .await
+    .expect("alice's media keeps flowing");
+    let want: Vec<Vec<u8>> = (seq + 1..=seq + 20)
+        .map(|s| format!("alice {s}").into_bytes())
+        .collect();
+    assert_eq!(got, want);
+    let m = scrape(&relay).await;
+    assert_eq!(metric(&m, &dropped("ssrc_not_owned")), 0.0);
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "blindrelay_signalling_errors_total{code=\"ssrc_in_use\"}"
+        ),
+        1.0,
+        "the clean answer was taken"
+    );
+    relay.shutdown().await;
+}
