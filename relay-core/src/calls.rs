@@ -374,6 +374,18 @@ impl CallRegistry {
             .unwrap_or_default()
     }
 
+    /// Every call's id and participants, and the peers the registry maps to a call:
+    /// for the plane's invariant checks.
+    pub fn members(&self) -> (Vec<(&str, Vec<PeerId>)>, Vec<(PeerId, &str)>) {
+        (
+            self.calls
+                .iter()
+                .map(|(id, c)| (id.as_str(), c.members.keys().copied().collect()))
+                .collect(),
+            self.by_peer.iter().map(|(p, c)| (*p, c.as_str())).collect(),
+        )
+    }
+
     /// Whether a call with this id is in progress.
     pub fn has_call(&self, call: &str) -> bool {
         self.calls.contains_key(call)
