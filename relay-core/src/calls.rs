@@ -374,16 +374,16 @@ impl CallRegistry {
             .unwrap_or_default()
     }
 
-    /// Every call's id and participants, and the peers the registry maps to a call:
-    /// for the plane's invariant checks.
-    pub fn members(&self) -> (Vec<(&str, Vec<PeerId>)>, Vec<(PeerId, &str)>) {
-        (
-            self.calls
-                .iter()
-                .map(|(id, c)| (id.as_str(), c.members.keys().copied().collect()))
-                .collect(),
-            self.by_peer.iter().map(|(p, c)| (*p, c.as_str())).collect(),
-        )
+    /// Every call's id and participants: for the plane's invariant checks.
+    pub fn member_lists(&self) -> impl Iterator<Item = (&str, Vec<PeerId>)> {
+        self.calls
+            .iter()
+            .map(|(id, c)| (id.as_str(), c.members.keys().copied().collect()))
+    }
+
+    /// How many peers the registry maps to a call: for the plane's invariant checks.
+    pub fn peers_in_calls(&self) -> usize {
+        self.by_peer.len()
     }
 
     /// Whether a call with this id is in progress.

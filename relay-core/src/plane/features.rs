@@ -201,6 +201,7 @@ impl ControlPlane {
     /// Carry out a feature request the plane admitted (not in an E2EE call): the
     /// result's detail, or why not. `after`: a participant to remove once the requester
     /// has its result (a transfer or park hands over).
+    #[allow(clippy::too_many_arguments)]
     fn carry_out(
         &mut self,
         now: Instant,

@@ -336,3 +336,141 @@ impl MlsDs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Delivery Service alone: real KeyPackages, commits and Welcomes (openmls).
+    use super::*;
+    use crate::plane::tests::{commit_b64, real_mls::Member};
+
+    fn b64(b: &[u8]) -> String {
+        BASE64.encode(b)
+    }
+
+    #[test]
+    fn key_packages_are_checked_before_they_are_kept() {
+        let mut ds = MlsDs::created_by(1);
+        let (a, b) = (Member::new("a"), Member::new("b"));
+        assert!(matches!(
+            ds.check_key_package(2, "not base64!"),
+            Err(MlsRefused::BadKeyPackage(BlobError::Base64))
+        ));
+        assert!(matches!(
+            ds.check_key_package(2, &b64(b"\x00\x01garbage")),
+            Err(MlsRefused::BadKeyPackage(BlobError::Mls(_)))
+        ));
+        let kp_a = b64(&a.key_package());
+        assert!(matches!(
+            ds.check_key_package(1, &kp_a),
+            Err(MlsRefused::KeyPackageFromMember)
+        ));
+        let kp = ds.check_key_package(2, &kp_a).expect("a good KeyPackage");
+        // Nothing kept until added; then the member gets it.
+        assert_eq!(ds.waiting_blob(2), None);
+        assert_eq!(ds.add_key_package(2, kp), [1]);
+        // The same KeyPackage under another participant is refused; its owner may
+        // send it again; another's goes to the member and the other waiting joiner.
+        assert!(matches!(
+            ds.check_key_package(3, &kp_a),
+            Err(MlsRefused::DuplicateKeyPackage)
+        ));
+        ds.check_key_package(2, &kp_a).expect("its owner again");
+        let kp = ds
+            .check_key_package(3, &b64(&b.key_package()))
+            .expect("another");
+        assert_eq!(ds.add_key_package(3, kp), [1, 2]);
+        ds.check(3).expect("within bounds");
+        assert!(ds.check(1).is_err(), "two waiting in a call of one");
+    }
+
+    #[test]
+    fn the_first_commit_of_an_epoch_wins_and_only_the_welcomed_join() {
+        let mut ds = MlsDs::created_by(1);
+        let mut alice = Member::new("a");
+        alice.create(b"group-1");
+        let (bob, carol) = (Member::new("b"), Member::new("c"));
+        let kp_b = bob.key_package();
+        for (p, kp) in [(2, &kp_b), (3, &carol.key_package())] {
+            let kp = ds.check_key_package(p, &b64(kp)).expect("good");
+            ds.add_key_package(p, kp);
+        }
+        // Only a member commits.
+        let (commit, welcome) = alice.commit(&[kp_b]);
+        let welcome = welcome.expect("a Welcome for bob");
+        assert!(matches!(
+            ds.commit(2, &b64(&commit), None),
+            Err(MlsRefused::CommitFromNonMember)
+        ));
+        assert!(matches!(
+            ds.commit(1, &b64(&commit), Some("%%")),
+            Err(MlsRefused::BadWelcome(BlobError::Base64))
+        ));
+        assert_eq!(ds.epoch(), 0, "a refused commit changes nothing");
+        // Bob is welcomed, carol (not named) is not; both get the commit.
+        assert_eq!(
+            ds.commit(1, &b64(&commit), Some(&b64(&welcome)))
+                .expect("accepted"),
+            CommitOutcome::Accepted {
+                epoch: 0,
+                to: vec![2, 3],
+                welcomed: vec![2],
+            }
+        );
+        assert_eq!(ds.epoch(), 1);
+        // A second commit for epoch 0 lost the race; one for another group is refused.
+        assert_eq!(
+            ds.commit(1, &commit_b64(b"group-1", 0), None)
+                .expect("read"),
+            CommitOutcome::Stale { epoch: 0 }
+        );
+        assert!(matches!(
+            ds.commit(1, &commit_b64(b"group-2", 1), None),
+            Err(MlsRefused::WrongGroup)
+        ));
+        // Only the welcomed joiner, for the epoch its Welcome starts, becomes a member.
+        assert!(matches!(
+            ds.joined(3, 1),
+            Err(MlsRefused::JoinWithoutWelcome(1))
+        ));
+        assert!(ds.joined(2, 0).is_err(), "not the epoch its Welcome starts");
+        ds.joined(2, 1).expect("welcomed into epoch 1");
+        assert!(ds.is_member(2));
+        assert!(ds.joined(2, 1).is_err(), "once");
+        ds.check(3).expect("within bounds");
+    }
+
+    #[test]
+    fn when_the_last_member_leaves_the_earliest_left_recreates_the_group() {
+        let mut ds = MlsDs::created_by(1);
+        let (b, c) = (Member::new("b"), Member::new("c"));
+        let kp_c = b64(&c.key_package());
+        for (p, kp) in [(2, b64(&b.key_package())), (3, kp_c.clone())] {
+            let kp = ds.check_key_package(p, &kp).expect("good");
+            ds.add_key_package(p, kp);
+        }
+        ds.commit(1, &commit_b64(b"g", 0), None).expect("accepted");
+        assert_eq!(ds.epoch(), 1);
+        // A waiting joiner leaving changes nothing for the members.
+        assert_eq!(ds.left(3, Some(1)), LeftOutcome::Continues);
+        let kp = ds.check_key_package(3, &kp_c).expect("back");
+        ds.add_key_package(3, kp);
+        // The creator leaves: participant 2 (first left) recreates the group at epoch 0
+        // and gets the KeyPackages still waiting (not its own).
+        assert_eq!(
+            ds.left(1, Some(2)),
+            LeftOutcome::Recreate {
+                creator: 2,
+                key_packages: vec![(3, kp_c)],
+            }
+        );
+        assert!(ds.is_member(2));
+        assert_eq!(ds.epoch(), 0);
+        // A commit of the new group (another group id) is its own now.
+        ds.commit(2, &commit_b64(b"h", 0), None)
+            .expect("a new group");
+        ds.check(2).expect("within bounds");
+        // The last one out ends it.
+        assert_eq!(ds.left(3, Some(2)), LeftOutcome::Continues);
+        assert_eq!(ds.left(2, None), LeftOutcome::Ended);
+    }
+}

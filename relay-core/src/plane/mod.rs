@@ -384,11 +384,10 @@ impl ControlPlane {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         // 1. Calls and sessions.
-        let (calls, by_peer) = self.registry.members();
-        for (call, members) in &calls {
-            for p in members {
+        for (call, members) in self.registry.member_lists() {
+            for p in &members {
                 match self.sessions.get(p) {
-                    Some(s) if s.call == *call => {}
+                    Some(s) if s.call == call => {}
                     Some(s) => {
                         return Err(format!(
                             "peer {p} is in call {call:?} but its session is in {:?}",
@@ -399,10 +398,10 @@ impl ControlPlane {
                 }
             }
         }
-        if by_peer.len() != self.sessions.len() {
+        if self.registry.peers_in_calls() != self.sessions.len() {
             return Err(format!(
                 "{} peers in calls, {} sessions",
-                by_peer.len(),
+                self.registry.peers_in_calls(),
                 self.sessions.len()
             ));
         }

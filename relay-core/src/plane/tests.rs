@@ -113,6 +113,11 @@ impl H {
         self.drain();
     }
     fn drain(&mut self) {
+        // Every step of every test keeps the plane's invariants (checked before the
+        // queues are drained, so their bound is checked too).
+        if let Err(e) = self.p.check_invariants() {
+            panic!("invariant broken: {e}");
+        }
         while let Some(o) = self.p.poll_output() {
             self.out.push(o);
         }
@@ -945,7 +950,7 @@ fn answer(h: &mut H, conn: ConnId, offer: &str, revision: u64) {
 }
 
 /// A commit's clear MLS header (public message, member sender 0, no aad) and body.
-fn commit_b64(group: &[u8], epoch: u64) -> String {
+pub(super) fn commit_b64(group: &[u8], epoch: u64) -> String {
     let mut m = vec![0, 1, 0, 1, group.len() as u8];
     m.extend_from_slice(group);
     m.extend_from_slice(&epoch.to_be_bytes());
@@ -956,7 +961,7 @@ fn commit_b64(group: &[u8], epoch: u64) -> String {
 /// Real MLS members (openmls, the clients' suite 0x0001) for the Delivery Service
 /// tests: real KeyPackages, commits and Welcomes, so the relay's parsers and refs are
 /// checked against what clients send.
-mod real_mls {
+pub(super) mod real_mls {
     use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
     use openmls::prelude::*;
     use openmls_basic_credential::SignatureKeyPair;
@@ -2083,4 +2088,37 @@ fn every_offer_of_the_largest_accepted_call_fits_a_signalling_message() {
         .count();
     assert_eq!(active, 3 * (max - 1));
     eprintln!("max_participants {max}: largest offer {largest} bytes, bound {bound}");
+}
+
+/// The invariant check sees state out of step across parts (the tests above run it
+/// after every step and find none).
+#[test]
+fn check_invariants_finds_state_out_of_step() {
+    let mut h = H::new();
+    h.hello(1, "a", None, "user");
+    h.join(1, "c", false);
+    let a = h.peer_of(1);
+    h.p.check_invariants().expect("a consistent plane");
+    // A timer whose state is gone.
+    h.p.timers.set(h.now, Timer::Connect(a + 100));
+    let e = h.p.check_invariants().expect_err("a stale timer");
+    assert!(e.contains("outlived"), "{e}");
+    h.p.timers.cancel(&Timer::Connect(a + 100));
+    // A session without its consent timer would never time out.
+    h.p.timers.cancel(&Timer::Consent(a));
+    let e = h.p.check_invariants().expect_err("no consent timer");
+    assert!(e.contains("consent"), "{e}");
+    h.p.timers
+        .set(h.now + Duration::from_secs(1), Timer::Consent(a));
+    // An SSRC claimed in the index by someone with no such claim.
+    h.p.ssrcs.claim("c", a + 1, [4242]);
+    let e = h.p.check_invariants().expect_err("an unowned claim");
+    assert!(e.contains("SSRC"), "{e}");
+    h.p.ssrcs.release("c", a + 1, [4242]);
+    // A joined connection back in the lobby.
+    h.p.lobby.enter("a@t".into(), 1);
+    let e = h.p.check_invariants().expect_err("joined yet idle");
+    assert!(e.contains("lobby"), "{e}");
+    h.p.lobby.leave("a@t", 1);
+    h.p.check_invariants().expect("consistent again");
 }
