@@ -471,9 +471,10 @@ impl ControlPlane {
         self.timers.check()?;
         for (at, t) in self.timers.iter() {
             let live = match t {
-                Timer::Hello(conn) => self.conns.get(conn).is_some_and(|c| {
-                    c.claims.is_none() && !c.closing && c.hello_deadline == Some(*at)
-                }),
+                Timer::Hello(conn) => self
+                    .conns
+                    .get(conn)
+                    .is_some_and(|c| c.awaits_hello() && c.hello_deadline == Some(*at)),
                 Timer::Consent(p) | Timer::Connect(p) => self.sessions.contains_key(p),
                 Timer::Invite(..) | Timer::Parked(_) | Timer::RetrieveBucket(_) => {
                     self.lobby.owns_timer(t)
@@ -484,10 +485,7 @@ impl ControlPlane {
             }
         }
         for (conn, c) in &self.conns {
-            if c.claims.is_none()
-                && !c.closing
-                && self.timers.deadline(&Timer::Hello(*conn)) != c.hello_deadline
-            {
+            if c.awaits_hello() && self.timers.deadline(&Timer::Hello(*conn)) != c.hello_deadline {
                 return Err(format!("connection {conn} awaits hello without its timer"));
             }
         }
@@ -660,9 +658,7 @@ impl ControlPlane {
     fn fire(&mut self, now: Instant, t: Timer) {
         match t {
             Timer::Hello(conn) => {
-                let due = self.conns.get(&conn).is_some_and(|c| {
-                    c.claims.is_none() && !c.closing && c.hello_deadline.is_some_and(|d| d <= now)
-                });
+                let due = self.conns.get(&conn).is_some_and(|c| c.hello_overdue(now));
                 if due {
                     self.error(
                         conn,
@@ -821,17 +817,13 @@ impl ControlPlane {
                     e2ee_option,
                 };
                 let key = user_key(&claims.sub, &claims.tenant);
-                c.claims = Some(claims);
-                c.hello_deadline = None;
+                c.authenticated(claims);
                 self.timers.cancel(&Timer::Hello(conn));
                 self.lobby.enter(key, conn);
                 self.send(conn, reply);
             }
             Err(e) => {
-                // A connection that lost its authentication gets a new hello deadline.
-                if c.claims.take().is_some() || c.hello_deadline.is_none() {
-                    let d = now + hello_timeout;
-                    c.hello_deadline = Some(d);
+                if let Some(d) = c.failed_hello(now + hello_timeout) {
                     self.timer(d, Timer::Hello(conn));
                 }
                 self.error(conn, e.code(), e.to_string());

@@ -50,6 +50,33 @@ impl Conn {
         self.rate.take(now, f64::from(per_second), burst)
     }
 
+    /// A valid hello: authenticated, and no hello deadline any more.
+    pub(super) fn authenticated(&mut self, claims: Claims) {
+        self.claims = Some(claims);
+        self.hello_deadline = None;
+    }
+
+    /// A hello that failed. A connection that lost its authentication (or had no
+    /// deadline) must say a valid hello by `deadline`: returned for its timer. One that
+    /// was waiting keeps its first deadline, so failed hellos cannot put it off.
+    pub(super) fn failed_hello(&mut self, deadline: Instant) -> Option<Instant> {
+        if self.claims.take().is_some() || self.hello_deadline.is_none() {
+            self.hello_deadline = Some(deadline);
+            return Some(deadline);
+        }
+        None
+    }
+
+    /// Unauthenticated and still read: it owes a valid hello.
+    pub(super) fn awaits_hello(&self) -> bool {
+        self.claims.is_none() && !self.closing
+    }
+
+    /// It owes a hello and its deadline has passed.
+    pub(super) fn hello_overdue(&self, now: Instant) -> bool {
+        self.awaits_hello() && self.hello_deadline.is_some_and(|d| d <= now)
+    }
+
     pub(super) fn user_key(&self) -> Option<String> {
         self.claims.as_ref().map(|c| user_key(&c.sub, &c.tenant))
     }
@@ -105,4 +132,52 @@ pub(super) fn role_label(role: &str) -> &'static str {
         .into_iter()
         .find(|r| *r == role)
         .unwrap_or("user")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "a".into(),
+            tenant: "t".into(),
+            role: "user".into(),
+            call: None,
+            exp: 0,
+            iat: 0,
+            nbf: None,
+            cnf: None,
+        }
+    }
+
+    #[test]
+    fn a_connection_owes_one_hello_by_its_deadline_and_messages_by_its_rate() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let rate = BudgetRate {
+            bytes_per_second: 100,
+            burst_bytes: 100,
+        };
+        let mut c = Conn::new(t0, t0 + 10 * s, 2, rate);
+        assert!(c.awaits_hello());
+        assert!(!c.hello_overdue(t0 + 9 * s));
+        // Failed hellos do not put the deadline off.
+        assert_eq!(c.failed_hello(t0 + 19 * s), None);
+        assert!(c.hello_overdue(t0 + 10 * s));
+        c.authenticated(claims());
+        assert!(!c.awaits_hello() && !c.hello_overdue(t0 + 60 * s));
+        assert_eq!(c.user_key().as_deref(), Some("a@t"));
+        // Losing its authentication sets a new deadline.
+        assert_eq!(c.failed_hello(t0 + 70 * s), Some(t0 + 70 * s));
+        assert!(c.awaits_hello());
+        // Two messages of burst, then one a second.
+        assert!(c.admit(t0, 1, 2) && c.admit(t0, 1, 2));
+        assert!(!c.admit(t0, 1, 2));
+        assert!(c.admit(t0 + s, 1, 2));
+        // A closing connection owes nothing.
+        c.closing = true;
+        assert!(!c.hello_overdue(t0 + 99 * s));
+    }
 }
