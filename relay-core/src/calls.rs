@@ -374,6 +374,18 @@ impl CallRegistry {
             .unwrap_or_default()
     }
 
+    /// Every call's id and participants: for the plane's invariant checks.
+    pub fn member_lists(&self) -> impl Iterator<Item = (&str, Vec<PeerId>)> {
+        self.calls
+            .iter()
+            .map(|(id, c)| (id.as_str(), c.members.keys().copied().collect()))
+    }
+
+    /// How many peers the registry maps to a call: for the plane's invariant checks.
+    pub fn peers_in_calls(&self) -> usize {
+        self.by_peer.len()
+    }
+
     /// Whether a call with this id is in progress.
     pub fn has_call(&self, call: &str) -> bool {
         self.calls.contains_key(call)

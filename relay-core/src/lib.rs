@@ -5,7 +5,13 @@
 //!   calls, the lobby, invitations, parked calls, the MLS Delivery Service, renegotiation
 //!   (it writes the relay's SDP) and every timer. It takes [`plane::Input`]s and the time,
 //!   and yields [`plane::Output`]s for the driver to carry out and [`report::Report`]s for
-//!   it to count.
+//!   it to count. A thin `plane/mod.rs` composes its parts, one file each: `sessions`,
+//!   `lobby` (lobby, invitations, parked calls), `negotiator` (one per session),
+//!   `mls_ds` (the MLS Delivery Service), `features` (chat and call features) and
+//!   `timers`; the parts return decisions and the plane carries them out (its module
+//!   doc has the flows).
+//! - [`lines`]: a session's remote m-lines and when one may carry another track.
+//! - [`ssrcs`]: who claims each SSRC in each call.
 //! - [`budget`]: each sender's broadcast budget in bytes, which the plane charges before
 //!   fanning a message out.
 //! - [`calls`]: call membership, modes and merges, which the plane consults and changes.

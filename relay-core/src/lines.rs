@@ -150,6 +150,21 @@ impl Lines {
         }
     }
 
+    /// Each kind within its bound (for the plane's invariant checks).
+    pub fn check(&self) -> Result<(), String> {
+        for (kind, cap) in self.caps.iter().enumerate() {
+            let n = self
+                .lines
+                .iter()
+                .filter(|l| slot(l.track.kind) == kind)
+                .count();
+            if n > *cap {
+                return Err(format!("lines: {n} of kind {kind}, bound {cap}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The client answered the offer with `revision`: the lines inactive in it settle.
     pub fn answered(&mut self, revision: u64) {
         self.answered = self.answered.max(revision);

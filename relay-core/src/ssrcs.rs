@@ -52,6 +52,13 @@ impl SsrcIndex {
         }
     }
 
+    /// Every claim: (call, SSRC, owner), for the plane's invariant checks.
+    pub fn claims(&self) -> impl Iterator<Item = (&str, u32, PeerId)> {
+        self.by_call
+            .iter()
+            .flat_map(|(c, m)| m.iter().map(move |(x, p)| (c.as_str(), *x, *p)))
+    }
+
     /// Calls with a claim: for tests (the index empties with the relay).
     #[cfg(test)]
     pub fn calls(&self) -> usize {
