@@ -135,7 +135,7 @@ impl ControlPlane {
             .filter_map(|p| self.sessions.get(&p).map(|s| s.conn))
             .collect();
         let msg = ServerMessage::Chat { from, body };
-        if !self.charge_broadcast(now, conn, peer, budget::wire_len(&msg), false) {
+        if !self.charge_broadcast(now, conn, peer, budget::wire_len(&msg)) {
             return;
         }
         for c in others {

@@ -129,17 +129,16 @@ pub(super) enum LeftOutcome {
 }
 
 impl MlsDs {
+    /// The epoch whose commit is awaited.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// A group whose creator is `first`, the call's first joiner (epoch 0).
     pub(super) fn created_by(first: PeerId) -> MlsDs {
         let mut ds = MlsDs::default();
         ds.members.insert(first);
         ds
-    }
-
-    /// The epoch whose commit is awaited.
-    #[cfg(test)]
-    pub(super) fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     #[cfg(test)]

@@ -722,16 +722,9 @@ impl ControlPlane {
 
     /// Charge `peer`'s broadcast budget for a message of `wire` bytes: its size times the
     /// other participants of the call, whoever it is addressed to (why: [`crate::budget`]).
-    /// `always`: a message the call cannot lose, spent even beyond the budget. Otherwise
-    /// false, with a `rate_limited` refusal, when the budget does not cover it.
-    fn charge_broadcast(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        peer: PeerId,
-        wire: u64,
-        always: bool,
-    ) -> bool {
+    /// False, with a `rate_limited` refusal, when the budget does not cover it (commits,
+    /// which the call cannot lose, are charged in `mls_commit`).
+    fn charge_broadcast(&mut self, now: Instant, conn: ConnId, peer: PeerId, wire: u64) -> bool {
         let others = self
             .registry
             .peers_of(peer)
@@ -741,10 +734,6 @@ impl ControlPlane {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
-        if always {
-            c.broadcast.force(now, cost, rate);
-            return true;
-        }
         if c.broadcast.try_spend(now, cost, rate) {
             return true;
         }
@@ -1252,7 +1241,7 @@ impl ControlPlane {
         match (target, from) {
             (Some(t), Some(from)) => {
                 let msg = ServerMessage::E2ee { from, blob };
-                if self.charge_broadcast(now, conn, peer, budget::wire_len(&msg), false) {
+                if self.charge_broadcast(now, conn, peer, budget::wire_len(&msg)) {
                     self.send(t, msg);
                 }
             }
@@ -1311,7 +1300,7 @@ impl ControlPlane {
         };
         // Charged before anything is kept: a refused KeyPackage leaves no trace.
         let msg = ServerMessage::MlsKeyPackage { from, blob };
-        if !self.charge_broadcast(now, conn, peer, budget::wire_len(&msg), false) {
+        if !self.charge_broadcast(now, conn, peer, budget::wire_len(&msg)) {
             return;
         }
         let Some(ds) = self.mls.get_mut(&call) else {
@@ -1330,9 +1319,36 @@ impl ControlPlane {
         let Some((peer, call, from)) = self.mls_call_of(conn) else {
             return;
         };
+        // A commit the DS accepts always goes out, even beyond the sender's broadcast
+        // budget (the group cannot lose it), and puts the sender in debt. So a member in
+        // debt commits again only once it is repaid: otherwise one member could fan out
+        // commits of the largest size at the message rate, and each accepted one moves
+        // the epoch on for the next. An honest committer is never in debt for long: it
+        // is told `accepted: false`, as when it loses a race, and commits again.
+        let rate = self.cfg.broadcast;
+        let debt = self
+            .conns
+            .get_mut(&conn)
+            .map_or(0, |c| c.broadcast.available(now, rate));
         let Some(ds) = self.mls.get_mut(&call) else {
             return;
         };
+        if debt < 0 {
+            let epoch = ds.epoch();
+            self.send(
+                conn,
+                ServerMessage::MlsCommitResult {
+                    epoch,
+                    accepted: false,
+                },
+            );
+            let text = format!(
+                "over the broadcast budget of {} bytes per second: {} bytes in debt from earlier commits; commit again when it is repaid",
+                rate.bytes_per_second,
+                -debt
+            );
+            return self.rate_limited(conn, RateLimit::BroadcastBytes, text);
+        }
         let (epoch, to, welcomed) = match ds.commit(peer, &commit, welcome.as_deref()) {
             Ok(CommitOutcome::Accepted {
                 epoch,
@@ -1365,8 +1381,16 @@ impl ControlPlane {
             commit,
         };
         let welcome_msg = welcome.map(|welcome| ServerMessage::MlsWelcome { from, welcome });
-        let wire = budget::wire_len(&commit_msg) + welcome_msg.as_ref().map_or(0, budget::wire_len);
-        self.charge_broadcast(now, conn, peer, wire, true);
+        // Charged for what it fans out: the commit to each recipient, the Welcome to each
+        // joiner it adds.
+        let cost = budget::wire_len(&commit_msg).saturating_mul(to.len() as u64)
+            + welcome_msg
+                .as_ref()
+                .map_or(0, budget::wire_len)
+                .saturating_mul(welcomed.len() as u64);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.broadcast.force(now, cost, rate);
+        }
         for c in self.conns_of(to) {
             self.send(c, commit_msg.clone());
         }

@@ -832,6 +832,92 @@ fn messages_the_call_cannot_lose_pass_an_exhausted_budget() {
     }
 }
 
+/// A commit beyond the budget still goes out, and puts its sender in debt; a member in
+/// debt commits again only once it is repaid, so commits of the largest size cannot be
+/// fanned out at the message rate.
+#[test]
+fn a_member_in_debt_for_commits_commits_again_once_it_is_repaid() {
+    let mut c = cfg();
+    c.broadcast = BudgetRate {
+        bytes_per_second: 10_000,
+        burst_bytes: 20_000,
+    };
+    let mut h = H::with(c, CallingE2ee::DisabledUserOverride);
+    for (conn, u) in [(1, "a"), (2, "b")] {
+        h.hello(conn, u, None, "user");
+    }
+    join_mls(&mut h, 1, "g");
+    join_mls(&mut h, 2, "g");
+    let (_, kp) = kp_of(&real_mls::Member::new("b"));
+    h.text(2, &ClientMessage::MlsKeyPackage { blob: kp });
+    h.out.clear();
+    let commit = |h: &mut H, epoch: u64, extra: usize| {
+        let mut raw = BASE64.decode(commit_b64(b"g/1", epoch)).expect("base64");
+        raw.resize(raw.len() + extra, 0xab);
+        h.text(
+            1,
+            &ClientMessage::MlsCommit {
+                commit: BASE64.encode(&raw),
+                welcome: None,
+            },
+        );
+    };
+    // 30 KB: beyond the whole burst, accepted and delivered all the same.
+    commit(&mut h, 0, 30_000);
+    assert!(matches!(
+        h.take(1).as_slice(),
+        [ServerMessage::MlsCommitResult {
+            epoch: 0,
+            accepted: true
+        }]
+    ));
+    assert_eq!(h.take(2).len(), 1);
+    // The next one, at once: refused like a lost race and counted, sent to nobody; the
+    // DS still awaits epoch 1.
+    commit(&mut h, 1, 0);
+    let a = h.take(1);
+    assert!(
+        matches!(
+            a.as_slice(),
+            [
+                ServerMessage::MlsCommitResult {
+                    epoch: 1,
+                    accepted: false
+                },
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ]
+        ),
+        "{a:?}"
+    );
+    assert_eq!(
+        h.reported(&Report::RateLimited(RateLimit::BroadcastBytes)),
+        1
+    );
+    assert!(h.take(2).is_empty());
+    // The debt stops at one burst (2 s of rate): 1.9 s is not enough, 2 s is.
+    h.advance(Duration::from_millis(1_900));
+    commit(&mut h, 1, 0);
+    let m = h.take(1);
+    assert_eq!(rate_limited(&m), 1, "{m:?}");
+    h.advance(Duration::from_millis(100));
+    commit(&mut h, 1, 0);
+    assert!(matches!(
+        h.take(1).as_slice(),
+        [ServerMessage::MlsCommitResult {
+            epoch: 1,
+            accepted: true
+        }]
+    ));
+    let b = h.take(2);
+    assert!(
+        matches!(b.as_slice(), [ServerMessage::MlsCommit { epoch: 1, .. }]),
+        "{b:?}"
+    );
+}
+
 #[test]
 fn signalling_loss_and_shutdown_remove_everyone() {
     let mut h = H::new();
