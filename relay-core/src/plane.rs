@@ -2187,6 +2187,319 @@ impl ControlPlane {
     }
 }
 
+// --- invariants (props branch) ---
+impl ControlPlane {
+    /// The plane's invariants, for property tests and the fuzz target (issue 19): `Err`
+    /// names the first one broken. Not for production paths: it walks every table.
+    ///
+    /// (1) no participant in two calls; (2) the SSRC index is exactly the sessions'
+    /// claims, one owner each; (3) every live state has its timer, and every other timer
+    /// is stale in a way that makes its firing do nothing early (the heap is lazy: stale
+    /// entries stay until their time); (4) tables and queues within their bounds.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        // (1) Sessions, connections and the registry agree.
+        let mut calls: BTreeMap<&str, usize> = BTreeMap::new();
+        for (p, s) in &self.sessions {
+            let c = self
+                .conns
+                .get(&s.conn)
+                .ok_or_else(|| format!("peer {p}: its conn {} is gone", s.conn))?;
+            if c.peer != Some(*p) {
+                return Err(format!("peer {p}: conn {} names {:?}", s.conn, c.peer));
+            }
+            if c.closing {
+                return Err(format!("peer {p}: its conn {} is closing", s.conn));
+            }
+            match self.registry.call_of(*p) {
+                Some((id, _, _)) if id == s.call => {}
+                other => {
+                    return Err(format!(
+                        "peer {p}: session in {}, registry {other:?}",
+                        s.call
+                    ))
+                }
+            }
+            if *p >= self.next_peer {
+                return Err(format!("peer {p} not yet allocated"));
+            }
+            *calls.entry(s.call.as_str()).or_default() += 1;
+        }
+        for (conn, c) in &self.conns {
+            if let Some(p) = c.peer {
+                if self.sessions.get(&p).map(|s| s.conn) != Some(*conn) {
+                    return Err(format!("conn {conn} names peer {p}, not its session"));
+                }
+            }
+        }
+        for (call, n) in &calls {
+            let members = self.registry.participants(call);
+            if members.len() != *n || members.iter().any(|p| !self.sessions.contains_key(p)) {
+                return Err(format!("call {call}: registry {members:?}, {n} sessions"));
+            }
+        }
+        if calls.len() != self.registry.call_count() {
+            return Err(format!(
+                "{} calls with sessions, {} in the registry",
+                calls.len(),
+                self.registry.call_count()
+            ));
+        }
+        // (2) The SSRC index is the sessions' claims, and no SSRC has two claimants.
+        let mut claims: HashMap<(&str, u32), PeerId> = HashMap::new();
+        for (p, s) in &self.sessions {
+            for x in s.claimed_ssrcs() {
+                if let Some(o) = claims.insert((s.call.as_str(), x), *p) {
+                    if o != *p {
+                        return Err(format!("call {}: SSRC {x} claimed by {o} and {p}", s.call));
+                    }
+                }
+            }
+        }
+        let indexed: usize = self.ssrcs.by_call.values().map(HashMap::len).sum();
+        if indexed != claims.len() {
+            return Err(format!("{indexed} SSRCs indexed, {} claimed", claims.len()));
+        }
+        for ((call, x), p) in &claims {
+            if self.ssrcs.owner(call, *x) != Some(*p) {
+                return Err(format!(
+                    "call {call}: SSRC {x} claimed by {p}, index says {:?}",
+                    self.ssrcs.owner(call, *x)
+                ));
+            }
+        }
+        // (3) Timers. Each live state's own entry, and what every entry refers to.
+        let mut consent: HashMap<PeerId, usize> = HashMap::new();
+        let mut connect: HashMap<PeerId, usize> = HashMap::new();
+        let mut hello: BTreeSet<ConnId> = BTreeSet::new();
+        let mut invites: BTreeSet<&(String, String)> = BTreeSet::new();
+        let mut parked: BTreeSet<&str> = BTreeSet::new();
+        let mut retrieves: BTreeSet<&str> = BTreeSet::new();
+        for Reverse((at, t)) in self.timers.iter() {
+            match t {
+                Timer::Hello(conn) => {
+                    if let Some(d) = self.conns.get(conn).and_then(|c| c.hello_deadline) {
+                        match at.cmp(&d) {
+                            std::cmp::Ordering::Equal => {
+                                hello.insert(*conn);
+                            }
+                            std::cmp::Ordering::Greater => {
+                                return Err(format!("conn {conn}: hello timer after its deadline"))
+                            }
+                            std::cmp::Ordering::Less => {}
+                        }
+                    }
+                }
+                Timer::Consent(p) => {
+                    if *p >= self.next_peer {
+                        return Err(format!("consent timer of unallocated peer {p}"));
+                    }
+                    if self.sessions.contains_key(p) {
+                        *consent.entry(*p).or_default() += 1;
+                    }
+                }
+                Timer::Connect(p) => {
+                    if *p >= self.next_peer {
+                        return Err(format!("connect timer of unallocated peer {p}"));
+                    }
+                    if let Some(s) = self.sessions.get(p) {
+                        if *at != s.joined_at + self.cfg.connect_timeout {
+                            return Err(format!("peer {p}: connect timer not at join + timeout"));
+                        }
+                        *connect.entry(*p).or_default() += 1;
+                    }
+                }
+                Timer::Invite(key, call) => {
+                    let k = (key.clone(), call.clone());
+                    if let Some((k, i)) = self.invites.get_key_value(&k) {
+                        if *at == i.expires {
+                            invites.insert(k);
+                        } else if *at > i.expires {
+                            return Err(format!("invite {k:?}: timer after its expiry"));
+                        }
+                    }
+                }
+                Timer::Parked(code) => {
+                    if let Some((c, p)) = self.parked.get_key_value(code) {
+                        if *at == p.expires {
+                            parked.insert(c.as_str());
+                        } else if *at > p.expires {
+                            return Err(format!("parked {code}: timer after its expiry"));
+                        }
+                    }
+                }
+                Timer::RetrieveBucket(user) => {
+                    if let Some((u, _)) = self.retrieves.get_key_value(user) {
+                        retrieves.insert(u.as_str());
+                    }
+                }
+            }
+        }
+        for (p, s) in &self.sessions {
+            if consent.get(p) != Some(&1) {
+                return Err(format!("peer {p}: {:?} consent timers", consent.get(p)));
+            }
+            if !s.keyed && connect.get(p) != Some(&1) {
+                return Err(format!(
+                    "peer {p}: unkeyed with {:?} connect timers",
+                    connect.get(p)
+                ));
+            }
+        }
+        for (conn, c) in &self.conns {
+            let waits = c.claims.is_none() && !c.closing;
+            if waits && (c.hello_deadline.is_none() || !hello.contains(conn)) {
+                return Err(format!(
+                    "conn {conn}: unauthenticated without a hello timer"
+                ));
+            }
+        }
+        if invites.len() != self.invites.len() {
+            return Err(format!(
+                "{} invites, {} with a timer",
+                self.invites.len(),
+                invites.len()
+            ));
+        }
+        if parked.len() != self.parked.len() {
+            return Err(format!(
+                "{} parked, {} with a timer",
+                self.parked.len(),
+                parked.len()
+            ));
+        }
+        if retrieves.len() != self.retrieves.len() {
+            return Err(format!(
+                "{} retrieve buckets, {} with a timer",
+                self.retrieves.len(),
+                retrieves.len()
+            ));
+        }
+        // (4) Bounds. The lobby: exactly the authenticated, open connections not in a
+        // call, each once, under its own name.
+        let mut in_lobby: BTreeSet<ConnId> = BTreeSet::new();
+        for (key, conns) in &self.lobby {
+            if conns.is_empty() {
+                return Err(format!("lobby entry {key} is empty"));
+            }
+            for conn in conns {
+                let c = self
+                    .conns
+                    .get(conn)
+                    .ok_or_else(|| format!("lobby holds gone conn {conn}"))?;
+                if c.user_key().as_ref() != Some(key) || c.peer.is_some() || c.closing {
+                    return Err(format!(
+                        "lobby {key} holds conn {conn}: {:?}, peer {:?}, closing {}",
+                        c.user_key(),
+                        c.peer,
+                        c.closing
+                    ));
+                }
+                if !in_lobby.insert(*conn) {
+                    return Err(format!("conn {conn} twice in the lobby"));
+                }
+            }
+        }
+        for (conn, c) in &self.conns {
+            if c.claims.is_some() && c.peer.is_none() && !c.closing && !in_lobby.contains(conn) {
+                return Err(format!(
+                    "conn {conn}: authenticated, idle and not in the lobby"
+                ));
+            }
+        }
+        if self.invites.len() > self.cfg.max_invites {
+            return Err(format!(
+                "{} invites > {}",
+                self.invites.len(),
+                self.cfg.max_invites
+            ));
+        }
+        if self.parked.len() > self.cfg.max_parked {
+            return Err(format!(
+                "{} parked > {}",
+                self.parked.len(),
+                self.cfg.max_parked
+            ));
+        }
+        if self.sessions.len() > self.cfg.max_total_participants {
+            return Err(format!("{} sessions over the limit", self.sessions.len()));
+        }
+        if self.registry.call_count() > self.cfg.max_calls {
+            return Err(format!(
+                "{} calls over the limit",
+                self.registry.call_count()
+            ));
+        }
+        let lines = |kind| {
+            self.cfg
+                .track_limits
+                .remote_lines(kind, self.cfg.max_call_participants)
+        };
+        let max_lines = lines("audio") + lines("video");
+        for (p, s) in &self.sessions {
+            if s.neg.remote.len() > max_lines {
+                return Err(format!(
+                    "peer {p}: {} remote lines > {max_lines}",
+                    s.neg.remote.len()
+                ));
+            }
+            if calls.get(s.call.as_str()).copied().unwrap_or(0) > self.cfg.max_call_participants {
+                return Err(format!("call {} over its participant limit", s.call));
+            }
+            if s.neg.outstanding.is_some() && s.neg.revision == 0 {
+                return Err(format!(
+                    "peer {p}: an offer outstanding before any was sent"
+                ));
+            }
+        }
+        // MLS: only calls in progress, a member always, everyone in it a participant of
+        // the call; the waiting ones with one KeyPackage; a few Welcomes each.
+        for (call, ds) in &self.mls {
+            let members = self.registry.participants(call);
+            if members.is_empty() {
+                return Err(format!("MLS state of ended call {call}"));
+            }
+            if ds.members.is_empty() {
+                return Err(format!("MLS call {call} without a member"));
+            }
+            let outsider = ds
+                .members
+                .iter()
+                .chain(ds.waiting.keys())
+                .chain(ds.welcomed.keys())
+                .find(|p| !members.contains(p) || !self.sessions.contains_key(p));
+            if let Some(p) = outsider {
+                return Err(format!("MLS call {call} holds peer {p}, not a participant"));
+            }
+            if let Some(p) = ds.waiting.keys().find(|p| ds.members.contains(p)) {
+                return Err(format!("MLS call {call}: member {p} also waiting"));
+            }
+            if ds
+                .welcomed
+                .values()
+                .any(|e| e.len() > WELCOMES_KEPT || e.is_empty())
+            {
+                return Err(format!(
+                    "MLS call {call}: Welcomes kept over {WELCOMES_KEPT}"
+                ));
+            }
+        }
+        // Output and report queues: the driver drains them after each input, and one
+        // input makes at most a message per pair of participants or connections.
+        let n = self.conns.len() + self.sessions.len() + 1;
+        let bound = 64 + 8 * n * n;
+        if self.out.len() > bound || self.reports.len() > bound {
+            return Err(format!(
+                "{} outputs and {} reports queued (bound {bound})",
+                self.out.len(),
+                self.reports.len()
+            ));
+        }
+        Ok(())
+    }
+}
+// --- end invariants ---
+
 #[cfg(test)]
 mod tests {
     //! The control plane on a virtual clock: no sockets, no sleeps, microseconds a test.
