@@ -40,6 +40,9 @@ pub mod hop;
 pub mod ice;
 pub mod lines;
 pub mod plane;
+/// Random plane actions and the invariants checked after each (tests and fuzzing only).
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod plane_model;
 pub mod policy;
 pub mod report;
 pub mod ssrcs;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 #[derive(Debug, Default)]
 pub struct SsrcIndex {
-    by_call: HashMap<String, HashMap<u32, PeerId>>,
+    pub(crate) by_call: HashMap<String, HashMap<u32, PeerId>>,
 }
 
 impl SsrcIndex {

@@ -547,4 +547,14 @@ fn main() {
     srtp_seeds();
     sframe_seeds();
     audit_seeds();
+    plane_seeds();
+}
+
+/// The control plane's named scenarios (a call of two with answers, an MLS group, park
+/// and retrieve, a consultative transfer, a merge), as the bytes its actions are read from.
+fn plane_seeds() {
+    use blindrelay_core::plane_model::{scenario_bytes, scenarios};
+    for (name, actions) in scenarios() {
+        write("plane", name, &scenario_bytes(&actions));
+    }
 }

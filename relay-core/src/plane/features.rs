@@ -7,6 +7,7 @@
 //! before the request is read); chat is, within `max_chat_bytes` and charged to the
 //! sender's broadcast budget.
 
+use super::sessions::Session;
 use super::{user_key, ConnId, ControlPlane, Output, Refusal, FEATURES};
 use crate::budget;
 use crate::report::{RemovalReason, Report};
@@ -345,6 +346,15 @@ impl ControlPlane {
     /// Move the other call's participants into `peer`'s call: membership, forwarding
     /// loop, and everyone told who is now with them.
     fn merge(&mut self, peer: PeerId, other: &str) -> Result<(), Refusal> {
+        // SSRCs stay unique in the merged call, as a join keeps them. Checked only when
+        // the requester is in the other call too, so the refusal tells nothing of a call
+        // it is not in (the registry refuses every other case alike).
+        if let Some(ssrc) = self.merge_collision(peer, other) {
+            return Err((
+                ErrorCode::SsrcInUse,
+                format!("SSRC {ssrc} is sent in both calls"),
+            ));
+        }
         let merged = self.registry.merge(peer, other)?;
         self.report(Report::Calls(CallMode::Standard, -1));
         for (p, _) in &merged.moved {
@@ -387,6 +397,25 @@ impl ControlPlane {
         tell(self, &merged.moved, &merged.existing);
         self.renegotiate_call_of(peer);
         Ok(())
+    }
+
+    /// An SSRC claimed both in `peer`'s call and in call `other`, if `peer`'s identity is
+    /// in both.
+    fn merge_collision(&self, peer: PeerId, other: &str) -> Option<u32> {
+        let me = self.sessions.get(&peer)?;
+        let theirs: Vec<&Session> = self
+            .registry
+            .participants(other)
+            .iter()
+            .filter_map(|p| self.sessions.get(p))
+            .collect();
+        if !theirs.iter().any(|s| s.user_key == me.user_key) {
+            return None;
+        }
+        theirs
+            .iter()
+            .flat_map(|s| s.claimed_ssrcs())
+            .find(|x| self.ssrcs.owner(&me.call, *x).is_some())
     }
 }
 
