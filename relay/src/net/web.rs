@@ -122,6 +122,13 @@ pub const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../web/worker.js"),
     },
+    // ts-mls bundled by web/build/build.sh (the committed output; a test rebuilds and
+    // compares it).
+    Asset {
+        path: "/mls.bundle.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/mls.bundle.js"),
+    },
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
