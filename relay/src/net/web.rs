@@ -127,6 +127,11 @@ pub const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../web/mls.js"),
     },
+    Asset {
+        path: "/roster.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/roster.js"),
+    },
     // ts-mls bundled by web/build/build.sh (the committed output; a test rebuilds and
     // compares it).
     Asset {
