@@ -128,6 +128,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../../../web/mls.js"),
     },
     Asset {
+        path: "/group.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/group.js"),
+    },
+    Asset {
         path: "/roster.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../web/roster.js"),
