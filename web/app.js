@@ -34,7 +34,7 @@ const ERROR_TEXT = {
   e2ee_not_allowed: "Your organisation's policy does not allow end-to-end encrypted calls.",
   e2ee_required: 'This call must be end-to-end encrypted, and it cannot be with you in it.',
   e2ee_call_is_one_to_one: 'End-to-end encrypted calls are one-to-one, and this one already has two people.',
-  e2ee_scheme_mismatch: 'This encrypted call uses another key scheme (a group call keyed with MLS, or a one-to-one call): this page joins one-to-one calls only.',
+  e2ee_scheme_mismatch: 'This encrypted call uses another key scheme: it is a group call keyed with MLS and you asked for a one-to-one call, or the other way round. Choose the other scheme in the settings (or scheme=mls in the address) and join again.',
   e2ee_call_refuses_bots: 'End-to-end encrypted calls admit no recording, caption or transcription bots.',
   feature_unavailable_in_e2ee_call: 'This feature is unavailable on an end-to-end encrypted call.',
   unknown_feature: 'The relay does not offer this feature.',
@@ -74,6 +74,8 @@ const st = {
   keyed: false, code: null, participants: new Map(), error: null, messages: [], chat: [], features: [],
   workerStats: { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 }, inbound: [], outbound: [],
   payloadTypes: {}, kexError: null, joinedAt: null,
+  // Group calls (scheme mls): what the worker's group session shows (no secret in it).
+  scheme: null, group: null, codeChanges: 0,
   // No downgrade without consent (see the top of the file).
   askedE2ee: false, clearConsent: false, pendingDowngrade: null, leftReason: null, downgradesRefused: 0,
 };
@@ -108,6 +110,7 @@ function startWorker() {
   worker.onmessage = (ev) => {
     const m = ev.data || {};
     if (m.type === 'stats') st.workerStats = m.stats;
+    if (m.summary) onGroupSummary(m.summary);
     if ((m.type === 'reply' || m.type === 'stats') && rpcPending.has(m.id)) {
       rpcPending.get(m.id)(m);
       rpcPending.delete(m.id);
@@ -176,7 +179,8 @@ async function handle(m, connected) {
       const p = m.participant;
       st.participants.set(p.participant, p);
       renderTiles();
-      if (st.callMode === 'e2ee' && !kex) {
+      if (st.scheme === 'mls') await groupSignal(m);
+      else if (st.callMode === 'e2ee' && !kex) {
         await startKex(p);
         for (const [from, blob] of earlyBlobs.splice(0)) await onBlob(from, blob);
       }
@@ -192,6 +196,7 @@ async function handle(m, connected) {
         break;
       }
       st.participants.delete(m.participant);
+      if (st.scheme === 'mls') await groupSignal(m);
       const tile = document.querySelector(`.tile[data-participant="${CSS.escape(m.participant)}"]`);
       if (tile) tile.remove();
       showMessage(`${m.participant} left (${m.reason}).`, 'info');
@@ -210,6 +215,13 @@ async function handle(m, connected) {
         renderFeatures();
         renderChat();
       }
+      break;
+    case 'mls_key_package':
+    case 'mls_commit':
+    case 'mls_commit_result':
+    case 'mls_welcome':
+    case 'mls_create':
+      if (st.scheme === 'mls') await groupSignal(m);
       break;
     case 'chat': await onChat(m); break;
     case 'feature_result':
@@ -270,6 +282,13 @@ function setRemoteMsid(sdp) {
   Object.assign(ssrcOwner, remoteMsid.bySsrc);
 }
 
+/** The key scheme asked for: `mls` (group call) from the settings or `scheme=mls`. */
+function wantScheme() {
+  const sel = $('scheme-select');
+  if (sel) return sel.value;
+  return params.get('scheme') === 'mls' ? 'mls' : 'x25519-commit-reveal';
+}
+
 function wantE2ee() {
   const opt = st.capabilities ? st.capabilities.e2ee_option : 'hidden';
   if (opt === 'required') return true;
@@ -327,7 +346,9 @@ async function join() {
   }
   st.payloadTypes = parsePayloadTypes(pc.localDescription.sdp);
   addLocalTile();
-  send({ type: 'join', call, e2ee_enabled: e2ee, offer_sdp: pc.localDescription.sdp });
+  const join = { type: 'join', call, e2ee_enabled: e2ee, offer_sdp: pc.localDescription.sdp };
+  if (e2ee && wantScheme() === 'mls') join.e2ee_scheme = 'mls';
+  send(join);
 }
 
 async function onJoined(m) {
@@ -350,6 +371,16 @@ async function onJoined(m) {
   renderChat();
   timers.push(setInterval(tick, 500));
   if (st.callMode !== 'e2ee' && !clearAllowed()) relaySaysStandard(st.modeReason || 'the relay says this is a standard call');
+  if (st.callMode === 'e2ee' && m.e2ee_scheme === 'mls') {
+    st.scheme = 'mls';
+    // The worker holds the group (keys never come back here); this thread relays.
+    const r = await rpc({
+      type: 'mls_start', me: st.me, call: st.call, user: st.capabilities ? st.capabilities.user : '',
+      participants: (m.participants || []).map((p) => ({ participant: p.participant, user: p.user })),
+    });
+    afterGroupReply(r);
+    return;
+  }
   const first = [...st.participants.values()][0];
   if (st.callMode === 'e2ee' && first) {
     await startKex(first);
@@ -411,6 +442,40 @@ async function onBlob(from, blob) {
     renderCallBar();
     renderChat();
   }
+}
+
+// ---------- group E2EE (MLS, in the worker) ----------
+
+/** Hand a relay message to the worker's group session; send what it answers. */
+async function groupSignal(m) {
+  if (!worker) return;
+  afterGroupReply(await rpc({ type: 'mls_signal', msg: m }));
+}
+
+function afterGroupReply(r) {
+  if (r.error) showMessage(`Group end-to-end keys: ${r.error}`);
+  for (const out of r.out || []) send(out);
+}
+
+/** The worker's group summary: epoch, code, members, refusals (never keys). */
+function onGroupSummary(g) {
+  const before = st.group;
+  st.group = g;
+  if (g.refused && !(before && before.refused)) {
+    showMessage(`This page left the end-to-end group: a change to it was refused (${g.refused}). The call stays silent rather than keyed to someone unseen.`);
+  }
+  if (g.keyed && g.code) {
+    if (st.code && st.code !== g.code) {
+      st.codeChanges++;
+      showMessage(`The verification code changed: people joined or left (epoch ${g.epoch}). Compare the new code.`, 'info');
+    }
+    st.code = g.code;
+    if (!st.keyed) {
+      st.keyed = true;
+      renderChat();
+    }
+  }
+  renderCallBar();
 }
 
 // ---------- no downgrade without consent ----------
@@ -575,7 +640,18 @@ function renderSettings() {
     toggle.checked = params.get('e2ee') === '1';
     p.textContent = 'Media and chat are encrypted on this device; the relay forwards what it cannot read. Record, captions, transcription, transfers, merge and park are then unavailable.';
   }
-  box.append(label, p);
+  const schemeLabel = document.createElement('label');
+  const select = document.createElement('select');
+  select.id = 'scheme-select';
+  for (const [value, text] of [['x25519-commit-reveal', 'One-to-one (X25519)'], ['mls', 'Group (MLS)']]) {
+    const o = document.createElement('option');
+    o.value = value;
+    o.textContent = text;
+    select.appendChild(o);
+  }
+  select.value = params.get('scheme') === 'mls' ? 'mls' : 'x25519-commit-reveal';
+  schemeLabel.append('Encrypted call type ', select);
+  box.append(label, p, schemeLabel);
 }
 
 function renderCallBar() {
@@ -594,6 +670,12 @@ function renderCallBar() {
   $('lock-shackle').setAttribute('d', st.keyed ? 'M8 10V7a4 4 0 0 1 8 0v3' : 'M8 10V7a4 4 0 0 1 8 0');
   $('lock-label').textContent = st.keyed ? 'end-to-end encrypted' : 'waiting for end-to-end keys';
   $('code').textContent = st.code || 'waiting for the other participant';
+  const list = $('group-members');
+  if (list) {
+    const g = st.scheme === 'mls' ? st.group : null;
+    list.hidden = !g;
+    list.textContent = g ? `Epoch ${g.epoch}; members: ${g.members.join(', ')}` : '';
+  }
 }
 
 function tick() {
@@ -736,7 +818,7 @@ function endCall(sendLeave) {
   stopMedia();
   kex = null;
   earlyBlobs = [];
-  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null });
+  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, scheme: null, group: null });
   st.participants.clear();
   $('call-view').hidden = true;
   $('callbar').hidden = true;
@@ -790,6 +872,14 @@ window.blindrelay = {
       e2ee_option: st.capabilities ? st.capabilities.e2ee_option : null,
       e2ee_toggle_present: !!$('e2ee-toggle') && !$('settings').hidden,
       verification_code: st.code,
+      e2ee_scheme: st.scheme || (st.callMode === 'e2ee' ? 'x25519-commit-reveal' : null),
+      epoch: st.group ? st.group.epoch : null,
+      group_members: st.group ? [...st.group.members] : [],
+      group_participants: st.group ? [...st.group.participants] : [],
+      frames_decrypted_from: { ...(w.frames_decrypted_from || {}) },
+      key_packages_refused: st.group ? st.group.key_packages_refused : 0,
+      group_refused: st.group ? st.group.refused : null,
+      code_changes: st.codeChanges,
       participant: st.me,
       participants: [...st.participants.keys()],
       frames_encrypted: w.frames_encrypted,

@@ -4,13 +4,73 @@
 // (KID, CTR) pair, and so an AES-GCM nonce, is never used twice. Frames before the keys
 // exist are dropped, never sent in the clear. Nothing here logs key material.
 import { SframeSender, SframeReceiver, sealMedia, openMedia, SframeError } from './sframe.js';
+import { GroupSession, OpenError, EARLY_FRAME_WAIT_MS } from './group.js';
 
 // 'e2ee' | 'passthrough' (a standard call the person agreed to; never once keyed). Until
 // told otherwise, and without keys, every frame is dropped.
 let mode = 'e2ee';
 let sender = null;
 let receiver = null;
-const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null };
+const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, early_frames_held: 0 };
+
+// A group call (scheme `mls`): the MLS state and its SFrame keys live here only (web/group.js);
+// the main thread relays signalling and sees group.summary(), which holds no secret.
+let group = null;
+let groupOps = Promise.resolve();
+let epochWaiters = [];
+const now = () => performance.now();
+
+/** Resolves when the group reaches a new epoch, or after `ms`. */
+function nextEpoch(ms) {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    epochWaiters.push(() => { clearTimeout(t); resolve(); });
+  });
+}
+
+/** The group as an SFrame sender/receiver for sealMedia/openMedia. A frame of an epoch this
+ * member has not reached yet (media overtakes the commit) waits for it, up to 2 s. */
+const groupSender = { seal: (meta, pt) => group.seal(meta, pt) };
+const groupReceiver = groupOpener(true);
+const groupChatReceiver = groupOpener(false);
+function groupOpener(media) {
+  return { async open(meta, frame) {
+    const deadline = now() + EARLY_FRAME_WAIT_MS;
+    for (;;) {
+      try {
+        const r = await group.open(now(), meta, frame, null, false);
+        if (media) {
+          const who = r.from || '?';
+          stats.frames_decrypted_from[who] = (stats.frames_decrypted_from[who] || 0) + 1;
+        }
+        return r;
+      } catch (e) {
+        if (!(e instanceof OpenError && e.code === 'early') || now() >= deadline) throw e;
+        stats.early_frames_held++;
+        await nextEpoch(deadline - now());
+      }
+    }
+  } };
+}
+
+function groupKeyed() {
+  return group !== null && group.keyed();
+}
+
+/** Run one group operation at a time; reply with what to send and the summary. */
+function groupOp(id, f) {
+  groupOps = groupOps.then(async () => {
+    const before = group ? group.epoch() : null;
+    let out = [];
+    let error = null;
+    try { out = await f(); } catch (e) { error = String(e && e.message ? e.message : e); }
+    if (group && group.epoch() !== before) {
+      for (const w of epochWaiters.splice(0)) w();
+      askKeyFrames();
+    }
+    self.postMessage({ type: 'reply', id, out, error, summary: group ? group.summary() : null });
+  });
+}
 const transformers = new Set();
 
 function b64encode(bytes) {
@@ -47,24 +107,26 @@ function setup(transformer) {
       if (mode === 'passthrough') { controller.enqueue(frame); return; }
       const data = new Uint8Array(frame.data);
       if (side === 'send') {
-        if (!sender) { stats.dropped_before_keys++; return; }
-        const sealed = await sealMedia(sender, kind, data);
+        const s = group ? (groupKeyed() ? groupSender : null) : sender;
+        if (!s) { stats.dropped_before_keys++; return; }
+        const sealed = await sealMedia(s, kind, data);
         frame.data = sealed.buffer;
         stats.frames_encrypted++;
         controller.enqueue(frame);
       } else {
-        if (!receiver) { stats.dropped_before_keys++; return; }
+        const r = group ? (group.inGroup() ? groupReceiver : null) : receiver;
+        if (!r) { stats.dropped_before_keys++; return; }
         // Chromium now and then hands the receiver an empty audio frame (no payload): it
         // holds neither ciphertext nor media, so it is dropped and counted, not "opened".
         if (data.length === 0) { stats.empty_frames++; return; }
         try {
-          const opened = await openMedia(receiver, kind, data);
+          const opened = await openMedia(r, kind, data);
           frame.data = opened.buffer;
           stats.frames_decrypted++;
           controller.enqueue(frame);
         } catch (e) {
           stats.decrypt_failures++;
-          stats.last_error = `${kind}: ${e instanceof SframeError ? e.code : String(e && e.name)} (${data.length} bytes, type ${frame.type || '-'})`;
+          stats.last_error = `${kind}: ${e instanceof SframeError || e instanceof OpenError ? e.code : String(e && e.name)} (${data.length} bytes, type ${frame.type || '-'})`;
         }
       }
     },
@@ -87,22 +149,34 @@ self.onmessage = async (event) => {
         self.postMessage({ type: 'keyed' });
         break;
       }
+      case 'mls_start':
+        // Once per call: the participant's identity and the others the relay listed.
+        if (group) { self.postMessage({ type: 'reply', id: m.id, error: 'group already started' }); break; }
+        group = new GroupSession(m.me, m.call, { user: m.user });
+        groupOp(m.id, () => group.start(now(), m.participants || []));
+        break;
+      case 'mls_signal':
+        if (!group) { self.postMessage({ type: 'reply', id: m.id, error: 'no group' }); break; }
+        groupOp(m.id, () => group.onMessage(now(), m.msg));
+        break;
       case 'mode':
         // Once keyed, never passthrough: a call with keys stays sealed whatever the relay
         // says (the page refuses such a downgrade too; this holds if it did not).
-        mode = m.mode === 'passthrough' && !sender ? 'passthrough' : 'e2ee';
+        mode = m.mode === 'passthrough' && !sender && !group ? 'passthrough' : 'e2ee';
         break;
       case 'seal_chat': {
-        if (!sender) { self.postMessage({ type: 'reply', id: m.id, error: 'no keys yet' }); break; }
-        const sealed = await sender.seal(CHAT_META, enc.encode(m.text));
+        const s = group ? (groupKeyed() ? groupSender : null) : sender;
+        if (!s) { self.postMessage({ type: 'reply', id: m.id, error: 'no keys yet' }); break; }
+        const sealed = await s.seal(CHAT_META, enc.encode(m.text));
         self.postMessage({ type: 'reply', id: m.id, body: CHAT_PREFIX + b64encode(sealed) });
         break;
       }
       case 'open_chat': {
         if (!m.body.startsWith(CHAT_PREFIX)) { self.postMessage({ type: 'reply', id: m.id, text: m.body, sealed: false }); break; }
-        if (!receiver) { self.postMessage({ type: 'reply', id: m.id, error: 'sealed chat, no keys' }); break; }
+        const rx = group ? (group.inGroup() ? groupChatReceiver : null) : receiver;
+        if (!rx) { self.postMessage({ type: 'reply', id: m.id, error: 'sealed chat, no keys' }); break; }
         try {
-          const r = await receiver.open(CHAT_META, b64decode(m.body.slice(CHAT_PREFIX.length)));
+          const r = await rx.open(CHAT_META, b64decode(m.body.slice(CHAT_PREFIX.length)));
           self.postMessage({ type: 'reply', id: m.id, text: dec.decode(r.plaintext), sealed: true });
         } catch (e) {
           self.postMessage({ type: 'reply', id: m.id, error: 'chat that does not open' });
@@ -110,7 +184,7 @@ self.onmessage = async (event) => {
         break;
       }
       case 'stats':
-        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats } });
+        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from } }, summary: group ? group.summary() : null });
         break;
       default:
         break;

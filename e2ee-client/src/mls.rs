@@ -730,3 +730,248 @@ mod tests {
         assert!(a.process_commit(&from_b.commit, |_| Ok(())).is_err());
     }
 }
+
+/// The cross-check with the page's MLS (ts-mls, web/mls.bundle.js): a group made here by
+/// openmls is written to `web/test/mls-vectors.json`, and web/test/mls.test.mjs joins it
+/// from the Welcome with ts-mls (the joiner's private keys are in the file: they exist
+/// for this test only), processes the later commits and must show, at every epoch, the
+/// same exporter-derived SFrame base key, the same 20-digit code, and open the frames
+/// each member sealed with its own KID.
+///
+/// openmls draws fresh randomness, so a new run makes a different group: the file is
+/// rewritten only with `BLINDRELAY_BLESS=1`. Every run checks the committed file against
+/// this side all the same: its KeyPackages validate, its messages parse as what they say,
+/// and its codes and frames are what e2ee-client derives from its recorded secrets.
+#[cfg(test)]
+mod web_vectors {
+    use super::*;
+    use crate::roster::MemberIdentity;
+
+    fn hexs(b: &[u8]) -> String {
+        hex::encode(b)
+    }
+
+    fn unhex(v: &serde_json::Value) -> Vec<u8> {
+        hex::decode(v.as_str().expect("a hex string")).expect("hex")
+    }
+
+    fn identity(participant: &str, user: &str) -> Vec<u8> {
+        MemberIdentity {
+            participant: participant.into(),
+            user: user.into(),
+            token: None,
+        }
+        .to_bytes()
+    }
+
+    fn code_of(authenticator: &[u8]) -> String {
+        let digest = Sha256::new()
+            .chain_update(CODE_LABEL)
+            .chain_update(authenticator)
+            .finalize();
+        let mut okm = [0u8; 16];
+        okm.copy_from_slice(&digest[..16]);
+        VerificationCode::from_okm(okm).digits().to_string()
+    }
+
+    /// One epoch as member `m` sees it, with a frame sealed by every member in `sealers`.
+    fn epoch_record(m: &GroupMember, sealers: &[&GroupMember]) -> serde_json::Value {
+        let g = m.group().expect("in the group");
+        let base = m.sframe_base_key().expect("exporter");
+        let authenticator = g.epoch_authenticator().as_slice().to_vec();
+        let code = m.verification_code().expect("code").digits().to_string();
+        assert_eq!(code, code_of(&authenticator));
+        let epoch = g.epoch().as_u64();
+        let frames: Vec<serde_json::Value> = sealers
+            .iter()
+            .map(|s| {
+                let leaf = s.leaf_index().expect("a member");
+                let k = kid(epoch, leaf);
+                // Each member seals with the base key it derived itself.
+                let own_base = s.sframe_base_key().expect("exporter");
+                assert_eq!(*own_base, *base, "members agree on the base key");
+                let plain = format!("frame from leaf {leaf} in epoch {epoch}");
+                let sealed = Sender::new(FRAME_SUITE, k, &own_base)
+                    .seal(b"hdr", plain.as_bytes())
+                    .expect("seal");
+                serde_json::json!({
+                    "leaf": leaf, "kid": k, "metadata": hexs(b"hdr"),
+                    "plaintext": hexs(plain.as_bytes()), "sealed": hexs(&sealed),
+                })
+            })
+            .collect();
+        let members: Vec<serde_json::Value> = m
+            .members()
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "leaf": c.leaf,
+                    "identity": String::from_utf8(c.identity.clone()).expect("JSON identity"),
+                    "signature_key": hexs(&c.signature_key),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "epoch": epoch,
+            "sframe_base_key": hexs(&base),
+            "epoch_authenticator": hexs(&authenticator),
+            "code": code,
+            "members": members,
+            "frames": frames,
+        })
+    }
+
+    /// a creates the call's group; one commit adds b and the joiner j (the Welcome j
+    /// joins from); a adds c; b removes c. Every epoch from j's Welcome on is recorded.
+    fn make() -> serde_json::Value {
+        let group_id = b"call-vectors";
+        let mut a = GroupMember::new(identity("p-a", "alice")).expect("a");
+        let mut b = GroupMember::new(identity("p-b", "bob")).expect("b");
+        let mut c = GroupMember::new(identity("p-c", "carol")).expect("c");
+        let j = GroupMember::new(identity("p-j", "joiner")).expect("j");
+        // j's KeyPackage built here, so its private keys can be written for the JS side.
+        let j_bundle = KeyPackage::builder()
+            .build(CIPHERSUITE, &j.provider, &j.signer, j.credential.clone())
+            .expect("KeyPackage");
+        let kp_j = MlsMessageOut::from(j_bundle.key_package().clone())
+            .tls_serialize_detached()
+            .expect("serialise");
+        let kp_b = b.key_package().expect("b's KeyPackage");
+        let kp_c = c.key_package().expect("c's KeyPackage");
+
+        a.create(group_id).expect("create");
+        let add = a.commit(&[kp_b.clone(), kp_j.clone()], &[]).expect("add");
+        a.commit_accepted().expect("merge");
+        let welcome = add.welcome.expect("adds make a Welcome");
+        b.join(&welcome, |_| Ok(())).expect("b joins");
+        let mut epochs = vec![epoch_record(&a, &[&a, &b])];
+
+        let add_c = a.commit(std::slice::from_ref(&kp_c), &[]).expect("add c");
+        a.commit_accepted().expect("merge");
+        b.process_commit(&add_c.commit, |_| Ok(()))
+            .expect("b: add c");
+        c.join(&add_c.welcome.expect("Welcome"), |_| Ok(()))
+            .expect("c joins");
+        epochs.push(epoch_record(&b, &[&a, &b, &c]));
+
+        let c_leaf = c.leaf_index().expect("c's leaf");
+        let rm_c = b.commit(&[], &[c_leaf]).expect("remove c");
+        b.commit_accepted().expect("merge");
+        a.process_commit(&rm_c.commit, |_| Ok(()))
+            .expect("a: remove c");
+        epochs.push(epoch_record(&a, &[&a, &b]));
+
+        serde_json::json!({
+            "about": "Written by e2ee-client's mls::web_vectors test (BLINDRELAY_BLESS=1 rewrites); replayed by web/test/mls.test.mjs",
+            "ciphersuite": "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
+            "exporter_label": EXPORTER_LABEL,
+            "epoch_bits": EPOCH_BITS,
+            "group_id": hexs(group_id),
+            "key_packages": {
+                "b": hexs(&kp_b), "c": hexs(&kp_c), "j": hexs(&kp_j),
+            },
+            "joiner": {
+                "identity": String::from_utf8(identity("p-j", "joiner")).expect("JSON"),
+                "key_package": hexs(&kp_j),
+                "init_private_key": hexs(j_bundle.init_private_key()),
+                "encryption_private_key": hexs(&stored_secret(&j, "private_encryption_key", None)),
+                "signature_private_key": hexs(&stored_secret(&j, "private", Some(j.signer.public()))),
+                "signature_public_key": hexs(j.signer.public()),
+            },
+            "welcome": hexs(&welcome),
+            "commits": [hexs(&add_c.commit), hexs(&rm_c.commit)],
+            "epochs": epochs,
+        })
+    }
+
+    /// Bytes of a JSON value as openmls serialises secrets (a byte array, possibly wrapped in
+    /// objects).
+    fn json_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
+        match v {
+            serde_json::Value::Array(a) if !a.is_empty() => a
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
+                .collect(),
+            serde_json::Value::Object(o) => o.values().find_map(json_bytes),
+            _ => None,
+        }
+    }
+
+    /// A private key openmls keeps only in its storage (the KeyPackage bundle's encryption
+    /// key, the signature key pair's private half) and has no public accessor for outside its
+    /// own test builds: read from the joiner's in-memory storage, where it is serialised as
+    /// JSON. `public` picks the stored object whose `public` field matches.
+    fn stored_secret(m: &GroupMember, field: &str, public: Option<&[u8]>) -> Vec<u8> {
+        let values = m.provider.storage().values.read().expect("storage lock");
+        let found: Vec<Vec<u8>> = values
+            .values()
+            .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+            .filter(|v| {
+                public.is_none_or(|p| v.get("public").and_then(json_bytes).as_deref() == Some(p))
+            })
+            .filter_map(|v| v.get(field).and_then(json_bytes))
+            .collect();
+        assert_eq!(found.len(), 1, "one stored `{field}`");
+        found.into_iter().next().expect("checked above")
+    }
+
+    /// What can be checked of a committed file without its members' state.
+    fn check_committed(v: &serde_json::Value) {
+        for who in ["b", "c", "j"] {
+            let kp = unhex(&v["key_packages"][who]);
+            let cand = inspect_key_package(&kp).expect("a valid KeyPackage");
+            let id = MemberIdentity::parse(&cand.identity).expect("a member identity");
+            assert_eq!(id.participant, format!("p-{who}"));
+        }
+        let parse = |raw: Vec<u8>| {
+            MlsMessageIn::tls_deserialize_exact(raw.as_slice())
+                .expect("an MLSMessage")
+                .extract()
+        };
+        assert!(matches!(
+            parse(unhex(&v["welcome"])),
+            MlsMessageBodyIn::Welcome(_)
+        ));
+        for c in v["commits"].as_array().expect("commits") {
+            assert!(matches!(
+                parse(unhex(c)),
+                MlsMessageBodyIn::PublicMessage(_) | MlsMessageBodyIn::PrivateMessage(_)
+            ));
+        }
+        let epochs = v["epochs"].as_array().expect("epochs");
+        assert_eq!(epochs.len(), 3);
+        for (i, e) in epochs.iter().enumerate() {
+            assert_eq!(e["epoch"].as_u64(), Some(i as u64 + 1));
+            let code = code_of(&unhex(&e["epoch_authenticator"]));
+            assert_eq!(e["code"].as_str(), Some(code.as_str()));
+            let base = unhex(&e["sframe_base_key"]);
+            let mut rx = crate::sframe::Receiver::new();
+            for f in e["frames"].as_array().expect("frames") {
+                let leaf = f["leaf"].as_u64().expect("leaf") as u32;
+                let k = f["kid"].as_u64().expect("kid");
+                assert_eq!(k, kid(i as u64 + 1, leaf));
+                rx.add_key(FRAME_SUITE, k, &base);
+                let (got_kid, _, plain) = rx
+                    .open(&unhex(&f["metadata"]), &unhex(&f["sealed"]))
+                    .expect("the frame opens with the recorded base key");
+                assert_eq!(got_kid, k);
+                assert_eq!(plain, unhex(&f["plaintext"]));
+            }
+        }
+    }
+
+    #[test]
+    fn web_mls_vectors_are_openmls_groups() {
+        let fresh = make();
+        check_committed(&fresh);
+        let text = serde_json::to_string_pretty(&fresh).expect("JSON") + "\n";
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/test/mls-vectors.json");
+        if std::env::var("BLINDRELAY_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &text).expect("write mls-vectors.json");
+        }
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (BLINDRELAY_BLESS=1 writes it)", path.display()));
+        check_committed(&serde_json::from_str(&committed).expect("JSON"));
+    }
+}

@@ -1665,3 +1665,114 @@ async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
     );
     assert!(s.frames_decrypted > after / 2, "{s:?}");
 }
+
+/// Group E2EE (scheme `mls`) with pages and e2ee-clients in ONE MLS group: two pages (ts-mls
+/// in the worker) and two e2ee-clients (openmls) join one call. Every member opens every
+/// other member's frames (the pages decode the clients' real VP8 clip; the clients, with
+/// `--web-peers`, open the pages' frames), and all four show one code and one member list
+/// for the epoch the pages reached.
+///
+/// Not yet asserted (issue 21 wants it): 0 decrypt failures. Seen so far: a few page frames
+/// fail as "early" (a frame of a coming epoch that waited 2 s in vain), and the e2ee-clients
+/// count hundreds of failures, around the pages' joins and leaves; the counts are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_e2ee_clients_key_one_mls_group() {
+    use blindrelay_protocol::signal::E2eeScheme;
+    let _lock = CALL_LOCK.lock().await;
+    let cfg = loopback_config();
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-mls";
+    let client = |name: &str| CallOptions {
+        token: token(&cfg, name, Some(call), "user"),
+        name: name.into(),
+        e2ee_scheme: E2eeScheme::Mls,
+        ..rusty(&relay, &cfg, call, 30)
+    };
+    let (c1, c2) = (client("rusty"), client("crabby"));
+    let c1 = tokio::spawn(async move { run_call(&c1).await });
+    let c2 = tokio::spawn(async move { run_call(&c2).await });
+    let url = |user: &str| {
+        format!(
+            "{}&scheme=mls",
+            page_url(&relay, &token(&cfg, user, Some(call), "user"), call, true)
+        )
+    };
+    let args = peer_args(&[
+        "--page",
+        &url("webby"),
+        "--page",
+        &url("pagey"),
+        "--until",
+        "group",
+        "--min-members",
+        "4",
+        "--min-encrypted",
+        "200",
+        "--min-decrypted",
+        "50",
+        "--timeout",
+        "40",
+    ]);
+    let pages = drive(&args).await;
+    let s1 = c1.await.expect("e2ee-client task");
+    let s2 = c2.await.expect("e2ee-client task");
+    for p in &pages {
+        eprintln!(
+            "{}: epoch {}, code {:?}, members {}, decrypted from {}, failures {}",
+            p.me(),
+            p.s("epoch"),
+            p.code(),
+            p.s("group_members"),
+            p.s("frames_decrypted_from"),
+            p.num("decrypt_failures")
+        );
+    }
+    for s in [&s1, &s2] {
+        eprintln!(
+            "{:?}: epochs {:?}, decrypted from {:?}, failures {}",
+            s.participant, s.epoch_codes, s.frames_decrypted_from, s.decrypt_failures
+        );
+    }
+    let names = ["crabby", "pagey", "rusty", "webby"];
+    for p in &pages {
+        assert!(p.ok(), "{}", p.brief());
+        assert_eq!(p.s("e2ee_scheme"), "mls");
+        assert_eq!(p.num("key_packages_refused"), 0, "{}", p.brief());
+        assert_eq!(p.s("group_members"), &serde_json::json!(names));
+        assert!(grouped_code(p.code().unwrap_or("")), "{}", p.brief());
+        // Frames opened from each other member: both clients and the other page.
+        let from = p.s("frames_decrypted_from");
+        for s in [&s1, &s2] {
+            let who = s.participant.as_deref().expect("joined");
+            assert!(from[who].as_u64().unwrap_or(0) >= 50, "{}", p.brief());
+        }
+        // One code per epoch on all four.
+        let epoch = p.num("epoch");
+        for s in [&s1, &s2] {
+            assert_eq!(
+                s.epoch_codes.get(&epoch).map(String::as_str),
+                p.code(),
+                "epoch {epoch}: {:?} vs {}",
+                s.participant,
+                p.me()
+            );
+        }
+    }
+    assert_eq!(pages[0].code(), pages[1].code());
+    assert_eq!(pages[0].s("epoch"), pages[1].s("epoch"));
+    for s in [&s1, &s2] {
+        assert!(s.error.is_none(), "{:?}", s.error);
+        assert!(s.e2ee, "e2ee-client keyed: {:?}", s.e2ee_error);
+        assert_eq!(s.e2ee_scheme.as_deref(), Some("mls"));
+        for p in &pages {
+            assert!(
+                s.frames_decrypted_from.get(p.me()).copied().unwrap_or(0) > 50,
+                "{:?} opened too few of {}'s frames: {:?}",
+                s.participant,
+                p.me(),
+                s.frames_decrypted_from
+            );
+        }
+    }
+    relay.shutdown().await;
+}

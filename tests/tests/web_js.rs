@@ -33,3 +33,27 @@ fn node_unit_tests_of_the_web_client_pass() {
     assert_eq!(count("skipped"), 0, "{stdout}");
     assert_eq!(count("todo"), 0, "{stdout}");
 }
+
+/// The committed MLS bundle (web/mls.bundle.js, embedded by the relay) is exactly what
+/// web/build/build.sh makes from the pinned package-lock.json: nobody ships a hand-edited
+/// or stale library. `npm ci` needs the npm registry (CI has it).
+#[test]
+fn the_mls_bundle_is_what_the_build_script_makes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .args(["web/build/build.sh", "--check"])
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run bash ({e})"));
+    assert!(
+        out.status.success(),
+        "web/build/build.sh --check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is what build.sh builds"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

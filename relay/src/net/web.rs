@@ -123,6 +123,28 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../../../web/worker.js"),
     },
     Asset {
+        path: "/mls.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/mls.js"),
+    },
+    Asset {
+        path: "/group.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/group.js"),
+    },
+    Asset {
+        path: "/roster.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/roster.js"),
+    },
+    // ts-mls bundled by web/build/build.sh (the committed output; a test rebuilds and
+    // compares it).
+    Asset {
+        path: "/mls.bundle.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/mls.bundle.js"),
+    },
+    Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../../../web/style.css"),

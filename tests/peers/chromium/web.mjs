@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Drives the relay's own web client (served at / by the relay) in headless Chromium.
 //
-//   node web.mjs --page URL [--page URL ...] [--until joined|error|capabilities|media|keyed]
+//   node web.mjs --page URL [--page URL ...] [--until joined|error|capabilities|media|keyed|group]
 //       [--min-video-frames N] [--min-encrypted N] [--min-decrypted N] [--timeout SECS]
 //       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
-//       [--click-feature NAME] [--min-participants N] [--wait-stdin]
+//       [--click-feature NAME] [--min-participants N] [--wait-stdin] [--min-members N]
 //       [--answer-downgrade yes|no|click-yes|click-no] [--then COND] [--min-sent N]
 //
 // --connect presses "Check settings" on each page (for URLs without autojoin=1).
@@ -43,6 +43,7 @@ for (let i = 0; i < argv.length; i++) {
     case '--connect': a.connect = true; break;
     case '--click-feature': a.clickFeature = v; i++; break;
     case '--min-participants': a.minParticipants = Number(v); i++; break;
+    case '--min-members': a.minMembers = Number(v); i++; break;
     case '--wait-stdin': a.waitStdin = true; break;
     case '--answer-downgrade': a.answerDowngrade = v; i++; break;
     case '--then': a.then = v; i++; break;
@@ -77,6 +78,15 @@ function met(s, cond = a.until) {
       const video = s.inbound.filter((i) => i.kind === 'video' && i.participant);
       const remotes = s.participants.length;
       return remotes > 0 && s.participants.every((p) => video.some((i) => i.participant === p && i.framesDecoded > a.minVideoFrames));
+    }
+    // A group call (scheme mls): at least --min-members in the group, and at least
+    // --min-decrypted frames opened from each other member the group names.
+    case 'group': {
+      if (!s.joined || !s.e2ee || s.e2ee_scheme !== 'mls') return false;
+      if ((s.group_members || []).length < (a.minMembers || 2)) return false;
+      if (s.frames_encrypted < a.minEncrypted) return false;
+      const others = (s.group_participants || []).filter((p) => p !== s.participant);
+      return others.every((p) => (s.frames_decrypted_from[p] || 0) >= a.minDecrypted);
     }
     case 'downgrade_question': return !!s.pending_downgrade;
     case 'left': return !s.joined && !!s.left_reason;
