@@ -690,7 +690,7 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
                 let n = range.start + sent + k;
                 f.set_time(t0 + Duration::from_millis(n as u64));
                 f.on_rtp(1, w, out).unwrap();
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     assert_eq!(f.on_rtcp(2, &nacks[n / 10], out), Ok(1), "NACK {n}");
                 }
             }
