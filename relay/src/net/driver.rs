@@ -101,11 +101,14 @@ pub async fn run(
             }
         }
         plane.handle_timeout(now);
-        while let Some(o) = plane.poll_output() {
-            d.execute(o).await;
-        }
+        // Counted before carried out: a client that sees an effect (its `joined`, the
+        // offers that follow) and then scrapes `/metrics` finds it counted, since carrying
+        // out the outputs awaits.
         while let Some(r) = plane.poll_report() {
             metrics.record(&r);
+        }
+        while let Some(o) = plane.poll_output() {
+            d.execute(o).await;
         }
         // Keyed, but the plane had no one to attach (left during the handshake).
         let orphans: Vec<Box<KeyedMedia>> = d.pending.drain().map(|(_, m)| m).collect();
