@@ -78,6 +78,40 @@ fn seq_ssrc(srtp: &[u8]) -> Option<(u16, u32)> {
     ))
 }
 
+/// The owner's next 20 packets on `ssrc` after `seq` (sent by `from`) reach `to`, each once,
+/// with the owner's payload: an SSRC claim that was refused took nothing away.
+async fn owners_media_keeps_flowing(
+    from: &mut MediaPath,
+    ssrc: u32,
+    to: &mut MediaPath,
+    media: SocketAddr,
+    seq: u16,
+) {
+    for s in seq + 1..=seq + 20 {
+        let p = from
+            .outbound
+            .encrypt_rtp(&rtp_packet(ssrc, s, format!("alice {s}").as_bytes()))
+            .expect("protect");
+        from.socket.send_to(&p, media).await.expect("send");
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < 20 {
+            let (d, is_rtcp) = to.media_rx.recv().await.expect("media");
+            if is_rtcp || seq_ssrc(&d).is_none_or(|(s, x)| x != ssrc || s <= seq) {
+                continue;
+            }
+            got.push(to.inbound.decrypt_rtp(&d).expect("authentic")[12..].to_vec());
+        }
+    })
+    .await
+    .expect("the owner's media keeps flowing");
+    let want: Vec<Vec<u8>> = (seq + 1..=seq + 20)
+        .map(|s| format!("alice {s}").into_bytes())
+        .collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_participants_ssrc_is_dropped_and_no_index_is_sealed_twice() {
     let cfg = loopback_config();
@@ -609,34 +643,7 @@ async fn a_join_claiming_an_owned_ssrc_is_refused_and_the_owners_media_keeps_flo
     );
 
     // Alice's next packets still reach carol, each once, with alice's payload.
-    for s in seq + 1..=seq + 20 {
-        let p = a
-            .outbound
-            .encrypt_rtp(&rtp_packet(
-                alice.audio_ssrc,
-                s,
-                format!("alice {s}").as_bytes(),
-            ))
-            .expect("protect");
-        a.socket.send_to(&p, media).await.expect("send");
-    }
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while got.len() < 20 {
-            let (d, is_rtcp) = c.media_rx.recv().await.expect("media");
-            if is_rtcp || seq_ssrc(&d).is_none_or(|(s, ssrc)| ssrc != alice.audio_ssrc || s <= seq)
-            {
-                continue;
-            }
-            got.push(c.inbound.decrypt_rtp(&d).expect("authentic")[12..].to_vec());
-        }
-    })
-    .await
-    .expect("alice's media keeps flowing");
-    let want: Vec<Vec<u8>> = (seq + 1..=seq + 20)
-        .map(|s| format!("alice {s}").into_bytes())
-        .collect();
-    assert_eq!(got, want);
+    owners_media_keeps_flowing(&mut a, alice.audio_ssrc, &mut c, media, seq).await;
     assert_eq!(
         metric(&scrape(&relay).await, &dropped("ssrc_not_owned")),
         0.0
@@ -1057,34 +1064,7 @@ async fn an_answer_claiming_an_owned_ssrc_is_refused_and_the_owners_media_keeps_
         .expect("send answer");
 
     // Alice's packets keep reaching carol, each once, with alice's payload.
-    for s in seq + 1..=seq + 20 {
-        let p = a
-            .outbound
-            .encrypt_rtp(&rtp_packet(
-                alice.audio_ssrc,
-                s,
-                format!("alice {s}").as_bytes(),
-            ))
-            .expect("protect");
-        a.socket.send_to(&p, media).await.expect("send");
-    }
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while got.len() < 20 {
-            let (d, is_rtcp) = c.media_rx.recv().await.expect("media");
-            if is_rtcp || seq_ssrc(&d).is_none_or(|(s, ssrc)| ssrc != alice.audio_ssrc || s <= seq)
-            {
-                continue;
-            }
-            got.push(c.inbound.decrypt_rtp(&d).expect("authentic")[12..].to_vec());
-        }
-    })
-    .await
-    .expect("alice's media keeps flowing");
-    let want: Vec<Vec<u8>> = (seq + 1..=seq + 20)
-        .map(|s| format!("alice {s}").into_bytes())
-        .collect();
-    assert_eq!(got, want);
+    owners_media_keeps_flowing(&mut a, alice.audio_ssrc, &mut c, media, seq).await;
     let m = scrape(&relay).await;
     assert_eq!(metric(&m, &dropped("ssrc_not_owned")), 0.0);
     assert_eq!(
