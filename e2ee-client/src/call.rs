@@ -188,6 +188,9 @@ pub struct CallSummary {
     pub frames_incomplete: u64,
     pub frames_decrypted: u64,
     pub decrypt_failures: u64,
+    /// `decrypt_failures` by reason (`SframeError::code`, or `early_expired`: a frame of a
+    /// coming epoch whose commit never came in time).
+    pub decrypt_failures_by: BTreeMap<String, u64>,
     pub frames_before_keys: u64,
     pub srtp_failures: u64,
     pub latency_ms_p50: Option<f64>,

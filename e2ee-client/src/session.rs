@@ -362,8 +362,9 @@ impl ClientSession {
                 }
                 // Sealed in an epoch whose commit has not arrived yet: opened then.
                 Err(OpenError::Early) => FrameOpen::Dropped,
-                Err(_) => {
+                Err(OpenError::Sframe(e)) => {
                     s.decrypt_failures += 1;
+                    *s.decrypt_failures_by.entry(e.code().into()).or_default() += 1;
                     FrameOpen::Dropped
                 }
             }
@@ -377,8 +378,9 @@ impl ClientSession {
                     s.frames_decrypted += 1;
                     FrameOpen::Opened
                 }
-                Err(_) => {
+                Err(e) => {
                     s.decrypt_failures += 1;
+                    *s.decrypt_failures_by.entry(e.code().into()).or_default() += 1;
                     FrameOpen::Dropped
                 }
             }
@@ -744,7 +746,13 @@ impl ClientSession {
                 }
             }
         }
-        s.decrypt_failures += std::mem::take(&mut g.early_expired);
+        let expired = std::mem::take(&mut g.early_expired);
+        if expired > 0 {
+            s.decrypt_failures += expired;
+            *s.decrypt_failures_by
+                .entry("early_expired".into())
+                .or_default() += expired;
+        }
         s.key_packages_refused = g.key_packages_refused_total();
         s.key_packages_refused_by = g
             .key_packages_refused

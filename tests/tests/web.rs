@@ -1718,19 +1718,24 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
     let s2 = c2.await.expect("e2ee-client task");
     for p in &pages {
         eprintln!(
-            "{}: epoch {}, code {:?}, members {}, decrypted from {}, failures {}",
+            "{}: epoch {}, code {:?}, members {}, decrypted from {}, failures {} (last: {})",
             p.me(),
             p.s("epoch"),
             p.code(),
             p.s("group_members"),
             p.s("frames_decrypted_from"),
-            p.num("decrypt_failures")
+            p.num("decrypt_failures"),
+            p.s("last_decrypt_error")
         );
     }
     for s in [&s1, &s2] {
         eprintln!(
-            "{:?}: epochs {:?}, decrypted from {:?}, failures {}",
-            s.participant, s.epoch_codes, s.frames_decrypted_from, s.decrypt_failures
+            "{:?}: epochs {:?}, decrypted from {:?}, failures {} {:?}",
+            s.participant,
+            s.epoch_codes,
+            s.frames_decrypted_from,
+            s.decrypt_failures,
+            s.decrypt_failures_by
         );
     }
     let names = ["crabby", "pagey", "rusty", "webby"];

@@ -133,3 +133,27 @@ pub enum SframeError {
         reason: String,
     },
 }
+
+impl SframeError {
+    /// A short, stable name for the kind of failure, for counting failures by reason
+    /// (summaries, test diagnostics) without parsing messages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SframeError::BadHeader(_) => "bad_header",
+            SframeError::UnknownCipherSuite(_) => "unknown_suite",
+            SframeError::UnknownKid { .. } => "unknown_kid",
+            SframeError::AuthenticationFailed => "authentication_failed",
+            SframeError::Replay { .. } => "replay",
+            SframeError::TooOld { .. } => "too_old",
+            SframeError::BufferTooSmall { .. } => "buffer_too_small",
+            SframeError::CiphertextTooShort { .. } => "too_short",
+            SframeError::CounterExhausted { .. } => "counter_exhausted",
+            SframeError::FrameTooLarge { .. } => "too_large",
+            SframeError::InvalidLength { .. } => "invalid_length",
+            SframeError::InvalidRatchet(_) => "invalid_ratchet",
+            SframeError::RatchetJumpTooLarge { .. } => "ratchet_jump",
+            SframeError::InvalidReplayWindow(_) => "invalid_replay_window",
+            SframeError::InvalidHex { .. } => "invalid_hex",
+        }
+    }
+}
