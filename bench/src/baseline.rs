@@ -88,7 +88,6 @@ fn parse_hello(b: &[u8]) -> Option<Hello> {
 struct Srtp {
     inbound: HashMap<SocketAddr, FastGcmContext>,
     outbound: HashMap<SocketAddr, FastGcmContext>,
-    clear: Vec<u8>,
     arena: Vec<u8>,
     sealed: Vec<(SocketAddr, std::ops::Range<usize>)>,
 }
@@ -96,18 +95,17 @@ struct Srtp {
 impl Srtp {
     /// Open `data` from `from` and seal it for `to`; a packet that does not open is
     /// dropped, as the relay would.
-    fn forward(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+    fn forward(&mut self, from: SocketAddr, to: SocketAddr, data: &mut [u8]) {
         let (Some(inb), Some(outb)) = (self.inbound.get_mut(&from), self.outbound.get_mut(&to))
         else {
             return;
         };
-        self.clear.clear();
-        self.clear.extend_from_slice(data);
-        let Ok(n) = inb.unprotect_rtp(&mut self.clear) else {
+        // Opened where it lies, as the relay does (`Forwarder::on_rtp_in_place`).
+        let Ok(n) = inb.unprotect_rtp(data) else {
             return;
         };
         let start = self.arena.len();
-        self.arena.extend_from_slice(&self.clear[..n]);
+        self.arena.extend_from_slice(&data[..n]);
         self.arena.resize(start + n + RTP_OVERHEAD, 0);
         match outb.protect_rtp_in(&mut self.arena[start..], n) {
             Ok(len) => {
@@ -164,11 +162,11 @@ pub async fn run(
                 _ => break,
             }
         }
-        for Datagram { from, data, .. } in batch.drain(..) {
+        for Datagram { from, mut data, .. } in batch.drain(..) {
             if let Some(to) = route.get(&from) {
                 match &mut hops {
-                    Some(h) => h.forward(from, *to, &data),
-                    None => out.push((*to, data)),
+                    Some(h) => h.forward(from, *to, &mut data),
+                    None => out.push((*to, data.freeze())),
                 }
             } else if let Some((key, keys)) = parse_hello(&data) {
                 match (&mut hops, keys) {

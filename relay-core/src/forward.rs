@@ -328,6 +328,22 @@ pub struct Forwarder<H> {
 const MAX_CLAIMED_SSRCS: usize = 16;
 
 /// The big-endian word at `at` of a packet's clear header.
+/// An SRTP packet for [`Forwarder::on_rtp`]: one to copy before opening, or one the hop
+/// may open where it lies.
+enum Srtp<'a> {
+    Borrowed(&'a [u8]),
+    Owned(&'a mut [u8]),
+}
+
+impl Srtp<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Srtp::Borrowed(d) => d,
+            Srtp::Owned(d) => d,
+        }
+    }
+}
+
 fn clear_u32(data: &[u8], at: usize) -> Option<u32> {
     let b = data.get(at..at + 4)?;
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -550,20 +566,38 @@ impl<H: HopCipher> Forwarder<H> {
         data: &[u8],
         out: &mut Outbox,
     ) -> Result<usize, DropReason> {
+        self.rtp(from, Srtp::Borrowed(data), out)
+    }
+
+    /// [`Forwarder::on_rtp`] of a packet the caller owns and no longer needs as SRTP (the
+    /// forwarding loop's received datagram): the hop opens it where it lies, with no copy.
+    /// `NotConnected` (an unknown sender) is returned before `data` is touched, so the
+    /// caller may retry with the same bytes after applying pending control messages.
+    pub fn on_rtp_in_place(
+        &mut self,
+        from: PeerId,
+        data: &mut [u8],
+        out: &mut Outbox,
+    ) -> Result<usize, DropReason> {
+        self.rtp(from, Srtp::Owned(data), out)
+    }
+
+    fn rtp(&mut self, from: PeerId, data: Srtp<'_>, out: &mut Outbox) -> Result<usize, DropReason> {
         let sender = self.peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
         // Ownership first, on the SSRC in the clear header: webrtc-srtp keeps state for
         // every SSRC it is shown, authentic or not, so a packet with an SSRC its sender
         // may not send never reaches the hop context.
-        let ssrc = clear_u32(data, 8).ok_or(DropReason::SrtpMalformed)?;
+        let ssrc = clear_u32(data.bytes(), 8).ok_or(DropReason::SrtpMalformed)?;
         match self.ssrc_owner.get(&(sender.call, ssrc)) {
             Some(o) if *o == from => {}
             None if sender.tables.ssrcs.is_empty() && sender.claimed < MAX_CLAIMED_SSRCS => {}
             _ => return Err(DropReason::SsrcNotOwned),
         }
-        let plain = sender
-            .inbound
-            .unprotect_rtp(data, &mut self.clear)
-            .map_err(hop_drop)?;
+        let plain = match data {
+            Srtp::Borrowed(d) => sender.inbound.unprotect_rtp(d, &mut self.clear),
+            Srtp::Owned(d) => sender.inbound.unprotect_rtp_in_place(d, &mut self.clear),
+        }
+        .map_err(hop_drop)?;
         note_activity(sender, from, self.now, &mut self.active);
         let hdr = RtpHeader::parse(plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;

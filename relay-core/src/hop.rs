@@ -35,6 +35,17 @@ pub trait HopCipher {
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], HopError>;
 
+    /// [`HopCipher::unprotect_rtp`] of a packet the caller owns and lets the cipher
+    /// overwrite: an in-place cipher opens it where it lies, with no copy into `scratch`.
+    /// On error `buf` may hold anything.
+    fn unprotect_rtp_in_place<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], HopError> {
+        self.unprotect_rtp(buf, scratch)
+    }
+
     /// Unprotect an SRTCP compound packet into `scratch`; returns the clear compound.
     fn unprotect_rtcp<'a>(
         &mut self,

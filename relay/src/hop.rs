@@ -35,6 +35,16 @@ impl HopCipher for SrtpHop {
         self.0.unprotect_rtp(input, scratch).map_err(hop_error)
     }
     #[inline]
+    fn unprotect_rtp_in_place<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], HopError> {
+        self.0
+            .unprotect_rtp_in_place(buf, scratch)
+            .map_err(hop_error)
+    }
+    #[inline]
     fn unprotect_rtcp<'a>(
         &mut self,
         input: &[u8],

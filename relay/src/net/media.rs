@@ -14,7 +14,7 @@ use blindrelay_protocol::demux::{classify, PacketKind};
 use blindrelay_protocol::sdp::Fingerprint;
 use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::{handshake, DtlsIdentity, DtlsRole, PacketConn};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
 use foldhash::HashMap;
 use std::net::SocketAddr;
@@ -56,7 +56,8 @@ pub enum WorkerMsg {
 pub struct Packet {
     pub peer: PeerId,
     pub rtcp: bool,
-    pub data: Bytes,
+    /// Owned, so the forwarding loop opens it in place.
+    pub data: BytesMut,
     /// When the receive loop took it off the socket.
     pub at: Instant,
 }
@@ -261,7 +262,7 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                 },
                 PacketKind::Dtls => match addrs.get(&from) {
                     Some(e) => {
-                        if e.dtls_tx.try_send(data).is_err() {
+                        if e.dtls_tx.try_send(data.freeze()).is_err() {
                             m.dropped(DropReason::DtlsQueueFull);
                         }
                     }
@@ -467,16 +468,16 @@ pub async fn worker_loop(
         // fan-out (256 packets x every receiver) cannot grow the arena, which keeps its
         // high-water mark, to tens of MB.
         while n < WORKER_BATCH && out.arena().len() < ARENA_CAP {
-            let Some(p) = packets.pop() else { break };
+            let Some(mut p) = packets.pop() else { break };
             n += 1;
-            let mut r = forward(&mut fwd, &p, &mut out);
+            let mut r = forward(&mut fwd, &mut p, &mut out);
             if r == Err(DropReason::NotConnected) {
                 // Its AddPeer may have been queued after this round began (a join, or
                 // the target of a merge): apply what is pending and try once more.
                 if !drain_control(&mut rx, &mut fwd) {
                     return;
                 }
-                r = forward(&mut fwd, &p, &mut out);
+                r = forward(&mut fwd, &mut p, &mut out);
             }
             match r {
                 Ok(_) => arrivals.push(p.at),
@@ -526,12 +527,12 @@ pub async fn worker_loop(
 }
 
 /// One packet through the forwarder, at its arrival time.
-fn forward(fwd: &mut Forwarder, p: &Packet, out: &mut Outbox) -> Result<usize, DropReason> {
+fn forward(fwd: &mut Forwarder, p: &mut Packet, out: &mut Outbox) -> Result<usize, DropReason> {
     fwd.set_time(p.at);
     if p.rtcp {
         fwd.on_rtcp(p.peer, &p.data, out)
     } else {
-        fwd.on_rtp(p.peer, &p.data, out)
+        fwd.on_rtp_in_place(p.peer, &mut p.data, out)
     }
 }
 
@@ -587,6 +588,8 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
 /// fallback for a run that is not.
 async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &Metrics) {
     let ts = out.transmits();
+    // (packets, bytes) sent: RTP, RTCP.
+    let mut sent = [(0u64, 0u64); 2];
     let mut i = 0;
     while i < ts.len() {
         let to = ts[i].to;
@@ -610,24 +613,33 @@ async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &
             }
             media.send_segments(to, gso, Some(size)).await
         };
-        for t in run {
-            match &result {
-                Ok(()) => {
-                    let (p, b) = if t.rtcp {
-                        (&m.forwarded_packets_rtcp, &m.forwarded_bytes_rtcp)
-                    } else {
-                        (&m.forwarded_packets_rtp, &m.forwarded_bytes_rtp)
-                    };
-                    p.increment(1);
-                    b.increment(t.len as u64);
+        match &result {
+            Ok(()) => {
+                for t in run {
+                    let k = usize::from(t.rtcp);
+                    sent[k].0 += 1;
+                    sent[k].1 += t.len as u64;
                 }
-                Err(e) => {
-                    debug!(error = %e, "media send failed");
-                    m.dropped(DropReason::SendFailed);
-                }
+            }
+            Err(e) => {
+                debug!(error = %e, "media send failed");
+                m.dropped_n(DropReason::SendFailed, run.len() as u64);
             }
         }
         i = j;
+    }
+    // Counted per batch, not per packet (shared atomics: 1.7 % of the relay's CPU at
+    // 400k packets/s).
+    for (k, (packets, bytes)) in sent.into_iter().enumerate() {
+        if packets > 0 {
+            let (p, b) = if k == 1 {
+                (&m.forwarded_packets_rtcp, &m.forwarded_bytes_rtcp)
+            } else {
+                (&m.forwarded_packets_rtp, &m.forwarded_bytes_rtp)
+            };
+            p.increment(packets);
+            b.increment(bytes);
+        }
     }
     out.clear();
 }

@@ -1,6 +1,6 @@
 //! The shared media socket with batched receive (recvmmsg / GRO through quinn-udp).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ const RECV_POOL: usize = 10;
 #[derive(Debug, Clone)]
 pub struct Datagram {
     pub from: SocketAddr,
-    pub data: Bytes,
+    pub data: BytesMut,
     pub at: Instant,
 }
 
@@ -331,7 +331,10 @@ impl MediaSocket {
         let used = n.checked_sub(1).map_or(0, |last| {
             last * SLOT + meta[last].len.min(SLOT).next_multiple_of(64)
         });
-        let chunk = chunk.split_to(used).freeze();
+        // Each datagram is split off as its own `BytesMut` (sharing the buffer, as a
+        // `Bytes` slice would), so its holder may transform it in place.
+        let mut chunk = chunk.split_to(used);
+        let mut taken = 0;
         let clock = ArrivalClock::now();
         for (i, m) in meta.iter().enumerate().take(n) {
             let at = clock.arrival(m.timestamp);
@@ -340,17 +343,20 @@ impl MediaSocket {
             let mut off = 0;
             while off < m.len {
                 let len = stride.min(m.len - off);
+                // Datagrams come in buffer order, each past the last: skip the gap.
+                chunk.advance(base + off - taken);
                 out.push(Datagram {
                     from: m.addr,
-                    data: chunk.slice(base + off..base + off + len),
+                    data: chunk.split_to(len),
                     at,
                 });
+                taken = base + off + len;
                 off += len;
             }
             if m.len == 0 {
                 out.push(Datagram {
                     from: m.addr,
-                    data: Bytes::new(),
+                    data: BytesMut::new(),
                     at,
                 });
             }
