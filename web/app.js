@@ -360,6 +360,7 @@ async function onJoined(m) {
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
   st.joined = true;
   st.joinedAt = performance.now();
+  st.joinedAtWall = performance.timeOrigin + st.joinedAt;
   $('setup').hidden = true;
   $('call-view').hidden = false;
   $('callbar').hidden = false;
@@ -818,7 +819,7 @@ function endCall(sendLeave) {
   stopMedia();
   kex = null;
   earlyBlobs = [];
-  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, scheme: null, group: null });
+  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, joinedAtWall: null, scheme: null, group: null });
   st.participants.clear();
   $('call-view').hidden = true;
   $('callbar').hidden = true;
@@ -861,6 +862,18 @@ function sampleVideo(participant) {
   return { width: v.videoWidth, height: v.videoHeight, mean, stddev: Math.sqrt(Math.max(0, sq / n - mean * mean)), distinctColours: distinct.size };
 }
 
+/** How soon after its join this page opened each other member's frames (ms since the
+ * relay's `joined`), and `keyed_ms`: when it had opened every current member's, or null. */
+function groupTimes(w) {
+  const first = {};
+  const at = w.first_decrypted_at || {};
+  if (st.joinedAtWall == null) return { first_decrypted_ms: first, keyed_ms: null };
+  for (const [who, t] of Object.entries(at)) first[who] = Math.max(0, t - st.joinedAtWall);
+  const others = st.group ? st.group.participants.filter((p) => p !== st.me) : [];
+  const keyed = others.length && others.every((p) => p in first) ? Math.max(...others.map((p) => first[p])) : null;
+  return { first_decrypted_ms: first, keyed_ms: keyed };
+}
+
 window.blindrelay = {
   state() {
     const w = st.workerStats;
@@ -880,6 +893,7 @@ window.blindrelay = {
       key_packages_refused: st.group ? st.group.key_packages_refused : 0,
       group_refused: st.group ? st.group.refused : null,
       code_changes: st.codeChanges,
+      ...groupTimes(w),
       participant: st.me,
       participants: [...st.participants.keys()],
       frames_encrypted: w.frames_encrypted,

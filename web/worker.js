@@ -11,7 +11,7 @@ import { GroupSession, OpenError, EARLY_FRAME_WAIT_MS } from './group.js';
 let mode = 'e2ee';
 let sender = null;
 let receiver = null;
-const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, early_frames_held: 0 };
+const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, first_decrypted_at: {}, early_frames_held: 0 };
 
 // A group call (scheme `mls`): the MLS state and its SFrame keys live here only (web/group.js);
 // the main thread relays signalling and sees group.summary(), which holds no secret.
@@ -42,6 +42,8 @@ function groupOpener(media) {
         if (media) {
           const who = r.from || '?';
           stats.frames_decrypted_from[who] = (stats.frames_decrypted_from[who] || 0) + 1;
+          // Wall-clock ms (timeOrigin + now), comparable with the main thread's.
+          stats.first_decrypted_at[who] ??= performance.timeOrigin + now();
         }
         return r;
       } catch (e) {
@@ -125,6 +127,8 @@ function setup(transformer) {
           stats.frames_decrypted++;
           controller.enqueue(frame);
         } catch (e) {
+          // Sealed before this page joined the group: never meant for it (as e2ee-client).
+          if (e instanceof OpenError && e.code === 'before_join') { stats.dropped_before_keys++; return; }
           stats.decrypt_failures++;
           stats.last_error = `${kind}: ${e instanceof SframeError || e instanceof OpenError ? e.code : String(e && e.name)} (${data.length} bytes, type ${frame.type || '-'})`;
         }
@@ -184,7 +188,7 @@ self.onmessage = async (event) => {
         break;
       }
       case 'stats':
-        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from } }, summary: group ? group.summary() : null });
+        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from }, first_decrypted_at: { ...stats.first_decrypted_at } }, summary: group ? group.summary() : null });
         break;
       default:
         break;

@@ -470,6 +470,11 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
                 let sent = if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
                     let f = &frames[video.frame_no as usize % frames.len()];
                     send_vp8_frame(&mut path, &mut video, f, session.sealer(), &mut sealed, &mut pkt).await
+                } else if opts.web_peers {
+                    // Web peers (and e2ee-clients with --web-peers) read every video frame
+                    // in the web client's VP8 framing, synthetic ones too.
+                    make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
+                    send_vp8_frame(&mut path, &mut video, &frame, session.sealer(), &mut sealed, &mut pkt).await
                 } else {
                     make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
                     send_frame(&mut path, &mut video, &frame, session.sealer(), &mut sealed, &mut pkt).await
@@ -702,12 +707,25 @@ async fn send_vp8_frame(
     sealed: &mut Vec<u8>,
     pkt: &mut Vec<u8>,
 ) -> Sent {
+    let Some(packets) = vp8_payloads(frame, sealer, sealed) else {
+        return Sent::default();
+    };
+    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
+    send_packets(path, out, ts, packets, pkt).await
+}
+
+/// The RTP payloads of one VP8 frame in the web client's framing: sealed (when `sealer`)
+/// with its first VP8 bytes clear as SFrame metadata, behind a VP8 payload descriptor;
+/// `None` if sealing failed.
+fn vp8_payloads(
+    frame: &[u8],
+    sealer: Option<&mut SframeSender>,
+    sealed: &mut Vec<u8>,
+) -> Option<Vec<(Vec<u8>, bool)>> {
     let body: &[u8] = match sealer {
         Some(k) => {
             let clear = crate::webframe::vp8_clear_len(frame);
-            let Ok(ct) = k.seal(&frame[..clear], &frame[clear..]) else {
-                return Sent::default();
-            };
+            let ct = k.seal(&frame[..clear], &frame[clear..]).ok()?;
             sealed.clear();
             sealed.extend_from_slice(&frame[..clear]);
             sealed.extend_from_slice(&ct);
@@ -715,9 +733,10 @@ async fn send_vp8_frame(
         }
         None => frame,
     };
-    let ts = (out.started.elapsed().as_micros() as u64 * out.clock_rate as u64 / 1_000_000) as u32;
-    let packets = crate::webframe::vp8_packets(body, media::MAX_RTP_PAYLOAD - 1);
-    send_packets(path, out, ts, packets, pkt).await
+    Some(crate::webframe::vp8_packets(
+        body,
+        media::MAX_RTP_PAYLOAD - 1,
+    ))
 }
 
 /// One frame's payloads as consecutive RTP packets of `out`'s stream, all with timestamp
@@ -770,5 +789,67 @@ impl Sent {
         s.sent_packets += self.packets;
         s.sent_bytes += self.bytes;
         s.sent_frames += self.frames;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mls::FRAME_SUITE;
+    use crate::sframe::Receiver;
+
+    fn header(seq: u16, marker: bool) -> RtpHeader {
+        RtpHeader {
+            marker,
+            payload_type: VIDEO_PT,
+            sequence: seq,
+            timestamp: 9000,
+            ssrc: 7,
+            header_len: 12,
+            padding_len: 0,
+        }
+    }
+
+    /// What a `--web-peers` receiver makes of one sent video frame: reassembled from
+    /// `payloads` as web peers' VP8 is, then opened with its first VP8 bytes as metadata.
+    fn receive(payloads: &[(Vec<u8>, bool)], rx: &mut Receiver) -> Option<Vec<u8>> {
+        let mut st = StreamReceiver::default();
+        // The end of a frame before (dropped: where it began is unknown), so the receiver
+        // knows where the next one starts.
+        assert_eq!(web_frame(&mut st, &header(99, true), &[0x10, 0xff]), None);
+        let mut frame = None;
+        for (i, (p, m)) in payloads.iter().enumerate() {
+            frame = web_frame(&mut st, &header(100 + i as u16, *m), p);
+        }
+        let f = frame?;
+        let clear = crate::webframe::vp8_clear_len(&f);
+        let (_, _, plain) = rx.open(&f[..clear], &f[clear..]).ok()?;
+        Some([&f[..clear], &plain[..]].concat())
+    }
+
+    /// The cause of the MLS web test's video decrypt failures: with `--web-peers` and no
+    /// clip, e2ee-client sent its synthetic video frames without the VP8 payload descriptor
+    /// and clear bytes that every web-peer receiver (pages, and e2ee-clients with
+    /// `--web-peers`) strips, so none of them opened. Synthetic frames now go in the web
+    /// framing too, and open byte for byte.
+    #[test]
+    fn synthetic_video_frames_open_at_web_peer_receivers() {
+        let base = [5u8; 16];
+        let kid = 0x101;
+        let mut tx = SframeSender::new(FRAME_SUITE, kid, &base);
+        let mut rx = Receiver::new();
+        rx.add_key(FRAME_SUITE, kid, &base);
+        let mut frame = Vec::new();
+        make_frame(7, 3, 99, 6250, None, &mut frame);
+        let mut sealed = Vec::new();
+        let payloads = vp8_payloads(&frame, Some(&mut tx), &mut sealed).expect("sealed");
+        assert!(payloads.len() > 1, "several packets");
+        let opened = receive(&payloads, &mut rx).expect("opens");
+        assert_eq!(verify_frame(&opened, None).map(|i| i.number), Some(3));
+        // The old way (no descriptor, no clear bytes) does not open at a web peer.
+        let mut old = Vec::new();
+        tx.seal_into(&[], &frame, &mut old).expect("sealed");
+        let old: Vec<(Vec<u8>, bool)> = packetize(&old).map(|(p, m)| (p.to_vec(), m)).collect();
+        assert_eq!(receive(&old, &mut rx), None);
     }
 }

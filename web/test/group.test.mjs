@@ -195,3 +195,23 @@ test('a frame of a coming epoch is held and opens when its commit arrives', asyn
   assert.equal(opened[0].from, 'p-a');
   assert.equal(new TextDecoder().decode(opened[0].plaintext), 'early');
 });
+
+// The MLS web test's pages counted these as decrypt failures: a frame an existing member
+// sealed before a joiner's Welcome reaches the joiner (media overtakes signalling). It
+// was never meant for the joiner; open() says 'before_join' and the worker counts it as
+// dropped before keys, as e2ee-client does, while a frame of its own epoch opens.
+test('a frame sealed before this member joined is before_join, not a failure', async () => {
+  const ds = new Ds();
+  await ds.join('p-a');
+  await ds.join('p-b');
+  await ds.run();
+  const a = ds.sessions.get('p-a');
+  const old = await a.seal(new Uint8Array(0), new TextEncoder().encode('epoch 1'));
+  await ds.join('p-c');
+  await ds.run();
+  const c = ds.sessions.get('p-c');
+  assert.equal(c.epoch(), 2);
+  await assert.rejects(c.open(ds.now, new Uint8Array(0), old, null, false), (e) => e instanceof OpenError && e.code === 'before_join');
+  const fresh = await a.seal(new Uint8Array(0), new TextEncoder().encode('epoch 2'));
+  assert.equal(new TextDecoder().decode((await c.open(ds.now, new Uint8Array(0), fresh)).plaintext), 'epoch 2');
+});

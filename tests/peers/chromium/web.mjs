@@ -29,7 +29,7 @@ import { chromium } from 'playwright-core';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const a = { pages: [], until: 'media', minVideoFrames: 100, minEncrypted: 0, minDecrypted: 0, minSent: 0, timeout: 60, chat: null };
+const a = { pages: [], steps: [], until: 'media', minVideoFrames: 100, minEncrypted: 0, minDecrypted: 0, minSent: 0, timeout: 60, chat: null };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const v = argv[i + 1];
@@ -46,7 +46,9 @@ for (let i = 0; i < argv.length; i++) {
     case '--min-members': a.minMembers = Number(v); i++; break;
     case '--wait-stdin': a.waitStdin = true; break;
     case '--answer-downgrade': a.answerDowngrade = v; i++; break;
-    case '--then': a.then = v; i++; break;
+    case '--then': a.steps.push({ then: v }); i++; break;
+    case '--leave-page': a.steps.push({ leave: Number(v) }); i++; break;
+    case '--late-page': a.steps.push({ open: v }); i++; break;
     case '--min-sent': a.minSent = Number(v); i++; break;
     case '--screenshot': a.screenshot = v; i++; break;
     case '--click-lock': a.clickLock = true; break;
@@ -63,8 +65,9 @@ if (!existsSync(executablePath)) {
 }
 
 /** Whether a page's state meets the condition `cond`. */
-function met(s, cond = a.until) {
+function met(s, condition = a.until) {
   if (!s) return false;
+  const [cond, arg] = condition.split(':');
   switch (cond) {
     case 'error': return !!s.error;
     case 'capabilities': return s.e2ee_option !== null;
@@ -83,7 +86,8 @@ function met(s, cond = a.until) {
     // --min-decrypted frames opened from each other member the group names.
     case 'group': {
       if (!s.joined || !s.e2ee || s.e2ee_scheme !== 'mls') return false;
-      if ((s.group_members || []).length < (a.minMembers || 2)) return false;
+      const n = (s.group_members || []).length;
+      if (arg !== undefined ? n !== Number(arg) : n < (a.minMembers || 2)) return false;
       if (s.frames_encrypted < a.minEncrypted) return false;
       const others = (s.group_participants || []).filter((p) => p !== s.participant);
       return others.every((p) => (s.frames_decrypted_from[p] || 0) >= a.minDecrypted);
@@ -111,7 +115,7 @@ const results = [];
 let allOk = true;
 try {
   const pages = [];
-  for (const [n, url] of a.pages.entries()) {
+  const open = async (n, url) => {
     const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
     await context.grantPermissions(['camera', 'microphone']).catch(() => {});
     const page = await context.newPage();
@@ -121,7 +125,8 @@ try {
     await page.goto(url);
     if (a.connect) await page.click('#connect');
     pages.push({ n, url, page, errors });
-  }
+  };
+  for (const [n, url] of a.pages.entries()) await open(n, url);
   const deadline = Date.now() + a.timeout * 1000;
   const states = new Map();
   const poll = async () => {
@@ -178,13 +183,32 @@ try {
       }
     }
   }
-  if (a.then) {
-    const until = Date.now() + a.timeout * 1000;
-    await poll();
-    while (Date.now() < until && !pages.every((p) => met(states.get(p.n), a.then))) {
-      await new Promise((r) => setTimeout(r, 250));
+  // The condition each page must meet last: `left` for the pages that left.
+  const left = new Set();
+  const want = (p, cond) => (left.has(p.n) ? 'left' : cond);
+  let last = a.until;
+  const stepStates = [{ step: { until: a.until }, states: pages.map((p) => states.get(p.n) ?? null) }];
+  for (const step of a.steps) {
+    if (step.leave !== undefined) {
+      const p = pages.find((x) => x.n === step.leave);
+      if (!p) throw new Error(`--leave-page ${step.leave}: no such page`);
+      await p.page.click('#leave').catch((e) => p.errors.push(`leave: ${e.message}`));
+      left.add(p.n);
+    } else if (step.open !== undefined) {
+      await open(pages.length, step.open);
+    } else {
+      last = step.then;
+      const until = Date.now() + a.timeout * 1000;
       await poll();
+      let ok;
+      while (!(ok = pages.every((p) => met(states.get(p.n), want(p, step.then)))) && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 250));
+        await poll();
+      }
+      firstOk &&= ok;
     }
+    await poll();
+    stepStates.push({ step, states: pages.map((p) => states.get(p.n) ?? null) });
   }
   if (a.chat) {
     for (const p of pages) {
@@ -202,8 +226,8 @@ try {
   await poll();
   for (const p of pages) {
     const s = states.get(p.n);
-    // With --then, the page met both conditions in turn.
-    const ok = a.then ? firstOk && met(s, a.then) : met(s);
+    // With steps, the page met every condition in turn.
+    const ok = a.steps.length ? firstOk && met(s, want(p, last)) : met(s);
     allOk &&= ok;
     const samples = {};
     for (const who of s ? s.participants : []) samples[who] = await p.page.evaluate((w) => window.blindrelay.sampleVideo(w), who).catch(() => null);
@@ -226,7 +250,7 @@ try {
       mkdirSync(a.screenshot, { recursive: true });
       await p.page.screenshot({ path: join(a.screenshot, `page-${p.n}.png`) });
     }
-    results.push({ url: p.url, ok, state: s, samples, toggle, lock, shownCode, features, message, question: questions.get(p.n) ?? null, errors: p.errors });
+    results.push({ url: p.url, ok, state: s, steps: stepStates.map((x) => ({ step: x.step, state: x.states[p.n] ?? null })), samples, toggle, lock, shownCode, features, message, question: questions.get(p.n) ?? null, errors: p.errors });
   }
 } catch (e) {
   console.error(`[web] ${e.stack || e}`);
