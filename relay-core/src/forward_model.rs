@@ -214,11 +214,12 @@ pub enum Action {
         twcc: bool,
         replay: bool,
     },
-    /// It sends an RTCP compound of (at most 4 of) `packets`.
+    /// It sends an RTCP compound of (at most 4 of) `packets`, `repeat` times (1 to 8).
     Rtcp {
         slot: u8,
         packets: Vec<RtcpKind>,
         corrupt: Corrupt,
+        repeat: u8,
     },
     /// Bytes that are no packet, as RTP or RTCP.
     Garbage {
@@ -353,6 +354,7 @@ impl<'a> Arbitrary<'a> for Action {
                     slot,
                     packets,
                     corrupt: Corrupt::arbitrary(u)?,
+                    repeat: u.int_in_range(1..=8)?,
                 }
             }
             17 => {
@@ -790,7 +792,8 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                 slot,
                 packets,
                 corrupt,
-            } => self.rtcp(self.pick(*slot), packets, *corrupt),
+                repeat,
+            } => self.rtcp(self.pick(*slot), packets, *corrupt, *repeat),
             Action::Garbage { slot, rtcp, bytes } => {
                 let i = self.pick(*slot);
                 let mut out = Outbox::default();
@@ -859,7 +862,23 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         let pick = |v: Vec<u32>| v.get(usize::from(b / 4) % v.len().max(1)).copied();
         match b % 4 {
             0 | 1 => pick(owned(true)),
-            2 => pick(owned(false)),
+            // Another's stream, one `i` is sent if there is one (feedback about it goes).
+            2 => {
+                let receiving = self.slots[i as usize]
+                    .as_ref()
+                    .and_then(|s| s.receiving.as_ref());
+                let others = owned(false);
+                let sent: Vec<u32> = others
+                    .iter()
+                    .copied()
+                    .filter(|x| receiving.is_none_or(|r| r.contains(x)))
+                    .collect();
+                pick(if sent.is_empty() || b >= 128 {
+                    others
+                } else {
+                    sent
+                })
+            }
             _ => None,
         }
         .unwrap_or_else(|| ssrc_of(b / 4))
@@ -1228,7 +1247,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         }
     }
 
-    fn rtcp(&mut self, i: u8, packets: &[RtcpKind], corrupt: Corrupt) {
+    fn rtcp(&mut self, i: u8, packets: &[RtcpKind], corrupt: Corrupt, repeat: u8) {
         let packets = &packets[..packets.len().min(4)];
         if self.slots[i as usize].is_none() {
             let mut out = Outbox::default();
@@ -1246,7 +1265,6 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             // SRTCP needs a sender SSRC word in the clear header.
             clear.extend(build_rtcp(&RtcpKind::Xr { ssrc: 0 }, &resolve));
         }
-        let s = self.slots[i as usize].as_mut().expect("present");
         if let Corrupt::Overrun = corrupt {
             // The last packet's length field, one word too many.
             let mut at = 0;
@@ -1258,18 +1276,23 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             let words = u16::from_be_bytes([clear[last + 2], clear[last + 3]]) + 1;
             clear[last + 2..last + 4].copy_from_slice(&words.to_be_bytes());
         }
-        let mut wire = Vec::new();
-        s.tx.protect_rtcp_into(&clear, &mut wire)
-            .expect("the client protects its own RTCP");
-        if let Corrupt::BadTag = corrupt {
-            // The tag ends 4 bytes (the SRTCP index) before the end.
-            let n = wire.len();
-            wire[n - 5] ^= 1;
-        }
-        let times = if let Corrupt::Replay = corrupt { 2 } else { 1 };
-        for k in 0..times {
-            let e = self.expect_rtcp(i, &clear, corrupt, k == 1);
-            self.deliver(i, &wire, true, e);
+        // The same compound `repeat` times at one instant (a flood), each protected
+        // anew; a replay sends one datagram twice.
+        for _ in 0..repeat.clamp(1, 8) {
+            let s = self.slots[i as usize].as_mut().expect("present");
+            let mut wire = Vec::new();
+            s.tx.protect_rtcp_into(&clear, &mut wire)
+                .expect("the client protects its own RTCP");
+            if let Corrupt::BadTag = corrupt {
+                // The tag ends 4 bytes (the SRTCP index) before the end.
+                let n = wire.len();
+                wire[n - 5] ^= 1;
+            }
+            let times = if let Corrupt::Replay = corrupt { 2 } else { 1 };
+            for k in 0..times {
+                let e = self.expect_rtcp(i, &clear, corrupt, k == 1);
+                self.deliver(i, &wire, true, e);
+            }
         }
     }
 
@@ -1482,13 +1505,296 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
     }
 }
 
+impl Pt {
+    fn to_bytes(self) -> Vec<u8> {
+        match self {
+            Pt::Opus => vec![0],
+            Pt::Vp8 => vec![2],
+            Pt::Raw(p) => vec![4, p],
+        }
+    }
+}
+
+impl RtcpKind {
+    fn to_bytes(&self) -> Vec<u8> {
+        let list = |v: &[u8]| [&[v.len() as u8][..], v].concat();
+        match self {
+            RtcpKind::Sr { ssrc } => vec![0, *ssrc],
+            RtcpKind::Rr { sender, blocks } => [vec![1, *sender], list(blocks)].concat(),
+            RtcpKind::Sdes { ssrcs } => [vec![2], list(ssrcs)].concat(),
+            RtcpKind::Bye { ssrcs } => [vec![3], list(ssrcs)].concat(),
+            RtcpKind::App { ssrc } => vec![4, *ssrc],
+            RtcpKind::Xr { ssrc } => vec![5, *ssrc],
+            RtcpKind::Pli { sender, media } => vec![6, *sender, *media],
+            RtcpKind::Fir { sender, media } => vec![7, *sender, *media],
+            RtcpKind::Nack {
+                sender,
+                media,
+                entries,
+            } => vec![8, *sender, *media, *entries],
+            RtcpKind::Twcc { sender, media } => vec![9, *sender, *media],
+            RtcpKind::Remb { sender } => vec![10, *sender],
+        }
+    }
+}
+
+impl Action {
+    /// The bytes [`Action::arbitrary`] reads as this action: how the fuzz target's seeds
+    /// are written (`fuzz/seeds`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Action::Add {
+                slot,
+                call,
+                claims,
+                ssrcs,
+                video,
+                twcc,
+                alt_numbering,
+                receives_all,
+            } => {
+                let flags = u8::from(*claims)
+                    | u8::from(*twcc) << 1
+                    | u8::from(*alt_numbering) << 2
+                    | u8::from(*receives_all) << 3;
+                vec![0, *slot, *call, flags, *ssrcs, *video]
+            }
+            Action::Remove { slot } => vec![4, *slot],
+            Action::Move { slot } => vec![5, *slot],
+            Action::Receive { slot, ssrcs } => vec![6, *slot, *ssrcs],
+            Action::Rtp {
+                slot,
+                ssrc,
+                pt,
+                kind,
+                gap,
+                size,
+                twcc,
+                replay,
+            } => {
+                let flags = u8::from(*twcc) | u8::from(*replay) << 1;
+                let kind = match kind {
+                    RtpKind::Media => 0,
+                    RtpKind::PaddingOnly => 5,
+                    RtpKind::PaddedMedia => 6,
+                    RtpKind::Truncated => 7,
+                    RtpKind::BadTag => 8,
+                    RtpKind::Noise => 9,
+                };
+                [
+                    vec![8, *slot, *ssrc, *gap, *size, flags],
+                    pt.to_bytes(),
+                    vec![kind],
+                ]
+                .concat()
+            }
+            Action::Rtcp {
+                slot,
+                packets,
+                corrupt,
+                repeat,
+            } => {
+                let mut b = vec![13, *slot, packets.len() as u8 - 1];
+                for p in packets {
+                    b.extend(p.to_bytes());
+                }
+                b.push(match corrupt {
+                    Corrupt::None => 0,
+                    Corrupt::BadTag => 5,
+                    Corrupt::Overrun => 6,
+                    Corrupt::Replay => 7,
+                });
+                b.push(repeat - 1);
+                b
+            }
+            Action::Garbage { slot, rtcp, bytes } => [
+                vec![17, *slot, u8::from(*rtcp), bytes.len() as u8],
+                bytes.clone(),
+            ]
+            .concat(),
+            Action::Advance { ms } => [vec![18], ms.to_le_bytes().to_vec()].concat(),
+        }
+    }
+}
+
+/// Named action sequences that reach the forwarder's interesting states at once: the
+/// fuzz target's seeds (`fuzz/corpus/forward`), and checked by the tests to mean what
+/// they say. Slot bytes of 0..4 name the slot itself while it is the only candidate;
+/// SSRC bytes are resolved as [`Harness`] does (`4k`: the sender's own k-th SSRC,
+/// `4k + 2`: another's, `4k + 3`: [`ssrc_of`]`(k)`).
+pub fn scenarios() -> Vec<(&'static str, Vec<Action>)> {
+    let add = |slot, ssrcs, video, flags: u8| Action::Add {
+        slot,
+        call: 0,
+        claims: flags & 1 != 0,
+        ssrcs,
+        video,
+        twcc: flags & 2 != 0,
+        alt_numbering: flags & 4 != 0,
+        receives_all: false,
+    };
+    let rtp = |slot, ssrc, kind| Action::Rtp {
+        slot,
+        ssrc,
+        pt: Pt::Vp8,
+        kind,
+        gap: 0,
+        size: 40,
+        twcc: true,
+        replay: false,
+    };
+    let rtcp = |slot, packets: Vec<RtcpKind>, corrupt, repeat| Action::Rtcp {
+        slot,
+        packets,
+        corrupt,
+        repeat,
+    };
+    // Three in call 0 sending 100/101, 200 and 300, each receiving the others.
+    let call_of_three = vec![
+        add(0, 0b0000_0011, 0b10, 2),
+        add(1, 0b0000_0100, 0, 4),
+        add(2, 0b0001_0000, 0, 0),
+        Action::Receive {
+            slot: 0,
+            ssrcs: 0b0001_0100,
+        },
+        Action::Receive {
+            slot: 1,
+            ssrcs: 0b0001_0011,
+        },
+        Action::Receive {
+            slot: 2,
+            ssrcs: 0b0000_0111,
+        },
+        rtp(0, 0, RtpKind::Media),
+        rtp(0, 4, RtpKind::PaddingOnly),
+        rtp(1, 0, RtpKind::Media),
+        Action::Advance { ms: 60 },
+        rtp(0, 0, RtpKind::Media),
+    ];
+    let rtcp_of_every_kind = [
+        call_of_three.clone(),
+        vec![
+            rtcp(
+                1,
+                vec![
+                    RtcpKind::Sr { ssrc: 0 },
+                    RtcpKind::Rr {
+                        sender: 0,
+                        blocks: vec![2, 6],
+                    },
+                    RtcpKind::Sdes { ssrcs: vec![0] },
+                ],
+                Corrupt::None,
+                1,
+            ),
+            rtcp(
+                1,
+                vec![
+                    RtcpKind::Bye { ssrcs: vec![2] },
+                    RtcpKind::App { ssrc: 0 },
+                    RtcpKind::Xr { ssrc: 2 },
+                ],
+                Corrupt::None,
+                1,
+            ),
+            rtcp(
+                2,
+                vec![
+                    RtcpKind::Pli {
+                        sender: 0,
+                        media: 2,
+                    },
+                    RtcpKind::Fir {
+                        sender: 0,
+                        media: 2,
+                    },
+                    RtcpKind::Twcc {
+                        sender: 0,
+                        media: 2,
+                    },
+                    RtcpKind::Remb { sender: 0 },
+                ],
+                Corrupt::None,
+                2,
+            ),
+            rtcp(2, vec![RtcpKind::Sr { ssrc: 0 }], Corrupt::Replay, 1),
+            rtcp(2, vec![RtcpKind::Sr { ssrc: 0 }], Corrupt::Overrun, 1),
+        ],
+    ]
+    .concat();
+    let nack_storm = [
+        call_of_three.clone(),
+        vec![
+            rtcp(
+                1,
+                vec![
+                    RtcpKind::Nack {
+                        sender: 0,
+                        media: 2,
+                        entries: 160,
+                    };
+                    4
+                ],
+                Corrupt::None,
+                8,
+            ),
+            Action::Advance { ms: 250 },
+            rtcp(
+                1,
+                vec![RtcpKind::Nack {
+                    sender: 0,
+                    media: 2,
+                    entries: 160,
+                }],
+                Corrupt::None,
+                2,
+            ),
+        ],
+    ]
+    .concat();
+    let forgeries_move_and_leave = [
+        call_of_three,
+        vec![
+            rtp(1, 2, RtpKind::Media),
+            rtp(1, 3, RtpKind::Media),
+            rtp(2, 0, RtpKind::BadTag),
+            rtp(2, 0, RtpKind::Truncated),
+            Action::Garbage {
+                slot: 1,
+                rtcp: true,
+                bytes: vec![0x80, 200, 0, 1, 0, 0, 0, 100],
+            },
+            Action::Move { slot: 0 },
+            add(3, 0, 0, 1),
+            rtp(3, 3, RtpKind::Media),
+            Action::Remove { slot: 1 },
+            Action::Remove { slot: 0 },
+        ],
+    ]
+    .concat();
+    vec![
+        ("rtcp-of-every-kind", rtcp_of_every_kind),
+        ("nack-storm", nack_storm),
+        ("forgeries-move-and-leave", forgeries_move_and_leave),
+    ]
+}
+
+/// The bytes of a scenario, as the fuzz target reads them.
+pub fn scenario_bytes(actions: &[Action]) -> Vec<u8> {
+    actions.iter().flat_map(Action::to_bytes).collect()
+}
+
 /// Most actions one input runs (the fuzz target's and the property tests' bound).
 pub const MAX_ACTIONS: usize = 200;
 
 /// Run the actions `data` describes (up to [`MAX_ACTIONS`]) on a fresh forwarder whose
 /// hops `hop` makes, checking after each, then remove everyone. Panics with the broken
-/// invariant.
-pub fn run<H: HopCipher>(data: &[u8], hop: impl Fn(u8) -> H) {
+/// invariant; returns [`Harness::totals`].
+pub fn run<H: HopCipher>(
+    data: &[u8],
+    hop: impl Fn(u8) -> H,
+) -> (u64, u64, BTreeMap<&'static str, u64>) {
     let mut u = Unstructured::new(data);
     let mut h = Harness::new(hop);
     for _ in 0..MAX_ACTIONS {
@@ -1501,6 +1807,8 @@ pub fn run<H: HopCipher>(data: &[u8], hop: impl Fn(u8) -> H) {
         h.step(&a);
     }
     h.finish();
+    let (inputs, copies, refused) = h.totals();
+    (inputs, copies, refused.clone())
 }
 
 /// Decode the actions of `data`, as [`run`] does (for tests that inspect them).
@@ -1528,70 +1836,72 @@ mod tests {
         ))
     }
 
-    /// 256 random sequences of up to 200 actions, from a fixed seed so CI runs the same
+    /// Every scenario decodes to its own actions, so the fuzz seeds mean what they say,
+    /// and each runs with every check holding.
+    #[test]
+    fn scenarios_decode_to_their_actions_and_run() {
+        for (name, actions) in scenarios() {
+            let bytes = scenario_bytes(&actions);
+            let decoded = super::actions(&bytes).expect("decodes");
+            assert_eq!(format!("{decoded:?}"), format!("{actions:?}"), "{name}");
+            let (inputs, copies, refused) = run(&bytes, fast);
+            assert!(
+                inputs > 0 && copies > 0,
+                "{name}: {inputs} in, {copies} out"
+            );
+            if name == "nack-storm" {
+                assert!(refused.contains_key("nack_limited"), "{name}: {refused:?}");
+            }
+        }
+    }
+
+    /// 1024 random sequences of up to 200 actions, from a fixed seed so CI runs the same
     /// cases: the model's prediction and every invariant after every action (see the
-    /// module docs). The totals show the sequences reach both sides of each check.
+    /// module docs). Across them, packets are forwarded and every refusal the model
+    /// predicts happens, so each check meets both of its sides.
     #[test]
     fn random_action_sequences_keep_the_invariants() {
         let config = Config {
-            cases: 256,
+            cases: 1024,
             failure_persistence: None,
             ..Config::default()
         };
         let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[19; 32]);
         let mut runner = TestRunner::new_with_rng(config, rng);
         let bytes = proptest::collection::vec(any::<u8>(), 0..2000);
+        let totals = std::cell::RefCell::new((0, 0, BTreeMap::new()));
         let result = runner.run(&bytes, |data| {
-            run(&data, fast);
+            let (inputs, copies, refused) = run(&data, fast);
+            let mut t = totals.borrow_mut();
+            t.0 += inputs;
+            t.1 += copies;
+            for (r, n) in refused {
+                *t.2.entry(r).or_insert(0) += n;
+            }
             Ok(())
         });
         if let Err(e) = result {
             panic!("{e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod probe {
-    use super::*;
-    #[test]
-    fn probe_totals() {
-        use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[19; 32]);
-        let mut runner = TestRunner::new_with_rng(
-            Config {
-                cases: 256,
-                failure_persistence: None,
-                ..Config::default()
-            },
-            rng,
-        );
-        let tot =
-            std::cell::RefCell::new((0u64, 0u64, BTreeMap::<&'static str, u64>::new(), 0usize));
-        runner
-            .run(&proptest::collection::vec(any::<u8>(), 0..2000), |data| {
-                let acts = actions(&data).unwrap_or_default();
-                let mut h = Harness::new(|k: u8| {
-                    blindrelay_transport::hop::HopContext::Fast(Box::new(
-                        blindrelay_transport::fast_srtp::FastGcmContext::new(&[k; 16], &[k; 12])
-                            .unwrap(),
-                    ))
-                });
-                for a in &acts {
-                    h.step(a);
-                }
-                let (i, f, r) = h.totals();
-                let mut t = tot.borrow_mut();
-                t.0 += i;
-                t.1 += f;
-                t.3 += acts.len();
-                for (k, v) in r {
-                    *t.2.entry(k).or_default() += v;
-                }
-                Ok(())
-            })
-            .unwrap();
-        eprintln!("{:?}", tot.borrow());
+        let (inputs, copies, refused) = totals.into_inner();
+        println!("{inputs} datagrams, {copies} copies forwarded, refused: {refused:?}");
+        assert!(copies > inputs / 10, "too little forwarded to check much");
+        for r in [
+            DropReason::NotConnected,
+            DropReason::SrtpMalformed,
+            DropReason::SrtpAuthFailed,
+            DropReason::SrtpReplay,
+            DropReason::RtpMalformed,
+            DropReason::SsrcNotOwned,
+            DropReason::UnknownPayloadType,
+            DropReason::RtcpSsrcNotOwned,
+            DropReason::RtcpSsrcUnknown,
+            DropReason::RtcpFeedbackNotReceived,
+            DropReason::KeyframeRequestLimited,
+            DropReason::PaddingBeforeMedia,
+            DropReason::NackLimited,
+        ] {
+            assert!(refused.contains_key(r.as_str()), "never refused as {r:?}");
+        }
     }
 }
