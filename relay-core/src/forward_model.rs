@@ -1008,8 +1008,9 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         }
         self.authenticated.insert(i);
         let call = s.call;
-        if self.owners.get(&(call, ssrc)).is_none() {
-            self.owners.insert((call, ssrc), i);
+        // Unowned, and it may send it (checked above): sending it first claims it.
+        if let std::collections::btree_map::Entry::Vacant(e) = self.owners.entry((call, ssrc)) {
+            e.insert(i);
             s.claimed += 1;
         }
         let (opus, vp8) = if s.alt { (109, 98) } else { (111, 96) };
