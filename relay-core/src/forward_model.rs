@@ -1468,6 +1468,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             }
         }
         reported.sort_unstable();
+        expected.sort_unstable();
         assert_eq!(reported, expected, "liveness reported");
         // NACK entries each receiver sent through, over every window ending now.
         for s in self.slots.iter().flatten() {
