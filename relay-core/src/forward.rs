@@ -439,6 +439,9 @@ impl<H: HopCipher> Forwarder<H> {
                 last_fb: None,
             })
         });
+        // Room for every stream it receives, as `set_receiving` reserves: a participant
+        // moved here brings its streams along, and recording a start must not allocate.
+        let media_started = Vec::with_capacity(tables.receiving.as_ref().map_or(0, Vec::len));
         self.peers.insert(
             peer,
             PeerMedia {
@@ -453,7 +456,7 @@ impl<H: HopCipher> Forwarder<H> {
                 keyframe_asked: [(0, None); KEYFRAME_SLOTS],
                 nack_tokens: NACK_ENTRIES_BURST * NACK_UNIT,
                 nack_at: None,
-                media_started: Vec::new(),
+                media_started,
                 claimed: 0,
                 activity_at: None,
                 activity_pending: false,
@@ -552,6 +555,89 @@ impl<H: HopCipher> Forwarder<H> {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Every SSRC owner: (call, SSRC, owner), for the model tests' comparison with their
+    /// own table.
+    #[doc(hidden)]
+    pub fn owners(&self) -> impl Iterator<Item = (CallKey, u32, PeerId)> + '_ {
+        self.ssrc_owner.iter().map(|((c, s), p)| (*c, *s, *p))
+    }
+
+    /// The forwarder's internal consistency, for the property tests and the `forward`
+    /// fuzz target (`forward_model`): every participant is in exactly its call's member
+    /// list, every SSRC owner is a participant of the call it owns the SSRC in, and every
+    /// per-participant table stays within its bound. With no participants, every table
+    /// is empty: nothing a participant made the forwarder keep outlives it.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut listed = 0;
+        for (call, members) in &self.calls {
+            if members.is_empty() {
+                return Err(format!("call {call} has an empty member list"));
+            }
+            for (i, m) in members.iter().enumerate() {
+                if members[..i].contains(m) {
+                    return Err(format!("peer {m} listed twice in call {call}"));
+                }
+                match self.peers.get(m) {
+                    Some(p) if p.call == *call => {}
+                    Some(p) => {
+                        return Err(format!("peer {m} listed in call {call}, is in {}", p.call))
+                    }
+                    None => return Err(format!("call {call} lists peer {m}, which is gone")),
+                }
+            }
+            listed += members.len();
+        }
+        if listed != self.peers.len() {
+            return Err(format!(
+                "{listed} peers in call lists, {} peers",
+                self.peers.len()
+            ));
+        }
+        for ((call, ssrc), owner) in &self.ssrc_owner {
+            match self.peers.get(owner) {
+                Some(p) if p.call == *call => {}
+                Some(p) => {
+                    return Err(format!(
+                        "SSRC {ssrc} of call {call} owned by peer {owner} of call {}",
+                        p.call
+                    ))
+                }
+                None => return Err(format!("SSRC {ssrc} of call {call} owned by gone {owner}")),
+            }
+        }
+        for (id, p) in &self.peers {
+            if p.claimed > MAX_CLAIMED_SSRCS {
+                return Err(format!("peer {id} claimed {} SSRCs", p.claimed));
+            }
+            let owned = self.ssrc_owner.values().filter(|o| *o == id).count();
+            if owned > p.tables.ssrcs.len() + p.claimed {
+                return Err(format!(
+                    "peer {id} owns {owned} SSRCs: more than it announced and claimed"
+                ));
+            }
+            if let Some(r) = &p.tables.receiving {
+                if let Some(s) = p.media_started.iter().find(|s| !r.contains(s)) {
+                    return Err(format!(
+                        "peer {id} started on {s}, which it does not receive"
+                    ));
+                }
+            }
+            if p.twcc.as_ref().is_some_and(|t| t.n > TWCC_PENDING) {
+                return Err(format!("peer {id}: transport-cc pending over its bound"));
+            }
+            if p.nack_tokens > NACK_ENTRIES_BURST * NACK_UNIT {
+                return Err(format!("peer {id}: NACK budget above its burst"));
+            }
+        }
+        for a in &self.active {
+            if self.peers.get(a).is_some_and(|p| !p.activity_pending) {
+                return Err(format!("peer {a} queued for activity, not pending"));
+            }
+        }
+        Ok(())
     }
 
     /// Unprotect an SRTP packet from `from` and protect it for every other participant of
@@ -1626,6 +1712,47 @@ mod tests {
         b.push(0);
         b.extend_from_slice(payload);
         b
+    }
+
+    /// Regression (found by `forward_model`'s property test): a receiver moved to another
+    /// call or loop (`take_peer`, then `add_peer` with its tables) keeps its streams, and
+    /// once it has been sent media on one, that stream's padding reaches it too. Its list
+    /// of started streams had no capacity after the move, so no start was ever recorded
+    /// and every later probe was dropped as `padding_before_media`.
+    #[test]
+    fn a_moved_receiver_gets_padding_after_media() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            tables(111, 96, 0, &[100], &[]),
+        );
+        f.add_peer(
+            2,
+            8,
+            addr(2),
+            fast(2),
+            fast(12),
+            tables(111, 96, 0, &[200], &[]),
+        );
+        f.set_receiving(2, vec![100]);
+        let t = f.take_peer(2).expect("peer 2 is here");
+        f.add_peer(2, 7, t.addr, t.inbound, t.outbound, t.tables);
+        let mut tx = ctx(1);
+        let mut out = Outbox::default();
+        let wire = tx.encrypt_rtp(&rtp(100, 1, b"a frame")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        let mut probe = rtp(100, 2, &[0, 0, 0, 4]);
+        probe[0] |= 0x20;
+        let wire = tx.encrypt_rtp(&probe).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        let mut dropped = Vec::new();
+        f.take_receiver_drops(|r, n| dropped.push((r, n)));
+        assert!(dropped.is_empty(), "{dropped:?}");
     }
 
     /// A padding-only packet (a bandwidth probe, carrying its last frame's timestamp) is

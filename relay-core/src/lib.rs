@@ -36,6 +36,10 @@
 pub mod budget;
 pub mod calls;
 pub mod forward;
+/// Random forwarder actions checked against a reference model after each (tests and
+/// fuzzing only).
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod forward_model;
 pub mod hop;
 pub mod ice;
 pub mod lines;

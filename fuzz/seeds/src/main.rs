@@ -548,6 +548,16 @@ fn main() {
     sframe_seeds();
     audit_seeds();
     plane_seeds();
+    forward_seeds();
+}
+
+/// The forwarder's named scenarios (RTCP of every kind, a NACK storm, forgeries, a move
+/// and leaves), as the bytes its actions are read from.
+fn forward_seeds() {
+    use blindrelay_core::forward_model::{scenario_bytes, scenarios};
+    for (name, actions) in scenarios() {
+        write("forward", name, &scenario_bytes(&actions));
+    }
 }
 
 /// The control plane's named scenarios (a call of two with answers, an MLS group, park
