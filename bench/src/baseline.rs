@@ -7,7 +7,8 @@
 //!
 //! With `--srtp` it also does the one thing every SRTP relay must: open each packet with
 //! the sender's hop key and seal it with the receiver's (the in-place AEAD_AES_128_GCM
-//! context the relay uses), into one arena as the relay's outbox. The keys come in the
+//! context the relay uses, opening each packet where it lies as the relay does), into one
+//! arena as the relay's outbox. The keys come in the
 //! legs' hellos (a benchmark on loopback, nothing secret). The relay's share of that
 //! ceiling is what its routing, header rewrite and bookkeeping cost beyond the
 //! cryptography.
