@@ -899,11 +899,19 @@ impl Audit<'_> {
             .streams
             .into_iter()
             .map(|(ssrc, st)| {
-                // The reading with the larger SFrame share (then more frames; then the
-                // first, e2ee-client's). Every stream has at least one reading.
+                // A reading whose frames start with the plaintext magic is the stream's own
+                // framing (e2ee-client plaintext): reported, though a misreading may find
+                // more "SFrame". Else the reading with the larger SFrame share (then more
+                // frames; then the first, e2ee-client's). Every stream has a reading.
+                let magic = |r: &Reading| {
+                    r.frames > 0
+                        && r.plaintext_magic_frames as f64
+                            > r.frames as f64 * (1.0 - MIN_SFRAME_SHARE)
+                };
                 let mut best = &st.readings[0];
                 for r in &st.readings[1..] {
-                    if (r.share(), r.frames) > (best.share(), best.frames) {
+                    let key = |r: &Reading| (magic(r), r.share(), r.frames);
+                    if key(r) > key(best) {
                         best = r;
                     }
                 }
@@ -927,11 +935,7 @@ impl Audit<'_> {
                         .max()
                         .unwrap_or(0),
                     entropy_bits_per_byte: entropy(&st.histogram),
-                    magic_in_any_reading: st.readings.iter().any(|r| {
-                        r.frames > 0
-                            && r.plaintext_magic_frames as f64
-                                > r.frames as f64 * (1.0 - MIN_SFRAME_SHARE)
-                    }),
+                    magic_in_any_reading: st.readings.iter().any(magic),
                 }
             })
             .collect();
@@ -1359,9 +1363,16 @@ mod tests {
             let reason = r.reasons.iter().any(|x| x.contains(&s.ssrc_hex));
             assert!(reason, "{}", r.table());
         }
-        // e2ee-client's plaintext is refused by its magic, whichever reading is reported.
+        // e2ee-client's plaintext is reported in its own framing, found by its magic.
         let cli = r.streams.iter().find(|s| s.ssrc == 0x2222).unwrap();
         assert!(cli.magic_in_any_reading, "{}", r.table());
+        assert_eq!(cli.framing, "e2ee-client", "{}", r.table());
+        assert_eq!(
+            (cli.sframe_frames, cli.plaintext_magic_frames),
+            (0, cli.frames),
+            "{}",
+            r.table()
+        );
         // Without the maps the sealed web streams do not audit blind: the maps are what
         // make the audit right.
         let r = audit_reader(&pcapng_described(&[(None, web_sealed.clone())])[..], None).unwrap();
