@@ -9,14 +9,30 @@
 //! large capture does not have to fit in memory.
 //! Frames are reassembled per SSRC exactly as a receiving client does it
 //! ([`StreamReceiver`]), so "frame" means the same thing here and in the call.
+//!
+//! A relay's capture describes itself: each sender's pcapng interface carries its codec map
+//! as a comment (`blindrelay-codecs/1 {"participant":..,"pts":{"111":"opus/48000/2",..}}`,
+//! see [`parse_codecs_comment`]). A stream whose payload type that map names Opus or VP8
+//! may be in e2ee-client's framing or in the web client's ([`WebFraming`]): the signalling
+//! cannot tell which, since e2ee-client sends on the same payload types. So such a stream
+//! is read both ways at once, each reading counting a frame as SFrame only when it
+//! continues an SFrame sequence ([`MIN_RUN`] frames of one KID with rising CTRs), and the
+//! reading with the larger SFrame share is reported. Real Opus and VP8 are as dense as
+//! ciphertext, so a header that merely parses proves nothing; a rising CTR under one KID,
+//! frame after frame, is what plaintext does not produce. `--opus-pt`/`--vp8-pt`
+//! ([`WebFraming`]) override the maps: with either given, those payload types are read in
+//! the web framing only and the maps are not used. Streams without a map (captures of
+//! other tools, other codecs) are read as e2ee-client frames, as before.
 
 use crate::media::StreamReceiver;
 use crate::sframe;
 use blindrelay_protocol::rtp::RtpHeader;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use pcap_file::pcap::PcapParser;
+use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::{Endianness, PcapError};
+use serde::Deserialize;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +60,13 @@ const LINK_IPV4: u32 = 228;
 const LINK_IPV6: u32 = 229;
 /// pcapng files start with a section header block, whose type reads the same both ways.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+/// The tag and version that start a relay capture's codec-map comment (the relay's
+/// `CODECS_COMMENT_TAG`); the JSON object follows after one space.
+pub const CODECS_COMMENT_TAG: &str = "blindrelay-codecs/1";
+/// Frames of one KID with rising CTRs a sequence must reach before its frames count as
+/// SFrame (where a stream is checked for sequences; see the module docs). A new KID (a new
+/// MLS epoch, say) starts a new sequence.
+pub const MIN_RUN: u64 = 4;
 
 /// Why a capture cannot be audited. The CLI exits with status 2 on any of these.
 #[derive(Debug, Error)]
@@ -93,12 +116,57 @@ pub struct WebFraming {
     pub vp8_pts: Vec<u8>,
 }
 
+/// One sender's codec map, from its interface's comment in a relay's capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecMap {
+    /// The sender's public participant id, if the comment names it.
+    pub participant: Option<String>,
+    /// Payload type (below 128) -> rtpmap encoding (`opus/48000/2`, `VP8/90000`).
+    pub pts: BTreeMap<u8, String>,
+}
+
+impl CodecMap {
+    /// The codec name (before the first `/`) of payload type `pt`, lowercased.
+    fn codec(&self, pt: u8) -> Option<String> {
+        let e = self.pts.get(&pt)?;
+        Some(e.split('/').next().unwrap_or("").to_ascii_lowercase())
+    }
+}
+
+#[derive(Deserialize)]
+struct CommentBody {
+    #[serde(default)]
+    participant: Option<String>,
+    pts: BTreeMap<String, String>,
+}
+
+/// Read a `blindrelay-codecs/1 {json}` comment. `None` for any other comment, or one whose
+/// JSON does not hold; payload types that are not numbers below 128 are left out.
+pub fn parse_codecs_comment(comment: &str) -> Option<CodecMap> {
+    let json = comment
+        .strip_prefix(CODECS_COMMENT_TAG)?
+        .strip_prefix(' ')?;
+    let body: CommentBody = serde_json::from_str(json).ok()?;
+    Some(CodecMap {
+        participant: body.participant,
+        pts: body
+            .pts
+            .into_iter()
+            .filter_map(|(pt, enc)| pt.parse::<u8>().ok().filter(|p| *p < 128).map(|p| (p, enc)))
+            .collect(),
+    })
+}
+
 /// What the audit found in one RTP stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamReport {
     pub ssrc: u32,
-    /// How frames were read: `e2ee-client`, `web-opus` or `web-vp8` ([`WebFraming`]).
+    /// How frames were read: `e2ee-client`, `web-opus` or `web-vp8` ([`WebFraming`]); for
+    /// a stream read both ways (see the module docs), the reading reported.
     pub framing: String,
+    /// The sender's participant id, from the capture's codec map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
     pub ssrc_hex: String,
     pub packets: u64,
     /// RTP payload bytes (headers and padding excluded).
@@ -116,10 +184,15 @@ pub struct StreamReport {
     pub plaintext_magic_frames: u64,
     /// Packets whose payload contains the canary.
     pub canary_packets: u64,
-    /// Frames that contain the canary (catches a canary split across packets).
+    /// Frames that contain the canary (catches a canary split across packets), in
+    /// whichever reading found the most.
     pub canary_frames: u64,
     /// Shannon entropy of the payload bytes, bits per byte (ciphertext: close to 8).
     pub entropy_bits_per_byte: f64,
+    /// In some reading, more than 1% of the frames start with the plaintext magic: not
+    /// blind whichever reading is reported (structured plaintext can pass a sequence check
+    /// in a framing that is not its own).
+    pub magic_in_any_reading: bool,
 }
 
 /// Datagrams that were not audited, by why.
@@ -151,6 +224,8 @@ pub struct AuditReport {
     pub truncated_tail: bool,
     /// The canary searched for, if any.
     pub canary: Option<String>,
+    /// Senders whose codec map the capture carries (`blindrelay-codecs/1` comments).
+    pub codec_maps: u64,
     pub streams: Vec<StreamReport>,
     /// `"blind"` or `"NOT blind"`.
     pub verdict: String,
@@ -193,15 +268,22 @@ impl AuditReport {
                 );
             }
         }
+        if self.codec_maps > 0 {
+            let _ = writeln!(
+                o,
+                "codec maps: {} senders described by the capture",
+                self.codec_maps
+            );
+        }
         let _ = writeln!(
             o,
-            "{:<12} {:>8} {:>7} {:>7} {:>8} {:>10} {:>12} {:>8}",
+            "{:<12} {:>8} {:>7} {:>7} {:>8} {:>10} {:>12} {:>8}  framing",
             "SSRC", "packets", "frames", "incompl", "sframe", "plaintext", "canary p/f", "entropy"
         );
         for st in &self.streams {
             let _ = writeln!(
                 o,
-                "{:<12} {:>8} {:>7} {:>7} {:>7.1}% {:>10} {:>12} {:>8.3}",
+                "{:<12} {:>8} {:>7} {:>7} {:>7.1}% {:>10} {:>12} {:>8.3}  {}{}",
                 st.ssrc_hex,
                 st.packets,
                 st.frames,
@@ -210,6 +292,11 @@ impl AuditReport {
                 st.plaintext_magic_frames,
                 format!("{}/{}", st.canary_packets, st.canary_frames),
                 st.entropy_bits_per_byte,
+                st.framing,
+                st.participant
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
             );
         }
         let _ = writeln!(o, "verdict: {}", self.verdict);
@@ -225,7 +312,8 @@ pub fn audit_file(path: &Path, canary: Option<&[u8]>) -> Result<AuditReport, Aud
     audit_file_framed(path, canary, &WebFraming::default())
 }
 
-/// [`audit_file`], reading the payload types in `web` as the web client's streams.
+/// [`audit_file`], reading the payload types in `web` as the web client's streams (an
+/// override: with any given, the capture's codec maps are not used).
 pub fn audit_file_framed(
     path: &Path,
     canary: Option<&[u8]>,
@@ -268,6 +356,7 @@ pub fn audit_reader_framed(
         skipped: Skipped::default(),
         records: 0,
         rtp_packets: 0,
+        codec_maps: 0,
     };
     let truncated_tail = if head[..4] == PCAPNG_MAGIC {
         read_pcapng(&mut input, &mut audit)?
@@ -382,7 +471,7 @@ fn read_pcap<R: Read>(input: &mut Input<R>, audit: &mut Audit<'_>) -> Result<boo
                 if p.incl_len < p.orig_len {
                     audit.skipped.truncated += 1;
                 } else {
-                    audit.datagram(link, &p.data);
+                    audit.datagram(link, &p.data, None);
                 }
                 input.consume(used);
             }
@@ -428,11 +517,26 @@ fn read_pcapng<R: Read>(input: &mut Input<R>, audit: &mut Audit<'_>) -> Result<b
             Err(e) => return Err(corrupt(e)),
         }
     };
+    // Each interface's codec map, as the parser's interface list: a section header
+    // starts a new list.
+    let mut maps: Vec<Option<CodecMap>> = Vec::new();
     loop {
         let data = input.data();
         match parser.next_block(data) {
             Ok((rest, block)) => {
                 let used = data.len() - rest.len();
+                match &block {
+                    Block::SectionHeader(_) => maps.clear(),
+                    Block::InterfaceDescription(i) => {
+                        let map = i.options.iter().find_map(|o| match o {
+                            InterfaceDescriptionOption::Comment(c) => parse_codecs_comment(c),
+                            _ => None,
+                        });
+                        audit.codec_maps += u64::from(map.is_some());
+                        maps.push(map);
+                    }
+                    _ => {}
+                }
                 let packet = match &block {
                     Block::EnhancedPacket(p) => Some((
                         p.interface_id,
@@ -460,7 +564,8 @@ fn read_pcapng<R: Read>(input: &mut Input<R>, audit: &mut Audit<'_>) -> Result<b
                     if truncated {
                         audit.skipped.truncated += 1;
                     } else {
-                        audit.datagram(link, bytes);
+                        let map = maps.get(interface as usize).and_then(Option::as_ref);
+                        audit.datagram(link, bytes, map);
                     }
                 }
                 input.consume(used);
@@ -502,21 +607,146 @@ fn block_len(data: &[u8], endianness: Option<Endianness>) -> Result<usize, Audit
     Ok((len as usize).max(12))
 }
 
+/// How a stream's packets make frames (see [`WebFraming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    E2eeClient,
+    WebOpus,
+    WebVp8,
+}
+
+impl Framing {
+    fn name(self) -> &'static str {
+        match self {
+            Framing::E2eeClient => "e2ee-client",
+            Framing::WebOpus => "web-opus",
+            Framing::WebVp8 => "web-vp8",
+        }
+    }
+}
+
+/// The SFrame sequence a reading is in: its KID, last CTR and length.
 #[derive(Default)]
-struct Stream {
+struct Run {
+    kid: Option<u64>,
+    last_ctr: u64,
+    len: u64,
+}
+
+/// One way of reading a stream's packets as frames, and what it found.
+struct Reading {
+    framing: Framing,
+    /// A frame counts as SFrame only within a sequence of [`MIN_RUN`] (see module docs).
+    sequenced: bool,
     rx: StreamReceiver,
-    packets: u64,
-    payload_bytes: u64,
     frames: u64,
     sframe_frames: u64,
     plaintext_magic_frames: u64,
-    canary_packets: u64,
     canary_frames: u64,
+    run: Run,
+}
+
+impl Reading {
+    fn new(framing: Framing, sequenced: bool) -> Self {
+        Reading {
+            framing,
+            sequenced,
+            rx: StreamReceiver::default(),
+            frames: 0,
+            sframe_frames: 0,
+            plaintext_magic_frames: 0,
+            canary_frames: 0,
+            run: Run::default(),
+        }
+    }
+
+    fn share(&self) -> f64 {
+        if self.frames == 0 {
+            0.0
+        } else {
+            self.sframe_frames as f64 / self.frames as f64
+        }
+    }
+
+    /// One packet: the frame it completes, if any, judged.
+    fn packet(&mut self, h: &RtpHeader, payload: &[u8], canary: Option<&[u8]>) {
+        let frame = match self.framing {
+            // Padding-only packets of a web stream carry no frame.
+            Framing::WebOpus | Framing::WebVp8 if payload.is_empty() => return,
+            Framing::WebOpus => payload.to_vec(),
+            Framing::WebVp8 => {
+                let Some(n) = crate::webframe::vp8_descriptor_len(payload) else {
+                    self.rx.frames_incomplete += 1;
+                    return;
+                };
+                let Some(f) = self
+                    .rx
+                    .push(h.sequence, h.timestamp, h.marker, &payload[n..])
+                else {
+                    return;
+                };
+                f
+            }
+            Framing::E2eeClient => {
+                let Some(f) = self.rx.push(h.sequence, h.timestamp, h.marker, payload) else {
+                    return;
+                };
+                f
+            }
+        };
+        self.frames += 1;
+        if frame.starts_with(PLAINTEXT_MAGIC) {
+            self.plaintext_magic_frames += 1;
+        }
+        if canary.is_some_and(|c| contains(&frame, c)) {
+            self.canary_frames += 1;
+        }
+        let clear = if self.framing == Framing::WebVp8 {
+            crate::webframe::vp8_clear_len(&frame)
+        } else {
+            0
+        };
+        let sf = &frame[clear..];
+        let header = sframe::Header::decode(sf)
+            .ok()
+            .filter(|_| looks_like_sframe(sf))
+            .map(|(h, _)| h);
+        if !self.sequenced {
+            self.sframe_frames += u64::from(header.is_some());
+            return;
+        }
+        let Some(hd) = header else {
+            self.run = Run::default();
+            return;
+        };
+        let r = &mut self.run;
+        if r.kid == Some(hd.kid) && hd.ctr > r.last_ctr {
+            r.len += 1;
+        } else {
+            *r = Run {
+                kid: Some(hd.kid),
+                last_ctr: 0,
+                len: 1,
+            };
+        }
+        r.last_ctr = hd.ctr;
+        // A sequence's first frames count once it is long enough, then each one.
+        match r.len.cmp(&MIN_RUN) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => self.sframe_frames += MIN_RUN,
+            std::cmp::Ordering::Greater => self.sframe_frames += 1,
+        }
+    }
+}
+
+struct Stream {
+    packets: u64,
+    payload_bytes: u64,
+    canary_packets: u64,
     histogram: Vec<u64>,
-    framing: &'static str,
-    /// Web streams: the stream's KID and the last frame's CTR.
-    kid: Option<u64>,
-    last_ctr: Option<u64>,
+    participant: Option<String>,
+    /// One reading, or two for a stream whose framing the capture cannot tell.
+    readings: Vec<Reading>,
 }
 
 struct Audit<'a> {
@@ -526,6 +756,7 @@ struct Audit<'a> {
     skipped: Skipped,
     records: u64,
     rtp_packets: u64,
+    codec_maps: u64,
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -562,7 +793,7 @@ pub fn entropy(histogram: &[u64]) -> f64 {
 
 impl Audit<'_> {
     /// One captured datagram, by link type: find the UDP payload and audit it as RTP.
-    fn datagram(&mut self, link: u32, d: &[u8]) {
+    fn datagram(&mut self, link: u32, d: &[u8], map: Option<&CodecMap>) {
         let sliced = match link {
             LINK_ETHERNET => SlicedPacket::from_ethernet(d),
             LINK_LINUX_SLL => SlicedPacket::from_linux_sll(d),
@@ -586,12 +817,39 @@ impl Audit<'_> {
             return;
         }
         match &p.transport {
-            Some(TransportSlice::Udp(u)) => self.rtp(u.payload()),
+            Some(TransportSlice::Udp(u)) => self.rtp(u.payload(), map),
             _ => self.skipped.not_udp += 1,
         }
     }
 
-    fn rtp(&mut self, p: &[u8]) {
+    /// How a new stream of payload type `pt` is read: the flags if given, else the
+    /// sender's codec map, else as e2ee-client frames.
+    fn readings(&self, pt: u8, map: Option<&CodecMap>) -> Vec<Reading> {
+        let web = self.web;
+        if !web.opus_pts.is_empty() || !web.vp8_pts.is_empty() {
+            let f = if web.opus_pts.contains(&pt) {
+                Framing::WebOpus
+            } else if web.vp8_pts.contains(&pt) {
+                Framing::WebVp8
+            } else {
+                return vec![Reading::new(Framing::E2eeClient, false)];
+            };
+            return vec![Reading::new(f, true)];
+        }
+        match map.and_then(|m| m.codec(pt)).as_deref() {
+            Some("opus") => vec![
+                Reading::new(Framing::E2eeClient, true),
+                Reading::new(Framing::WebOpus, true),
+            ],
+            Some("vp8") => vec![
+                Reading::new(Framing::E2eeClient, true),
+                Reading::new(Framing::WebVp8, true),
+            ],
+            _ => vec![Reading::new(Framing::E2eeClient, false)],
+        }
+    }
+
+    fn rtp(&mut self, p: &[u8], map: Option<&CodecMap>) {
         // RFC 5761: with rtcp-mux, a second byte of 192..=223 is RTCP.
         if p.len() >= 2 && p[0] >> 6 == 2 && (192..=223).contains(&p[1]) {
             self.skipped.rtcp += 1;
@@ -603,18 +861,20 @@ impl Audit<'_> {
         };
         self.rtp_packets += 1;
         let payload = h.payload(p);
-        let framing = if self.web.opus_pts.contains(&h.payload_type) {
-            "web-opus"
-        } else if self.web.vp8_pts.contains(&h.payload_type) {
-            "web-vp8"
-        } else {
-            "e2ee-client"
-        };
-        let st = self.streams.entry(h.ssrc).or_default();
-        if st.histogram.is_empty() {
-            st.histogram = vec![0; 256];
-            st.framing = framing;
+        if !self.streams.contains_key(&h.ssrc) {
+            let st = Stream {
+                packets: 0,
+                payload_bytes: 0,
+                canary_packets: 0,
+                histogram: vec![0; 256],
+                participant: map.and_then(|m| m.participant.clone()),
+                readings: self.readings(h.payload_type, map),
+            };
+            self.streams.insert(h.ssrc, st);
         }
+        let Some(st) = self.streams.get_mut(&h.ssrc) else {
+            return;
+        };
         st.packets += 1;
         st.payload_bytes += payload.len() as u64;
         for &b in payload {
@@ -625,60 +885,8 @@ impl Audit<'_> {
                 st.canary_packets += 1;
             }
         }
-        let frame = match st.framing {
-            "web-opus" if !payload.is_empty() => payload.to_vec(),
-            "web-vp8" if !payload.is_empty() => {
-                let Some(n) = crate::webframe::vp8_descriptor_len(payload) else {
-                    st.rx.frames_incomplete += 1;
-                    return;
-                };
-                let Some(f) = st.rx.push(h.sequence, h.timestamp, h.marker, &payload[n..]) else {
-                    return;
-                };
-                f
-            }
-            // Padding-only packets of a web stream carry no frame.
-            "web-opus" | "web-vp8" => return,
-            _ => {
-                let Some(f) = st.rx.push(h.sequence, h.timestamp, h.marker, payload) else {
-                    return;
-                };
-                f
-            }
-        };
-        st.frames += 1;
-        if frame.starts_with(PLAINTEXT_MAGIC) {
-            st.plaintext_magic_frames += 1;
-        }
-        match st.framing {
-            "web-opus" | "web-vp8" => {
-                let clear = if st.framing == "web-vp8" {
-                    crate::webframe::vp8_clear_len(&frame)
-                } else {
-                    0
-                };
-                let sf = &frame[clear..];
-                if looks_like_sframe(sf) {
-                    if let Ok((hd, _)) = sframe::Header::decode(sf) {
-                        let kid_ok = *st.kid.get_or_insert(hd.kid) == hd.kid;
-                        let ctr_ok = st.last_ctr.is_none_or(|c| hd.ctr > c);
-                        st.last_ctr = Some(hd.ctr);
-                        if kid_ok && ctr_ok {
-                            st.sframe_frames += 1;
-                        }
-                    }
-                }
-            }
-            _ => {
-                if looks_like_sframe(&frame) {
-                    st.sframe_frames += 1;
-                }
-            }
-        }
-        if let Some(c) = self.canary {
-            if contains(&frame, c) {
-                st.canary_frames += 1;
-            }
+        for r in &mut st.readings {
+            r.packet(&h, payload, self.canary);
         }
     }
 
@@ -691,30 +899,43 @@ impl Audit<'_> {
             .streams
             .into_iter()
             .map(|(ssrc, st)| {
-                let share = if st.frames == 0 {
-                    0.0
-                } else {
-                    st.sframe_frames as f64 / st.frames as f64
+                // A reading whose frames start with the plaintext magic is the stream's own
+                // framing (e2ee-client plaintext): reported, though a misreading may find
+                // more "SFrame". Else the reading with the larger SFrame share (then more
+                // frames; then the first, e2ee-client's). Every stream has a reading.
+                let magic = |r: &Reading| {
+                    r.frames > 0
+                        && r.plaintext_magic_frames as f64
+                            > r.frames as f64 * (1.0 - MIN_SFRAME_SHARE)
                 };
+                let mut best = &st.readings[0];
+                for r in &st.readings[1..] {
+                    let key = |r: &Reading| (magic(r), r.share(), r.frames);
+                    if key(r) > key(best) {
+                        best = r;
+                    }
+                }
                 StreamReport {
                     ssrc,
-                    framing: if st.framing.is_empty() {
-                        "e2ee-client"
-                    } else {
-                        st.framing
-                    }
-                    .into(),
+                    framing: best.framing.name().into(),
+                    participant: st.participant.clone(),
                     ssrc_hex: format!("0x{ssrc:08x}"),
                     packets: st.packets,
                     payload_bytes: st.payload_bytes,
-                    frames: st.frames,
-                    frames_incomplete: st.rx.frames_incomplete,
-                    sframe_frames: st.sframe_frames,
-                    sframe_share: share,
-                    plaintext_magic_frames: st.plaintext_magic_frames,
+                    frames: best.frames,
+                    frames_incomplete: best.rx.frames_incomplete,
+                    sframe_frames: best.sframe_frames,
+                    sframe_share: best.share(),
+                    plaintext_magic_frames: best.plaintext_magic_frames,
                     canary_packets: st.canary_packets,
-                    canary_frames: st.canary_frames,
+                    canary_frames: st
+                        .readings
+                        .iter()
+                        .map(|r| r.canary_frames)
+                        .max()
+                        .unwrap_or(0),
                     entropy_bits_per_byte: entropy(&st.histogram),
+                    magic_in_any_reading: st.readings.iter().any(magic),
                 }
             })
             .collect();
@@ -723,6 +944,13 @@ impl Audit<'_> {
                 reasons.push(format!(
                     "SSRC {}: the canary is in the clear in {} packets ({} frames)",
                     st.ssrc_hex, st.canary_packets, st.canary_frames
+                ));
+            }
+            if st.magic_in_any_reading {
+                reasons.push(format!(
+                    "SSRC {}: more than {:.0}% of its frames start with the plaintext magic BRF1, read in one of its framings",
+                    st.ssrc_hex,
+                    (1.0 - MIN_SFRAME_SHARE) * 100.0
                 ));
             }
             if st.frames == 0 {
@@ -755,6 +983,7 @@ impl Audit<'_> {
             skipped: self.skipped,
             truncated_tail,
             canary: self.canary.map(|c| String::from_utf8_lossy(c).into_owned()),
+            codec_maps: self.codec_maps,
             streams,
             verdict: if blind { "blind" } else { "NOT blind" }.into(),
             blind,
@@ -1002,6 +1231,193 @@ mod tests {
         assert!(!r.blind, "{}", r.table());
     }
 
+    /// A pcapng like a relay's capture: per group of packets, an interface with `comment`
+    /// (none: a plain interface) and the packets on it.
+    fn pcapng_described(groups: &[(Option<String>, Vec<Vec<u8>>)]) -> Vec<u8> {
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+        use pcap_file::pcapng::PcapNgWriter;
+        let mut w = PcapNgWriter::with_endianness(Vec::new(), Endianness::Little).unwrap();
+        for (i, (comment, packets)) in groups.iter().enumerate() {
+            w.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: pcap_file::DataLink::RAW,
+                snaplen: 65535,
+                options: comment
+                    .iter()
+                    .map(|c| InterfaceDescriptionOption::Comment(c.clone().into()))
+                    .collect(),
+            })
+            .unwrap();
+            let classic = pcap(packets, false);
+            let mut rest = &classic[24..];
+            while !rest.is_empty() {
+                let len = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+                let data = rest[16..16 + len].to_vec();
+                rest = &rest[16 + len..];
+                w.write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: i as u32,
+                    timestamp: std::time::Duration::from_secs(1),
+                    original_len: data.len() as u32,
+                    data: data.into(),
+                    options: vec![],
+                })
+                .unwrap();
+            }
+        }
+        w.into_inner()
+    }
+
+    fn map_comment(participant: &str) -> Option<String> {
+        Some(format!(
+            r#"{CODECS_COMMENT_TAG} {{"participant":"{participant}","pts":{{"111":"opus/48000/2","96":"VP8/90000","45":"AV1/90000"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn codec_comments_parse_and_others_are_ignored() {
+        let m = parse_codecs_comment(&map_comment("p-a").unwrap()).unwrap();
+        assert_eq!(m.participant.as_deref(), Some("p-a"));
+        assert_eq!(m.codec(111).as_deref(), Some("opus"));
+        assert_eq!(m.codec(96).as_deref(), Some("vp8"));
+        assert_eq!(m.codec(45).as_deref(), Some("av1"));
+        assert_eq!(m.codec(100), None);
+        // Out-of-range payload types are left out; another tag, version or bad JSON is no map.
+        let m = parse_codecs_comment(r#"blindrelay-codecs/1 {"pts":{"300":"opus/48000/2","x":"VP8/90000","127":"VP8/90000"}}"#).unwrap();
+        assert_eq!(m.pts.len(), 1);
+        assert_eq!(m.participant, None);
+        for other in [
+            "blindrelay-codecs/2 {\"pts\":{}}",
+            "blindrelay-codecs/1{\"pts\":{}}",
+            "blindrelay-codecs/1 {\"pts\":",
+            "blindrelay-codecs/1 {}",
+            "captured on eth0",
+        ] {
+            assert_eq!(parse_codecs_comment(other), None, "{other}");
+        }
+    }
+
+    /// The capture's codec maps let the audit judge web-framed and e2ee-client streams on
+    /// the same payload types with no flags: sealed is blind, plaintext is not.
+    #[test]
+    fn codec_maps_judge_web_and_e2ee_client_streams_without_flags() {
+        // A web sender whose KID changes midway (a new MLS epoch, its CTR restarting).
+        let ctr = std::cell::Cell::new(0u64);
+        let web_sealed = web_stream(|meta, f| {
+            ctr.set(ctr.get() + 1);
+            let (kid, c) = if ctr.get() <= 40 {
+                (2, ctr.get())
+            } else {
+                (9, ctr.get() - 40)
+            };
+            sframe::encrypt(
+                sframe::CipherSuite::AesGcm128Sha256,
+                &[7; 16],
+                kid,
+                c,
+                meta,
+                f,
+            )
+            .unwrap()
+        });
+        let c2 = std::cell::Cell::new(0);
+        let cli_sealed = stream(0x1111, 20, b"CANARY", seal(&c2));
+        let r = audit_reader(
+            &pcapng_described(&[
+                (None, vec![]),
+                (map_comment("p-web"), web_sealed.clone()),
+                (map_comment("p-cli"), cli_sealed.clone()),
+            ])[..],
+            Some(b"CANARY"),
+        )
+        .unwrap();
+        assert!(r.blind, "{}", r.table());
+        assert_eq!(r.codec_maps, 2);
+        let by_ssrc = |ssrc| r.streams.iter().find(|s| s.ssrc == ssrc).unwrap();
+        for (ssrc, framing, who) in [
+            (0xa0, "web-opus", "p-web"),
+            (0xb0, "web-vp8", "p-web"),
+            (0x1111, "e2ee-client", "p-cli"),
+        ] {
+            let s = by_ssrc(ssrc);
+            assert_eq!(s.framing, framing, "{}", r.table());
+            assert_eq!(s.participant.as_deref(), Some(who));
+            assert!(s.frames >= 19, "{}", r.table());
+            assert_eq!(s.sframe_frames, s.frames, "{}", r.table());
+        }
+        assert!(r.table().contains("(p-web)"), "{}", r.table());
+
+        // The same media in the clear, from both kinds of sender: NOT blind, every stream.
+        let web_plain = web_stream(|_, f| f.to_vec());
+        let cli_plain = stream(0x2222, 20, b"CANARY", |f| f.to_vec());
+        let r = audit_reader(
+            &pcapng_described(&[
+                (map_comment("p-web"), web_plain.clone()),
+                (map_comment("p-cli"), cli_plain),
+            ])[..],
+            Some(b"CANARY"),
+        )
+        .unwrap();
+        assert!(!r.blind, "{}", r.table());
+        for s in &r.streams {
+            assert!(s.sframe_share < 0.9, "{}", r.table());
+            let reason = r.reasons.iter().any(|x| x.contains(&s.ssrc_hex));
+            assert!(reason, "{}", r.table());
+        }
+        // e2ee-client's plaintext is reported in its own framing, found by its magic.
+        let cli = r.streams.iter().find(|s| s.ssrc == 0x2222).unwrap();
+        assert!(cli.magic_in_any_reading, "{}", r.table());
+        assert_eq!(cli.framing, "e2ee-client", "{}", r.table());
+        assert_eq!(
+            (cli.sframe_frames, cli.plaintext_magic_frames),
+            (0, cli.frames),
+            "{}",
+            r.table()
+        );
+        // Without the maps the sealed web streams do not audit blind: the maps are what
+        // make the audit right.
+        let r = audit_reader(&pcapng_described(&[(None, web_sealed.clone())])[..], None).unwrap();
+        assert!(!r.blind, "{}", r.table());
+        assert_eq!(r.codec_maps, 0);
+        // Flags override the maps: named as e2ee-client's (other) payload types, the web
+        // streams are read that way only.
+        let flags = WebFraming {
+            opus_pts: vec![1],
+            vp8_pts: vec![2],
+        };
+        let bytes = pcapng_described(&[(map_comment("p-web"), web_sealed)]);
+        let r = audit_reader_framed(&bytes[..], None, &flags).unwrap();
+        assert!(!r.blind, "{}", r.table());
+        assert!(r.streams.iter().all(|s| s.framing == "e2ee-client"));
+    }
+
+    /// Dense plaintext whose first bytes happen to parse as an SFrame header with one KID
+    /// and sometimes-rising CTRs does not pass as a sequence.
+    #[test]
+    fn random_headers_rarely_make_a_sequence() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut reading = Reading::new(Framing::WebOpus, true);
+        for n in 0..2000u16 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // KID 7 inline, a 1-byte CTR: like an Opus TOC byte 0x78 and random data.
+            let mut p = vec![0x78, x as u8];
+            p.extend((0..60).map(|i| (x >> (i % 56)) as u8));
+            let h = RtpHeader {
+                marker: false,
+                payload_type: 111,
+                sequence: n,
+                timestamp: u32::from(n) * 960,
+                ssrc: 1,
+                header_len: 12,
+                padding_len: 0,
+            };
+            reading.packet(&h, &p, None);
+        }
+        assert_eq!(reading.frames, 2000);
+        assert!(reading.share() < 0.3, "{}", reading.share());
+    }
+
     #[test]
     fn sealed_stream_is_blind_plaintext_is_not() {
         let ctr = std::cell::Cell::new(0);
@@ -1126,8 +1542,9 @@ mod tests {
             skipped: Skipped::default(),
             records: 0,
             rtp_packets: 0,
+            codec_maps: 0,
         };
-        a.datagram(LINK_ETHERNET, &eth);
+        a.datagram(LINK_ETHERNET, &eth, None);
         assert_eq!(a.rtp_packets, 1);
         assert!(a.streams.contains_key(&0x3333));
         // ARP is not IP; a fragment is not read as a datagram.
@@ -1139,6 +1556,7 @@ mod tests {
                 .chain(&[0; 28])
                 .copied()
                 .collect::<Vec<_>>(),
+            None,
         );
         assert_eq!(a.skipped.not_ip, 1);
         let mut frag = Vec::new();
@@ -1150,7 +1568,7 @@ mod tests {
             .udp(1, 2)
             .write(&mut frag, &rtp)
             .unwrap();
-        a.datagram(LINK_RAW, &frag);
+        a.datagram(LINK_RAW, &frag, None);
         assert_eq!(a.skipped.fragments, 1);
         assert_eq!(a.rtp_packets, 1);
     }

@@ -39,7 +39,8 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Audit a pcap of what a relay holds (`blindrelay --capture`): exit 0 if it is blind
+    /// Audit a capture of what a relay holds (`blindrelay --capture`, pcapng with each
+    /// sender's codec map; or any pcap of clear RTP): exit 0 if it is blind
     /// (every frame is SFrame, no canary in the clear), 1 if not, 2 if unreadable.
     Audit(AuditArgs),
 }
@@ -55,9 +56,11 @@ pub struct AuditArgs {
     #[arg(long)]
     pub json: bool,
     /// Payload type of the web client's Opus streams (a sealed frame per packet); repeatable.
+    /// Not needed for a blindrelay capture (its codec maps say it); given, it overrides them.
     #[arg(long = "opus-pt")]
     pub opus_pt: Vec<u8>,
     /// Payload type of the web client's VP8 streams (RFC 7741, clear VP8 header); repeatable.
+    /// Not needed for a blindrelay capture (its codec maps say it); given, it overrides them.
     #[arg(long = "vp8-pt")]
     pub vp8_pt: Vec<u8>,
 }

@@ -317,8 +317,9 @@ impl CallsConfig {
     }
 }
 
-/// Smallest `capture.max_bytes`: the pcap file header, so a capture is always a valid file.
-pub const MIN_CAPTURE_BYTES: u64 = 24;
+/// Smallest `capture.max_bytes`: room for the pcapng section header and interface 0 (a
+/// few hundred bytes), so a capture is always a valid file.
+pub const MIN_CAPTURE_BYTES: u64 = 1024;
 
 /// A pcap of the RTP the relay holds after hop decryption, for audits that the relay is
 /// blind. Off unless `path` is set.
@@ -634,7 +635,7 @@ impl Config {
         if self.capture.max_bytes < MIN_CAPTURE_BYTES {
             return Err(ConfigError::Invalid {
                 key: "capture.max_bytes",
-                message: format!("must be at least {MIN_CAPTURE_BYTES} (the pcap file header)"),
+                message: format!("must be at least {MIN_CAPTURE_BYTES} (the pcapng headers)"),
             });
         }
         if self

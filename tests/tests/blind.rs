@@ -1,8 +1,9 @@
 //! "Prove the relay is blind": a real relay captures what it holds after hop decryption to
-//! a pcap (`[capture]`), and the client's auditor reads it. An E2EE call with a canary must
+//! a pcapng (`[capture]`) that describes each sender's codecs, and the client's auditor
+//! reads it. An E2EE call with a canary must
 //! audit blind; the same call as a standard call must not (or the audit proves nothing).
 //! tshark, when present, must decode the capture as the same number of RTP packets; and
-//! the capture rewritten by tshark as pcapng (its default format) must audit the same.
+//! the capture rewritten by tshark (its own pcapng) must audit the same, codec maps and all.
 
 use blindrelay::config::Config;
 use blindrelay::{Relay, RelayOptions};
@@ -82,13 +83,37 @@ fn tshark_rtp_ssrcs(path: &Path, media_port: u16) -> Option<Vec<String>> {
 }
 
 fn audit(path: &Path) -> AuditReport {
-    audit_file(path, Some(CANARY.as_bytes())).expect("the relay's capture is a readable pcap")
+    audit_file(path, Some(CANARY.as_bytes())).expect("the relay's capture is a readable pcapng")
 }
 
-/// Rewrite the capture as pcapng with tshark (`tshark -r IN -F pcapng -w OUT`) and audit
-/// that: the report must be the one of the pcap. Needs tshark: this test fails without it.
+/// The relay's file is pcapng and describes both clients: each stream is attributed to a
+/// participant by its sender's codec map.
+fn assert_described(path: &Path, report: &AuditReport) {
+    let bytes = std::fs::read(path).expect("the capture");
+    assert_eq!(
+        bytes.get(..4),
+        Some(&[0x0a, 0x0d, 0x0d, 0x0a][..]),
+        "the relay writes pcapng"
+    );
+    // Each client's codec map rides in the file: the audit knows whose each stream is.
+    let table = report.table();
+    assert_eq!(report.codec_maps, 2, "one codec map per client: {table}");
+    for s in &report.streams {
+        assert!(s.participant.is_some(), "{table}");
+        // e2ee-client's audio is one frame per packet, which the web Opus framing reads
+        // alike (and reports, having one more whole frame); its video is e2ee-client's.
+        assert!(
+            ["e2ee-client", "web-opus"].contains(&s.framing.as_str()),
+            "{table}"
+        );
+    }
+}
+
+/// Rewrite the capture with tshark (`tshark -r IN -F pcapng -w OUT`) and audit that: the
+/// report must be the one of the relay's file (tshark keeps the interfaces' comments, so
+/// the codec maps too). Needs tshark: this test fails without it.
 fn assert_pcapng_audits_the_same(pcap: &Path, report: &AuditReport) {
-    let ng = pcap.with_extension("pcapng");
+    let ng = pcap.with_extension("tshark.pcapng");
     let out = std::process::Command::new("tshark")
         .arg("-r")
         .arg(pcap)
@@ -109,7 +134,7 @@ fn assert_pcapng_audits_the_same(pcap: &Path, report: &AuditReport) {
         Some(&[0x0a, 0x0d, 0x0d, 0x0a][..]),
         "tshark wrote a pcapng section header"
     );
-    let from_ng = audit_file(&ng, Some(CANARY.as_bytes())).expect("the pcapng is readable");
+    let from_ng = audit_file(&ng, Some(CANARY.as_bytes())).expect("tshark's pcapng is readable");
     let _ = std::fs::remove_file(&ng);
     assert_eq!(from_ng.table(), report.table());
     assert_eq!(
@@ -121,13 +146,14 @@ fn assert_pcapng_audits_the_same(pcap: &Path, report: &AuditReport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2ee_call_capture_audits_blind() {
-    let path = temp_path("e2ee", "pcap");
+    let path = temp_path("e2ee", "pcapng");
     let cfg = capture_config(&path);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     call_pair(&relay, &cfg, "demo", true).await;
     settle_capture(&relay).await;
     let m = scrape(&relay).await;
     let report = audit(&path);
+    assert_described(&path, &report);
     let table = report.table();
     assert!(report.blind, "{table}");
     assert_eq!(report.verdict, "blind");
@@ -171,12 +197,13 @@ async fn e2ee_call_capture_audits_blind() {
 /// proves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_call_capture_audits_not_blind() {
-    let path = temp_path("standard", "pcap");
+    let path = temp_path("standard", "pcapng");
     let cfg = capture_config(&path);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     call_pair(&relay, &cfg, "demo", false).await;
     settle_capture(&relay).await;
     let report = audit(&path);
+    assert_described(&path, &report);
     let table = report.table();
     assert!(!report.blind, "{table}");
     assert_eq!(report.verdict, "NOT blind");
@@ -210,7 +237,7 @@ async fn standard_call_capture_audits_not_blind() {
 /// the canary in the clear must not reach the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_of_one_call_leaves_other_calls_out() {
-    let path = temp_path("one-call", "pcap");
+    let path = temp_path("one-call", "pcapng");
     let mut cfg = capture_config(&path);
     cfg.capture.call = Some("audited".into());
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
@@ -222,6 +249,7 @@ async fn capture_of_one_call_leaves_other_calls_out() {
     // enough; a packet still in flight could only add to the audited call's streams.
     relay.flush_capture().await;
     let report = audit(&path);
+    assert_described(&path, &report);
     let table = report.table();
     assert!(report.blind, "only the E2EE call is in the file: {table}");
     assert_eq!(report.streams.len(), 4, "{table}");
@@ -241,7 +269,7 @@ async fn capture_of_one_call_leaves_other_calls_out() {
 /// on forwarding (the clients still verify frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_stops_at_max_bytes_and_forwarding_goes_on() {
-    let path = temp_path("cap", "pcap");
+    let path = temp_path("cap", "pcapng");
     let mut cfg = capture_config(&path);
     cfg.capture.max_bytes = 16 * 1024;
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
@@ -269,7 +297,7 @@ async fn capture_stops_at_max_bytes_and_forwarding_goes_on() {
         size > 24 && size <= cfg.capture.max_bytes,
         "file is {size} bytes"
     );
-    // What was written is still a whole, auditable pcap.
+    // What was written is still a whole, auditable pcapng.
     let report = audit(&path);
     assert!(!report.truncated_tail, "{}", report.table());
     assert_eq!(report.rtp_packets as f64, captured);

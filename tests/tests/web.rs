@@ -10,7 +10,7 @@
 use blindrelay::config::Config;
 use blindrelay::RelayOptions;
 use blindrelay_tests::*;
-use e2ee_client::audit::{audit_file_framed, AuditReport, WebFraming};
+use e2ee_client::audit::{audit_file, AuditReport};
 use e2ee_client::call::{run_call, CallOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -228,23 +228,6 @@ fn page_url(relay: &blindrelay::Relay, token: &str, call: &str, e2ee: bool) -> S
     )
 }
 
-/// The pages' own Opus and VP8 payload types, which their streams carry in the capture.
-fn web_framing(pages: &[PageReport]) -> WebFraming {
-    let mut w = WebFraming::default();
-    for p in pages {
-        let pts = &p.s("payload_types");
-        let audio = pts["audio"]
-            .as_u64()
-            .expect("page reports its Opus payload type") as u8;
-        let video = pts["video"]
-            .as_u64()
-            .expect("page reports its VP8 payload type") as u8;
-        w.opus_pts.push(audio);
-        w.vp8_pts.push(video);
-    }
-    w
-}
-
 /// The screenshot is checked to be a PNG; with `BLINDRELAY_UPDATE_SCREENSHOTS=1` it is
 /// also written to docs/screenshots (the ones README shows), so a plain test run leaves
 /// the working tree as it was.
@@ -295,8 +278,18 @@ async fn two_pages(call: &str, e2ee: bool, shot: &str) -> (Vec<PageReport>, Audi
     assert_eq!(pages.len(), 2, "two pages reported");
     screenshot_to_docs(&shots, shot);
     settle_capture(&relay).await;
-    let report = audit_file_framed(&pcap, None, &web_framing(&pages))
-        .expect("the relay's capture is a readable pcap");
+    // No payload-type flags: the capture's codec maps (one per sender) say which streams
+    // are Opus and VP8, as an auditor who knows nothing of the pages would read it.
+    let report = audit_file(&pcap, None).expect("the relay's capture is a readable pcapng");
+    let table = report.table();
+    assert_eq!(report.codec_maps, 2, "one codec map per page: {table}");
+    for s in &report.streams {
+        let who = s.participant.as_deref();
+        assert!(
+            pages.iter().any(|p| Some(p.me()) == who),
+            "each stream is described as one of the pages': {table}"
+        );
+    }
     relay.shutdown().await;
     let _ = std::fs::remove_file(&pcap);
     let _ = std::fs::remove_dir_all(&shots);

@@ -513,6 +513,40 @@ fn audit_seeds() {
         .expect("packet block");
     }
     write("audit", "pcapng-raw", &w.into_inner());
+    // As the relay writes its capture: interface 0 for senders without a map, then one
+    // interface per sender whose comment is its codec map.
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+    let mut w = PcapNgWriter::new(Vec::new()).expect("pcapng section");
+    let comments = [
+        "blindrelay: senders without a codec map".to_string(),
+        format!(
+            r#"{} {{"participant":"p-seed","pts":{{"111":"opus/48000/2","96":"VP8/90000"}}}}"#,
+            e2ee_client::audit::CODECS_COMMENT_TAG
+        ),
+    ];
+    for c in comments {
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::RAW,
+            snaplen: 65_535,
+            options: vec![
+                InterfaceDescriptionOption::Comment(c.into()),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })
+        .expect("interface");
+    }
+    for (i, p) in packets.iter().enumerate() {
+        let d = datagram(p, 101);
+        w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 1,
+            timestamp: Duration::from_millis(i as u64),
+            original_len: d.len() as u32,
+            data: d.into(),
+            options: vec![],
+        })
+        .expect("packet block");
+    }
+    write("audit", "pcapng-described", &w.into_inner());
 }
 
 fn main() {

@@ -230,6 +230,14 @@ impl crate::ice::IceCredentials for &IcePeer {
     }
 }
 
+/// Who a participant is to the media it sends: its public id and how it numbers codecs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderInfo {
+    pub participant: String,
+    /// Payload type -> codec, as its offer numbered them (the numbers its packets carry).
+    pub codecs: Vec<(u8, Codec)>,
+}
+
 /// What the driver must do, in this order.
 #[derive(Debug)]
 pub enum Output {
@@ -248,6 +256,9 @@ pub enum Output {
         call_key: CallKey,
         worker: usize,
         tables: Box<PeerTables>,
+        /// Its public id and codec map (payload type -> codec, from its offer), so a
+        /// capture can describe its streams to an auditor.
+        sender: Box<SenderInfo>,
     },
     /// The remote SSRCs a participant has tracks for (it answered the offer that added
     /// them): the only media its forwarding loop sends it.
@@ -624,12 +635,20 @@ impl ControlPlane {
                 let Some((_, call_key, _)) = self.registry.call_of(peer) else {
                     return;
                 };
+                let sender = Box::new(SenderInfo {
+                    participant: s.public_id.clone(),
+                    codecs: Codec::ALL
+                        .into_iter()
+                        .filter_map(|c| s.numbering.pt_of(c).map(|pt| (pt, c)))
+                        .collect(),
+                });
                 self.report(Report::JoinTime(since));
                 self.out.push_back(Output::Attach {
                     peer,
                     call_key,
                     worker,
                     tables,
+                    sender,
                 });
             }
             Input::DtlsFailed { peer } => self.remove_peer(now, peer, RemovalReason::DtlsFailed),

@@ -2208,3 +2208,34 @@ fn check_invariants_finds_state_out_of_step() {
     h.p.lobby.leave("a@t", 1);
     h.p.check_invariants().expect("consistent again");
 }
+
+/// The driver learns at attach who a participant is to the media it sends: its public id
+/// and its offer's numbering, which a capture writes as the sender's codec map.
+#[test]
+fn attach_carries_the_senders_id_and_codec_map() {
+    use blindrelay_protocol::sdp::{parse_offer, Codec, Numbering};
+    let mut h = H::new();
+    h.hello(1, "alice", None, "user");
+    let joined = h.join(1, "c", false);
+    let Some(ServerMessage::Joined { participant, .. }) = joined.first() else {
+        panic!("expected joined, got {joined:?}");
+    };
+    let a = h.peer_of(1);
+    h.input(Input::Keyed { peer: a });
+    let sender = h
+        .out
+        .iter()
+        .find_map(|o| match o {
+            Output::Attach { peer, sender, .. } if *peer == a => Some(sender.clone()),
+            _ => None,
+        })
+        .expect("attach");
+    assert_eq!(&sender.participant, participant);
+    let n = Numbering::from_offer(&parse_offer(&offer(1)).expect("our offer parses"));
+    let want: Vec<(u8, Codec)> = Codec::ALL
+        .into_iter()
+        .filter_map(|c| n.pt_of(c).map(|pt| (pt, c)))
+        .collect();
+    assert!(want.contains(&(111, Codec::Opus)) && want.contains(&(96, Codec::Vp8)));
+    assert_eq!(sender.codecs, want);
+}

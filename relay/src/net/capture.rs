@@ -1,11 +1,18 @@
-//! A pcap capture of what the relay holds: every RTP packet it forwards, after hop
+//! A pcapng capture of what the relay holds: every RTP packet it forwards, after hop
 //! decryption (clear RTP header, end-to-end payload), so anyone can audit with their own
 //! tools that the payload is ciphertext (`e2ee-client audit`, tshark, Wireshark).
 //!
-//! Classic libpcap format (written with the `pcap-file` crate), little-endian, LINKTYPE_RAW:
-//! each record is an IPv4 (or IPv6) + UDP datagram built with `etherparse`, from the
-//! sender's address to the relay's media address, around the RTP packet. Decode it with
+//! pcapng (written with the `pcap-file` crate), little-endian, LINKTYPE_RAW: each packet is
+//! an IPv4 (or IPv6) + UDP datagram built with `etherparse`, from the sender's address to
+//! the relay's media address, around the RTP packet. Decode it with
 //! `tshark -d udp.port==MEDIA_PORT,rtp`.
+//!
+//! The capture describes itself: each sender (participant) gets its own interface, whose
+//! comment is its codec map, `blindrelay-codecs/1 {"participant":"p-…","pts":{"111":
+//! "opus/48000/2","96":"VP8/90000"}}` (payload types as its offer numbered them, the
+//! numbers its packets carry). An auditor then knows which streams are Opus and VP8
+//! without asking the participants. Interface 0 holds senders without a map (none, unless
+//! the table of [`MAX_DESCRIBED`] senders overflowed). No key material is written.
 //!
 //! The forwarding loops only copy the packet into a bounded queue (a full queue drops and
 //! counts); a dedicated thread does the file IO, so a slow disk never stalls forwarding.
@@ -13,12 +20,20 @@
 
 use crate::config::CaptureConfig;
 use crate::core::forward::{MediaTap, TapPacket};
-use crate::core::CallKey;
+use crate::core::plane::SenderInfo;
+use crate::core::{CallKey, PeerId};
 use crate::metrics::Metrics;
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use metrics::{Counter, Gauge};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::{DataLink, Endianness, TsResolution};
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
+use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::{DataLink, Endianness};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -37,54 +52,72 @@ use tracing::{info, warn};
 /// Records queued between the forwarding loops and the writer thread. Bounds the memory a
 /// stalled disk can hold (a few MiB of RTP) and absorbs bursts.
 pub const CAPTURE_QUEUE: usize = 4096;
-/// Bytes of the pcap file header.
-pub const PCAP_FILE_HEADER: usize = 24;
-/// Bytes of a pcap record header.
-pub const PCAP_RECORD_HEADER: usize = 16;
-/// LINKTYPE_RAW: the record starts with an IPv4 or IPv6 header.
+/// LINKTYPE_RAW: the packet starts with an IPv4 or IPv6 header.
 pub const LINKTYPE_RAW: u32 = 101;
+/// The tag and format version that start a sender interface's comment; the JSON object
+/// follows after one space. A reader ignores comments with another tag.
+pub const CODECS_COMMENT_TAG: &str = "blindrelay-codecs/1";
+/// Senders whose codec maps a capture holds (joins add one each; the oldest, preferably
+/// one that left, makes room), and sender interfaces it writes: further senders' packets
+/// go on interface 0, without a map.
+pub const MAX_DESCRIBED: usize = 4096;
+/// Bytes of an enhanced packet block around its (4-byte padded) data: block type, length,
+/// interface, timestamp (2), captured and original length, trailing length.
+pub const EPB_OVERHEAD: usize = 32;
 /// Largest datagram (IP header included) a record holds; larger ones are not captured.
 const SNAPLEN: u32 = 65_535;
 /// How long written records may sit in the buffer, so a running capture can be read.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// if_tsresol 9: nanoseconds, the unit pcap-file writes packet timestamps in.
+const TSRESOL_NANOS: u8 = 9;
 
-/// The capture's pcap file header: little-endian, microsecond timestamps, LINKTYPE_RAW.
-fn header() -> PcapHeader {
-    PcapHeader {
-        version_major: 2,
-        version_minor: 4,
-        ts_correction: 0,
-        ts_accuracy: 0,
-        snaplen: SNAPLEN,
-        datalink: DataLink::from(LINKTYPE_RAW),
-        ts_resolution: TsResolution::MicroSecond,
+/// The section header: little-endian, this relay as the writing application, and a note
+/// that says what the file holds.
+fn section_header() -> SectionHeaderBlock<'static> {
+    SectionHeaderBlock {
         endianness: Endianness::Little,
+        major_version: 1,
+        minor_version: 0,
+        section_length: -1,
+        options: vec![
+            SectionHeaderOption::UserApplication(Cow::Borrowed(concat!(
+                "blindrelay ",
+                env!("CARGO_PKG_VERSION")
+            ))),
+            SectionHeaderOption::Comment(Cow::Borrowed(
+                "RTP the relay forwarded, after hop decryption (clear header, end-to-end \
+                 payload). One interface per sender; its comment is the sender's codec map \
+                 (blindrelay-codecs/1 JSON), read by e2ee-client audit.",
+            )),
+        ],
     }
 }
 
-/// The capture file behind its [`PcapWriter`], which owns its sink and offers no way to
-/// flush it: the writer thread keeps a second handle to flush the buffer and to learn how
-/// far the file got.
-#[derive(Clone)]
-struct SharedFile(Arc<Mutex<BufWriter<File>>>);
-
-impl SharedFile {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<File>> {
-        // A poisoned lock still guards a valid BufWriter.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+/// An interface description: raw IP, nanosecond timestamps, and `comment`.
+fn interface(comment: String) -> InterfaceDescriptionBlock<'static> {
+    InterfaceDescriptionBlock {
+        linktype: DataLink::from(LINKTYPE_RAW),
+        snaplen: SNAPLEN,
+        options: vec![
+            InterfaceDescriptionOption::Comment(Cow::Owned(comment)),
+            InterfaceDescriptionOption::IfTsResol(TSRESOL_NANOS),
+        ],
     }
 }
 
-impl Write for SharedFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.lock().write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.lock().write_all(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.lock().flush()
-    }
+/// The comment of interface 0.
+const UNDESCRIBED: &str = "blindrelay: senders without a codec map";
+
+/// The comment that describes one sender: [`CODECS_COMMENT_TAG`], a space, then
+/// `{"participant": public id, "pts": {payload type: rtpmap encoding}}`.
+pub fn codecs_comment(sender: &SenderInfo) -> String {
+    let pts: BTreeMap<String, &str> = sender
+        .codecs
+        .iter()
+        .map(|(pt, c)| (pt.to_string(), c.rtpmap()))
+        .collect();
+    let body = serde_json::json!({ "participant": sender.participant, "pts": pts });
+    format!("{CODECS_COMMENT_TAG} {body}")
 }
 
 /// Why a capture could not start.
@@ -118,12 +151,37 @@ struct CallFilter {
     keys: RwLock<Vec<CallKey>>,
 }
 
+/// One sender's description, by its address.
+struct Described {
+    peer: PeerId,
+    /// Tells a later sender at the same address apart (it gets an interface of its own).
+    generation: u64,
+    left: bool,
+    comment: Arc<str>,
+}
+
+/// The senders a capture can describe, by address: filled at attach, read by the writer
+/// when a sender's first packet arrives. At most [`MAX_DESCRIBED`].
+#[derive(Default)]
+struct Senders {
+    by_addr: HashMap<SocketAddr, Described>,
+    next_generation: u64,
+}
+
+type SharedSenders = Arc<Mutex<Senders>>;
+
+fn lock(s: &SharedSenders) -> std::sync::MutexGuard<'_, Senders> {
+    // A poisoned lock still guards a valid table.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A running capture. Install [`Capture::tap`] in the forwarding loops.
 pub struct Capture {
     tx: Sender<Msg>,
     /// Cleared by the writer when it stops, so the packet path stops copying.
     active: Arc<AtomicBool>,
     filter: Option<CallFilter>,
+    senders: SharedSenders,
     dropped: Counter,
     path: PathBuf,
 }
@@ -138,8 +196,9 @@ impl std::fmt::Debug for Capture {
 }
 
 impl Capture {
-    /// Create (truncate) `path`, write the pcap file header and start the writer thread.
-    /// `relay_addr` is the media address written as every packet's destination.
+    /// Create (truncate) `path`, write the pcapng section header and interface 0, and
+    /// start the writer thread. `relay_addr` is the media address written as every
+    /// packet's destination.
     pub fn start(
         path: &Path,
         config: &CaptureConfig,
@@ -150,20 +209,19 @@ impl Capture {
             path: path.display().to_string(),
             source,
         };
-        let mut file = SharedFile(Arc::new(Mutex::new(BufWriter::with_capacity(
-            256 * 1024,
-            File::create(path).map_err(create_err)?,
-        ))));
-        // Written and flushed now, so the file is a valid (empty) pcap from the start.
-        let pcap = PcapWriter::with_header(file.clone(), header())
-            .map_err(|e| create_err(std::io::Error::other(e)))?;
+        let mut file =
+            BufWriter::with_capacity(256 * 1024, File::create(path).map_err(create_err)?);
+        let (enc, head) = file_start().map_err(|e| create_err(std::io::Error::other(e)))?;
+        // Written and flushed now, so the file is a valid (empty) pcapng from the start.
+        file.write_all(&head).map_err(create_err)?;
         file.flush().map_err(create_err)?;
         let (tx, rx) = channel::bounded(CAPTURE_QUEUE);
         let active = Arc::new(AtomicBool::new(true));
+        let senders = SharedSenders::default();
         let writer = Writer {
-            pcap,
+            enc,
             file,
-            written: PCAP_FILE_HEADER as u64,
+            written: head.len() as u64,
             max_bytes: config.max_bytes,
             relay_addr,
             active: active.clone(),
@@ -174,6 +232,9 @@ impl Capture {
             path: path.to_path_buf(),
             ip_id: 0,
             buf: Vec::with_capacity(2048),
+            senders: senders.clone(),
+            interfaces: HashMap::new(),
+            interface_count: 1,
         };
         std::thread::Builder::new()
             .name("blindrelay-capture".into())
@@ -184,7 +245,7 @@ impl Capture {
             path = %path.display(),
             max_bytes = config.max_bytes,
             call = config.call.as_deref().unwrap_or("*"),
-            "capturing forwarded RTP (after hop decryption) to pcap"
+            "capturing forwarded RTP (after hop decryption) to pcapng"
         );
         Ok(Arc::new(Capture {
             tx,
@@ -193,6 +254,7 @@ impl Capture {
                 id,
                 keys: RwLock::new(Vec::new()),
             }),
+            senders,
             dropped: metrics.capture_dropped.clone(),
             path: path.to_path_buf(),
         }))
@@ -223,6 +285,49 @@ impl Capture {
         let mut keys = f.keys.write().unwrap_or_else(|p| p.into_inner());
         if !keys.contains(&key) {
             keys.push(key);
+        }
+    }
+
+    /// A participant of `call` sends from `addr` from now on (told before its forwarding
+    /// loop learns of it, so before its first packet): its packets go on an interface of
+    /// their own, described by its codec map.
+    pub fn on_attach(&self, peer: PeerId, call: CallKey, addr: SocketAddr, sender: &SenderInfo) {
+        if !self.wanted(call) {
+            return;
+        }
+        let comment: Arc<str> = codecs_comment(sender).into();
+        let mut s = lock(&self.senders);
+        if s.by_addr.len() >= MAX_DESCRIBED && !s.by_addr.contains_key(&addr) {
+            // Room from the oldest, preferring a sender that left: a described sender
+            // whose interface exists already loses nothing.
+            let oldest = s
+                .by_addr
+                .iter()
+                .min_by_key(|(_, d)| (!d.left, d.generation))
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                s.by_addr.remove(&a);
+            }
+        }
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        s.by_addr.insert(
+            addr,
+            Described {
+                peer,
+                generation,
+                left: false,
+                comment,
+            },
+        );
+    }
+
+    /// The participant left: its description may make room for others (its packets
+    /// still queued keep theirs).
+    pub fn on_leave(&self, peer: PeerId) {
+        let mut s = lock(&self.senders);
+        for d in s.by_addr.values_mut().filter(|d| d.peer == peer) {
+            d.left = true;
         }
     }
 
@@ -267,11 +372,24 @@ impl Capture {
     }
 }
 
+/// The block encoder and the file's first bytes: the section header and interface 0.
+fn file_start() -> pcap_file::PcapResult<(PcapNgWriter<Vec<u8>>, Vec<u8>)> {
+    let mut enc = PcapNgWriter::with_section_header(Vec::new(), section_header())?;
+    enc.write_pcapng_block(interface(UNDESCRIBED.into()))?;
+    let head = std::mem::take(enc.get_mut());
+    Ok((enc, head))
+}
+
+/// Bytes a capture file starts with before any packet (section header and interface 0).
+pub fn file_header_len() -> usize {
+    file_start().map(|(_, h)| h.len()).unwrap_or(0)
+}
+
 /// The writer thread's state.
 struct Writer {
-    pcap: PcapWriter<SharedFile>,
-    /// The same file, to flush.
-    file: SharedFile,
+    /// Encodes blocks into its buffer; written to `file` once their size is checked.
+    enc: PcapNgWriter<Vec<u8>>,
+    file: BufWriter<File>,
     written: u64,
     max_bytes: u64,
     relay_addr: SocketAddr,
@@ -284,6 +402,12 @@ struct Writer {
     ip_id: u16,
     /// Reused datagram buffer.
     buf: Vec<u8>,
+    senders: SharedSenders,
+    /// Each described sender's interface: (its description's generation, interface id).
+    /// At most [`MAX_DESCRIBED`]: one per interface written.
+    interfaces: HashMap<SocketAddr, (u64, u32)>,
+    /// Interfaces written so far (interface 0 included).
+    interface_count: u32,
 }
 
 impl Writer {
@@ -334,6 +458,24 @@ impl Writer {
         }
     }
 
+    /// The interface for packets from `from`, and the description block to write first
+    /// when it is new.
+    fn interface_of(&mut self, from: SocketAddr) -> (u32, Option<(u64, Arc<str>)>) {
+        let s = lock(&self.senders);
+        let Some(d) = s.by_addr.get(&from) else {
+            // Not described now: the interface it had, if any, else 0.
+            return (self.interfaces.get(&from).map_or(0, |(_, i)| *i), None);
+        };
+        match self.interfaces.get(&from) {
+            Some((g, i)) if *g == d.generation => (*i, None),
+            _ if self.interface_count as usize > MAX_DESCRIBED => (0, None),
+            _ => (
+                self.interface_count,
+                Some((d.generation, d.comment.clone())),
+            ),
+        }
+    }
+
     fn write(&mut self, rec: &Record) {
         self.ip_id = self.ip_id.wrapping_add(1);
         if !encode_datagram(
@@ -347,7 +489,33 @@ impl Writer {
             self.dropped.increment(1);
             return;
         }
-        let size = (PCAP_RECORD_HEADER + self.buf.len()) as u64;
+        let (mut iface, mut new) = self.interface_of(rec.from);
+        self.enc.get_mut().clear();
+        if let Some((_, comment)) = &new {
+            // Encoding into a Vec fails only on an invalid block, which this is not; if it
+            // did, the packet goes undescribed on interface 0.
+            if let Err(e) = self.enc.write_pcapng_block(interface(comment.to_string())) {
+                warn!(error = %e, "sender interface left out of the capture");
+                self.enc.get_mut().clear();
+                (iface, new) = (0, None);
+            }
+        }
+        let since = rec.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        // `encode_datagram` keeps the datagram within the snap length, so its length fits.
+        let len = self.buf.len() as u32;
+        let block = EnhancedPacketBlock {
+            interface_id: iface,
+            timestamp: since,
+            original_len: len,
+            data: Cow::Borrowed(&self.buf),
+            options: vec![],
+        };
+        if let Err(e) = self.enc.write_pcapng_block(block) {
+            warn!(error = %e, "packet left out of the capture");
+            self.dropped.increment(1);
+            return;
+        }
+        let size = self.enc.get_ref().len() as u64;
         if self.written + size > self.max_bytes {
             let _ = self.file.flush();
             self.stop(&format!(
@@ -356,24 +524,14 @@ impl Writer {
             ));
             return;
         }
-        let since = rec.at.duration_since(UNIX_EPOCH).unwrap_or_default();
-        // `encode_datagram` keeps the datagram within the snap length, so its length fits.
-        let len = self.buf.len() as u32;
-        match self
-            .pcap
-            .write_packet(&PcapPacket::new(since, len, &self.buf))
-        {
-            Ok(n) => self.written += n as u64,
-            Err(pcap_file::PcapError::IoError(e)) => {
-                self.stop(&format!("write failed: {e}"));
-                return;
-            }
-            // A field pcap cannot hold (a timestamp past 2106): this record only.
-            Err(e) => {
-                warn!(error = %e, "packet left out of the capture");
-                self.dropped.increment(1);
-                return;
-            }
+        if let Err(e) = self.file.write_all(self.enc.get_ref()) {
+            self.stop(&format!("write failed: {e}"));
+            return;
+        }
+        self.written += size;
+        if let Some((generation, _)) = new {
+            self.interfaces.insert(rec.from, (generation, iface));
+            self.interface_count += 1;
         }
         self.packets.increment(1);
     }
@@ -395,14 +553,6 @@ impl Writer {
             "capture stopped: {why}; the relay keeps forwarding"
         );
     }
-}
-
-/// The capture's pcap file header: little-endian, microsecond timestamps, LINKTYPE_RAW.
-pub fn pcap_file_header() -> [u8; PCAP_FILE_HEADER] {
-    let mut h = [0u8; PCAP_FILE_HEADER];
-    // Writing 24 bytes into a 24-byte slice cannot fail.
-    let _ = header().write_to(&mut &mut h[..]);
-    h
 }
 
 /// The address as IPv6, mapping IPv4 (for a sender and relay of different families).
@@ -443,36 +593,6 @@ fn encode_datagram(
     true
 }
 
-/// Append one pcap record (record header, IP header, UDP header, `payload`) to `out`, as
-/// the capture writes it. Returns false, appending nothing, when the payload does not fit
-/// one IP datagram.
-pub fn encode_record(
-    at: SystemTime,
-    from: SocketAddr,
-    to: SocketAddr,
-    payload: &[u8],
-    ip_id: u16,
-    out: &mut Vec<u8>,
-) -> bool {
-    let mut datagram = Vec::new();
-    if !encode_datagram(from, to, payload, ip_id, &mut datagram) {
-        return false;
-    }
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    // pcap-file writes records only through a writer, which starts with the file header.
-    let record = PcapWriter::with_header(Vec::new(), header()).and_then(|mut w| {
-        w.write_packet(&PcapPacket::new(since, datagram.len() as u32, &datagram))?;
-        Ok(w.into_writer())
-    });
-    match record {
-        Ok(bytes) => {
-            out.extend_from_slice(&bytes[PCAP_FILE_HEADER..]);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,66 +613,115 @@ mod tests {
         !(sum as u16)
     }
 
-    #[test]
-    fn file_header_is_classic_little_endian_raw() {
-        let h = pcap_file_header();
-        assert_eq!(&h[0..4], &0xa1b2_c3d4u32.to_le_bytes());
-        assert_eq!(&h[4..8], &[2, 0, 4, 0]);
-        assert_eq!(&h[16..20], &SNAPLEN.to_le_bytes());
-        assert_eq!(&h[20..24], &LINKTYPE_RAW.to_le_bytes());
-    }
-
-    fn temp_path(name: &str) -> PathBuf {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        std::env::temp_dir().join(format!(
-            "blindrelay-capture-{name}-{}-{nanos}.pcap",
-            std::process::id()
-        ))
-    }
-
-    #[test]
-    fn ipv4_record_has_valid_lengths_and_header_checksum() {
+    /// Every block of a pcapng file after its section header, as pcap-file reads them back.
+    fn blocks(bytes: &[u8]) -> Vec<pcap_file::pcapng::Block<'static>> {
+        let (mut rest, mut parser) = pcap_file::pcapng::PcapNgParser::new(bytes).unwrap();
         let mut out = Vec::new();
-        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        while !rest.is_empty() {
+            let (r, b) = parser.next_block(rest).unwrap();
+            out.push(b.into_owned());
+            rest = r;
+        }
+        out
+    }
+
+    fn idb_comment(b: &pcap_file::pcapng::Block<'_>) -> String {
+        let pcap_file::pcapng::Block::InterfaceDescription(i) = b else {
+            panic!("not an interface description: {b:?}");
+        };
+        assert_eq!(u32::from(i.linktype), LINKTYPE_RAW);
+        assert!(i
+            .options
+            .contains(&InterfaceDescriptionOption::IfTsResol(TSRESOL_NANOS)));
+        i.options
+            .iter()
+            .find_map(|o| match o {
+                InterfaceDescriptionOption::Comment(c) => Some(c.to_string()),
+                _ => None,
+            })
+            .expect("every interface has a comment")
+    }
+
+    fn alice() -> SenderInfo {
+        use blindrelay_protocol::sdp::Codec;
+        SenderInfo {
+            participant: "p-alice".into(),
+            codecs: vec![(111, Codec::Opus), (96, Codec::Vp8), (45, Codec::Av1)],
+        }
+    }
+
+    #[test]
+    fn file_starts_with_a_little_endian_section_and_interface_0() {
+        let (_, head) = file_start().unwrap();
+        assert_eq!(head.len(), file_header_len());
+        // The section header's magic, then its byte-order magic in little-endian.
+        assert_eq!(&head[..4], &[0x0a, 0x0d, 0x0d, 0x0a]);
+        assert_eq!(&head[8..12], &0x1a2b_3c4du32.to_le_bytes());
+        let b = blocks(&head);
+        assert_eq!(b.len(), 1);
+        assert_eq!(idb_comment(&b[0]), UNDESCRIBED);
+        assert!(
+            (file_header_len() as u64) <= crate::config::MIN_CAPTURE_BYTES,
+            "the smallest allowed capture holds its header"
+        );
+    }
+
+    #[test]
+    fn the_codec_comment_is_tagged_json() {
+        let c = codecs_comment(&alice());
+        let (tag, json) = c.split_once(' ').unwrap();
+        assert_eq!(tag, CODECS_COMMENT_TAG);
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "participant": "p-alice",
+                "pts": {"111": "opus/48000/2", "96": "VP8/90000", "45": "AV1/90000"}
+            })
+        );
+    }
+
+    fn datagram(from: SocketAddr, to: SocketAddr, payload: &[u8], ip_id: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(encode_datagram(from, to, payload, ip_id, &mut out));
+        out
+    }
+
+    #[test]
+    fn ipv4_datagram_has_valid_lengths_and_header_checksum() {
         let from: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let to: SocketAddr = "10.0.0.2:7402".parse().unwrap();
-        assert!(encode_record(at, from, to, b"rtp!", 7, &mut out));
-        assert_eq!(out.len(), 16 + 20 + 8 + 4);
-        assert_eq!(&out[0..4], &1_700_000_000u32.to_le_bytes());
-        assert_eq!(&out[4..8], &123_456u32.to_le_bytes());
-        assert_eq!(&out[8..12], &32u32.to_le_bytes());
-        let ip = &out[16..36];
+        let out = datagram(from, to, b"rtp!", 7);
+        assert_eq!(out.len(), 20 + 8 + 4);
+        let ip = &out[0..20];
         assert_eq!(ip[0], 0x45);
         assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 32);
+        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 7);
         assert_eq!(ip[9], 17);
         // A correct header sums (with its checksum) to all ones: checksum() gives 0.
         assert_eq!(checksum(0, ip), 0);
-        let udp = &out[36..44];
+        let udp = &out[20..28];
         assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 5000);
         assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 7402);
         assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 12);
-        assert_eq!(&out[44..], b"rtp!");
+        assert_eq!(&out[28..], b"rtp!");
         // The UDP checksum is filled in and verifies over the IPv4 pseudo-header.
-        assert_ne!(&out[42..44], &[0, 0]);
+        assert_ne!(&out[26..28], &[0, 0]);
         let mut pseudo = 17 + 12u32;
         for c in ip[12..20].chunks(2) {
             pseudo += u32::from(u16::from_be_bytes([c[0], c[1]]));
         }
-        assert_eq!(checksum(pseudo, &out[36..]), 0);
+        assert_eq!(checksum(pseudo, &out[20..]), 0);
     }
 
     #[test]
-    fn ipv6_record_has_a_valid_udp_checksum() {
-        let mut out = Vec::new();
+    fn ipv6_datagram_has_a_valid_udp_checksum() {
         let from: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
         let to: SocketAddr = "[2001:db8::2]:7402".parse().unwrap();
-        assert!(encode_record(UNIX_EPOCH, from, to, b"odd", 1, &mut out));
-        let ip = &out[16..56];
+        let out = datagram(from, to, b"odd", 1);
+        let ip = &out[0..40];
         assert_eq!(ip[0] >> 4, 6);
-        let udp = &out[56..];
+        let udp = &out[40..];
         // Verify: pseudo-header + UDP segment (checksum included) sums to all ones.
         let mut pseudo = 0u32;
         for c in ip[8..40].chunks(2) {
@@ -566,15 +735,39 @@ mod tests {
     fn oversize_payload_is_refused() {
         let mut out = Vec::new();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(!encode_record(
-            UNIX_EPOCH,
-            a,
-            a,
-            &[0u8; 65_510],
-            0,
-            &mut out
-        ));
+        assert!(!encode_datagram(a, a, &[0u8; 65_510], 0, &mut out));
         assert!(out.is_empty());
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        std::env::temp_dir().join(format!(
+            "blindrelay-capture-{name}-{}-{nanos}.pcapng",
+            std::process::id()
+        ))
+    }
+
+    /// The interface and UDP payload of each packet block.
+    fn packets(b: &[pcap_file::pcapng::Block<'_>]) -> Vec<(u32, Vec<u8>)> {
+        b.iter()
+            .filter_map(|b| match b {
+                pcap_file::pcapng::Block::EnhancedPacket(p) => Some(p),
+                _ => None,
+            })
+            .map(|p| {
+                let sliced = etherparse::SlicedPacket::from_ip(&p.data).unwrap();
+                match sliced.transport {
+                    Some(etherparse::TransportSlice::Udp(u)) => {
+                        assert_eq!(u.destination_port(), 7402);
+                        (p.interface_id, u.payload().to_vec())
+                    }
+                    other => panic!("not UDP: {other:?}"),
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -583,10 +776,18 @@ mod tests {
         let metrics = Metrics::new();
         let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let per_record = (PCAP_RECORD_HEADER + 28 + 100) as u64;
+        // A packet block: its header and trailer around the 4-byte padded datagram.
+        let per_packet = (EPB_OVERHEAD + (28 + 100)) as u64;
+        let alice_idb = {
+            let mut w = PcapNgWriter::new(Vec::new()).unwrap();
+            w.get_mut().clear();
+            w.write_pcapng_block(interface(codecs_comment(&alice())))
+                .unwrap();
+            w.get_ref().len() as u64
+        };
         let cfg = CaptureConfig {
             path: Some(path.clone()),
-            max_bytes: PCAP_FILE_HEADER as u64 + 3 * per_record + 10,
+            max_bytes: file_header_len() as u64 + alice_idb + 3 * per_packet + 10,
             call: Some("demo".into()),
         };
         let cap = Capture::start(&path, &cfg, relay, &metrics).unwrap();
@@ -600,6 +801,10 @@ mod tests {
         });
         cap.on_join("other", 8);
         cap.on_join("demo", 9);
+        // Only the captured call's senders are described.
+        cap.on_attach(1, 8, from, &alice());
+        assert!(lock(&cap.senders).by_addr.is_empty());
+        cap.on_attach(2, 9, from, &alice());
         for call in [8, 9, 9, 9, 9, 9] {
             tap(&TapPacket {
                 from,
@@ -608,27 +813,18 @@ mod tests {
             });
         }
         assert!(cap.flush(Duration::from_secs(5)));
-        assert!(!cap.is_active(), "the fourth record crosses the cap");
+        assert!(!cap.is_active(), "the fourth packet crosses the cap");
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len() as u64, PCAP_FILE_HEADER as u64 + 3 * per_record);
-        assert_eq!(&bytes[..24], &pcap_file_header());
-        // A library reader reads it back: three raw-IP UDP datagrams from the sender to
-        // the relay, carrying the packet.
-        let (mut rest, parser) = pcap_file::pcap::PcapParser::new(&bytes).unwrap();
-        assert_eq!(u32::from(parser.header().datalink), LINKTYPE_RAW);
-        for _ in 0..3 {
-            let (r, p) = parser.next_packet(rest).unwrap();
-            rest = r;
-            let sliced = etherparse::SlicedPacket::from_ip(&p.data).unwrap();
-            match sliced.transport {
-                Some(etherparse::TransportSlice::Udp(u)) => {
-                    assert_eq!((u.source_port(), u.destination_port()), (5000, 7402));
-                    assert_eq!(u.payload(), &data[..]);
-                }
-                other => panic!("not UDP: {other:?}"),
-            }
-        }
-        assert!(rest.is_empty());
+        assert_eq!(
+            bytes.len() as u64,
+            file_header_len() as u64 + alice_idb + 3 * per_packet
+        );
+        // A library reader reads it back: the section, interface 0, alice's interface
+        // with her codec map, then three raw-IP UDP datagrams from her to the relay.
+        let b = blocks(&bytes);
+        assert_eq!(b.len(), 5);
+        assert_eq!(idb_comment(&b[1]), codecs_comment(&alice()));
+        assert_eq!(packets(&b), vec![(1, data.to_vec()); 3]);
         let text = metrics.render();
         assert!(
             text.contains("blindrelay_capture_packets_total 3"),
@@ -639,6 +835,75 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("blindrelay_capture_active 0"), "{text}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Each sender gets its interface once; an undescribed one goes on interface 0; a new
+    /// participant at a departed one's address gets an interface of its own.
+    #[test]
+    fn one_interface_per_described_sender() {
+        use blindrelay_protocol::sdp::Codec;
+        let path = temp_path("ifaces");
+        let metrics = Metrics::new();
+        let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let stranger: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+        let cfg = CaptureConfig {
+            path: Some(path.clone()),
+            ..CaptureConfig::default()
+        };
+        let cap = Capture::start(&path, &cfg, relay, &metrics).unwrap();
+        let tap = cap.tap();
+        let bob = SenderInfo {
+            participant: "p-bob".into(),
+            codecs: vec![(109, Codec::Opus), (120, Codec::Vp8)],
+        };
+        let carol = SenderInfo {
+            participant: "p-carol".into(),
+            codecs: vec![(111, Codec::Opus)],
+        };
+        cap.on_attach(1, 1, a, &alice());
+        cap.on_attach(2, 1, b, &bob);
+        let send = |from, byte: u8| {
+            tap(&TapPacket {
+                from,
+                call: 1,
+                data: &[byte; 20],
+            })
+        };
+        send(a, 1);
+        send(b, 2);
+        send(a, 3);
+        send(stranger, 4);
+        // The writer reads a description when it writes the sender's first packet: wait for
+        // that before the address changes hands.
+        assert!(cap.flush(Duration::from_secs(5)));
+        // Alice leaves; carol joins from her address.
+        cap.on_leave(1);
+        cap.on_attach(3, 1, a, &carol);
+        send(a, 5);
+        assert!(cap.flush(Duration::from_secs(5)));
+        let blocks = blocks(&std::fs::read(&path).unwrap());
+        let comments: Vec<String> = blocks
+            .iter()
+            .filter(|b| matches!(b, pcap_file::pcapng::Block::InterfaceDescription(_)))
+            .map(idb_comment)
+            .collect();
+        assert_eq!(
+            comments,
+            vec![
+                UNDESCRIBED.to_string(),
+                codecs_comment(&alice()),
+                codecs_comment(&bob),
+                codecs_comment(&carol)
+            ]
+        );
+        let got: Vec<(u32, u8)> = packets(&blocks)
+            .into_iter()
+            .map(|(i, d)| (i, d[0]))
+            .collect();
+        assert_eq!(got, vec![(1, 1), (2, 2), (1, 3), (0, 4), (3, 5)]);
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -169,6 +169,9 @@ impl Driver {
                 if let Some(m) = self.pending.remove(&peer) {
                     self.closing_task(m.dtls);
                 }
+                if let Some(c) = &self.capture {
+                    c.on_leave(peer);
+                }
                 if let Some(c) = self.dtls.remove(&peer) {
                     self.closing_task(c);
                 }
@@ -178,6 +181,7 @@ impl Driver {
                 call_key,
                 worker,
                 tables,
+                sender,
             } => {
                 let (Some(m), Some(w)) =
                     (self.pending.remove(&peer), self.media.workers.get(worker))
@@ -185,6 +189,10 @@ impl Driver {
                     return;
                 };
                 let m = *m;
+                // Before its loop learns of it, so before the capture sees its packets.
+                if let Some(c) = &self.capture {
+                    c.on_attach(peer, call_key, m.addr, &sender);
+                }
                 self.dtls.insert(peer, m.dtls);
                 let _ = w
                     .send(WorkerMsg::AddPeer {
