@@ -305,6 +305,7 @@ fn signal_seeds() {
                 call: "demo".into(),
                 e2ee_enabled: true,
                 offer_sdp: offer,
+                e2ee_scheme: blindrelay_protocol::signal::E2eeScheme::X25519,
             },
         ),
         (
