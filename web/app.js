@@ -891,6 +891,7 @@ window.blindrelay = {
       group_participants: st.group ? [...st.group.participants] : [],
       frames_decrypted_from: { ...(w.frames_decrypted_from || {}) },
       key_packages_refused: st.group ? st.group.key_packages_refused : 0,
+      previous_epoch_keys: st.group ? st.group.previous_epoch_keys : 0,
       group_refused: st.group ? st.group.refused : null,
       code_changes: st.codeChanges,
       ...groupTimes(w),

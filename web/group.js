@@ -399,6 +399,9 @@ export class GroupSession {
       refused: this.refused ? this.refused.reason : null,
       removed: !!this.removed,
       early_expired: this.earlyExpired,
+      // How many superseded epochs' receive keys are still held (their grace period has
+      // not ended): 0 means only the current epoch's frames can open. A count, not keys.
+      previous_epoch_keys: this.frames.retiring.length,
     };
   }
 

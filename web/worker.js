@@ -188,6 +188,8 @@ self.onmessage = async (event) => {
         break;
       }
       case 'stats':
+        // Superseded epochs' keys go when their grace ends, even with no frame to open.
+        if (group) group.frames.expire(now());
         self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from }, first_decrypted_at: { ...stats.first_decrypted_at } }, summary: group ? group.summary() : null });
         break;
       default:

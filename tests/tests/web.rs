@@ -1826,6 +1826,8 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
         "1",
         "--then",
         "group:3",
+        "--then",
+        "settled",
         "--late-page",
         &url("latey"),
         "--then",
@@ -1841,7 +1843,8 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
         assert!(p.ok(), "{}", p.brief());
     }
     let (webby, pagey, latey) = (&pages[0], &pages[1], &pages[2]);
-    // webby's state when all four were keyed [0], after the leave [2], and at the end.
+    // webby's state when all four were keyed [0], after the leave [2], once the previous
+    // epoch's keys are gone [3], and at the end.
     let step = |p: &PageReport, i: usize| p.0["steps"][i]["state"].clone();
     let (before, after) = (step(webby, 0), step(webby, 2));
     let leaver = step(pagey, 0)["participant"]
@@ -1894,15 +1897,20 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
             s.participant
         );
     }
-    // The leaver's frames stop opening, while the others' go on.
+    // The leaver's frames stop opening, while the others' go on. Frames it sealed before
+    // leaving may still open while the previous epoch's keys are kept (their 2 s grace, for
+    // frames that overtook the commit or queued behind it); once webby holds only the
+    // current epoch's keys (`settled`, step 3), none of its frames opens any more.
+    let settled = step(webby, 3);
+    assert_eq!(settled["previous_epoch_keys"], 0, "{settled}");
     assert_eq!(
         webby.s("frames_decrypted_from")[&leaver],
-        after["frames_decrypted_from"][&leaver]
+        settled["frames_decrypted_from"][&leaver]
     );
     let rusty_id = s1.participant.as_deref().expect("rusty joined");
     assert!(
         webby.s("frames_decrypted_from")[rusty_id].as_u64()
-            > after["frames_decrypted_from"][rusty_id].as_u64(),
+            > settled["frames_decrypted_from"][rusty_id].as_u64(),
         "webby went on opening rusty's frames"
     );
     // The late join: added, one code, every other member's frames within 2 s.

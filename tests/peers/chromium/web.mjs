@@ -17,7 +17,8 @@
 // click-yes/click-no by clicking the question's buttons as a person does. With --screenshot,
 // each page is first photographed with the question (question-N.png); the report's
 // `question` holds what the page showed then. --then COND: after that, wait until every
-// page meets COND too (the same conditions, plus `left`, `sending` with --min-sent N:
+// page meets COND too (the same conditions, plus `settled`: an MLS member holding only its
+// current epoch's keys, `left`, `sending` with --min-sent N:
 // packets sent, and `downgrade_question`).
 //
 // Every page is opened in one browser (one context each). The driver polls
@@ -92,6 +93,9 @@ function met(s, condition = a.until) {
       const others = (s.group_participants || []).filter((p) => p !== s.participant);
       return others.every((p) => (s.frames_decrypted_from[p] || 0) >= a.minDecrypted);
     }
+    // A group member that holds keys for its current epoch only: the previous epochs'
+    // grace has ended, so frames sealed in them no longer open.
+    case 'settled': return s.joined && s.e2ee_scheme === 'mls' && s.previous_epoch_keys === 0;
     case 'downgrade_question': return !!s.pending_downgrade;
     case 'left': return !s.joined && !!s.left_reason;
     case 'sending': return s.joined && !s.pending_downgrade && (s.outbound || []).reduce((n, o) => n + o.packetsSent, 0) >= a.minSent;
