@@ -859,92 +859,116 @@ async fn recording_bot_refused_on_the_pages_e2ee_call_and_invited_by_record_on_a
     relay.shutdown().await;
 }
 
+/// A real clip for e2ee-client to send, made now with GStreamer: VP8 video (IVF) and Opus
+/// audio (Ogg). Removed when dropped.
+struct Clip {
+    dir: PathBuf,
+    ivf: PathBuf,
+    opus: PathBuf,
+}
+
+impl Clip {
+    fn make(tag: &str) -> Clip {
+        // The clip: 300 frames of a moving ball, a key frame every 30 frames.
+        let dir = temp_path(tag, "d");
+        std::fs::create_dir_all(&dir).expect("clip dir");
+        let out = std::process::Command::new("gst-launch-1.0")
+            .args([
+                "-q",
+                "videotestsrc",
+                "num-buffers=300",
+                "pattern=ball",
+                "!",
+                "video/x-raw,width=320,height=240,framerate=30/1",
+                "!",
+                "vp8enc",
+                "deadline=1",
+                "keyframe-max-dist=30",
+                "target-bitrate=600000",
+                "!",
+                "multifilesink",
+            ])
+            .arg(format!("location={}/%05d.vp8", dir.display()))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
+            });
+        assert!(
+            out.status.success(),
+            "vp8enc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("frames")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        let frames: Vec<Vec<u8>> = names
+            .iter()
+            .map(|p| std::fs::read(p).expect("frame"))
+            .collect();
+        assert_eq!(frames.len(), 300);
+        let clip = dir.join("clip.ivf");
+        std::fs::write(
+            &clip,
+            e2ee_client::webframe::write_ivf(320, 240, 30, &frames),
+        )
+        .expect("ivf");
+        // And 10 s of a 440 Hz tone as Ogg Opus (20 ms packets).
+        let opus = dir.join("clip.opus");
+        let out = std::process::Command::new("gst-launch-1.0")
+            .args([
+                "-q",
+                "audiotestsrc",
+                "num-buffers=500",
+                "wave=sine",
+                "freq=440",
+                "!",
+                "audio/x-raw,rate=48000,channels=1",
+                "!",
+                "opusenc",
+                "!",
+                "oggmux",
+                "!",
+                "filesink",
+            ])
+            .arg(format!("location={}", opus.display()))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
+            });
+        assert!(
+            out.status.success(),
+            "opusenc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Clip {
+            dir,
+            ivf: clip,
+            opus,
+        }
+    }
+}
+
+impl Drop for Clip {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Chromium <-> e2ee-client sending a real VP8 clip (made now with GStreamer's vp8enc,
 /// RFC 7741 packets, each frame SFrame-sealed in the web client's framing): the page
 /// decrypts and renders the client's picture, and the client opens the page's frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
     let _lock = CALL_LOCK.lock().await;
-    // The clip: 300 frames of a moving ball, a key frame every 30 frames.
-    let dir = temp_path("clip", "d");
-    std::fs::create_dir_all(&dir).expect("clip dir");
-    let out = std::process::Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "num-buffers=300",
-            "pattern=ball",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=30/1",
-            "!",
-            "vp8enc",
-            "deadline=1",
-            "keyframe-max-dist=30",
-            "target-bitrate=600000",
-            "!",
-            "multifilesink",
-        ])
-        .arg(format!("location={}/%05d.vp8", dir.display()))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
-        });
-    assert!(
-        out.status.success(),
-        "vp8enc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("frames")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    names.sort();
-    let frames: Vec<Vec<u8>> = names
-        .iter()
-        .map(|p| std::fs::read(p).expect("frame"))
-        .collect();
-    assert_eq!(frames.len(), 300);
-    let clip = dir.join("clip.ivf");
-    std::fs::write(
-        &clip,
-        e2ee_client::webframe::write_ivf(320, 240, 30, &frames),
-    )
-    .expect("ivf");
-    // And 10 s of a 440 Hz tone as Ogg Opus (20 ms packets).
-    let opus = dir.join("clip.opus");
-    let out = std::process::Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "audiotestsrc",
-            "num-buffers=500",
-            "wave=sine",
-            "freq=440",
-            "!",
-            "audio/x-raw,rate=48000,channels=1",
-            "!",
-            "opusenc",
-            "!",
-            "oggmux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", opus.display()))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run gst-launch-1.0 ({e}): run scripts/install-test-deps.sh")
-        });
-    assert!(
-        out.status.success(),
-        "opusenc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    let clip = Clip::make("clip");
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-clip";
     let client = CallOptions {
-        video_clip: Some(clip),
-        audio_clip: Some(opus),
+        video_clip: Some(clip.ivf.clone()),
+        audio_clip: Some(clip.opus.clone()),
         ..rusty(&relay, &cfg, call, 25)
     };
     let client = tokio::spawn(async move { run_call(&client).await });
@@ -1025,7 +1049,6 @@ async fn chromium_renders_the_e2ee_clients_real_vp8_clip() {
         "audio level {level}: the tone is heard: {audio:?}"
     );
     relay.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every error code the relay can send has words on the page: the codes are read from the
@@ -1661,22 +1684,27 @@ async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
 
 /// Group E2EE (scheme `mls`) with pages and e2ee-clients in ONE MLS group: two pages (ts-mls
 /// in the worker) and two e2ee-clients (openmls) join one call. Every member opens every
-/// other member's frames (the clients send synthetic frames in the web framing, which the
-/// pages open but cannot decode; the clients, with `--web-peers`, open the pages' frames
-/// and each other's), and all four show one code and one member list
-/// for the epoch the pages reached, and not one frame fails to open anywhere (frames sealed
-/// before a member joined are not for it, and not failures).
+/// other member's frames (the clients send a real VP8 and Opus clip, which the pages open
+/// and decode; the clients, with `--web-peers`, open the pages' frames and each other's),
+/// all four show one code and one member list for the epoch the pages reached, and not one
+/// frame fails to open anywhere (frames sealed before a member joined are not for it, and
+/// not failures). The relay's capture of the call, read with no payload-type flags,
+/// audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_and_e2ee_clients_key_one_mls_group() {
     use blindrelay_protocol::signal::E2eeScheme;
     let _lock = CALL_LOCK.lock().await;
-    let cfg = loopback_config();
+    let clip = Clip::make("mls-clip");
+    let pcap = temp_path("web-mls", "pcap");
+    let cfg = capture_config(&pcap);
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-mls";
     let client = |name: &str| CallOptions {
         token: token(&cfg, name, Some(call), "user"),
         name: name.into(),
         e2ee_scheme: E2eeScheme::Mls,
+        video_clip: Some(clip.ivf.clone()),
+        audio_clip: Some(clip.opus.clone()),
         ..rusty(&relay, &cfg, call, 30)
     };
     let (c1, c2) = (client("rusty"), client("crabby"));
@@ -1701,22 +1729,34 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
         "200",
         "--min-decrypted",
         "50",
+        // Then every remote video decodes on each page: the other page's camera and
+        // both clients' clip.
+        "--then",
+        "media",
+        "--min-video-frames",
+        "60",
         "--timeout",
         "40",
     ]);
     let pages = drive(&args).await;
     let s1 = c1.await.expect("e2ee-client task");
     let s2 = c2.await.expect("e2ee-client task");
+    settle_capture(&relay).await;
+    let report = audit_file(&pcap, None).expect("the relay's capture is a readable pcapng");
+    let table = report.table();
+    eprintln!("{table}");
     for p in &pages {
         eprintln!(
-            "{}: epoch {}, code {:?}, members {}, decrypted from {}, failures {} (last: {})",
+            "{}: epoch {}, code {:?}, members {}, decrypted from {}, failures {} (last: {}), video frames decoded from the clients {} and {}",
             p.me(),
             p.s("epoch"),
             p.code(),
             p.s("group_members"),
             p.s("frames_decrypted_from"),
             p.num("decrypt_failures"),
-            p.s("last_decrypt_error")
+            p.s("last_decrypt_error"),
+            p.video_frames_from(s1.participant.as_deref().unwrap_or_default()),
+            p.video_frames_from(s2.participant.as_deref().unwrap_or_default()),
         );
     }
     for s in [&s1, &s2] {
@@ -1736,11 +1776,19 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
         assert_eq!(p.num("key_packages_refused"), 0, "{}", p.brief());
         assert_eq!(p.s("group_members"), &serde_json::json!(names));
         assert!(grouped_code(p.code().unwrap_or("")), "{}", p.brief());
-        // Frames opened from each other member: both clients and the other page.
+        // Frames opened from each other member: both clients and the other page; and
+        // the clients' clip decoded, not just opened.
         let from = p.s("frames_decrypted_from");
         for s in [&s1, &s2] {
             let who = s.participant.as_deref().expect("joined");
             assert!(from[who].as_u64().unwrap_or(0) >= 50, "{}", p.brief());
+            assert!(p.video_frames_from(who) > 60, "{}", p.brief());
+            let sample = &p.0["samples"][who];
+            assert!(
+                sample["stddev"].as_f64().unwrap_or(0.0) > 5.0
+                    && sample["distinctColours"].as_u64().unwrap_or(0) > 2,
+                "the clip on a canvas is not uniform: {sample}"
+            );
         }
         // One code per epoch on all four.
         let epoch = p.num("epoch");
@@ -1778,7 +1826,29 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
             );
         }
     }
+    // The relay saw only ciphertext: every stream of all four members continues SFrame
+    // sequences, judged by the codec maps the capture carries.
+    assert!(report.blind, "{table}");
+    assert_eq!(report.codec_maps, 4, "one codec map per member: {table}");
+    assert_eq!(
+        report.streams.len(),
+        8,
+        "four members, audio and video each: {table}"
+    );
+    // A frame counts once it continues a run of `MIN_RUN` frames under one KID. A group
+    // changes KIDs with every epoch, so each epoch can leave up to `MIN_RUN - 1` of a
+    // stream's frames outside a run (measured: two leaves as the pages closed ended an
+    // epoch within 3 video frames, and 896 of 899 counted); no other frame may fall out.
+    let epochs = s1.epoch_codes.len().max(s2.epoch_codes.len()) as u64;
+    for st in &report.streams {
+        assert!(st.frames > 50, "{table}");
+        assert!(
+            st.frames - st.sframe_frames <= (e2ee_client::audit::MIN_RUN - 1) * epochs,
+            "{epochs} epochs: {table}"
+        );
+    }
     relay.shutdown().await;
+    let _ = std::fs::remove_file(&pcap);
 }
 
 /// A page leaves an MLS call, then a page joins late, in one browser and one relay (the
