@@ -895,6 +895,7 @@ window.blindrelay = {
       group_refused: st.group ? st.group.refused : null,
       code_changes: st.codeChanges,
       ...groupTimes(w),
+      joined_unix_ms: st.joinedAtWall,
       participant: st.me,
       participants: [...st.participants.keys()],
       frames_encrypted: w.frames_encrypted,

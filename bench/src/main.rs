@@ -16,6 +16,7 @@ mod alloc;
 mod baseline;
 mod churn;
 mod gen;
+mod group;
 mod load;
 mod procstat;
 mod sweep;
@@ -156,6 +157,32 @@ enum Cmd {
         duration: Duration,
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         warmup: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How soon a mixed MLS group keys: browser pages (headless Chromium) and e2ee-clients
+    /// in one group call through an in-process relay; per member, join to keyed with
+    /// everyone before it, and the last join to everyone keyed with everyone.
+    Group {
+        #[arg(long, default_value_t = 4)]
+        pages: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Between one e2ee-client's start and the next one's (the pages join as fast as
+        /// the driver opens them).
+        #[arg(long, default_value = "400ms", value_parser = humantime::parse_duration)]
+        join_every: Duration,
+        /// How long each e2ee-client stays: longer than the pages take to key.
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        client_duration: Duration,
+        /// The page driver (needs `npm ci` in its directory: scripts/install-test-deps.sh).
+        #[arg(long, default_value = "tests/peers/chromium/web.mjs")]
+        driver: std::path::PathBuf,
+        /// The longest the pages may take to key.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[arg(long)]
         json: bool,
     },
@@ -418,6 +445,50 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 sweep::print_human(&report);
+            }
+        }
+        Cmd::Group {
+            pages,
+            clients,
+            runs,
+            join_every,
+            client_duration,
+            driver,
+            timeout,
+            json,
+        } => {
+            // The relay gets its own runtime, as in `call`.
+            let relay_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let cfg = loopback()?;
+            let relay = relay_rt
+                .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
+                .context("start relay")?;
+            let client_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let report = client_rt.block_on(group::run(
+                &relay,
+                &cfg,
+                group::GroupArgs {
+                    pages,
+                    clients,
+                    runs,
+                    join_every,
+                    client_duration,
+                    driver,
+                    timeout,
+                },
+            ));
+            relay_rt.block_on(relay.shutdown());
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                group::print_human(&report);
             }
         }
         Cmd::Call {

@@ -147,6 +147,12 @@ pub struct CallSummary {
     pub epoch: Option<u64>,
     /// Frames opened, by sending participant (group calls).
     pub frames_decrypted_from: BTreeMap<String, u64>,
+    /// When the first frame from each sending participant opened, in ms since this
+    /// client's join (group calls; as the page's `first_decrypted_ms`).
+    pub first_decrypted_ms: BTreeMap<String, f64>,
+    /// Wall-clock time of the relay's `joined`, in ms since the Unix epoch: members'
+    /// timelines line up on it (the group benchmark's join-to-keyed times).
+    pub joined_unix_ms: Option<f64>,
     /// Every epoch this member was keyed in and the group code it showed then (group
     /// calls; the last 256). Members compare codes epoch by epoch: the group changes as
     /// people come and go, so "the same code" means the same code in the same epoch.
@@ -297,8 +303,15 @@ impl Outgoing {
 /// `error` set, not as `Err`, so the caller can still print the JSON.
 pub async fn run_call(opts: &CallOptions) -> CallSummary {
     let mut session = None;
+    // Taken with run's start instant (microseconds apart): the wall clock the summary's
+    // relative times hang on.
+    let wall0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0);
     let r = run(opts, &mut session).await;
     let mut s = session.map(ClientSession::into_summary).unwrap_or_default();
+    s.joined_unix_ms = s.join_ms.map(|j| wall0 + j);
     if let Err(e) = r {
         let (code, message) = match &e {
             CallError::Refused { code, message } => (code.clone(), message.clone()),

@@ -349,10 +349,7 @@ impl ClientSession {
             }
             match g.open_into(now, metadata, sealed, out) {
                 Ok(from) => {
-                    s.frames_decrypted += 1;
-                    *s.frames_decrypted_from
-                        .entry(from.unwrap_or_default())
-                        .or_default() += 1;
+                    count_opened(s, from, ms(now, self.started));
                     FrameOpen::Opened
                 }
                 // Sealed before this member's Welcome: not for it.
@@ -735,10 +732,7 @@ impl ClientSession {
         // Frames that overtook their epoch's commit open now.
         let canary = self.opts.canary.as_deref().map(str::as_bytes);
         for (from, plain) in g.open_early(now) {
-            s.frames_decrypted += 1;
-            *s.frames_decrypted_from
-                .entry(from.unwrap_or_default())
-                .or_default() += 1;
+            count_opened(s, from, ms(now, self.started));
             if !self.opts.web_peers {
                 match verify_frame(&plain, canary) {
                     Some(_) => s.frames_verified += 1,
@@ -946,6 +940,20 @@ impl ClientSession {
 /// Milliseconds from `since` to `now`.
 fn ms(now: Instant, since: Instant) -> f64 {
     now.saturating_duration_since(since).as_secs_f64() * 1e3
+}
+
+/// One group frame opened from `from`, `since_start` ms into the call: counted per sender,
+/// and the first one from each sender timed from this member's join (how soon a member is
+/// keyed with each other member, as the page reports it).
+fn count_opened(s: &mut CallSummary, from: Option<String>, since_start: f64) {
+    s.frames_decrypted += 1;
+    let from = from.unwrap_or_default();
+    if !s.first_decrypted_ms.contains_key(&from) {
+        let since_join = since_start - s.join_ms.unwrap_or(0.0);
+        s.first_decrypted_ms
+            .insert(from.clone(), since_join.max(0.0));
+    }
+    *s.frames_decrypted_from.entry(from).or_default() += 1;
 }
 
 const CHAT_SEALED_PREFIX: &str = "sframe:";
@@ -1945,6 +1953,17 @@ mod tests {
         assert!(a.summary().verification_code.is_some());
         assert_eq!(frame_crosses(&mut a, &mut b, t1), b"a frame of media");
         assert_eq!(b.summary().frames_decrypted_from.get("p-a"), Some(&1));
+        // Timed from bob's join (t0 plus the hello's few ms) to the first frame, at t1; a
+        // later frame leaves it as it was.
+        let first = b.summary().first_decrypted_ms.get("p-a").copied();
+        assert!(
+            first.is_some_and(|ms| (44.0..=50.0).contains(&ms)),
+            "{first:?}"
+        );
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(frame_crosses(&mut a, &mut b, t2), b"a frame of media");
+        assert_eq!(b.summary().first_decrypted_ms.get("p-a").copied(), first);
+        assert_eq!(b.summary().frames_decrypted_from.get("p-a"), Some(&2));
         // The call's end fills the group's members in the summary.
         let out = b.on_tick(t1 + Duration::from_secs(10));
         assert!(closes(&out));
