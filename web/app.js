@@ -63,6 +63,16 @@ const E2EE_FEATURE_REASON = {
   merge: 'Merging joins other people to a one-to-one encrypted call.',
   park: 'Parking hands the call to whoever picks it up, outside the agreed keys.',
 };
+/** A group (MLS) call is not one-to-one: its members add each joiner themselves, with a
+ * commit everyone checks against the roster. What the relay would do on its own (bring
+ * someone in, hand a place over, join two calls) is refused for that reason. */
+const E2EE_GROUP_FEATURE_REASON = {
+  ...E2EE_FEATURE_REASON,
+  add_participant: 'In an encrypted group call each person joins with their own invitation, and the members add them to the group themselves; the relay cannot bring anyone in.',
+  transfer: 'A transfer would hand your place to someone the group did not add; they can join with their own invitation.',
+  consult_transfer: 'A consult transfer would bring in someone the group did not add; they can join with their own invitation.',
+  merge: 'Merging would bring another call\'s people in without the group adding them.',
+};
 const FEATURES = [
   ['record', 'Record'], ['live_captions', 'Live captions'], ['transcription', 'Transcription'],
   ['add_participant', 'Add participant', 'user'], ['transfer', 'Transfer', 'user'],
@@ -73,7 +83,7 @@ const st = {
   connected: false, capabilities: null, joined: false, callMode: null, modeReason: null, me: null, call: null,
   keyed: false, code: null, participants: new Map(), error: null, messages: [], chat: [], features: [],
   workerStats: { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 }, inbound: [], outbound: [],
-  payloadTypes: {}, kexError: null, joinedAt: null,
+  payloadTypes: {}, kexError: null, joinedAt: null, groupCall: false,
   // Group calls (scheme mls): what the worker's group session shows (no secret in it).
   scheme: null, group: null, codeChanges: 0,
   // No downgrade without consent (see the top of the file).
@@ -355,6 +365,9 @@ async function onJoined(m) {
   st.me = m.participant;
   st.callMode = m.call_mode;
   st.modeReason = m.mode_reason || null;
+  // Known before the call view renders, so a group call's features say why in its terms
+  // (st.scheme, which routes signalling to the group, is set once the worker has it).
+  st.groupCall = m.call_mode === 'e2ee' && m.e2ee_scheme === 'mls';
   for (const p of m.participants || []) st.participants.set(p.participant, p);
   setRemoteMsid(m.answer_sdp);
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
@@ -750,7 +763,9 @@ function renderFeatures() {
   $('features-note').textContent = st.pendingDowngrade
     ? 'Unavailable until you answer whether to continue unencrypted.'
     : e2ee
-      ? 'Unavailable on an end-to-end encrypted call: each needs the media in the clear or a third party in a one-to-one call.'
+      ? (st.groupCall
+        ? 'Unavailable on an end-to-end encrypted group call: each needs the media in the clear or someone the members did not add themselves.'
+        : 'Unavailable on an end-to-end encrypted call: each needs the media in the clear or a third party in a one-to-one call.')
       : 'Carried out by the relay\'s call control. Add participant, transfer and consult transfer take a user; merge takes a call id.';
   const arg = document.createElement('input');
   arg.id = 'feature-arg';
@@ -765,12 +780,13 @@ function renderFeatures() {
     row.className = 'feature';
     row.appendChild(b);
     if (e2ee) {
+      const reason = (st.groupCall ? E2EE_GROUP_FEATURE_REASON : E2EE_FEATURE_REASON)[name];
       b.disabled = true;
-      b.title = E2EE_FEATURE_REASON[name];
+      b.title = reason;
       const why = document.createElement('span');
       why.className = 'why';
       why.id = `why-${name}`;
-      why.textContent = E2EE_FEATURE_REASON[name];
+      why.textContent = reason;
       b.setAttribute('aria-describedby', why.id);
       row.appendChild(why);
     } else {
@@ -819,7 +835,7 @@ function endCall(sendLeave) {
   stopMedia();
   kex = null;
   earlyBlobs = [];
-  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, joinedAtWall: null, scheme: null, group: null });
+  Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, joinedAtWall: null, scheme: null, group: null, groupCall: false });
   st.participants.clear();
   $('call-view').hidden = true;
   $('callbar').hidden = true;

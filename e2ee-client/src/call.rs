@@ -157,6 +157,9 @@ pub struct CallSummary {
     /// calls; the last 256). Members compare codes epoch by epoch: the group changes as
     /// people come and go, so "the same code" means the same code in the same epoch.
     pub epoch_codes: BTreeMap<u64, String>,
+    /// The group's members in each of those epochs, as their MLS credentials name them
+    /// (sorted): the code and the list together, epoch by epoch.
+    pub epoch_members: BTreeMap<u64, Vec<String>>,
     pub verification_code: Option<String>,
     /// The group's members in the final epoch, as their MLS credentials name them
     /// (user names, sorted): compare them as well as the code.

@@ -768,13 +768,18 @@ impl ClientSession {
         if g.keyed() {
             if let (Some(code), Some(epoch)) = (g.verification_code(), g.epoch()) {
                 if s.epoch != Some(epoch) {
-                    let members = g.member_names().join(", ");
+                    let names = g.member_names();
                     out.push(Output::Warn(format!(
-                        "Verification code (epoch {epoch}): {code}  members: {members}"
+                        "Verification code (epoch {epoch}): {code}  members: {}",
+                        names.join(", ")
                     )));
                     s.epoch_codes.insert(epoch, code.clone());
+                    s.epoch_members.insert(epoch, names);
                     while s.epoch_codes.len() > EPOCH_CODES {
                         s.epoch_codes.pop_first();
+                    }
+                    while s.epoch_members.len() > EPOCH_CODES {
+                        s.epoch_members.pop_first();
                     }
                 }
                 // The lock stays on once keyed; the code is the latest epoch's.
@@ -1948,6 +1953,10 @@ mod tests {
             assert!(s.e2ee);
             assert_eq!(s.epoch, Some(1));
             assert_eq!(s.epoch_codes.len(), 1);
+            assert_eq!(
+                s.epoch_members.get(&1),
+                Some(&vec!["alice".to_string(), "bob".to_string()])
+            );
         }
         assert_eq!(a.summary().verification_code, b.summary().verification_code);
         assert!(a.summary().verification_code.is_some());

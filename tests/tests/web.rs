@@ -1776,6 +1776,19 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
         assert_eq!(p.num("key_packages_refused"), 0, "{}", p.brief());
         assert_eq!(p.s("group_members"), &serde_json::json!(names));
         assert!(grouped_code(p.code().unwrap_or("")), "{}", p.brief());
+        // Every feature disabled, each with a reason in a group call's terms.
+        let features = p.0["features"].as_array().expect("feature buttons");
+        assert_eq!(features.len(), 8);
+        for f in features {
+            let why = f["reason"].as_str().unwrap_or("");
+            assert_eq!(f["disabled"], true, "{f}");
+            assert!(why.len() > 10 && !why.contains("one-to-one"), "{f}");
+        }
+        let add = features.iter().find(|f| f["name"] == "add_participant");
+        assert!(
+            add.is_some_and(|f| f["reason"].as_str().unwrap_or("").contains("group")),
+            "{add:?}"
+        );
         // Frames opened from each other member: both clients and the other page; and
         // the clients' clip decoded, not just opened.
         let from = p.s("frames_decrypted_from");
@@ -1790,7 +1803,7 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
                 "the clip on a canvas is not uniform: {sample}"
             );
         }
-        // One code per epoch on all four.
+        // One code and one member list per epoch on all four.
         let epoch = p.num("epoch");
         for s in [&s1, &s2] {
             assert_eq!(
@@ -1799,6 +1812,12 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
                 "epoch {epoch}: {:?} vs {}",
                 s.participant,
                 p.me()
+            );
+            assert_eq!(
+                s.epoch_members.get(&epoch),
+                Some(&names.map(String::from).to_vec()),
+                "epoch {epoch}: {:?}",
+                s.participant
             );
         }
     }
