@@ -230,6 +230,37 @@ fn loopback() -> Result<Config> {
     Ok(c)
 }
 
+/// A relay on loopback in this process, on a runtime of its own so client work does not
+/// queue behind it, and a runtime for the clients.
+struct InProcess {
+    relay_rt: tokio::runtime::Runtime,
+    relay: Relay,
+    cfg: Config,
+    client_rt: tokio::runtime::Runtime,
+}
+
+impl InProcess {
+    fn start() -> Result<Self> {
+        let one_thread = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+        };
+        let relay_rt = one_thread()?;
+        let cfg = loopback()?;
+        let relay = relay_rt
+            .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
+            .context("start relay")?;
+        Ok(InProcess {
+            relay_rt,
+            relay,
+            cfg,
+            client_rt: one_thread()?,
+        })
+    }
+}
+
 async fn one_call(
     relay: &Relay,
     cfg: &Config,
@@ -457,19 +488,12 @@ fn main() -> Result<()> {
             timeout,
             json,
         } => {
-            // The relay gets its own runtime, as in `call`.
-            let relay_rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let cfg = loopback()?;
-            let relay = relay_rt
-                .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
-                .context("start relay")?;
-            let client_rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
+            let InProcess {
+                relay_rt,
+                relay,
+                cfg,
+                client_rt,
+            } = InProcess::start()?;
             let report = client_rt.block_on(group::run(
                 &relay,
                 &cfg,
@@ -498,19 +522,12 @@ fn main() -> Result<()> {
             runs,
             json,
         } => {
-            // The relay gets its own runtime so client work does not queue behind it.
-            let relay_rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let cfg = loopback()?;
-            let relay = relay_rt
-                .block_on(Relay::start(cfg.clone(), RelayOptions::default()))
-                .context("start relay")?;
-            let client_rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
+            let InProcess {
+                relay_rt,
+                relay,
+                cfg,
+                client_rt,
+            } = InProcess::start()?;
             let mut results = Vec::new();
             for n in 0..runs.max(1) {
                 let r =
