@@ -707,7 +707,7 @@ async function refreshStats() {
   const inbound = [];
   const outbound = [];
   stats.forEach((s) => {
-    if (s.type === 'outbound-rtp') outbound.push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent || 0, bytesSent: s.bytesSent || 0 });
+    if (s.type === 'outbound-rtp') outbound.push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent || 0, bytesSent: s.bytesSent || 0, nackCount: s.nackCount || 0, retransmittedPacketsSent: s.retransmittedPacketsSent || 0, pliCount: s.pliCount || 0 });
     if (s.type !== 'inbound-rtp') return;
     const participant = ssrcOwner[String(s.ssrc)] || (s.mid != null ? remoteMsid.byMid[s.mid] : null) || null;
     const e = { participant, kind: s.kind, ssrc: s.ssrc, mid: s.mid ?? null, framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 };
@@ -717,6 +717,9 @@ async function refreshStats() {
       e.totalAudioEnergy = s.totalAudioEnergy || 0;
       e.totalSamplesDuration = s.totalSamplesDuration || 0;
       e.audioLevel = s.audioLevel || 0;
+    } else {
+      // How the picture held up: loss, its repair (NACK, keyframe requests) and freezes.
+      for (const k of ['packetsLost', 'nackCount', 'pliCount', 'firCount', 'keyFramesDecoded', 'framesDropped', 'freezeCount', 'totalFreezesDuration', 'retransmittedPacketsReceived']) e[k] = s[k] || 0;
     }
     inbound.push(e);
   });

@@ -18,6 +18,7 @@ mod churn;
 mod gen;
 mod group;
 mod load;
+mod loss;
 mod procstat;
 mod sweep;
 
@@ -181,6 +182,29 @@ enum Cmd {
         #[arg(long, default_value = "tests/peers/chromium/web.mjs")]
         driver: std::path::PathBuf,
         /// The longest the pages may take to key.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Random loss on one receiver's path: three pages (headless Chromium) in one call
+    /// through an in-process relay, one of them behind a userspace path that drops
+    /// datagrams at random; its video against an unimpaired receiver's, over a held window.
+    Loss {
+        /// Datagrams dropped on the impaired path, in each direction.
+        #[arg(long, default_value_t = 3.0)]
+        loss_pct: f64,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seed of the path's loss (each run adds its index).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The page driver (needs `npm ci` in its directory: scripts/install-test-deps.sh).
+        #[arg(long, default_value = "tests/peers/chromium/web.mjs")]
+        driver: std::path::PathBuf,
+        /// The longest the pages may take to decode each other before the window.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         #[arg(long)]
@@ -513,6 +537,41 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 group::print_human(&report);
+            }
+        }
+        Cmd::Loss {
+            loss_pct,
+            hold,
+            runs,
+            seed,
+            driver,
+            timeout,
+            json,
+        } => {
+            let InProcess {
+                relay_rt,
+                relay,
+                cfg,
+                client_rt,
+            } = InProcess::start()?;
+            let report = client_rt.block_on(loss::run(
+                &relay,
+                &cfg,
+                loss::LossArgs {
+                    loss_pct,
+                    hold,
+                    runs,
+                    seed,
+                    driver,
+                    timeout,
+                },
+            ));
+            relay_rt.block_on(relay.shutdown());
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                loss::print_human(&report);
             }
         }
         Cmd::Call {

@@ -1682,6 +1682,30 @@ async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
     assert!(s.frames_decrypted > after / 2, "{s:?}");
 }
 
+/// e2ee-client as `name` in the group (MLS) call `call` for `secs`, in the web framing.
+fn mls_client(
+    relay: &blindrelay::Relay,
+    cfg: &Config,
+    call: &str,
+    name: &str,
+    secs: u64,
+) -> CallOptions {
+    CallOptions {
+        token: token(cfg, name, Some(call), "user"),
+        name: name.into(),
+        e2ee_scheme: blindrelay_protocol::signal::E2eeScheme::Mls,
+        ..rusty(relay, cfg, call, secs)
+    }
+}
+
+/// The page's URL for `user` joining the group (MLS) call `call`.
+fn mls_page_url(relay: &blindrelay::Relay, cfg: &Config, call: &str, user: &str) -> String {
+    format!(
+        "{}&scheme=mls",
+        page_url(relay, &token(cfg, user, Some(call), "user"), call, true)
+    )
+}
+
 /// Group E2EE (scheme `mls`) with pages and e2ee-clients in ONE MLS group: two pages (ts-mls
 /// in the worker) and two e2ee-clients (openmls) join one call. Every member opens every
 /// other member's frames (the clients send a real VP8 and Opus clip, which the pages open
@@ -1692,7 +1716,6 @@ async fn a_keyed_page_refuses_a_downgrade_and_stays_encrypted() {
 /// audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_and_e2ee_clients_key_one_mls_group() {
-    use blindrelay_protocol::signal::E2eeScheme;
     let _lock = CALL_LOCK.lock().await;
     let clip = Clip::make("mls-clip");
     let pcap = temp_path("web-mls", "pcap");
@@ -1700,22 +1723,14 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-mls";
     let client = |name: &str| CallOptions {
-        token: token(&cfg, name, Some(call), "user"),
-        name: name.into(),
-        e2ee_scheme: E2eeScheme::Mls,
         video_clip: Some(clip.ivf.clone()),
         audio_clip: Some(clip.opus.clone()),
-        ..rusty(&relay, &cfg, call, 30)
+        ..mls_client(&relay, &cfg, call, name, 30)
     };
     let (c1, c2) = (client("rusty"), client("crabby"));
     let c1 = tokio::spawn(async move { run_call(&c1).await });
     let c2 = tokio::spawn(async move { run_call(&c2).await });
-    let url = |user: &str| {
-        format!(
-            "{}&scheme=mls",
-            page_url(&relay, &token(&cfg, user, Some(call), "user"), call, true)
-        )
-    };
+    let url = |user: &str| mls_page_url(&relay, &cfg, call, user);
     let args = peer_args(&[
         "--page",
         &url("webby"),
@@ -1880,26 +1895,17 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
 /// frame in all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
-    use blindrelay_protocol::signal::E2eeScheme;
     let _lock = CALL_LOCK.lock().await;
     let cfg = loopback_config();
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-mls-churn";
-    let client = |name: &str| CallOptions {
-        token: token(&cfg, name, Some(call), "user"),
-        name: name.into(),
-        e2ee_scheme: E2eeScheme::Mls,
-        ..rusty(&relay, &cfg, call, 40)
-    };
-    let (c1, c2) = (client("rusty"), client("crabby"));
+    let (c1, c2) = (
+        mls_client(&relay, &cfg, call, "rusty", 40),
+        mls_client(&relay, &cfg, call, "crabby", 40),
+    );
     let c1 = tokio::spawn(async move { run_call(&c1).await });
     let c2 = tokio::spawn(async move { run_call(&c2).await });
-    let url = |user: &str| {
-        format!(
-            "{}&scheme=mls",
-            page_url(&relay, &token(&cfg, user, Some(call), "user"), call, true)
-        )
-    };
+    let url = |user: &str| mls_page_url(&relay, &cfg, call, user);
     let args = peer_args(&[
         "--page",
         &url("webby"),

@@ -6,6 +6,13 @@
 //       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
 //       [--click-feature NAME] [--min-participants N] [--wait-stdin] [--min-members N]
 //       [--answer-downgrade yes|no|click-yes|click-no] [--then COND] [--min-sent N]
+//       [--hold SECS] [--media-via N=HOST:PORT]
+//
+// --hold SECS (a step, like --then): stay in the call that long, then record every page's
+// state; with the state recorded before it, the report holds what changed over SECS.
+// --media-via N=HOST:PORT: page N sends its media to HOST:PORT instead of the relay's
+// media address (a lossy path in front of the relay, for example): the host candidates
+// in every SDP the relay sends that page are rewritten on the page's signalling socket.
 //
 // --connect presses "Check settings" on each page (for URLs without autojoin=1).
 // --click-feature NAME presses that call-feature button once the page has joined.
@@ -51,6 +58,13 @@ for (let i = 0; i < argv.length; i++) {
     case '--leave-page': a.steps.push({ leave: Number(v) }); i++; break;
     case '--late-page': a.steps.push({ open: v }); i++; break;
     case '--min-sent': a.minSent = Number(v); i++; break;
+    case '--hold': a.steps.push({ hold: Number(v) }); i++; break;
+    case '--media-via': {
+      const [n, via] = v.split('=');
+      (a.mediaVia ||= new Map()).set(Number(n), via);
+      i++;
+      break;
+    }
     case '--screenshot': a.screenshot = v; i++; break;
     case '--click-lock': a.clickLock = true; break;
     case '--chat': a.chat = v; i++; break;
@@ -124,6 +138,17 @@ try {
     await context.grantPermissions(['camera', 'microphone']).catch(() => {});
     const page = await context.newPage();
     const errors = [];
+    const via = a.mediaVia && a.mediaVia.get(n);
+    if (via) {
+      const [host, port] = via.split(':');
+      // Every host candidate the relay names (in joined's answer and in its offers).
+      const rewrite = (text) => text.replace(/(a=candidate:\S+ \d+ udp \d+ )\S+ \d+( typ host)/g, `$1${host} ${port}$2`);
+      await page.routeWebSocket(/\/v1\/signal/, (ws) => {
+        const server = ws.connectToServer();
+        server.onMessage((m) => ws.send(typeof m === 'string' ? rewrite(m) : m));
+        ws.onMessage((m) => server.send(m));
+      });
+    }
     page.on('console', (m) => console.error(`[page ${n}] ${m.text()}`));
     page.on('pageerror', (e) => { errors.push(e.message); console.error(`[page ${n}] pageerror ${e.message}`); });
     await page.goto(url);
@@ -200,6 +225,8 @@ try {
       left.add(p.n);
     } else if (step.open !== undefined) {
       await open(pages.length, step.open);
+    } else if (step.hold !== undefined) {
+      await new Promise((r) => setTimeout(r, step.hold * 1000));
     } else {
       last = step.then;
       const until = Date.now() + a.timeout * 1000;

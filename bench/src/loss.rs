@@ -1,0 +1,414 @@
+//! `loss`: how video holds up for a receiver whose path loses packets at random.
+//!
+//! Three pages (the relay's web client in headless Chromium, each sending its fake camera
+//! and microphone) join one call through an in-process relay. One of them, the impaired
+//! receiver, reaches the relay through [`LossyPath`]: a userspace UDP forwarder that drops
+//! each datagram, in each direction, with the given probability (this kernel has no
+//! netem). The driver rewrites the host candidates in that page's SDP to the forwarder's
+//! address, so its ICE, DTLS and media all cross it. Once every page decodes every other's
+//! video, the call is held for a while; over that window the impaired receiver's and an
+//! unimpaired receiver's reception of the same sender are compared: frames decoded,
+//! freezes, NACKs and keyframe requests.
+
+use anyhow::{bail, Context, Result};
+use blindrelay::config::Config;
+use blindrelay::Relay;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// Most clients one path serves (each gets its own socket toward the relay).
+const MAX_CLIENTS: usize = 16;
+
+/// What a [`LossyPath`] did.
+#[derive(Debug, Default)]
+pub struct PathCounters {
+    pub up_forwarded: AtomicU64,
+    pub up_dropped: AtomicU64,
+    pub down_forwarded: AtomicU64,
+    pub down_dropped: AtomicU64,
+}
+
+/// A UDP path to `upstream` that loses datagrams at random: like a NAT, each client
+/// address gets a socket of its own toward the relay, so the relay sees one 5-tuple per
+/// client, as without it.
+pub struct LossyPath {
+    pub addr: SocketAddr,
+    pub counters: Arc<PathCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LossyPath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LossyPath {
+    /// Listen on loopback; forward to `upstream`, dropping each datagram with
+    /// probability `loss` (0..1) in each direction, from a generator seeded with `seed`.
+    pub async fn start(upstream: SocketAddr, loss: f64, seed: u64) -> Result<LossyPath> {
+        let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = listen.local_addr()?;
+        let counters = Arc::new(PathCounters::default());
+        let c = counters.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 65_536];
+            let mut downs = Vec::new();
+            loop {
+                let Ok((n, from)) = listen.recv_from(&mut buf).await else {
+                    break;
+                };
+                let up = match clients.get(&from) {
+                    Some(s) => s.clone(),
+                    None if clients.len() < MAX_CLIENTS => {
+                        let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
+                        if s.connect(upstream).await.is_err() {
+                            continue;
+                        }
+                        let s = Arc::new(s);
+                        clients.insert(from, s.clone());
+                        downs.push(tokio::spawn(down(
+                            s.clone(),
+                            listen.clone(),
+                            from,
+                            loss,
+                            rng.random(),
+                            c.clone(),
+                        )));
+                        s
+                    }
+                    None => continue,
+                };
+                if rng.random::<f64>() < loss {
+                    c.up_dropped.fetch_add(1, Ordering::Relaxed);
+                } else if up.send(&buf[..n]).await.is_ok() {
+                    c.up_forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for d in downs {
+                d.abort();
+            }
+        });
+        Ok(LossyPath {
+            addr,
+            counters,
+            task,
+        })
+    }
+}
+
+/// The relay-to-client direction for one client.
+async fn down(
+    up: Arc<UdpSocket>,
+    listen: Arc<UdpSocket>,
+    client: SocketAddr,
+    loss: f64,
+    seed: u64,
+    c: Arc<PathCounters>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 65_536];
+    while let Ok(n) = up.recv(&mut buf).await {
+        if rng.random::<f64>() < loss {
+            c.down_dropped.fetch_add(1, Ordering::Relaxed);
+        } else if listen.send_to(&buf[..n], client).await.is_ok() {
+            c.down_forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct LossArgs {
+    pub loss_pct: f64,
+    pub hold: Duration,
+    pub runs: usize,
+    pub seed: u64,
+    pub driver: PathBuf,
+    pub timeout: Duration,
+}
+
+/// One receiver's reception of the sender's video over the held window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reception {
+    pub frames_decoded: u64,
+    pub freezes: u64,
+    pub freeze_s: f64,
+    pub packets_lost: i64,
+    pub nacks_sent: u64,
+    pub plis_sent: u64,
+    pub retransmitted_received: u64,
+    pub key_frames_decoded: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LossRun {
+    pub clean: Reception,
+    pub lossy: Reception,
+    /// lossy / clean frames decoded.
+    pub frames_ratio: f64,
+    /// The sender's retransmissions over the window (answers to NACKs reaching it).
+    pub sender_retransmitted: u64,
+    pub path_dropped: u64,
+    pub path_forwarded: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LossReport {
+    pub loss_pct: f64,
+    pub hold_s: f64,
+    pub runs: Vec<LossRun>,
+    pub median_frames_ratio: f64,
+}
+
+pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport> {
+    if !a.driver.exists() {
+        bail!(
+            "{} not found: run from the repository root after scripts/install-test-deps.sh",
+            a.driver.display()
+        );
+    }
+    let mut runs = Vec::new();
+    for n in 0..a.runs {
+        let r = one_run(relay, cfg, &a, n)
+            .await
+            .with_context(|| format!("run {}", n + 1))?;
+        eprintln!(
+            "run {}: frames decoded, lossy/clean {} / {} = {:.2}; freezes {} vs {}; NACKs {} vs {}; path dropped {} of {}",
+            n + 1,
+            r.lossy.frames_decoded,
+            r.clean.frames_decoded,
+            r.frames_ratio,
+            r.lossy.freezes,
+            r.clean.freezes,
+            r.lossy.nacks_sent,
+            r.clean.nacks_sent,
+            r.path_dropped,
+            r.path_dropped + r.path_forwarded
+        );
+        runs.push(r);
+    }
+    Ok(LossReport {
+        loss_pct: a.loss_pct,
+        hold_s: a.hold.as_secs_f64(),
+        median_frames_ratio: crate::median(runs.iter().map(|r| r.frames_ratio).collect()),
+        runs,
+    })
+}
+
+async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<LossRun> {
+    let path = LossyPath::start(
+        relay.media_addr,
+        a.loss_pct / 100.0,
+        a.seed.wrapping_add(n as u64),
+    )
+    .await?;
+    let call = format!("loss-bench-{n}");
+    let url = |user: &str| -> Result<String> {
+        let t = blindrelay::token::issue(
+            &cfg.auth.api_secret,
+            user,
+            "bench",
+            "user",
+            Some(&call),
+            Duration::from_secs(600),
+        )?;
+        Ok(format!(
+            "http://{}/?call={call}&token={t}&autojoin=1",
+            relay.signal_addr
+        ))
+    };
+    let out = tokio::process::Command::new("node")
+        .arg(&a.driver)
+        .args(["--page", &url("sender")?])
+        .args(["--page", &url("clean")?])
+        .args(["--page", &url("lossy")?])
+        .args(["--media-via", &format!("2={}", path.addr)])
+        .args(["--until", "media", "--min-video-frames", "30"])
+        .args(["--hold", &a.hold.as_secs().to_string()])
+        .args(["--timeout", &a.timeout.as_secs().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run node (the page driver)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let pages: Vec<Value> = serde_json::from_str(line)
+        .with_context(|| format!("the page driver's report: {line:.200}"))?;
+    if !out.status.success() || pages.len() != 3 {
+        bail!(
+            "the pages did not all decode each other's video in {:?}",
+            a.timeout
+        );
+    }
+    // steps[0]: every page decoding; steps[1]: after the hold.
+    let state = |p: usize, step: usize| &pages[p]["steps"][step]["state"];
+    let sender = state(0, 0)["participant"]
+        .as_str()
+        .context("the sender joined")?
+        .to_string();
+    let reception = |p: usize| -> Result<Reception> {
+        let video = |step: usize| -> Result<Value> {
+            state(p, step)["inbound"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|i| i["kind"] == "video" && i["participant"] == sender.as_str())
+                        .cloned()
+                })
+                .with_context(|| format!("page {p} receives the sender's video"))
+        };
+        let (b, e) = (video(0)?, video(1)?);
+        let d = |k: &str| {
+            e[k].as_u64()
+                .unwrap_or(0)
+                .saturating_sub(b[k].as_u64().unwrap_or(0))
+        };
+        Ok(Reception {
+            frames_decoded: d("framesDecoded"),
+            freezes: d("freezeCount"),
+            freeze_s: e["totalFreezesDuration"].as_f64().unwrap_or(0.0)
+                - b["totalFreezesDuration"].as_f64().unwrap_or(0.0),
+            packets_lost: e["packetsLost"].as_i64().unwrap_or(0)
+                - b["packetsLost"].as_i64().unwrap_or(0),
+            nacks_sent: d("nackCount"),
+            plis_sent: d("pliCount"),
+            retransmitted_received: d("retransmittedPacketsReceived"),
+            key_frames_decoded: d("keyFramesDecoded"),
+        })
+    };
+    let (clean, lossy) = (reception(1)?, reception(2)?);
+    let sent = |step: usize| -> u64 {
+        state(0, step)["outbound"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|o| o["kind"] == "video")
+                    .map(|o| o["retransmittedPacketsSent"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let c = &path.counters;
+    Ok(LossRun {
+        frames_ratio: lossy.frames_decoded as f64 / clean.frames_decoded.max(1) as f64,
+        clean,
+        lossy,
+        sender_retransmitted: sent(1).saturating_sub(sent(0)),
+        path_dropped: c.up_dropped.load(Ordering::Relaxed) + c.down_dropped.load(Ordering::Relaxed),
+        path_forwarded: c.up_forwarded.load(Ordering::Relaxed)
+            + c.down_forwarded.load(Ordering::Relaxed),
+    })
+}
+
+pub fn print_human(r: &LossReport) {
+    println!(
+        "{}% random loss each way on one receiver's path, {} s held",
+        r.loss_pct, r.hold_s
+    );
+    println!("run  receiver  frames  freezes  freeze s  lost  NACKs  PLIs  rtx recv  keyframes");
+    for (i, run) in r.runs.iter().enumerate() {
+        for (name, x) in [("clean", &run.clean), ("lossy", &run.lossy)] {
+            println!(
+                "{:<4} {name:<9} {:>6}  {:>7}  {:>8.1}  {:>4}  {:>5}  {:>4}  {:>8}  {:>9}",
+                i + 1,
+                x.frames_decoded,
+                x.freezes,
+                x.freeze_s,
+                x.packets_lost,
+                x.nacks_sent,
+                x.plis_sent,
+                x.retransmitted_received,
+                x.key_frames_decoded
+            );
+        }
+        println!(
+            "     lossy/clean frames {:.2}; the sender retransmitted {}; the path dropped {} of {}",
+            run.frames_ratio,
+            run.sender_retransmitted,
+            run.path_dropped,
+            run.path_dropped + run.path_forwarded
+        );
+    }
+    println!("median lossy/clean frames: {:.2}", r.median_frames_ratio);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path forwards both ways and drops about the fraction asked, counted.
+    #[tokio::test]
+    async fn the_path_forwards_both_ways_and_drops_at_random() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let path = LossyPath::start(server.local_addr().expect("addr"), 0.25, 7)
+            .await
+            .expect("path");
+        // The server echoes whatever reaches it; the client counts what comes back.
+        let echoed = Arc::new(AtomicU64::new(0));
+        let e = echoed.clone();
+        let echo = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = server.recv_from(&mut buf).await {
+                e.fetch_add(1, Ordering::Relaxed);
+                let _ = server.send_to(&buf[..n], from).await;
+            }
+        });
+        let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let back = Arc::new(AtomicU64::new(0));
+        let (b, rx) = (back.clone(), client.clone());
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while rx.recv_from(&mut buf).await.is_ok() {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        for i in 0..2000u32 {
+            client
+                .send_to(&i.to_be_bytes(), path.addr)
+                .await
+                .expect("send");
+            tokio::task::yield_now().await;
+        }
+        let c = path.counters.clone();
+        let load = |x: &AtomicU64| x.load(Ordering::Relaxed);
+        let settled = || {
+            load(&c.up_forwarded) + load(&c.up_dropped) == 2000
+                && load(&echoed) == load(&c.up_forwarded)
+                && load(&c.down_forwarded) + load(&c.down_dropped) == load(&echoed)
+                && load(&back) == load(&c.down_forwarded)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !settled() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            settled(),
+            "up {} + {}, echoed {}, down {} + {}, back {}",
+            load(&c.up_forwarded),
+            load(&c.up_dropped),
+            load(&echoed),
+            load(&c.down_forwarded),
+            load(&c.down_dropped),
+            load(&back)
+        );
+        // 25 % each way: 1,500 expected through (binomial sd ~19), 1,125 back (sd ~17).
+        let (got, back) = (load(&echoed), load(&back));
+        assert!((1400..1600).contains(&got), "{got}");
+        assert!((1040..1210).contains(&back), "{back}");
+        echo.abort();
+        reader.abort();
+    }
+}
