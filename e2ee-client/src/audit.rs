@@ -19,7 +19,10 @@
 //! continues an SFrame sequence ([`MIN_RUN`] frames of one KID with rising CTRs), and the
 //! reading with the larger SFrame share is reported. Real Opus and VP8 are as dense as
 //! ciphertext, so a header that merely parses proves nothing; a rising CTR under one KID,
-//! frame after frame, is what plaintext does not produce. `--opus-pt`/`--vp8-pt`
+//! frame after frame, is what plaintext does not produce. A group changes KIDs with each
+//! MLS epoch, and an epoch can end within a few frames (two members leaving at once): a
+//! short run of one KID counts when a sequence of another KID is right before or after it.
+//! `--opus-pt`/`--vp8-pt`
 //! ([`WebFraming`]) override the maps: with either given, those payload types are read in
 //! the web framing only and the maps are not used. Streams without a map (captures of
 //! other tools, other codecs) are read as e2ee-client frames, as before.
@@ -65,7 +68,8 @@ const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 pub const CODECS_COMMENT_TAG: &str = "blindrelay-codecs/1";
 /// Frames of one KID with rising CTRs a sequence must reach before its frames count as
 /// SFrame (where a stream is checked for sequences; see the module docs). A new KID (a new
-/// MLS epoch, say) starts a new sequence.
+/// MLS epoch, say) starts a new sequence; a KID that lived for fewer frames counts only
+/// when it sits between a sequence and the next KID, or between a KID and a sequence.
 pub const MIN_RUN: u64 = 4;
 
 /// Why a capture cannot be audited. The CLI exits with status 2 on any of these.
@@ -626,11 +630,13 @@ impl Framing {
 }
 
 /// The SFrame sequence a reading is in: its KID, last CTR and length.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Run {
     kid: Option<u64>,
     last_ctr: u64,
     len: u64,
+    /// It began with a new KID right after a sequence of [`MIN_RUN`] or more.
+    after_sequence: bool,
 }
 
 /// One way of reading a stream's packets as frames, and what it found.
@@ -644,6 +650,9 @@ struct Reading {
     plaintext_magic_frames: u64,
     canary_frames: u64,
     run: Run,
+    /// Frames of a short run that ended with a new KID: they count if the run the new KID
+    /// starts becomes a sequence (see [`Reading::end_run`]).
+    pending: u64,
 }
 
 impl Reading {
@@ -657,6 +666,7 @@ impl Reading {
             plaintext_magic_frames: 0,
             canary_frames: 0,
             run: Run::default(),
+            pending: 0,
         }
     }
 
@@ -716,25 +726,59 @@ impl Reading {
             return;
         }
         let Some(hd) = header else {
+            self.end_run(false);
             self.run = Run::default();
             return;
         };
-        let r = &mut self.run;
-        if r.kid == Some(hd.kid) && hd.ctr > r.last_ctr {
-            r.len += 1;
+        if self.run.kid == Some(hd.kid) && hd.ctr > self.run.last_ctr {
+            self.run.len += 1;
         } else {
-            *r = Run {
+            let new_kid = self.run.kid.is_some_and(|k| k != hd.kid);
+            let after_sequence = self.end_run(new_kid);
+            self.run = Run {
                 kid: Some(hd.kid),
                 last_ctr: 0,
                 len: 1,
+                after_sequence,
             };
         }
-        r.last_ctr = hd.ctr;
-        // A sequence's first frames count once it is long enough, then each one.
-        match r.len.cmp(&MIN_RUN) {
+        self.run.last_ctr = hd.ctr;
+        // A sequence's first frames count once it is long enough, then each one; and
+        // with them a short run of the KID just before, if this KID replaced it.
+        match self.run.len.cmp(&MIN_RUN) {
             std::cmp::Ordering::Less => {}
-            std::cmp::Ordering::Equal => self.sframe_frames += MIN_RUN,
+            std::cmp::Ordering::Equal => {
+                self.sframe_frames += MIN_RUN + std::mem::take(&mut self.pending)
+            }
             std::cmp::Ordering::Greater => self.sframe_frames += 1,
+        }
+    }
+
+    /// The current run ends: by a new KID (`new_kid`), or by anything else (a CTR that
+    /// does not rise, a frame that is no SFrame, the end of the stream). A run shorter
+    /// than [`MIN_RUN`] between a sequence and a new KID, or between a KID change and a
+    /// sequence, is a KID that lived briefly (an MLS epoch that ended within a few frames,
+    /// as when two members leave at once): its frames count. Anywhere else they do not.
+    /// Returns whether the next run begins right after a sequence with a new KID.
+    fn end_run(&mut self, new_kid: bool) -> bool {
+        let r = self.run;
+        if r.len >= MIN_RUN {
+            return new_kid;
+        }
+        self.pending = 0;
+        if r.len > 0 && r.after_sequence {
+            self.sframe_frames += r.len;
+        } else if new_kid {
+            self.pending = r.len;
+        }
+        false
+    }
+
+    /// The stream ended: a last short run right after a sequence counts.
+    fn finish(&mut self) {
+        if self.sequenced {
+            self.end_run(false);
+            self.run = Run::default();
         }
     }
 }
@@ -898,7 +942,10 @@ impl Audit<'_> {
         let streams: Vec<StreamReport> = self
             .streams
             .into_iter()
-            .map(|(ssrc, st)| {
+            .map(|(ssrc, mut st)| {
+                for r in &mut st.readings {
+                    r.finish();
+                }
                 // A reading whose frames start with the plaintext magic is the stream's own
                 // framing (e2ee-client plaintext): reported, though a misreading may find
                 // more "SFrame". Else the reading with the larger SFrame share (then more
@@ -1388,6 +1435,62 @@ mod tests {
         let r = audit_reader_framed(&bytes[..], None, &flags).unwrap();
         assert!(!r.blind, "{}", r.table());
         assert!(r.streams.iter().all(|s| s.framing == "e2ee-client"));
+    }
+
+    /// Frames under the KIDs `kids` (one entry per frame), CTRs rising from 1 per KID, in
+    /// the web Opus framing: how many count as SFrame.
+    fn counted(kids: &[u64]) -> (u64, u64) {
+        let mut reading = Reading::new(Framing::WebOpus, true);
+        let mut ctr: BTreeMap<u64, u64> = BTreeMap::new();
+        for (n, kid) in kids.iter().enumerate() {
+            let c = ctr.entry(*kid).or_default();
+            *c += 1;
+            let mut f = vec![0x5a; 64];
+            crate::sframe::Header::new(*kid, *c)
+                .encode_into(&mut f)
+                .expect("a header fits in 64 bytes");
+            let h = RtpHeader {
+                marker: true,
+                payload_type: 111,
+                sequence: n as u16,
+                timestamp: n as u32 * 960,
+                ssrc: 1,
+                header_len: 12,
+                padding_len: 0,
+            };
+            reading.packet(&h, &f, None);
+        }
+        reading.finish();
+        (reading.frames, reading.sframe_frames)
+    }
+
+    /// An MLS epoch that lived for fewer than `MIN_RUN` frames between two others (or at
+    /// the end, after one) counts; a short KID with no sequence beside it does not.
+    #[test]
+    fn a_brief_epoch_between_sequences_counts() {
+        let run = |kid: u64, n: usize| std::iter::repeat_n(kid, n);
+        let kids: Vec<u64> = run(0x201, 10)
+            .chain(run(0x202, 2))
+            .chain(run(0x203, 10))
+            .collect();
+        assert_eq!(counted(&kids), (22, 22));
+        // At the start, before a sequence; at the end, after one.
+        let kids: Vec<u64> = run(0x201, 3)
+            .chain(run(0x202, 10))
+            .chain(run(0x203, 1))
+            .collect();
+        assert_eq!(counted(&kids), (14, 14));
+        // Two brief KIDs in a row: the one beside no sequence is not counted.
+        let kids: Vec<u64> = run(0x201, 10)
+            .chain(run(0x202, 2))
+            .chain(run(0x203, 2))
+            .chain(run(0x204, 2))
+            .chain(run(0x205, 10))
+            .collect();
+        assert_eq!(counted(&kids), (26, 24));
+        // Short KIDs alone never count.
+        let kids: Vec<u64> = (0..30).map(|i| 0x300 + i / 3).collect();
+        assert_eq!(counted(&kids), (30, 0));
     }
 
     /// Dense plaintext whose first bytes happen to parse as an SFrame header with one KID
