@@ -5,10 +5,11 @@
 //! receiver, reaches the relay through [`LossyPath`]: a userspace UDP forwarder that drops
 //! each datagram, in each direction, with the given probability (this kernel has no
 //! netem). The driver rewrites the host candidates in that page's SDP to the forwarder's
-//! address, so its ICE, DTLS and media all cross it. Once every page decodes every other's
-//! video, the call is held for a while; over that window the impaired receiver's and an
-//! unimpaired receiver's reception of the same sender are compared: frames decoded,
-//! freezes, NACKs and keyframe requests.
+//! address, so its ICE, DTLS and media all cross it. Once all three are in the call and a
+//! warm-up has passed, the call is held for a window; over it the impaired receiver's and
+//! an unimpaired receiver's reception of the same sender are compared: frames decoded,
+//! freezes, NACKs and keyframe requests. The impaired page is not required to decode
+//! before the window: on a lossy path it may never start.
 
 use anyhow::{bail, Context, Result};
 use blindrelay::config::Config;
@@ -23,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
+
+/// Between everyone joining and the measured window: media starts, the first keyframes.
+const WARM_UP: Duration = Duration::from_secs(5);
 
 /// Most clients one path serves (each gets its own socket toward the relay).
 const MAX_CLIENTS: usize = 16;
@@ -153,6 +157,8 @@ pub struct Reception {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LossRun {
+    /// The relay's drops over the run, by reason (`blindrelay_packets_dropped_total`).
+    pub relay_drops: std::collections::BTreeMap<String, f64>,
     pub clean: Reception,
     pub lossy: Reception,
     /// lossy / clean frames decoded.
@@ -228,13 +234,17 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             relay.signal_addr
         ))
     };
+    let before = relay.metrics_text();
     let out = tokio::process::Command::new("node")
         .arg(&a.driver)
-        .args(["--page", &url("sender")?])
-        .args(["--page", &url("clean")?])
-        .args(["--page", &url("lossy")?])
+        .args(["--page", &url(&format!("sender{n}"))?])
+        .args(["--page", &url(&format!("clean{n}"))?])
+        .args(["--page", &url(&format!("lossy{n}"))?])
         .args(["--media-via", &format!("2={}", path.addr)])
-        .args(["--until", "media", "--min-video-frames", "30"])
+        // Everyone in the call, a warm-up for media to start, then the measured window.
+        // The impaired page must not have to decode first: on a lossy path it may never.
+        .args(["--until", "participants", "--min-participants", "2"])
+        .args(["--hold", &WARM_UP.as_secs().to_string()])
         .args(["--hold", &a.hold.as_secs().to_string()])
         .args(["--timeout", &a.timeout.as_secs().to_string()])
         .stdout(std::process::Stdio::piped())
@@ -249,18 +259,30 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         .with_context(|| format!("the page driver's report: {line:.200}"))?;
     if !out.status.success() || pages.len() != 3 {
         bail!(
-            "the pages did not all decode each other's video in {:?}",
-            a.timeout
+            "the pages did not all join in {:?}: {}",
+            a.timeout,
+            pages
+                .iter()
+                .map(|p| format!(
+                    "joined {} participants {} error {} message {}",
+                    p["state"]["joined"],
+                    p["state"]["participants"],
+                    p["state"]["error"],
+                    p["message"]
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
-    // steps[0]: every page decoding; steps[1]: after the hold.
-    let state = |p: usize, step: usize| &pages[p]["steps"][step]["state"];
+    // steps[1]: after the warm-up; steps[2]: after the window.
+    let state = |p: usize, step: usize| &pages[p]["steps"][step + 1]["state"];
     let sender = state(0, 0)["participant"]
         .as_str()
         .context("the sender joined")?
         .to_string();
-    let reception = |p: usize| -> Result<Reception> {
-        let video = |step: usize| -> Result<Value> {
+    let reception = |p: usize| -> Reception {
+        // No stats for the sender's video yet: nothing received or decoded (zeros).
+        let video = |step: usize| -> Value {
             state(p, step)["inbound"]
                 .as_array()
                 .and_then(|a| {
@@ -268,15 +290,15 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
                         .find(|i| i["kind"] == "video" && i["participant"] == sender.as_str())
                         .cloned()
                 })
-                .with_context(|| format!("page {p} receives the sender's video"))
+                .unwrap_or(Value::Null)
         };
-        let (b, e) = (video(0)?, video(1)?);
+        let (b, e) = (video(0), video(1));
         let d = |k: &str| {
             e[k].as_u64()
                 .unwrap_or(0)
                 .saturating_sub(b[k].as_u64().unwrap_or(0))
         };
-        Ok(Reception {
+        Reception {
             frames_decoded: d("framesDecoded"),
             freezes: d("freezeCount"),
             freeze_s: e["totalFreezesDuration"].as_f64().unwrap_or(0.0)
@@ -287,9 +309,9 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             plis_sent: d("pliCount"),
             retransmitted_received: d("retransmittedPacketsReceived"),
             key_frames_decoded: d("keyFramesDecoded"),
-        })
+        }
     };
-    let (clean, lossy) = (reception(1)?, reception(2)?);
+    let (clean, lossy) = (reception(1), reception(2));
     let sent = |step: usize| -> u64 {
         state(0, step)["outbound"]
             .as_array()
@@ -301,8 +323,17 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             })
             .unwrap_or(0)
     };
+    let after = relay.metrics_text();
     let c = &path.counters;
     Ok(LossRun {
+        relay_drops: drops(&after)
+            .into_iter()
+            .map(|(k, v)| {
+                let was = drops(&before).get(&k).copied().unwrap_or(0.0);
+                (k, v - was)
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect(),
         frames_ratio: lossy.frames_decoded as f64 / clean.frames_decoded.max(1) as f64,
         clean,
         lossy,
@@ -311,6 +342,18 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         path_forwarded: c.up_forwarded.load(Ordering::Relaxed)
             + c.down_forwarded.load(Ordering::Relaxed),
     })
+}
+
+/// `blindrelay_packets_dropped_total` by reason, from Prometheus text.
+fn drops(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("blindrelay_packets_dropped_total{reason=\"")?;
+            let (reason, rest) = rest.split_once('"')?;
+            let v = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((reason.to_string(), v))
+        })
+        .collect()
 }
 
 pub fn print_human(r: &LossReport) {
@@ -341,6 +384,7 @@ pub fn print_human(r: &LossReport) {
             run.path_dropped,
             run.path_dropped + run.path_forwarded
         );
+        println!("     relay drops: {:?}", run.relay_drops);
     }
     println!("median lossy/clean frames: {:.2}", r.median_frames_ratio);
 }

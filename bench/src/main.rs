@@ -204,7 +204,7 @@ enum Cmd {
         /// The page driver (needs `npm ci` in its directory: scripts/install-test-deps.sh).
         #[arg(long, default_value = "tests/peers/chromium/web.mjs")]
         driver: std::path::PathBuf,
-        /// The longest the pages may take to decode each other before the window.
+        /// The longest the pages may take to join.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         #[arg(long)]
