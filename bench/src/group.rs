@@ -68,26 +68,12 @@ pub struct GroupReport {
     pub max_join_to_keyed_ms: f64,
 }
 
-fn token(cfg: &Config, user: &str, call: &str) -> Result<String> {
-    Ok(blindrelay::token::issue(
-        &cfg.auth.api_secret,
-        user,
-        "bench",
-        "user",
-        Some(call),
-        Duration::from_secs(600),
-    )?)
-}
-
 pub async fn run(relay: &Relay, cfg: &Config, a: GroupArgs) -> Result<GroupReport> {
     if a.pages + a.clients < 2 {
         bail!("a group needs at least two members");
     }
-    if a.pages > 0 && !a.driver.exists() {
-        bail!(
-            "{} not found: run from the repository root after scripts/install-test-deps.sh",
-            a.driver.display()
-        );
+    if a.pages > 0 {
+        crate::check_driver(&a.driver)?;
     }
     let mut runs = Vec::new();
     for n in 0..a.runs {
@@ -137,7 +123,7 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &GroupArgs, n: usize) -> Result
         let mut cmd = tokio::process::Command::new("node");
         cmd.arg(&a.driver);
         for i in 0..a.pages {
-            let t = token(cfg, &format!("page{i}"), &call)?;
+            let t = crate::bench_token(cfg, &format!("page{i}"), &call)?;
             cmd.arg("--page").arg(format!(
                 "http://{}/?call={call}&token={t}&autojoin=1&e2ee=1&scheme=mls",
                 relay.signal_addr
@@ -159,7 +145,7 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &GroupArgs, n: usize) -> Result
     for i in 0..a.clients {
         let opts = CallOptions {
             relay: relay.signal_url(),
-            token: token(cfg, &format!("client{i}"), &call)?,
+            token: crate::bench_token(cfg, &format!("client{i}"), &call)?,
             call: call.clone(),
             duration: a.client_duration,
             e2ee: true,

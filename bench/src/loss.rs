@@ -178,12 +178,7 @@ pub struct LossReport {
 }
 
 pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport> {
-    if !a.driver.exists() {
-        bail!(
-            "{} not found: run from the repository root after scripts/install-test-deps.sh",
-            a.driver.display()
-        );
-    }
+    crate::check_driver(&a.driver)?;
     let mut runs = Vec::new();
     for n in 0..a.runs {
         let r = one_run(relay, cfg, &a, n)
@@ -221,14 +216,7 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
     .await?;
     let call = format!("loss-bench-{n}");
     let url = |user: &str| -> Result<String> {
-        let t = blindrelay::token::issue(
-            &cfg.auth.api_secret,
-            user,
-            "bench",
-            "user",
-            Some(&call),
-            Duration::from_secs(600),
-        )?;
+        let t = crate::bench_token(cfg, user, &call)?;
         Ok(format!(
             "http://{}/?call={call}&token={t}&autojoin=1",
             relay.signal_addr

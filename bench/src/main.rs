@@ -283,6 +283,45 @@ impl InProcess {
             client_rt: one_thread()?,
         })
     }
+
+    /// Shut the relay down, then hand back what ran against it.
+    fn finish<R>(self, r: Result<R>) -> Result<R> {
+        self.relay_rt.block_on(self.relay.shutdown());
+        r
+    }
+}
+
+/// A report as one JSON line (`--json`) or for people.
+fn emit<R: Serialize>(json: bool, report: &R, human: fn(&R)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        human(report);
+    }
+    Ok(())
+}
+
+/// A token for `user` in `call`, signed with the in-process relay's secret.
+fn bench_token(cfg: &Config, user: &str, call: &str) -> Result<String> {
+    Ok(blindrelay::token::issue(
+        &cfg.auth.api_secret,
+        user,
+        "bench",
+        "user",
+        Some(call),
+        Duration::from_secs(600),
+    )?)
+}
+
+/// The page driver, or why it cannot run.
+fn check_driver(driver: &std::path::Path) -> Result<()> {
+    if !driver.exists() {
+        bail!(
+            "{} not found: run from the repository root after scripts/install-test-deps.sh",
+            driver.display()
+        );
+    }
+    Ok(())
 }
 
 async fn one_call(
@@ -297,14 +336,7 @@ async fn one_call(
     let mk = |user: &str| -> Result<CallOptions> {
         Ok(CallOptions {
             relay: relay.signal_url(),
-            token: blindrelay::token::issue(
-                &cfg.auth.api_secret,
-                user,
-                "bench",
-                "user",
-                Some(&call),
-                Duration::from_secs(600),
-            )?,
+            token: bench_token(cfg, user, &call)?,
             call: call.clone(),
             duration,
             e2ee,
@@ -512,32 +544,18 @@ fn main() -> Result<()> {
             timeout,
             json,
         } => {
-            let InProcess {
-                relay_rt,
-                relay,
-                cfg,
-                client_rt,
-            } = InProcess::start()?;
-            let report = client_rt.block_on(group::run(
-                &relay,
-                &cfg,
-                group::GroupArgs {
-                    pages,
-                    clients,
-                    runs,
-                    join_every,
-                    client_duration,
-                    driver,
-                    timeout,
-                },
-            ));
-            relay_rt.block_on(relay.shutdown());
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                group::print_human(&report);
-            }
+            let ip = InProcess::start()?;
+            let args = group::GroupArgs {
+                pages,
+                clients,
+                runs,
+                join_every,
+                client_duration,
+                driver,
+                timeout,
+            };
+            let r = ip.client_rt.block_on(group::run(&ip.relay, &ip.cfg, args));
+            emit(json, &ip.finish(r)?, group::print_human)?;
         }
         Cmd::Loss {
             loss_pct,
@@ -548,31 +566,17 @@ fn main() -> Result<()> {
             timeout,
             json,
         } => {
-            let InProcess {
-                relay_rt,
-                relay,
-                cfg,
-                client_rt,
-            } = InProcess::start()?;
-            let report = client_rt.block_on(loss::run(
-                &relay,
-                &cfg,
-                loss::LossArgs {
-                    loss_pct,
-                    hold,
-                    runs,
-                    seed,
-                    driver,
-                    timeout,
-                },
-            ));
-            relay_rt.block_on(relay.shutdown());
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                loss::print_human(&report);
-            }
+            let ip = InProcess::start()?;
+            let args = loss::LossArgs {
+                loss_pct,
+                hold,
+                runs,
+                seed,
+                driver,
+                timeout,
+            };
+            let r = ip.client_rt.block_on(loss::run(&ip.relay, &ip.cfg, args));
+            emit(json, &ip.finish(r)?, loss::print_human)?;
         }
         Cmd::Call {
             video_kbps,
