@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the interop tests (tests/tests/interop.rs) and the other external-tool tests
-# need: headless Chromium + playwright-core, aiortc, GStreamer webrtcbin, tshark, prometheus.
+# need: headless Chromium + playwright-core, aiortc, GStreamer webrtcbin, tshark, prometheus,
+# redis-server (the cluster's directory).
 #
 # Idempotent and non-interactive: every step checks first and installs only what is
 # missing, so running it twice is cheap. Meant for CI (root, fresh Debian 12) and for
@@ -37,6 +38,7 @@ APT_PKGS=(
     gir1.2-gst-plugins-bad-1.0
     python3-venv
     tshark prometheus
+    redis-server
 )
 # Node.js: the machine image may already carry Node 20 (with its own npm) from another
 # source; Debian's nodejs/npm packages would conflict with it, so only install them when

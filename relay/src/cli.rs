@@ -111,6 +111,36 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// A cluster of relay nodes: its certificates, and what its directory lists.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Write a new cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600; keep it off the
+    /// nodes once their certificates are made). Never overwrites.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write a node certificate signed by the CA in DIR: DIR/ID.pem and DIR/ID.key, for
+    /// the node's cluster.cert and cluster.key. Never overwrites.
+    Cert {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The node id (cluster.node_id): one DNS label, a-z, 0-9 and '-'.
+        #[arg(long, value_name = "ID")]
+        node: String,
+    },
+    /// Print the nodes, their links and the shared policy version from the directory.
+    Status {
+        /// The directory's URL; default: the config's cluster.redis_url.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +186,12 @@ pub enum CliError {
     Start(#[from] StartError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Pki(#[from] crate::cluster::pki::PkiError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("no directory to ask: pass --redis URL or a config with [cluster] redis_url")]
+    NoDirectory,
     #[error("cannot install the {name} handler: {source}")]
     Signal {
         name: &'static str,
@@ -202,6 +238,8 @@ impl CliError {
             | CliError::KeyFile { .. }
             | CliError::IssuerOnly
             | CliError::KeyExists(_)
+            | CliError::Pki(_)
+            | CliError::NoDirectory
             | CliError::Token(TokenError::BadRole(_)) => 2,
             _ => 1,
         }
@@ -243,6 +281,31 @@ fn check_ttl(ttl: Duration, max_ttl: Duration) -> Result<(), CliError> {
     Ok(())
 }
 
+fn cluster_command(command: ClusterCommand, config: &Config) -> Result<(), CliError> {
+    use crate::cluster::{pki, status, unix_ms};
+    match command {
+        ClusterCommand::Init { dir } => {
+            let (cert, key) = pki::init(&dir)?;
+            print_stdout(&format!("{}\n{}\n", cert.display(), key.display()))
+        }
+        ClusterCommand::Cert { dir, node } => {
+            let (cert, key) = pki::node_cert(&dir, &node)?;
+            print_stdout(&format!("{}\n{}\n", cert.display(), key.display()))
+        }
+        ClusterCommand::Status { redis } => {
+            let url = redis
+                .or_else(|| config.cluster.as_ref().map(|c| c.redis_url.clone()))
+                .ok_or(CliError::NoDirectory)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            let text = runtime.block_on(status(&url, unix_ms()))?;
+            print_stdout(&text)
+        }
+    }
+}
+
 /// Install the stderr log subscriber. Separate from [`run`] so a caller embedding the
 /// CLI (or a test) can keep its own subscriber.
 pub fn init_tracing(filter: &str) -> Result<(), CliError> {
@@ -269,6 +332,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         None => serve(config),
         Some(Command::CheckConfig) => print_stdout("config OK\n"),
+        Some(Command::Cluster { command }) => cluster_command(command, &config),
         Some(Command::Policy {
             admin,
             admin_token,
@@ -532,13 +596,14 @@ fn serve(config: Config) -> Result<(), CliError> {
             name: "SIGINT",
             source,
         })?;
+        let node_id = config.cluster.as_ref().map(|c| c.node_id.clone());
         let relay = Relay::start(config, RelayOptions::default()).await?;
+        let mut banner = listening_banner(&relay.signal_url(), relay.admin_addr, relay.media_addr);
+        if let (Some(id), Some(q)) = (node_id, relay.quic_addr) {
+            banner.push_str(&format!("  node        {id}, links on udp {q}\n"));
+        }
         // The relay is already serving; a closed stdout must not take it down.
-        if let Err(e) = print_stdout(&listening_banner(
-            &relay.signal_url(),
-            relay.admin_addr,
-            relay.media_addr,
-        )) {
+        if let Err(e) = print_stdout(&banner) {
             warn!(error = %e, "cannot print the listening addresses");
         }
         let mut sighup = signal(SignalKind::hangup()).map_err(|source| CliError::Signal {
@@ -551,7 +616,7 @@ fn serve(config: Config) -> Result<(), CliError> {
                 _ = sigint.recv() => break "SIGINT",
                 _ = sighup.recv() => {
                     // The policy in force stays on error; the error is logged.
-                    let _ = relay.reload_policies();
+                    let _ = relay.reload_policies().await;
                 }
             }
         };

@@ -54,6 +54,77 @@ pub struct Config {
     pub calls: CallsConfig,
     pub capture: CaptureConfig,
     pub policy: PolicyConfig,
+    /// Present when the relay is a node of a cluster; absent, it runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this relay as a node of a cascade (README, "The cascade").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id: one DNS label, named by its certificate.
+    pub node_id: String,
+    /// The directory, e.g. `redis://10.0.0.5:6379/`.
+    pub redis_url: String,
+    /// Where this node accepts node links (QUIC, UDP).
+    pub quic_listen: SocketAddr,
+    /// The host or IP address other nodes and clients are told to reach this node at.
+    pub announce: String,
+    /// The cluster CA's certificate, and this node's certificate and key (PEM), from
+    /// `blindrelay cluster init` and `blindrelay cluster cert`.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the node refreshes its directory record.
+    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    pub heartbeat: Duration,
+    /// The record's lifetime: a node that stops heartbeating vanishes after this.
+    #[serde(default = "default_node_ttl", with = "humantime_serde_compat")]
+    pub node_ttl: Duration,
+    /// Longest wait for one directory operation.
+    #[serde(default = "default_directory_timeout", with = "humantime_serde_compat")]
+    pub directory_timeout: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_node_ttl() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_directory_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err(e) = crate::cluster::pki::check_node_id(&self.node_id) {
+            return bad("cluster.node_id", e.to_string());
+        }
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("unix://")) {
+            return bad(
+                "cluster.redis_url",
+                "must be a redis:// or unix:// URL".into(),
+            );
+        }
+        if self.announce.is_empty() || self.announce.contains('/') {
+            return bad(
+                "cluster.announce",
+                "must be a host name or IP address".into(),
+            );
+        }
+        if self.heartbeat.is_zero() || self.node_ttl < self.heartbeat * 2 {
+            return bad(
+                "cluster.node_ttl",
+                "must be at least twice cluster.heartbeat (non-zero), or a live node would flicker out of the directory".into(),
+            );
+        }
+        if self.directory_timeout.is_zero() {
+            return bad("cluster.directory_timeout", "must be more than 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which hop SRTP implementation the forwarding loops use.
@@ -637,6 +708,9 @@ impl Config {
                 key: "capture.max_bytes",
                 message: format!("must be at least {MIN_CAPTURE_BYTES} (the pcapng headers)"),
             });
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         if self
             .capture

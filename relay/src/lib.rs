@@ -2,6 +2,7 @@
 //! routes on RTP headers and forwards the end-to-end encrypted payload byte for byte.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 /// The sans-IO core this crate drives; re-exported so `blindrelay::core::...` paths work.
 pub use blindrelay_core as core;

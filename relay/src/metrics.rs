@@ -70,6 +70,17 @@ const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
 const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
 const M_MLS_REFUSED: &str = "blindrelay_mls_refused_total";
 const M_RATE_LIMITED: &str = "blindrelay_rate_limited_total";
+const M_CLUSTER_LINKS: &str = "blindrelay_cluster_links";
+const M_CLUSTER_RTT: &str = "blindrelay_cluster_link_rtt_seconds";
+const M_CLUSTER_REFUSED: &str = "blindrelay_cluster_link_refused_total";
+const M_CLUSTER_DIR_ERR: &str = "blindrelay_cluster_directory_errors_total";
+const M_CLUSTER_POLICY: &str = "blindrelay_cluster_policy_propagation_seconds";
+const M_CLUSTER_POLICY_VERSION: &str = "blindrelay_cluster_policy_version";
+/// From a policy change's write to the directory to its application on a node: the
+/// goal is under a second.
+const POLICY_BUCKETS: [f64; 10] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// Pre-registered handles for everything the relay counts.
 pub struct Metrics {
@@ -120,6 +131,9 @@ impl Metrics {
                 b.set_buckets_for_metric(Matcher::Full(M_JOIN_TIME.into()), &JOIN_BUCKETS)
             })
             // Buckets are non-empty constants: set_buckets_for_metric only fails on empty.
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(M_CLUSTER_POLICY.into()), &POLICY_BUCKETS)
+            })
             .unwrap_or_else(|_| unreachable!("bucket lists are non-empty"))
             .build_recorder();
         let handle = recorder.handle();
@@ -425,6 +439,82 @@ impl Metrics {
             &Key::from_parts(M_CONNS_REFUSED, vec![Label::new("reason", reason)]),
             &meta(),
         )
+    }
+
+    /// Cluster metrics, registered when the relay runs as a node: a lone relay shows none.
+    pub fn cluster_started(&self) {
+        let g = |name: &'static str, text: &'static str| {
+            self.recorder.describe_gauge(name.into(), None, text.into());
+        };
+        g(
+            M_CLUSTER_LINKS,
+            "Node links up (QUIC, to other relay nodes).",
+        );
+        g(
+            M_CLUSTER_RTT,
+            "Round-trip time of each node link, by peer node id (QUIC's estimate).",
+        );
+        g(
+            M_CLUSTER_POLICY_VERSION,
+            "Version of the shared policy store this node applies.",
+        );
+        self.recorder.describe_counter(
+            M_CLUSTER_REFUSED.into(),
+            None,
+            "QUIC peers refused as node links, by reason (no_certificate, bad_certificate, wrong_node, bad_hello, handshake).".into(),
+        );
+        self.recorder.describe_counter(
+            M_CLUSTER_DIR_ERR.into(),
+            None,
+            "Failed directory (Redis) operations, by operation.".into(),
+        );
+        self.recorder.describe_histogram(
+            M_CLUSTER_POLICY.into(),
+            Some(Unit::Seconds),
+            "Time from a policy change's write to the directory to this node applying it.".into(),
+        );
+        self.cluster_links().set(0.0);
+        for r in crate::cluster::link::Refusal::ALL {
+            self.cluster_link_refused(r).increment(0);
+        }
+        for op in crate::cluster::directory::OPS {
+            self.cluster_directory_error(op).increment(0);
+        }
+    }
+    pub fn cluster_links(&self) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_name(M_CLUSTER_LINKS), &meta())
+    }
+    /// A link's RTT. Node ids are labels: the operator names them, and only nodes with a
+    /// certificate from the cluster CA can link.
+    pub fn cluster_link_rtt(&self, peer: &str) -> Gauge {
+        self.recorder.register_gauge(
+            &Key::from_parts(
+                M_CLUSTER_RTT,
+                vec![Label::new("peer_node", peer.to_string())],
+            ),
+            &meta(),
+        )
+    }
+    pub fn cluster_link_refused(&self, r: crate::cluster::link::Refusal) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_CLUSTER_REFUSED, vec![Label::new("reason", r.as_str())]),
+            &meta(),
+        )
+    }
+    pub fn cluster_directory_error(&self, op: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(M_CLUSTER_DIR_ERR, vec![Label::new("op", op)]),
+            &meta(),
+        )
+    }
+    pub fn cluster_policy_propagation(&self) -> Histogram {
+        self.recorder
+            .register_histogram(&Key::from_name(M_CLUSTER_POLICY), &meta())
+    }
+    pub fn cluster_policy_version(&self) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_name(M_CLUSTER_POLICY_VERSION), &meta())
     }
 
     /// Prometheus text exposition.

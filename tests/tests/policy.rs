@@ -260,6 +260,7 @@ async fn policy_file_hot_reload_and_a_broken_file_keeps_the_policy_in_force() {
     // Reloaded by hand: rejected with the line named.
     let err = relay
         .reload_policies()
+        .await
         .expect_err("broken file is rejected");
     assert!(err.to_string().contains("line 2"), "{err}");
     let (s, b) = admin(

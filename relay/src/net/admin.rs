@@ -28,6 +28,23 @@ pub struct AdminState {
     /// `admin.token`, compared in constant time.
     pub token: String,
     pub shutting_down: Arc<AtomicBool>,
+    /// A cluster node's shared store: changes go through the directory to every node.
+    pub shared: Option<crate::cluster::SharedPolicy>,
+}
+
+impl AdminState {
+    /// Change policy: on a cluster node through the directory, else in this relay's store.
+    async fn change(
+        &self,
+        change: impl Fn(
+            &mut crate::core::policy::PolicySet,
+        ) -> Result<(), crate::core::policy::PolicyError>,
+    ) -> Result<(), super::policy_store::StoreError> {
+        match &self.shared {
+            Some(sh) => sh.update(change).await,
+            None => self.policies.update(change),
+        }
+    }
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: AdminState) {
@@ -149,12 +166,12 @@ async fn set_policy(
         Ok(v) => v,
         Err(m) => return fail(StatusCode::BAD_REQUEST, "bad_request", m),
     };
-    match s.policies.update(|set| set.set_policy(&name, value)) {
+    match s.change(|set| set.set_policy(&name, value)).await {
         Ok(()) => {
             info!(policy = %name, calling_e2ee = value.as_str(), "policy set");
             Json(serde_json::json!({"identity": name, "calling_e2ee": value})).into_response()
         }
-        Err(e) => fail(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        Err(e) => change_failed(e),
     }
 }
 
@@ -183,9 +200,20 @@ async fn grant(
             )
         }
     };
-    match s.policies.update(|set| set.grant(&user, policy.as_deref())) {
+    match s.change(|set| set.grant(&user, policy.as_deref())).await {
         Ok(()) => Json(serde_json::json!({"user": user, "policy": policy})).into_response(),
-        Err(e) => fail(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        Err(e) => change_failed(e),
+    }
+}
+
+/// A refused change is the caller's to fix (400); a directory that cannot be reached is
+/// not (503, try again).
+fn change_failed(e: super::policy_store::StoreError) -> Response {
+    match e {
+        super::policy_store::StoreError::Shared(m) => {
+            fail(StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable", m)
+        }
+        e => fail(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     }
 }
 
@@ -193,7 +221,14 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return *r;
     }
-    match s.policies.reload(true) {
+    let reloaded = match s.policies.reload(true) {
+        Ok(changed) => match &s.shared {
+            Some(sh) => sh.push_local().await.map(|()| changed),
+            None => Ok(changed),
+        },
+        Err(e) => Err(e),
+    };
+    match reloaded {
         Ok(changed) => Json(serde_json::json!({"reloaded": changed})).into_response(),
         Err(e) => fail(
             StatusCode::UNPROCESSABLE_ENTITY,

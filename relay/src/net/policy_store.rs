@@ -30,6 +30,9 @@ pub enum StoreError {
     Invalid { path: String, source: PolicyError },
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The cluster's shared store (the directory) could not be read or written.
+    #[error("shared policy store: {0}")]
+    Shared(String),
 }
 
 pub struct PolicyStore {
@@ -40,6 +43,8 @@ pub struct PolicyStore {
     seen: Mutex<Option<(SystemTime, u64)>>,
     /// Serialises writers so two admin changes cannot interleave.
     write_lock: Mutex<()>,
+    /// The shared (cluster) version in force; 0 when the relay runs alone.
+    shared_version: std::sync::atomic::AtomicU64,
     /// Reloads of the file that put it in force, and that rejected it.
     reloaded: Counter,
     rejected: Counter,
@@ -62,6 +67,7 @@ impl PolicyStore {
             path: cfg.file.clone(),
             global_default: cfg.global,
             write_lock: Mutex::new(()),
+            shared_version: std::sync::atomic::AtomicU64::new(0),
             reloaded: Counter::noop(),
             rejected: Counter::noop(),
         })
@@ -92,6 +98,34 @@ impl PolicyStore {
             },
         );
         Arc::new(s)
+    }
+
+    /// The set in force as stored, without the config's `Global` filled in.
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The shared version in force (cluster mode).
+    pub fn shared_version(&self) -> u64 {
+        self.shared_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Put a set from the cluster's shared store in force, unless a newer version already
+    /// is: versions apply in order even when notices and re-reads race. The file is not
+    /// written: in a cluster the directory holds the store, and the file only seeds it.
+    pub fn apply_shared(&self, set: PolicySet, version: u64) -> bool {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if version <= self.shared_version() {
+            return false;
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        self.shared_version
+            .store(version, std::sync::atomic::Ordering::Release);
+        true
     }
 
     pub fn effective(&self, user: &str, tenant: &str) -> Effective {

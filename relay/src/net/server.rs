@@ -39,6 +39,8 @@ pub enum StartError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Policy(#[from] super::policy_store::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Options that are code, not configuration.
@@ -53,6 +55,9 @@ pub struct Relay {
     pub signal_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub media_addr: SocketAddr,
+    /// The node link listener's address, when the relay is a cluster node.
+    pub quic_addr: Option<SocketAddr>,
+    node: Option<crate::cluster::Node>,
     metrics: Arc<Metrics>,
     policies: Arc<PolicyStore>,
     capture: Option<Arc<Capture>>,
@@ -110,6 +115,23 @@ impl Relay {
             Some(path) => Some(Capture::start(path, &config.capture, media_addr, &metrics)?),
             None => None,
         };
+        // A node joins the cluster before it serves anyone: the shared policy is in force
+        // from the first join.
+        let node = match &config.cluster {
+            Some(c) => Some(
+                crate::cluster::Node::start(
+                    c,
+                    crate::cluster::NodeAddrs {
+                        signal: signal_addr,
+                    },
+                    policies.clone(),
+                    metrics.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let shared = node.as_ref().map(|n| n.policy.clone());
         let tap = both_taps(options.tap.clone(), capture.as_ref().map(Capture::tap));
         let media = Arc::new(media);
         let n_workers = config.worker_count();
@@ -193,15 +215,21 @@ impl Relay {
                 policies: policies.clone(),
                 token: config.admin.token.clone(),
                 shutting_down: shutting_down.clone(),
+                shared: shared.clone(),
             },
         )));
-        // Notice edits of the policy file within a second (SIGHUP forces a reload too).
+        // Notice edits of the policy file within a second (SIGHUP forces a reload too). A
+        // node shares the edited file's policy with the cluster.
         let watcher = policies.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let _ = watcher.reload(false);
+                if let (Ok(true), Some(sh)) = (watcher.reload(false), &shared) {
+                    if let Err(e) = sh.push_local().await {
+                        tracing::warn!(error = %e, "the policy file's change was not shared");
+                    }
+                }
             }
         }));
         info!(
@@ -211,10 +239,13 @@ impl Relay {
             workers = n_workers,
             "blindrelay started"
         );
+        let quic_addr = node.as_ref().and_then(|n| n.links.local_addr().ok());
         Ok(Relay {
             signal_addr,
             admin_addr,
             media_addr,
+            quic_addr,
+            node,
             metrics,
             policies,
             capture,
@@ -225,8 +256,13 @@ impl Relay {
     }
 
     /// Re-read the policy file now (what SIGHUP does). The policy in force stays on error.
-    pub fn reload_policies(&self) -> Result<bool, super::policy_store::StoreError> {
-        self.policies.reload(true)
+    /// A node shares the file's policy with the cluster.
+    pub async fn reload_policies(&self) -> Result<bool, super::policy_store::StoreError> {
+        let changed = self.policies.reload(true)?;
+        if let Some(n) = &self.node {
+            n.policy.push_local().await?;
+        }
+        Ok(changed)
     }
 
     /// The signalling URL clients connect to.
@@ -239,9 +275,13 @@ impl Relay {
         self.metrics.render()
     }
 
-    /// Stop: refuse new work, send DTLS close_notify to every connected peer, stop tasks.
-    pub async fn shutdown(self) {
+    /// Stop: refuse new work, send DTLS close_notify to every connected peer, stop tasks,
+    /// and leave the cluster.
+    pub async fn shutdown(mut self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(n) = self.node.take() {
+            n.stop().await;
+        }
         let (done, wait) = oneshot::channel();
         if self.events.send(Event::Shutdown { done }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;

@@ -1,0 +1,443 @@
+//! Node links: QUIC (quinn) between relay nodes, mutually authenticated under the cluster
+//! CA, one connection per pair of nodes.
+//!
+//! A link opens with a handshake on its first bidirectional stream, the control stream:
+//! the connecting node sends `hello` with its node id and the accepting node answers
+//! `welcome` with its own. TLS has already checked both certificates against the cluster
+//! CA and the server's against the id the client dialled; the accepting side checks here
+//! that the client's certificate names the node its `hello` claims, so one node's key
+//! cannot speak for another. Every refused peer is counted by reason.
+//!
+//! Control messages are JSON, each framed by a 4-byte big-endian length (at most
+//! [`MAX_CONTROL_FRAME`]). Media will travel in QUIC datagrams (README, "The cascade").
+
+use super::pki::{check_node_id, NodeTls, PkiError};
+use crate::metrics::Metrics;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::RootCertStore;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+/// The link protocol's ALPN; a peer speaking anything else is refused by TLS.
+pub const ALPN: &[u8] = b"blindrelay-node/1";
+/// Largest control frame either side accepts.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// A peer that passed TLS must say hello within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// QUIC keep-alive: a silent link is declared dead after [`IDLE_TIMEOUT`].
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes in progress at once; more wait in quinn's queue or are refused by it.
+const MAX_INCOMING: usize = 256;
+/// Application close codes.
+const CLOSE_REFUSED: u32 = 1;
+const CLOSE_REPLACED: u32 = 2;
+const CLOSE_SHUTDOWN: u32 = 3;
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("QUIC: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("QUIC: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("control stream: {0}")]
+    Stream(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("cannot bind the QUIC listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A control message on a link's control stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    Hello { node: String, version: u32 },
+    Welcome { node: String },
+}
+
+/// The link protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// Why a QUIC peer was refused, as metric labels (`blindrelay_cluster_link_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// TLS: the peer presented no certificate.
+    NoCertificate,
+    /// TLS: a certificate the cluster CA did not sign, or not valid for its use.
+    BadCertificate,
+    /// The certificate does not name the node the peer's hello claims.
+    WrongNode,
+    /// No hello in time, a malformed one, or another protocol version.
+    BadHello,
+    /// Any other handshake failure.
+    Handshake,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::NoCertificate,
+        Refusal::BadCertificate,
+        Refusal::WrongNode,
+        Refusal::BadHello,
+        Refusal::Handshake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::BadCertificate => "bad_certificate",
+            Refusal::WrongNode => "wrong_node",
+            Refusal::BadHello => "bad_hello",
+            Refusal::Handshake => "handshake",
+        }
+    }
+
+    /// Read a failed handshake's error: TLS alerts travel as QUIC CRYPTO_ERROR codes
+    /// (0x100 + the alert, RFC 9001 §4.8).
+    fn of(e: &quinn::ConnectionError) -> Refusal {
+        const CERTIFICATE_REQUIRED: u8 = 116;
+        let code = match e {
+            quinn::ConnectionError::TransportError(t) => Some(t.code),
+            quinn::ConnectionError::ConnectionClosed(c) => Some(c.error_code),
+            _ => None,
+        };
+        match code {
+            Some(c) if c == quinn::TransportErrorCode::crypto(CERTIFICATE_REQUIRED) => {
+                Refusal::NoCertificate
+            }
+            Some(c) if (0x100..0x200).contains(&u64::from(c)) => Refusal::BadCertificate,
+            _ => Refusal::Handshake,
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(tls: &NodeTls) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(tls.ca.clone())
+        .map_err(|e| PkiError::Tls(format!("cluster CA: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // 3 s fits in a VarInt; the conversion cannot fail.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// The accepting side: TLS 1.3 only, a client certificate required and checked against
+/// the cluster CA alone.
+pub fn server_config(tls: &NodeTls) -> Result<quinn::ServerConfig, PkiError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider())
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let mut rustls_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain.clone(), tls.key.clone_key())
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    rustls_cfg.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto =
+        QuicServerConfig::try_from(rustls_cfg).map_err(|e| PkiError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    cfg.max_incoming(MAX_INCOMING);
+    Ok(cfg)
+}
+
+/// The connecting side: it trusts only the cluster CA and shows its node certificate.
+pub fn client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, PkiError> {
+    let mut rustls_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_root_certificates(roots(tls)?)
+        .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    rustls_cfg.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto =
+        QuicClientConfig::try_from(rustls_cfg).map_err(|e| PkiError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Write one control frame.
+pub async fn write_control(send: &mut SendStream, msg: &Control) -> Result<(), LinkError> {
+    // Our own enum always serializes.
+    let body = serde_json::to_vec(msg).unwrap_or_else(|_| unreachable!("Control serializes"));
+    let len = u32::try_from(body.len()).map_err(|_| LinkError::Stream("frame too long".into()))?;
+    send.write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| LinkError::Stream(e.to_string()))?;
+    send.write_all(&body)
+        .await
+        .map_err(|e| LinkError::Stream(e.to_string()))
+}
+
+/// Read one control frame; `Ok(None)` at the end of the stream.
+pub async fn read_control(recv: &mut RecvStream) -> Result<Option<Control>, LinkError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(LinkError::Stream(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_CONTROL_FRAME {
+        return Err(LinkError::Stream(format!(
+            "control frame of {len} bytes (at most {MAX_CONTROL_FRAME})"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| LinkError::Stream(e.to_string()))?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| LinkError::Stream(format!("bad control message: {e}")))
+}
+
+/// One live link.
+#[derive(Clone)]
+pub struct Link {
+    pub peer: String,
+    pub conn: Connection,
+    pub since: Instant,
+}
+
+/// This node's QUIC endpoint and its links, by peer node id.
+#[derive(Clone)]
+pub struct Links {
+    node: String,
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    links: Arc<Mutex<HashMap<String, Link>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Links {
+    /// Bind the QUIC listener and start accepting links.
+    pub fn start(
+        node: &str,
+        listen: SocketAddr,
+        tls: &NodeTls,
+        metrics: Arc<Metrics>,
+    ) -> Result<Links, LinkError> {
+        check_node_id(node)?;
+        let endpoint =
+            Endpoint::server(server_config(tls)?, listen).map_err(|source| LinkError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let links = Links {
+            node: node.to_string(),
+            endpoint,
+            client: client_config(tls)?,
+            links: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
+        };
+        tokio::spawn(links.clone().accept_loop());
+        Ok(links)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Peer node ids of the links up now, sorted.
+    pub fn peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.table().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refused(&self, r: Refusal, from: SocketAddr, why: &dyn std::fmt::Display) {
+        warn!(%from, reason = r.as_str(), error = %why, "node link refused");
+        self.metrics.cluster_link_refused(r).increment(1);
+    }
+
+    async fn accept_loop(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let from = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return me.refused(Refusal::of(&e), from, &e),
+                };
+                match tokio::time::timeout(HELLO_TIMEOUT, me.greet(&conn)).await {
+                    Ok(Ok(peer)) => me.up(peer, conn),
+                    Ok(Err((r, e))) => {
+                        conn.close(CLOSE_REFUSED.into(), r.as_str().as_bytes());
+                        me.refused(r, from, &e);
+                    }
+                    Err(_) => {
+                        conn.close(CLOSE_REFUSED.into(), b"no hello");
+                        me.refused(Refusal::BadHello, from, &"no hello in time");
+                    }
+                }
+            });
+        }
+    }
+
+    /// The accepting side's half of the handshake: read `hello`, check the certificate
+    /// names that node, answer `welcome`.
+    async fn greet(&self, conn: &Connection) -> Result<String, (Refusal, LinkError)> {
+        let bad = |e: LinkError| (Refusal::BadHello, e);
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| bad(e.into()))?;
+        let node = match read_control(&mut recv).await.map_err(bad)? {
+            Some(Control::Hello { node, version }) if version == VERSION => node,
+            other => {
+                return Err(bad(LinkError::Refused(format!(
+                    "expected hello version {VERSION}, got {other:?}"
+                ))))
+            }
+        };
+        if let Err(e) = cert_names(conn, &node) {
+            return Err((Refusal::WrongNode, e));
+        }
+        write_control(
+            &mut send,
+            &Control::Welcome {
+                node: self.node.clone(),
+            },
+        )
+        .await
+        .map_err(bad)?;
+        Ok(node)
+    }
+
+    /// Record a link that finished its handshake; an older link to the same node is
+    /// closed (the peer restarted, or both dialled at once).
+    fn up(&self, peer: String, conn: Connection) {
+        info!(peer = %peer, addr = %conn.remote_address(), "node link up");
+        let link = Link {
+            peer: peer.clone(),
+            conn: conn.clone(),
+            since: Instant::now(),
+        };
+        if let Some(old) = self.table().insert(peer.clone(), link) {
+            old.conn.close(CLOSE_REPLACED.into(), b"replaced");
+        }
+        self.metrics.cluster_links().set(self.table().len() as f64);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let rtt = me.metrics.cluster_link_rtt(&peer);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => rtt.set(conn.rtt().as_secs_f64()),
+                    e = conn.closed() => {
+                        debug!(peer = %peer, error = %e, "node link closed");
+                        break;
+                    }
+                }
+            }
+            let mut t = me.table();
+            if t.get(&peer)
+                .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
+            {
+                t.remove(&peer);
+            }
+            me.metrics.cluster_links().set(t.len() as f64);
+            info!(peer = %peer, "node link down");
+        });
+    }
+
+    /// The link to `peer` at `addr`: the live one, or a new one.
+    pub async fn connect(&self, peer: &str, addr: SocketAddr) -> Result<Link, LinkError> {
+        if let Some(l) = self.table().get(peer) {
+            if l.conn.close_reason().is_none() {
+                return Ok(l.clone());
+            }
+        }
+        let conn = dial(&self.endpoint, &self.client, &self.node, peer, addr).await?;
+        self.up(peer.to_string(), conn);
+        self.table()
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| LinkError::Refused("link closed at once".into()))
+    }
+
+    /// Close every link and the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutdown");
+    }
+}
+
+/// Dial `peer` at `addr` and run the connecting side's handshake.
+pub async fn dial(
+    endpoint: &Endpoint,
+    client: &quinn::ClientConfig,
+    me: &str,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<Connection, LinkError> {
+    check_node_id(peer)?;
+    let conn = endpoint.connect_with(client.clone(), addr, peer)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_control(
+        &mut send,
+        &Control::Hello {
+            node: me.to_string(),
+            version: VERSION,
+        },
+    )
+    .await?;
+    match tokio::time::timeout(HELLO_TIMEOUT, read_control(&mut recv)).await {
+        Ok(Ok(Some(Control::Welcome { node }))) if node == peer => Ok(conn),
+        Ok(Ok(other)) => Err(LinkError::Refused(format!(
+            "expected welcome from {peer}, got {other:?}"
+        ))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(LinkError::Refused("no welcome in time".into())),
+    }
+}
+
+/// Check that the peer's TLS certificate (already verified against the cluster CA) names
+/// `node`.
+fn cert_names(conn: &Connection, node: &str) -> Result<(), LinkError> {
+    check_node_id(node)?;
+    let certs = conn
+        .peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| LinkError::Refused("no peer certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| LinkError::Refused("no peer certificate".into()))?;
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| LinkError::Refused(format!("peer certificate: {e}")))?;
+    let name = rustls_pki_types::ServerName::try_from(node)
+        .map_err(|e| LinkError::Refused(format!("node id: {e}")))?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| LinkError::Refused(format!("the certificate does not name node {node}")))
+}

@@ -1,0 +1,412 @@
+//! Relay nodes as an operator runs them: real `blindrelay` processes, a real
+//! `redis-server` as the directory, and real QUIC with the cluster's certificates.
+//! What this covers so far: certificates, registration and expiry in the directory,
+//! `cluster status`, the shared policy store, and who may open a node link.
+
+mod common;
+use blindrelay::cluster::link::{self, client_config, Control};
+use blindrelay::cluster::pki::NodeTls;
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "blindrelay-dev-admin-token-loopback-only";
+const INSTALL_HINT: &str = "install it with scripts/install-test-deps.sh (apt redis-server)";
+
+/// A throwaway directory under the temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "blindrelay-cluster-{tag}-{}-{}",
+            std::process::id(),
+            next_id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        TempDir(p)
+    }
+}
+
+fn next_id() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real redis-server on a unix socket in its own directory (no port to race for),
+/// with persistence off; killed by pid on drop.
+struct Redis {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        let sock = dir.0.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&sock)
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server: {e}; {INSTALL_HINT}"));
+        let url = format!("unix://{}", sock.display());
+        let r = Redis {
+            child,
+            url,
+            _dir: dir,
+        };
+        // Up once `cluster status` can read it.
+        poll(Duration::from_secs(10), "redis-server answers", || {
+            let out = run(&["cluster", "status", "--redis", &r.url]);
+            out.status.success().then_some(())
+        });
+        r
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `probe` every 5 ms until it gives `Some`, or panic after `limit`. The conditions
+/// here (a directory entry, another process's metrics) can only be observed by asking.
+fn poll<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `cluster init` and a certificate per node, through the binary.
+fn cluster_pki(dir: &Path, nodes: &[&str]) {
+    let d = dir.to_str().expect("temp paths are UTF-8");
+    let out = run(&["cluster", "init", "--dir", d]);
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    assert!(dir.join("ca.pem").exists() && dir.join("ca.key").exists());
+    let again = run(&["cluster", "init", "--dir", d]);
+    assert_eq!(again.status.code(), Some(2), "init never overwrites a CA");
+    for n in nodes {
+        let out = run(&["cluster", "cert", "--dir", d, "--node", n]);
+        assert!(out.status.success(), "cert {n}: {}", text(&out.stderr));
+    }
+    let bad = run(&["cluster", "cert", "--dir", d, "--node", "Not_A_Label"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("DNS label"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+struct Node {
+    process: RelayProcess,
+    admin: SocketAddr,
+    quic: SocketAddr,
+    _config: TempConfig,
+}
+
+fn start_node(redis: &Redis, pki: &Path, id: &str, heartbeat: &str, ttl: &str) -> Node {
+    let p = |f: String| pki.join(f).display().to_string();
+    let config = TempConfig::new(&format!(
+        "[signal]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[media]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\nnode_id = \"{id}\"\nredis_url = \"{}\"\nquic_listen = \"127.0.0.1:0\"\nannounce = \"127.0.0.1\"\n\
+         ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat = \"{heartbeat}\"\nnode_ttl = \"{ttl}\"\n",
+        redis.url,
+        p("ca.pem".into()),
+        p(format!("{id}.pem")),
+        p(format!("{id}.key")),
+    ));
+    let mut process = RelayProcess::spawn(&config);
+    let (_, admin, _) = process.addresses();
+    let line = process
+        .stdout
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("no node line in the banner: {e}"));
+    let quic = line
+        .strip_prefix(&format!("  node        {id}, links on udp "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("node line: {line:?}"));
+    Node {
+        process,
+        admin,
+        quic,
+        _config: config,
+    }
+}
+
+fn status(redis: &Redis) -> String {
+    let out = run(&["cluster", "status", "--redis", &redis.url]);
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// One series' value from a node's /metrics, if present.
+fn metric(node: &Node, series: &str) -> Option<f64> {
+    let (code, body) = http_get(node.admin, "/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn effective(node: &Node, user: &str) -> String {
+    let (code, body) = http(
+        node.admin,
+        "GET",
+        &format!("/v1/policy/effective?user={user}&tenant=contoso"),
+        Some(ADMIN_TOKEN),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// Two nodes register, share every policy change within a second (measured from the
+/// admin API's answer on one node to the other node serving the change), and leave the
+/// directory: at once on SIGTERM, within the TTL after kill -9.
+#[test]
+fn nodes_register_share_policy_and_leave_the_directory() {
+    let redis = Redis::start();
+    let pki = TempDir::new("pki");
+    cluster_pki(&pki.0, &["a", "b"]);
+    // a's record outlives a kill by 30 s: only a clean stop removes it sooner.
+    let mut a = start_node(&redis, &pki.0, "a", "1s", "30s");
+    let b = start_node(&redis, &pki.0, "b", "200ms", "1s");
+    let s = status(&redis);
+    assert!(s.starts_with("nodes: 2\n"), "{s}");
+    for (id, n) in [("a", &a), ("b", &b)] {
+        assert!(
+            s.contains(&format!("  {id}  quic {}", n.quic)),
+            "{id} listed with its link address: {s}"
+        );
+    }
+
+    // Policy changes on alternating nodes, each read back on the other node.
+    let mut lags = Vec::new();
+    let values = ["Required", "DisabledUserOverride"];
+    for round in 0..8 {
+        let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let value = values[round % 2];
+        let (code, body) = http(
+            writer.admin,
+            "PUT",
+            "/v1/policy/policies/Global",
+            Some(ADMIN_TOKEN),
+            &format!("{{\"calling_e2ee\": \"{value}\"}}"),
+        );
+        assert_eq!(code, 200, "{body}");
+        let t0 = Instant::now();
+        let want = format!("\"calling_e2ee\":\"{value}\"");
+        poll(
+            Duration::from_secs(1),
+            "the other node applies the change",
+            || effective(reader, "someone").contains(&want).then_some(()),
+        );
+        lags.push(t0.elapsed());
+    }
+    // A grant made on b is in force on a.
+    let (code, body) = http(
+        b.admin,
+        "PUT",
+        "/v1/policy/users/ceo@contoso",
+        Some(ADMIN_TOKEN),
+        "{\"policy\": \"Global\"}",
+    );
+    assert_eq!(code, 200, "{body}");
+    poll(Duration::from_secs(1), "a applies b's grant", || {
+        effective(&a, "ceo")
+            .contains("\"source\":\"user\"")
+            .then_some(())
+    });
+    lags.sort();
+    eprintln!(
+        "policy propagation, admin answer on one node -> served by the other: median {:?}, max {:?} over {} changes",
+        lags[lags.len() / 2],
+        lags[lags.len() - 1],
+        lags.len()
+    );
+    // Both apply the same version (9 changes on top of the seed) and counted each.
+    let va = poll(Duration::from_secs(1), "a's version", || {
+        metric(&a, "blindrelay_cluster_policy_version").filter(|v| *v >= 10.0)
+    });
+    let vb = poll(Duration::from_secs(1), "b's version", || {
+        metric(&b, "blindrelay_cluster_policy_version").filter(|v| *v >= 10.0)
+    });
+    assert_eq!(va, vb);
+    let applied = metric(&b, "blindrelay_cluster_policy_propagation_seconds_count")
+        .expect("propagation histogram");
+    assert!(applied >= 4.0, "b applied a's changes: {applied}");
+    assert!(status(&redis).contains(&format!("policy: v{va}")));
+
+    // kill -9: b's record expires with its TTL (1 s).
+    b.process.signal(libc::SIGKILL);
+    let t0 = Instant::now();
+    poll(Duration::from_secs(5), "b leaves the directory", || {
+        let s = status(&redis);
+        (s.starts_with("nodes: 1\n") && !s.contains("  b  ")).then_some(())
+    });
+    eprintln!("a killed node left the directory after {:?}", t0.elapsed());
+    // SIGTERM: a removes its record itself, long before its 30 s TTL.
+    a.process.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    poll(
+        Duration::from_secs(5),
+        "a leaves the directory on SIGTERM",
+        || status(&redis).starts_with("nodes: 0\n").then_some(()),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let exit = a.process.wait_for(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+}
+
+fn quic_client() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")).expect("client endpoint")
+}
+
+async fn refused_count(node: &Node, reason: &str, want: f64) {
+    let series = format!("blindrelay_cluster_link_refused_total{{reason=\"{reason}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if metric(node, &series) == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Only a peer with a certificate from the cluster CA, naming the node it claims to be,
+/// gets a node link; each refusal is counted by reason. The accepted link shows in the
+/// node's metrics and in `cluster status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_peer_needs_a_node_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let redis = Redis::start();
+    let pki = TempDir::new("pki");
+    cluster_pki(&pki.0, &["a", "c"]);
+    let rogue = TempDir::new("rogue");
+    cluster_pki(&rogue.0, &["c"]);
+    let a = start_node(&redis, &pki.0, "a", "200ms", "1s");
+    let load = |dir: &Path, id: &str| {
+        NodeTls::load(
+            &dir.join("ca.pem"),
+            &dir.join(format!("{id}.pem")),
+            &dir.join(format!("{id}.key")),
+        )
+        .expect("node TLS files")
+    };
+    let c = load(&pki.0, "c");
+    let endpoint = quic_client();
+
+    // 1. No client certificate at all.
+    {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.ca.clone()).expect("CA");
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![link::ALPN.to_vec()];
+        let cfg = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS"),
+        ));
+        let attempt = async {
+            let conn = endpoint.connect_with(cfg, a.quic, "a")?.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            link::write_control(
+                &mut send,
+                &Control::Hello {
+                    node: "c".into(),
+                    version: link::VERSION,
+                },
+            )
+            .await?;
+            link::read_control(&mut recv).await
+        };
+        let r: Result<_, link::LinkError> = attempt.await;
+        assert!(r.is_err(), "a peer without a certificate got {r:?}");
+        refused_count(&a, "no_certificate", 1.0).await;
+    }
+    // 2. A certificate from another CA (for a node id this cluster has).
+    {
+        let forged = NodeTls {
+            ca: c.ca.clone(),
+            ..load(&rogue.0, "c")
+        };
+        let r = link::dial(
+            &endpoint,
+            &client_config(&forged).expect("cfg"),
+            "c",
+            "a",
+            a.quic,
+        )
+        .await;
+        assert!(r.is_err(), "a certificate from another CA got a link");
+        refused_count(&a, "bad_certificate", 1.0).await;
+    }
+    // 3. A good certificate for c, claiming to be b.
+    let good = client_config(&c).expect("cfg");
+    {
+        let r = link::dial(&endpoint, &good, "b", "a", a.quic).await;
+        assert!(r.is_err(), "c's certificate spoke for b");
+        refused_count(&a, "wrong_node", 1.0).await;
+    }
+    assert_eq!(metric(&a, "blindrelay_cluster_links"), Some(0.0));
+    // 4. c as itself: a link.
+    let conn = link::dial(&endpoint, &good, "c", "a", a.quic)
+        .await
+        .expect("c links to a");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let up = metric(&a, "blindrelay_cluster_links") == Some(1.0)
+            && metric(&a, "blindrelay_cluster_link_rtt_seconds{peer_node=\"c\"}")
+                .is_some_and(|rtt| rtt > 0.0)
+            && status(&redis).contains("  a <-> c\n");
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link shows in metrics and status"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every refusal counted exactly once; none for the good link.
+    for r in ["no_certificate", "bad_certificate", "wrong_node"] {
+        refused_count(&a, r, 1.0).await;
+    }
+    refused_count(&a, "bad_hello", 0.0).await;
+    conn.close(0u32.into(), b"done");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&a, "blindrelay_cluster_links") != Some(0.0) {
+        assert!(Instant::now() < deadline, "the closed link goes down");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
