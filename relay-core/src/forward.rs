@@ -26,7 +26,7 @@ pub type MediaTap = Arc<dyn Fn(&TapPacket<'_>) + Send + Sync>;
 /// filter by call and write the sender's address without another lookup.
 #[derive(Debug, Clone, Copy)]
 pub struct TapPacket<'a> {
-    /// The sender's transport address (its fixed ICE 5-tuple).
+    /// The sender's transport address (its nominated ICE 5-tuple).
     pub from: SocketAddr,
     /// The call the packet belongs to.
     pub call: CallKey,
@@ -494,6 +494,20 @@ impl<H: HopCipher> Forwarder<H> {
             p.media_started
                 .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
             p.tables.receiving = Some(ssrcs);
+        }
+    }
+
+    /// Send to `peer` at `addr` from now on: the controlling ICE agent nominated the pair
+    /// with that address (RFC 8445 §7.3.1.5), and the participant's media comes from it.
+    /// Whatever the forwarder keeps about the participant stays. Returns whether `peer`
+    /// is here (the driver tells every loop; the others ignore it).
+    pub fn set_addr(&mut self, peer: PeerId, addr: SocketAddr) -> bool {
+        match self.peers.get_mut(&peer) {
+            Some(p) => {
+                p.addr = addr;
+                true
+            }
+            None => false,
         }
     }
 
@@ -1753,6 +1767,54 @@ mod tests {
         let mut dropped = Vec::new();
         f.take_receiver_drops(|r, n| dropped.push((r, n)));
         assert!(dropped.is_empty(), "{dropped:?}");
+    }
+
+    /// A participant whose nominated ICE pair moved (`set_addr`) is sent everything at its
+    /// new address from then on: media as a receiver, feedback about its own stream as a
+    /// sender. Its hop contexts and streams stay, and a transfer carries the new address.
+    #[test]
+    fn set_addr_sends_to_the_new_address() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        for (peer, ssrc) in [(1, 100), (2, 200), (3, 300)] {
+            f.add_peer(
+                peer,
+                7,
+                addr(peer as u16),
+                fast(peer as u8),
+                fast(10 + peer as u8),
+                PeerTables::standard(&[ssrc]),
+            );
+        }
+        let mut c1 = ctx(1);
+        let mut out = Outbox::default();
+        let wire = c1.encrypt_rtp(&rtp(100, 1, b"before")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(2));
+        let mut to: Vec<_> = out.transmits().iter().map(|t| t.to).collect();
+        to.sort();
+        assert_eq!(to, [addr(2), addr(3)]);
+
+        assert!(f.set_addr(2, addr(22)));
+        assert!(f.set_addr(1, addr(21)));
+        assert!(!f.set_addr(9, addr(29)), "not here");
+        let mut out = Outbox::default();
+        let wire = c1.encrypt_rtp(&rtp(100, 2, b"after")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(2));
+        let to_2 = out.transmits().iter().position(|t| t.to == addr(22));
+        let (t, data) = out.get(to_2.unwrap()).unwrap();
+        assert!(!t.rtcp);
+        let clear = ctx(12).decrypt_rtp(data).unwrap();
+        assert!(clear.ends_with(b"after"), "receiver 2's hop opens it");
+        assert!(out.transmits().iter().all(|t| t.to != addr(2)));
+
+        // Feedback about 1's stream goes to 1's new address.
+        let mut out = Outbox::default();
+        let wire = ctx(2).encrypt_rtcp(&rtcp::pli(200, 100)).unwrap();
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(1));
+        assert_eq!(out.transmits()[0].to, addr(21));
+
+        let t = f.take_peer(2).expect("peer 2 is here");
+        assert_eq!(t.addr, addr(22));
     }
 
     /// A padding-only packet (a bandwidth probe, carrying its last frame's timestamp) is

@@ -34,6 +34,8 @@
 //!   [`KEYFRAME_REQUEST_INTERVAL`], NACK entries a receiver sends through stay within
 //!   [`NACK_ENTRIES_PER_SECOND`] over every window (plus the burst), and transport-cc
 //!   feedback is no longer than the arrivals it reports justify;
+//! - every datagram goes to its receiver's current address: a participant's nominated ICE
+//!   pair moves (`set_addr`) at any time, and nothing is sent to where it was before;
 //! - after everyone leaves, the forwarder holds nothing.
 
 use crate::forward::{
@@ -229,6 +231,9 @@ pub enum Action {
     },
     /// Time passes: `ms` milliseconds (at most about 2 s).
     Advance { ms: u16 },
+    /// Its client nominated another ICE pair: the relay sends to a new address
+    /// (`set_addr`).
+    Rebind { slot: u8 },
 }
 
 // By hand, as `plane_model`'s: the workspace's `arbitrary` has no derive, and each
@@ -363,9 +368,10 @@ impl<'a> Arbitrary<'a> for Action {
                 let bytes = (0..n).map(|_| u8::arbitrary(u)).collect::<Result<_>>()?;
                 Action::Garbage { slot, rtcp, bytes }
             }
-            _ => Action::Advance {
+            18 => Action::Advance {
                 ms: u16::arbitrary(u)?,
             },
+            _ => Action::Rebind { slot: b()? },
         })
     }
 }
@@ -373,6 +379,8 @@ impl<'a> Arbitrary<'a> for Action {
 /// What the model knows of one participant.
 struct Slot<H> {
     peer: PeerId,
+    /// Where the forwarder sends to it: [`addr`] of its slot until it rebinds.
+    addr: SocketAddr,
     call: u8,
     announced: Vec<u32>,
     video: Vec<u32>,
@@ -428,6 +436,8 @@ pub struct Harness<H, F> {
     copies: u64,
     /// `FWD_MODEL_TRACE` set: print each action (to read a failing case).
     trace: bool,
+    /// Rebinds so far: each gets an address no one had before.
+    rebinds: u16,
     refused: BTreeMap<&'static str, u64>,
 }
 
@@ -590,6 +600,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             inputs: 0,
             copies: 0,
             trace: std::env::var_os("FWD_MODEL_TRACE").is_some(),
+            rebinds: 0,
             refused: BTreeMap::new(),
         }
     }
@@ -619,14 +630,8 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         for x in &s.announced {
             self.owners.entry((s.call, *x)).or_insert(i);
         }
-        self.fwd.add_peer(
-            s.peer,
-            u64::from(s.call),
-            addr(i),
-            inbound,
-            outbound,
-            tables,
-        );
+        self.fwd
+            .add_peer(s.peer, u64::from(s.call), s.addr, inbound, outbound, tables);
         for o in self.others(s.call, i) {
             if let Some(o) = self.slots[o as usize].as_mut() {
                 o.pli_due = true;
@@ -695,6 +700,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                 let key = (peer as u8).wrapping_mul(2);
                 let s = Slot {
                     peer,
+                    addr: addr(i),
                     call: call % CALLS,
                     announced,
                     video,
@@ -740,7 +746,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                         .fwd
                         .take_peer(s.peer)
                         .expect("the model's participants are the forwarder's");
-                    assert_eq!(t.addr, addr(i), "the transfer keeps the address");
+                    assert_eq!(t.addr, s.addr, "the transfer keeps the address");
                     assert_eq!(t.tables.ssrcs, s.announced, "the transfer keeps the SSRCs");
                     self.release(i);
                     // What the forwarder keeps per participant starts afresh; the
@@ -812,6 +818,21 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             Action::Advance { ms } => {
                 self.now += Duration::from_millis(u64::from(*ms % 2048));
                 self.fwd.set_time(self.now);
+            }
+            Action::Rebind { slot } => {
+                let i = self.pick(*slot);
+                match self.slots[i as usize].as_mut() {
+                    Some(s) => {
+                        // Above the slots' first addresses, and never reused.
+                        self.rebinds += 1;
+                        s.addr = SocketAddr::from(([127, 0, 0, 1], 2000 + self.rebinds));
+                        assert!(self.fwd.set_addr(s.peer, s.addr), "a present participant");
+                    }
+                    None => assert!(
+                        !self.fwd.set_addr(self.next_peer, addr(i)),
+                        "set_addr of someone who is not there"
+                    ),
+                }
             }
         }
         self.check();
@@ -1104,10 +1125,15 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         let (mut feedback, mut pli) = (None, None);
         for k in 0..out.len() {
             let (t, data) = out.get(k).expect("a queued datagram");
-            let o = (t.to.port() - 1000) as u8;
+            let o = self
+                .slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.addr == t.to))
+                .expect("sent to a present participant's current address")
+                as u8;
             let r = self.slots[o as usize]
                 .as_mut()
-                .expect("sent to a present participant");
+                .expect("a present participant");
             let mut buf = Vec::new();
             let clear = if t.rtcp {
                 r.rx.unprotect_rtcp(data, &mut buf)
@@ -1615,6 +1641,7 @@ impl Action {
             ]
             .concat(),
             Action::Advance { ms } => [vec![18], ms.to_le_bytes().to_vec()].concat(),
+            Action::Rebind { slot } => vec![19, *slot],
         }
     }
 }
@@ -1756,7 +1783,7 @@ pub fn scenarios() -> Vec<(&'static str, Vec<Action>)> {
     ]
     .concat();
     let forgeries_move_and_leave = [
-        call_of_three,
+        call_of_three.clone(),
         vec![
             rtp(1, 2, RtpKind::Media),
             rtp(1, 3, RtpKind::Media),
@@ -1775,10 +1802,30 @@ pub fn scenarios() -> Vec<(&'static str, Vec<Action>)> {
         ],
     ]
     .concat();
+    // Two participants' nominated pairs move, one of them twice and across a move to the
+    // other call: everything then goes to the new addresses.
+    let ice_nomination = [
+        call_of_three,
+        vec![
+            Action::Rebind { slot: 1 },
+            rtp(0, 0, RtpKind::Media),
+            rtp(1, 0, RtpKind::Media),
+            Action::Rebind { slot: 0 },
+            Action::Advance { ms: 600 },
+            rtp(0, 0, RtpKind::Media),
+            Action::Move { slot: 1 },
+            Action::Rebind { slot: 1 },
+            rtp(1, 0, RtpKind::Media),
+            Action::Move { slot: 1 },
+            rtp(0, 0, RtpKind::Media),
+        ],
+    ]
+    .concat();
     vec![
         ("rtcp-of-every-kind", rtcp_of_every_kind),
         ("nack-storm", nack_storm),
         ("forgeries-move-and-leave", forgeries_move_and_leave),
+        ("ice-nomination", ice_nomination),
     ]
 }
 

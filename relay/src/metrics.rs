@@ -61,6 +61,7 @@ const M_CONNS_CLOSED: &str = "blindrelay_signalling_closed_total";
 const M_CONNS_REFUSED: &str = "blindrelay_signalling_refused_total";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
+const M_ICE_MOVES: &str = "blindrelay_ice_nominated_moves_total";
 const M_BOT_REFUSED: &str = "blindrelay_bot_refusals_total";
 const M_FEATURE_REFUSED: &str = "blindrelay_features_refused_total";
 const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
@@ -98,6 +99,8 @@ pub struct Metrics {
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
+    /// Participants moved to the address of a candidate pair their ICE agent nominated.
+    pub ice_nominated_moves: Counter,
     /// Recorded once per forwarded packet, so it is a fixed-bucket histogram of atomics
     /// rather than the exporter's (whose sample buffer allocates as samples arrive).
     pub forwarding_latency: LatencyHistogram,
@@ -157,6 +160,7 @@ impl Metrics {
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
+            ice_nominated_moves: c(M_ICE_MOVES, vec![]),
             forwarding_latency: LatencyHistogram::default(),
             dtls_handshake_time: h(M_DTLS_TIME),
             join_time: h(M_JOIN_TIME),
@@ -177,7 +181,12 @@ impl Metrics {
         }
         m.capture_active.set(0.0);
         // Counters too: an alert on refusals sees 0 before the first one.
-        for c in m.mls_refused.iter().chain(&m.dropped) {
+        for c in m
+            .mls_refused
+            .iter()
+            .chain(&m.dropped)
+            .chain([&m.ice_nominated_moves])
+        {
             c.increment(0);
         }
         m.signalling_connections().set(0.0);
@@ -245,6 +254,11 @@ impl Metrics {
         self.recorder
             .describe_gauge(M_CONNS.into(), None, "Open signalling connections.".into());
         d(M_STUN, None, "STUN binding responses sent.");
+        d(
+            M_ICE_MOVES,
+            None,
+            "Participants moved to another address because their ICE agent nominated that candidate pair (USE-CANDIDATE) after a check on another had bound them.",
+        );
         d(
             M_BOT_REFUSED,
             None,

@@ -103,10 +103,13 @@ impl DtlsIdentity {
 }
 
 /// One DTLS peer's view of a shared UDP socket: receives what the demultiplexer feeds it,
-/// sends to one fixed remote address.
+/// sends to the peer's current address.
 pub struct PacketConn {
     socket: Arc<UdpSocket>,
-    remote: SocketAddr,
+    /// Where its records go. An ICE-lite end moves it when the controlling agent nominates
+    /// another candidate pair (RFC 8445 §7.3.1.5), so it is not fixed. A lock, not an
+    /// atomic (a `SocketAddr` does not fit one): only DTLS records read it, never media.
+    remote: std::sync::Mutex<SocketAddr>,
     rx: Mutex<mpsc::Receiver<Bytes>>,
     /// A datagram taken early (the first ClientHello, read for its SRTP profiles) and
     /// handed to the DTLS stack as its first read.
@@ -124,7 +127,7 @@ impl PacketConn {
         (
             Arc::new(PacketConn {
                 socket,
-                remote,
+                remote: std::sync::Mutex::new(remote),
                 rx: Mutex::new(rx),
                 peeked: std::sync::Mutex::new(None),
             }),
@@ -134,6 +137,18 @@ impl PacketConn {
 }
 
 impl PacketConn {
+    /// The address records are sent to now.
+    pub fn remote(&self) -> SocketAddr {
+        // A poisoned lock still holds a valid address.
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send to `addr` from now on: the peer's nominated pair moved (a handshake flight
+    /// retransmitted, or a later alert, goes there).
+    pub fn set_remote(&self, addr: SocketAddr) {
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
     /// Wait for the first datagram and keep it for the DTLS stack's first read.
     async fn peek_first(&self) -> Option<Bytes> {
         let mut slot = self
@@ -224,10 +239,10 @@ impl webrtc_util::Conn for PacketConn {
         Ok(n)
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        Ok((self.recv(buf).await?, self.remote))
+        Ok((self.recv(buf).await?, self.remote()))
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.send_to(buf, self.remote).await?)
+        Ok(self.socket.send_to(buf, self.remote()).await?)
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         Ok(self.socket.send_to(buf, target).await?)
@@ -236,7 +251,7 @@ impl webrtc_util::Conn for PacketConn {
         Ok(self.socket.local_addr()?)
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
-        Some(self.remote)
+        Some(self.remote())
     }
     async fn close(&self) -> webrtc_util::Result<()> {
         self.rx.lock().await.close();
@@ -428,5 +443,37 @@ pub fn profile_label(p: ProtectionProfile) -> &'static str {
         ProtectionProfile::AeadAes128Gcm => "aead_aes_128_gcm",
         ProtectionProfile::Aes128CmHmacSha1_80 => "aes128_cm_hmac_sha1_80",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webrtc_util::Conn;
+
+    /// After `set_remote`, what the DTLS stack sends goes to the new address, and the conn
+    /// says so: an ICE-lite end follows the peer's nominated pair.
+    #[tokio::test]
+    async fn set_remote_redirects_sends() {
+        let bind = || async { UdpSocket::bind("127.0.0.1:0").await.expect("bind") };
+        let (local, old, new) = (Arc::new(bind().await), bind().await, bind().await);
+        let (old_addr, new_addr) = (
+            old.local_addr().expect("addr"),
+            new.local_addr().expect("addr"),
+        );
+        let (conn, _tx) = PacketConn::new(local, old_addr, 4);
+        conn.set_remote(new_addr);
+        assert_eq!(conn.remote_addr(), Some(new_addr));
+        conn.send(b"record").await.expect("send");
+        let mut buf = [0u8; 16];
+        let (n, _) = new
+            .recv_from(&mut buf)
+            .await
+            .expect("received at the new address");
+        assert_eq!(&buf[..n], b"record");
+        assert!(
+            old.try_recv_from(&mut buf).is_err(),
+            "nothing at the old address"
+        );
     }
 }

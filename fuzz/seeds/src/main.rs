@@ -587,7 +587,7 @@ fn main() {
 }
 
 /// The forwarder's named scenarios (RTCP of every kind, a NACK storm, forgeries, a move
-/// and leaves), as the bytes its actions are read from.
+/// and leaves, ICE nominations moving addresses), as the bytes its actions are read from.
 fn forward_seeds() {
     use blindrelay_core::forward_model::{scenario_bytes, scenarios};
     for (name, actions) in scenarios() {

@@ -11,8 +11,10 @@
 //! comment is its codec map, `blindrelay-codecs/1 {"participant":"p-…","pts":{"111":
 //! "opus/48000/2","96":"VP8/90000"}}` (payload types as its offer numbered them, the
 //! numbers its packets carry). An auditor then knows which streams are Opus and VP8
-//! without asking the participants. Interface 0 holds senders without a map (none, unless
-//! the table of [`MAX_DESCRIBED`] senders overflowed). No key material is written.
+//! without asking the participants. A sender whose ICE agent nominates another pair (a new
+//! address) gets an interface for that address too, with the same map. Interface 0 holds
+//! senders without a map (none, unless the table of [`MAX_DESCRIBED`] senders
+//! overflowed). No key material is written.
 //!
 //! The forwarding loops only copy the packet into a bounded queue (a full queue drops and
 //! counts); a dedicated thread does the file IO, so a slow disk never stalls forwarding.
@@ -168,6 +170,36 @@ struct Senders {
     next_generation: u64,
 }
 
+impl Senders {
+    /// Describe the sender at `addr` (a new generation, so a new interface), making room
+    /// first when the table is full.
+    fn describe(&mut self, addr: SocketAddr, peer: PeerId, comment: Arc<str>) {
+        if self.by_addr.len() >= MAX_DESCRIBED && !self.by_addr.contains_key(&addr) {
+            // Room from the oldest, preferring a sender that left: a described sender
+            // whose interface exists already loses nothing.
+            let oldest = self
+                .by_addr
+                .iter()
+                .min_by_key(|(_, d)| (!d.left, d.generation))
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.by_addr.remove(&a);
+            }
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.by_addr.insert(
+            addr,
+            Described {
+                peer,
+                generation,
+                left: false,
+                comment,
+            },
+        );
+    }
+}
+
 type SharedSenders = Arc<Mutex<Senders>>;
 
 fn lock(s: &SharedSenders) -> std::sync::MutexGuard<'_, Senders> {
@@ -296,30 +328,33 @@ impl Capture {
             return;
         }
         let comment: Arc<str> = codecs_comment(sender).into();
+        lock(&self.senders).describe(addr, peer, comment);
+    }
+
+    /// The participant's ICE agent nominated another pair: its packets come from `addr`
+    /// from now on (told before its forwarding loop learns of it), under the same codec
+    /// map, on an interface for that address. Its old address's description stays for
+    /// its packets still queued, marked as a leaver's so it makes room first.
+    pub fn on_move(&self, peer: PeerId, addr: SocketAddr) {
         let mut s = lock(&self.senders);
-        if s.by_addr.len() >= MAX_DESCRIBED && !s.by_addr.contains_key(&addr) {
-            // Room from the oldest, preferring a sender that left: a described sender
-            // whose interface exists already loses nothing.
-            let oldest = s
-                .by_addr
-                .iter()
-                .min_by_key(|(_, d)| (!d.left, d.generation))
-                .map(|(a, _)| *a);
-            if let Some(a) = oldest {
-                s.by_addr.remove(&a);
-            }
+        let Some(comment) = s
+            .by_addr
+            .values()
+            .filter(|d| d.peer == peer && !d.left)
+            .max_by_key(|d| d.generation)
+            .map(|d| d.comment.clone())
+        else {
+            // Not described: not in the captured call, or a leaver.
+            return;
+        };
+        for d in s.by_addr.values_mut().filter(|d| d.peer == peer) {
+            d.left = true;
         }
-        let generation = s.next_generation;
-        s.next_generation += 1;
-        s.by_addr.insert(
-            addr,
-            Described {
-                peer,
-                generation,
-                left: false,
-                comment,
-            },
-        );
+        match s.by_addr.get_mut(&addr) {
+            // Back at an address it had: that description and its interface still hold.
+            Some(d) if d.peer == peer => d.left = false,
+            _ => s.describe(addr, peer, comment),
+        }
     }
 
     /// The participant left: its description may make room for others (its packets
@@ -904,6 +939,68 @@ mod tests {
             .map(|(i, d)| (i, d[0]))
             .collect();
         assert_eq!(got, vec![(1, 1), (2, 2), (1, 3), (0, 4), (3, 5)]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A sender whose nominated ICE pair moved keeps its codec map: its packets from the
+    /// new address go on an interface described like its first, and back at the first
+    /// address on that first interface again. Another participant's move changes nothing
+    /// of hers, and a move of someone undescribed describes no one.
+    #[test]
+    fn a_moved_sender_stays_described() {
+        let path = temp_path("moved");
+        let metrics = Metrics::new();
+        let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let cfg = CaptureConfig {
+            path: Some(path.clone()),
+            ..CaptureConfig::default()
+        };
+        let cap = Capture::start(&path, &cfg, relay, &metrics).unwrap();
+        let tap = cap.tap();
+        let send = |from, byte: u8| {
+            tap(&TapPacket {
+                from,
+                call: 1,
+                data: &[byte; 20],
+            })
+        };
+        cap.on_attach(1, 1, a, &alice());
+        send(a, 1);
+        cap.on_move(9, b);
+        assert_eq!(lock(&cap.senders).by_addr.len(), 1, "no one to describe");
+        // The writer reads a description when it writes a sender's first packet from an
+        // address: wait for that before the next move.
+        assert!(cap.flush(Duration::from_secs(5)));
+        cap.on_move(1, b);
+        send(b, 2);
+        assert!(cap.flush(Duration::from_secs(5)));
+        cap.on_move(1, a);
+        send(a, 3);
+        assert!(cap.flush(Duration::from_secs(5)));
+        let blocks = blocks(&std::fs::read(&path).unwrap());
+        let comments: Vec<String> = blocks
+            .iter()
+            .filter(|b| matches!(b, pcap_file::pcapng::Block::InterfaceDescription(_)))
+            .map(idb_comment)
+            .collect();
+        assert_eq!(
+            comments,
+            vec![
+                UNDESCRIBED.to_string(),
+                codecs_comment(&alice()),
+                codecs_comment(&alice())
+            ]
+        );
+        let got: Vec<(u32, u8)> = packets(&blocks)
+            .into_iter()
+            .map(|(i, d)| (i, d[0]))
+            .collect();
+        assert_eq!(got, vec![(1, 1), (2, 2), (1, 3)]);
+        let s = lock(&cap.senders);
+        assert!(!s.by_addr[&a].left && s.by_addr[&b].left);
+        drop(s);
         let _ = std::fs::remove_file(&path);
     }
 }

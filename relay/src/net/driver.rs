@@ -93,6 +93,8 @@ pub async fn run(
                 }
                 Event::DtlsFailed { peer } => plane.handle_input(now, Input::DtlsFailed { peer }),
                 Event::DtlsClosed { peer } => plane.handle_input(now, Input::DtlsClosed { peer }),
+                // Media-path news the plane has no part in: it knows no addresses.
+                Event::Nominated { peer, addr } => d.nominated(peer, addr).await,
                 Event::Shutdown { done: tx } => {
                     d.closing = Some(Vec::new());
                     plane.handle_input(now, Input::Shutdown);
@@ -125,6 +127,21 @@ pub async fn run(
 }
 
 impl Driver {
+    /// The participant's ICE agent nominated the pair at `addr`, and the receive loop
+    /// moved it there. Its forwarding loop must send there too: every loop is told (the
+    /// driver does not track which holds it), after whatever was queued for it before, so
+    /// a merge in progress carries the new address or gets it at the target. One not
+    /// attached yet needs nothing: its address is read from its conn at `Attach`.
+    async fn nominated(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
+        // Before its loop learns of it, so before the capture sees its packets from there.
+        if let Some(c) = &self.capture {
+            c.on_move(peer, addr);
+        }
+        for w in &self.media.workers {
+            let _ = w.send(WorkerMsg::SetAddr(peer, addr)).await;
+        }
+    }
+
     fn closing_task(&mut self, conn: Arc<DTLSConn>) {
         let t = tokio::spawn(async move {
             let _ = tokio::time::timeout(DTLS_CLOSE_TIMEOUT, conn.close()).await;
@@ -189,16 +206,19 @@ impl Driver {
                     return;
                 };
                 let m = *m;
+                // Where it is now: a nomination that moved it before this is in its conn
+                // already, and one after this is a `Nominated` event still to come.
+                let addr = m.conn.remote();
                 // Before its loop learns of it, so before the capture sees its packets.
                 if let Some(c) = &self.capture {
-                    c.on_attach(peer, call_key, m.addr, &sender);
+                    c.on_attach(peer, call_key, addr, &sender);
                 }
                 self.dtls.insert(peer, m.dtls);
                 let _ = w
                     .send(WorkerMsg::AddPeer {
                         peer,
                         call: call_key,
-                        addr: m.addr,
+                        addr,
                         inbound: Box::new(m.inbound),
                         outbound: Box::new(m.outbound),
                         tables,
@@ -413,5 +433,35 @@ mod tests {
         assert!(!loops.fwd[0].has_peer(MOVER), "left at the old loop");
         assert!(!loops.fwd[1].has_peer(MOVER), "a ghost at the target loop");
         assert!(loops.fwd[1].has_peer(MEMBER));
+    }
+
+    /// A nomination that moved a participant reaches the loop that holds it whether the
+    /// driver learns of it before or after a merge re-homes it: the merged participant is
+    /// sent to at its new address, and no one else moves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_nomination_reaches_the_participant_across_a_merge() {
+        for before in [true, false] {
+            let (mut d, mut loops) = setup();
+            loops
+                .run_with(async {
+                    if before {
+                        d.nominated(MOVER, addr(6000)).await;
+                    }
+                    d.execute(merge()).await;
+                    if !before {
+                        d.nominated(MOVER, addr(6000)).await;
+                    }
+                })
+                .await;
+            assert!(!loops.fwd[0].has_peer(MOVER));
+            let moved = loops.fwd[1].take_peer(MOVER).expect("merged");
+            assert_eq!(
+                moved.addr,
+                addr(6000),
+                "nominated before the merge: {before}"
+            );
+            let member = loops.fwd[1].take_peer(MEMBER).expect("still there");
+            assert_eq!(member.addr, addr(5001));
+        }
     }
 }

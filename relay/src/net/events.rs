@@ -6,6 +6,7 @@ use crate::core::PeerId;
 use crate::net::outq::OutQueue;
 use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
+use blindrelay_transport::PacketConn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +21,10 @@ pub type EventTx = mpsc::Sender<Event>;
 /// by the driver until the plane says which forwarding loop gets them.
 pub struct KeyedMedia {
     pub dtls: Arc<DTLSConn>,
-    pub addr: SocketAddr,
+    /// The association's datagram path. Its remote is the participant's current address,
+    /// read when the participant is attached: an ICE nomination may have moved it since
+    /// the handshake began.
+    pub conn: Arc<PacketConn>,
     pub inbound: HopContext,
     pub outbound: HopContext,
 }
@@ -55,6 +59,12 @@ pub enum Event {
     },
     DtlsClosed {
         peer: PeerId,
+    },
+    /// The participant's ICE agent nominated the pair at `addr` (RFC 8445 §7.3.1.5), and
+    /// the receive loop moved it there: its forwarding loop must send there too.
+    Nominated {
+        peer: PeerId,
+        addr: SocketAddr,
     },
     /// Remove everyone, close every DTLS association, then answer.
     Shutdown {

@@ -50,6 +50,9 @@ pub enum WorkerMsg {
     /// Hand a participant's hop state back to the driver (merge), which queues it at its
     /// new loop itself; dropping the sender says the participant is not here.
     TakePeer(PeerId, oneshot::Sender<PeerTransfer<SrtpHop>>),
+    /// The participant's ICE agent nominated the pair at this address: send to it there.
+    /// Every loop is told; those that do not hold the participant ignore it.
+    SetAddr(PeerId, SocketAddr),
 }
 
 /// One SRTP or SRTCP datagram for a forwarding loop.
@@ -122,9 +125,16 @@ struct AddrEntry {
     peer: PeerId,
     worker: usize,
     dtls_tx: mpsc::Sender<Bytes>,
+    /// Its DTLS association's datagram path: a nomination points it at the new address.
+    conn: Arc<PacketConn>,
     /// When a valid binding request's activity was last reported to the control plane
     /// (ms since start).
     reported_ms: u64,
+    /// It moved here and the driver has not been told: the receive loop never waits for
+    /// the event queue, so it tries again with the participant's next datagram.
+    move_due: bool,
+    /// When a move was last reported (ms since start).
+    move_reported_ms: Option<u64>,
 }
 
 /// How often at most a participant's liveness is reported to the control plane from its
@@ -132,6 +142,11 @@ struct AddrEntry {
 /// pace, [`crate::core::forward::ACTIVITY_INTERVAL`]): consent is judged in seconds, and
 /// the receive loop must not send an event per packet.
 const ACTIVITY_REPORT_MS: u64 = 1000;
+
+/// How often at most one participant's moves are reported to the driver, which tells
+/// every forwarding loop of each: a client that nominates pair after pair cannot make the
+/// relay's control path do more than that. Its last address is what is reported.
+const MOVE_REPORT_MS: u64 = 100;
 
 /// What the receive loop needs besides its socket.
 pub struct RecvSetup {
@@ -161,6 +176,45 @@ fn report_activity(events: &EventTx, e: &mut AddrEntry, now_ms: u64) {
     {
         e.reported_ms = now_ms;
     }
+}
+
+/// Tell the driver where a participant that moved is now (`addr`, the key of its entry),
+/// if a report is due: at most once per [`MOVE_REPORT_MS`], and never waiting (a full
+/// inbox means it is tried again with the participant's next datagram).
+fn report_move(events: &EventTx, e: &mut AddrEntry, addr: SocketAddr, now_ms: u64) {
+    if e.move_due
+        && e.move_reported_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= MOVE_REPORT_MS)
+        && events
+            .try_send(Event::Nominated { peer: e.peer, addr })
+            .is_ok()
+    {
+        e.move_due = false;
+        e.move_reported_ms = Some(now_ms);
+    }
+}
+
+/// Move a bound participant from `old` to `new`: its entry re-keyed, its DTLS conn
+/// pointed there. False, and nothing changed, when `new` is someone's already (a check
+/// with one participant's credentials from another's address takes nothing away) or
+/// `old` is not bound.
+fn rebind(
+    addrs: &mut HashMap<SocketAddr, AddrEntry>,
+    peer_addr: &mut HashMap<PeerId, SocketAddr>,
+    old: SocketAddr,
+    new: SocketAddr,
+) -> bool {
+    if addrs.contains_key(&new) {
+        return false;
+    }
+    let Some(mut e) = addrs.remove(&old) else {
+        return false;
+    };
+    e.conn.set_remote(new);
+    e.move_due = true;
+    peer_addr.insert(e.peer, new);
+    addrs.insert(new, e);
+    true
 }
 
 /// Receive, classify and dispatch every datagram on the media port.
@@ -226,11 +280,26 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                         } else {
                             m.stun_responses.increment(1);
                         }
-                        // The first valid check fixes the participant's 5-tuple; the
-                        // relay never moves it afterwards.
+                        // The first valid check binds the participant's 5-tuple. After
+                        // that only the controlling agent's nomination (USE-CANDIDATE)
+                        // moves it: a lite agent takes the nominated pair as selected
+                        // (RFC 8445 §7.3.1.5), and under loss a browser may nominate a
+                        // pair other than the first to get through. A check on another
+                        // pair without it is answered and moves nothing.
                         let p = b.entry;
-                        if let Some(e) = peer_addr.get(&p.peer).and_then(|a| addrs.get_mut(a)) {
-                            report_activity(&events, e, now_ms);
+                        if let Some(bound) = peer_addr.get(&p.peer).copied() {
+                            let mut at = bound;
+                            if bound != from
+                                && b.use_candidate
+                                && rebind(&mut addrs, &mut peer_addr, bound, from)
+                            {
+                                m.ice_nominated_moves.increment(1);
+                                at = from;
+                            }
+                            if let Some(e) = addrs.get_mut(&at) {
+                                report_activity(&events, e, now_ms);
+                                report_move(&events, e, at, now_ms);
+                            }
                         } else if let std::collections::hash_map::Entry::Vacant(slot) =
                             addrs.entry(from)
                         {
@@ -240,7 +309,10 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                                 peer: p.peer,
                                 worker: p.worker,
                                 dtls_tx,
+                                conn: conn.clone(),
                                 reported_ms: 0,
+                                move_due: false,
+                                move_reported_ms: None,
                             });
                             report_activity(&events, e, now_ms.max(ACTIVITY_REPORT_MS));
                             peer_addr.insert(p.peer, from);
@@ -251,7 +323,6 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                                 p.peer,
                                 p.fingerprint.clone(),
                                 conn,
-                                from,
                             ));
                         }
                     }
@@ -260,8 +331,9 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                     StunOutcome::Indication => {}
                     StunOutcome::Drop(r) => m.dropped(r),
                 },
-                PacketKind::Dtls => match addrs.get(&from) {
+                PacketKind::Dtls => match addrs.get_mut(&from) {
                     Some(e) => {
+                        report_move(&events, e, from, now_ms);
                         if e.dtls_tx.try_send(data.freeze()).is_err() {
                             m.dropped(DropReason::DtlsQueueFull);
                         }
@@ -270,8 +342,11 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                 },
                 // Not proof of life yet: consent is refreshed by the forwarding loop once the
                 // packet has authenticated.
-                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get(&from) {
+                PacketKind::Rtp | PacketKind::Rtcp => match addrs.get_mut(&from) {
                     Some(e) => {
+                        if e.move_due {
+                            report_move(&events, e, from, now_ms);
+                        }
                         let msg = Packet {
                             peer: e.peer,
                             rtcp: kind == PacketKind::Rtcp,
@@ -371,13 +446,12 @@ async fn dtls_task(
     peer: PeerId,
     fingerprint: Fingerprint,
     conn: Arc<PacketConn>,
-    addr: SocketAddr,
 ) {
     let started = Instant::now();
     // Boxed: the handshake's state is several KiB, and inline it would size this task
     // for the participant's whole life; boxed, it is freed once the handshake is over.
     let result = Box::pin(handshake(
-        conn,
+        conn.clone(),
         &setup.identity,
         DtlsRole::Server,
         fingerprint,
@@ -416,7 +490,7 @@ async fn dtls_task(
         peer,
         media: Box::new(KeyedMedia {
             dtls: dtls.clone(),
-            addr,
+            conn,
             inbound,
             outbound,
         }),
@@ -572,6 +646,9 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
         ),
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
+        WorkerMsg::SetAddr(peer, addr) => {
+            fwd.set_addr(peer, addr);
+        }
         WorkerMsg::TakePeer(peer, reply) => {
             if let Some(t) = fwd.take_peer(peer) {
                 // The driver stopped waiting only if it is shutting down.
