@@ -398,6 +398,29 @@ async fn a_quic_peer_needs_a_node_certificate() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Every cluster metric the dashboard and the alert rules query is exported by a node
+    // (tests/tests/ops.rs checks the rest on a lone relay), with a link up.
+    {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let (_, exposition) = http_get(a.admin, "/metrics");
+        let mut queried = 0;
+        for f in ["grafana-dashboard.json", "prometheus-rules.yml"] {
+            let text = std::fs::read_to_string(root.join(f)).expect("ops file");
+            for (i, _) in text.match_indices("blindrelay_cluster_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(
+                    exposition.contains(&format!("# TYPE {family} ")),
+                    "{f} queries {name}, which a node does not export"
+                );
+                queried += 1;
+            }
+        }
+        assert!(queried >= 8, "cluster metrics queried: {queried}");
+    }
     // Every refusal counted exactly once; none for the good link.
     for r in ["no_certificate", "bad_certificate", "wrong_node"] {
         refused_count(&a, r, 1.0).await;
