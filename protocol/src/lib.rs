@@ -7,10 +7,12 @@
 //! - [`mls`]: the clear header of an MLS handshake message (epoch, group id, type).
 //! - [`sdp`]: the SDP subset a browser's RTCPeerConnection produces, parsed with a real parser.
 //! - [`token`]: token claims, and issuer-signed (EdDSA) tokens and their Ed25519 key files.
+//! - [`roq`]: RTP over QUIC datagrams: a flow id, then the packet (node links).
 //! - [`tracks`]: tracks a participant may send, and the largest offer the relay then writes.
 
 pub mod demux;
 pub mod mls;
+pub mod roq;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;

@@ -77,6 +77,8 @@ const M_CLUSTER_REFUSED: &str = "blindrelay_cluster_link_refused_total";
 const M_CLUSTER_DIR_ERR: &str = "blindrelay_cluster_directory_errors_total";
 const M_CLUSTER_POLICY: &str = "blindrelay_cluster_policy_propagation_seconds";
 const M_CLUSTER_POLICY_VERSION: &str = "blindrelay_cluster_policy_version";
+const M_CLUSTER_DATAGRAMS: &str = "blindrelay_cluster_link_datagrams_total";
+const M_CLUSTER_MEDIA_DROPPED: &str = "blindrelay_cluster_link_media_dropped_total";
 /// From a policy change's write to the directory to its application on a node: the
 /// goal is under a second.
 const POLICY_BUCKETS: [f64; 10] = [
@@ -487,6 +489,19 @@ impl Metrics {
             Some(Unit::Seconds),
             "Time from a policy change's write to the directory to this node applying it.".into(),
         );
+        self.recorder.describe_counter(
+            M_CLUSTER_DATAGRAMS.into(),
+            None,
+            "Media datagrams (RTP over QUIC) on node links, by peer node and direction (sent, received).".into(),
+        );
+        self.recorder.describe_counter(
+            M_CLUSTER_MEDIA_DROPPED.into(),
+            None,
+            "Media datagrams on node links dropped, by reason (malformed, no_receiver, too_large, link_down).".into(),
+        );
+        for d in crate::cluster::link::MediaDrop::ALL {
+            self.cluster_media_dropped(d).increment(0);
+        }
         self.cluster_links().set(0.0);
         for r in crate::cluster::link::Refusal::ALL {
             self.cluster_link_refused(r).increment(0);
@@ -506,6 +521,27 @@ impl Metrics {
             &Key::from_parts(
                 M_CLUSTER_RTT,
                 vec![Label::new("peer_node", peer.to_string())],
+            ),
+            &meta(),
+        )
+    }
+    pub fn cluster_link_datagrams(&self, peer: &str, direction: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(
+                M_CLUSTER_DATAGRAMS,
+                vec![
+                    Label::new("peer_node", peer.to_string()),
+                    Label::new("direction", direction),
+                ],
+            ),
+            &meta(),
+        )
+    }
+    pub fn cluster_media_dropped(&self, why: crate::cluster::link::MediaDrop) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(
+                M_CLUSTER_MEDIA_DROPPED,
+                vec![Label::new("reason", why.as_str())],
             ),
             &meta(),
         )

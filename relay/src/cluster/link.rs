@@ -9,10 +9,13 @@
 //! cannot speak for another. Every refused peer is counted by reason.
 //!
 //! Control messages are JSON, each framed by a 4-byte big-endian length (at most
-//! [`MAX_CONTROL_FRAME`]). Media will travel in QUIC datagrams (README, "The cascade").
+//! [`MAX_CONTROL_FRAME`]). Media travels in QUIC datagrams framed as RTP over QUIC (a
+//! varint flow id, then the packet: `blindrelay_protocol::roq`).
 
 use super::pki::{check_node_id, NodeTls, PkiError};
 use crate::metrics::Metrics;
+use blindrelay_protocol::roq::{self, RoqError, MAX_PREFIX};
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::RootCertStore;
@@ -225,6 +228,100 @@ pub struct Link {
     pub peer: String,
     pub conn: Connection,
     pub since: Instant,
+    sent: metrics::Counter,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a media datagram was not sent or not delivered, as metric labels
+/// (`blindrelay_cluster_link_media_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaDrop {
+    /// Not RTP over QUIC: no flow id, or nothing after it.
+    Malformed,
+    /// A flow this node has no receiver for.
+    NoReceiver,
+    /// Larger than the link's datagram size.
+    TooLarge,
+    /// The link is gone.
+    LinkDown,
+}
+
+impl MediaDrop {
+    pub const ALL: [MediaDrop; 4] = [
+        MediaDrop::Malformed,
+        MediaDrop::NoReceiver,
+        MediaDrop::TooLarge,
+        MediaDrop::LinkDown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaDrop::Malformed => "malformed",
+            MediaDrop::NoReceiver => "no_receiver",
+            MediaDrop::TooLarge => "too_large",
+            MediaDrop::LinkDown => "link_down",
+        }
+    }
+}
+
+/// Where media arriving on links goes: called with the peer node, the flow id and the
+/// packet (borrowed from the datagram). It says whether a receiver took it.
+pub type MediaSink = Arc<dyn Fn(&str, u64, &[u8]) -> bool + Send + Sync>;
+
+/// Frames packets for a link's datagrams out of one shared chunk of memory: each datagram
+/// is a `Bytes` split off it and released once quinn has sent it, so a packet costs no
+/// allocation of its own (a new chunk only when the old one is still held).
+#[derive(Default)]
+pub struct MediaFramer {
+    buf: BytesMut,
+}
+
+/// Bytes allocated at a time for framed datagrams: about 50 full-size packets.
+const FRAMER_CHUNK: usize = 64 * 1024;
+
+impl MediaFramer {
+    pub fn frame(&mut self, flow: u64, packet: &[u8]) -> Result<Bytes, RoqError> {
+        let mut prefix = [0u8; MAX_PREFIX];
+        let n = roq::write_flow(flow, &mut prefix)?;
+        let need = n + packet.len();
+        if self.buf.capacity() - self.buf.len() < need {
+            self.buf.reserve(FRAMER_CHUNK.max(need));
+        }
+        self.buf.extend_from_slice(&prefix[..n]);
+        self.buf.extend_from_slice(packet);
+        Ok(self.buf.split().freeze())
+    }
+}
+
+impl Link {
+    /// Send one RTP or RTCP packet on `flow`. Unreliable, as media should be: a datagram
+    /// QUIC cannot send now is dropped and counted, never queued behind later media.
+    pub fn send_media(
+        &self,
+        framer: &mut MediaFramer,
+        flow: u64,
+        packet: &[u8],
+    ) -> Result<(), MediaDrop> {
+        let d = framer.frame(flow, packet).map_err(|_| MediaDrop::Malformed);
+        let r = d.and_then(|d| {
+            self.conn.send_datagram(d).map_err(|e| match e {
+                quinn::SendDatagramError::TooLarge => MediaDrop::TooLarge,
+                _ => MediaDrop::LinkDown,
+            })
+        });
+        match r {
+            Ok(()) => self.sent.increment(1),
+            Err(why) => self.metrics.cluster_media_dropped(why).increment(1),
+        }
+        r
+    }
+
+    /// Largest packet that fits one datagram on this link now (after a flow id of up to 8
+    /// bytes), if datagrams are on.
+    pub fn max_packet(&self) -> Option<usize> {
+        self.conn
+            .max_datagram_size()
+            .map(|n| n.saturating_sub(MAX_PREFIX))
+    }
 }
 
 /// This node's QUIC endpoint and its links, by peer node id.
@@ -235,6 +332,7 @@ pub struct Links {
     client: quinn::ClientConfig,
     links: Arc<Mutex<HashMap<String, Link>>>,
     metrics: Arc<Metrics>,
+    sink: Option<MediaSink>,
 }
 
 impl Links {
@@ -244,6 +342,7 @@ impl Links {
         listen: SocketAddr,
         tls: &NodeTls,
         metrics: Arc<Metrics>,
+        sink: Option<MediaSink>,
     ) -> Result<Links, LinkError> {
         check_node_id(node)?;
         let endpoint =
@@ -257,6 +356,7 @@ impl Links {
             client: client_config(tls)?,
             links: Arc::new(Mutex::new(HashMap::new())),
             metrics,
+            sink,
         };
         tokio::spawn(links.clone().accept_loop());
         Ok(links)
@@ -275,6 +375,10 @@ impl Links {
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drop_media(&self, why: MediaDrop) {
+        self.metrics.cluster_media_dropped(why).increment(1);
     }
 
     fn refused(&self, r: Refusal, from: SocketAddr, why: &dyn std::fmt::Display) {
@@ -341,6 +445,8 @@ impl Links {
             peer: peer.clone(),
             conn: conn.clone(),
             since: Instant::now(),
+            sent: self.metrics.cluster_link_datagrams(&peer, "sent"),
+            metrics: self.metrics.clone(),
         };
         if let Some(old) = self.table().insert(peer.clone(), link) {
             old.conn.close(CLOSE_REPLACED.into(), b"replaced");
@@ -349,10 +455,24 @@ impl Links {
         let me = self.clone();
         tokio::spawn(async move {
             let rtt = me.metrics.cluster_link_rtt(&peer);
+            let received = me.metrics.cluster_link_datagrams(&peer, "received");
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = tick.tick() => rtt.set(conn.rtt().as_secs_f64()),
+                    d = conn.read_datagram() => {
+                        // An error is the link closing.
+                        let Ok(d) = d else { break };
+                        received.increment(1);
+                        match roq::split(&d) {
+                            Ok((flow, packet)) => {
+                                if !me.sink.as_ref().is_some_and(|s| s(&peer, flow, packet)) {
+                                    me.drop_media(MediaDrop::NoReceiver);
+                                }
+                            }
+                            Err(_) => me.drop_media(MediaDrop::Malformed),
+                        }
+                    }
                     e = conn.closed() => {
                         debug!(peer = %peer, error = %e, "node link closed");
                         break;

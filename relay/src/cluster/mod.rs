@@ -234,7 +234,9 @@ impl Node {
                 }
             })?;
         let tls = pki::NodeTls::load(&cfg.ca, &cfg.cert, &cfg.key)?;
-        let links = Links::start(&cfg.node_id, cfg.quic_listen, &tls, metrics.clone())?;
+        // No calls cross nodes yet, so no flows are agreed: media arriving on a link has no
+        // receiver and is dropped and counted (`no_receiver`).
+        let links = Links::start(&cfg.node_id, cfg.quic_listen, &tls, metrics.clone(), None)?;
         let quic_port = links
             .local_addr()
             .map(|a| a.port())
