@@ -16,6 +16,7 @@ use blindrelay_protocol::stun::{StunMessage, StunWriter, BINDING_REQUEST, BINDIN
 use blindrelay_tests::*;
 use blindrelay_transport::webrtc_srtp::context::Context;
 use bytes::Bytes;
+use e2ee_client::transport::MediaPath;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -152,6 +153,26 @@ async fn flows(leg: Leg<'_>, relay: SocketAddr, seq: &mut u16, what: &str) {
     }
 }
 
+/// RTP flows from `from`'s media path to `to`'s, both on the pairs they were keyed on
+/// (see [`flows`]).
+async fn between(
+    from: &mut MediaPath,
+    to: &mut MediaPath,
+    ssrc: u32,
+    relay: SocketAddr,
+    seq: &mut u16,
+    what: &str,
+) {
+    let leg = Leg {
+        sock: &from.socket,
+        tx: &mut from.outbound,
+        ssrc,
+        to: Rx::Path(&mut to.media_rx),
+        rx: &mut to.inbound,
+    };
+    flows(leg, relay, seq, what).await;
+}
+
 /// Alice and bob in one call, each answering the relay's offer of the other's tracks.
 async fn two(
     relay: &blindrelay::Relay,
@@ -191,22 +212,24 @@ async fn the_nominated_pair_carries_dtls_and_srtp() {
         .expect("alice's handshake completes on the nominated pair");
 
     let (mut sa, mut sb) = (0, 0);
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob").await;
-    let leg = Leg {
-        sock: &b.socket,
-        tx: &mut b.outbound,
-        ssrc: bob.audio_ssrc,
-        to: Rx::Path(&mut a.media_rx),
-        rx: &mut a.inbound,
-    };
-    flows(leg, media, &mut sb, "bob to alice").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob",
+    )
+    .await;
+    between(
+        &mut b,
+        &mut a,
+        bob.audio_ssrc,
+        media,
+        &mut sb,
+        "bob to alice",
+    )
+    .await;
 
     let m = scrape(&relay).await;
     assert_eq!(metric(&m, MOVES), 1.0);
@@ -232,22 +255,24 @@ async fn a_keyed_participant_follows_a_later_nomination() {
     let mut a = alice.connect().await.expect("alice connects");
     let mut b = bob.connect().await.expect("bob connects");
     let (mut sa, mut sb) = (0, 0);
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob").await;
-    let leg = Leg {
-        sock: &b.socket,
-        tx: &mut b.outbound,
-        ssrc: bob.audio_ssrc,
-        to: Rx::Path(&mut a.media_rx),
-        rx: &mut a.inbound,
-    };
-    flows(leg, media, &mut sb, "bob to alice").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob",
+    )
+    .await;
+    between(
+        &mut b,
+        &mut a,
+        bob.audio_ssrc,
+        media,
+        &mut sb,
+        "bob to alice",
+    )
+    .await;
     // Her client's consent checks (which nominate) would move her back: stop them.
     a.stop_background();
 
@@ -289,14 +314,15 @@ async fn a_check_without_use_candidate_moves_nothing() {
     let mut a = alice.connect().await.expect("alice connects");
     let mut b = bob.connect().await.expect("bob connects");
     let (mut sa, mut sb) = (0, 0);
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob",
+    )
+    .await;
 
     let other = loopback_socket().await;
     check(&other, &alice, media, false).await;
@@ -314,22 +340,24 @@ async fn a_check_without_use_candidate_moves_nothing() {
     )
     .await;
 
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob, still").await;
-    let leg = Leg {
-        sock: &b.socket,
-        tx: &mut b.outbound,
-        ssrc: bob.audio_ssrc,
-        to: Rx::Path(&mut a.media_rx),
-        rx: &mut a.inbound,
-    };
-    flows(leg, media, &mut sb, "bob to alice, still").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob, still",
+    )
+    .await;
+    between(
+        &mut b,
+        &mut a,
+        bob.audio_ssrc,
+        media,
+        &mut sb,
+        "bob to alice, still",
+    )
+    .await;
 
     let m = scrape(&relay).await;
     assert_eq!(metric(&m, MOVES), 0.0);
@@ -354,43 +382,47 @@ async fn a_nomination_from_anothers_address_takes_nothing() {
     let mut a = alice.connect().await.expect("alice connects");
     let mut b = bob.connect().await.expect("bob connects");
     let (mut sa, mut sb) = (0, 0);
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob",
+    )
+    .await;
 
     // The relay answers it (to alice's socket, whose client reads and drops it); the
     // media sent after it from the same socket is handled after it.
     let (_, forged) = binding_request(&bob, true);
     a.socket.send_to(&forged, media).await.expect("send");
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob, after").await;
-    let leg = Leg {
-        sock: &b.socket,
-        tx: &mut b.outbound,
-        ssrc: bob.audio_ssrc,
-        to: Rx::Path(&mut a.media_rx),
-        rx: &mut a.inbound,
-    };
-    flows(leg, media, &mut sb, "bob to alice").await;
-    let leg = Leg {
-        sock: &a.socket,
-        tx: &mut a.outbound,
-        ssrc: alice.audio_ssrc,
-        to: Rx::Path(&mut b.media_rx),
-        rx: &mut b.inbound,
-    };
-    flows(leg, media, &mut sa, "alice to bob, again").await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob, after",
+    )
+    .await;
+    between(
+        &mut b,
+        &mut a,
+        bob.audio_ssrc,
+        media,
+        &mut sb,
+        "bob to alice",
+    )
+    .await;
+    between(
+        &mut a,
+        &mut b,
+        alice.audio_ssrc,
+        media,
+        &mut sa,
+        "alice to bob, again",
+    )
+    .await;
 
     let m = scrape(&relay).await;
     assert_eq!(metric(&m, MOVES), 0.0);
