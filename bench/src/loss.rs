@@ -140,6 +140,8 @@ pub struct LossArgs {
     pub seed: u64,
     pub driver: PathBuf,
     pub timeout: Duration,
+    /// Where to keep each run's driver output and relay metrics.
+    pub logs: Option<PathBuf>,
 }
 
 /// One receiver's reception of the sender's video over the held window.
@@ -236,11 +238,22 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         .args(["--hold", &a.hold.as_secs().to_string()])
         .args(["--timeout", &a.timeout.as_secs().to_string()])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .output()
         .await
         .context("run node (the page driver)")?;
+    if let Some(dir) = &a.logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        for (ext, bytes) in [
+            ("driver.out", &out.stdout[..]),
+            ("driver.err", &out.stderr[..]),
+            ("metrics", relay.metrics_text().as_bytes()),
+        ] {
+            let f = dir.join(format!("run-{n}.{ext}"));
+            std::fs::write(&f, bytes).with_context(|| format!("write {}", f.display()))?;
+        }
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     let pages: Vec<Value> = serde_json::from_str(line)

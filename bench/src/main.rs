@@ -207,6 +207,10 @@ enum Cmd {
         /// The longest the pages may take to join.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Keep each run's page driver output (stdout with every page's state, stderr)
+        /// and the relay's metrics after it in this directory, to look into a run later.
+        #[arg(long, value_name = "DIR")]
+        logs: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -564,6 +568,7 @@ fn main() -> Result<()> {
             seed,
             driver,
             timeout,
+            logs,
             json,
         } => {
             let ip = InProcess::start()?;
@@ -574,6 +579,7 @@ fn main() -> Result<()> {
                 seed,
                 driver,
                 timeout,
+                logs,
             };
             let r = ip.client_rt.block_on(loss::run(&ip.relay, &ip.cfg, args));
             emit(json, &ip.finish(r)?, loss::print_human)?;
