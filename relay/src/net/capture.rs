@@ -873,22 +873,27 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A capture of every call at a fresh temp path, for a relay at 127.0.0.1:7402.
+    fn described_capture(name: &str) -> (PathBuf, Arc<Capture>) {
+        let path = temp_path(name);
+        let cfg = CaptureConfig {
+            path: Some(path.clone()),
+            ..CaptureConfig::default()
+        };
+        let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let cap = Capture::start(&path, &cfg, relay, &Metrics::new()).unwrap();
+        (path, cap)
+    }
+
     /// Each sender gets its interface once; an undescribed one goes on interface 0; a new
     /// participant at a departed one's address gets an interface of its own.
     #[test]
     fn one_interface_per_described_sender() {
         use blindrelay_protocol::sdp::Codec;
-        let path = temp_path("ifaces");
-        let metrics = Metrics::new();
-        let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let (path, cap) = described_capture("ifaces");
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
         let stranger: SocketAddr = "127.0.0.1:5002".parse().unwrap();
-        let cfg = CaptureConfig {
-            path: Some(path.clone()),
-            ..CaptureConfig::default()
-        };
-        let cap = Capture::start(&path, &cfg, relay, &metrics).unwrap();
         let tap = cap.tap();
         let bob = SenderInfo {
             participant: "p-bob".into(),
@@ -948,16 +953,9 @@ mod tests {
     /// of hers, and a move of someone undescribed describes no one.
     #[test]
     fn a_moved_sender_stays_described() {
-        let path = temp_path("moved");
-        let metrics = Metrics::new();
-        let relay: SocketAddr = "127.0.0.1:7402".parse().unwrap();
+        let (path, cap) = described_capture("moved");
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
-        let cfg = CaptureConfig {
-            path: Some(path.clone()),
-            ..CaptureConfig::default()
-        };
-        let cap = Capture::start(&path, &cfg, relay, &metrics).unwrap();
         let tap = cap.tap();
         let send = |from, byte: u8| {
             tap(&TapPacket {
