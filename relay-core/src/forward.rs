@@ -205,7 +205,39 @@ pub struct PeerTables {
     /// sent no other media. `None`: everything (tests and benchmarks that build
     /// forwarders by hand, without signalling).
     pub receiving: Option<Vec<u32>>,
+    /// A node link's end in this call (a cascade), not a participant: what comes from one
+    /// link never goes out on another, so media crosses each link once and never loops.
+    pub link: bool,
 }
+
+/// Payload types on node links: one fixed number per codec, whatever the participants
+/// at either end chose (the far node renumbers for its receivers, as for any sender).
+pub const LINK_PT_BASE: u8 = 96;
+
+/// [`PeerTables`] as plain data, for a node link: the owner node's plane makes a remote
+/// participant's tables, and the node that serves it loads them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerTablesWire {
+    pub codecs: Vec<(u8, u8)>,
+    pub twcc_id: u8,
+    pub ssrcs: Vec<u32>,
+    pub video_ssrcs: Vec<u32>,
+    pub receiving: Option<Vec<u32>>,
+}
+
+/// Tables from a node link that do not describe a participant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TablesError {
+    #[error("payload type {0} is not a dynamic RTP payload type below 128")]
+    PayloadType(u8),
+    #[error("codec index {0} is unknown")]
+    Codec(u8),
+    #[error("{0} SSRCs is more than a participant may have")]
+    TooMany(usize),
+}
+
+/// SSRCs one side of a node link may list in one table: a call's worth of tracks.
+pub const MAX_WIRE_SSRCS: usize = 4096;
 
 impl PeerTables {
     pub fn new(n: &Numbering, tracks: &[SentTrack], announced: &[u32]) -> Self {
@@ -220,6 +252,7 @@ impl PeerTables {
                 .map(|t| t.ssrc)
                 .collect(),
             receiving: Some(Vec::new()),
+            link: false,
         };
         for c in Codec::ALL {
             if let Some(pt) = n.pt_of(c).filter(|pt| *pt < 128) {
@@ -228,6 +261,75 @@ impl PeerTables {
             }
         }
         t
+    }
+
+    /// A node link's end in a call: it sends the `ssrcs` of the far node's participants
+    /// and is sent those of `receiving`, every codec on [`LINK_PT_BASE`] and up, with no
+    /// transport-cc (QUIC paces the link).
+    pub fn link(ssrcs: Vec<u32>, video_ssrcs: Vec<u32>, receiving: Vec<u32>) -> Self {
+        let mut t = PeerTables {
+            codec_of_pt: [NO; 128],
+            pt_of_codec: [NO; CODEC_COUNT],
+            twcc_id: 0,
+            ssrcs,
+            video_ssrcs,
+            receiving: Some(receiving),
+            link: true,
+        };
+        for c in Codec::ALL {
+            let pt = LINK_PT_BASE + c as u8;
+            t.codec_of_pt[pt as usize] = c as u8;
+            t.pt_of_codec[c.index()] = pt;
+        }
+        t
+    }
+
+    pub fn to_wire(&self) -> PeerTablesWire {
+        PeerTablesWire {
+            codecs: (0u8..128)
+                .filter(|pt| self.codec_of_pt[*pt as usize] != NO)
+                .map(|pt| (pt, self.codec_of_pt[pt as usize]))
+                .collect(),
+            twcc_id: self.twcc_id,
+            ssrcs: self.ssrcs.clone(),
+            video_ssrcs: self.video_ssrcs.clone(),
+            receiving: self.receiving.clone(),
+        }
+    }
+
+    /// A remote participant's tables, checked: they index arrays on the packet path.
+    pub fn from_wire(w: PeerTablesWire) -> Result<Self, TablesError> {
+        let most = [
+            w.ssrcs.len(),
+            w.video_ssrcs.len(),
+            w.receiving.as_ref().map_or(0, Vec::len),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        if most > MAX_WIRE_SSRCS {
+            return Err(TablesError::TooMany(most));
+        }
+        let mut t = PeerTables {
+            codec_of_pt: [NO; 128],
+            pt_of_codec: [NO; CODEC_COUNT],
+            twcc_id: w.twcc_id,
+            ssrcs: w.ssrcs,
+            video_ssrcs: w.video_ssrcs,
+            receiving: w.receiving,
+            link: false,
+        };
+        for (pt, c) in w.codecs {
+            if pt >= 128 {
+                return Err(TablesError::PayloadType(pt));
+            }
+            if usize::from(c) >= CODEC_COUNT {
+                return Err(TablesError::Codec(c));
+            }
+            t.codec_of_pt[pt as usize] = c;
+            t.pt_of_codec[c as usize] = pt;
+        }
+        Ok(t)
     }
 
     /// e2ee-client's numbering (Opus 111, VP8 96), no transport-cc: for tests and
@@ -497,6 +599,33 @@ impl<H: HopCipher> Forwarder<H> {
         }
     }
 
+    /// A node link's end in its call now sends `ssrcs` (`video` of them video) and is
+    /// sent `receiving`: participants came or went on the far node, or its receivers'
+    /// tracks changed. An SSRC a participant here owns stays its own.
+    pub fn set_link(
+        &mut self,
+        peer: PeerId,
+        ssrcs: Vec<u32>,
+        video: Vec<u32>,
+        receiving: Vec<u32>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !p.tables.link {
+            return;
+        }
+        let call = p.call;
+        self.ssrc_owner
+            .retain(|(c, s), o| !(*c == call && *o == peer && !ssrcs.contains(s)));
+        for s in &ssrcs {
+            self.ssrc_owner.entry((call, *s)).or_insert(peer);
+        }
+        p.tables.ssrcs = ssrcs;
+        p.tables.video_ssrcs = video;
+        self.set_receiving(peer, receiving);
+    }
+
     /// Send to `peer` at `addr` from now on: the controlling ICE agent nominated the pair
     /// with that address (RFC 8445 §7.3.1.5), and the participant's media comes from it.
     /// Whatever the forwarder keeps about the participant stays. Returns whether `peer`
@@ -702,6 +831,7 @@ impl<H: HopCipher> Forwarder<H> {
         let hdr = RtpHeader::parse(plain).map_err(|_| DropReason::RtpMalformed)?;
         let call = sender.call;
         let from_addr = sender.addr;
+        let from_link = sender.tables.link;
         // A participant sends only the SSRCs it announced (or, having announced none,
         // those nobody else owns): another's SSRC would make every receiver's context
         // seal two plaintexts under one nonce.
@@ -742,8 +872,13 @@ impl<H: HopCipher> Forwarder<H> {
         let padding = padding_only(plain[0], payload);
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {
-            self.scratch
-                .extend(members.iter().copied().filter(|p| *p != from));
+            let peers = &self.peers;
+            self.scratch.extend(
+                members
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != from && !(from_link && is_link(peers, *p))),
+            );
         }
         let mut n = 0;
         for to in &self.scratch {
@@ -838,9 +973,14 @@ impl<H: HopCipher> Forwarder<H> {
             .map_err(hop_drop)?;
         note_activity(sender, from, *now, active);
         let call = sender.call;
+        let from_link = sender.tables.link;
         members.clear();
         if let Some(m) = calls.get(&call) {
-            members.extend(m.iter().copied().filter(|p| *p != from));
+            members.extend(
+                m.iter()
+                    .copied()
+                    .filter(|p| *p != from && !(from_link && is_link(peers, *p))),
+            );
         }
         // The whole compound is parsed before anything is decided or queued, so a
         // malformed one queues nothing and uses up no keyframe request.
@@ -952,6 +1092,11 @@ impl<H: HopCipher> Forwarder<H> {
         }
         Ok(n)
     }
+}
+
+/// Whether `peer` is a node link's end (see [`PeerTables::link`]).
+fn is_link<H>(peers: &HashMap<PeerId, PeerMedia<H>>, peer: PeerId) -> bool {
+    peers.get(&peer).is_some_and(|p| p.tables.link)
 }
 
 /// A sender-side report (SR, SDES, BYE, APP, XR) from `from` may go to the others only if

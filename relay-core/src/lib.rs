@@ -35,6 +35,7 @@
 
 pub mod budget;
 pub mod calls;
+pub mod cascade;
 pub mod forward;
 /// Random forwarder actions checked against a reference model after each (tests and
 /// fuzzing only).

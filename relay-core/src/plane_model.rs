@@ -927,7 +927,7 @@ impl Harness {
                     "media output for peer {peer}, not live: {o:?}"
                 );
             }
-            Output::CallStarted { .. } => {}
+            Output::CallStarted { .. } | Output::CallEnded { .. } => {}
         }
     }
 

@@ -345,6 +345,7 @@ async fn a_quic_peer_needs_a_node_certificate() {
                 &Control::Hello {
                     node: "c".into(),
                     version: link::VERSION,
+                    incarnation: 1,
                 },
             )
             .await?;

@@ -632,6 +632,96 @@ pub async fn settle_capture(relay: &Relay) {
     relay.flush_capture().await;
 }
 
+/// A real `redis-server` on a unix socket in a directory of its own (no port to race
+/// for), with persistence off; killed by pid on drop. The cluster's directory in tests.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub url: String,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// Start one and wait until it answers PING.
+    pub fn start() -> RedisServer {
+        use std::io::{Read, Write};
+        let dir = temp_path("redis", "d");
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let sock = dir.join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&sock)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server: {e}; install it with scripts/install-test-deps.sh")
+            });
+        let r = RedisServer {
+            child,
+            url: format!("unix://{}", sock.display()),
+            dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pong = std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .and_then(|mut s| {
+                    s.write_all(b"PING\r\n").ok()?;
+                    let mut b = [0u8; 7];
+                    s.read_exact(&mut b).ok()?;
+                    (&b == b"+PONG\r\n").then_some(())
+                });
+            if pong.is_some() {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cluster's certificates (`cluster init`, and one per node) in a fresh directory.
+pub fn cluster_pki(nodes: &[&str]) -> std::path::PathBuf {
+    let dir = temp_path("pki", "d");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    blindrelay::cluster::pki::init(&dir).expect("cluster CA");
+    for n in nodes {
+        blindrelay::cluster::pki::node_cert(&dir, n).expect("node certificate");
+    }
+    dir
+}
+
+/// `cfg` as node `id` of the cluster whose directory is `redis` and CA is in `pki`.
+pub fn as_node(mut cfg: Config, redis: &RedisServer, pki: &std::path::Path, id: &str) -> Config {
+    cfg.cluster = Some(blindrelay::config::ClusterConfig {
+        node_id: id.into(),
+        redis_url: redis.url.clone(),
+        quic_listen: "127.0.0.1:0".parse().expect("literal"),
+        announce: "127.0.0.1".into(),
+        ca: pki.join("ca.pem"),
+        cert: pki.join(format!("{id}.pem")),
+        key: pki.join(format!("{id}.key")),
+        heartbeat: Duration::from_millis(300),
+        node_ttl: Duration::from_secs(1),
+        directory_timeout: Duration::from_secs(2),
+    });
+    cfg
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

@@ -156,6 +156,12 @@ pub enum Input {
     Connected {
         conn: ConnId,
     },
+    /// A connection another node carries (a cascade): that node serves the participant's
+    /// media, so its descriptions name that node's media address and DTLS fingerprint.
+    ConnectedVia {
+        conn: ConnId,
+        media: MediaEndpoint,
+    },
     /// A text frame.
     Text {
         conn: ConnId,
@@ -198,6 +204,12 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 3] = [
+        CloseReason::HelloTimeout,
+        CloseReason::Removed,
+        CloseReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::HelloTimeout => "hello_timeout",
@@ -212,6 +224,9 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub struct IcePeer {
     pub peer: PeerId,
+    /// The participant's signalling connection (a cascade carries the media path's
+    /// commands to the node that holds it).
+    pub conn: ConnId,
     pub call_key: CallKey,
     pub worker: usize,
     pub local_ufrag: String,
@@ -228,6 +243,13 @@ impl crate::ice::IceCredentials for &IcePeer {
     fn remote_ufrag(&self) -> &str {
         &self.remote_ufrag
     }
+}
+
+/// Where a participant's media goes when another node serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaEndpoint {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
 }
 
 /// Who a participant is to the media it sends: its public id and how it numbers codecs.
@@ -277,6 +299,8 @@ pub enum Output {
     },
     /// A call id got its relay-internal key (the capture filters by call id).
     CallStarted { call: String, call_key: CallKey },
+    /// The call's last participant left (a cluster node gives up owning it).
+    CallEnded { call: String, call_key: CallKey },
 }
 
 type Refusal = (ErrorCode, String);
@@ -576,17 +600,19 @@ impl ControlPlane {
         self.leave_lobby(conn);
     }
 
+    fn connected(&mut self, now: Instant, conn: ConnId, media: Option<MediaEndpoint>) {
+        let deadline = now + self.cfg.hello_timeout;
+        let mut c = Conn::new(now, deadline, self.cfg.message_burst, self.cfg.broadcast);
+        c.media = media;
+        self.conns.insert(conn, c);
+        self.timer(deadline, Timer::Hello(conn));
+    }
+
     /// Feed one input at time `now`.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Connected { conn } => {
-                let deadline = now + self.cfg.hello_timeout;
-                self.conns.insert(
-                    conn,
-                    Conn::new(now, deadline, self.cfg.message_burst, self.cfg.broadcast),
-                );
-                self.timer(deadline, Timer::Hello(conn));
-            }
+            Input::Connected { conn } => self.connected(now, conn, None),
+            Input::ConnectedVia { conn, media } => self.connected(now, conn, Some(media)),
             Input::Text { conn, text } => self.on_text(now, conn, &text),
             Input::Binary { conn } => {
                 if self.admit_message(now, conn) {
@@ -966,6 +992,7 @@ impl ControlPlane {
                 .filter_map(|(p, _)| self.sessions.get(p).map(|s| &s.numbering))
                 .chain([&numbering]),
         );
+        let media = self.conns.get(&conn).and_then(|c| c.media.clone());
         let answer_sdp = sdp::write_relay_description(
             &offer,
             &numbering.restricted(&codecs),
@@ -973,8 +1000,10 @@ impl ControlPlane {
             &RelayMedia {
                 ice_ufrag: &local_ufrag,
                 ice_pwd: &local_pwd,
-                fingerprint: &self.cfg.fingerprint,
-                media_addr: self.cfg.media_addr,
+                fingerprint: media
+                    .as_ref()
+                    .map_or(&self.cfg.fingerprint, |m| &m.fingerprint),
+                media_addr: media.as_ref().map_or(self.cfg.media_addr, |m| m.addr),
                 session_id: peer,
                 version: 0,
             },
@@ -989,6 +1018,7 @@ impl ControlPlane {
         }
         self.out.push_back(Output::IceAdd(IcePeer {
             peer,
+            conn,
             call_key: joined.call_key,
             worker: joined.worker,
             local_ufrag: local_ufrag.clone(),
@@ -1022,6 +1052,7 @@ impl ControlPlane {
                 keyed: false,
                 neg: Negotiation::new(codecs, remote),
                 answer_ssrcs: Vec::new(),
+                media,
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1194,6 +1225,10 @@ impl ControlPlane {
         if let Some(left) = left {
             if let Some(mode) = left.ended {
                 self.report(Report::Calls(mode, -1));
+                self.out.push_back(Output::CallEnded {
+                    call: session.call.clone(),
+                    call_key: left.call_key,
+                });
             }
             if reason.told_to_self() {
                 self.send(
@@ -1529,8 +1564,11 @@ impl ControlPlane {
                 numbering: &s.numbering,
                 ice_ufrag: &s.local_ufrag,
                 ice_pwd: &s.local_pwd,
-                fingerprint: &self.cfg.fingerprint,
-                media_addr: self.cfg.media_addr,
+                fingerprint: s
+                    .media
+                    .as_ref()
+                    .map_or(&self.cfg.fingerprint, |m| &m.fingerprint),
+                media_addr: s.media.as_ref().map_or(self.cfg.media_addr, |m| m.addr),
                 session_id: peer,
             },
         );

@@ -24,6 +24,8 @@ pub(super) struct Conn {
     pub(super) hello_deadline: Option<Instant>,
     /// A close was ordered: nothing more is read from or sent to it.
     pub(super) closing: bool,
+    /// Another node serves its media (a cascade).
+    pub(super) media: Option<super::MediaEndpoint>,
 }
 
 impl Conn {
@@ -41,6 +43,7 @@ impl Conn {
             broadcast: ByteBudget::full(broadcast, now),
             hello_deadline: Some(hello_deadline),
             closing: false,
+            media: None,
         }
     }
 
@@ -103,6 +106,8 @@ pub(super) struct Session {
     /// The SSRCs its last accepted answer listed (a receive-only stack reports from
     /// them): claimed like the offer's, so nobody else in the call may announce them.
     pub(super) answer_ssrcs: Vec<u32>,
+    /// Another node serves its media (a cascade): its descriptions name that node.
+    pub(super) media: Option<super::MediaEndpoint>,
 }
 
 impl Session {

@@ -74,6 +74,32 @@ redis.call('PUBLISH', KEYS[2], cjson.encode({version = nv, node = ARGV[3], at_ms
 return nv
 "#;
 
+/// Claim a call for a node: the owner stays while its node is listed; a call without one,
+/// or whose owner's node record is gone (killed, or stopped), goes to the claimant. One
+/// step, so two nodes racing for a call agree on the winner (SET NX, plus takeover).
+const CALL_CLAIM: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. cur) == 1 then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"#;
+
+/// Keep a node's claim on a call alive (`PEXPIRE` if it is still the owner).
+const CALL_REFRESH: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// Give up a call the node owns (its last participant left).
+const CALL_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+fn call_owner_key(call: &str) -> String {
+    format!("{PREFIX}call:{call}:owner")
+}
+
 /// A handle on the directory: one multiplexed connection that reconnects by itself.
 #[derive(Clone)]
 pub struct Directory {
@@ -198,6 +224,66 @@ impl Directory {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(u64::try_from(v).ok())
+    }
+
+    /// The node that owns `call`: `node` itself if it had none or its owner is gone.
+    pub async fn claim_call(
+        &self,
+        call: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<String, DirectoryError> {
+        Ok(redis::Script::new(CALL_CLAIM)
+            .key(call_owner_key(call))
+            .arg(node)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(format!("{PREFIX}node:"))
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Extend `node`'s claim on each of `calls`.
+    pub async fn refresh_calls(
+        &self,
+        node: &str,
+        calls: &[String],
+        ttl: Duration,
+    ) -> Result<(), DirectoryError> {
+        let script = redis::Script::new(CALL_REFRESH);
+        for c in calls {
+            script
+                .key(call_owner_key(c))
+                .arg(node)
+                .arg(ttl.as_millis().max(1) as u64)
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drop `node`'s claim on `call`.
+    pub async fn release_call(&self, call: &str, node: &str) -> Result<(), DirectoryError> {
+        redis::Script::new(CALL_RELEASE)
+            .key(call_owner_key(call))
+            .arg(node)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// One node's record, if it is live.
+    pub async fn node(&self, id: &str) -> Result<Option<NodeRecord>, DirectoryError> {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(node_key(id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        v.map(|v| {
+            serde_json::from_str(&v).map_err(|e| DirectoryError::Record {
+                key: node_key(id),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
     }
 
     /// A subscription to policy notices (a connection of its own, as pub/sub needs).

@@ -42,6 +42,7 @@ const MAX_INCOMING: usize = 256;
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_REPLACED: u32 = 2;
 const CLOSE_SHUTDOWN: u32 = 3;
+const CLOSE_OVERLOADED: u32 = 4;
 
 #[derive(Debug, Error)]
 pub enum LinkError {
@@ -66,9 +67,127 @@ pub enum LinkError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
-    Hello { node: String, version: u32 },
-    Welcome { node: String },
+    Hello {
+        node: String,
+        version: u32,
+        /// Random per process: a new one from a node means it restarted.
+        #[serde(default)]
+        incarnation: u64,
+    },
+    Welcome {
+        node: String,
+        #[serde(default)]
+        incarnation: u64,
+    },
+    // A participant whose signalling reached one node (its edge) while another node (the
+    // owner) holds its call. Edge to owner:
+    /// A client connection the edge carries from now on; its media goes to the edge.
+    Open {
+        session: u64,
+        media: SocketAddr,
+        /// The edge's DTLS fingerprint, `sha-256 AB:CD:...`.
+        fingerprint: String,
+    },
+    /// A signalling frame from the client.
+    Text {
+        session: u64,
+        text: String,
+    },
+    /// The client's connection is gone.
+    Gone {
+        session: u64,
+    },
+    /// Media-path news about a participant (the owner's id for it).
+    Keyed {
+        peer: u64,
+    },
+    Activity {
+        peer: u64,
+    },
+    DtlsFailed {
+        peer: u64,
+    },
+    DtlsClosed {
+        peer: u64,
+    },
+    // Owner to edge:
+    /// A message for the client.
+    Deliver {
+        session: u64,
+        text: String,
+    },
+    /// Close the client's connection.
+    Close {
+        session: u64,
+        reason: String,
+    },
+    /// Accept the participant's ICE checks (the plane's `IceAdd`).
+    Ice {
+        session: u64,
+        peer: u64,
+        call: String,
+        local_ufrag: String,
+        local_pwd: String,
+        remote_ufrag: String,
+        /// The client's DTLS fingerprint, `sha-256 AB:CD:...`.
+        fingerprint: String,
+        ssrcs: Vec<u32>,
+    },
+    /// Start forwarding for it (the plane's `Attach`).
+    Attach {
+        peer: u64,
+        tables: crate::core::forward::PeerTablesWire,
+        participant: String,
+    },
+    /// The remote SSRCs it has tracks for.
+    Receive {
+        peer: u64,
+        ssrcs: Vec<u32>,
+    },
+    /// Forget it on the media path.
+    Remove {
+        peer: u64,
+    },
+    // Between the nodes that share a call:
+    /// Owner to a node of the call: hold a link end toward `peer_node` in the call, which
+    /// sends `ssrcs` (of them `video`) and is sent `receiving`.
+    Route {
+        call: String,
+        peer_node: String,
+        peer_quic: SocketAddr,
+        ssrcs: Vec<u32>,
+        video: Vec<u32>,
+        receiving: Vec<u32>,
+    },
+    /// Owner to a node: drop its link end toward `peer_node` in the call.
+    Unroute {
+        call: String,
+        peer_node: String,
+    },
+    /// A node to the node it receives from: send the call's track `ssrc` on flow `flow`
+    /// (each pair chosen by the receiving node, so flows never collide on a link), and its
+    /// RTCP on `rtcp`.
+    Flows {
+        call: String,
+        flows: Vec<(u32, u64)>,
+        rtcp: u64,
+    },
 }
+
+/// What a node's links tell it, besides media.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up(String),
+    Down(String),
+    Message(String, Control),
+}
+
+/// Where link events go. It says whether it took the event (a full queue does not).
+pub type ControlSink = Arc<dyn Fn(LinkEvent) -> bool + Send + Sync>;
+
+/// Control messages queued for one link's stream; a peer that lets more pile up is not
+/// reading and its link is closed.
+const CONTROL_QUEUE: usize = 8192;
 
 /// The link protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -228,6 +347,9 @@ pub struct Link {
     pub peer: String,
     pub conn: Connection,
     pub since: Instant,
+    control: tokio::sync::mpsc::Sender<Control>,
+    /// The peer process's incarnation.
+    incarnation: u64,
     sent: metrics::Counter,
     metrics: Arc<Metrics>,
 }
@@ -244,14 +366,20 @@ pub enum MediaDrop {
     TooLarge,
     /// The link is gone.
     LinkDown,
+    /// A track or call the far node has given no flow for (yet).
+    NoFlow,
+    /// The forwarding loop of the flow's call is full.
+    QueueFull,
 }
 
 impl MediaDrop {
-    pub const ALL: [MediaDrop; 4] = [
+    pub const ALL: [MediaDrop; 6] = [
         MediaDrop::Malformed,
         MediaDrop::NoReceiver,
         MediaDrop::TooLarge,
         MediaDrop::LinkDown,
+        MediaDrop::NoFlow,
+        MediaDrop::QueueFull,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -259,6 +387,8 @@ impl MediaDrop {
             MediaDrop::NoReceiver => "no_receiver",
             MediaDrop::TooLarge => "too_large",
             MediaDrop::LinkDown => "link_down",
+            MediaDrop::NoFlow => "no_flow",
+            MediaDrop::QueueFull => "queue_full",
         }
     }
 }
@@ -315,6 +445,16 @@ impl Link {
         r
     }
 
+    /// Queue a control message, in order. A link whose peer lets the queue fill is closed:
+    /// control is never dropped silently, since each message changes state over there.
+    pub fn send_control(&self, msg: Control) -> Result<(), LinkError> {
+        self.control.try_send(msg).map_err(|_| {
+            self.conn
+                .close(CLOSE_OVERLOADED.into(), b"control queue full");
+            LinkError::Stream("control queue full: link closed".into())
+        })
+    }
+
     /// Largest packet that fits one datagram on this link now (after a flow id of up to 8
     /// bytes), if datagrams are on.
     pub fn max_packet(&self) -> Option<usize> {
@@ -332,8 +472,14 @@ pub struct Links {
     client: quinn::ClientConfig,
     links: Arc<Mutex<HashMap<String, Link>>>,
     metrics: Arc<Metrics>,
-    sink: Option<MediaSink>,
+    sink: Arc<std::sync::OnceLock<MediaSink>>,
+    control: Arc<std::sync::OnceLock<ControlSink>>,
+    incarnation: u64,
 }
+
+/// How long a link that lost to another one to the same node stays open: messages already
+/// on their way on it are still read, and then it closes.
+const REPLACED_GRACE: Duration = Duration::from_secs(2);
 
 impl Links {
     /// Bind the QUIC listener and start accepting links.
@@ -356,10 +502,38 @@ impl Links {
             client: client_config(tls)?,
             links: Arc::new(Mutex::new(HashMap::new())),
             metrics,
-            sink,
+            sink: Arc::new(std::sync::OnceLock::new()),
+            control: Arc::new(std::sync::OnceLock::new()),
+            incarnation: rand::random::<u64>() | 1,
         };
+        if let Some(sink) = sink {
+            let _ = links.sink.set(sink);
+        }
         tokio::spawn(links.clone().accept_loop());
         Ok(links)
+    }
+
+    /// Where media and control arriving on links go from now on (set once: the node's
+    /// media path starts after it joined the cluster).
+    pub fn serve(&self, media: MediaSink, control: ControlSink) {
+        let _ = self.sink.set(media);
+        let _ = self.control.set(control);
+    }
+
+    /// The live link to `peer`, if there is one.
+    pub fn get(&self, peer: &str) -> Option<Link> {
+        self.table()
+            .get(peer)
+            .filter(|l| l.conn.close_reason().is_none())
+            .cloned()
+    }
+
+    fn tell(&self, e: LinkEvent) {
+        if let Some(c) = self.control.get() {
+            if !c(e) {
+                warn!("link event dropped: the node's event queue is full");
+            }
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -396,7 +570,7 @@ impl Links {
                     Err(e) => return me.refused(Refusal::of(&e), from, &e),
                 };
                 match tokio::time::timeout(HELLO_TIMEOUT, me.greet(&conn)).await {
-                    Ok(Ok(peer)) => me.up(peer, conn),
+                    Ok(Ok((peer, inc, send, recv))) => me.up(peer, conn, send, recv, inc, false),
                     Ok(Err((r, e))) => {
                         conn.close(CLOSE_REFUSED.into(), r.as_str().as_bytes());
                         me.refused(r, from, &e);
@@ -412,11 +586,18 @@ impl Links {
 
     /// The accepting side's half of the handshake: read `hello`, check the certificate
     /// names that node, answer `welcome`.
-    async fn greet(&self, conn: &Connection) -> Result<String, (Refusal, LinkError)> {
+    async fn greet(
+        &self,
+        conn: &Connection,
+    ) -> Result<(String, u64, SendStream, RecvStream), (Refusal, LinkError)> {
         let bad = |e: LinkError| (Refusal::BadHello, e);
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| bad(e.into()))?;
-        let node = match read_control(&mut recv).await.map_err(bad)? {
-            Some(Control::Hello { node, version }) if version == VERSION => node,
+        let (node, inc) = match read_control(&mut recv).await.map_err(bad)? {
+            Some(Control::Hello {
+                node,
+                version,
+                incarnation,
+            }) if version == VERSION => (node, incarnation),
             other => {
                 return Err(bad(LinkError::Refused(format!(
                     "expected hello version {VERSION}, got {other:?}"
@@ -430,28 +611,99 @@ impl Links {
             &mut send,
             &Control::Welcome {
                 node: self.node.clone(),
+                incarnation: self.incarnation,
             },
         )
         .await
         .map_err(bad)?;
-        Ok(node)
+        Ok((node, inc, send, recv))
     }
 
-    /// Record a link that finished its handshake; an older link to the same node is
-    /// closed (the peer restarted, or both dialled at once).
-    fn up(&self, peer: String, conn: Connection) {
+    /// Record a link that finished its handshake. With a live link to the same node
+    /// already: a restarted peer's new link wins; if both dialled at once, both nodes keep
+    /// the link the lower node id dialled, so they agree. The loser closes after a grace.
+    fn up(
+        &self,
+        peer: String,
+        conn: Connection,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        incarnation: u64,
+        dialled: bool,
+    ) {
         info!(peer = %peer, addr = %conn.remote_address(), "node link up");
+        let (control, mut queued) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
+        // The control stream's writer: in order, until the link or the queue closes.
+        {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                while let Some(m) = queued.recv().await {
+                    if let Err(e) = write_control(&mut send, &m).await {
+                        debug!(error = %e, "control stream write failed");
+                        conn.close(CLOSE_OVERLOADED.into(), b"control stream failed");
+                        break;
+                    }
+                }
+            });
+        }
+        // Its reader: every message to the node, in order; a bad frame closes the link.
+        {
+            let me = self.clone();
+            let conn = conn.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                loop {
+                    match read_control(&mut recv).await {
+                        Ok(Some(m)) => me.tell(LinkEvent::Message(peer.clone(), m)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(peer = %peer, error = %e, "bad control stream: link closed");
+                            conn.close(CLOSE_REFUSED.into(), b"bad control message");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
         let link = Link {
             peer: peer.clone(),
             conn: conn.clone(),
             since: Instant::now(),
+            control,
+            incarnation,
             sent: self.metrics.cluster_link_datagrams(&peer, "sent"),
             metrics: self.metrics.clone(),
         };
-        if let Some(old) = self.table().insert(peer.clone(), link) {
-            old.conn.close(CLOSE_REPLACED.into(), b"replaced");
+        let loser = {
+            let mut t = self.table();
+            let keep_new = match t.get(&peer) {
+                None => true,
+                Some(old) if old.conn.close_reason().is_some() => true,
+                Some(old) if old.incarnation != incarnation => true,
+                Some(_) => {
+                    let lower = self.node.as_str().min(peer.as_str());
+                    let dialler = if dialled {
+                        self.node.as_str()
+                    } else {
+                        peer.as_str()
+                    };
+                    dialler == lower
+                }
+            };
+            if keep_new {
+                t.insert(peer.clone(), link).map(|old| old.conn)
+            } else {
+                Some(conn.clone())
+            }
+        };
+        if let Some(l) = loser {
+            tokio::spawn(async move {
+                tokio::time::sleep(REPLACED_GRACE).await;
+                l.close(CLOSE_REPLACED.into(), b"replaced");
+            });
         }
         self.metrics.cluster_links().set(self.table().len() as f64);
+        self.tell(LinkEvent::Up(peer.clone()));
         let me = self.clone();
         tokio::spawn(async move {
             let rtt = me.metrics.cluster_link_rtt(&peer);
@@ -466,7 +718,7 @@ impl Links {
                         received.increment(1);
                         match roq::split(&d) {
                             Ok((flow, packet)) => {
-                                if !me.sink.as_ref().is_some_and(|s| s(&peer, flow, packet)) {
+                                if !me.sink.get().is_some_and(|s| s(&peer, flow, packet)) {
                                     me.drop_media(MediaDrop::NoReceiver);
                                 }
                             }
@@ -479,14 +731,22 @@ impl Links {
                     }
                 }
             }
-            let mut t = me.table();
-            if t.get(&peer)
-                .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
-            {
-                t.remove(&peer);
-            }
-            me.metrics.cluster_links().set(t.len() as f64);
+            let current = {
+                let mut t = me.table();
+                let current = t
+                    .get(&peer)
+                    .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+                if current {
+                    t.remove(&peer);
+                }
+                me.metrics.cluster_links().set(t.len() as f64);
+                current
+            };
             info!(peer = %peer, "node link down");
+            // A replaced link is not the peer going away.
+            if current {
+                me.tell(LinkEvent::Down(peer));
+            }
         });
     }
 
@@ -497,8 +757,16 @@ impl Links {
                 return Ok(l.clone());
             }
         }
-        let conn = dial(&self.endpoint, &self.client, &self.node, peer, addr).await?;
-        self.up(peer.to_string(), conn);
+        let (conn, inc, send, recv) = dial_stream(
+            &self.endpoint,
+            &self.client,
+            &self.node,
+            self.incarnation,
+            peer,
+            addr,
+        )
+        .await?;
+        self.up(peer.to_string(), conn, send, recv, inc, true);
         self.table()
             .get(peer)
             .cloned()
@@ -519,6 +787,20 @@ pub async fn dial(
     peer: &str,
     addr: SocketAddr,
 ) -> Result<Connection, LinkError> {
+    dial_stream(endpoint, client, me, 0, peer, addr)
+        .await
+        .map(|(c, _, _, _)| c)
+}
+
+/// [`dial`], keeping the control stream.
+pub async fn dial_stream(
+    endpoint: &Endpoint,
+    client: &quinn::ClientConfig,
+    me: &str,
+    incarnation: u64,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<(Connection, u64, SendStream, RecvStream), LinkError> {
     check_node_id(peer)?;
     let conn = endpoint.connect_with(client.clone(), addr, peer)?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -527,11 +809,14 @@ pub async fn dial(
         &Control::Hello {
             node: me.to_string(),
             version: VERSION,
+            incarnation,
         },
     )
     .await?;
     match tokio::time::timeout(HELLO_TIMEOUT, read_control(&mut recv)).await {
-        Ok(Ok(Some(Control::Welcome { node }))) if node == peer => Ok(conn),
+        Ok(Ok(Some(Control::Welcome { node, incarnation }))) if node == peer => {
+            Ok((conn, incarnation, send, recv))
+        }
         Ok(Ok(other)) => Err(LinkError::Refused(format!(
             "expected welcome from {peer}, got {other:?}"
         ))),

@@ -211,7 +211,12 @@ pub struct Node {
     pub id: String,
     pub links: Links,
     pub policy: SharedPolicy,
-    dir: Directory,
+    pub dir: Directory,
+    /// Where other nodes reach this one's links.
+    pub quic: SocketAddr,
+    /// How long a node's record outlives its last heartbeat.
+    pub node_ttl: Duration,
+    pub heartbeat: Duration,
     draining: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -298,11 +303,23 @@ impl Node {
             }));
         }
         info!(node = %cfg.node_id, quic = %cfg.quic_listen, "cluster node started");
+        let quic = cfg
+            .announce
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, quic_port))
+            .unwrap_or_else(|_| {
+                links
+                    .local_addr()
+                    .unwrap_or(SocketAddr::new(cfg.quic_listen.ip(), quic_port))
+            });
         Ok(Node {
             id: cfg.node_id.clone(),
             links,
             policy,
             dir,
+            quic,
+            node_ttl: cfg.node_ttl,
+            heartbeat: cfg.heartbeat,
             draining,
             tasks,
         })

@@ -4,6 +4,7 @@
 //! metrics itself). It sleeps only until the plane's next deadline.
 
 use super::capture::Capture;
+use super::cascade::Cascade;
 use super::events::{Event, KeyedMedia};
 use super::media::{RecvCtl, WorkerMsg};
 use super::outq::OutQueue;
@@ -29,16 +30,18 @@ pub struct MediaControl {
     pub recv: mpsc::Sender<RecvCtl>,
 }
 
-struct Driver {
-    media: MediaControl,
-    capture: Option<Arc<Capture>>,
-    conns: HashMap<ConnId, Arc<OutQueue>>,
+pub(super) struct Driver {
+    pub(super) media: MediaControl,
+    pub(super) capture: Option<Arc<Capture>>,
+    pub(super) conns: HashMap<ConnId, Arc<OutQueue>>,
     /// Keyed participants whose contexts wait for the plane's `Attach`.
-    pending: HashMap<PeerId, Box<KeyedMedia>>,
+    pub(super) pending: HashMap<PeerId, Box<KeyedMedia>>,
     /// DTLS associations of attached participants, for close_notify at removal.
-    dtls: HashMap<PeerId, Arc<DTLSConn>>,
+    pub(super) dtls: HashMap<PeerId, Arc<DTLSConn>>,
     /// During shutdown: the close_notify tasks to wait for.
-    closing: Option<Vec<JoinHandle<()>>>,
+    pub(super) closing: Option<Vec<JoinHandle<()>>>,
+    /// A cluster node's half of calls that span nodes.
+    pub(super) cascade: Option<Cascade>,
 }
 
 /// Run the control plane until every event sender is gone.
@@ -48,6 +51,7 @@ pub async fn run(
     media: MediaControl,
     capture: Option<Arc<Capture>>,
     metrics: Arc<Metrics>,
+    cascade: Option<Cascade>,
 ) {
     let mut d = Driver {
         media,
@@ -56,6 +60,7 @@ pub async fn run(
         pending: HashMap::new(),
         dtls: HashMap::new(),
         closing: None,
+        cascade,
     };
     loop {
         let deadline = plane.poll_timeout();
@@ -71,6 +76,11 @@ pub async fn run(
         };
         let now = Instant::now();
         let mut done = None;
+        // A cluster node's events about calls held elsewhere go there, not to the plane.
+        let ev = match ev {
+            Some(e) if d.cascade.is_some() => d.cascade_event(now, &mut plane, e).await,
+            e => e,
+        };
         if let Some(ev) = ev {
             match ev {
                 Event::Connected { conn, queue } => {
@@ -95,6 +105,8 @@ pub async fn run(
                 Event::DtlsClosed { peer } => plane.handle_input(now, Input::DtlsClosed { peer }),
                 // Media-path news the plane has no part in: it knows no addresses.
                 Event::Nominated { peer, addr } => d.nominated(peer, addr).await,
+                // Handled by the cascade above (a lone relay has none).
+                Event::Link(_) | Event::Routed { .. } => {}
                 Event::Shutdown { done: tx } => {
                     d.closing = Some(Vec::new());
                     plane.handle_input(now, Input::Shutdown);
@@ -110,7 +122,13 @@ pub async fn run(
             metrics.record(&r);
         }
         while let Some(o) = plane.poll_output() {
-            d.execute(o).await;
+            let o = match d.cascade.is_some() {
+                true => d.cascade_output(o).await,
+                false => Some(o),
+            };
+            if let Some(o) = o {
+                d.execute(o).await;
+            }
         }
         // Keyed, but the plane had no one to attach (left during the handshake).
         let orphans: Vec<Box<KeyedMedia>> = d.pending.drain().map(|(_, m)| m).collect();
@@ -132,7 +150,7 @@ impl Driver {
     /// driver does not track which holds it), after whatever was queued for it before, so
     /// a merge in progress carries the new address or gets it at the target. One not
     /// attached yet needs nothing: its address is read from its conn at `Attach`.
-    async fn nominated(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
+    pub(super) async fn nominated(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
         // Before its loop learns of it, so before the capture sees its packets from there.
         if let Some(c) = &self.capture {
             c.on_move(peer, addr);
@@ -142,7 +160,7 @@ impl Driver {
         }
     }
 
-    fn closing_task(&mut self, conn: Arc<DTLSConn>) {
+    pub(super) fn closing_task(&mut self, conn: Arc<DTLSConn>) {
         let t = tokio::spawn(async move {
             let _ = tokio::time::timeout(DTLS_CLOSE_TIMEOUT, conn.close()).await;
         });
@@ -171,28 +189,7 @@ impl Driver {
             Output::IceAdd(p) => {
                 let _ = self.media.recv.send(RecvCtl::AddIce(Box::new(p))).await;
             }
-            Output::MediaRemove { peer, ufrag } => {
-                let _ = self
-                    .media
-                    .recv
-                    .send(RecvCtl::RemovePeer { peer, ufrag })
-                    .await;
-                // Every loop: the plane does not say which loop holds the participant, and
-                // a loop that does not hold it ignores this. (A merge's AddPeer is always
-                // queued before this: see `Output::Move`.)
-                for w in &self.media.workers {
-                    let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
-                }
-                if let Some(m) = self.pending.remove(&peer) {
-                    self.closing_task(m.dtls);
-                }
-                if let Some(c) = &self.capture {
-                    c.on_leave(peer);
-                }
-                if let Some(c) = self.dtls.remove(&peer) {
-                    self.closing_task(c);
-                }
-            }
+            Output::MediaRemove { peer, ufrag } => self.media_remove(peer, ufrag).await,
             Output::Attach {
                 peer,
                 call_key,
@@ -200,30 +197,10 @@ impl Driver {
                 tables,
                 sender,
             } => {
-                let (Some(m), Some(w)) =
-                    (self.pending.remove(&peer), self.media.workers.get(worker))
-                else {
-                    return;
-                };
-                let m = *m;
-                // Where it is now: a nomination that moved it before this is in its conn
-                // already, and one after this is a `Nominated` event still to come.
-                let addr = m.conn.remote();
-                // Before its loop learns of it, so before the capture sees its packets.
-                if let Some(c) = &self.capture {
-                    c.on_attach(peer, call_key, addr, &sender);
+                if let Some(m) = self.pending.remove(&peer) {
+                    self.attach(peer, call_key, worker, *tables, &sender, *m)
+                        .await;
                 }
-                self.dtls.insert(peer, m.dtls);
-                let _ = w
-                    .send(WorkerMsg::AddPeer {
-                        peer,
-                        call: call_key,
-                        addr,
-                        inbound: Box::new(m.inbound),
-                        outbound: Box::new(m.outbound),
-                        tables,
-                    })
-                    .await;
             }
             Output::Receive {
                 peer,
@@ -241,48 +218,119 @@ impl Driver {
                 from_worker,
                 to_worker,
             } => {
-                if let (Some(from), Some(to)) = (
-                    self.media.workers.get(from_worker),
-                    self.media.workers.get(to_worker),
-                ) {
-                    // The driver carries the hop state over itself, waiting for the old
-                    // loop's answer (it answers at its next round): the participant's
-                    // AddPeer is then queued at the target before anything the plane says
-                    // about it later (its Receive, its RemovePeer), in that order. A loop
-                    // forwarding it on its own could land it after the RemovePeer and leave
-                    // a ghost there.
-                    let (reply, taken) = oneshot::channel();
-                    let _ = from.send(WorkerMsg::TakePeer(peer, reply)).await;
-                    if let Ok(t) = taken.await {
-                        let _ = to
-                            .send(WorkerMsg::AddPeer {
-                                peer,
-                                call: call_key,
-                                addr: t.addr,
-                                inbound: Box::new(t.inbound.0),
-                                outbound: Box::new(t.outbound.0),
-                                tables: Box::new(t.tables),
-                            })
-                            .await;
-                    }
-                }
-                let _ = self
-                    .media
-                    .recv
-                    .send(RecvCtl::SetWorker {
-                        peer,
-                        ufrag,
-                        worker: to_worker,
-                        call_key,
-                    })
-                    .await;
+                self.move_peer(peer, ufrag, call_key, from_worker, to_worker)
+                    .await
             }
             Output::CallStarted { call, call_key } => {
                 if let Some(c) = &self.capture {
                     c.on_join(&call, call_key);
                 }
             }
+            Output::CallEnded { .. } => {}
         }
+    }
+
+    /// Forget a participant on the media path and close its DTLS association.
+    pub(super) async fn media_remove(&mut self, peer: PeerId, ufrag: String) {
+        let _ = self
+            .media
+            .recv
+            .send(RecvCtl::RemovePeer { peer, ufrag })
+            .await;
+        // Every loop: the plane does not say which loop holds the participant, and
+        // a loop that does not hold it ignores this. (A merge's AddPeer is always
+        // queued before this: see `Output::Move`.)
+        for w in &self.media.workers {
+            let _ = w.send(WorkerMsg::RemovePeer(peer)).await;
+        }
+        if let Some(m) = self.pending.remove(&peer) {
+            self.closing_task(m.dtls);
+        }
+        if let Some(c) = &self.capture {
+            c.on_leave(peer);
+        }
+        if let Some(c) = self.dtls.remove(&peer) {
+            self.closing_task(c);
+        }
+    }
+
+    /// Hand a keyed participant's contexts to its forwarding loop.
+    pub(super) async fn attach(
+        &mut self,
+        peer: PeerId,
+        call_key: crate::core::CallKey,
+        worker: usize,
+        tables: crate::core::forward::PeerTables,
+        sender: &crate::core::plane::SenderInfo,
+        m: KeyedMedia,
+    ) {
+        let Some(w) = self.media.workers.get(worker) else {
+            return;
+        };
+        // Where it is now: a nomination that moved it before this is in its conn
+        // already, and one after this is a `Nominated` event still to come.
+        let addr = m.conn.remote();
+        // Before its loop learns of it, so before the capture sees its packets.
+        if let Some(c) = &self.capture {
+            c.on_attach(peer, call_key, addr, sender);
+        }
+        self.dtls.insert(peer, m.dtls);
+        let _ = w
+            .send(WorkerMsg::AddPeer {
+                peer,
+                call: call_key,
+                addr,
+                inbound: Box::new(m.inbound.into()),
+                outbound: Box::new(m.outbound.into()),
+                tables: Box::new(tables),
+            })
+            .await;
+    }
+
+    /// Re-home a participant on another forwarding loop (merge).
+    async fn move_peer(
+        &mut self,
+        peer: PeerId,
+        ufrag: String,
+        call_key: crate::core::CallKey,
+        from_worker: usize,
+        to_worker: usize,
+    ) {
+        if let (Some(from), Some(to)) = (
+            self.media.workers.get(from_worker),
+            self.media.workers.get(to_worker),
+        ) {
+            // The driver carries the hop state over itself, waiting for the old
+            // loop's answer (it answers at its next round): the participant's
+            // AddPeer is then queued at the target before anything the plane says
+            // about it later (its Receive, its RemovePeer), in that order. A loop
+            // forwarding it on its own could land it after the RemovePeer and leave
+            // a ghost there.
+            let (reply, taken) = oneshot::channel();
+            let _ = from.send(WorkerMsg::TakePeer(peer, reply)).await;
+            if let Ok(t) = taken.await {
+                let _ = to
+                    .send(WorkerMsg::AddPeer {
+                        peer,
+                        call: call_key,
+                        addr: t.addr,
+                        inbound: Box::new(t.inbound),
+                        outbound: Box::new(t.outbound),
+                        tables: Box::new(t.tables),
+                    })
+                    .await;
+            }
+        }
+        let _ = self
+            .media
+            .recv
+            .send(RecvCtl::SetWorker {
+                peer,
+                ufrag,
+                worker: to_worker,
+                call_key,
+            })
+            .await;
     }
 }
 
@@ -292,7 +340,7 @@ mod tests {
     use super::*;
     use crate::core::forward::PeerTables;
     use crate::core::CallKey;
-    use crate::hop::SrtpHop;
+    use crate::hop::{MediaHop, SrtpHop};
     use blindrelay_transport::fast_srtp::FastGcmContext;
     use blindrelay_transport::hop::HopContext;
 
@@ -301,12 +349,12 @@ mod tests {
     const FROM_CALL: CallKey = 10;
     const TO_CALL: CallKey = 20;
 
-    type Forwarder = crate::core::forward::Forwarder<SrtpHop>;
+    type Forwarder = crate::core::forward::Forwarder<MediaHop>;
 
-    fn hop(key: u8) -> SrtpHop {
-        SrtpHop(HopContext::Fast(Box::new(
+    fn hop(key: u8) -> MediaHop {
+        MediaHop::Srtp(SrtpHop(HopContext::Fast(Box::new(
             FastGcmContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
-        )))
+        ))))
     }
 
     fn addr(port: u16) -> std::net::SocketAddr {
@@ -335,6 +383,7 @@ mod tests {
             pending: HashMap::new(),
             dtls: HashMap::new(),
             closing: None,
+            cascade: None,
         };
         let mut a = Forwarder::new(None);
         a.add_peer(

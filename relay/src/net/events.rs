@@ -66,6 +66,14 @@ pub enum Event {
         peer: PeerId,
         addr: SocketAddr,
     },
+    /// A node link's news (cluster nodes only).
+    Link(crate::cluster::link::LinkEvent),
+    /// Where a connection's call lives, once the directory said (cluster nodes only):
+    /// `Ok(None)` here, `Ok(Some(node))` on that node, linked.
+    Routed {
+        conn: ConnId,
+        owner: Result<Option<String>, String>,
+    },
     /// Remove everyone, close every DTLS association, then answer.
     Shutdown {
         done: oneshot::Sender<()>,

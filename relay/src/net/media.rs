@@ -8,11 +8,10 @@ use crate::core::forward::{MediaTap, Outbox, PeerTables};
 use crate::core::ice::{handle_stun, StunOutcome};
 use crate::core::plane::IcePeer;
 use crate::core::{CallKey, PeerId};
-use crate::hop::SrtpHop;
+use crate::hop::MediaHop;
 use crate::metrics::{kind_index, DropReason, Metrics};
 use blindrelay_protocol::demux::{classify, PacketKind};
 use blindrelay_protocol::sdp::Fingerprint;
-use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::{handshake, DtlsIdentity, DtlsRole, PacketConn};
 use bytes::{Bytes, BytesMut};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
@@ -31,7 +30,7 @@ pub const CONTROL_QUEUE: usize = 1024;
 const DTLS_QUEUE: usize = 64;
 
 /// A forwarding loop's state, over the relay's SRTP contexts.
-type Forwarder = crate::core::forward::Forwarder<SrtpHop>;
+type Forwarder = crate::core::forward::Forwarder<MediaHop>;
 use crate::core::forward::PeerTransfer;
 
 /// Messages to a forwarding loop.
@@ -40,19 +39,89 @@ pub enum WorkerMsg {
         peer: PeerId,
         call: CallKey,
         addr: SocketAddr,
-        inbound: Box<HopContext>,
-        outbound: Box<HopContext>,
+        inbound: Box<MediaHop>,
+        outbound: Box<MediaHop>,
         tables: Box<PeerTables>,
     },
+    /// A node link's end in a call now sends `ssrcs` (`video` of them video) and is sent
+    /// `receiving` (see [`crate::core::forward::Forwarder::set_link`]).
+    SetLink {
+        peer: PeerId,
+        ssrcs: Vec<u32>,
+        video: Vec<u32>,
+        receiving: Vec<u32>,
+    },
+    /// Where packets for a link end's address go: a node link and the flows the far node
+    /// chose; `None` forgets the address.
+    LinkOut(SocketAddr, Option<Box<LinkOut>>),
     RemovePeer(PeerId),
     /// The remote SSRCs the participant has tracks for.
     Receive(PeerId, Vec<u32>),
     /// Hand a participant's hop state back to the driver (merge), which queues it at its
     /// new loop itself; dropping the sender says the participant is not here.
-    TakePeer(PeerId, oneshot::Sender<PeerTransfer<SrtpHop>>),
+    TakePeer(PeerId, oneshot::Sender<PeerTransfer<MediaHop>>),
     /// The participant's ICE agent nominated the pair at this address: send to it there.
     /// Every loop is told; those that do not hold the participant ignore it.
     SetAddr(PeerId, SocketAddr),
+}
+
+/// Where a forwarding loop sends a node link's end's packets (see [`WorkerMsg::LinkOut`]).
+pub struct LinkOut {
+    pub link: crate::cluster::link::Link,
+    /// The far node's flow for each track it receives from this node in the call.
+    pub flows: HashMap<u32, u64>,
+    /// Its flow for the call's RTCP.
+    pub rtcp: u64,
+}
+
+/// A forwarding loop's link ends: their addresses (see [`link_addr`]) and the framer of
+/// their datagrams.
+#[derive(Default)]
+struct LinkSend {
+    out: HashMap<SocketAddr, Box<LinkOut>>,
+    framer: crate::cluster::link::MediaFramer,
+}
+
+/// The address a link end stands under in a forwarding loop: `n` in the IPv6 discard
+/// prefix 100::/64 (RFC 6666), so that no packet for it could reach a host, even by
+/// mistake. The loop hands what it queues there to the node link instead of the socket.
+pub fn link_addr(n: u64) -> SocketAddr {
+    let w = |k: u32| ((n >> k) & 0xffff) as u16;
+    SocketAddr::from((
+        std::net::Ipv6Addr::new(0x100, 0, 0, 0, w(48), w(32), w(16), w(0)),
+        9,
+    ))
+}
+
+pub fn is_link_addr(a: &SocketAddr) -> bool {
+    match a {
+        SocketAddr::V6(v) => v.ip().segments()[..4] == [0x100, 0, 0, 0],
+        SocketAddr::V4(_) => false,
+    }
+}
+
+impl LinkSend {
+    /// One packet for a link end: on the far node's flow for its track (RTP) or the call
+    /// (RTCP). Returns whether it was sent.
+    fn send(&mut self, to: &SocketAddr, rtcp: bool, data: &[u8], m: &Metrics) -> bool {
+        use crate::cluster::link::MediaDrop;
+        let Some(o) = self.out.get(to) else {
+            m.cluster_media_dropped(MediaDrop::NoFlow).increment(1);
+            return false;
+        };
+        let flow = if rtcp {
+            Some(o.rtcp)
+        } else {
+            data.get(8..12)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .and_then(|ssrc| o.flows.get(&ssrc).copied())
+        };
+        let Some(flow) = flow else {
+            m.cluster_media_dropped(MediaDrop::NoFlow).increment(1);
+            return false;
+        };
+        o.link.send_media(&mut self.framer, flow, data).is_ok()
+    }
 }
 
 /// One SRTP or SRTCP datagram for a forwarding loop.
@@ -526,6 +595,7 @@ pub async fn worker_loop(
     events: EventTx,
 ) {
     let mut fwd = Forwarder::new(tap);
+    let mut links = LinkSend::default();
     // Reused between batches: the arena and transmit list grow to the working size once.
     let mut out = Outbox::with_capacity(512, 512 * 1500);
     let mut arrivals: Vec<Instant> = Vec::with_capacity(WORKER_BATCH);
@@ -534,7 +604,7 @@ pub async fn worker_loop(
     loop {
         // Control first: a participant's AddPeer is applied before the packets that
         // followed it into the ring.
-        if !drain_control(&mut rx, &mut fwd) {
+        if !drain_control(&mut rx, &mut fwd, &mut links) {
             return;
         }
         let mut n = 0;
@@ -548,7 +618,7 @@ pub async fn worker_loop(
             if r == Err(DropReason::NotConnected) {
                 // Its AddPeer may have been queued after this round began (a join, or
                 // the target of a merge): apply what is pending and try once more.
-                if !drain_control(&mut rx, &mut fwd) {
+                if !drain_control(&mut rx, &mut fwd, &mut links) {
                     return;
                 }
                 r = forward(&mut fwd, &mut p, &mut out);
@@ -569,7 +639,7 @@ pub async fn worker_loop(
             tokio::select! {
                 _ = packets.wait() => {}
                 msg = rx.recv() => match msg {
-                    Some(msg) => control(&mut fwd, msg),
+                    Some(msg) => worker_control(&mut fwd, &mut links, msg),
                     None => return,
                 },
             }
@@ -582,7 +652,7 @@ pub async fn worker_loop(
         fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
         // The round stopped short of an empty ring: more is probably waiting.
         let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
-        send_all(&media, &mut out, &mut gso, &m).await;
+        send_all(&media, &mut out, &mut gso, &mut links, &m).await;
         let now = Instant::now();
         for at in arrivals.drain(..) {
             m.forwarding_latency.record(now.duration_since(at));
@@ -611,10 +681,14 @@ fn forward(fwd: &mut Forwarder, p: &mut Packet, out: &mut Outbox) -> Result<usiz
 }
 
 /// Apply every pending control message; false once the relay has dropped the sender.
-fn drain_control(rx: &mut mpsc::Receiver<WorkerMsg>, fwd: &mut Forwarder) -> bool {
+fn drain_control(
+    rx: &mut mpsc::Receiver<WorkerMsg>,
+    fwd: &mut Forwarder,
+    links: &mut LinkSend,
+) -> bool {
     loop {
         match rx.try_recv() {
-            Ok(msg) => control(fwd, msg),
+            Ok(msg) => worker_control(fwd, links, msg),
             Err(mpsc::error::TryRecvError::Empty) => return true,
             Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
@@ -627,6 +701,20 @@ const WORKER_BATCH: usize = 256;
 /// round is about 0.3 MiB, so only calls with many receivers reach it.
 const ARENA_CAP: usize = 2 << 20;
 
+/// A control message for a forwarding loop: its link ends' destinations, or its
+/// forwarder's.
+fn worker_control(fwd: &mut Forwarder, links: &mut LinkSend, msg: WorkerMsg) {
+    match msg {
+        WorkerMsg::LinkOut(addr, Some(o)) => {
+            links.out.insert(addr, o);
+        }
+        WorkerMsg::LinkOut(addr, None) => {
+            links.out.remove(&addr);
+        }
+        msg => control(fwd, msg),
+    }
+}
+
 pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
     match msg {
         WorkerMsg::AddPeer {
@@ -636,14 +724,14 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             inbound,
             outbound,
             tables,
-        } => fwd.add_peer(
+        } => fwd.add_peer(peer, call, addr, *inbound, *outbound, *tables),
+        WorkerMsg::SetLink {
             peer,
-            call,
-            addr,
-            SrtpHop(*inbound),
-            SrtpHop(*outbound),
-            *tables,
-        ),
+            ssrcs,
+            video,
+            receiving,
+        } => fwd.set_link(peer, ssrcs, video, receiving),
+        WorkerMsg::LinkOut(..) => {}
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
         WorkerMsg::SetAddr(peer, addr) => {
@@ -663,7 +751,13 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
 /// syscall: a video frame's packets to one receiver are exactly that. Such a run is
 /// normally contiguous in the outbox arena and is sent from there; `gso` is the reused
 /// fallback for a run that is not.
-async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &Metrics) {
+async fn send_all(
+    media: &MediaSocket,
+    out: &mut Outbox,
+    gso: &mut Vec<u8>,
+    links: &mut LinkSend,
+    m: &Metrics,
+) {
     let ts = out.transmits();
     // (packets, bytes) sent: RTP, RTCP.
     let mut sent = [(0u64, 0u64); 2];
@@ -671,6 +765,16 @@ async fn send_all(media: &MediaSocket, out: &mut Outbox, gso: &mut Vec<u8>, m: &
     while i < ts.len() {
         let to = ts[i].to;
         let size = ts[i].len;
+        if is_link_addr(&to) {
+            let t = &ts[i];
+            if links.send(&to, t.rtcp, out.data(t), m) {
+                let k = usize::from(t.rtcp);
+                sent[k].0 += 1;
+                sent[k].1 += t.len as u64;
+            }
+            i += 1;
+            continue;
+        }
         let j = gso_run_end(i, ts.len(), media.gso_segments_for(size), |k| {
             (ts[k].to, ts[k].len)
         });

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod cascade;
 pub mod driver;
 pub mod events;
 pub mod media;

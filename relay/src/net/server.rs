@@ -168,6 +168,27 @@ impl Relay {
                 rand::random(),
             )
         };
+        // A node serves calls held elsewhere and carries its own calls' remote members.
+        let cascade = node.as_ref().map(|n| {
+            super::cascade::Cascade::start(super::cascade::CascadeSetup {
+                node: n.id.clone(),
+                quic: n.quic,
+                links: n.links.clone(),
+                dir: n.dir.clone(),
+                // A claim outlives a missed refresh or two; a dead owner's is taken over
+                // as soon as its node record is gone, whatever this says.
+                call_ttl: n.node_ttl * 3,
+                refresh: n.heartbeat,
+                media: crate::core::plane::MediaEndpoint {
+                    addr: media_addr,
+                    fingerprint: identity.fingerprint().clone(),
+                },
+                workers: n_workers,
+                queues: packet_queues.clone(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+            })
+        });
         tasks.push(tokio::spawn(driver::run(
             plane,
             events_rx,
@@ -177,6 +198,7 @@ impl Relay {
             },
             capture.clone(),
             metrics.clone(),
+            cascade,
         )));
         tasks.push(tokio::spawn(media::recv_loop(
             media::RecvSetup {
