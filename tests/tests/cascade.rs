@@ -111,7 +111,32 @@ async fn an_mls_call_spans_three_nodes() {
         .enumerate()
         .map(|(i, u)| member(&c.nodes[i % 3], &c.cfg, u, "span3", Some(E2eeScheme::Mls)))
         .collect();
-    let s: Vec<CallSummary> = futures_util::future::join_all(opts.iter().map(run_call)).await;
+    // While the call runs, the directory lists its owner and each member's node.
+    let url = c._redis.url.clone();
+    let listed = eventually(
+        Duration::from_secs(8),
+        "cluster status lists the call",
+        || {
+            let url = url.clone();
+            async move {
+                let now = blindrelay::cluster::unix_ms();
+                let text = blindrelay::cluster::status(&url, now).await.ok()?;
+                let line = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("span3 "))?;
+                ["@a", "@b", "@c"]
+                    .iter()
+                    .all(|n| line.matches(n).count() == 2)
+                    .then(|| text.clone())
+            }
+        },
+    );
+    let (s, listed) = tokio::join!(
+        futures_util::future::join_all(opts.iter().map(run_call)),
+        listed
+    );
+    assert!(listed.contains("calls: 1"), "{listed}");
+    assert!(listed.contains("members 6"), "{listed}");
     for (i, a) in s.iter().enumerate() {
         keyed(a, users[i]);
         for (j, b) in s.iter().enumerate() {

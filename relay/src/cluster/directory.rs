@@ -84,20 +84,40 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 "#;
 
-/// Keep a node's claim on a call alive (`PEXPIRE` if it is still the owner).
+/// Keep a node's claim on a call alive (`PEXPIRE` if it is still the owner), and
+/// rewrite the call's members (participant -> node, pairs from ARGV[3] on).
 const CALL_REFRESH: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+if #ARGV > 2 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
 "#;
 
 /// Give up a call the node owns (its last participant left).
 const CALL_RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0
 "#;
 
 fn call_owner_key(call: &str) -> String {
     format!("{PREFIX}call:{call}:owner")
+}
+
+fn call_members_key(call: &str) -> String {
+    format!("{PREFIX}call:{call}:members")
+}
+
+/// A call as the directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call: String,
+    pub owner: String,
+    /// Participant (public id) -> the node that serves it, sorted.
+    pub members: Vec<(String, String)>,
 }
 
 /// A handle on the directory: one multiplexed connection that reconnects by itself.
@@ -242,29 +262,77 @@ impl Directory {
             .await?)
     }
 
-    /// Extend `node`'s claim on each of `calls`.
+    /// Extend `node`'s claim on each of `calls` and record who is on which node.
     pub async fn refresh_calls(
         &self,
         node: &str,
-        calls: &[String],
+        calls: &[(String, Vec<(String, String)>)],
         ttl: Duration,
     ) -> Result<(), DirectoryError> {
         let script = redis::Script::new(CALL_REFRESH);
-        for c in calls {
-            script
-                .key(call_owner_key(c))
+        for (c, members) in calls {
+            let mut inv = script.key(call_owner_key(c));
+            inv.key(call_members_key(c))
                 .arg(node)
-                .arg(ttl.as_millis().max(1) as u64)
-                .invoke_async::<i64>(&mut self.conn.clone())
-                .await?;
+                .arg(ttl.as_millis().max(1) as u64);
+            for (p, n) in members {
+                inv.arg(p).arg(n);
+            }
+            inv.invoke_async::<i64>(&mut self.conn.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Every call with an owner, sorted by id.
+    pub async fn calls(&self) -> Result<Vec<CallRecord>, DirectoryError> {
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}call:*:owner"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::new();
+        for k in keys {
+            let Some(call) = k
+                .strip_prefix(&format!("{PREFIX}call:"))
+                .and_then(|r| r.strip_suffix(":owner"))
+            else {
+                continue;
+            };
+            let owner: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
+            let Some(owner) = owner else { continue };
+            let mut members: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(call_members_key(call))
+                .query_async(&mut conn)
+                .await?;
+            members.sort();
+            out.push(CallRecord {
+                call: call.to_string(),
+                owner,
+                members,
+            });
+        }
+        out.sort_by(|a, b| a.call.cmp(&b.call));
+        Ok(out)
     }
 
     /// Drop `node`'s claim on `call`.
     pub async fn release_call(&self, call: &str, node: &str) -> Result<(), DirectoryError> {
         redis::Script::new(CALL_RELEASE)
             .key(call_owner_key(call))
+            .key(call_members_key(call))
             .arg(node)
             .invoke_async::<i64>(&mut self.conn.clone())
             .await?;

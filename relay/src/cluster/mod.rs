@@ -327,12 +327,19 @@ impl Node {
 
     /// Leave the cluster: the record goes at once (no waiting for its TTL), links close.
     pub async fn stop(self) {
+        self.leave().await;
+        self.links.close();
+    }
+
+    /// Leave the directory but keep the links: a draining node takes no new calls (its
+    /// record is gone, so the calls it owned are claimed elsewhere) while it still tells
+    /// the nodes it serves calls for that their sessions must move.
+    pub async fn leave(&self) {
         self.draining.store(true, Ordering::Relaxed);
         for t in &self.tasks {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.dir.remove_node(&self.id)).await;
-        self.links.close();
     }
 }
 
@@ -389,6 +396,19 @@ pub async fn status(redis_url: &str, now_ms: u64) -> Result<String, ClusterError
     let _ = writeln!(out, "links: {}", pairs.len());
     for (a, b) in &pairs {
         let _ = writeln!(out, "  {a} <-> {b}");
+    }
+    let calls = dir.calls().await.map_err(err)?;
+    let _ = writeln!(out, "calls: {}", calls.len());
+    for c in &calls {
+        let members: Vec<String> = c.members.iter().map(|(p, n)| format!("{p}@{n}")).collect();
+        let _ = writeln!(
+            out,
+            "  {}  owner {}  members {}: {}",
+            c.call,
+            c.owner,
+            c.members.len(),
+            members.join(" ")
+        );
     }
     match policy {
         Some(p) => {

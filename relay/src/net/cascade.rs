@@ -31,7 +31,7 @@ use crate::hop::MediaHop;
 use crate::metrics::Metrics;
 use blindrelay_protocol::sdp::{Codec, Fingerprint};
 use blindrelay_protocol::signal::{ClientMessage, ServerMessage};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ type LinkIn = Arc<RwLock<HashMap<String, HashMap<u64, (usize, PeerId)>>>>;
 /// Flows a far node chose (track SSRC and flow, the call's RTCP flow) before this node
 /// held its end toward it.
 type Flows = (Vec<(u32, u64)>, u64);
+
+type OwnedIds = Arc<Mutex<HashMap<String, BTreeMap<String, String>>>>;
 
 /// Where a connection's frames go.
 enum Route {
@@ -74,6 +76,8 @@ struct Served {
 
 /// A call whose media passes through this node: its forwarding loop and its link ends.
 struct LocalCall {
+    /// The node whose plane holds the call.
+    owner: String,
     key: CallKey,
     worker: usize,
     ends: HashMap<String, End>,
@@ -136,8 +140,12 @@ pub struct Cascade {
     via_conn: HashMap<(String, u64), ConnId>,
     served_by: HashMap<PeerId, String>,
     peer_call: HashMap<PeerId, CallKey>,
+    /// Public ids of the participants of owned calls.
+    public: HashMap<PeerId, String>,
     owned: HashMap<CallKey, Owned>,
-    owned_ids: Arc<Mutex<HashSet<String>>>,
+    /// The calls this node owns and their members (participant -> node), for the
+    /// directory.
+    owned_ids: OwnedIds,
     // Every node.
     calls: HashMap<String, LocalCall>,
     early_flows: HashMap<(String, String), Flows>,
@@ -186,7 +194,7 @@ impl Cascade {
                 Arc::new(move |e| events.try_send(Event::Link(e)).is_ok()),
             );
         }
-        let owned_ids: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let owned_ids: OwnedIds = Arc::default();
         {
             let (dir, me, ids, ttl) =
                 (s.dir.clone(), s.node.clone(), owned_ids.clone(), s.call_ttl);
@@ -196,11 +204,11 @@ impl Cascade {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    let calls: Vec<String> = ids
+                    let calls: Vec<(String, Vec<(String, String)>)> = ids
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .iter()
-                        .cloned()
+                        .map(|(c, m)| (c.clone(), m.clone().into_iter().collect()))
                         .collect();
                     if let Err(e) = dir.refresh_calls(&me, &calls, ttl).await {
                         metrics.cluster_directory_error("call_refresh").increment(1);
@@ -230,6 +238,7 @@ impl Cascade {
             via_conn: HashMap::new(),
             served_by: HashMap::new(),
             peer_call: HashMap::new(),
+            public: HashMap::new(),
             owned: HashMap::new(),
             owned_ids,
             calls: HashMap::new(),
@@ -393,6 +402,27 @@ impl Driver {
                 self.link_event(now, plane, e).await;
                 None
             }
+            Event::Shutdown { done } => {
+                // The clients this node carries for other nodes move too.
+                let c = self.cascade();
+                let carried: Vec<(ConnId, String)> = c
+                    .routes
+                    .iter()
+                    .filter_map(|(k, r)| match r {
+                        Route::Remote { owner, .. } => Some((*k, owner.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                for (conn, owner) in carried {
+                    let c = self.cascade();
+                    c.send(&owner, Control::Gone { session: conn });
+                    c.routes.remove(&conn);
+                    if let Some(q) = self.conns.get(&conn) {
+                        q.close(CloseReason::Shutdown.as_str());
+                    }
+                }
+                Some(Event::Shutdown { done })
+            }
             e => Some(e),
         }
     }
@@ -468,10 +498,17 @@ impl Driver {
                     },
                 );
             }
-            other => {
-                if let Err(e) = other {
-                    warn!(error = %e, "call owner unknown: the call is held here");
+            Err(e) => {
+                // No call is split between two owners: the client tries again (the
+                // owner's record expires within `node_ttl` if it died).
+                warn!(error = %e, "call owner unreachable: the joiner must retry");
+                c.hellos.remove(&conn);
+                plane.handle_input(now, Input::Disconnected { conn });
+                if let Some(q) = self.conns.get(&conn) {
+                    q.close("owner_unavailable");
                 }
+            }
+            Ok(None) => {
                 c.hellos.remove(&conn);
                 c.routes.insert(conn, Route::Local);
                 for text in held {
@@ -544,9 +581,20 @@ impl Driver {
             }
             plane.handle_input(now, Input::Disconnected { conn });
         }
-        let calls: Vec<String> = self.cascade().calls.keys().cloned().collect();
-        for call in calls {
-            self.unroute(&call, node).await;
+        let calls: Vec<(String, bool)> = self
+            .cascade()
+            .calls
+            .iter()
+            .map(|(k, lc)| (k.clone(), lc.owner == node))
+            .collect();
+        for (call, owned_there) in calls {
+            if owned_there {
+                // Its owner is gone: the call is rebuilt by whichever node its
+                // participants reach next.
+                self.drop_call(&call).await;
+            } else {
+                self.unroute(&call, node).await;
+            }
         }
     }
 
@@ -565,9 +613,12 @@ impl Driver {
 
     /// The call's forwarding state here, made on first use: an owned call's is its
     /// plane's; another node's call gets a key and loop of this node's.
-    fn local_call(&mut self, call: &str) -> (CallKey, usize) {
-        if let Some(lc) = self.cascade().calls.get(call) {
-            return (lc.key, lc.worker);
+    async fn local_call(&mut self, call: &str, owner: &str) -> (CallKey, usize) {
+        match self.cascade().calls.get(call) {
+            Some(lc) if lc.owner == owner => return (lc.key, lc.worker),
+            // The call moved (its old owner is gone): what was here of it goes.
+            Some(_) => self.drop_call(call).await,
+            None => {}
         }
         let c = self.cascade();
         let key = c.id();
@@ -576,6 +627,7 @@ impl Driver {
         c.calls.insert(
             call.to_string(),
             LocalCall {
+                owner: owner.to_string(),
                 key,
                 worker,
                 ends: HashMap::new(),
@@ -585,6 +637,29 @@ impl Driver {
             cap.on_join(call, key);
         }
         (key, worker)
+    }
+
+    /// Drop everything of `call` here: its link ends and the participants served for it.
+    async fn drop_call(&mut self, call: &str) {
+        let c = self.cascade();
+        let served: Vec<PeerId> = c
+            .served
+            .iter()
+            .filter(|(_, s)| s.call == call)
+            .map(|(k, _)| *k)
+            .collect();
+        let ends: Vec<String> = c
+            .calls
+            .get(call)
+            .map(|lc| lc.ends.keys().cloned().collect())
+            .unwrap_or_default();
+        for far in ends {
+            self.unroute(call, &far).await;
+        }
+        for p in served {
+            self.remove_served(p).await;
+        }
+        self.cascade().calls.remove(call);
     }
 
     /// Forget a call another node holds once nothing of it is here.
@@ -712,6 +787,8 @@ impl Driver {
                 let Ok(fingerprint) = Fingerprint::parse(&fingerprint) else {
                     return;
                 };
+                let (call_key, worker) = self.local_call(&call, &from).await;
+                let c = self.cascade();
                 let alias = c.id();
                 c.alias.insert((from.clone(), peer), alias);
                 c.served.insert(
@@ -723,7 +800,6 @@ impl Driver {
                         ufrag: local_ufrag.clone(),
                     },
                 );
-                let (call_key, worker) = self.local_call(&call);
                 let p = IcePeer {
                     peer: alias,
                     conn: session,
@@ -752,6 +828,9 @@ impl Driver {
                 let Some(call) = c.served.get(&alias).map(|s| s.call.clone()) else {
                     return;
                 };
+                let Some((key, worker)) = c.calls.get(&call).map(|lc| (lc.key, lc.worker)) else {
+                    return;
+                };
                 let sender = SenderInfo {
                     participant,
                     codecs: tables
@@ -767,7 +846,6 @@ impl Driver {
                         return;
                     }
                 };
-                let (key, worker) = self.local_call(&call);
                 self.attach(alias, key, worker, tables, &sender, *m).await;
             }
             Control::Receive { peer, ssrcs } => {
@@ -775,10 +853,14 @@ impl Driver {
                 let Some(&alias) = c.alias.get(&(from, peer)) else {
                     return;
                 };
-                let Some(call) = c.served.get(&alias).map(|s| s.call.clone()) else {
+                let Some(worker) = c
+                    .served
+                    .get(&alias)
+                    .and_then(|s| c.calls.get(&s.call))
+                    .map(|lc| lc.worker)
+                else {
                     return;
                 };
-                let (_, worker) = self.local_call(&call);
                 if let Some(w) = self.media.workers.get(worker) {
                     let _ = w.send(WorkerMsg::Receive(alias, ssrcs)).await;
                 }
@@ -798,10 +880,19 @@ impl Driver {
                 video,
                 receiving,
             } => {
-                self.route(&call, &peer_node, peer_quic, ssrcs, video, receiving)
+                self.route(&from, &call, &peer_node, peer_quic, ssrcs, video, receiving)
                     .await
             }
-            Control::Unroute { call, peer_node } => self.unroute(&call, &peer_node).await,
+            Control::Unroute { call, peer_node } => {
+                if self
+                    .cascade()
+                    .calls
+                    .get(&call)
+                    .is_some_and(|lc| lc.owner == from)
+                {
+                    self.unroute(&call, &peer_node).await;
+                }
+            }
             Control::Flows { call, flows, rtcp } => self.flows(&call, &from, flows, rtcp).await,
         }
     }
@@ -821,8 +912,10 @@ impl Driver {
     }
 
     /// Hold (or update) this node's end toward `far` in `call`.
+    #[allow(clippy::too_many_arguments)]
     async fn route(
         &mut self,
+        owner: &str,
         call: &str,
         far: &str,
         far_quic: SocketAddr,
@@ -830,7 +923,7 @@ impl Driver {
         video: Vec<u32>,
         receiving: Vec<u32>,
     ) {
-        let (key, worker) = self.local_call(call);
+        let (key, worker) = self.local_call(call, owner).await;
         let Some(w) = self.media.workers.get(worker).cloned() else {
             return;
         };
@@ -1025,7 +1118,7 @@ impl Driver {
                 c.owned_ids
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(call.clone());
+                    .insert(call.clone(), BTreeMap::new());
                 c.owned.insert(
                     call_key,
                     Owned {
@@ -1077,13 +1170,26 @@ impl Driver {
                 let c = self.cascade();
                 let call = c.owned.get(&p.call_key).map(|o| o.call.clone());
                 if let Some(call) = &call {
-                    // The owner's own media for the call is its plane's.
-                    c.calls.entry(call.clone()).or_insert(LocalCall {
-                        key: p.call_key,
-                        worker: p.worker,
-                        ends: HashMap::new(),
-                    });
+                    // The owner's own media for the call is its plane's; what was here of
+                    // the call under an owner that is gone goes first.
+                    let stale = c
+                        .calls
+                        .get(call)
+                        .is_some_and(|lc| lc.owner != me || lc.key != p.call_key);
+                    if stale {
+                        self.drop_call(call).await;
+                    }
+                    self.cascade()
+                        .calls
+                        .entry(call.clone())
+                        .or_insert(LocalCall {
+                            owner: me.clone(),
+                            key: p.call_key,
+                            worker: p.worker,
+                            ends: HashMap::new(),
+                        });
                 }
+                let c = self.cascade();
                 c.peer_call.insert(p.peer, p.call_key);
                 match c.via.get(&p.conn).cloned() {
                     Some((node, session)) => {
@@ -1119,6 +1225,15 @@ impl Driver {
                 let c = self.cascade();
                 let node = c.served_by.get(&peer).cloned().unwrap_or(me.clone());
                 if let Some(o) = c.owned.get_mut(&call_key) {
+                    if let Some(m) = c
+                        .owned_ids
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&o.call)
+                    {
+                        m.insert(sender.participant.clone(), node.clone());
+                    }
+                    c.public.insert(peer, sender.participant.clone());
                     o.routes
                         .set_member(peer, &node, &tables.ssrcs, &tables.video_ssrcs);
                     if let Some(r) = &tables.receiving {
@@ -1178,8 +1293,18 @@ impl Driver {
                 let c = self.cascade();
                 let node = c.served_by.remove(&peer).unwrap_or(me.clone());
                 let key = c.peer_call.remove(&peer);
+                let public = c.public.remove(&peer);
                 if let Some(o) = key.and_then(|k| c.owned.get_mut(&k)) {
                     o.routes.remove(peer);
+                    if let (Some(m), Some(p)) = (
+                        c.owned_ids
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&o.call),
+                        public,
+                    ) {
+                        m.remove(&p);
+                    }
                 }
                 let out = if node == me {
                     Some(Output::MediaRemove { peer, ufrag })
@@ -1257,8 +1382,9 @@ impl Driver {
                 );
             }
         }
+        let me = self.cascade().me.clone();
         for (far, quic, e) in local {
-            self.route(&call, &far, quic, e.ssrcs, e.video, e.receiving)
+            self.route(&me, &call, &far, quic, e.ssrcs, e.video, e.receiving)
                 .await;
         }
         for far in gone {

@@ -301,12 +301,20 @@ impl Relay {
     /// and leave the cluster.
     pub async fn shutdown(mut self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        if let Some(n) = self.node.take() {
-            n.stop().await;
+        // A node drains: out of the directory first (no new calls come, and its calls are
+        // claimed elsewhere), then everyone is told to move (its own participants by the
+        // close of their connections, those it carried for other nodes through them),
+        // and only then do its links close.
+        let node = self.node.take();
+        if let Some(n) = &node {
+            n.leave().await;
         }
         let (done, wait) = oneshot::channel();
         if self.events.send(Event::Shutdown { done }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+        }
+        if let Some(n) = node {
+            n.stop().await;
         }
         for t in &self.tasks {
             t.abort();
