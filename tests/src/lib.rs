@@ -722,6 +722,52 @@ pub fn as_node(mut cfg: Config, redis: &RedisServer, pki: &std::path::Path, id: 
     cfg
 }
 
+/// Relay nodes in cluster mode on loopback, each with a capture, sharing a real
+/// redis-server as their directory and a cluster CA.
+pub struct Cluster {
+    pub nodes: Vec<Relay>,
+    pub captures: Vec<std::path::PathBuf>,
+    /// The last node's config (tokens are the same for all).
+    pub cfg: Config,
+    pub redis: RedisServer,
+    pki: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// Start one node per id, in order.
+    pub async fn start(ids: &[&str]) -> Cluster {
+        let redis = RedisServer::start();
+        let pki = cluster_pki(ids);
+        let mut nodes = Vec::new();
+        let mut captures = Vec::new();
+        let mut cfg = loopback_config();
+        for id in ids {
+            let path = temp_path(&format!("cascade-{id}"), "pcap");
+            cfg = as_node(capture_config(&path), &redis, &pki, id);
+            nodes.push(start_relay(cfg.clone(), RelayOptions::default()).await);
+            captures.push(path);
+        }
+        Cluster {
+            nodes,
+            captures,
+            cfg,
+            redis,
+            pki,
+        }
+    }
+
+    /// Stop every node and remove the captures and certificates.
+    pub async fn stop(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+        for c in &self.captures {
+            let _ = std::fs::remove_file(c);
+        }
+        let _ = std::fs::remove_dir_all(&self.pki);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

@@ -4,7 +4,7 @@
 //! the group code epoch by epoch, and every node's capture must audit blind.
 
 use blindrelay::config::Config;
-use blindrelay::{Relay, RelayOptions};
+use blindrelay::Relay;
 use blindrelay_protocol::signal::E2eeScheme;
 use blindrelay_tests::*;
 use e2ee_client::audit::audit_file;
@@ -12,47 +12,6 @@ use e2ee_client::call::{run_call, CallOptions, CallSummary};
 use std::time::Duration;
 
 const CANARY: &str = "CANARY-cascade";
-
-struct Cluster {
-    nodes: Vec<Relay>,
-    captures: Vec<std::path::PathBuf>,
-    cfg: Config,
-    _redis: RedisServer,
-    pki: std::path::PathBuf,
-}
-
-async fn cluster(ids: &[&str]) -> Cluster {
-    let redis = RedisServer::start();
-    let pki = cluster_pki(ids);
-    let mut nodes = Vec::new();
-    let mut captures = Vec::new();
-    let mut cfg = loopback_config();
-    for id in ids {
-        let path = temp_path(&format!("cascade-{id}"), "pcap");
-        cfg = as_node(capture_config(&path), &redis, &pki, id);
-        nodes.push(start_relay(cfg.clone(), RelayOptions::default()).await);
-        captures.push(path);
-    }
-    Cluster {
-        nodes,
-        captures,
-        cfg,
-        _redis: redis,
-        pki,
-    }
-}
-
-impl Cluster {
-    async fn stop(self) {
-        for n in self.nodes {
-            n.shutdown().await;
-        }
-        for c in &self.captures {
-            let _ = std::fs::remove_file(c);
-        }
-        let _ = std::fs::remove_dir_all(&self.pki);
-    }
-}
 
 fn member(
     node: &Relay,
@@ -104,7 +63,7 @@ async fn captures_blind(c: &Cluster) {
 /// epoch, one epoch has all six, media crossed the links, and each node audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mls_call_spans_three_nodes() {
-    let c = cluster(&["a", "b", "c"]).await;
+    let c = Cluster::start(&["a", "b", "c"]).await;
     let users = ["ann", "ben", "cat", "dan", "eve", "fay"];
     let opts: Vec<CallOptions> = users
         .iter()
@@ -112,7 +71,7 @@ async fn an_mls_call_spans_three_nodes() {
         .map(|(i, u)| member(&c.nodes[i % 3], &c.cfg, u, "span3", Some(E2eeScheme::Mls)))
         .collect();
     // While the call runs, the directory lists its owner and each member's node.
-    let url = c._redis.url.clone();
+    let url = c.redis.url.clone();
     let listed = eventually(
         Duration::from_secs(8),
         "cluster status lists the call",
@@ -192,7 +151,7 @@ async fn an_mls_call_spans_three_nodes() {
 /// pair agrees on one code and opens each other's frames; the standard pair gets media.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_and_standard_calls_span_two_nodes() {
-    let c = cluster(&["a", "b"]).await;
+    let c = Cluster::start(&["a", "b"]).await;
     let one = [
         member(&c.nodes[0], &c.cfg, "ann", "pair", Some(E2eeScheme::X25519)),
         member(&c.nodes[1], &c.cfg, "ben", "pair", Some(E2eeScheme::X25519)),

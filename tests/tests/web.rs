@@ -540,6 +540,65 @@ async fn chromium_standard_call_is_not_blind() {
     }
 }
 
+/// Two Chromium pages in one call, each through another node of a two-node cluster: each
+/// decodes the other's video; on an E2EE call they show one code and each node's capture
+/// audits blind, on a standard call each node's does not.
+async fn pages_on_two_nodes(call: &str, e2ee: bool) {
+    let c = Cluster::start(&["a", "b"]).await;
+    let ta = token(&c.cfg, &format!("alice-{call}"), Some(call), "user");
+    let tb = token(&c.cfg, &format!("bob-{call}"), Some(call), "user");
+    let args = peer_args(&[
+        "--page",
+        &page_url(&c.nodes[0], &ta, call, e2ee),
+        "--page",
+        &page_url(&c.nodes[1], &tb, call, e2ee),
+        "--until",
+        "media",
+        "--min-video-frames",
+        &MIN_VIDEO_FRAMES.to_string(),
+        "--timeout",
+        "90",
+    ]);
+    let pages = drive(&args).await;
+    assert_eq!(pages.len(), 2, "two pages reported");
+    eprintln!(
+        "{}\n{}",
+        pages[0].figures(&pages[1]),
+        pages[1].figures(&pages[0])
+    );
+    for (p, other) in [(&pages[0], &pages[1]), (&pages[1], &pages[0])] {
+        assert!(p.ok(), "page missed its condition: {}", p.brief());
+        assert_eq!(p.s("e2ee"), e2ee, "{}", p.brief());
+        let frames = p.video_frames_from(other.me());
+        assert!(frames > MIN_VIDEO_FRAMES, "decoded {frames}: {}", p.brief());
+        if e2ee {
+            assert!(p.code().is_some(), "{}", p.brief());
+            assert_eq!(p.code(), other.code(), "both pages show the same code");
+            assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
+        }
+    }
+    for (n, pcap) in c.nodes.iter().zip(&c.captures) {
+        settle_capture(n).await;
+        let report = audit_file(pcap, None).expect("a readable capture");
+        let table = report.table();
+        assert_eq!(report.blind, e2ee, "{table}");
+        assert!(!report.streams.is_empty(), "{table}");
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_on_two_nodes_e2ee() {
+    let _lock = CALL_LOCK.lock().await;
+    pages_on_two_nodes("web-span-e2ee", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_on_two_nodes_standard() {
+    let _lock = CALL_LOCK.lock().await;
+    pages_on_two_nodes("web-span-standard", false).await;
+}
+
 fn policy_config(dir: &Path) -> Config {
     std::fs::create_dir_all(dir).expect("dir");
     let file = dir.join("policies.toml");

@@ -22,7 +22,7 @@ use super::media::{is_link_addr, link_addr, LinkOut, Packet, PacketQueue, RecvCt
 use crate::cluster::directory::Directory;
 use crate::cluster::link::{Control, LinkEvent, Links, MediaDrop};
 use crate::core::cascade::{CallRoutes, LinkEnd};
-use crate::core::forward::{PeerTables, PeerTablesWire};
+use crate::core::forward::{PeerTables, PeerTablesWire, LINK_PT_BASE};
 use crate::core::plane::{
     CloseReason, ConnId, ControlPlane, IcePeer, Input, MediaEndpoint, Output, SenderInfo,
 };
@@ -948,6 +948,19 @@ impl Driver {
             None => {
                 let peer = c.id();
                 let addr = link_addr(peer);
+                // Described to the capture like a participant: the far node's senders'
+                // packets come in from this end, on the link's payload types.
+                if let Some(cap) = &self.capture {
+                    let sender = SenderInfo {
+                        participant: format!("node:{far}"),
+                        codecs: Codec::ALL
+                            .into_iter()
+                            .map(|k| (LINK_PT_BASE + k as u8, k))
+                            .collect(),
+                    };
+                    cap.on_attach(peer, key, addr, &sender);
+                }
+                let c = self.cascade();
                 let _ = w
                     .send(WorkerMsg::AddPeer {
                         peer,
@@ -1054,6 +1067,9 @@ impl Driver {
         if let Some(w) = self.media.workers.get(worker) {
             let _ = w.send(WorkerMsg::RemovePeer(end.peer)).await;
             let _ = w.send(WorkerMsg::LinkOut(end.addr, None)).await;
+        }
+        if let Some(cap) = &self.capture {
+            cap.on_leave(end.peer);
         }
         let _ = end.far_quic;
         self.forget_call_if_idle(call);
