@@ -346,6 +346,7 @@ async fn a_quic_peer_needs_a_node_certificate() {
                     node: "c".into(),
                     version: link::VERSION,
                     incarnation: 1,
+                    link: 1,
                 },
             )
             .await?;

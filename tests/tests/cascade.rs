@@ -13,6 +13,17 @@ use std::time::Duration;
 
 const CANARY: &str = "CANARY-cascade";
 
+/// The nodes' logs on stderr when `RUST_LOG` asks for them (e.g. `blindrelay=debug`): three
+/// nodes in one process are hard to follow otherwise.
+fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 fn member(
     node: &Relay,
     cfg: &Config,
@@ -63,6 +74,7 @@ async fn captures_blind(c: &Cluster) {
 /// epoch, one epoch has all six, media crossed the links, and each node audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mls_call_spans_three_nodes() {
+    logs();
     let c = Cluster::start(&["a", "b", "c"]).await;
     let users = ["ann", "ben", "cat", "dan", "eve", "fay"];
     let opts: Vec<CallOptions> = users
@@ -151,6 +163,7 @@ async fn an_mls_call_spans_three_nodes() {
 /// pair agrees on one code and opens each other's frames; the standard pair gets media.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_and_standard_calls_span_two_nodes() {
+    logs();
     let c = Cluster::start(&["a", "b"]).await;
     let one = [
         member(&c.nodes[0], &c.cfg, "ann", "pair", Some(E2eeScheme::X25519)),

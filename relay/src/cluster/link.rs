@@ -73,6 +73,10 @@ pub enum Control {
         /// Random per process: a new one from a node means it restarted.
         #[serde(default)]
         incarnation: u64,
+        /// Random per dial: of two links between the same two processes, both keep the
+        /// one the lower node id dialled, and of those the one with the larger `link`.
+        #[serde(default)]
+        link: u64,
     },
     Welcome {
         node: String,
@@ -350,6 +354,9 @@ pub struct Link {
     control: tokio::sync::mpsc::Sender<Control>,
     /// The peer process's incarnation.
     incarnation: u64,
+    /// Whether the lower node id dialled it, and its dial's random id: the larger wins
+    /// among links between the same two processes.
+    rank: (bool, u64),
     sent: metrics::Counter,
     metrics: Arc<Metrics>,
 }
@@ -475,6 +482,8 @@ pub struct Links {
     sink: Arc<std::sync::OnceLock<MediaSink>>,
     control: Arc<std::sync::OnceLock<ControlSink>>,
     incarnation: u64,
+    /// Per peer: held while dialling it.
+    dialling: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// How long a link that lost to another one to the same node stays open: messages already
@@ -505,6 +514,7 @@ impl Links {
             sink: Arc::new(std::sync::OnceLock::new()),
             control: Arc::new(std::sync::OnceLock::new()),
             incarnation: rand::random::<u64>() | 1,
+            dialling: Arc::default(),
         };
         if let Some(sink) = sink {
             let _ = links.sink.set(sink);
@@ -570,7 +580,9 @@ impl Links {
                     Err(e) => return me.refused(Refusal::of(&e), from, &e),
                 };
                 match tokio::time::timeout(HELLO_TIMEOUT, me.greet(&conn)).await {
-                    Ok(Ok((peer, inc, send, recv))) => me.up(peer, conn, send, recv, inc, false),
+                    Ok(Ok((peer, inc, link, send, recv))) => {
+                        me.up(peer, conn, send, recv, (inc, link), false)
+                    }
                     Ok(Err((r, e))) => {
                         conn.close(CLOSE_REFUSED.into(), r.as_str().as_bytes());
                         me.refused(r, from, &e);
@@ -589,15 +601,16 @@ impl Links {
     async fn greet(
         &self,
         conn: &Connection,
-    ) -> Result<(String, u64, SendStream, RecvStream), (Refusal, LinkError)> {
+    ) -> Result<(String, u64, u64, SendStream, RecvStream), (Refusal, LinkError)> {
         let bad = |e: LinkError| (Refusal::BadHello, e);
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| bad(e.into()))?;
-        let (node, inc) = match read_control(&mut recv).await.map_err(bad)? {
+        let (node, inc, link) = match read_control(&mut recv).await.map_err(bad)? {
             Some(Control::Hello {
                 node,
                 version,
                 incarnation,
-            }) if version == VERSION => (node, incarnation),
+                link,
+            }) if version == VERSION => (node, incarnation, link),
             other => {
                 return Err(bad(LinkError::Refused(format!(
                     "expected hello version {VERSION}, got {other:?}"
@@ -616,7 +629,7 @@ impl Links {
         )
         .await
         .map_err(bad)?;
-        Ok((node, inc, send, recv))
+        Ok((node, inc, link, send, recv))
     }
 
     /// Record a link that finished its handshake. With a live link to the same node
@@ -628,7 +641,7 @@ impl Links {
         conn: Connection,
         mut send: SendStream,
         mut recv: RecvStream,
-        incarnation: u64,
+        (incarnation, link_id): (u64, u64),
         dialled: bool,
     ) {
         info!(peer = %peer, addr = %conn.remote_address(), "node link up");
@@ -671,6 +684,7 @@ impl Links {
             since: Instant::now(),
             control,
             incarnation,
+            rank: (dialled == (self.node.as_str() < peer.as_str()), link_id),
             sent: self.metrics.cluster_link_datagrams(&peer, "sent"),
             metrics: self.metrics.clone(),
         };
@@ -680,15 +694,7 @@ impl Links {
                 None => true,
                 Some(old) if old.conn.close_reason().is_some() => true,
                 Some(old) if old.incarnation != incarnation => true,
-                Some(_) => {
-                    let lower = self.node.as_str().min(peer.as_str());
-                    let dialler = if dialled {
-                        self.node.as_str()
-                    } else {
-                        peer.as_str()
-                    };
-                    dialler == lower
-                }
+                Some(old) => link.rank > old.rank,
             };
             if keep_new {
                 t.insert(peer.clone(), link).map(|old| old.conn)
@@ -752,12 +758,22 @@ impl Links {
 
     /// The link to `peer` at `addr`: the live one, or a new one.
     pub async fn connect(&self, peer: &str, addr: SocketAddr) -> Result<Link, LinkError> {
-        if let Some(l) = self.table().get(peer) {
-            if l.conn.close_reason().is_none() {
-                return Ok(l.clone());
-            }
+        if let Some(l) = self.get(peer) {
+            return Ok(l);
         }
-        let (conn, inc, send, recv) = dial_stream(
+        // One dial per peer at a time: concurrent joins to one owner share its link.
+        let gate = self
+            .dialling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.to_string())
+            .or_default()
+            .clone();
+        let _dialling = gate.lock().await;
+        if let Some(l) = self.get(peer) {
+            return Ok(l);
+        }
+        let (conn, inc, link, send, recv) = dial_stream(
             &self.endpoint,
             &self.client,
             &self.node,
@@ -766,7 +782,7 @@ impl Links {
             addr,
         )
         .await?;
-        self.up(peer.to_string(), conn, send, recv, inc, true);
+        self.up(peer.to_string(), conn, send, recv, (inc, link), true);
         self.table()
             .get(peer)
             .cloned()
@@ -789,7 +805,7 @@ pub async fn dial(
 ) -> Result<Connection, LinkError> {
     dial_stream(endpoint, client, me, 0, peer, addr)
         .await
-        .map(|(c, _, _, _)| c)
+        .map(|(c, _, _, _, _)| c)
 }
 
 /// [`dial`], keeping the control stream.
@@ -800,8 +816,9 @@ pub async fn dial_stream(
     incarnation: u64,
     peer: &str,
     addr: SocketAddr,
-) -> Result<(Connection, u64, SendStream, RecvStream), LinkError> {
+) -> Result<(Connection, u64, u64, SendStream, RecvStream), LinkError> {
     check_node_id(peer)?;
+    let link = rand::random::<u64>();
     let conn = endpoint.connect_with(client.clone(), addr, peer)?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_control(
@@ -810,12 +827,13 @@ pub async fn dial_stream(
             node: me.to_string(),
             version: VERSION,
             incarnation,
+            link,
         },
     )
     .await?;
     match tokio::time::timeout(HELLO_TIMEOUT, read_control(&mut recv)).await {
         Ok(Ok(Some(Control::Welcome { node, incarnation }))) if node == peer => {
-            Ok((conn, incarnation, send, recv))
+            Ok((conn, incarnation, link, send, recv))
         }
         Ok(Ok(other)) => Err(LinkError::Refused(format!(
             "expected welcome from {peer}, got {other:?}"
