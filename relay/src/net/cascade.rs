@@ -42,6 +42,9 @@ use tracing::{debug, info, warn};
 /// above its own plane's, which count from 1.
 const ALIAS_BASE: u64 = 1 << 48;
 
+/// Bytes allocated at a time for packets arriving on links: about 50 full-size packets.
+const LINK_CHUNK: usize = 64 * 1024;
+
 /// Frames a connection may send while the directory is asked where its call lives.
 const MAX_HELD_FRAMES: usize = 32;
 
@@ -172,16 +175,28 @@ impl Cascade {
             let queues = s.queues.clone();
             let metrics = s.metrics.clone();
             let events = s.events.clone();
+            // Packets from links are copied out of shared chunks, as the framer does on the
+            // way out: a chunk is reused once its packets are forwarded, so a packet costs
+            // no allocation of its own.
+            let chunk = Mutex::new(bytes::BytesMut::new());
             s.links.serve(
                 Arc::new(move |peer: &str, flow: u64, packet: &[u8]| {
                     let t = link_in.read().unwrap_or_else(|p| p.into_inner());
                     let Some(&(w, end)) = t.get(peer).and_then(|m| m.get(&flow)) else {
                         return false;
                     };
+                    let data = {
+                        let mut c = chunk.lock().unwrap_or_else(|p| p.into_inner());
+                        if c.capacity() - c.len() < packet.len() {
+                            c.reserve(LINK_CHUNK.max(packet.len()));
+                        }
+                        c.extend_from_slice(packet);
+                        c.split()
+                    };
                     let p = Packet {
                         peer: end,
                         rtcp: is_rtcp(packet),
-                        data: bytes::BytesMut::from(packet),
+                        data,
                         at: Instant::now(),
                     };
                     if queues.get(w).is_none_or(|q| q.push(p).is_err()) {
