@@ -88,6 +88,9 @@ const st = {
   scheme: null, group: null, codeChanges: 0,
   // No downgrade without consent (see the top of the file).
   askedE2ee: false, clearConsent: false, pendingDowngrade: null, leftReason: null, downgradesRefused: 0,
+  // Several relays (a cluster): the nodes this page may move to, the one it is on, and how
+  // often it moved.
+  nodes: [], nodeUrl: null, token: null, reconnects: 0, rejoining: false,
 };
 let ws = null, pc = null, localStream = null, worker = null, kex = null, earlyBlobs = [];
 let chain = Promise.resolve();
@@ -150,16 +153,76 @@ function send(m) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(m));
 }
 
-function connect(token) {
+function ownSignalUrl() {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/signal`;
+}
+
+// The relay's nodes (a cluster lists them at /v1/nodes; a lone relay lists none), so the
+// page can move when its node goes away.
+async function loadNodes() {
+  try {
+    const r = await fetch('/v1/nodes');
+    const body = await r.json();
+    st.nodes = (body.nodes || []).map((n) => n.signal_url).filter((u) => typeof u === 'string');
+  } catch (e) { st.nodes = []; }
+}
+
+// Closes after which the call goes on through another node: the node went away
+// (node_lost, shutdown), the call's owner could not be reached, or the connection just
+// broke (1006). A refusal of this person is never retried.
+function movable(ev) {
+  return ['node_lost', 'shutdown', 'owner_unavailable'].includes(ev.reason) || (ev.code === 1006 && !ev.reason);
+}
+
+// Join the same call again through the next node (wrapping round), with new keys, backing
+// off from 100 ms to 1 s, for up to 30 s.
+async function rejoin() {
+  if (st.rejoining) return;
+  st.rejoining = true;
+  const list = st.nodes.length ? st.nodes : [ownSignalUrl()];
+  let i = Math.max(0, list.indexOf(st.nodeUrl));
+  let wait = 100;
+  const until = performance.now() + 30000;
+  try {
+    while (performance.now() < until) {
+      i = (i + 1) % list.length;
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 1000);
+      if (await connect(st.token, list[i])) {
+        st.reconnects += 1;
+        await join();
+        return;
+      }
+    }
+    showMessage(describe('signalling_closed', 'no node of the relay took the call back'));
+  } finally {
+    st.rejoining = false;
+  }
+}
+
+function connect(token, url = ownSignalUrl()) {
   return new Promise((resolve) => {
     if (ws) try { ws.close(); } catch (e) { /* closing anyway */ }
     st.capabilities = null;
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/signal`;
-    ws = new WebSocket(url);
+    st.token = token;
+    st.nodeUrl = url;
+    const sock = new WebSocket(url);
+    ws = sock;
     ws.onopen = () => { st.connected = true; send({ type: 'hello', token }); };
     ws.onclose = (ev) => {
+      if (ws !== sock) { resolve(false); return; }
       st.connected = false;
-      if (st.joined) { st.leftReason = 'signalling_closed'; showMessage(describe('signalling_closed', ev.reason || `code ${ev.code}`)); endCall(false); }
+      if (st.joined || ev.reason === 'owner_unavailable') {
+        st.leftReason = 'signalling_closed';
+        const move = movable(ev);
+        if (st.joined) endCall(false);
+        if (move) {
+          showMessage(`The relay's node went away (${ev.reason || `code ${ev.code}`}): joining again through another node.`, 'info');
+          rejoin().catch((e) => showMessage(String(e.message || e)));
+        } else {
+          showMessage(describe('signalling_closed', ev.reason || `code ${ev.code}`));
+        }
+      }
       resolve(false);
     };
     ws.onmessage = (ev) => {
@@ -207,6 +270,17 @@ async function handle(m, connected) {
       }
       st.participants.delete(m.participant);
       if (st.scheme === 'mls') await groupSignal(m);
+      else if (kex && kex.peerId === m.participant) {
+        // One-to-one: the keys were agreed with them. Whoever joins next (they, again,
+        // through another node) agrees new ones and the code changes.
+        kex = null;
+        earlyBlobs = [];
+        st.keyed = false;
+        st.code = null;
+        st.codeChanges += 1;
+        if (worker) worker.postMessage({ type: 'forget' });
+        renderCallBar();
+      }
       const tile = document.querySelector(`.tile[data-participant="${CSS.escape(m.participant)}"]`);
       if (tile) tile.remove();
       showMessage(`${m.participant} left (${m.reason}).`, 'info');
@@ -930,6 +1004,9 @@ window.blindrelay = {
       kex_error: st.kexError,
       pending_downgrade: st.pendingDowngrade ? { reason: st.pendingDowngrade.reason } : null,
       left_reason: st.leftReason,
+      reconnects: st.reconnects,
+      node_url: st.nodeUrl,
+      nodes: [...st.nodes],
       asked_e2ee: st.askedE2ee,
       clear_consent: st.clearConsent,
       downgrades_refused: st.downgradesRefused,
@@ -974,9 +1051,11 @@ $('chat-form').onsubmit = (e) => {
   if (params.get('call')) $('call').value = params.get('call');
   if (params.get('token')) $('token').value = params.get('token');
   if (params.get('name')) $('name').value = params.get('name');
+  const nodes = loadNodes();
   if (params.get('autojoin') !== '1') return;
   let token = $('token').value.trim();
   if (!token && $('name').value) token = await devToken();
   if (!token) return;
+  await nodes;
   if (await connect(token)) await join();
 })().catch((e) => showMessage(String(e.message || e)));

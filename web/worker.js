@@ -153,6 +153,12 @@ self.onmessage = async (event) => {
         self.postMessage({ type: 'keyed' });
         break;
       }
+      case 'forget':
+        // A 1:1 call's other person left: their keys go, and nothing is sealed until the
+        // next person's key agreement (never under keys agreed with someone gone).
+        sender = null;
+        receiver = null;
+        break;
       case 'mls_start':
         // Once per call: the participant's identity and the others the relay listed.
         if (group) { self.postMessage({ type: 'reply', id: m.id, error: 'group already started' }); break; }

@@ -599,6 +599,67 @@ async fn chromium_pages_on_two_nodes_standard() {
     pages_on_two_nodes("web-span-standard", false).await;
 }
 
+/// A node drains (SIGTERM's path) under a 1:1 E2EE call whose two pages are on two nodes:
+/// the page on it moves to the other node by itself (the node list it read from
+/// `/v1/nodes`), joins again with new keys, and both pages decode each other again with
+/// one new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_page_moves_when_its_node_drains() {
+    let _lock = CALL_LOCK.lock().await;
+    let mut c = Cluster::start(&["a", "b"]).await;
+    let call = "web-span-move";
+    let ta = token(&c.cfg, "alice-move", Some(call), "user");
+    let tb = token(&c.cfg, "bob-move", Some(call), "user");
+    let a_url = c.nodes[0].signal_url();
+    let args = peer_args(&[
+        "--page",
+        &page_url(&c.nodes[0], &ta, call, true),
+        "--page",
+        &page_url(&c.nodes[1], &tb, call, true),
+        "--until",
+        "media",
+        "--min-video-frames",
+        "30",
+        "--timeout",
+        "60",
+        "--wait-stdin",
+        "--then",
+        "moved",
+    ]);
+    let b = c.nodes.pop().expect("two nodes");
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notified = ready.clone();
+    let pages = drive_ready(
+        &args,
+        ready,
+        Some(async move {
+            notified.notified().await;
+            b.shutdown().await;
+        }),
+    )
+    .await;
+    assert_eq!(pages.len(), 2);
+    let before = |p: &PageReport| p.0["steps"][0]["state"].clone();
+    for (p, other) in [(&pages[0], &pages[1]), (&pages[1], &pages[0])] {
+        assert!(p.ok(), "page missed its condition: {}", p.brief());
+        assert_eq!(p.s("e2ee"), true, "{}", p.brief());
+        assert_eq!(p.code(), other.code(), "one code after the move");
+        assert_ne!(
+            p.code(),
+            before(p)["verification_code"].as_str(),
+            "new keys after the move: {}",
+            p.brief()
+        );
+        assert!(p.video_frames_from(other.me()) > 30, "{}", p.brief());
+        assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
+    }
+    assert_eq!(pages[1].num("reconnects"), 1, "{}", pages[1].brief());
+    assert_eq!(pages[1].s("node_url").as_str(), Some(a_url.as_str()));
+    let listed = before(&pages[1])["nodes"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 2, "the page read both nodes from /v1/nodes");
+    c.stop().await;
+}
+
 fn policy_config(dir: &Path) -> Config {
     std::fs::create_dir_all(dir).expect("dir");
     let file = dir.join("policies.toml");

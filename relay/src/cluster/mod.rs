@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How often a node re-reads the shared policy's version, to heal a notice missed while
 /// its subscription was down.
@@ -206,6 +206,41 @@ pub struct NodeAddrs {
     pub signal: SocketAddr,
 }
 
+/// The live nodes as the directory listed them at the last heartbeat: for clients (the
+/// page's list of nodes to move to) and the signalling listener (their pages' origins).
+pub type NodeView = Arc<std::sync::RwLock<ClusterView>>;
+
+/// Origins of nodes' pages remembered: a page served by a node that has since gone must
+/// still be let in by the node it moves to.
+const MAX_ORIGINS: usize = 256;
+
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeRecord>,
+    /// The page origins of every node listed since this node started (at most
+    /// [`MAX_ORIGINS`]; beyond that, the live nodes' only).
+    pub origins: std::collections::BTreeSet<String>,
+}
+
+impl ClusterView {
+    fn update(&mut self, nodes: Vec<NodeRecord>) {
+        if self.origins.len() + nodes.len() > MAX_ORIGINS {
+            self.origins.clear();
+        }
+        self.origins.extend(nodes.iter().filter_map(page_origin));
+        self.nodes = nodes;
+    }
+}
+
+/// The web origin of a node's pages (`http://host:port`), from its signalling URL.
+pub fn page_origin(rec: &NodeRecord) -> Option<String> {
+    let hp = rec
+        .signal_url
+        .strip_prefix("ws://")?
+        .strip_suffix("/v1/signal")?;
+    Some(format!("http://{hp}"))
+}
+
 /// A running node: directory heartbeat, links and the shared policy.
 pub struct Node {
     pub id: String,
@@ -217,6 +252,7 @@ pub struct Node {
     /// How long a node's record outlives its last heartbeat.
     pub node_ttl: Duration,
     pub heartbeat: Duration,
+    pub view: NodeView,
     draining: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -287,14 +323,31 @@ impl Node {
                 url: cfg.redis_url.clone(),
                 source,
             })?;
+        let view: NodeView = Arc::default();
+        if let Ok(nodes) = dir.nodes().await {
+            view.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(nodes);
+        }
         {
             let dir = dir.clone();
             let (every, ttl) = (cfg.heartbeat, cfg.node_ttl);
             let metrics = metrics.clone();
+            let view = view.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
+                    match dir.nodes().await {
+                        Ok(nodes) => view
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .update(nodes),
+                        Err(e) => {
+                            metrics.cluster_directory_error("nodes").increment(1);
+                            debug!(error = %e, "directory node list not read");
+                        }
+                    }
                     if let Err(e) = dir.heartbeat(&record(), ttl).await {
                         metrics.cluster_directory_error("heartbeat").increment(1);
                         warn!(error = %e, "directory heartbeat failed");
@@ -320,6 +373,7 @@ impl Node {
             quic,
             node_ttl: cfg.node_ttl,
             heartbeat: cfg.heartbeat,
+            view,
             draining,
             tasks,
         })

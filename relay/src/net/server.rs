@@ -221,13 +221,16 @@ impl Relay {
             write_timeout: config.signal.write_timeout,
             max_outbound_bytes: config.signal.max_outbound_bytes,
             allowed_origins: config.signal.allowed_origins.clone().into(),
+            nodes: node.as_ref().map(|n| n.view.clone()),
         };
+        let mut web = super::web::WebState::new(&config);
+        web.nodes = node.as_ref().map(|n| n.view.clone());
         tasks.push(tokio::spawn(signal::serve(
             signal_listener,
             events.clone(),
             limits,
             metrics.clone(),
-            super::web::WebState::new(&config),
+            web,
         )));
         let shutting_down = Arc::new(AtomicBool::new(false));
         tasks.push(tokio::spawn(admin::serve(

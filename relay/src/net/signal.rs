@@ -41,6 +41,9 @@ pub struct ListenerLimits {
     pub max_outbound_bytes: usize,
     /// Origins besides the relay's own allowed to open the WebSocket (`signal.allowed_origins`).
     pub allowed_origins: Arc<[String]>,
+    /// A cluster node's live nodes: their pages may open signalling here too (a page moves
+    /// to another node when its own goes away).
+    pub nodes: Option<crate::cluster::NodeView>,
 }
 
 /// Open connections, in total and by source address. The map holds only sources with an
@@ -108,6 +111,7 @@ pub async fn serve(
         .merge(
             Router::new()
                 .route("/dev/token", post(super::web::dev_token))
+                .route("/v1/nodes", get(super::web::nodes))
                 .with_state(web),
         )
         .fallback(static_file);
@@ -242,7 +246,21 @@ async fn upgrade(
     let Some(Extension(slot)) = slot else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no connection slot").into_response();
     };
-    if !origin_allowed(&headers, &st.limits.allowed_origins) {
+    let allowed: std::borrow::Cow<'_, [String]> = match &st.limits.nodes {
+        Some(v) => {
+            let mut all = st.limits.allowed_origins.to_vec();
+            all.extend(
+                v.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .origins
+                    .iter()
+                    .cloned(),
+            );
+            all.into()
+        }
+        None => (&*st.limits.allowed_origins).into(),
+    };
+    if !origin_allowed(&headers, &allowed) {
         st.metrics.signalling_refused("foreign_origin").increment(1);
         debug!("signalling upgrade from a foreign origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();

@@ -78,12 +78,15 @@ pub fn dev_tokens_allowed(config: &Config) -> Result<(), DevTokenRefusal> {
 pub struct WebState {
     /// `Ok(secret)` when development tokens may be issued.
     pub dev_tokens: Result<String, DevTokenRefusal>,
+    /// A cluster node's view of the live nodes (none for a lone relay).
+    pub nodes: Option<crate::cluster::NodeView>,
 }
 
 impl WebState {
     pub fn new(config: &Config) -> WebState {
         WebState {
             dev_tokens: dev_tokens_allowed(config).map(|()| config.auth.api_secret.clone()),
+            nodes: None,
         }
     }
 }
@@ -212,6 +215,36 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// One node a page may move to.
+#[derive(Debug, Serialize)]
+struct NodeEntry {
+    node: String,
+    signal_url: String,
+}
+
+/// `GET /v1/nodes`: the cluster's live nodes that take calls, for a page to move to when
+/// its own node goes away (a lone relay lists none). Nothing secret: the addresses are
+/// the ones clients are told anyway.
+pub async fn nodes(State(st): State<WebState>) -> Response {
+    let list: Vec<NodeEntry> = st
+        .nodes
+        .as_ref()
+        .map(|v| {
+            v.read()
+                .unwrap_or_else(|p| p.into_inner())
+                .nodes
+                .iter()
+                .filter(|n| !n.draining)
+                .map(|n| NodeEntry {
+                    node: n.node_id.clone(),
+                    signal_url: n.signal_url.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(serde_json::json!({ "nodes": list })).into_response()
 }
 
 /// `POST /dev/token`.

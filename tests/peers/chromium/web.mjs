@@ -24,7 +24,8 @@
 // click-yes/click-no by clicking the question's buttons as a person does. With --screenshot,
 // each page is first photographed with the question (question-N.png); the report's
 // `question` holds what the page showed then. --then COND: after that, wait until every
-// page meets COND too (the same conditions, plus `settled`: an MLS member holding only its
+// page meets COND too (the same conditions, plus `moved`: media again after a node went
+// away, `settled`: an MLS member holding only its
 // current epoch's keys, `left`, `sending` with --min-sent N:
 // packets sent, and `downgrade_question`).
 //
@@ -80,6 +81,9 @@ if (!existsSync(executablePath)) {
 }
 
 /** Whether a page's state meets the condition `cond`. */
+// Every page's participant id when the first condition was met (see `moved`).
+const firstIds = new Set();
+
 function met(s, condition = a.until) {
   if (!s) return false;
   const [cond, arg] = condition.split(':');
@@ -111,6 +115,9 @@ function met(s, condition = a.until) {
     // grace has ended, so frames sealed in them no longer open.
     case 'settled': return s.joined && s.e2ee_scheme === 'mls' && s.previous_epoch_keys === 0;
     case 'downgrade_question': return !!s.pending_downgrade;
+    // After a node went away (a cluster): media again, and this page either joined again
+    // (through another node) or sees only participants who did.
+    case 'moved': return met(s, 'media') && (s.reconnects >= 1 || s.participants.every((p) => !firstIds.has(p)));
     case 'left': return !s.joined && !!s.left_reason;
     case 'sending': return s.joined && !s.pending_downgrade && (s.outbound || []).reduce((n, o) => n + o.packetsSent, 0) >= a.minSent;
     default: throw new Error(`unknown condition ${cond}`);
@@ -185,6 +192,7 @@ try {
   }
   const questions = new Map();
   let firstOk = pages.every((p) => met(states.get(p.n)));
+  for (const p of pages) firstIds.add(states.get(p.n)?.participant);
   if (a.answerDowngrade) {
     const yes = a.answerDowngrade.endsWith('yes');
     for (const p of pages) {
