@@ -38,7 +38,7 @@ use blindrelay_protocol::sdp::{self, AnswerInfo, Fingerprint, OfferParams};
 use blindrelay_protocol::signal::{
     CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode, ParticipantInfo, ServerMessage,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -117,8 +117,8 @@ pub struct Progress {
     pub in_call: bool,
     /// Successful rejoins so far.
     pub reconnects: u64,
-    /// Participants a frame was opened from in the current session.
-    pub opened_from: BTreeSet<String>,
+    /// Frames opened in the current session, by sending participant.
+    pub opened_from: BTreeMap<String, u64>,
     /// The verification code in force (one-to-one agreement, or the group's epoch code).
     pub verification_code: Option<String>,
 }
@@ -196,8 +196,8 @@ pub struct ClientSession {
     joined_at: Instant,
     /// The current session got `joined` (it has something to remember when lost).
     session_joined: bool,
-    /// Participants a frame was opened from in the current session (bounded like gaps).
-    opened_from: BTreeSet<String>,
+    /// Frames opened in the current session, by sender (bounded like gaps).
+    opened_from: BTreeMap<String, u64>,
     /// KeyPackages refused by earlier sessions' groups, by reason.
     key_packages_refused_before: BTreeMap<String, u64>,
     /// Lines for the driver that came up while opening a frame.
@@ -232,7 +232,7 @@ impl ClientSession {
             gaps: Gaps::default(),
             joined_at: now,
             session_joined: false,
-            opened_from: BTreeSet::new(),
+            opened_from: BTreeMap::new(),
             key_packages_refused_before: BTreeMap::new(),
             pending: Vec::new(),
             progress_changed: true,
@@ -375,16 +375,18 @@ impl ClientSession {
         s.epoch = None;
     }
 
-    /// A frame from `from` opened at `now`: its gap, and a line for the first one of this
-    /// session.
+    /// A frame from `from` opened at `now`: its gap, its count, and a line for the first
+    /// one of this session.
     fn opened(&mut self, now: Instant, from: &str) {
         self.gaps.frame(from, now);
-        if self.opened_from.len() < failover::MAX_GAP_SENDERS && !self.opened_from.contains(from) {
-            self.opened_from.insert(from.to_string());
-            self.progress_changed = true;
+        if let Some(n) = self.opened_from.get_mut(from) {
+            *n += 1;
+        } else if self.opened_from.len() < failover::MAX_GAP_SENDERS {
+            self.opened_from.insert(from.to_string(), 1);
             self.pending
                 .push(Output::Say(format!("first frame opened from {from}")));
         }
+        self.progress_changed = true;
     }
 
     /// The first message, once signalling is connected.
@@ -2480,7 +2482,7 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts, ["first frame opened from p-a"]);
-        assert_eq!(b.progress().opened_from.len(), 1);
+        assert_eq!(b.progress().opened_from.get("p-a"), Some(&3));
 
         // Relay a dies: both lose signalling; neither says anything to it, and both move
         // to relay b after the first backoff.
@@ -2530,8 +2532,8 @@ mod tests {
         assert_eq!(frame_crosses(&mut a, &mut b, t3), b"a frame of media");
         frame_crosses(&mut a, &mut b, t3 + Duration::from_millis(20));
         assert_eq!(
-            b.progress().opened_from.iter().collect::<Vec<_>>(),
-            ["p-a2"]
+            b.progress().opened_from.into_iter().collect::<Vec<_>>(),
+            [("p-a2".to_string(), 2)]
         );
         assert_eq!(b.progress().reconnects, 1);
 
