@@ -703,7 +703,12 @@ async fn attempt(
         publish(opts, session);
     }
     if matches!(next, Next::Reconnect { .. }) {
-        // The relay is gone or has dropped this client: nothing to say goodbye to.
+        // The relay is gone or has dropped this client: no leave. The DTLS association is
+        // closed on the side (a dead relay answers nothing), so the rejoin does not wait.
+        let dtls = path.dtls.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), dtls.close()).await;
+        });
         return Ok(next);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;

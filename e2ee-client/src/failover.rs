@@ -118,6 +118,11 @@ impl Failover {
         }
     }
 
+    /// Whether there is another relay to move to.
+    pub fn has_fallback(&self) -> bool {
+        self.relays.len() > 1
+    }
+
     /// The call's end, once it was established.
     pub fn until(&self) -> Option<Instant> {
         self.until
@@ -133,7 +138,7 @@ impl Failover {
     /// or the call's end comes first).
     pub fn on_lost(&mut self, now: Instant) -> Option<Retry> {
         let until = self.until?;
-        if self.relays.len() < 2 {
+        if !self.has_fallback() {
             return None;
         }
         let at = now + backoff(self.failures);

@@ -248,7 +248,7 @@ impl ClientSession {
     /// for [`ClientSession::on_connection_failed`] to judge: the call was established once
     /// and there is another relay. Otherwise the driver fails as it always did.
     pub fn fails_over(&self) -> bool {
-        self.failover.until().is_some() && !self.is_done()
+        self.failover.until().is_some() && self.failover.has_fallback() && !self.is_done()
     }
 
     /// Where the client is, for [`Progress`] watchers.
@@ -2736,6 +2736,12 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(j.s.relay(), "ws://a");
+        // With one relay there is nowhere to go, in the call or not: the driver fails as
+        // it always did.
+        let x = Some(E2eeScheme::X25519);
+        let o = e2ee_opts("bob", E2eeScheme::X25519);
+        let (one, _) = in_call(&o, 2, t0, "p-b", CallMode::E2ee, x, vec![]);
+        assert!(!one.fails_over());
     }
 
     #[test]
