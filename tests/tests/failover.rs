@@ -6,6 +6,8 @@
 //!
 //! The relays are the real binary (`target/debug/blindrelay`, built by `cargo test
 //! --workspace`; `BLINDRELAY_BIN` names another), so the kill is a real process dying.
+//! The clients run in this process (watched through their `Progress`), except in the
+//! command-line test, which runs `target/debug/e2ee-client` (or `E2EE_CLIENT_BIN`).
 
 use blindrelay_protocol::signal::E2eeScheme;
 use blindrelay_tests::*;
@@ -471,4 +473,146 @@ async fn a_refusal_by_the_relay_failed_over_to_ends_the_call() {
         1.0,
         "B refused it once, and it did not come back"
     );
+}
+
+/// The e2ee-client binary: `E2EE_CLIENT_BIN`, or the one cargo built next to this test.
+fn client_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("E2EE_CLIENT_BIN") {
+        return p.into();
+    }
+    let bin = relay_bin().with_file_name("e2ee-client");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p e2ee-client --bin e2ee-client` \
+         (or set E2EE_CLIENT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// An `e2ee-client call` process; its stderr lines are collected as they come.
+struct ClientProcess {
+    child: tokio::process::Child,
+    lines: watch::Receiver<Vec<String>>,
+}
+
+impl ClientProcess {
+    fn start(args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(client_bin())
+            .arg("call")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start e2ee-client");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            let mut rd = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = rd.next_line().await {
+                tx.send_modify(|v| v.push(l));
+            }
+        });
+        ClientProcess { child, lines }
+    }
+
+    /// Wait up to `limit` until at least `n` stderr lines contain `text`.
+    async fn wait_line(&mut self, text: &str, n: usize, limit: Duration) {
+        let seen = tokio::time::timeout(
+            limit,
+            self.lines
+                .wait_for(|v| v.iter().filter(|l| l.contains(text)).count() >= n),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        assert!(
+            seen,
+            "{n} lines with `{text}` not seen in {limit:?}: {:#?}",
+            *self.lines.borrow()
+        );
+    }
+
+    /// Wait for the exit; the JSON summary and the exit status.
+    async fn finish(self) -> (serde_json::Value, Option<i32>) {
+        let out = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output())
+            .await
+            .expect("the client ends after its duration")
+            .expect("client output");
+        let v = serde_json::from_slice(&out.stdout).expect("a JSON summary on stdout");
+        (v, out.status.code())
+    }
+}
+
+/// The command line as a user runs it: `--relay A --relay B` given twice, a one-to-one
+/// E2EE call; A is killed; both processes rejoin through B, print a new code, and their
+/// JSON summaries carry `reconnects` and `max_gap_ms_from`. Each exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_relay_twice_and_reports_the_rejoin_in_its_json() {
+    let mut a = RelayProcess::start("cli-a", None).await;
+    let b = RelayProcess::start("cli-b", None).await;
+    let cfg = loopback_config();
+    let mut clients: Vec<ClientProcess> = ["alice", "bob"]
+        .iter()
+        .map(|u| {
+            let t = token(&cfg, u, Some("fo-cli"), "user");
+            ClientProcess::start(&[
+                "--relay",
+                &a.url,
+                "--relay",
+                &b.url,
+                "--token",
+                &t,
+                "--call",
+                "fo-cli",
+                "--duration",
+                "12s",
+                "--e2ee",
+                "--video-kbps",
+                "200",
+                "--json",
+                "--name",
+                u,
+            ])
+        })
+        .collect();
+    for c in &mut clients {
+        c.wait_line("Verification code:", 1, Duration::from_secs(20))
+            .await;
+        c.wait_line("first frame opened from", 1, Duration::from_secs(20))
+            .await;
+        // Two stats lines keyed: a second or more of frames opened on A.
+        c.wait_line("e2ee lock on", 2, Duration::from_secs(20))
+            .await;
+    }
+    a.kill().await;
+    for c in &mut clients {
+        c.wait_line(
+            &format!("rejoined the call through {}", b.url),
+            1,
+            Duration::from_secs(15),
+        )
+        .await;
+        c.wait_line("Verification code:", 2, Duration::from_secs(15))
+            .await;
+        c.wait_line("first frame opened from", 2, Duration::from_secs(15))
+            .await;
+    }
+    let mut summaries = Vec::new();
+    for c in clients {
+        let (v, code) = c.finish().await;
+        assert_eq!(code, Some(0), "{v}");
+        assert_eq!(v["reconnects"], 1, "{v}");
+        assert_eq!(v["relay"], b.url.as_str());
+        assert_eq!(v["decrypt_failures"], 0);
+        let codes = v["codes"].as_array().expect("codes").clone();
+        assert_eq!(codes.len(), 2, "{v}");
+        assert_ne!(codes[0], codes[1]);
+        assert_eq!(v["verification_code"], codes[1]);
+        let gaps = v["max_gap_ms_from"].as_object().expect("max_gap_ms_from");
+        assert_eq!(gaps.len(), 2, "the peer under its two ids: {gaps:?}");
+        assert!(gaps.values().all(|g| g.as_f64().is_some_and(|g| g >= 0.0)));
+        summaries.push(v);
+    }
+    assert_eq!(summaries[0]["codes"], summaries[1]["codes"]);
 }
