@@ -635,6 +635,8 @@ async fn attempt(
     let mut sealed = Vec::with_capacity(video_frame_bytes + 64);
     let mut pkt = Vec::with_capacity(1500);
     let mut last_bytes = session.summary().received_bytes;
+    // Streams of lost sessions stay counted but get no more receiver reports.
+    let earlier_streams: std::collections::HashSet<u32> = rx.streams.keys().copied().collect();
     while matches!(next, Next::Wait | Next::Connect(_)) {
         let sending = media != MediaMode::Hold;
         let outputs = tokio::select! {
@@ -669,7 +671,7 @@ async fn attempt(
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
                 let mut compound = Vec::new();
-                for (ssrc, st) in &rx.streams {
+                for (ssrc, st) in rx.streams.iter().filter(|(s, _)| !earlier_streams.contains(s)) {
                     compound.extend_from_slice(&rtcp::receiver_report(video.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
                 }
                 if !compound.is_empty() {
