@@ -616,3 +616,65 @@ async fn the_cli_takes_relay_twice_and_reports_the_rejoin_in_its_json() {
     }
     assert_eq!(summaries[0]["codes"], summaries[1]["codes"]);
 }
+
+/// A relay that shuts down cleanly (its participants told `shutdown`, their connections
+/// closed with that reason) is a loss too, not a refusal: both clients of a standard call
+/// move to the next relay and go on, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_shutting_down_moves_its_clients_to_the_next() {
+    let cfg = loopback_config();
+    let a = start_relay(cfg.clone(), blindrelay::RelayOptions::default()).await;
+    let b = start_relay(cfg.clone(), blindrelay::RelayOptions::default()).await;
+    let (opts, mut rxs): (Vec<CallOptions>, Vec<_>) = ["alice", "bob"]
+        .iter()
+        .map(|u| {
+            let (tx, rx) = watch::channel(Progress::default());
+            let o = CallOptions {
+                relay: a.signal_url(),
+                fallback_relays: vec![b.signal_url()],
+                progress: Some(Arc::new(tx)),
+                token: token(&cfg, u, Some("fo-drain"), "user"),
+                call: "fo-drain".into(),
+                duration: Duration::from_secs(8),
+                video_kbps: 200,
+                name: u.to_string(),
+                ..Default::default()
+            };
+            (o, rx)
+        })
+        .unzip();
+    let runs = run_all(opts);
+    all(
+        &mut rxs,
+        Duration::from_secs(20),
+        "both in the call on A",
+        |p| p.in_call,
+    )
+    .await;
+    await_metrics(&a, Duration::from_secs(10), "media forwarded on A", |m| {
+        metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= 200.0
+    })
+    .await;
+    a.shutdown().await;
+    all(
+        &mut rxs,
+        Duration::from_secs(15),
+        "both back in the call on B",
+        |p| p.reconnects == 1 && p.in_call && p.relay == b.signal_url(),
+    )
+    .await;
+    await_metrics(&b, Duration::from_secs(10), "media forwarded on B", |m| {
+        metric(m, "blindrelay_packets_forwarded_total{kind=\"rtp\"}") >= 200.0
+    })
+    .await;
+    let s = runs.await.expect("client tasks");
+    for x in &s {
+        assert!(x.error.is_none(), "{:?}", x.error);
+        assert!(x.success(), "{x:?}");
+        assert_eq!(x.reconnects, 1);
+        assert_eq!(x.relay.as_deref(), Some(b.signal_url().as_str()));
+        assert_eq!(x.frames_corrupt, 0);
+        assert!(x.frames_verified > 100, "{}", x.frames_verified);
+    }
+    b.shutdown().await;
+}
