@@ -7,7 +7,9 @@
 //! WebSocket, the media path, the timers, and the media counters of the summary.
 
 use crate::media::{self, make_frame, packetize, verify_frame, StreamReceiver};
-use crate::session::{ClientSession, FrameOpen, LocalDescription, MediaMode, Output, SessionError};
+use crate::session::{
+    ClientSession, FrameOpen, LocalDescription, MediaMode, Output, Progress, SessionError,
+};
 use crate::sframe::Sender as SframeSender;
 use crate::signal::{Signal, SignalError};
 use crate::transport::{self, ConnectError, MediaPath};
@@ -26,7 +28,14 @@ use thiserror::Error;
 /// What to do in a call.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
+    /// The relay to join through.
     pub relay: String,
+    /// More relays, tried in order (wrapping round) when the call is lost once
+    /// established ([`crate::failover`]). Empty: a loss ends the call.
+    pub fallback_relays: Vec<String>,
+    /// Published whenever the client's [`Progress`] changes (where it is, whose frames it
+    /// opens), for tests and applications that wait on the call's state.
+    pub progress: Option<std::sync::Arc<tokio::sync::watch::Sender<Progress>>>,
     pub token: String,
     pub call: String,
     pub duration: Duration,
@@ -81,6 +90,8 @@ impl Default for CallOptions {
     fn default() -> Self {
         CallOptions {
             relay: "ws://127.0.0.1:7400/v1/signal".into(),
+            fallback_relays: Vec::new(),
+            progress: None,
             token: String::new(),
             call: "demo".into(),
             duration: Duration::from_secs(10),
@@ -124,7 +135,6 @@ pub struct FeatureOutcome {
     pub detail: Option<String>,
 }
 
-/// What happened in the call; printed as JSON by `--json`.
 /// Packets received on one SSRC, with the payload type they came with.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct InboundStream {
@@ -133,6 +143,25 @@ pub struct InboundStream {
     pub packets: u64,
 }
 
+/// A session of the call that was lost and rejoined through another relay: what it showed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EarlierSession {
+    /// The relay it went through.
+    pub relay: String,
+    /// This client's participant id in it.
+    pub participant: Option<String>,
+    /// The code in force when it was lost.
+    pub verification_code: Option<String>,
+    /// Its group's epochs and codes, and members, as `epoch_codes` and `epoch_members`
+    /// (group calls).
+    pub epoch_codes: BTreeMap<u64, String>,
+    pub epoch_members: BTreeMap<u64, Vec<String>>,
+    pub group_members: Vec<String>,
+}
+
+/// What happened in the call; printed as JSON by `--json`. Counters add up over every
+/// session of a call that failed over to another relay; what describes one session
+/// (participant, codes, epochs) is the last one's, with earlier ones in `earlier_sessions`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallSummary {
     pub joined: bool,
@@ -156,11 +185,16 @@ pub struct CallSummary {
     /// Every epoch this member was keyed in and the group code it showed then (group
     /// calls; the last 256). Members compare codes epoch by epoch: the group changes as
     /// people come and go, so "the same code" means the same code in the same epoch.
+    /// After a rejoin this is the group it rejoined (its epochs may start again at 0 on a
+    /// relay that formed the group anew); the lost sessions' are in `earlier_sessions`.
     pub epoch_codes: BTreeMap<u64, String>,
     /// The group's members in each of those epochs, as their MLS credentials name them
     /// (sorted): the code and the list together, epoch by epoch.
     pub epoch_members: BTreeMap<u64, Vec<String>>,
     pub verification_code: Option<String>,
+    /// Every verification code shown, in order (the last 256): one per one-to-one key
+    /// agreement (a rejoin agrees new keys: a new code), one per group epoch.
+    pub codes: Vec<String>,
     /// The group's members in the final epoch, as their MLS credentials name them
     /// (user names, sorted): compare them as well as the code.
     pub group_members: Vec<String>,
@@ -227,6 +261,21 @@ pub struct CallSummary {
     /// (transferred, parked).
     pub ended: Option<String>,
     pub error: Option<SummaryError>,
+    /// The relay the call ended on.
+    pub relay: Option<String>,
+    /// Successful rejoins through another relay after the call was lost (0: the first
+    /// relay held the whole call).
+    pub reconnects: u64,
+    /// Sender's participant id -> the longest gap, in ms, between two consecutive frames
+    /// opened from it (E2EE calls; senders with at least two frames). Ids are as the relay
+    /// announced them: a participant that rejoins has a new id, so its frames before and
+    /// after appear under two ids.
+    pub max_gap_ms_from: BTreeMap<String, f64>,
+    /// This client's participant id in each session, in order (more than one after a
+    /// rejoin).
+    pub participant_ids: Vec<String>,
+    /// The sessions lost before the last one (the latest 64).
+    pub earlier_sessions: Vec<EarlierSession>,
 }
 
 impl CallSummary {
@@ -343,6 +392,8 @@ enum Next {
     Connect(AnswerInfo),
     /// The call is over.
     Close,
+    /// The call was lost: drop this relay's connections, reach `relay` at `at`.
+    Reconnect { relay: String, at: Instant },
 }
 
 /// Carry out the session's outputs in order.
@@ -362,9 +413,26 @@ async fn execute(
             Output::Warn(line) => eprintln!("[{}] {line}", opts.name),
             Output::Fail(e) => return Err(e.into()),
             Output::Close => return Ok(Next::Close),
+            Output::Reconnect { relay, at } => return Ok(Next::Reconnect { relay, at }),
         }
     }
     Ok(next)
+}
+
+/// Carry out outputs while no relay is connected (between a loss and the next relay):
+/// only lines, the end, or the next attempt can come.
+fn execute_offline(opts: &CallOptions, outputs: Vec<Output>) -> Next {
+    for o in outputs {
+        match o {
+            Output::Say(line) => say(opts, &line),
+            Output::Warn(line) => eprintln!("[{}] {line}", opts.name),
+            Output::Close | Output::Fail(_) => return Next::Close,
+            Output::Reconnect { relay, at } => return Next::Reconnect { relay, at },
+            // Nothing to send them on: the relay is gone.
+            Output::Send(_) | Output::ConnectMedia(_) | Output::Media(_) => {}
+        }
+    }
+    Next::Wait
 }
 
 /// Sleep until the session's next deadline (forever without one).
@@ -380,51 +448,156 @@ fn signalled(session: &mut ClientSession, m: Result<ServerMessage, SignalError>)
     let now = Instant::now();
     match m {
         Ok(m) => session.on_message(now, m),
-        Err(e) => session.on_signalling_closed(now, &e.to_string()),
+        Err(e) => session.on_signalling_closed(now, &e.to_string(), e.close_reason()),
     }
+}
+
+/// Tell progress watchers what changed.
+fn publish(opts: &CallOptions, session: &mut ClientSession) {
+    if session.take_progress_changed() {
+        if let Some(tx) = &opts.progress {
+            tx.send_replace(session.progress());
+        }
+    }
+}
+
+/// One session's own media identity: a fresh DTLS certificate, ICE credentials and SSRCs
+/// (a rejoin never reuses the lost session's).
+struct Identity {
+    dtls: DtlsIdentity,
+    local: LocalDescription,
+    audio: Outgoing,
+    video: Outgoing,
+}
+
+impl Identity {
+    /// `audio_step`: the RTP timestamp step of an audio clip's packets.
+    fn fresh(audio_step: Option<u32>) -> Result<Self, CallError> {
+        let dtls = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
+        let mut audio = Outgoing::new(AUDIO_PT, 48_000);
+        audio.step = audio_step;
+        let video = Outgoing::new(VIDEO_PT, 90_000);
+        let local = LocalDescription {
+            ice_ufrag: Alphanumeric.sample_string(&mut rand::rng(), 8),
+            ice_pwd: Alphanumeric.sample_string(&mut rand::rng(), 24),
+            fingerprint: dtls.fingerprint().clone(),
+            audio_ssrc: audio.ssrc,
+            video_ssrc: video.ssrc,
+            cname: Alphanumeric.sample_string(&mut rand::rng(), 12),
+            session_id: rand::random::<u32>() as u64,
+        };
+        Ok(Identity {
+            dtls,
+            local,
+            audio,
+            video,
+        })
+    }
+}
+
+/// What one session sends: the clips, read once for the whole call.
+struct Sources {
+    clip: Option<Vec<Vec<u8>>>,
+    audio_clip: Option<Vec<Vec<u8>>>,
 }
 
 /// The thin driver: owns the WebSocket, the media path and the clock, feeds the
 /// [`ClientSession`] and carries out what it says. The session ends up in `slot` (with
-/// the summary) as soon as it exists.
+/// the summary) as soon as it exists. A call that fails over runs one attempt per relay
+/// reached, each with a fresh media identity; the receive counters go on across them.
 async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(), CallError> {
     let t0 = Instant::now();
-    let clip = match &opts.video_clip {
-        Some(p) => Some(crate::webframe::read_ivf(p)?),
-        None => None,
+    let sources = Sources {
+        clip: match &opts.video_clip {
+            Some(p) => Some(crate::webframe::read_ivf(p)?),
+            None => None,
+        },
+        audio_clip: match &opts.audio_clip {
+            Some(p) => Some(crate::webframe::read_ogg_opus(p)?),
+            None => None,
+        },
     };
-    let audio_clip = match &opts.audio_clip {
-        Some(p) => Some(crate::webframe::read_ogg_opus(p)?),
-        None => None,
-    };
-    let identity = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
-    let mut audio = Outgoing::new(AUDIO_PT, 48_000);
     // An Opus clip's packets are 20 ms each (opusenc's default frame size).
-    audio.step = audio_clip.as_ref().map(|_| 960);
-    let mut video = Outgoing::new(VIDEO_PT, 90_000);
-    let local = LocalDescription {
-        ice_ufrag: Alphanumeric.sample_string(&mut rand::rng(), 8),
-        ice_pwd: Alphanumeric.sample_string(&mut rand::rng(), 24),
-        fingerprint: identity.fingerprint().clone(),
-        audio_ssrc: audio.ssrc,
-        video_ssrc: video.ssrc,
-        cname: Alphanumeric.sample_string(&mut rand::rng(), 12),
-        session_id: rand::random::<u32>() as u64,
+    let audio_step = sources.audio_clip.as_ref().map(|_| 960);
+    let mut id = Identity::fresh(audio_step)?;
+    let session = slot.insert(ClientSession::new(opts, id.local.clone(), t0));
+    let mut rx = Receiving {
+        streams: HashMap::new(),
+        latencies: Vec::new(),
+        opened: Vec::new(),
+        recorder: None,
+        t0,
     };
-    let ufrag = local.ice_ufrag.clone();
-    let session = slot.insert(ClientSession::new(opts, local, t0));
-    let mut media = MediaMode::Hold;
+    let mut rejoin = None;
+    let r = loop {
+        let r = attempt(opts, session, &mut id, rejoin.take(), &sources, &mut rx).await;
+        let next = match r {
+            Ok(next) => next,
+            Err(e) if session.fails_over() => {
+                let outputs = session.on_connection_failed(Instant::now(), &e.to_string());
+                execute_offline(opts, outputs)
+            }
+            Err(e) => break Err(e),
+        };
+        publish(opts, session);
+        let Next::Reconnect { relay, at } = next else {
+            break Ok(());
+        };
+        // The call's end may come while waiting.
+        let outputs = tokio::select! {
+            _ = until(Some(at)) => Vec::new(),
+            _ = until(session.next_deadline()) => session.on_tick(Instant::now()),
+        };
+        if matches!(execute_offline(opts, outputs), Next::Close) || session.is_done() {
+            break Ok(());
+        }
+        say(opts, &format!("reaching {relay}"));
+        id = Identity::fresh(audio_step)?;
+        rejoin = Some(id.local.clone());
+    };
+    publish(opts, session);
+    rx.finish(session.summary_mut());
+    r
+}
 
+/// One session on one relay: connect signalling, hello and join (or rejoin with
+/// `rejoin`'s fresh description), set up the media path, run the call until it ends
+/// ([`Next::Close`]) or is lost ([`Next::Reconnect`]). Failing to reach the relay or
+/// losing a connection comes back as `Err`.
+async fn attempt(
+    opts: &CallOptions,
+    session: &mut ClientSession,
+    id: &mut Identity,
+    rejoin: Option<LocalDescription>,
+    sources: &Sources,
+    rx: &mut Receiving,
+) -> Result<Next, CallError> {
+    let mut media = MediaMode::Hold;
+    let url = session.relay().to_string();
+    let mut sig = match tokio::time::timeout(opts.connect_timeout, Signal::connect(&url)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(CallError::Signalling(format!(
+                "cannot reach {url} within {:?}",
+                opts.connect_timeout
+            )))
+        }
+    };
     // Until the relay's answer: hello, (an invitation), join.
-    let mut sig = Signal::connect(&opts.relay).await?;
-    let mut outputs = session.start();
+    let mut outputs = match rejoin {
+        Some(local) => session.rejoin(Instant::now(), local),
+        None => session.start(),
+    };
     let answer = loop {
-        match execute(&mut sig, opts, outputs, &mut media).await? {
+        let next = execute(&mut sig, opts, outputs, &mut media).await?;
+        publish(opts, session);
+        match next {
             Next::Connect(answer) => break answer,
             Next::Close => {
                 sig.close().await;
-                return Ok(());
+                return Ok(Next::Close);
             }
+            reconnect @ Next::Reconnect { .. } => return Ok(reconnect),
             Next::Wait => {}
         }
         outputs = tokio::select! {
@@ -433,12 +606,11 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
         };
     };
 
-    let mut path = transport::connect(&answer, &ufrag, &identity, opts.connect_timeout).await?;
+    let ufrag = id.local.ice_ufrag.clone();
+    let mut path = transport::connect(&answer, &ufrag, &id.dtls, opts.connect_timeout).await?;
     let outputs = session.on_media_connected(Instant::now(), path.profile);
-    let mut closing = matches!(
-        execute(&mut sig, opts, outputs, &mut media).await?,
-        Next::Close
-    );
+    let mut next = execute(&mut sig, opts, outputs, &mut media).await?;
+    publish(opts, session);
     let canary = opts.canary.as_deref().map(str::as_bytes);
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let fps = opts.fps.max(1);
@@ -449,35 +621,33 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
     stats_tick.tick().await;
     let video_frame_bytes =
         ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
-    let mut rx = Receiving {
-        streams: HashMap::new(),
-        latencies: Vec::new(),
-        opened: Vec::with_capacity(video_frame_bytes + 64),
-        recorder: match &opts.bot {
-            Some((crate::bot::BotKind::Recording, Some(out))) => Some(
-                crate::bot::RtpDumpWriter::create(out, path.relay).map_err(|e| {
-                    CallError::Protocol(format!("cannot create {}: {e}", out.display()))
-                })?,
-            ),
-            _ => None,
-        },
-        t0,
-    };
+    rx.opened.reserve(video_frame_bytes + 64);
+    if rx.recorder.is_none() {
+        if let Some((crate::bot::BotKind::Recording, Some(out))) = &opts.bot {
+            rx.recorder = Some(crate::bot::RtpDumpWriter::create(out, path.relay).map_err(
+                |e| CallError::Protocol(format!("cannot create {}: {e}", out.display())),
+            )?);
+        }
+    }
+    let (clip, audio_clip) = (&sources.clip, &sources.audio_clip);
+    let (audio, video) = (&mut id.audio, &mut id.video);
     let mut frame = Vec::with_capacity(video_frame_bytes + 64);
     let mut sealed = Vec::with_capacity(video_frame_bytes + 64);
     let mut pkt = Vec::with_capacity(1500);
-    let mut last_bytes = 0u64;
-    while !closing {
+    let mut last_bytes = session.summary().received_bytes;
+    // Streams of lost sessions stay counted but get no more receiver reports.
+    let earlier_streams: std::collections::HashSet<u32> = rx.streams.keys().copied().collect();
+    while matches!(next, Next::Wait | Next::Connect(_)) {
         let sending = media != MediaMode::Hold;
         let outputs = tokio::select! {
             _ = until(session.next_deadline()) => session.on_tick(Instant::now()),
             _ = audio_tick.tick(), if opts.audio && sending => {
                 let sent = if let Some(packets) = audio_clip.as_ref().filter(|p| !p.is_empty()) {
                     let p = &packets[audio.frame_no as usize % packets.len()];
-                    send_frame(&mut path, &mut audio, p, session.sealer(), &mut sealed, &mut pkt).await
+                    send_frame(&mut path, audio, p, session.sealer(), &mut sealed, &mut pkt).await
                 } else {
                     make_frame(audio.ssrc, audio.frame_no, now_us(), 160, canary, &mut frame);
-                    send_frame(&mut path, &mut audio, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                    send_frame(&mut path, audio, &frame, session.sealer(), &mut sealed, &mut pkt).await
                 };
                 sent.add_to(session.summary_mut());
                 Vec::new()
@@ -485,15 +655,15 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
             _ = video_tick.tick(), if opts.video && sending => {
                 let sent = if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
                     let f = &frames[video.frame_no as usize % frames.len()];
-                    send_vp8_frame(&mut path, &mut video, f, session.sealer(), &mut sealed, &mut pkt).await
+                    send_vp8_frame(&mut path, video, f, session.sealer(), &mut sealed, &mut pkt).await
                 } else if opts.web_peers {
                     // Web peers (and e2ee-clients with --web-peers) read every video frame
                     // in the web client's VP8 framing, synthetic ones too.
                     make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                    send_vp8_frame(&mut path, &mut video, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                    send_vp8_frame(&mut path, video, &frame, session.sealer(), &mut sealed, &mut pkt).await
                 } else {
                     make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                    send_frame(&mut path, &mut video, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                    send_frame(&mut path, video, &frame, session.sealer(), &mut sealed, &mut pkt).await
                 };
                 sent.add_to(session.summary_mut());
                 Vec::new()
@@ -501,7 +671,7 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
             _ = rtcp_tick.tick() => {
                 // A receiver report per incoming stream, so the senders see our loss.
                 let mut compound = Vec::new();
-                for (ssrc, st) in &rx.streams {
+                for (ssrc, st) in rx.streams.iter().filter(|(s, _)| !earlier_streams.contains(s)) {
                     compound.extend_from_slice(&rtcp::receiver_report(video.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
                 }
                 if !compound.is_empty() {
@@ -515,7 +685,7 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
                 let lost: u64 = rx.streams.values().map(|x| x.lost()).sum();
                 let lock = session.lock();
                 let s = session.summary();
-                let kbps = (s.received_bytes - last_bytes) as f64 * 8.0 / 1000.0 / opts.stats_every.unwrap_or(Duration::from_secs(1)).as_secs_f64();
+                let kbps = s.received_bytes.saturating_sub(last_bytes) as f64 * 8.0 / 1000.0 / opts.stats_every.unwrap_or(Duration::from_secs(1)).as_secs_f64();
                 last_bytes = s.received_bytes;
                 say(opts, &format!(
                     "sent {} pkts, received {} pkts ({kbps:.0} kbit/s), lost {lost}, frames ok {} bad {}, e2ee lock {lock}",
@@ -525,37 +695,27 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
             r = path.media_rx.recv() => match r {
                 Some((data, is_rtcp)) => {
                     rx.packet(opts, session, &mut path, &data, is_rtcp);
-                    Vec::new()
+                    session.take_pending()
                 }
                 None => session.on_media_closed(Instant::now()),
             },
             m = sig.recv() => signalled(session, m),
         };
-        closing = matches!(
-            execute(&mut sig, opts, outputs, &mut media).await?,
-            Next::Close
-        );
+        next = execute(&mut sig, opts, outputs, &mut media).await?;
+        publish(opts, session);
     }
-    let s = session.summary_mut();
-    s.lost_packets = rx.streams.values().map(|x| x.lost()).sum();
-    s.streams_received = rx.streams.len();
-    s.frames_incomplete = rx.streams.values().map(|x| x.frames_incomplete).sum();
-    let latencies = &mut rx.latencies;
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .map(|us| *us as f64 / 1000.0)
-    };
-    s.latency_ms_p50 = pct(0.5);
-    s.latency_ms_p99 = pct(0.99);
-    s.latencies_us = latencies.clone();
-    if let Some(r) = rx.recorder.take() {
-        s.recorded_packets = r.finish().ok();
+    if matches!(next, Next::Reconnect { .. }) {
+        // The relay is gone or has dropped this client: no leave. The DTLS association is
+        // closed on the side (a dead relay answers nothing), so the rejoin does not wait.
+        let dtls = path.dtls.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), dtls.close()).await;
+        });
+        return Ok(next);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), path.dtls.close()).await;
     sig.close().await;
-    Ok(())
+    Ok(next)
 }
 
 /// The receive side of the media path: per-stream reassembly, latencies, the recorder.
@@ -568,6 +728,26 @@ struct Receiving {
 }
 
 impl Receiving {
+    /// The receive side's figures, into the summary at the call's end.
+    fn finish(&mut self, s: &mut CallSummary) {
+        s.lost_packets = self.streams.values().map(|x| x.lost()).sum();
+        s.streams_received = self.streams.len();
+        s.frames_incomplete = self.streams.values().map(|x| x.frames_incomplete).sum();
+        let latencies = &mut self.latencies;
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+                .map(|us| *us as f64 / 1000.0)
+        };
+        s.latency_ms_p50 = pct(0.5);
+        s.latency_ms_p99 = pct(0.99);
+        s.latencies_us = latencies.clone();
+        if let Some(r) = self.recorder.take() {
+            s.recorded_packets = r.finish().ok();
+        }
+    }
+
     /// One SRTP or SRTCP datagram from the relay: decrypt, reassemble, open (through the
     /// session's keys) and check the frame it completes.
     fn packet(

@@ -67,9 +67,11 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Signalling URL of the relay.
-    #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal")]
-    pub relay: String,
+    /// Signalling URL of the relay; repeatable. The client joins through the first; when
+    /// the call is lost once established (not refused), it rejoins through the next one
+    /// (wrapping round) with a short backoff, until `--duration` is over.
+    #[arg(long, default_value = "ws://127.0.0.1:7400/v1/signal", num_args = 1)]
+    pub relay: Vec<String>,
     /// Token from `blindrelay token`.
     #[arg(long, env = "BLINDRELAY_TOKEN")]
     pub token: String,
@@ -225,8 +227,15 @@ pub async fn run(cli: Cli) -> i32 {
                     }
                 }
             }
+            // clap gives at least one: the default when no --relay is given.
+            let mut relays = a.relay.into_iter();
+            let relay = relays
+                .next()
+                .unwrap_or_else(|| CallOptions::default().relay);
             let opts = CallOptions {
-                relay: a.relay,
+                relay,
+                fallback_relays: relays.collect(),
+                progress: None,
                 token: a.token,
                 call: a.call,
                 duration: a.duration,
@@ -449,5 +458,28 @@ fn parse_scheme(s: &str) -> Result<E2eeScheme, String> {
         "x25519" | "x25519-commit-reveal" => Ok(E2eeScheme::X25519),
         "mls" => Ok(E2eeScheme::Mls),
         other => Err(format!("unknown scheme `{other}`: x25519 or mls")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relays(args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["e2ee-client", "call", "--token", "t"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Call(a) => a.relay,
+            c => panic!("not a call: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn relay_is_repeatable_in_order_with_the_default_when_none_is_given() {
+        assert_eq!(relays(&[]), ["ws://127.0.0.1:7400/v1/signal"]);
+        assert_eq!(
+            relays(&["--relay", "ws://a/v1/signal", "--relay", "ws://b/v1/signal"]),
+            ["ws://a/v1/signal", "ws://b/v1/signal"]
+        );
     }
 }

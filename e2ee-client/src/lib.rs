@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bot;
 pub mod call;
 pub mod cli;
+pub mod failover;
 pub mod group;
 pub mod identity;
 pub mod kex;

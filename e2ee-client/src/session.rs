@@ -17,10 +17,18 @@
 //! - the leave paths (duration end, the relay's `participant_left`, signalling lost,
 //!   downgrade refused, a refused group change) and the summary fields they fill.
 //!
+//! - failover ([`crate::failover`]): with more than one relay, a call lost once
+//!   established (signalling gone, or removed for a reason that is no refusal) is rejoined
+//!   through the next relay after a backoff, as a fresh session (new ICE and DTLS, new keys:
+//!   a new MLS member or a new one-to-one agreement), while the summary's counters go on;
+//! - how long each sender's media paused (`max_gap_ms_from`).
+//!
 //! Phases: `Hello` -> (`Invite`) -> `Joining` -> `Connecting` (the driver sets up ICE and
-//! DTLS-SRTP) -> `InCall` -> `Done`.
+//! DTLS-SRTP) -> `InCall` -> `Done`; a loss that fails over goes to `Lost` until the driver
+//! reaches the next relay ([`ClientSession::rejoin`]), and then `Hello` again.
 
-use crate::call::{CallOptions, CallSummary, FeatureOutcome, SummaryError};
+use crate::call::{CallOptions, CallSummary, EarlierSession, FeatureOutcome, SummaryError};
+use crate::failover::{self, Failover, Gaps};
 use crate::group::{GroupIdentity, GroupSession, OpenError};
 use crate::kex::{KeyAgreement, Role};
 use crate::media::verify_frame;
@@ -30,6 +38,7 @@ use blindrelay_protocol::sdp::{self, AnswerInfo, Fingerprint, OfferParams};
 use blindrelay_protocol::signal::{
     CallMode, ClientMessage, E2eeOption, E2eeScheme, ErrorCode, ParticipantInfo, ServerMessage,
 };
+use std::collections::BTreeMap;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -89,6 +98,29 @@ pub enum Output {
     Fail(SessionError),
     /// The call is over: close the media path and the signalling connection.
     Close,
+    /// The call was lost: drop this relay's media path and signalling connection (no
+    /// `leave`: the call goes on), and at `at` connect to `relay` and hand the session a
+    /// fresh local description ([`ClientSession::rejoin`]); if that connection fails, say
+    /// so ([`ClientSession::on_connection_failed`]).
+    Reconnect { relay: String, at: Instant },
+}
+
+/// What a test or an embedding application can watch while the call runs (the driver
+/// publishes it whenever it changes): where the client is and whose frames it opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The relay in use (or being reached).
+    pub relay: String,
+    /// This client's participant id in the current session.
+    pub participant: Option<String>,
+    /// In the call with the media path up.
+    pub in_call: bool,
+    /// Successful rejoins so far.
+    pub reconnects: u64,
+    /// Frames opened in the current session, by sending participant.
+    pub opened_from: BTreeMap<String, u64>,
+    /// The verification code in force (one-to-one agreement, or the group's epoch code).
+    pub verification_code: Option<String>,
 }
 
 /// What became of one received frame.
@@ -109,8 +141,10 @@ enum Phase {
     Invite(Instant),
     Joining,
     Connecting,
-    /// In the call until this instant (`--duration` after the media path came up).
+    /// In the call until this instant (`--duration` after the first media path came up).
     InCall(Instant),
+    /// Lost; the driver is to reach the next relay ([`Output::Reconnect`]).
+    Lost,
     Done,
 }
 
@@ -118,14 +152,19 @@ enum Phase {
 struct E2ee {
     sender: SframeSender,
     receiver: SframeReceiver,
+    /// The peer the keys were agreed with: the sender of every frame they open.
+    peer: String,
 }
 
 const KID_INITIATOR: u64 = 1;
 const KID_RESPONDER: u64 = 2;
 /// Key-agreement blobs kept while their sender is not announced yet.
 const EARLY_BLOBS: usize = 16;
-/// Epoch codes kept in the summary.
+/// Epoch codes kept in the summary (and codes in `codes`).
 const EPOCH_CODES: usize = 256;
+/// Earlier sessions kept in the summary (a call that fails over again and again keeps the
+/// latest ones).
+const EARLIER_SESSIONS: usize = 64;
 
 /// One participant's call.
 pub struct ClientSession {
@@ -141,6 +180,8 @@ pub struct ClientSession {
     peers: Vec<ParticipantInfo>,
     e2ee_call: bool,
     kex: Option<KeyAgreement>,
+    /// The participant `kex` agrees keys with.
+    kex_peer: String,
     e2ee: Option<E2ee>,
     /// A group call keys with MLS instead of the one-to-one agreement.
     group: Option<GroupSession>,
@@ -149,6 +190,20 @@ pub struct ClientSession {
     early_blobs: Vec<(String, String)>,
     sent_chat: bool,
     media: Option<MediaMode>,
+    failover: Failover,
+    gaps: Gaps,
+    /// When the current session's `joined` arrived (first frames are timed from it).
+    joined_at: Instant,
+    /// The current session got `joined` (it has something to remember when lost).
+    session_joined: bool,
+    /// Frames opened in the current session, by sender (bounded like gaps).
+    opened_from: BTreeMap<String, u64>,
+    /// KeyPackages refused by earlier sessions' groups, by reason.
+    key_packages_refused_before: BTreeMap<String, u64>,
+    /// Lines for the driver that came up while opening a frame.
+    pending: Vec<Output>,
+    /// [`Progress`] changed since the driver last took it.
+    progress_changed: bool,
 }
 
 impl ClientSession {
@@ -167,12 +222,171 @@ impl ClientSession {
             peers: Vec::new(),
             e2ee_call: false,
             kex: None,
+            kex_peer: String::new(),
             e2ee: None,
             group: None,
             early_blobs: Vec::new(),
             sent_chat: false,
             media: None,
+            failover: Failover::new(&opts.relay, &opts.fallback_relays),
+            gaps: Gaps::default(),
+            joined_at: now,
+            session_joined: false,
+            opened_from: BTreeMap::new(),
+            key_packages_refused_before: BTreeMap::new(),
+            pending: Vec::new(),
+            progress_changed: true,
         }
+    }
+
+    /// The relay to connect to (the first, or the one a loss moved to).
+    pub fn relay(&self) -> &str {
+        self.failover.current()
+    }
+
+    /// A loss the driver sees (it cannot reach the relay, or its connection failed) is
+    /// for [`ClientSession::on_connection_failed`] to judge: the call was established once
+    /// and there is another relay. Otherwise the driver fails as it always did.
+    pub fn fails_over(&self) -> bool {
+        self.failover.until().is_some() && self.failover.has_fallback() && !self.is_done()
+    }
+
+    /// Where the client is, for [`Progress`] watchers.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            relay: self.failover.current().to_string(),
+            participant: self.summary.participant.clone(),
+            in_call: matches!(self.phase, Phase::InCall(_)),
+            reconnects: self.failover.reconnects(),
+            opened_from: self.opened_from.clone(),
+            verification_code: self.summary.verification_code.clone(),
+        }
+    }
+
+    /// Whether [`ClientSession::progress`] changed since the last call.
+    pub fn take_progress_changed(&mut self) -> bool {
+        std::mem::take(&mut self.progress_changed)
+    }
+
+    /// Lines that came up while opening frames (a first frame from someone).
+    pub fn take_pending(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The driver reached the relay a [`Output::Reconnect`] named, at `now`: start a fresh
+    /// session there with `local` (new ICE credentials, DTLS certificate and SSRCs). Keys
+    /// never carry over: the one-to-one agreement, or the MLS membership, starts anew.
+    pub fn rejoin(&mut self, now: Instant, local: LocalDescription) -> Vec<Output> {
+        if self.phase != Phase::Lost {
+            return Vec::new();
+        }
+        self.local = local;
+        self.phase = Phase::Hello;
+        self.joined_at = now;
+        self.progress_changed = true;
+        self.start()
+    }
+
+    /// The driver could not reach the relay, or its connection to it failed (`why`), at
+    /// `now`, while [`ClientSession::fails_over`]: the next relay, or the end of a call
+    /// that could not be rejoined in time.
+    pub fn on_connection_failed(&mut self, now: Instant, why: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !self.is_done() && !self.lose(now, why, &mut out) {
+            self.lost_for_good(why, &mut out);
+        }
+        out
+    }
+
+    /// The call was lost at `now` (`why`): if there is a relay to move to before the
+    /// call's end, remember this session, tell the driver to reconnect, and return true.
+    fn lose(&mut self, now: Instant, why: &str, out: &mut Vec<Output>) -> bool {
+        let was = self.failover.current().to_string();
+        let Some(retry) = self.failover.on_lost(now) else {
+            return false;
+        };
+        if self.session_joined {
+            self.remember_session(was);
+        }
+        // The lost session's keys go now: nothing is sealed or opened with them again.
+        self.me.clear();
+        self.mode = CallMode::Standard;
+        self.peers.clear();
+        self.e2ee_call = false;
+        self.kex = None;
+        self.e2ee = None;
+        self.group = None;
+        self.early_blobs.clear();
+        self.media = None;
+        self.session_joined = false;
+        self.opened_from.clear();
+        out.push(Output::Warn(format!(
+            "call lost ({why}); rejoining through {} in {} ms",
+            retry.relay,
+            retry.at.saturating_duration_since(now).as_millis()
+        )));
+        self.phase = Phase::Lost;
+        self.progress_changed = true;
+        out.push(Output::Reconnect {
+            relay: retry.relay,
+            at: retry.at,
+        });
+        true
+    }
+
+    /// A call that was established is over before its end: no relay could take it back
+    /// in time. Reported as `signalling_lost`, as a single relay's loss is.
+    fn lost_for_good(&mut self, why: &str, out: &mut Vec<Output>) {
+        out.push(Output::Warn(format!(
+            "signalling lost before the call's end: {why}"
+        )));
+        self.summary.left_reason = Some("signalling_lost".into());
+        self.summary.error = Some(SummaryError {
+            code: "signalling_lost".into(),
+            message: why.to_string(),
+        });
+        self.end(out, false);
+    }
+
+    /// Keep what the lost session showed (its id, relay, codes) in `earlier_sessions`;
+    /// the keys and the group it belonged to are dropped.
+    fn remember_session(&mut self, relay: String) {
+        if let Some(g) = &self.group {
+            for (reason, n) in &g.key_packages_refused {
+                *self
+                    .key_packages_refused_before
+                    .entry(reason.to_string())
+                    .or_default() += n;
+            }
+            self.summary.group_members = g.member_names();
+        }
+        let s = &mut self.summary;
+        s.earlier_sessions.push(EarlierSession {
+            relay,
+            participant: s.participant.clone(),
+            verification_code: s.verification_code.take(),
+            epoch_codes: std::mem::take(&mut s.epoch_codes),
+            epoch_members: std::mem::take(&mut s.epoch_members),
+            group_members: std::mem::take(&mut s.group_members),
+        });
+        if s.earlier_sessions.len() > EARLIER_SESSIONS {
+            s.earlier_sessions.remove(0);
+        }
+        s.epoch = None;
+    }
+
+    /// A frame from `from` opened at `now`: its gap, its count, and a line for the first
+    /// one of this session.
+    fn opened(&mut self, now: Instant, from: &str) {
+        self.gaps.frame(from, now);
+        if let Some(n) = self.opened_from.get_mut(from) {
+            *n += 1;
+        } else if self.opened_from.len() < failover::MAX_GAP_SENDERS {
+            self.opened_from.insert(from.to_string(), 1);
+            self.pending
+                .push(Output::Say(format!("first frame opened from {from}")));
+        }
+        self.progress_changed = true;
     }
 
     /// The first message, once signalling is connected.
@@ -195,7 +409,10 @@ impl ClientSession {
         &mut self.summary
     }
 
-    pub fn into_summary(self) -> CallSummary {
+    pub fn into_summary(mut self) -> CallSummary {
+        self.summary.reconnects = self.failover.reconnects();
+        self.summary.max_gap_ms_from = self.gaps.max_ms().clone();
+        self.summary.relay = Some(self.failover.current().to_string());
         self.summary
     }
 
@@ -205,10 +422,15 @@ impl ClientSession {
     }
 
     /// When [`ClientSession::on_tick`] has something to do: the invitation's deadline or
-    /// the call's end.
+    /// the call's end (also while a rejoin is under way).
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Invite(t) | Phase::InCall(t) => Some(t),
+            Phase::Hello | Phase::Joining | Phase::Connecting | Phase::Lost
+                if self.failover.reconnecting() =>
+            {
+                self.failover.until()
+            }
             _ => None,
         }
     }
@@ -246,30 +468,40 @@ impl ClientSession {
                 },
             ),
             Phase::InCall(end) if now >= end => self.end(&mut out, true),
+            // The call's end came while rejoining it.
+            Phase::Hello | Phase::Joining | Phase::Connecting | Phase::Lost
+                if self.failover.reconnecting()
+                    && self.failover.until().is_some_and(|t| now >= t) =>
+            {
+                self.lost_for_good("no relay took the call back before its end", &mut out)
+            }
             _ => {}
         }
         out
     }
 
-    /// The signalling connection ended (`why`). Before the call is set up that fails the
-    /// call (`signalling_failed`); in it, the client was cut off (`signalling_lost`).
-    pub fn on_signalling_closed(&mut self, _now: Instant, why: &str) -> Vec<Output> {
+    /// The signalling connection ended (`why`; `close_reason` from the relay's close frame,
+    /// if any). Once the call was established, and with another relay to go to, that is a
+    /// loss to recover from (unless the close refuses this client). Otherwise: before the
+    /// call is set up it fails the call (`signalling_failed`); in it, the client was cut
+    /// off (`signalling_lost`).
+    pub fn on_signalling_closed(
+        &mut self,
+        now: Instant,
+        why: &str,
+        close_reason: Option<&str>,
+    ) -> Vec<Output> {
         let mut out = Vec::new();
+        if matches!(self.phase, Phase::Done | Phase::Lost)
+            || (!failover::close_is_refusal(close_reason) && self.lose(now, why, &mut out))
+        {
+            return out;
+        }
         match self.phase {
-            Phase::Done => {}
-            Phase::InCall(_) | Phase::Connecting => {
-                // Cut off before `--duration` ended (removed as a slow reader, the relay
-                // shut down, the network failed): not a normal end.
-                out.push(Output::Warn(format!(
-                    "signalling lost before the call's end: {why}"
-                )));
-                self.summary.left_reason = Some("signalling_lost".into());
-                self.summary.error = Some(SummaryError {
-                    code: "signalling_lost".into(),
-                    message: why.to_string(),
-                });
-                self.end(&mut out, false);
-            }
+            // Cut off before `--duration` ended (removed as a slow reader, the relay shut
+            // down, the network failed): not a normal end.
+            Phase::InCall(_) | Phase::Connecting => self.lost_for_good(why, &mut out),
+            _ if self.failover.reconnecting() => self.lost_for_good(why, &mut out),
             _ => self.fail(&mut out, SessionError::Signalling(why.to_string())),
         }
         out
@@ -287,12 +519,24 @@ impl ClientSession {
     /// A message from the relay.
     pub fn on_message(&mut self, now: Instant, m: ServerMessage) -> Vec<Output> {
         let mut out = Vec::new();
+        // A relay that cannot take the call now (shutting down, full) is not a refusal of
+        // this client: the next relay may.
+        if let (Phase::Hello | Phase::Joining, ServerMessage::Error { code, message }) =
+            (self.phase, &m)
+        {
+            if !failover::is_refusal(*code) {
+                let why = format!("{}: {message}", code.as_str());
+                if self.lose(now, &why, &mut out) {
+                    return out;
+                }
+            }
+        }
         let r = match self.phase {
             Phase::Hello => self.on_hello_reply(now, m, &mut out),
             Phase::Invite(_) => self.on_invite_wait(now, m, &mut out),
             Phase::Joining => self.on_join_reply(now, m, &mut out),
             // Not read while the media path comes up; nothing to do with one if it is.
-            Phase::Connecting | Phase::Done => Ok(()),
+            Phase::Connecting | Phase::Lost | Phase::Done => Ok(()),
             Phase::InCall(_) => self.on_call_message(now, m, &mut out),
         };
         if let Err(e) = r {
@@ -310,13 +554,33 @@ impl ClientSession {
             return out;
         }
         let since = ms(now, self.started);
-        self.summary.connect_ms = Some(since);
+        self.summary.connect_ms.get_or_insert(since);
         self.summary.srtp_profile = Some(profile.to_string());
         out.push(Output::Say(format!(
             "media path up ({profile}), {since:.1} ms after start"
         )));
+        let rejoined = self.failover.reconnecting();
+        self.failover.on_connected();
+        self.summary.reconnects = self.failover.reconnects();
+        self.progress_changed = true;
+        if rejoined {
+            out.push(Output::Warn(format!(
+                "rejoined the call through {} as {} ({} rejoins)",
+                self.failover.current(),
+                self.me,
+                self.failover.reconnects()
+            )));
+        }
         if let Err(e) = self.start_keying(now, &mut out) {
             self.fail(&mut out, e);
+            return out;
+        }
+        self.failover.arm(now + self.opts.duration);
+        let end = self.failover.until().unwrap_or(now + self.opts.duration);
+        if rejoined {
+            // Requests were made once; asking again could act twice (a transfer...).
+            self.phase = Phase::InCall(end);
+            self.after_input(&mut out);
             return out;
         }
         for f in &self.opts.features {
@@ -327,7 +591,7 @@ impl ClientSession {
             };
             out.push(Output::Send(ClientMessage::Feature { name, arg }));
         }
-        self.phase = Phase::InCall(now + self.opts.duration);
+        self.phase = Phase::InCall(end);
         self.after_input(&mut out);
         out
     }
@@ -349,7 +613,9 @@ impl ClientSession {
             }
             match g.open_into(now, metadata, sealed, out) {
                 Ok(from) => {
-                    count_opened(s, from, ms(now, self.started));
+                    let from = from.unwrap_or_default();
+                    count_opened(s, &from, ms(now, self.joined_at));
+                    self.opened(now, &from);
                     FrameOpen::Opened
                 }
                 // Sealed before this member's Welcome: not for it.
@@ -373,6 +639,8 @@ impl ClientSession {
             match k.receiver.open_into(metadata, sealed, out) {
                 Ok(_) => {
                     s.frames_decrypted += 1;
+                    let peer = k.peer.clone();
+                    self.opened(now, &peer);
                     FrameOpen::Opened
                 }
                 Err(e) => {
@@ -458,7 +726,8 @@ impl ClientSession {
             None => Ok(()),
             Some(ServerMessage::Capabilities { e2ee_option, .. }) => {
                 self.summary.e2ee_option = Some(e2ee_option);
-                if self.opts.wait_invite {
+                // A rejoin goes straight back to the call it was in.
+                if self.opts.wait_invite && !self.failover.reconnecting() {
                     self.phase = Phase::Invite(now + self.opts.duration);
                     Ok(())
                 } else {
@@ -547,7 +816,13 @@ impl ClientSession {
         s.joined = true;
         s.participant = Some(participant.clone());
         s.call_mode = Some(call_mode);
-        s.join_ms = Some(ms(now, self.started));
+        s.join_ms.get_or_insert(ms(now, self.started));
+        if s.participant_ids.len() < EARLIER_SESSIONS + 1 {
+            s.participant_ids.push(participant.clone());
+        }
+        self.joined_at = now;
+        self.session_joined = true;
+        self.progress_changed = true;
         out.push(Output::Say(format!(
             "joined call `{}` as {participant}, mode {}",
             self.call_id,
@@ -644,6 +919,7 @@ impl ClientSession {
             }));
         }
         self.kex = Some(k);
+        self.kex_peer = peer.participant.clone();
         Ok(())
     }
 
@@ -679,9 +955,12 @@ impl ClientSession {
             self.e2ee = Some(E2ee {
                 sender: SframeSender::new(suite, send_kid, keys.send_key.as_bytes()),
                 receiver,
+                peer: self.kex_peer.clone(),
             });
             self.summary.e2ee = true;
             self.summary.verification_code = Some(keys.verification_code.to_string());
+            push_code(&mut self.summary.codes, keys.verification_code.to_string());
+            self.progress_changed = true;
             out.push(Output::Warn(format!(
                 "Verification code: {}",
                 keys.verification_code
@@ -718,6 +997,23 @@ impl ClientSession {
     /// The group's view of a message first (MLS messages, joins and leaves); true when
     /// the group refused a change and the client must leave.
     fn group_message(&mut self, now: Instant, m: &ServerMessage, out: &mut Vec<Output>) -> bool {
+        let mut early_from = Vec::new();
+        let leave = self.group_message_inner(now, m, out, &mut early_from);
+        for from in early_from {
+            self.opened(now, &from);
+        }
+        leave
+    }
+
+    /// [`ClientSession::group_message`], with the senders of frames that opened late put
+    /// in `early_from`.
+    fn group_message_inner(
+        &mut self,
+        now: Instant,
+        m: &ServerMessage,
+        out: &mut Vec<Output>,
+        early_from: &mut Vec<String>,
+    ) -> bool {
         let Some(g) = self.group.as_mut() else {
             return false;
         };
@@ -732,13 +1028,15 @@ impl ClientSession {
         // Frames that overtook their epoch's commit open now.
         let canary = self.opts.canary.as_deref().map(str::as_bytes);
         for (from, plain) in g.open_early(now) {
-            count_opened(s, from, ms(now, self.started));
+            let from = from.unwrap_or_default();
+            count_opened(s, &from, ms(now, self.joined_at));
             if !self.opts.web_peers {
                 match verify_frame(&plain, canary) {
                     Some(_) => s.frames_verified += 1,
                     None => s.frames_corrupt += 1,
                 }
             }
+            early_from.push(from);
         }
         let expired = std::mem::take(&mut g.early_expired);
         if expired > 0 {
@@ -747,12 +1045,13 @@ impl ClientSession {
                 .entry("early_expired".into())
                 .or_default() += expired;
         }
-        s.key_packages_refused = g.key_packages_refused_total();
-        s.key_packages_refused_by = g
-            .key_packages_refused
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        // Earlier sessions' groups' refusals count too.
+        let mut by = self.key_packages_refused_before.clone();
+        for (k, v) in &g.key_packages_refused {
+            *by.entry(k.to_string()).or_default() += v;
+        }
+        s.key_packages_refused = by.values().sum();
+        s.key_packages_refused_by = by;
         if let Some(r) = &g.refused {
             // Never key media to someone the relay did not announce.
             out.push(Output::Warn(format!(
@@ -775,6 +1074,8 @@ impl ClientSession {
                     )));
                     s.epoch_codes.insert(epoch, code.clone());
                     s.epoch_members.insert(epoch, names);
+                    push_code(&mut s.codes, code.clone());
+                    self.progress_changed = true;
                     while s.epoch_codes.len() > EPOCH_CODES {
                         s.epoch_codes.pop_first();
                     }
@@ -821,6 +1122,10 @@ impl ClientSession {
             } => {
                 out.push(Output::Say(format!("{participant} left ({reason})")));
                 if participant == self.me {
+                    let why = format!("removed by the relay: {reason}");
+                    if failover::removal_is_loss(&reason) && self.lose(now, &why, out) {
+                        return Ok(());
+                    }
                     if reason == "transferred" || reason == "parked" {
                         self.summary.ended = Some(reason);
                     } else {
@@ -947,18 +1252,25 @@ fn ms(now: Instant, since: Instant) -> f64 {
     now.saturating_duration_since(since).as_secs_f64() * 1e3
 }
 
-/// One group frame opened from `from`, `since_start` ms into the call: counted per sender,
-/// and the first one from each sender timed from this member's join (how soon a member is
-/// keyed with each other member, as the page reports it).
-fn count_opened(s: &mut CallSummary, from: Option<String>, since_start: f64) {
+/// One group frame opened from `from`, `since_join` ms after the current session's
+/// `joined`: counted per sender, and the first one from each sender timed from this
+/// member's (re)join (how soon a member is keyed with each other member, as the page
+/// reports it).
+fn count_opened(s: &mut CallSummary, from: &str, since_join: f64) {
     s.frames_decrypted += 1;
-    let from = from.unwrap_or_default();
-    if !s.first_decrypted_ms.contains_key(&from) {
-        let since_join = since_start - s.join_ms.unwrap_or(0.0);
+    if !s.first_decrypted_ms.contains_key(from) {
         s.first_decrypted_ms
-            .insert(from.clone(), since_join.max(0.0));
+            .insert(from.to_string(), since_join.max(0.0));
     }
-    *s.frames_decrypted_from.entry(from).or_default() += 1;
+    *s.frames_decrypted_from.entry(from.to_string()).or_default() += 1;
+}
+
+/// A verification code shown: kept in `codes` (the latest [`EPOCH_CODES`]).
+fn push_code(codes: &mut Vec<String>, code: String) {
+    codes.push(code);
+    if codes.len() > EPOCH_CODES {
+        codes.remove(0);
+    }
 }
 
 const CHAT_SEALED_PREFIX: &str = "sframe:";
@@ -1269,6 +1581,10 @@ mod tests {
             Output::Warn(l) => Output::Warn(l.clone()),
             Output::Fail(e) => Output::Fail(e.clone()),
             Output::Close => Output::Close,
+            Output::Reconnect { relay, at } => Output::Reconnect {
+                relay: relay.clone(),
+                at: *at,
+            },
         }
     }
 
@@ -1632,7 +1948,7 @@ mod tests {
                 }
             )
             .is_empty());
-        assert!(a.on_signalling_closed(end, "closed").is_empty());
+        assert!(a.on_signalling_closed(end, "closed", None).is_empty());
         let s = a.summary_mut();
         assert!(
             s.joined && s.error.is_none() && s.left_reason.is_none(),
@@ -1724,6 +2040,7 @@ mod tests {
         let out = a.on_signalling_closed(
             t0 + Duration::from_secs(3),
             "signalling connection closed by the relay",
+            None,
         );
         assert!(sends(&out).is_empty() && closes(&out), "{out:?}");
         assert!(out.iter().any(|o| matches!(o, Output::Warn(l) if l.starts_with("signalling lost before the call's end"))));
@@ -1768,7 +2085,7 @@ mod tests {
         );
         assert!(j.s.is_done());
         let mut j = to_join(&opts("alice"), 1, t0);
-        let out = j.s.on_signalling_closed(t0, "gone");
+        let out = j.s.on_signalling_closed(t0, "gone", None);
         assert!(
             matches!(&out[..], [Output::Fail(SessionError::Signalling(m))] if m == "gone"),
             "{out:?}"
@@ -2019,5 +2336,448 @@ mod tests {
         assert!(sends(&out).is_empty(), "{out:?}");
         assert_eq!(a.summary().key_packages_refused, 1);
         assert_eq!(media_modes(&out), Vec::<MediaMode>::new());
+    }
+
+    // Failover across relays.
+
+    /// Options for a client given relays `ws://a` then `ws://b`, E2EE with `scheme`.
+    fn two_relays(name: &str, scheme: E2eeScheme) -> CallOptions {
+        CallOptions {
+            relay: "ws://a".into(),
+            fallback_relays: vec!["ws://b".into()],
+            ..e2ee_opts(name, scheme)
+        }
+    }
+
+    /// Two in-call sessions agree keys, the relay passing blobs both ways until neither has
+    /// more to say.
+    fn key_two(
+        a: &mut ClientSession,
+        a_id: &str,
+        a_out: Vec<Output>,
+        b: &mut ClientSession,
+        b_id: &str,
+        b_out: Vec<Output>,
+        now: Instant,
+    ) {
+        let mut to_a = route_kex(b_id, &b_out, a, now);
+        let mut to_b = route_kex(a_id, &a_out, b, now);
+        for _ in 0..8 {
+            if sends(&to_a).is_empty() && sends(&to_b).is_empty() {
+                break;
+            }
+            let next_b = route_kex(a_id, &to_a, b, now);
+            let next_a = route_kex(b_id, &to_b, a, now);
+            to_a = next_a;
+            to_b = next_b;
+        }
+    }
+
+    /// The reconnect a loss asked for, and that nothing was said to the lost relay.
+    fn reconnect_of(out: &[Output]) -> (String, Instant) {
+        assert!(sends(out).is_empty(), "no leave to a lost relay: {out:?}");
+        match out.last() {
+            Some(Output::Reconnect { relay, at }) => (relay.clone(), *at),
+            _ => panic!("expected a reconnect: {out:?}"),
+        }
+    }
+
+    /// A lost session reaches the next relay at `now` with a fresh description (`n`):
+    /// hello, capabilities, a join with the new offer, `joined` as `me` among
+    /// `participants`, and its media path up. Returns the outputs of that last step.
+    fn rejoin_as(
+        s: &mut ClientSession,
+        n: u32,
+        now: Instant,
+        me: &str,
+        scheme: E2eeScheme,
+        participants: Vec<ParticipantInfo>,
+    ) -> Vec<Output> {
+        let out = s.rejoin(now, local(n));
+        assert!(
+            matches!(sends(&out)[..], [ClientMessage::Hello { .. }]),
+            "{out:?}"
+        );
+        let out = s.on_message(
+            now,
+            ServerMessage::Capabilities {
+                user: "u".into(),
+                tenant: "t".into(),
+                role: "user".into(),
+                e2ee_option: E2eeOption::Available,
+            },
+        );
+        let sent = sends(&out);
+        let [ClientMessage::Join {
+            call, offer_sdp, ..
+        }] = &sent[..]
+        else {
+            panic!("a rejoin joins the same call: {out:?}");
+        };
+        assert_eq!(call, "c");
+        // Fresh ICE credentials and DTLS certificate.
+        let offer = parse_offer(offer_sdp).expect("offer parses");
+        assert_eq!(offer.ice_ufrag, format!("ufrag{n}"));
+        let offer_sdp = offer_sdp.clone();
+        let out = s.on_message(
+            now,
+            ServerMessage::Joined {
+                participant: me.into(),
+                call_mode: CallMode::E2ee,
+                mode_reason: None,
+                answer_sdp: relay_description(&offer_sdp, &[], 0),
+                participants,
+                e2ee_scheme: Some(scheme),
+            },
+        );
+        assert!(
+            matches!(out.last(), Some(Output::ConnectMedia(_))),
+            "{out:?}"
+        );
+        s.on_media_connected(now, "SRTP_AEAD_AES_128_GCM")
+    }
+
+    #[test]
+    fn a_lost_one_to_one_call_rejoins_through_the_next_relay_with_new_keys() {
+        let t0 = Instant::now();
+        let x = Some(E2eeScheme::X25519);
+        let (mut a, a0) = in_call(
+            &two_relays("alice", E2eeScheme::X25519),
+            1,
+            t0,
+            "p-a",
+            CallMode::E2ee,
+            x,
+            vec![],
+        );
+        let (mut b, b0) = in_call(
+            &two_relays("bob", E2eeScheme::X25519),
+            2,
+            t0,
+            "p-b",
+            CallMode::E2ee,
+            x,
+            vec![info("p-a", "alice")],
+        );
+        let mut a_out = a0;
+        a_out.extend(a.on_message(
+            t0,
+            ServerMessage::ParticipantJoined {
+                participant: info("p-b", "bob"),
+            },
+        ));
+        key_two(&mut a, "p-a", a_out, &mut b, "p-b", b0, t0);
+        let old = a.summary().verification_code.clone().expect("keyed");
+        assert_eq!(b.summary().verification_code.as_ref(), Some(&old));
+        for ms in [10, 30, 90] {
+            frame_crosses(&mut a, &mut b, t0 + Duration::from_millis(ms));
+        }
+        assert!(a.take_pending().is_empty());
+        let firsts: Vec<String> = b
+            .take_pending()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Say(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(firsts, ["first frame opened from p-a"]);
+        assert_eq!(b.progress().opened_from.get("p-a"), Some(&3));
+
+        // Relay a dies: both lose signalling; neither says anything to it, and both move
+        // to relay b after the first backoff.
+        let t1 = t0 + Duration::from_secs(1);
+        for s in [&mut a, &mut b] {
+            let out = s.on_signalling_closed(t1, "connection reset", None);
+            assert!(!closes(&out), "{out:?}");
+            assert_eq!(
+                reconnect_of(&out),
+                ("ws://b".to_string(), t1 + Duration::from_millis(100))
+            );
+            assert_eq!(s.relay(), "ws://b");
+            assert!(s.summary().error.is_none());
+            assert!(!s.is_done());
+            assert!(s.fails_over());
+            // No keys until the new agreement: nothing is sealed with the old ones.
+            assert!(s.sealer().is_none());
+        }
+        // A second loss report of the same session changes nothing.
+        assert!(a.on_signalling_closed(t1, "again", None).is_empty());
+
+        // On b: bob first, then alice; new ids, a new agreement, one new code.
+        let t2 = t1 + Duration::from_millis(100);
+        let b1 = rejoin_as(&mut b, 12, t2, "p-b2", E2eeScheme::X25519, vec![]);
+        assert_eq!(media_modes(&b1), vec![MediaMode::Hold]);
+        assert!(b1.iter().any(|o| matches!(o, Output::Warn(l) if l.starts_with("rejoined the call through ws://b as p-b2"))));
+        let a1 = rejoin_as(
+            &mut a,
+            11,
+            t2,
+            "p-a2",
+            E2eeScheme::X25519,
+            vec![info("p-b2", "bob")],
+        );
+        let mut b_out = b1;
+        b_out.extend(b.on_message(
+            t2,
+            ServerMessage::ParticipantJoined {
+                participant: info("p-a2", "alice"),
+            },
+        ));
+        key_two(&mut a, "p-a2", a1, &mut b, "p-b2", b_out, t2);
+        let new = a.summary().verification_code.clone().expect("keyed again");
+        assert_eq!(b.summary().verification_code.as_ref(), Some(&new));
+        assert_ne!(new, old, "new keys, a new code");
+        let t3 = t2 + Duration::from_millis(50);
+        assert_eq!(frame_crosses(&mut a, &mut b, t3), b"a frame of media");
+        frame_crosses(&mut a, &mut b, t3 + Duration::from_millis(20));
+        assert_eq!(
+            b.progress().opened_from.into_iter().collect::<Vec<_>>(),
+            [("p-a2".to_string(), 2)]
+        );
+        assert_eq!(b.progress().reconnects, 1);
+
+        // The new session ends at the call's end: `--duration` after the first media path.
+        assert!(a.on_tick(t0 + Duration::from_millis(9_999)).is_empty());
+        let out = a.on_tick(t0 + Duration::from_secs(10));
+        assert!(closes(&out) && matches!(sends(&out)[..], [ClientMessage::Leave]));
+        let sa = a.into_summary();
+        let sb = b.into_summary();
+        for s in [&sa, &sb] {
+            assert_eq!(s.reconnects, 1);
+            assert_eq!(s.codes, vec![old.clone(), new.clone()]);
+            assert!(s.error.is_none(), "{:?}", s.error);
+            assert_eq!(s.relay.as_deref(), Some("ws://b"));
+            assert_eq!(s.earlier_sessions.len(), 1);
+            assert_eq!(s.earlier_sessions[0].relay, "ws://a");
+            assert_eq!(s.earlier_sessions[0].verification_code.as_ref(), Some(&old));
+        }
+        assert_eq!(sa.participant_ids, ["p-a", "p-a2"]);
+        assert_eq!(sb.participant_ids, ["p-b", "p-b2"]);
+        // Counters went on: three frames before, two after.
+        assert_eq!(sb.frames_decrypted, 5);
+        // Gaps per participant id: 20 and 60 ms under alice's first id; 20 under her second.
+        assert_eq!(sb.max_gap_ms_from.get("p-a").copied(), Some(60.0));
+        assert_eq!(sb.max_gap_ms_from.get("p-a2").copied(), Some(20.0));
+        assert_eq!(sb.max_gap_ms_from.len(), 2);
+    }
+
+    #[test]
+    fn a_refusal_while_rejoining_is_not_retried() {
+        let t0 = Instant::now();
+        let (mut a, _) = in_call(
+            &two_relays("alice", E2eeScheme::X25519),
+            1,
+            t0,
+            "p-a",
+            CallMode::E2ee,
+            Some(E2eeScheme::X25519),
+            vec![],
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        reconnect_of(&a.on_signalling_closed(t1, "reset", None));
+        let t2 = t1 + Duration::from_millis(100);
+        a.rejoin(t2, local(3));
+        let out = a.on_message(
+            t2,
+            ServerMessage::Error {
+                code: ErrorCode::Unauthorized,
+                message: "bad token".into(),
+            },
+        );
+        assert!(
+            matches!(out.last(), Some(Output::Fail(SessionError::Refused { code, .. })) if code == "unauthorized"),
+            "{out:?}"
+        );
+        assert!(a.is_done() && !a.fails_over());
+        assert_eq!(a.into_summary().reconnects, 0);
+    }
+
+    #[test]
+    fn a_relay_that_cannot_take_the_call_or_cannot_be_reached_is_passed_over() {
+        let t0 = Instant::now();
+        let o = CallOptions {
+            fallback_relays: vec!["ws://b".into(), "ws://c".into()],
+            ..two_relays("alice", E2eeScheme::X25519)
+        };
+        let (mut a, _) = in_call(
+            &o,
+            1,
+            t0,
+            "p-a",
+            CallMode::E2ee,
+            Some(E2eeScheme::X25519),
+            vec![],
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        // The relay closes with a reason that is no refusal of this client.
+        let (relay, at) =
+            reconnect_of(&a.on_signalling_closed(t1, "closed: shutdown", Some("shutdown")));
+        assert_eq!(
+            (relay.as_str(), at),
+            ("ws://b", t1 + Duration::from_millis(100))
+        );
+        a.rejoin(at, local(2));
+        // b is shutting down: c, after 200 ms.
+        let out = a.on_message(
+            at,
+            ServerMessage::Error {
+                code: ErrorCode::ShuttingDown,
+                message: "relay is shutting down".into(),
+            },
+        );
+        let (relay, at2) = reconnect_of(&out);
+        assert_eq!(
+            (relay.as_str(), at2),
+            ("ws://c", at + Duration::from_millis(200))
+        );
+        // c cannot be reached: round to a, after 400 ms.
+        let out = a.on_connection_failed(at2, "connection refused");
+        let (relay, at3) = reconnect_of(&out);
+        assert_eq!(
+            (relay.as_str(), at3),
+            ("ws://a", at2 + Duration::from_millis(400))
+        );
+        assert!(a.summary().error.is_none());
+        assert_eq!(
+            a.summary().earlier_sessions.len(),
+            1,
+            "only joined sessions are kept"
+        );
+    }
+
+    #[test]
+    fn a_removal_for_shutdown_fails_over_but_replaced_or_removed_does_not() {
+        let t0 = Instant::now();
+        let mk = || {
+            in_call(
+                &two_relays("alice", E2eeScheme::X25519),
+                1,
+                t0,
+                "p-a",
+                CallMode::E2ee,
+                Some(E2eeScheme::X25519),
+                vec![],
+            )
+            .0
+        };
+        let left = |reason: &str| ServerMessage::ParticipantLeft {
+            participant: "p-a".into(),
+            reason: reason.into(),
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        let mut a = mk();
+        reconnect_of(&a.on_message(t1, left("shutdown")));
+        let mut a = mk();
+        let out = a.on_message(t1, left("replaced"));
+        assert!(closes(&out), "{out:?}");
+        assert_eq!(
+            a.summary().error.as_ref().map(|e| e.code.as_str()),
+            Some("replaced")
+        );
+        // The relay's close after a removal refuses this client.
+        let mut a = mk();
+        let out = a.on_signalling_closed(t1, "closed: removed", Some("removed"));
+        assert!(closes(&out), "{out:?}");
+        assert_eq!(
+            a.summary().error.as_ref().map(|e| e.code.as_str()),
+            Some("signalling_lost")
+        );
+    }
+
+    #[test]
+    fn the_call_end_while_rejoining_is_a_lost_call() {
+        let t0 = Instant::now();
+        let (mut a, _) = in_call(
+            &two_relays("alice", E2eeScheme::X25519),
+            1,
+            t0,
+            "p-a",
+            CallMode::E2ee,
+            Some(E2eeScheme::X25519),
+            vec![],
+        );
+        let t1 = t0 + Duration::from_millis(9_500);
+        let (_, at) = reconnect_of(&a.on_signalling_closed(t1, "reset", None));
+        a.rejoin(at, local(2));
+        // The relay never answers the hello; the call's end still comes.
+        let end = t0 + Duration::from_secs(10);
+        assert_eq!(a.next_deadline(), Some(end));
+        let out = a.on_tick(end);
+        assert!(closes(&out) && sends(&out).is_empty(), "{out:?}");
+        let s = a.into_summary();
+        assert_eq!(
+            s.error.as_ref().map(|e| e.code.as_str()),
+            Some("signalling_lost")
+        );
+        assert_eq!(s.reconnects, 0);
+        // A loss too close to the end is not retried at all.
+        let (mut b, _) = in_call(
+            &two_relays("bob", E2eeScheme::X25519),
+            2,
+            t0,
+            "p-b",
+            CallMode::E2ee,
+            Some(E2eeScheme::X25519),
+            vec![],
+        );
+        let out = b.on_signalling_closed(t0 + Duration::from_millis(9_950), "reset", None);
+        assert!(closes(&out), "{out:?}");
+    }
+
+    #[test]
+    fn before_the_call_is_established_nothing_fails_over() {
+        let t0 = Instant::now();
+        let mut j = to_join(&two_relays("alice", E2eeScheme::X25519), 1, t0);
+        assert!(!j.s.fails_over());
+        let out = j.s.on_signalling_closed(t0, "gone", None);
+        assert!(
+            matches!(out.last(), Some(Output::Fail(SessionError::Signalling(_)))),
+            "{out:?}"
+        );
+        assert_eq!(j.s.relay(), "ws://a");
+        // With one relay there is nowhere to go, in the call or not: the driver fails as
+        // it always did.
+        let x = Some(E2eeScheme::X25519);
+        let o = e2ee_opts("bob", E2eeScheme::X25519);
+        let (one, _) = in_call(&o, 2, t0, "p-b", CallMode::E2ee, x, vec![]);
+        assert!(!one.fails_over());
+    }
+
+    #[test]
+    fn mls_a_rejoin_drops_the_group_and_joins_again_as_a_new_member() {
+        let t0 = Instant::now();
+        let mls = Some(E2eeScheme::Mls);
+        let (mut a, _) = in_call(
+            &two_relays("alice", E2eeScheme::Mls),
+            1,
+            t0,
+            "p-a",
+            CallMode::E2ee,
+            mls,
+            vec![],
+        );
+        // Alone, alice made the group and holds its keys.
+        assert!(a.sealer().is_some());
+        let t1 = t0 + Duration::from_secs(1);
+        let (_, at) = reconnect_of(&a.on_signalling_closed(t1, "reset", None));
+        assert!(a.sealer().is_none(), "the old group's keys are gone");
+        // Bob is already on relay b: alice publishes a new KeyPackage and waits.
+        let out = rejoin_as(
+            &mut a,
+            5,
+            at,
+            "p-a2",
+            E2eeScheme::Mls,
+            vec![info("p-b2", "bob")],
+        );
+        assert!(
+            matches!(sends(&out)[..], [ClientMessage::MlsKeyPackage { .. }]),
+            "{out:?}"
+        );
+        assert_eq!(media_modes(&out), vec![MediaMode::Hold]);
+        assert!(a.sealer().is_none());
+        assert_eq!(a.summary().epoch, None);
+        assert_eq!(a.summary().reconnects, 1);
     }
 }

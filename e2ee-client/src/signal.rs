@@ -18,8 +18,22 @@ pub enum SignalError {
     Ws(#[from] Box<tokio_tungstenite::tungstenite::Error>),
     #[error("signalling connection closed by the relay")]
     Closed,
+    /// The relay closed the connection with a reason in its close frame (`shutdown`,
+    /// `slow_reader`, `removed`...).
+    #[error("signalling connection closed by the relay: {0}")]
+    ClosedWith(String),
     #[error("relay sent a message this client does not understand: {0}")]
     Decode(String),
+}
+
+impl SignalError {
+    /// The reason in the relay's close frame, if it sent one.
+    pub fn close_reason(&self) -> Option<&str> {
+        match self {
+            SignalError::ClosedWith(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// A signalling connection.
@@ -63,6 +77,9 @@ impl Signal {
                 Some(Ok(Message::Text(t))) => {
                     return serde_json::from_str(t.as_str())
                         .map_err(|e| SignalError::Decode(e.to_string()))
+                }
+                Some(Ok(Message::Close(Some(f)))) if !f.reason.is_empty() => {
+                    return Err(SignalError::ClosedWith(f.reason.as_str().to_string()))
                 }
                 Some(Ok(Message::Close(_))) => return Err(SignalError::Closed),
                 Some(Ok(_)) => continue,

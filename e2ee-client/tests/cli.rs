@@ -170,6 +170,34 @@ fn call_without_a_relay_exits_non_zero_with_a_json_error() {
     assert_eq!(v["error"]["code"], "signalling_failed");
 }
 
+/// A call never established does not fail over: two unreachable relays end it at the
+/// first, with the same error as one, and the summary says no rejoin happened.
+#[test]
+fn a_call_never_established_does_not_move_to_the_next_relay() {
+    let out = bin()
+        .args([
+            "call",
+            "--relay",
+            "ws://127.0.0.1:9/v1/signal",
+            "--relay",
+            "ws://127.0.0.1:7/v1/signal",
+            "--token",
+            "x",
+            "--duration",
+            "30s",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON summary even on failure");
+    assert_eq!(v["error"]["code"], "signalling_failed");
+    assert_eq!(v["reconnects"], 0);
+    assert_eq!(v["relay"], "ws://127.0.0.1:9/v1/signal");
+    assert_eq!(v["max_gap_ms_from"], serde_json::json!({}));
+}
+
 /// `keygen` writes an identity key (0600) and its public half, prints the thumbprint the
 /// issuer's tooling uses, never overwrites a key, and `call` refuses an unreadable key
 /// before it connects anywhere.

@@ -100,7 +100,12 @@ fn dechunk(body: &str) -> String {
 /// `name{label="value",...}` with labels sorted, values the sample's value (histograms:
 /// `_count` and `_sum`).
 pub async fn scrape(relay: &Relay) -> HashMap<String, f64> {
-    let (status, body) = http_get(relay.admin_addr, "/metrics").await;
+    scrape_at(relay.admin_addr).await
+}
+
+/// [`scrape`] of the admin listener at `addr` (a relay in another process).
+pub async fn scrape_at(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "/metrics status");
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text exposition");
