@@ -773,6 +773,115 @@ impl Cluster {
     }
 }
 
+/// A `blindrelay` process (the real binary), killed when dropped: for tests where a relay
+/// must really die (`kill -9`) or stop on a signal.
+pub struct RelayProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub admin: std::net::SocketAddr,
+    config: std::path::PathBuf,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        // `kill_on_drop` ends the process; the config file goes with it.
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The relay binary: `BLINDRELAY_BIN`, or the one cargo built next to this test.
+pub fn relay_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("BLINDRELAY_BIN") {
+        return p.into();
+    }
+    let me = std::env::current_exe().expect("this test's path");
+    // target/debug/deps/failover-HASH -> target/debug/blindrelay
+    let bin = me
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("blindrelay"))
+        .expect("the test binary sits in target/PROFILE/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p blindrelay --bin blindrelay` \
+         (or set BLINDRELAY_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+impl RelayProcess {
+    /// Start a relay on the default config (the embedded one) with OS-chosen loopback
+    /// ports, and `secret` as its token secret instead of the default's; returns once it
+    /// printed its addresses.
+    pub async fn start(tag: &str, secret: Option<&str>) -> Self {
+        Self::start_with(tag, secret, "").await
+    }
+
+    /// [`RelayProcess::start`] with `extra` appended to the config (a `[cluster]`
+    /// section, say).
+    pub async fn start_with(tag: &str, secret: Option<&str>, extra: &str) -> Self {
+        let config = temp_path(&format!("failover-{tag}"), "toml");
+        let mut text = blindrelay::config::EMBEDDED_DEFAULT.to_string();
+        for port in ["7400", "7401", "7402"] {
+            let line = format!("listen = \"127.0.0.1:{port}\"");
+            assert!(text.contains(&line), "the default config has {line}");
+            text = text.replace(&line, "listen = \"127.0.0.1:0\"");
+        }
+        if let Some(s) = secret {
+            let line = format!("api_secret = \"{}\"", loopback_config().auth.api_secret);
+            assert!(text.contains(&line), "the default config has {line}");
+            text = text.replace(&line, &format!("api_secret = \"{s}\""));
+        }
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("write the relay's config");
+        let mut child = tokio::process::Command::new(relay_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["--log", "warn"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start blindrelay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let (mut url, mut admin) = (None, None);
+        let banner = async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let l = l.trim();
+                if let Some(u) = l.strip_prefix("signalling") {
+                    url = Some(u.trim().to_string());
+                } else if let Some(a) = l.strip_prefix("admin") {
+                    admin = a
+                        .trim()
+                        .strip_prefix("http://")
+                        .and_then(|a| a.split_whitespace().next())
+                        .and_then(|a| a.parse().ok());
+                }
+                if url.is_some() && admin.is_some() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), banner)
+            .await
+            .expect("the relay prints its addresses");
+        RelayProcess {
+            child,
+            url: url.expect("signalling URL"),
+            admin: admin.expect("admin address"),
+            config,
+        }
+    }
+
+    /// SIGKILL (kill -9) the process, and reap it.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("kill the relay");
+        let status = self.child.wait().await.expect("reap the relay");
+        assert!(!status.success(), "killed: {status:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

@@ -45,6 +45,9 @@ const ALIAS_BASE: u64 = 1 << 48;
 /// Bytes allocated at a time for packets arriving on links: about 50 full-size packets.
 const LINK_CHUNK: usize = 64 * 1024;
 
+/// How long a joiner's edge waits for a link to its call's owner.
+const OWNER_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Frames a connection may send while the directory is asked where its call lives.
 const MAX_HELD_FRAMES: usize = 32;
 
@@ -308,9 +311,11 @@ impl Cascade {
                     .map_err(|e| e.to_string())?
                     .next()
                     .ok_or_else(|| format!("no address for {}", rec.quic))?;
-                links
-                    .connect(&owner, addr)
+                // A dead owner's record outlives it by up to `node_ttl`: do not wait for
+                // QUIC's idle timeout to learn that it does not answer.
+                tokio::time::timeout(OWNER_DIAL_TIMEOUT, links.connect(&owner, addr))
                     .await
+                    .map_err(|_| format!("owner node {owner} did not answer"))?
                     .map_err(|e| e.to_string())?;
                 Ok(Some(owner))
             }
