@@ -355,6 +355,26 @@ impl ControlPlane {
                 format!("SSRC {ssrc} is sent in both calls"),
             ));
         }
+        // A cascade moves no participant between nodes' forwarding loops: a merge that
+        // would touch a participant another node serves is refused like any other (one
+        // code and message, so nothing is told about the other call).
+        let mine = self
+            .registry
+            .call_of(peer)
+            .map(|(id, _, _)| id)
+            .unwrap_or_default();
+        let remote = [mine.as_str(), other].iter().any(|c| {
+            self.registry
+                .participants(c)
+                .iter()
+                .any(|p| self.sessions.get(p).is_some_and(|s| s.media.is_some()))
+        });
+        if remote {
+            return Err((
+                ErrorCode::MergeRefused,
+                crate::calls::MERGE_REFUSED.to_string(),
+            ));
+        }
         let merged = self.registry.merge(peer, other)?;
         self.report(Report::Calls(CallMode::Standard, -1));
         for (p, _) in &merged.moved {

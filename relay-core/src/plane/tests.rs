@@ -448,6 +448,64 @@ fn merge_moves_and_tells_both_sides() {
     assert_eq!(h.p.counts().1, 1);
 }
 
+/// A participant another node serves (a cascade) joins with that node's media address and
+/// fingerprint in its answer, and a merge that would move anyone another node serves is
+/// refused like any other merge refusal, and nothing moves.
+#[test]
+fn a_participant_served_by_another_node_is_described_with_that_node_and_never_merged() {
+    let mut h = H::new();
+    let edge = MediaEndpoint {
+        addr: "127.0.0.9:4000".parse().expect("literal"),
+        fingerprint: Fingerprint { sha256: [7; 32] },
+    };
+    h.input(Input::ConnectedVia {
+        conn: 9,
+        media: edge,
+    });
+    for (c, u) in [(1, "a"), (5, "a")] {
+        h.hello(c, u, None, "user");
+    }
+    // Signed in on the connection the other node carries (not a fresh local one).
+    let token = h.token("z", None, "user");
+    h.text(9, &ClientMessage::Hello { token });
+    assert!(matches!(
+        h.take(9).as_slice(),
+        [ServerMessage::Capabilities { .. }]
+    ));
+    h.join(1, "one", false);
+    h.join(5, "two", false);
+    let joined = h.join(9, "two", false);
+    let answer = joined
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Joined { answer_sdp, .. } => Some(answer_sdp.clone()),
+            _ => None,
+        })
+        .expect("joined");
+    assert!(answer.contains("127.0.0.9 4000"), "{answer}");
+    assert!(answer.contains("07:07:07"), "{answer}");
+    let ice = h
+        .out
+        .iter()
+        .find_map(|o| match o {
+            Output::IceAdd(p) if p.conn == 9 => Some(p.clone()),
+            _ => None,
+        })
+        .expect("ice for the remote participant");
+    assert_eq!(ice.conn, 9);
+    for c in [1, 5, 9] {
+        h.take(c);
+    }
+    h.out.clear();
+    let r = merge(&mut h, 1, "two");
+    assert!(
+        matches!(&r[..], [ServerMessage::FeatureResult { ok: false, detail: Some(d), .. }]
+            if d.starts_with("merge_refused")),
+        "{r:?}"
+    );
+    assert!(!h.out.iter().any(|o| matches!(o, Output::Move { .. })));
+}
+
 /// Merge needs the requester's identity (user@tenant) in both calls, both standard;
 /// every other case gets the same answer, whether or not the other call exists, and
 /// nothing moves.

@@ -1354,8 +1354,9 @@ impl Driver {
                 out
             }
             Output::Move { peer, .. } if self.cascade().served_by.get(&peer) != Some(&me) => {
-                // Merging calls across nodes is not carried yet: the participant stays.
-                warn!("a merge of a participant served by another node is not supported");
+                // The plane refuses merges that touch a participant another node serves;
+                // should one get here, it stays where it is rather than half-move.
+                warn!("a merge of a participant served by another node ignored");
                 None
             }
             o => Some(o),
