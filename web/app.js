@@ -215,7 +215,7 @@ function connect(token, url = ownSignalUrl()) {
       if (st.joined || ev.reason === 'owner_unavailable') {
         st.leftReason = 'signalling_closed';
         const move = movable(ev);
-        if (st.joined) endCall(false);
+        if (st.joined) endCall(false, move);
         if (move) {
           showMessage(`The relay's node went away (${ev.reason || `code ${ev.code}`}): joining again through another node.`, 'info');
           rejoin().catch((e) => showMessage(String(e.message || e)));
@@ -410,7 +410,7 @@ async function join() {
       stopMedia();
       return;
     }
-    startWorker();
+    if (!worker) startWorker();
   }
   pc = new RTCPeerConnection({ iceServers: [] });
   for (const t of localStream.getTracks()) {
@@ -892,24 +892,32 @@ function renderChat() {
   $('chat-send').disabled = !enabled;
 }
 
-function stopMedia() {
+// `keepWorker`: the page joins again through another node, whose origin is not the one the
+// worker's scripts came from (and the node that served them may be gone): the worker stays,
+// emptied of the last session.
+function stopMedia(keepWorker = false) {
   if (localStream) localStream.getTracks().forEach((t) => t.stop());
   localStream = null;
   if (pc) try { pc.close(); } catch (e) { /* closing */ }
   pc = null;
-  if (worker) worker.terminate();
-  worker = null;
+  if (worker && keepWorker) {
+    worker.postMessage({ type: 'reset' });
+    st.workerStats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 };
+  } else {
+    if (worker) worker.terminate();
+    worker = null;
+  }
   document.querySelectorAll('.tile').forEach((t) => t.remove());
 }
 
-function endCall(sendLeave) {
+function endCall(sendLeave, keepWorker = false) {
   if (sendLeave) send({ type: 'leave' });
   st.pendingDowngrade = null;
   st.clearConsent = false;
   renderDowngrade();
   for (const t of timers) clearInterval(t);
   timers = [];
-  stopMedia();
+  stopMedia(keepWorker);
   kex = null;
   earlyBlobs = [];
   Object.assign(st, { joined: false, keyed: false, code: null, callMode: null, me: null, joinedAt: null, joinedAtWall: null, scheme: null, group: null, groupCall: false });

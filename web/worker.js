@@ -153,6 +153,19 @@ self.onmessage = async (event) => {
         self.postMessage({ type: 'keyed' });
         break;
       }
+      case 'reset':
+        // The page joins again through another node (its own went away, and with it the
+        // origin this worker's scripts came from, so the worker is kept): nothing of the
+        // last session stays, keys and group least of all.
+        mode = 'e2ee';
+        sender = null;
+        receiver = null;
+        group = null;
+        groupOps = Promise.resolve();
+        epochWaiters = [];
+        transformers.clear();
+        for (const k of Object.keys(stats)) stats[k] = typeof stats[k] === 'number' ? 0 : (k === 'last_error' ? null : {});
+        break;
       case 'forget':
         // A 1:1 call's other person left: their keys go, and nothing is sealed until the
         // next person's key agreement (never under keys agreed with someone gone).

@@ -13,17 +13,6 @@ use std::time::Duration;
 
 const CANARY: &str = "CANARY-cascade";
 
-/// The nodes' logs on stderr when `RUST_LOG` asks for them (e.g. `blindrelay=debug`): three
-/// nodes in one process are hard to follow otherwise.
-fn logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-}
-
 fn member(
     node: &Relay,
     cfg: &Config,

@@ -606,6 +606,7 @@ async fn chromium_pages_on_two_nodes_standard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_page_moves_when_its_node_drains() {
     let _lock = CALL_LOCK.lock().await;
+    logs();
     let mut c = Cluster::start(&["a", "b"]).await;
     let call = "web-span-move";
     let ta = token(&c.cfg, "alice-move", Some(call), "user");
@@ -641,7 +642,12 @@ async fn chromium_page_moves_when_its_node_drains() {
     assert_eq!(pages.len(), 2);
     let before = |p: &PageReport| p.0["steps"][0]["state"].clone();
     for (p, other) in [(&pages[0], &pages[1]), (&pages[1], &pages[0])] {
-        assert!(p.ok(), "page missed its condition: {}", p.brief());
+        assert!(
+            p.ok(),
+            "page missed its condition: {}\n--- the other page: {}",
+            p.brief(),
+            other.brief()
+        );
         assert_eq!(p.s("e2ee"), true, "{}", p.brief());
         assert_eq!(p.code(), other.code(), "one code after the move");
         assert_ne!(
