@@ -272,6 +272,16 @@ pub fn percentile_us(sorted: &[u32], p: f64) -> f64 {
 impl Generator {
     /// Join `calls` 1:1 calls on a running relay, as real participants.
     pub async fn join_relay(signal_url: &str, api_secret: &str, calls: usize) -> Result<Self> {
+        Self::join_relay_on(&[signal_url.to_string()], api_secret, calls).await
+    }
+
+    /// Join `calls` 1:1 calls with leg `i` signalling on `urls[i % urls.len()]`: with
+    /// two cluster nodes' URLs, each call's two legs are served by different nodes (the
+    /// first leg's node owns the call) and every packet crosses the node link once.
+    pub async fn join_relay_on(urls: &[String], api_secret: &str, calls: usize) -> Result<Self> {
+        if urls.is_empty() {
+            bail!("no signalling URL to join on");
+        }
         let epoch = Instant::now();
         let run: u32 = rand::random();
         let mut legs = Vec::with_capacity(calls * 2);
@@ -280,7 +290,7 @@ impl Generator {
         for i in 0..calls * 2 {
             let call = format!("sweep-{run}-{}", i / 2);
             let (leg, rx) = join_one(
-                signal_url,
+                &urls[i % urls.len()],
                 api_secret,
                 &call,
                 &format!("g{i}"),

@@ -17,6 +17,7 @@ mod baseline;
 mod churn;
 mod gen;
 mod group;
+mod link;
 mod load;
 mod loss;
 mod procstat;
@@ -120,6 +121,30 @@ enum Cmd {
         /// the ratio is the relay's cost beyond the cryptography any SRTP relay pays.
         #[arg(long)]
         baseline_srtp: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU per forwarded packet across a node link, beside the single-node path, in one
+    /// run: two relay processes as cluster nodes a and b (a real redis-server as their
+    /// directory), 1:1 calls with both legs on a against calls with one leg on each node,
+    /// in alternating phases at the same rate; both processes' CPU time per delivered
+    /// packet, and the ratio link / single.
+    Link {
+        /// The relay binary (default: `blindrelay` next to this one).
+        #[arg(long)]
+        relay_bin: Option<std::path::PathBuf>,
+        /// 1:1 calls in each set (single-node and link).
+        #[arg(long, default_value_t = 8)]
+        calls: usize,
+        /// Packets per second offered in each phase, over all its legs.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Sending time of each phase.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Alternations (a single-node and a link phase each).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         #[arg(long)]
         json: bool,
     },
@@ -537,6 +562,29 @@ fn main() -> Result<()> {
             } else {
                 sweep::print_human(&report);
             }
+        }
+        Cmd::Link {
+            relay_bin,
+            calls,
+            rate,
+            duration,
+            runs,
+            json,
+        } => {
+            let me = std::env::current_exe().context("locate this binary")?;
+            let relay_bin = relay_bin.unwrap_or_else(|| me.with_file_name("blindrelay"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(link::run(link::LinkArgs {
+                relay_bin,
+                calls,
+                rate_pps: rate,
+                duration,
+                runs,
+                quiet: json,
+            }))?;
+            emit(json, &report, link::print_human)?;
         }
         Cmd::Group {
             pages,

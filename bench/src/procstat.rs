@@ -12,7 +12,7 @@ pub struct Sample {
     pub rss_bytes: u64,
 }
 
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     // SAFETY-free: sysconf has no preconditions; 100 is the Linux default if it fails.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {

@@ -173,15 +173,17 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
 }
 
 /// A child process under test, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Target {
-    child: Child,
-    media: SocketAddr,
-    signal_url: Option<String>,
-    admin: Option<SocketAddr>,
+pub(crate) struct Target {
+    pub(crate) child: Child,
+    pub(crate) media: SocketAddr,
+    pub(crate) signal_url: Option<String>,
+    pub(crate) admin: Option<SocketAddr>,
+    /// A cluster node's link address (the banner's `node` line).
+    pub(crate) quic: Option<SocketAddr>,
     _config: Option<tempfile_path::TempPath>,
 }
 
-mod tempfile_path {
+pub(crate) mod tempfile_path {
     /// A file removed when dropped.
     pub struct TempPath(pub std::path::PathBuf);
     impl Drop for TempPath {
@@ -192,30 +194,37 @@ mod tempfile_path {
 }
 
 impl Target {
-    /// Start `bin args` pinned to the target core, stdout piped for its banner. The child
-    /// is owned by the returned Target at once, so any early return after this stops it.
+    /// Start `bin args`, pinned to core `cpu` if given, stdout piped for its banner. The
+    /// child is owned by the returned Target at once, so any early return after this stops
+    /// it.
     fn spawn(
-        a: &SweepArgs,
+        cpu: Option<usize>,
         bin: &std::path::Path,
         args: &[&OsStr],
         config: Option<tempfile_path::TempPath>,
     ) -> Result<Target> {
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(a.relay_cpu.to_string())
-            .arg(bin)
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("start {} under taskset", bin.display()))?;
+            .with_context(|| format!("start {}", bin.display()))?;
         Ok(Target {
             child,
             media: SocketAddr::from(([0, 0, 0, 0], 0)),
             signal_url: None,
             admin: None,
+            quic: None,
             _config: config,
         })
     }
@@ -239,7 +248,7 @@ impl Drop for Target {
     }
 }
 
-fn pid(t: &Target) -> String {
+pub(crate) fn pid(t: &Target) -> String {
     t.child.id().to_string()
 }
 
@@ -286,11 +295,27 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
          socket_buffer_bytes = 33554432\n",
     )?;
     let temp = tempfile_path::TempPath(path.clone());
-    let config = path.as_os_str().to_owned();
-    let mut t = Target::spawn(a, &a.relay_bin, &["--config".as_ref(), &config], Some(temp))?;
+    spawn_relay(Some(a.relay_cpu), &a.relay_bin, &path, Some(temp))
+}
+
+/// Start the relay binary with the config file `config` (removed with the Target if
+/// `temp` is given) and read its addresses from its banner; a cluster node's banner
+/// (a `[cluster]` section) ends with its `node` line, which is awaited too.
+pub(crate) fn spawn_relay(
+    cpu: Option<usize>,
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    temp: Option<tempfile_path::TempPath>,
+) -> Result<Target> {
+    let is_node = std::fs::read_to_string(config)
+        .with_context(|| format!("read {}", config.display()))?
+        .lines()
+        .any(|l| l.trim() == "[cluster]");
+    let mut t = Target::spawn(cpu, bin, &["--config".as_ref(), config.as_os_str()], temp)?;
     let mut signal = None;
     let mut admin = None;
     let mut media = None;
+    let mut quic = None;
     read_banner(&mut t.child, |l| {
         let l = l.trim();
         if let Some(v) = l.strip_prefix("signalling") {
@@ -304,12 +329,19 @@ fn start_relay(a: &SweepArgs) -> Result<Target> {
                 .and_then(|s| s.parse().ok());
         } else if let Some(v) = l.strip_prefix("media") {
             media = v.trim().trim_start_matches("udp").trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("node") {
+            // "node        ID, links on udp ADDR"
+            quic = v
+                .rsplit("links on udp ")
+                .next()
+                .and_then(|s| s.trim().parse().ok());
         }
-        media.is_some()
+        media.is_some() && (!is_node || quic.is_some())
     })?;
     t.media = media.ok_or_else(|| anyhow!("no media address in the relay's banner"))?;
     t.signal_url = signal;
     t.admin = admin;
+    t.quic = quic;
     Ok(t)
 }
 
@@ -325,7 +357,7 @@ fn start_baseline(a: &SweepArgs) -> Result<Target> {
         args.push("--srtp");
     }
     let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
-    let mut t = Target::spawn(a, &a.bench_bin, &args, None)?;
+    let mut t = Target::spawn(Some(a.relay_cpu), &a.bench_bin, &args, None)?;
     let mut media = None;
     read_banner(&mut t.child, |l| {
         media = l
@@ -338,7 +370,7 @@ fn start_baseline(a: &SweepArgs) -> Result<Target> {
 }
 
 /// GET /metrics from the relay's admin listener.
-async fn scrape(admin: SocketAddr) -> Result<String> {
+pub(crate) async fn scrape(admin: SocketAddr) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(admin).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         .await?;
@@ -423,7 +455,7 @@ fn udp_rcvbuf_errors() -> u64 {
 }
 
 /// The relay's drop counters, by reason.
-fn drops(text: &str) -> Vec<(String, f64)> {
+pub(crate) fn drops(text: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter(|l| l.starts_with("blindrelay_packets_dropped_total{"))
         .filter_map(|l| {
@@ -670,7 +702,7 @@ async fn sweep_baseline(a: &SweepArgs) -> Result<TargetSweep> {
     Ok(sweep)
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
