@@ -893,6 +893,57 @@ pub fn logs() {
     }
 }
 
+/// A client of `call` given relays `first` then `then`, watched through its progress.
+pub fn client(
+    user: &str,
+    call: &str,
+    first: &RelayProcess,
+    then: &RelayProcess,
+    secs: u64,
+) -> (
+    e2ee_client::call::CallOptions,
+    tokio::sync::watch::Receiver<e2ee_client::session::Progress>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(e2ee_client::session::Progress::default());
+    let o = e2ee_client::call::CallOptions {
+        relay: first.url.clone(),
+        fallback_relays: vec![then.url.clone()],
+        progress: Some(std::sync::Arc::new(tx)),
+        token: token(&loopback_config(), user, Some(call), "user"),
+        call: call.into(),
+        duration: Duration::from_secs(secs),
+        video_kbps: 300,
+        e2ee: true,
+        name: user.into(),
+        ..Default::default()
+    };
+    (o, rx)
+}
+
+/// Wait up to `limit` until `what` holds for every client's progress.
+pub async fn all(
+    rxs: &mut [tokio::sync::watch::Receiver<e2ee_client::session::Progress>],
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&e2ee_client::session::Progress) -> bool,
+) {
+    for rx in rxs.iter_mut() {
+        let reached = tokio::time::timeout(limit, rx.wait_for(|p| pred(p)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            reached,
+            "{what}: not reached in {limit:?}: {:?}",
+            *rx.borrow()
+        );
+    }
+}
+
+/// At least `n` frames opened from each of `senders` participants in the current session.
+pub fn opened_from_each(p: &e2ee_client::session::Progress, senders: usize, n: u64) -> bool {
+    p.opened_from.values().filter(|c| **c >= n).count() >= senders
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

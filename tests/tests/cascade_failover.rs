@@ -8,7 +8,6 @@ use blindrelay_protocol::signal::E2eeScheme;
 use blindrelay_tests::*;
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
 use e2ee_client::session::Progress;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -48,7 +47,8 @@ impl Drop for Nodes {
     }
 }
 
-/// A member of `call` through node `first`, moving to `then` if it goes away.
+/// A member of `call` through node `first`, moving to `then` if it goes away, in an MLS
+/// call.
 fn member(
     user: &str,
     call: &str,
@@ -56,20 +56,8 @@ fn member(
     then: &RelayProcess,
     secs: u64,
 ) -> (CallOptions, watch::Receiver<Progress>) {
-    let (tx, rx) = watch::channel(Progress::default());
-    let o = CallOptions {
-        relay: first.url.clone(),
-        fallback_relays: vec![then.url.clone()],
-        progress: Some(Arc::new(tx)),
-        token: token(&loopback_config(), user, Some(call), "user"),
-        call: call.into(),
-        duration: Duration::from_secs(secs),
-        video_kbps: 300,
-        e2ee: true,
-        e2ee_scheme: E2eeScheme::Mls,
-        name: user.into(),
-        ..Default::default()
-    };
+    let (mut o, rx) = client(user, call, first, then, secs);
+    o.e2ee_scheme = E2eeScheme::Mls;
     (o, rx)
 }
 
@@ -80,15 +68,12 @@ async fn until(
     what: &str,
     pred: impl Fn(&Progress) -> bool,
 ) {
-    let ok = tokio::time::timeout(limit, rx.wait_for(|p| pred(p)))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    assert!(ok, "{what}: not within {limit:?}: {:?}", *rx.borrow());
+    all(std::slice::from_mut(rx), limit, what, pred).await;
 }
 
 /// Opened at least `n` frames from each of `senders` others in its current session.
 fn keyed_with(p: &Progress, senders: usize, n: u64) -> bool {
-    p.in_call && p.opened_from.values().filter(|c| **c >= n).count() >= senders
+    p.in_call && opened_from_each(p, senders, n)
 }
 
 /// ann (through a, which therefore owns the call), then ben (b) and cat (c): all three

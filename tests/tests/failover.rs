@@ -19,54 +19,6 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-/// A client of `call` given relays `first` then `then`, watched through its progress.
-fn client(
-    user: &str,
-    call: &str,
-    first: &RelayProcess,
-    then: &RelayProcess,
-    secs: u64,
-) -> (CallOptions, watch::Receiver<Progress>) {
-    let (tx, rx) = watch::channel(Progress::default());
-    let o = CallOptions {
-        relay: first.url.clone(),
-        fallback_relays: vec![then.url.clone()],
-        progress: Some(Arc::new(tx)),
-        token: token(&loopback_config(), user, Some(call), "user"),
-        call: call.into(),
-        duration: Duration::from_secs(secs),
-        video_kbps: 300,
-        e2ee: true,
-        name: user.into(),
-        ..Default::default()
-    };
-    (o, rx)
-}
-
-/// Wait up to `limit` until `what` holds for every client's progress.
-async fn all(
-    rxs: &mut [watch::Receiver<Progress>],
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&Progress) -> bool,
-) {
-    for rx in rxs.iter_mut() {
-        let reached = tokio::time::timeout(limit, rx.wait_for(|p| pred(p)))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        assert!(
-            reached,
-            "{what}: not reached in {limit:?}: {:?}",
-            *rx.borrow()
-        );
-    }
-}
-
-/// At least `n` frames opened from each of `senders` participants in the current session.
-fn opened_from_each(p: &Progress, senders: usize, n: u64) -> bool {
-    p.opened_from.values().filter(|c| **c >= n).count() >= senders
-}
-
 /// Wait up to `limit` until every client shows one and the same code; returns it.
 async fn same_code(rxs: &mut [watch::Receiver<Progress>], limit: Duration) -> String {
     let deadline = tokio::time::Instant::now() + limit;

@@ -166,8 +166,8 @@ impl Directory {
         Ok(())
     }
 
-    /// Every live node's record, sorted by id.
-    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError> {
+    /// Every key matching `pattern` (SCAN, so Redis is never blocked by a large KEYS).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, DirectoryError> {
         let mut conn = self.conn.clone();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
@@ -175,17 +175,23 @@ impl Directory {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{PREFIX}node:*"))
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
             keys.extend(batch);
             if next == 0 {
-                break;
+                return Ok(keys);
             }
             cursor = next;
         }
+    }
+
+    /// Every live node's record, sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError> {
+        let mut conn = self.conn.clone();
+        let keys = self.scan(&format!("{PREFIX}node:*")).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -286,23 +292,7 @@ impl Directory {
     /// Every call with an owner, sorted by id.
     pub async fn calls(&self) -> Result<Vec<CallRecord>, DirectoryError> {
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{PREFIX}call:*:owner"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = self.scan(&format!("{PREFIX}call:*:owner")).await?;
         let mut out = Vec::new();
         for k in keys {
             let Some(call) = k
