@@ -5,7 +5,7 @@
 
 use blindrelay::config::Config;
 use blindrelay::Relay;
-use blindrelay_protocol::signal::E2eeScheme;
+use blindrelay_protocol::signal::{ClientMessage, E2eeScheme, ErrorCode, ServerMessage};
 use blindrelay_tests::*;
 use e2ee_client::audit::audit_file;
 use e2ee_client::call::{run_call, CallOptions, CallSummary};
@@ -179,6 +179,72 @@ async fn one_to_one_and_standard_calls_span_two_nodes() {
         assert!(x.error.is_none(), "{who}: {:?}", x.error);
         assert!(!x.e2ee, "{who}");
         assert!(x.frames_received > 100, "{who}: {}", x.frames_received);
+    }
+    c.stop().await;
+}
+
+/// A client that floods its edge with messages is limited there, at the rate the owner's
+/// plane would hold it to: it is told `rate_limited`, what crosses the link stays within
+/// its rate, and the link (every call between the two nodes) stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_its_edge_is_rate_limited_there_and_the_link_stays_up() {
+    logs();
+    let c = Cluster::start(&["a", "b"]).await;
+    let call = "span-flood";
+    let tx = token(&c.cfg, "xan", Some(call), "user");
+    let ty = token(&c.cfg, "yul", Some(call), "user");
+    let _x = raw_join(&c.nodes[0].signal_url(), &tx, call).await;
+    let mut y = raw_join(&c.nodes[1].signal_url(), &ty, call).await;
+    let (per_second, burst) = (c.cfg.signal.messages_per_second, c.cfg.signal.message_burst);
+    let flood = 3 * burst as usize;
+    let started = std::time::Instant::now();
+    for i in 0..flood {
+        y.sig
+            .send(&ClientMessage::Chat {
+                body: format!("flood {i}"),
+            })
+            .await
+            .expect("send");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Messages come back in order: wait for the edge's refusal among them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, y.sig.recv()).await {
+            Ok(Ok(ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            })) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("no rate_limited from the edge: {other:?}"),
+        }
+    }
+    // The edge refused (and counted) what went over the rate; the owner's plane, which
+    // the rest reached, had (next to) nothing to limit: its bucket starts a moment after
+    // the edge's.
+    let most = f64::from(burst) + f64::from(per_second) * (elapsed + 1.0);
+    assert!(
+        (flood as f64) > most,
+        "the flood ({flood}) outruns the rate ({most})"
+    );
+    let series = "blindrelay_rate_limited_total{limit=\"messages\"}";
+    let edge = metric_or_zero(&scrape(&c.nodes[1]).await, series);
+    assert!(
+        edge >= flood as f64 - most,
+        "the edge refused {edge} of {flood}"
+    );
+    let owner = metric_or_zero(&scrape(&c.nodes[0]).await, series);
+    assert!(
+        owner <= 1.0,
+        "the owner refused {owner}: the flood crossed the link"
+    );
+    for n in &c.nodes {
+        let m = scrape(n).await;
+        assert_eq!(
+            metric(&m, "blindrelay_cluster_links"),
+            1.0,
+            "the link is up"
+        );
     }
     c.stop().await;
 }

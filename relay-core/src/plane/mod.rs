@@ -86,7 +86,7 @@ use std::time::{Duration, Instant};
 use timers::{Timer, Timers};
 use tracing::{debug, info};
 
-mod bucket;
+pub mod bucket;
 mod features;
 mod lobby;
 mod mls_ds;

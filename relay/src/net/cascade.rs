@@ -23,6 +23,7 @@ use crate::cluster::directory::Directory;
 use crate::cluster::link::{Control, LinkEvent, Links, MediaDrop};
 use crate::core::cascade::{CallRoutes, LinkEnd};
 use crate::core::forward::{PeerTables, PeerTablesWire, LINK_PT_BASE};
+use crate::core::plane::bucket::Bucket;
 use crate::core::plane::{
     CloseReason, ConnId, ControlPlane, IcePeer, Input, MediaEndpoint, Output, SenderInfo,
 };
@@ -30,7 +31,7 @@ use crate::core::{CallKey, PeerId};
 use crate::hop::MediaHop;
 use crate::metrics::Metrics;
 use blindrelay_protocol::sdp::{Codec, Fingerprint};
-use blindrelay_protocol::signal::{ClientMessage, ServerMessage};
+use blindrelay_protocol::signal::{ClientMessage, ErrorCode, ServerMessage};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,8 +69,14 @@ enum Route {
     /// This node's plane holds its call.
     Local,
     /// The owner node's plane does; `greeted` until its answer to the hello (already
-    /// answered here) has been swallowed.
-    Remote { owner: String, greeted: bool },
+    /// answered here) has been swallowed. `rate`: the connection's message rate, held here
+    /// as the owner's plane holds it, so that one client cannot fill the link's control
+    /// queue (which closes the link, and every call on it).
+    Remote {
+        owner: String,
+        greeted: bool,
+        rate: Bucket,
+    },
 }
 
 /// A participant this node serves for another node's plane.
@@ -121,6 +128,8 @@ pub struct CascadeSetup {
     pub queues: Vec<Arc<PacketQueue>>,
     pub events: EventTx,
     pub metrics: Arc<Metrics>,
+    /// `signal.messages_per_second` and `signal.message_burst`.
+    pub message_rate: (u32, u32),
 }
 
 pub struct Cascade {
@@ -130,6 +139,8 @@ pub struct Cascade {
     dir: Directory,
     call_ttl: Duration,
     events: EventTx,
+    message_rate: (u32, u32),
+    metrics: Arc<Metrics>,
     media: MediaEndpoint,
     workers: usize,
     next_worker: usize,
@@ -242,6 +253,8 @@ impl Cascade {
             dir: s.dir,
             call_ttl: s.call_ttl,
             events: s.events,
+            message_rate: s.message_rate,
+            metrics: s.metrics.clone(),
             media: s.media,
             workers: s.workers.max(1),
             next_worker: 0,
@@ -344,16 +357,35 @@ impl Driver {
         match ev {
             Event::Text { conn, text, permit } => {
                 let c = self.cascade();
+                let (per_second, burst) = c.message_rate;
                 match c.routes.get_mut(&conn) {
-                    Some(Route::Remote { owner, .. }) => {
-                        let owner = owner.clone();
-                        c.send(
-                            &owner,
-                            Control::Text {
-                                session: conn,
-                                text,
-                            },
-                        );
+                    Some(Route::Remote { owner, rate, .. }) => {
+                        if rate.take(now, f64::from(per_second), burst) {
+                            let owner = owner.clone();
+                            c.send(
+                                &owner,
+                                Control::Text {
+                                    session: conn,
+                                    text,
+                                },
+                            );
+                        } else {
+                            // Dropped, counted and answered here, as the owner's plane would.
+                            c.metrics
+                                .rate_limited(crate::core::budget::RateLimit::Messages);
+                            let m = ServerMessage::Error {
+                                code: ErrorCode::RateLimited,
+                                message: format!(
+                                    "more than {per_second} messages a second: dropped"
+                                ),
+                            };
+                            if let Some(q) = self.conns.get(&conn) {
+                                let _ =
+                                    q.push(serde_json::to_string(&m).unwrap_or_else(|_| {
+                                        unreachable!("ServerMessage serializes")
+                                    }));
+                            }
+                        }
                         None
                     }
                     Some(Route::Resolving(held)) => {
@@ -500,6 +532,7 @@ impl Driver {
                         text: hello,
                     },
                 );
+                let carried = 1 + held.len();
                 for text in held {
                     c.send(
                         &owner,
@@ -510,11 +543,19 @@ impl Driver {
                     );
                 }
                 info!(owner = %owner, "a joiner's call is held by another node");
+                // Charged for the frames it already carried (the hello and those held), as
+                // the owner's plane charged them.
+                let (per_second, burst) = c.message_rate;
+                let mut rate = Bucket::full(burst, now);
+                for _ in 0..carried {
+                    rate.take(now, f64::from(per_second), burst);
+                }
                 c.routes.insert(
                     conn,
                     Route::Remote {
                         owner,
                         greeted: false,
+                        rate,
                     },
                 );
             }
@@ -754,7 +795,7 @@ impl Driver {
             // As an edge.
             Control::Deliver { session, text } => {
                 let c = self.cascade();
-                let Some(Route::Remote { owner, greeted }) = c.routes.get_mut(&session) else {
+                let Some(Route::Remote { owner, greeted, .. }) = c.routes.get_mut(&session) else {
                     return;
                 };
                 if *owner != from {

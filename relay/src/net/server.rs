@@ -187,6 +187,10 @@ impl Relay {
                 queues: packet_queues.clone(),
                 events: events.clone(),
                 metrics: metrics.clone(),
+                message_rate: (
+                    config.signal.messages_per_second,
+                    config.signal.message_burst,
+                ),
             })
         });
         tasks.push(tokio::spawn(driver::run(
