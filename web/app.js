@@ -1002,6 +1002,7 @@ window.blindrelay = {
       frames_encrypted: w.frames_encrypted,
       frames_decrypted: w.frames_decrypted,
       decrypt_failures: w.decrypt_failures,
+      frames_replayed: w.frames_replayed || 0,
       last_decrypt_error: w.last_error || null,
       dropped_before_keys: w.dropped_before_keys || 0,
       empty_frames: w.empty_frames || 0,

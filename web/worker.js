@@ -11,7 +11,7 @@ import { GroupSession, OpenError, EARLY_FRAME_WAIT_MS } from './group.js';
 let mode = 'e2ee';
 let sender = null;
 let receiver = null;
-const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, first_decrypted_at: {}, early_frames_held: 0 };
+const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, frames_replayed: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, first_decrypted_at: {}, early_frames_held: 0 };
 
 // A group call (scheme `mls`): the MLS state and its SFrame keys live here only (web/group.js);
 // the main thread relays signalling and sees group.summary(), which holds no secret.
@@ -129,6 +129,11 @@ function setup(transformer) {
         } catch (e) {
           // Sealed before this page joined the group: never meant for it (as e2ee-client).
           if (e instanceof OpenError && e.code === 'before_join') { stats.dropped_before_keys++; return; }
+          // A frame opened once already, handed over again: a retransmitted packet that
+          // came after its frame was assembled makes the browser assemble the frame a
+          // second time. Refused by the replay window, and counted apart: it is not a
+          // frame that failed to open.
+          if ((e instanceof SframeError || e instanceof OpenError) && e.code === 'replay') { stats.frames_replayed++; return; }
           stats.decrypt_failures++;
           stats.last_error = `${kind}: ${e instanceof SframeError || e instanceof OpenError ? e.code : String(e && e.name)} (${data.length} bytes, type ${frame.type || '-'})`;
         }

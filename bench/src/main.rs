@@ -236,6 +236,10 @@ enum Cmd {
         /// and the relay's metrics after it in this directory, to look into a run later.
         #[arg(long, value_name = "DIR")]
         logs: Option<std::path::PathBuf>,
+        /// An end-to-end encrypted call (one MLS group of the three pages) instead of a
+        /// standard one: every frame the impaired receiver decodes was also opened.
+        #[arg(long)]
+        e2ee: bool,
         #[arg(long)]
         json: bool,
     },
@@ -617,6 +621,7 @@ fn main() -> Result<()> {
             driver,
             timeout,
             logs,
+            e2ee,
             json,
         } => {
             let ip = InProcess::start()?;
@@ -628,6 +633,7 @@ fn main() -> Result<()> {
                 driver,
                 timeout,
                 logs,
+                e2ee,
             };
             let r = ip.client_rt.block_on(loss::run(&ip.relay, &ip.cfg, args));
             emit(json, &ip.finish(r)?, loss::print_human)?;

@@ -1402,6 +1402,7 @@ mod tests {
             kind,
             stream: "p-other".into(),
             ssrc,
+            rtx: None,
             active: true,
         }
     }

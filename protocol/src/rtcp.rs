@@ -208,6 +208,61 @@ pub fn nack_entries(p: &RtcpPacket<'_>) -> Option<usize> {
     (p.packet_type == PT_RTPFB && p.fmt == 1).then(|| p.bytes.len().saturating_sub(12) / 4)
 }
 
+/// The sequence numbers a generic NACK (RFC 4585 §6.2.1) reports lost, in order: each
+/// entry's PID, then each packet its bitmask (BLP) adds. Empty for any other packet.
+pub fn nack_lost<'a>(p: &RtcpPacket<'a>) -> impl Iterator<Item = u16> + 'a {
+    let fci = if nack_entries(p).is_some() {
+        p.bytes.get(12..).unwrap_or(&[])
+    } else {
+        &[]
+    };
+    fci.chunks_exact(4).flat_map(|e| {
+        let pid = u16::from_be_bytes([e[0], e[1]]);
+        let blp = u16::from_be_bytes([e[2], e[3]]);
+        std::iter::once(pid).chain(
+            (0..16u16)
+                .filter(move |i| blp & (1 << i) != 0)
+                .map(move |i| pid.wrapping_add(i + 1)),
+        )
+    })
+}
+
+/// Append a generic NACK from `sender` about `media` asking for `lost` (in increasing
+/// order, modulo 2^16), packing each run of 17 into one entry. Writes nothing when
+/// `lost` is empty.
+pub fn write_nack(out: &mut Vec<u8>, sender: u32, media: u32, lost: impl Iterator<Item = u16>) {
+    let start = out.len();
+    out.extend_from_slice(&[0x81, PT_RTPFB, 0, 0]);
+    out.extend_from_slice(&sender.to_be_bytes());
+    out.extend_from_slice(&media.to_be_bytes());
+    let mut entry: Option<(u16, u16)> = None;
+    let flush = |out: &mut Vec<u8>, e: Option<(u16, u16)>| {
+        if let Some((pid, blp)) = e {
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&blp.to_be_bytes());
+        }
+    };
+    for seq in lost {
+        entry = match entry {
+            Some((pid, blp)) => match seq.wrapping_sub(pid) {
+                d @ 1..=16 => Some((pid, blp | 1 << (d - 1))),
+                _ => {
+                    flush(out, Some((pid, blp)));
+                    Some((seq, 0))
+                }
+            },
+            None => Some((seq, 0)),
+        };
+    }
+    flush(out, entry);
+    if out.len() == start + 12 {
+        out.truncate(start);
+        return;
+    }
+    let words = ((out.len() - start) / 4 - 1) as u16;
+    out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+}
+
 /// The report blocks of a receiver report: (source SSRC, the 24-byte block).
 pub fn report_blocks<'a>(rr: &RtcpPacket<'a>) -> impl Iterator<Item = (u32, &'a [u8])> {
     let n = if rr.packet_type == PT_RR {
@@ -273,6 +328,33 @@ pub fn receiver_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NACK written for a set of lost packets reads back as the same set, across a
+    /// sequence number wrap, with runs of 17 in one entry.
+    #[test]
+    fn nack_round_trips() {
+        let lost: Vec<u16> = [65530u16, 65531, 65535, 0, 3, 30, 31, 60]
+            .into_iter()
+            .collect();
+        let mut buf = Vec::new();
+        write_nack(&mut buf, 1, 0xabcd, lost.iter().copied());
+        let p = packets(&buf).next().unwrap().unwrap();
+        assert_eq!(p.route(), RtcpRoute::MediaSender(0xabcd));
+        assert_eq!(
+            nack_entries(&p),
+            Some(3),
+            "65530 (to 3, 9 after it), 30, 60"
+        );
+        let back: Vec<u16> = nack_lost(&p).collect();
+        assert_eq!(back, lost);
+        let mut empty = Vec::new();
+        write_nack(&mut empty, 1, 2, std::iter::empty());
+        assert!(empty.is_empty());
+        // Any other packet reports nothing lost.
+        let pli = pli(1, 2);
+        let p = packets(&pli).next().unwrap().unwrap();
+        assert_eq!(nack_lost(&p).count(), 0);
+    }
 
     #[test]
     fn walks_compound_and_routes() {

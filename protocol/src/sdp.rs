@@ -75,6 +75,8 @@ pub struct MediaSection {
     pub codec_attributes: Vec<(String, String)>,
     /// SSRCs that repair another (the second of each `a=ssrc-group:FID`): RTX.
     pub rtx_ssrcs: Vec<u32>,
+    /// Each `a=ssrc-group:FID` as (media SSRC, its RTX SSRC).
+    pub repairs: Vec<(u32, u32)>,
 }
 
 /// What the relay needs from an offer.
@@ -145,13 +147,18 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
         let mut ssrcs = Vec::new();
         push_ssrcs(md, &mut ssrcs)?;
         let mut rtx_ssrcs = Vec::new();
+        let mut repairs = Vec::new();
         for a in &md.attributes {
             if a.key == "ssrc-group" {
                 let v = a.value.as_deref().unwrap_or("");
                 let mut f = v.split_whitespace();
                 if f.next() == Some("FID") {
-                    if let Some(rtx) = f.nth(1).and_then(|x| x.parse::<u32>().ok()) {
+                    let media = f.next().and_then(|x| x.parse::<u32>().ok());
+                    if let Some(rtx) = f.next().and_then(|x| x.parse::<u32>().ok()) {
                         rtx_ssrcs.push(rtx);
+                        if let Some(media) = media.filter(|m| *m != rtx) {
+                            repairs.push((media, rtx));
+                        }
                     }
                 }
             }
@@ -176,6 +183,7 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
             formats,
             codec_attributes,
             rtx_ssrcs,
+            repairs,
         });
     }
     if media.is_empty() {
@@ -493,6 +501,9 @@ pub struct Numbering {
     pub rank: [usize; CODEC_COUNT],
     /// Its id for the transport-cc header extension.
     pub twcc: Option<u8>,
+    /// Its RTX payload type (RFC 4588, `apt=` the codec's) for each video codec, if it
+    /// offered one: retransmissions to it and from it use it.
+    pub rtx: [Option<u8>; CODEC_COUNT],
 }
 
 impl Numbering {
@@ -529,6 +540,32 @@ impl Numbering {
                     }
                 }
             }
+            // RTX for a codec this line's numbering chose: `rtx/90000` with `apt=` its PT.
+            for format in &m.formats {
+                let Ok(pt) = format.parse::<u8>() else {
+                    continue;
+                };
+                let is_rtx =
+                    attr_of("rtpmap", format).is_some_and(|e| e.eq_ignore_ascii_case("rtx/90000"));
+                let apt = attr_of("fmtp", format).and_then(|f| {
+                    f.split(';').find_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        (k.trim() == "apt").then(|| v.trim().parse::<u8>().ok())?
+                    })
+                });
+                let (true, Some(apt), true) = (is_rtx, apt, pt < 128) else {
+                    continue;
+                };
+                for c in Codec::ALL {
+                    if c.kind() == "video"
+                        && c.kind() == m.kind
+                        && n.pt[c.index()] == Some(apt)
+                        && n.rtx[c.index()].is_none()
+                    {
+                        n.rtx[c.index()] = Some(pt);
+                    }
+                }
+            }
             for (k, v) in &m.codec_attributes {
                 if k != "extmap" {
                     continue;
@@ -560,6 +597,7 @@ impl Numbering {
             if !set[c.index()] {
                 n.pt[c.index()] = None;
                 n.fmtp[c.index()] = None;
+                n.rtx[c.index()] = None;
             }
         }
         n
@@ -613,6 +651,9 @@ pub fn call_codecs<'a>(members: impl IntoIterator<Item = &'a Numbering>) -> Code
 pub struct SentTrack {
     pub kind: &'static str,
     pub ssrc: u32,
+    /// The SSRC it retransmits on (its `a=ssrc-group:FID` partner), if any. The relay
+    /// retransmits the track to each receiver on it too, numbered per receiver.
+    pub rtx: Option<u32>,
 }
 
 impl Offer {
@@ -622,9 +663,15 @@ impl Offer {
             .iter()
             .filter(|m| m.direction == "sendrecv" || m.direction == "sendonly")
             .filter_map(|m| {
-                let ssrc = m.ssrcs.iter().find(|s| !m.rtx_ssrcs.contains(s))?;
+                let ssrc = *m.ssrcs.iter().find(|s| !m.rtx_ssrcs.contains(s))?;
                 let kind = if m.kind == "audio" { "audio" } else { "video" };
-                Some(SentTrack { kind, ssrc: *ssrc })
+                let rtx = m
+                    .repairs
+                    .iter()
+                    .find(|(media, _)| *media == ssrc)
+                    .map(|(_, r)| *r)
+                    .filter(|_| kind == "video");
+                Some(SentTrack { kind, ssrc, rtx })
             })
             .collect()
     }
@@ -641,6 +688,9 @@ pub struct RemoteTrack {
     /// names the participant.
     pub stream: String,
     pub ssrc: u32,
+    /// The SSRC the relay retransmits the track on to this receiver (the sender's own
+    /// RTX SSRC), announced in an `a=ssrc-group:FID` when the receiver takes RTX.
+    pub rtx: Option<u32>,
     pub active: bool,
 }
 
@@ -684,20 +734,40 @@ pub fn write_relay_description(
         );
         push(md, "rtcp-mux", None);
     };
-    let codec_lines =
-        |md: &mut MediaDescription, c: Codec, pt: u8, fmtp: Option<&str>, twcc: bool| {
-            push(md, "rtpmap", Some(format!("{pt} {}", c.rtpmap())));
-            if let Some(f) = fmtp {
-                push(md, "fmtp", Some(format!("{pt} {f}")));
-            }
-            if c.kind() == "video" {
-                push(md, "rtcp-fb", Some(format!("{pt} nack pli")));
-                push(md, "rtcp-fb", Some(format!("{pt} ccm fir")));
-            }
-            if twcc {
-                push(md, "rtcp-fb", Some(format!("{pt} transport-cc")));
-            }
-        };
+    // Video takes generic NACK (RFC 4585) and, where the participant offered it, RTX
+    // (RFC 4588): the relay answers NACKs from its packet cache and asks senders for
+    // what it lost itself.
+    let codec_lines = |md: &mut MediaDescription,
+                       c: Codec,
+                       pt: u8,
+                       fmtp: Option<&str>,
+                       twcc: bool,
+                       rtx: Option<u8>| {
+        push(md, "rtpmap", Some(format!("{pt} {}", c.rtpmap())));
+        if let Some(f) = fmtp {
+            push(md, "fmtp", Some(format!("{pt} {f}")));
+        }
+        if c.kind() == "video" {
+            push(md, "rtcp-fb", Some(format!("{pt} nack")));
+            push(md, "rtcp-fb", Some(format!("{pt} nack pli")));
+            push(md, "rtcp-fb", Some(format!("{pt} ccm fir")));
+        }
+        if twcc {
+            push(md, "rtcp-fb", Some(format!("{pt} transport-cc")));
+        }
+        if let Some(r) = rtx {
+            push(md, "rtpmap", Some(format!("{r} rtx/90000")));
+            push(md, "fmtp", Some(format!("{r} apt={pt}")));
+        }
+    };
+    // A codec's payload type followed by its RTX type, if it has one here.
+    let with_rtx = |codecs: &[(Codec, u8)], rtx: &dyn Fn(Codec) -> Option<u8>| -> Vec<String> {
+        codecs
+            .iter()
+            .flat_map(|(c, pt)| std::iter::once(*pt).chain(rtx(*c)))
+            .map(|pt| pt.to_string())
+            .collect()
+    };
     for m in &own.media {
         let codecs: Vec<(Codec, u8)> = numbering
             .codecs_for_kind(&m.kind)
@@ -718,7 +788,11 @@ pub fn write_relay_description(
             lines.push(md);
             continue;
         }
-        let formats = codecs.iter().map(|(_, pt)| pt.to_string()).collect();
+        // RTX the participant offered on this line.
+        let own_rtx = |c: Codec| {
+            numbering.rtx[c.index()].filter(|r| m.formats.iter().any(|f| *f == r.to_string()))
+        };
+        let formats = with_rtx(&codecs, &own_rtx);
         let mut md = media_description(&m.kind, p.media_addr.port(), formats, Some(p.media_addr));
         common(&mut md, &m.mid);
         push(&mut md, if sends { "recvonly" } else { "inactive" }, None);
@@ -727,7 +801,14 @@ pub fn write_relay_description(
         }
         for (c, pt) in &codecs {
             let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
-            codec_lines(&mut md, *c, *pt, fmtp, numbering.twcc.is_some());
+            codec_lines(
+                &mut md,
+                *c,
+                *pt,
+                fmtp,
+                numbering.twcc.is_some(),
+                own_rtx(*c),
+            );
         }
         bundle.push(&m.mid);
         lines.push(md);
@@ -738,8 +819,10 @@ pub fn write_relay_description(
             continue;
         };
         let port = if t.active { p.media_addr.port() } else { 0 };
+        // RTX to this receiver: when the track has an RTX SSRC and it takes RTX.
+        let remote_rtx = |c: Codec| t.rtx.and(numbering.rtx[c.index()]);
         let formats = if t.active {
-            codecs.iter().map(|(_, pt)| pt.to_string()).collect()
+            with_rtx(&codecs, &remote_rtx)
         } else {
             vec![first_pt.to_string()]
         };
@@ -747,27 +830,31 @@ pub fn write_relay_description(
         common(&mut md, &t.mid);
         if !t.active {
             push(&mut md, "inactive", None);
-            codec_lines(&mut md, first, first_pt, None, false);
+            codec_lines(&mut md, first, first_pt, None, false, None);
             lines.push(md);
             continue;
         }
         push(&mut md, "sendonly", None);
         for (c, pt) in &codecs {
             let fmtp = numbering.fmtp[c.index()].as_deref().or(c.default_fmtp());
-            codec_lines(&mut md, *c, *pt, fmtp, false);
+            codec_lines(&mut md, *c, *pt, fmtp, false, remote_rtx(*c));
         }
         let track = format!("{}-{}", t.stream, t.kind);
         push(&mut md, "msid", Some(format!("{} {track}", t.stream)));
-        push(
-            &mut md,
-            "ssrc",
-            Some(format!("{} cname:{}", t.ssrc, t.stream)),
-        );
-        push(
-            &mut md,
-            "ssrc",
-            Some(format!("{} msid:{} {track}", t.ssrc, t.stream)),
-        );
+        let rtx_ssrc = t
+            .rtx
+            .filter(|_| codecs.iter().any(|(c, _)| remote_rtx(*c).is_some()));
+        if let Some(r) = rtx_ssrc {
+            push(&mut md, "ssrc-group", Some(format!("FID {} {r}", t.ssrc)));
+        }
+        for ssrc in std::iter::once(t.ssrc).chain(rtx_ssrc) {
+            push(&mut md, "ssrc", Some(format!("{ssrc} cname:{}", t.stream)));
+            push(
+                &mut md,
+                "ssrc",
+                Some(format!("{ssrc} msid:{} {track}", t.stream)),
+            );
+        }
         bundle.push(&t.mid);
         lines.push(md);
     }
@@ -985,14 +1072,16 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
             vec![
                 SentTrack {
                     kind: "audio",
-                    ssrc: 1001
+                    ssrc: 1001,
+                    rtx: None,
                 },
                 SentTrack {
                     kind: "video",
-                    ssrc: 2001
+                    ssrc: 2001,
+                    rtx: Some(2002),
                 }
             ],
-            "RTX (FID second) is not a track"
+            "RTX (FID second) is not a track, but the repair of one"
         );
         let remote = [
             RemoteTrack {
@@ -1000,6 +1089,7 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
                 kind: "audio",
                 stream: "p-bob".into(),
                 ssrc: 77,
+                rtx: None,
                 active: true,
             },
             RemoteTrack {
@@ -1007,6 +1097,7 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
                 kind: "video",
                 stream: "p-bob".into(),
                 ssrc: 78,
+                rtx: Some(79),
                 active: false,
             },
         ];
@@ -1141,14 +1232,73 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
         let n = Numbering::from_offer(&o);
         let answer = write_relay_description(&o, &n, &[], &relay(0), false);
         assert!(
-            answer.contains("m=video 7402 UDP/TLS/RTP/SAVPF 108 96 98 45\r\n"),
-            "{answer}"
+            answer.contains("m=video 7402 UDP/TLS/RTP/SAVPF 108 96 97 98 45\r\n"),
+            "VP8's RTX follows VP8: {answer}"
         );
         assert!(answer.contains(
             "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
         ));
-        for absent in ["rtx", "red/", "ulpfec", "a=rtpmap:97", "a=rtpmap:100 "] {
+        for present in ["a=rtpmap:97 rtx/90000\r\n", "a=fmtp:97 apt=96\r\n"] {
+            assert!(answer.contains(present), "{present} missing in {answer}");
+        }
+        for absent in ["red/", "ulpfec", "a=rtpmap:100 ", "apt=108"] {
             assert!(!answer.contains(absent), "{absent} in {answer}");
+        }
+    }
+
+    /// A participant that offers RTX gets NACK and RTX on its own line (so it answers
+    /// the relay's NACKs on its RTX stream) and, on each remote video track with an RTX
+    /// SSRC, the RTX type and an FID group announcing that SSRC; one that offers no RTX
+    /// gets NACK alone.
+    #[test]
+    fn rtx_and_nack_are_negotiated_where_offered() {
+        let o = parse_offer(&chromium_video_offer("96 97 98")).unwrap();
+        let n = Numbering::from_offer(&o);
+        assert_eq!(n.rtx[Codec::Vp8.index()], Some(97));
+        assert_eq!(n.rtx[Codec::Vp9.index()], None, "98 has no RTX here");
+        let remote = |rtx| {
+            [RemoteTrack {
+                mid: "r0".into(),
+                kind: "video",
+                stream: "p-b".into(),
+                ssrc: 9,
+                rtx,
+                active: true,
+            }]
+        };
+        let text = write_relay_description(&o, &n, &remote(Some(10)), &relay(1), true);
+        assert_eq!(
+            text.matches("m=video 7402 UDP/TLS/RTP/SAVPF 96 97 98\r\n")
+                .count(),
+            2,
+            "{text}"
+        );
+        for line in [
+            "a=rtcp-fb:96 nack\r\n",
+            "a=rtcp-fb:98 nack\r\n",
+            "a=rtpmap:97 rtx/90000\r\n",
+            "a=fmtp:97 apt=96\r\n",
+            "a=ssrc-group:FID 9 10\r\n",
+            "a=ssrc:10 cname:p-b\r\n",
+            "a=ssrc:10 msid:p-b p-b-video\r\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
+        // A track whose sender has no RTX stream: no RTX type or group on its line.
+        let text = write_relay_description(&o, &n, &remote(None), &relay(1), true);
+        assert_eq!(
+            text.matches("rtx/90000").count(),
+            1,
+            "own line only: {text}"
+        );
+        assert!(!text.contains("ssrc-group"), "{text}");
+        // A receiver that offered no RTX: NACK only.
+        let plain = parse_offer(&chromium_video_offer("96 98")).unwrap();
+        let pn = Numbering::from_offer(&plain);
+        let text = write_relay_description(&plain, &pn, &remote(Some(10)), &relay(1), true);
+        assert!(text.contains("a=rtcp-fb:96 nack\r\n"), "{text}");
+        for absent in ["rtx", "ssrc-group", "a=ssrc:10 "] {
+            assert!(!text.contains(absent), "{absent} in {text}");
         }
     }
 
@@ -1170,6 +1320,7 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
             kind: "video",
             stream: "p-b".into(),
             ssrc: 9,
+            rtx: None,
             active: true,
         }];
         let text = write_relay_description(&o, &n, &remote, &relay(1), true);

@@ -177,6 +177,8 @@ pub fn largest_offer_message_bytes(
         fmtp,
         rank: [0; CODEC_COUNT],
         twcc: Some(14),
+        // RTX on every video codec: its lines lengthen every video m-line.
+        rtx: [None, Some(105), Some(106), Some(107), Some(108)],
     };
     let own_line = |kind: &str, i: usize| MediaSection {
         kind: kind.into(),
@@ -190,6 +192,7 @@ pub fn largest_offer_message_bytes(
             .collect(),
         codec_attributes: Vec::new(),
         rtx_ssrcs: Vec::new(),
+        repairs: Vec::new(),
     };
     let media = (0..limits.audio)
         .map(|i| own_line("audio", i))
@@ -212,6 +215,7 @@ pub fn largest_offer_message_bytes(
                 kind,
                 stream: "p".repeat(PUBLIC_ID_LEN),
                 ssrc: u32::MAX,
+                rtx: (kind == "video").then_some(u32::MAX - 1),
                 active: i < active,
             });
         }

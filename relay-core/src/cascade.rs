@@ -16,6 +16,7 @@ struct Member {
     node: String,
     ssrcs: Vec<u32>,
     video: Vec<u32>,
+    repairs: Vec<(u32, u32)>,
     receiving: Vec<u32>,
 }
 
@@ -25,6 +26,9 @@ pub struct LinkEnd {
     /// The SSRCs the far node's participants send (the end sends them here).
     pub ssrcs: Vec<u32>,
     pub video: Vec<u32>,
+    /// The far participants' (media SSRC, RTX SSRC) pairs: the near node retransmits
+    /// their tracks to its receivers on those RTX streams.
+    pub repairs: Vec<(u32, u32)>,
     /// The tracks of this node's participants the far node has receivers for.
     pub receiving: Vec<u32>,
 }
@@ -36,12 +40,21 @@ pub struct CallRoutes {
 }
 
 impl CallRoutes {
-    /// `peer` is served by `node` and sends `ssrcs` (`video` of them video).
-    pub fn set_member(&mut self, peer: PeerId, node: &str, ssrcs: &[u32], video: &[u32]) {
+    /// `peer` is served by `node` and sends `ssrcs` (`video` of them video, repaired on
+    /// the RTX SSRCs of `repairs`).
+    pub fn set_member(
+        &mut self,
+        peer: PeerId,
+        node: &str,
+        ssrcs: &[u32],
+        video: &[u32],
+        repairs: &[(u32, u32)],
+    ) {
         let m = self.members.entry(peer).or_default();
         m.node = node.to_string();
         m.ssrcs = ssrcs.to_vec();
         m.video = video.to_vec();
+        m.repairs = repairs.to_vec();
     }
 
     /// The remote SSRCs `peer` has tracks for.
@@ -75,7 +88,10 @@ impl CallRoutes {
                 for m in far {
                     e.ssrcs.extend(&m.ssrcs);
                     e.video.extend(&m.video);
+                    e.repairs.extend(&m.repairs);
                 }
+                e.repairs.sort_unstable();
+                e.repairs.dedup();
                 for m in here {
                     for s in &m.ssrcs {
                         if far.iter().any(|f| f.receiving.contains(s)) {
@@ -107,11 +123,11 @@ mod tests {
     #[test]
     fn ends_carry_only_received_tracks_of_the_near_node() {
         let mut r = CallRoutes::default();
-        r.set_member(1, "a", &[10, 11], &[11]);
-        r.set_member(2, "a", &[20], &[]);
+        r.set_member(1, "a", &[10, 11], &[11], &[]);
+        r.set_member(2, "a", &[20], &[], &[]);
         assert!(r.ends().is_empty(), "one node needs no link");
-        r.set_member(3, "b", &[30, 31], &[31]);
-        r.set_member(4, "c", &[40], &[]);
+        r.set_member(3, "b", &[30, 31], &[31], &[]);
+        r.set_member(4, "c", &[40], &[], &[]);
         // b receives a's 10 and 11 and c's 40; c receives only a's 20.
         r.set_receiving(3, &[10, 11, 40, 20]);
         r.set_receiving(4, &[20]);
@@ -141,9 +157,9 @@ mod tests {
     #[test]
     fn a_track_crosses_once_for_many_receivers() {
         let mut r = CallRoutes::default();
-        r.set_member(1, "a", &[10], &[10]);
-        r.set_member(2, "b", &[], &[]);
-        r.set_member(3, "b", &[], &[]);
+        r.set_member(1, "a", &[10], &[10], &[]);
+        r.set_member(2, "b", &[], &[], &[]);
+        r.set_member(3, "b", &[], &[], &[]);
         r.set_receiving(2, &[10]);
         r.set_receiving(3, &[10]);
         assert_eq!(r.ends()[&key("a", "b")].receiving, vec![10]);

@@ -4,7 +4,7 @@
 //! end-to-end encrypted frame) is never parsed or changed.
 
 use super::hop::{HopCipher, HopError};
-use super::report::DropReason;
+use super::report::{DropReason, Retransmit};
 use super::{CallKey, PeerId};
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::{find_extension, RtpHeader};
@@ -185,6 +185,21 @@ const NACK_UNIT: u64 = 1_000_000;
 /// Arrivals held per sender between feedback packets.
 const TWCC_PENDING: usize = 256;
 const NO: u8 = 0xff;
+/// Set in [`PeerTables`]' codec of a payload type that is that codec's RTX.
+const RTX: u8 = 0x80;
+/// Packets the relay keeps of each video stream it receives, to answer receivers' NACKs
+/// (RFC 4585) itself: 0.7 s of an 8 Mbit/s stream, several seconds of a usual one, more
+/// than a round trip on any path a call survives. A power of two dividing 2^16, so a
+/// sequence number keeps its slot across the wrap.
+pub const CACHE_PACKETS: usize = 512;
+/// The largest packet cached (clear header without extensions, and payload): an
+/// Ethernet MTU. Larger ones are forwarded and not cached.
+const CACHE_SLOT_BYTES: usize = 1500;
+/// A gap in a sender's sequence the relay asks it to fill (a NACK); a longer one is a
+/// restart or a burst no retransmission would save.
+const MAX_UPLINK_GAP: u16 = 64;
+/// Video streams a participant (or node link end) may have cached at once.
+const MAX_CACHED_STREAMS: usize = 64;
 /// How often at most a participant's liveness (consent) is reported: consent is judged in
 /// seconds, and the forwarding loop must not send the control plane an event per packet.
 pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
@@ -193,8 +208,15 @@ pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
 /// without hashing or allocating (see [`Numbering`]).
 #[derive(Debug, Clone)]
 pub struct PeerTables {
+    /// The codec each payload type stands for; an RTX type is its codec's index with
+    /// [`RTX`] set.
     codec_of_pt: [u8; 128],
     pt_of_codec: [u8; CODEC_COUNT],
+    /// The participant's RTX payload type for each codec ([`NO`]: it takes no RTX).
+    rtx_pt_of_codec: [u8; CODEC_COUNT],
+    /// Its tracks' (media SSRC, RTX SSRC) pairs: what it retransmits on, and what the
+    /// relay retransmits its tracks on to receivers that take RTX.
+    pub repairs: Vec<(u32, u32)>,
     twcc_id: u8,
     /// The SSRCs the participant announced: it may send no other. Empty: it announced
     /// none, and owns the SSRCs it sends first.
@@ -219,6 +241,11 @@ pub const LINK_PT_BASE: u8 = 96;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerTablesWire {
     pub codecs: Vec<(u8, u8)>,
+    /// (RTX payload type, codec index).
+    #[serde(default)]
+    pub rtx: Vec<(u8, u8)>,
+    #[serde(default)]
+    pub repairs: Vec<(u32, u32)>,
     pub twcc_id: u8,
     pub ssrcs: Vec<u32>,
     pub video_ssrcs: Vec<u32>,
@@ -244,6 +271,11 @@ impl PeerTables {
         let mut t = PeerTables {
             codec_of_pt: [NO; 128],
             pt_of_codec: [NO; CODEC_COUNT],
+            rtx_pt_of_codec: [NO; CODEC_COUNT],
+            repairs: tracks
+                .iter()
+                .filter_map(|t| Some((t.ssrc, t.rtx?)))
+                .collect(),
             twcc_id: n.twcc.unwrap_or(0),
             ssrcs: announced.to_vec(),
             video_ssrcs: tracks
@@ -260,6 +292,15 @@ impl PeerTables {
                 t.pt_of_codec[c.index()] = pt;
             }
         }
+        for c in Codec::ALL {
+            let rtx = n.rtx[c.index()].filter(|r| *r < 128);
+            if let (Some(r), true) = (rtx, t.pt_of_codec[c.index()] != NO) {
+                if t.codec_of_pt[r as usize] == NO {
+                    t.codec_of_pt[r as usize] = c as u8 | RTX;
+                    t.rtx_pt_of_codec[c.index()] = r;
+                }
+            }
+        }
         t
     }
 
@@ -270,6 +311,8 @@ impl PeerTables {
         let mut t = PeerTables {
             codec_of_pt: [NO; 128],
             pt_of_codec: [NO; CODEC_COUNT],
+            rtx_pt_of_codec: [NO; CODEC_COUNT],
+            repairs: Vec::new(),
             twcc_id: 0,
             ssrcs,
             video_ssrcs,
@@ -287,9 +330,15 @@ impl PeerTables {
     pub fn to_wire(&self) -> PeerTablesWire {
         PeerTablesWire {
             codecs: (0u8..128)
-                .filter(|pt| self.codec_of_pt[*pt as usize] != NO)
+                .filter(|pt| self.codec_of_pt[*pt as usize] & RTX == 0)
                 .map(|pt| (pt, self.codec_of_pt[pt as usize]))
                 .collect(),
+            rtx: Codec::ALL
+                .into_iter()
+                .filter(|c| self.rtx_pt_of_codec[c.index()] != NO)
+                .map(|c| (self.rtx_pt_of_codec[c.index()], c as u8))
+                .collect(),
+            repairs: self.repairs.clone(),
             twcc_id: self.twcc_id,
             ssrcs: self.ssrcs.clone(),
             video_ssrcs: self.video_ssrcs.clone(),
@@ -302,6 +351,7 @@ impl PeerTables {
         let most = [
             w.ssrcs.len(),
             w.video_ssrcs.len(),
+            w.repairs.len(),
             w.receiving.as_ref().map_or(0, Vec::len),
         ]
         .into_iter()
@@ -313,6 +363,8 @@ impl PeerTables {
         let mut t = PeerTables {
             codec_of_pt: [NO; 128],
             pt_of_codec: [NO; CODEC_COUNT],
+            rtx_pt_of_codec: [NO; CODEC_COUNT],
+            repairs: w.repairs,
             twcc_id: w.twcc_id,
             ssrcs: w.ssrcs,
             video_ssrcs: w.video_ssrcs,
@@ -328,6 +380,16 @@ impl PeerTables {
             }
             t.codec_of_pt[pt as usize] = c;
             t.pt_of_codec[c as usize] = pt;
+        }
+        for (pt, c) in w.rtx {
+            if pt >= 128 || t.codec_of_pt[pt as usize] != NO {
+                return Err(TablesError::PayloadType(pt));
+            }
+            if usize::from(c) >= CODEC_COUNT || t.pt_of_codec[c as usize] == NO {
+                return Err(TablesError::Codec(c));
+            }
+            t.codec_of_pt[pt as usize] = c | RTX;
+            t.rtx_pt_of_codec[c as usize] = pt;
         }
         Ok(t)
     }
@@ -353,6 +415,100 @@ struct TwccState {
     media_ssrc: u32,
     fb_count: u8,
     last_fb: Option<Instant>,
+}
+
+/// The last [`CACHE_PACKETS`] packets of one video stream, as the relay forwards them
+/// (clear header without extensions, then the untouched payload), to answer receivers'
+/// NACKs without asking the sender. Allocated once, when the stream's first packet
+/// comes; storing a packet is a copy into its slot.
+struct PacketCache {
+    ssrc: u32,
+    /// The highest sequence number stored; every slot holds a packet within
+    /// [`CACHE_PACKETS`] of it, or nothing.
+    highest: Option<u16>,
+    /// Per slot: the sequence number it holds, its length (0: empty), its codec.
+    slots: Box<[(u16, u16, u8)]>,
+    data: Box<[u8]>,
+}
+
+/// What storing a packet in a [`PacketCache`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    New,
+    /// The cache already holds this sequence number, or it is too old to hold.
+    Held,
+    /// New, and `count` packets from `first` on never came: ask the sender for them.
+    Gap {
+        first: u16,
+        count: u16,
+    },
+}
+
+impl PacketCache {
+    fn new(ssrc: u32) -> Self {
+        PacketCache {
+            ssrc,
+            highest: None,
+            slots: vec![(0, 0, 0); CACHE_PACKETS].into_boxed_slice(),
+            data: vec![0; CACHE_PACKETS * CACHE_SLOT_BYTES].into_boxed_slice(),
+        }
+    }
+
+    fn slot(seq: u16) -> usize {
+        seq as usize % CACHE_PACKETS
+    }
+
+    /// The cached packet `seq` and its codec.
+    fn get(&self, seq: u16) -> Option<(u8, &[u8])> {
+        let i = Self::slot(seq);
+        let (s, len, codec) = self.slots[i];
+        let at = i * CACHE_SLOT_BYTES;
+        (len > 0 && s == seq).then(|| (codec, &self.data[at..at + len as usize]))
+    }
+
+    fn put(&mut self, seq: u16, codec: u8, header: &[u8], payload: &[u8]) -> Stored {
+        let mut stored = Stored::New;
+        match self.highest {
+            None => self.highest = Some(seq),
+            Some(h) => {
+                let ahead = seq.wrapping_sub(h);
+                if ahead == 0 || ahead >= 0x8000 {
+                    // Behind the highest: a late or repaired packet, if still in reach.
+                    let behind = h.wrapping_sub(seq) as usize;
+                    if behind >= CACHE_PACKETS || self.get(seq).is_some() {
+                        return Stored::Held;
+                    }
+                } else {
+                    // Skipped slots now stand for packets that never came, not for the
+                    // ones a lap earlier.
+                    if usize::from(ahead) >= CACHE_PACKETS {
+                        self.slots.iter_mut().for_each(|s| s.1 = 0);
+                    }
+                    for k in 1..ahead.min(CACHE_PACKETS as u16) {
+                        self.slots[Self::slot(h.wrapping_add(k))].1 = 0;
+                    }
+                    if (2..=MAX_UPLINK_GAP).contains(&ahead) {
+                        stored = Stored::Gap {
+                            first: h.wrapping_add(1),
+                            count: ahead - 1,
+                        };
+                    }
+                    self.highest = Some(seq);
+                }
+            }
+        }
+        let i = Self::slot(seq);
+        let len = header.len() + payload.len();
+        if len <= CACHE_SLOT_BYTES {
+            let at = i * CACHE_SLOT_BYTES;
+            self.data[at..at + header.len()].copy_from_slice(header);
+            self.data[at + header.len()..at + len].copy_from_slice(payload);
+            self.slots[i] = (seq, len as u16, codec);
+        } else {
+            self.slots[i].1 = 0;
+        }
+        stored
+    }
 }
 
 /// A participant's hop state on its way from one call (or loop) to another.
@@ -386,6 +542,11 @@ struct PeerMedia<H> {
     media_started: Vec<u32>,
     /// SSRCs it took ownership of by sending them first (it announced none).
     claimed: usize,
+    /// Its video streams' recent packets (at most [`MAX_CACHED_STREAMS`]).
+    caches: Vec<PacketCache>,
+    /// As a receiver: the next sequence number of the RTX stream it is sent for each
+    /// remote media SSRC (the relay numbers each receiver's retransmissions itself).
+    rtx_seq: Vec<(u32, u16)>,
     /// When an authenticated packet last made this participant's liveness reportable.
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
@@ -408,8 +569,14 @@ pub struct Forwarder<H> {
     rtcp_part: Vec<u8>,
     /// Reused: whether each packet of the RTCP compound being routed passed its checks.
     rtcp_pass: Vec<bool>,
-    /// Reused buffer for the relay's own RTCP (feedback, PLI).
+    /// Reused buffer for the relay's own RTCP (feedback, PLI, NACK).
     own_rtcp: Vec<u8>,
+    /// Reused buffer for a repaired packet or an RTX payload.
+    rtx_buf: Vec<u8>,
+    /// Reused list of the packets a receiver's NACK asked for that the cache lacks.
+    misses: Vec<u16>,
+    /// Retransmissions since the last [`Forwarder::take_retransmits`], by [`Retransmit`].
+    retransmits: [u64; Retransmit::ALL.len()],
     /// The arrival time of the packet being handled (sans-IO: the loop passes it in).
     now: Option<Instant>,
     /// Origin of the microsecond clock in transport-cc feedback.
@@ -493,6 +660,9 @@ impl<H> Default for Forwarder<H> {
             rtcp_part: Vec::new(),
             rtcp_pass: Vec::new(),
             own_rtcp: Vec::new(),
+            rtx_buf: Vec::new(),
+            misses: Vec::new(),
+            retransmits: [0; Retransmit::ALL.len()],
             now: None,
             epoch: None,
             active: Vec::new(),
@@ -560,6 +730,8 @@ impl<H: HopCipher> Forwarder<H> {
                 nack_at: None,
                 media_started,
                 claimed: 0,
+                caches: Vec::new(),
+                rtx_seq: Vec::new(),
                 activity_at: None,
                 activity_pending: false,
             },
@@ -593,20 +765,23 @@ impl<H: HopCipher> Forwarder<H> {
     pub fn set_receiving(&mut self, peer: PeerId, ssrcs: Vec<u32>) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.media_started.retain(|s| ssrcs.contains(s));
+            p.rtx_seq.retain(|(s, _)| ssrcs.contains(s));
             p.media_started
                 .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
             p.tables.receiving = Some(ssrcs);
         }
     }
 
-    /// A node link's end in its call now sends `ssrcs` (`video` of them video) and is
-    /// sent `receiving`: participants came or went on the far node, or its receivers'
-    /// tracks changed. An SSRC a participant here owns stays its own.
+    /// A node link's end in its call now sends `ssrcs` (`video` of them video, repaired on
+    /// the RTX SSRCs of `repairs`) and is sent `receiving`: participants came or went on
+    /// the far node, or its receivers' tracks changed. An SSRC a participant here owns
+    /// stays its own.
     pub fn set_link(
         &mut self,
         peer: PeerId,
         ssrcs: Vec<u32>,
         video: Vec<u32>,
+        repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
     ) {
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -622,7 +797,9 @@ impl<H: HopCipher> Forwarder<H> {
             self.ssrc_owner.entry((call, *s)).or_insert(peer);
         }
         p.tables.ssrcs = ssrcs;
+        p.caches.retain(|c| video.contains(&c.ssrc));
         p.tables.video_ssrcs = video;
+        p.tables.repairs = repairs;
         self.set_receiving(peer, receiving);
     }
 
@@ -676,6 +853,17 @@ impl<H: HopCipher> Forwarder<H> {
                 if !delivered {
                     p.activity_at = None;
                 }
+            }
+        }
+    }
+
+    /// Hand the count of retransmissions by [`Retransmit`] since the last call to `count`
+    /// (kinds with a count of 0 are skipped).
+    pub fn take_retransmits(&mut self, mut count: impl FnMut(Retransmit, u64)) {
+        for (kind, n) in Retransmit::ALL.iter().zip(self.retransmits.iter_mut()) {
+            if *n > 0 {
+                count(*kind, *n);
+                *n = 0;
             }
         }
     }
@@ -774,6 +962,13 @@ impl<H: HopCipher> Forwarder<H> {
             if p.nack_tokens > NACK_ENTRIES_BURST * NACK_UNIT {
                 return Err(format!("peer {id}: NACK budget above its burst"));
             }
+            if p.caches.len() > MAX_CACHED_STREAMS
+                || p.caches
+                    .iter()
+                    .any(|c| !p.tables.video_ssrcs.contains(&c.ssrc))
+            {
+                return Err(format!("peer {id}: caches a stream it does not send"));
+            }
         }
         for a in &self.active {
             if self.peers.get(a).is_some_and(|p| !p.activity_pending) {
@@ -851,25 +1046,82 @@ impl<H: HopCipher> Forwarder<H> {
         if codec == NO {
             return Err(DropReason::UnknownPayloadType);
         }
-        if let Some(tap) = &self.tap {
-            tap(&TapPacket {
-                from: from_addr,
-                call,
-                data: plain,
-            });
-        }
-        // The sender's hop: feedback and keyframe requests, protected with its context.
-        if let Some(now) = self.now {
-            let epoch = self.epoch.unwrap_or(now);
-            sender_rtcp(sender, plain, hdr.ssrc, now, epoch, &mut self.own_rtcp, out);
-        }
         // The header every receiver gets: fixed part and CSRCs, extension bit cleared.
         let base = 12 + 4 * (plain[0] & 0x0f) as usize;
         let mut header = [0u8; 12 + 4 * 15];
         header[..base].copy_from_slice(&plain[..base]);
         header[0] &= !0x10;
-        let payload = &plain[hdr.header_len..];
-        let padding = padding_only(plain[0], payload);
+        let media = if codec & RTX != 0 {
+            sender
+                .tables
+                .repairs
+                .iter()
+                .find(|(_, r)| *r == hdr.ssrc)
+                .map(|(m, _)| *m)
+                .ok_or(DropReason::UnknownPayloadType)?
+        } else {
+            hdr.ssrc
+        };
+        // The sender's hop: feedback and keyframe requests, protected with its context.
+        // Retransmissions and probes on an RTX stream count for transport-cc too.
+        if let Some(now) = self.now {
+            let epoch = self.epoch.unwrap_or(now);
+            sender_rtcp(sender, plain, media, now, epoch, &mut self.own_rtcp, out);
+        }
+        let (codec, seq, payload, recovered) = if codec & RTX != 0 {
+            // A retransmission on the sender's RTX stream (RFC 4588): the original
+            // sequence number, then the original payload. It is forwarded as the packet
+            // it repairs, which the relay never had.
+            let Some((osn, original)) = hdr.payload(plain).split_first_chunk::<2>() else {
+                // Padding alone: a bandwidth probe, already counted for transport-cc.
+                return Err(DropReason::RtxPadding);
+            };
+            let codec = codec & !RTX;
+            header[0] &= !0x20;
+            header[1] = (header[1] & 0x80) | sender.tables.pt_of_codec[codec as usize];
+            header[2..4].copy_from_slice(osn);
+            header[8..12].copy_from_slice(&media.to_be_bytes());
+            self.rtx_buf.clear();
+            self.rtx_buf.extend_from_slice(&header[..base]);
+            self.rtx_buf.extend_from_slice(original);
+            (codec, u16::from_be_bytes(*osn), original, true)
+        } else {
+            (codec, hdr.sequence, &plain[hdr.header_len..], false)
+        };
+        if let Some(tap) = &self.tap {
+            tap(&TapPacket {
+                from: from_addr,
+                call,
+                data: if recovered { &self.rtx_buf } else { plain },
+            });
+        }
+        if codec != Codec::Opus as u8 {
+            let stored = cache_put(sender, media, seq, codec, &header[..base], payload);
+            match stored {
+                Some(Stored::Held) if recovered => return Err(DropReason::RetransmitDuplicate),
+                Some(Stored::Gap { first, count }) => {
+                    // Lost on the way here: ask the sender at once (each receiver would).
+                    self.own_rtcp.clear();
+                    rtcp::write_nack(
+                        &mut self.own_rtcp,
+                        RELAY_SSRC,
+                        media,
+                        (0..count).map(|k| first.wrapping_add(k)),
+                    );
+                    if out
+                        .push(sender.addr, true, &mut sender.outbound, &self.own_rtcp)
+                        .is_ok()
+                    {
+                        self.retransmits[Retransmit::Asked as usize] += u64::from(count);
+                    }
+                }
+                _ => {}
+            }
+            if recovered {
+                self.retransmits[Retransmit::Recovered as usize] += 1;
+            }
+        }
+        let padding = padding_only(header[0], payload);
         self.scratch.clear();
         if let Some(members) = self.calls.get(&call) {
             let peers = &self.peers;
@@ -888,7 +1140,7 @@ impl<H: HopCipher> Forwarder<H> {
             if r.tables
                 .receiving
                 .as_ref()
-                .is_some_and(|ok| !ok.contains(&hdr.ssrc))
+                .is_some_and(|ok| !ok.contains(&media))
             {
                 // No track for it yet: the receiver has not answered the offer adding it.
                 continue;
@@ -898,7 +1150,7 @@ impl<H: HopCipher> Forwarder<H> {
                 // This receiver cannot decode the codec: it was never offered the track.
                 continue;
             }
-            if r.tables.receiving.is_some() && !r.media_started.contains(&hdr.ssrc) {
+            if r.tables.receiving.is_some() && !r.media_started.contains(&media) {
                 if padding {
                     // A sender's bandwidth probe carries the timestamp of its last frame.
                     // As a receiver's first packet of the stream it would be a frame of its
@@ -908,7 +1160,7 @@ impl<H: HopCipher> Forwarder<H> {
                     continue;
                 }
                 if r.media_started.len() < r.media_started.capacity() {
-                    r.media_started.push(hdr.ssrc);
+                    r.media_started.push(media);
                 }
             }
             header[1] = (header[1] & 0x80) | pt;
@@ -953,6 +1205,9 @@ impl<H: HopCipher> Forwarder<H> {
             active,
             receiver_drops: drops,
             now,
+            rtx_buf,
+            misses,
+            retransmits,
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
@@ -999,6 +1254,8 @@ impl<H: HopCipher> Forwarder<H> {
             }
         }
         for p in rtcp::packets(plain).flatten() {
+            // A NACK the relay answered itself goes no further.
+            let mut answered = false;
             let verdict = match p.route() {
                 RtcpRoute::Others => {
                     let v = speaks_for_itself(&p, call, from, ssrc_owner);
@@ -1036,6 +1293,26 @@ impl<H: HopCipher> Forwarder<H> {
                             Some(n) if !peers.get_mut(&from).is_none_or(|m| nack(m, n, now)) => {
                                 Err(DropReason::NackLimited)
                             }
+                            Some(_)
+                                if peers
+                                    .get(&o)
+                                    .is_some_and(|s| s.caches.iter().any(|c| c.ssrc == ssrc)) =>
+                            {
+                                answer_nack(
+                                    peers,
+                                    from,
+                                    o,
+                                    ssrc,
+                                    &p,
+                                    rtx_buf,
+                                    misses,
+                                    retransmits,
+                                    drops,
+                                    out,
+                                );
+                                answered = true;
+                                Ok(None)
+                            }
                             _ => Ok(Some(o)),
                         },
                         (t, _) => Ok(t),
@@ -1050,7 +1327,7 @@ impl<H: HopCipher> Forwarder<H> {
             if let Err(reason) = verdict {
                 drops[reason as usize] += 1;
             }
-            pass.push(verdict.is_ok());
+            pass.push(verdict.is_ok() && !answered);
         }
         let mut n = 0;
         for to in dests.iter() {
@@ -1091,6 +1368,117 @@ impl<H: HopCipher> Forwarder<H> {
             }
         }
         Ok(n)
+    }
+}
+
+/// Store a video packet of `sender`'s stream `ssrc` in its cache, making the cache at
+/// the stream's first packet. `None`: the stream is not one it announced as video (or
+/// too many are cached), and is not cached.
+fn cache_put<H>(
+    sender: &mut PeerMedia<H>,
+    ssrc: u32,
+    seq: u16,
+    codec: u8,
+    header: &[u8],
+    payload: &[u8],
+) -> Option<Stored> {
+    let i = match sender.caches.iter().position(|c| c.ssrc == ssrc) {
+        Some(i) => i,
+        None => {
+            if !sender.tables.video_ssrcs.contains(&ssrc)
+                || sender.caches.len() >= MAX_CACHED_STREAMS
+            {
+                return None;
+            }
+            sender.caches.push(PacketCache::new(ssrc));
+            sender.caches.len() - 1
+        }
+    };
+    Some(sender.caches[i].put(seq, codec, header, payload))
+}
+
+/// Answer `receiver`'s NACK `p` about `sender`'s stream `ssrc` from the cache: each packet
+/// it holds goes again, on the receiver's RTX stream (numbered per receiver), or as it
+/// was over a node link (no SRTP there); the packets it lacks are asked of the sender in
+/// one NACK of the relay's own. A receiver that takes no RTX cannot be sent a packet again
+/// on its hop (the SRTP index is spent), and is counted `unavailable`.
+#[allow(clippy::too_many_arguments)]
+fn answer_nack<H: HopCipher>(
+    peers: &mut HashMap<PeerId, PeerMedia<H>>,
+    receiver: PeerId,
+    sender: PeerId,
+    ssrc: u32,
+    p: &rtcp::RtcpPacket<'_>,
+    buf: &mut Vec<u8>,
+    misses: &mut Vec<u16>,
+    counts: &mut [u64; Retransmit::ALL.len()],
+    drops: &mut [u64; DropReason::ALL.len()],
+    out: &mut Outbox,
+) {
+    // Distinct keys: feedback_target never names the feedback's own sender.
+    let [Some(r), Some(s)] = peers.get_disjoint_mut([&receiver, &sender]) else {
+        return;
+    };
+    let Some(cache) = s.caches.iter().find(|c| c.ssrc == ssrc) else {
+        return;
+    };
+    let rtx_ssrc = s
+        .tables
+        .repairs
+        .iter()
+        .find(|(m, _)| *m == ssrc)
+        .map(|(_, x)| *x);
+    misses.clear();
+    for seq in rtcp::nack_lost(p) {
+        let Some((codec, packet)) = cache.get(seq) else {
+            misses.push(seq);
+            continue;
+        };
+        let pt = r.tables.pt_of_codec[codec as usize];
+        if pt == NO {
+            continue;
+        }
+        let base = (12 + 4 * (packet[0] & 0x0f) as usize).min(packet.len());
+        let mut header = [0u8; 12 + 4 * 15];
+        header[..base].copy_from_slice(&packet[..base]);
+        let payload = &packet[base..];
+        let rtx_pt = r.tables.rtx_pt_of_codec[codec as usize];
+        let sent = if r.tables.link {
+            header[1] = (header[1] & 0x80) | pt;
+            out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)
+        } else if let (Some(rtx), true) = (rtx_ssrc, rtx_pt != NO) {
+            let next = match r.rtx_seq.iter_mut().find(|(m, _)| *m == ssrc) {
+                Some((_, n)) => n,
+                None => {
+                    // Any start will do: the receiver learns the stream from its first.
+                    r.rtx_seq.push((ssrc, (rtx >> 16) as u16 ^ rtx as u16));
+                    &mut r.rtx_seq.last_mut().expect("just pushed").1
+                }
+            };
+            let n = *next;
+            *next = n.wrapping_add(1);
+            header[1] = (header[1] & 0x80) | rtx_pt;
+            header[2..4].copy_from_slice(&n.to_be_bytes());
+            header[8..12].copy_from_slice(&rtx.to_be_bytes());
+            buf.clear();
+            buf.extend_from_slice(&seq.to_be_bytes());
+            buf.extend_from_slice(payload);
+            out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], buf)
+        } else {
+            counts[Retransmit::Unavailable as usize] += 1;
+            continue;
+        };
+        match sent {
+            Ok(()) => counts[Retransmit::Sent as usize] += 1,
+            Err(reason) => drops[reason as usize] += 1,
+        }
+    }
+    if !misses.is_empty() {
+        buf.clear();
+        rtcp::write_nack(buf, RELAY_SSRC, ssrc, misses.iter().copied());
+        if out.push(s.addr, true, &mut s.outbound, buf).is_ok() {
+            counts[Retransmit::Asked as usize] += misses.len() as u64;
+        }
     }
 }
 
@@ -1153,10 +1541,15 @@ fn feedback_target<H>(
     let Some(owner) = ssrc_owner.get(&(call, media)).filter(|o| **o != from) else {
         return Ok(None);
     };
+    // A receiver reports on the RTX stream of a track it is sent as on the track.
+    let repaired = peers
+        .get(owner)
+        .and_then(|o| o.tables.repairs.iter().find(|(_, x)| *x == media))
+        .map_or(media, |(m, _)| *m);
     let receives = peers
         .get(&from)
         .and_then(|p| p.tables.receiving.as_ref())
-        .is_none_or(|r| r.contains(&media));
+        .is_none_or(|r| r.contains(&repaired));
     if receives {
         Ok(Some(*owner))
     } else {
@@ -1854,6 +2247,7 @@ mod tests {
             .map(|s| SentTrack {
                 kind: "video",
                 ssrc: *s,
+                rtx: None,
             })
             .collect();
         PeerTables::new(&n, &tracks, ssrcs)
@@ -2498,5 +2892,231 @@ mod tests {
         assert!(drops(&mut f)
             .iter()
             .all(|(r, _)| *r == DropReason::NackLimited));
+    }
+
+    /// Tables of a Chrome-like participant with VP8 `vp8`, its RTX `rtx`, and a video
+    /// track 100 + 100 * `who` repaired on the next SSRC.
+    fn rtx_tables(vp8: u8, rtx: Option<u8>, who: u32) -> PeerTables {
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(111);
+        n.pt[Codec::Vp8.index()] = Some(vp8);
+        n.rtx[Codec::Vp8.index()] = rtx;
+        let (media, repair) = (100 * who, 100 * who + 1);
+        let track = SentTrack {
+            kind: "video",
+            ssrc: media,
+            rtx: rtx.map(|_| repair),
+        };
+        PeerTables::new(&n, &[track], &[media, repair])
+    }
+
+    fn vp8_rtp(pt: u8, ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = rtp(ssrc, seq, payload);
+        b[1] = pt;
+        b
+    }
+
+    fn retransmits(f: &mut Forwarder) -> Vec<(Retransmit, u64)> {
+        let mut v = Vec::new();
+        f.take_retransmits(|k, n| v.push((k, n)));
+        v
+    }
+
+    /// A receiver's NACK is answered from the sender's packet cache: a receiver that
+    /// takes RTX gets each cached packet on its RTX stream (its own payload type, the
+    /// sender's RTX SSRC, its own numbering, the original sequence number ahead of the
+    /// untouched payload); what the cache lacks is asked of the sender in a NACK of the
+    /// relay's own; a receiver without RTX gets nothing (its hop's index is spent), and
+    /// the NACK never reaches the sender itself.
+    #[test]
+    fn nacks_are_answered_from_the_cache_on_each_receivers_rtx_stream() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.set_time(Instant::now());
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            rtx_tables(96, Some(97), 1),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        f.add_peer(3, 7, addr(3), fast(3), fast(13), rtx_tables(96, None, 3));
+        f.set_receiving(2, vec![100]);
+        f.set_receiving(3, vec![100]);
+        let mut tx = ctx(1);
+        let payload = |seq: u16| format!("frame part {seq}").into_bytes();
+        let mut out = Outbox::default();
+        for seq in 10..=12 {
+            let wire = tx
+                .encrypt_rtp(&vp8_rtp(96, 100, seq, &payload(seq)))
+                .unwrap();
+            assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(2));
+        }
+        let mut c2 = ctx(2);
+        let mut rtx_seq = None;
+        for round in 0..2u16 {
+            // 11 is cached; 5 never came.
+            let mut n = Vec::new();
+            rtcp::write_nack(&mut n, 2, 100, [5, 11].into_iter());
+            let wire = c2.encrypt_rtcp(&n).unwrap();
+            let mut out = Outbox::default();
+            assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(0), "no part forwarded");
+            assert_eq!(out.len(), 2, "the RTX packet, then the NACK to the sender");
+            let (t, d) = out.get(0).unwrap();
+            assert_eq!((t.to, t.rtcp), (addr(2), false));
+            let got = ctx_replay(12).decrypt_rtp(d).unwrap();
+            let h = RtpHeader::parse(&got).unwrap();
+            assert_eq!((h.payload_type, h.ssrc, h.timestamp), (99, 101, 1));
+            let first = *rtx_seq.get_or_insert(h.sequence);
+            assert_eq!(
+                h.sequence,
+                first.wrapping_add(round),
+                "numbered per receiver"
+            );
+            assert_eq!(&got[12..14], &11u16.to_be_bytes(), "the original sequence");
+            assert_eq!(&got[14..], &payload(11)[..], "the payload, byte for byte");
+            let (t, d) = out.get(1).unwrap();
+            assert_eq!((t.to, t.rtcp), (addr(1), true));
+            let asked = ctx_replay(11).decrypt_rtcp(d).unwrap();
+            let p = rtcp::packets(&asked).next().unwrap().unwrap();
+            assert_eq!(p.sender_ssrc, Some(RELAY_SSRC));
+            assert_eq!(p.route(), RtcpRoute::MediaSender(100));
+            assert_eq!(rtcp::nack_lost(&p).collect::<Vec<_>>(), [5]);
+        }
+        // 3 takes no RTX: nothing can go again on its hop.
+        let mut n = Vec::new();
+        rtcp::write_nack(&mut n, 3, 100, [11].into_iter());
+        let mut out = Outbox::default();
+        let wire = ctx(3).encrypt_rtcp(&n).unwrap();
+        assert_eq!(f.on_rtcp(3, &wire, &mut out), Ok(0));
+        assert!(out.is_empty());
+        assert_eq!(
+            retransmits(&mut f),
+            [
+                (Retransmit::Sent, 2),
+                (Retransmit::Unavailable, 1),
+                (Retransmit::Asked, 2)
+            ]
+        );
+        assert_eq!(drops(&mut f), []);
+    }
+
+    /// A gap in a sender's stream is asked for at once; the packet that comes back on its
+    /// RTX stream is forwarded as the packet it repairs (every receiver in its own
+    /// numbering, never seen before on their hops), once: a second copy is dropped and
+    /// counted. RTX padding (a probe) is taken for transport-cc and forwarded to no one.
+    #[test]
+    fn a_packet_lost_before_the_relay_is_asked_for_and_forwarded_when_it_comes() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        f.set_time(Instant::now());
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            rtx_tables(96, Some(97), 1),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        f.set_receiving(2, vec![100]);
+        let mut tx = ctx(1);
+        let mut out = Outbox::default();
+        let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, 10, b"ten")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        out.clear();
+        let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, 13, b"thirteen")).unwrap();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+        let nack = out
+            .transmits()
+            .iter()
+            .position(|t| t.rtcp && t.to == addr(1))
+            .expect("a NACK to the sender");
+        let (_, d) = out.get(nack).unwrap();
+        let asked = ctx_replay(11).decrypt_rtcp(d).unwrap();
+        let p = rtcp::packets(&asked).next().unwrap().unwrap();
+        assert_eq!(rtcp::nack_lost(&p).collect::<Vec<_>>(), [11, 12]);
+        // 12 comes back on the RTX stream (SSRC 101, PT 97, its own numbering).
+        let mut repair = vp8_rtp(97, 101, 500, &12u16.to_be_bytes());
+        repair.extend_from_slice(b"twelve");
+        for (attempt, want) in [(0u16, Ok(1)), (1, Err(DropReason::RetransmitDuplicate))] {
+            repair[2..4].copy_from_slice(&(500 + attempt).to_be_bytes());
+            let wire = tx.encrypt_rtp(&repair).unwrap();
+            let mut out = Outbox::default();
+            assert_eq!(f.on_rtp(1, &wire, &mut out), want);
+            if want.is_ok() {
+                let (t, d) = out.get(0).unwrap();
+                assert_eq!(t.to, addr(2));
+                let got = ctx_replay(12).decrypt_rtp(d).unwrap();
+                let h = RtpHeader::parse(&got).unwrap();
+                assert_eq!((h.payload_type, h.ssrc, h.sequence), (98, 100, 12));
+                assert_eq!(&got[12..], b"twelve");
+            }
+        }
+        // A probe on the RTX stream: padding only.
+        let mut probe = vp8_rtp(97, 101, 502, &[0, 0, 0, 4]);
+        probe[0] |= 0x20;
+        let wire = tx.encrypt_rtp(&probe).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtp(1, &wire, &mut out), Err(DropReason::RtxPadding));
+        assert!(out.transmits().iter().all(|t| t.to == addr(1)));
+        assert_eq!(
+            retransmits(&mut f),
+            [(Retransmit::Asked, 2), (Retransmit::Recovered, 1)]
+        );
+    }
+
+    /// The cache holds the last [`CACHE_PACKETS`] of a stream across the sequence
+    /// number's wrap, forgets the slots a jump skips (they stand for packets that never
+    /// came), and takes a late packet only while it is within reach and not held.
+    #[test]
+    fn the_packet_cache_keeps_a_window_across_the_wrap() {
+        let mut c = PacketCache::new(1);
+        let h = [0x80u8; 12];
+        assert_eq!(c.put(65530, 1, &h, b"a"), Stored::New);
+        assert_eq!(c.put(65531, 1, &h, b"b"), Stored::New);
+        assert_eq!(
+            c.put(2, 1, &h, b"c"),
+            Stored::Gap {
+                first: 65532,
+                count: 6
+            }
+        );
+        assert_eq!(c.get(65531).map(|(_, p)| &p[12..]), Some(&b"b"[..]));
+        assert_eq!(
+            c.get(2).map(|(codec, p)| (codec, &p[12..])),
+            Some((1, &b"c"[..]))
+        );
+        assert!(c.get(0).is_none());
+        assert_eq!(c.put(0, 1, &h, b"late"), Stored::New);
+        assert_eq!(c.put(0, 1, &h, b"again"), Stored::Held);
+        assert_eq!(c.get(0).map(|(_, p)| &p[12..]), Some(&b"late"[..]));
+        // A jump of more than the window: nothing older is held, and no gap is asked.
+        let far = 2u16.wrapping_add(CACHE_PACKETS as u16 + 100);
+        assert_eq!(c.put(far, 1, &h, b"far"), Stored::New);
+        assert!(c.get(2).is_none() && c.get(65531).is_none());
+        // A lap later, a slot does not answer for the packet a lap earlier.
+        assert!(c.get(far.wrapping_sub(CACHE_PACKETS as u16)).is_none());
+        assert_eq!(c.put(2, 1, &h, b"too old"), Stored::Held);
+        // Larger than a slot: not cached, and its slot is empty.
+        let big = vec![0u8; CACHE_SLOT_BYTES];
+        assert_eq!(c.put(far.wrapping_add(1), 1, &h, &big), Stored::New);
+        assert!(c.get(far.wrapping_add(1)).is_none());
     }
 }

@@ -39,7 +39,7 @@
 //! - after everyone leaves, the forwarder holds nothing.
 
 use crate::forward::{
-    Forwarder, Outbox, PeerTables, ACTIVITY_INTERVAL, KEYFRAME_REQUEST_INTERVAL,
+    Forwarder, Outbox, PeerTables, ACTIVITY_INTERVAL, CACHE_PACKETS, KEYFRAME_REQUEST_INTERVAL,
     NACK_ENTRIES_PER_SECOND, RELAY_SSRC,
 };
 use crate::hop::HopCipher;
@@ -72,6 +72,54 @@ const KEYFRAME_SLOTS: usize = 4;
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 const TWCC_PENDING: usize = 256;
+const MAX_UPLINK_GAP: u16 = 64;
+
+/// The forwarder's packet cache of one video stream, in the model: the highest sequence
+/// number stored, and the sequence number each slot holds.
+#[derive(Debug, Default)]
+struct ModelCache {
+    highest: Option<u16>,
+    held: BTreeMap<usize, u16>,
+}
+
+impl ModelCache {
+    fn slot(seq: u16) -> usize {
+        usize::from(seq) % CACHE_PACKETS
+    }
+
+    fn holds(&self, seq: u16) -> bool {
+        self.held.get(&Self::slot(seq)) == Some(&seq)
+    }
+
+    /// Store `seq`: the packets before it that never came, when the relay asks for them.
+    fn put(&mut self, seq: u16) -> Vec<u16> {
+        let mut gap = Vec::new();
+        match self.highest {
+            None => self.highest = Some(seq),
+            Some(h) => {
+                let ahead = seq.wrapping_sub(h);
+                if ahead == 0 || ahead >= 0x8000 {
+                    if usize::from(h.wrapping_sub(seq)) >= CACHE_PACKETS || self.holds(seq) {
+                        return gap;
+                    }
+                } else {
+                    if usize::from(ahead) >= CACHE_PACKETS {
+                        self.held.clear();
+                    }
+                    for k in 1..ahead.min(CACHE_PACKETS as u16) {
+                        self.held.remove(&Self::slot(h.wrapping_add(k)));
+                    }
+                    if (2..=MAX_UPLINK_GAP).contains(&ahead) {
+                        gap = (1..ahead).map(|k| h.wrapping_add(k)).collect();
+                    }
+                    self.highest = Some(seq);
+                }
+            }
+        }
+        self.held.insert(Self::slot(seq), seq);
+        gap
+    }
+}
 
 /// An SSRC an action names: one of [`POOL`], else one of [`UNANNOUNCED`].
 fn ssrc_of(i: u8) -> u32 {
@@ -413,6 +461,8 @@ struct Slot<H> {
     rx: H,
     /// The last sequence number it was sent on each stream.
     delivered: BTreeMap<u32, u16>,
+    /// Its video streams' packet caches, as the forwarder keeps them.
+    caches: BTreeMap<u32, ModelCache>,
 }
 
 /// The forwarder, the model beside it, and the clock.
@@ -570,6 +620,11 @@ struct Expect {
     /// this many arrivals, and a PLI for these SSRCs.
     feedback: Option<usize>,
     pli: Option<Vec<u32>>,
+    /// The relay's NACK to the sender for a gap in its stream.
+    nack: Option<Vec<u8>>,
+    /// The relay's NACKs to senders for packets a receiver's NACK asked for and the cache
+    /// lacks, queued before anything else (receiver slot, clear NACK).
+    asked: Vec<(u8, Vec<u8>)>,
 }
 
 impl Expect {
@@ -687,6 +742,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                     .map(|x| SentTrack {
                         kind: if video.contains(x) { "video" } else { "audio" },
                         ssrc: *x,
+                        rtx: None,
                     })
                     .collect();
                 let mut tables =
@@ -724,6 +780,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                     tx: (self.hop)(key),
                     rx: (self.hop)(key.wrapping_add(1)),
                     delivered: BTreeMap::new(),
+                    caches: BTreeMap::new(),
                 };
                 let (inbound, outbound) = ((self.hop)(key), (self.hop)(key.wrapping_add(1)));
                 self.attach(i, s, inbound, outbound, tables);
@@ -766,6 +823,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                         last_fb: None,
                         activity_at: None,
                         kf_delivered: Vec::new(),
+                        caches: BTreeMap::new(),
                         ..s
                     };
                     self.attach(i, moved, t.inbound, t.outbound, t.tables);
@@ -1071,6 +1129,19 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             s.last_pli = Some(now);
             e.pli = Some(s.video.clone());
         }
+        // Video of a stream it announced as video is cached; a gap is asked for.
+        if codec == 1 && s.video.contains(&ssrc) {
+            let gap = s
+                .caches
+                .entry(ssrc)
+                .or_default()
+                .put(u16::from_be_bytes([clear[2], clear[3]]));
+            if !gap.is_empty() {
+                let mut n = Vec::new();
+                rtcp::write_nack(&mut n, RELAY_SSRC, ssrc, gap.into_iter());
+                e.nack = Some(n);
+            }
+        }
         // Each receiver's copy: its payload type, no extension, the same payload.
         let ext_len = if twcc_ext { 8 } else { 0 };
         let payload = &clear[12 + ext_len..];
@@ -1122,7 +1193,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         self.take_drops(&e.drops);
         // What each datagram is, decrypted by its receiver's client side.
         let mut got: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
-        let (mut feedback, mut pli) = (None, None);
+        let (mut feedback, mut pli, mut nack) = (None, None, None);
         for k in 0..out.len() {
             let (t, data) = out.get(k).expect("a queued datagram");
             let o = self
@@ -1142,6 +1213,11 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             }
             .expect("the receiver's hop authenticates what it is sent")
             .to_vec();
+            if let Some((to, asked)) = e.asked.get(k) {
+                // The relay's own NACKs to senders come first.
+                assert_eq!((o, &clear), (*to, asked), "the relay's NACK to a sender");
+                continue;
+            }
             if o == i {
                 // The relay's own RTCP to the sender: feedback, then a keyframe request.
                 assert!(t.rtcp && !is_rtcp, "only RTP earns its sender RTCP");
@@ -1150,10 +1226,18 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                     .and_then(|p| p.ok())
                     .expect("the relay's RTCP parses");
                 assert_eq!(first.sender_ssrc, Some(RELAY_SSRC));
-                if first.packet_type == rtcp::PT_RTPFB && first.fmt == rtcp::FMT_TRANSPORT_CC {
-                    assert!(feedback.is_none() && pli.is_none(), "feedback first, once");
+                if first.packet_type == rtcp::PT_RTPFB && first.fmt == 1 {
+                    assert_eq!(Some(&clear), e.nack.as_ref(), "the relay's NACK for a gap");
+                    nack = Some(clear);
+                } else if first.packet_type == rtcp::PT_RTPFB && first.fmt == rtcp::FMT_TRANSPORT_CC
+                {
+                    assert!(
+                        feedback.is_none() && pli.is_none() && nack.is_none(),
+                        "feedback first, once"
+                    );
                     feedback = Some(clear);
                 } else {
+                    assert!(nack.is_none(), "a keyframe request before the NACK");
                     assert!(pli.is_none(), "one keyframe request");
                     pli = Some(clear);
                 }
@@ -1162,6 +1246,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             assert_eq!(t.rtcp, is_rtcp, "forwarded as what it came as");
             assert!(got.insert(o, clear).is_none(), "one datagram per receiver");
         }
+        assert_eq!(nack, e.nack, "the relay's NACK for a gap");
         self.check_delivered(i, is_rtcp, &got);
         assert_eq!(got, e.to, "what each receiver got");
         match (feedback, e.feedback) {
@@ -1446,6 +1531,19 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                             continue;
                         }
                         r.nack_tokens -= cost;
+                        // The sender's cache answers it: this receiver takes no RTX, so
+                        // what the cache holds cannot go again; the rest is asked for.
+                        let owner = self.slots[o as usize].as_ref().expect("present");
+                        if let Some(c) = owner.caches.get(&media) {
+                            let misses: Vec<u16> =
+                                rtcp::nack_lost(&p).filter(|s| !c.holds(*s)).collect();
+                            if !misses.is_empty() {
+                                let mut n = Vec::new();
+                                rtcp::write_nack(&mut n, RELAY_SSRC, media, misses.into_iter());
+                                e.asked.push((o, n));
+                            }
+                            continue;
+                        }
                     }
                     e.to.entry(o).or_default().extend_from_slice(p.bytes);
                 }

@@ -181,6 +181,7 @@ mod tests {
             kind,
             stream: "p".into(),
             ssrc,
+            rtx: None,
             active: true,
         }
     }

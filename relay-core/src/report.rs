@@ -69,10 +69,16 @@ pub enum DropReason {
     /// A NACK beyond its sender's budget of lost-packet entries (`NACK_ENTRIES_PER_SECOND`):
     /// a receiver asks for retransmissions at the rate real loss makes, not in storms.
     NackLimited,
+    /// A retransmission (RTX) from a sender of a packet the relay already holds: it was
+    /// forwarded when it first came, and each receiver's hop cannot take its index again.
+    RetransmitDuplicate,
+    /// Padding alone on a sender's RTX stream: a bandwidth probe of its hop, counted for
+    /// transport-cc and forwarded to nobody.
+    RtxPadding,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::UnknownProtocol,
         DropReason::StunMalformed,
         DropReason::StunUnexpected,
@@ -98,6 +104,8 @@ impl DropReason {
         DropReason::KeyframeRequestLimited,
         DropReason::PaddingBeforeMedia,
         DropReason::NackLimited,
+        DropReason::RetransmitDuplicate,
+        DropReason::RtxPadding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +135,43 @@ impl DropReason {
             DropReason::KeyframeRequestLimited => "keyframe_request_limited",
             DropReason::PaddingBeforeMedia => "padding_before_media",
             DropReason::NackLimited => "nack_limited",
+            DropReason::RetransmitDuplicate => "retransmit_duplicate",
+            DropReason::RtxPadding => "rtx_padding",
+        }
+    }
+}
+
+/// What became of the packets receivers' NACKs asked for, and of the relay's own asking
+/// (see `forward::Forwarder`): counted per packet, never per stream or participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Retransmit {
+    /// Sent from the packet cache: on the receiver's RTX stream, or again on a node link.
+    Sent,
+    /// In the cache, but the receiver takes no RTX, and its hop cannot take the packet's
+    /// index again: nothing can be sent.
+    Unavailable,
+    /// Asked of the sender: lost before the relay (a gap in its sequence, or a receiver's
+    /// NACK for a packet the cache never held).
+    Asked,
+    /// Came back from a sender's RTX stream and was forwarded as the packet it repairs.
+    Recovered,
+}
+
+impl Retransmit {
+    pub const ALL: [Retransmit; 4] = [
+        Retransmit::Sent,
+        Retransmit::Unavailable,
+        Retransmit::Asked,
+        Retransmit::Recovered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retransmit::Sent => "sent",
+            Retransmit::Unavailable => "unavailable",
+            Retransmit::Asked => "asked",
+            Retransmit::Recovered => "recovered",
         }
     }
 }

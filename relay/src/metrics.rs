@@ -7,6 +7,7 @@
 //! module turns them into the series dashboards and alert rules read.
 
 pub use crate::core::budget::RateLimit;
+use crate::core::report::Retransmit;
 pub use crate::core::report::{DropReason, MlsRefusal, Report};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
@@ -71,6 +72,7 @@ const M_CAPTURE_ACTIVE: &str = "blindrelay_capture_active";
 const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
 const M_MLS_REFUSED: &str = "blindrelay_mls_refused_total";
 const M_RATE_LIMITED: &str = "blindrelay_rate_limited_total";
+const M_RETRANSMITS: &str = "blindrelay_retransmissions_total";
 const M_CLUSTER_LINKS: &str = "blindrelay_cluster_links";
 const M_CLUSTER_RTT: &str = "blindrelay_cluster_link_rtt_seconds";
 const M_CLUSTER_REFUSED: &str = "blindrelay_cluster_link_refused_total";
@@ -98,6 +100,7 @@ pub struct Metrics {
     dropped: [Counter; DropReason::ALL.len()],
     mls_refused: [Counter; 8],
     rate_limited: [Counter; RateLimit::ALL.len()],
+    retransmits: [Counter; Retransmit::ALL.len()],
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
@@ -159,6 +162,8 @@ impl Metrics {
                 .map(|r| c(M_MLS_REFUSED, vec![Label::new("reason", r.as_str())])),
             rate_limited: RateLimit::ALL
                 .map(|l| c(M_RATE_LIMITED, vec![Label::new("limit", l.as_str())])),
+            retransmits: Retransmit::ALL
+                .map(|k| c(M_RETRANSMITS, vec![Label::new("result", k.as_str())])),
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
@@ -277,6 +282,11 @@ impl Metrics {
             "Messages refused with rate_limited, by the limit they went over (messages, broadcast_bytes).",
         );
         d(
+            M_RETRANSMITS,
+            None,
+            "Packets receivers' NACKs asked for and the relay's own asking, by result: sent (from the packet cache), unavailable (cached, but the receiver takes no RTX), asked (of the sender), recovered (came back on a sender's RTX stream and was forwarded).",
+        );
+        d(
             M_POLICY_RELOADS,
             None,
             "Policy file reloads (file watcher, SIGHUP, admin API), by result (ok, rejected).",
@@ -334,6 +344,11 @@ impl Metrics {
     /// Count one MLS message refused by the Delivery Service.
     pub fn mls_refused(&self, reason: MlsRefusal) {
         self.mls_refused[reason as usize].increment(1);
+    }
+
+    /// Count `n` retransmission outcomes of one kind.
+    pub fn retransmits(&self, kind: Retransmit, n: u64) {
+        self.retransmits[kind as usize].increment(n);
     }
 
     /// Count one message refused with `rate_limited`.

@@ -617,22 +617,28 @@ fn counting_allocator_counts() {
 /// extension, its own payload types) in a three-party call with receivers that number
 /// codecs differently. Every packet gets a per-receiver header rewrite; the sender gets
 /// transport-cc feedback every 50 ms of (virtual) arrival time and, after a join, a PLI.
-/// Forwarded packets are decrypted and their payload compared byte for byte.
+/// Every video packet is stored in the sender's packet cache, and a receiver's NACKs are
+/// answered from it on its RTX stream. Forwarded packets are decrypted and their payload
+/// compared byte for byte.
 #[test]
 fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
     use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack};
+    // Each participant's video track `ssrc` is repaired on `ssrc + 1000`, with VP8's RTX
+    // type right after VP8's.
     let tables = |opus: u8, vp8: u8, twcc: u8, ssrc: u32| {
         let mut n = Numbering::default();
         n.pt[Codec::Opus.index()] = Some(opus);
         n.pt[Codec::Vp8.index()] = Some(vp8);
+        n.rtx[Codec::Vp8.index()] = Some(vp8 + 1);
         n.twcc = (twcc != 0).then_some(twcc);
         PeerTables::new(
             &n,
             &[SentTrack {
                 kind: "video",
                 ssrc,
+                rtx: Some(ssrc + 1000),
             }],
-            &[ssrc],
+            &[ssrc, ssrc + 1000],
         )
     };
     let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 20_000 + i));
@@ -674,7 +680,8 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
         wire.push(b);
     }
     // Receiver 2 NACKs a packet of the stream every 10 ms (within its NACK budget): the
-    // feedback path with its per-receiver limit runs in the window too.
+    // feedback path with its per-receiver limit, and the answer from the cache on 2's
+    // RTX stream, run in the window too.
     let mut rtcp2 = ctx(2, 1);
     let nacks: Vec<Vec<u8>> = (0..(WARMUP + MEASURED_RTP) / 10)
         .map(|i| {
@@ -696,7 +703,10 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
                 f.set_time(t0 + Duration::from_millis(n as u64));
                 f.on_rtp(1, w, out).unwrap();
                 if n.is_multiple_of(10) {
-                    assert_eq!(f.on_rtcp(2, &nacks[n / 10], out), Ok(1), "NACK {n}");
+                    let before = out.len();
+                    assert_eq!(f.on_rtcp(2, &nacks[n / 10], out), Ok(0), "NACK {n}");
+                    let (t, _) = out.get(before).expect("the retransmission");
+                    assert_eq!((t.to, t.rtcp), (addr(2), false), "RTX to 2 for {n}");
                 }
             }
             sent += chunk.len();

@@ -597,7 +597,7 @@ pub fn capture_config(path: &std::path::Path) -> Config {
 
 /// Drop reasons a received RTP datagram can get before the forwarding loop hands it to the
 /// capture (after that, every packet is offered to it).
-pub const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
+pub const DROPPED_BEFORE_CAPTURE: [&str; 10] = [
     "unknown_source",
     "not_connected",
     "srtp_auth_failed",
@@ -607,6 +607,7 @@ pub const DROPPED_BEFORE_CAPTURE: [&str; 9] = [
     "worker_queue_full",
     "ssrc_not_owned",
     "unknown_payload_type",
+    "rtx_padding",
 ];
 
 /// Wait until every RTP packet the relay accepted has reached the capture writer (written,

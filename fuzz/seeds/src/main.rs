@@ -261,6 +261,7 @@ fn sdp_seeds() {
             kind: "audio",
             stream: "p-2".into(),
             ssrc: 3001,
+            rtx: None,
             active: true,
         },
         RemoteTrack {
@@ -268,6 +269,7 @@ fn sdp_seeds() {
             kind: "video",
             stream: "p-2".into(),
             ssrc: 3002,
+            rtx: None,
             active: false,
         },
     ];

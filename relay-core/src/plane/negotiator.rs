@@ -124,6 +124,7 @@ impl Negotiation {
                 kind: d.kind,
                 stream,
                 ssrc: d.ssrc,
+                rtx: d.rtx,
                 active: true,
             };
             if self.remote.place(track, o) {
@@ -301,6 +302,7 @@ mod tests {
                     let t = SentTrack {
                         kind: "audio",
                         ssrc: *ssrc,
+                        rtx: None,
                     };
                     (*o, format!("p{o}"), t)
                 })

@@ -29,8 +29,9 @@ use tracing::{debug, info, warn};
 
 /// The link protocol's ALPN; a peer speaking anything else is refused by TLS.
 pub const ALPN: &[u8] = b"blindrelay-node/1";
-/// Largest control frame either side accepts.
-pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Largest control frame either side accepts: a client's largest message, escaped
+/// inside a control message's JSON (as the WebSocket limit allows for).
+pub const MAX_CONTROL_FRAME: usize = 4 * blindrelay_protocol::signal::MAX_MESSAGE_BYTES;
 /// A peer that passed TLS must say hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC keep-alive: a silent link is declared dead after [`IDLE_TIMEOUT`].
@@ -161,6 +162,9 @@ pub enum Control {
         peer_quic: SocketAddr,
         ssrcs: Vec<u32>,
         video: Vec<u32>,
+        /// The far participants' (media SSRC, RTX SSRC) pairs.
+        #[serde(default)]
+        repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
     },
     /// Owner to a node: drop its link end toward `peer_node` in the call.

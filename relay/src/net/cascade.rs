@@ -939,10 +939,16 @@ impl Driver {
                 peer_quic,
                 ssrcs,
                 video,
+                repairs,
                 receiving,
             } => {
-                self.route(&from, &call, &peer_node, peer_quic, ssrcs, video, receiving)
-                    .await
+                let end = LinkEnd {
+                    ssrcs,
+                    video,
+                    repairs,
+                    receiving,
+                };
+                self.route(&from, &call, &peer_node, peer_quic, end).await
             }
             Control::Unroute { call, peer_node } => {
                 if self
@@ -973,17 +979,20 @@ impl Driver {
     }
 
     /// Hold (or update) this node's end toward `far` in `call`.
-    #[allow(clippy::too_many_arguments)]
     async fn route(
         &mut self,
         owner: &str,
         call: &str,
         far: &str,
         far_quic: SocketAddr,
-        ssrcs: Vec<u32>,
-        video: Vec<u32>,
-        receiving: Vec<u32>,
+        end: LinkEnd,
     ) {
+        let LinkEnd {
+            ssrcs,
+            video,
+            repairs,
+            receiving,
+        } = end;
         let (key, worker) = self.local_call(call, owner).await;
         let Some(w) = self.media.workers.get(worker).cloned() else {
             return;
@@ -1001,6 +1010,7 @@ impl Driver {
                         peer: p,
                         ssrcs: ssrcs.clone(),
                         video: video.clone(),
+                        repairs,
                         receiving,
                     })
                     .await;
@@ -1021,6 +1031,8 @@ impl Driver {
                     };
                     cap.on_attach(peer, key, addr, &sender);
                 }
+                let mut tables = PeerTables::link(ssrcs.clone(), video, receiving);
+                tables.repairs = repairs;
                 let c = self.cascade();
                 let _ = w
                     .send(WorkerMsg::AddPeer {
@@ -1029,7 +1041,7 @@ impl Driver {
                         addr,
                         inbound: Box::new(MediaHop::Link),
                         outbound: Box::new(MediaHop::Link),
-                        tables: Box::new(PeerTables::link(ssrcs.clone(), video, receiving)),
+                        tables: Box::new(tables),
                     })
                     .await;
                 if let Some(lc) = c.calls.get_mut(call) {
@@ -1311,8 +1323,13 @@ impl Driver {
                         m.insert(sender.participant.clone(), node.clone());
                     }
                     c.public.insert(peer, sender.participant.clone());
-                    o.routes
-                        .set_member(peer, &node, &tables.ssrcs, &tables.video_ssrcs);
+                    o.routes.set_member(
+                        peer,
+                        &node,
+                        &tables.ssrcs,
+                        &tables.video_ssrcs,
+                        &tables.repairs,
+                    );
                     if let Some(r) = &tables.receiving {
                         o.routes.set_receiving(peer, r);
                     }
@@ -1438,6 +1455,7 @@ impl Driver {
                         peer_quic: far_quic,
                         ssrcs: e.ssrcs.clone(),
                         video: e.video.clone(),
+                        repairs: e.repairs.clone(),
                         receiving: e.receiving.clone(),
                     },
                 );
@@ -1462,8 +1480,7 @@ impl Driver {
         }
         let me = self.cascade().me.clone();
         for (far, quic, e) in local {
-            self.route(&me, &call, &far, quic, e.ssrcs, e.video, e.receiving)
-                .await;
+            self.route(&me, &call, &far, quic, e).await;
         }
         for far in gone {
             self.unroute(&call, &far).await;

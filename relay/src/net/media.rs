@@ -49,6 +49,7 @@ pub enum WorkerMsg {
         peer: PeerId,
         ssrcs: Vec<u32>,
         video: Vec<u32>,
+        repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
     },
     /// Where packets for a link end's address go: a node link and the flows the far node
@@ -650,6 +651,7 @@ pub async fn worker_loop(
         // receivers' copies that could not be protected.
         fwd.take_activity(|peer| events.try_send(Event::Activity { peer }).is_ok());
         fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
+        fwd.take_retransmits(|kind, n| m.retransmits(kind, n));
         // The round stopped short of an empty ring: more is probably waiting.
         let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
         send_all(&media, &mut out, &mut gso, &mut links, &m).await;
@@ -729,8 +731,9 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             peer,
             ssrcs,
             video,
+            repairs,
             receiving,
-        } => fwd.set_link(peer, ssrcs, video, receiving),
+        } => fwd.set_link(peer, ssrcs, video, repairs, receiving),
         WorkerMsg::LinkOut(..) => {}
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
