@@ -163,6 +163,8 @@ pub struct Reception {
     /// E2EE: frames refused as already opened (a retransmission that came after its
     /// frame was assembled: the browser assembles it again).
     pub frames_replayed: u64,
+    /// Retransmissions the page received from every sender (a replayed frame needs one).
+    pub all_retransmitted_received: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -333,6 +335,19 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             frames_decrypted: page_delta(p, "frames_decrypted"),
             decrypt_failures: page_delta(p, "decrypt_failures"),
             frames_replayed: page_delta(p, "frames_replayed"),
+            all_retransmitted_received: {
+                let sum = |step: usize| -> u64 {
+                    state(p, step)["inbound"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|i| i["retransmittedPacketsReceived"].as_u64().unwrap_or(0))
+                                .sum()
+                        })
+                        .unwrap_or(0)
+                };
+                sum(1).saturating_sub(sum(0))
+            },
         }
     };
     let (clean, lossy) = (reception(1), reception(2));
@@ -480,6 +495,14 @@ mod tests {
         assert!(r.lossy.frames_decrypted > 0, "{report}");
         assert_eq!(r.lossy.decrypt_failures, 0, "{report}");
         assert_eq!(r.clean.decrypt_failures, 0, "{report}");
+        // A frame opened twice needs a retransmission that came after its frame: never
+        // more of them than retransmissions the page received.
+        for x in [&r.lossy, &r.clean] {
+            assert!(
+                x.frames_replayed <= x.all_retransmitted_received,
+                "{report}"
+            );
+        }
         assert!(r.frames_ratio >= 0.9, "lossy/clean frames: {report}");
     }
 

@@ -156,7 +156,16 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
                     let media = f.next().and_then(|x| x.parse::<u32>().ok());
                     if let Some(rtx) = f.next().and_then(|x| x.parse::<u32>().ok()) {
                         rtx_ssrcs.push(rtx);
-                        if let Some(media) = media.filter(|m| *m != rtx) {
+                        // Only a pair of this line's own SSRCs (each one the relay checks
+                        // nobody else in the call has): an RTX SSRC named here but not
+                        // announced could be another participant's, and the relay would
+                        // retransmit on it.
+                        if let Some(media) = media.filter(|m| {
+                            *m != rtx
+                                && ssrcs.contains(m)
+                                && ssrcs.contains(&rtx)
+                                && !repairs.iter().any(|(a, b)| *a == *m || *b == rtx)
+                        }) {
                             repairs.push((media, rtx));
                         }
                     }
@@ -1244,6 +1253,26 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
         for absent in ["red/", "ulpfec", "a=rtpmap:100 ", "apt=108"] {
             assert!(!answer.contains(absent), "{absent} in {answer}");
         }
+    }
+
+    /// An FID group counts only when both SSRCs are the line's own (`a=ssrc`): a named RTX
+    /// SSRC the line does not announce could be another participant's.
+    #[test]
+    fn an_fid_group_names_only_the_lines_own_ssrcs() {
+        let o = parse_offer(CHROME_OFFER).unwrap();
+        assert_eq!(o.media[1].repairs, vec![(2001, 2002)]);
+        let foreign = CHROME_OFFER.replace("a=ssrc:2002 cname:abc\r\n", "");
+        let o = parse_offer(&foreign).unwrap();
+        assert!(o.media[1].repairs.is_empty());
+        assert_eq!(o.sent_tracks()[1].rtx, None);
+        let twice = CHROME_OFFER.replace(
+            "a=ssrc-group:FID 2001 2002\r\n",
+            "a=ssrc-group:FID 2001 2002\r\na=ssrc-group:FID 2001 2001\r\n",
+        );
+        assert_eq!(
+            parse_offer(&twice).unwrap().media[1].repairs,
+            vec![(2001, 2002)]
+        );
     }
 
     /// A participant that offers RTX gets NACK and RTX on its own line (so it answers

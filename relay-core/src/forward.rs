@@ -182,6 +182,12 @@ const NACK_ENTRIES_BURST: u64 = 500;
 /// NACK budget units per entry: a microsecond earns [`NACK_ENTRIES_PER_SECOND`] units,
 /// so the budget is exact integer arithmetic.
 const NACK_UNIT: u64 = 1_000_000;
+/// Packets the relay sends one receiver again from its cache per second, and as a burst.
+/// A NACK entry asks for up to 17 packets, so the entry budget alone would let one small
+/// NACK make the relay seal and send thousands; this bounds what a receiver can make the
+/// relay send (about 5 Mbit/s of 1,200-byte packets: 10 % loss of a call's video).
+pub const RTX_PACKETS_PER_SECOND: u64 = 500;
+const RTX_PACKETS_BURST: u64 = 500;
 /// Arrivals held per sender between feedback packets.
 const TWCC_PENDING: usize = 256;
 const NO: u8 = 0xff;
@@ -230,6 +236,11 @@ pub struct PeerTables {
     /// A node link's end in this call (a cascade), not a participant: what comes from one
     /// link never goes out on another, so media crosses each link once and never loops.
     pub link: bool,
+    /// As a receiver: the next sequence number of the RTX stream it is sent for each
+    /// remote media SSRC (the relay numbers each receiver's retransmissions itself). Kept
+    /// here so it moves with the hop contexts (`take_peer`): a numbering that restarted
+    /// would only meet SRTP indices its hop refuses to seal again.
+    rtx_next: Vec<(u32, u16)>,
 }
 
 /// Payload types on node links: one fixed number per codec, whatever the participants
@@ -285,6 +296,7 @@ impl PeerTables {
                 .collect(),
             receiving: Some(Vec::new()),
             link: false,
+            rtx_next: Vec::new(),
         };
         for c in Codec::ALL {
             if let Some(pt) = n.pt_of(c).filter(|pt| *pt < 128) {
@@ -318,6 +330,7 @@ impl PeerTables {
             video_ssrcs,
             receiving: Some(receiving),
             link: true,
+            rtx_next: Vec::new(),
         };
         for c in Codec::ALL {
             let pt = LINK_PT_BASE + c as u8;
@@ -370,6 +383,7 @@ impl PeerTables {
             video_ssrcs: w.video_ssrcs,
             receiving: w.receiving,
             link: false,
+            rtx_next: Vec::new(),
         };
         for (pt, c) in w.codecs {
             if pt >= 128 {
@@ -535,6 +549,10 @@ struct PeerMedia<H> {
     /// last refilled (see [`NACK_ENTRIES_PER_SECOND`]).
     nack_tokens: u64,
     nack_at: Option<Instant>,
+    /// Retransmissions this participant may still be sent, in [`NACK_UNIT`]s per packet
+    /// (see [`RTX_PACKETS_PER_SECOND`]), and when that was last refilled.
+    rtx_tokens: u64,
+    rtx_at: Option<Instant>,
     /// The remote streams this participant has been sent a packet with media in (a
     /// subset of `tables.receiving`, capacity reserved when that is set, so recording
     /// one never allocates on the packet path): until then, padding-only packets of the
@@ -544,9 +562,6 @@ struct PeerMedia<H> {
     claimed: usize,
     /// Its video streams' recent packets (at most [`MAX_CACHED_STREAMS`]).
     caches: Vec<PacketCache>,
-    /// As a receiver: the next sequence number of the RTX stream it is sent for each
-    /// remote media SSRC (the relay numbers each receiver's retransmissions itself).
-    rtx_seq: Vec<(u32, u16)>,
     /// When an authenticated packet last made this participant's liveness reportable.
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
@@ -728,10 +743,11 @@ impl<H: HopCipher> Forwarder<H> {
                 keyframe_asked: [(0, None); KEYFRAME_SLOTS],
                 nack_tokens: NACK_ENTRIES_BURST * NACK_UNIT,
                 nack_at: None,
+                rtx_tokens: RTX_PACKETS_BURST * NACK_UNIT,
+                rtx_at: None,
                 media_started,
                 claimed: 0,
                 caches: Vec::new(),
-                rtx_seq: Vec::new(),
                 activity_at: None,
                 activity_pending: false,
             },
@@ -765,7 +781,7 @@ impl<H: HopCipher> Forwarder<H> {
     pub fn set_receiving(&mut self, peer: PeerId, ssrcs: Vec<u32>) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.media_started.retain(|s| ssrcs.contains(s));
-            p.rtx_seq.retain(|(s, _)| ssrcs.contains(s));
+            p.tables.rtx_next.retain(|(s, _)| ssrcs.contains(s));
             p.media_started
                 .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
             p.tables.receiving = Some(ssrcs);
@@ -959,8 +975,10 @@ impl<H: HopCipher> Forwarder<H> {
             if p.twcc.as_ref().is_some_and(|t| t.n > TWCC_PENDING) {
                 return Err(format!("peer {id}: transport-cc pending over its bound"));
             }
-            if p.nack_tokens > NACK_ENTRIES_BURST * NACK_UNIT {
-                return Err(format!("peer {id}: NACK budget above its burst"));
+            if p.nack_tokens > NACK_ENTRIES_BURST * NACK_UNIT
+                || p.rtx_tokens > RTX_PACKETS_BURST * NACK_UNIT
+            {
+                return Err(format!("peer {id}: NACK or RTX budget above its burst"));
             }
             if p.caches.len() > MAX_CACHED_STREAMS
                 || p.caches
@@ -1098,7 +1116,9 @@ impl<H: HopCipher> Forwarder<H> {
         if codec != Codec::Opus as u8 {
             let stored = cache_put(sender, media, seq, codec, &header[..base], payload);
             match stored {
-                Some(Stored::Held) if recovered => return Err(DropReason::RetransmitDuplicate),
+                // Forwarded when it first came (a late copy, or a retransmission): each
+                // receiver's hop has spent its index.
+                Some(Stored::Held) => return Err(DropReason::RetransmitDuplicate),
                 Some(Stored::Gap { first, count }) => {
                     // Lost on the way here: ask the sender at once (each receiver would).
                     self.own_rtcp.clear();
@@ -1308,6 +1328,7 @@ impl<H: HopCipher> Forwarder<H> {
                                     misses,
                                     retransmits,
                                     drops,
+                                    now,
                                     out,
                                 );
                                 answered = true;
@@ -1413,6 +1434,7 @@ fn answer_nack<H: HopCipher>(
     misses: &mut Vec<u16>,
     counts: &mut [u64; Retransmit::ALL.len()],
     drops: &mut [u64; DropReason::ALL.len()],
+    now: Instant,
     out: &mut Outbox,
 ) {
     // Distinct keys: feedback_target never names the feedback's own sender.
@@ -1443,16 +1465,31 @@ fn answer_nack<H: HopCipher>(
         header[..base].copy_from_slice(&packet[..base]);
         let payload = &packet[base..];
         let rtx_pt = r.tables.rtx_pt_of_codec[codec as usize];
+        let can_send = r.tables.link || (rtx_ssrc.is_some() && rtx_pt != NO);
+        if can_send
+            && !take_tokens(
+                &mut r.rtx_tokens,
+                &mut r.rtx_at,
+                (RTX_PACKETS_PER_SECOND, RTX_PACKETS_BURST),
+                1,
+                now,
+            )
+        {
+            counts[Retransmit::Limited as usize] += 1;
+            continue;
+        }
         let sent = if r.tables.link {
             header[1] = (header[1] & 0x80) | pt;
             out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)
         } else if let (Some(rtx), true) = (rtx_ssrc, rtx_pt != NO) {
-            let next = match r.rtx_seq.iter_mut().find(|(m, _)| *m == ssrc) {
+            let next = match r.tables.rtx_next.iter_mut().find(|(m, _)| *m == ssrc) {
                 Some((_, n)) => n,
                 None => {
                     // Any start will do: the receiver learns the stream from its first.
-                    r.rtx_seq.push((ssrc, (rtx >> 16) as u16 ^ rtx as u16));
-                    &mut r.rtx_seq.last_mut().expect("just pushed").1
+                    r.tables
+                        .rtx_next
+                        .push((ssrc, (rtx >> 16) as u16 ^ rtx as u16));
+                    &mut r.tables.rtx_next.last_mut().expect("just pushed").1
                 }
             };
             let n = *next;
@@ -1586,20 +1623,33 @@ fn ask_keyframe<H>(sender: &mut PeerMedia<H>, ssrc: u32, now: Instant) -> bool {
 /// Whether a NACK of `entries` lost-packet entries from receiver `r` may go now; if so,
 /// they are taken from its budget (see [`NACK_ENTRIES_PER_SECOND`]).
 fn nack<H>(r: &mut PeerMedia<H>, entries: usize, now: Instant) -> bool {
-    if let Some(at) = r.nack_at {
+    take_tokens(
+        &mut r.nack_tokens,
+        &mut r.nack_at,
+        (NACK_ENTRIES_PER_SECOND, NACK_ENTRIES_BURST),
+        entries as u64,
+        now,
+    )
+}
+
+/// A token bucket in [`NACK_UNIT`]s: refill `tokens` at `rate.0` a second up to a burst
+/// of `rate.1` since `at`, then take `n` if it holds them.
+fn take_tokens(
+    tokens: &mut u64,
+    at: &mut Option<Instant>,
+    rate: (u64, u64),
+    n: u64,
+    now: Instant,
+) -> bool {
+    if let Some(at) = *at {
         let us = now.saturating_duration_since(at).as_micros();
-        let earned = u64::try_from(us)
-            .unwrap_or(u64::MAX)
-            .saturating_mul(NACK_ENTRIES_PER_SECOND);
-        r.nack_tokens = r
-            .nack_tokens
-            .saturating_add(earned)
-            .min(NACK_ENTRIES_BURST * NACK_UNIT);
+        let earned = u64::try_from(us).unwrap_or(u64::MAX).saturating_mul(rate.0);
+        *tokens = tokens.saturating_add(earned).min(rate.1 * NACK_UNIT);
     }
-    r.nack_at = Some(now);
-    let cost = (entries as u64).saturating_mul(NACK_UNIT);
-    if r.nack_tokens >= cost {
-        r.nack_tokens -= cost;
+    *at = Some(now);
+    let cost = n.saturating_mul(NACK_UNIT);
+    if *tokens >= cost {
+        *tokens -= cost;
         true
     } else {
         false
@@ -2963,7 +3013,12 @@ mod tests {
         }
         let mut c2 = ctx(2);
         let mut rtx_seq = None;
-        for round in 0..2u16 {
+        for round in 0..3u16 {
+            if round == 2 {
+                // 2 moves (a merge, another loop): its RTX numbering goes on where it was.
+                let t = f.take_peer(2).unwrap();
+                f.add_peer(2, 7, t.addr, t.inbound, t.outbound, t.tables);
+            }
             // 11 is cached; 5 never came.
             let mut n = Vec::new();
             rtcp::write_nack(&mut n, 2, 100, [5, 11].into_iter());
@@ -3002,12 +3057,64 @@ mod tests {
         assert_eq!(
             retransmits(&mut f),
             [
-                (Retransmit::Sent, 2),
+                (Retransmit::Sent, 3),
                 (Retransmit::Unavailable, 1),
-                (Retransmit::Asked, 2)
+                (Retransmit::Asked, 3)
             ]
         );
         assert_eq!(drops(&mut f), []);
+    }
+
+    /// One small NACK asks for many packets (17 an entry): what the relay sends one
+    /// receiver again is bounded by its retransmission budget, the rest counted.
+    #[test]
+    fn retransmissions_to_one_receiver_are_budgeted() {
+        let mut f = Forwarder::new(None);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let t0 = Instant::now();
+        f.set_time(t0);
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            rtx_tables(96, Some(97), 1),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        f.set_receiving(2, vec![100]);
+        let mut tx = ctx(1);
+        let mut out = Outbox::default();
+        for seq in 0..600u16 {
+            let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, seq, b"p")).unwrap();
+            assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+            out.clear();
+        }
+        let mut c2 = ctx(2);
+        let mut nack_all = |f: &mut Forwarder| {
+            let mut n = Vec::new();
+            rtcp::write_nack(&mut n, 2, 100, 90..600u16);
+            let wire = c2.encrypt_rtcp(&n).unwrap();
+            let mut out = Outbox::default();
+            assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(0));
+            out.len()
+        };
+        let burst = RTX_PACKETS_BURST as usize;
+        assert_eq!(nack_all(&mut f), burst, "the burst, of 510 cached");
+        assert_eq!(
+            retransmits(&mut f),
+            [(Retransmit::Sent, burst as u64), (Retransmit::Limited, 10)]
+        );
+        // 100 ms later it has earned 50 more.
+        f.set_time(t0 + Duration::from_millis(100));
+        assert_eq!(nack_all(&mut f), RTX_PACKETS_PER_SECOND as usize / 10);
     }
 
     /// A gap in a sender's stream is asked for at once; the packet that comes back on its

@@ -1193,6 +1193,12 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
         self.take_drops(&e.drops);
         // What each datagram is, decrypted by its receiver's client side.
         let mut got: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
+        assert!(
+            out.len() >= e.asked.len(),
+            "the relay's NACKs to senders: {} of {}",
+            out.len(),
+            e.asked.len()
+        );
         let (mut feedback, mut pli, mut nack) = (None, None, None);
         for k in 0..out.len() {
             let (t, data) = out.get(k).expect("a queued datagram");

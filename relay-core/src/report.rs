@@ -69,8 +69,9 @@ pub enum DropReason {
     /// A NACK beyond its sender's budget of lost-packet entries (`NACK_ENTRIES_PER_SECOND`):
     /// a receiver asks for retransmissions at the rate real loss makes, not in storms.
     NackLimited,
-    /// A retransmission (RTX) from a sender of a packet the relay already holds: it was
-    /// forwarded when it first came, and each receiver's hop cannot take its index again.
+    /// A video packet the relay already holds (a retransmission on a sender's RTX stream,
+    /// or a late copy): it was forwarded when it first came, and each receiver's hop
+    /// cannot take its index again.
     RetransmitDuplicate,
     /// Padding alone on a sender's RTX stream: a bandwidth probe of its hop, counted for
     /// transport-cc and forwarded to nobody.
@@ -156,14 +157,18 @@ pub enum Retransmit {
     Asked,
     /// Came back from a sender's RTX stream and was forwarded as the packet it repairs.
     Recovered,
+    /// In the cache, but beyond the receiver's retransmission budget
+    /// (`forward::RTX_PACKETS_PER_SECOND`): not sent.
+    Limited,
 }
 
 impl Retransmit {
-    pub const ALL: [Retransmit; 4] = [
+    pub const ALL: [Retransmit; 5] = [
         Retransmit::Sent,
         Retransmit::Unavailable,
         Retransmit::Asked,
         Retransmit::Recovered,
+        Retransmit::Limited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +177,7 @@ impl Retransmit {
             Retransmit::Unavailable => "unavailable",
             Retransmit::Asked => "asked",
             Retransmit::Recovered => "recovered",
+            Retransmit::Limited => "limited",
         }
     }
 }

@@ -284,7 +284,7 @@ impl Metrics {
         d(
             M_RETRANSMITS,
             None,
-            "Packets receivers' NACKs asked for and the relay's own asking, by result: sent (from the packet cache), unavailable (cached, but the receiver takes no RTX), asked (of the sender), recovered (came back on a sender's RTX stream and was forwarded).",
+            "Packets receivers' NACKs asked for and the relay's own asking, by result: sent (from the packet cache), unavailable (cached, but the receiver takes no RTX), limited (over the receiver's retransmission budget), asked (of the sender), recovered (came back on a sender's RTX stream and was forwarded).",
         );
         d(
             M_POLICY_RELOADS,
