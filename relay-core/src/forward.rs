@@ -2960,6 +2960,35 @@ mod tests {
         PeerTables::new(&n, &[track], &[media, repair])
     }
 
+    /// A call at `now` of a Chrome-like sender (1: VP8 96, RTX 97, track 100 repaired on
+    /// 101) and a receiver of its track with other numbers (2: VP8 98, RTX 99), and the
+    /// address of each participant.
+    fn rtx_call(now: Instant) -> (Forwarder, fn(u16) -> SocketAddr) {
+        fn addr(i: u16) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], i))
+        }
+        let mut f = Forwarder::new(None);
+        f.set_time(now);
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            rtx_tables(96, Some(97), 1),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        f.set_receiving(2, vec![100]);
+        (f, addr)
+    }
+
     fn vp8_rtp(pt: u8, ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
         let mut b = rtp(ssrc, seq, payload);
         b[1] = pt;
@@ -2980,27 +3009,8 @@ mod tests {
     /// the NACK never reaches the sender itself.
     #[test]
     fn nacks_are_answered_from_the_cache_on_each_receivers_rtx_stream() {
-        let mut f = Forwarder::new(None);
-        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
-        f.set_time(Instant::now());
-        f.add_peer(
-            1,
-            7,
-            addr(1),
-            fast(1),
-            fast(11),
-            rtx_tables(96, Some(97), 1),
-        );
-        f.add_peer(
-            2,
-            7,
-            addr(2),
-            fast(2),
-            fast(12),
-            rtx_tables(98, Some(99), 2),
-        );
+        let (mut f, addr) = rtx_call(Instant::now());
         f.add_peer(3, 7, addr(3), fast(3), fast(13), rtx_tables(96, None, 3));
-        f.set_receiving(2, vec![100]);
         f.set_receiving(3, vec![100]);
         let mut tx = ctx(1);
         let payload = |seq: u16| format!("frame part {seq}").into_bytes();
@@ -3069,27 +3079,8 @@ mod tests {
     /// receiver again is bounded by its retransmission budget, the rest counted.
     #[test]
     fn retransmissions_to_one_receiver_are_budgeted() {
-        let mut f = Forwarder::new(None);
-        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
         let t0 = Instant::now();
-        f.set_time(t0);
-        f.add_peer(
-            1,
-            7,
-            addr(1),
-            fast(1),
-            fast(11),
-            rtx_tables(96, Some(97), 1),
-        );
-        f.add_peer(
-            2,
-            7,
-            addr(2),
-            fast(2),
-            fast(12),
-            rtx_tables(98, Some(99), 2),
-        );
-        f.set_receiving(2, vec![100]);
+        let (mut f, addr) = rtx_call(t0);
         let mut tx = ctx(1);
         let mut out = Outbox::default();
         for seq in 0..600u16 {
@@ -3123,26 +3114,7 @@ mod tests {
     /// counted. RTX padding (a probe) is taken for transport-cc and forwarded to no one.
     #[test]
     fn a_packet_lost_before_the_relay_is_asked_for_and_forwarded_when_it_comes() {
-        let mut f = Forwarder::new(None);
-        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
-        f.set_time(Instant::now());
-        f.add_peer(
-            1,
-            7,
-            addr(1),
-            fast(1),
-            fast(11),
-            rtx_tables(96, Some(97), 1),
-        );
-        f.add_peer(
-            2,
-            7,
-            addr(2),
-            fast(2),
-            fast(12),
-            rtx_tables(98, Some(99), 2),
-        );
-        f.set_receiving(2, vec![100]);
+        let (mut f, addr) = rtx_call(Instant::now());
         let mut tx = ctx(1);
         let mut out = Outbox::default();
         let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, 10, b"ten")).unwrap();
