@@ -3080,7 +3080,7 @@ mod tests {
     #[test]
     fn retransmissions_to_one_receiver_are_budgeted() {
         let t0 = Instant::now();
-        let (mut f, addr) = rtx_call(t0);
+        let (mut f, _) = rtx_call(t0);
         let mut tx = ctx(1);
         let mut out = Outbox::default();
         for seq in 0..600u16 {
