@@ -1099,9 +1099,12 @@ impl<H: HopCipher> Forwarder<H> {
             header[1] = (header[1] & 0x80) | sender.tables.pt_of_codec[codec as usize];
             header[2..4].copy_from_slice(osn);
             header[8..12].copy_from_slice(&media.to_be_bytes());
-            self.rtx_buf.clear();
-            self.rtx_buf.extend_from_slice(&header[..base]);
-            self.rtx_buf.extend_from_slice(original);
+            // Whole, for the tap only: receivers get the header and payload as parts.
+            if self.tap.is_some() {
+                self.rtx_buf.clear();
+                self.rtx_buf.extend_from_slice(&header[..base]);
+                self.rtx_buf.extend_from_slice(original);
+            }
             (codec, u16::from_be_bytes(*osn), original, true)
         } else {
             (codec, hdr.sequence, &plain[hdr.header_len..], false)
