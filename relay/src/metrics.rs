@@ -50,6 +50,7 @@ const M_DROPPED: &str = "blindrelay_packets_dropped_total";
 const M_SRTP_AUTH: &str = "blindrelay_srtp_auth_failures_total";
 const M_SRTP_REPLAY: &str = "blindrelay_srtp_replay_failures_total";
 const M_DTLS: &str = "blindrelay_dtls_handshakes_total";
+const M_DTLS_REPEATS: &str = "blindrelay_dtls_last_flight_repeats_total";
 const M_DTLS_TIME: &str = "blindrelay_dtls_handshake_duration_seconds";
 const M_JOINS: &str = "blindrelay_joins_total";
 const M_JOIN_TIME: &str = "blindrelay_join_duration_seconds";
@@ -110,6 +111,8 @@ pub struct Metrics {
     /// rather than the exporter's (whose sample buffer allocates as samples arrive).
     pub forwarding_latency: LatencyHistogram,
     pub dtls_handshake_time: Histogram,
+    /// The relay's last handshake flight sent again to a client that repeated its own.
+    pub dtls_last_flight_repeats: Counter,
     pub join_time: Histogram,
     /// Packets written to the capture file.
     pub capture_packets: Counter,
@@ -170,6 +173,7 @@ impl Metrics {
             ice_nominated_moves: c(M_ICE_MOVES, vec![]),
             forwarding_latency: LatencyHistogram::default(),
             dtls_handshake_time: h(M_DTLS_TIME),
+            dtls_last_flight_repeats: c(M_DTLS_REPEATS, vec![]),
             join_time: h(M_JOIN_TIME),
             capture_packets: c(M_CAPTURE_PKTS, vec![]),
             capture_dropped: c(M_CAPTURE_DROPPED, vec![]),
@@ -192,7 +196,7 @@ impl Metrics {
             .mls_refused
             .iter()
             .chain(&m.dropped)
-            .chain([&m.ice_nominated_moves])
+            .chain([&m.ice_nominated_moves, &m.dtls_last_flight_repeats])
         {
             c.increment(0);
         }
@@ -237,6 +241,11 @@ impl Metrics {
             "SRTP/SRTCP packets refused as replays.",
         );
         d(M_DTLS, None, "DTLS handshakes, by result.");
+        d(
+            M_DTLS_REPEATS,
+            None,
+            "The relay's last DTLS handshake flight sent again because the client repeated its own (the first was lost).",
+        );
         d(
             M_JOINS,
             None,

@@ -114,6 +114,42 @@ pub struct PacketConn {
     /// A datagram taken early (the first ClientHello, read for its SRTP profiles) and
     /// handed to the DTLS stack as its first read.
     peeked: std::sync::Mutex<Option<Bytes>>,
+    /// What this end last sent, kept to answer a peer that repeats its last flight.
+    flight: std::sync::Mutex<LastFlight>,
+    /// Called each time the last flight goes again (the relay counts it).
+    on_repeat: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// The datagrams this end wrote since it last read one. When a server's handshake ends,
+/// that is its last flight (ChangeCipherSpec + Finished). RFC 6347 §4.2.4: the server must
+/// send it again whenever the client repeats its own last flight, since the client cannot
+/// finish without it. webrtc-dtls stops its handshake state machine on completion and never
+/// does, so a lost last flight left the client's handshake stuck until its timeout (one
+/// lossy-path page in ten, bench/RESULTS.md). The conn does it instead.
+#[derive(Default)]
+struct LastFlight {
+    datagrams: Vec<Bytes>,
+    bytes: usize,
+    /// A datagram was read since the last write: the next write starts a new flight.
+    read_since: bool,
+    /// The handshake is over: `datagrams` is the last flight and no longer changes.
+    kept: bool,
+    /// Times the last flight went again; bounded, though the reply is never larger than
+    /// the client's own flight that asks for it.
+    repeats: u8,
+}
+
+/// A flight is a few records; more than this is not a last flight worth keeping.
+const LAST_FLIGHT_MAX_BYTES: usize = 8 * 1024;
+const LAST_FLIGHT_MAX_DATAGRAMS: usize = 8;
+/// The client gives up after its handshake timeout; at webrtc-dtls's doubling interval a
+/// dozen repeats outlast any timeout this project uses.
+const LAST_FLIGHT_MAX_REPEATS: u8 = 12;
+
+/// A DTLS record of the clear epoch carrying a handshake message (type 22, epoch 0):
+/// after the handshake, only a peer repeating its flight sends one.
+fn is_clear_handshake(d: &[u8]) -> bool {
+    d.first() == Some(&22) && d.get(3..5) == Some(&[0, 0])
 }
 
 impl PacketConn {
@@ -130,6 +166,8 @@ impl PacketConn {
                 remote: std::sync::Mutex::new(remote),
                 rx: Mutex::new(rx),
                 peeked: std::sync::Mutex::new(None),
+                flight: std::sync::Mutex::new(LastFlight::default()),
+                on_repeat: std::sync::OnceLock::new(),
             }),
             tx,
         )
@@ -147,6 +185,64 @@ impl PacketConn {
     /// retransmitted, or a later alert, goes there).
     pub fn set_remote(&self, addr: SocketAddr) {
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// The handshake is over: keep what was last sent as the last flight if this end is
+    /// the server (the end that sends the last flight), and stop recording writes.
+    fn handshake_done(&self, keep_last_flight: bool) {
+        let mut f = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+        // A server's handshake ends on writing its last flight, so what it wrote last is
+        // that flight even if a datagram was read since. A client's last write is not one.
+        if !keep_last_flight {
+            f.datagrams.clear();
+        }
+        f.kept = true;
+    }
+
+    /// The last flight to send again, when `d` repeats the peer's flight after the
+    /// handshake; empty otherwise.
+    fn repeat_for(&self, d: &[u8]) -> Vec<Bytes> {
+        let mut f = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !f.kept {
+            f.read_since = true;
+            return Vec::new();
+        }
+        if !is_clear_handshake(d) || f.repeats >= LAST_FLIGHT_MAX_REPEATS {
+            return Vec::new();
+        }
+        f.repeats += 1;
+        f.datagrams.clone()
+    }
+
+    /// Call `f` each time the last flight is sent again. Set once; later calls are ignored.
+    pub fn on_last_flight_repeat(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_repeat.set(Box::new(f));
+    }
+
+    /// Times the last flight was sent again.
+    pub fn last_flight_repeats(&self) -> u8 {
+        self.flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .repeats
+    }
+
+    fn record_sent(&self, d: &[u8]) {
+        let mut f = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+        if f.kept {
+            return;
+        }
+        if f.read_since {
+            f.read_since = false;
+            f.datagrams.clear();
+            f.bytes = 0;
+        }
+        if f.datagrams.len() < LAST_FLIGHT_MAX_DATAGRAMS
+            && f.bytes + d.len() <= LAST_FLIGHT_MAX_BYTES
+        {
+            f.bytes += d.len();
+            f.datagrams.push(Bytes::copy_from_slice(d));
+        }
     }
 
     /// Wait for the first datagram and keep it for the DTLS stack's first read.
@@ -234,6 +330,16 @@ impl webrtc_util::Conn for PacketConn {
             // spin a core until the conn is closed; wait for the close instead.
             return std::future::pending().await;
         };
+        let repeat = self.repeat_for(&pkt);
+        if !repeat.is_empty() {
+            if let Some(f) = self.on_repeat.get() {
+                f();
+            }
+        }
+        for d in repeat {
+            // Best effort, as any flight: the client repeats again if this is lost too.
+            let _ = self.socket.send_to(&d, self.remote()).await;
+        }
         let n = pkt.len().min(buf.len());
         buf[..n].copy_from_slice(&pkt[..n]);
         Ok(n)
@@ -242,9 +348,11 @@ impl webrtc_util::Conn for PacketConn {
         Ok((self.recv(buf).await?, self.remote()))
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.record_sent(buf);
         Ok(self.socket.send_to(buf, self.remote()).await?)
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.record_sent(buf);
         Ok(self.socket.send_to(buf, target).await?)
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -384,8 +492,11 @@ pub async fn handshake(
         ..Default::default()
     };
     let is_client = role == DtlsRole::Client;
-    let dtls = match tokio::time::timeout_at(deadline, DTLSConn::new(conn, config, is_client, None))
-        .await
+    let dtls = match tokio::time::timeout_at(
+        deadline,
+        DTLSConn::new(conn.clone(), config, is_client, None),
+    )
+    .await
     {
         Err(_) => return Err(TransportError::Timeout),
         Ok(Err(e)) => {
@@ -397,6 +508,7 @@ pub async fn handshake(
         }
         Ok(Ok(c)) => c,
     };
+    conn.handshake_done(!is_client);
     let profile = match dtls.selected_srtpprotection_profile() {
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {

@@ -375,6 +375,8 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
                         {
                             let (conn, dtls_tx) =
                                 PacketConn::new(media.socket.clone(), from, DTLS_QUEUE);
+                            let repeats = m.dtls_last_flight_repeats.clone();
+                            conn.on_last_flight_repeat(move || repeats.increment(1));
                             let e = slot.insert(AddrEntry {
                                 peer: p.peer,
                                 worker: p.worker,
