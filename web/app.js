@@ -47,6 +47,7 @@ const ERROR_TEXT = {
   merge_refused: 'You can only merge calls you are in.',
   ssrc_in_use: 'Another participant in this call already sends a stream with the same identifier (SSRC): reload the page to get new ones.',
   too_many_tracks: 'This page sends more audio or video tracks than the relay allows one participant.',
+  unknown_track: 'The page asked about a remote track the relay never offered it.',
   internal: 'The relay hit an internal error.',
   dev_tokens_disabled: 'Development tokens are off on this relay.',
   signalling_closed: 'The connection to the relay closed.',

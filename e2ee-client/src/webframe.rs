@@ -15,28 +15,7 @@ pub const VP8_KEY_CLEAR: usize = 10;
 /// Clear VP8 bytes before the SFrame on a delta frame.
 pub const VP8_DELTA_CLEAR: usize = 3;
 
-/// Length of the VP8 payload descriptor (RFC 7741 §4.2) at the start of an RTP payload, or
-/// `None` if the payload is too short to hold the descriptor it announces.
-pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
-    let first = *payload.first()?;
-    let mut n = 1;
-    if first & 0x80 != 0 {
-        let ext = *payload.get(1)?;
-        n = 2;
-        if ext & 0x80 != 0 {
-            // PictureID: 7 or 15 bits (M bit).
-            let pid = *payload.get(n)?;
-            n += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            n += 1; // TL0PICIDX
-        }
-        if ext & 0x30 != 0 {
-            n += 1; // TID / Y / KEYIDX
-        }
-    }
-    (payload.len() >= n).then_some(n)
-}
+pub use blindrelay_protocol::rtp::vp8_descriptor_len;
 
 /// How many clear bytes lead a VP8 frame of the web client: 10 on a key frame, 3 on a delta
 /// frame, never more than the frame.

@@ -77,6 +77,9 @@ pub struct MediaSection {
     pub rtx_ssrcs: Vec<u32>,
     /// Each `a=ssrc-group:FID` as (media SSRC, its RTX SSRC).
     pub repairs: Vec<(u32, u32)>,
+    /// The line's `a=ssrc-group:SIM`: its simulcast layers' SSRCs, lowest resolution
+    /// first (2 or 3; empty without simulcast).
+    pub simulcast: Vec<u32>,
 }
 
 /// What the relay needs from an offer.
@@ -148,6 +151,17 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
         push_ssrcs(md, &mut ssrcs)?;
         let mut rtx_ssrcs = Vec::new();
         let mut repairs = Vec::new();
+        let mut simulcast = Vec::new();
+        for a in &md.attributes {
+            if a.key == "ssrc-group" && simulcast.is_empty() {
+                let v = a.value.as_deref().unwrap_or("");
+                let mut f = v.split_whitespace();
+                if f.next() == Some("SIM") {
+                    let layers: Vec<u32> = f.filter_map(|x| x.parse().ok()).collect();
+                    simulcast = layers;
+                }
+            }
+        }
         for a in &md.attributes {
             if a.key == "ssrc-group" {
                 let v = a.value.as_deref().unwrap_or("");
@@ -172,6 +186,15 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
                 }
             }
         }
+        // Only the line's own SSRCs (each checked against the rest of the call), none an
+        // RTX stream, each once: a layer is a stream the relay switches receivers onto.
+        let layers_ok = (2..=MAX_LAYERS).contains(&simulcast.len())
+            && simulcast.iter().enumerate().all(|(i, l)| {
+                ssrcs.contains(l) && !rtx_ssrcs.contains(l) && !simulcast[..i].contains(l)
+            });
+        if !layers_ok {
+            simulcast.clear();
+        }
         let direction = ["sendrecv", "sendonly", "recvonly", "inactive"]
             .into_iter()
             .find(|d| md.has_attribute(d))
@@ -193,6 +216,7 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
             codec_attributes,
             rtx_ssrcs,
             repairs,
+            simulcast,
         });
     }
     if media.is_empty() {
@@ -655,14 +679,43 @@ pub fn call_codecs<'a>(members: impl IntoIterator<Item = &'a Numbering>) -> Code
     set
 }
 
+/// Simulcast layers one track may have: browsers send up to three.
+pub const MAX_LAYERS: usize = 3;
+
+/// A simulcast track's layers, lowest resolution first, each with its RTX SSRC.
+/// `count` 0: the track is not simulcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Layers {
+    pub ssrcs: [u32; MAX_LAYERS],
+    pub rtx: [Option<u32>; MAX_LAYERS],
+    pub count: u8,
+}
+
+impl Layers {
+    pub const NONE: Layers = Layers {
+        ssrcs: [0; MAX_LAYERS],
+        rtx: [None; MAX_LAYERS],
+        count: 0,
+    };
+
+    /// The layers' SSRCs, lowest first.
+    pub fn ssrcs(&self) -> &[u32] {
+        &self.ssrcs[..self.count as usize]
+    }
+}
+
 /// A track a participant sends: the primary SSRC of one of its sending m-lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentTrack {
     pub kind: &'static str,
+    /// What receivers know the track by: with simulcast, its lowest layer's SSRC (the
+    /// relay sends each receiver one layer under it).
     pub ssrc: u32,
     /// The SSRC it retransmits on (its `a=ssrc-group:FID` partner), if any. The relay
     /// retransmits the track to each receiver on it too, numbered per receiver.
     pub rtx: Option<u32>,
+    /// Its simulcast layers (`a=ssrc-group:SIM`), video only.
+    pub layers: Layers,
 }
 
 impl Offer {
@@ -672,15 +725,32 @@ impl Offer {
             .iter()
             .filter(|m| m.direction == "sendrecv" || m.direction == "sendonly")
             .filter_map(|m| {
-                let ssrc = *m.ssrcs.iter().find(|s| !m.rtx_ssrcs.contains(s))?;
                 let kind = if m.kind == "audio" { "audio" } else { "video" };
-                let rtx = m
-                    .repairs
-                    .iter()
-                    .find(|(media, _)| *media == ssrc)
-                    .map(|(_, r)| *r)
-                    .filter(|_| kind == "video");
-                Some(SentTrack { kind, ssrc, rtx })
+                let rtx_of = |ssrc: u32| {
+                    m.repairs
+                        .iter()
+                        .find(|(media, _)| *media == ssrc)
+                        .map(|(_, r)| *r)
+                        .filter(|_| kind == "video")
+                };
+                let mut layers = Layers::NONE;
+                if kind == "video" {
+                    for (i, l) in m.simulcast.iter().take(MAX_LAYERS).enumerate() {
+                        layers.ssrcs[i] = *l;
+                        layers.rtx[i] = rtx_of(*l);
+                        layers.count = i as u8 + 1;
+                    }
+                }
+                let ssrc = match layers.ssrcs().first() {
+                    Some(low) => *low,
+                    None => *m.ssrcs.iter().find(|s| !m.rtx_ssrcs.contains(s))?,
+                };
+                Some(SentTrack {
+                    kind,
+                    ssrc,
+                    rtx: rtx_of(ssrc),
+                    layers,
+                })
             })
             .collect()
     }
@@ -1083,11 +1153,13 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
                     kind: "audio",
                     ssrc: 1001,
                     rtx: None,
+                    layers: Layers::NONE,
                 },
                 SentTrack {
                     kind: "video",
                     ssrc: 2001,
                     rtx: Some(2002),
+                    layers: Layers::NONE,
                 }
             ],
             "RTX (FID second) is not a track, but the repair of one"
@@ -1273,6 +1345,48 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
             parse_offer(&twice).unwrap().media[1].repairs,
             vec![(2001, 2002)]
         );
+    }
+
+    /// An `a=ssrc-group:SIM` of two or three of the line's own SSRCs makes its track
+    /// simulcast, lowest layer first, each layer with its FID partner; the track is known
+    /// by its lowest layer. A group naming a foreign SSRC, an RTX SSRC, one SSRC twice, or
+    /// more than three layers is ignored.
+    #[test]
+    fn a_sim_group_of_the_lines_own_ssrcs_makes_simulcast_layers() {
+        let layers = "a=ssrc-group:SIM 2003 2001 2005\r\na=ssrc-group:FID 2003 2004\r\n\
+            a=ssrc-group:FID 2005 2006\r\na=ssrc:2003 cname:abc\r\na=ssrc:2004 cname:abc\r\n\
+            a=ssrc:2005 cname:abc\r\na=ssrc:2006 cname:abc\r\n";
+        let sim = CHROME_OFFER.replace(
+            "a=ssrc-group:FID 2001 2002\r\n",
+            &format!("a=ssrc-group:FID 2001 2002\r\n{layers}"),
+        );
+        let o = parse_offer(&sim).unwrap();
+        assert_eq!(o.media[1].simulcast, [2003, 2001, 2005]);
+        let t = o.sent_tracks()[1];
+        assert_eq!(
+            (t.ssrc, t.rtx),
+            (2003, Some(2004)),
+            "known by its lowest layer"
+        );
+        assert_eq!(t.layers.ssrcs(), [2003, 2001, 2005]);
+        assert_eq!(t.layers.rtx, [Some(2004), Some(2002), Some(2006)]);
+        assert_eq!(o.sent_tracks()[0].layers, Layers::NONE, "audio");
+        for bad in [
+            "SIM 2003 2001 7777",
+            "SIM 2003 2004",
+            "SIM 2003 2003 2001",
+            "SIM 2003",
+            "SIM 2003 2001 2005 2006",
+        ] {
+            let o = parse_offer(&sim.replace("SIM 2003 2001 2005", bad)).unwrap();
+            assert!(o.media[1].simulcast.is_empty(), "{bad}");
+            assert_eq!(o.sent_tracks()[1].layers.count, 0, "{bad}");
+            assert_eq!(
+                o.sent_tracks()[1].ssrc,
+                2003,
+                "{bad}: the line's first SSRC"
+            );
+        }
     }
 
     /// A participant that offers RTX gets NACK and RTX on its own line (so it answers

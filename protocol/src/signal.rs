@@ -51,6 +51,14 @@ pub enum ClientMessage {
     Leave,
     /// The answer to the relay's `offer` of the same revision.
     Answer { sdp: String, revision: u64 },
+    /// Send me pictures at most `height` lines tall of the remote video track on my
+    /// m-line `mid` (absent: no limit). For a simulcast track the relay sends the tallest
+    /// layer within it, from the layer's next key frame; other tracks are unaffected.
+    MaxResolution {
+        mid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+    },
 }
 
 /// How an end-to-end encrypted call agrees its keys.
@@ -259,6 +267,8 @@ pub enum ErrorCode {
     /// participant (`calls.max_audio_tracks`, `calls.max_video_tracks`), or lines beyond
     /// the sizes the relay's offers are bounded for (mid, SSRCs, fmtp).
     TooManyTracks,
+    /// A message names a remote track (by mid) the participant was not offered.
+    UnknownTrack,
     Internal,
 }
 
@@ -294,6 +304,7 @@ impl ErrorCode {
             ErrorCode::HelloTimeout => "hello_timeout",
             ErrorCode::SsrcInUse => "ssrc_in_use",
             ErrorCode::TooManyTracks => "too_many_tracks",
+            ErrorCode::UnknownTrack => "unknown_track",
             ErrorCode::Internal => "internal",
         }
     }
@@ -320,6 +331,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, Str
         "chat",
         "leave",
         "answer",
+        "max_resolution",
         "mls_key_package",
         "mls_commit",
         "mls_joined",

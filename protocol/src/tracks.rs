@@ -193,6 +193,7 @@ pub fn largest_offer_message_bytes(
         codec_attributes: Vec::new(),
         rtx_ssrcs: Vec::new(),
         repairs: Vec::new(),
+        simulcast: Vec::new(),
     };
     let media = (0..limits.audio)
         .map(|i| own_line("audio", i))

@@ -5,10 +5,11 @@
 
 use super::hop::{HopCipher, HopError};
 use super::report::{DropReason, Retransmit};
+use super::simulcast::{self, LayerState, Route, SimulcastTrack};
 use super::{CallKey, PeerId};
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::{find_extension, RtpHeader};
-use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack, CODEC_COUNT};
+use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack, CODEC_COUNT, MAX_LAYERS};
 use blindrelay_protocol::twcc::{self, Arrival, SeqUnwrapper};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
 use foldhash::HashMap;
@@ -206,6 +207,9 @@ const CACHE_SLOT_BYTES: usize = 1500;
 const MAX_UPLINK_GAP: u16 = 64;
 /// Video streams a participant (or node link end) may have cached at once.
 const MAX_CACHED_STREAMS: usize = 64;
+/// Remote simulcast tracks a receiver keeps a layer choice for: more than a call's
+/// participants send. A track beyond it is not sent to that receiver.
+pub const MAX_LAYER_STATES: usize = 64;
 /// How often at most a participant's liveness (consent) is reported: consent is judged in
 /// seconds, and the forwarding loop must not send the control plane an event per packet.
 pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
@@ -241,6 +245,12 @@ pub struct PeerTables {
     /// here so it moves with the hop contexts (`take_peer`): a numbering that restarted
     /// would only meet SRTP indices its hop refuses to seal again.
     rtx_next: Vec<(u32, u16)>,
+    /// As a sender: its simulcast tracks (each layer also in `ssrcs` and `video_ssrcs`).
+    pub simulcast: Vec<SimulcastTrack>,
+    /// As a receiver: which layer of each remote simulcast track it is sent, and its own
+    /// numbering of it (at most [`MAX_LAYER_STATES`]). Kept here, as `rtx_next`, so it
+    /// moves with the hop contexts.
+    layer_states: Vec<LayerState>,
 }
 
 /// Payload types on node links: one fixed number per codec, whatever the participants
@@ -257,6 +267,9 @@ pub struct PeerTablesWire {
     pub rtx: Vec<(u8, u8)>,
     #[serde(default)]
     pub repairs: Vec<(u32, u32)>,
+    /// Simulcast tracks: each one's layer SSRCs, lowest first.
+    #[serde(default)]
+    pub simulcast: Vec<Vec<u32>>,
     pub twcc_id: u8,
     pub ssrcs: Vec<u32>,
     pub video_ssrcs: Vec<u32>,
@@ -272,6 +285,8 @@ pub enum TablesError {
     Codec(u8),
     #[error("{0} SSRCs is more than a participant may have")]
     TooMany(usize),
+    #[error("a simulcast track has 2 or 3 layers, each an SSRC of the participant's own")]
+    Simulcast,
 }
 
 /// SSRCs one side of a node link may list in one table: a call's worth of tracks.
@@ -286,17 +301,31 @@ impl PeerTables {
             repairs: tracks
                 .iter()
                 .filter_map(|t| Some((t.ssrc, t.rtx?)))
+                .chain(tracks.iter().flat_map(|t| {
+                    // Each layer but the lowest (the track's own SSRC, just above).
+                    let l = &t.layers;
+                    (1..l.count as usize).filter_map(|i| Some((l.ssrcs[i], l.rtx[i]?)))
+                }))
                 .collect(),
             twcc_id: n.twcc.unwrap_or(0),
             ssrcs: announced.to_vec(),
             video_ssrcs: tracks
                 .iter()
                 .filter(|t| t.kind == "video")
-                .map(|t| t.ssrc)
+                .flat_map(|t| {
+                    let layers = t.layers.ssrcs();
+                    std::iter::once(t.ssrc).chain(layers.iter().copied().filter(|l| *l != t.ssrc))
+                })
                 .collect(),
             receiving: Some(Vec::new()),
             link: false,
             rtx_next: Vec::new(),
+            simulcast: tracks
+                .iter()
+                .filter(|t| t.kind == "video" && t.layers.count >= 2)
+                .map(|t| SimulcastTrack::new(t.ssrc, t.layers))
+                .collect(),
+            layer_states: Vec::new(),
         };
         for c in Codec::ALL {
             if let Some(pt) = n.pt_of(c).filter(|pt| *pt < 128) {
@@ -331,6 +360,8 @@ impl PeerTables {
             receiving: Some(receiving),
             link: true,
             rtx_next: Vec::new(),
+            simulcast: Vec::new(),
+            layer_states: Vec::new(),
         };
         for c in Codec::ALL {
             let pt = LINK_PT_BASE + c as u8;
@@ -352,6 +383,11 @@ impl PeerTables {
                 .map(|c| (self.rtx_pt_of_codec[c.index()], c as u8))
                 .collect(),
             repairs: self.repairs.clone(),
+            simulcast: self
+                .simulcast
+                .iter()
+                .map(|t| t.layers.ssrcs().to_vec())
+                .collect(),
             twcc_id: self.twcc_id,
             ssrcs: self.ssrcs.clone(),
             video_ssrcs: self.video_ssrcs.clone(),
@@ -370,8 +406,22 @@ impl PeerTables {
         .into_iter()
         .max()
         .unwrap_or(0);
-        if most > MAX_WIRE_SSRCS {
-            return Err(TablesError::TooMany(most));
+        if most > MAX_WIRE_SSRCS || w.simulcast.len() > MAX_WIRE_SSRCS {
+            return Err(TablesError::TooMany(most.max(w.simulcast.len())));
+        }
+        let mut simulcast = Vec::with_capacity(w.simulcast.len());
+        for layers in &w.simulcast {
+            let own = (2..=MAX_LAYERS).contains(&layers.len())
+                && layers.iter().enumerate().all(|(i, l)| {
+                    w.ssrcs.contains(l) && w.video_ssrcs.contains(l) && !layers[..i].contains(l)
+                });
+            if !own {
+                return Err(TablesError::Simulcast);
+            }
+            let mut l = Layers::NONE;
+            l.ssrcs[..layers.len()].copy_from_slice(layers);
+            l.count = layers.len() as u8;
+            simulcast.push(SimulcastTrack::new(layers[0], l));
         }
         let mut t = PeerTables {
             codec_of_pt: [NO; 128],
@@ -384,6 +434,8 @@ impl PeerTables {
             receiving: w.receiving,
             link: false,
             rtx_next: Vec::new(),
+            simulcast,
+            layer_states: Vec::new(),
         };
         for (pt, c) in w.codecs {
             if pt >= 128 {
@@ -588,12 +640,16 @@ pub struct Forwarder<H> {
     own_rtcp: Vec<u8>,
     /// Reused buffer for a repaired packet or an RTX payload.
     rtx_buf: Vec<u8>,
-    /// Reused list of the packets a receiver's NACK asked for that the cache lacks.
-    misses: Vec<u16>,
+    /// Reused list of the packets (stream, sequence number) a receiver's NACK asked for
+    /// that the cache lacks.
+    misses: Vec<(u32, u16)>,
     /// Retransmissions since the last [`Forwarder::take_retransmits`], by [`Retransmit`].
     retransmits: [u64; Retransmit::ALL.len()],
+    /// Simulcast layer switches since the last [`Forwarder::take_layer_switches`].
+    layer_switches: u64,
     /// The arrival time of the packet being handled (sans-IO: the loop passes it in).
     now: Option<Instant>,
+
     /// Origin of the microsecond clock in transport-cc feedback.
     epoch: Option<Instant>,
     /// Participants whose SRTP or SRTCP authenticated since the last
@@ -678,6 +734,7 @@ impl<H> Default for Forwarder<H> {
             rtx_buf: Vec::new(),
             misses: Vec::new(),
             retransmits: [0; Retransmit::ALL.len()],
+            layer_switches: 0,
             now: None,
             epoch: None,
             active: Vec::new(),
@@ -782,10 +839,54 @@ impl<H: HopCipher> Forwarder<H> {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.media_started.retain(|s| ssrcs.contains(s));
             p.tables.rtx_next.retain(|(s, _)| ssrcs.contains(s));
+            p.tables.layer_states.retain(|s| ssrcs.contains(&s.track));
             p.media_started
                 .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
             p.tables.receiving = Some(ssrcs);
         }
+    }
+
+    /// `peer` asks for pictures at most `max_height` tall (`u16::MAX`: no limit) of the
+    /// remote simulcast track it knows as `track`: it is sent the tallest layer within
+    /// that, moved at the layer's next key frame. If that is a layer above the one it is
+    /// sent, the track's sender is asked for key frames at once. Returns whether `peer`
+    /// is here (the driver tells every loop; the others ignore it).
+    pub fn set_max_height(&mut self, peer: PeerId, track: u32, max_height: u16) -> bool {
+        let Some(r) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let call = r.call;
+        let states = &mut r.tables.layer_states;
+        let i = match states.iter().position(|s| s.track == track) {
+            Some(i) => i,
+            None if states.len() < MAX_LAYER_STATES => {
+                states.push(LayerState::new(track));
+                states.len() - 1
+            }
+            None => return true,
+        };
+        states[i].max_height = max_height;
+        let st = states[i].clone();
+        let Some(owner) = self.ssrc_owner.get(&(call, track)).copied() else {
+            return true;
+        };
+        if let Some(o) = self.peers.get_mut(&owner) {
+            let up = o
+                .tables
+                .simulcast
+                .iter()
+                .find(|t| t.track == track)
+                .is_some_and(|t| st.current == simulcast::NO_LAYER || st.target(t) > st.current);
+            if up {
+                o.pli_due = true;
+            }
+        }
+        true
+    }
+
+    /// Layer switches made for receivers since the last call.
+    pub fn take_layer_switches(&mut self) -> u64 {
+        std::mem::take(&mut self.layer_switches)
     }
 
     /// A node link's end in its call now sends `ssrcs` (`video` of them video, repaired on
@@ -1116,6 +1217,24 @@ impl<H: HopCipher> Forwarder<H> {
                 data: if recovered { &self.rtx_buf } else { plain },
             });
         }
+        // A simulcast layer: receivers know it by its track's SSRC, and each is sent one
+        // layer, moved at key frames.
+        let layer = sender.tables.simulcast.iter_mut().find_map(|t| {
+            let l = t.layer_of(media)?;
+            Some((t, l))
+        });
+        let key = layer.is_some() && simulcast::starts_keyframe(codec, payload);
+        let layer = layer.map(|(t, l)| {
+            if key && codec == Codec::Vp8 as u8 {
+                // Its height now, for receivers that ask for at most some height.
+                if let Some(h) = simulcast::vp8_keyframe_height(payload) {
+                    t.heights[l as usize] = h;
+                }
+            }
+            (*t, l)
+        });
+        let track = layer.map_or(media, |(t, _)| t.track);
+        let ts = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if codec != Codec::Opus as u8 {
             let stored = cache_put(sender, media, seq, codec, &header[..base], payload);
             match stored {
@@ -1156,6 +1275,7 @@ impl<H: HopCipher> Forwarder<H> {
             );
         }
         let mut n = 0;
+        let now = self.now;
         for to in &self.scratch {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
@@ -1163,7 +1283,7 @@ impl<H: HopCipher> Forwarder<H> {
             if r.tables
                 .receiving
                 .as_ref()
-                .is_some_and(|ok| !ok.contains(&media))
+                .is_some_and(|ok| !ok.contains(&track))
             {
                 // No track for it yet: the receiver has not answered the offer adding it.
                 continue;
@@ -1173,7 +1293,30 @@ impl<H: HopCipher> Forwarder<H> {
                 // This receiver cannot decode the codec: it was never offered the track.
                 continue;
             }
-            if r.tables.receiving.is_some() && !r.media_started.contains(&media) {
+            if let Some((t, l)) = layer {
+                let states = &mut r.tables.layer_states;
+                let i = match states.iter().position(|s| s.track == track) {
+                    Some(i) => i,
+                    None if states.len() < MAX_LAYER_STATES => {
+                        states.push(LayerState::new(track));
+                        states.len() - 1
+                    }
+                    None => continue,
+                };
+                let target = states[i].target(&t);
+                let before = states[i].switches;
+                let route = states[i].route(l, target, seq, ts, key, now);
+                self.layer_switches += states[i].switches - before;
+                match route {
+                    Route::Skip => continue,
+                    Route::Send { seq, ts } => {
+                        header[2..4].copy_from_slice(&seq.to_be_bytes());
+                        header[4..8].copy_from_slice(&ts.to_be_bytes());
+                        header[8..12].copy_from_slice(&track.to_be_bytes());
+                    }
+                }
+            }
+            if r.tables.receiving.is_some() && !r.media_started.contains(&track) {
                 if padding {
                     // A sender's bandwidth probe carries the timestamp of its last frame.
                     // As a receiver's first packet of the stream it would be a frame of its
@@ -1183,7 +1326,7 @@ impl<H: HopCipher> Forwarder<H> {
                     continue;
                 }
                 if r.media_started.len() < r.media_started.capacity() {
-                    r.media_started.push(media);
+                    r.media_started.push(track);
                 }
             }
             header[1] = (header[1] & 0x80) | pt;
@@ -1231,6 +1374,7 @@ impl<H: HopCipher> Forwarder<H> {
             rtx_buf,
             misses,
             retransmits,
+            own_rtcp,
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
@@ -1303,6 +1447,19 @@ impl<H: HopCipher> Forwarder<H> {
                 RtcpRoute::MediaSender(ssrc) => feedback_sender_ok(&p, call, from, ssrc_owner)
                     .and_then(|()| feedback_target(peers, ssrc_owner, call, from, ssrc))
                     .and_then(|target| match (target, *now) {
+                        (Some(o), Some(now))
+                            if rtcp::is_keyframe_request(&p)
+                                && simulcast_of(peers, o, ssrc).is_some() =>
+                        {
+                            // About the layer the receiver is sent (or is to be): the
+                            // relay asks for it, in a PLI of its own.
+                            if keyframe_for_layer(peers, from, o, ssrc, now, own_rtcp, out) {
+                                answered = true;
+                                Ok(None)
+                            } else {
+                                Err(DropReason::KeyframeRequestLimited)
+                            }
+                        }
                         (Some(o), Some(now)) if rtcp::is_keyframe_request(&p) => {
                             let admitted =
                                 peers.get_mut(&o).is_none_or(|m| ask_keyframe(m, ssrc, now));
@@ -1317,9 +1474,10 @@ impl<H: HopCipher> Forwarder<H> {
                                 Err(DropReason::NackLimited)
                             }
                             Some(_)
-                                if peers
-                                    .get(&o)
-                                    .is_some_and(|s| s.caches.iter().any(|c| c.ssrc == ssrc)) =>
+                                if peers.get(&o).is_some_and(|s| {
+                                    s.caches.iter().any(|c| c.ssrc == ssrc)
+                                        || s.tables.simulcast.iter().any(|t| t.track == ssrc)
+                                }) =>
                             {
                                 answer_nack(
                                     peers,
@@ -1363,7 +1521,30 @@ impl<H: HopCipher> Forwarder<H> {
                     continue;
                 }
                 match p.route() {
-                    RtcpRoute::Others => part.extend_from_slice(p.bytes),
+                    RtcpRoute::Others => match sender_report_layer(peers, from, &p) {
+                        // A sender report about a simulcast layer goes only to the
+                        // receivers sent that layer, as about the track and on their clock.
+                        Some((track, layer)) => {
+                            let delta = peers.get(to).and_then(|r| {
+                                r.tables
+                                    .layer_states
+                                    .iter()
+                                    .find(|x| x.track == track)
+                                    .and_then(|x| x.ts_delta_of(layer))
+                            });
+                            if let (Some(d), Some(rtp_ts)) = (delta, p.bytes.get(16..20)) {
+                                let ts = u32::from_be_bytes([
+                                    rtp_ts[0], rtp_ts[1], rtp_ts[2], rtp_ts[3],
+                                ]);
+                                let at = part.len();
+                                part.extend_from_slice(p.bytes);
+                                part[at + 4..at + 8].copy_from_slice(&track.to_be_bytes());
+                                part[at + 16..at + 20]
+                                    .copy_from_slice(&ts.wrapping_add(d).to_be_bytes());
+                            }
+                        }
+                        None => part.extend_from_slice(p.bytes),
+                    },
                     RtcpRoute::ReportBlocks => {
                         for (ssrc, block) in rtcp::report_blocks(&p) {
                             if feedback_target(peers, ssrc_owner, call, from, ssrc) == Ok(Some(*to))
@@ -1386,6 +1567,10 @@ impl<H: HopCipher> Forwarder<H> {
             let Some(r) = peers.get_mut(to) else {
                 continue;
             };
+            if part.is_empty() {
+                // Its share was only reports about simulcast layers it is not sent.
+                continue;
+            }
             match out.push(r.addr, true, &mut r.outbound, part) {
                 Ok(()) => n += 1,
                 Err(reason) => drops[reason as usize] += 1,
@@ -1421,6 +1606,80 @@ fn cache_put<H>(
     Some(sender.caches[i].put(seq, codec, header, payload))
 }
 
+/// `owner`'s simulcast track that receivers know as `ssrc`.
+fn simulcast_of<H>(
+    peers: &HashMap<PeerId, PeerMedia<H>>,
+    owner: PeerId,
+    ssrc: u32,
+) -> Option<SimulcastTrack> {
+    peers
+        .get(&owner)?
+        .tables
+        .simulcast
+        .iter()
+        .find(|t| t.track == ssrc)
+        .copied()
+}
+
+/// The (track, layer) a sender report from `from` is about, if it is about one of its
+/// simulcast layers.
+fn sender_report_layer<H>(
+    peers: &HashMap<PeerId, PeerMedia<H>>,
+    from: PeerId,
+    p: &rtcp::RtcpPacket<'_>,
+) -> Option<(u32, u8)> {
+    if p.packet_type != rtcp::PT_SR {
+        return None;
+    }
+    let ssrc = p.sender_ssrc?;
+    peers
+        .get(&from)?
+        .tables
+        .simulcast
+        .iter()
+        .find_map(|t| Some((t.track, t.layer_of(ssrc)?)))
+}
+
+/// A receiver's keyframe request about `owner`'s simulcast track `track`: the relay asks
+/// `owner` for a key frame of the layer the receiver is on, or is waiting for, within
+/// [`KEYFRAME_REQUEST_INTERVAL`] per layer. Returns whether it asked.
+fn keyframe_for_layer<H: HopCipher>(
+    peers: &mut HashMap<PeerId, PeerMedia<H>>,
+    receiver: PeerId,
+    owner: PeerId,
+    track: u32,
+    now: Instant,
+    buf: &mut Vec<u8>,
+    out: &mut Outbox,
+) -> bool {
+    let Some(t) = simulcast_of(peers, owner, track) else {
+        return false;
+    };
+    let layer = peers
+        .get(&receiver)
+        .and_then(|r| r.tables.layer_states.iter().find(|s| s.track == track))
+        .map_or(t.top(), |s| {
+            if s.current == simulcast::NO_LAYER {
+                s.target(&t)
+            } else {
+                s.current
+            }
+        });
+    let Some(ssrc) = t.ssrc_of(layer) else {
+        return false;
+    };
+    let Some(o) = peers.get_mut(&owner) else {
+        return false;
+    };
+    if !ask_keyframe(o, ssrc, now) {
+        return false;
+    }
+    buf.clear();
+    buf.extend_from_slice(&rtcp::pli(RELAY_SSRC, ssrc));
+    let _ = out.push(o.addr, true, &mut o.outbound, buf);
+    true
+}
+
 /// Answer `receiver`'s NACK `p` about `sender`'s stream `ssrc` from the cache: each packet
 /// it holds goes again, on the receiver's RTX stream (numbered per receiver), or as it
 /// was over a node link (no SRTP there); the packets it lacks are asked of the sender in
@@ -1434,7 +1693,7 @@ fn answer_nack<H: HopCipher>(
     ssrc: u32,
     p: &rtcp::RtcpPacket<'_>,
     buf: &mut Vec<u8>,
-    misses: &mut Vec<u16>,
+    misses: &mut Vec<(u32, u16)>,
     counts: &mut [u64; Retransmit::ALL.len()],
     drops: &mut [u64; DropReason::ALL.len()],
     now: Instant,
@@ -1444,9 +1703,18 @@ fn answer_nack<H: HopCipher>(
     let [Some(r), Some(s)] = peers.get_disjoint_mut([&receiver, &sender]) else {
         return;
     };
-    let Some(cache) = s.caches.iter().find(|c| c.ssrc == ssrc) else {
+    // A simulcast track: the receiver names its own numbers, each from one layer.
+    let sim = s.tables.simulcast.iter().find(|t| t.track == ssrc).copied();
+    let state = sim.and_then(|_| {
+        r.tables
+            .layer_states
+            .iter()
+            .find(|x| x.track == ssrc)
+            .cloned()
+    });
+    if sim.is_none() && !s.caches.iter().any(|c| c.ssrc == ssrc) {
         return;
-    };
+    }
     let rtx_ssrc = s
         .tables
         .repairs
@@ -1455,8 +1723,25 @@ fn answer_nack<H: HopCipher>(
         .map(|(_, x)| *x);
     misses.clear();
     for seq in rtcp::nack_lost(p) {
-        let Some((codec, packet)) = cache.get(seq) else {
-            misses.push(seq);
+        let (src, src_seq, ts_delta) = match (sim, &state) {
+            (None, _) => (ssrc, seq, None),
+            (Some(t), Some(st)) => match st
+                .original(seq)
+                .and_then(|(l, q, d)| Some((t.ssrc_of(l)?, q, d)))
+            {
+                Some((layer_ssrc, q, d)) => (layer_ssrc, q, Some(d)),
+                // Not a number it was sent, or from before the switches remembered.
+                None => continue,
+            },
+            (Some(_), None) => continue,
+        };
+        let Some((codec, packet)) = s
+            .caches
+            .iter()
+            .find(|c| c.ssrc == src)
+            .and_then(|c| c.get(src_seq))
+        else {
+            misses.push((src, src_seq));
             continue;
         };
         let pt = r.tables.pt_of_codec[codec as usize];
@@ -1467,6 +1752,13 @@ fn answer_nack<H: HopCipher>(
         let mut header = [0u8; 12 + 4 * 15];
         header[..base].copy_from_slice(&packet[..base]);
         let payload = &packet[base..];
+        if let (Some(d), true) = (ts_delta, base >= 12) {
+            // As the receiver was sent it: its numbers, on its clock, under the track.
+            let ts = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            header[2..4].copy_from_slice(&seq.to_be_bytes());
+            header[4..8].copy_from_slice(&ts.wrapping_add(d).to_be_bytes());
+            header[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        }
         let rtx_pt = r.tables.rtx_pt_of_codec[codec as usize];
         let can_send = r.tables.link || (rtx_ssrc.is_some() && rtx_pt != NO);
         if can_send
@@ -1514,8 +1806,15 @@ fn answer_nack<H: HopCipher>(
         }
     }
     if !misses.is_empty() {
+        // One NACK per stream asked about (with simulcast, per layer), in one compound.
         buf.clear();
-        rtcp::write_nack(buf, RELAY_SSRC, ssrc, misses.iter().copied());
+        for (i, (m, _)) in misses.iter().enumerate() {
+            if misses[..i].iter().any(|(x, _)| x == m) {
+                continue;
+            }
+            let lost = misses.iter().filter(|(x, _)| x == m).map(|(_, q)| *q);
+            rtcp::write_nack(buf, RELAY_SSRC, *m, lost);
+        }
         if out.push(s.addr, true, &mut s.outbound, buf).is_ok() {
             counts[Retransmit::Asked as usize] += misses.len() as u64;
         }
@@ -2301,6 +2600,7 @@ mod tests {
                 kind: "video",
                 ssrc: *s,
                 rtx: None,
+                layers: Layers::NONE,
             })
             .collect();
         PeerTables::new(&n, &tracks, ssrcs)
@@ -2959,6 +3259,7 @@ mod tests {
             kind: "video",
             ssrc: media,
             rtx: rtx.map(|_| repair),
+            layers: Layers::NONE,
         };
         PeerTables::new(&n, &[track], &[media, repair])
     }
@@ -3200,5 +3501,253 @@ mod tests {
         let big = vec![0u8; CACHE_SLOT_BYTES];
         assert_eq!(c.put(far.wrapping_add(1), 1, &h, &big), Stored::New);
         assert!(c.get(far.wrapping_add(1)).is_none());
+    }
+
+    /// A VP8 packet's payload: the descriptor (start of the frame) and, on a key frame,
+    /// the 10 bytes the web client leaves clear (frame tag, start code, 640 x `h`), then a
+    /// body that stands for the sealed frame.
+    fn vp8_frame(key: bool, h: u16, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x10];
+        if key {
+            p.extend_from_slice(&[0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02]);
+            p.extend_from_slice(&h.to_le_bytes());
+        } else {
+            p.extend_from_slice(&[0x31, 0x00, 0x00]);
+        }
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn with_ts(mut b: Vec<u8>, ts: u32) -> Vec<u8> {
+        b[4..8].copy_from_slice(&ts.to_be_bytes());
+        b
+    }
+
+    /// A simulcast sender's three layers (SSRCs 100, 102, 104, heights 180, 360, 720):
+    /// each receiver is sent one layer under the track's SSRC (100), numbered on across
+    /// switches, moved only at key frames; its NACKs, keyframe requests and the sender's
+    /// reports are mapped to the layer it gets.
+    #[test]
+    fn each_receiver_gets_one_simulcast_layer_under_the_tracks_ssrc() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(111);
+        n.pt[Codec::Vp8.index()] = Some(96);
+        n.rtx[Codec::Vp8.index()] = Some(97);
+        let layers = Layers {
+            ssrcs: [100, 102, 104],
+            rtx: [Some(101), Some(103), Some(105)],
+            count: 3,
+        };
+        let track = SentTrack {
+            kind: "video",
+            ssrc: 100,
+            rtx: Some(101),
+            layers,
+        };
+        let mut f = Forwarder::new(None);
+        f.set_time(ms(0));
+        let sender = PeerTables::new(&n, &[track], &[100, 101, 102, 103, 104, 105]);
+        assert_eq!(sender.video_ssrcs, [100, 102, 104]);
+        assert_eq!(sender.repairs, [(100, 101), (102, 103), (104, 105)]);
+        f.add_peer(1, 7, addr(1), fast(1), fast(11), sender);
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        f.add_peer(
+            3,
+            7,
+            addr(3),
+            fast(3),
+            fast(13),
+            rtx_tables(96, Some(97), 3),
+        );
+        f.set_receiving(2, vec![100]);
+        f.set_receiving(3, vec![100]);
+        // 3 asks for at most 200 lines: the 180 layer, once the heights are known.
+        assert!(f.set_max_height(3, 100, 200));
+        let heights = [180u16, 360, 720];
+        let body = |l: usize, k: u16| format!("layer {l} frame {k}").into_bytes();
+        /// (seq, ts, ssrc, pt, payload) of a packet a receiver got.
+        type Got = (u16, u32, u32, u8, Vec<u8>);
+        /// The sender's context, each receiver's, and what each got.
+        struct Ends {
+            tx: Context,
+            rx: HashMap<u16, Context>,
+            got: HashMap<u16, Vec<Got>>,
+        }
+        let mut e = Ends {
+            tx: ctx(1),
+            rx: [(2, ctx_replay(12)), (3, ctx_replay(13))]
+                .into_iter()
+                .collect(),
+            got: HashMap::default(),
+        };
+        let send = |e: &mut Ends, f: &mut Forwarder, l: usize, k: u16, key: bool, at: u64| {
+            f.set_time(ms(at));
+            let seq = 1000 * (l as u16 + 1) + k;
+            let ts = 90_000 * (l as u32 + 1) + 3000 * u32::from(k);
+            let frame = vp8_frame(key, heights[l], &body(l, k));
+            let pkt = with_ts(vp8_rtp(96, layers.ssrcs[l], seq, &frame), ts);
+            let wire = e.tx.encrypt_rtp(&pkt).unwrap();
+            let mut out = Outbox::default();
+            f.on_rtp(1, &wire, &mut out).unwrap();
+            for i in 0..out.len() {
+                let (t, d) = out.get(i).unwrap();
+                if t.rtcp {
+                    continue;
+                }
+                let port = t.to.port();
+                let clear = e.rx.get_mut(&port).unwrap().decrypt_rtp(d).unwrap();
+                let h = RtpHeader::parse(&clear).unwrap();
+                e.got.entry(port).or_default().push((
+                    h.sequence,
+                    h.timestamp,
+                    h.ssrc,
+                    h.payload_type,
+                    clear[h.header_len..].to_vec(),
+                ));
+            }
+        };
+        // Frame 0: a key frame on every layer, lowest first, as Chromium sends them.
+        for l in 0..3 {
+            send(&mut e, &mut f, l, 0, true, 0);
+        }
+        for k in 1..4 {
+            for l in 0..3 {
+                send(&mut e, &mut f, l, k, false, 33 * u64::from(k));
+            }
+        }
+        // 2 (no limit) climbed to the top at frame 0's key frames and stayed there.
+        let g2 = e.got[&2].clone();
+        let seqs: Vec<u16> = g2.iter().map(|g| g.0).collect();
+        assert_eq!(
+            seqs,
+            [1000, 1001, 1002, 1003, 1004, 1005],
+            "one run of numbers"
+        );
+        assert!(
+            g2.iter().all(|g| g.2 == 100 && g.3 == 98),
+            "the track's SSRC, 2's VP8"
+        );
+        assert_eq!(
+            g2[2].4,
+            vp8_frame(true, 720, &body(2, 0)),
+            "the top layer, untouched"
+        );
+        assert_eq!(g2[5].4, vp8_frame(false, 720, &body(2, 3)));
+        let ts2: Vec<u32> = g2.iter().map(|g| g.1).collect();
+        assert_eq!(
+            ts2[3..].windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>(),
+            [3000, 3000]
+        );
+        // 3 (at most 200 lines) has the lowest layer only.
+        let g3 = &e.got[&3];
+        assert_eq!(g3.len(), 4);
+        assert_eq!(
+            g3.iter().map(|g| g.0).collect::<Vec<_>>(),
+            [1000, 1001, 1002, 1003]
+        );
+        assert!(g3
+            .iter()
+            .zip(0..)
+            .all(|(g, k)| g.4 == vp8_frame(k == 0, 180, &body(0, k))));
+        assert_eq!(f.take_layer_switches(), 2, "2 moved up twice");
+
+        // 2's NACK names its own numbers: 1004 was layer 2's frame 2.
+        let mut nack = Vec::new();
+        rtcp::write_nack(&mut nack, 2, 100, [1004].into_iter());
+        let mut out = Outbox::default();
+        let mut c2 = ctx(2);
+        let wire = c2.encrypt_rtcp(&nack).unwrap();
+        assert_eq!(f.on_rtcp(2, &wire, &mut out), Ok(0));
+        assert_eq!(out.len(), 1);
+        let (t, d) = out.get(0).unwrap();
+        assert_eq!(t.to, addr(2));
+        let r = e.rx.get_mut(&2).unwrap().decrypt_rtp(d).unwrap();
+        let h = RtpHeader::parse(&r).unwrap();
+        assert_eq!(
+            (h.ssrc, h.payload_type, h.timestamp),
+            (101, 99, g2[4].1),
+            "on 2's RTX stream, its clock"
+        );
+        assert_eq!(
+            &r[12..14],
+            &1004u16.to_be_bytes(),
+            "its own number as the original"
+        );
+        assert_eq!(&r[14..], &g2[4].4[..]);
+
+        // Keyframe requests go to the layer each receiver is sent, from the relay.
+        let mut c3 = ctx(3);
+        for (who, c, layer) in [(2, &mut c2, 104), (3, &mut c3, 100)] {
+            let mut out = Outbox::default();
+            let pli = rtcp::pli(who as u32, 100);
+            let wire = c.encrypt_rtcp(&pli).unwrap();
+            assert_eq!(f.on_rtcp(who, &wire, &mut out), Ok(0));
+            assert_eq!(out.len(), 1);
+            let (t, d) = out.get(0).unwrap();
+            assert_eq!(t.to, addr(1));
+            let clear = ctx_replay(11).decrypt_rtcp(d).unwrap();
+            let p = rtcp::packets(&clear).next().unwrap().unwrap();
+            assert_eq!(
+                (p.sender_ssrc, p.route()),
+                (Some(RELAY_SSRC), RtcpRoute::MediaSender(layer))
+            );
+        }
+
+        // The sender's report about layer 2 reaches 2 only, as about the track, on 2's
+        // clock; the one about layer 1 reaches nobody.
+        let mut sr2 = sr(104);
+        sr2[16..20].copy_from_slice(&(90_000u32 * 3 + 9000).to_be_bytes());
+        let mut c = sr2.clone();
+        c.extend_from_slice(&sr(102));
+        let wire = e.tx.encrypt_rtcp(&c).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtcp(1, &wire, &mut out), Ok(1));
+        let (t, d) = out.get(0).unwrap();
+        assert_eq!(t.to, addr(2));
+        let clear = ctx_replay(12).decrypt_rtcp(d).unwrap();
+        assert_eq!(clear.len(), sr2.len(), "one report");
+        assert_eq!(&clear[4..8], &100u32.to_be_bytes());
+        assert_eq!(
+            &clear[16..20],
+            &g2[5].1.to_be_bytes(),
+            "frame 3's time on 2's clock"
+        );
+
+        // 3 lifts its limit: the sender is asked for key frames at its next packet, and
+        // 3 moves to the top at the next one, its numbers running on.
+        f.set_max_height(3, 100, u16::MAX);
+        f.set_time(ms(600));
+        let frame = vp8_frame(false, 180, &body(0, 4));
+        let wire =
+            e.tx.encrypt_rtp(&with_ts(vp8_rtp(96, 100, 1004, &frame), 90_000 + 12_000))
+                .unwrap();
+        let mut out = Outbox::default();
+        f.on_rtp(1, &wire, &mut out).unwrap();
+        let plis = (0..out.len())
+            .filter_map(|i| out.get(i))
+            .filter(|(t, _)| t.rtcp && t.to == addr(1))
+            .count();
+        assert_eq!(plis, 1, "one compound of PLIs to the sender");
+        e.got.clear();
+        send(&mut e, &mut f, 2, 5, true, 610);
+        let g3 = &e.got[&3];
+        assert_eq!(
+            (g3[0].0, g3[0].2),
+            (1005, 100),
+            "1004 was layer 0's frame 4"
+        );
+        assert_eq!(g3[0].4, vp8_frame(true, 720, &body(2, 5)));
+        assert_eq!(f.take_layer_switches(), 1);
+        assert_eq!(drops(&mut f), []);
     }
 }

@@ -47,7 +47,7 @@ use crate::report::DropReason;
 use crate::PeerId;
 use arbitrary::{Arbitrary, Result, Unstructured};
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
-use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack};
+use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack};
 use blindrelay_protocol::twcc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -743,6 +743,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                         kind: if video.contains(x) { "video" } else { "audio" },
                         ssrc: *x,
                         rtx: None,
+                        layers: Layers::NONE,
                     })
                     .collect();
                 let mut tables =

@@ -50,6 +50,7 @@ pub mod plane;
 pub mod plane_model;
 pub mod policy;
 pub mod report;
+pub mod simulcast;
 pub mod ssrcs;
 pub mod token;
 

@@ -921,6 +921,7 @@ impl Harness {
             }
             Output::Attach { peer, .. }
             | Output::Receive { peer, .. }
+            | Output::MaxHeight { peer, .. }
             | Output::Move { peer, .. } => {
                 assert!(
                     self.live.contains(&peer),

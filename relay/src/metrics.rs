@@ -51,6 +51,7 @@ const M_SRTP_AUTH: &str = "blindrelay_srtp_auth_failures_total";
 const M_SRTP_REPLAY: &str = "blindrelay_srtp_replay_failures_total";
 const M_DTLS: &str = "blindrelay_dtls_handshakes_total";
 const M_DTLS_REPEATS: &str = "blindrelay_dtls_last_flight_repeats_total";
+const M_LAYER_SWITCHES: &str = "blindrelay_layer_switches_total";
 const M_DTLS_TIME: &str = "blindrelay_dtls_handshake_duration_seconds";
 const M_JOINS: &str = "blindrelay_joins_total";
 const M_JOIN_TIME: &str = "blindrelay_join_duration_seconds";
@@ -113,6 +114,8 @@ pub struct Metrics {
     pub dtls_handshake_time: Histogram,
     /// The relay's last handshake flight sent again to a client that repeated its own.
     pub dtls_last_flight_repeats: Counter,
+    /// Receivers moved from one simulcast layer to another.
+    pub layer_switches: Counter,
     pub join_time: Histogram,
     /// Packets written to the capture file.
     pub capture_packets: Counter,
@@ -174,6 +177,7 @@ impl Metrics {
             forwarding_latency: LatencyHistogram::default(),
             dtls_handshake_time: h(M_DTLS_TIME),
             dtls_last_flight_repeats: c(M_DTLS_REPEATS, vec![]),
+            layer_switches: c(M_LAYER_SWITCHES, vec![]),
             join_time: h(M_JOIN_TIME),
             capture_packets: c(M_CAPTURE_PKTS, vec![]),
             capture_dropped: c(M_CAPTURE_DROPPED, vec![]),
@@ -192,12 +196,11 @@ impl Metrics {
         }
         m.capture_active.set(0.0);
         // Counters too: an alert on refusals sees 0 before the first one.
-        for c in m
-            .mls_refused
-            .iter()
-            .chain(&m.dropped)
-            .chain([&m.ice_nominated_moves, &m.dtls_last_flight_repeats])
-        {
+        for c in m.mls_refused.iter().chain(&m.dropped).chain([
+            &m.ice_nominated_moves,
+            &m.dtls_last_flight_repeats,
+            &m.layer_switches,
+        ]) {
             c.increment(0);
         }
         m.signalling_connections().set(0.0);
@@ -241,6 +244,11 @@ impl Metrics {
             "SRTP/SRTCP packets refused as replays.",
         );
         d(M_DTLS, None, "DTLS handshakes, by result.");
+        d(
+            M_LAYER_SWITCHES,
+            None,
+            "Receivers moved from one simulcast layer of a track to another (at a key frame).",
+        );
         d(
             M_DTLS_REPEATS,
             None,

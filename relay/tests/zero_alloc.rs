@@ -622,7 +622,7 @@ fn counting_allocator_counts() {
 /// compared byte for byte.
 #[test]
 fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
-    use blindrelay_protocol::sdp::{Codec, Numbering, SentTrack};
+    use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack};
     // Each participant's video track `ssrc` is repaired on `ssrc + 1000`, with VP8's RTX
     // type right after VP8's.
     let tables = |opus: u8, vp8: u8, twcc: u8, ssrc: u32| {
@@ -637,6 +637,7 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
                 kind: "video",
                 ssrc,
                 rtx: Some(ssrc + 1000),
+                layers: Layers::NONE,
             }],
             &[ssrc, ssrc + 1000],
         )

@@ -289,6 +289,14 @@ pub enum Output {
         worker: usize,
         ssrcs: Vec<u32>,
     },
+    /// The tallest pictures a participant asks for of one remote video track (its SSRC;
+    /// `u16::MAX`: no limit): its forwarding loop picks the simulcast layer.
+    MaxHeight {
+        peer: PeerId,
+        worker: usize,
+        track: u32,
+        height: u16,
+    },
     /// The participant's call now lives on another forwarding loop (merge).
     Move {
         peer: PeerId,
@@ -815,6 +823,7 @@ impl ControlPlane {
             ClientMessage::Chat { body } => self.chat(now, conn, body),
             ClientMessage::Feature { name, arg } => self.feature(now, conn, &name, arg),
             ClientMessage::Answer { sdp, revision } => self.answer(conn, &sdp, revision),
+            ClientMessage::MaxResolution { mid, height } => self.max_resolution(conn, &mid, height),
             ClientMessage::Leave => match self.conns.get(&conn).and_then(|c| c.peer) {
                 Some(p) => self.remove_peer(now, p, RemovalReason::Left),
                 None => self.error(conn, ErrorCode::NotJoined, "not in a call".into()),
@@ -1271,6 +1280,37 @@ impl ControlPlane {
             self.lobby.enter(key, conn);
         }
         debug!(reason = reason.as_str(), "participant removed");
+    }
+
+    /// A receiver's limit on one remote video track's picture height.
+    fn max_resolution(&mut self, conn: ConnId, mid: &str, height: Option<u32>) {
+        let Some(peer) = self.joined_peer(conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&peer) else {
+            return;
+        };
+        let track = s
+            .neg
+            .track_of_mid(mid)
+            .filter(|t| t.kind == "video" && t.active)
+            .map(|t| t.ssrc);
+        let Some(track) = track else {
+            return self.error(
+                conn,
+                ErrorCode::UnknownTrack,
+                "max_resolution names no remote video track of this session".into(),
+            );
+        };
+        if s.keyed {
+            self.out.push_back(Output::MaxHeight {
+                peer,
+                worker: s.worker,
+                track,
+                // Taller than any picture VP8 can code (14 bits) is no limit.
+                height: height.map_or(u16::MAX, |h| h.min(u32::from(u16::MAX - 1)) as u16),
+            });
+        }
     }
 
     fn joined_peer(&mut self, conn: ConnId) -> Option<PeerId> {

@@ -86,6 +86,11 @@ impl Negotiation {
         &self.remote
     }
 
+    /// The remote track on the m-line `mid`.
+    pub(super) fn track_of_mid(&self, mid: &str) -> Option<&RemoteTrack> {
+        self.remote.tracks().find(|t| t.mid == mid)
+    }
+
     /// The remote SSRCs this client is sent (those of the last offer it answered).
     pub(super) fn receiving(&self) -> &[u32] {
         &self.receiving
@@ -248,7 +253,7 @@ impl Negotiation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blindrelay_protocol::sdp::{build_offer, parse_offer, OfferParams};
+    use blindrelay_protocol::sdp::{build_offer, parse_offer, Layers, OfferParams};
     use blindrelay_protocol::tracks::TrackLimits;
 
     fn client_offer() -> Offer {
@@ -303,6 +308,7 @@ mod tests {
                         kind: "audio",
                         ssrc: *ssrc,
                         rtx: None,
+                        layers: Layers::NONE,
                     };
                     (*o, format!("p{o}"), t)
                 })

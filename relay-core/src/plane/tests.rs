@@ -2297,3 +2297,70 @@ fn attach_carries_the_senders_id_and_codec_map() {
     assert!(want.contains(&(111, Codec::Opus)) && want.contains(&(96, Codec::Vp8)));
     assert_eq!(sender.codecs, want);
 }
+
+/// A receiver caps the picture height of one remote video track by its m-line's mid: the
+/// plane tells its forwarding loop the track's SSRC; a mid that is not one of its remote
+/// video tracks is refused.
+#[test]
+fn max_resolution_names_a_remote_video_track_by_mid() {
+    let mut h = H::new();
+    h.hello(1, "alice", None, "user");
+    h.hello(2, "bob", None, "user");
+    h.join(1, "c", false);
+    h.join(2, "c", false);
+    let a = h.peer_of(1);
+    h.input(Input::Keyed { peer: a });
+    let offer = h
+        .take(1)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::Offer { sdp, .. } => Some(sdp),
+            _ => None,
+        })
+        .expect("alice is offered bob's tracks");
+    // The mid of each remote line, by kind.
+    let mut mids: Vec<(String, String)> = Vec::new();
+    let mut kind = String::new();
+    for l in offer.lines() {
+        if let Some(m) = l.strip_prefix("m=") {
+            kind = m.split(' ').next().unwrap_or("").to_string();
+        }
+        if let Some(mid) = l.strip_prefix("a=mid:").filter(|m| m.starts_with('r')) {
+            mids.push((kind.clone(), mid.to_string()));
+        }
+    }
+    let mid_of = |k: &str| {
+        mids.iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, m)| m.clone())
+            .expect("a remote line")
+    };
+    h.out.clear();
+    let ask = |h: &mut H, mid: String, height: Option<u32>| {
+        h.text(1, &ClientMessage::MaxResolution { mid, height });
+    };
+    ask(&mut h, mid_of("video"), Some(360));
+    ask(&mut h, mid_of("video"), None);
+    ask(&mut h, mid_of("video"), Some(1 << 20));
+    let caps: Vec<(PeerId, u32, u16)> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::MaxHeight {
+                peer,
+                track,
+                height,
+                ..
+            } => Some((*peer, *track, *height)),
+            _ => None,
+        })
+        .collect();
+    // bob's video SSRC is 2 * 2 + 2 (see `offer`).
+    assert_eq!(caps, [(a, 6, 360), (a, 6, u16::MAX), (a, 6, u16::MAX - 1)]);
+    for mid in [mid_of("audio"), "r999".to_string(), "0".to_string()] {
+        h.out.clear();
+        ask(&mut h, mid, Some(360));
+        assert_eq!(error_code(&h.take(1)), ErrorCode::UnknownTrack);
+        assert!(!h.out.iter().any(|o| matches!(o, Output::MaxHeight { .. })));
+    }
+}

@@ -141,13 +141,19 @@ pub enum Control {
     /// Start forwarding for it (the plane's `Attach`).
     Attach {
         peer: u64,
-        tables: crate::core::forward::PeerTablesWire,
+        tables: Box<crate::core::forward::PeerTablesWire>,
         participant: String,
     },
     /// The remote SSRCs it has tracks for.
     Receive {
         peer: u64,
         ssrcs: Vec<u32>,
+    },
+    /// The tallest pictures it asks for of one remote track (the plane's `MaxHeight`).
+    MaxHeight {
+        peer: u64,
+        track: u32,
+        height: u16,
     },
     /// Forget it on the media path.
     Remove {

@@ -339,6 +339,23 @@ impl Cascade {
 }
 
 impl Driver {
+    /// The local alias of the participant `peer` that node `from` owns and this node
+    /// serves, and its forwarding loop.
+    fn served_loop(
+        &mut self,
+        from: &str,
+        peer: u64,
+    ) -> Option<(PeerId, tokio::sync::mpsc::Sender<WorkerMsg>)> {
+        let c = self.cascade();
+        let alias = *c.alias.get(&(from.to_owned(), peer))?;
+        let worker = c
+            .served
+            .get(&alias)
+            .and_then(|s| c.calls.get(&s.call))
+            .map(|lc| lc.worker)?;
+        Some((alias, self.media.workers.get(worker)?.clone()))
+    }
+
     fn cascade(&mut self) -> &mut Cascade {
         // Only called on a cluster node's driver.
         self.cascade
@@ -900,7 +917,7 @@ impl Driver {
                         .filter_map(|(pt, c)| Codec::ALL.get(usize::from(*c)).map(|c| (*pt, *c)))
                         .collect(),
                 };
-                let tables = match PeerTables::from_wire(tables) {
+                let tables = match PeerTables::from_wire(*tables) {
                     Ok(t) => t,
                     Err(e) => {
                         warn!(error = %e, "a participant's tables from its owner refused");
@@ -910,20 +927,17 @@ impl Driver {
                 self.attach(alias, key, worker, tables, &sender, *m).await;
             }
             Control::Receive { peer, ssrcs } => {
-                let c = self.cascade();
-                let Some(&alias) = c.alias.get(&(from, peer)) else {
-                    return;
-                };
-                let Some(worker) = c
-                    .served
-                    .get(&alias)
-                    .and_then(|s| c.calls.get(&s.call))
-                    .map(|lc| lc.worker)
-                else {
-                    return;
-                };
-                if let Some(w) = self.media.workers.get(worker) {
+                if let Some((alias, w)) = self.served_loop(&from, peer) {
                     let _ = w.send(WorkerMsg::Receive(alias, ssrcs)).await;
+                }
+            }
+            Control::MaxHeight {
+                peer,
+                track,
+                height,
+            } => {
+                if let Some((alias, w)) = self.served_loop(&from, peer) {
+                    let _ = w.send(WorkerMsg::MaxHeight(alias, track, height)).await;
                 }
             }
             Control::Remove { peer } => {
@@ -1348,7 +1362,7 @@ impl Driver {
                         &node,
                         Control::Attach {
                             peer,
-                            tables: wire,
+                            tables: Box::new(wire),
                             participant: sender.participant.clone(),
                         },
                     );
@@ -1382,6 +1396,33 @@ impl Driver {
                     self.reroute(k).await;
                 }
                 out
+            }
+            Output::MaxHeight {
+                peer,
+                worker,
+                track,
+                height,
+            } => {
+                let c = self.cascade();
+                let node = c.served_by.get(&peer).cloned().unwrap_or(me.clone());
+                if node == me {
+                    Some(Output::MaxHeight {
+                        peer,
+                        worker,
+                        track,
+                        height,
+                    })
+                } else {
+                    c.send(
+                        &node,
+                        Control::MaxHeight {
+                            peer,
+                            track,
+                            height,
+                        },
+                    );
+                    None
+                }
             }
             Output::MediaRemove { peer, ufrag } => {
                 let c = self.cascade();

@@ -211,6 +211,16 @@ impl Driver {
                     let _ = w.send(WorkerMsg::Receive(peer, ssrcs)).await;
                 }
             }
+            Output::MaxHeight {
+                peer,
+                worker,
+                track,
+                height,
+            } => {
+                if let Some(w) = self.media.workers.get(worker) {
+                    let _ = w.send(WorkerMsg::MaxHeight(peer, track, height)).await;
+                }
+            }
             Output::Move {
                 peer,
                 ufrag,

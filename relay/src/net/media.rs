@@ -58,6 +58,9 @@ pub enum WorkerMsg {
     RemovePeer(PeerId),
     /// The remote SSRCs the participant has tracks for.
     Receive(PeerId, Vec<u32>),
+    /// The tallest pictures it asks for of one remote track (see
+    /// [`crate::core::forward::Forwarder::set_max_height`]).
+    MaxHeight(PeerId, u32, u16),
     /// Hand a participant's hop state back to the driver (merge), which queues it at its
     /// new loop itself; dropping the sender says the participant is not here.
     TakePeer(PeerId, oneshot::Sender<PeerTransfer<MediaHop>>),
@@ -654,6 +657,7 @@ pub async fn worker_loop(
         fwd.take_activity(|peer| events.try_send(Event::Activity { peer }).is_ok());
         fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
         fwd.take_retransmits(|kind, n| m.retransmits(kind, n));
+        m.layer_switches.increment(fwd.take_layer_switches());
         // The round stopped short of an empty ring: more is probably waiting.
         let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
         send_all(&media, &mut out, &mut gso, &mut links, &m).await;
@@ -739,6 +743,9 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
         WorkerMsg::LinkOut(..) => {}
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
+        WorkerMsg::MaxHeight(p, track, height) => {
+            fwd.set_max_height(p, track, height);
+        }
         WorkerMsg::SetAddr(peer, addr) => {
             fwd.set_addr(peer, addr);
         }
