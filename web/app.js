@@ -253,6 +253,7 @@ async function handle(m, connected) {
       const p = m.participant;
       st.participants.set(p.participant, p);
       renderTiles();
+      updateLayers().catch(() => {});
       if (st.scheme === 'mls') await groupSignal(m);
       else if (st.callMode === 'e2ee' && !kex) {
         await startKex(p);
@@ -270,6 +271,7 @@ async function handle(m, connected) {
         break;
       }
       st.participants.delete(m.participant);
+      updateLayers().catch(() => {});
       if (st.scheme === 'mls') await groupSignal(m);
       else if (kex && kex.peerId === m.participant) {
         // One-to-one: the keys were agreed with them. Whoever joins next (they, again,
@@ -399,7 +401,7 @@ async function join() {
     }
   }
   try {
-    localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240, frameRate: 30 } });
+    localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { ...CAPTURE } });
   } catch (e) {
     st.error = { code: 'media_failed', message: String(e.message || e) };
     showMessage(describe('media_failed', e.message));
@@ -414,15 +416,28 @@ async function join() {
     if (!worker) startWorker();
   }
   pc = new RTCPeerConnection({ iceServers: [] });
+  st.videoSender = null;
+  st.layersOn = null;
   for (const t of localStream.getTracks()) {
     const tr = pc.addTransceiver(t, { direction: 'sendrecv', streams: [localStream] });
     if (e2ee) attachSendTransform(tr.sender, t.kind);
+    if (t.kind === 'video') st.videoSender = tr.sender;
   }
   pc.ontrack = onTrack;
   pc.onconnectionstatechange = () => {
     if (pc && pc.connectionState === 'failed') showMessage('The media connection to the relay failed.');
   };
-  await pc.setLocalDescription(await pc.createOffer());
+  const offer = await pc.createOffer();
+  st.simulcast = false;
+  if (params.get('simulcast') !== '0') {
+    // Chromium encodes a track in SSRC layers when its own offer groups them; a browser
+    // that refuses the grouped offer sends one layer, as before.
+    try {
+      await pc.setLocalDescription({ type: 'offer', sdp: withSimulcast(offer.sdp) });
+      st.simulcast = true;
+    } catch (e) { /* not supported here */ }
+  }
+  if (!st.simulcast) await pc.setLocalDescription(offer);
   if (pc.iceGatheringState !== 'complete') {
     await new Promise((resolve) => {
       const t = setTimeout(resolve, 5000);
@@ -446,6 +461,7 @@ async function onJoined(m) {
   for (const p of m.participants || []) st.participants.set(p.participant, p);
   setRemoteMsid(m.answer_sdp);
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
+  await updateLayers();
   st.joined = true;
   st.joinedAt = performance.now();
   st.joinedAtWall = performance.timeOrigin + st.joinedAt;
@@ -480,6 +496,9 @@ async function onJoined(m) {
 function onTrack(ev) {
   attachRecvTransform(ev.receiver, ev.track.kind);
   const mid = ev.transceiver ? ev.transceiver.mid : null;
+  if (ev.track.kind === 'video' && mid != null && st.maxHeight != null) {
+    send({ type: 'max_resolution', mid, height: st.maxHeight });
+  }
   const who = (mid != null && remoteMsid.byMid[mid]) || (ev.streams[0] && ev.streams[0].id) || 'unknown';
   const tile = ensureTile(who);
   const el = tile.querySelector(ev.track.kind === 'video' ? 'video' : 'audio');
@@ -782,7 +801,7 @@ async function refreshStats() {
   const inbound = [];
   const outbound = [];
   stats.forEach((s) => {
-    if (s.type === 'outbound-rtp') outbound.push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent || 0, bytesSent: s.bytesSent || 0, nackCount: s.nackCount || 0, retransmittedPacketsSent: s.retransmittedPacketsSent || 0, pliCount: s.pliCount || 0 });
+    if (s.type === 'outbound-rtp') outbound.push({ kind: s.kind, ssrc: s.ssrc, packetsSent: s.packetsSent || 0, bytesSent: s.bytesSent || 0, nackCount: s.nackCount || 0, retransmittedPacketsSent: s.retransmittedPacketsSent || 0, pliCount: s.pliCount || 0, frameHeight: s.frameHeight || 0, active: s.active !== false });
     if (s.type !== 'inbound-rtp') return;
     const participant = ssrcOwner[String(s.ssrc)] || (s.mid != null ? remoteMsid.byMid[s.mid] : null) || null;
     const e = { participant, kind: s.kind, ssrc: s.ssrc, mid: s.mid ?? null, framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 };
@@ -794,12 +813,94 @@ async function refreshStats() {
       e.audioLevel = s.audioLevel || 0;
     } else {
       // How the picture held up: loss, its repair (NACK, keyframe requests) and freezes.
-      for (const k of ['packetsLost', 'nackCount', 'pliCount', 'firCount', 'keyFramesDecoded', 'framesDropped', 'freezeCount', 'totalFreezesDuration', 'retransmittedPacketsReceived']) e[k] = s[k] || 0;
+      for (const k of ['packetsLost', 'nackCount', 'pliCount', 'firCount', 'keyFramesDecoded', 'framesDropped', 'freezeCount', 'totalFreezesDuration', 'retransmittedPacketsReceived', 'frameHeight', 'frameWidth']) e[k] = s[k] || 0;
     }
     inbound.push(e);
   });
   st.inbound = inbound;
   st.outbound = outbound;
+}
+
+// ---------- simulcast ----------
+
+/** What the camera is asked for. libwebrtc sends as many SSRC layers as the picture is
+ * large enough for (two from 640x360). The capture does not change during a call: a camera
+ * another page or tab holds keeps the format it was opened with. */
+const CAPTURE = { width: 640, height: 360, frameRate: 30 };
+
+/** The offer with its video line in two SSRC layers (a=ssrc-group:SIM, lowest first, each
+ * with its RTX SSRC): the browser encodes the track twice and the relay sends each receiver
+ * one layer. The new SSRCs carry the first's cname and msid. */
+function withSimulcast(sdp) {
+  const lines = sdp.split('\r\n');
+  const start = lines.findIndex((l) => l.startsWith('m=video'));
+  if (start < 0) return sdp;
+  let end = lines.findIndex((l, i) => i > start && l.startsWith('m='));
+  if (end < 0) end = lines.length;
+  const section = lines.slice(start, end);
+  const ssrcOf = (l) => (l.match(/^a=ssrc:(\d+) /) || [])[1];
+  const low = section.map(ssrcOf).find(Boolean);
+  if (!low || section.some((l) => l.startsWith('a=ssrc-group:SIM'))) return sdp;
+  const fid = section.find((l) => l.startsWith(`a=ssrc-group:FID ${low} `));
+  const used = new Set(section.map(ssrcOf).filter(Boolean));
+  const fresh = () => {
+    let x;
+    do { x = String(crypto.getRandomValues(new Uint32Array(1))[0]); } while (x === '0' || used.has(x));
+    used.add(x);
+    return x;
+  };
+  const high = fresh();
+  const rtxHigh = fid ? fresh() : null;
+  const attrs = section.filter((l) => l.startsWith(`a=ssrc:${low} `)).map((l) => l.slice(`a=ssrc:${low} `.length));
+  const added = [`a=ssrc-group:SIM ${low} ${high}`];
+  if (rtxHigh) added.push(`a=ssrc-group:FID ${high} ${rtxHigh}`);
+  for (const x of rtxHigh ? [high, rtxHigh] : [high]) for (const a of attrs) added.push(`a=ssrc:${x} ${a}`);
+  const last = section.map((l) => l.startsWith('a=ssrc')).lastIndexOf(true);
+  lines.splice(start + last + 1, 0, ...added);
+  return lines.join('\r\n');
+}
+
+/** Two layers in a call of more than two (320x180 and 640x360: each receiver gets the one
+ * it asks for); in a call of two, one, at 320x180, the size a one-to-one call has always
+ * been sent at. */
+function updateLayers() {
+  // One change at a time: a capture change still under way must not land after a later one.
+  layersChain = layersChain.then(applyLayers, applyLayers);
+  return layersChain;
+}
+let layersChain = Promise.resolve();
+
+async function applyLayers() {
+  const s = st.videoSender;
+  if (!s) return;
+  const want = st.simulcast && st.participants.size + 1 > 2;
+  if (st.layersOn === want) return;
+  st.layersOn = want;
+  const p = s.getParameters();
+  if (!p.encodings || !p.encodings.length) return;
+  if (!st.simulcast || p.encodings.length < 2) {
+    p.encodings[0].scaleResolutionDownBy = 2;
+    await s.setParameters(p);
+    return;
+  }
+  p.encodings[0].scaleResolutionDownBy = 2;
+  p.encodings[0].active = want;
+  p.encodings[1].scaleResolutionDownBy = want ? 1 : 2;
+  p.encodings[1].active = true;
+  await s.setParameters(p);
+}
+
+/** Ask the relay for pictures at most `height` tall of every remote video track, now and
+ * as tracks come (null: no limit). */
+function setMaxResolution(height) {
+  st.maxHeight = height == null ? null : Number(height);
+  if (!pc) return;
+  for (const t of pc.getTransceivers()) {
+    if (t.mid == null || t.receiver.track.kind !== 'video' || !remoteMsid.byMid[t.mid]) continue;
+    const m = { type: 'max_resolution', mid: t.mid };
+    if (st.maxHeight != null) m.height = st.maxHeight;
+    send(m);
+  }
 }
 
 function ensureTile(participant) {
@@ -1009,6 +1110,10 @@ window.blindrelay = {
       empty_frames: w.empty_frames || 0,
       inbound: st.inbound.map((i) => ({ ...i })),
       outbound: st.outbound.map((o) => ({ ...o })),
+      simulcast: !!st.simulcast,
+      capture_height: localStream && localStream.getVideoTracks()[0] ? localStream.getVideoTracks()[0].getSettings().height || null : null,
+      layers_on: !!st.layersOn,
+      max_height: st.maxHeight ?? null,
       payload_types: { ...st.payloadTypes },
       error: st.error,
       kex_error: st.kexError,
@@ -1028,6 +1133,8 @@ window.blindrelay = {
   sampleVideo,
   /** Answer the downgrade question: true continues as a standard call, false leaves. */
   answerDowngrade(yes) { return answerDowngrade(!!yes); },
+  /** Pictures at most `height` tall of every remote video track (null: no limit). */
+  maxResolution(height) { setMaxResolution(height); return true; },
 };
 
 // ---------- wiring ----------
@@ -1058,6 +1165,7 @@ $('chat-form').onsubmit = (e) => {
 };
 
 (async () => {
+  if (params.get('maxres')) st.maxHeight = Number(params.get('maxres'));
   if (params.get('call')) $('call').value = params.get('call');
   if (params.get('token')) $('token').value = params.get('token');
   if (params.get('name')) $('name').value = params.get('name');

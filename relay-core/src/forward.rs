@@ -8,7 +8,7 @@ use super::report::{DropReason, Retransmit};
 use super::simulcast::{self, LayerState, Route, SimulcastTrack};
 use super::{CallKey, PeerId};
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
-use blindrelay_protocol::rtp::{find_extension, RtpHeader};
+use blindrelay_protocol::rtp::{find_extension, vp8_descriptor_len, RtpHeader};
 use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack, CODEC_COUNT, MAX_LAYERS};
 use blindrelay_protocol::twcc::{self, Arrival, SeqUnwrapper};
 // foldhash, seeded per process: SipHash was ~2 % of the relay's CPU at 300k packets/s.
@@ -1225,6 +1225,9 @@ impl<H: HopCipher> Forwarder<H> {
         });
         let key = layer.is_some() && simulcast::starts_keyframe(codec, payload);
         let layer = layer.map(|(t, l)| {
+            if self.now.is_some() {
+                t.seen[l as usize] = self.now;
+            }
             if key && codec == Codec::Vp8 as u8 {
                 // Its height now, for receivers that ask for at most some height.
                 if let Some(h) = simulcast::vp8_keyframe_height(payload) {
@@ -1276,10 +1279,13 @@ impl<H: HopCipher> Forwarder<H> {
         }
         let mut n = 0;
         let now = self.now;
+        let mut keyframe_wanted = None;
         for to in &self.scratch {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
             };
+            // A simulcast VP8 packet's payload descriptor, renumbered for this receiver.
+            let mut desc = ([0u8; simulcast::MAX_VP8_DESCRIPTOR], 0);
             if r.tables
                 .receiving
                 .as_ref()
@@ -1308,11 +1314,34 @@ impl<H: HopCipher> Forwarder<H> {
                 let route = states[i].route(l, target, seq, ts, key, now);
                 self.layer_switches += states[i].switches - before;
                 match route {
-                    Route::Skip => continue,
+                    Route::Skip => {
+                        // Waiting for a key frame to move at: ask for one of the layer
+                        // it should be on if that layer is being sent, else (it has
+                        // nothing yet) of this one. Senders send key frames only asked.
+                        if keyframe_wanted.is_none() && states[i].current != target {
+                            keyframe_wanted = if t.sending(target, now) {
+                                t.ssrc_of(target)
+                            } else if !states[i].is_live(now) {
+                                Some(media)
+                            } else {
+                                None
+                            };
+                        }
+                        continue;
+                    }
                     Route::Send { seq, ts } => {
                         header[2..4].copy_from_slice(&seq.to_be_bytes());
                         header[4..8].copy_from_slice(&ts.to_be_bytes());
                         header[8..12].copy_from_slice(&track.to_be_bytes());
+                        if codec == Codec::Vp8 as u8 {
+                            if let Some(n) = vp8_descriptor_len(payload)
+                                .filter(|n| *n <= simulcast::MAX_VP8_DESCRIPTOR)
+                            {
+                                desc.0[..n].copy_from_slice(&payload[..n]);
+                                desc.1 = n;
+                                states[i].map_vp8(&mut desc.0[..n]);
+                            }
+                        }
                     }
                 }
             }
@@ -1332,9 +1361,35 @@ impl<H: HopCipher> Forwarder<H> {
             header[1] = (header[1] & 0x80) | pt;
             // A copy that cannot be protected for one receiver (its hop would reuse an
             // SRTP index) is dropped for that receiver alone.
-            match out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload) {
+            let sent = if desc.1 > 0 {
+                // The header then the renumbered descriptor, as one part (the hop parses
+                // the header itself), then the rest of the payload untouched.
+                let mut head = [0u8; 12 + 4 * 15 + simulcast::MAX_VP8_DESCRIPTOR];
+                head[..base].copy_from_slice(&header[..base]);
+                head[base..base + desc.1].copy_from_slice(&desc.0[..desc.1]);
+                out.push_rtp_parts(
+                    r.addr,
+                    &mut r.outbound,
+                    &head[..base + desc.1],
+                    &payload[desc.1..],
+                )
+            } else {
+                out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)
+            };
+            match sent {
                 Ok(()) => n += 1,
                 Err(reason) => self.receiver_drops[reason as usize] += 1,
+            }
+        }
+        if let (Some(ssrc), Some(now)) = (keyframe_wanted, now) {
+            // Within KEYFRAME_REQUEST_INTERVAL per layer, however many receivers wait.
+            if let Some(s) = self.peers.get_mut(&from) {
+                if ask_keyframe(s, ssrc, now) {
+                    self.own_rtcp.clear();
+                    self.own_rtcp
+                        .extend_from_slice(&rtcp::pli(RELAY_SSRC, ssrc));
+                    let _ = out.push(s.addr, true, &mut s.outbound, &self.own_rtcp);
+                }
             }
         }
         Ok(n)
@@ -1727,9 +1782,9 @@ fn answer_nack<H: HopCipher>(
             (None, _) => (ssrc, seq, None),
             (Some(t), Some(st)) => match st
                 .original(seq)
-                .and_then(|(l, q, d)| Some((t.ssrc_of(l)?, q, d)))
+                .and_then(|(l, q, d, v)| Some((t.ssrc_of(l)?, q, d, v)))
             {
-                Some((layer_ssrc, q, d)) => (layer_ssrc, q, Some(d)),
+                Some((layer_ssrc, q, d, v)) => (layer_ssrc, q, Some((d, v))),
                 // Not a number it was sent, or from before the switches remembered.
                 None => continue,
             },
@@ -1752,12 +1807,17 @@ fn answer_nack<H: HopCipher>(
         let mut header = [0u8; 12 + 4 * 15];
         header[..base].copy_from_slice(&packet[..base]);
         let payload = &packet[base..];
-        if let (Some(d), true) = (ts_delta, base >= 12) {
+        // VP8 picture ids as the receiver was sent them (simulcast), if they moved.
+        let mut vp8 = None;
+        if let (Some((d, v)), true) = (ts_delta, base >= 12) {
             // As the receiver was sent it: its numbers, on its clock, under the track.
             let ts = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
             header[2..4].copy_from_slice(&seq.to_be_bytes());
             header[4..8].copy_from_slice(&ts.wrapping_add(d).to_be_bytes());
             header[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            if codec == Codec::Vp8 as u8 && v != simulcast::Vp8Offsets::default() {
+                vp8 = vp8_descriptor_len(payload).map(|n| (n, v));
+            }
         }
         let rtx_pt = r.tables.rtx_pt_of_codec[codec as usize];
         let can_send = r.tables.link || (rtx_ssrc.is_some() && rtx_pt != NO);
@@ -1775,7 +1835,15 @@ fn answer_nack<H: HopCipher>(
         }
         let sent = if r.tables.link {
             header[1] = (header[1] & 0x80) | pt;
-            out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)
+            match vp8 {
+                Some((n, v)) => {
+                    buf.clear();
+                    buf.extend_from_slice(payload);
+                    simulcast::rewrite_vp8(&mut buf[..n], v);
+                    out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], buf)
+                }
+                None => out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload),
+            }
         } else if let (Some(rtx), true) = (rtx_ssrc, rtx_pt != NO) {
             let next = match r.tables.rtx_next.iter_mut().find(|(m, _)| *m == ssrc) {
                 Some((_, n)) => n,
@@ -1795,6 +1863,9 @@ fn answer_nack<H: HopCipher>(
             buf.clear();
             buf.extend_from_slice(&seq.to_be_bytes());
             buf.extend_from_slice(payload);
+            if let Some((n, v)) = vp8 {
+                simulcast::rewrite_vp8(&mut buf[2..2 + n], v);
+            }
             out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], buf)
         } else {
             counts[Retransmit::Unavailable as usize] += 1;

@@ -33,6 +33,8 @@ pub struct SimulcastTrack {
     pub layers: Layers,
     /// Each layer's picture height, read from its last key frame (0: not known yet).
     pub heights: [u16; MAX_LAYERS],
+    /// When each layer's last packet came (if the forwarder keeps time).
+    pub seen: [Option<Instant>; MAX_LAYERS],
 }
 
 impl SimulcastTrack {
@@ -58,6 +60,15 @@ impl SimulcastTrack {
             track,
             layers,
             heights: [0; MAX_LAYERS],
+            seen: [None; MAX_LAYERS],
+        }
+    }
+
+    /// Whether `layer` is being sent: a packet of it came within [`LAYER_STALE`].
+    pub fn sending(&self, layer: u8, now: Option<Instant>) -> bool {
+        match (self.seen.get(layer as usize).copied().flatten(), now) {
+            (Some(t), Some(now)) => now.saturating_duration_since(t) < LAYER_STALE,
+            _ => false,
         }
     }
 }
@@ -70,7 +81,76 @@ struct Run {
     layer: u8,
     seq_delta: u16,
     ts_delta: u32,
+    vp8: Vp8Offsets,
     used: bool,
+}
+
+/// What is added to a layer's VP8 PictureID (mod 2^15, or 2^7 in its short form) and
+/// TL0PICIDX (mod 2^8) for one receiver. Each layer numbers its pictures on its own, and
+/// libwebrtc's receiver takes a picture id behind the last one it decoded for an old frame
+/// and drops it: without this a switch froze the picture for 3 s one time in two. The
+/// descriptor is the packetiser's, outside the end-to-end encrypted frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vp8Offsets {
+    pub pid: u16,
+    pub tl0: u8,
+}
+
+/// The longest VP8 payload descriptor (RFC 7741 §4.2): the first byte, the extension
+/// byte, a 15-bit PictureID, TL0PICIDX, and the TID/KEYIDX byte.
+pub const MAX_VP8_DESCRIPTOR: usize = 6;
+
+/// Where a VP8 payload descriptor holds its PictureID (offset, whether 15-bit) and its
+/// TL0PICIDX.
+fn vp8_id_fields(d: &[u8]) -> (Option<(usize, bool)>, Option<usize>) {
+    let (Some(first), Some(ext)) = (d.first(), d.get(1)) else {
+        return (None, None);
+    };
+    if first & 0x80 == 0 {
+        return (None, None);
+    }
+    let mut at = 2;
+    let pid = if ext & 0x80 != 0 {
+        let long = d.get(at).is_some_and(|b| b & 0x80 != 0);
+        let p = (at, long);
+        at += if long { 2 } else { 1 };
+        (at <= d.len()).then_some(p)
+    } else {
+        None
+    };
+    let tl0 = (ext & 0x40 != 0 && at < d.len()).then_some(at);
+    (pid, tl0)
+}
+
+fn read_pid(d: &[u8], (at, long): (usize, bool)) -> u16 {
+    if long {
+        u16::from_be_bytes([d[at] & 0x7f, d[at + 1]])
+    } else {
+        u16::from(d[at] & 0x7f)
+    }
+}
+
+fn write_pid(d: &mut [u8], (at, long): (usize, bool), pid: u16) {
+    if long {
+        let [hi, lo] = (pid & 0x7fff).to_be_bytes();
+        d[at] = 0x80 | hi;
+        d[at + 1] = lo;
+    } else {
+        d[at] = (pid & 0x7f) as u8;
+    }
+}
+
+/// Add `o` to the PictureID and TL0PICIDX of the VP8 payload descriptor `d` (the bytes
+/// [`vp8_descriptor_len`] counts), in place.
+pub fn rewrite_vp8(d: &mut [u8], o: Vp8Offsets) {
+    let (pid, tl0) = vp8_id_fields(d);
+    if let Some(f) = pid {
+        let v = read_pid(d, f).wrapping_add(o.pid);
+        write_pid(d, f, v);
+    }
+    if let Some(at) = tl0 {
+        d[at] = d[at].wrapping_add(o.tl0);
+    }
 }
 
 /// One receiver's view of one simulcast track.
@@ -85,6 +165,12 @@ pub struct LayerState {
     pub switches: u64,
     seq_delta: u16,
     ts_delta: u32,
+    /// The current run's VP8 offsets, whether they are still to be set from its first
+    /// packet, and the last ids the receiver was sent.
+    vp8: Vp8Offsets,
+    vp8_due: bool,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
     last_seq: u16,
     last_ts: u32,
     /// Whether it was sent a packet of the track yet, and when the last (if the forwarder
@@ -113,6 +199,10 @@ impl LayerState {
             switches: 0,
             seq_delta: 0,
             ts_delta: 0,
+            vp8: Vp8Offsets::default(),
+            vp8_due: false,
+            last_pid: None,
+            last_tl0: None,
             last_seq: 0,
             last_ts: 0,
             sent: false,
@@ -120,6 +210,15 @@ impl LayerState {
             runs: [Run::default(); RUNS],
             run_next: 0,
         }
+    }
+
+    /// Whether it is being sent a layer that has not stopped.
+    pub fn is_live(&self, now: Option<Instant>) -> bool {
+        self.current != NO_LAYER
+            && match (now, self.last_at) {
+                (Some(now), Some(t)) => now.saturating_duration_since(t) < LAYER_STALE,
+                _ => true,
+            }
     }
 
     /// The layer it should be on: the tallest whose height, known from its key frames,
@@ -191,11 +290,13 @@ impl LayerState {
             self.current = layer;
             self.seq_delta = out_seq.wrapping_sub(seq);
             self.ts_delta = out_ts.wrapping_sub(ts);
+            self.vp8_due = true;
             self.runs[self.run_next] = Run {
                 first: out_seq,
                 layer,
                 seq_delta: self.seq_delta,
                 ts_delta: self.ts_delta,
+                vp8: Vp8Offsets::default(),
                 used: true,
             };
             self.run_next = (self.run_next + 1) % RUNS;
@@ -222,16 +323,59 @@ impl LayerState {
         }
     }
 
+    /// Renumber the VP8 payload descriptor `d` of a packet just routed [`Route::Send`]
+    /// for this receiver: its picture ids run on from the last it was sent across switches.
+    pub fn map_vp8(&mut self, d: &mut [u8]) {
+        let (pid, tl0) = vp8_id_fields(d);
+        if self.vp8_due {
+            // The run's first packet (a key frame): its picture follows the last one sent.
+            self.vp8_due = false;
+            let mut o = Vp8Offsets::default();
+            if let (Some(f), Some(last)) = (pid, self.last_pid) {
+                o.pid = last.wrapping_add(1).wrapping_sub(read_pid(d, f)) & 0x7fff;
+            }
+            if let (Some(at), Some(last)) = (tl0, self.last_tl0) {
+                o.tl0 = last.wrapping_add(1).wrapping_sub(d[at]);
+            }
+            self.vp8 = o;
+            self.runs[(self.run_next + RUNS - 1) % RUNS].vp8 = o;
+        }
+        rewrite_vp8(d, self.vp8);
+        if let Some(f) = pid {
+            let p = read_pid(d, f);
+            let mask = if f.1 { 0x7fff } else { 0x7f };
+            if self
+                .last_pid
+                .is_none_or(|l| (p.wrapping_sub(l) & mask) <= mask / 2)
+            {
+                self.last_pid = Some(p);
+            }
+        }
+        if let Some(at) = tl0 {
+            if self.last_tl0.is_none_or(|l| d[at].wrapping_sub(l) < 0x80) {
+                self.last_tl0 = Some(d[at]);
+            }
+        }
+    }
+
     /// The packet a receiver's sequence number `out_seq` was: (layer, the layer's own
-    /// sequence number, the timestamp offset), if it is in a remembered run.
-    pub fn original(&self, out_seq: u16) -> Option<(u8, u16, u32)> {
+    /// sequence number, the timestamp offset, the VP8 offsets), if it is in a remembered
+    /// run.
+    pub fn original(&self, out_seq: u16) -> Option<(u8, u16, u32, Vp8Offsets)> {
         // The newest run that began at or before it.
         (1..=RUNS)
             .map(|k| &self.runs[(self.run_next + RUNS - k) % RUNS])
             .take_while(|r| r.used)
             .find(|r| (out_seq.wrapping_sub(r.first) as i16) >= 0)
             .filter(|_| (self.last_seq.wrapping_sub(out_seq) as i16) >= 0)
-            .map(|r| (r.layer, out_seq.wrapping_sub(r.seq_delta), r.ts_delta))
+            .map(|r| {
+                (
+                    r.layer,
+                    out_seq.wrapping_sub(r.seq_delta),
+                    r.ts_delta,
+                    r.vp8,
+                )
+            })
     }
 
     /// The timestamp offset of `layer` if the receiver is on it now.
@@ -398,8 +542,12 @@ mod tests {
             }
         );
         // NACKs name the receiver's numbers: each maps back to its layer.
-        assert_eq!(s.original(502), Some((2, 502, 0)));
-        assert_eq!(s.original(505), Some((0, 72, 12900u32.wrapping_sub(3100))));
+        let zero = Vp8Offsets::default();
+        assert_eq!(s.original(502), Some((2, 502, 0, zero)));
+        assert_eq!(
+            s.original(505),
+            Some((0, 72, 12900u32.wrapping_sub(3100), zero))
+        );
         assert_eq!(s.original(506), None, "not sent yet");
         // A stopped layer: any key frame moves the receiver on.
         assert_eq!(
@@ -473,6 +621,45 @@ mod tests {
         );
     }
 
+    /// Each layer numbers its VP8 pictures on its own: a receiver's picture ids and
+    /// TL0PICIDX run on across a switch (15-bit and 8-bit wrap), and a NACK's packet is
+    /// renumbered as it was sent.
+    #[test]
+    fn vp8_picture_ids_run_on_across_switches() {
+        // X; I (15-bit picture id), L (TL0PICIDX).
+        let desc = |pid: u16, tl0: u8| {
+            let [hi, lo] = pid.to_be_bytes();
+            [0x90, 0xc0, 0x80 | hi, lo, tl0]
+        };
+        let ids = |d: &[u8; 5]| (u16::from_be_bytes([d[2] & 0x7f, d[3]]), d[4]);
+        let t0 = Instant::now();
+        let mut s = LayerState::new(1);
+        let mut sent = Vec::new();
+        let mut go =
+            |s: &mut LayerState, layer: u8, target: u8, seq: u16, key: bool, pid: u16, tl0: u8| {
+                if let Route::Send { .. } = s.route(layer, target, seq, 0, key, Some(t0)) {
+                    let mut d = desc(pid, tl0);
+                    s.map_vp8(&mut d);
+                    sent.push(ids(&d));
+                }
+            };
+        go(&mut s, 1, 1, 10, true, 32_766, 254);
+        go(&mut s, 1, 1, 11, false, 32_767, 255);
+        // Layer 0 numbers far behind: the receiver's ids run on, wrapping.
+        go(&mut s, 0, 0, 500, true, 7, 3);
+        go(&mut s, 0, 0, 501, false, 8, 4);
+        assert_eq!(sent, [(32_766, 254), (32_767, 255), (0, 0), (1, 1)]);
+        let (_, q, _, v) = s.original(13).expect("sent");
+        assert_eq!(q, 501);
+        let mut d = desc(8, 4);
+        rewrite_vp8(&mut d, v);
+        assert_eq!(ids(&d), (1, 1), "a retransmission as it was sent");
+        // The short (7-bit) form wraps at 128.
+        let mut d = [0x90, 0x80, 0x7f];
+        rewrite_vp8(&mut d, Vp8Offsets { pid: 2, tl0: 0 });
+        assert_eq!(d, [0x90, 0x80, 0x01]);
+    }
+
     #[test]
     fn numbers_run_on_across_the_wrap() {
         let t0 = Instant::now();
@@ -493,7 +680,10 @@ mod tests {
                 ts: (u32::MAX - 10).wrapping_add(1800)
             }
         );
-        assert_eq!(s.original(65535), Some((1, 65535, 0)));
+        assert_eq!(
+            s.original(65535),
+            Some((1, 65535, 0, Vp8Offsets::default()))
+        );
         assert_eq!(s.original(0).map(|o| (o.0, o.1)), Some((0, 1000)));
     }
 }

@@ -2174,3 +2174,166 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
     }
     relay.shutdown().await;
 }
+
+/// The video heights `state` (one page's state at some step) decodes from each other
+/// participant, and the frames decoded from them.
+fn video_in(state: &Value) -> Vec<(String, u64, u64)> {
+    state["inbound"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["kind"] == "video")
+                .map(|i| {
+                    (
+                        i["participant"].as_str().unwrap_or("?").to_string(),
+                        i["frameHeight"].as_u64().unwrap_or(0),
+                        i["framesDecoded"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Simulcast from the web client, end-to-end encrypted: three pages in one MLS call each
+/// send their camera in two SSRC layers (320x180 and 640x360; a call of two gets one). The
+/// page opened with `maxres=200` is sent the 180-line layer of both others, which the relay
+/// picks by the heights their VP8 key frames announce in the bytes the E2EE framing leaves
+/// clear; the others are sent the 360-line layer. When that page lifts its cap
+/// (`max_resolution` with no height) it moves up to 360 lines at the next key frame, which
+/// the relay asks for, and the relay counts the switches. Every frame opens, nothing freezes
+/// for long, and the relay's capture of the call (both layers of each sender) audits blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
+    let _lock = CALL_LOCK.lock().await;
+    let pcap = temp_path("web-simulcast", "pcap");
+    let cfg = capture_config(&pcap);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "web-simulcast";
+    let url = |user: &str| mls_page_url(&relay, &cfg, call, user);
+    let capped = format!("{}&maxres=200", url("bob"));
+    let args = peer_args(&[
+        "--page",
+        &url("alice"),
+        "--page",
+        &capped,
+        "--page",
+        &url("carol"),
+        "--until",
+        "group",
+        "--min-members",
+        "3",
+        "--then",
+        "media",
+        "--min-video-frames",
+        "60",
+        "--hold",
+        "4",
+        "--max-resolution",
+        "1=none",
+        "--hold",
+        "5",
+        "--timeout",
+        "60",
+    ]);
+    let pages = drive(&args).await;
+    let m = scrape(&relay).await;
+    settle_capture(&relay).await;
+    let report = audit_file(&pcap, None).expect("the relay's capture is a readable pcapng");
+    let table = report.table();
+    eprintln!("{table}");
+    // Steps: 0 group, 1 media, 2 after 4 s, 3 the cap lifted, 4 after 5 s more.
+    let step = |p: &PageReport, i: usize| p.0["steps"][i]["state"].clone();
+    for (n, p) in pages.iter().enumerate() {
+        let video = |v: &Value| -> Vec<Value> {
+            v.as_array()
+                .map(|a| a.iter().filter(|i| i["kind"] == "video").cloned().collect())
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "page {n} {}: replayed {} dropped {} failures {} last {}; capped {:?}, then {:?}; receives {:?}; sends {:?}",
+            p.me(),
+            p.num("frames_replayed"),
+            p.num("dropped_before_keys"),
+            p.num("decrypt_failures"),
+            p.s("last_decrypt_error"),
+            video_in(&step(p, 2)),
+            video_in(&step(p, 4)),
+            video(p.s("inbound")),
+            video(p.s("outbound")),
+        );
+    }
+    for (n, p) in pages.iter().enumerate() {
+        assert!(p.ok(), "page {n} missed a condition: {}", p.brief());
+        assert_eq!(p.s("simulcast"), true, "{}", p.brief());
+        assert_eq!(p.s("layers_on"), true, "three in the call: {}", p.brief());
+        assert_eq!(p.num("capture_height"), 360, "{}", p.brief());
+        let mut sent: Vec<(u64, u64)> = p
+            .s("outbound")
+            .as_array()
+            .expect("outbound")
+            .iter()
+            .filter(|o| o["kind"] == "video")
+            .map(|o| {
+                (
+                    o["frameHeight"].as_u64().unwrap_or(0),
+                    o["packetsSent"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        sent.sort_unstable();
+        assert!(
+            sent.len() == 2
+                && sent[0].0 == 180
+                && sent[1].0 == 360
+                && sent.iter().all(|s| s.1 > 100),
+            "two layers sent, 180 and 360 lines: {sent:?}"
+        );
+        assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
+        assert!(p.num("frames_decrypted") > 300, "{}", p.brief());
+        let (capped, lifted) = (video_in(&step(p, 2)), video_in(&step(p, 4)));
+        assert_eq!(capped.len(), 2, "video from both others: {capped:?}");
+        for (who, h, frames) in &capped {
+            let want = if n == 1 { 180 } else { 360 };
+            assert_eq!(
+                *h, want,
+                "page {n} decodes {who} at {want} lines: {capped:?}"
+            );
+            let later = lifted.iter().find(|l| &l.0 == who).expect("still decoding");
+            assert_eq!(later.1, 360, "page {n}, no cap: {lifted:?}");
+            assert!(
+                later.2 >= frames + 60,
+                "page {n} kept decoding {who} across the switch: {frames} then {}",
+                later.2
+            );
+        }
+        for i in p.s("inbound").as_array().expect("inbound") {
+            if i["kind"] == "video" {
+                assert!(
+                    i["totalFreezesDuration"].as_f64().unwrap_or(0.0) < 1.0,
+                    "no long freeze: {i}"
+                );
+            }
+        }
+    }
+    let switches = metric(&m, "blindrelay_layer_switches_total");
+    assert!(
+        switches >= 2.0,
+        "the capped page moved up on two tracks: {switches}"
+    );
+    assert!(report.blind, "{table}");
+    let video: Vec<_> = report
+        .streams
+        .iter()
+        .filter(|s| s.framing.starts_with("web-vp8"))
+        .collect();
+    assert!(
+        video.len() >= 6,
+        "two layers from each of three pages: {table}"
+    );
+    for s in &report.streams {
+        assert_eq!(s.sframe_frames, s.frames, "{table}");
+    }
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(&pcap);
+}

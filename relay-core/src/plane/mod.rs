@@ -666,6 +666,7 @@ impl ControlPlane {
                 tables.receiving = Some(s.neg.receiving().to_vec());
                 let tables = Box::new(tables);
                 let worker = s.worker;
+                let caps = s.max_heights.clone();
                 let Some((_, call_key, _)) = self.registry.call_of(peer) else {
                     return;
                 };
@@ -684,6 +685,14 @@ impl ControlPlane {
                     tables,
                     sender,
                 });
+                for (track, height) in caps {
+                    self.out.push_back(Output::MaxHeight {
+                        peer,
+                        worker,
+                        track,
+                        height,
+                    });
+                }
             }
             Input::DtlsFailed { peer } => self.remove_peer(now, peer, RemovalReason::DtlsFailed),
             Input::DtlsClosed { peer } => self.remove_peer(now, peer, RemovalReason::DtlsClosed),
@@ -1062,6 +1071,7 @@ impl ControlPlane {
                 neg: Negotiation::new(codecs, remote),
                 answer_ssrcs: Vec::new(),
                 media,
+                max_heights: Vec::new(),
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1287,7 +1297,7 @@ impl ControlPlane {
         let Some(peer) = self.joined_peer(conn) else {
             return;
         };
-        let Some(s) = self.sessions.get(&peer) else {
+        let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
         let track = s
@@ -1302,13 +1312,19 @@ impl ControlPlane {
                 "max_resolution names no remote video track of this session".into(),
             );
         };
+        // Taller than any picture VP8 can code (14 bits) is no limit.
+        let height = height.map_or(u16::MAX, |h| h.min(u32::from(u16::MAX - 1)) as u16);
+        // One per track still on a line: the list stays within the session's lines.
+        let neg = &s.neg;
+        s.max_heights
+            .retain(|(t, _)| *t != track && neg.has_track(*t));
+        s.max_heights.push((track, height));
         if s.keyed {
             self.out.push_back(Output::MaxHeight {
                 peer,
                 worker: s.worker,
                 track,
-                // Taller than any picture VP8 can code (14 bits) is no limit.
-                height: height.map_or(u16::MAX, |h| h.min(u32::from(u16::MAX - 1)) as u16),
+                height,
             });
         }
     }

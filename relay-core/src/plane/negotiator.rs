@@ -86,6 +86,11 @@ impl Negotiation {
         &self.remote
     }
 
+    /// Whether a remote line carries the track `ssrc`.
+    pub(super) fn has_track(&self, ssrc: u32) -> bool {
+        self.remote.tracks().any(|t| t.ssrc == ssrc)
+    }
+
     /// The remote track on the m-line `mid`.
     pub(super) fn track_of_mid(&self, mid: &str) -> Option<&RemoteTrack> {
         self.remote.tracks().find(|t| t.mid == mid)

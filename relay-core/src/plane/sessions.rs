@@ -108,6 +108,10 @@ pub(super) struct Session {
     pub(super) answer_ssrcs: Vec<u32>,
     /// Another node serves its media (a cascade): its descriptions name that node.
     pub(super) media: Option<super::MediaEndpoint>,
+    /// Its caps on remote video tracks' picture heights (track SSRC, lines), kept until
+    /// its forwarding loop has it (a page asks as soon as a track arrives, often before
+    /// its DTLS is done). At most one per remote line.
+    pub(super) max_heights: Vec<(u32, u16)>,
 }
 
 impl Session {

@@ -2309,7 +2309,6 @@ fn max_resolution_names_a_remote_video_track_by_mid() {
     h.join(1, "c", false);
     h.join(2, "c", false);
     let a = h.peer_of(1);
-    h.input(Input::Keyed { peer: a });
     let offer = h
         .take(1)
         .into_iter()
@@ -2339,7 +2338,23 @@ fn max_resolution_names_a_remote_video_track_by_mid() {
     let ask = |h: &mut H, mid: String, height: Option<u32>| {
         h.text(1, &ClientMessage::MaxResolution { mid, height });
     };
+    // Asked before its DTLS is done (a page asks as a track arrives): kept, and handed to
+    // its forwarding loop right after its tables.
+    ask(&mut h, mid_of("video"), Some(100));
     ask(&mut h, mid_of("video"), Some(360));
+    assert!(h.out.is_empty(), "{:?}", h.out);
+    h.input(Input::Keyed { peer: a });
+    let attach = h
+        .out
+        .iter()
+        .position(|o| matches!(o, Output::Attach { .. }));
+    let cap = h.out.iter().position(
+        |o| matches!(o, Output::MaxHeight { peer, track: 6, height: 360, .. } if *peer == a),
+    );
+    assert!(attach.is_some() && cap > attach, "{:?}", h.out);
+    assert_eq!(h.p.sessions[&a].max_heights, [(6, 360)], "one per track");
+    h.out.clear();
+    ask(&mut h, mid_of("video"), Some(240));
     ask(&mut h, mid_of("video"), None);
     ask(&mut h, mid_of("video"), Some(1 << 20));
     let caps: Vec<(PeerId, u32, u16)> = h
@@ -2356,7 +2371,7 @@ fn max_resolution_names_a_remote_video_track_by_mid() {
         })
         .collect();
     // bob's video SSRC is 2 * 2 + 2 (see `offer`).
-    assert_eq!(caps, [(a, 6, 360), (a, 6, u16::MAX), (a, 6, u16::MAX - 1)]);
+    assert_eq!(caps, [(a, 6, 240), (a, 6, u16::MAX), (a, 6, u16::MAX - 1)]);
     for mid in [mid_of("audio"), "r999".to_string(), "0".to_string()] {
         h.out.clear();
         ask(&mut h, mid, Some(360));

@@ -6,10 +6,12 @@
 //       [--connect] [--screenshot DIR] [--click-lock] [--chat TEXT]
 //       [--click-feature NAME] [--min-participants N] [--wait-stdin] [--min-members N]
 //       [--answer-downgrade yes|no|click-yes|click-no] [--then COND] [--min-sent N]
-//       [--hold SECS] [--media-via N=HOST:PORT]
+//       [--hold SECS] [--media-via N=HOST:PORT] [--max-resolution N=HEIGHT|none]
 //
 // --hold SECS (a step, like --then): stay in the call that long, then record every page's
 // state; with the state recorded before it, the report holds what changed over SECS.
+// --max-resolution N=HEIGHT (a step): page N asks the relay for pictures at most HEIGHT
+// tall of every remote video track (`none`: no limit), as window.blindrelay.maxResolution.
 // --media-via N=HOST:PORT: page N sends its media to HOST:PORT instead of the relay's
 // media address (a lossy path in front of the relay, for example): the host candidates
 // in every SDP the relay sends that page are rewritten on the page's signalling socket.
@@ -60,6 +62,12 @@ for (let i = 0; i < argv.length; i++) {
     case '--late-page': a.steps.push({ open: v }); i++; break;
     case '--min-sent': a.minSent = Number(v); i++; break;
     case '--hold': a.steps.push({ hold: Number(v) }); i++; break;
+    case '--max-resolution': {
+      const [n, h] = v.split('=');
+      a.steps.push({ maxResolution: { page: Number(n), height: h === 'none' ? null : Number(h) } });
+      i++;
+      break;
+    }
     case '--media-via': {
       const [n, via] = v.split('=');
       (a.mediaVia ||= new Map()).set(Number(n), via);
@@ -235,6 +243,11 @@ try {
       await open(pages.length, step.open);
     } else if (step.hold !== undefined) {
       await new Promise((r) => setTimeout(r, step.hold * 1000));
+    } else if (step.maxResolution !== undefined) {
+      const { page, height } = step.maxResolution;
+      const p = pages.find((x) => x.n === page);
+      if (!p) throw new Error(`--max-resolution ${page}: no such page`);
+      await p.page.evaluate((h) => window.blindrelay.maxResolution(h), height).catch((e) => p.errors.push(`maxResolution: ${e.message}`));
     } else {
       last = step.then;
       const until = Date.now() + a.timeout * 1000;
