@@ -438,6 +438,9 @@ async function join() {
     } catch (e) { /* not supported here */ }
   }
   if (!st.simulcast) await pc.setLocalDescription(offer);
+  // One layer until the call has more than two: the lower one sends nothing, not even its
+  // first frames before the relay's answer.
+  await updateLayers().catch(() => {});
   if (pc.iceGatheringState !== 'complete') {
     await new Promise((resolve) => {
       const t = setTimeout(resolve, 5000);
@@ -461,7 +464,7 @@ async function onJoined(m) {
   for (const p of m.participants || []) st.participants.set(p.participant, p);
   setRemoteMsid(m.answer_sdp);
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
-  await updateLayers();
+  updateLayers().catch(() => {});
   st.joined = true;
   st.joinedAt = performance.now();
   st.joinedAtWall = performance.timeOrigin + st.joinedAt;
@@ -824,9 +827,11 @@ async function refreshStats() {
 // ---------- simulcast ----------
 
 /** What the camera is asked for. libwebrtc sends as many SSRC layers as the picture is
- * large enough for (two from 640x360). The capture does not change during a call: a camera
- * another page or tab holds keeps the format it was opened with. */
-const CAPTURE = { width: 640, height: 360, frameRate: 30 };
+ * large enough for (two from 640x480, one from 320x240). The capture does not change during
+ * a call: a camera another page or tab holds keeps the format it was opened with. */
+const CAPTURE = { width: 640, height: 480, frameRate: 30 };
+/** One layer (a call of two) is sent at 320x240, as a call of two always was. */
+const ONE_LAYER_SCALE = 2;
 
 /** The offer with its video line in two SSRC layers (a=ssrc-group:SIM, lowest first, each
  * with its RTX SSRC): the browser encodes the track twice and the relay sends each receiver
@@ -860,11 +865,10 @@ function withSimulcast(sdp) {
   return lines.join('\r\n');
 }
 
-/** Two layers in a call of more than two (320x180 and 640x360: each receiver gets the one
- * it asks for); in a call of two, one, at 320x180, the size a one-to-one call has always
- * been sent at. */
+/** Two layers in a call of more than two (320x240 and 640x480: each receiver gets the one
+ * it asks for); in a call of two, one (at ONE_LAYER_SCALE). */
 function updateLayers() {
-  // One change at a time: a capture change still under way must not land after a later one.
+  // One change at a time, so an earlier one never lands after a later one.
   layersChain = layersChain.then(applyLayers, applyLayers);
   return layersChain;
 }
@@ -879,13 +883,13 @@ async function applyLayers() {
   const p = s.getParameters();
   if (!p.encodings || !p.encodings.length) return;
   if (!st.simulcast || p.encodings.length < 2) {
-    p.encodings[0].scaleResolutionDownBy = 2;
+    p.encodings[0].scaleResolutionDownBy = ONE_LAYER_SCALE;
     await s.setParameters(p);
     return;
   }
   p.encodings[0].scaleResolutionDownBy = 2;
   p.encodings[0].active = want;
-  p.encodings[1].scaleResolutionDownBy = want ? 1 : 2;
+  p.encodings[1].scaleResolutionDownBy = want ? 1 : ONE_LAYER_SCALE;
   p.encodings[1].active = true;
   await s.setParameters(p);
 }

@@ -768,6 +768,168 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
     assert_eq!(to_sender, 1, "transport-cc feedback to the sender");
 }
 
+/// The simulcast path allocates nothing: a sender's VP8 track in two SSRC layers (VP8
+/// payload descriptors with 15-bit picture ids, a key frame on each layer every 30
+/// frames), one receiver sent the top layer and one capped to the lower (by the heights the
+/// key frames announce), each moved once in the window (the cap lifted, then set again).
+/// Every packet a receiver gets is renumbered (sequence, timestamp, SSRC, picture id) for
+/// it, and its NACKs are answered from the right layer's cache.
+#[test]
+fn simulcast_path_allocates_nothing() {
+    use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack};
+    let mut n = Numbering::default();
+    n.pt[Codec::Opus.index()] = Some(111);
+    n.pt[Codec::Vp8.index()] = Some(96);
+    n.rtx[Codec::Vp8.index()] = Some(97);
+    let layers = Layers {
+        ssrcs: [1001, 1003, 0],
+        rtx: [Some(1002), Some(1004), None],
+        count: 2,
+    };
+    let track = |ssrc: u32, layers: Layers| SentTrack {
+        kind: "video",
+        ssrc,
+        rtx: Some(ssrc + 1),
+        layers,
+    };
+    let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 21_000 + i));
+    let mut f = Forwarder::new(None);
+    let t0 = Instant::now();
+    f.set_time(t0);
+    f.add_peer(
+        1,
+        9,
+        addr(1),
+        SrtpHop(HopContext::Fast(Box::new(ctx(1, 1)))),
+        SrtpHop(HopContext::Fast(Box::new(ctx(1, 2)))),
+        PeerTables::new(&n, &[track(1001, layers)], &[1001, 1002, 1003, 1004]),
+    );
+    for p in [2u64, 3] {
+        let own = 2000 + 10 * p as u32;
+        f.add_peer(
+            p,
+            9,
+            addr(p as u16),
+            SrtpHop(HopContext::Fast(Box::new(ctx(p, 1)))),
+            SrtpHop(HopContext::Fast(Box::new(ctx(p, 2)))),
+            PeerTables::new(&n, &[track(own, Layers::NONE)], &[own, own + 1]),
+        );
+        f.set_receiving(p, vec![1001]);
+    }
+    f.set_max_height(3, 1001, 200);
+    // Frame k: one packet on each layer, layer 0 first (heights 180 and 360), key frames
+    // every 30 frames; picture ids far apart on the two layers.
+    let mut tx = ctx(1, 1);
+    let body: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+    let frames = (WARMUP + MEASURED_RTP) / 2;
+    let mut wire: Vec<Vec<u8>> = Vec::with_capacity(2 * frames);
+    for k in 0..frames {
+        for (l, ssrc) in [1001u32, 1003].into_iter().enumerate() {
+            let seq = (k as u16).wrapping_add(5000 * l as u16);
+            let mut b = vec![0x80, 96];
+            b.extend_from_slice(&seq.to_be_bytes());
+            b.extend_from_slice(&((k as u32) * 3000 + 77 * l as u32).to_be_bytes());
+            b.extend_from_slice(&ssrc.to_be_bytes());
+            let pid = ((k + 20_000 * l) % 32_768) as u16;
+            b.extend_from_slice(&[0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8]);
+            if k % 30 == 0 {
+                let h = [180u16, 360][l];
+                b.extend_from_slice(&[0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02]);
+                b.extend_from_slice(&h.to_le_bytes());
+            } else {
+                b.extend_from_slice(&[0x31, 0x00, 0x00]);
+            }
+            b.extend_from_slice(&body);
+            tx.protect_rtp(&mut b).unwrap();
+            wire.push(b);
+        }
+    }
+    // Receiver 2 NACKs, every 20 packets, the packet it was sent 5 frames before: it is
+    // sent one packet a frame, so its numbers run one a frame from the last it was sent
+    // in the warm-up.
+    let mut rtcp2 = ctx(2, 1);
+    let mut out = Outbox::with_capacity(BATCH * 4, BATCH * 4 * 1500);
+    let last2: std::cell::Cell<Option<(u16, usize)>> = std::cell::Cell::new(None);
+    let mut rx2 = ctx(2, 2);
+    // Built once 2's numbers are known (after the warm-up), before the window.
+    let nacks: std::cell::RefCell<Vec<Vec<u8>>> = std::cell::RefCell::default();
+    // The first half of the warm-up learns 2's numbers; the second half runs the NACKs
+    // and a cap change too, so the buffers they reuse have grown before the window.
+    const LEARN: usize = WARMUP / 2;
+    let mut run = |f: &mut Forwarder, out: &mut Outbox, range: std::ops::Range<usize>| {
+        for (i, w) in wire[range.clone()].iter().enumerate() {
+            let n = range.start + i;
+            f.set_time(t0 + Duration::from_micros(16_667 * n as u64));
+            f.on_rtp(1, w, out).unwrap();
+            if n >= LEARN && n.is_multiple_of(20) {
+                let nacks = nacks.borrow();
+                assert_eq!(
+                    f.on_rtcp(2, &nacks[(n - LEARN) / 20], out),
+                    Ok(0),
+                    "NACK at {n}"
+                );
+            }
+            if out.len() > BATCH {
+                out.clear();
+            }
+            // What 2 was last sent (checked outside the window).
+            if range.start < LEARN {
+                for k in 0..out.len() {
+                    let (t, d) = out.get(k).expect("in range");
+                    if t.to == addr(2) && !t.rtcp {
+                        let mut d = d.to_vec();
+                        if rx2.unprotect_rtp(&mut d).is_ok() && d[8..12] == 1001u32.to_be_bytes() {
+                            last2.set(Some((u16::from_be_bytes([d[2], d[3]]), n / 2)));
+                        }
+                    }
+                }
+                out.clear();
+            }
+        }
+        out.clear();
+    };
+    run(&mut f, &mut out, 0..LEARN);
+    let (seq, at) = last2.get().expect("2 is sent the track");
+    *nacks.borrow_mut() = (LEARN..WARMUP + MEASURED_RTP)
+        .step_by(20)
+        .map(|n| {
+            let lost = seq.wrapping_add((n / 2 - at) as u16).wrapping_sub(5);
+            let mut p = vec![0x81, 205, 0, 3];
+            p.extend_from_slice(&2021u32.to_be_bytes());
+            p.extend_from_slice(&1001u32.to_be_bytes());
+            p.extend_from_slice(&lost.to_be_bytes());
+            p.extend_from_slice(&[0, 0]);
+            rtcp2.protect_rtcp(&mut p).unwrap();
+            p
+        })
+        .collect();
+    run(&mut f, &mut out, LEARN..LEARN + 300);
+    f.set_max_height(3, 1001, u16::MAX);
+    run(&mut f, &mut out, LEARN + 300..LEARN + 600);
+    f.set_max_height(3, 1001, 200);
+    run(&mut f, &mut out, LEARN + 600..WARMUP);
+    let half = WARMUP + MEASURED_RTP / 2;
+    let ((), allocs, reallocs) = count_allocs(|| {
+        run(&mut f, &mut out, WARMUP..half);
+        f.set_max_height(3, 1001, u16::MAX);
+        run(&mut f, &mut out, half..half + 200);
+        f.set_max_height(2, 1001, 200);
+        run(&mut f, &mut out, half + 200..WARMUP + MEASURED_RTP);
+    });
+    assert_eq!(
+        (allocs, reallocs),
+        (0, 0),
+        "allocations on the simulcast path"
+    );
+    assert!(f.take_layer_switches() >= 3, "3 up, then 2 down");
+    let mut sent = Vec::new();
+    f.take_retransmits(|k, n| sent.push((k, n)));
+    assert!(
+        sent.iter().any(|(k, n)| k.as_str() == "sent" && *n > 100),
+        "NACKs answered: {sent:?}"
+    );
+}
+
 /// The node link's media path: `MediaFramer` + `Link::send_media` on one node, quinn's
 /// endpoint drivers of both nodes (packet building, encryption, UDP send and receive,
 /// decryption, ACKs), the far node's datagram loop and a sink that checks each packet.

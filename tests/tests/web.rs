@@ -1990,10 +1990,11 @@ async fn pages_and_e2ee_clients_key_one_mls_group() {
     // sequences, judged by the codec maps the capture carries.
     assert!(report.blind, "{table}");
     assert_eq!(report.codec_maps, 4, "one codec map per member: {table}");
+    // Four members, so the pages simulcast: two video layers each.
     assert_eq!(
         report.streams.len(),
-        8,
-        "four members, audio and video each: {table}"
+        10,
+        "four members, audio and video each, the pages' video in two layers: {table}"
     );
     // Every frame of every stream continues an SFrame sequence: a group changes KIDs with
     // each epoch, and a KID that lived only a few frames (two leaves as the pages close)
@@ -2196,11 +2197,11 @@ fn video_in(state: &Value) -> Vec<(String, u64, u64)> {
 }
 
 /// Simulcast from the web client, end-to-end encrypted: three pages in one MLS call each
-/// send their camera in two SSRC layers (320x180 and 640x360; a call of two gets one). The
-/// page opened with `maxres=200` is sent the 180-line layer of both others, which the relay
+/// send their camera in two SSRC layers (320x240 and 640x480; a call of two gets one). The
+/// page opened with `maxres=300` is sent the 240-line layer of both others, which the relay
 /// picks by the heights their VP8 key frames announce in the bytes the E2EE framing leaves
 /// clear; the others are sent the 360-line layer. When that page lifts its cap
-/// (`max_resolution` with no height) it moves up to 360 lines at the next key frame, which
+/// (`max_resolution` with no height) it moves up to 480 lines at the next key frame, which
 /// the relay asks for, and the relay counts the switches. Every frame opens, nothing freezes
 /// for long, and the relay's capture of the call (both layers of each sender) audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2211,7 +2212,7 @@ async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
     let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
     let call = "web-simulcast";
     let url = |user: &str| mls_page_url(&relay, &cfg, call, user);
-    let capped = format!("{}&maxres=200", url("bob"));
+    let capped = format!("{}&maxres=300", url("bob"));
     let args = peer_args(&[
         "--page",
         &url("alice"),
@@ -2267,7 +2268,7 @@ async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
         assert!(p.ok(), "page {n} missed a condition: {}", p.brief());
         assert_eq!(p.s("simulcast"), true, "{}", p.brief());
         assert_eq!(p.s("layers_on"), true, "three in the call: {}", p.brief());
-        assert_eq!(p.num("capture_height"), 360, "{}", p.brief());
+        assert_eq!(p.num("capture_height"), 480, "{}", p.brief());
         let mut sent: Vec<(u64, u64)> = p
             .s("outbound")
             .as_array()
@@ -2284,23 +2285,23 @@ async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
         sent.sort_unstable();
         assert!(
             sent.len() == 2
-                && sent[0].0 == 180
-                && sent[1].0 == 360
+                && sent[0].0 == 240
+                && sent[1].0 == 480
                 && sent.iter().all(|s| s.1 > 100),
-            "two layers sent, 180 and 360 lines: {sent:?}"
+            "two layers sent, 240 and 480 lines: {sent:?}"
         );
         assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
         assert!(p.num("frames_decrypted") > 300, "{}", p.brief());
         let (capped, lifted) = (video_in(&step(p, 2)), video_in(&step(p, 4)));
         assert_eq!(capped.len(), 2, "video from both others: {capped:?}");
         for (who, h, frames) in &capped {
-            let want = if n == 1 { 180 } else { 360 };
+            let want = if n == 1 { 240 } else { 480 };
             assert_eq!(
                 *h, want,
                 "page {n} decodes {who} at {want} lines: {capped:?}"
             );
             let later = lifted.iter().find(|l| &l.0 == who).expect("still decoding");
-            assert_eq!(later.1, 360, "page {n}, no cap: {lifted:?}");
+            assert_eq!(later.1, 480, "page {n}, no cap: {lifted:?}");
             assert!(
                 later.2 >= frames + 60,
                 "page {n} kept decoding {who} across the switch: {frames} then {}",
