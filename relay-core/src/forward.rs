@@ -202,6 +202,8 @@ pub const CACHE_PACKETS: usize = 512;
 /// The largest packet cached (clear header without extensions, and payload): an
 /// Ethernet MTU. Larger ones are forwarded and not cached.
 const CACHE_SLOT_BYTES: usize = 1500;
+/// A cache slot's length for a packet that came but whose bytes were not kept.
+const SEEN_ONLY: u16 = u16::MAX;
 /// A gap in a sender's sequence the relay asks it to fill (a NACK); a longer one is a
 /// restart or a burst no retransmission would save.
 const MAX_UPLINK_GAP: u16 = 64;
@@ -460,6 +462,15 @@ impl PeerTables {
         Ok(t)
     }
 
+    /// Whether a cached packet can be sent to it again: it takes RTX for a video codec, or
+    /// it is a node link (no SRTP index to spend).
+    pub fn takes_retransmissions(&self) -> bool {
+        self.link
+            || Codec::ALL
+                .into_iter()
+                .any(|c| c.kind() == "video" && self.rtx_pt_of_codec[c.index()] != NO)
+    }
+
     /// e2ee-client's numbering (Opus 111, VP8 96), no transport-cc: for tests and
     /// benchmarks that build forwarders by hand.
     pub fn standard(ssrcs: &[u32]) -> Self {
@@ -529,10 +540,18 @@ impl PacketCache {
         let i = Self::slot(seq);
         let (s, len, codec) = self.slots[i];
         let at = i * CACHE_SLOT_BYTES;
-        (len > 0 && s == seq).then(|| (codec, &self.data[at..at + len as usize]))
+        (len > 0 && len != SEEN_ONLY && s == seq)
+            .then(|| (codec, &self.data[at..at + len as usize]))
     }
 
-    fn put(&mut self, seq: u16, codec: u8, header: &[u8], payload: &[u8]) -> Stored {
+    /// Whether packet `seq` came (kept or not).
+    fn seen(&self, seq: u16) -> bool {
+        let (s, len, _) = self.slots[Self::slot(seq)];
+        len > 0 && s == seq
+    }
+
+    /// Note packet `seq` as come; its bytes are kept only if `keep`.
+    fn put(&mut self, seq: u16, codec: u8, header: &[u8], payload: &[u8], keep: bool) -> Stored {
         let mut stored = Stored::New;
         match self.highest {
             None => self.highest = Some(seq),
@@ -541,7 +560,7 @@ impl PacketCache {
                 if ahead == 0 || ahead >= 0x8000 {
                     // Behind the highest: a late or repaired packet, if still in reach.
                     let behind = h.wrapping_sub(seq) as usize;
-                    if behind >= CACHE_PACKETS || self.get(seq).is_some() {
+                    if behind >= CACHE_PACKETS || self.seen(seq) {
                         return Stored::Held;
                     }
                 } else {
@@ -565,7 +584,9 @@ impl PacketCache {
         }
         let i = Self::slot(seq);
         let len = header.len() + payload.len();
-        if len <= CACHE_SLOT_BYTES {
+        if !keep {
+            self.slots[i] = (seq, SEEN_ONLY, codec);
+        } else if len <= CACHE_SLOT_BYTES {
             let at = i * CACHE_SLOT_BYTES;
             self.data[at..at + header.len()].copy_from_slice(header);
             self.data[at + header.len()..at + len].copy_from_slice(payload);
@@ -647,6 +668,9 @@ pub struct Forwarder<H> {
     retransmits: [u64; Retransmit::ALL.len()],
     /// Simulcast layer switches since the last [`Forwarder::take_layer_switches`].
     layer_switches: u64,
+    /// Members of each call that can be sent a packet again (see
+    /// [`PeerTables::takes_retransmissions`]).
+    rtx_takers: HashMap<CallKey, usize>,
     /// The arrival time of the packet being handled (sans-IO: the loop passes it in).
     now: Option<Instant>,
 
@@ -735,6 +759,7 @@ impl<H> Default for Forwarder<H> {
             misses: Vec::new(),
             retransmits: [0; Retransmit::ALL.len()],
             layer_switches: 0,
+            rtx_takers: HashMap::default(),
             now: None,
             epoch: None,
             active: Vec::new(),
@@ -786,6 +811,17 @@ impl<H: HopCipher> Forwarder<H> {
         // Room for every stream it receives, as `set_receiving` reserves: a participant
         // moved here brings its streams along, and recording a start must not allocate.
         let media_started = Vec::with_capacity(tables.receiving.as_ref().map_or(0, Vec::len));
+        if tables.takes_retransmissions() {
+            *self.rtx_takers.entry(call).or_default() += 1;
+        }
+        if let Some(old) = self.peers.get(&peer) {
+            // Added again (tables replaced): it no longer counts as it did.
+            if old.tables.takes_retransmissions() {
+                if let Some(n) = self.rtx_takers.get_mut(&old.call) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
         self.peers.insert(
             peer,
             PeerMedia {
@@ -942,6 +978,14 @@ impl<H: HopCipher> Forwarder<H> {
     /// (merge), possibly on another forwarding loop.
     pub fn take_peer(&mut self, peer: PeerId) -> Option<PeerTransfer<H>> {
         let p = self.peers.remove(&peer)?;
+        if p.tables.takes_retransmissions() {
+            if let Some(n) = self.rtx_takers.get_mut(&p.call) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.rtx_takers.remove(&p.call);
+                }
+            }
+        }
         if let Some(m) = self.calls.get_mut(&p.call) {
             m.retain(|x| *x != peer);
             if m.is_empty() {
@@ -1239,7 +1283,11 @@ impl<H: HopCipher> Forwarder<H> {
         let track = layer.map_or(media, |(t, _)| t.track);
         let ts = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if codec != Codec::Opus as u8 {
-            let stored = cache_put(sender, media, seq, codec, &header[..base], payload);
+            // The bytes are kept only if someone else in the call could be sent them
+            // again (takes RTX, or is a node link): the copy is most of the cache's cost.
+            let takers = self.rtx_takers.get(&call).copied().unwrap_or(0);
+            let keep = takers > usize::from(sender.tables.takes_retransmissions());
+            let stored = cache_put(sender, media, seq, codec, &header[..base], payload, keep);
             match stored {
                 // Forwarded when it first came (a late copy, or a retransmission): each
                 // receiver's hop has spent its index.
@@ -1645,6 +1693,7 @@ fn cache_put<H>(
     codec: u8,
     header: &[u8],
     payload: &[u8],
+    keep: bool,
 ) -> Option<Stored> {
     let i = match sender.caches.iter().position(|c| c.ssrc == ssrc) {
         Some(i) => i,
@@ -1658,7 +1707,7 @@ fn cache_put<H>(
             sender.caches.len() - 1
         }
     };
-    Some(sender.caches[i].put(seq, codec, header, payload))
+    Some(sender.caches[i].put(seq, codec, header, payload, keep))
 }
 
 /// `owner`'s simulcast track that receivers know as `ssrc`.
@@ -1790,13 +1839,15 @@ fn answer_nack<H: HopCipher>(
             },
             (Some(_), None) => continue,
         };
-        let Some((codec, packet)) = s
-            .caches
-            .iter()
-            .find(|c| c.ssrc == src)
-            .and_then(|c| c.get(src_seq))
-        else {
-            misses.push((src, src_seq));
+        let cache = s.caches.iter().find(|c| c.ssrc == src);
+        let Some((codec, packet)) = cache.and_then(|c| c.get(src_seq)) else {
+            if cache.is_some_and(|c| c.seen(src_seq)) {
+                // It came, and its bytes were not kept (nobody in the call could be sent
+                // it again then): asking the sender would only bring a duplicate.
+                counts[Retransmit::Unavailable as usize] += 1;
+            } else {
+                misses.push((src, src_seq));
+            }
             continue;
         };
         let pt = r.tables.pt_of_codec[codec as usize];
@@ -3450,6 +3501,75 @@ mod tests {
         assert_eq!(drops(&mut f), []);
     }
 
+    /// In a call where nobody but the sender could be sent a packet again (no receiver
+    /// takes RTX, no node link), the cache notes which packets came but keeps no bytes:
+    /// the copy was a fifth of the forwarding cost (bench/RESULTS.md). A NACK for one
+    /// that came is `unavailable`, as before; one that never came is still asked for, and
+    /// a late copy of one that came is still a duplicate.
+    #[test]
+    fn the_cache_keeps_no_bytes_when_no_receiver_could_be_sent_them() {
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let mut f = Forwarder::new(None);
+        f.set_time(Instant::now());
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            rtx_tables(96, Some(97), 1),
+        );
+        f.add_peer(3, 7, addr(3), fast(3), fast(13), rtx_tables(96, None, 3));
+        f.set_receiving(3, vec![100]);
+        let mut tx = ctx(1);
+        let mut out = Outbox::default();
+        for seq in [10, 11, 13] {
+            let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, seq, b"frame")).unwrap();
+            assert!(f.on_rtp(1, &wire, &mut out).is_ok());
+        }
+        let cache = &f.peers[&1].caches[0];
+        assert!(cache.seen(11) && cache.get(11).is_none(), "noted, not kept");
+        let mut n = Vec::new();
+        rtcp::write_nack(&mut n, 3, 100, [11, 12].into_iter());
+        let wire = ctx(3).encrypt_rtcp(&n).unwrap();
+        let mut out = Outbox::default();
+        assert_eq!(f.on_rtcp(3, &wire, &mut out), Ok(0));
+        let sent: Vec<_> = (0..out.len())
+            .filter_map(|i| out.get(i))
+            .map(|(t, _)| (t.to, t.rtcp))
+            .collect();
+        assert_eq!(
+            sent,
+            [(addr(1), true)],
+            "12 asked of the sender; 11 cannot go again"
+        );
+        // 12 was asked at the gap, and again now.
+        assert_eq!(
+            retransmits(&mut f),
+            [(Retransmit::Unavailable, 1), (Retransmit::Asked, 2)]
+        );
+        // A late copy of 11 on the sender's RTX stream is a duplicate.
+        let mut rtx = vp8_rtp(97, 101, 1, &[0, 11]);
+        rtx.extend_from_slice(b"frame");
+        let wire = tx.encrypt_rtp(&rtx).unwrap();
+        assert_eq!(
+            f.on_rtp(1, &wire, &mut out),
+            Err(DropReason::RetransmitDuplicate)
+        );
+        // A receiver that takes RTX joins: from now on the bytes are kept.
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            rtx_tables(98, Some(99), 2),
+        );
+        let wire = tx.encrypt_rtp(&vp8_rtp(96, 100, 14, b"frame")).unwrap();
+        assert!(f.on_rtp(1, &wire, &mut out).is_ok());
+        assert!(f.peers[&1].caches[0].get(14).is_some());
+    }
+
     /// One small NACK asks for many packets (17 an entry): what the relay sends one
     /// receiver again is bounded by its retransmission budget, the rest counted.
     #[test]
@@ -3543,10 +3663,10 @@ mod tests {
     fn the_packet_cache_keeps_a_window_across_the_wrap() {
         let mut c = PacketCache::new(1);
         let h = [0x80u8; 12];
-        assert_eq!(c.put(65530, 1, &h, b"a"), Stored::New);
-        assert_eq!(c.put(65531, 1, &h, b"b"), Stored::New);
+        assert_eq!(c.put(65530, 1, &h, b"a", true), Stored::New);
+        assert_eq!(c.put(65531, 1, &h, b"b", true), Stored::New);
         assert_eq!(
-            c.put(2, 1, &h, b"c"),
+            c.put(2, 1, &h, b"c", true),
             Stored::Gap {
                 first: 65532,
                 count: 6
@@ -3558,19 +3678,19 @@ mod tests {
             Some((1, &b"c"[..]))
         );
         assert!(c.get(0).is_none());
-        assert_eq!(c.put(0, 1, &h, b"late"), Stored::New);
-        assert_eq!(c.put(0, 1, &h, b"again"), Stored::Held);
+        assert_eq!(c.put(0, 1, &h, b"late", true), Stored::New);
+        assert_eq!(c.put(0, 1, &h, b"again", true), Stored::Held);
         assert_eq!(c.get(0).map(|(_, p)| &p[12..]), Some(&b"late"[..]));
         // A jump of more than the window: nothing older is held, and no gap is asked.
         let far = 2u16.wrapping_add(CACHE_PACKETS as u16 + 100);
-        assert_eq!(c.put(far, 1, &h, b"far"), Stored::New);
+        assert_eq!(c.put(far, 1, &h, b"far", true), Stored::New);
         assert!(c.get(2).is_none() && c.get(65531).is_none());
         // A lap later, a slot does not answer for the packet a lap earlier.
         assert!(c.get(far.wrapping_sub(CACHE_PACKETS as u16)).is_none());
-        assert_eq!(c.put(2, 1, &h, b"too old"), Stored::Held);
+        assert_eq!(c.put(2, 1, &h, b"too old", true), Stored::Held);
         // Larger than a slot: not cached, and its slot is empty.
         let big = vec![0u8; CACHE_SLOT_BYTES];
-        assert_eq!(c.put(far.wrapping_add(1), 1, &h, &big), Stored::New);
+        assert_eq!(c.put(far.wrapping_add(1), 1, &h, &big, true), Stored::New);
         assert!(c.get(far.wrapping_add(1)).is_none());
     }
 
