@@ -150,6 +150,100 @@ pub const fn max_feedback_len(arrivals: usize) -> usize {
     20 + 6 * arrivals + 3
 }
 
+/// A transport-cc feedback packet that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("transport-cc feedback is shorter than its header or its chunks say")]
+    Truncated,
+    #[error("transport-cc feedback uses the reserved status symbol")]
+    ReservedSymbol,
+}
+
+/// Read a transport-cc feedback packet (one RTCP packet, header included) a receiver
+/// sent about the packets the relay numbered for it: `each(seq, arrival)` is called for
+/// every packet it describes, in order, with its arrival in microseconds on the
+/// receiver's clock, or `None` if it did not arrive. Nothing is allocated: this runs on
+/// the packet path. On an error, the packets before the fault have been reported.
+pub fn read_feedback(
+    p: &[u8],
+    mut each: impl FnMut(u16, Option<i64>),
+) -> Result<(), FeedbackError> {
+    let head = p.get(..20).ok_or(FeedbackError::Truncated)?;
+    let base = u16::from_be_bytes([head[12], head[13]]);
+    let count = usize::from(u16::from_be_bytes([head[14], head[15]]));
+    // The reference time is a signed 24-bit count of 64 ms.
+    let rt = i64::from(i32::from_be_bytes([head[16], head[17], head[18], 0]) >> 8);
+    // The chunks come first and the deltas after them, so the symbols are read in one
+    // pass to find where the deltas start, then again beside the deltas.
+    let mut at = 20;
+    let mut n = 0;
+    while n < count {
+        let v = chunk(p, at)?;
+        at += 2;
+        n += if v >> 15 == 0 {
+            usize::from(v & 0x1fff)
+        } else if v >> 14 == 0b11 {
+            VECTOR
+        } else {
+            14
+        };
+    }
+    let mut deltas = at;
+    let mut t = rt * 64_000;
+    let mut seq = base;
+    let mut left = count;
+    let mut symbol = |s: u16, seq: &mut u16| -> Result<(), FeedbackError> {
+        let arrival = match s {
+            0 => None,
+            1 => {
+                let d = *p.get(deltas).ok_or(FeedbackError::Truncated)?;
+                deltas += 1;
+                t += i64::from(d) * 250;
+                Some(t)
+            }
+            2 => {
+                let d = p.get(deltas..deltas + 2).ok_or(FeedbackError::Truncated)?;
+                deltas += 2;
+                t += i64::from(i16::from_be_bytes([d[0], d[1]])) * 250;
+                Some(t)
+            }
+            _ => return Err(FeedbackError::ReservedSymbol),
+        };
+        each(*seq, arrival);
+        *seq = seq.wrapping_add(1);
+        Ok(())
+    };
+    let mut c = 20;
+    while left > 0 {
+        let v = chunk(p, c)?;
+        c += 2;
+        if v >> 15 == 0 {
+            let run = usize::from(v & 0x1fff).min(left);
+            for _ in 0..run {
+                symbol((v >> 13) & 0b11, &mut seq)?;
+            }
+            left -= run;
+        } else if v >> 14 == 0b11 {
+            for k in 0..VECTOR.min(left) {
+                symbol((v >> (12 - 2 * k)) & 0b11, &mut seq)?;
+            }
+            left -= VECTOR.min(left);
+        } else {
+            for k in 0..14.min(left) {
+                symbol((v >> (13 - k)) & 0b1, &mut seq)?;
+            }
+            left -= 14.min(left);
+        }
+    }
+    Ok(())
+}
+
+fn chunk(p: &[u8], at: usize) -> Result<u16, FeedbackError> {
+    p.get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or(FeedbackError::Truncated)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,42 +255,47 @@ mod tests {
         let base = u16::from_be_bytes([p[12], p[13]]);
         let count = u16::from_be_bytes([p[14], p[15]]);
         let rt = i64::from(u32::from_be_bytes([0, p[16], p[17], p[18]]));
-        let mut syms = Vec::new();
-        let mut at = 20;
-        while syms.len() < count as usize {
-            let v = u16::from_be_bytes([p[at], p[at + 1]]);
-            at += 2;
-            if v >> 15 == 0 {
-                // Run-length chunk: the symbol, then how many.
-                let s = (v >> 13) & 0b11;
-                syms.extend(std::iter::repeat_n(s, usize::from(v & 0x1fff)));
-            } else {
-                assert_eq!(v >> 14, 0b11, "two-bit status vector chunk");
-                for k in 0..7 {
-                    syms.push((v >> (12 - 2 * k)) & 0b11);
-                }
-            }
-        }
-        syms.truncate(count as usize);
-        let mut t = rt * 64_000;
         let mut out = Vec::new();
-        for s in syms {
-            match s {
-                0 => out.push(None),
-                1 => {
-                    t += i64::from(p[at]) * 250;
-                    at += 1;
-                    out.push(Some(t));
-                }
-                2 => {
-                    t += i64::from(i16::from_be_bytes([p[at], p[at + 1]])) * 250;
-                    at += 2;
-                    out.push(Some(t));
-                }
-                _ => panic!("reserved symbol"),
-            }
-        }
+        let mut next = base;
+        read_feedback(p, |seq, at| {
+            assert_eq!(seq, next, "in order");
+            next = next.wrapping_add(1);
+            out.push(at);
+        })
+        .expect("parses");
         (base, count, rt, out)
+    }
+
+    /// libwebrtc also writes one-bit status vectors (received with a small delta, or
+    /// not), and a negative reference time; a cut packet is an error, not a panic.
+    #[test]
+    fn reads_one_bit_vectors_and_refuses_cut_packets() {
+        let mut p = vec![0x8f, 205, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2];
+        p.extend_from_slice(&65_534u16.to_be_bytes()); // base, wrapping
+        p.extend_from_slice(&4u16.to_be_bytes()); // count
+        p.extend_from_slice(&[0xff, 0xff, 0xfe, 9]); // reference time -2, fb count 9
+                                                     // One-bit vector: received, lost, received, received (then padding symbols).
+        p.extend_from_slice(&0b1010_1100_0000_0000_u16.to_be_bytes());
+        p.extend_from_slice(&[4, 0, 8, 0]); // three one-byte deltas, then padding
+        let mut got = Vec::new();
+        read_feedback(&p, |seq, at| got.push((seq, at))).expect("parses");
+        let t0 = -2 * 64_000;
+        assert_eq!(
+            got,
+            vec![
+                (65_534, Some(t0 + 1_000)),
+                (65_535, None),
+                (0, Some(t0 + 1_000)),
+                (1, Some(t0 + 3_000)),
+            ]
+        );
+        for cut in 0..22 {
+            assert_eq!(
+                read_feedback(&p[..cut], |_, _| {}),
+                Err(FeedbackError::Truncated),
+                "{cut} bytes"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 
 use super::hop::{HopCipher, HopError};
 use super::report::{DropReason, Retransmit};
-use super::simulcast::{self, LayerState, Route, SimulcastTrack};
+use super::simulcast::{self, LayerState, Route, SimulcastTrack, NO_LAYER};
 use super::{CallKey, PeerId};
+use crate::bwe::DownlinkBwe;
 use blindrelay_protocol::rtcp::{self, RtcpRoute};
 use blindrelay_protocol::rtp::{find_extension, vp8_descriptor_len, RtpHeader};
 use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack, CODEC_COUNT, MAX_LAYERS};
@@ -212,6 +213,32 @@ const MAX_CACHED_STREAMS: usize = 64;
 /// Remote simulcast tracks a receiver keeps a layer choice for: more than a call's
 /// participants send. A track beyond it is not sent to that receiver.
 pub const MAX_LAYER_STATES: usize = 64;
+/// How often at most a receiver's layers are chosen again from its downlink estimate.
+const ALLOC_INTERVAL: Duration = Duration::from_millis(500);
+/// The share of a receiver's estimate its media is given: the rest absorbs key frames
+/// and retransmissions.
+const BUDGET_PERCENT: u64 = 90;
+/// A layer above the one a receiver had is given it only if the budget holds this much
+/// more than the layer's rate (percent), so a rate near a layer's does not flap.
+const RAISE_PERCENT: u64 = 115;
+/// The estimate fell within this long of raising a layer: the raise congested the path,
+/// and raising is held off for [`HOLD_FIRST`], doubling up to [`HOLD_MAX`] each time
+/// (the relay cannot probe a path before it raises: this is how it stops trying).
+const RAISE_FAILED_WITHIN: Duration = Duration::from_secs(4);
+const HOLD_FIRST: Duration = Duration::from_secs(8);
+/// A path clear this long (and no raise within it) may be given one layer more than
+/// its estimate has room for: with no padding to probe with, a raise is the probe.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+const HOLD_MAX: Duration = Duration::from_secs(64);
+/// Estimates kept for the metrics between two [`Forwarder::take_estimates`].
+const ESTIMATE_SAMPLES: usize = 256;
+/// What a packet costs on the wire beyond its clear RTP: the SRTP tag (at most 16
+/// bytes), UDP and IPv4 headers.
+const WIRE_OVERHEAD: usize = 44;
+/// The largest per-receiver header: fixed part and CSRCs, a transport-cc extension, a
+/// VP8 descriptor.
+const HEAD_MAX: usize = 12 + 4 * 15 + 8 + simulcast::MAX_VP8_DESCRIPTOR;
+
 /// How often at most a participant's liveness (consent) is reported: consent is judged in
 /// seconds, and the forwarding loop must not send the control plane an event per packet.
 pub const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
@@ -639,6 +666,24 @@ struct PeerMedia<H> {
     activity_at: Option<Instant>,
     /// Queued in [`Forwarder::take_activity`]'s list and not taken yet.
     activity_pending: bool,
+    /// As a receiver that reports transport-cc: its downlink estimate, and how its
+    /// layers are chosen within it.
+    bwe: Option<Box<DownlinkBwe>>,
+    alloc: Alloc,
+}
+
+/// The bandwidth allocator's state for one receiver (see [`allocate`]).
+#[derive(Debug, Default)]
+struct Alloc {
+    last: Option<Instant>,
+    /// Audio bytes sent it since `last`, and the rate they made.
+    audio_bytes: u64,
+    audio_bps: u64,
+    /// When a layer was last raised for it; until when raising is held off after a
+    /// raise that congested its path, and how long the next hold is.
+    raised_at: Option<Instant>,
+    hold: Duration,
+    hold_until: Option<Instant>,
 }
 
 /// Forwarding state of one worker loop, over the driver's hop cipher `H`.
@@ -668,6 +713,12 @@ pub struct Forwarder<H> {
     retransmits: [u64; Retransmit::ALL.len()],
     /// Simulcast layer switches since the last [`Forwarder::take_layer_switches`].
     layer_switches: u64,
+    /// Receivers' downlink estimates since the last [`Forwarder::take_estimates`]
+    /// (capacity [`ESTIMATE_SAMPLES`]; beyond it a sample is left out), tracks paused
+    /// for want of bandwidth since then, and the change in how many are paused.
+    estimates: Vec<u64>,
+    pauses: u64,
+    paused_delta: i64,
     /// Members of each call that can be sent a packet again (see
     /// [`PeerTables::takes_retransmissions`]).
     rtx_takers: HashMap<CallKey, usize>,
@@ -759,6 +810,9 @@ impl<H> Default for Forwarder<H> {
             misses: Vec::new(),
             retransmits: [0; Retransmit::ALL.len()],
             layer_switches: 0,
+            estimates: Vec::new(),
+            pauses: 0,
+            paused_delta: 0,
             rtx_takers: HashMap::default(),
             now: None,
             epoch: None,
@@ -774,6 +828,7 @@ impl<H: HopCipher> Forwarder<H> {
             tap,
             // A compound larger than this grows it once; routing then allocates nothing.
             rtcp_pass: Vec::with_capacity(64),
+            estimates: Vec::with_capacity(ESTIMATE_SAMPLES),
             ..Default::default()
         }
     }
@@ -808,6 +863,10 @@ impl<H: HopCipher> Forwarder<H> {
                 last_fb: None,
             })
         });
+        // Its own transport-wide numbering needs a one-byte extension id; a node link is
+        // paced by QUIC.
+        let bwe = ((1..=14).contains(&tables.twcc_id) && !tables.link)
+            .then(|| Box::new(DownlinkBwe::new()));
         // Room for every stream it receives, as `set_receiving` reserves: a participant
         // moved here brings its streams along, and recording a start must not allocate.
         let media_started = Vec::with_capacity(tables.receiving.as_ref().map_or(0, Vec::len));
@@ -843,6 +902,8 @@ impl<H: HopCipher> Forwarder<H> {
                 caches: Vec::new(),
                 activity_at: None,
                 activity_pending: false,
+                bwe,
+                alloc: Alloc::default(),
             },
         );
         if self.active.capacity() < self.peers.len() {
@@ -925,6 +986,21 @@ impl<H: HopCipher> Forwarder<H> {
         std::mem::take(&mut self.layer_switches)
     }
 
+    /// Receivers' downlink estimates (bits per second) made since the last call, one
+    /// each time a receiver's layers were chosen.
+    pub fn take_estimates(&mut self, each: impl FnMut(u64)) {
+        self.estimates.drain(..).for_each(each);
+    }
+
+    /// Tracks paused for want of a receiver's bandwidth since the last call, and the
+    /// change since then in how many are paused now.
+    pub fn take_pauses(&mut self) -> (u64, i64) {
+        (
+            std::mem::take(&mut self.pauses),
+            std::mem::take(&mut self.paused_delta),
+        )
+    }
+
     /// A node link's end in its call now sends `ssrcs` (`video` of them video, repaired on
     /// the RTX SSRCs of `repairs`) and is sent `receiving`: participants came or went on
     /// the far node, or its receivers' tracks changed. An SSRC a participant here owns
@@ -977,7 +1053,13 @@ impl<H: HopCipher> Forwarder<H> {
     /// Remove a participant and hand back its hop state, to re-home it in another call
     /// (merge), possibly on another forwarding loop.
     pub fn take_peer(&mut self, peer: PeerId) -> Option<PeerTransfer<H>> {
-        let p = self.peers.remove(&peer)?;
+        let mut p = self.peers.remove(&peer)?;
+        // Its estimate stays here: wherever it goes, its layers are chosen afresh.
+        for st in p.tables.layer_states.iter_mut().filter(|s| s.paused) {
+            st.paused = false;
+            st.bwe_max = simulcast::NO_LAYER;
+            self.paused_delta -= 1;
+        }
         if p.tables.takes_retransmissions() {
             if let Some(n) = self.rtx_takers.get_mut(&p.call) {
                 *n = n.saturating_sub(1);
@@ -1269,8 +1351,9 @@ impl<H: HopCipher> Forwarder<H> {
         });
         let key = layer.is_some() && simulcast::starts_keyframe(codec, payload);
         let layer = layer.map(|(t, l)| {
-            if self.now.is_some() {
-                t.seen[l as usize] = self.now;
+            if let Some(now) = self.now {
+                t.seen[l as usize] = Some(now);
+                t.count(l, base + payload.len() + WIRE_OVERHEAD, now);
             }
             if key && codec == Codec::Vp8 as u8 {
                 // Its height now, for receivers that ask for at most some height.
@@ -1327,7 +1410,12 @@ impl<H: HopCipher> Forwarder<H> {
         }
         let mut n = 0;
         let now = self.now;
+        // Microseconds on the clock the receivers' transport-wide feedback is matched on.
+        let now_us = now
+            .zip(self.epoch)
+            .map(|(n, e)| n.saturating_duration_since(e).as_micros() as i64);
         let mut keyframe_wanted = None;
+        let mut realloc = None;
         for to in &self.scratch {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
@@ -1357,6 +1445,12 @@ impl<H: HopCipher> Forwarder<H> {
                     }
                     None => continue,
                 };
+                if states[i].paused {
+                    // Its downlink has no room for the track's lowest layer. Tried again
+                    // as time passes, even if nothing it is sent brings feedback.
+                    realloc.get_or_insert(*to);
+                    continue;
+                }
                 let target = states[i].target(&t);
                 let before = states[i].switches;
                 let route = states[i].route(l, target, seq, ts, key, now);
@@ -1407,27 +1501,60 @@ impl<H: HopCipher> Forwarder<H> {
                 }
             }
             header[1] = (header[1] & 0x80) | pt;
+            let twcc = r.bwe.as_deref().zip(now_us).map(|(b, _)| b.next_seq());
             // A copy that cannot be protected for one receiver (its hop would reuse an
             // SRTP index) is dropped for that receiver alone.
-            let sent = if desc.1 > 0 {
-                // The header then the renumbered descriptor, as one part (the hop parses
-                // the header itself), then the rest of the payload untouched.
-                let mut head = [0u8; 12 + 4 * 15 + simulcast::MAX_VP8_DESCRIPTOR];
+            let sent = if desc.1 > 0 || twcc.is_some() {
+                // The header, this receiver's own transport-wide sequence number (a
+                // one-byte header extension of its hop) and the renumbered descriptor, as
+                // one part (the hop parses the header itself), then the rest of the
+                // payload untouched.
+                let mut head = [0u8; HEAD_MAX];
+                let mut at = base;
                 head[..base].copy_from_slice(&header[..base]);
-                head[base..base + desc.1].copy_from_slice(&desc.0[..desc.1]);
-                out.push_rtp_parts(
-                    r.addr,
-                    &mut r.outbound,
-                    &head[..base + desc.1],
-                    &payload[desc.1..],
-                )
+                if let Some(seq) = twcc {
+                    head[0] |= 0x10;
+                    let [hi, lo] = seq.to_be_bytes();
+                    let id = r.tables.twcc_id << 4 | 1;
+                    head[at..at + 8].copy_from_slice(&[0xbe, 0xde, 0, 1, id, hi, lo, 0]);
+                    at += 8;
+                }
+                head[at..at + desc.1].copy_from_slice(&desc.0[..desc.1]);
+                at += desc.1;
+                let rest = &payload[desc.1..];
+                out.push_rtp_parts(r.addr, &mut r.outbound, &head[..at], rest)
+                    .map(|()| at + rest.len())
             } else {
                 out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload)
+                    .map(|()| base + payload.len())
             };
             match sent {
-                Ok(()) => n += 1,
+                Ok(len) => {
+                    n += 1;
+                    if let (Some(b), Some(us)) = (r.bwe.as_deref_mut(), now_us) {
+                        b.on_sent(us, len + WIRE_OVERHEAD);
+                    }
+                    if codec == Codec::Opus as u8 {
+                        r.alloc.audio_bytes += (len + WIRE_OVERHEAD) as u64;
+                    }
+                }
                 Err(reason) => self.receiver_drops[reason as usize] += 1,
             }
+        }
+        if let (Some(who), Some(now)) = (realloc, now) {
+            let mut stats = AllocStats {
+                estimates: &mut self.estimates,
+                pauses: &mut self.pauses,
+                paused_delta: &mut self.paused_delta,
+            };
+            allocate(
+                &mut self.peers,
+                &self.ssrc_owner,
+                call,
+                who,
+                now,
+                &mut stats,
+            );
         }
         if let (Some(ssrc), Some(now)) = (keyframe_wanted, now) {
             // Within KEYFRAME_REQUEST_INTERVAL per layer, however many receivers wait.
@@ -1478,6 +1605,9 @@ impl<H: HopCipher> Forwarder<H> {
             misses,
             retransmits,
             own_rtcp,
+            estimates,
+            pauses,
+            paused_delta,
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
@@ -1516,6 +1646,7 @@ impl<H: HopCipher> Forwarder<H> {
             }
         }
         // Each packet's verdict, and who gets something, in order of first appearance.
+        let mut fed = false;
         pass.clear();
         dests.clear();
         fn add(d: PeerId, dests: &mut Vec<PeerId>) {
@@ -1607,12 +1738,38 @@ impl<H: HopCipher> Forwarder<H> {
                             add(o, dests);
                         }
                     }),
+                RtcpRoute::Terminate
+                    if p.packet_type == rtcp::PT_RTPFB && p.fmt == rtcp::FMT_TRANSPORT_CC =>
+                {
+                    // About the packets the relay numbered for this receiver: its
+                    // downlink.
+                    match (
+                        peers.get_mut(&from).and_then(|m| m.bwe.as_deref_mut()),
+                        *now,
+                    ) {
+                        (Some(b), Some(now)) => {
+                            fed = true;
+                            b.on_feedback(p.bytes, now)
+                                .map(|_| ())
+                                .map_err(|_| DropReason::RtpMalformed)
+                        }
+                        _ => Ok(()),
+                    }
+                }
                 RtcpRoute::Terminate => Ok(()),
             };
             if let Err(reason) = verdict {
                 drops[reason as usize] += 1;
             }
             pass.push(verdict.is_ok() && !answered);
+        }
+        if let (true, Some(now)) = (fed, *now) {
+            let mut stats = AllocStats {
+                estimates,
+                pauses,
+                paused_delta,
+            };
+            allocate(peers, ssrc_owner, call, from, now, &mut stats);
         }
         let mut n = 0;
         for to in dests.iter() {
@@ -1680,6 +1837,186 @@ impl<H: HopCipher> Forwarder<H> {
             }
         }
         Ok(n)
+    }
+}
+
+/// Where [`allocate`] reports to the metrics.
+struct AllocStats<'a> {
+    estimates: &'a mut Vec<u64>,
+    pauses: &'a mut u64,
+    paused_delta: &'a mut i64,
+}
+
+/// Choose the layers of every simulcast track `who` receives within its downlink
+/// estimate, at most every [`ALLOC_INTERVAL`]: audio first (what it was sent of it is
+/// taken off the budget), then each track its lowest layer being sent, in the order it
+/// came to receive them, then each in that order the highest layer that still fits and
+/// that it asked for (`max_resolution`). A track whose lowest layer does not fit is
+/// paused, so video gives way before audio does. The relay sees no audio levels (they
+/// would be a header extension it does not negotiate), so there is no active speaker to
+/// put first.
+fn allocate<H>(
+    peers: &mut HashMap<PeerId, PeerMedia<H>>,
+    owners: &HashMap<(CallKey, u32), PeerId>,
+    call: CallKey,
+    who: PeerId,
+    now: Instant,
+    stats: &mut AllocStats<'_>,
+) {
+    let Some(r) = peers.get_mut(&who) else {
+        return;
+    };
+    if r.alloc
+        .last
+        .is_some_and(|t| now.saturating_duration_since(t) < ALLOC_INTERVAL)
+    {
+        return;
+    }
+    let Some(bwe) = r.bwe.as_deref_mut() else {
+        return;
+    };
+    bwe.on_idle(now);
+    let Some(estimate) = bwe.estimate() else {
+        return;
+    };
+    let Some(r) = peers.get(&who) else {
+        return;
+    };
+    // Each track's layer rates (0: not being sent) and the highest it asked for, on the
+    // stack: this runs with every feedback, on the packet path.
+    let mut tracks = [([0u64; MAX_LAYERS], 0u8); MAX_LAYER_STATES];
+    for (k, st) in r.tables.layer_states.iter().enumerate() {
+        let t = owners
+            .get(&(call, st.track))
+            .and_then(|o| peers.get(o))
+            .and_then(|o| o.tables.simulcast.iter().find(|t| t.track == st.track));
+        if let Some(t) = t {
+            for l in 0..=t.top() {
+                if t.sending(l, Some(now)) {
+                    tracks[k].0[l as usize] = u64::from(t.rate_bps[l as usize]).max(1);
+                }
+            }
+            tracks[k].1 = st.height_target(t);
+        }
+    }
+    let Some(r) = peers.get_mut(&who) else {
+        return;
+    };
+    let since = r.alloc.last.map(|t| now.saturating_duration_since(t));
+    r.alloc.last = Some(now);
+    if let Some(d) = since.filter(|d| !d.is_zero()) {
+        r.alloc.audio_bps = r.alloc.audio_bytes * 8 * 1_000_000 / d.as_micros().max(1) as u64;
+    }
+    r.alloc.audio_bytes = 0;
+    if stats.estimates.len() < stats.estimates.capacity() {
+        stats.estimates.push(estimate);
+    }
+    // A raise followed by a decrease: hold further raises off, longer each time.
+    if let (Some(raised), Some(fell)) = (
+        r.alloc.raised_at,
+        r.bwe.as_deref().and_then(DownlinkBwe::last_decrease),
+    ) {
+        if fell > raised && fell.saturating_duration_since(raised) < RAISE_FAILED_WITHIN {
+            r.alloc.hold = (r.alloc.hold * 2).clamp(HOLD_FIRST, HOLD_MAX);
+            r.alloc.hold_until = Some(now + r.alloc.hold);
+            r.alloc.raised_at = None;
+        } else if now.saturating_duration_since(raised) >= RAISE_FAILED_WITHIN {
+            r.alloc.raised_at = None;
+            r.alloc.hold = Duration::ZERO;
+        }
+    }
+    let may_raise = r.alloc.hold_until.is_none_or(|t| now >= t);
+    let mut probe = may_raise
+        && r.bwe
+            .as_deref()
+            .is_some_and(|b| b.clear_for(now) >= PROBE_AFTER)
+        && r.alloc
+            .raised_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_AFTER);
+    let mut probed = false;
+    let budget = (estimate * BUDGET_PERCENT / 100).saturating_sub(r.alloc.audio_bps);
+    let states = &mut r.tables.layer_states;
+    let n = states.len();
+    // The layer each track gets, from its lowest being sent up: PAUSE, or NO_LAYER (no
+    // limit) for a track nothing of which is coming.
+    const PAUSE: u8 = 0xfe;
+    let mut chosen = [PAUSE; MAX_LAYER_STATES];
+    let mut spent = 0u64;
+    for k in 0..n {
+        let (rates, _) = &tracks[k];
+        match rates.iter().position(|r| *r > 0) {
+            // Nothing of it is coming: nothing to pause, no rate to count.
+            None => chosen[k] = NO_LAYER,
+            Some(l) if spent + rates[l] <= budget || (probe && states[k].paused) => {
+                probed |= spent + rates[l] > budget;
+                probe &= !probed;
+                chosen[k] = l as u8;
+                spent += rates[l];
+            }
+            Some(_) => {}
+        }
+    }
+    for k in 0..n {
+        let (rates, top) = &tracks[k];
+        let Some(mut at) = Some(chosen[k]).filter(|c| *c < PAUSE && rates[*c as usize] > 0) else {
+            continue;
+        };
+        for l in at + 1..=*top {
+            let rate = rates[l as usize];
+            if rate == 0 {
+                continue;
+            }
+            let had = states[k].bwe_max == NO_LAYER || l <= states[k].bwe_max;
+            if !had && !may_raise {
+                break;
+            }
+            let extra = rate.saturating_sub(rates[at as usize]);
+            let need = if had {
+                extra
+            } else {
+                extra * RAISE_PERCENT / 100
+            };
+            if spent + need > budget {
+                if !probe || had {
+                    break;
+                }
+                probe = false;
+                probed = true;
+            }
+            spent += extra;
+            at = l;
+        }
+        chosen[k] = at;
+    }
+    let mut raised = false;
+    for (st, c) in states.iter_mut().zip(chosen) {
+        if c == PAUSE {
+            if !st.paused {
+                st.paused = true;
+                st.current = NO_LAYER;
+                *stats.pauses += 1;
+                *stats.paused_delta += 1;
+            }
+            continue;
+        }
+        if st.paused {
+            st.paused = false;
+            *stats.paused_delta -= 1;
+            raised = true;
+        }
+        if st.bwe_max != NO_LAYER && c > st.bwe_max {
+            raised = true;
+        }
+        st.bwe_max = c;
+    }
+    if raised {
+        r.alloc.raised_at = Some(now);
+    }
+    if probed {
+        let audio = r.alloc.audio_bps;
+        if let Some(b) = r.bwe.as_deref_mut() {
+            b.raise_to((spent + audio) * 100 / BUDGET_PERCENT);
+        }
     }
 }
 
@@ -3712,6 +4049,177 @@ mod tests {
     fn with_ts(mut b: Vec<u8>, ts: u32) -> Vec<u8> {
         b[4..8].copy_from_slice(&ts.to_be_bytes());
         b
+    }
+
+    /// A receiver whose transport-cc feedback shows a narrow path: it is moved to the
+    /// layer that fits, then paused when nothing fits, then given video again when the
+    /// path clears. Its packets carry its own transport-wide numbers, one run from 1.
+    #[test]
+    fn a_receivers_downlink_estimate_chooses_its_layer_and_pauses_the_track() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let mut n = Numbering::default();
+        n.pt[Codec::Opus.index()] = Some(111);
+        n.pt[Codec::Vp8.index()] = Some(96);
+        n.twcc = Some(3);
+        let layers = Layers {
+            ssrcs: [100, 102, 0],
+            rtx: [None; MAX_LAYERS],
+            count: 2,
+        };
+        let track = SentTrack {
+            kind: "video",
+            ssrc: 100,
+            rtx: None,
+            layers,
+        };
+        let receiver = SentTrack {
+            kind: "video",
+            ssrc: 200,
+            rtx: None,
+            layers: Layers::NONE,
+        };
+        let mut f = Forwarder::new(None);
+        f.set_time(ms(0));
+        f.add_peer(
+            1,
+            7,
+            addr(1),
+            fast(1),
+            fast(11),
+            PeerTables::new(&n, &[track], &[100, 102]),
+        );
+        f.add_peer(
+            2,
+            7,
+            addr(2),
+            fast(2),
+            fast(12),
+            PeerTables::new(&n, &[receiver], &[200]),
+        );
+        f.set_receiving(2, vec![100]);
+        let mut tx = ctx(1);
+        let mut rx = ctx_replay(12);
+        let mut c2 = ctx(2);
+        // The receiver's path: its rate, a 20 KB queue (a tbf), and when it is next free.
+        let mut rate: u64 = 300_000;
+        let mut free_us: i64 = 0;
+        let mut arrivals: Vec<twcc::Arrival> = Vec::new();
+        let mut next_twcc = 1u16;
+        // Which layer each frame 2 got came from (None: none of it), per 100 ms.
+        let mut got_layers: Vec<(u64, u8)> = Vec::new();
+        let (mut seqs, mut frame) = ([0u16; 2], 0u32);
+        let mut at = 0u64;
+        let mut last_fb = 0u64;
+        let phase = |at: u64, rate: &mut u64| {
+            // 0-3 s: 300 kbit/s; 3-6 s: 60 kbit/s; then 50 Mbit/s.
+            *rate = match at {
+                0..3_000 => 300_000,
+                3_000..6_000 => 60_000,
+                _ => 50_000_000,
+            };
+        };
+        while at < 17_000 {
+            phase(at, &mut rate);
+            // 30 frames a second: layer 0 one 400-byte packet, layer 1 four of 1,100
+            // (about 110 and 1,150 kbit/s on the wire); key frames every half second.
+            let key = frame % 15 == 0;
+            for (l, (count, size)) in [(1usize, 400usize), (4, 1100)].into_iter().enumerate() {
+                for p in 0..count {
+                    f.set_time(ms(at));
+                    let mut body = format!("layer {l} frame {frame} ").into_bytes();
+                    body.resize(size, 0);
+                    let payload = vp8_frame(key && p == 0, [180, 360][l], &body);
+                    let pkt = with_ts(
+                        vp8_rtp(96, layers.ssrcs[l], seqs[l], &payload),
+                        frame * 3000,
+                    );
+                    seqs[l] = seqs[l].wrapping_add(1);
+                    let mut out = Outbox::default();
+                    f.on_rtp(1, &tx.encrypt_rtp(&pkt).unwrap(), &mut out)
+                        .unwrap();
+                    for i in 0..out.len() {
+                        let (t, d) = out.get(i).unwrap();
+                        if t.to != addr(2) {
+                            continue;
+                        }
+                        let clear = rx.decrypt_rtp(d).unwrap();
+                        let h = RtpHeader::parse(&clear).unwrap();
+                        let v = find_extension(&clear, 3).expect("its transport-wide number");
+                        let seq = u16::from_be_bytes([v[0], v[1]]);
+                        assert_eq!(seq, next_twcc, "one run of its own numbers");
+                        next_twcc += 1;
+                        let body = &clear[h.header_len..];
+                        let k = body.windows(6).position(|w| w == b"layer ").unwrap();
+                        got_layers.push((at, body[k + 6] - b'0'));
+                        // Through the path: queued behind what is in it, or lost.
+                        let size = d.len() as i64 + 28;
+                        let now_us = at as i64 * 1000;
+                        let start = free_us.max(now_us);
+                        if (start - now_us) * rate as i64 / 8_000_000 + size <= 20_000 {
+                            free_us = start + size * 8_000_000 / rate as i64;
+                            arrivals.push(twcc::Arrival {
+                                seq: u64::from(seq) + (1 << 16),
+                                at_us: free_us,
+                            });
+                        }
+                    }
+                }
+            }
+            if at >= last_fb + 50 && !arrivals.is_empty() {
+                last_fb = at;
+                let mut fb = Vec::new();
+                assert!(twcc::write_feedback(&mut fb, 200, 1, 0, &arrivals));
+                arrivals.clear();
+                let mut out = Outbox::default();
+                f.set_time(ms(at));
+                f.on_rtcp(2, &c2.encrypt_rtcp(&fb).unwrap(), &mut out)
+                    .unwrap();
+            }
+            frame += 1;
+            at = u64::from(frame) * 1000 / 30;
+        }
+        let layers_in = |from: u64, to: u64| -> Vec<u8> {
+            let mut v: Vec<u8> = got_layers
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .map(|(_, l)| *l)
+                .collect();
+            v.dedup();
+            v
+        };
+        assert_eq!(
+            layers_in(30, 300),
+            [1],
+            "the top layer before feedback says more"
+        );
+        assert_eq!(
+            layers_in(2_000, 3_000),
+            [0],
+            "the layer that fits 300 kbit/s"
+        );
+        assert!(
+            layers_in(5_000, 6_000).is_empty(),
+            "paused: no layer fits 60 kbit/s"
+        );
+        // Video tried again before the path cleared (at 6 s) congested it: raising was
+        // then held off for 8 s, and once it was allowed, the probe succeeded.
+        assert_eq!(
+            layers_in(16_000, 17_000),
+            [1],
+            "the top layer again on a clear path"
+        );
+        let (pauses, paused) = f.take_pauses();
+        assert_eq!(
+            (pauses, paused),
+            (2, 0),
+            "paused at 60 kbit/s and after the early try, and not now"
+        );
+        let mut estimates = Vec::new();
+        f.take_estimates(|e| estimates.push(e));
+        assert!(estimates.iter().any(|e| *e < 150_000), "{estimates:?}");
+        assert!(f.take_layer_switches() >= 2);
     }
 
     /// A simulcast sender's three layers (SSRCs 100, 102, 104, heights 180, 360, 720):

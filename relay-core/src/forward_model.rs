@@ -454,6 +454,9 @@ struct Slot<H> {
     twcc_next: u16,
     twcc_pending: usize,
     twcc_media: u32,
+    /// As a receiver that takes transport-cc: the transport-wide sequence number the
+    /// relay numbers its next packet with (its own, starting at 1).
+    down_next: u16,
     last_fb: Option<Instant>,
     activity_at: Option<Instant>,
     /// Its client side: what protects its packets and unprotects what it is sent.
@@ -775,6 +778,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                     twcc_next: 0,
                     twcc_pending: 0,
                     twcc_media: 0,
+                    down_next: 1,
                     last_fb: None,
                     activity_at: None,
                     kf_delivered: Vec::new(),
@@ -821,6 +825,7 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
                         nacks: Vec::new(),
                         twcc_pending: 0,
                         twcc_media: 0,
+                        down_next: 1,
                         last_fb: None,
                         activity_at: None,
                         kf_delivered: Vec::new(),
@@ -1165,6 +1170,13 @@ impl<H: HopCipher, F: Fn(u8) -> H> Harness<H, F> {
             let mut c = clear[..12].to_vec();
             c[0] &= !0x10;
             c[1] = (c[1] & 0x80) | if codec == 0 { ropus } else { rvp8 };
+            if r.twcc {
+                // Its own transport-wide number, for its downlink estimate.
+                c[0] |= 0x10;
+                let [hi, lo] = r.down_next.to_be_bytes();
+                c.extend_from_slice(&[0xbe, 0xde, 0, 1, TWCC_ID << 4 | 1, hi, lo, 0]);
+                r.down_next = r.down_next.wrapping_add(1);
+            }
             c.extend_from_slice(payload);
             e.to.insert(o, c);
         }

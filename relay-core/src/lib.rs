@@ -34,6 +34,7 @@
 //! never sees the config.
 
 pub mod budget;
+pub mod bwe;
 pub mod calls;
 pub mod cascade;
 pub mod forward;

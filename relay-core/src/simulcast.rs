@@ -35,7 +35,15 @@ pub struct SimulcastTrack {
     pub heights: [u16; MAX_LAYERS],
     /// When each layer's last packet came (if the forwarder keeps time).
     pub seen: [Option<Instant>; MAX_LAYERS],
+    /// Each layer's rate (bits per second, over the last [`RATE_WINDOW`]s, smoothed):
+    /// what a receiver sent it needs of its downlink.
+    pub rate_bps: [u32; MAX_LAYERS],
+    bytes: [u32; MAX_LAYERS],
+    rate_at: Option<Instant>,
 }
+
+/// How long each layer's bytes are summed for its rate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl SimulcastTrack {
     /// Which layer of this track `ssrc` is.
@@ -61,6 +69,33 @@ impl SimulcastTrack {
             layers,
             heights: [0; MAX_LAYERS],
             seen: [None; MAX_LAYERS],
+            rate_bps: [0; MAX_LAYERS],
+            bytes: [0; MAX_LAYERS],
+            rate_at: None,
+        }
+    }
+
+    /// A packet of `len` bytes of `layer` came at `now`.
+    pub fn count(&mut self, layer: u8, len: usize, now: Instant) {
+        let Some(b) = self.bytes.get_mut(layer as usize) else {
+            return;
+        };
+        *b = b.saturating_add(len as u32);
+        let at = *self.rate_at.get_or_insert(now);
+        let span = now.saturating_duration_since(at);
+        if span >= RATE_WINDOW {
+            let us = span.as_micros().max(1) as u64;
+            for (r, b) in self.rate_bps.iter_mut().zip(self.bytes.iter_mut()) {
+                let new = (u64::from(*b) * 8 * 1_000_000 / us).min(u64::from(u32::MAX)) as u32;
+                // Key frames make one window's rate jump: half the last one smooths it.
+                *r = if *r == 0 {
+                    new
+                } else {
+                    (*r / 2).saturating_add(new / 2)
+                };
+                *b = 0;
+            }
+            self.rate_at = Some(now);
         }
     }
 
@@ -159,6 +194,10 @@ pub struct LayerState {
     pub track: u32,
     /// The tallest picture it asked for (`u16::MAX`: no limit).
     pub max_height: u16,
+    /// The highest layer its downlink has room for ([`NO_LAYER`]: no limit), and whether
+    /// it has room for none: then it is sent nothing of the track (paused).
+    pub bwe_max: u8,
+    pub paused: bool,
     /// The layer it is being sent, or [`NO_LAYER`].
     pub current: u8,
     /// Switches from one layer to another, ever.
@@ -195,6 +234,8 @@ impl LayerState {
         LayerState {
             track,
             max_height: u16::MAX,
+            bwe_max: NO_LAYER,
+            paused: false,
             current: NO_LAYER,
             switches: 0,
             seq_delta: 0,
@@ -221,9 +262,15 @@ impl LayerState {
             }
     }
 
-    /// The layer it should be on: the tallest whose height, known from its key frames,
-    /// is within its limit; the lowest if none is known to be.
+    /// The layer it should be on: [`LayerState::height_target`], and no higher than its
+    /// downlink has room for.
     pub fn target(&self, t: &SimulcastTrack) -> u8 {
+        self.height_target(t).min(self.bwe_max)
+    }
+
+    /// The tallest layer whose height, known from its key frames, is within its limit;
+    /// the lowest if none is known to be.
+    pub fn height_target(&self, t: &SimulcastTrack) -> u8 {
         if self.max_height == u16::MAX {
             return t.top();
         }

@@ -52,6 +52,13 @@ const M_SRTP_REPLAY: &str = "blindrelay_srtp_replay_failures_total";
 const M_DTLS: &str = "blindrelay_dtls_handshakes_total";
 const M_DTLS_REPEATS: &str = "blindrelay_dtls_last_flight_repeats_total";
 const M_LAYER_SWITCHES: &str = "blindrelay_layer_switches_total";
+const M_ESTIMATE: &str = "blindrelay_receiver_estimate_bps";
+const M_PAUSES: &str = "blindrelay_video_pauses_total";
+const M_PAUSED: &str = "blindrelay_paused_tracks";
+/// Receivers' downlink estimates span a phone on a poor cell to a desktop on fibre.
+const ESTIMATE_BUCKETS: [f64; 12] = [
+    100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2.5e6, 5e6, 10e6, 25e6, 100e6,
+];
 const M_DTLS_TIME: &str = "blindrelay_dtls_handshake_duration_seconds";
 const M_JOINS: &str = "blindrelay_joins_total";
 const M_JOIN_TIME: &str = "blindrelay_join_duration_seconds";
@@ -116,6 +123,11 @@ pub struct Metrics {
     pub dtls_last_flight_repeats: Counter,
     /// Receivers moved from one simulcast layer to another.
     pub layer_switches: Counter,
+    /// Receivers' downlink estimates, each time their layers are chosen.
+    pub receiver_estimate: Histogram,
+    /// Tracks paused for a receiver whose downlink has no room for them, ever and now.
+    pub video_pauses: Counter,
+    pub paused_tracks: Gauge,
     pub join_time: Histogram,
     /// Packets written to the capture file.
     pub capture_packets: Counter,
@@ -148,6 +160,9 @@ impl Metrics {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(M_CLUSTER_POLICY.into()), &POLICY_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(M_ESTIMATE.into()), &ESTIMATE_BUCKETS)
+            })
             .unwrap_or_else(|_| unreachable!("bucket lists are non-empty"))
             .build_recorder();
         let handle = recorder.handle();
@@ -178,6 +193,9 @@ impl Metrics {
             dtls_handshake_time: h(M_DTLS_TIME),
             dtls_last_flight_repeats: c(M_DTLS_REPEATS, vec![]),
             layer_switches: c(M_LAYER_SWITCHES, vec![]),
+            receiver_estimate: h(M_ESTIMATE),
+            video_pauses: c(M_PAUSES, vec![]),
+            paused_tracks: recorder.register_gauge(&Key::from_name(M_PAUSED), &meta()),
             join_time: h(M_JOIN_TIME),
             capture_packets: c(M_CAPTURE_PKTS, vec![]),
             capture_dropped: c(M_CAPTURE_DROPPED, vec![]),
@@ -195,11 +213,13 @@ impl Metrics {
             m.participants(role).set(0.0);
         }
         m.capture_active.set(0.0);
+        m.paused_tracks.set(0.0);
         // Counters too: an alert on refusals sees 0 before the first one.
         for c in m.mls_refused.iter().chain(&m.dropped).chain([
             &m.ice_nominated_moves,
             &m.dtls_last_flight_repeats,
             &m.layer_switches,
+            &m.video_pauses,
         ]) {
             c.increment(0);
         }
@@ -248,6 +268,21 @@ impl Metrics {
             M_LAYER_SWITCHES,
             None,
             "Receivers moved from one simulcast layer of a track to another (at a key frame).",
+        );
+        d(
+            M_PAUSES,
+            None,
+            "Video tracks paused for a receiver whose downlink estimate had no room for their lowest layer.",
+        );
+        self.recorder.describe_gauge(
+            M_PAUSED.into(),
+            None,
+            "Video tracks paused now for want of their receiver's bandwidth.".into(),
+        );
+        self.recorder.describe_histogram(
+            M_ESTIMATE.into(),
+            None,
+            "Receivers' downlink estimates in bits per second (from their transport-cc feedback), each time their layers are chosen.".into(),
         );
         d(
             M_DTLS_REPEATS,

@@ -773,14 +773,18 @@ fn rewrite_feedback_and_keyframe_path_allocates_nothing() {
 /// frames), one receiver sent the top layer and one capped to the lower (by the heights the
 /// key frames announce), each moved once in the window (the cap lifted, then set again).
 /// Every packet a receiver gets is renumbered (sequence, timestamp, SSRC, picture id) for
-/// it, and its NACKs are answered from the right layer's cache.
+/// it, and its NACKs are answered from the right layer's cache. Every packet carries
+/// its receiver's own transport-wide number, and receiver 3's transport-cc feedback
+/// feeds its downlink estimate, from which its layers are chosen.
 #[test]
 fn simulcast_path_allocates_nothing() {
     use blindrelay_protocol::sdp::{Codec, Layers, Numbering, SentTrack};
+    use blindrelay_protocol::twcc::{write_feedback, Arrival};
     let mut n = Numbering::default();
     n.pt[Codec::Opus.index()] = Some(111);
     n.pt[Codec::Vp8.index()] = Some(96);
     n.rtx[Codec::Vp8.index()] = Some(97);
+    n.twcc = Some(3);
     let layers = Layers {
         ssrcs: [1001, 1003, 0],
         rtx: [Some(1002), Some(1004), None],
@@ -853,6 +857,24 @@ fn simulcast_path_allocates_nothing() {
     let mut rx2 = ctx(2, 2);
     // Built once 2's numbers are known (after the warm-up), before the window.
     let nacks: std::cell::RefCell<Vec<Vec<u8>>> = std::cell::RefCell::default();
+    // 3's transport-cc feedback every 20 packets (10 after each NACK): the 10 packets it
+    // was sent since (one a frame, numbered from 1), each 33 ms after the last.
+    let mut rtcp3 = ctx(3, 1);
+    let feedback: Vec<Vec<u8>> = (0..(WARMUP + MEASURED_RTP) / 20)
+        .map(|k| {
+            let last = 10 * k as u64;
+            let arrivals: Vec<Arrival> = (last.saturating_sub(9)..=last)
+                .map(|s| Arrival {
+                    seq: (1 << 16) + s,
+                    at_us: 33_333 * s as i64,
+                })
+                .collect();
+            let mut p = Vec::new();
+            assert!(write_feedback(&mut p, 2031, 1, k as u8, &arrivals));
+            rtcp3.protect_rtcp(&mut p).unwrap();
+            p
+        })
+        .collect();
     // The first half of the warm-up learns 2's numbers; the second half runs the NACKs
     // and a cap change too, so the buffers they reuse have grown before the window.
     const LEARN: usize = WARMUP / 2;
@@ -867,6 +889,13 @@ fn simulcast_path_allocates_nothing() {
                     f.on_rtcp(2, &nacks[(n - LEARN) / 20], out),
                     Ok(0),
                     "NACK at {n}"
+                );
+            }
+            if n % 20 == 10 {
+                assert_eq!(
+                    f.on_rtcp(3, &feedback[n / 20], out),
+                    Ok(0),
+                    "feedback at {n}"
                 );
             }
             if out.len() > BATCH {
@@ -922,6 +951,9 @@ fn simulcast_path_allocates_nothing() {
         "allocations on the simulcast path"
     );
     assert!(f.take_layer_switches() >= 3, "3 up, then 2 down");
+    let mut estimates = 0;
+    f.take_estimates(|_| estimates += 1);
+    assert!(estimates >= 2, "3's layers were chosen from its estimate");
     let mut sent = Vec::new();
     f.take_retransmits(|k, n| sent.push((k, n)));
     assert!(

@@ -597,9 +597,16 @@ const PAGE_ORIGINS: usize = 4;
 async fn relay() -> (blindrelay::config::Config, blindrelay::Relay) {
     let mut cfg = loopback_config();
     // Distinct free ports: held open together, released just before the relay starts.
-    let held: Vec<std::net::TcpListener> = (0..PAGE_ORIGINS)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
+    // Below the kernel's ephemeral range (32768 on): a port the kernel handed out could
+    // be taken, once released, as the source port of any outgoing connection (Chromium's
+    // own to the relay took one: EADDRINUSE for its page server).
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    while held.len() < PAGE_ORIGINS {
+        let port = rand::random_range(20_000..32_000u16);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
     cfg.signal.allowed_origins = held
         .iter()
         .map(|l| format!("http://{}", l.local_addr().expect("bound")))

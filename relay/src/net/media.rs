@@ -658,6 +658,12 @@ pub async fn worker_loop(
         fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
         fwd.take_retransmits(|kind, n| m.retransmits(kind, n));
         m.layer_switches.increment(fwd.take_layer_switches());
+        fwd.take_estimates(|e| m.receiver_estimate.record(e as f64));
+        let (pauses, paused) = fwd.take_pauses();
+        if pauses > 0 || paused != 0 {
+            m.video_pauses.increment(pauses);
+            m.paused_tracks.increment(paused as f64);
+        }
         // The round stopped short of an empty ring: more is probably waiting.
         let more = n == WORKER_BATCH || out.arena().len() >= ARENA_CAP;
         send_all(&media, &mut out, &mut gso, &mut links, &m).await;
