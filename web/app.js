@@ -874,6 +874,10 @@ function updateLayers() {
 }
 let layersChain = Promise.resolve();
 
+/** The low layer is what a receiver on a narrow downlink is sent: capped, as LiveKit's
+ * and Teams' low layers are, so two of them and the call's audio fit 600 kbit/s. */
+const LOW_LAYER_BPS = 150_000;
+
 async function applyLayers() {
   const s = st.videoSender;
   if (!s) return;
@@ -888,6 +892,7 @@ async function applyLayers() {
     return;
   }
   p.encodings[0].scaleResolutionDownBy = 2;
+  p.encodings[0].maxBitrate = LOW_LAYER_BPS;
   p.encodings[0].active = want;
   p.encodings[1].scaleResolutionDownBy = want ? 1 : ONE_LAYER_SCALE;
   p.encodings[1].active = true;

@@ -27,6 +27,8 @@ use tokio::net::UdpSocket;
 
 /// Between everyone joining and the measured window: media starts, the first keyframes.
 const WARM_UP: Duration = Duration::from_secs(5);
+/// The shaped hop's queue (tbf `latency`): a home router's buffer, not a bufferbloated one.
+const SHAPED_LATENCY: Duration = Duration::from_millis(200);
 
 /// Most clients one path serves (each gets its own socket toward the relay).
 const MAX_CLIENTS: usize = 16;
@@ -58,7 +60,12 @@ impl Drop for LossyPath {
 impl LossyPath {
     /// Listen on loopback; forward to `upstream`, dropping each datagram with
     /// probability `loss` (0..1) in each direction, from a generator seeded with `seed`.
-    pub async fn start(upstream: SocketAddr, loss: f64, seed: u64) -> Result<LossyPath> {
+    pub async fn start(
+        upstream: SocketAddr,
+        loss: f64,
+        seed: u64,
+        shaped: Option<Arc<ShapedHop>>,
+    ) -> Result<LossyPath> {
         let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = listen.local_addr()?;
         let counters = Arc::new(PathCounters::default());
@@ -83,6 +90,16 @@ impl LossyPath {
                         }
                         let s = Arc::new(s);
                         clients.insert(from, s.clone());
+                        let hop = match &shaped {
+                            Some(h) => match h.pair() {
+                                Ok(p) => Some(p),
+                                Err(e) => {
+                                    eprintln!("no shaped hop for a client: {e:#}");
+                                    continue;
+                                }
+                            },
+                            None => None,
+                        };
                         downs.push(tokio::spawn(down(
                             s.clone(),
                             listen.clone(),
@@ -90,6 +107,7 @@ impl LossyPath {
                             loss,
                             rng.random(),
                             c.clone(),
+                            hop,
                         )));
                         s
                     }
@@ -113,7 +131,8 @@ impl LossyPath {
     }
 }
 
-/// The relay-to-client direction for one client.
+/// The relay-to-client direction for one client: straight to it, or through the
+/// shaped hop (out of this namespace's end of the veth, in at the other, then to it).
 async fn down(
     up: Arc<UdpSocket>,
     listen: Arc<UdpSocket>,
@@ -121,14 +140,152 @@ async fn down(
     loss: f64,
     seed: u64,
     c: Arc<PathCounters>,
+    hop: Option<(UdpSocket, UdpSocket)>,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut buf = vec![0u8; 65_536];
+    let through = match hop {
+        Some((tx, rx)) => {
+            let listen = listen.clone();
+            let c = c.clone();
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = rx.recv(&mut buf).await {
+                    if listen.send_to(&buf[..n], client).await.is_ok() {
+                        c.down_forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            Some((tx, AbortOnDrop(task)))
+        }
+        None => None,
+    };
     while let Ok(n) = up.recv(&mut buf).await {
         if rng.random::<f64>() < loss {
             c.down_dropped.fetch_add(1, Ordering::Relaxed);
+        } else if let Some((tx, _)) = &through {
+            // The kernel's tbf queue drops what it has no room for; what crosses is
+            // counted on the far side.
+            let _ = tx.send(&buf[..n]).await;
         } else if listen.send_to(&buf[..n], client).await.is_ok() {
             c.down_forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A network namespace the bench creates, joined to this one by a veth pair whose end
+/// here has a `tbf` qdisc (this kernel has no netem): datagrams sent from here to the
+/// far end cross a real kernel rate limit and queue. Needs root (CAP_NET_ADMIN);
+/// removed on drop.
+pub struct ShapedHop {
+    ns: String,
+    here: std::net::Ipv4Addr,
+    there: std::net::Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("run {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl ShapedHop {
+    /// A hop limited to `kbit` kbit/s with a queue of `latency` (tbf's own terms).
+    pub fn create(kbit: u32, latency: Duration) -> Result<ShapedHop> {
+        let id = std::process::id() % 60_000;
+        let ns = format!("brshape{id}");
+        let (a, b) = (format!("brsa{id}"), format!("brsb{id}"));
+        let net = [10, 213, (id % 250) as u8];
+        let here = std::net::Ipv4Addr::new(net[0], net[1], net[2], 1);
+        let there = std::net::Ipv4Addr::new(net[0], net[1], net[2], 2);
+        // Leftovers of a run that was killed.
+        let _ = ip(&["ip", "netns", "del", &ns]);
+        let _ = ip(&["ip", "link", "del", &a]);
+        ip(&["ip", "netns", "add", &ns])?;
+        let hop = ShapedHop { ns, here, there };
+        let ns = hop.ns.as_str();
+        ip(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        ip(&["ip", "link", "set", &b, "netns", ns])?;
+        ip(&["ip", "addr", "add", &format!("{here}/30"), "dev", &a])?;
+        ip(&["ip", "link", "set", &a, "up"])?;
+        ip(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{there}/30"),
+            "dev",
+            &b,
+        ])?;
+        ip(&["ip", "-n", ns, "link", "set", &b, "up"])?;
+        ip(&[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &a,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{kbit}kbit"),
+            "burst",
+            "12kb",
+            "latency",
+            &format!("{}ms", latency.as_millis()),
+        ])?;
+        Ok(hop)
+    }
+
+    /// A socket here and one in the namespace, connected to each other across the veth.
+    fn pair(&self) -> Result<(UdpSocket, UdpSocket)> {
+        let there = self.there;
+        let path = format!("/var/run/netns/{}", self.ns);
+        // A thread of its own enters the namespace to make the far socket (a socket stays
+        // in the namespace it was made in), then ends.
+        let rx = std::thread::spawn(move || -> Result<std::net::UdpSocket> {
+            let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd; it changes only this thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            Ok(std::net::UdpSocket::bind((there, 0))?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
+        let tx = std::net::UdpSocket::bind((self.here, 0))?;
+        tx.connect(rx.local_addr()?)?;
+        rx.connect(tx.local_addr()?)?;
+        for s in [&tx, &rx] {
+            s.set_nonblocking(true)?;
+        }
+        Ok((UdpSocket::from_std(tx)?, UdpSocket::from_std(rx)?))
+    }
+}
+
+impl Drop for ShapedHop {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace holding one end.
+        if let Err(e) = ip(&["ip", "netns", "del", &self.ns]) {
+            eprintln!("remove {}: {e:#}", self.ns);
         }
     }
 }
@@ -144,6 +301,9 @@ pub struct LossArgs {
     pub logs: Option<PathBuf>,
     /// An MLS call of the three pages instead of a standard one.
     pub e2ee: bool,
+    /// The impaired receiver's downlink also crosses a kernel rate limit (tbf) of this
+    /// many kbit/s (see [`ShapedHop`]).
+    pub shape_kbit: Option<u32>,
 }
 
 /// One receiver's reception of the sender's video over the held window.
@@ -165,6 +325,12 @@ pub struct Reception {
     pub frames_replayed: u64,
     /// Retransmissions the page received from every sender (a replayed frame needs one).
     pub all_retransmitted_received: u64,
+    /// The sender's picture height at the end of the window (which layer it is sent).
+    pub frame_height: u64,
+    /// The sender's audio packets received over the window, and the share of samples
+    /// concealed (0 where the page played none).
+    pub audio_packets: u64,
+    pub audio_concealed: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,10 +386,15 @@ pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport>
 }
 
 async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<LossRun> {
+    let hop = match a.shape_kbit {
+        Some(kbit) => Some(Arc::new(ShapedHop::create(kbit, SHAPED_LATENCY)?)),
+        None => None,
+    };
     let path = LossyPath::start(
         relay.media_addr,
         a.loss_pct / 100.0,
         a.seed.wrapping_add(n as u64),
+        hop,
     )
     .await?;
     let call = format!("loss-bench-{n}");
@@ -315,6 +486,23 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
                 })
                 .unwrap_or(Value::Null)
         };
+        let audio = |step: usize| -> Value {
+            state(p, step)["inbound"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|i| i["kind"] == "audio" && i["participant"] == sender.as_str())
+                        .cloned()
+                })
+                .unwrap_or(Value::Null)
+        };
+        let (ab, ae) = (audio(0), audio(1));
+        let ad = |k: &str| {
+            ae[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(ab[k].as_u64().unwrap_or(0))
+        };
         let (b, e) = (video(0), video(1));
         let d = |k: &str| {
             e[k].as_u64()
@@ -332,6 +520,10 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             plis_sent: d("pliCount"),
             retransmitted_received: d("retransmittedPacketsReceived"),
             key_frames_decoded: d("keyFramesDecoded"),
+            frame_height: e["frameHeight"].as_u64().unwrap_or(0),
+            audio_packets: ad("packetsReceived"),
+            audio_concealed: ad("concealedSamples") as f64
+                / ad("totalSamplesReceived").max(1) as f64,
             frames_decrypted: page_delta(p, "frames_decrypted"),
             decrypt_failures: page_delta(p, "decrypt_failures"),
             frames_replayed: page_delta(p, "frames_replayed"),
@@ -468,6 +660,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             logs: None,
             e2ee: true,
+            shape_kbit: None,
         };
         let r = ip
             .client_rt
@@ -506,11 +699,76 @@ mod tests {
         assert!(r.frames_ratio >= 0.9, "lossy/clean frames: {report}");
     }
 
+    /// A receiver whose downlink crosses a real kernel rate limit of 600 kbit/s (tbf on a
+    /// veth into a network namespace this test makes: it needs root, as CI has) receives
+    /// an MLS call of two senders that simulcast (240 and 480 lines). From its own
+    /// transport-cc feedback the relay sends it the lower layer of each while an
+    /// unshaped receiver keeps the top one; its video keeps decoding and its audio keeps
+    /// coming, and every frame opens. Needs headless Chromium and the page driver
+    /// (scripts/install-test-deps.sh); missing, the test fails and says so.
+    #[test]
+    fn a_receiver_on_a_600_kbit_link_is_sent_the_lower_layer_and_keeps_decoding() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let driver = root.join("tests/peers/chromium/web.mjs");
+        let hint = "run scripts/install-test-deps.sh";
+        assert!(
+            root.join("tests/peers/chromium/node_modules/playwright-core")
+                .exists(),
+            "the page driver's playwright-core is not installed: {hint}"
+        );
+        let ip = crate::InProcess::start().expect("an in-process relay");
+        let args = LossArgs {
+            loss_pct: 0.0,
+            hold: Duration::from_secs(20),
+            runs: 1,
+            seed: 1,
+            driver,
+            timeout: Duration::from_secs(60),
+            logs: None,
+            e2ee: true,
+            shape_kbit: Some(600),
+        };
+        let r = ip
+            .client_rt
+            .block_on(one_run(&ip.relay, &ip.cfg, &args, 0))
+            .expect("the three pages ran (making the shaped namespace needs root)");
+        let metrics = ip.relay.metrics_text();
+        ip.finish(Ok(())).expect("the relay shuts down");
+        let estimates = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("blindrelay_receiver_estimate_bps_count "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let report = format!("{r:?}; estimates {estimates}");
+        assert!(estimates > 0.0, "no receiver was estimated: {report}");
+        assert_eq!(
+            r.clean.frame_height, 480,
+            "unshaped: the top layer: {report}"
+        );
+        assert_eq!(
+            r.lossy.frame_height, 240,
+            "shaped: the lower layer: {report}"
+        );
+        assert!(r.clean.frames_decoded > 200, "{report}");
+        assert!(
+            r.frames_ratio >= 0.6,
+            "shaped/unshaped frames decoded: {report}"
+        );
+        assert!(r.lossy.freeze_s <= 8.0, "frozen too long: {report}");
+        assert!(
+            r.lossy.audio_packets * 10 >= r.clean.audio_packets * 9,
+            "audio lost: {report}"
+        );
+        assert!(r.lossy.frames_decrypted > 0, "{report}");
+        assert_eq!(r.lossy.decrypt_failures, 0, "{report}");
+        assert_eq!(r.clean.decrypt_failures, 0, "{report}");
+    }
+
     /// The path forwards both ways and drops about the fraction asked, counted.
     #[tokio::test]
     async fn the_path_forwards_both_ways_and_drops_at_random() {
         let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let path = LossyPath::start(server.local_addr().expect("addr"), 0.25, 7)
+        let path = LossyPath::start(server.local_addr().expect("addr"), 0.25, 7, None)
             .await
             .expect("path");
         // The server echoes whatever reaches it; the client counts what comes back.

@@ -240,6 +240,11 @@ enum Cmd {
         /// standard one: every frame the impaired receiver decodes was also opened.
         #[arg(long)]
         e2ee: bool,
+        /// The impaired receiver's downlink also crosses a real kernel rate limit of this
+        /// many kbit/s (tbf on a veth into a network namespace the bench makes; needs
+        /// root). With `--loss-pct 0`, a constrained receiver rather than a lossy one.
+        #[arg(long, value_name = "KBIT")]
+        shape_kbit: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -622,6 +627,7 @@ fn main() -> Result<()> {
             timeout,
             logs,
             e2ee,
+            shape_kbit,
             json,
         } => {
             let ip = InProcess::start()?;
@@ -634,6 +640,7 @@ fn main() -> Result<()> {
                 timeout,
                 logs,
                 e2ee,
+                shape_kbit,
             };
             let r = ip.client_rt.block_on(loss::run(&ip.relay, &ip.cfg, args));
             emit(json, &ip.finish(r)?, loss::print_human)?;

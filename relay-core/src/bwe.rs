@@ -25,8 +25,10 @@ pub const MIN_BPS: u64 = 100_000;
 pub const MAX_BPS: u64 = 100_000_000;
 /// A queue this long (smoothed one-way delay above its recent minimum), held for
 /// [`OVERUSE_HOLD`], is congestion. A jitter spike of a busy machine is shorter.
-const OVERUSE_DELAY_US: i64 = 50_000;
-const OVERUSE_HOLD: Duration = Duration::from_millis(150);
+/// A key frame's burst on a narrow path queues for a few hundred milliseconds and then
+/// drains; a sender above the path's rate keeps the queue (and then loss) growing.
+const OVERUSE_DELAY_US: i64 = 60_000;
+const OVERUSE_HOLD: Duration = Duration::from_millis(300);
 /// Below this queue the path is clear and the estimate may grow.
 const CLEAR_DELAY_US: i64 = 20_000;
 /// Loss over a window above this lowers the estimate; below [`LOSS_CLEAR`] it may grow.
@@ -39,6 +41,8 @@ const WINDOW: Duration = Duration::from_millis(500);
 const MIN_DELAY_SPAN: Duration = Duration::from_secs(10);
 /// Feedback absent this long means nothing is being sent (see [`DownlinkBwe::on_idle`]).
 const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// Windows whose acknowledged rate a decrease starts from (the most of them): 2 s.
+const ACKED_WINDOWS: usize = 4;
 /// Between two decreases at least this long: one congestion episode lowers it once.
 const DECREASE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -76,12 +80,19 @@ pub struct DownlinkBwe {
     queue_us: i64,
     over_since: Option<Instant>,
     /// The current window: when it began, bytes acknowledged, packets received and lost.
+    /// The acknowledged rate is over the receiver's arrival times (the first and last in
+    /// the window), not over when feedback came: feedback held in a queue would
+    /// otherwise make a window's rate look a fraction of the path's.
     win_at: Option<Instant>,
+    win_first_us: Option<i64>,
+    win_last_us: i64,
     win_bytes: u64,
     win_recv: u32,
     win_lost: u32,
-    /// The last full window's acknowledged rate and loss fraction.
+    /// The last full window's acknowledged rate and loss fraction, and the last
+    /// [`ACKED_WINDOWS`] windows' rates.
     acked_bps: u64,
+    acked_recent: [u64; ACKED_WINDOWS],
     loss: f64,
     last_decrease: Option<Instant>,
     last_update: Option<Instant>,
@@ -109,10 +120,13 @@ impl DownlinkBwe {
             queue_us: 0,
             over_since: None,
             win_at: None,
+            win_first_us: None,
+            win_last_us: 0,
             win_bytes: 0,
             win_recv: 0,
             win_lost: 0,
             acked_bps: 0,
+            acked_recent: [0; ACKED_WINDOWS],
             loss: 0.0,
             last_decrease: None,
             last_update: None,
@@ -152,12 +166,14 @@ impl DownlinkBwe {
         let newest = self.next - 1;
         let mut delay_sum = 0i64;
         let mut delays = 0i64;
-        let (sent, min_delay, win_bytes, win_recv, win_lost) = (
+        let (sent, min_delay, win_bytes, win_recv, win_lost, first_us, last_us) = (
             &self.sent,
             &mut self.min_delay,
             &mut self.win_bytes,
             &mut self.win_recv,
             &mut self.win_lost,
+            &mut self.win_first_us,
+            &mut self.win_last_us,
         );
         let r = twcc::read_feedback(p, |seq, arrival| {
             // The unwrapped number: the newest sent at or before it, by 16-bit distance.
@@ -172,7 +188,14 @@ impl DownlinkBwe {
             match arrival {
                 Some(at) => {
                     *win_recv += 1;
-                    *win_bytes += u64::from(slot.size);
+                    // The first arrival only marks the window's start; bytes after it
+                    // arrived over the span.
+                    if first_us.is_none() {
+                        *first_us = Some(at);
+                    } else {
+                        *win_bytes += u64::from(slot.size);
+                    }
+                    *last_us = (*last_us).max(at);
                     let d = at - slot.at_us;
                     delay_sum += d;
                     delays += 1;
@@ -205,13 +228,21 @@ impl DownlinkBwe {
         let span = now.saturating_duration_since(win_at);
         if span >= WINDOW {
             let total = self.win_recv + self.win_lost;
-            self.acked_bps = self.win_bytes * 8 * 1_000_000 / span.as_micros().max(1) as u64;
+            let arrived_us = self
+                .win_first_us
+                .map_or(0, |f| self.win_last_us.saturating_sub(f));
+            if arrived_us > 0 {
+                self.acked_bps = self.win_bytes * 8 * 1_000_000 / arrived_us as u64;
+                self.acked_recent.rotate_right(1);
+                self.acked_recent[0] = self.acked_bps;
+            }
             self.loss = if total >= 20 {
                 f64::from(self.win_lost) / f64::from(total)
             } else {
                 0.0
             };
             self.win_at = Some(now);
+            self.win_first_us = None;
             self.win_bytes = 0;
             self.win_recv = 0;
             self.win_lost = 0;
@@ -240,12 +271,11 @@ impl DownlinkBwe {
                 .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_INTERVAL);
             if due {
                 // What got through, not the estimate: congestion that lasts while the
-                // allocator moves settles it near the path's rate, not below.
-                let from = if self.acked_bps > 0 {
-                    self.acked_bps
-                } else {
-                    self.estimate
-                };
+                // allocator moves settles it near the path's rate, not below. The most
+                // of the last few windows: one window right after a burst, or half idle,
+                // says little of what the path carries.
+                let most = self.acked_recent.iter().copied().max().unwrap_or(0);
+                let from = if most > 0 { most } else { self.estimate };
                 self.estimate = (from * 85 / 100).max(MIN_BPS);
                 self.last_decrease = Some(now);
                 self.decreases += 1;
