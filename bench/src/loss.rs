@@ -475,27 +475,19 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         at(1).saturating_sub(at(0))
     };
     let reception = |p: usize| -> Reception {
-        // No stats for the sender's video yet: nothing received or decoded (zeros).
-        let video = |step: usize| -> Value {
+        // No stats for the sender's stream yet: nothing received or decoded (zeros).
+        let inbound = |step: usize, kind: &str| -> Value {
             state(p, step)["inbound"]
                 .as_array()
                 .and_then(|a| {
                     a.iter()
-                        .find(|i| i["kind"] == "video" && i["participant"] == sender.as_str())
+                        .find(|i| i["kind"] == kind && i["participant"] == sender.as_str())
                         .cloned()
                 })
                 .unwrap_or(Value::Null)
         };
-        let audio = |step: usize| -> Value {
-            state(p, step)["inbound"]
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .find(|i| i["kind"] == "audio" && i["participant"] == sender.as_str())
-                        .cloned()
-                })
-                .unwrap_or(Value::Null)
-        };
+        let video = |step: usize| inbound(step, "video");
+        let audio = |step: usize| inbound(step, "audio");
         let (ab, ae) = (audio(0), audio(1));
         let ad = |k: &str| {
             ae[k]
@@ -627,17 +619,11 @@ pub fn print_human(r: &LossReport) {
 mod tests {
     use super::*;
 
-    /// Issue 22's loss bar, on real parts: three Chromium pages in one end-to-end
-    /// encrypted call (an MLS group) through an in-process relay, one receiver behind a
-    /// path that drops 3 % of datagrams each way. Over 20 s it decodes at least 90 % of
-    /// the frames an unimpaired receiver of the same sender decodes, because its NACKs
-    /// are answered from the relay's cache on its RTX stream: it sends NACKs, receives
-    /// retransmissions, the relay counts them sent, and not one frame fails to open
-    /// (before NACK/RTX it decoded about a fifth, bench/RESULTS.md). Needs headless
-    /// Chromium and the page driver (scripts/install-test-deps.sh); missing, the test
-    /// fails and says so.
-    #[test]
-    fn a_receiver_on_a_lossy_path_decodes_as_a_clean_one_does() {
+    /// One run of the three pages in an MLS call (20 s held), the impaired receiver's path
+    /// losing `loss_pct` % each way and shaped to `shape_kbit`; the run and the relay's
+    /// metrics after it. Needs headless Chromium and the page driver
+    /// (scripts/install-test-deps.sh); missing, it fails and says so.
+    fn chromium_run(loss_pct: f64, shape_kbit: Option<u32>) -> (LossRun, String) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let driver = root.join("tests/peers/chromium/web.mjs");
         let hint = "run scripts/install-test-deps.sh";
@@ -652,7 +638,7 @@ mod tests {
         );
         let ip = crate::InProcess::start().expect("an in-process relay");
         let args = LossArgs {
-            loss_pct: 3.0,
+            loss_pct,
             hold: Duration::from_secs(20),
             runs: 1,
             seed: 1,
@@ -660,14 +646,29 @@ mod tests {
             timeout: Duration::from_secs(60),
             logs: None,
             e2ee: true,
-            shape_kbit: None,
+            shape_kbit,
         };
         let r = ip
             .client_rt
             .block_on(one_run(&ip.relay, &ip.cfg, &args, 0))
-            .expect("the three pages ran");
+            .expect("the three pages ran (a shaped path's namespace needs root)");
         let metrics = ip.relay.metrics_text();
         ip.finish(Ok(())).expect("the relay shuts down");
+        (r, metrics)
+    }
+
+    /// Issue 22's loss bar, on real parts: three Chromium pages in one end-to-end
+    /// encrypted call (an MLS group) through an in-process relay, one receiver behind a
+    /// path that drops 3 % of datagrams each way. Over 20 s it decodes at least 90 % of
+    /// the frames an unimpaired receiver of the same sender decodes, because its NACKs
+    /// are answered from the relay's cache on its RTX stream: it sends NACKs, receives
+    /// retransmissions, the relay counts them sent, and not one frame fails to open
+    /// (before NACK/RTX it decoded about a fifth, bench/RESULTS.md). Needs headless
+    /// Chromium and the page driver (scripts/install-test-deps.sh); missing, the test
+    /// fails and says so.
+    #[test]
+    fn a_receiver_on_a_lossy_path_decodes_as_a_clean_one_does() {
+        let (r, metrics) = chromium_run(3.0, None);
         let sent = metrics
             .lines()
             .find_map(|l| l.strip_prefix("blindrelay_retransmissions_total{result=\"sent\"} "))
@@ -708,32 +709,7 @@ mod tests {
     /// (scripts/install-test-deps.sh); missing, the test fails and says so.
     #[test]
     fn a_receiver_on_a_600_kbit_link_is_sent_the_lower_layer_and_keeps_decoding() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let driver = root.join("tests/peers/chromium/web.mjs");
-        let hint = "run scripts/install-test-deps.sh";
-        assert!(
-            root.join("tests/peers/chromium/node_modules/playwright-core")
-                .exists(),
-            "the page driver's playwright-core is not installed: {hint}"
-        );
-        let ip = crate::InProcess::start().expect("an in-process relay");
-        let args = LossArgs {
-            loss_pct: 0.0,
-            hold: Duration::from_secs(20),
-            runs: 1,
-            seed: 1,
-            driver,
-            timeout: Duration::from_secs(60),
-            logs: None,
-            e2ee: true,
-            shape_kbit: Some(600),
-        };
-        let r = ip
-            .client_rt
-            .block_on(one_run(&ip.relay, &ip.cfg, &args, 0))
-            .expect("the three pages ran (making the shaped namespace needs root)");
-        let metrics = ip.relay.metrics_text();
-        ip.finish(Ok(())).expect("the relay shuts down");
+        let (r, metrics) = chromium_run(0.0, Some(600));
         let estimates = metrics
             .lines()
             .find_map(|l| l.strip_prefix("blindrelay_receiver_estimate_bps_count "))
