@@ -624,6 +624,12 @@ mod tests {
     /// metrics after it. Needs headless Chromium and the page driver
     /// (scripts/install-test-deps.sh); missing, it fails and says so.
     fn chromium_run(loss_pct: f64, shape_kbit: Option<u32>) -> (LossRun, String) {
+        // One run at a time: six pages on two cores starve every decoder, the unimpaired
+        // receiver's too (both tests failed together that way).
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let driver = root.join("tests/peers/chromium/web.mjs");
         let hint = "run scripts/install-test-deps.sh";
