@@ -94,6 +94,9 @@ const st = {
   nodes: [], nodeUrl: null, token: null, reconnects: 0, rejoining: false,
 };
 let ws = null, pc = null, localStream = null, worker = null, kex = null, earlyBlobs = [];
+// Messages are handled one at a time, in order, per socket. Each socket has its own chain:
+// a peer connection closed under a pending operation leaves that operation's promise
+// unsettled for good (the spec says so), and must not hold up the next socket's messages.
 let chain = Promise.resolve();
 let remoteMsid = { byMid: {}, bySsrc: {} };
 const ssrcOwner = {};
@@ -175,8 +178,28 @@ function movable(ev) {
   return ['node_lost', 'shutdown', 'owner_unavailable'].includes(ev.reason) || (ev.code === 1006 && !ev.reason);
 }
 
+// How long a node has to answer a hello, and then a join, before the page tries the next:
+// a node that is draining, or whose call's owner has just gone, may accept the connection
+// and never answer.
+const NODE_ANSWER_MS = 5000;
+
+// Settled by the first of: joined, an error before joining, the socket closing, or the
+// deadline. Only the rejoin loop waits on it.
+let joinWait = null;
+function settleJoin(ok) {
+  if (joinWait) { const w = joinWait; joinWait = null; w(ok); }
+}
+function joinedWithin(ms) {
+  if (st.joined) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => settleJoin(false), ms);
+    joinWait = (ok) => { clearTimeout(timer); resolve(ok); };
+  });
+}
+
 // Join the same call again through the next node (wrapping round), with new keys, backing
-// off from 100 ms to 1 s, for up to 30 s.
+// off from 100 ms to 1 s, for up to 30 s. An attempt counts only once the node has said
+// `joined`; one that stays silent, refuses or closes moves on to the next node.
 async function rejoin() {
   if (st.rejoining) return;
   st.rejoining = true;
@@ -189,10 +212,15 @@ async function rejoin() {
       i = (i + 1) % list.length;
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 1000);
-      if (await connect(st.token, list[i])) {
-        st.reconnects += 1;
+      if (await connect(st.token, list[i], NODE_ANSWER_MS)) {
+        const joined = joinedWithin(NODE_ANSWER_MS);
         await join();
-        return;
+        if (await joined) {
+          st.reconnects += 1;
+          return;
+        }
+        if (st.joined) endCall(false, true);
+        if (ws) try { ws.close(); } catch (e) { /* moving on anyway */ }
       }
     }
     showMessage(describe('signalling_closed', 'no node of the relay took the call back'));
@@ -201,18 +229,32 @@ async function rejoin() {
   }
 }
 
-function connect(token, url = ownSignalUrl()) {
-  return new Promise((resolve) => {
+// Resolves true once the node sends its capabilities, false if the socket closes first or
+// (with `answerMs`) the node stays silent that long: the socket is then given up.
+function connect(token, url = ownSignalUrl(), answerMs = 0) {
+  return new Promise((outcome) => {
+    let silent = null;
+    const resolve = (ok) => { if (silent) clearTimeout(silent); outcome(ok); };
     if (ws) try { ws.close(); } catch (e) { /* closing anyway */ }
     st.capabilities = null;
     st.token = token;
     st.nodeUrl = url;
     const sock = new WebSocket(url);
     ws = sock;
+    chain = Promise.resolve();
+    if (answerMs) {
+      silent = setTimeout(() => {
+        if (ws !== sock || st.capabilities) return;
+        ws = null;
+        try { sock.close(); } catch (e) { /* giving up on it anyway */ }
+        resolve(false);
+      }, answerMs);
+    }
     ws.onopen = () => { st.connected = true; send({ type: 'hello', token }); };
     ws.onclose = (ev) => {
       if (ws !== sock) { resolve(false); return; }
       st.connected = false;
+      settleJoin(false);
       if (st.joined || ev.reason === 'owner_unavailable') {
         st.leftReason = 'signalling_closed';
         const move = movable(ev);
@@ -229,7 +271,8 @@ function connect(token, url = ownSignalUrl()) {
     ws.onmessage = (ev) => {
       let m;
       try { m = JSON.parse(ev.data); } catch (e) { return; }
-      chain = chain.then(() => handle(m, resolve)).catch((e) => showMessage(`${m.type}: ${e.message || e}`));
+      if (ws !== sock) return;
+      chain = chain.then(() => (ws === sock ? handle(m, resolve) : undefined)).catch((e) => showMessage(`${m.type}: ${e.message || e}`));
     };
   });
 }
@@ -332,7 +375,10 @@ function onError(m) {
   }
   st.error = { code: m.code, message: m.message, text };
   showMessage(text);
-  if (!st.joined) stopMedia();
+  if (!st.joined) {
+    stopMedia();
+    settleJoin(false);
+  }
 }
 
 // ---------- joining ----------
@@ -466,6 +512,7 @@ async function onJoined(m) {
   await pc.setRemoteDescription({ type: 'answer', sdp: m.answer_sdp });
   updateLayers().catch(() => {});
   st.joined = true;
+  settleJoin(true);
   st.joinedAt = performance.now();
   st.joinedAtWall = performance.timeOrigin + st.joinedAt;
   $('setup').hidden = true;

@@ -308,7 +308,7 @@ impl Metrics {
         d(
             M_CONNS_REFUSED,
             None,
-            "Signalling connections refused at accept or at the WebSocket upgrade, by reason (too_many_connections, too_many_from_source, foreign_origin).",
+            "Signalling connections refused at accept or at the WebSocket upgrade, by reason (too_many_connections, too_many_from_source, foreign_origin, shutting_down).",
         );
         self.recorder
             .describe_gauge(M_CONNS.into(), None, "Open signalling connections.".into());

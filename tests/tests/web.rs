@@ -599,18 +599,26 @@ async fn chromium_pages_on_two_nodes_standard() {
     pages_on_two_nodes("web-span-standard", false).await;
 }
 
-/// A node drains (SIGTERM's path) under a 1:1 E2EE call whose two pages are on two nodes:
-/// the page on it moves to the other node by itself (the node list it read from
+/// A node drains (SIGTERM's path) under a 1:1 E2EE call whose two pages are on two nodes,
+/// a and b, and b goes. The page on b moves to a by itself (the node list it read from
 /// `/v1/nodes`), joins again with new keys, and both pages decode each other again with
-/// one new code.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_page_moves_when_its_node_drains() {
-    let _lock = CALL_LOCK.lock().await;
+/// one new code. The call's owner is set in the directory first, so both cases run every
+/// time: b owns the call (the page on a, whose session b held, must join again too), or
+/// a does.
+async fn page_moves_when_its_node_drains(call: &str, owner: &str) {
     logs();
     let mut c = Cluster::start(&["a", "b"]).await;
-    let call = "web-span-move";
-    let ta = token(&c.cfg, "alice-move", Some(call), "user");
-    let tb = token(&c.cfg, "bob-move", Some(call), "user");
+    let dir =
+        blindrelay::cluster::directory::Directory::connect(&c.redis.url, Duration::from_secs(2))
+            .await
+            .expect("directory");
+    let claimed = dir
+        .claim_call(call, owner, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(claimed, owner);
+    let ta = token(&c.cfg, &format!("alice-{call}"), Some(call), "user");
+    let tb = token(&c.cfg, &format!("bob-{call}"), Some(call), "user");
     let a_url = c.nodes[0].signal_url();
     let args = peer_args(&[
         "--page",
@@ -630,12 +638,20 @@ async fn chromium_page_moves_when_its_node_drains() {
     let b = c.nodes.pop().expect("two nodes");
     let ready = std::sync::Arc::new(tokio::sync::Notify::new());
     let notified = ready.clone();
+    let (expected, call_id) = (owner.to_string(), call.to_string());
     let pages = drive_ready(
         &args,
         ready,
         Some(async move {
             notified.notified().await;
+            // The claim held while both joined (a node whose record lapsed would lose it).
+            let calls = dir.calls().await.expect("calls");
+            let held = calls
+                .iter()
+                .find(|c| c.call == call_id)
+                .map(|c| c.owner.clone());
             b.shutdown().await;
+            assert_eq!(held, Some(expected), "the call's owner before the drain");
         }),
     )
     .await;
@@ -658,12 +674,37 @@ async fn chromium_page_moves_when_its_node_drains() {
         );
         assert!(p.video_frames_from(other.me()) > 30, "{}", p.brief());
         assert_eq!(p.num("decrypt_failures"), 0, "{}", p.brief());
+        assert_eq!(
+            p.s("node_url").as_str(),
+            Some(a_url.as_str()),
+            "{}",
+            p.brief()
+        );
     }
-    assert_eq!(pages[1].num("reconnects"), 1, "{}", pages[1].brief());
-    assert_eq!(pages[1].s("node_url").as_str(), Some(a_url.as_str()));
+    // Joins again since the media step (a first join may have been retried already, if
+    // the owner's record was a moment late).
+    let moves = |p: &PageReport| {
+        p.num("reconnects") - before(p)["reconnects"].as_u64().expect("reconnects")
+    };
+    assert_eq!(moves(&pages[1]), 1, "{}", pages[1].brief());
+    // The page on a joins again only when its call's owner was b.
+    let a_moves = if owner == "b" { 1 } else { 0 };
+    assert_eq!(moves(&pages[0]), a_moves, "{}", pages[0].brief());
     let listed = before(&pages[1])["nodes"].as_array().map_or(0, Vec::len);
     assert_eq!(listed, 2, "the page read both nodes from /v1/nodes");
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_page_moves_when_its_node_drains() {
+    let _lock = CALL_LOCK.lock().await;
+    page_moves_when_its_node_drains("web-move-a-owns", "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_join_again_when_the_calls_owner_drains() {
+    let _lock = CALL_LOCK.lock().await;
+    page_moves_when_its_node_drains("web-move-b-owns", "b").await;
 }
 
 fn policy_config(dir: &Path) -> Config {

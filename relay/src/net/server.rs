@@ -218,6 +218,7 @@ impl Relay {
             },
             recv_ctl_rx,
         )));
+        let shutting_down = Arc::new(AtomicBool::new(false));
         let limits = ListenerLimits {
             max_connections: config.signal.max_connections,
             max_connections_per_source: config.signal.max_connections_per_source,
@@ -226,6 +227,7 @@ impl Relay {
             max_outbound_bytes: config.signal.max_outbound_bytes,
             allowed_origins: config.signal.allowed_origins.clone().into(),
             nodes: node.as_ref().map(|n| n.view.clone()),
+            draining: shutting_down.clone(),
         };
         let mut web = super::web::WebState::new(&config);
         web.nodes = node.as_ref().map(|n| n.view.clone());
@@ -236,7 +238,6 @@ impl Relay {
             metrics.clone(),
             web,
         )));
-        let shutting_down = Arc::new(AtomicBool::new(false));
         tasks.push(tokio::spawn(admin::serve(
             admin_listener,
             admin::AdminState {

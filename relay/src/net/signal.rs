@@ -44,6 +44,9 @@ pub struct ListenerLimits {
     /// A cluster node's live nodes: their pages may open signalling here too (a page moves
     /// to another node when its own goes away).
     pub nodes: Option<crate::cluster::NodeView>,
+    /// Set when the relay stops: a draining node refuses new signalling at once (HTTP 503)
+    /// rather than accept a client whose join it can no longer serve.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Open connections, in total and by source address. The map holds only sources with an
@@ -246,6 +249,14 @@ async fn upgrade(
     let Some(Extension(slot)) = slot else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no connection slot").into_response();
     };
+    if st
+        .limits
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        st.metrics.signalling_refused("shutting_down").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "relay is shutting down").into_response();
+    }
     let allowed: std::borrow::Cow<'_, [String]> = match &st.limits.nodes {
         Some(v) => {
             let mut all = st.limits.allowed_origins.to_vec();
