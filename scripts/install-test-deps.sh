@@ -39,6 +39,7 @@ APT_PKGS=(
     python3-venv
     tshark prometheus
     redis-server
+    janus
 )
 # Node.js: the machine image may already carry Node 20 (with its own npm) from another
 # source; Debian's nodejs/npm packages would conflict with it, so only install them when

@@ -82,7 +82,16 @@ impl LossyPath {
                 let up = match clients.get(&from) {
                     Some(s) => s.clone(),
                     None if clients.len() < MAX_CLIENTS => {
-                        let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                        // Toward the relay on loopback, from loopback; toward an SFU in a
+                        // namespace (Janus), from the address the route there gives (a
+                        // loopback source would be dropped on the veth as martian).
+                        let Ok(s) = UdpSocket::bind(if upstream.ip().is_loopback() {
+                            "127.0.0.1:0"
+                        } else {
+                            "0.0.0.0:0"
+                        })
+                        .await
+                        else {
                             continue;
                         };
                         if s.connect(upstream).await.is_err() {
@@ -191,7 +200,7 @@ pub struct ShapedHop {
     there: std::net::Ipv4Addr,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = std::process::Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -304,6 +313,9 @@ pub struct LossArgs {
     /// The impaired receiver's downlink also crosses a kernel rate limit (tbf) of this
     /// many kbit/s (see [`ShapedHop`]).
     pub shape_kbit: Option<u32>,
+    /// Each run is also made through Janus 1.1.2 (VideoRoom), right after the relay's, with
+    /// the same pages, paths and impairment (a standard call there: Janus has no E2EE).
+    pub janus: bool,
 }
 
 /// One receiver's reception of the sender's video over the held window.
@@ -353,17 +365,53 @@ pub struct LossReport {
     pub hold_s: f64,
     pub runs: Vec<LossRun>,
     pub median_frames_ratio: f64,
+    /// With `--janus`: the same runs through Janus, each right after the relay's.
+    pub janus_runs: Vec<LossRun>,
+    pub median_janus_frames_ratio: Option<f64>,
+}
+
+/// The SFU a run goes through.
+enum Sfu<'a> {
+    Relay(&'a Relay, &'a Config),
+    Janus(&'a crate::janus::Janus),
 }
 
 pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport> {
     crate::check_driver(&a.driver)?;
+    let janus = match a.janus {
+        true => Some(crate::janus::Janus::start()?),
+        false => None,
+    };
     let mut runs = Vec::new();
+    let mut janus_runs = Vec::new();
     for n in 0..a.runs {
-        let r = one_run(relay, cfg, &a, n)
+        let r = one_run(&Sfu::Relay(relay, cfg), &a, n)
             .await
             .with_context(|| format!("run {}", n + 1))?;
-        eprintln!(
-            "run {}: frames decoded, lossy/clean {} / {} = {:.2}; freezes {} vs {}; NACKs {} vs {}; path dropped {} of {}",
+        report_run("relay", n, &r);
+        runs.push(r);
+        if let Some(j) = &janus {
+            let r = one_run(&Sfu::Janus(j), &a, n)
+                .await
+                .with_context(|| format!("janus run {}", n + 1))?;
+            report_run("janus", n, &r);
+            janus_runs.push(r);
+        }
+    }
+    Ok(LossReport {
+        loss_pct: a.loss_pct,
+        hold_s: a.hold.as_secs_f64(),
+        median_frames_ratio: crate::median(runs.iter().map(|r| r.frames_ratio).collect()),
+        runs,
+        median_janus_frames_ratio: (!janus_runs.is_empty())
+            .then(|| crate::median(janus_runs.iter().map(|r| r.frames_ratio).collect())),
+        janus_runs,
+    })
+}
+
+fn report_run(sfu: &str, n: usize, r: &LossRun) {
+    eprintln!(
+            "{sfu} run {}: frames decoded, lossy/clean {} / {} = {:.2}; freezes {} vs {}; NACKs {} vs {}; path dropped {} of {}",
             n + 1,
             r.lossy.frames_decoded,
             r.clean.frames_decoded,
@@ -375,52 +423,71 @@ pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport>
             r.path_dropped,
             r.path_dropped + r.path_forwarded
         );
-        runs.push(r);
-    }
-    Ok(LossReport {
-        loss_pct: a.loss_pct,
-        hold_s: a.hold.as_secs_f64(),
-        median_frames_ratio: crate::median(runs.iter().map(|r| r.frames_ratio).collect()),
-        runs,
-    })
 }
 
-async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<LossRun> {
+/// The impaired page's way to the SFU: one lossy path to the relay's one media port, or
+/// one made per address Janus names.
+enum Impaired {
+    Path(LossyPath),
+    Via(crate::janus::ViaServer),
+}
+
+async fn one_run(sfu: &Sfu<'_>, a: &LossArgs, n: usize) -> Result<LossRun> {
     let hop = match a.shape_kbit {
         Some(kbit) => Some(Arc::new(ShapedHop::create(kbit, SHAPED_LATENCY)?)),
         None => None,
     };
-    let path = LossyPath::start(
-        relay.media_addr,
-        a.loss_pct / 100.0,
-        a.seed.wrapping_add(n as u64),
-        hop,
-    )
-    .await?;
+    let (loss, seed) = (a.loss_pct / 100.0, a.seed.wrapping_add(n as u64));
     let call = format!("loss-bench-{n}");
-    let url = |user: &str| -> Result<String> {
-        let t = crate::bench_token(cfg, user, &call)?;
-        Ok(format!(
-            "http://{}/?call={call}&token={t}&autojoin=1{}",
-            relay.signal_addr,
-            if a.e2ee { "&e2ee=1&scheme=mls" } else { "" }
-        ))
+    let (impaired, via, urls) = match sfu {
+        Sfu::Relay(relay, cfg) => {
+            let path = LossyPath::start(relay.media_addr, loss, seed, hop).await?;
+            let via = path.addr.to_string();
+            let url = |user: &str| -> Result<String> {
+                let t = crate::bench_token(cfg, user, &call)?;
+                Ok(format!(
+                    "http://{}/?call={call}&token={t}&autojoin=1{}",
+                    relay.signal_addr,
+                    if a.e2ee { "&e2ee=1&scheme=mls" } else { "" }
+                ))
+            };
+            let urls = [
+                url(&format!("sender{n}"))?,
+                url(&format!("clean{n}"))?,
+                url(&format!("lossy{n}"))?,
+            ];
+            (Impaired::Path(path), via, urls)
+        }
+        Sfu::Janus(j) => {
+            let v = crate::janus::ViaServer::start(loss, seed, hop).await?;
+            let via = v.url.clone();
+            let room = 1000 + n as u64;
+            let urls = [
+                j.page_url(room, &format!("sender{n}")),
+                j.page_url(room, &format!("clean{n}")),
+                j.page_url(room, &format!("lossy{n}")),
+            ];
+            (Impaired::Via(v), via, urls)
+        }
     };
     // Everyone in the call (E2EE: in one group, opening each other's frames) before the
     // warm-up. The impaired page must not have to decode first: on a lossy path it may
     // never.
-    let until: &[&str] = if a.e2ee {
-        &["--until", "group:3", "--min-decrypted", "1"]
-    } else {
-        &["--until", "participants", "--min-participants", "2"]
+    let until: &[&str] = match sfu {
+        Sfu::Relay(..) if a.e2ee => &["--until", "group:3", "--min-decrypted", "1"],
+        _ => &["--until", "participants", "--min-participants", "2"],
     };
-    let before = relay.metrics_text();
+    let metrics = || match sfu {
+        Sfu::Relay(relay, _) => relay.metrics_text(),
+        Sfu::Janus(_) => String::new(),
+    };
+    let before = metrics();
     let out = tokio::process::Command::new("node")
         .arg(&a.driver)
-        .args(["--page", &url(&format!("sender{n}"))?])
-        .args(["--page", &url(&format!("clean{n}"))?])
-        .args(["--page", &url(&format!("lossy{n}"))?])
-        .args(["--media-via", &format!("2={}", path.addr)])
+        .args(["--page", &urls[0]])
+        .args(["--page", &urls[1]])
+        .args(["--page", &urls[2]])
+        .args(["--media-via", &format!("2={via}")])
         // Everyone in, a warm-up for media to start, then the measured window.
         .args(until)
         .args(["--hold", &WARM_UP.as_secs().to_string()])
@@ -437,9 +504,13 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         for (ext, bytes) in [
             ("driver.out", &out.stdout[..]),
             ("driver.err", &out.stderr[..]),
-            ("metrics", relay.metrics_text().as_bytes()),
+            ("metrics", metrics().as_bytes()),
         ] {
-            let f = dir.join(format!("run-{n}.{ext}"));
+            let sfu = match sfu {
+                Sfu::Relay(..) => "relay",
+                Sfu::Janus(_) => "janus",
+            };
+            let f = dir.join(format!("{sfu}-run-{n}.{ext}"));
             std::fs::write(&f, bytes).with_context(|| format!("write {}", f.display()))?;
         }
     }
@@ -546,8 +617,17 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
             })
             .unwrap_or(0)
     };
-    let after = relay.metrics_text();
-    let c = &path.counters;
+    let after = metrics();
+    let (path_dropped, path_forwarded) = match &impaired {
+        Impaired::Path(p) => {
+            let c = &p.counters;
+            (
+                c.up_dropped.load(Ordering::Relaxed) + c.down_dropped.load(Ordering::Relaxed),
+                c.up_forwarded.load(Ordering::Relaxed) + c.down_forwarded.load(Ordering::Relaxed),
+            )
+        }
+        Impaired::Via(v) => v.totals(),
+    };
     Ok(LossRun {
         relay_drops: drops(&after)
             .into_iter()
@@ -561,9 +641,8 @@ async fn one_run(relay: &Relay, cfg: &Config, a: &LossArgs, n: usize) -> Result<
         clean,
         lossy,
         sender_retransmitted: sent(1).saturating_sub(sent(0)),
-        path_dropped: c.up_dropped.load(Ordering::Relaxed) + c.down_dropped.load(Ordering::Relaxed),
-        path_forwarded: c.up_forwarded.load(Ordering::Relaxed)
-            + c.down_forwarded.load(Ordering::Relaxed),
+        path_dropped,
+        path_forwarded,
     })
 }
 
@@ -584,35 +663,51 @@ pub fn print_human(r: &LossReport) {
         "{}% random loss each way on one receiver's path, {} s held",
         r.loss_pct, r.hold_s
     );
-    println!("run  receiver  frames  freezes  freeze s  lost  NACKs  PLIs  rtx recv  keyframes  opened  failed  replayed");
-    for (i, run) in r.runs.iter().enumerate() {
-        for (name, x) in [("clean", &run.clean), ("lossy", &run.lossy)] {
-            println!(
-                "{:<4} {name:<9} {:>6}  {:>7}  {:>8.1}  {:>4}  {:>5}  {:>4}  {:>8}  {:>9}  {:>6}  {:>6}  {:>8}",
-                i + 1,
-                x.frames_decoded,
-                x.freezes,
-                x.freeze_s,
-                x.packets_lost,
-                x.nacks_sent,
-                x.plis_sent,
-                x.retransmitted_received,
-                x.key_frames_decoded,
-                x.frames_decrypted,
-                x.decrypt_failures,
-                x.frames_replayed
-            );
+    for (sfu, runs) in [("relay", &r.runs), ("janus", &r.janus_runs)] {
+        if runs.is_empty() {
+            continue;
         }
-        println!(
-            "     lossy/clean frames {:.2}; the sender retransmitted {}; the path dropped {} of {}",
-            run.frames_ratio,
-            run.sender_retransmitted,
-            run.path_dropped,
-            run.path_dropped + run.path_forwarded
-        );
-        println!("     relay drops: {:?}", run.relay_drops);
+        println!("{sfu}:");
+        println!("run  receiver  frames  freezes  freeze s  height  lost  NACKs  PLIs  rtx recv  keyframes  audio pkts  concealed  opened  failed");
+        for (i, run) in runs.iter().enumerate() {
+            for (name, x) in [("clean", &run.clean), ("lossy", &run.lossy)] {
+                println!(
+                    "{:<4} {name:<9} {:>6}  {:>7}  {:>8.1}  {:>6}  {:>4}  {:>5}  {:>4}  {:>8}  {:>9}  {:>10}  {:>8.1}%  {:>6}  {:>6}",
+                    i + 1,
+                    x.frames_decoded,
+                    x.freezes,
+                    x.freeze_s,
+                    x.frame_height,
+                    x.packets_lost,
+                    x.nacks_sent,
+                    x.plis_sent,
+                    x.retransmitted_received,
+                    x.key_frames_decoded,
+                    x.audio_packets,
+                    x.audio_concealed * 100.0,
+                    x.frames_decrypted,
+                    x.decrypt_failures,
+                );
+            }
+            println!(
+                "     lossy/clean frames {:.2}; the sender retransmitted {}; the path dropped {} of {}",
+                run.frames_ratio,
+                run.sender_retransmitted,
+                run.path_dropped,
+                run.path_dropped + run.path_forwarded
+            );
+            if sfu == "relay" {
+                println!("     relay drops: {:?}", run.relay_drops);
+            }
+        }
     }
-    println!("median lossy/clean frames: {:.2}", r.median_frames_ratio);
+    println!(
+        "median lossy/clean frames: relay {:.2}",
+        r.median_frames_ratio
+    );
+    if let Some(j) = r.median_janus_frames_ratio {
+        println!("median lossy/clean frames: janus {j:.2}");
+    }
 }
 
 #[cfg(test)]
@@ -653,10 +748,11 @@ mod tests {
             logs: None,
             e2ee: true,
             shape_kbit,
+            janus: false,
         };
         let r = ip
             .client_rt
-            .block_on(one_run(&ip.relay, &ip.cfg, &args, 0))
+            .block_on(one_run(&Sfu::Relay(&ip.relay, &ip.cfg), &args, 0))
             .expect("the three pages ran (a shaped path's namespace needs root)");
         let metrics = ip.relay.metrics_text();
         ip.finish(Ok(())).expect("the relay shuts down");

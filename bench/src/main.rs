@@ -17,6 +17,7 @@ mod baseline;
 mod churn;
 mod gen;
 mod group;
+mod janus;
 mod link;
 mod load;
 mod loss;
@@ -245,6 +246,12 @@ enum Cmd {
         /// root). With `--loss-pct 0`, a constrained receiver rather than a lossy one.
         #[arg(long, value_name = "KBIT")]
         shape_kbit: Option<u32>,
+        /// Also make each run through Janus 1.1.2's VideoRoom (apt janus), right after the
+        /// relay's, with the same impairment: Janus runs in a network namespace the bench
+        /// makes (needs root), and its pages are bench/janus/page.html. Janus has no E2EE, so
+        /// its call is a standard one.
+        #[arg(long)]
+        janus: bool,
         #[arg(long)]
         json: bool,
     },
@@ -628,6 +635,7 @@ fn main() -> Result<()> {
             logs,
             e2ee,
             shape_kbit,
+            janus,
             json,
         } => {
             let ip = InProcess::start()?;
@@ -641,6 +649,7 @@ fn main() -> Result<()> {
                 logs,
                 e2ee,
                 shape_kbit,
+                janus,
             };
             let r = ip.client_rt.block_on(loss::run(&ip.relay, &ip.cfg, args));
             emit(json, &ip.finish(r)?, loss::print_human)?;

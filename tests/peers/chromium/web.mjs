@@ -15,6 +15,11 @@
 // --media-via N=HOST:PORT: page N sends its media to HOST:PORT instead of the relay's
 // media address (a lossy path in front of the relay, for example): the host candidates
 // in every SDP the relay sends that page are rewritten on the page's signalling socket.
+// --media-via N=http://HOST:PORT/via: the same, but each distinct host candidate gets a
+// path of its own, from `GET URL?to=IP:PORT`, which answers the address to use instead (an
+// SFU with a port per peer connection, such as Janus, needs one path per port). Every
+// WebSocket the page opens is rewritten, whatever its URL, and the page's own candidates
+// in what it sends are made unreachable.
 //
 // --connect presses "Check settings" on each page (for URLs without autojoin=1).
 // --click-feature NAME presses that call-feature button once the page has joined.
@@ -155,13 +160,41 @@ try {
     const errors = [];
     const via = a.mediaVia && a.mediaVia.get(n);
     if (via) {
-      const [host, port] = via.split(':');
-      // Every host candidate the relay names (in joined's answer and in its offers).
-      const rewrite = (text) => text.replace(/(a=candidate:\S+ \d+ udp \d+ )\S+ \d+( typ host)/g, `$1${host} ${port}$2`);
-      await page.routeWebSocket(/\/v1\/signal/, (ws) => {
+      // Every host candidate the SFU names (in joined's answer and in its offers).
+      const candidate = /(a=candidate:\S+ \d+ udp \d+ )(\S+) (\d+)( typ host)/g;
+      let rewrite;
+      if (via.startsWith('http')) {
+        const paths = new Map();
+        rewrite = async (text) => {
+          for (const m of text.matchAll(candidate)) {
+            const to = `${m[2]}:${m[3]}`;
+            if (!paths.has(to)) paths.set(to, (await (await fetch(`${via}?to=${to}`)).text()).trim());
+          }
+          return text.replace(candidate, (_, pre, ip, port, post) => {
+            const [h, p] = paths.get(`${ip}:${port}`).split(':');
+            return `${pre}${h} ${p}${post}`;
+          });
+        };
+      } else {
+        const [host, port] = via.split(':');
+        rewrite = async (text) => text.replace(candidate, `$1${host} ${port}$4`);
+      }
+      await page.routeWebSocket(via.startsWith('http') ? () => true : /\/v1\/signal/, (ws) => {
         const server = ws.connectToServer();
-        server.onMessage((m) => ws.send(typeof m === 'string' ? rewrite(m) : m));
-        ws.onMessage((m) => server.send(m));
+        // In order: a message waits for the paths of those before it.
+        let order = Promise.resolve();
+        server.onMessage((m) => {
+          order = order.then(async () => ws.send(typeof m === 'string' ? await rewrite(m) : m))
+            .catch((e) => console.error(`[page ${n}] media-via: ${e.message}`));
+        });
+        // A full-ICE SFU (Janus) would also check the page's own candidates and find the
+        // direct way round the path: in the page's SDP each candidate is swapped for one
+        // no route leads to (TEST-NET-1), so the SFU learns the page's address only from
+        // checks that crossed the path (and it still has a candidate, which Janus needs).
+        const dynamic = via.startsWith('http');
+        let port = 9;
+        const unroutable = (m) => m.replace(/(a=candidate:\S+ \d+ udp \d+ )\S+ \d+( typ host)/g, (_, pre, post) => `${pre}192.0.2.254 ${port++}${post}`);
+        ws.onMessage((m) => server.send(dynamic && typeof m === 'string' ? unroutable(m) : m));
       });
     }
     page.on('console', (m) => console.error(`[page ${n}] ${m.text()}`));
