@@ -203,6 +203,13 @@ impl Target {
         args: &[&OsStr],
         config: Option<tempfile_path::TempPath>,
     ) -> Result<Target> {
+        // Through taskset a missing binary would only show as a silent child.
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p blindrelay)",
+                bin.display()
+            );
+        }
         let mut cmd = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
