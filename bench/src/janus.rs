@@ -6,11 +6,10 @@
 //! reach. The page (`bench/janus/page.html`) sends and receives what the relay's web client
 //! does and reports the same stats, so one driver and one reading serve both SFUs.
 
-use crate::loss::{LossyPath, PathCounters, ShapedHop};
+use crate::loss::{LossyPath, ShapedHop};
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,13 +195,10 @@ impl ViaServer {
     /// Datagrams (dropped, forwarded) over every path so far.
     pub fn totals(&self) -> (u64, u64) {
         let paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
-        let sum = |f: fn(&PathCounters) -> u64| paths.iter().map(|p| f(&p.counters)).sum();
-        (
-            sum(|c| c.up_dropped.load(Ordering::Relaxed) + c.down_dropped.load(Ordering::Relaxed)),
-            sum(|c| {
-                c.up_forwarded.load(Ordering::Relaxed) + c.down_forwarded.load(Ordering::Relaxed)
-            }),
-        )
+        paths
+            .iter()
+            .map(|p| p.counters.totals())
+            .fold((0, 0), |(d, f), (pd, pf)| (d + pd, f + pf))
     }
 }
 

@@ -42,6 +42,17 @@ pub struct PathCounters {
     pub down_dropped: AtomicU64,
 }
 
+impl PathCounters {
+    /// Datagrams (dropped, forwarded), both ways.
+    pub fn totals(&self) -> (u64, u64) {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            r(&self.up_dropped) + r(&self.down_dropped),
+            r(&self.up_forwarded) + r(&self.down_forwarded),
+        )
+    }
+}
+
 /// A UDP path to `upstream` that loses datagrams at random: like a NAT, each client
 /// address gets a socket of its own toward the relay, so the relay sees one 5-tuple per
 /// client, as without it.
@@ -619,13 +630,7 @@ async fn one_run(sfu: &Sfu<'_>, a: &LossArgs, n: usize) -> Result<LossRun> {
     };
     let after = metrics();
     let (path_dropped, path_forwarded) = match &impaired {
-        Impaired::Path(p) => {
-            let c = &p.counters;
-            (
-                c.up_dropped.load(Ordering::Relaxed) + c.down_dropped.load(Ordering::Relaxed),
-                c.up_forwarded.load(Ordering::Relaxed) + c.down_forwarded.load(Ordering::Relaxed),
-            )
-        }
+        Impaired::Path(p) => p.counters.totals(),
         Impaired::Via(v) => v.totals(),
     };
     Ok(LossRun {
