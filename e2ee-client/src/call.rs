@@ -84,6 +84,15 @@ pub struct CallOptions {
     /// Send this Ogg Opus file's packets (looped, one per 20 ms) instead of synthetic audio:
     /// one packet per RTP payload (RFC 7587), each sealed whole on an E2EE call.
     pub audio_clip: Option<std::path::PathBuf>,
+    /// Send the synthetic video as this many simulcast layers (2 or 3; 0 or 1: one
+    /// stream), as Chromium does: an SSRC per layer in one `a=ssrc-group:SIM`, each layer
+    /// half the previous one's size and a quarter of its rate, the top one `video_kbps` at
+    /// 640x480. Frames go in the web client's VP8 framing (needs `web_peers`), so the relay
+    /// finds key frames and layer heights as it does a browser's.
+    pub simulcast: u8,
+    /// Ask the relay to send every remote video track at most this many lines tall
+    /// (`max_resolution`): of a simulcast track, the tallest layer within it.
+    pub max_height: Option<u32>,
 }
 
 impl Default for CallOptions {
@@ -115,6 +124,8 @@ impl Default for CallOptions {
             web_peers: false,
             video_clip: None,
             audio_clip: None,
+            simulcast: 0,
+            max_height: None,
         }
     }
 }
@@ -249,9 +260,18 @@ pub struct CallSummary {
     pub offers_answered: u64,
     /// What arrived, per SSRC (interop tests attribute it to senders by SSRC).
     pub inbound: Vec<InboundStream>,
-    /// The SSRCs this client sent audio and video on.
+    /// The SSRCs this client sent audio and video on (with simulcast, the lowest layer's;
+    /// every layer's in `video_layers`).
     pub audio_ssrc: Option<u32>,
     pub video_ssrc: Option<u32>,
+    pub video_layers: Vec<u32>,
+    /// Synthetic VP8-framed video: key frames sent (every layer's), and the key frame
+    /// requests (PLI or FIR from the relay) that named one of this client's video SSRCs.
+    pub keyframes_sent: u64,
+    pub keyframe_requests: u64,
+    /// Synthetic frames in the VP8 framing that were checked byte for byte, by the picture
+    /// height of the last key frame on their stream: which simulcast layer arrived.
+    pub frames_verified_by_height: BTreeMap<u16, u64>,
     /// Every verified frame's end-to-end latency in µs (sorted), for load reports.
     #[serde(skip)]
     pub latencies_us: Vec<u32>,
@@ -348,6 +368,59 @@ impl Outgoing {
             started: Instant::now(),
             step: None,
         }
+    }
+}
+
+/// One video stream this client sends: the only one, or a simulcast layer.
+struct VideoLayer {
+    out: Outgoing,
+    width: u16,
+    height: u16,
+    /// Bytes of each synthetic frame, for the layer's rate.
+    frame_bytes: usize,
+    /// A key frame goes next: the first frame, or a receiver asked (PLI or FIR).
+    key_due: bool,
+    frames_since_key: u32,
+}
+
+/// The longest a synthetic VP8-framed stream goes without a key frame when nobody asks
+/// for one (encoders have such a limit too): a receiver that missed a request still
+/// starts within it.
+const KEY_FRAME_EVERY: Duration = Duration::from_secs(10);
+
+/// The top layer's picture size (the web client's camera).
+const TOP_SIZE: (u16, u16) = (640, 480);
+
+impl VideoLayer {
+    /// The video streams to send, lowest first: one at `kbps` (`layers` < 2), or
+    /// `layers` simulcast layers, each half the next one's width and height and a quarter
+    /// of its rate (as browsers scale them), the top one at `kbps`.
+    fn all(layers: u8, kbps: u32, fps: u32) -> Vec<VideoLayer> {
+        let n = u32::from(layers.clamp(1, blindrelay_protocol::sdp::MAX_LAYERS as u8));
+        (0..n)
+            .map(|i| {
+                let shift = n - 1 - i;
+                let kbps = (kbps >> (2 * shift)).max(1);
+                VideoLayer {
+                    out: Outgoing::new(VIDEO_PT, 90_000),
+                    width: TOP_SIZE.0 >> shift,
+                    height: TOP_SIZE.1 >> shift,
+                    frame_bytes: ((kbps as u64 * 1000 / 8) / fps.max(1) as u64)
+                        .max(media::FRAME_HEADER as u64) as usize,
+                    key_due: true,
+                    frames_since_key: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the frame about to go is a key frame (and count it so).
+    fn take_key(&mut self, fps: u32) -> bool {
+        let every = fps.max(1) * KEY_FRAME_EVERY.as_secs() as u32;
+        let key = self.key_due || self.frames_since_key + 1 >= every;
+        self.key_due = false;
+        self.frames_since_key = if key { 0 } else { self.frames_since_key + 1 };
+        key
     }
 }
 
@@ -467,22 +540,26 @@ struct Identity {
     dtls: DtlsIdentity,
     local: LocalDescription,
     audio: Outgoing,
-    video: Outgoing,
+    /// Never empty: the lowest layer first.
+    video: Vec<VideoLayer>,
 }
 
 impl Identity {
     /// `audio_step`: the RTP timestamp step of an audio clip's packets.
-    fn fresh(audio_step: Option<u32>) -> Result<Self, CallError> {
+    fn fresh(opts: &CallOptions, audio_step: Option<u32>) -> Result<Self, CallError> {
         let dtls = DtlsIdentity::generate().map_err(|e| CallError::Identity(e.to_string()))?;
         let mut audio = Outgoing::new(AUDIO_PT, 48_000);
         audio.step = audio_step;
-        let video = Outgoing::new(VIDEO_PT, 90_000);
+        let video = VideoLayer::all(opts.simulcast, opts.video_kbps, opts.fps);
+        let ssrcs: Vec<u32> = video.iter().map(|l| l.out.ssrc).collect();
         let local = LocalDescription {
             ice_ufrag: Alphanumeric.sample_string(&mut rand::rng(), 8),
             ice_pwd: Alphanumeric.sample_string(&mut rand::rng(), 24),
             fingerprint: dtls.fingerprint().clone(),
             audio_ssrc: audio.ssrc,
-            video_ssrc: video.ssrc,
+            // `VideoLayer::all` makes at least one layer.
+            video_ssrc: ssrcs[0],
+            video_layers: if ssrcs.len() >= 2 { ssrcs } else { Vec::new() },
             cname: Alphanumeric.sample_string(&mut rand::rng(), 12),
             session_id: rand::random::<u32>() as u64,
         };
@@ -519,10 +596,11 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
     };
     // An Opus clip's packets are 20 ms each (opusenc's default frame size).
     let audio_step = sources.audio_clip.as_ref().map(|_| 960);
-    let mut id = Identity::fresh(audio_step)?;
+    let mut id = Identity::fresh(opts, audio_step)?;
     let session = slot.insert(ClientSession::new(opts, id.local.clone(), t0));
     let mut rx = Receiving {
         streams: HashMap::new(),
+        heights: HashMap::new(),
         latencies: Vec::new(),
         opened: Vec::new(),
         recorder: None,
@@ -552,7 +630,7 @@ async fn run(opts: &CallOptions, slot: &mut Option<ClientSession>) -> Result<(),
             break Ok(());
         }
         say(opts, &format!("reaching {relay}"));
-        id = Identity::fresh(audio_step)?;
+        id = Identity::fresh(opts, audio_step)?;
         rejoin = Some(id.local.clone());
     };
     publish(opts, session);
@@ -619,8 +697,7 @@ async fn attempt(
     let mut stats_tick =
         tokio::time::interval(opts.stats_every.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
-    let video_frame_bytes =
-        ((opts.video_kbps as u64 * 1000 / 8) / fps as u64).max(media::FRAME_HEADER as u64) as usize;
+    let video_frame_bytes = id.video.iter().map(|l| l.frame_bytes).max().unwrap_or(0);
     rx.opened.reserve(video_frame_bytes + 64);
     if rx.recorder.is_none() {
         if let Some((crate::bot::BotKind::Recording, Some(out))) = &opts.bot {
@@ -632,6 +709,7 @@ async fn attempt(
     let (clip, audio_clip) = (&sources.clip, &sources.audio_clip);
     let (audio, video) = (&mut id.audio, &mut id.video);
     let mut frame = Vec::with_capacity(video_frame_bytes + 64);
+    let mut dressed = Vec::with_capacity(video_frame_bytes + 64);
     let mut sealed = Vec::with_capacity(video_frame_bytes + 64);
     let mut pkt = Vec::with_capacity(1500);
     let mut last_bytes = session.summary().received_bytes;
@@ -654,16 +732,31 @@ async fn attempt(
             }
             _ = video_tick.tick(), if opts.video && sending => {
                 let sent = if let Some(frames) = clip.as_ref().filter(|f| !f.is_empty()) {
-                    let f = &frames[video.frame_no as usize % frames.len()];
-                    send_vp8_frame(&mut path, video, f, session.sealer(), &mut sealed, &mut pkt).await
+                    let v = &mut video[0].out;
+                    let f = &frames[v.frame_no as usize % frames.len()];
+                    send_vp8_frame(&mut path, v, f, session.sealer(), &mut sealed, &mut pkt).await
                 } else if opts.web_peers {
                     // Web peers (and e2ee-clients with --web-peers) read every video frame
-                    // in the web client's VP8 framing, synthetic ones too.
-                    make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                    send_vp8_frame(&mut path, video, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                    // in the web client's VP8 framing, synthetic ones too: each starts as
+                    // a VP8 frame does, once per layer.
+                    let mut sent = Sent::default();
+                    for l in video.iter_mut() {
+                        let key = l.take_key(fps);
+                        make_frame(l.out.ssrc, l.out.frame_no, now_us(), l.frame_bytes, canary, &mut frame);
+                        dressed.clear();
+                        crate::webframe::vp8_frame_start(key, l.width, l.height, &mut dressed);
+                        dressed.extend_from_slice(&frame);
+                        let s = send_vp8_frame(&mut path, &mut l.out, &dressed, session.sealer(), &mut sealed, &mut pkt).await;
+                        if key && s.frames > 0 {
+                            session.summary_mut().keyframes_sent += 1;
+                        }
+                        sent.add(s);
+                    }
+                    sent
                 } else {
-                    make_frame(video.ssrc, video.frame_no, now_us(), video_frame_bytes, canary, &mut frame);
-                    send_frame(&mut path, video, &frame, session.sealer(), &mut sealed, &mut pkt).await
+                    let v = &mut video[0];
+                    make_frame(v.out.ssrc, v.out.frame_no, now_us(), v.frame_bytes, canary, &mut frame);
+                    send_frame(&mut path, &mut v.out, &frame, session.sealer(), &mut sealed, &mut pkt).await
                 };
                 sent.add_to(session.summary_mut());
                 Vec::new()
@@ -672,7 +765,7 @@ async fn attempt(
                 // A receiver report per incoming stream, so the senders see our loss.
                 let mut compound = Vec::new();
                 for (ssrc, st) in rx.streams.iter().filter(|(s, _)| !earlier_streams.contains(s)) {
-                    compound.extend_from_slice(&rtcp::receiver_report(video.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
+                    compound.extend_from_slice(&rtcp::receiver_report(video[0].out.ssrc, *ssrc, 0, st.lost() as u32, st.highest_seq()));
                 }
                 if !compound.is_empty() {
                     if let Ok(p) = path.outbound.encrypt_rtcp(&compound) {
@@ -694,7 +787,7 @@ async fn attempt(
             }
             r = path.media_rx.recv() => match r {
                 Some((data, is_rtcp)) => {
-                    rx.packet(opts, session, &mut path, &data, is_rtcp);
+                    rx.packet(opts, session, &mut path, &data, is_rtcp, video);
                     session.take_pending()
                 }
                 None => session.on_media_closed(Instant::now()),
@@ -718,9 +811,14 @@ async fn attempt(
     Ok(next)
 }
 
+/// Most streams whose key frame heights are remembered (a relay cannot grow the table).
+const MAX_STREAMS: usize = 1024;
+
 /// The receive side of the media path: per-stream reassembly, latencies, the recorder.
 struct Receiving {
     streams: HashMap<u32, StreamReceiver>,
+    /// The picture height of the last VP8 key frame on each stream.
+    heights: HashMap<u32, u16>,
     latencies: Vec<u32>,
     opened: Vec<u8>,
     recorder: Option<crate::bot::RtpDumpWriter>,
@@ -749,7 +847,8 @@ impl Receiving {
     }
 
     /// One SRTP or SRTCP datagram from the relay: decrypt, reassemble, open (through the
-    /// session's keys) and check the frame it completes.
+    /// session's keys) and check the frame it completes. A key frame request (PLI, FIR)
+    /// for one of `video`'s streams makes its next frame a key frame.
     fn packet(
         &mut self,
         opts: &CallOptions,
@@ -757,11 +856,26 @@ impl Receiving {
         path: &mut MediaPath,
         data: &[u8],
         is_rtcp: bool,
+        video: &mut [VideoLayer],
     ) {
         let s = session.summary_mut();
         if is_rtcp {
             match path.inbound.decrypt_rtcp(data) {
-                Ok(_) => s.received_rtcp += 1,
+                Ok(plain) => {
+                    s.received_rtcp += 1;
+                    for p in rtcp::packets(&plain).map_while(Result::ok) {
+                        let rtcp::RtcpRoute::MediaSender(ssrc) = p.route() else {
+                            continue;
+                        };
+                        if !rtcp::is_keyframe_request(&p) {
+                            continue;
+                        }
+                        if let Some(l) = video.iter_mut().find(|l| l.out.ssrc == ssrc) {
+                            l.key_due = true;
+                            s.keyframe_requests += 1;
+                        }
+                    }
+                }
                 Err(_) => s.srtp_failures += 1,
             }
             return;
@@ -822,18 +936,25 @@ impl Receiving {
             );
         }
         // The web client keeps a VP8 frame's first bytes clear, as SFrame metadata.
-        let clear = if opts.web_peers && h.payload_type == VIDEO_PT {
+        let vp8 = opts.web_peers && h.payload_type == VIDEO_PT;
+        let clear = if vp8 {
+            if let Some((_, height)) = blindrelay_protocol::rtp::vp8_key_frame_size(&f) {
+                if self.heights.len() < MAX_STREAMS || self.heights.contains_key(&h.ssrc) {
+                    self.heights.insert(h.ssrc, height);
+                }
+            }
             crate::webframe::vp8_clear_len(&f)
         } else {
             0
         };
+        // What follows the clear bytes: the synthetic frame, in the VP8 framing.
         let plain_frame: &[u8] =
             match session.open_frame(Instant::now(), &f[..clear], &f[clear..], &mut self.opened) {
-                FrameOpen::Clear => &f,
+                FrameOpen::Clear => &f[clear..],
                 FrameOpen::Opened => &self.opened,
                 FrameOpen::Dropped => return,
             };
-        if opts.web_peers {
+        if opts.web_peers && !media::is_synthetic(plain_frame) {
             // Real Opus and VP8 from a browser: nothing to compare with.
             return;
         }
@@ -841,6 +962,10 @@ impl Receiving {
         match verify_frame(plain_frame, opts.canary.as_deref().map(str::as_bytes)) {
             Some(info) => {
                 s.frames_verified += 1;
+                if vp8 {
+                    let height = self.heights.get(&h.ssrc).copied().unwrap_or(0);
+                    *s.frames_verified_by_height.entry(height).or_default() += 1;
+                }
                 self.latencies.push(
                     now_us()
                         .saturating_sub(info.send_time_us)
@@ -981,6 +1106,12 @@ struct Sent {
 }
 
 impl Sent {
+    fn add(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.frames += o.frames;
+    }
+
     fn add_to(&self, s: &mut CallSummary) {
         s.sent_packets += self.packets;
         s.sent_bytes += self.bytes;

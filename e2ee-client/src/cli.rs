@@ -142,6 +142,17 @@ pub struct CallArgs {
     /// `gst-launch-1.0 audiotestsrc ! opusenc ! oggmux ! filesink location=clip.opus`.
     #[arg(long)]
     pub audio_clip: Option<PathBuf>,
+    /// Send the synthetic video as N simulcast layers (2 or 3), as Chromium does: one SSRC
+    /// per layer in an `a=ssrc-group:SIM`, each half the next one's size and a quarter of
+    /// its rate, the top one `--video-kbps` at 640x480, each layer's frames sealed on their
+    /// own. The frames go in the web client's VP8 framing (implies `--web-peers`): the relay
+    /// finds key frames and heights as it does a browser's, and answers PLI/FIR with one.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(2..=3), conflicts_with = "video_clip")]
+    pub simulcast: Option<u8>,
+    /// Ask the relay to send every remote video track at most this many lines tall
+    /// (`max_resolution`): of a simulcast track, the tallest layer within it.
+    #[arg(long)]
+    pub max_height: Option<u32>,
     /// Print a JSON summary on stdout at exit.
     #[arg(long)]
     pub json: bool,
@@ -256,9 +267,11 @@ pub async fn run(cli: Cli) -> i32 {
                 features: a.request,
                 bot: None,
                 wait_invite: a.wait_invite,
-                web_peers: a.web_peers,
+                web_peers: a.web_peers || a.simulcast.is_some(),
                 video_clip: a.video_clip,
                 audio_clip: a.audio_clip,
+                simulcast: a.simulcast.unwrap_or(0),
+                max_height: a.max_height,
             };
             let summary = run_call(&opts).await;
             if a.json {

@@ -57,6 +57,12 @@ fn fill(ssrc: u32, n: u32, canary: Option<&[u8]>, count: usize, out: &mut Vec<u8
     }
 }
 
+/// Whether `frame` is one of [`make_frame`]'s (its magic), before checking it: in the web
+/// framing a browser's frames come alongside synthetic ones, and only these can be checked.
+pub fn is_synthetic(frame: &[u8]) -> bool {
+    frame.starts_with(MAGIC)
+}
+
 /// What a received frame says about itself, once checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {

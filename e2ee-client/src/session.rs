@@ -50,7 +50,10 @@ pub struct LocalDescription {
     pub ice_pwd: String,
     pub fingerprint: Fingerprint,
     pub audio_ssrc: u32,
+    /// The video SSRC; with simulcast, the lowest layer's.
     pub video_ssrc: u32,
+    /// Simulcast: every layer's SSRC, lowest resolution first (empty: one video stream).
+    pub video_layers: Vec<u32>,
     pub cname: String,
     pub session_id: u64,
 }
@@ -204,6 +207,8 @@ pub struct ClientSession {
     pending: Vec<Output>,
     /// [`Progress`] changed since the driver last took it.
     progress_changed: bool,
+    /// Remote video m-lines already asked for `--max-height` in this session.
+    capped_mids: std::collections::BTreeSet<String>,
 }
 
 impl ClientSession {
@@ -236,6 +241,7 @@ impl ClientSession {
             key_packages_refused_before: BTreeMap::new(),
             pending: Vec::new(),
             progress_changed: true,
+            capped_mids: Default::default(),
         }
     }
 
@@ -283,6 +289,7 @@ impl ClientSession {
         self.local = local;
         self.phase = Phase::Hello;
         self.joined_at = now;
+        self.capped_mids.clear();
         self.progress_changed = true;
         self.start()
     }
@@ -772,15 +779,19 @@ impl ClientSession {
         let l = &self.local;
         self.summary.audio_ssrc = Some(l.audio_ssrc);
         self.summary.video_ssrc = Some(l.video_ssrc);
-        let offer = sdp::build_offer(&OfferParams {
-            ice_ufrag: &l.ice_ufrag,
-            ice_pwd: &l.ice_pwd,
-            fingerprint: &l.fingerprint,
-            audio_ssrc: l.audio_ssrc,
-            video_ssrc: l.video_ssrc,
-            cname: &l.cname,
-            session_id: l.session_id,
-        });
+        self.summary.video_layers = l.video_layers.clone();
+        let offer = sdp::build_offer_with_layers(
+            &OfferParams {
+                ice_ufrag: &l.ice_ufrag,
+                ice_pwd: &l.ice_pwd,
+                fingerprint: &l.fingerprint,
+                audio_ssrc: l.audio_ssrc,
+                video_ssrc: l.video_ssrc,
+                cname: &l.cname,
+                session_id: l.session_id,
+            },
+            &l.video_layers,
+        );
         out.push(Output::Send(ClientMessage::Join {
             call: self.call_id.clone(),
             e2ee_enabled: self.want_e2ee,
@@ -1163,6 +1174,7 @@ impl ClientSession {
                             revision,
                         }));
                         self.summary.offers_answered += 1;
+                        self.cap_remote_video(&offer, out);
                     }
                     Err(e) => out.push(Output::Say(format!(
                         "cannot answer the relay's offer {revision}: {e}"
@@ -1215,6 +1227,28 @@ impl ClientSession {
         Ok(())
     }
 
+    /// With `--max-height`: ask the relay to send each remote video track (an m-line of
+    /// its offer that is not this client's own) at most that tall, once per m-line.
+    fn cap_remote_video(&mut self, offer: &str, out: &mut Vec<Output>) {
+        let Some(height) = self.opts.max_height else {
+            return;
+        };
+        let Ok(o) = sdp::parse_offer(offer) else {
+            return;
+        };
+        for m in o.media.iter().filter(|m| m.kind == "video") {
+            if OWN_MIDS.contains(&m.mid.as_str()) || self.capped_mids.len() >= MAX_CAPPED_MIDS {
+                continue;
+            }
+            if self.capped_mids.insert(m.mid.clone()) {
+                out.push(Output::Send(ClientMessage::MaxResolution {
+                    mid: m.mid.clone(),
+                    height: Some(height),
+                }));
+            }
+        }
+    }
+
     fn on_mode_changed(&mut self, call_mode: CallMode, reason: String, out: &mut Vec<Output>) {
         out.push(Output::Say(format!(
             "the relay says the call is now {}: {reason}",
@@ -1248,6 +1282,13 @@ impl ClientSession {
 }
 
 /// Milliseconds from `since` to `now`.
+/// The m-lines of this client's own offer (audio, video): the relay's offers repeat them
+/// before the remote tracks' lines.
+const OWN_MIDS: [&str; 2] = ["0", "1"];
+
+/// Most remote m-lines remembered as capped: a relay cannot grow the set without bound.
+const MAX_CAPPED_MIDS: usize = 256;
+
 fn ms(now: Instant, since: Instant) -> f64 {
     now.saturating_duration_since(since).as_secs_f64() * 1e3
 }
@@ -1353,6 +1394,7 @@ mod tests {
             },
             audio_ssrc: 1000 + n,
             video_ssrc: 2000 + n,
+            video_layers: Vec::new(),
             cname: format!("cname{n}"),
             session_id: n as u64,
         }
@@ -1420,7 +1462,16 @@ mod tests {
         t0: Instant,
         option: E2eeOption,
     ) -> (ClientSession, Vec<Output>) {
-        let mut s = ClientSession::new(o, local(n), t0);
+        hello_as(o, local(n), t0, option)
+    }
+
+    fn hello_as(
+        o: &CallOptions,
+        l: LocalDescription,
+        t0: Instant,
+        option: E2eeOption,
+    ) -> (ClientSession, Vec<Output>) {
+        let mut s = ClientSession::new(o, l, t0);
         let out = s.start();
         assert!(matches!(sends(&out)[..], [ClientMessage::Hello { .. }]));
         let out = s.on_message(
@@ -1436,7 +1487,11 @@ mod tests {
     }
 
     fn to_join(o: &CallOptions, n: u32, t0: Instant) -> Joining {
-        let (s, out) = hello(o, n, t0, E2eeOption::Available);
+        to_join_with(o, local(n), t0)
+    }
+
+    fn to_join_with(o: &CallOptions, l: LocalDescription, t0: Instant) -> Joining {
+        let (s, out) = hello_as(o, l, t0, E2eeOption::Available);
         let sent = sends(&out);
         let [ClientMessage::Join {
             call,
@@ -1856,6 +1911,50 @@ mod tests {
         assert_eq!(a.summary().call_mode, Some(CallMode::E2ee));
         assert!(a.summary().downgrade_accepted.is_none() && a.summary().error.is_none());
         assert_eq!(frame_crosses(&mut a, &mut b, t0), b"a frame of media");
+    }
+
+    /// `--max-height` asks once for each remote video m-line the relay offers (never for
+    /// the client's own lines or audio), after answering. With simulcast layers the join's
+    /// offer lists them in one SIM group.
+    #[test]
+    fn max_height_caps_each_remote_video_line_once() {
+        let t0 = Instant::now();
+        let o = CallOptions {
+            max_height: Some(120),
+            ..opts("alice")
+        };
+        let mut l = local(1);
+        l.video_layers = vec![2001, 2002, 2003];
+        let mut j = to_join_with(&o, l, t0);
+        let offered = parse_offer(&j.offer).expect("the join offer parses");
+        assert_eq!(offered.media[1].simulcast, vec![2001, 2002, 2003]);
+        let out = joined(&mut j, t0, "p-a", CallMode::Standard, None, None, vec![]);
+        assert!(matches!(out.last(), Some(Output::ConnectMedia(_))));
+        let mut a = j.s;
+        a.on_media_connected(t0, "SRTP_AEAD_AES_128_GCM");
+        let caps = |a: &mut ClientSession, remote: &[RemoteTrack], revision: u64| {
+            let sdp = relay_description(&j.offer, remote, revision);
+            let out = a.on_message(t0, ServerMessage::Offer { sdp, revision });
+            let sent = sends(&out);
+            assert!(
+                matches!(sent.first(), Some(ClientMessage::Answer { .. })),
+                "{sent:?}"
+            );
+            sent.iter()
+                .filter_map(|m| match m {
+                    ClientMessage::MaxResolution { mid, height } => {
+                        assert_eq!(*height, Some(120));
+                        Some(mid.clone())
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = vec![track("r0", "audio", 77), track("r1", "video", 78)];
+        assert_eq!(caps(&mut a, &one, 1), vec!["r1"]);
+        assert!(caps(&mut a, &one, 2).is_empty(), "asked once per line");
+        let two = [one.clone(), vec![track("r2", "video", 79)]].concat();
+        assert_eq!(caps(&mut a, &two, 3), vec!["r2"]);
     }
 
     // (c) renegotiation.

@@ -17,6 +17,22 @@ pub const VP8_DELTA_CLEAR: usize = 3;
 
 pub use blindrelay_protocol::rtp::vp8_descriptor_len;
 
+/// Start a synthetic video frame as a VP8 frame starts (RFC 6386 §9.1): the 3-byte frame
+/// tag, and on a key frame the start code and picture size. That is what a relay reads to
+/// find key frames and each simulcast layer's height, and exactly what the web framing
+/// leaves clear ([`vp8_clear_len`]), so a sealed synthetic frame looks to the relay like a
+/// browser's.
+pub fn vp8_frame_start(key: bool, width: u16, height: u16, out: &mut Vec<u8>) {
+    // Bit 0: not a key frame; version 0; bit 4: show_frame; first partition size 0.
+    out.push(if key { 0x10 } else { 0x11 });
+    out.extend_from_slice(&[0, 0]);
+    if key {
+        out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+        out.extend_from_slice(&(width & 0x3fff).to_le_bytes());
+        out.extend_from_slice(&(height & 0x3fff).to_le_bytes());
+    }
+}
+
 /// How many clear bytes lead a VP8 frame of the web client: 10 on a key frame, 3 on a delta
 /// frame, never more than the frame.
 pub fn vp8_clear_len(frame: &[u8]) -> usize {
@@ -40,6 +56,24 @@ mod tests {
         assert_eq!(vp8_descriptor_len(&[0x90, 0xe0, 0x05, 0x01, 0x20]), Some(5));
         assert_eq!(vp8_descriptor_len(&[0x90, 0x80]), None);
         assert_eq!(vp8_descriptor_len(&[]), None);
+    }
+
+    #[test]
+    fn a_synthetic_frame_start_is_read_as_vp8() {
+        let mut key = Vec::new();
+        vp8_frame_start(true, 320, 240, &mut key);
+        assert_eq!(key.len(), VP8_KEY_CLEAR);
+        assert_eq!(vp8_clear_len(&key), VP8_KEY_CLEAR);
+        assert_eq!(
+            blindrelay_protocol::rtp::vp8_key_frame_size(&key),
+            Some((320, 240))
+        );
+        let mut delta = Vec::new();
+        vp8_frame_start(false, 320, 240, &mut delta);
+        assert_eq!(delta.len(), VP8_DELTA_CLEAR);
+        assert_eq!(vp8_clear_len(&delta), VP8_DELTA_CLEAR);
+        delta.extend_from_slice(&[0; 8]);
+        assert_eq!(blindrelay_protocol::rtp::vp8_key_frame_size(&delta), None);
     }
 
     #[test]

@@ -159,6 +159,21 @@ pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
     (payload.len() >= n).then_some(n)
 }
 
+/// The picture size a VP8 key frame announces at its start (RFC 6386 §9.1: the 3-byte
+/// frame tag with bit 0 clear, the start code, then 14-bit width and height, little
+/// endian); `None` for a delta frame or fewer than 10 bytes. The web client's E2EE framing
+/// leaves exactly these bytes clear, so a relay and a receiver read them without a key.
+pub fn vp8_key_frame_size(frame: &[u8]) -> Option<(u16, u16)> {
+    let h = frame.get(..10)?;
+    if h[0] & 0x01 != 0 || h[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some((
+        u16::from_le_bytes([h[6], h[7]]) & 0x3fff,
+        u16::from_le_bytes([h[8], h[9]]) & 0x3fff,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,6 +322,13 @@ pub const VIDEO_PT: u8 = 96;
 
 /// Write a browser-shaped offer with one audio and one video m-line.
 pub fn build_offer(p: &OfferParams<'_>) -> String {
+    build_offer_with_layers(p, &[])
+}
+
+/// [`build_offer`], with the video sent as simulcast layers: `video_layers` are their
+/// SSRCs, lowest resolution first, announced as Chromium does (an `a=ssrc` each and one
+/// `a=ssrc-group:SIM`). Fewer than two: one plain video stream on `p.video_ssrc`.
+pub fn build_offer_with_layers(p: &OfferParams<'_>, video_layers: &[u32]) -> String {
     let mut s = session(
         p.session_id,
         "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()),
@@ -353,7 +360,19 @@ pub fn build_offer(p: &OfferParams<'_>) -> String {
             push(&mut md, "rtcp-fb", Some(format!("{pt} nack pli")));
             push(&mut md, "rtcp-fb", Some(format!("{pt} ccm fir")));
         }
-        push(&mut md, "ssrc", Some(format!("{ssrc} cname:{}", p.cname)));
+        if kind == "video" && video_layers.len() >= 2 {
+            for l in video_layers {
+                push(&mut md, "ssrc", Some(format!("{l} cname:{}", p.cname)));
+            }
+            let ids: Vec<String> = video_layers.iter().map(u32::to_string).collect();
+            push(
+                &mut md,
+                "ssrc-group",
+                Some(format!("SIM {}", ids.join(" "))),
+            );
+        } else {
+            push(&mut md, "ssrc", Some(format!("{ssrc} cname:{}", p.cname)));
+        }
         s.media_descriptions.push(md);
     }
     s.marshal()
@@ -1207,7 +1226,7 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
     #[test]
     fn client_offer_round_trips() {
         let fp = Fingerprint { sha256: [1; 32] };
-        let text = build_offer(&OfferParams {
+        let p = OfferParams {
             ice_ufrag: "abcd",
             ice_pwd: "0123456789012345678901",
             fingerprint: &fp,
@@ -1215,11 +1234,19 @@ a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:abc\r\na=ssrc:2002 cname:abc\r\n
             video_ssrc: 6,
             cname: "c",
             session_id: 3,
-        });
-        let o = parse_offer(&text).unwrap();
+        };
+        let o = parse_offer(&build_offer(&p)).unwrap();
         assert_eq!(o.media[0].ssrcs, vec![5]);
         assert_eq!(o.media[1].ssrcs, vec![6]);
         assert_eq!(o.fingerprint, fp);
+        assert!(o.media[1].simulcast.is_empty());
+        // Layers, lowest first, read back as the relay reads Chromium's.
+        let o = parse_offer(&build_offer_with_layers(&p, &[6, 7, 8])).unwrap();
+        assert_eq!(o.media[1].ssrcs, vec![6, 7, 8]);
+        assert_eq!(o.media[1].simulcast, vec![6, 7, 8]);
+        assert_eq!(o.media[0].simulcast, Vec::<u32>::new());
+        let o = parse_offer(&build_offer_with_layers(&p, &[6])).unwrap();
+        assert_eq!(o.media[1].ssrcs, vec![6]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! writes (VP8, VP9, AV1) or the NAL header (H264). The E2EE framing leaves those bytes
 //! clear (web/sframe.js), so the relay switches layers without reading a frame.
 
-use blindrelay_protocol::rtp::vp8_descriptor_len;
+use blindrelay_protocol::rtp::{vp8_descriptor_len, vp8_key_frame_size};
 use blindrelay_protocol::sdp::{Codec, Layers, MAX_LAYERS};
 use std::time::{Duration, Instant};
 
@@ -436,11 +436,7 @@ impl LayerState {
 /// leaves exactly these 10 bytes clear.
 pub fn vp8_keyframe_height(payload: &[u8]) -> Option<u16> {
     let n = vp8_descriptor_len(payload)?;
-    let h = payload.get(n..n + 10)?;
-    if h[0] & 0x01 != 0 || h[3..6] != [0x9d, 0x01, 0x2a] {
-        return None;
-    }
-    Some(u16::from_le_bytes([h[8], h[9]]) & 0x3fff)
+    vp8_key_frame_size(payload.get(n..)?).map(|(_, h)| h)
 }
 
 /// Whether an RTP payload of `codec` starts a key frame a decoder can begin at. Only the

@@ -76,6 +76,19 @@ fn opened_from(s: &CallSummary, from: &CallSummary) -> u64 {
     s.frames_decrypted_from.get(id).copied().unwrap_or(0)
 }
 
+/// The relay's capture of the call, once it is written, audits blind: no canary in the
+/// clear, and `streams` streams (what `what` says). The relay stops and the file goes.
+async fn audits_blind(relay: Relay, path: &std::path::Path, streams: usize, what: &str) {
+    settle_capture(&relay).await;
+    let report = audit_file(path, Some(CANARY.as_bytes())).expect("a readable capture");
+    let table = report.table();
+    assert!(report.blind, "{table}");
+    assert_eq!(report.canary_packets(), 0, "{table}");
+    assert_eq!(report.streams.len(), streams, "{what}: {table}");
+    relay.shutdown().await;
+    let _ = std::fs::remove_file(path);
+}
+
 /// Four members: each opens more than 100 frames from each other one with no failure,
 /// all end on one epoch and code, and the relay's capture audits blind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,18 +126,7 @@ async fn four_members_key_each_other_and_the_relay_is_blind() {
         "no epoch with all four: {:?}",
         s.iter().map(|x| &x.epoch_codes).collect::<Vec<_>>()
     );
-    settle_capture(&relay).await;
-    let report = audit_file(&path, Some(CANARY.as_bytes())).expect("a readable capture");
-    let table = report.table();
-    assert!(report.blind, "{table}");
-    assert_eq!(report.canary_packets(), 0, "{table}");
-    assert_eq!(
-        report.streams.len(),
-        8,
-        "four members, audio and video: {table}"
-    );
-    relay.shutdown().await;
-    let _ = std::fs::remove_file(&path);
+    audits_blind(relay, &path, 8, "four members, audio and video").await;
 }
 
 /// A member leaves and another joins mid-call: the group moves to new epochs, those who
@@ -235,4 +237,72 @@ async fn a_leave_racing_two_joins_converges() {
         assert!(!four.is_empty(), "round {round}: no common epoch");
     }
     relay.shutdown().await;
+}
+
+/// Simulcast from e2ee-client (`--simulcast 3`) in an MLS call: the sender's three layers
+/// (each frame sealed on its own) reach each receiver as the one layer it asked for, by
+/// the height of the key frames that arrive: 120 lines to a receiver that asked for at
+/// most 120 (`--max-height`), 480 to one that asked nothing. Every frame opens and is
+/// checked byte for byte, the relay's key frame requests reach the sender (it answers each
+/// with a key frame on that layer), and the relay's capture audits blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_reach_each_receiver_at_its_height_and_stay_sealed() {
+    let path = temp_path("group-simulcast", "pcap");
+    let cfg = capture_config(&path);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    let call = "simulcast";
+    let ann = CallOptions {
+        simulcast: 3,
+        video_kbps: 800,
+        web_peers: true,
+        ..member(&relay, &cfg, "ann", call, 8.0)
+    };
+    // The receivers send audio only, so what they verify by height is Ann's video.
+    let receiver = |user: &str, max_height: Option<u32>| CallOptions {
+        video_kbps: 0,
+        video: false,
+        web_peers: true,
+        max_height,
+        ..member(&relay, &cfg, user, call, 7.0)
+    };
+    let (ben, cat) = (receiver("ben", Some(120)), receiver("cat", None));
+    let (a, b, c) = tokio::join!(run_call(&ann), run_call(&ben), run_call(&cat));
+    for (s, who) in [(&a, "ann"), (&b, "ben"), (&c, "cat")] {
+        ok(s, who);
+        eprintln!(
+            "{who}: verified {} by height {:?}, key frames sent {}, requests {}",
+            s.frames_verified, s.frames_verified_by_height, s.keyframes_sent, s.keyframe_requests
+        );
+    }
+    assert_eq!(a.video_layers.len(), 3, "{:?}", a.video_layers);
+    assert_eq!(a.video_ssrc, a.video_layers.first().copied());
+    // Each receiver's video came at its height, from the layer's key frames on.
+    for (s, height, who) in [(&b, 120u16, "ben"), (&c, 480, "cat")] {
+        let by = &s.frames_verified_by_height;
+        let total: u64 = by.values().sum();
+        let at = by.get(&height).copied().unwrap_or(0);
+        assert!(at > 100, "{who}: {at} frames at {height} lines: {by:?}");
+        assert!(
+            at * 10 >= total * 9,
+            "{who}: {at} of {total} frames at {height} lines: {by:?}"
+        );
+        assert!(
+            opened_from(s, &a) > 100,
+            "{who}: {:?}",
+            s.frames_decrypted_from
+        );
+    }
+    // Layers are switched at key frames the relay asked the sender for.
+    assert!(a.keyframe_requests > 0, "{a:?}");
+    assert!(
+        a.keyframes_sent >= 3,
+        "a first key frame on each layer: {a:?}"
+    );
+    audits_blind(
+        relay,
+        &path,
+        6,
+        "Ann's audio and three layers, the receivers' audio",
+    )
+    .await;
 }
