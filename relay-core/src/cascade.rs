@@ -18,6 +18,8 @@ struct Member {
     video: Vec<u32>,
     repairs: Vec<(u32, u32)>,
     receiving: Vec<u32>,
+    /// Its simulcast tracks' layer SSRCs, lowest first (the first is the track's SSRC).
+    simulcast: Vec<Vec<u32>>,
 }
 
 /// A link end one node holds in the call.
@@ -29,8 +31,12 @@ pub struct LinkEnd {
     /// The far participants' (media SSRC, RTX SSRC) pairs: the near node retransmits
     /// their tracks to its receivers on those RTX streams.
     pub repairs: Vec<(u32, u32)>,
-    /// The tracks of this node's participants the far node has receivers for.
+    /// The tracks of this node's participants the far node has receivers for; of a
+    /// simulcast track, every layer, so the far node chooses each receiver's layer there.
     pub receiving: Vec<u32>,
+    /// The far participants' simulcast tracks (layer SSRCs, lowest first): the near node
+    /// chooses a layer for each of its receivers, as it does for its own senders'.
+    pub simulcast: Vec<Vec<u32>>,
 }
 
 /// The call's participants and where they are.
@@ -55,6 +61,13 @@ impl CallRoutes {
         m.ssrcs = ssrcs.to_vec();
         m.video = video.to_vec();
         m.repairs = repairs.to_vec();
+    }
+
+    /// `peer`'s simulcast tracks, each as its layers' SSRCs, lowest first.
+    pub fn set_layers(&mut self, peer: PeerId, simulcast: &[Vec<u32>]) {
+        if let Some(m) = self.members.get_mut(&peer) {
+            m.simulcast = simulcast.to_vec();
+        }
     }
 
     /// The remote SSRCs `peer` has tracks for.
@@ -89,6 +102,7 @@ impl CallRoutes {
                     e.ssrcs.extend(&m.ssrcs);
                     e.video.extend(&m.video);
                     e.repairs.extend(&m.repairs);
+                    e.simulcast.extend(m.simulcast.iter().cloned());
                 }
                 e.repairs.sort_unstable();
                 e.repairs.dedup();
@@ -96,6 +110,12 @@ impl CallRoutes {
                     for s in &m.ssrcs {
                         if far.iter().any(|f| f.receiving.contains(s)) {
                             e.receiving.push(*s);
+                        }
+                    }
+                    // Receivers know a simulcast track by its lowest layer's SSRC.
+                    for layers in &m.simulcast {
+                        if layers.first().is_some_and(|t| e.receiving.contains(t)) {
+                            e.receiving.extend(layers.iter().skip(1));
                         }
                     }
                 }
@@ -151,6 +171,27 @@ mod tests {
         assert_eq!(r.ends().len(), 2);
         r.remove(3);
         assert!(r.ends().is_empty());
+    }
+
+    /// A simulcast track crosses with all its layers while the far node receives it, and
+    /// the far node's end learns its layers; its other tracks cross as before.
+    #[test]
+    fn a_simulcast_track_crosses_with_its_layers() {
+        let mut r = CallRoutes::default();
+        r.set_member(1, "a", &[10, 11, 12, 13], &[11, 12, 13], &[]);
+        r.set_layers(1, &[vec![11, 12, 13]]);
+        r.set_member(2, "b", &[20], &[], &[]);
+        r.set_receiving(2, &[10]);
+        let e = r.ends();
+        assert_eq!(e[&key("a", "b")].receiving, vec![10]);
+        assert_eq!(e[&key("b", "a")].simulcast, vec![vec![11, 12, 13]]);
+        assert!(e[&key("a", "b")].simulcast.is_empty());
+        r.set_receiving(2, &[10, 11]);
+        assert_eq!(e_receiving(&r, "a", "b"), vec![10, 11, 12, 13]);
+    }
+
+    fn e_receiving(r: &CallRoutes, near: &str, far: &str) -> Vec<u32> {
+        r.ends()[&key(near, far)].receiving.clone()
     }
 
     /// Two receivers on one node ask for a track once.

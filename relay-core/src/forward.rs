@@ -310,6 +310,42 @@ pub struct PeerTablesWire {
     pub receiving: Option<Vec<u32>>,
 }
 
+/// Simulcast tracks from their layers' SSRCs (each list lowest first), checked: 2 or 3
+/// distinct layers each, every one a video SSRC of the participant's own. A track in
+/// `known` with the same layers keeps its state.
+fn simulcast_tracks(
+    lists: &[Vec<u32>],
+    ssrcs: &[u32],
+    video: &[u32],
+    known: &[SimulcastTrack],
+) -> Result<Vec<SimulcastTrack>, TablesError> {
+    if lists.len() > MAX_WIRE_SSRCS {
+        return Err(TablesError::TooMany(lists.len()));
+    }
+    let mut out = Vec::with_capacity(lists.len());
+    for layers in lists {
+        let own = (2..=MAX_LAYERS).contains(&layers.len())
+            && layers
+                .iter()
+                .enumerate()
+                .all(|(i, l)| ssrcs.contains(l) && video.contains(l) && !layers[..i].contains(l));
+        if !own {
+            return Err(TablesError::Simulcast);
+        }
+        let mut l = Layers::NONE;
+        l.ssrcs[..layers.len()].copy_from_slice(layers);
+        l.count = layers.len() as u8;
+        out.push(
+            known
+                .iter()
+                .find(|t| t.layers == l)
+                .copied()
+                .unwrap_or_else(|| SimulcastTrack::new(layers[0], l)),
+        );
+    }
+    Ok(out)
+}
+
 /// Tables from a node link that do not describe a participant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TablesError {
@@ -440,23 +476,10 @@ impl PeerTables {
         .into_iter()
         .max()
         .unwrap_or(0);
-        if most > MAX_WIRE_SSRCS || w.simulcast.len() > MAX_WIRE_SSRCS {
-            return Err(TablesError::TooMany(most.max(w.simulcast.len())));
+        if most > MAX_WIRE_SSRCS {
+            return Err(TablesError::TooMany(most));
         }
-        let mut simulcast = Vec::with_capacity(w.simulcast.len());
-        for layers in &w.simulcast {
-            let own = (2..=MAX_LAYERS).contains(&layers.len())
-                && layers.iter().enumerate().all(|(i, l)| {
-                    w.ssrcs.contains(l) && w.video_ssrcs.contains(l) && !layers[..i].contains(l)
-                });
-            if !own {
-                return Err(TablesError::Simulcast);
-            }
-            let mut l = Layers::NONE;
-            l.ssrcs[..layers.len()].copy_from_slice(layers);
-            l.count = layers.len() as u8;
-            simulcast.push(SimulcastTrack::new(layers[0], l));
-        }
+        let simulcast = simulcast_tracks(&w.simulcast, &w.ssrcs, &w.video_ssrcs, &[])?;
         let mut t = PeerTables {
             codec_of_pt: [NO; 128],
             pt_of_codec: [NO; CODEC_COUNT],
@@ -492,6 +515,22 @@ impl PeerTables {
             t.rtx_pt_of_codec[c as usize] = pt;
         }
         Ok(t)
+    }
+
+    /// A node link's end: the far participants' simulcast tracks (layer SSRCs, lowest
+    /// first), so this node chooses a layer for each of its receivers. A track it knew
+    /// keeps what it learnt (heights, rates); an invalid list leaves it with none.
+    pub fn set_link_layers(&mut self, layers: &[Vec<u32>]) -> Result<(), TablesError> {
+        match simulcast_tracks(layers, &self.ssrcs, &self.video_ssrcs, &self.simulcast) {
+            Ok(t) => {
+                self.simulcast = t;
+                Ok(())
+            }
+            Err(e) => {
+                self.simulcast.clear();
+                Err(e)
+            }
+        }
     }
 
     /// Whether a cached packet can be sent to it again: it takes RTX for a video codec, or
@@ -1019,12 +1058,13 @@ impl<H: HopCipher> Forwarder<H> {
         video: Vec<u32>,
         repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
-    ) {
+        layers: &[Vec<u32>],
+    ) -> Result<(), TablesError> {
         let Some(p) = self.peers.get_mut(&peer) else {
-            return;
+            return Ok(());
         };
         if !p.tables.link {
-            return;
+            return Ok(());
         }
         let call = p.call;
         self.ssrc_owner
@@ -1036,7 +1076,9 @@ impl<H: HopCipher> Forwarder<H> {
         p.caches.retain(|c| video.contains(&c.ssrc));
         p.tables.video_ssrcs = video;
         p.tables.repairs = repairs;
+        let layers = p.tables.set_link_layers(layers);
         self.set_receiving(peer, receiving);
+        layers
     }
 
     /// Send to `peer` at `addr` from now on: the controlling ICE agent nominated the pair
@@ -1442,7 +1484,9 @@ impl<H: HopCipher> Forwarder<H> {
                 // This receiver cannot decode the codec: it was never offered the track.
                 continue;
             }
-            if let Some((t, l)) = layer {
+            // A node link is sent every layer as it came: the far node chooses its own
+            // receivers' layers.
+            if let (Some((t, l)), false) = (layer, r.tables.link) {
                 let states = &mut r.tables.layer_states;
                 let i = match states.iter().position(|s| s.track == track) {
                     Some(i) => i,
@@ -1690,6 +1734,7 @@ impl<H: HopCipher> Forwarder<H> {
                     .and_then(|target| match (target, *now) {
                         (Some(o), Some(now))
                             if rtcp::is_keyframe_request(&p)
+                                && !from_link
                                 && simulcast_of(peers, o, ssrc).is_some() =>
                         {
                             // About the layer the receiver is sent (or is to be): the
@@ -2186,8 +2231,14 @@ fn answer_nack<H: HopCipher>(
     let [Some(r), Some(s)] = peers.get_disjoint_mut([&receiver, &sender]) else {
         return;
     };
-    // A simulcast track: the receiver names its own numbers, each from one layer.
-    let sim = s.tables.simulcast.iter().find(|t| t.track == ssrc).copied();
+    // A simulcast track: the receiver names its own numbers, each from one layer. A node
+    // link is sent each layer as it came, and names its numbers.
+    let sim = s
+        .tables
+        .simulcast
+        .iter()
+        .find(|t| t.track == ssrc && !r.tables.link)
+        .copied();
     let state = sim.and_then(|_| {
         r.tables
             .layer_states
@@ -4486,5 +4537,116 @@ mod tests {
         assert_eq!(g3[0].4, vp8_frame(true, 720, &body(2, 5)));
         assert_eq!(f.take_layer_switches(), 1);
         assert_eq!(drops(&mut f), []);
+    }
+
+    /// Across a node link every layer goes as it came (its own SSRC, numbers and
+    /// payload), and the link's keyframe requests and NACKs name layers; on the far node
+    /// the link end, told the track's layers, is a simulcast sender like any other: its
+    /// receiver gets one layer under the track's SSRC.
+    #[test]
+    fn a_node_link_is_sent_every_layer_and_the_far_node_chooses() {
+        let t0 = Instant::now();
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+        let mut n = Numbering::default();
+        n.pt[Codec::Vp8.index()] = Some(96);
+        let layers = Layers {
+            ssrcs: [100, 102, 104],
+            rtx: [None; 3],
+            count: 3,
+        };
+        let track = SentTrack {
+            kind: "video",
+            ssrc: 100,
+            rtx: None,
+            layers,
+        };
+        let packet = |pt: u8, l: usize, seq: u16| {
+            let frame = vp8_frame(seq == 0, [180, 360, 720][l], b"frame");
+            with_ts(
+                vp8_rtp(pt, layers.ssrcs[l], seq, &frame),
+                3000 * u32::from(seq),
+            )
+        };
+        let link_vp8 = LINK_PT_BASE + Codec::Vp8 as u8;
+        // Near node: the sender and a link end that receives the track.
+        let mut f = Forwarder::new(None);
+        f.set_time(t0);
+        let sender = PeerTables::new(&n, &[track], &[100, 102, 104]);
+        f.add_peer(1, 7, addr(1), fast(1), fast(11), sender);
+        let link = PeerTables::link(vec![], vec![], vec![100, 102, 104]);
+        f.add_peer(2, 7, addr(2), fast(2), fast(12), link);
+        let mut tx = ctx(1);
+        let mut rx = ctx_replay(12);
+        let mut got = Vec::new();
+        for seq in 0..2u16 {
+            for l in 0..3 {
+                let mut out = Outbox::default();
+                let pkt = packet(96, l, seq);
+                f.on_rtp(1, &tx.encrypt_rtp(&pkt).unwrap(), &mut out)
+                    .unwrap();
+                let (_, d) = (0..out.len())
+                    .filter_map(|i| out.get(i))
+                    .find(|(t, _)| t.to == addr(2) && !t.rtcp)
+                    .expect("the link is sent every layer");
+                let clear = rx.decrypt_rtp(d).unwrap();
+                assert_eq!(clear[1] & 0x7f, link_vp8);
+                assert_eq!(clear[2..], pkt[2..], "as it came");
+                got.push(RtpHeader::parse(&clear).unwrap().ssrc);
+            }
+        }
+        assert_eq!(got, [100, 102, 104, 100, 102, 104]);
+        assert_eq!(f.take_layer_switches(), 0);
+        // The far node asks for layer 102's key frame: the sender is asked for 102.
+        let mut c2 = ctx(2);
+        let mut out = Outbox::default();
+        let wire = c2.encrypt_rtcp(&rtcp::pli(RELAY_SSRC, 102)).unwrap();
+        f.on_rtcp(2, &wire, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        let (t, d) = out.get(0).expect("a PLI for the sender");
+        assert_eq!(t.to, addr(1));
+        let clear = ctx_replay(11).decrypt_rtcp(d).unwrap();
+        let p = rtcp::packets(&clear).next().unwrap().unwrap();
+        assert_eq!(p.route(), RtcpRoute::MediaSender(102));
+
+        // Far node: the link end sends the layers, and knows them as one track.
+        let mut g = Forwarder::new(None);
+        g.set_time(t0);
+        let mut end = PeerTables::link(vec![100, 102, 104], vec![100, 102, 104], vec![]);
+        assert_eq!(
+            end.set_link_layers(&[vec![100, 102, 107]]),
+            Err(TablesError::Simulcast),
+            "a layer the far participants do not send"
+        );
+        end.set_link_layers(&[vec![100, 102, 104]]).unwrap();
+        g.add_peer(3, 8, addr(3), fast(3), fast(13), end);
+        g.add_peer(4, 8, addr(4), fast(4), fast(14), rtx_tables(96, None, 4));
+        g.set_receiving(4, vec![100]);
+        assert!(g.set_max_height(4, 100, 360));
+        let mut tx = ctx(3);
+        let mut rx = ctx_replay(14);
+        let mut heard = Vec::new();
+        for seq in 0..2u16 {
+            for l in 0..3 {
+                let mut out = Outbox::default();
+                g.on_rtp(
+                    3,
+                    &tx.encrypt_rtp(&packet(link_vp8, l, seq)).unwrap(),
+                    &mut out,
+                )
+                .unwrap();
+                for i in 0..out.len() {
+                    let (t, d) = out.get(i).unwrap();
+                    if t.to == addr(4) && !t.rtcp {
+                        let clear = rx.decrypt_rtp(d).unwrap();
+                        let h = RtpHeader::parse(&clear).unwrap();
+                        heard.push((h.ssrc, clear[h.header_len..].to_vec()));
+                    }
+                }
+            }
+        }
+        // Heights are learnt from frame 0's key frames: 360 lines from then on.
+        assert!(heard.iter().all(|(s, _)| *s == 100), "{heard:?}");
+        let last = &heard.last().expect("the receiver was sent the track").1;
+        assert_eq!(*last, vp8_frame(false, 360, b"frame"));
     }
 }

@@ -945,6 +945,21 @@ pub fn opened_from_each(p: &e2ee_client::session::Progress, senders: usize, n: u
     p.opened_from.values().filter(|c| **c >= n).count() >= senders
 }
 
+/// The simulcast layer `who` was sent, by the height of the key frames before the frames
+/// it checked: more than 100 frames at `height`, and at least 90 % of all (the first
+/// frames may come from another layer until the relay has learnt the layers' heights).
+pub fn mostly_at_height(s: &e2ee_client::call::CallSummary, height: u16, who: &str) {
+    let by = &s.frames_verified_by_height;
+    eprintln!("{who}: frames by height {by:?}");
+    let total: u64 = by.values().sum();
+    let at = by.get(&height).copied().unwrap_or(0);
+    assert!(at > 100, "{who}: {at} frames at {height} lines: {by:?}");
+    assert!(
+        at * 10 >= total * 9,
+        "{who}: {at} of {total} frames at {height} lines: {by:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::message_types;

@@ -183,6 +183,42 @@ async fn one_to_one_and_standard_calls_span_two_nodes() {
     c.stop().await;
 }
 
+/// Simulcast across a node link: Ann sends three layers through node a; Ben (who asked
+/// for at most 120 lines) and Cat (no limit) receive through node b. Every layer crosses
+/// the link as it came, and b chooses each receiver's layer as a would: Ben's frames are
+/// 120 lines tall, Cat's 480, all of them open and check byte for byte, and both
+/// captures audit blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_are_chosen_per_receiver_on_the_far_node() {
+    logs();
+    let c = Cluster::start(&["a", "b"]).await;
+    let call = "layers";
+    let mls = Some(E2eeScheme::Mls);
+    let ann = CallOptions {
+        simulcast: 3,
+        video_kbps: 800,
+        web_peers: true,
+        ..member(&c.nodes[0], &c.cfg, "ann", call, mls)
+    };
+    let receiver = |user: &str, max_height: Option<u32>| CallOptions {
+        video: false,
+        video_kbps: 0,
+        web_peers: true,
+        max_height,
+        duration: Duration::from_secs(7),
+        ..member(&c.nodes[1], &c.cfg, user, call, mls)
+    };
+    let (ben, cat) = (receiver("ben", Some(120)), receiver("cat", None));
+    let (a, b, x) = tokio::join!(run_call(&ann), run_call(&ben), run_call(&cat));
+    keyed(&a, "ann");
+    for (s, height, who) in [(&b, 120u16, "ben"), (&x, 480, "cat")] {
+        keyed(s, who);
+        mostly_at_height(s, height, who);
+    }
+    captures_blind(&c).await;
+    c.stop().await;
+}
+
 /// A client that floods its edge with messages is limited there, at the rate the owner's
 /// plane would hold it to: it is told `rate_limited`, what crosses the link stays within
 /// its rate, and the link (every call between the two nodes) stays up.

@@ -172,6 +172,9 @@ pub enum Control {
         #[serde(default)]
         repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
+        /// The far participants' simulcast tracks, each its layers' SSRCs, lowest first.
+        #[serde(default)]
+        simulcast: Vec<Vec<u32>>,
     },
     /// Owner to a node: drop its link end toward `peer_node` in the call.
     Unroute {

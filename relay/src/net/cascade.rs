@@ -955,12 +955,14 @@ impl Driver {
                 video,
                 repairs,
                 receiving,
+                simulcast,
             } => {
                 let end = LinkEnd {
                     ssrcs,
                     video,
                     repairs,
                     receiving,
+                    simulcast,
                 };
                 self.route(&from, &call, &peer_node, peer_quic, end).await
             }
@@ -1006,6 +1008,7 @@ impl Driver {
             video,
             repairs,
             receiving,
+            simulcast,
         } = end;
         let (key, worker) = self.local_call(call, owner).await;
         let Some(w) = self.media.workers.get(worker).cloned() else {
@@ -1026,6 +1029,7 @@ impl Driver {
                         video: video.clone(),
                         repairs,
                         receiving,
+                        simulcast,
                     })
                     .await;
                 p
@@ -1047,6 +1051,9 @@ impl Driver {
                 }
                 let mut tables = PeerTables::link(ssrcs.clone(), video, receiving);
                 tables.repairs = repairs;
+                if let Err(e) = tables.set_link_layers(&simulcast) {
+                    warn!(peer = %far, error = %e, "a node link's simulcast tracks are refused");
+                }
                 let c = self.cascade();
                 let _ = w
                     .send(WorkerMsg::AddPeer {
@@ -1344,6 +1351,12 @@ impl Driver {
                         &tables.video_ssrcs,
                         &tables.repairs,
                     );
+                    let layers: Vec<Vec<u32>> = tables
+                        .simulcast
+                        .iter()
+                        .map(|t| t.layers.ssrcs().to_vec())
+                        .collect();
+                    o.routes.set_layers(peer, &layers);
                     if let Some(r) = &tables.receiving {
                         o.routes.set_receiving(peer, r);
                     }
@@ -1498,6 +1511,7 @@ impl Driver {
                         video: e.video.clone(),
                         repairs: e.repairs.clone(),
                         receiving: e.receiving.clone(),
+                        simulcast: e.simulcast.clone(),
                     },
                 );
             }

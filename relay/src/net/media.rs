@@ -51,6 +51,7 @@ pub enum WorkerMsg {
         video: Vec<u32>,
         repairs: Vec<(u32, u32)>,
         receiving: Vec<u32>,
+        simulcast: Vec<Vec<u32>>,
     },
     /// Where packets for a link end's address go: a node link and the flows the far node
     /// chose; `None` forgets the address.
@@ -745,7 +746,12 @@ pub(super) fn control(fwd: &mut Forwarder, msg: WorkerMsg) {
             video,
             repairs,
             receiving,
-        } => fwd.set_link(peer, ssrcs, video, repairs, receiving),
+            simulcast,
+        } => {
+            if let Err(e) = fwd.set_link(peer, ssrcs, video, repairs, receiving, &simulcast) {
+                warn!(error = %e, "a node link's simulcast tracks are refused");
+            }
+        }
         WorkerMsg::LinkOut(..) => {}
         WorkerMsg::RemovePeer(p) => fwd.remove_peer(p),
         WorkerMsg::Receive(p, ssrcs) => fwd.set_receiving(p, ssrcs),
