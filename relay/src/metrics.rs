@@ -72,6 +72,7 @@ const M_CONNS_REFUSED: &str = "blindrelay_signalling_refused_total";
 const M_LATENCY: &str = "blindrelay_forwarding_latency_seconds";
 const M_STUN: &str = "blindrelay_stun_responses_total";
 const M_ICE_MOVES: &str = "blindrelay_ice_nominated_moves_total";
+const M_BACKLOG_COPIES: &str = "blindrelay_receive_backlog_copies_total";
 const M_BOT_REFUSED: &str = "blindrelay_bot_refusals_total";
 const M_FEATURE_REFUSED: &str = "blindrelay_features_refused_total";
 const M_CAPTURE_PKTS: &str = "blindrelay_capture_packets_total";
@@ -115,6 +116,9 @@ pub struct Metrics {
     pub stun_responses: Counter,
     /// Participants moved to the address of a candidate pair their ICE agent nominated.
     pub ice_nominated_moves: Counter,
+    /// Datagrams copied out of the receive loop's scratch buffer because a backlog held
+    /// every pooled receive buffer ([`crate::net::udp::RecvBuffers`]).
+    pub receive_backlog_copies: Counter,
     /// Recorded once per forwarded packet, so it is a fixed-bucket histogram of atomics
     /// rather than the exporter's (whose sample buffer allocates as samples arrive).
     pub forwarding_latency: LatencyHistogram,
@@ -189,6 +193,7 @@ impl Metrics {
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
             ice_nominated_moves: c(M_ICE_MOVES, vec![]),
+            receive_backlog_copies: c(M_BACKLOG_COPIES, vec![]),
             forwarding_latency: LatencyHistogram::default(),
             dtls_handshake_time: h(M_DTLS_TIME),
             dtls_last_flight_repeats: c(M_DTLS_REPEATS, vec![]),
@@ -317,6 +322,11 @@ impl Metrics {
             M_ICE_MOVES,
             None,
             "Participants moved to another address because their ICE agent nominated that candidate pair (USE-CANDIDATE) after a check on another had bound them.",
+        );
+        d(
+            M_BACKLOG_COPIES,
+            None,
+            "Datagrams the receive loop copied because the forwarding loops' backlog held every pooled receive buffer: a sign the media path is falling behind.",
         );
         d(
             M_BOT_REFUSED,

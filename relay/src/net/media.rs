@@ -307,6 +307,7 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
     let mut batch: Vec<Datagram> = Vec::with_capacity(MAX_BATCH_DATAGRAMS);
     let mut full: Vec<bool> = Vec::with_capacity(queues.len());
     let mut bufs = RecvBuffers::new();
+    let mut copied = 0;
     loop {
         tokio::select! {
             r = media.recv_batch(&mut bufs, &mut batch) => {
@@ -339,6 +340,10 @@ pub async fn recv_loop(setup: RecvSetup, mut ctl: mpsc::Receiver<RecvCtl>) {
         // Counted per batch, not per datagram: two shared counters per packet were over
         // 1 % of the relay's CPU at 500k packets/s.
         let mut received = [(0u64, 0u64); 5];
+        if bufs.copied() != copied {
+            m.receive_backlog_copies.increment(bufs.copied() - copied);
+            copied = bufs.copied();
+        }
         for Datagram { from, data, at } in batch.drain(..) {
             let kind = classify(&data);
             let k = kind_index(kind);
