@@ -910,6 +910,18 @@ impl Receiving {
         }
         let st = self.streams.entry(h.ssrc).or_default();
         let payload = h.payload(&plain);
+        let vp8 = opts.web_peers && h.payload_type == VIDEO_PT;
+        if vp8 && payload.first().is_some_and(|b| b & 0x10 != 0) {
+            // A frame's first packet (S set) says its size if it starts a key frame: read
+            // here, the height stands even if a later packet of the frame is lost.
+            let size = crate::webframe::vp8_descriptor_len(payload)
+                .and_then(|n| blindrelay_protocol::rtp::vp8_key_frame_size(&payload[n..]));
+            if let Some((_, height)) = size {
+                if self.heights.len() < MAX_STREAMS || self.heights.contains_key(&h.ssrc) {
+                    self.heights.insert(h.ssrc, height);
+                }
+            }
+        }
         let f = if opts.web_peers {
             match web_frame(st, &h, payload) {
                 Some(f) => f,
@@ -936,13 +948,7 @@ impl Receiving {
             );
         }
         // The web client keeps a VP8 frame's first bytes clear, as SFrame metadata.
-        let vp8 = opts.web_peers && h.payload_type == VIDEO_PT;
         let clear = if vp8 {
-            if let Some((_, height)) = blindrelay_protocol::rtp::vp8_key_frame_size(&f) {
-                if self.heights.len() < MAX_STREAMS || self.heights.contains_key(&h.ssrc) {
-                    self.heights.insert(h.ssrc, height);
-                }
-            }
             crate::webframe::vp8_clear_len(&f)
         } else {
             0
