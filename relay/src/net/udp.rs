@@ -354,45 +354,17 @@ impl MediaSocket {
             }
         };
         let clock = ArrivalClock::now();
-        if !pooled {
-            for (i, m) in meta.iter().enumerate().take(n) {
-                let at = clock.arrival(m.timestamp);
-                let base = i * SLOT;
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let mut off = 0;
-                while off < m.len {
-                    let len = stride.min(m.len - off);
-                    if compact.capacity() < len {
-                        *compact = BytesMut::with_capacity(COMPACT_BYTES.max(len));
-                    }
-                    compact.extend_from_slice(&chunk[base + off..base + off + len]);
-                    out.push(Datagram {
-                        from: m.addr,
-                        data: compact.split_to(len),
-                        at,
-                    });
-                    *copied += 1;
-                    off += len;
-                }
-                if m.len == 0 {
-                    out.push(Datagram {
-                        from: m.addr,
-                        data: BytesMut::new(),
-                        at,
-                    });
-                }
-            }
-            return Ok(n);
-        }
-        // Only up to the end of the last datagram is used up (rounded to a cache line): the
-        // next batch's slots start there, so a batch of one short datagram does not use
-        // up 2 MiB of the buffer.
-        let used = n.checked_sub(1).map_or(0, |last| {
-            last * SLOT + meta[last].len.min(SLOT).next_multiple_of(64)
+        // Pooled: each datagram is split off the buffer as its own `BytesMut` (sharing
+        // it, as a `Bytes` slice would), so its holder may transform it in place; only up
+        // to the end of the last datagram is used up (rounded to a cache line), so a batch
+        // of one short datagram does not use up 2 MiB of the buffer. Otherwise (a backlog
+        // holds every buffer) each datagram is copied out of the scratch buffer.
+        let mut split = pooled.then(|| {
+            let used = n.checked_sub(1).map_or(0, |last| {
+                last * SLOT + meta[last].len.min(SLOT).next_multiple_of(64)
+            });
+            chunk.split_to(used)
         });
-        // Each datagram is split off as its own `BytesMut` (sharing the buffer, as a
-        // `Bytes` slice would), so its holder may transform it in place.
-        let mut chunk = chunk.split_to(used);
         let mut taken = 0;
         for (i, m) in meta.iter().enumerate().take(n) {
             let at = clock.arrival(m.timestamp);
@@ -401,14 +373,27 @@ impl MediaSocket {
             let mut off = 0;
             while off < m.len {
                 let len = stride.min(m.len - off);
-                // Datagrams come in buffer order, each past the last: skip the gap.
-                chunk.advance(base + off - taken);
+                let data = match split.as_mut() {
+                    Some(c) => {
+                        // Datagrams come in buffer order, each past the last: skip the gap.
+                        c.advance(base + off - taken);
+                        taken = base + off + len;
+                        c.split_to(len)
+                    }
+                    None => {
+                        if compact.capacity() < len {
+                            *compact = BytesMut::with_capacity(COMPACT_BYTES.max(len));
+                        }
+                        compact.extend_from_slice(&chunk[base + off..base + off + len]);
+                        *copied += 1;
+                        compact.split_to(len)
+                    }
+                };
                 out.push(Datagram {
                     from: m.addr,
-                    data: chunk.split_to(len),
+                    data,
                     at,
                 });
-                taken = base + off + len;
                 off += len;
             }
             if m.len == 0 {
