@@ -1465,10 +1465,17 @@ impl<H: HopCipher> Forwarder<H> {
             .map(|(n, e)| n.saturating_duration_since(e).as_micros() as i64);
         let mut keyframe_wanted = None;
         let mut realloc = None;
+        // Sequence number, timestamp and SSRC as they came: a layer's receivers each get
+        // their own in `header`, and a node link after them must get these.
+        let mut as_came = [0u8; 10];
+        as_came.copy_from_slice(&header[2..12]);
         for to in &self.scratch {
             let Some(r) = self.peers.get_mut(to) else {
                 continue;
             };
+            if layer.is_some() {
+                header[2..12].copy_from_slice(&as_came);
+            }
             // A simulcast VP8 packet's payload descriptor, renumbered for this receiver.
             let mut desc = ([0u8; simulcast::MAX_VP8_DESCRIPTOR], 0);
             if r.tables
@@ -4573,21 +4580,32 @@ mod tests {
         f.set_time(t0);
         let sender = PeerTables::new(&n, &[track], &[100, 102, 104]);
         f.add_peer(1, 7, addr(1), fast(1), fast(11), sender);
+        // A receiver on this node, served before the link: the numbering it is given
+        // must not reach the link.
+        f.add_peer(5, 7, addr(5), fast(5), fast(15), rtx_tables(96, None, 5));
+        f.set_receiving(5, vec![100]);
         let link = PeerTables::link(vec![], vec![], vec![100, 102, 104]);
         f.add_peer(2, 7, addr(2), fast(2), fast(12), link);
         let mut tx = ctx(1);
         let mut rx = ctx_replay(12);
-        let mut got = Vec::new();
+        let mut rx_local = ctx_replay(15);
+        let (mut got, mut local) = (Vec::new(), Vec::new());
         for seq in 0..2u16 {
             for l in 0..3 {
                 let mut out = Outbox::default();
                 let pkt = packet(96, l, seq);
                 f.on_rtp(1, &tx.encrypt_rtp(&pkt).unwrap(), &mut out)
                     .unwrap();
-                let (_, d) = (0..out.len())
-                    .filter_map(|i| out.get(i))
-                    .find(|(t, _)| t.to == addr(2) && !t.rtcp)
-                    .expect("the link is sent every layer");
+                let sent = |to| {
+                    (0..out.len())
+                        .filter_map(|i| out.get(i))
+                        .find(|(t, _)| t.to == to && !t.rtcp)
+                };
+                if let Some((_, d)) = sent(addr(5)) {
+                    let clear = rx_local.decrypt_rtp(d).unwrap();
+                    local.push(RtpHeader::parse(&clear).unwrap().ssrc);
+                }
+                let (_, d) = sent(addr(2)).expect("the link is sent every layer");
                 let clear = rx.decrypt_rtp(d).unwrap();
                 assert_eq!(clear[1] & 0x7f, link_vp8);
                 assert_eq!(clear[2..], pkt[2..], "as it came");
@@ -4595,7 +4613,10 @@ mod tests {
             }
         }
         assert_eq!(got, [100, 102, 104, 100, 102, 104]);
-        assert_eq!(f.take_layer_switches(), 0);
+        assert!(
+            local.len() >= 2 && local.iter().all(|s| *s == 100),
+            "the local receiver is sent one layer as the track: {local:?}"
+        );
         // The far node asks for layer 102's key frame: the sender is asked for 102.
         let mut c2 = ctx(2);
         let mut out = Outbox::default();

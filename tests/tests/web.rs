@@ -2244,23 +2244,28 @@ fn video_in(state: &Value) -> Vec<(String, u64, u64)> {
 /// clear; the others are sent the 360-line layer. When that page lifts its cap
 /// (`max_resolution` with no height) it moves up to 480 lines at the next key frame, which
 /// the relay asks for, and the relay counts the switches. Every frame opens, nothing freezes
-/// for long, and the relay's capture of the call (both layers of each sender) audits blind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
-    let _lock = CALL_LOCK.lock().await;
-    let pcap = temp_path("web-simulcast", "pcap");
-    let cfg = capture_config(&pcap);
-    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
-    let call = "web-simulcast";
-    let url = |user: &str| mls_page_url(&relay, &cfg, call, user);
-    let capped = format!("{}&maxres=300", url("bob"));
+/// for long, and each relay's capture of the call (both layers of each sender) audits blind.
+///
+/// `nodes` serve the pages: Alice and Carol join the first, Bob the last. With two nodes
+/// Bob's layers are chosen on his node from every layer the link carries, while Alice and
+/// Carol are chosen for on theirs.
+async fn pages_simulcast(
+    call: &str,
+    nodes: &[&blindrelay::Relay],
+    captures: &[PathBuf],
+    cfg: &Config,
+) {
+    let first = nodes.first().expect("a node");
+    let last = nodes.last().expect("a node");
+    let url = |relay, user: &str| mls_page_url(relay, cfg, call, user);
+    let capped = format!("{}&maxres=300", url(last, "bob"));
     let args = peer_args(&[
         "--page",
-        &url("alice"),
+        &url(first, "alice"),
         "--page",
         &capped,
         "--page",
-        &url("carol"),
+        &url(first, "carol"),
         "--until",
         "group",
         "--min-members",
@@ -2279,11 +2284,8 @@ async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
         "60",
     ]);
     let pages = drive(&args).await;
-    let m = scrape(&relay).await;
-    settle_capture(&relay).await;
-    let report = audit_file(&pcap, None).expect("the relay's capture is a readable pcapng");
-    let table = report.table();
-    eprintln!("{table}");
+    // Bob's node chose his layers.
+    let m = scrape(last).await;
     // Steps: 0 group, 1 media, 2 after 4 s, 3 the cap lifted, 4 after 5 s more.
     let step = |p: &PageReport, i: usize| p.0["steps"][i]["state"].clone();
     for (n, p) in pages.iter().enumerate() {
@@ -2363,19 +2365,51 @@ async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
         switches >= 2.0,
         "the capped page moved up on two tracks: {switches}"
     );
-    assert!(report.blind, "{table}");
-    let video: Vec<_> = report
-        .streams
-        .iter()
-        .filter(|s| s.framing.starts_with("web-vp8"))
-        .collect();
-    assert!(
-        video.len() >= 6,
-        "two layers from each of three pages: {table}"
-    );
-    for s in &report.streams {
-        assert_eq!(s.sframe_frames, s.frames, "{table}");
+    for (node, pcap) in nodes.iter().zip(captures) {
+        settle_capture(node).await;
+        let report = audit_file(pcap, None).expect("the relay's capture is a readable pcapng");
+        let table = report.table();
+        eprintln!("{table}");
+        assert!(report.blind, "{table}");
+        let video: Vec<_> = report
+            .streams
+            .iter()
+            .filter(|s| s.framing.starts_with("web-vp8"))
+            .collect();
+        assert!(
+            video.len() >= 6,
+            "two layers from each of three pages: {table}"
+        );
+        for s in &report.streams {
+            assert_eq!(s.sframe_frames, s.frames, "{table}");
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_send_simulcast_and_each_receiver_gets_the_layer_it_asks_for() {
+    let _lock = CALL_LOCK.lock().await;
+    let pcap = temp_path("web-simulcast", "pcap");
+    let cfg = capture_config(&pcap);
+    let relay = start_relay(cfg.clone(), RelayOptions::default()).await;
+    pages_simulcast(
+        "web-simulcast",
+        &[&relay],
+        std::slice::from_ref(&pcap),
+        &cfg,
+    )
+    .await;
     relay.shutdown().await;
     let _ = std::fs::remove_file(&pcap);
+}
+
+/// The same across a node link: Bob on node b, capped, is sent the lower layer of both
+/// others, who are on node a together, and moves up when he lifts the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_on_two_nodes_send_simulcast_and_bob_gets_his_layer_on_his_node() {
+    let _lock = CALL_LOCK.lock().await;
+    let c = Cluster::start(&["a", "b"]).await;
+    let nodes: Vec<_> = c.nodes.iter().collect();
+    pages_simulcast("web-simulcast-span", &nodes, &c.captures, &c.cfg).await;
+    c.stop().await;
 }
