@@ -7,8 +7,9 @@
 //! does and reports the same stats, so one driver and one reading serve both SFUs.
 
 use crate::loss::{LossyPath, ShapedHop};
+use crate::netns::VethNamespace;
 use anyhow::{bail, Context, Result};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +24,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running Janus in its namespace; stopped (by its pid) and removed on drop.
 pub struct Janus {
-    ns: String,
     child: std::process::Child,
-    addr: Ipv4Addr,
+    /// Removed after Janus stops (fields drop after `drop`).
+    ns: VethNamespace,
     dir: PathBuf,
 }
 
@@ -34,56 +35,25 @@ impl Janus {
         if !std::path::Path::new("/usr/bin/janus").exists() {
             bail!("/usr/bin/janus not found: run scripts/install-test-deps.sh (apt janus)");
         }
-        let id = std::process::id() % 60_000;
-        let ns = format!("brjanus{id}");
-        let (a, b) = (format!("brja{id}"), format!("brjb{id}"));
-        let net = [10, 214, (id % 250) as u8];
-        let there = Ipv4Addr::new(net[0], net[1], net[2], 1);
-        let here = Ipv4Addr::new(net[0], net[1], net[2], 2);
-        let _ = crate::loss::ip(&["ip", "netns", "del", &ns]);
-        let _ = crate::loss::ip(&["ip", "link", "del", &b]);
-        crate::loss::ip(&["ip", "netns", "add", &ns])?;
-        let dir = std::env::temp_dir().join(format!("blindrelay-janus-{id}"));
-        let setup = || -> Result<()> {
-            crate::loss::ip(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            crate::loss::ip(&["ip", "link", "set", &a, "netns", &ns])?;
-            crate::loss::ip(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{there}/30"),
-                "dev",
-                &a,
-            ])?;
-            crate::loss::ip(&["ip", "-n", &ns, "link", "set", &a, "up"])?;
-            crate::loss::ip(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-            crate::loss::ip(&["ip", "addr", "add", &format!("{here}/30"), "dev", &b])?;
-            crate::loss::ip(&["ip", "link", "set", &b, "up"])?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let secret: u64 = rand::random();
-            let cfg = JANUS_CFG
-                .replace("@CONFIGS@", &dir.display().to_string())
-                .replace("@SECRET@", &format!("{secret:016x}"));
-            for (name, text) in [
-                ("janus.jcfg", cfg.as_str()),
-                ("janus.plugin.videoroom.jcfg", VIDEOROOM_CFG),
-                ("janus.transport.websockets.jcfg", WEBSOCKETS_CFG),
-                ("page.html", PAGE),
-            ] {
-                std::fs::write(dir.join(name), text).with_context(|| format!("write {name}"))?;
-            }
-            Ok(())
-        };
-        if let Err(e) = setup() {
-            let _ = crate::loss::ip(&["ip", "netns", "del", &ns]);
-            return Err(e);
+        let ns = VethNamespace::create("j", 214)?;
+        let dir = std::env::temp_dir().join(format!("blindrelay-janus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let secret: u64 = rand::random();
+        let cfg = JANUS_CFG
+            .replace("@CONFIGS@", &dir.display().to_string())
+            .replace("@SECRET@", &format!("{secret:016x}"));
+        for (name, text) in [
+            ("janus.jcfg", cfg.as_str()),
+            ("janus.plugin.videoroom.jcfg", VIDEOROOM_CFG),
+            ("janus.transport.websockets.jcfg", WEBSOCKETS_CFG),
+            ("page.html", PAGE),
+        ] {
+            std::fs::write(dir.join(name), text).with_context(|| format!("write {name}"))?;
         }
         let log = std::fs::File::create(dir.join("janus.log"))?;
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "/usr/bin/janus", "-o", "-i"])
-            .arg(there.to_string())
+            .args(["netns", "exec", &ns.name, "/usr/bin/janus", "-o", "-i"])
+            .arg(ns.there.to_string())
             .arg("-F")
             .arg(&dir)
             .arg("-C")
@@ -92,19 +62,14 @@ impl Janus {
             .stderr(log)
             .spawn()
             .context("start janus")?;
-        let j = Janus {
-            ns,
-            child,
-            addr: there,
-            dir,
-        };
+        let j = Janus { ns, child, dir };
         j.wait_listening()?;
         Ok(j)
     }
 
     /// Until Janus accepts on its WebSocket port (or it exits, or the time is up).
     fn wait_listening(&self) -> Result<()> {
-        let to = SocketAddr::from((self.addr, WS_PORT));
+        let to = SocketAddr::from((self.ns.there, WS_PORT));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok() {
@@ -126,19 +91,17 @@ impl Janus {
         format!(
             "file://{}?ws=ws://{}:{WS_PORT}&room={room}&name={name}",
             self.dir.join("page.html").display(),
-            self.addr
+            self.ns.there
         )
     }
 }
 
 impl Drop for Janus {
     fn drop(&mut self) {
-        // `ip netns exec` execs janus, so this pid is Janus's own.
+        // `ip netns exec` execs janus, so this pid is Janus's own. The namespace goes
+        // after it, when the fields drop.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Err(e) = crate::loss::ip(&["ip", "netns", "del", &self.ns]) {
-            eprintln!("remove {}: {e:#}", self.ns);
-        }
     }
 }
 
@@ -214,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn janus_starts_in_its_namespace_and_opens_a_videoroom_session() {
         let j = Janus::start().expect("start janus");
-        let url = format!("ws://{}:{WS_PORT}", j.addr);
+        let url = format!("ws://{}:{WS_PORT}", j.ns.there);
         let mut req =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
                 url.as_str(),

@@ -11,6 +11,7 @@
 //! freezes, NACKs and keyframe requests. The impaired page is not required to decode
 //! before the window: on a lossy path it may never start.
 
+use crate::netns::{ip, VethNamespace};
 use anyhow::{bail, Context, Result};
 use blindrelay::config::Config;
 use blindrelay::Relay;
@@ -206,62 +207,19 @@ impl Drop for AbortOnDrop {
 /// far end cross a real kernel rate limit and queue. Needs root (CAP_NET_ADMIN);
 /// removed on drop.
 pub struct ShapedHop {
-    ns: String,
-    here: std::net::Ipv4Addr,
-    there: std::net::Ipv4Addr,
-}
-
-pub(crate) fn ip(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("run {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ns: VethNamespace,
 }
 
 impl ShapedHop {
     /// A hop limited to `kbit` kbit/s with a queue of `latency` (tbf's own terms).
     pub fn create(kbit: u32, latency: Duration) -> Result<ShapedHop> {
-        let id = std::process::id() % 60_000;
-        let ns = format!("brshape{id}");
-        let (a, b) = (format!("brsa{id}"), format!("brsb{id}"));
-        let net = [10, 213, (id % 250) as u8];
-        let here = std::net::Ipv4Addr::new(net[0], net[1], net[2], 1);
-        let there = std::net::Ipv4Addr::new(net[0], net[1], net[2], 2);
-        // Leftovers of a run that was killed.
-        let _ = ip(&["ip", "netns", "del", &ns]);
-        let _ = ip(&["ip", "link", "del", &a]);
-        ip(&["ip", "netns", "add", &ns])?;
-        let hop = ShapedHop { ns, here, there };
-        let ns = hop.ns.as_str();
-        ip(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
-        ip(&["ip", "link", "set", &b, "netns", ns])?;
-        ip(&["ip", "addr", "add", &format!("{here}/30"), "dev", &a])?;
-        ip(&["ip", "link", "set", &a, "up"])?;
-        ip(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{there}/30"),
-            "dev",
-            &b,
-        ])?;
-        ip(&["ip", "-n", ns, "link", "set", &b, "up"])?;
+        let ns = VethNamespace::create("s", 213)?;
         ip(&[
             "tc",
             "qdisc",
             "add",
             "dev",
-            &a,
+            &ns.dev,
             "root",
             "tbf",
             "rate",
@@ -271,13 +229,13 @@ impl ShapedHop {
             "latency",
             &format!("{}ms", latency.as_millis()),
         ])?;
-        Ok(hop)
+        Ok(ShapedHop { ns })
     }
 
     /// A socket here and one in the namespace, connected to each other across the veth.
     fn pair(&self) -> Result<(UdpSocket, UdpSocket)> {
-        let there = self.there;
-        let path = format!("/var/run/netns/{}", self.ns);
+        let there = self.ns.there;
+        let path = format!("/var/run/netns/{}", self.ns.name);
         // A thread of its own enters the namespace to make the far socket (a socket stays
         // in the namespace it was made in), then ends.
         let rx = std::thread::spawn(move || -> Result<std::net::UdpSocket> {
@@ -291,22 +249,13 @@ impl ShapedHop {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
-        let tx = std::net::UdpSocket::bind((self.here, 0))?;
+        let tx = std::net::UdpSocket::bind((self.ns.here, 0))?;
         tx.connect(rx.local_addr()?)?;
         rx.connect(tx.local_addr()?)?;
         for s in [&tx, &rx] {
             s.set_nonblocking(true)?;
         }
         Ok((UdpSocket::from_std(tx)?, UdpSocket::from_std(rx)?))
-    }
-}
-
-impl Drop for ShapedHop {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace holding one end.
-        if let Err(e) = ip(&["ip", "netns", "del", &self.ns]) {
-            eprintln!("remove {}: {e:#}", self.ns);
-        }
     }
 }
 

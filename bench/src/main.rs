@@ -21,6 +21,7 @@ mod janus;
 mod link;
 mod load;
 mod loss;
+mod netns;
 mod procstat;
 mod sweep;
 
