@@ -2255,6 +2255,7 @@ async fn pages_simulcast(
     captures: &[PathBuf],
     cfg: &Config,
 ) {
+    logs();
     let first = nodes.first().expect("a node");
     let last = nodes.last().expect("a node");
     let url = |relay, user: &str| mls_page_url(relay, cfg, call, user);
