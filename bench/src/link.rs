@@ -300,10 +300,10 @@ fn describe(name: &str, p: &LinkPhase) -> String {
 /// Send warm-up phases until a set of calls delivers (a link call's flows are agreed
 /// over the link after the joins), and refuse to measure one that never does.
 async fn warm(name: &str, g: &mut Generator, a: &LinkArgs) -> Result<()> {
-    let mut last = f64::NAN;
+    let (mut last, mut failures) = (f64::NAN, 0);
     for _ in 0..WARM_TRIES {
         let p = g.phase(a.rate_pps, WARM_PHASE, || {}).await?;
-        last = p.loss_pct;
+        (last, failures) = (p.loss_pct, p.decrypt_failures);
         if p.loss_pct < WARM_LOSS_PCT && p.decrypt_failures == 0 {
             say(
                 a,
@@ -313,7 +313,8 @@ async fn warm(name: &str, g: &mut Generator, a: &LinkArgs) -> Result<()> {
         }
     }
     bail!(
-        "the {name} calls lose {last:.1} % after {WARM_TRIES} warm-up phases of {} s",
+        "the {name} calls lose {last:.1} % with {failures} packets failing to decrypt, after \
+         {WARM_TRIES} warm-up phases of {} s",
         WARM_PHASE.as_secs_f64()
     )
 }
