@@ -761,18 +761,32 @@ mod tests {
     /// an MLS call of two senders that simulcast (240 and 480 lines). From its own
     /// transport-cc feedback the relay sends it the lower layer of each while an
     /// unshaped receiver keeps the top one; its video keeps decoding and its audio keeps
-    /// coming, and every frame opens. Needs headless Chromium and the page driver
+    /// coming, and every frame opens. A raise toward the top layer is probed with padding
+    /// first, and the shaped path congests the probe, not the picture. Needs headless Chromium and the page driver
     /// (scripts/install-test-deps.sh); missing, the test fails and says so.
     #[test]
     fn a_receiver_on_a_600_kbit_link_is_sent_the_lower_layer_and_keeps_decoding() {
         let (r, metrics) = chromium_run(0.0, Some(600));
-        let estimates = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("blindrelay_receiver_estimate_bps_count "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        let report = format!("{r:?}; estimates {estimates}");
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let estimates = value("blindrelay_receiver_estimate_bps_count");
+        let congested = value("blindrelay_bandwidth_probes_total{result=\"congested\"}");
+        let padding = value("blindrelay_probe_padding_packets_total");
+        let report = format!(
+            "{r:?}; estimates {estimates}; probes congested {congested}, padding {padding}"
+        );
         assert!(estimates > 0.0, "no receiver was estimated: {report}");
+        // Once its path had been clear a while the relay tried for the top layer with
+        // padding first, and the shaped path could not carry it.
+        assert!(
+            congested >= 1.0 && padding > 0.0,
+            "no probe congested: {report}"
+        );
         assert_eq!(
             r.clean.frame_height, 480,
             "unshaped: the top layer: {report}"

@@ -4,12 +4,16 @@
 //! of that receiver's own (a header extension of its hop, outside the end-to-end
 //! encrypted payload), remembers when it sent each and how big it was, and reads the
 //! receiver's feedback saying when each arrived. Two signals lower the estimate, as in
-//! libwebrtc's GCC: a queue building on the path (one-way delay rising above its recent
-//! minimum) and loss. Without either, the estimate grows by 8 % a second.
+//! libwebrtc's GCC: a queue building on the path (one-way delay high above its recent
+//! minimum and still rising, or high with loss) and loss. A delay that stands still
+//! with nothing lost is a busy receiver or a longer route, not a path that cannot
+//! keep up: the path is carrying all that is sent. Without either, the estimate grows by 8 % a second, up to half
+//! again what the path was seen to carry.
 //!
-//! The relay cannot probe (it has no padding stream to each receiver), so the estimate
-//! starts high and comes down at the first congestion; the layer allocator
-//! ([`crate::forward`]) backs off from layers that congested the path before.
+//! The estimate starts high and comes down at the first congestion. Beyond what is sent,
+//! the path is measured by probes ([`DownlinkBwe::start_probe`]): the layer allocator
+//! ([`crate::forward`]) pads a receiver's path before it raises a layer, and backs off
+//! from raises whose probe congested the path.
 
 use blindrelay_protocol::twcc::{self, FeedbackError};
 use std::time::{Duration, Instant};
@@ -29,11 +33,23 @@ pub const MAX_BPS: u64 = 100_000_000;
 /// drains; a sender above the path's rate keeps the queue (and then loss) growing.
 const OVERUSE_DELAY_US: i64 = 60_000;
 const OVERUSE_HOLD: Duration = Duration::from_millis(300);
+/// Over that hold the delay must also be growing at least this fast (µs of delay per µs
+/// sent: the path carrying under 95 % of what is sent), or come with loss. A standing
+/// delay was the cause of false decreases here: Chromium receivers on a busy 2-core
+/// machine stamp arrivals 60-100 ms late for seconds at a time, which took estimates
+/// from 5 Mbit/s to under 250 kbit/s at call start (session 19's traced web test).
+const OVERUSE_SLOPE: f64 = 0.05;
+/// Fewest delays, and shortest span of send times, a slope is read from.
+const TREND_MIN_POINTS: f64 = 10.0;
+const TREND_MIN_SPAN_US: f64 = 100_000.0;
 /// Below this queue the path is clear and the estimate may grow.
 const CLEAR_DELAY_US: i64 = 20_000;
 /// Loss over a window above this lowers the estimate; below [`LOSS_CLEAR`] it may grow.
 const LOSS_CONGESTED: f64 = 0.10;
 const LOSS_CLEAR: f64 = 0.02;
+/// Beyond half again the acknowledged rate, this much more lets a clear path's estimate
+/// grow (see [`DownlinkBwe::on_feedback`]).
+const GROWTH_HEADROOM_BPS: u64 = 10_000;
 /// The window the acknowledged rate and the loss are measured over.
 const WINDOW: Duration = Duration::from_millis(500);
 /// The one-way delay's minimum is taken over about this long (two buckets), so a route
@@ -78,15 +94,15 @@ pub struct DownlinkBwe {
     min_since: Option<Instant>,
     /// Smoothed queueing delay (µs).
     queue_us: i64,
+    /// The delays since the queue last rose past [`OVERUSE_DELAY_US`].
+    trend: Trend,
     over_since: Option<Instant>,
     /// The current window: when it began, bytes acknowledged, packets received and lost.
     /// The acknowledged rate is over the receiver's arrival times (the first and last in
     /// the window), not over when feedback came: feedback held in a queue would
     /// otherwise make a window's rate look a fraction of the path's.
     win_at: Option<Instant>,
-    win_first_us: Option<i64>,
-    win_last_us: i64,
-    win_bytes: u64,
+    win_arrived: Span,
     win_recv: u32,
     win_lost: u32,
     /// The last full window's acknowledged rate and loss fraction, and the last
@@ -98,8 +114,93 @@ pub struct DownlinkBwe {
     last_update: Option<Instant>,
     /// Since when the path has shown neither a queue nor loss.
     clear_since: Option<Instant>,
+    /// Since when it has not been congested (a queue that stands, with nothing lost, is
+    /// not clear but not congested either).
+    calm_since: Option<Instant>,
     /// Decreases so far, ever.
     pub decreases: u64,
+    /// A probe under way (see [`DownlinkBwe::start_probe`]).
+    probe: Option<ProbeWindow>,
+}
+
+/// What was sent from a probe's start on, and what of it arrived: both as rates over
+/// their own spans, as libwebrtc's probe estimator measures a cluster.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeWindow {
+    from: u64,
+    sent: Span,
+    arrived: Span,
+}
+
+/// Bytes over a span of microseconds. The first packet only marks the span's start: the
+/// bytes after it took the span.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    first_us: Option<i64>,
+    last_us: i64,
+    bytes: u64,
+}
+
+impl Span {
+    fn add(&mut self, at_us: i64, size: u16) {
+        if self.first_us.is_none() {
+            self.first_us = Some(at_us);
+        } else {
+            self.bytes += u64::from(size);
+        }
+        self.last_us = self.last_us.max(at_us);
+    }
+
+    /// Bits per second over the span (0 for no span).
+    fn bps(&self) -> u64 {
+        match self.first_us.map(|f| self.last_us.saturating_sub(f)) {
+            Some(us) if us > 0 => self.bytes * 8 * 1_000_000 / us as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// A least-squares line through (send time, one-way delay) points, as libwebrtc's
+/// trendline estimator fits: its slope tells a queue that grows (the path carries less
+/// than is sent) from one that stands. Offsets from the first point keep the sums
+/// precise (the receiver's clock is anywhere).
+#[derive(Debug, Clone, Copy, Default)]
+struct Trend {
+    origin: Option<(i64, i64)>,
+    n: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+    max_x: f64,
+}
+
+impl Trend {
+    fn add(&mut self, sent_us: i64, delay_us: i64) {
+        let (x0, y0) = *self.origin.get_or_insert((sent_us, delay_us));
+        let (x, y) = ((sent_us - x0) as f64, (delay_us - y0) as f64);
+        self.n += 1.0;
+        self.sx += x;
+        self.sy += y;
+        self.sxx += x * x;
+        self.sxy += x * y;
+        self.max_x = self.max_x.max(x);
+    }
+
+    /// Delay gained per unit of send time, once there are enough points over enough
+    /// time to say.
+    fn slope(&self) -> Option<f64> {
+        let den = self.n * self.sxx - self.sx * self.sx;
+        (self.n >= TREND_MIN_POINTS && self.max_x >= TREND_MIN_SPAN_US && den > 0.0)
+            .then(|| (self.n * self.sxy - self.sx * self.sy) / den)
+    }
+}
+
+/// A probe's outcome so far: the rates it was sent at and arrived at (bits per second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeRates {
+    pub sent_bps: u64,
+    pub received_bps: u64,
 }
 
 impl Default for DownlinkBwe {
@@ -118,11 +219,10 @@ impl DownlinkBwe {
             min_delay: [None; 2],
             min_since: None,
             queue_us: 0,
+            trend: Trend::default(),
             over_since: None,
             win_at: None,
-            win_first_us: None,
-            win_last_us: 0,
-            win_bytes: 0,
+            win_arrived: Span::default(),
             win_recv: 0,
             win_lost: 0,
             acked_bps: 0,
@@ -131,8 +231,34 @@ impl DownlinkBwe {
             last_decrease: None,
             last_update: None,
             clear_since: None,
+            calm_since: None,
             decreases: 0,
+            probe: None,
         }
+    }
+
+    /// Measure what is sent from now on, and what of it arrives, apart from the
+    /// estimate's windows (which do not line up with a probe).
+    pub fn start_probe(&mut self) {
+        self.probe = Some(ProbeWindow {
+            from: self.next,
+            ..ProbeWindow::default()
+        });
+    }
+
+    /// The rates since [`DownlinkBwe::start_probe`]; `None` with no probe, or before its
+    /// first two packets are reported.
+    pub fn probe_rates(&self) -> Option<ProbeRates> {
+        let p = self.probe?;
+        let received_bps = p.arrived.bps();
+        (received_bps > 0).then(|| ProbeRates {
+            sent_bps: p.sent.bps(),
+            received_bps,
+        })
+    }
+
+    pub fn end_probe(&mut self) {
+        self.probe = None;
     }
 
     /// The sequence number the next packet sent carries.
@@ -143,10 +269,14 @@ impl DownlinkBwe {
     /// The packet numbered [`DownlinkBwe::next_seq`] left at `at_us` (our clock), `size`
     /// bytes on the wire.
     pub fn on_sent(&mut self, at_us: i64, size: usize) {
+        let size = size.min(usize::from(u16::MAX)) as u16;
+        if let Some(p) = self.probe.as_mut() {
+            p.sent.add(at_us, size);
+        }
         self.sent[self.next as usize % HISTORY] = Sent {
             seq: self.next,
             at_us,
-            size: size.min(usize::from(u16::MAX)) as u16,
+            size,
         };
         self.next += 1;
     }
@@ -166,14 +296,14 @@ impl DownlinkBwe {
         let newest = self.next - 1;
         let mut delay_sum = 0i64;
         let mut delays = 0i64;
-        let (sent, min_delay, win_bytes, win_recv, win_lost, first_us, last_us) = (
+        let (sent, min_delay, win_arrived, win_recv, win_lost, probe, trend) = (
             &self.sent,
             &mut self.min_delay,
-            &mut self.win_bytes,
+            &mut self.win_arrived,
             &mut self.win_recv,
             &mut self.win_lost,
-            &mut self.win_first_us,
-            &mut self.win_last_us,
+            &mut self.probe,
+            &mut self.trend,
         );
         let r = twcc::read_feedback(p, |seq, arrival| {
             // The unwrapped number: the newest sent at or before it, by 16-bit distance.
@@ -187,18 +317,15 @@ impl DownlinkBwe {
             }
             match arrival {
                 Some(at) => {
-                    *win_recv += 1;
-                    // The first arrival only marks the window's start; bytes after it
-                    // arrived over the span.
-                    if first_us.is_none() {
-                        *first_us = Some(at);
-                    } else {
-                        *win_bytes += u64::from(slot.size);
+                    if let Some(p) = probe.as_mut().filter(|p| s >= p.from) {
+                        p.arrived.add(at, slot.size);
                     }
-                    *last_us = (*last_us).max(at);
+                    *win_recv += 1;
+                    win_arrived.add(at, slot.size);
                     let d = at - slot.at_us;
                     delay_sum += d;
                     delays += 1;
+                    trend.add(slot.at_us, d);
                     for m in min_delay.iter_mut() {
                         *m = Some(m.map_or(d, |m| m.min(d)));
                     }
@@ -223,18 +350,21 @@ impl DownlinkBwe {
                 .unwrap_or(0);
             let q = (delay_sum / delays - base).max(0);
             self.queue_us = (self.queue_us * 7 + q * 3) / 10;
+            if self.queue_us <= OVERUSE_DELAY_US {
+                // The trend is of a high queue only: it starts with the feedback that
+                // took the queue past the mark.
+                self.trend = Trend::default();
+            }
         }
         let win_at = *self.win_at.get_or_insert(now);
         let span = now.saturating_duration_since(win_at);
         if span >= WINDOW {
             let total = self.win_recv + self.win_lost;
-            let arrived_us = self
-                .win_first_us
-                .map_or(0, |f| self.win_last_us.saturating_sub(f));
-            if arrived_us > 0 {
-                self.acked_bps = self.win_bytes * 8 * 1_000_000 / arrived_us as u64;
+            let arrived = self.win_arrived.bps();
+            if arrived > 0 {
+                self.acked_bps = arrived;
                 self.acked_recent.rotate_right(1);
-                self.acked_recent[0] = self.acked_bps;
+                self.acked_recent[0] = arrived;
             }
             self.loss = if total >= 20 {
                 f64::from(self.win_lost) / f64::from(total)
@@ -242,8 +372,7 @@ impl DownlinkBwe {
                 0.0
             };
             self.win_at = Some(now);
-            self.win_first_us = None;
-            self.win_bytes = 0;
+            self.win_arrived = Span::default();
             self.win_recv = 0;
             self.win_lost = 0;
         }
@@ -255,7 +384,13 @@ impl DownlinkBwe {
     fn control(&mut self, now: Instant) -> Signal {
         let delayed = if self.queue_us > OVERUSE_DELAY_US {
             let since = *self.over_since.get_or_insert(now);
+            let rising = self.trend.slope().is_some_and(|s| s >= OVERUSE_SLOPE);
+            // Loss in the window under way, or the last one: a queue standing at a full
+            // buffer drops what it has no room for.
+            let seen = self.win_lost + self.win_recv;
+            let lost = seen >= 20 && f64::from(self.win_lost) / f64::from(seen) > LOSS_CLEAR;
             now.saturating_duration_since(since) >= OVERUSE_HOLD
+                && (rising || lost || self.loss > LOSS_CLEAR)
         } else {
             self.over_since = None;
             false
@@ -276,6 +411,16 @@ impl DownlinkBwe {
                 // says little of what the path carries.
                 let most = self.acked_recent.iter().copied().max().unwrap_or(0);
                 let from = if most > 0 { most } else { self.estimate };
+                tracing::debug!(
+                    queue_us = self.queue_us,
+                    slope = ?self.trend.slope(),
+                    loss = self.loss,
+                    window_lost = self.win_lost,
+                    window_received = self.win_recv,
+                    from,
+                    to = (from * 85 / 100).max(MIN_BPS),
+                    "estimate decreased"
+                );
                 self.estimate = (from * 85 / 100).max(MIN_BPS);
                 self.last_decrease = Some(now);
                 self.decreases += 1;
@@ -283,11 +428,20 @@ impl DownlinkBwe {
                 self.loss = 0.0;
             }
             self.clear_since = None;
+            self.calm_since = None;
             return Signal::Congested;
         }
+        self.calm_since.get_or_insert(now);
         if self.queue_us < CLEAR_DELAY_US && self.loss < LOSS_CLEAR {
+            // Not past half again what the path was seen to carry (libwebrtc's AIMD
+            // does the same): a receiver sent little proves little, and more than that
+            // is found by a probe.
+            let seen = self.acked_recent.iter().copied().max().unwrap_or(0);
+            let ceiling = seen * 3 / 2 + GROWTH_HEADROOM_BPS;
             let grow = self.estimate as f64 * 0.08 * dt.as_secs_f64();
-            self.estimate = (self.estimate + grow as u64).min(MAX_BPS);
+            if self.estimate < ceiling {
+                self.estimate = (self.estimate + grow as u64).min(ceiling).min(MAX_BPS);
+            }
             self.clear_since.get_or_insert(now);
             return Signal::Clear;
         }
@@ -306,6 +460,7 @@ impl DownlinkBwe {
                 self.estimate = (self.estimate + grow as u64).min(MAX_BPS);
                 self.last_update = Some(now);
                 self.clear_since.get_or_insert(t);
+                self.calm_since.get_or_insert(t);
             }
         }
     }
@@ -316,11 +471,28 @@ impl DownlinkBwe {
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
-    /// The allocator sends more than the estimate to find out whether the path takes it
-    /// (it has no padding to probe with): the estimate stands at that until feedback
-    /// says otherwise.
+    /// How long the path has not been congested at `now`: a standing queue with nothing
+    /// lost counts, as it does not for [`DownlinkBwe::clear_for`].
+    pub fn calm_for(&self, now: Instant) -> Duration {
+        self.calm_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// What a probe proved, or a raise made with no probe (a receiver with no RTX stream
+    /// to pad): the estimate stands at that until feedback says otherwise.
     pub fn raise_to(&mut self, bps: u64) {
         self.estimate = self.estimate.max(bps.min(MAX_BPS));
+    }
+
+    /// Bring the estimate down to `bps` at `now`, as a decrease does: for tests of what
+    /// the allocator does after one (below [`MIN_BPS`], it stands for what audio leaves).
+    #[cfg(test)]
+    pub(crate) fn fall_to(&mut self, bps: u64, now: Instant) {
+        self.estimate = bps;
+        self.last_decrease = Some(now);
+        self.decreases += 1;
+        self.clear_since = None;
+        self.calm_since = None;
     }
 
     /// When the estimate last came down.
@@ -340,6 +512,8 @@ mod tests {
         rate: u64,
         queue: u64,
         free_at_us: i64,
+        /// Added to every arrival after the path: a receiver late to stamp them.
+        late_us: i64,
     }
 
     impl Path {
@@ -351,7 +525,7 @@ mod tests {
             }
             self.free_at_us = start + (size as u64 * 8 * 1_000_000 / self.rate) as i64;
             // The receiver's clock is 7 s ahead of ours: only differences matter.
-            Some(self.free_at_us + 7_000_000)
+            Some(self.free_at_us + self.late_us + 7_000_000)
         }
     }
 
@@ -395,6 +569,7 @@ mod tests {
             rate: 600_000,
             queue: 15_000,
             free_at_us: 0,
+            late_us: 0,
         };
         assert_eq!(shaped.estimate(), None, "no feedback yet");
         run(&mut shaped, &mut path, 2_000_000, 5, t0);
@@ -407,10 +582,45 @@ mod tests {
             rate: 50_000_000,
             queue: 1_000_000,
             free_at_us: 0,
+            late_us: 0,
         };
         run(&mut clear, &mut wide, 2_000_000, 5, t0);
         assert_eq!(clear.decreases, 0);
         assert!(clear.estimate().expect("informed") >= START_BPS);
+    }
+
+    #[test]
+    fn a_delay_that_stands_still_is_not_congestion_and_one_that_grows_is() {
+        let t0 = Instant::now();
+        // A wide path whose receiver starts stamping arrivals 100 ms late and stays so
+        // (a busy machine): all that is sent still arrives, at the rate it is sent.
+        let mut bwe = DownlinkBwe::new();
+        let mut wide = Path {
+            rate: 50_000_000,
+            queue: 1_000_000,
+            free_at_us: 0,
+            late_us: 0,
+        };
+        run(&mut bwe, &mut wide, 2_000_000, 2, t0);
+        wide.late_us = 100_000;
+        run(&mut bwe, &mut wide, 2_000_000, 3, t0);
+        assert!(bwe.queue_us > OVERUSE_DELAY_US, "queue {}", bwe.queue_us);
+        assert_eq!(bwe.decreases, 0, "a standing delay lowered the estimate");
+        assert!(bwe.estimate().expect("informed") >= START_BPS);
+
+        // A bufferbloated 600 kbit/s path (13 s of queue): nothing is ever lost, and
+        // only the delay's growth says the path carries less than is sent.
+        let mut bloated = DownlinkBwe::new();
+        let mut deep = Path {
+            rate: 600_000,
+            queue: 1_000_000,
+            free_at_us: 0,
+            late_us: 0,
+        };
+        run(&mut bloated, &mut deep, 2_000_000, 3, t0);
+        assert!(bloated.decreases >= 1, "a growing queue went unseen");
+        let e = bloated.estimate().expect("informed");
+        assert!(e <= 700_000, "estimate {e}");
     }
 
     #[test]
@@ -421,6 +631,7 @@ mod tests {
             rate: 600_000,
             queue: 15_000,
             free_at_us: 0,
+            late_us: 0,
         };
         run(&mut bwe, &mut path, 2_000_000, 3, t0);
         // Then 400 kbit/s: once the queue has drained, no queue and no loss.

@@ -4,7 +4,7 @@
 //! end-to-end encrypted frame) is never parsed or changed.
 
 use super::hop::{HopCipher, HopError};
-use super::report::{DropReason, Retransmit};
+use super::report::{DropReason, ProbeResult, Retransmit};
 use super::simulcast::{self, LayerState, Route, SimulcastTrack, NO_LAYER};
 use super::{CallKey, PeerId};
 use crate::bwe::DownlinkBwe;
@@ -228,13 +228,37 @@ const PAUSE_AFTER: Duration = Duration::from_secs(2);
 const RAISE_PERCENT: u64 = 115;
 /// The estimate fell within this long of raising a layer: the raise congested the path,
 /// and raising is held off for [`HOLD_FIRST`], doubling up to [`HOLD_MAX`] each time
-/// (the relay cannot probe a path before it raises: this is how it stops trying).
+/// (a congested probe counts as a failed raise).
 const RAISE_FAILED_WITHIN: Duration = Duration::from_secs(4);
 const HOLD_FIRST: Duration = Duration::from_secs(8);
-/// A path clear this long (and no raise within it) may be given one layer more than
-/// its estimate has room for: with no padding to probe with, a raise is the probe.
+/// A path clear this long (and no raise or probe within it) may be probed for one layer
+/// more than its estimate has room for; a receiver with no RTX to pad is given the
+/// layer, and the raise is the probe.
 const PROBE_AFTER: Duration = Duration::from_secs(2);
 const HOLD_MAX: Duration = Duration::from_secs(64);
+/// As [`PROBE_AFTER`], for a receiver that can be probed with padding.
+const PAD_PROBE_AFTER: Duration = Duration::from_secs(1);
+/// How long a probe pads a receiver's path before the raise it stands for; a probe whose
+/// path congests ends at once.
+const PROBE_FOR: Duration = Duration::from_millis(600);
+/// A probe that the path carried at this share of its rate (percent of
+/// [`Probe::target`], acknowledged by the receiver's feedback) holds.
+const PROBE_CARRIED_PERCENT: u64 = 85;
+/// The most padding a probe adds: about two top layers.
+const PROBE_MAX_BPS: u64 = 4_000_000;
+/// Padding packets sent after one forwarded packet at most, so a probe comes in short
+/// trains and never in a burst that would congest any path.
+const PADS_PER_PACKET: u64 = 4;
+/// A padding packet's padding (RFC 3550: at most 255 bytes, the last one the count),
+/// and its size on the wire with its header (fixed part and the transport-cc extension).
+const PADDING: [u8; 255] = {
+    let mut p = [0u8; 255];
+    p[254] = 255;
+    p
+};
+const PAD_WIRE: u64 = (12 + 8 + PADDING.len() + WIRE_OVERHEAD) as u64;
+/// A track paused for its receiver (see [`choose_layers`]).
+const PAUSE: u8 = 0xfe;
 /// Estimates kept for the metrics between two [`Forwarder::take_estimates`].
 const ESTIMATE_SAMPLES: usize = 256;
 /// What a packet costs on the wire beyond its clear RTP: the SRTP tag (at most 16
@@ -730,6 +754,26 @@ struct Alloc {
     hold_until: Option<Instant>,
     /// Since when its budget has been short of its tracks' lowest layers.
     short_since: Option<Instant>,
+    /// A probe of its path under way, and when the last one ended.
+    probe: Option<Probe>,
+    probe_ended: Option<Instant>,
+}
+
+/// Padding sent to a receiver on the RTX stream of one of its video tracks, at the rate a
+/// layer raise would add, before the raise (see [`allocate`]).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// The track whose RTX stream (SSRC `rtx`, payload type `pt`) carries the padding.
+    track: u32,
+    rtx: u32,
+    pt: u8,
+    /// The padding's rate, and the whole rate (bits per second) the raise needs.
+    bps: u64,
+    target: u64,
+    started: Instant,
+    until: Instant,
+    /// Padding bytes sent so far (on the wire).
+    sent: u64,
 }
 
 /// Forwarding state of one worker loop, over the driver's hop cipher `H`.
@@ -765,6 +809,10 @@ pub struct Forwarder<H> {
     estimates: Vec<u64>,
     pauses: u64,
     paused_delta: i64,
+    /// Bandwidth probes since the last [`Forwarder::take_probes`], by [`ProbeResult`],
+    /// and the padding packets they sent.
+    probes: [u64; ProbeResult::ALL.len()],
+    padding_packets: u64,
     /// Members of each call that can be sent a packet again (see
     /// [`PeerTables::takes_retransmissions`]).
     rtx_takers: HashMap<CallKey, usize>,
@@ -859,6 +907,8 @@ impl<H> Default for Forwarder<H> {
             estimates: Vec::new(),
             pauses: 0,
             paused_delta: 0,
+            probes: [0; ProbeResult::ALL.len()],
+            padding_packets: 0,
             rtx_takers: HashMap::default(),
             now: None,
             epoch: None,
@@ -982,6 +1032,10 @@ impl<H: HopCipher> Forwarder<H> {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.media_started.retain(|s| ssrcs.contains(s));
             p.tables.rtx_next.retain(|(s, _)| ssrcs.contains(s));
+            // Retransmissions and probe padding number on the packet path: no allocation.
+            p.tables
+                .rtx_next
+                .reserve(ssrcs.len().saturating_sub(p.tables.rtx_next.len()));
             p.tables.layer_states.retain(|s| ssrcs.contains(&s.track));
             p.media_started
                 .reserve(ssrcs.len().saturating_sub(p.media_started.len()));
@@ -1025,6 +1079,14 @@ impl<H: HopCipher> Forwarder<H> {
             }
         }
         true
+    }
+
+    /// Bandwidth probes since the last call, by result, and the padding packets sent.
+    pub fn take_probes(&mut self, mut count: impl FnMut(ProbeResult, u64)) -> u64 {
+        for r in ProbeResult::ALL {
+            count(r, std::mem::take(&mut self.probes[r as usize]));
+        }
+        std::mem::take(&mut self.padding_packets)
     }
 
     /// Layer switches made for receivers since the last call.
@@ -1476,6 +1538,11 @@ impl<H: HopCipher> Forwarder<H> {
             if layer.is_some() {
                 header[2..12].copy_from_slice(&as_came);
             }
+            // A probe's padding rides on every packet of the call, sent this receiver or
+            // not: a receiver on a low layer is sent too few to pace it by.
+            if let (true, Some(now), Some(us)) = (r.alloc.probe.is_some(), now, now_us) {
+                self.padding_packets += pad_probe(r, ts, now, us, out);
+            }
             // A simulcast VP8 packet's payload descriptor, renumbered for this receiver.
             let mut desc = ([0u8; simulcast::MAX_VP8_DESCRIPTOR], 0);
             if r.tables
@@ -1604,6 +1671,7 @@ impl<H: HopCipher> Forwarder<H> {
                 estimates: &mut self.estimates,
                 pauses: &mut self.pauses,
                 paused_delta: &mut self.paused_delta,
+                probes: &mut self.probes,
             };
             allocate(
                 &mut self.peers,
@@ -1666,6 +1734,7 @@ impl<H: HopCipher> Forwarder<H> {
             estimates,
             pauses,
             paused_delta,
+            probes,
             ..
         } = self;
         let sender = peers.get_mut(&from).ok_or(DropReason::NotConnected)?;
@@ -1827,6 +1896,7 @@ impl<H: HopCipher> Forwarder<H> {
                 estimates,
                 pauses,
                 paused_delta,
+                probes,
             };
             allocate(peers, ssrc_owner, call, from, now, &mut stats);
         }
@@ -1904,6 +1974,7 @@ struct AllocStats<'a> {
     estimates: &'a mut Vec<u64>,
     pauses: &'a mut u64,
     paused_delta: &'a mut i64,
+    probes: &'a mut [u64; ProbeResult::ALL.len()],
 }
 
 /// Choose the layers of every simulcast track `who` receives within its downlink
@@ -1925,6 +1996,53 @@ fn allocate<H>(
     let Some(r) = peers.get_mut(&who) else {
         return;
     };
+    // A probe under way is judged with every feedback: its layers are chosen again at
+    // once when it ends.
+    if let (Some(p), Some(b)) = (r.alloc.probe, r.bwe.as_deref_mut()) {
+        let fell = b.last_decrease().is_some_and(|t| t >= p.started);
+        let rates = b.probe_rates();
+        let ended = fell || (now >= p.until && rates.is_some()) || now >= p.until + PROBE_FOR;
+        if ended {
+            let carried = rates
+                .filter(|x| !fell && x.received_bps * 100 >= x.sent_bps * PROBE_CARRIED_PERCENT)
+                .map(|x| x.received_bps);
+            match carried {
+                Some(bps) => {
+                    // What arrived as fast as it was sent: the path takes the target,
+                    // or what came of it.
+                    let target = p.target;
+                    b.raise_to(if bps * 100 >= target * PROBE_CARRIED_PERCENT {
+                        target
+                    } else {
+                        bps
+                    });
+                    stats.probes[ProbeResult::Carried as usize] += 1;
+                }
+                None => {
+                    // What arrived of it is what the path carries (its queue was full):
+                    // a truer figure than a window that began before the probe.
+                    if let Some(x) = rates {
+                        b.raise_to(x.received_bps * 85 / 100);
+                    }
+                    // As a raise that failed, at a fraction of the cost.
+                    r.alloc.hold = (r.alloc.hold * 2).clamp(HOLD_FIRST, HOLD_MAX);
+                    r.alloc.hold_until = Some(now + r.alloc.hold);
+                    stats.probes[ProbeResult::Congested as usize] += 1;
+                }
+            }
+            tracing::debug!(
+                receiver = who,
+                ?rates,
+                fell,
+                carried = carried.is_some(),
+                "probe ended"
+            );
+            b.end_probe();
+            r.alloc.probe = None;
+            r.alloc.probe_ended = Some(now);
+            r.alloc.last = None;
+        }
+    }
     if r.alloc
         .last
         .is_some_and(|t| now.saturating_duration_since(t) < ALLOC_INTERVAL)
@@ -1958,6 +2076,7 @@ fn allocate<H>(
             tracks[k].1 = st.height_target(t);
         }
     }
+    let pad = padding_stream(peers, owners, call, who);
     let Some(r) = peers.get_mut(&who) else {
         return;
     };
@@ -1985,33 +2104,267 @@ fn allocate<H>(
         }
     }
     let may_raise = r.alloc.hold_until.is_none_or(|t| now >= t);
-    let mut probe = may_raise
-        && r.bwe
-            .as_deref()
-            .is_some_and(|b| b.clear_for(now) >= PROBE_AFTER)
-        && r.alloc
-            .raised_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_AFTER);
-    let mut probed = false;
+    // Padding costs a path that cannot take it little: a receiver that can be padded is
+    // probed sooner than one whose raise is the probe.
+    let after = if pad.is_some() {
+        PAD_PROBE_AFTER
+    } else {
+        PROBE_AFTER
+    };
+    let since = |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= after);
+    let may_probe = may_raise
+        && r.alloc.probe.is_none()
+        && since(r.alloc.raised_at)
+        && since(r.alloc.probe_ended);
+    let probe = may_probe && r.bwe.as_deref().is_some_and(|b| b.clear_for(now) >= after);
+    // A receiver short of its lowest layers is probed on a path that is not congested,
+    // clear or not: the other way out is a paused track. On a busy machine Chromium's
+    // arrival stamps stand 20-100 ms late for seconds, and waiting for a clear path
+    // paused both of a receiver's tracks for 6 s (session 20's traced web test).
+    let short_probe = may_probe && r.bwe.as_deref().is_some_and(|b| b.calm_for(now) >= after);
     let budget = (estimate * BUDGET_PERCENT / 100).saturating_sub(r.alloc.audio_bps);
-    let states = &mut r.tables.layer_states;
-    let n = states.len();
-    // The layer each track gets, from its lowest being sent up: PAUSE, or NO_LAYER (no
-    // limit) for a track nothing of which is coming.
-    const PAUSE: u8 = 0xfe;
-    let mut chosen = [PAUSE; MAX_LAYER_STATES];
-    let mut spent = 0u64;
+    let n = r.tables.layer_states.len();
     // Short of the lowest layers for less than PAUSE_AFTER: they are kept for now.
     let lowest: u64 = tracks[..n]
         .iter()
         .filter_map(|(rates, _)| rates.iter().find(|r| **r > 0))
         .sum();
     let short = lowest > budget;
+    // Nor while a probe is finding out whether the path takes them.
     let keep_all = short
-        && now.saturating_duration_since(*r.alloc.short_since.get_or_insert(now)) < PAUSE_AFTER;
+        && (now.saturating_duration_since(*r.alloc.short_since.get_or_insert(now)) < PAUSE_AFTER
+            || r.alloc.probe.is_some());
     if !short {
         r.alloc.short_since = None;
     }
+    let ask = Ask {
+        budget,
+        keep_all,
+        may_raise,
+        probe,
+    };
+    let (mut chosen, mut spent, mut probed) =
+        choose_layers(&tracks[..n], &r.tables.layer_states, ask);
+    // Short of the lowest layers on a path that has been clear: the estimate may have
+    // fallen while the receiver was sent little (a call's start), so a probe for what it
+    // is sent finds out before a track is paused.
+    if probed || (short_probe && short) {
+        // Padding at the rate the raise would add, before it: a path that does not take
+        // it congests for a moment and drops padding, not the picture. The target has
+        // the raise's margin.
+        if let (Some((track, rtx, pt)), Some(b)) = (pad, r.bwe.as_deref_mut()) {
+            // At least the raise; up to everything it asked for, as far as twice the
+            // estimate (libwebrtc probes exponentially too), so a receiver far below its
+            // layers gets back to them in a few probes, not one layer at a time. Not
+            // further: on a 600 kbit/s path a probe for all of two top layers (2.5
+            // Mbit/s) overflowed the queue and froze the picture (0.33 of the frames).
+            let (_, all, _) = choose_layers(
+                &tracks[..n],
+                &r.tables.layer_states,
+                Ask {
+                    budget: u64::MAX / 4,
+                    keep_all: false,
+                    may_raise: true,
+                    probe: false,
+                },
+            );
+            let step = (spent + r.alloc.audio_bps) * RAISE_PERCENT / BUDGET_PERCENT;
+            let wanted = (all + r.alloc.audio_bps) * RAISE_PERCENT / BUDGET_PERCENT;
+            // Short, its lowest layers and audio with the margin (what it is sent while
+            // they are kept; more than it is sent once a track is paused), as far as
+            // twice the estimate: on a path that is narrow, a probe beyond it would
+            // only fill the queue the receiver's media is in.
+            let target = if probed {
+                step.max(wanted.min(estimate * 2))
+            } else {
+                let lowest = (lowest + r.alloc.audio_bps) * RAISE_PERCENT / BUDGET_PERCENT;
+                step.max(lowest.min(estimate * 2))
+            };
+            (chosen, spent, _) = choose_layers(
+                &tracks[..n],
+                &r.tables.layer_states,
+                Ask {
+                    probe: false,
+                    ..ask
+                },
+            );
+            let now_sending = spent + r.alloc.audio_bps;
+            r.alloc.probe = Some(Probe {
+                track,
+                rtx,
+                pt,
+                bps: target.saturating_sub(now_sending).min(PROBE_MAX_BPS),
+                target,
+                started: now,
+                until: now + PROBE_FOR,
+                sent: 0,
+            });
+            b.start_probe();
+            stats.probes[ProbeResult::Started as usize] += 1;
+            probed = false;
+        }
+    }
+    let states = &mut r.tables.layer_states;
+    tracing::trace!(
+        receiver = who,
+        estimate,
+        acked = r.bwe.as_deref().map_or(0, DownlinkBwe::acked_bps),
+        audio = r.alloc.audio_bps,
+        budget,
+        spent,
+        probed,
+        chosen = ?&chosen[..n],
+        "layers chosen"
+    );
+    let mut raised = false;
+    for (st, c) in states.iter_mut().zip(chosen) {
+        if c == PAUSE {
+            if !st.paused {
+                st.paused = true;
+                st.current = NO_LAYER;
+                *stats.pauses += 1;
+                *stats.paused_delta += 1;
+            }
+            continue;
+        }
+        if st.paused {
+            st.paused = false;
+            *stats.paused_delta -= 1;
+            raised = true;
+        }
+        if st.bwe_max != NO_LAYER && c > st.bwe_max {
+            raised = true;
+        }
+        st.bwe_max = c;
+    }
+    if raised {
+        r.alloc.raised_at = Some(now);
+    }
+    if probed {
+        let audio = r.alloc.audio_bps;
+        if let Some(b) = r.bwe.as_deref_mut() {
+            b.raise_to((spent + audio) * 100 / BUDGET_PERCENT);
+        }
+    }
+}
+
+/// The stream a probe of `who`'s path pads: the RTX stream of a video track it is sent
+/// (not paused), if its sender has one and `who` takes RTX. `None`: raising is the
+/// probe, as for a receiver with no RTX.
+fn padding_stream<H>(
+    peers: &HashMap<PeerId, PeerMedia<H>>,
+    owners: &HashMap<(CallKey, u32), PeerId>,
+    call: CallKey,
+    who: PeerId,
+) -> Option<(u32, u32, u8)> {
+    let r = peers.get(&who)?;
+    // VP8's if it has one (every simulcast sender here sends VP8), else any video codec's:
+    // a padding-only packet is dropped by the receiver's RTX stream before its payload
+    // type is looked at.
+    let rtx = &r.tables.rtx_pt_of_codec;
+    let pt = Some(rtx[Codec::Vp8 as usize])
+        .filter(|p| *p != NO)
+        .or_else(|| rtx.iter().copied().find(|p| *p != NO))?;
+    r.tables
+        .layer_states
+        .iter()
+        .filter(|st| !st.paused && st.current != NO_LAYER)
+        .find_map(|st| {
+            let s = peers.get(owners.get(&(call, st.track))?)?;
+            let rtx = s.tables.repairs.iter().find(|(m, _)| *m == st.track)?.1;
+            Some((st.track, rtx, pt))
+        })
+}
+
+/// The next sequence number of `r`'s RTX stream for `track` (SSRC `rtx`): retransmissions
+/// and probe padding share it.
+fn next_rtx_seq(next: &mut Vec<(u32, u16)>, track: u32, rtx: u32) -> u16 {
+    let n = match next.iter_mut().find(|(m, _)| *m == track) {
+        Some((_, n)) => n,
+        None => {
+            // Any start will do: the receiver learns the stream from its first.
+            next.push((track, (rtx >> 16) as u16 ^ rtx as u16));
+            &mut next.last_mut().expect("just pushed").1
+        }
+    };
+    let seq = *n;
+    *n = seq.wrapping_add(1);
+    seq
+}
+
+/// Padding on the probe's RTX stream, as much as `r`'s probe owes at `now` (at most
+/// [`PADS_PER_PACKET`]): it rides after a packet `r` is sent, so it is paced by the
+/// media. Each carries the receiver's transport-wide number, so its feedback measures
+/// the probe. Returns how many were sent.
+fn pad_probe<H: HopCipher>(
+    r: &mut PeerMedia<H>,
+    ts: u32,
+    now: Instant,
+    now_us: i64,
+    out: &mut Outbox,
+) -> u64 {
+    let (Some(p), Some(b)) = (r.alloc.probe.as_mut(), r.bwe.as_deref_mut()) else {
+        return 0;
+    };
+    if now >= p.until || b.last_decrease().is_some_and(|t| t >= p.started) {
+        return 0;
+    }
+    let owed = p.bps * now.saturating_duration_since(p.started).as_micros() as u64 / 8_000_000;
+    let mut n = 0;
+    while p.sent + PAD_WIRE <= owed.max(PAD_WIRE) && n < PADS_PER_PACKET {
+        let seq = next_rtx_seq(&mut r.tables.rtx_next, p.track, p.rtx);
+        let [hi, lo] = b.next_seq().to_be_bytes();
+        let mut head = [0u8; 20];
+        head[0] = 0x80 | 0x20 | 0x10;
+        head[1] = p.pt;
+        head[2..4].copy_from_slice(&seq.to_be_bytes());
+        head[4..8].copy_from_slice(&ts.to_be_bytes());
+        head[8..12].copy_from_slice(&p.rtx.to_be_bytes());
+        head[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, r.tables.twcc_id << 4 | 1, hi, lo, 0]);
+        if out
+            .push_rtp_parts(r.addr, &mut r.outbound, &head, &PADDING)
+            .is_err()
+        {
+            break;
+        }
+        b.on_sent(now_us, PAD_WIRE as usize);
+        p.sent += PAD_WIRE;
+        n += 1;
+    }
+    n
+}
+
+/// What [`choose_layers`] chooses within.
+#[derive(Clone, Copy)]
+struct Ask {
+    budget: u64,
+    /// Short of the lowest layers for less than [`PAUSE_AFTER`]: nothing is paused yet.
+    keep_all: bool,
+    /// No hold after a failed raise is on.
+    may_raise: bool,
+    /// One raise beyond the budget may be made (the path has been clear for a while).
+    probe: bool,
+}
+
+/// Each track's layer (`PAUSE`, or [`NO_LAYER`] for a track nothing of which is
+/// coming), the rate chosen, and whether a raise beyond the budget was made.
+fn choose_layers(
+    tracks: &[([u64; MAX_LAYERS], u8)],
+    states: &[LayerState],
+    ask: Ask,
+) -> ([u8; MAX_LAYER_STATES], u64, bool) {
+    let Ask {
+        budget,
+        keep_all,
+        may_raise,
+        mut probe,
+    } = ask;
+    let n = states.len();
+    // The layer each track gets, from its lowest being sent up: PAUSE, or NO_LAYER (no
+    // limit) for a track nothing of which is coming.
+    let mut probed = false;
+    let mut chosen = [PAUSE; MAX_LAYER_STATES];
+    let mut spent = 0u64;
     for k in 0..n {
         let (rates, _) = &tracks[k];
         match rates.iter().position(|r| *r > 0) {
@@ -2071,47 +2424,7 @@ fn allocate<H>(
         }
         chosen[k] = at;
     }
-    tracing::trace!(
-        receiver = who,
-        estimate,
-        acked = r.bwe.as_deref().map_or(0, DownlinkBwe::acked_bps),
-        audio = r.alloc.audio_bps,
-        budget,
-        spent,
-        probed,
-        chosen = ?&chosen[..n],
-        "layers chosen"
-    );
-    let mut raised = false;
-    for (st, c) in states.iter_mut().zip(chosen) {
-        if c == PAUSE {
-            if !st.paused {
-                st.paused = true;
-                st.current = NO_LAYER;
-                *stats.pauses += 1;
-                *stats.paused_delta += 1;
-            }
-            continue;
-        }
-        if st.paused {
-            st.paused = false;
-            *stats.paused_delta -= 1;
-            raised = true;
-        }
-        if st.bwe_max != NO_LAYER && c > st.bwe_max {
-            raised = true;
-        }
-        st.bwe_max = c;
-    }
-    if raised {
-        r.alloc.raised_at = Some(now);
-    }
-    if probed {
-        let audio = r.alloc.audio_bps;
-        if let Some(b) = r.bwe.as_deref_mut() {
-            b.raise_to((spent + audio) * 100 / BUDGET_PERCENT);
-        }
-    }
+    (chosen, spent, probed)
 }
 
 /// Store a video packet of `sender`'s stream `ssrc` in its cache, making the cache at
@@ -2333,18 +2646,7 @@ fn answer_nack<H: HopCipher>(
                 None => out.push_rtp_parts(r.addr, &mut r.outbound, &header[..base], payload),
             }
         } else if let (Some(rtx), true) = (rtx_ssrc, rtx_pt != NO) {
-            let next = match r.tables.rtx_next.iter_mut().find(|(m, _)| *m == ssrc) {
-                Some((_, n)) => n,
-                None => {
-                    // Any start will do: the receiver learns the stream from its first.
-                    r.tables
-                        .rtx_next
-                        .push((ssrc, (rtx >> 16) as u16 ^ rtx as u16));
-                    &mut r.tables.rtx_next.last_mut().expect("just pushed").1
-                }
-            };
-            let n = *next;
-            *next = n.wrapping_add(1);
+            let n = next_rtx_seq(&mut r.tables.rtx_next, ssrc, rtx);
             header[1] = (header[1] & 0x80) | rtx_pt;
             header[2..4].copy_from_slice(&n.to_be_bytes());
             header[8..12].copy_from_slice(&rtx.to_be_bytes());
@@ -4151,11 +4453,41 @@ mod tests {
         b
     }
 
-    /// A receiver whose transport-cc feedback shows a narrow path: it is moved to the
-    /// layer that fits, then paused when nothing fits, then given video again when the
-    /// path clears. Its packets carry its own transport-wide numbers, one run from 1.
-    #[test]
-    fn a_receivers_downlink_estimate_chooses_its_layer_and_pauses_the_track() {
+    /// What receiver 2 was sent, in [`through_path`]: a layer's packet, or probe padding.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Got {
+        Layer(u8),
+        Padding,
+    }
+
+    /// Sender 1 simulcasts two layers (SSRCs 100 and 102; with `rtx`, repaired on 101 and
+    /// 103, and receiver 2 takes RTX on payload type 97) for `until` ms at 30 frames a
+    /// second: layer 0 one 400-byte packet a frame, layer 1 four of 1,100 (about 110 and
+    /// 1,150 kbit/s on the wire), key frames every half second. Receiver 2's path has
+    /// `rate(ms)` bits per second and a 20 KB queue (a tbf); it sends transport-cc
+    /// feedback every 50 ms. Returns the forwarder and what receiver 2 got when (ms),
+    /// checking on the way that its packets carry one run of transport-wide numbers
+    /// from 1 and that padding is padding only, on the RTX stream of the track. `tick`
+    /// is called before each frame with its time.
+    /// A receiver's path at a moment: its rate (bits per second), and how late the
+    /// receiver stamps arrivals (a busy machine: a delay that stands, not a queue).
+    #[derive(Clone, Copy)]
+    struct Path {
+        rate: u64,
+        late_us: i64,
+    }
+
+    /// A path of `rate` whose arrivals are stamped on time.
+    fn rate(rate: u64) -> Path {
+        Path { rate, late_us: 0 }
+    }
+
+    fn through_path(
+        rtx: bool,
+        until: u64,
+        path: impl Fn(u64) -> Path,
+        mut tick: impl FnMut(u64, &mut Forwarder),
+    ) -> (Forwarder, Vec<(u64, Got)>) {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
@@ -4163,15 +4495,24 @@ mod tests {
         n.pt[Codec::Opus.index()] = Some(111);
         n.pt[Codec::Vp8.index()] = Some(96);
         n.twcc = Some(3);
+        let mut rn = n.clone();
+        if rtx {
+            rn.rtx[Codec::Vp8.index()] = Some(97);
+        }
+        let repairs = if rtx {
+            [Some(101), Some(103), None]
+        } else {
+            [None; MAX_LAYERS]
+        };
         let layers = Layers {
             ssrcs: [100, 102, 0],
-            rtx: [None; MAX_LAYERS],
+            rtx: repairs,
             count: 2,
         };
         let track = SentTrack {
             kind: "video",
             ssrc: 100,
-            rtx: None,
+            rtx: repairs[0],
             layers,
         };
         let receiver = SentTrack {
@@ -4182,13 +4523,17 @@ mod tests {
         };
         let mut f = Forwarder::new(None);
         f.set_time(ms(0));
+        let announced: Vec<u32> = [100, 102]
+            .into_iter()
+            .chain(repairs.into_iter().flatten())
+            .collect();
         f.add_peer(
             1,
             7,
             addr(1),
             fast(1),
             fast(11),
-            PeerTables::new(&n, &[track], &[100, 102]),
+            PeerTables::new(&n, &[track], &announced),
         );
         f.add_peer(
             2,
@@ -4196,34 +4541,23 @@ mod tests {
             addr(2),
             fast(2),
             fast(12),
-            PeerTables::new(&n, &[receiver], &[200]),
+            PeerTables::new(&rn, &[receiver], &[200]),
         );
         f.set_receiving(2, vec![100]);
         let mut tx = ctx(1);
         let mut rx = ctx_replay(12);
         let mut c2 = ctx(2);
-        // The receiver's path: its rate, a 20 KB queue (a tbf), and when it is next free.
-        let mut rate: u64 = 300_000;
+        // When the receiver's path is next free.
         let mut free_us: i64 = 0;
         let mut arrivals: Vec<twcc::Arrival> = Vec::new();
         let mut next_twcc = 1u16;
-        // Which layer each frame 2 got came from (None: none of it), per 100 ms.
-        let mut got_layers: Vec<(u64, u8)> = Vec::new();
+        let mut got = Vec::new();
         let (mut seqs, mut frame) = ([0u16; 2], 0u32);
         let mut at = 0u64;
         let mut last_fb = 0u64;
-        let phase = |at: u64, rate: &mut u64| {
-            // 0-3 s: 300 kbit/s; 3-8 s: 60 kbit/s; then 50 Mbit/s.
-            *rate = match at {
-                0..3_000 => 300_000,
-                3_000..8_000 => 60_000,
-                _ => 50_000_000,
-            };
-        };
-        while at < 20_000 {
-            phase(at, &mut rate);
-            // 30 frames a second: layer 0 one 400-byte packet, layer 1 four of 1,100
-            // (about 110 and 1,150 kbit/s on the wire); key frames every half second.
+        while at < until {
+            tick(at, &mut f);
+            let Path { rate, late_us } = path(at);
             let key = frame % 15 == 0;
             for (l, (count, size)) in [(1usize, 400usize), (4, 1100)].into_iter().enumerate() {
                 for p in 0..count {
@@ -4250,9 +4584,22 @@ mod tests {
                         let seq = u16::from_be_bytes([v[0], v[1]]);
                         assert_eq!(seq, next_twcc, "one run of its own numbers");
                         next_twcc += 1;
-                        let body = &clear[h.header_len..];
-                        let k = body.windows(6).position(|w| w == b"layer ").unwrap();
-                        got_layers.push((at, body[k + 6] - b'0'));
+                        if h.ssrc == 101 {
+                            assert_eq!(clear[1] & 0x7f, 97, "on the RTX stream");
+                            assert!(clear[0] & 0x20 != 0, "padding");
+                            let body = &clear[h.header_len..];
+                            assert_eq!(
+                                usize::from(*body.last().unwrap()),
+                                body.len(),
+                                "padding only"
+                            );
+                            got.push((at, Got::Padding));
+                        } else {
+                            assert_eq!(h.ssrc, 100, "the track");
+                            let body = &clear[h.header_len..];
+                            let k = body.windows(6).position(|w| w == b"layer ").unwrap();
+                            got.push((at, Got::Layer(body[k + 6] - b'0')));
+                        }
                         // Through the path: queued behind what is in it, or lost.
                         let size = d.len() as i64 + 28;
                         let now_us = at as i64 * 1000;
@@ -4261,7 +4608,7 @@ mod tests {
                             free_us = start + size * 8_000_000 / rate as i64;
                             arrivals.push(twcc::Arrival {
                                 seq: u64::from(seq) + (1 << 16),
-                                at_us: free_us,
+                                at_us: free_us + late_us,
                             });
                         }
                     }
@@ -4280,35 +4627,63 @@ mod tests {
             frame += 1;
             at = u64::from(frame) * 1000 / 30;
         }
-        let layers_in = |from: u64, to: u64| -> Vec<u8> {
-            let mut v: Vec<u8> = got_layers
-                .iter()
-                .filter(|(t, _)| (from..to).contains(t))
-                .map(|(_, l)| *l)
-                .collect();
-            v.dedup();
-            v
-        };
+        (f, got)
+    }
+
+    /// The layers in `got` from `from` to `to` ms, in order, each run once.
+    fn layers_in(got: &[(u64, Got)], from: u64, to: u64) -> Vec<u8> {
+        let mut v: Vec<u8> = got
+            .iter()
+            .filter(|(t, _)| (from..to).contains(t))
+            .filter_map(|(_, g)| match g {
+                Got::Layer(l) => Some(*l),
+                Got::Padding => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// A receiver whose transport-cc feedback shows a narrow path: it is moved to the
+    /// layer that fits, then paused when nothing fits, then given video again when the
+    /// path clears. Its packets carry its own transport-wide numbers, one run from 1.
+    #[test]
+    fn a_receivers_downlink_estimate_chooses_its_layer_and_pauses_the_track() {
+        // 0-3 s: 300 kbit/s; 3-8 s: 60 kbit/s; then 50 Mbit/s.
+        let (mut f, got) = through_path(
+            false,
+            20_000,
+            |at| match at {
+                0..3_000 => rate(300_000),
+                3_000..8_000 => rate(60_000),
+                _ => rate(50_000_000),
+            },
+            |_, _| {},
+        );
         assert_eq!(
-            layers_in(30, 300),
+            layers_in(&got, 30, 300),
             [1],
             "the top layer before feedback says more"
         );
         assert_eq!(
-            layers_in(2_000, 3_000),
+            layers_in(&got, 2_000, 3_000),
             [0],
             "the layer that fits 300 kbit/s"
         );
         assert!(
-            layers_in(7_100, 8_000).is_empty(),
+            layers_in(&got, 7_100, 8_000).is_empty(),
             "paused: no layer fits 60 kbit/s"
         );
         // Video tried again before the path cleared (at 8 s) congested it, so raising
         // was held off for a while; once allowed, the raise (the probe) held.
         assert_eq!(
-            layers_in(19_000, 20_000),
+            layers_in(&got, 19_000, 20_000),
             [1],
             "the top layer again on a clear path"
+        );
+        assert!(
+            got.iter().all(|(_, g)| *g != Got::Padding),
+            "no RTX: no padding"
         );
         let (pauses, paused) = f.take_pauses();
         assert_eq!((pauses, paused), (1, 0), "paused at 60 kbit/s, and not now");
@@ -4316,6 +4691,113 @@ mod tests {
         f.take_estimates(|e| estimates.push(e));
         assert!(estimates.iter().any(|e| *e < 150_000), "{estimates:?}");
         assert!(f.take_layer_switches() >= 2);
+    }
+
+    /// A receiver that takes RTX is probed with padding before a raise: on a 500 kbit/s
+    /// path (room for the lower layer, not the upper) each probe congests it and the
+    /// receiver stays on the lower layer throughout, with no move up and back down; once
+    /// the path widens a probe is carried and the receiver moves up.
+    #[test]
+    fn a_raise_waits_for_a_padding_probe_the_path_carries() {
+        let (mut f, got) = through_path(
+            true,
+            30_000,
+            |at| rate(if at < 10_000 { 500_000 } else { 50_000_000 }),
+            |_, _| {},
+        );
+        // The top layer first (the estimate starts high), then down.
+        let top = got
+            .iter()
+            .position(|(_, g)| *g == Got::Layer(1))
+            .expect("the top layer first");
+        let down = got[top..]
+            .iter()
+            .find(|(_, g)| *g == Got::Layer(0))
+            .map(|(t, _)| *t)
+            .expect("moved down to the layer that fits");
+        assert!(down < 3_000, "down at {down} ms");
+        assert_eq!(
+            layers_in(&got, down, 10_000),
+            [0],
+            "no raise on the narrow path: the probes took the congestion"
+        );
+        let padded = |from: u64, to: u64| {
+            got.iter()
+                .filter(|(t, g)| (from..to).contains(t) && *g == Got::Padding)
+                .count()
+        };
+        assert!(padded(down, 10_000) > 0, "probed on the narrow path");
+        assert_eq!(
+            layers_in(&got, 25_000, 30_000),
+            [1],
+            "the top layer once a probe was carried"
+        );
+        let first_up = got
+            .iter()
+            .find(|(t, g)| *t >= 10_000 && *g == Got::Layer(1))
+            .map(|(t, _)| *t)
+            .expect("moved up");
+        assert!(padded(10_000, first_up) > 0, "probed before moving up");
+        let mut probes = [0u64; ProbeResult::ALL.len()];
+        let pads = f.take_probes(|r, n| probes[r as usize] += n);
+        assert_eq!(pads as usize, padded(0, 30_000));
+        assert!(probes[ProbeResult::Congested as usize] >= 1, "{probes:?}");
+        assert!(probes[ProbeResult::Carried as usize] >= 1, "{probes:?}");
+        assert!(probes[ProbeResult::Started as usize] >= 2, "{probes:?}");
+    }
+
+    /// A receiver whose estimate fell while its path stayed clear (as at a call's start,
+    /// when a delay came while it was sent little and the decrease took that little) is
+    /// short of even the lowest layer (about 110 kbit/s here; 60 kbit/s is what audio
+    /// would leave of the lowest estimate). Capped at that layer, it has no raise to probe
+    /// with: it is probed anyway before its track would be paused, and keeps the layer.
+    #[test]
+    fn a_receiver_short_of_its_lowest_layer_on_a_clear_path_is_probed_not_paused() {
+        short_receiver_is_probed_not_paused(0);
+    }
+
+    /// As above, on a path whose receiver stamps arrivals 80 ms late from the fall on
+    /// (a busy machine): the path is never clear, but it is not congested either, and a
+    /// probe is still the way out rather than a pause.
+    #[test]
+    fn a_short_receiver_whose_arrivals_stand_late_is_probed_not_paused() {
+        short_receiver_is_probed_not_paused(80_000);
+    }
+
+    fn short_receiver_is_probed_not_paused(late_us: i64) {
+        let (mut f, got) = through_path(
+            true,
+            10_000,
+            |at| Path {
+                rate: 50_000_000,
+                late_us: if at >= 3_000 { late_us } else { 0 },
+            },
+            |at, f| {
+                if at == 0 {
+                    assert!(f.set_max_height(2, 100, 200), "capped at 180 lines");
+                }
+                if at == 3_000 {
+                    let now = f.now.expect("set before the first frame");
+                    let bwe = f.peers.get_mut(&2).and_then(|r| r.bwe.as_deref_mut());
+                    bwe.expect("receiver 2 has an estimate")
+                        .fall_to(60_000, now);
+                }
+            },
+        );
+        assert_eq!(layers_in(&got, 2_000, 3_000), [0], "the layer of its cap");
+        let padded = got
+            .iter()
+            .filter(|(t, g)| *t >= 3_000 && *g == Got::Padding)
+            .count();
+        assert!(padded > 0, "probed after the fall");
+        assert_eq!(f.take_pauses(), (0, 0), "no track paused");
+        let sent = |from: u64, to: u64| {
+            got.iter()
+                .filter(|(t, g)| (from..to).contains(t) && *g == Got::Layer(0))
+                .count()
+        };
+        // 30 frames a second, one packet each.
+        assert!(sent(3_000, 10_000) >= 200, "{}", sent(3_000, 10_000));
     }
 
     /// A simulcast sender's three layers (SSRCs 100, 102, 104, heights 180, 360, 720):

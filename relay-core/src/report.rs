@@ -182,6 +182,36 @@ impl Retransmit {
     }
 }
 
+/// What became of a bandwidth probe: padding sent to a receiver at the rate a layer
+/// raise would add, before the raise. Counted in `blindrelay_bandwidth_probes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ProbeResult {
+    /// Begun: the receiver's path was clear for a while and a higher layer asked more
+    /// than its estimate.
+    Started,
+    /// The path carried it: the estimate was raised to it, and the layer with it.
+    Carried,
+    /// The path congested (or did not carry it): no raise, and raises are held off.
+    Congested,
+}
+
+impl ProbeResult {
+    pub const ALL: [ProbeResult; 3] = [
+        ProbeResult::Started,
+        ProbeResult::Carried,
+        ProbeResult::Congested,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeResult::Started => "started",
+            ProbeResult::Carried => "carried",
+            ProbeResult::Congested => "congested",
+        }
+    }
+}
+
 /// Why the relay, as MLS Delivery Service, refused a participant's MLS message. Each
 /// refusal is counted under one of these (and the participant gets `mls_refused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 //! module turns them into the series dashboards and alert rules read.
 
 pub use crate::core::budget::RateLimit;
-use crate::core::report::Retransmit;
 pub use crate::core::report::{DropReason, MlsRefusal, Report};
+use crate::core::report::{ProbeResult, Retransmit};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -83,6 +83,8 @@ const M_POLICY_RELOADS: &str = "blindrelay_policy_reloads_total";
 const M_MLS_REFUSED: &str = "blindrelay_mls_refused_total";
 const M_RATE_LIMITED: &str = "blindrelay_rate_limited_total";
 const M_RETRANSMITS: &str = "blindrelay_retransmissions_total";
+const M_PROBES: &str = "blindrelay_bandwidth_probes_total";
+const M_PADDING: &str = "blindrelay_probe_padding_packets_total";
 const M_CLUSTER_LINKS: &str = "blindrelay_cluster_links";
 const M_CLUSTER_RTT: &str = "blindrelay_cluster_link_rtt_seconds";
 const M_CLUSTER_REFUSED: &str = "blindrelay_cluster_link_refused_total";
@@ -111,6 +113,9 @@ pub struct Metrics {
     mls_refused: [Counter; 8],
     rate_limited: [Counter; RateLimit::ALL.len()],
     retransmits: [Counter; Retransmit::ALL.len()],
+    probes: [Counter; ProbeResult::ALL.len()],
+    /// Padding packets the probes sent receivers.
+    pub probe_padding: Counter,
     pub srtp_auth_failures: Counter,
     pub srtp_replay_failures: Counter,
     pub stun_responses: Counter,
@@ -189,6 +194,8 @@ impl Metrics {
                 .map(|l| c(M_RATE_LIMITED, vec![Label::new("limit", l.as_str())])),
             retransmits: Retransmit::ALL
                 .map(|k| c(M_RETRANSMITS, vec![Label::new("result", k.as_str())])),
+            probes: ProbeResult::ALL.map(|k| c(M_PROBES, vec![Label::new("result", k.as_str())])),
+            probe_padding: c(M_PADDING, vec![]),
             srtp_auth_failures: c(M_SRTP_AUTH, vec![]),
             srtp_replay_failures: c(M_SRTP_REPLAY, vec![]),
             stun_responses: c(M_STUN, vec![]),
@@ -220,12 +227,19 @@ impl Metrics {
         m.capture_active.set(0.0);
         m.paused_tracks.set(0.0);
         // Counters too: an alert on refusals sees 0 before the first one.
-        for c in m.mls_refused.iter().chain(&m.dropped).chain([
-            &m.ice_nominated_moves,
-            &m.dtls_last_flight_repeats,
-            &m.layer_switches,
-            &m.video_pauses,
-        ]) {
+        for c in m
+            .mls_refused
+            .iter()
+            .chain(&m.dropped)
+            .chain(&m.probes)
+            .chain([
+                &m.ice_nominated_moves,
+                &m.dtls_last_flight_repeats,
+                &m.layer_switches,
+                &m.video_pauses,
+                &m.probe_padding,
+            ])
+        {
             c.increment(0);
         }
         m.signalling_connections().set(0.0);
@@ -344,6 +358,16 @@ impl Metrics {
             "Messages refused with rate_limited, by the limit they went over (messages, broadcast_bytes).",
         );
         d(
+            M_PROBES,
+            None,
+            "Bandwidth probes of receivers' paths (padding on an RTX stream at the rate a layer raise would add, before it), by result: started, carried (the estimate and the layer were raised), congested (no raise; raises held off).",
+        );
+        d(
+            M_PADDING,
+            None,
+            "Padding packets sent to receivers by bandwidth probes.",
+        );
+        d(
             M_RETRANSMITS,
             None,
             "Packets receivers' NACKs asked for and the relay's own asking, by result: sent (from the packet cache), unavailable (cached, but the receiver takes no RTX), limited (over the receiver's retransmission budget), asked (of the sender), recovered (came back on a sender's RTX stream and was forwarded).",
@@ -406,6 +430,11 @@ impl Metrics {
     /// Count one MLS message refused by the Delivery Service.
     pub fn mls_refused(&self, reason: MlsRefusal) {
         self.mls_refused[reason as usize].increment(1);
+    }
+
+    /// Count `n` bandwidth probes that came to `result`.
+    pub fn probes(&self, result: ProbeResult, n: u64) {
+        self.probes[result as usize].increment(n);
     }
 
     /// Count `n` retransmission outcomes of one kind.

@@ -664,6 +664,8 @@ pub async fn worker_loop(
         fwd.take_receiver_drops(|reason, n| m.dropped_n(reason, n));
         fwd.take_retransmits(|kind, n| m.retransmits(kind, n));
         m.layer_switches.increment(fwd.take_layer_switches());
+        m.probe_padding
+            .increment(fwd.take_probes(|result, n| m.probes(result, n)));
         fwd.take_estimates(|e| m.receiver_estimate.record(e as f64));
         let (pauses, paused) = fwd.take_pauses();
         if pauses > 0 || paused != 0 {
