@@ -762,8 +762,9 @@ mod tests {
     /// transport-cc feedback the relay sends it the lower layer of each while an
     /// unshaped receiver keeps the top one; its video keeps decoding and its audio keeps
     /// coming, and every frame opens. A raise toward the top layer is probed with padding
-    /// first, and the shaped path congests the probe, not the picture. Needs headless Chromium and the page driver
-    /// (scripts/install-test-deps.sh); missing, the test fails and says so.
+    /// first, and the shaped path congests the probe, not the picture. Needs headless
+    /// Chromium and the page driver (scripts/install-test-deps.sh); missing, the test
+    /// fails and says so.
     #[test]
     fn a_receiver_on_a_600_kbit_link_is_sent_the_lower_layer_and_keeps_decoding() {
         let (r, metrics) = chromium_run(0.0, Some(600));
