@@ -359,18 +359,13 @@ impl DownlinkBwe {
         let win_at = *self.win_at.get_or_insert(now);
         let span = now.saturating_duration_since(win_at);
         if span >= WINDOW {
-            let total = self.win_recv + self.win_lost;
             let arrived = self.win_arrived.bps();
             if arrived > 0 {
                 self.acked_bps = arrived;
                 self.acked_recent.rotate_right(1);
                 self.acked_recent[0] = arrived;
             }
-            self.loss = if total >= 20 {
-                f64::from(self.win_lost) / f64::from(total)
-            } else {
-                0.0
-            };
+            self.loss = self.window_loss();
             self.win_at = Some(now);
             self.win_arrived = Span::default();
             self.win_recv = 0;
@@ -380,6 +375,17 @@ impl DownlinkBwe {
         r.map(|()| signal)
     }
 
+    /// The window under way's loss fraction; 0 until 20 packets are accounted for, as
+    /// one loss in a handful is noise, not a full buffer.
+    fn window_loss(&self) -> f64 {
+        let seen = self.win_lost + self.win_recv;
+        if seen >= 20 {
+            f64::from(self.win_lost) / f64::from(seen)
+        } else {
+            0.0
+        }
+    }
+
     /// Apply the signals to the estimate.
     fn control(&mut self, now: Instant) -> Signal {
         let delayed = if self.queue_us > OVERUSE_DELAY_US {
@@ -387,8 +393,7 @@ impl DownlinkBwe {
             let rising = self.trend.slope().is_some_and(|s| s >= OVERUSE_SLOPE);
             // Loss in the window under way, or the last one: a queue standing at a full
             // buffer drops what it has no room for.
-            let seen = self.win_lost + self.win_recv;
-            let lost = seen >= 20 && f64::from(self.win_lost) / f64::from(seen) > LOSS_CLEAR;
+            let lost = self.window_loss() > LOSS_CLEAR;
             now.saturating_duration_since(since) >= OVERUSE_HOLD
                 && (rising || lost || self.loss > LOSS_CLEAR)
         } else {
