@@ -85,6 +85,8 @@ const st = {
   keyed: false, code: null, participants: new Map(), error: null, messages: [], chat: [], features: [],
   workerStats: { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0 }, inbound: [], outbound: [],
   payloadTypes: {}, kexError: null, joinedAt: null, groupCall: false,
+  // When (wall-clock ms) this page first decoded a video frame from each participant.
+  firstVideoAt: {},
   // Group calls (scheme mls): what the worker's group session shows (no secret in it).
   scheme: null, group: null, codeChanges: 0,
   // No downgrade without consent (see the top of the file).
@@ -515,6 +517,7 @@ async function onJoined(m) {
   settleJoin(true);
   st.joinedAt = performance.now();
   st.joinedAtWall = performance.timeOrigin + st.joinedAt;
+  st.firstVideoAt = {};
   $('setup').hidden = true;
   $('call-view').hidden = false;
   $('callbar').hidden = false;
@@ -864,6 +867,7 @@ async function refreshStats() {
     } else {
       // How the picture held up: loss, its repair (NACK, keyframe requests) and freezes.
       for (const k of ['packetsLost', 'nackCount', 'pliCount', 'firCount', 'keyFramesDecoded', 'framesDropped', 'freezeCount', 'totalFreezesDuration', 'retransmittedPacketsReceived', 'frameHeight', 'frameWidth']) e[k] = s[k] || 0;
+      if (participant && e.framesDecoded > 0) st.firstVideoAt[participant] ??= performance.timeOrigin + performance.now();
     }
     inbound.push(e);
   });
@@ -1133,6 +1137,28 @@ function groupTimes(w) {
   return { first_decrypted_ms: first, keyed_ms: keyed };
 }
 
+/** How soon after its join this page first decoded each participant's video (ms since the
+ * relay's `joined`, to within the 500 ms stats tick): the time to a picture, which needs a
+ * key frame the page could open, not only keys. */
+function videoTimes() {
+  const first = {};
+  if (st.joinedAtWall == null) return first;
+  for (const [who, t] of Object.entries(st.firstVideoAt)) first[who] = Math.max(0, t - st.joinedAtWall);
+  return first;
+}
+
+/** How soon after its join this page opened the first key frame of each participant's
+ * video (ms since `joined`, to the millisecond): when its decoder could start. */
+function keyFrameTimes(w) {
+  const first = {};
+  if (st.joinedAtWall == null) return first;
+  for (const [ssrc, t] of Object.entries(w.first_key_at || {})) {
+    const who = (st.inbound.find((i) => String(i.ssrc) === ssrc) || {}).participant || ssrcOwner[ssrc];
+    if (who) first[who] = Math.min(first[who] ?? Infinity, Math.max(0, t - st.joinedAtWall));
+  }
+  return first;
+}
+
 window.blindrelay = {
   state() {
     const w = st.workerStats;
@@ -1154,6 +1180,8 @@ window.blindrelay = {
       group_refused: st.group ? st.group.refused : null,
       code_changes: st.codeChanges,
       ...groupTimes(w),
+      first_video_ms: videoTimes(),
+      first_keyframe_ms: keyFrameTimes(w),
       joined_unix_ms: st.joinedAtWall,
       participant: st.me,
       participants: [...st.participants.keys()],

@@ -11,7 +11,7 @@ import { GroupSession, OpenError, EARLY_FRAME_WAIT_MS } from './group.js';
 let mode = 'e2ee';
 let sender = null;
 let receiver = null;
-const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, frames_replayed: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, first_decrypted_at: {}, early_frames_held: 0 };
+const stats = { frames_encrypted: 0, frames_decrypted: 0, decrypt_failures: 0, frames_replayed: 0, dropped_before_keys: 0, empty_frames: 0, last_error: null, frames_decrypted_from: {}, first_decrypted_at: {}, early_frames_held: 0, first_key_at: {} };
 
 // A group call (scheme `mls`): the MLS state and its SFrame keys live here only (web/group.js);
 // the main thread relays signalling and sees group.summary(), which holds no secret.
@@ -125,6 +125,12 @@ function setup(transformer) {
           const opened = await openMedia(r, kind, data);
           frame.data = opened.buffer;
           stats.frames_decrypted++;
+          // When the first key frame of each incoming stream (by SSRC) could go to the
+          // decoder: a picture can start only there.
+          if (kind === 'video' && frame.type === 'key') {
+            const ssrc = frame.getMetadata().synchronizationSource;
+            stats.first_key_at[ssrc] ??= performance.timeOrigin + now();
+          }
           controller.enqueue(frame);
         } catch (e) {
           // Sealed before this page joined the group: never meant for it (as e2ee-client).
@@ -214,7 +220,7 @@ self.onmessage = async (event) => {
       case 'stats':
         // Superseded epochs' keys go when their grace ends, even with no frame to open.
         if (group) group.frames.expire(now());
-        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from }, first_decrypted_at: { ...stats.first_decrypted_at } }, summary: group ? group.summary() : null });
+        self.postMessage({ type: 'stats', id: m.id, stats: { ...stats, frames_decrypted_from: { ...stats.frames_decrypted_from }, first_decrypted_at: { ...stats.first_decrypted_at }, first_key_at: { ...stats.first_key_at } }, summary: group ? group.summary() : null });
         break;
       default:
         break;

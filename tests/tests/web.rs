@@ -2090,6 +2090,8 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
         &url("latey"),
         "--then",
         "group:4",
+        "--then",
+        "decoding:1",
         "--timeout",
         "30",
     ]);
@@ -2120,9 +2122,11 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
         webby.s("frames_decrypted_from")[&leaver]
     );
     eprintln!(
-        "latey: keyed {} ms after its join ({})",
+        "latey: keyed {} ms after its join ({}), first key frame {}, first video {}",
         latey.s("keyed_ms"),
-        latey.s("first_decrypted_ms")
+        latey.s("first_decrypted_ms"),
+        latey.s("first_keyframe_ms"),
+        latey.s("first_video_ms")
     );
     for s in [&s1, &s2] {
         eprintln!(
@@ -2186,6 +2190,20 @@ async fn a_page_leaves_and_a_page_joins_late_an_mls_call() {
         .as_f64()
         .expect("latey opened everyone's frames");
     assert!(keyed <= 2000.0, "latey keyed {keyed} ms after its join");
+    // And a picture from webby soon after: a key frame of the new epoch that latey could
+    // open (keys alone show nothing), then a decoded frame, seen at the page's 500 ms
+    // stats tick.
+    let webby_ms = |what: &str| latey.s(what)[webby.me()].as_f64();
+    let key = webby_ms("first_keyframe_ms").expect("latey opened a key frame of webby's");
+    assert!(
+        key <= 2000.0,
+        "latey's first key frame from webby {key} ms after its join"
+    );
+    let video = webby_ms("first_video_ms").expect("latey decoded webby's video");
+    assert!(
+        video <= 3000.0,
+        "latey's first picture from webby {video} ms after its join"
+    );
     for s in [&s1, &s2] {
         assert!(s.error.is_none(), "{:?}", s.error);
         assert_eq!(

@@ -111,5 +111,6 @@ try {
   await browser.close().catch(() => {});
   server.close();
 }
-process.stdout.write(JSON.stringify(n === 1 ? (reports[0] ?? { name: nameOf(0), joined: false, errors: ['no report'] }) : reports) + '\n');
-process.exit(ok ? 0 : 1);
+// Exit once the report is written: process.exit() right after a write to a pipe cuts it
+// at 64 KiB.
+process.stdout.write(JSON.stringify(n === 1 ? (reports[0] ?? { name: nameOf(0), joined: false, errors: ['no report'] }) : reports) + '\n', () => process.exit(ok ? 0 : 1));

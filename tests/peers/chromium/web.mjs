@@ -128,6 +128,8 @@ function met(s, condition = a.until) {
     // grace has ended, so frames sealed in them no longer open.
     case 'settled': return s.joined && s.e2ee_scheme === 'mls' && s.previous_epoch_keys === 0;
     case 'downgrade_question': return !!s.pending_downgrade;
+    // Video decoded from at least N participants (a late joiner's first pictures).
+    case 'decoding': return s.joined && Object.keys(s.first_video_ms || {}).length >= Number(arg || 1);
     // After a node went away (a cluster): media again, and this page either joined again
     // (through another node) or sees only participants who did.
     case 'moved': return met(s, 'media') && (s.reconnects >= 1 || s.participants.every((p) => !firstIds.has(p)));
@@ -343,5 +345,6 @@ try {
 } finally {
   await browser.close().catch(() => {});
 }
-process.stdout.write(JSON.stringify(results) + '\n');
-process.exit(allOk ? 0 : 1);
+// Exit once the report is written: stdout is a pipe, and process.exit() right after a
+// write cuts it at the pipe's 64 KiB (a run of many steps reports more than that).
+process.stdout.write(JSON.stringify(results) + '\n', () => process.exit(allOk ? 0 : 1));
