@@ -298,6 +298,13 @@ pub struct PeerTables {
     /// A node link's end in this call (a cascade), not a participant: what comes from one
     /// link never goes out on another, so media crosses each link once and never loops.
     pub link: bool,
+    /// Whether its arrival asks the call's video senders for a key frame. Not in an
+    /// end-to-end encrypted call: the joiner opens nothing sealed before it has keys, so
+    /// that key frame is lost on it, and libwebrtc, which makes at most one key frame per
+    /// 300 ms, then holds back the one the members ask for under the new keys (measured in
+    /// bench/RESULTS.md: a late joiner's first key frame 550 -> 200 ms). The members ask
+    /// once keyed, as the web client and e2ee-client do.
+    pub keyframe_on_join: bool,
     /// As a receiver: the next sequence number of the RTX stream it is sent for each
     /// remote media SSRC (the relay numbers each receiver's retransmissions itself). Kept
     /// here so it moves with the hop contexts (`take_peer`): a numbering that restarted
@@ -332,6 +339,13 @@ pub struct PeerTablesWire {
     pub ssrcs: Vec<u32>,
     pub video_ssrcs: Vec<u32>,
     pub receiving: Option<Vec<u32>>,
+    /// See [`PeerTables::keyframe_on_join`]; absent (an older node): yes, as before.
+    #[serde(default = "yes")]
+    pub keyframe_on_join: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Simulcast tracks from their layers' SSRCs (each list lowest first), checked: 2 or 3
@@ -413,6 +427,7 @@ impl PeerTables {
                 .collect(),
             receiving: Some(Vec::new()),
             link: false,
+            keyframe_on_join: true,
             rtx_next: Vec::new(),
             simulcast: tracks
                 .iter()
@@ -453,6 +468,7 @@ impl PeerTables {
             video_ssrcs,
             receiving: Some(receiving),
             link: true,
+            keyframe_on_join: true,
             rtx_next: Vec::new(),
             simulcast: Vec::new(),
             layer_states: Vec::new(),
@@ -486,6 +502,7 @@ impl PeerTables {
             ssrcs: self.ssrcs.clone(),
             video_ssrcs: self.video_ssrcs.clone(),
             receiving: self.receiving.clone(),
+            keyframe_on_join: self.keyframe_on_join,
         }
     }
 
@@ -514,6 +531,7 @@ impl PeerTables {
             video_ssrcs: w.video_ssrcs,
             receiving: w.receiving,
             link: false,
+            keyframe_on_join: w.keyframe_on_join,
             rtx_next: Vec::new(),
             simulcast,
             layer_states: Vec::new(),
@@ -940,6 +958,7 @@ impl<H: HopCipher> Forwarder<H> {
         outbound: H,
         tables: PeerTables,
     ) {
+        let keyframe_on_join = tables.keyframe_on_join;
         // An SSRC keeps its owner: the control plane refuses a second claimant
         // (`ssrc_in_use`), and should one get here anyway, its packets with that SSRC are
         // dropped (`ssrc_not_owned`) rather than the owner's.
@@ -1010,7 +1029,7 @@ impl<H: HopCipher> Forwarder<H> {
             members.push(peer);
         }
         for m in members.iter() {
-            if *m != peer {
+            if *m != peer && keyframe_on_join {
                 if let Some(p) = self.peers.get_mut(m) {
                     p.pli_due = true;
                 }
@@ -2969,6 +2988,16 @@ mod tests {
         )
         .unwrap()
     }
+    /// Every packet in `out` for `to`, opened as SRTCP with `rx` (the test's own
+    /// output: it must open).
+    fn rtcp_to(out: &Outbox, to: SocketAddr, rx: &mut Context) -> Vec<Vec<u8>> {
+        (0..out.len())
+            .filter_map(|i| out.get(i))
+            .filter(|(t, _)| t.to == to)
+            .map(|(_, d)| rx.decrypt_rtcp(d).unwrap().to_vec())
+            .collect()
+    }
+
     fn ctx_replay(key: u8) -> Context {
         Context::new(
             &[key; 16],
@@ -3708,6 +3737,34 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_asks_for_a_key_frame_only_where_it_can_open_one() {
+        // Sender 1 (video SSRC 100) is alone; then 2 joins. In a standard call its join
+        // asks 1 for a key frame; in an end-to-end encrypted one (no key frame on join)
+        // only transport-cc feedback goes back: 2 cannot open frames sealed before it has
+        // keys, and asks once keyed.
+        for (on_join, want) in [(true, 2), (false, 1)] {
+            let mut f = Forwarder::new(None);
+            let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
+            f.set_time(Instant::now());
+            let sender = tables(111, 96, 3, &[100], &[100]);
+            f.add_peer(1, 7, addr(1), fast(1), fast(11), sender);
+            let joiner = PeerTables {
+                keyframe_on_join: on_join,
+                ..PeerTables::standard(&[200])
+            };
+            f.add_peer(2, 7, addr(2), fast(2), fast(12), joiner);
+            let (mut tx, mut rx) = (ctx(1), ctx_replay(11));
+            let mut out = Outbox::default();
+            let wire = tx.encrypt_rtp(&chrome_rtp(100, 1, 10, b"x")).unwrap();
+            assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
+            let to_sender = rtcp_to(&out, addr(1), &mut rx);
+            assert_eq!(to_sender.len(), want, "key frame on join: {on_join}");
+            let pli = rtcp::pli(RELAY_SSRC, 100);
+            assert_eq!(to_sender.iter().any(|p| p[..] == pli[..]), on_join);
+        }
+    }
+
+    #[test]
     fn senders_get_transport_cc_feedback_and_a_keyframe_request_when_someone_joins() {
         let mut f = Forwarder::new(None);
         let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], i));
@@ -3735,11 +3792,7 @@ mod tests {
         // Packet 1 at t0: feedback (first) and the PLI asked for by 2's join.
         let wire = tx.encrypt_rtp(&chrome_rtp(100, 1, 10, b"x")).unwrap();
         assert_eq!(f.on_rtp(1, &wire, &mut out), Ok(1));
-        let to_sender: Vec<Vec<u8>> = (0..out.len())
-            .filter_map(|i| out.get(i))
-            .filter(|(t, _)| t.to == addr(1))
-            .map(|(_, d)| rx.decrypt_rtcp(d).unwrap().to_vec())
-            .collect();
+        let to_sender = rtcp_to(&out, addr(1), &mut rx);
         assert_eq!(to_sender.len(), 2, "feedback and PLI");
         let fb = &to_sender[0];
         assert_eq!(

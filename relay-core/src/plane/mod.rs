@@ -662,14 +662,15 @@ impl ControlPlane {
                     .iter()
                     .flat_map(|m| m.ssrcs.iter().copied())
                     .collect();
+                let Some((_, call_key, mode)) = self.registry.call_of(peer) else {
+                    return;
+                };
                 let mut tables = PeerTables::new(&s.numbering, &s.tracks, &announced);
                 tables.receiving = Some(s.neg.receiving().to_vec());
+                tables.keyframe_on_join = mode != CallMode::E2ee;
                 let tables = Box::new(tables);
                 let worker = s.worker;
                 let caps = s.max_heights.clone();
-                let Some((_, call_key, _)) = self.registry.call_of(peer) else {
-                    return;
-                };
                 let sender = Box::new(SenderInfo {
                     participant: s.public_id.clone(),
                     codecs: Codec::ALL
