@@ -1125,36 +1125,33 @@ function sampleVideo(participant) {
   return { width: v.videoWidth, height: v.videoHeight, mean, stddev: Math.sqrt(Math.max(0, sq / n - mean * mean)), distinctColours: distinct.size };
 }
 
-/** How soon after its join this page opened each other member's frames (ms since the
- * relay's `joined`), and `keyed_ms`: when it had opened every current member's, or null. */
+/** Wall-clock times (ms) by key, as ms since this page's join (the relay's `joined`);
+ * nothing before the join. */
+function sinceJoin(at) {
+  const out = {};
+  if (st.joinedAtWall == null) return out;
+  for (const [k, t] of Object.entries(at || {})) out[k] = Math.max(0, t - st.joinedAtWall);
+  return out;
+}
+
+/** How soon after its join this page opened each other member's frames, and `keyed_ms`:
+ * when it had opened every current member's, or null. */
 function groupTimes(w) {
-  const first = {};
-  const at = w.first_decrypted_at || {};
+  const first = sinceJoin(w.first_decrypted_at);
   if (st.joinedAtWall == null) return { first_decrypted_ms: first, keyed_ms: null };
-  for (const [who, t] of Object.entries(at)) first[who] = Math.max(0, t - st.joinedAtWall);
   const others = st.group ? st.group.participants.filter((p) => p !== st.me) : [];
   const keyed = others.length && others.every((p) => p in first) ? Math.max(...others.map((p) => first[p])) : null;
   return { first_decrypted_ms: first, keyed_ms: keyed };
 }
 
-/** How soon after its join this page first decoded each participant's video (ms since the
- * relay's `joined`, to within the 500 ms stats tick): the time to a picture, which needs a
- * key frame the page could open, not only keys. */
-function videoTimes() {
-  const first = {};
-  if (st.joinedAtWall == null) return first;
-  for (const [who, t] of Object.entries(st.firstVideoAt)) first[who] = Math.max(0, t - st.joinedAtWall);
-  return first;
-}
-
 /** How soon after its join this page opened the first key frame of each participant's
- * video (ms since `joined`, to the millisecond): when its decoder could start. */
+ * video (to the millisecond): when its decoder could start. The worker knows streams by
+ * SSRC; the stats name their participant. */
 function keyFrameTimes(w) {
   const first = {};
-  if (st.joinedAtWall == null) return first;
-  for (const [ssrc, t] of Object.entries(w.first_key_at || {})) {
+  for (const [ssrc, ms] of Object.entries(sinceJoin(w.first_key_at))) {
     const who = (st.inbound.find((i) => String(i.ssrc) === ssrc) || {}).participant || ssrcOwner[ssrc];
-    if (who) first[who] = Math.min(first[who] ?? Infinity, Math.max(0, t - st.joinedAtWall));
+    if (who) first[who] = Math.min(first[who] ?? Infinity, ms);
   }
   return first;
 }
@@ -1180,7 +1177,8 @@ window.blindrelay = {
       group_refused: st.group ? st.group.refused : null,
       code_changes: st.codeChanges,
       ...groupTimes(w),
-      first_video_ms: videoTimes(),
+      // The first decoded frame of each participant's video, seen at the 500 ms stats tick.
+      first_video_ms: sinceJoin(st.firstVideoAt),
       first_keyframe_ms: keyFrameTimes(w),
       joined_unix_ms: st.joinedAtWall,
       participant: st.me,
