@@ -37,12 +37,19 @@ pub struct LinkEnd {
     /// The far participants' simulcast tracks (layer SSRCs, lowest first): the near node
     /// chooses a layer for each of its receivers, as it does for its own senders'.
     pub simulcast: Vec<Vec<u32>>,
+    /// Whether the end's arrival asks the near node's video senders for a key frame (see
+    /// `PeerTables::keyframe_on_join`): not in an end-to-end encrypted call, where the far
+    /// receivers ask once keyed.
+    pub keyframe_on_join: bool,
 }
 
 /// The call's participants and where they are.
 #[derive(Debug, Default)]
 pub struct CallRoutes {
     members: HashMap<PeerId, Member>,
+    /// Set from the call's mode by the owner's plane; unset (no participant keyed yet):
+    /// yes, as for a standard call.
+    keyframe_on_join: Option<bool>,
 }
 
 impl CallRoutes {
@@ -77,6 +84,12 @@ impl CallRoutes {
         }
     }
 
+    /// Whether link ends in the call ask for a key frame when they appear (false in an
+    /// end-to-end encrypted call).
+    pub fn set_keyframe_on_join(&mut self, yes: bool) {
+        self.keyframe_on_join = Some(yes);
+    }
+
     pub fn remove(&mut self, peer: PeerId) {
         self.members.remove(&peer);
     }
@@ -97,7 +110,10 @@ impl CallRoutes {
                 if n == far_node {
                     continue;
                 }
-                let mut e = LinkEnd::default();
+                let mut e = LinkEnd {
+                    keyframe_on_join: self.keyframe_on_join.unwrap_or(true),
+                    ..LinkEnd::default()
+                };
                 for m in far {
                     e.ssrcs.extend(&m.ssrcs);
                     e.video.extend(&m.video);
@@ -204,5 +220,21 @@ mod tests {
         r.set_receiving(2, &[10]);
         r.set_receiving(3, &[10]);
         assert_eq!(r.ends()[&key("a", "b")].receiving, vec![10]);
+    }
+
+    /// Link ends ask for key frames on arrival unless the call is end-to-end encrypted,
+    /// and a change of it is a change of the end (so the owner sends it again).
+    #[test]
+    fn link_ends_carry_the_calls_keyframe_on_join() {
+        let mut r = CallRoutes::default();
+        r.set_member(1, "a", &[10], &[10], &[]);
+        r.set_member(2, "b", &[20], &[20], &[]);
+        r.set_receiving(2, &[10]);
+        let before = r.ends();
+        assert!(before.values().all(|e| e.keyframe_on_join));
+        r.set_keyframe_on_join(false);
+        let after = r.ends();
+        assert!(after.values().all(|e| !e.keyframe_on_join));
+        assert_ne!(before[&key("a", "b")], after[&key("a", "b")]);
     }
 }

@@ -89,7 +89,7 @@ impl PageReport {
     /// One line of measured figures, for the test log.
     fn figures(&self, other: &PageReport) -> String {
         format!(
-            "{}: {} video frames decoded from {}, frames encrypted {} decrypted {} failures {}, canvas stddev {:.1}, code {:?}",
+            "{}: {} video frames decoded from {}, frames encrypted {} decrypted {} failures {}, canvas stddev {:.1}, code {:?}, first key frame {} ms and first video {} ms after its join",
             self.me(),
             self.video_frames_from(other.me()),
             other.me(),
@@ -97,7 +97,9 @@ impl PageReport {
             self.num("frames_decrypted"),
             self.num("decrypt_failures"),
             self.0["samples"][other.me()]["stddev"].as_f64().unwrap_or(0.0),
-            self.code()
+            self.code(),
+            self.s("first_keyframe_ms")[other.me()],
+            self.s("first_video_ms")[other.me()]
         )
     }
     fn brief(&self) -> String {

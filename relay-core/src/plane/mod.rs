@@ -662,12 +662,16 @@ impl ControlPlane {
                     .iter()
                     .flat_map(|m| m.ssrcs.iter().copied())
                     .collect();
-                let Some((_, call_key, mode)) = self.registry.call_of(peer) else {
+                let Some((call_id, call_key, mode)) = self.registry.call_of(peer) else {
                     return;
                 };
                 let mut tables = PeerTables::new(&s.numbering, &s.tracks, &announced);
                 tables.receiving = Some(s.neg.receiving().to_vec());
-                tables.keyframe_on_join = mode != CallMode::E2ee;
+                // An MLS joiner has no keys until a commit after its join; a 1:1 call's
+                // pages agree theirs over signalling as they join, so a key frame asked
+                // for on arrival is one they open (measured in bench/RESULTS.md).
+                tables.keyframe_on_join =
+                    !(mode == CallMode::E2ee && self.mls.contains_key(&call_id));
                 let tables = Box::new(tables);
                 let worker = s.worker;
                 let caps = s.max_heights.clone();

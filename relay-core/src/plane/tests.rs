@@ -2379,3 +2379,28 @@ fn max_resolution_names_a_remote_video_track_by_mid() {
         assert!(!h.out.iter().any(|o| matches!(o, Output::MaxHeight { .. })));
     }
 }
+
+/// A participant's arrival asks for key frames in standard and 1:1 E2EE calls, whose
+/// receivers can open them, and not in MLS calls, whose joiner has no keys until a commit.
+#[test]
+fn a_join_asks_for_key_frames_except_in_mls_calls() {
+    let mut h = H::new();
+    for (conn, u) in [(1, "a"), (2, "b"), (3, "c")] {
+        h.hello(conn, u, None, "user");
+    }
+    assert_eq!(joined_mode(&h.join(1, "plain", false)), CallMode::Standard);
+    assert_eq!(joined_mode(&h.join(2, "pair", true)), CallMode::E2ee);
+    assert_eq!(joined_mode(&join_mls(&mut h, 3, "group")), CallMode::E2ee);
+    for (conn, want) in [(1, true), (2, true), (3, false)] {
+        let peer = h.peer_of(conn);
+        h.out.clear();
+        h.input(Input::Keyed { peer });
+        let on_join = h.out.iter().find_map(|o| match o {
+            Output::Attach {
+                peer: p, tables, ..
+            } if *p == peer => Some(tables.keyframe_on_join),
+            _ => None,
+        });
+        assert_eq!(on_join, Some(want), "conn {conn}");
+    }
+}

@@ -175,6 +175,10 @@ pub enum Control {
         /// The far participants' simulcast tracks, each its layers' SSRCs, lowest first.
         #[serde(default)]
         simulcast: Vec<Vec<u32>>,
+        /// Whether the end asks the node's video senders for a key frame when it appears
+        /// (not in an end-to-end encrypted call); absent (an older owner): yes.
+        #[serde(default = "yes")]
+        keyframe_on_join: bool,
     },
     /// Owner to a node: drop its link end toward `peer_node` in the call.
     Unroute {
@@ -191,12 +195,16 @@ pub enum Control {
     },
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// What a node's links tell it, besides media.
 #[derive(Debug)]
 pub enum LinkEvent {
     Up(String),
     Down(String),
-    Message(String, Control),
+    Message(String, Box<Control>),
 }
 
 /// Where link events go. It says whether it took the event (a full queue does not).
@@ -680,7 +688,7 @@ impl Links {
             tokio::spawn(async move {
                 loop {
                     match read_control(&mut recv).await {
-                        Ok(Some(m)) => me.tell(LinkEvent::Message(peer.clone(), m)),
+                        Ok(Some(m)) => me.tell(LinkEvent::Message(peer.clone(), Box::new(m))),
                         Ok(None) => break,
                         Err(e) => {
                             warn!(peer = %peer, error = %e, "bad control stream: link closed");

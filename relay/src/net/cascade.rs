@@ -615,7 +615,7 @@ impl Driver {
                 }
             }
             LinkEvent::Down(node) => self.node_lost(now, plane, &node).await,
-            LinkEvent::Message(from, m) => self.link_message(now, plane, from, m).await,
+            LinkEvent::Message(from, m) => self.link_message(now, plane, from, *m).await,
         }
     }
 
@@ -956,6 +956,7 @@ impl Driver {
                 repairs,
                 receiving,
                 simulcast,
+                keyframe_on_join,
             } => {
                 let end = LinkEnd {
                     ssrcs,
@@ -963,6 +964,7 @@ impl Driver {
                     repairs,
                     receiving,
                     simulcast,
+                    keyframe_on_join,
                 };
                 self.route(&from, &call, &peer_node, peer_quic, end).await
             }
@@ -1009,6 +1011,7 @@ impl Driver {
             repairs,
             receiving,
             simulcast,
+            keyframe_on_join,
         } = end;
         let (key, worker) = self.local_call(call, owner).await;
         let Some(w) = self.media.workers.get(worker).cloned() else {
@@ -1051,6 +1054,7 @@ impl Driver {
                 }
                 let mut tables = PeerTables::link(ssrcs.clone(), video, receiving);
                 tables.repairs = repairs;
+                tables.keyframe_on_join = keyframe_on_join;
                 if let Err(e) = tables.set_link_layers(&simulcast) {
                     warn!(peer = %far, error = %e, "a node link's simulcast tracks are refused");
                 }
@@ -1357,6 +1361,7 @@ impl Driver {
                         .map(|t| t.layers.ssrcs().to_vec())
                         .collect();
                     o.routes.set_layers(peer, &layers);
+                    o.routes.set_keyframe_on_join(tables.keyframe_on_join);
                     if let Some(r) = &tables.receiving {
                         o.routes.set_receiving(peer, r);
                     }
@@ -1512,6 +1517,7 @@ impl Driver {
                         repairs: e.repairs.clone(),
                         receiving: e.receiving.clone(),
                         simulcast: e.simulcast.clone(),
+                        keyframe_on_join: e.keyframe_on_join,
                     },
                 );
             }
