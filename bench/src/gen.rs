@@ -491,6 +491,49 @@ async fn join_one(
     user: &str,
     answered: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<(Leg, FastGcmContext)> {
+    let Joined {
+        mut path,
+        ssrc,
+        answering,
+    } = join(
+        url,
+        api_secret,
+        call,
+        user,
+        answered,
+        &blindrelay_transport::DEFAULT_PROFILES,
+    )
+    .await?;
+    let (tx, rx) = path
+        .fast
+        .take()
+        .ok_or_else(|| anyhow!("the relay did not negotiate AEAD_AES_128_GCM"))?;
+    let socket = path.socket.clone();
+    let dest = path.relay;
+    let leg = Leg::new(socket, dest, tx, ssrc, Some((answering, path)))?;
+    Ok((leg, rx))
+}
+
+/// A participant joined for real (signalling, ICE, DTLS) whose socket the caller drives.
+pub(crate) struct Joined {
+    /// Its ICE/DTLS path, with the background reader and consent checks stopped.
+    pub path: MediaPath,
+    /// Its video SSRC; its audio SSRC is `ssrc ^ 2`.
+    pub ssrc: u32,
+    /// Answers the relay's offers while it lives.
+    pub answering: AbortOnDrop,
+}
+
+/// Join `call` as `user`, offering the SRTP `profiles` in DTLS; offers from the relay are
+/// answered (and counted in `answered`) until the returned [`Joined`] is dropped.
+pub(crate) async fn join(
+    url: &str,
+    api_secret: &str,
+    call: &str,
+    user: &str,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    profiles: &[blindrelay_transport::webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile],
+) -> Result<Joined> {
     let token = blindrelay::token::issue(
         api_secret,
         user,
@@ -536,14 +579,15 @@ async fn join_one(
         }
     };
     let answer = sdp::parse_answer(&answer_sdp).map_err(|e| anyhow!("answer: {e}"))?;
-    let mut path = transport::connect(&answer, &ufrag, &identity, Duration::from_secs(10)).await?;
+    let mut path = transport::connect_with_profiles(
+        &answer,
+        &ufrag,
+        &identity,
+        Duration::from_secs(10),
+        profiles,
+    )
+    .await?;
     path.stop_background();
-    let (tx, rx) = path
-        .fast
-        .take()
-        .ok_or_else(|| anyhow!("the relay did not negotiate AEAD_AES_128_GCM"))?;
-    let socket = path.socket.clone();
-    let dest = path.relay;
     let answering = AbortOnDrop(tokio::spawn(answer_offers(
         sig,
         ufrag,
@@ -551,12 +595,15 @@ async fn join_one(
         identity.fingerprint().clone(),
         answered,
     )));
-    let leg = Leg::new(socket, dest, tx, ssrc, Some((answering, path)))?;
-    Ok((leg, rx))
+    Ok(Joined {
+        path,
+        ssrc,
+        answering,
+    })
 }
 
 /// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

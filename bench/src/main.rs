@@ -22,6 +22,7 @@ mod link;
 mod load;
 mod loss;
 mod netns;
+mod paced;
 mod procstat;
 mod sweep;
 
@@ -147,6 +148,41 @@ enum Cmd {
         /// Alternations (a single-node and a link phase each).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU per forwarded packet at the load real calls make: many 1:1 calls of real
+    /// participants (DTLS joins), each sending paced Opus (50 packets/s) and VP8 (30
+    /// frames/s of 1-10 packets); the relay on one core, on each SRTP profile in
+    /// alternating phases; CPU µs, wake-ups and preemptions per packet, latency p50/p99.
+    Paced {
+        /// The relay binary (default: `blindrelay` next to this one).
+        #[arg(long)]
+        relay_bin: Option<std::path::PathBuf>,
+        /// 1:1 calls per SRTP profile.
+        #[arg(long, default_value_t = 25)]
+        calls: usize,
+        /// Each participant's video bit rate.
+        #[arg(long, default_value_t = 800)]
+        video_kbps: u32,
+        /// SRTP profiles, one set of calls each (repeat or comma-separate).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [paced::Profile::Gcm, paced::Profile::Cm])]
+        profile: Vec<paced::Profile>,
+        /// Sending time of each phase.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Phases per profile (alternating).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The relay's forwarding loops: with 1 it is pinned to --relay-cpu, with more
+        /// it runs on any core.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 0)]
+        relay_cpu: usize,
+        /// The generator's core.
+        #[arg(long, default_value_t = 1)]
+        gen_cpu: usize,
         #[arg(long)]
         json: bool,
     },
@@ -607,6 +643,38 @@ fn main() -> Result<()> {
                 quiet: json,
             }))?;
             emit(json, &report, link::print_human)?;
+        }
+        Cmd::Paced {
+            relay_bin,
+            calls,
+            video_kbps,
+            profile,
+            duration,
+            runs,
+            workers,
+            relay_cpu,
+            gen_cpu,
+            json,
+        } => {
+            let me = std::env::current_exe().context("locate this binary")?;
+            let relay_bin = relay_bin.unwrap_or_else(|| me.with_file_name("blindrelay"));
+            sweep::pin_current_thread(gen_cpu)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(paced::run(paced::PacedArgs {
+                relay_bin,
+                calls,
+                video_kbps,
+                duration,
+                runs,
+                profiles: profile,
+                workers,
+                relay_cpu,
+                gen_cpu,
+                quiet: json,
+            }))?;
+            emit(json, &report, paced::print_human)?;
         }
         Cmd::Group {
             pages,

@@ -7,6 +7,7 @@ use blindrelay_protocol::stun::{StunMessage, StunWriter, BINDING_REQUEST, BINDIN
 use blindrelay_transport::fast_srtp::FastGcmContext;
 use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
+use blindrelay_transport::webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use blindrelay_transport::webrtc_srtp::context::Context;
 use blindrelay_transport::{handshake, DtlsIdentity, DtlsRole, PacketConn, TransportError};
 use bytes::Bytes;
@@ -108,6 +109,25 @@ pub async fn connect(
     identity: &DtlsIdentity,
     timeout: Duration,
 ) -> Result<MediaPath, ConnectError> {
+    connect_with_profiles(
+        answer,
+        local_ufrag,
+        identity,
+        timeout,
+        &blindrelay_transport::DEFAULT_PROFILES,
+    )
+    .await
+}
+
+/// [`connect`], offering only `profiles` in DTLS: a load generator measures the relay on
+/// AES128_CM_HMAC_SHA1_80, the one profile many native stacks (and Janus) offer.
+pub async fn connect_with_profiles(
+    answer: &AnswerInfo,
+    local_ufrag: &str,
+    identity: &DtlsIdentity,
+    timeout: Duration,
+    profiles: &[SrtpProtectionProfile],
+) -> Result<MediaPath, ConnectError> {
     let bind: SocketAddr = if answer.candidate.is_ipv4() {
         "0.0.0.0:0"
             .parse()
@@ -183,7 +203,7 @@ pub async fn connect(
         DtlsRole::Client,
         answer.fingerprint.clone(),
         timeout,
-        &blindrelay_transport::DEFAULT_PROFILES,
+        profiles,
     )
     .await
     {
