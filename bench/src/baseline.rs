@@ -15,7 +15,7 @@
 
 use anyhow::{anyhow, Result};
 use blindrelay::net::udp::{gso_run_end, Datagram, MediaSocket, RecvBuffers, MAX_BATCH_DATAGRAMS};
-use blindrelay_transport::fast_srtp::{FastGcmContext, KEY_LEN, RTP_OVERHEAD, SALT_LEN};
+use blindrelay_transport::fast_srtp::{FastSrtpContext, KEY_LEN, RTP_OVERHEAD, SALT_LEN};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -60,7 +60,7 @@ pub fn is_ack(b: &[u8]) -> bool {
 }
 
 /// A hello's pair, and its keys (up, down) when it carries them.
-type Hello = ((u32, u32), Option<(FastGcmContext, FastGcmContext)>);
+type Hello = ((u32, u32), Option<(FastSrtpContext, FastSrtpContext)>);
 
 fn parse_hello(b: &[u8]) -> Option<Hello> {
     if (b.len() != HELLO_LEN && b.len() != HELLO_KEYS_LEN) || &b[..7] != MAGIC || b[7] != b'H' {
@@ -74,8 +74,8 @@ fn parse_hello(b: &[u8]) -> Option<Hello> {
         let (us, rest) = rest.split_at(SALT_LEN);
         let (dk, ds) = rest.split_at(KEY_LEN);
         Some((
-            FastGcmContext::new(uk, us).ok()?,
-            FastGcmContext::new(dk, ds).ok()?,
+            FastSrtpContext::new(uk, us).ok()?,
+            FastSrtpContext::new(dk, ds).ok()?,
         ))
     } else {
         None
@@ -87,8 +87,8 @@ fn parse_hello(b: &[u8]) -> Option<Hello> {
 /// seal what it receives, and the sealed packets of one round, back to back.
 #[derive(Default)]
 struct Srtp {
-    inbound: HashMap<SocketAddr, FastGcmContext>,
-    outbound: HashMap<SocketAddr, FastGcmContext>,
+    inbound: HashMap<SocketAddr, FastSrtpContext>,
+    outbound: HashMap<SocketAddr, FastSrtpContext>,
     arena: Vec<u8>,
     sealed: Vec<(SocketAddr, std::ops::Range<usize>)>,
 }

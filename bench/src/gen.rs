@@ -14,7 +14,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use blindrelay_protocol::sdp::{self, OfferParams};
 use blindrelay_protocol::signal::{ClientMessage, ServerMessage};
-use blindrelay_transport::fast_srtp::{FastGcmContext, RTP_OVERHEAD};
+use blindrelay_transport::fast_srtp::{FastSrtpContext, RTP_OVERHEAD};
 use blindrelay_transport::DtlsIdentity;
 use e2ee_client::signal::Signal;
 use e2ee_client::transport::{self, MediaPath};
@@ -63,7 +63,7 @@ pub struct Leg {
     socket: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
     dest: SocketAddr,
-    tx: FastGcmContext,
+    tx: FastSrtpContext,
     ssrc: u32,
     seq: u16,
     timestamp: u32,
@@ -89,7 +89,7 @@ impl Leg {
     fn new(
         socket: Arc<UdpSocket>,
         dest: SocketAddr,
-        tx: FastGcmContext,
+        tx: FastSrtpContext,
         ssrc: u32,
         keep: Option<(AbortOnDrop, MediaPath)>,
     ) -> Result<Self> {
@@ -110,7 +110,7 @@ impl Leg {
     }
 
     /// Start counting what arrives, decrypting samples with `rx`.
-    fn start_receiving(&mut self, rx: FastGcmContext, epoch: Instant) {
+    fn start_receiving(&mut self, rx: FastSrtpContext, epoch: Instant) {
         let task = tokio::spawn(recv_task(
             self.socket.clone(),
             self.state.clone(),
@@ -172,11 +172,13 @@ impl Leg {
     }
 }
 
-async fn recv_task(
+/// Count the RTP that arrives from `from` and read the send time sealed in one packet in
+/// [`SAMPLE_EVERY`] per stream (`rx` opens them, in place, either profile).
+pub(crate) async fn recv_task(
     socket: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
     from: SocketAddr,
-    mut rx: FastGcmContext,
+    mut rx: FastSrtpContext,
     stats: Arc<LegStats>,
     epoch: Instant,
 ) {
@@ -206,7 +208,12 @@ async fn recv_task(
             let slot = &buf[i * RECV_SLOT..i * RECV_SLOT + m.len];
             let stride = if m.stride == 0 { m.len } else { m.stride };
             for pkt in slot.chunks(stride.max(1)) {
-                if pkt.len() < RTP_HEADER + 8 + RTP_OVERHEAD || pkt[0] >> 6 != 2 {
+                if pkt.len() < RTP_HEADER + 8 + rx.rtp_overhead() || pkt[0] >> 6 != 2 {
+                    continue;
+                }
+                // RTCP (payload types 64-95 in RTP's place, RFC 5761) is not forwarded
+                // media.
+                if (64..96).contains(&(pkt[1] & 0x7f)) {
                     continue;
                 }
                 stats.received.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +338,7 @@ impl Generator {
         for _ in 0..calls * 2 {
             let k: crate::baseline::LegKeys = rand::random();
             let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-            let tx = FastGcmContext::new(&k.0, &k.1).map_err(|e| anyhow!("{e}"))?;
+            let tx = FastSrtpContext::new(&k.0, &k.1).map_err(|e| anyhow!("{e}"))?;
             keys.push(k);
             legs.push(Leg::new(socket, dest, tx, random_ssrc(), None)?);
         }
@@ -360,9 +367,9 @@ impl Generator {
         }
         for (i, leg) in legs.iter_mut().enumerate() {
             let rx = if srtp {
-                FastGcmContext::new(&keys[i].2, &keys[i].3)
+                FastSrtpContext::new(&keys[i].2, &keys[i].3)
             } else {
-                FastGcmContext::new(&keys[i ^ 1].0, &keys[i ^ 1].1)
+                FastSrtpContext::new(&keys[i ^ 1].0, &keys[i ^ 1].1)
             }
             .map_err(|e| anyhow!("{e}"))?;
             leg.start_receiving(rx, epoch);
@@ -490,7 +497,7 @@ async fn join_one(
     call: &str,
     user: &str,
     answered: Arc<std::sync::atomic::AtomicUsize>,
-) -> Result<(Leg, FastGcmContext)> {
+) -> Result<(Leg, FastSrtpContext)> {
     let Joined {
         mut path,
         ssrc,
@@ -504,6 +511,13 @@ async fn join_one(
         &blindrelay_transport::DEFAULT_PROFILES,
     )
     .await?;
+    // Packets are sized for GCM's 16-byte tag.
+    if path.profile != "aead_aes_128_gcm" {
+        bail!(
+            "the relay negotiated {}, not AEAD_AES_128_GCM",
+            path.profile
+        );
+    }
     let (tx, rx) = path
         .fast
         .take()

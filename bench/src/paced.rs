@@ -16,24 +16,22 @@
 //! context (the generator's core for what the relay receives), and other work on the
 //! machine lands on the relay's core too (readings of 4-37 µs/packet in one run). Latency is one way, from the send time sealed in a sample of the packets.
 
-use crate::gen::{join, percentile_us, AbortOnDrop, Joined, LegStats, SAMPLE_EVERY};
+use crate::gen::{join, percentile_us, recv_task, AbortOnDrop, Joined, LegStats};
 use crate::median;
 use crate::procstat;
 use crate::sweep::{self, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use blindrelay_protocol::sdp::{AUDIO_PT, VIDEO_PT};
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use blindrelay_transport::webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use e2ee_client::transport::MediaPath;
-use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use quinn_udp::{UdpSockRef, UdpSocketState};
 use serde::Serialize;
-use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Audio: one Opus packet per 20 ms, of this many bytes of RTP payload (about 32 kbit/s).
@@ -51,8 +49,6 @@ const MAX_FRAME_PACKETS: usize = 10;
 const KEY_FRAME_EVERY: u64 = 90;
 const KEY_FRAME_FACTOR: f64 = 5.0;
 const RTP_HEADER: usize = 12;
-const RECV_SLOT: usize = 65_536;
-const RECV_SLOTS: usize = 4;
 const SOCKET_BUFFER: usize = 1 << 20;
 /// A phase's wait for the packets still in flight after its last send.
 const DRAIN: Duration = Duration::from_millis(250);
@@ -91,70 +87,17 @@ pub struct PacedArgs {
     pub quiet: bool,
 }
 
-/// A leg's ICE/DTLS path; for AES-CM its webrtc-srtp contexts are used where they lie,
-/// by the sender and the receive task both (one lock each per sealed or sampled packet).
-type SharedPath = Arc<Mutex<MediaPath>>;
-
-fn lock(p: &SharedPath) -> std::sync::MutexGuard<'_, MediaPath> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A leg's sending context: in place for GCM, webrtc-srtp for AES-CM (the generator's own
-/// cost is not what is measured, and it runs on the other core).
-enum Sealer {
-    Gcm(Box<FastGcmContext>),
-    Cm(SharedPath),
-}
+/// A leg's sending context, in place for either profile (as the relay's own).
+struct Sealer(Box<FastSrtpContext>);
 
 impl Sealer {
-    /// Seal the clear RTP packet `buf[..len]` into `out`.
-    fn seal(&mut self, buf: &mut [u8], len: usize, out: &mut Vec<u8>) -> Result<()> {
-        out.clear();
-        match self {
-            Sealer::Gcm(c) => {
-                let n = c
-                    .protect_rtp_in(buf, len)
-                    .map_err(|e| anyhow!("SRTP protect: {e}"))?;
-                out.extend_from_slice(&buf[..n]);
-            }
-            Sealer::Cm(p) => {
-                let b = lock(p)
-                    .outbound
-                    .encrypt_rtp(&buf[..len])
-                    .map_err(|e| anyhow!("SRTP protect: {e}"))?;
-                out.extend_from_slice(&b);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A leg's receiving context, for the sampled packets whose send time is read.
-enum Opener {
-    Gcm(Box<FastGcmContext>),
-    Cm(SharedPath),
-}
-
-impl Opener {
-    /// The send time (ns since the run's epoch) sealed in `pkt`, or `None` if it does not
-    /// open.
-    fn sent_ns(&mut self, pkt: &[u8], scratch: &mut [u8]) -> Option<u64> {
-        let clear: &[u8] = match self {
-            Opener::Gcm(c) => {
-                let s = scratch.get_mut(..pkt.len())?;
-                s.copy_from_slice(pkt);
-                c.unprotect_rtp(s).ok()?;
-                s
-            }
-            Opener::Cm(p) => {
-                let b = lock(p).inbound.decrypt_rtp(pkt).ok()?;
-                let s = scratch.get_mut(..b.len())?;
-                s.copy_from_slice(&b);
-                s
-            }
-        };
-        let t = clear.get(RTP_HEADER..RTP_HEADER + 8)?;
-        Some(u64::from_be_bytes(t.try_into().ok()?))
+    /// Seal the clear RTP packet `buf[..len]` where it lies; returns the sealed packet.
+    fn seal<'a>(&mut self, buf: &'a mut [u8], len: usize) -> Result<&'a [u8]> {
+        let n = self
+            .0
+            .protect_rtp_in(buf, len)
+            .map_err(|e| anyhow!("SRTP protect: {e}"))?;
+        Ok(&buf[..n])
     }
 }
 
@@ -238,7 +181,7 @@ struct Leg {
     stats: Arc<LegStats>,
     recv_task: Option<tokio::task::JoinHandle<()>>,
     /// Its signalling and DTLS: dropping them would end the participant.
-    _keep: (AbortOnDrop, SharedPath),
+    _keep: (AbortOnDrop, MediaPath),
 }
 
 impl Drop for Leg {
@@ -264,7 +207,6 @@ impl Sending {
         epoch: Instant,
         enc: &Encoder,
         clear: &mut [u8],
-        out: &mut Vec<u8>,
     ) -> Result<u64> {
         let mut sent = 0;
         if now >= self.next_audio {
@@ -272,8 +214,8 @@ impl Sending {
             self.audio.ts = self.audio.ts.wrapping_add(AUDIO_TS_STEP);
             let ns = epoch.elapsed().as_nanos() as u64;
             let len = self.audio.write(clear, AUDIO_PAYLOAD, true, ns);
-            self.sealer.seal(clear, len, out)?;
-            self.send(out)?;
+            let pkt = self.sealer.seal(clear, len)?;
+            send(&self.socket, self.dest, pkt)?;
             sent += 1;
         }
         if now >= self.next_frame {
@@ -284,25 +226,25 @@ impl Sending {
             for i in 0..count {
                 let ns = epoch.elapsed().as_nanos() as u64;
                 let len = self.video.write(clear, payload, i + 1 == count, ns);
-                self.sealer.seal(clear, len, out)?;
-                self.send(out)?;
+                let pkt = self.sealer.seal(clear, len)?;
+                send(&self.socket, self.dest, pkt)?;
                 sent += 1;
             }
         }
         Ok(sent)
     }
+}
 
-    /// One datagram, one sendto, as a browser's sender makes; a full socket buffer is
-    /// waited out (it does not happen at these rates).
-    fn send(&self, pkt: &[u8]) -> std::io::Result<()> {
-        let sock = socket2::SockRef::from(&*self.socket);
-        let to = socket2::SockAddr::from(self.dest);
-        loop {
-            match sock.send_to(pkt, &to) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
+/// One datagram, one sendto, as a browser's sender makes; a full socket buffer is waited
+/// out (it does not happen at these rates).
+fn send(socket: &UdpSocket, dest: SocketAddr, pkt: &[u8]) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(socket);
+    let to = socket2::SockAddr::from(dest);
+    loop {
+        match sock.send_to(pkt, &to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -331,7 +273,6 @@ fn send_thread(
     }
     let end = start + duration;
     let mut clear = vec![0u8; 1500];
-    let mut out = Vec::with_capacity(1500);
     let mut sent = 0u64;
     while let Some((i, due)) = senders
         .iter()
@@ -346,73 +287,9 @@ fn send_thread(
         if due > now {
             std::thread::sleep(due - now);
         }
-        sent += senders[i].send_due(Instant::now(), epoch, &enc, &mut clear, &mut out)?;
+        sent += senders[i].send_due(Instant::now(), epoch, &enc, &mut clear)?;
     }
     Ok((senders, sent))
-}
-
-/// Count the RTP that arrives from the relay and read the send time of one packet in
-/// [`SAMPLE_EVERY`] per stream.
-async fn recv_task(
-    socket: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
-    from: SocketAddr,
-    mut opener: Opener,
-    stats: Arc<LegStats>,
-    epoch: Instant,
-) {
-    let mut buf = vec![0u8; RECV_SLOT * RECV_SLOTS];
-    let mut meta = [RecvMeta::default(); RECV_SLOTS];
-    let mut scratch = vec![0u8; 2048];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        let r = socket.try_io(Interest::READABLE, || {
-            let mut it = buf.chunks_mut(RECV_SLOT);
-            let mut slices: [IoSliceMut<'_>; RECV_SLOTS] =
-                std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap_or_default()));
-            state.recv(UdpSockRef::from(&*socket), &mut slices, &mut meta)
-        });
-        let Ok(n) = r else {
-            // WouldBlock, or an ICMP error surfacing: read on.
-            continue;
-        };
-        for (i, m) in meta.iter().enumerate().take(n) {
-            if m.addr != from {
-                continue;
-            }
-            let slot = &buf[i * RECV_SLOT..i * RECV_SLOT + m.len];
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            for pkt in slot.chunks(stride.max(1)) {
-                // RTP only: RTCP (payload types 64-95 in RTP's place, RFC 5761) and
-                // anything else the relay sends are not forwarded media.
-                if pkt.len() < RTP_HEADER + 8 || pkt[0] >> 6 != 2 {
-                    continue;
-                }
-                if (64..96).contains(&(pkt[1] & 0x7f)) {
-                    continue;
-                }
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
-                if seq % SAMPLE_EVERY != 0 {
-                    continue;
-                }
-                match opener.sent_ns(pkt, &mut scratch) {
-                    Some(sent) => {
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        let us = (now.saturating_sub(sent) / 1000).min(u64::from(u32::MAX));
-                        if let Ok(mut l) = stats.latencies_us.lock() {
-                            l.push(us as u32);
-                        }
-                    }
-                    None => {
-                        stats.decrypt_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Join `calls` 1:1 calls of two legs each, every leg offering only `profile`.
@@ -442,31 +319,28 @@ async fn join_calls(
         )
         .await
         .with_context(|| format!("participant {i} of call {call}"))?;
-        let fast = path.fast.take();
+        let want = match profile {
+            Profile::Gcm => "aead_aes_128_gcm",
+            Profile::Cm => "aes128_cm_hmac_sha1_80",
+        };
+        if path.profile != want {
+            bail!("the relay negotiated {}, not {want}", path.profile);
+        }
+        let (tx, rx) = path
+            .fast
+            .take()
+            .ok_or_else(|| anyhow!("no in-place contexts for {want}"))?;
+        let sealer = Sealer(Box::new(tx));
         let socket = path.socket.clone();
         let dest = path.relay;
-        let negotiated = path.profile;
-        let shared: SharedPath = Arc::new(Mutex::new(path));
-        let (sealer, opener) = match (profile, fast) {
-            (Profile::Gcm, Some((tx, rx))) => {
-                (Sealer::Gcm(Box::new(tx)), Opener::Gcm(Box::new(rx)))
-            }
-            (Profile::Gcm, None) => bail!("the relay did not negotiate AEAD_AES_128_GCM"),
-            (Profile::Cm, _) => {
-                if negotiated != "aes128_cm_hmac_sha1_80" {
-                    bail!("the relay negotiated {negotiated}, not AES-CM");
-                }
-                (Sealer::Cm(shared.clone()), Opener::Cm(shared.clone()))
-            }
-        };
         blindrelay::net::udp::set_socket_buffers(socket2::SockRef::from(&*socket), SOCKET_BUFFER);
         let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
         let stats = Arc::new(LegStats::default());
         let recv_task = tokio::spawn(recv_task(
             socket.clone(),
-            state.clone(),
+            state,
             dest,
-            opener,
+            rx,
             stats.clone(),
             epoch,
         ));
@@ -483,7 +357,7 @@ async fn join_calls(
             }),
             stats,
             recv_task: Some(recv_task),
-            _keep: (answering, shared),
+            _keep: (answering, path),
         });
     }
     // The relay forwards to a participant once it has answered the relay's offer of its

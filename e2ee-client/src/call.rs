@@ -17,6 +17,7 @@ use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
 use blindrelay_protocol::sdp::{AnswerInfo, AUDIO_PT, VIDEO_PT};
 use blindrelay_protocol::signal::{CallMode, E2eeOption, E2eeScheme, ServerMessage};
+use blindrelay_transport::webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use blindrelay_transport::DtlsIdentity;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
@@ -61,6 +62,9 @@ pub struct CallOptions {
     /// Text repeated through every plaintext frame (for audits of what the relay sees).
     pub canary: Option<String>,
     pub connect_timeout: Duration,
+    /// Offer only AES128_CM_HMAC_SHA1_80 in DTLS, as webrtcbin, Janus and many native
+    /// stacks do (by default AEAD_AES_128_GCM is offered first, and relays pick it).
+    pub srtp_aes_cm_only: bool,
     /// Print a stats line this often (to stderr); `None` stays quiet.
     pub stats_every: Option<Duration>,
     /// A label for printed lines.
@@ -115,6 +119,7 @@ impl Default for CallOptions {
             fps: 30,
             canary: None,
             connect_timeout: Duration::from_secs(10),
+            srtp_aes_cm_only: false,
             stats_every: None,
             name: "client".into(),
             chat: None,
@@ -685,7 +690,14 @@ async fn attempt(
     };
 
     let ufrag = id.local.ice_ufrag.clone();
-    let mut path = transport::connect(&answer, &ufrag, &id.dtls, opts.connect_timeout).await?;
+    let profiles: &[_] = if opts.srtp_aes_cm_only {
+        &[SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]
+    } else {
+        &blindrelay_transport::DEFAULT_PROFILES
+    };
+    let mut path =
+        transport::connect_with_profiles(&answer, &ufrag, &id.dtls, opts.connect_timeout, profiles)
+            .await?;
     let outputs = session.on_media_connected(Instant::now(), path.profile);
     let mut next = execute(&mut sig, opts, outputs, &mut media).await?;
     publish(opts, session);

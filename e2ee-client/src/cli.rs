@@ -115,6 +115,9 @@ pub struct CallArgs {
     /// Repeat TEXT through every plaintext frame (for audits of what the relay sees).
     #[arg(long)]
     pub canary: Option<String>,
+    /// Offer only AES128_CM_HMAC_SHA1_80 in DTLS, as webrtcbin and Janus do.
+    #[arg(long)]
+    pub srtp_aes_cm_only: bool,
     /// Send one chat message once a peer is there.
     #[arg(long)]
     pub chat: Option<String>,
@@ -261,6 +264,7 @@ pub async fn run(cli: Cli) -> i32 {
                 fps: a.fps,
                 canary: a.canary,
                 connect_timeout: Duration::from_secs(10),
+                srtp_aes_cm_only: a.srtp_aes_cm_only,
                 stats_every: Some(Duration::from_secs(1)),
                 name: a.name,
                 chat: a.chat,

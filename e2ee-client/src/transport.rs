@@ -4,7 +4,7 @@
 use blindrelay_protocol::demux::{classify, PacketKind};
 use blindrelay_protocol::sdp::AnswerInfo;
 use blindrelay_protocol::stun::{StunMessage, StunWriter, BINDING_REQUEST, BINDING_SUCCESS};
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use blindrelay_transport::hop::HopContext;
 use blindrelay_transport::webrtc_dtls::conn::DTLSConn;
 use blindrelay_transport::webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -43,11 +43,10 @@ pub struct MediaPath {
     pub media_rx: mpsc::Receiver<(Bytes, bool)>,
     /// Datagrams dropped because the receive queue was full.
     pub queue_drops: Arc<AtomicU64>,
-    /// The same keys as in-place AEAD_AES_128_GCM contexts (outbound, inbound) when that
-    /// profile was negotiated: a load generator drives the socket itself with them. Send
-    /// with one outbound context only, never both: two senders on one SSRC would reuse
-    /// GCM nonces.
-    pub fast: Option<(FastGcmContext, FastGcmContext)>,
+    /// The same keys as in-place contexts (outbound, inbound), for either profile: a load
+    /// generator drives the socket itself with them. Send with one outbound context only,
+    /// never both: two senders on one SSRC would reuse GCM nonces (or AES-CM keystream).
+    pub fast: Option<(FastSrtpContext, FastSrtpContext)>,
     tasks: Vec<JoinHandle<()>>,
 }
 

@@ -11,7 +11,7 @@
 //! real in-place AES-GCM contexts.
 
 use blindrelay_core::hop::{HopCipher, HopError};
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use blindrelay_transport::hop::{self, HopContext};
 use libfuzzer_sys::fuzz_target;
 use std::ops::Range;
@@ -55,7 +55,7 @@ impl HopCipher for Hop {
 
 fn fast(key: u8) -> Hop {
     // A 16-byte key and a 12-byte salt: the sizes AES-128-GCM takes.
-    let ctx = FastGcmContext::new(&[key; 16], &[key; 12]).expect("key and salt of their sizes");
+    let ctx = FastSrtpContext::new(&[key; 16], &[key; 12]).expect("key and salt of their sizes");
     Hop(HopContext::Fast(Box::new(ctx)))
 }
 

@@ -1,28 +1,34 @@
 #![no_main]
-//! In-place SRTP/SRTCP with AEAD_AES_128_GCM (transport::fast_srtp), a fixed key on both
-//! sides. The input is a run of records `[op][len][len bytes]`:
+//! In-place SRTP/SRTCP (transport::fast_srtp), a fixed key on both sides, the whole input
+//! run once with AEAD_AES_128_GCM and once with AES128_CM_HMAC_SHA1_80. The input is a run
+//! of records `[op][len][len bytes]`:
 //!
 //! - op % 4 == 0 / 1: the bytes are a datagram from the network: unprotect as SRTP / SRTCP.
 //! - op % 4 == 2 / 3: the bytes are a clear RTP / RTCP packet: the peer protects it, a bit
 //!   is flipped when op's high bit is set, and the receiver unprotects it. An untouched
 //!   packet that authenticates must come back byte for byte; a touched one must never
 //!   authenticate. An RTP packet the peer protected once is never protected again: the
-//!   second seal of its (SSRC, index) fails with `IndexReused` (a GCM nonce is used once).
+//!   second seal of its (SSRC, index) fails with `IndexReused` (a GCM nonce, or an AES-CM
+//!   keystream, is used once).
 //!
 //! One receiver context sees the whole run, so the replay windows and rollover estimates
 //! carry state from record to record.
 
-use blindrelay_transport::fast_srtp::{FastGcmContext, FastSrtpError};
+use blindrelay_transport::fast_srtp::{FastSrtpContext, FastSrtpError};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: [u8; 16] = *b"fuzz-master-key!";
 const SALT: [u8; 12] = *b"fuzz-salt-12";
+const CM_SALT: [u8; 14] = *b"fuzz-cm-salt14";
 
 fuzz_target!(|data: &[u8]| {
-    let mut tx = FastGcmContext::new(&KEY, &SALT).expect("a 16-byte key and a 12-byte salt");
-    let mut rx = FastGcmContext::new(&KEY, &SALT)
-        .expect("a 16-byte key and a 12-byte salt")
-        .with_max_ssrcs(8);
+    let gcm = || FastSrtpContext::new(&KEY, &SALT).expect("a 16-byte key and a 12-byte salt");
+    let cm = || FastSrtpContext::new_cm(&KEY, &CM_SALT).expect("a 16-byte key and a 14-byte salt");
+    run(gcm(), gcm().with_max_ssrcs(8), data);
+    run(cm(), cm().with_max_ssrcs(8), data);
+});
+
+fn run(mut tx: FastSrtpContext, mut rx: FastSrtpContext, data: &[u8]) {
     let mut rest = data;
     while let [op, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
@@ -78,4 +84,4 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-});
+}

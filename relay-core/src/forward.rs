@@ -2976,7 +2976,7 @@ mod tests {
 
     fn fast(key: u8) -> HopContext {
         HopContext::Fast(Box::new(
-            blindrelay_transport::fast_srtp::FastGcmContext::new(&[key; 16], &[key; 12]).unwrap(),
+            blindrelay_transport::fast_srtp::FastSrtpContext::new(&[key; 16], &[key; 12]).unwrap(),
         ))
     }
 

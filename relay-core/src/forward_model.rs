@@ -1990,7 +1990,7 @@ pub fn actions(data: &[u8]) -> Result<Vec<Action>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blindrelay_transport::fast_srtp::FastGcmContext;
+    use blindrelay_transport::fast_srtp::FastSrtpContext;
     use blindrelay_transport::hop::HopContext;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -1998,7 +1998,7 @@ mod tests {
     /// The relay's in-place AES-GCM hop context for `key`.
     fn fast(key: u8) -> HopContext {
         HopContext::Fast(Box::new(
-            FastGcmContext::new(&[key; 16], &[key; 12]).expect("key and salt of their sizes"),
+            FastSrtpContext::new(&[key; 16], &[key; 12]).expect("key and salt of their sizes"),
         ))
     }
 

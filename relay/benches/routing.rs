@@ -11,7 +11,7 @@
 
 use blindrelay::core::forward::{Forwarder, Outbox, PeerTables};
 use blindrelay::hop::SrtpHop;
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use blindrelay_transport::hop::HopContext;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::collections::HashMap as StdHashMap;
@@ -63,7 +63,7 @@ fn addr_lookup(c: &mut Criterion) {
 fn fast(key: u8) -> SrtpHop {
     // A constant key is fine here: the bench measures work, not secrecy.
     SrtpHop(HopContext::Fast(Box::new(
-        FastGcmContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
+        FastSrtpContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
     )))
 }
 
@@ -97,7 +97,7 @@ fn forward_rtp(c: &mut Criterion) {
                     );
                 }
                 // Participant 0 sends with its client key (the relay's inbound key for it).
-                let mut client = FastGcmContext::new(&[1; 16], &[1; 12]).expect("valid key");
+                let mut client = FastSrtpContext::new(&[1; 16], &[1; 12]).expect("valid key");
                 let mut out = Outbox::with_capacity(64, 64 * 1500);
                 let mut seq = 0u16;
                 b.iter_batched(

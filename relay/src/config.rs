@@ -210,8 +210,8 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     pub listen: SocketAddr,
-    /// Hop SRTP implementation: `fast` (in-place AEAD_AES_128_GCM when negotiated,
-    /// webrtc-srtp for other profiles) or `reference` (webrtc-srtp always).
+    /// Hop SRTP implementation: `fast` (in place, for AEAD_AES_128_GCM and
+    /// AES128_CM_HMAC_SHA1_80) or `reference` (webrtc-srtp always).
     pub srtp: SrtpImpl,
     pub workers: usize,
     pub socket_buffer_bytes: usize,

@@ -22,7 +22,7 @@ use blindrelay::net::media::{Packet, PacketQueue, WORKER_QUEUE};
 use blindrelay::net::udp::{Datagram, MediaSocket, RecvBuffers};
 use blindrelay_protocol::rtcp;
 use blindrelay_protocol::rtp::RtpHeader;
-use blindrelay_transport::fast_srtp::{FastGcmContext, RTP_OVERHEAD};
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use blindrelay_transport::hop::HopContext;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -124,9 +124,9 @@ struct Client {
     addr: SocketAddr,
     ssrc: u32,
     /// The client's sending context (relay inbound key).
-    tx: FastGcmContext,
+    tx: FastSrtpContext,
     /// The client's receiving context (relay outbound key).
-    rx: FastGcmContext,
+    rx: FastSrtpContext,
     seq: u16,
 }
 
@@ -156,9 +156,20 @@ fn forwarder_for(clients: &[Client]) -> Forwarder {
     f
 }
 
-fn ctx(i: u64, dir: u8) -> FastGcmContext {
+/// Participant `i`'s hop context in direction `dir`: AEAD_AES_128_GCM for odd `i` and
+/// AES128_CM_HMAC_SHA1_80 (a 14-byte salt) for even `i`, so every test here forwards
+/// between the two profiles as a call of browsers and webrtcbin peers does, and guards
+/// both against allocation.
+fn ctx(i: u64, dir: u8) -> FastSrtpContext {
     let (k, s) = key(i, dir);
-    FastGcmContext::new(&k, &s).unwrap()
+    if i.is_multiple_of(2) {
+        let mut cm = [0u8; 14];
+        cm[..12].copy_from_slice(&s);
+        cm[12] = 0xc4;
+        FastSrtpContext::new_cm(&k, &cm).expect("16-byte key, 14-byte salt")
+    } else {
+        FastSrtpContext::new(&k, &s).expect("16-byte key, 12-byte salt")
+    }
 }
 
 /// One input datagram and what each receiver must get from it.
@@ -184,7 +195,7 @@ fn rtp_packet(c: &mut Client) -> Vec<u8> {
         padding_len: 0,
     }
     .write_minimal(&mut p);
-    let body = SRTP_LEN - RTP_OVERHEAD - p.len();
+    let body = SRTP_LEN - c.tx.rtp_overhead() - p.len();
     p.extend((0..body).map(|i| (i as u8) ^ (c.seq as u8) ^ (c.ssrc as u8)));
     p
 }

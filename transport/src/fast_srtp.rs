@@ -1,16 +1,20 @@
-//! In-place SRTP/SRTCP with AEAD_AES_128_GCM (RFC 7714), for the forwarding path.
+//! In-place SRTP/SRTCP for the forwarding path, with AEAD_AES_128_GCM (RFC 7714) or
+//! AES128_CM_HMAC_SHA1_80 (RFC 3711).
 //!
 //! `webrtc_srtp::context::Context` allocates a fresh `Bytes` for every packet it protects
 //! or unprotects, plus temporary `Vec`s for the IV and AAD. On an SFU that is two heap
-//! allocations per forwarded packet per hop. [`FastGcmContext`] does the same
+//! allocations per forwarded packet per hop. [`FastSrtpContext`] does the same
 //! transform on the caller's buffer instead: the header stays where it is, the payload is
-//! encrypted or decrypted in place with `ring`'s AES-GCM, and the tag (plus the SRTCP
-//! index word) is written right after it. The only allocation happens the first time an
-//! SSRC is seen (its state entry in a map).
+//! encrypted or decrypted in place (`ring`'s AES-GCM, or RustCrypto's AES-CTR and
+//! HMAC-SHA1), and the tag (plus the SRTCP index word) is written right after it. The only
+//! allocation happens the first time an SSRC is seen (its state entry in a map).
+//! AES128_CM_HMAC_SHA1_80 is the one profile webrtcbin, Janus and many native stacks
+//! offer, so it gets the in-place path too (bench/RESULTS.md, "In-place AES-CM").
 //!
 //! The wire format, key derivation and IV construction mirror webrtc-srtp 0.17
-//! (`key_derivation.rs`, `cipher/cipher_aead_aes_gcm.rs`), so either side of a session can
-//! use either implementation; the integration tests cross-decrypt both ways.
+//! (`key_derivation.rs`, `cipher/cipher_aead_aes_gcm.rs`,
+//! `cipher/cipher_aes_cm_hmac_sha1.rs`), so either side of a session can use either
+//! implementation; the integration tests cross-decrypt both ways, for both profiles.
 //!
 //! Differences from webrtc-srtp, all deliberate:
 //! - Replay protection is always on and works on the full 48-bit SRTP index (RFC 3711
@@ -20,7 +24,8 @@
 //! - State for a new SSRC is created only after a packet for it authenticated, so forged
 //!   packets with random SSRCs cannot grow the map; the map is also capped.
 //! - Exhausting the SRTP (2^48) or SRTCP (2^31) index space is an error rather than a
-//!   wrap: with GCM a wrapped index would reuse a nonce, which leaks the GHASH key.
+//!   wrap: with GCM a wrapped index would reuse a nonce, which leaks the GHASH key; with
+//!   AES-CM it would reuse keystream.
 //! - The send side keeps a replay window too, as libsrtp does (`srtp_protect` checks its
 //!   `rtp_rdbx` and fails with `srtp_err_status_replay_fail` / `replay_old` unless the
 //!   stream was created with `allow_repeat_tx`): protecting an (SSRC, index) that was
@@ -32,8 +37,11 @@
 //!   are rejected with [`FastSrtpError::UnencryptedSrtcp`]; neither webrtc-srtp nor any
 //!   browser sends them.
 
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use aes::cipher::{BlockCipherEncrypt, KeyInit, StreamCipherCore};
+use ctr::cipher::InnerIvInit;
+use hmac::{Hmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use sha1::Sha1;
 use std::collections::HashMap;
 use std::fmt;
 use thiserror::Error;
@@ -46,10 +54,21 @@ pub const SALT_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Length of the E flag + SRTCP index word that trails an SRTCP packet.
 pub const SRTCP_INDEX_LEN: usize = 4;
-/// Bytes that [`FastGcmContext::protect_rtp`] adds to a packet.
+/// Bytes that [`FastSrtpContext::protect_rtp`] adds to a packet under AEAD_AES_128_GCM
+/// (see [`FastSrtpContext::rtp_overhead`] for either profile).
 pub const RTP_OVERHEAD: usize = TAG_LEN;
-/// Bytes that [`FastGcmContext::protect_rtcp`] adds to a packet.
+/// Bytes that [`FastSrtpContext::protect_rtcp`] adds to a packet under AEAD_AES_128_GCM.
 pub const RTCP_OVERHEAD: usize = TAG_LEN + SRTCP_INDEX_LEN;
+/// Master and session salt length for AES128_CM_HMAC_SHA1_80 (RFC 3711 §8.2).
+pub const CM_SALT_LEN: usize = 14;
+/// Its authentication tag: HMAC-SHA1 truncated to 80 bits (RFC 3711 §5.2).
+pub const CM_TAG_LEN: usize = 10;
+/// Its session authentication key length (RFC 3711 §4.3.1: n_a = 160 bits).
+const CM_AUTH_KEY_LEN: usize = 20;
+/// The most either profile adds to an RTP packet, for callers that reserve room.
+pub const MAX_RTP_OVERHEAD: usize = TAG_LEN;
+/// The most either profile adds to an RTCP packet.
+pub const MAX_RTCP_OVERHEAD: usize = TAG_LEN + SRTCP_INDEX_LEN;
 /// Packets a replay window remembers behind the highest index (RFC 3711 asks for >= 64).
 pub const REPLAY_WINDOW: u64 = 128;
 /// Default cap on the number of SSRCs a context tracks per direction and protocol.
@@ -62,8 +81,10 @@ const MAX_SRTCP_INDEX: u32 = 0x7fff_ffff;
 const MAX_SRTP_INDEX: u64 = (1 << 48) - 1;
 
 const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_AUTH: u8 = 0x01;
 const LABEL_SRTP_SALT: u8 = 0x02;
 const LABEL_SRTCP_ENCRYPTION: u8 = 0x03;
+const LABEL_SRTCP_AUTH: u8 = 0x04;
 const LABEL_SRTCP_SALT: u8 = 0x05;
 
 /// Why a packet could not be protected or unprotected, or a context not built.
@@ -163,7 +184,7 @@ impl ReplayWindow {
 /// The RTP indices already protected, per SSRC, for an SRTP implementation that does not
 /// refuse a repeated one itself (webrtc-srtp's AES_CM_HMAC_SHA1_80 contexts): a repeated
 /// index reuses the AES-CM keystream, as it would reuse a GCM nonce. The same window,
-/// index estimate and SSRC cap as [`FastGcmContext`]'s own send side.
+/// index estimate and SSRC cap as [`FastSrtpContext`]'s own send side.
 #[derive(Debug, Default)]
 pub struct SendIndexGuard {
     sent: HashMap<u32, ReplayWindow>,
@@ -280,6 +301,126 @@ fn prf_block(cipher: &aes::Aes128Enc, master_salt: &[u8; SALT_LEN], label: u8) -
     out.into()
 }
 
+/// The AES-CM PRF of RFC 3711 §4.3.3 (key derivation rate 0) with a 14-byte master salt,
+/// filling `out` from as many 16-byte blocks as it needs: the salt in bytes 0..14 with the
+/// label XORed into byte 7, the block counter in bytes 14..16.
+fn cm_prf(cipher: &aes::Aes128Enc, master_salt: &[u8; CM_SALT_LEN], label: u8, out: &mut [u8]) {
+    for (i, chunk) in out.chunks_mut(16).enumerate() {
+        let mut block = [0u8; 16];
+        block[..CM_SALT_LEN].copy_from_slice(master_salt);
+        block[7] ^= label;
+        block[14..].copy_from_slice(&(i as u16).to_be_bytes());
+        let mut b = aes::Block::from(block);
+        cipher.encrypt_block(&mut b);
+        let b: [u8; 16] = b.into();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+        block.fill(0);
+    }
+}
+
+/// One AES128_CM_HMAC_SHA1_80 session (SRTP or SRTCP): the keyed AES for the keystream,
+/// the session salt, and the HMAC-SHA1 state after its key (cloned per packet, on the
+/// stack).
+struct CmSession {
+    cipher: aes::Aes128Enc,
+    salt: [u8; CM_SALT_LEN],
+    mac: Hmac<Sha1>,
+}
+
+impl CmSession {
+    /// Derive the session keys for `labels` (encryption, authentication, salt).
+    fn derive(
+        prf: &aes::Aes128Enc,
+        master_salt: &[u8; CM_SALT_LEN],
+        labels: [u8; 3],
+    ) -> Result<CmSession, FastSrtpError> {
+        let mut key = [0u8; KEY_LEN];
+        let mut auth = [0u8; CM_AUTH_KEY_LEN];
+        let mut salt = [0u8; CM_SALT_LEN];
+        cm_prf(prf, master_salt, labels[0], &mut key);
+        cm_prf(prf, master_salt, labels[1], &mut auth);
+        cm_prf(prf, master_salt, labels[2], &mut salt);
+        let cipher = aes::Aes128Enc::new_from_slice(&key);
+        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&auth);
+        key.fill(0);
+        auth.fill(0);
+        Ok(CmSession {
+            cipher: cipher.map_err(|_| FastSrtpError::KeyLength(KEY_LEN))?,
+            salt,
+            mac: mac.map_err(|_| FastSrtpError::KeyLength(CM_AUTH_KEY_LEN))?,
+        })
+    }
+
+    /// XOR the AES-CM keystream for (`ssrc`, `index`) into `data` (RFC 3711 §4.1.1: IV =
+    /// salt·2^16 XOR SSRC·2^64 XOR index·2^16; for SRTCP the index is the SRTCP index).
+    fn apply(&self, ssrc: u32, index: u64, data: &mut [u8]) -> Result<(), FastSrtpError> {
+        let mut iv = [0u8; 16];
+        iv[..CM_SALT_LEN].copy_from_slice(&self.salt);
+        for (v, b) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
+            *v ^= b;
+        }
+        for (v, b) in iv[8..14].iter_mut().zip(&index.to_be_bytes()[2..8]) {
+            *v ^= b;
+        }
+        let core = ctr::CtrCore::<&aes::Aes128Enc, ctr::flavors::Ctr128BE>::inner_iv_init(
+            &self.cipher,
+            (&iv).into(),
+        );
+        // A 128-bit counter runs out only past 2^128 blocks: no packet gets there.
+        core.try_apply_keystream_partial(data.into())
+            .map_err(|_| FastSrtpError::Truncated)
+    }
+
+    /// The 80-bit tag over `parts` (RFC 3711 §4.2: HMAC-SHA1 over the authenticated
+    /// portion, and for SRTP the ROC after it).
+    fn tag(&self, parts: &[&[u8]]) -> [u8; CM_TAG_LEN] {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; CM_TAG_LEN];
+        tag.copy_from_slice(&full[..CM_TAG_LEN]);
+        tag
+    }
+
+    /// Whether `tag` is the tag over `parts`, in constant time.
+    fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.verify_truncated_left(tag).is_ok()
+    }
+}
+
+/// Session salts are overwritten when the session goes away (the AES and HMAC states
+/// zero themselves only with their crates' `zeroize` features).
+impl Drop for CmSession {
+    fn drop(&mut self) {
+        for b in self.salt.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference to a u8.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// A context's cipher suite and session keys. Held inline: a context is made once per
+/// hop direction, and a box would cost a pointer chase on every packet.
+#[allow(clippy::large_enum_variant)]
+enum Suite {
+    Gcm {
+        srtp_key: LessSafeKey,
+        srtcp_key: LessSafeKey,
+        srtp_salt: [u8; SALT_LEN],
+        srtcp_salt: [u8; SALT_LEN],
+    },
+    Cm {
+        srtp: CmSession,
+        srtcp: CmSession,
+    },
+}
+
 fn gcm_key(key: &[u8]) -> Result<LessSafeKey, FastSrtpError> {
     UnboundKey::new(&AES_128_GCM, key)
         .map(LessSafeKey::new)
@@ -291,27 +432,24 @@ fn salt_array(salt: &[u8]) -> Result<[u8; SALT_LEN], FastSrtpError> {
         .map_err(|_| FastSrtpError::SaltLength(salt.len()))
 }
 
-/// One direction-agnostic SRTP + SRTCP cryptographic context for AEAD_AES_128_GCM,
-/// working in place on caller buffers.
+/// One direction-agnostic SRTP + SRTCP cryptographic context for AEAD_AES_128_GCM or
+/// AES128_CM_HMAC_SHA1_80, working in place on caller buffers.
 ///
 /// Like webrtc-srtp's `Context`, a context is normally used for one direction only (one
 /// for what we send, one for what we receive); the send and receive state of an SSRC are
 /// nevertheless kept apart, so using one context for both does not break either.
-pub struct FastGcmContext {
-    srtp_key: LessSafeKey,
-    srtcp_key: LessSafeKey,
-    srtp_salt: [u8; SALT_LEN],
-    srtcp_salt: [u8; SALT_LEN],
+pub struct FastSrtpContext {
+    suite: Suite,
     rtp: HashMap<u32, RtpSsrcState>,
     rtcp: HashMap<u32, RtcpSsrcState>,
     max_ssrcs: usize,
 }
 
 /// Key material stays out of logs: only the counts are shown.
-impl fmt::Debug for FastGcmContext {
+impl fmt::Debug for FastSrtpContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FastGcmContext")
-            .field("profile", &"AEAD_AES_128_GCM")
+        f.debug_struct("FastSrtpContext")
+            .field("profile", &self.profile())
             .field("rtp_ssrcs", &self.rtp.len())
             .field("rtcp_ssrcs", &self.rtcp.len())
             .field("max_ssrcs", &self.max_ssrcs)
@@ -321,16 +459,23 @@ impl fmt::Debug for FastGcmContext {
 
 /// Session salts are overwritten when the context goes away (ring zeroes its own keys
 /// only on some platforms; this is best effort for the part we own).
-impl Drop for FastGcmContext {
+impl Drop for FastSrtpContext {
     fn drop(&mut self) {
-        for b in self.srtp_salt.iter_mut().chain(self.srtcp_salt.iter_mut()) {
-            // SAFETY: `b` is a valid, aligned, exclusive reference to a u8.
-            unsafe { std::ptr::write_volatile(b, 0) };
+        if let Suite::Gcm {
+            srtp_salt,
+            srtcp_salt,
+            ..
+        } = &mut self.suite
+        {
+            for b in srtp_salt.iter_mut().chain(srtcp_salt.iter_mut()) {
+                // SAFETY: `b` is a valid, aligned, exclusive reference to a u8.
+                unsafe { std::ptr::write_volatile(b, 0) };
+            }
         }
     }
 }
 
-impl FastGcmContext {
+impl FastSrtpContext {
     /// Builds a context from the DTLS-SRTP master key (16 bytes) and master salt
     /// (12 bytes), deriving the SRTP and SRTCP session keys and salts with the AES-CM PRF
     /// (labels 0x00/0x02 for SRTP, 0x03/0x05 for SRTCP), exactly as webrtc-srtp does.
@@ -355,22 +500,74 @@ impl FastGcmContext {
 
     /// Builds a context from already-derived session keys and salts. This is what the
     /// RFC 7714 §16/§17 test vectors specify (they skip key derivation); production code
-    /// wants [`FastGcmContext::new`].
+    /// wants [`FastSrtpContext::new`].
     pub fn from_session_keys(
         srtp_key: &[u8],
         srtp_salt: &[u8],
         srtcp_key: &[u8],
         srtcp_salt: &[u8],
     ) -> Result<Self, FastSrtpError> {
-        Ok(Self {
+        Ok(Self::with_suite(Suite::Gcm {
             srtp_key: gcm_key(srtp_key)?,
             srtcp_key: gcm_key(srtcp_key)?,
             srtp_salt: salt_array(srtp_salt)?,
             srtcp_salt: salt_array(srtcp_salt)?,
+        }))
+    }
+
+    /// An AES128_CM_HMAC_SHA1_80 context from the DTLS-SRTP master key (16 bytes) and
+    /// master salt (14 bytes), with RFC 3711's key derivation (labels 0-2 for SRTP, 3-5
+    /// for SRTCP), as webrtc-srtp does.
+    pub fn new_cm(master_key: &[u8], master_salt: &[u8]) -> Result<Self, FastSrtpError> {
+        let prf = aes::Aes128Enc::new_from_slice(master_key)
+            .map_err(|_| FastSrtpError::KeyLength(master_key.len()))?;
+        let master_salt: [u8; CM_SALT_LEN] = master_salt
+            .try_into()
+            .map_err(|_| FastSrtpError::SaltLength(master_salt.len()))?;
+        let srtp = CmSession::derive(
+            &prf,
+            &master_salt,
+            [LABEL_SRTP_ENCRYPTION, LABEL_SRTP_AUTH, LABEL_SRTP_SALT],
+        )?;
+        let srtcp = CmSession::derive(
+            &prf,
+            &master_salt,
+            [LABEL_SRTCP_ENCRYPTION, LABEL_SRTCP_AUTH, LABEL_SRTCP_SALT],
+        )?;
+        Ok(Self::with_suite(Suite::Cm { srtp, srtcp }))
+    }
+
+    fn with_suite(suite: Suite) -> Self {
+        Self {
+            suite,
             rtp: HashMap::new(),
             rtcp: HashMap::new(),
             max_ssrcs: DEFAULT_MAX_SSRCS,
-        })
+        }
+    }
+
+    /// The SRTP profile, as its RFC name.
+    pub fn profile(&self) -> &'static str {
+        match self.suite {
+            Suite::Gcm { .. } => "AEAD_AES_128_GCM",
+            Suite::Cm { .. } => "AES128_CM_HMAC_SHA1_80",
+        }
+    }
+
+    /// Bytes protecting adds to an RTP packet: the tag.
+    pub fn rtp_overhead(&self) -> usize {
+        match self.suite {
+            Suite::Gcm { .. } => RTP_OVERHEAD,
+            Suite::Cm { .. } => CM_TAG_LEN,
+        }
+    }
+
+    /// Bytes protecting adds to an RTCP packet: the tag and the E flag + index word.
+    pub fn rtcp_overhead(&self) -> usize {
+        match self.suite {
+            Suite::Gcm { .. } => RTCP_OVERHEAD,
+            Suite::Cm { .. } => CM_TAG_LEN + SRTCP_INDEX_LEN,
+        }
     }
 
     /// Caps how many SSRCs the context tracks (per protocol); packets for further SSRCs
@@ -434,12 +631,12 @@ impl FastGcmContext {
         self.rtcp.len()
     }
 
-    /// Protects the RTP packet in `buf` in place and appends the 16-byte tag, returning
-    /// the new length. Reserve [`RTP_OVERHEAD`] spare capacity to avoid a reallocation.
+    /// Protects the RTP packet in `buf` in place and appends the tag, returning the new
+    /// length. Reserve [`MAX_RTP_OVERHEAD`] spare capacity to avoid a reallocation.
     /// On error `buf` is left at its original length (its payload bytes unchanged).
     pub fn protect_rtp(&mut self, buf: &mut Vec<u8>) -> Result<usize, FastSrtpError> {
         let len = buf.len();
-        buf.resize(len + RTP_OVERHEAD, 0);
+        buf.resize(len + self.rtp_overhead(), 0);
         match self.protect_rtp_in(buf, len) {
             Ok(n) => Ok(n),
             Err(e) => {
@@ -450,13 +647,15 @@ impl FastGcmContext {
     }
 
     /// Protects the `len`-byte RTP packet at the start of `buf` in place, writing the tag
-    /// at `buf[len..len + 16]`; returns `len + 16`. Refuses, with
-    /// [`FastSrtpError::IndexReused`] and `buf` untouched, an index it protected before
-    /// for the packet's SSRC or one more than [`REPLAY_WINDOW`] behind the highest.
+    /// at `buf[len..len + overhead]`; returns `len + overhead` (see
+    /// [`FastSrtpContext::rtp_overhead`]). Refuses, with [`FastSrtpError::IndexReused`]
+    /// and `buf` untouched, an index it protected before for the packet's SSRC or one
+    /// more than [`REPLAY_WINDOW`] behind the highest.
     pub fn protect_rtp_in(&mut self, buf: &mut [u8], len: usize) -> Result<usize, FastSrtpError> {
-        let out_len = len + RTP_OVERHEAD;
+        let overhead = self.rtp_overhead();
+        let out_len = len + overhead;
         if buf.len() < out_len {
-            return Err(FastSrtpError::NoRoom(RTP_OVERHEAD));
+            return Err(FastSrtpError::NoRoom(overhead));
         }
         let (packet, rest) = buf.split_at_mut(len);
         let header_len = rtp_header_len(packet)?;
@@ -476,24 +675,36 @@ impl FastGcmContext {
             return Err(FastSrtpError::TooManySsrcs);
         }
 
-        let nonce = rtp_nonce(&self.srtp_salt, ssrc, index);
-        let (header, payload) = packet.split_at_mut(header_len);
-        let tag = self
-            .srtp_key
-            .seal_in_place_separate_tag(nonce, Aad::from(&*header), payload)
-            .map_err(|_| FastSrtpError::Truncated)?;
-        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+        match &self.suite {
+            Suite::Gcm {
+                srtp_key,
+                srtp_salt,
+                ..
+            } => {
+                let nonce = rtp_nonce(srtp_salt, ssrc, index);
+                let (header, payload) = packet.split_at_mut(header_len);
+                let tag = srtp_key
+                    .seal_in_place_separate_tag(nonce, Aad::from(&*header), payload)
+                    .map_err(|_| FastSrtpError::Truncated)?;
+                rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+            }
+            Suite::Cm { srtp, .. } => {
+                srtp.apply(ssrc, index, &mut packet[header_len..])?;
+                let roc = ((index >> 16) as u32).to_be_bytes();
+                rest[..CM_TAG_LEN].copy_from_slice(&srtp.tag(&[packet, &roc]));
+            }
+        }
 
         self.rtp.entry(ssrc).or_default().tx.accept(index);
         Ok(out_len)
     }
 
     /// Verifies and decrypts the SRTP packet `buf` in place; returns the plaintext RTP
-    /// length (`buf.len() - 16`). Truncate the buffer to it. On error the packet must be
-    /// dropped: its payload may have been overwritten.
+    /// length (`buf.len()` less the tag). Truncate the buffer to it. On error the packet
+    /// must be dropped: its payload may have been overwritten.
     pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, FastSrtpError> {
         let header_len = rtp_header_len(buf)?;
-        if buf.len() < header_len + TAG_LEN {
+        if buf.len() < header_len + self.rtp_overhead() {
             return Err(FastSrtpError::Truncated);
         }
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
@@ -512,13 +723,31 @@ impl FastGcmContext {
             return Err(FastSrtpError::TooManySsrcs);
         }
 
-        let nonce = rtp_nonce(&self.srtp_salt, ssrc, index);
-        let (header, payload) = buf.split_at_mut(header_len);
-        let plain = self
-            .srtp_key
-            .open_in_place(nonce, Aad::from(&*header), payload)
-            .map_err(|_| FastSrtpError::AuthFailed)?;
-        let out_len = header_len + plain.len();
+        let out_len = match &self.suite {
+            Suite::Gcm {
+                srtp_key,
+                srtp_salt,
+                ..
+            } => {
+                let nonce = rtp_nonce(srtp_salt, ssrc, index);
+                let (header, payload) = buf.split_at_mut(header_len);
+                let plain = srtp_key
+                    .open_in_place(nonce, Aad::from(&*header), payload)
+                    .map_err(|_| FastSrtpError::AuthFailed)?;
+                header_len + plain.len()
+            }
+            Suite::Cm { srtp, .. } => {
+                let n = buf.len() - CM_TAG_LEN;
+                let (packet, tag) = buf.split_at_mut(n);
+                let roc = ((index >> 16) as u32).to_be_bytes();
+                // Authenticate before decrypting (RFC 3711 §3.3, step 5).
+                if !srtp.verify(&[packet, &roc], tag) {
+                    return Err(FastSrtpError::AuthFailed);
+                }
+                srtp.apply(ssrc, index, &mut packet[header_len..])?;
+                n
+            }
+        };
 
         self.rtp.entry(ssrc).or_default().rx.accept(index);
         Ok(out_len)
@@ -529,7 +758,7 @@ impl FastGcmContext {
     /// spare capacity to avoid a reallocation. On error `buf` keeps its original length.
     pub fn protect_rtcp(&mut self, buf: &mut Vec<u8>) -> Result<usize, FastSrtpError> {
         let len = buf.len();
-        buf.resize(len + RTCP_OVERHEAD, 0);
+        buf.resize(len + self.rtcp_overhead(), 0);
         match self.protect_rtcp_in(buf, len) {
             Ok(n) => Ok(n),
             Err(e) => {
@@ -540,14 +769,16 @@ impl FastGcmContext {
     }
 
     /// Protects the `len`-byte RTCP packet at the start of `buf` in place, writing tag and
-    /// index word at `buf[len..len + 20]`; returns `len + 20`.
+    /// index word after it; returns `len` plus [`FastSrtpContext::rtcp_overhead`].
     ///
-    /// Layout (RFC 7714 §9.3): header (8) | ciphertext | tag (16) | E + index (4);
-    /// AAD = header || E + index.
+    /// Layout, GCM (RFC 7714 §9.3): header (8) | ciphertext | tag (16) | E + index (4),
+    /// AAD = header || E + index. AES-CM (RFC 3711 §3.4): header (8) | ciphertext |
+    /// E + index (4) | tag (10), the tag over everything before it.
     pub fn protect_rtcp_in(&mut self, buf: &mut [u8], len: usize) -> Result<usize, FastSrtpError> {
-        let out_len = len + RTCP_OVERHEAD;
+        let overhead = self.rtcp_overhead();
+        let out_len = len + overhead;
         if buf.len() < out_len {
-            return Err(FastSrtpError::NoRoom(RTCP_OVERHEAD));
+            return Err(FastSrtpError::NoRoom(overhead));
         }
         let (packet, rest) = buf.split_at_mut(len);
         let ssrc = rtcp_header(packet)?;
@@ -563,28 +794,50 @@ impl FastGcmContext {
         let index = last + 1;
         let word = (index | SRTCP_E_FLAG).to_be_bytes();
 
-        let aad = rtcp_aad(packet, word);
-        let nonce = rtcp_nonce(&self.srtcp_salt, ssrc, index);
-        let tag = self
-            .srtcp_key
-            .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut packet[RTCP_HEADER_LEN..])
-            .map_err(|_| FastSrtpError::Truncated)?;
-        rest[..TAG_LEN].copy_from_slice(tag.as_ref());
-        rest[TAG_LEN..RTCP_OVERHEAD].copy_from_slice(&word);
+        match &self.suite {
+            Suite::Gcm {
+                srtcp_key,
+                srtcp_salt,
+                ..
+            } => {
+                let aad = rtcp_aad(packet, word);
+                let nonce = rtcp_nonce(srtcp_salt, ssrc, index);
+                let tag = srtcp_key
+                    .seal_in_place_separate_tag(
+                        nonce,
+                        Aad::from(aad),
+                        &mut packet[RTCP_HEADER_LEN..],
+                    )
+                    .map_err(|_| FastSrtpError::Truncated)?;
+                rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+                rest[TAG_LEN..RTCP_OVERHEAD].copy_from_slice(&word);
+            }
+            Suite::Cm { srtcp, .. } => {
+                srtcp.apply(ssrc, u64::from(index), &mut packet[RTCP_HEADER_LEN..])?;
+                rest[..SRTCP_INDEX_LEN].copy_from_slice(&word);
+                let tag = srtcp.tag(&[packet, &word]);
+                rest[SRTCP_INDEX_LEN..SRTCP_INDEX_LEN + CM_TAG_LEN].copy_from_slice(&tag);
+            }
+        }
 
         self.rtcp.entry(ssrc).or_default().tx_index = index;
         Ok(out_len)
     }
 
     /// Verifies and decrypts the SRTCP packet `buf` in place; returns the plaintext RTCP
-    /// length (`buf.len() - 20`). On error the packet must be dropped.
+    /// length (`buf.len()` less [`FastSrtpContext::rtcp_overhead`]). On error the packet
+    /// must be dropped.
     pub fn unprotect_rtcp(&mut self, buf: &mut [u8]) -> Result<usize, FastSrtpError> {
-        if buf.len() < RTCP_HEADER_LEN + RTCP_OVERHEAD {
+        if buf.len() < RTCP_HEADER_LEN + self.rtcp_overhead() {
             return Err(FastSrtpError::Truncated);
         }
         let ssrc = rtcp_header(buf)?;
-        let body_end = buf.len() - SRTCP_INDEX_LEN;
-        let word_value = read_u32(buf, body_end)?;
+        // Where the E + index word lies: last (GCM), or before the tag (AES-CM).
+        let word_at = match self.suite {
+            Suite::Gcm { .. } => buf.len() - SRTCP_INDEX_LEN,
+            Suite::Cm { .. } => buf.len() - CM_TAG_LEN - SRTCP_INDEX_LEN,
+        };
+        let word_value = read_u32(buf, word_at)?;
         if word_value & SRTCP_E_FLAG == 0 {
             return Err(FastSrtpError::UnencryptedSrtcp);
         }
@@ -602,14 +855,33 @@ impl FastGcmContext {
             return Err(FastSrtpError::TooManySsrcs);
         }
 
-        let aad = rtcp_aad(buf, word_value.to_be_bytes());
-        let nonce = rtcp_nonce(&self.srtcp_salt, ssrc, index);
-        let sealed = &mut buf[RTCP_HEADER_LEN..body_end];
-        let plain = self
-            .srtcp_key
-            .open_in_place(nonce, Aad::from(aad), sealed)
-            .map_err(|_| FastSrtpError::AuthFailed)?;
-        let out_len = RTCP_HEADER_LEN + plain.len();
+        let out_len = match &self.suite {
+            Suite::Gcm {
+                srtcp_key,
+                srtcp_salt,
+                ..
+            } => {
+                let aad = rtcp_aad(buf, word_value.to_be_bytes());
+                let nonce = rtcp_nonce(srtcp_salt, ssrc, index);
+                let sealed = &mut buf[RTCP_HEADER_LEN..word_at];
+                let plain = srtcp_key
+                    .open_in_place(nonce, Aad::from(aad), sealed)
+                    .map_err(|_| FastSrtpError::AuthFailed)?;
+                RTCP_HEADER_LEN + plain.len()
+            }
+            Suite::Cm { srtcp, .. } => {
+                let (authed, tag) = buf.split_at_mut(word_at + SRTCP_INDEX_LEN);
+                if !srtcp.verify(&[authed], tag) {
+                    return Err(FastSrtpError::AuthFailed);
+                }
+                srtcp.apply(
+                    ssrc,
+                    u64::from(index),
+                    &mut authed[RTCP_HEADER_LEN..word_at],
+                )?;
+                word_at
+            }
+        };
 
         self.rtcp
             .entry(ssrc)
@@ -665,6 +937,36 @@ fn rtcp_nonce(salt: &[u8; SALT_LEN], ssrc: u32, index: u32) -> Nonce {
 mod tests {
     use super::*;
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex literal"))
+            .collect()
+    }
+
+    /// RFC 3711 Appendix B.3: the AES-CM key derivation's cipher key, salt and the start
+    /// of the authentication key.
+    #[test]
+    fn cm_key_derivation_matches_rfc3711_b3() {
+        let prf = aes::Aes128Enc::new_from_slice(&hex("E1F97A0D3E018BE0D64FA32C06DE4139"))
+            .expect("16-byte key");
+        let salt: [u8; CM_SALT_LEN] = hex("0EC675AD498AFEEBB6960B3AABE6")
+            .try_into()
+            .expect("14-byte salt");
+        let mut key = [0u8; 16];
+        cm_prf(&prf, &salt, LABEL_SRTP_ENCRYPTION, &mut key);
+        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        let mut k_s = [0u8; CM_SALT_LEN];
+        cm_prf(&prf, &salt, LABEL_SRTP_SALT, &mut k_s);
+        assert_eq!(k_s.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+        let mut auth = [0u8; CM_AUTH_KEY_LEN];
+        cm_prf(&prf, &salt, LABEL_SRTP_AUTH, &mut auth);
+        assert_eq!(
+            auth.to_vec(),
+            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+        );
+    }
+
     #[test]
     fn replay_window_basics() {
         let mut w = ReplayWindow::default();
@@ -706,7 +1008,7 @@ mod tests {
     /// refuse the second seal and leave the buffer as it was.
     #[test]
     fn protect_refuses_an_index_it_already_sealed() {
-        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        let mut tx = FastSrtpContext::new(&[7; 16], &[9; 12]).unwrap();
         let mut a = rtp(0xa, 5, b"alice's frame....");
         let a_len = a.len();
         assert_eq!(tx.protect_rtp(&mut a), Ok(a_len + TAG_LEN));
@@ -738,7 +1040,7 @@ mod tests {
 
     #[test]
     fn protect_takes_reordered_fresh_indices_and_refuses_old_ones() {
-        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        let mut tx = FastSrtpContext::new(&[7; 16], &[9; 12]).unwrap();
         for seq in [1000u16, 1002, 1001, 1003] {
             assert!(tx.protect_rtp(&mut rtp(1, seq, b"p")).is_ok(), "{seq}");
         }
@@ -767,7 +1069,7 @@ mod tests {
 
     #[test]
     fn set_roc_and_set_srtcp_index_never_go_back() {
-        let mut tx = FastGcmContext::new(&[7; 16], &[9; 12]).unwrap();
+        let mut tx = FastSrtpContext::new(&[7; 16], &[9; 12]).unwrap();
         assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_ok());
         tx.set_roc(3, 0);
         assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_err());

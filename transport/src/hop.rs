@@ -1,11 +1,9 @@
 //! One participant's hop SRTP state on the relay, behind one small type so the forwarding
-//! loop does not care which implementation runs: the in-place AEAD_AES_128_GCM path
-//! ([`FastGcmContext`], about 4x cheaper, no allocation) when that profile was negotiated,
-//! webrtc-srtp otherwise (AES128_CM_HMAC_SHA1_80).
+//! loop does not care which implementation runs: the in-place path ([`FastSrtpContext`],
+//! AEAD_AES_128_GCM or AES128_CM_HMAC_SHA1_80, no allocation), or webrtc-srtp (the
+//! reference, `media.srtp = "reference"`).
 
-use crate::fast_srtp::{
-    FastGcmContext, FastSrtpError, SendIndexGuard, DEFAULT_MAX_SSRCS, RTCP_OVERHEAD, RTP_OVERHEAD,
-};
+use crate::fast_srtp::{FastSrtpContext, FastSrtpError, SendIndexGuard, DEFAULT_MAX_SSRCS};
 use std::ops::Range;
 use thiserror::Error;
 use webrtc_srtp::context::Context;
@@ -56,18 +54,18 @@ fn from_reference(e: webrtc_srtp::Error) -> HopError {
 
 /// SRTP state for one direction of one participant's hop.
 pub enum HopContext {
-    Fast(Box<FastGcmContext>),
+    Fast(Box<FastSrtpContext>),
     Reference(Box<ReferenceHop>),
 }
 
 /// A webrtc-srtp context and the RTP indices it protected: webrtc-srtp would seal a
-/// repeated index again, so the hop refuses one itself, as [`FastGcmContext`] does.
+/// repeated index again, so the hop refuses one itself, as [`FastSrtpContext`] does.
 pub struct ReferenceHop {
     ctx: Context,
     sent: SendIndexGuard,
     /// The SSRCs (RTP, RTCP) whose packets the context was asked to unprotect: it keeps
     /// state for each from the first packet on, authentic or not, so at most
-    /// [`DEFAULT_MAX_SSRCS`] of each are let through, as [`FastGcmContext`] allows.
+    /// [`DEFAULT_MAX_SSRCS`] of each are let through, as [`FastSrtpContext`] allows.
     unprotected: [Vec<u32>; 2],
 }
 
@@ -172,7 +170,7 @@ impl HopContext {
                 let len = header.len() + payload.len();
                 arena.extend_from_slice(header);
                 arena.extend_from_slice(payload);
-                arena.resize(start + len + RTP_OVERHEAD, 0);
+                arena.resize(start + len + c.rtp_overhead(), 0);
                 match c.protect_rtp_in(&mut arena[start..], len) {
                     Ok(n) => {
                         arena.truncate(start + n);
@@ -261,8 +259,8 @@ impl HopContext {
         match self {
             HopContext::Fast(c) => {
                 let overhead = match kind {
-                    Kind::Rtp => RTP_OVERHEAD,
-                    Kind::Rtcp => RTCP_OVERHEAD,
+                    Kind::Rtp => c.rtp_overhead(),
+                    Kind::Rtcp => c.rtcp_overhead(),
                 };
                 // Copy the clear packet to the arena's end, leave room for the trailer, and
                 // transform it where it lies.
@@ -302,7 +300,10 @@ impl HopContext {
     /// Which implementation, as a bounded label.
     pub fn kind(&self) -> &'static str {
         match self {
-            HopContext::Fast(_) => "fast_gcm",
+            HopContext::Fast(c) => match c.rtp_overhead() {
+                crate::fast_srtp::CM_TAG_LEN => "fast_cm",
+                _ => "fast_gcm",
+            },
             HopContext::Reference(_) => "webrtc_srtp",
         }
     }

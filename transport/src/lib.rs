@@ -383,6 +383,9 @@ pub enum DtlsRole {
     Server,
 }
 
+/// Builds an in-place context from a master key and salt.
+type Maker = fn(&[u8], &[u8]) -> Result<fast_srtp::FastSrtpContext, fast_srtp::FastSrtpError>;
+
 /// A finished DTLS handshake and the SRTP contexts it keyed.
 pub struct DtlsSession {
     pub conn: Arc<DTLSConn>,
@@ -396,20 +399,25 @@ pub struct DtlsSession {
 
 impl DtlsSession {
     /// The same keys as (outbound, inbound) relay hop contexts: the in-place path for
-    /// AEAD_AES_128_GCM when `fast`, webrtc-srtp otherwise (and for other profiles).
+    /// AEAD_AES_128_GCM and AES128_CM_HMAC_SHA1_80 when `fast`, webrtc-srtp otherwise.
     pub fn hop_contexts(
         &self,
         fast: bool,
     ) -> Result<(hop::HopContext, hop::HopContext), TransportError> {
         let keys = &self.keys;
         let srtp = |e: String| TransportError::Srtp(e);
-        if fast && matches!(self.profile, ProtectionProfile::AeadAes128Gcm) {
-            let out =
-                fast_srtp::FastGcmContext::new(&keys.local_master_key, &keys.local_master_salt)
-                    .map_err(|e| srtp(e.to_string()))?;
-            let inb =
-                fast_srtp::FastGcmContext::new(&keys.remote_master_key, &keys.remote_master_salt)
-                    .map_err(|e| srtp(e.to_string()))?;
+        let make = match self.profile {
+            ProtectionProfile::AeadAes128Gcm => Some(fast_srtp::FastSrtpContext::new as Maker),
+            ProtectionProfile::Aes128CmHmacSha1_80 => {
+                Some(fast_srtp::FastSrtpContext::new_cm as Maker)
+            }
+            _ => None,
+        };
+        if let (true, Some(make)) = (fast, make) {
+            let out = make(&keys.local_master_key, &keys.local_master_salt)
+                .map_err(|e| srtp(e.to_string()))?;
+            let inb = make(&keys.remote_master_key, &keys.remote_master_salt)
+                .map_err(|e| srtp(e.to_string()))?;
             return Ok((
                 hop::HopContext::Fast(Box::new(out)),
                 hop::HopContext::Fast(Box::new(inb)),

@@ -1,8 +1,9 @@
-//! Proves `fast_srtp::FastGcmContext` against RFC 7714's vectors and against webrtc-srtp,
+//! Proves `fast_srtp::FastSrtpContext` against RFC 7714's vectors and, for both profiles
+//! (AEAD_AES_128_GCM and AES128_CM_HMAC_SHA1_80), against webrtc-srtp,
 //! checks replay/tamper/truncation handling, and counts heap allocations per packet.
 
 use blindrelay_transport::fast_srtp::{
-    FastGcmContext, FastSrtpError, RTCP_OVERHEAD, RTP_OVERHEAD, TAG_LEN,
+    FastSrtpContext, FastSrtpError, CM_TAG_LEN, RTCP_OVERHEAD, RTP_OVERHEAD,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -64,8 +65,8 @@ const MASTER_SALT: [u8; 12] = [
     0x62, 0x77, 0x60, 0x38, 0xc0, 0x6d, 0xc9, 0x41, 0x9f, 0x6d, 0xd9, 0x43,
 ];
 
-fn fast() -> FastGcmContext {
-    FastGcmContext::new(&MASTER_KEY, &MASTER_SALT).unwrap()
+fn fast() -> FastSrtpContext {
+    FastSrtpContext::new(&MASTER_KEY, &MASTER_SALT).unwrap()
 }
 
 fn webrtc() -> Context {
@@ -78,6 +79,43 @@ fn webrtc() -> Context {
     )
     .unwrap()
 }
+
+/// One SRTP profile under test: the in-place context, webrtc-srtp's with the same keys, and
+/// what protecting adds.
+struct Profile {
+    fast: fn() -> FastSrtpContext,
+    webrtc: fn() -> Context,
+    rtp_overhead: usize,
+    rtcp_overhead: usize,
+}
+
+const GCM: Profile = Profile {
+    fast,
+    webrtc,
+    rtp_overhead: RTP_OVERHEAD,
+    rtcp_overhead: RTCP_OVERHEAD,
+};
+
+/// AES128_CM_HMAC_SHA1_80 has a 14-byte master salt.
+const CM_MASTER_SALT: [u8; 14] = [
+    0x62, 0x77, 0x60, 0x38, 0xc0, 0x6d, 0xc9, 0x41, 0x9f, 0x6d, 0xd9, 0x43, 0x17, 0x2a,
+];
+
+const CM: Profile = Profile {
+    fast: || FastSrtpContext::new_cm(&MASTER_KEY, &CM_MASTER_SALT).unwrap(),
+    webrtc: || {
+        Context::new(
+            &MASTER_KEY,
+            &CM_MASTER_SALT,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            Some(srtp_replay_protection(128)),
+            Some(srtcp_replay_protection(128)),
+        )
+        .unwrap()
+    },
+    rtp_overhead: CM_TAG_LEN,
+    rtcp_overhead: CM_TAG_LEN + 4,
+};
 
 /// RTP packet with 2 CSRCs, a one-byte-header extension (RFC 8285) and a payload whose
 /// bytes depend on seq/ssrc.
@@ -145,9 +183,9 @@ const RFC_RTCP_PROTECTED: &str = "81c8000d4d617273
 const RFC_RTCP_TAG_ONLY: &str = "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61
     deadbeefdeadbeefdeadbeefdeadbeefdeadbeef841dd9683dd78ec92ae58790125f62b3000005d4";
 
-fn rfc_ctx() -> FastGcmContext {
+fn rfc_ctx() -> FastSrtpContext {
     let (k, s) = (unhex(RFC_KEY), unhex(RFC_SALT));
-    FastGcmContext::from_session_keys(&k, &s, &k, &s).unwrap()
+    FastSrtpContext::from_session_keys(&k, &s, &k, &s).unwrap()
 }
 
 #[test]
@@ -188,18 +226,17 @@ fn rfc7714_17_3_unencrypted_srtcp_is_rejected_with_a_typed_error() {
 
 // ---- cross-checks with webrtc-srtp ----
 
-#[test]
-fn rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension() {
-    let mut tx = fast();
-    let mut rx = webrtc();
-    let mut reference_tx = webrtc();
+fn rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension_with(s: &Profile) {
+    let mut tx = (s.fast)();
+    let mut rx = (s.webrtc)();
+    let mut reference_tx = (s.webrtc)();
     for seq in seqs() {
         for ssrc in SSRCS {
             let plain = rtp_packet(ssrc, seq, 200);
             let mut buf = plain.clone();
-            buf.reserve(RTP_OVERHEAD);
+            buf.reserve(s.rtp_overhead);
             tx.protect_rtp(&mut buf).unwrap();
-            assert_eq!(buf.len(), plain.len() + TAG_LEN);
+            assert_eq!(buf.len(), plain.len() + s.rtp_overhead);
             // Same keys and same state: both implementations produce identical bytes.
             assert_eq!(buf, &reference_tx.encrypt_rtp(&plain).unwrap()[..]);
             let opened = rx.decrypt_rtp(&buf).unwrap();
@@ -212,9 +249,18 @@ fn rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension() {
 }
 
 #[test]
-fn rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension() {
-    let mut tx = webrtc();
-    let mut rx = fast();
+fn rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension() {
+    rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension_with(&GCM);
+}
+
+#[test]
+fn cm_rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension() {
+    rtp_fast_to_webrtc_across_rollover_with_csrcs_and_extension_with(&CM);
+}
+
+fn rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension_with(s: &Profile) {
+    let mut tx = (s.webrtc)();
+    let mut rx = (s.fast)();
     for seq in seqs() {
         for ssrc in SSRCS {
             let plain = rtp_packet(ssrc, seq, 1200);
@@ -229,9 +275,18 @@ fn rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension() {
 }
 
 #[test]
-fn rtp_reordering_across_rollover_is_accepted_once() {
-    let mut tx = webrtc();
-    let mut rx = fast();
+fn rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension() {
+    rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension_with(&GCM);
+}
+
+#[test]
+fn cm_rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension() {
+    rtp_webrtc_to_fast_across_rollover_with_csrcs_and_extension_with(&CM);
+}
+
+fn rtp_reordering_across_rollover_is_accepted_once_with(s: &Profile) {
+    let mut tx = (s.webrtc)();
+    let mut rx = (s.fast)();
     let ssrc = 0xabcd_0001;
     let order = [65533u16, 65534, 65535, 0, 1, 2];
     let wire: Vec<Vec<u8>> = order
@@ -254,17 +309,26 @@ fn rtp_reordering_across_rollover_is_accepted_once() {
 }
 
 #[test]
-fn rtcp_cross_both_ways() {
-    let mut fast_tx = fast();
-    let mut webrtc_rx = webrtc();
-    let mut webrtc_tx = webrtc();
-    let mut fast_rx = fast();
+fn rtp_reordering_across_rollover_is_accepted_once() {
+    rtp_reordering_across_rollover_is_accepted_once_with(&GCM);
+}
+
+#[test]
+fn cm_rtp_reordering_across_rollover_is_accepted_once() {
+    rtp_reordering_across_rollover_is_accepted_once_with(&CM);
+}
+
+fn rtcp_cross_both_ways_with(s: &Profile) {
+    let mut fast_tx = (s.fast)();
+    let mut webrtc_rx = (s.webrtc)();
+    let mut webrtc_tx = (s.webrtc)();
+    let mut fast_rx = (s.fast)();
     for round in 0..5u8 {
         for ssrc in SSRCS {
             let plain = rtcp_packet(ssrc, round);
 
             let mut buf = plain.clone();
-            buf.reserve(RTCP_OVERHEAD);
+            buf.reserve(s.rtcp_overhead);
             fast_tx.protect_rtcp(&mut buf).unwrap();
             let from_webrtc = webrtc_tx.encrypt_rtcp(&plain).unwrap();
             assert_eq!(buf, &from_webrtc[..], "identical SRTCP bytes");
@@ -277,12 +341,21 @@ fn rtcp_cross_both_ways() {
     }
 }
 
-// ---- replay, tampering, truncation ----
+#[test]
+fn rtcp_cross_both_ways() {
+    rtcp_cross_both_ways_with(&GCM);
+}
 
 #[test]
-fn replayed_and_too_old_packets_are_rejected() {
-    let mut tx = fast();
-    let mut rx = fast();
+fn cm_rtcp_cross_both_ways() {
+    rtcp_cross_both_ways_with(&CM);
+}
+
+// ---- replay, tampering, truncation ----
+
+fn replayed_and_too_old_packets_are_rejected_with(s: &Profile) {
+    let mut tx = (s.fast)();
+    let mut rx = (s.fast)();
     let ssrc = 7;
     let mut wire = Vec::new();
     for seq in 1000u16..1300 {
@@ -319,12 +392,21 @@ fn replayed_and_too_old_packets_are_rejected() {
 }
 
 #[test]
-fn tampered_packets_fail_authentication_and_do_not_poison_state() {
-    let mut tx = fast();
+fn replayed_and_too_old_packets_are_rejected() {
+    replayed_and_too_old_packets_are_rejected_with(&GCM);
+}
+
+#[test]
+fn cm_replayed_and_too_old_packets_are_rejected() {
+    replayed_and_too_old_packets_are_rejected_with(&CM);
+}
+
+fn tampered_packets_fail_authentication_and_do_not_poison_state_with(s: &Profile) {
+    let mut tx = (s.fast)();
     let mut rtp = rtp_packet(42, 5, 64);
     tx.protect_rtp(&mut rtp).unwrap();
     let header_len = 12 + 8 + 8;
-    let mut rx = fast();
+    let mut rx = (s.fast)();
     for i in 0..rtp.len() {
         let mut bad = rtp.clone();
         bad[i] ^= 0x01;
@@ -353,6 +435,16 @@ fn tampered_packets_fail_authentication_and_do_not_poison_state() {
     assert!(rx.unprotect_rtcp(&mut good).is_ok());
 }
 
+#[test]
+fn tampered_packets_fail_authentication_and_do_not_poison_state() {
+    tampered_packets_fail_authentication_and_do_not_poison_state_with(&GCM);
+}
+
+#[test]
+fn cm_tampered_packets_fail_authentication_and_do_not_poison_state() {
+    tampered_packets_fail_authentication_and_do_not_poison_state_with(&CM);
+}
+
 /// xorshift64*: deterministic, dependency-free randomness for the fuzz-ish loops.
 struct Rng(u64);
 impl Rng {
@@ -364,15 +456,14 @@ impl Rng {
     }
 }
 
-#[test]
-fn truncated_and_random_input_never_panics() {
-    let mut tx = fast();
+fn truncated_and_random_input_never_panics_with(s: &Profile) {
+    let mut tx = (s.fast)();
     let mut rtp = rtp_packet(9, 1, 100);
     tx.protect_rtp(&mut rtp).unwrap();
     let mut rtcp = rtcp_packet(9, 0);
     tx.protect_rtcp(&mut rtcp).unwrap();
 
-    let mut rx = fast();
+    let mut rx = (s.fast)();
     for cut in 0..rtp.len() {
         let mut b = rtp[..cut].to_vec();
         assert!(rx.unprotect_rtp(&mut b).is_err(), "cut {cut}");
@@ -402,11 +493,21 @@ fn truncated_and_random_input_never_panics() {
         let mut d = b.clone();
         assert!(rx.unprotect_rtp(&mut b).is_err());
         assert!(rx.unprotect_rtcp(&mut c).is_err());
-        let mut space = vec![0u8; d.len() + RTP_OVERHEAD];
+        let mut space = vec![0u8; d.len() + s.rtp_overhead];
         space[..d.len()].copy_from_slice(&d);
         let _ = tx.protect_rtp_in(&mut space, d.len());
         let _ = tx.protect_rtp_in(&mut d, 0);
     }
+}
+
+#[test]
+fn truncated_and_random_input_never_panics() {
+    truncated_and_random_input_never_panics_with(&GCM);
+}
+
+#[test]
+fn cm_truncated_and_random_input_never_panics() {
+    truncated_and_random_input_never_panics_with(&CM);
 }
 
 #[test]
@@ -441,11 +542,11 @@ fn ssrc_cap_is_enforced() {
 #[test]
 fn bad_key_lengths_are_typed_errors() {
     assert_eq!(
-        FastGcmContext::new(&[0; 15], &MASTER_SALT).err(),
+        FastSrtpContext::new(&[0; 15], &MASTER_SALT).err(),
         Some(FastSrtpError::KeyLength(15))
     );
     assert_eq!(
-        FastGcmContext::new(&MASTER_KEY, &[0; 14]).err(),
+        FastSrtpContext::new(&MASTER_KEY, &[0; 14]).err(),
         Some(FastSrtpError::SaltLength(14))
     );
 }
@@ -454,22 +555,21 @@ fn bad_key_lengths_are_typed_errors() {
 fn debug_output_has_no_key_material() {
     let ctx = fast();
     let s = format!("{ctx:?}");
-    assert!(s.contains("FastGcmContext"));
+    assert!(s.contains("FastSrtpContext"));
     assert!(!s.contains('['), "no byte arrays in Debug: {s}");
     assert!(!s.to_lowercase().contains("salt"));
 }
 
 // ---- allocation count ----
 
-#[test]
-fn no_heap_allocation_per_packet_after_warm_up() {
-    let mut tx = fast();
-    let mut rx = fast();
+fn no_heap_allocation_per_packet_after_warm_up_with(s: &Profile) {
+    let mut tx = (s.fast)();
+    let mut rx = (s.fast)();
     let ssrc: u32 = 0x5151_5151;
     let mut buf = Vec::with_capacity(1500);
     let mut rtcp = Vec::with_capacity(1500);
     let payload = vec![0x5au8; 1200];
-    let mut run = |tx: &mut FastGcmContext, rx: &mut FastGcmContext, seq: u16| {
+    let mut run = |tx: &mut FastSrtpContext, rx: &mut FastSrtpContext, seq: u16| {
         buf.clear();
         buf.extend_from_slice(&[0x80, 0x60]);
         buf.extend_from_slice(&seq.to_be_bytes());
@@ -502,11 +602,21 @@ fn no_heap_allocation_per_packet_after_warm_up() {
     assert_eq!(rx.roc(ssrc), Some(1));
 
     // The counter does see allocations on this thread: webrtc-srtp's Context allocates.
-    let mut reference = webrtc();
+    let mut reference = (s.webrtc)();
     let plain = simple_rtp(ssrc, 1, 1200);
     reference.encrypt_rtp(&plain).unwrap();
     let before = allocs();
     let sealed = reference.encrypt_rtp(&simple_rtp(ssrc, 2, 1200)).unwrap();
     assert!(allocs() > before, "counting allocator is live");
     drop(sealed);
+}
+
+#[test]
+fn no_heap_allocation_per_packet_after_warm_up() {
+    no_heap_allocation_per_packet_after_warm_up_with(&GCM);
+}
+
+#[test]
+fn cm_no_heap_allocation_per_packet_after_warm_up() {
+    no_heap_allocation_per_packet_after_warm_up_with(&CM);
 }

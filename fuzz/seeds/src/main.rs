@@ -8,7 +8,7 @@ use blindrelay_protocol::sdp::{
 };
 use blindrelay_protocol::signal::ClientMessage;
 use blindrelay_protocol::stun::{StunWriter, BINDING_REQUEST};
-use blindrelay_transport::fast_srtp::FastGcmContext;
+use blindrelay_transport::fast_srtp::FastSrtpContext;
 use e2ee_client::sframe::{self, CipherSuite, Header};
 use std::path::{Path, PathBuf};
 
@@ -357,7 +357,7 @@ fn record(op: u8, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn srtp_seeds() {
-    let mut tx = FastGcmContext::new(&SRTP_KEY, &SRTP_SALT).expect("fixed key");
+    let mut tx = FastSrtpContext::new(&SRTP_KEY, &SRTP_SALT).expect("fixed key");
     let clear = rtp(true, 111, 65_534, 0xcafe, b"opaque e2ee frame");
     let mut sealed = clear.clone();
     tx.protect_rtp(&mut sealed).expect("protect");

@@ -351,7 +351,7 @@ mod tests {
     use crate::core::forward::PeerTables;
     use crate::core::CallKey;
     use crate::hop::{MediaHop, SrtpHop};
-    use blindrelay_transport::fast_srtp::FastGcmContext;
+    use blindrelay_transport::fast_srtp::FastSrtpContext;
     use blindrelay_transport::hop::HopContext;
 
     const MOVER: PeerId = 1;
@@ -363,7 +363,7 @@ mod tests {
 
     fn hop(key: u8) -> MediaHop {
         MediaHop::Srtp(SrtpHop(HopContext::Fast(Box::new(
-            FastGcmContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
+            FastSrtpContext::new(&[key; 16], &[key; 12]).expect("16-byte key, 12-byte salt"),
         ))))
     }
 
