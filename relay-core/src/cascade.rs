@@ -38,8 +38,8 @@ pub struct LinkEnd {
     /// chooses a layer for each of its receivers, as it does for its own senders'.
     pub simulcast: Vec<Vec<u32>>,
     /// Whether the end's arrival asks the near node's video senders for a key frame (see
-    /// `PeerTables::keyframe_on_join`): not in an end-to-end encrypted call, where the far
-    /// receivers ask once keyed.
+    /// `PeerTables::keyframe_on_join`): not in an MLS call, where the far receivers ask once
+    /// keyed.
     pub keyframe_on_join: bool,
 }
 
@@ -85,7 +85,7 @@ impl CallRoutes {
     }
 
     /// Whether link ends in the call ask for a key frame when they appear (false in an
-    /// end-to-end encrypted call).
+    /// MLS call).
     pub fn set_keyframe_on_join(&mut self, yes: bool) {
         self.keyframe_on_join = Some(yes);
     }
@@ -222,8 +222,9 @@ mod tests {
         assert_eq!(r.ends()[&key("a", "b")].receiving, vec![10]);
     }
 
-    /// Link ends ask for key frames on arrival unless the call is end-to-end encrypted,
-    /// and a change of it is a change of the end (so the owner sends it again).
+    /// Link ends ask for key frames on arrival unless the call is an MLS call (the owner
+    /// sets the flag from its plane before any end exists; it only matters when a node
+    /// creates an end).
     #[test]
     fn link_ends_carry_the_calls_keyframe_on_join() {
         let mut r = CallRoutes::default();

@@ -45,6 +45,7 @@ use sha1::Sha1;
 use std::collections::HashMap;
 use std::fmt;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// Master and session key length for AEAD_AES_128_GCM (RFC 7714 §12).
 pub const KEY_LEN: usize = 16;
@@ -225,6 +226,10 @@ struct RtpSsrcState {
     /// Indices protected: the highest, and which of the [`REPLAY_WINDOW`] below it were.
     /// Not started until the first packet.
     tx: ReplayWindow,
+    /// No index below this is protected: a window [`FastSrtpContext::set_roc`] moved
+    /// past forgets what it held, and an index estimated back into it (a late sequence
+    /// number read as the ROC before) may have been sealed already.
+    tx_floor: u64,
     /// ROC to assume for the first packet in each direction (RFC 3711: 0 unless signalled).
     initial_roc: u32,
     rx: ReplayWindow,
@@ -306,15 +311,13 @@ fn prf_block(cipher: &aes::Aes128Enc, master_salt: &[u8; SALT_LEN], label: u8) -
 /// label XORed into byte 7, the block counter in bytes 14..16.
 fn cm_prf(cipher: &aes::Aes128Enc, master_salt: &[u8; CM_SALT_LEN], label: u8, out: &mut [u8]) {
     for (i, chunk) in out.chunks_mut(16).enumerate() {
-        let mut block = [0u8; 16];
+        let mut block = Zeroizing::new([0u8; 16]);
         block[..CM_SALT_LEN].copy_from_slice(master_salt);
         block[7] ^= label;
         block[14..].copy_from_slice(&(i as u16).to_be_bytes());
-        let mut b = aes::Block::from(block);
-        cipher.encrypt_block(&mut b);
-        let b: [u8; 16] = b.into();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-        block.fill(0);
+        // Encrypted where it lies, so the PRF output is wiped with the block.
+        cipher.encrypt_block((&mut *block).into());
+        chunk.copy_from_slice(&block[..chunk.len()]);
     }
 }
 
@@ -334,16 +337,14 @@ impl CmSession {
         master_salt: &[u8; CM_SALT_LEN],
         labels: [u8; 3],
     ) -> Result<CmSession, FastSrtpError> {
-        let mut key = [0u8; KEY_LEN];
-        let mut auth = [0u8; CM_AUTH_KEY_LEN];
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        let mut auth = Zeroizing::new([0u8; CM_AUTH_KEY_LEN]);
         let mut salt = [0u8; CM_SALT_LEN];
-        cm_prf(prf, master_salt, labels[0], &mut key);
-        cm_prf(prf, master_salt, labels[1], &mut auth);
+        cm_prf(prf, master_salt, labels[0], &mut *key);
+        cm_prf(prf, master_salt, labels[1], &mut *auth);
         cm_prf(prf, master_salt, labels[2], &mut salt);
-        let cipher = aes::Aes128Enc::new_from_slice(&key);
-        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&auth);
-        key.fill(0);
-        auth.fill(0);
+        let cipher = aes::Aes128Enc::new_from_slice(&*key);
+        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&*auth);
         Ok(CmSession {
             cipher: cipher.map_err(|_| FastSrtpError::KeyLength(KEY_LEN))?,
             salt,
@@ -483,19 +484,17 @@ impl FastSrtpContext {
         let prf = aes::Aes128Enc::new_from_slice(master_key)
             .map_err(|_| FastSrtpError::KeyLength(master_key.len()))?;
         let master_salt = salt_array(master_salt)?;
-        let mut srtp_key = prf_block(&prf, &master_salt, LABEL_SRTP_ENCRYPTION);
-        let mut srtcp_key = prf_block(&prf, &master_salt, LABEL_SRTCP_ENCRYPTION);
-        let srtp_salt = prf_block(&prf, &master_salt, LABEL_SRTP_SALT);
-        let srtcp_salt = prf_block(&prf, &master_salt, LABEL_SRTCP_SALT);
-        let ctx = Self::from_session_keys(
-            &srtp_key,
+        // Wiped when dropped: the contexts keep their own copies.
+        let srtp_key = Zeroizing::new(prf_block(&prf, &master_salt, LABEL_SRTP_ENCRYPTION));
+        let srtcp_key = Zeroizing::new(prf_block(&prf, &master_salt, LABEL_SRTCP_ENCRYPTION));
+        let srtp_salt = Zeroizing::new(prf_block(&prf, &master_salt, LABEL_SRTP_SALT));
+        let srtcp_salt = Zeroizing::new(prf_block(&prf, &master_salt, LABEL_SRTCP_SALT));
+        Self::from_session_keys(
+            &*srtp_key,
             &srtp_salt[..SALT_LEN],
-            &srtcp_key,
+            &*srtcp_key,
             &srtcp_salt[..SALT_LEN],
-        );
-        srtp_key.fill(0);
-        srtcp_key.fill(0);
-        ctx
+        )
     }
 
     /// Builds a context from already-derived session keys and salts. This is what the
@@ -521,9 +520,11 @@ impl FastSrtpContext {
     pub fn new_cm(master_key: &[u8], master_salt: &[u8]) -> Result<Self, FastSrtpError> {
         let prf = aes::Aes128Enc::new_from_slice(master_key)
             .map_err(|_| FastSrtpError::KeyLength(master_key.len()))?;
-        let master_salt: [u8; CM_SALT_LEN] = master_salt
-            .try_into()
-            .map_err(|_| FastSrtpError::SaltLength(master_salt.len()))?;
+        let master_salt: Zeroizing<[u8; CM_SALT_LEN]> = Zeroizing::new(
+            master_salt
+                .try_into()
+                .map_err(|_| FastSrtpError::SaltLength(master_salt.len()))?,
+        );
         let srtp = CmSession::derive(
             &prf,
             &master_salt,
@@ -584,17 +585,23 @@ impl FastSrtpContext {
     /// `roc` lies beyond every index it protected; otherwise it keeps its window (and its
     /// ROC), since going back would reuse nonces. Allocates if `ssrc` is new.
     pub fn set_roc(&mut self, ssrc: u32, roc: u32) {
-        let tx = self
-            .rtp
-            .get(&ssrc)
-            .map(|s| s.tx)
-            .filter(|tx| tx.started && tx.highest >= u64::from(roc) << 16)
-            .unwrap_or_default();
+        let old = self.rtp.get(&ssrc).copied().unwrap_or_default();
+        let keep = old.tx.started && old.tx.highest >= u64::from(roc) << 16;
+        let (tx, tx_floor) = if old.tx.started && !keep {
+            // Everything up to the old highest may have been sealed.
+            (
+                ReplayWindow::default(),
+                old.tx_floor.max(old.tx.highest + 1),
+            )
+        } else {
+            (old.tx, old.tx_floor)
+        };
         self.rtp.insert(
             ssrc,
             RtpSsrcState {
                 initial_roc: roc,
                 tx,
+                tx_floor,
                 ..RtpSsrcState::default()
             },
         );
@@ -668,7 +675,8 @@ impl FastSrtpContext {
         let highest = tx.started.then_some(tx.highest);
         let index =
             estimate_index(highest, initial_roc, seq).ok_or(FastSrtpError::IndexExhausted(ssrc))?;
-        if !tx.check(index) {
+        let floor = state.map_or(0, |s| s.tx_floor);
+        if !tx.check(index) || index < floor {
             return Err(FastSrtpError::IndexReused { ssrc, index });
         }
         if state.is_none() && self.rtp.len() >= self.max_ssrcs {
@@ -1077,6 +1085,18 @@ mod tests {
         tx.set_roc(3, 2);
         assert!(tx.protect_rtp(&mut rtp(3, 10, b"p")).is_ok());
         assert_eq!(tx.roc(3), Some(2));
+        // A window moved forward does not forget what it sealed: index 0xfff0 (ROC 0),
+        // then ROC 1 signalled, then seq 0xfff0 again (estimated back to ROC 0) is refused.
+        assert!(tx.protect_rtp(&mut rtp(4, 0xfff0, b"p")).is_ok());
+        tx.set_roc(4, 1);
+        assert!(tx.protect_rtp(&mut rtp(4, 5, b"p")).is_ok());
+        assert_eq!(
+            tx.protect_rtp(&mut rtp(4, 0xfff0, b"q")),
+            Err(FastSrtpError::IndexReused {
+                ssrc: 4,
+                index: 0xfff0
+            })
+        );
 
         let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 3];
         let n = rtcp.len();

@@ -300,8 +300,8 @@ impl HopContext {
     /// Which implementation, as a bounded label.
     pub fn kind(&self) -> &'static str {
         match self {
-            HopContext::Fast(c) => match c.rtp_overhead() {
-                crate::fast_srtp::CM_TAG_LEN => "fast_cm",
+            HopContext::Fast(c) => match c.profile() {
+                "AES128_CM_HMAC_SHA1_80" => "fast_cm",
                 _ => "fast_gcm",
             },
             HopContext::Reference(_) => "webrtc_srtp",

@@ -64,9 +64,12 @@ pub enum LinkError {
     },
 }
 
-/// A control message on a link's control stream.
+/// A control message on a link's control stream. A field this build does not know is
+/// ignored, not refused: fields are only ever added with a default, so a node of the next
+/// build can talk to this one during a rolling upgrade (an unknown message type is still
+/// refused).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
     Hello {
         node: String,
@@ -176,7 +179,7 @@ pub enum Control {
         #[serde(default)]
         simulcast: Vec<Vec<u32>>,
         /// Whether the end asks the node's video senders for a key frame when it appears
-        /// (not in an end-to-end encrypted call); absent (an older owner): yes.
+        /// (not in an MLS call); absent (an older owner): yes.
         #[serde(default = "yes")]
         keyframe_on_join: bool,
     },
@@ -884,4 +887,34 @@ fn cert_names(conn: &Connection, node: &str) -> Result<(), LinkError> {
         .map_err(|e| LinkError::Refused(format!("node id: {e}")))?;
     ee.verify_is_valid_for_subject_name(&name)
         .map_err(|_| LinkError::Refused(format!("the certificate does not name node {node}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field a later build adds is ignored (rolling upgrades), a field this build added
+    /// defaults when an older owner leaves it out, and an unknown message type is refused.
+    #[test]
+    fn control_messages_ignore_unknown_fields_and_default_new_ones() {
+        let later = r#"{"type":"route","call":"c","peer_node":"b","peer_quic":"127.0.0.1:9",
+            "ssrcs":[1],"video":[1],"receiving":[],"keyframe_on_join":false,"next_field":7}"#;
+        match serde_json::from_str::<Control>(later) {
+            Ok(Control::Route {
+                keyframe_on_join, ..
+            }) => assert!(!keyframe_on_join),
+            other => panic!("{other:?}"),
+        }
+        let older = r#"{"type":"route","call":"c","peer_node":"b","peer_quic":"127.0.0.1:9",
+            "ssrcs":[1],"video":[1],"receiving":[]}"#;
+        match serde_json::from_str::<Control>(older) {
+            Ok(Control::Route {
+                keyframe_on_join,
+                repairs,
+                ..
+            }) => assert!(keyframe_on_join && repairs.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(serde_json::from_str::<Control>(r#"{"type":"no_such_message"}"#).is_err());
+    }
 }
