@@ -45,6 +45,9 @@ pub struct LoadReport {
     pub frames_corrupt: u64,
     pub decrypt_failures: u64,
     pub relay_cpu_pct: Option<f64>,
+    /// The relay's CPU from just after the last join to the middle of the steady state,
+    /// in percent of one core (with no media: the cost of idle participants).
+    pub relay_steady_cpu_pct: Option<f64>,
     pub relay_rss_mb: Option<f64>,
     pub relay_rss_per_participant_kb: Option<f64>,
     pub generator_cpu_pct: f64,
@@ -111,9 +114,13 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
         progress.inc();
     }
     let joins_done = started.elapsed();
-    // Sample the relay in the middle of the steady state.
+    // Sample the relay in the middle of the steady state, and its CPU from a moment after
+    // the last join (its handshake done) to there: with no media, the idle cost.
     let mid = a.duration / 2;
-    tokio::time::sleep(mid).await;
+    let settle = (mid / 4).min(Duration::from_secs(2));
+    tokio::time::sleep(settle).await;
+    let relay_steady = relay_pid.as_deref().and_then(procstat::sample);
+    tokio::time::sleep(mid - settle).await;
     let relay_mid = relay_pid.as_deref().and_then(procstat::sample);
     let mut summaries: Vec<CallSummary> = Vec::with_capacity(participants);
     progress.phase("finishing");
@@ -151,6 +158,10 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
         _ => None,
     };
     let rss_mid = relay_mid.map(|s| s.rss_bytes as f64);
+    let steady_cpu = match (relay_steady, relay_mid) {
+        (Some(b), Some(e)) => Some(procstat::cpu_percent(&b, &e)),
+        _ => None,
+    };
     Ok(LoadReport {
         calls: a.calls,
         participants,
@@ -174,6 +185,7 @@ pub async fn run(a: LoadArgs) -> Result<LoadReport> {
         frames_corrupt: ok.iter().map(|s| s.frames_corrupt).sum(),
         decrypt_failures: ok.iter().map(|s| s.decrypt_failures).sum(),
         relay_cpu_pct: relay_cpu,
+        relay_steady_cpu_pct: steady_cpu,
         relay_rss_mb: rss_mid.map(|r| r / 1e6),
         relay_rss_per_participant_kb: match (relay_before, rss_mid) {
             (Some(b), Some(m)) => {
@@ -269,7 +281,8 @@ pub fn print_human(r: &LoadReport) {
         r.relay_rss_per_participant_kb,
     ) {
         (Some(c), Some(m), Some(p)) => println!(
-            "  relay              CPU {c:.1} %  RSS {m:.1} MB  ({p:.1} KiB per participant)"
+            "  relay              CPU {c:.1} % (steady state {:.2} %)  RSS {m:.1} MB  ({p:.1} KiB per participant)",
+            r.relay_steady_cpu_pct.unwrap_or(f64::NAN)
         ),
         _ => println!("  relay              (pass --relay-pid for CPU and RSS)"),
     }
