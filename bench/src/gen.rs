@@ -58,6 +58,35 @@ pub struct LegStats {
     pub latencies_us: Mutex<Vec<u32>>,
 }
 
+impl LegStats {
+    /// Forget what was counted, for the next phase.
+    pub fn reset(&self) {
+        self.received.store(0, Ordering::Relaxed);
+        self.decrypt_failures.store(0, Ordering::Relaxed);
+        if let Ok(mut v) = self.latencies_us.lock() {
+            v.clear();
+        }
+    }
+}
+
+/// Wait until `n` offers from the relay have been answered (the relay forwards to a
+/// participant only once it has answered the offer of its partner's tracks); polled,
+/// since the answering tasks only count.
+pub(crate) async fn wait_answered(
+    answered: &std::sync::atomic::AtomicUsize,
+    n: usize,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while answered.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            bail!("the relay's offers were not all answered in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// One participant.
 pub struct Leg {
     socket: Arc<UdpSocket>,
@@ -313,13 +342,7 @@ impl Generator {
         }
         // Every participant answers one offer (its partner's tracks); the relay forwards
         // to it only after that.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while answered.load(std::sync::atomic::Ordering::Relaxed) < calls * 2 {
-            if Instant::now() > deadline {
-                bail!("the relay's offers were not all answered in 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_answered(&answered, calls * 2, Duration::from_secs(10)).await?;
         // The relay hands each keyed participant, and each answer, to its forwarding
         // loop asynchronously; give the last one a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -397,11 +420,7 @@ impl Generator {
 
     fn reset(&self) {
         for l in &self.legs {
-            l.stats.received.store(0, Ordering::Relaxed);
-            l.stats.decrypt_failures.store(0, Ordering::Relaxed);
-            if let Ok(mut v) = l.stats.latencies_us.lock() {
-                v.clear();
-            }
+            l.stats.reset();
         }
     }
 

@@ -16,7 +16,7 @@
 //! context (the generator's core for what the relay receives), and other work on the
 //! machine lands on the relay's core too (readings of 4-37 µs/packet in one run). Latency is one way, from the send time sealed in a sample of the packets.
 
-use crate::gen::{join, percentile_us, recv_task, AbortOnDrop, Joined, LegStats};
+use crate::gen::{join, percentile_us, recv_task, wait_answered, AbortOnDrop, Joined, LegStats};
 use crate::median;
 use crate::procstat;
 use crate::sweep::{self, Target};
@@ -360,15 +360,7 @@ async fn join_calls(
             _keep: (answering, path),
         });
     }
-    // The relay forwards to a participant once it has answered the relay's offer of its
-    // partner's tracks.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while answered.load(Ordering::Relaxed) < calls * 2 {
-        if Instant::now() > deadline {
-            bail!("the relay's offers were not all answered in 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_answered(&answered, calls * 2, Duration::from_secs(20)).await?;
     Ok(legs)
 }
 
@@ -437,11 +429,7 @@ async fn phase(
     epoch: Instant,
 ) -> Result<PacedPhase> {
     for l in legs.iter() {
-        l.stats.received.store(0, Ordering::Relaxed);
-        l.stats.decrypt_failures.store(0, Ordering::Relaxed);
-        if let Ok(mut v) = l.stats.latencies_us.lock() {
-            v.clear();
-        }
+        l.stats.reset();
     }
     let pid = sweep::pid(relay);
     let senders: Vec<Sending> = legs.iter_mut().filter_map(|l| l.sending.take()).collect();
