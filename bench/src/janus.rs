@@ -31,7 +31,8 @@ pub struct Janus {
 }
 
 impl Janus {
-    pub fn start() -> Result<Janus> {
+    /// Janus in its namespace, pinned to core `cpu` if given.
+    pub fn start(cpu: Option<usize>) -> Result<Janus> {
         if !std::path::Path::new("/usr/bin/janus").exists() {
             bail!("/usr/bin/janus not found: run scripts/install-test-deps.sh (apt janus)");
         }
@@ -51,7 +52,16 @@ impl Janus {
             std::fs::write(dir.join(name), text).with_context(|| format!("write {name}"))?;
         }
         let log = std::fs::File::create(dir.join("janus.log"))?;
-        let child = std::process::Command::new("ip")
+        // `taskset` and `ip netns exec` each exec the next: the child's pid is Janus's.
+        let mut cmd = match cpu {
+            Some(c) => {
+                let mut t = std::process::Command::new("taskset");
+                t.args(["-c", &c.to_string(), "ip"]);
+                t
+            }
+            None => std::process::Command::new("ip"),
+        };
+        let child = cmd
             .args(["netns", "exec", &ns.name, "/usr/bin/janus", "-o", "-i"])
             .arg(ns.there.to_string())
             .arg("-F")
@@ -84,6 +94,16 @@ impl Janus {
             // Connection refused returns at once: pace the retries.
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Janus's process id (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Janus's WebSocket transport.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}:{WS_PORT}", self.ns.there)
     }
 
     /// The page's URL for one participant of `room`.
@@ -176,8 +196,8 @@ mod tests {
     /// Needs root and janus (scripts/install-test-deps.sh); missing, it fails and says so.
     #[tokio::test]
     async fn janus_starts_in_its_namespace_and_opens_a_videoroom_session() {
-        let j = Janus::start().expect("start janus");
-        let url = format!("ws://{}:{WS_PORT}", j.ns.there);
+        let j = Janus::start(None).expect("start janus");
+        let url = j.ws_url();
         let mut req =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
                 url.as_str(),

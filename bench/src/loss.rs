@@ -339,7 +339,7 @@ enum Sfu<'a> {
 pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport> {
     crate::check_driver(&a.driver)?;
     let janus = match a.janus {
-        true => Some(crate::janus::Janus::start()?),
+        true => Some(crate::janus::Janus::start(None)?),
         false => None,
     };
     let mut runs = Vec::new();

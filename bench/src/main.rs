@@ -24,6 +24,7 @@ mod loss;
 mod netns;
 mod paced;
 mod procstat;
+mod sidebyside;
 mod sweep;
 
 /// Counts allocations on threads that opt in (the relay's, in `alloc`); a thread-local
@@ -183,6 +184,37 @@ enum Cmd {
         /// The generator's core.
         #[arg(long, default_value_t = 1)]
         gen_cpu: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The relay beside Janus 1.1.2's VideoRoom under the same load of GStreamer webrtcbin
+    /// peers (1:1 calls, each peer sending a pre-encoded VP8 clip and Opus, AES-CM SRTP):
+    /// each SFU pinned to one core in a network namespace of its own (needs root, janus
+    /// and GStreamer: scripts/install-test-deps.sh), alternating; CPU µs and wake-ups per
+    /// forwarded packet for both, and their ratio.
+    JanusPaced {
+        /// The relay binary (default: `blindrelay` next to this one).
+        #[arg(long)]
+        relay_bin: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        calls: usize,
+        /// The clip's video bit rate.
+        #[arg(long, default_value_t = 8000)]
+        video_kbps: u32,
+        /// After every peer receives media, before the window opens.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// The measuring window of each phase.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Phases per SFU (alternating which goes first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 0)]
+        sfu_cpu: usize,
+        /// The peers' core.
+        #[arg(long, default_value_t = 1)]
+        peer_cpu: usize,
         #[arg(long)]
         json: bool,
     },
@@ -675,6 +707,32 @@ fn main() -> Result<()> {
                 quiet: json,
             }))?;
             emit(json, &report, paced::print_human)?;
+        }
+        Cmd::JanusPaced {
+            relay_bin,
+            calls,
+            video_kbps,
+            warmup,
+            window,
+            runs,
+            sfu_cpu,
+            peer_cpu,
+            json,
+        } => {
+            let me = std::env::current_exe().context("locate this binary")?;
+            let relay_bin = relay_bin.unwrap_or_else(|| me.with_file_name("blindrelay"));
+            let report = sidebyside::run(sidebyside::SideArgs {
+                relay_bin,
+                calls,
+                video_kbps,
+                warmup,
+                window,
+                runs,
+                sfu_cpu,
+                peer_cpu,
+                quiet: json,
+            })?;
+            emit(json, &report, sidebyside::print_human)?;
         }
         Cmd::Group {
             pages,

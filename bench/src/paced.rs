@@ -387,34 +387,6 @@ pub struct PacedPhase {
     pub latency_samples: usize,
 }
 
-/// Context switches of all of a process's threads: (voluntary, involuntary).
-fn context_switches(pid: &str) -> (u64, u64) {
-    let mut v = 0;
-    let mut n = 0;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
-    };
-    for t in tasks.flatten() {
-        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
-            continue;
-        };
-        for l in s.lines() {
-            let num = |l: &str| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            if l.starts_with("voluntary_ctxt_switches:") {
-                v += num(l);
-            } else if l.starts_with("nonvoluntary_ctxt_switches:") {
-                n += num(l);
-            }
-        }
-    }
-    (v, n)
-}
-
 /// Send every leg's paced media for `duration` (from a thread of its own on `gen_cpu`,
 /// while this runtime's receive tasks count what comes back), then wait for stragglers,
 /// and read the relay's costs over the sending time.
@@ -434,7 +406,7 @@ async fn phase(
     let pid = sweep::pid(relay);
     let senders: Vec<Sending> = legs.iter_mut().filter_map(|l| l.sending.take()).collect();
     let cpu0 = procstat::sample(&pid).ok_or_else(|| anyhow!("the relay's /proc is gone"))?;
-    let sw0 = context_switches(&pid);
+    let sw0 = procstat::context_switches(&pid);
     let start = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let enc = *enc;
@@ -446,7 +418,7 @@ async fn phase(
         l.sending = Some(s);
     }
     let cpu1 = procstat::sample(&pid).ok_or_else(|| anyhow!("the relay's /proc is gone"))?;
-    let sw1 = context_switches(&pid);
+    let sw1 = procstat::context_switches(&pid);
     let secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(DRAIN).await;
     let received: u64 = legs

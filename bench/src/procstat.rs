@@ -84,3 +84,31 @@ pub fn core_busy_percent(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> f64 {
         _ => f64::NAN,
     }
 }
+
+/// Context switches of all of a process's threads: (voluntary, involuntary).
+pub fn context_switches(pid: &str) -> (u64, u64) {
+    let mut v = 0;
+    let mut n = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        for l in s.lines() {
+            let num = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            if l.starts_with("voluntary_ctxt_switches:") {
+                v += num(l);
+            } else if l.starts_with("nonvoluntary_ctxt_switches:") {
+                n += num(l);
+            }
+        }
+    }
+    (v, n)
+}

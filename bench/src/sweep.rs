@@ -194,11 +194,13 @@ pub(crate) mod tempfile_path {
 }
 
 impl Target {
-    /// Start `bin args`, pinned to core `cpu` if given, stdout piped for its banner. The
-    /// child is owned by the returned Target at once, so any early return after this stops
-    /// it.
+    /// Start `bin args`, pinned to core `cpu` if given and in network namespace `netns`
+    /// if given (`taskset` and `ip netns exec` each exec the next, so the child's pid is
+    /// the target's own), stdout piped for its banner. The child is owned by the returned
+    /// Target at once, so any early return after this stops it.
     fn spawn(
         cpu: Option<usize>,
+        netns: Option<&str>,
         bin: &std::path::Path,
         args: &[&OsStr],
         config: Option<tempfile_path::TempPath>,
@@ -210,14 +212,17 @@ impl Target {
                 bin.display()
             );
         }
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut argv: Vec<&OsStr> = Vec::new();
+        let cpu = cpu.map(|c| c.to_string());
+        if let Some(cpu) = &cpu {
+            argv.extend(["taskset", "-c", cpu.as_str()].map(OsStr::new));
+        }
+        if let Some(ns) = netns {
+            argv.extend(["ip", "netns", "exec", ns].map(OsStr::new));
+        }
+        argv.push(bin.as_os_str());
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]);
         let child = cmd
             .args(args)
             .env("RUST_LOG", "warn")
@@ -314,11 +319,28 @@ pub(crate) fn spawn_relay(
     config: &std::path::Path,
     temp: Option<tempfile_path::TempPath>,
 ) -> Result<Target> {
+    spawn_relay_in(cpu, None, bin, config, temp)
+}
+
+/// [`spawn_relay`] in network namespace `netns` if given.
+pub(crate) fn spawn_relay_in(
+    cpu: Option<usize>,
+    netns: Option<&str>,
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    temp: Option<tempfile_path::TempPath>,
+) -> Result<Target> {
     let is_node = std::fs::read_to_string(config)
         .with_context(|| format!("read {}", config.display()))?
         .lines()
         .any(|l| l.trim() == "[cluster]");
-    let mut t = Target::spawn(cpu, bin, &["--config".as_ref(), config.as_os_str()], temp)?;
+    let mut t = Target::spawn(
+        cpu,
+        netns,
+        bin,
+        &["--config".as_ref(), config.as_os_str()],
+        temp,
+    )?;
     let mut signal = None;
     let mut admin = None;
     let mut media = None;
@@ -364,7 +386,7 @@ fn start_baseline(a: &SweepArgs) -> Result<Target> {
         args.push("--srtp");
     }
     let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
-    let mut t = Target::spawn(Some(a.relay_cpu), &a.bench_bin, &args, None)?;
+    let mut t = Target::spawn(Some(a.relay_cpu), None, &a.bench_bin, &args, None)?;
     let mut media = None;
     read_banner(&mut t.child, |l| {
         media = l

@@ -14,7 +14,8 @@ class WebSocket:
         self.r, self.w = reader, writer
 
     @classmethod
-    async def connect(cls, url):
+    async def connect(cls, url, protocol=None):
+        """`protocol`: a subprotocol to ask for (Janus wants "janus-protocol")."""
         u = urlparse(url)
         port = u.port or 80
         reader, writer = await asyncio.open_connection(u.hostname, port)
@@ -25,7 +26,9 @@ class WebSocket:
         writer.write(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {u.hostname}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                + (f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else "")
+                + "\r\n"
             ).encode()
         )
         await writer.drain()

@@ -67,6 +67,51 @@ videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framer
   ! wb.
 """
 
+
+
+def clip_pipeline(clip):
+    """What a participant sends in the paced side-by-side bench (bench/src/webrtcbin.rs):
+    a pre-encoded WebM (VP8 + Opus) played at its own pace (clocksync: webrtcbin's sinks
+    do not sync) and payloaded as PIPELINE's live sources are, with no encoder on the
+    peer's CPU."""
+    return f"""
+webrtcbin name=wb bundle-policy=max-bundle latency=100
+filesrc location="{clip}" ! matroskademux name=d
+d.audio_0 ! queue ! clocksync ! rtpopuspay pt={AUDIO_PT}
+  ! application/x-rtp,media=audio,encoding-name=OPUS,payload={AUDIO_PT},clock-rate=48000
+  ! wb.
+d.video_0 ! queue ! clocksync ! rtpvp8pay pt={VIDEO_PT} picture-id-mode=15-bit mtu=1200
+  ! application/x-rtp,media=video,encoding-name=VP8,payload={VIDEO_PT},clock-rate=90000
+  ! wb.
+"""
+
+
+def count_only(pipe, pad, entry):
+    """Count an incoming stream's RTP packets into entry["packets"] and drop them: no
+    decoder, so a bench's peers spend their core on sending and receiving only."""
+    sink = Gst.ElementFactory.make("fakesink")
+    sink.set_property("sync", False)
+    sink.set_property("async", False)
+    pipe.add(sink)
+    sink.sync_state_with_parent()
+
+    def count_packets(_pad, _info):
+        entry["packets"] += 1
+        return Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.BUFFER, count_packets)
+    return pad.link(sink.get_static_pad("sink")) == Gst.PadLinkReturn.OK
+
+
+async def print_progress(every, total):
+    """One line `{"rx": N}` on stdout every `every` seconds, N = total(): the bench reads
+    the packets received so far when it opens and closes its measuring window."""
+    while True:
+        sys.stdout.write(json.dumps({"rx": total()}) + "\n")
+        sys.stdout.flush()
+        await asyncio.sleep(every)
+
+
 CREDENTIALS = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
 
 
@@ -135,12 +180,14 @@ class Peer:
         # leaves and its m-line turns inactive).
         self.ssrc_owner, self.ssrc_mid = {}, {}
         self.negotiation_needed = asyncio.Event()
-        self.pipe = Gst.parse_launch(PIPELINE)
+        self.pipe = Gst.parse_launch(clip_pipeline(args.clip) if args.clip else PIPELINE)
         self.wb = self.pipe.get_by_name("wb")
-        # WORKAROUND: libnice skips loopback; the relay is on 127.0.0.1.
+        # WORKAROUND: libnice skips loopback; the relay is on 127.0.0.1 (or, with
+        # --local-ip, reached over an interface of that address: libnice then gathers
+        # only the addresses it is given).
         agent = ice_agent(self.wb)
-        if not agent.emit("add-local-ip-address", "127.0.0.1"):
-            self.err("ice agent refused 127.0.0.1")
+        if not agent.emit("add-local-ip-address", args.local_ip):
+            self.err(f"ice agent refused {args.local_ip}")
         self.wb.connect("on-negotiation-needed", lambda *_: loop.call_soon_threadsafe(self.negotiation_needed.set))
         self.wb.connect("pad-added", self.on_pad_added)
         self.wb.connect("notify::connection-state", self.on_state)
@@ -185,6 +232,10 @@ class Peer:
         if t is not None and t.get_property("kind").value_nick != kind:
             entry["mid"] = None
         log.info("incoming %s pad %s mid %s ssrc %s caps %s", kind, pad.get_name(), entry["mid"], entry["ssrc"], caps.to_string())
+        if self.a.count_only:
+            if not count_only(self.pipe, pad, entry):
+                self.loop.call_soon_threadsafe(self.err, f"cannot link incoming {kind} to a sink")
+            return
 
         def count_packets(_pad, _info):
             entry["packets"] += 1
@@ -371,6 +422,9 @@ class Peer:
 
         rd = asyncio.ensure_future(reader())
         bw = asyncio.ensure_future(bus())
+        tasks = [rd, bw]
+        if a.progress > 0:
+            tasks.append(asyncio.ensure_future(print_progress(a.progress, lambda: sum(s["packets"] for s in self.streams))))
         try:
             await asyncio.wait_for(joined, 15)
             stay = a.duration if a.leave_after is None else min(a.leave_after, a.duration)
@@ -402,8 +456,8 @@ class Peer:
                 }
             )
         self.report["connectionState"] = self.wb.get_property("connection-state").value_nick
-        rd.cancel()
-        bw.cancel()
+        for t in tasks:
+            t.cancel()
         await ws.close()
         self.pipe.set_state(Gst.State.NULL)
         return self.report
@@ -417,6 +471,10 @@ def parse_args():
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--name", default="webrtcbin")
     ap.add_argument("--leave-after", type=float, default=None)
+    ap.add_argument("--local-ip", default="127.0.0.1", help="the address ICE gathers on")
+    ap.add_argument("--clip", default=None, help="send this WebM (VP8 + Opus) instead of live test sources")
+    ap.add_argument("--count-only", action="store_true", help="count incoming packets, decode nothing")
+    ap.add_argument("--progress", type=float, default=0, help='print {"rx": packets} every this many seconds')
     return ap.parse_args()
 
 

@@ -1,0 +1,604 @@
+//! `blindrelay-bench janus-paced`: the relay and Janus 1.1.2's VideoRoom under the same
+//! load of GStreamer webrtcbin peers, each SFU alone on one core, for CPU per forwarded
+//! packet side by side (issue 23).
+//!
+//! The load is the one issue 23 measured by hand: 1:1 calls whose two webrtcbin peers
+//! each send a pre-encoded VP8 clip (about 8 Mbit/s, so a frame is many packets) and
+//! Opus, with AES128_CM_HMAC_SHA1_80 (the only SRTP profile webrtcbin 1.22 offers). Each
+//! SFU runs in a network namespace of its own behind a veth pair (libnice skips loopback,
+//! and the same path for both keeps the kernel's share equal), pinned to one core; the
+//! peers run on another. A forwarded packet is counted where it lands: RTP packets the
+//! peers' webrtcbins received, read on both sides the same way.
+
+use crate::janus::Janus;
+use crate::median;
+use crate::netns::VethNamespace;
+use crate::procstat;
+use crate::sweep::{self, tempfile_path::TempPath, Target};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct SideArgs {
+    pub relay_bin: PathBuf,
+    pub calls: usize,
+    pub video_kbps: u32,
+    pub warmup: Duration,
+    pub window: Duration,
+    pub runs: usize,
+    pub sfu_cpu: usize,
+    pub peer_cpu: usize,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sfu {
+    Relay,
+    Janus,
+}
+
+/// One SFU's measuring window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SidePhase {
+    pub sfu: Sfu,
+    pub run: usize,
+    /// RTP packets the peers received per second over the window.
+    pub delivered_pps: f64,
+    pub cpu_us_per_packet: f64,
+    /// The SFU's CPU over the window, in percent of one core.
+    pub sfu_cpu_pct: f64,
+    pub wakeups_per_packet: f64,
+    pub preemptions_per_packet: f64,
+    /// How busy the peers' core was: near 100 % means the load, not the SFU, was the
+    /// limit, and the phase is not a fair reading.
+    pub peer_core_busy_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideMedians {
+    pub sfu: Sfu,
+    pub delivered_pps: f64,
+    pub cpu_us_per_packet: f64,
+    pub wakeups_per_packet: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideReport {
+    pub machine: String,
+    pub calls: usize,
+    pub video_kbps: u32,
+    pub srtp_profile: &'static str,
+    pub window_secs: f64,
+    pub phases: Vec<SidePhase>,
+    pub medians: Vec<SideMedians>,
+    /// The relay's CPU per packet over Janus's (medians): the issue's goal is at most 0.2.
+    pub relay_over_janus: f64,
+}
+
+/// The repository's root (the bench's peers are scripts in it).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The Python with GStreamer's bindings (scripts/install-test-deps.sh makes the venv).
+fn python() -> PathBuf {
+    let venv = PathBuf::from("/opt/blindrelay-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("/usr/bin/python3")
+    }
+}
+
+/// The clip every peer sends: made once per bit rate and length with GStreamer
+/// (videotestsrc's noise, so VP8 spends the whole rate at 640x480 and 30 frames/s; Opus
+/// 32 kbit/s in 20 ms frames), then reused from the temp directory.
+fn clip(video_kbps: u32, secs: u64) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("blindrelay-clip-{video_kbps}k-{secs}s.webm"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let part = path.with_extension(format!("part{}", std::process::id()));
+    let pipeline = format!(
+        "videotestsrc num-buffers={frames} pattern=snow \
+         ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! vp8enc deadline=1 cpu-used=16 threads=2 end-usage=cbr target-bitrate={bps} \
+           keyframe-max-dist=90 \
+         ! queue ! webmmux name=m ! filesink location={out} \
+         audiotestsrc num-buffers={audio} samplesperbuffer=960 \
+         ! audio/x-raw,rate=48000,channels=1 ! opusenc bitrate=32000 frame-size=20 \
+         ! queue ! m.",
+        frames = secs * 30,
+        bps = u64::from(video_kbps) * 1000,
+        out = part.display(),
+        audio = secs * 50,
+    );
+    let out = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .output()
+        .context("run gst-launch-1.0 (apt gstreamer1.0-tools; scripts/install-test-deps.sh)")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&part);
+        bail!(
+            "encoding the clip failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::rename(&part, &path).context("keep the clip")?;
+    Ok(path)
+}
+
+/// One peer process and what it has said: (when read, packets received so far).
+struct Peer {
+    child: Child,
+    name: String,
+    log: PathBuf,
+    rx: Arc<Mutex<Vec<(Instant, u64)>>>,
+}
+
+impl Peer {
+    fn spawn(cpu: usize, script: &Path, args: &[String], name: &str, dir: &Path) -> Result<Peer> {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .arg(python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).context("peer log")?)
+            .spawn()
+            .with_context(|| format!("start {}", script.display()))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("peer stdout not captured"))?;
+        let rx = Arc::new(Mutex::new(Vec::new()));
+        let seen = rx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(n) = v.get("rx").and_then(|n| n.as_u64()) {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((Instant::now(), n));
+                }
+            }
+        });
+        Ok(Peer {
+            child,
+            name: name.to_string(),
+            log,
+            rx,
+        })
+    }
+
+    fn last(&self) -> Option<(Instant, u64)> {
+        self.rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .copied()
+    }
+
+    /// Packets received by `at`, interpolated between the reports either side of it; None
+    /// until a report after `at` has come.
+    fn at(&self, at: Instant) -> Option<f64> {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let after = rx.iter().position(|(t, _)| *t >= at)?;
+        let (t1, n1) = rx[after];
+        let Some(&(t0, n0)) = after.checked_sub(1).and_then(|i| rx.get(i)) else {
+            return Some(n1 as f64);
+        };
+        let span = t1.duration_since(t0).as_secs_f64();
+        let f = if span > 0.0 {
+            at.duration_since(t0).as_secs_f64() / span
+        } else {
+            1.0
+        };
+        Some(n0 as f64 + (n1 as f64 - n0 as f64) * f)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How often a peer reports what it received.
+const PROGRESS_SECS: f64 = 0.1;
+/// How long every peer has to be receiving media after it starts.
+const FLOWING_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A running SFU: the relay in a namespace of its own, or Janus in its.
+enum Running {
+    /// The Target is stopped before the namespace it stands in goes (fields drop in
+    /// order).
+    Relay {
+        relay: Target,
+        _ns: VethNamespace,
+    },
+    Janus(Janus),
+}
+
+impl Running {
+    fn pid(&self) -> String {
+        match self {
+            Running::Relay { relay, .. } => relay.child.id().to_string(),
+            Running::Janus(j) => j.pid().to_string(),
+        }
+    }
+}
+
+/// A started SFU and what its peers are told.
+struct Started {
+    running: Running,
+    /// The relay's signalling URL or Janus's WebSocket.
+    target: String,
+    /// What the relay's tokens are signed with (the development secret and admin token
+    /// are refused off loopback).
+    secret: String,
+    /// The address the relay's peers gather ICE candidates on (this end of its veth).
+    local_ip: String,
+}
+
+fn start_relay(a: &SideArgs) -> Result<Started> {
+    let ns = VethNamespace::create("r", 215)?;
+    let path = std::env::temp_dir().join(format!(
+        "blindrelay-janus-paced-{}-{:08x}.toml",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let ip = ns.there;
+    let secret = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(
+        &path,
+        format!(
+            "[signal]\nlisten = \"{ip}:0\"\n[admin]\nlisten = \"{ip}:0\"\ntoken = \"{secret}\"\n\
+             [media]\nlisten = \"{ip}:0\"\nworkers = 1\nsrtp = \"fast\"\n\
+             [auth]\napi_secret = \"{secret}\"\n"
+        ),
+    )?;
+    let t = sweep::spawn_relay_in(
+        Some(a.sfu_cpu),
+        Some(&ns.name),
+        &a.relay_bin,
+        &path,
+        Some(TempPath(path.clone())),
+    )?;
+    let url = t
+        .signal_url
+        .clone()
+        .ok_or_else(|| anyhow!("no signalling URL in the relay's banner"))?;
+    let local_ip = ns.here.to_string();
+    Ok(Started {
+        running: Running::Relay { relay: t, _ns: ns },
+        target: url,
+        secret,
+        local_ip,
+    })
+}
+
+/// The peers of `calls` 1:1 calls on the `sfu` started as `s`, in run `run`.
+fn start_peers(
+    a: &SideArgs,
+    sfu: Sfu,
+    s: &Started,
+    run: usize,
+    clip: &Path,
+    dir: &Path,
+) -> Result<Vec<Peer>> {
+    let root = repo_root();
+    let progress = PROGRESS_SECS.to_string();
+    // Longer than any phase: the peers are stopped when it ends.
+    let duration = "600".to_string();
+    let mut peers = Vec::new();
+    for call in 0..a.calls {
+        for side in ["a", "b"] {
+            let name = format!("{sfu:?}-{run}-{call}{side}").to_lowercase();
+            let (script, args) = match sfu {
+                Sfu::Relay => {
+                    let call_id = format!("janus-paced-{run}-{call}");
+                    let token = blindrelay::token::issue(
+                        &s.secret,
+                        &name,
+                        "bench",
+                        "user",
+                        Some(&call_id),
+                        Duration::from_secs(3600),
+                    )?;
+                    (
+                        root.join("tests/peers/webrtcbin_peer.py"),
+                        vec![
+                            "--url".into(),
+                            s.target.clone(),
+                            "--local-ip".into(),
+                            s.local_ip.clone(),
+                            "--token".into(),
+                            token,
+                            "--call".into(),
+                            call_id,
+                            "--name".into(),
+                            name.clone(),
+                            "--count-only".into(),
+                        ],
+                    )
+                }
+                Sfu::Janus => (
+                    root.join("bench/peers/janus_webrtcbin.py"),
+                    vec![
+                        "--ws".into(),
+                        s.target.clone(),
+                        "--room".into(),
+                        (run * 1000 + call + 1).to_string(),
+                        "--name".into(),
+                        name.clone(),
+                    ],
+                ),
+            };
+            let mut args = args;
+            args.extend([
+                "--clip".into(),
+                clip.display().to_string(),
+                "--duration".into(),
+                duration.clone(),
+                "--progress".into(),
+                progress.clone(),
+            ]);
+            peers.push(Peer::spawn(a.peer_cpu, &script, &args, &name, dir)?);
+        }
+    }
+    Ok(peers)
+}
+
+/// Until every peer is receiving media (two reports with more packets than the first).
+fn wait_flowing(peers: &mut [Peer]) -> Result<()> {
+    let deadline = Instant::now() + FLOWING_TIMEOUT;
+    loop {
+        let mut waiting = None;
+        for p in peers.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!(
+                    "peer {} exited ({status}) before media flowed; see {}",
+                    p.name,
+                    p.log.display()
+                );
+            }
+            if p.last().map(|(_, n)| n).unwrap_or(0) == 0 {
+                waiting = Some(p.name.clone());
+            }
+        }
+        let Some(name) = waiting else { return Ok(()) };
+        if Instant::now() > deadline {
+            let log = peers
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.log.display().to_string())
+                .unwrap_or_default();
+            bail!("peer {name} received no media within {FLOWING_TIMEOUT:?}; see {log}");
+        }
+        // Reports come every PROGRESS_SECS; nothing to await but the next one.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Packets all peers had received at `at` (waits for each one's next report).
+fn received_at(peers: &[Peer], at: Instant) -> Result<f64> {
+    let deadline = at + Duration::from_secs(5);
+    let mut total = 0.0;
+    for p in peers {
+        loop {
+            if let Some(n) = p.at(at) {
+                total += n;
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("peer {} stopped reporting; see {}", p.name, p.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(total)
+}
+
+fn phase(a: &SideArgs, sfu: Sfu, run: usize, clip: &Path, dir: &Path) -> Result<SidePhase> {
+    let started = match sfu {
+        Sfu::Relay => start_relay(a)?,
+        Sfu::Janus => {
+            let j = Janus::start(Some(a.sfu_cpu))?;
+            Started {
+                target: j.ws_url(),
+                running: Running::Janus(j),
+                secret: String::new(),
+                local_ip: String::new(),
+            }
+        }
+    };
+    let pid = started.running.pid();
+    let mut peers = start_peers(a, sfu, &started, run, clip, dir)?;
+    wait_flowing(&mut peers)?;
+    std::thread::sleep(a.warmup);
+    let t0 = Instant::now();
+    let cpu0 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
+    let sw0 = procstat::context_switches(&pid);
+    let core0 = procstat::cpu_jiffies(a.peer_cpu);
+    std::thread::sleep(a.window);
+    let t1 = Instant::now();
+    let cpu1 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
+    let sw1 = procstat::context_switches(&pid);
+    let core1 = procstat::cpu_jiffies(a.peer_cpu);
+    let packets = received_at(&peers, t1)? - received_at(&peers, t0)?;
+    drop(peers);
+    drop(started);
+    if packets <= 0.0 {
+        bail!("{sfu:?}: no packets delivered in the window");
+    }
+    let secs = t1.duration_since(t0).as_secs_f64();
+    let cpu_secs =
+        cpu1.cpu_ticks.saturating_sub(cpu0.cpu_ticks) as f64 / procstat::ticks_per_second();
+    Ok(SidePhase {
+        sfu,
+        run,
+        delivered_pps: packets / secs,
+        cpu_us_per_packet: cpu_secs * 1e6 / packets,
+        sfu_cpu_pct: procstat::cpu_percent(&cpu0, &cpu1),
+        wakeups_per_packet: sw1.0.saturating_sub(sw0.0) as f64 / packets,
+        preemptions_per_packet: sw1.1.saturating_sub(sw0.1) as f64 / packets,
+        peer_core_busy_pct: procstat::core_busy_percent(core0, core1),
+    })
+}
+
+fn describe(p: &SidePhase) -> String {
+    format!(
+        "{:?} run {}: {:.0} packets/s delivered, {:.2} µs/packet ({:.1} % of a core), {:.3} wake-ups and {:.3} preemptions per packet, peers' core {:.0} % busy",
+        p.sfu,
+        p.run,
+        p.delivered_pps,
+        p.cpu_us_per_packet,
+        p.sfu_cpu_pct,
+        p.wakeups_per_packet,
+        p.preemptions_per_packet,
+        p.peer_core_busy_pct
+    )
+}
+
+pub fn run(a: SideArgs) -> Result<SideReport> {
+    if a.calls == 0 || a.runs == 0 {
+        bail!("--calls and --runs must each be at least one");
+    }
+    // The clip outlasts a phase: joins, FLOWING_TIMEOUT at worst, warm-up and window.
+    let secs = (a.warmup + a.window + FLOWING_TIMEOUT).as_secs() + 10;
+    let clip = clip(a.video_kbps, secs)?;
+    let dir = std::env::temp_dir().join(format!("blindrelay-janus-paced-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut phases = Vec::new();
+    for run in 0..a.runs {
+        // Alternating which goes first, so a drift of the machine falls on both.
+        let order = if run % 2 == 0 {
+            [Sfu::Relay, Sfu::Janus]
+        } else {
+            [Sfu::Janus, Sfu::Relay]
+        };
+        for sfu in order {
+            let p = phase(&a, sfu, run, &clip, &dir)
+                .with_context(|| format!("{sfu:?}, run {run} (peer logs in {})", dir.display()))?;
+            if !a.quiet {
+                eprintln!("{}", describe(&p));
+            }
+            phases.push(p);
+        }
+    }
+    let medians: Vec<SideMedians> = [Sfu::Relay, Sfu::Janus]
+        .into_iter()
+        .map(|sfu| {
+            let of = |f: fn(&SidePhase) -> f64| {
+                median(phases.iter().filter(|p| p.sfu == sfu).map(f).collect())
+            };
+            SideMedians {
+                sfu,
+                delivered_pps: of(|p| p.delivered_pps),
+                cpu_us_per_packet: of(|p| p.cpu_us_per_packet),
+                wakeups_per_packet: of(|p| p.wakeups_per_packet),
+            }
+        })
+        .collect();
+    let relay_over_janus = medians[0].cpu_us_per_packet / medians[1].cpu_us_per_packet;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SideReport {
+        machine: sweep::cpu_model(),
+        calls: a.calls,
+        video_kbps: a.video_kbps,
+        srtp_profile: "AES128_CM_HMAC_SHA1_80",
+        window_secs: a.window.as_secs_f64(),
+        phases,
+        medians,
+        relay_over_janus,
+    })
+}
+
+pub fn print_human(r: &SideReport) {
+    println!(
+        "{} 1:1 calls of webrtcbin peers ({} kbit/s VP8 clip + Opus each), {}, {} s windows, {}",
+        r.calls, r.video_kbps, r.srtp_profile, r.window_secs, r.machine
+    );
+    for p in &r.phases {
+        println!("  {}", describe(p));
+    }
+    for m in &r.medians {
+        println!(
+            "  median {:?}: {:.2} µs/packet at {:.0} packets/s, {:.3} wake-ups/packet",
+            m.sfu, m.cpu_us_per_packet, m.delivered_pps, m.wakeups_per_packet
+        );
+    }
+    println!(
+        "  relay / Janus CPU per packet: {:.3} (Janus uses {:.2}x the relay's)",
+        r.relay_over_janus,
+        1.0 / r.relay_over_janus
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The side-by-side runs end to end on a small load: one 1:1 call of webrtcbin peers
+    /// through the relay (the workspace's debug build, next to this test's directory) and
+    /// through Janus, each in its namespace; both deliver what the peers send, and each
+    /// phase's CPU per packet is read. Needs root, janus, GStreamer's webrtcbin and
+    /// Python bindings (scripts/install-test-deps.sh); missing, it fails and says so.
+    #[test]
+    fn the_relay_and_janus_each_forward_the_same_webrtcbin_load() {
+        let exe = std::env::current_exe().expect("this test's path");
+        // target/<profile>/deps/<test> -> target/<profile>/blindrelay
+        let relay_bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the target directory")
+            .join("blindrelay");
+        assert!(
+            relay_bin.exists(),
+            "{} not built: cargo test --workspace builds it",
+            relay_bin.display()
+        );
+        let r = run(SideArgs {
+            relay_bin,
+            calls: 1,
+            video_kbps: 2000,
+            warmup: Duration::from_secs(1),
+            window: Duration::from_secs(3),
+            runs: 1,
+            sfu_cpu: 0,
+            peer_cpu: 1,
+            quiet: false,
+        })
+        .expect("both phases ran");
+        assert_eq!(r.phases.len(), 2, "{r:?}");
+        // Each of the two peers receives Opus (50 packets/s) and about 2 Mbit/s of VP8
+        // in packets of at most 1,200 bytes (over 200 packets/s).
+        for p in &r.phases {
+            assert!(p.delivered_pps > 400.0, "{p:?}");
+            assert!(
+                p.cpu_us_per_packet > 0.0 && p.cpu_us_per_packet.is_finite(),
+                "{p:?}"
+            );
+        }
+        assert!(
+            r.relay_over_janus > 0.0 && r.relay_over_janus.is_finite(),
+            "{r:?}"
+        );
+    }
+}
