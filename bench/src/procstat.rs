@@ -9,6 +9,8 @@ pub struct Sample {
     pub at: Instant,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
+    /// stime alone: time in the kernel on the process's behalf (its syscalls).
+    pub sys_ticks: u64,
     pub rss_bytes: u64,
 }
 
@@ -41,6 +43,7 @@ pub fn sample(pid: &str) -> Option<Sample> {
     Some(Sample {
         at: Instant::now(),
         cpu_ticks: utime + stime,
+        sys_ticks: stime,
         rss_bytes: rss_kb * 1024,
     })
 }

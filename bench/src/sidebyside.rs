@@ -50,6 +50,9 @@ pub struct SidePhase {
     /// RTP packets the peers received per second over the window.
     pub delivered_pps: f64,
     pub cpu_us_per_packet: f64,
+    /// The part of it spent in the kernel (the SFU's syscalls: receiving, sending,
+    /// sleeping), which no user-space change removes while the syscalls stay.
+    pub sys_us_per_packet: f64,
     /// The SFU's CPU over the window, in percent of one core.
     pub sfu_cpu_pct: f64,
     pub wakeups_per_packet: f64,
@@ -64,6 +67,7 @@ pub struct SideMedians {
     pub sfu: Sfu,
     pub delivered_pps: f64,
     pub cpu_us_per_packet: f64,
+    pub sys_us_per_packet: f64,
     pub wakeups_per_packet: f64,
 }
 
@@ -448,13 +452,15 @@ fn phase(a: &SideArgs, sfu: Sfu, run: usize, clip: &Path, dir: &Path) -> Result<
         bail!("{sfu:?}: no packets delivered in the window");
     }
     let secs = t1.duration_since(t0).as_secs_f64();
-    let cpu_secs =
-        cpu1.cpu_ticks.saturating_sub(cpu0.cpu_ticks) as f64 / procstat::ticks_per_second();
+    let tick = procstat::ticks_per_second();
+    let cpu_secs = cpu1.cpu_ticks.saturating_sub(cpu0.cpu_ticks) as f64 / tick;
+    let sys_secs = cpu1.sys_ticks.saturating_sub(cpu0.sys_ticks) as f64 / tick;
     Ok(SidePhase {
         sfu,
         run,
         delivered_pps: packets / secs,
         cpu_us_per_packet: cpu_secs * 1e6 / packets,
+        sys_us_per_packet: sys_secs * 1e6 / packets,
         sfu_cpu_pct: procstat::cpu_percent(&cpu0, &cpu1),
         wakeups_per_packet: sw1.0.saturating_sub(sw0.0) as f64 / packets,
         preemptions_per_packet: sw1.1.saturating_sub(sw0.1) as f64 / packets,
@@ -464,11 +470,12 @@ fn phase(a: &SideArgs, sfu: Sfu, run: usize, clip: &Path, dir: &Path) -> Result<
 
 fn describe(p: &SidePhase) -> String {
     format!(
-        "{:?} run {}: {:.0} packets/s delivered, {:.2} µs/packet ({:.1} % of a core), {:.3} wake-ups and {:.3} preemptions per packet, peers' core {:.0} % busy",
+        "{:?} run {}: {:.0} packets/s delivered, {:.2} µs/packet ({:.2} in the kernel; {:.1} % of a core), {:.3} wake-ups and {:.3} preemptions per packet, peers' core {:.0} % busy",
         p.sfu,
         p.run,
         p.delivered_pps,
         p.cpu_us_per_packet,
+        p.sys_us_per_packet,
         p.sfu_cpu_pct,
         p.wakeups_per_packet,
         p.preemptions_per_packet,
@@ -512,6 +519,7 @@ pub fn run(a: SideArgs) -> Result<SideReport> {
                 sfu,
                 delivered_pps: of(|p| p.delivered_pps),
                 cpu_us_per_packet: of(|p| p.cpu_us_per_packet),
+                sys_us_per_packet: of(|p| p.sys_us_per_packet),
                 wakeups_per_packet: of(|p| p.wakeups_per_packet),
             }
         })
@@ -540,8 +548,8 @@ pub fn print_human(r: &SideReport) {
     }
     for m in &r.medians {
         println!(
-            "  median {:?}: {:.2} µs/packet at {:.0} packets/s, {:.3} wake-ups/packet",
-            m.sfu, m.cpu_us_per_packet, m.delivered_pps, m.wakeups_per_packet
+            "  median {:?}: {:.2} µs/packet ({:.2} in the kernel) at {:.0} packets/s, {:.3} wake-ups/packet",
+            m.sfu, m.cpu_us_per_packet, m.sys_us_per_packet, m.delivered_pps, m.wakeups_per_packet
         );
     }
     println!(
