@@ -27,11 +27,18 @@ import gi  # noqa: E402
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstWebRTC", "1.0")
-gi.require_version("GstSdp", "1.0")
-from gi.repository import Gst, GstSdp, GstWebRTC  # noqa: E402
+from gi.repository import Gst, GstWebRTC  # noqa: E402
 
 from peerlib import WebSocket  # noqa: E402
-from webrtcbin_peer import clip_pipeline, count_only, ice_agent, patch_answer, print_progress  # noqa: E402
+from webrtcbin_peer import (  # noqa: E402
+    apply_description,
+    clip_pipeline,
+    count_only,
+    emit_action,
+    ice_agent,
+    patch_answer,
+    print_progress,
+)
 
 log = logging.getLogger("janus-webrtcbin")
 
@@ -59,23 +66,10 @@ class Conn:
             log.error("%s: cannot link %s to a sink", self.name, pad.get_name())
 
     async def action(self, signal, *args):
-        p = Gst.Promise.new()
-        self.wb.emit(signal, *args, p)
-        res = await self.loop.run_in_executor(None, p.wait)
-        if res != Gst.PromiseResult.REPLIED:
-            raise RuntimeError(f"{signal}: promise {res.value_nick}")
-        reply = p.get_reply()
-        if reply is not None and reply.has_field("error"):
-            raise RuntimeError(f"{signal}: {reply.get_value('error')}")
-        return reply
+        return await emit_action(self.loop, self.wb, signal, *args)
 
     async def set_description(self, local, kind, text):
-        ok, msg = GstSdp.SDPMessage.new_from_text(text)
-        if ok != GstSdp.SDPResult.OK:
-            raise RuntimeError(f"SDP does not parse: {ok}")
-        t = {"offer": GstWebRTC.WebRTCSDPType.OFFER, "answer": GstWebRTC.WebRTCSDPType.ANSWER}[kind]
-        desc = GstWebRTC.WebRTCSessionDescription.new(t, msg)
-        await self.action("set-local-description" if local else "set-remote-description", desc)
+        await apply_description(self.loop, self.wb, local, kind, text)
 
     async def gathered(self):
         end = time.monotonic() + 10

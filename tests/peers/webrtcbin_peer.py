@@ -112,6 +112,35 @@ async def print_progress(every, total):
         await asyncio.sleep(every)
 
 
+async def emit_action(loop, wb, signal, *args):
+    """Emit a promise-taking action signal of webrtcbin `wb` and wait for its reply (in a
+    thread)."""
+    p = Gst.Promise.new()
+    wb.emit(signal, *args, p)
+    res = await loop.run_in_executor(None, p.wait)
+    if res != Gst.PromiseResult.REPLIED:
+        raise RuntimeError(f"{signal}: promise {res.value_nick}")
+    reply = p.get_reply()
+    if reply is not None and reply.has_field("error"):
+        raise RuntimeError(f"{signal}: {reply.get_value('error')}")
+    return reply
+
+
+async def apply_description(loop, wb, local, kind, text):
+    """Set `wb`'s local or remote description ("offer" or "answer") from SDP text."""
+    ok, msg = GstSdp.SDPMessage.new_from_text(text)
+    if ok != GstSdp.SDPResult.OK:
+        raise RuntimeError(f"SDP does not parse: {ok}")
+    t = {"offer": GstWebRTC.WebRTCSDPType.OFFER, "answer": GstWebRTC.WebRTCSDPType.ANSWER}[kind]
+    desc = GstWebRTC.WebRTCSessionDescription.new(t, msg)
+    await emit_action(loop, wb, "set-local-description" if local else "set-remote-description", desc)
+    # webrtcbin replies to a refused description without an error field in some
+    # versions: check that it took.
+    cur = wb.get_property("local-description" if local else "remote-description")
+    if cur is None or cur.type != t:
+        raise RuntimeError(f"webrtcbin did not apply the {'local' if local else 'remote'} {kind}")
+
+
 CREDENTIALS = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
 
 
@@ -270,16 +299,7 @@ class Peer:
 
     # --- promises --------------------------------------------------------------------------
     async def action(self, signal, *args):
-        """Emit a promise-taking action signal and wait for its reply (in a thread)."""
-        p = Gst.Promise.new()
-        self.wb.emit(signal, *args, p)
-        res = await self.loop.run_in_executor(None, p.wait)
-        if res != Gst.PromiseResult.REPLIED:
-            raise RuntimeError(f"{signal}: promise {res.value_nick}")
-        reply = p.get_reply()
-        if reply is not None and reply.has_field("error"):
-            raise RuntimeError(f"{signal}: {reply.get_value('error')}")
-        return reply
+        return await emit_action(self.loop, self.wb, signal, *args)
 
     def signalled(self, sdp):
         self.remote_sdp = sdp
@@ -287,18 +307,7 @@ class Peer:
         self.ssrc_mid.update(mid_by_ssrc(sdp))
 
     async def set_description(self, local, kind, text):
-        ok, msg = GstSdp.SDPMessage.new_from_text(text)
-        if ok != GstSdp.SDPResult.OK:
-            raise RuntimeError(f"SDP does not parse: {ok}")
-        t = {"offer": GstWebRTC.WebRTCSDPType.OFFER, "answer": GstWebRTC.WebRTCSDPType.ANSWER}[kind]
-        desc = GstWebRTC.WebRTCSessionDescription.new(t, msg)
-        await self.action("set-local-description" if local else "set-remote-description", desc)
-        # webrtcbin replies to a refused description without an error field in some
-        # versions: check that it took.
-        prop = "local-description" if local else "remote-description"
-        cur = self.wb.get_property(prop)
-        if cur is None or cur.type != t:
-            raise RuntimeError(f"webrtcbin did not apply the {'local' if local else 'remote'} {kind}")
+        await apply_description(self.loop, self.wb, local, kind, text)
 
     async def wait_for(self, pred, timeout, what):
         end = time.monotonic() + timeout
