@@ -22,7 +22,8 @@ const WS_PORT: u16 = 8188;
 /// How long Janus has to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A running Janus in its namespace; stopped (by its pid) and removed on drop.
+/// A running Janus in its namespace; stopped (by its pid), and its namespace and
+/// configuration directory removed, on drop.
 pub struct Janus {
     child: std::process::Child,
     /// Removed after Janus stops (fields drop after `drop`).
@@ -86,9 +87,13 @@ impl Janus {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                // The directory goes with the Janus value: quote the log's end here.
+                let log = std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
-                    "janus did not listen on {to} within {START_TIMEOUT:?}; see {}",
-                    self.dir.join("janus.log").display()
+                    "janus did not listen on {to} within {START_TIMEOUT:?}; its log ends:\n{}",
+                    tail.join("\n")
                 );
             }
             // Connection refused returns at once: pace the retries.
@@ -122,6 +127,7 @@ impl Drop for Janus {
         // after it, when the fields drop.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
