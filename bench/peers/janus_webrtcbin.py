@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """GStreamer webrtcbin as a Janus 1.1.2 VideoRoom participant, for blindrelay-bench's
-paced side-by-side (bench/src/webrtcbin.rs): the same sender and counting receiver as
+paced side-by-side (bench/src/sidebyside.rs): the same sender and counting receiver as
 tests/peers/webrtcbin_peer.py runs against the relay, so the two SFUs forward the same
 load.
 
@@ -80,6 +80,18 @@ class Conn:
         return self.wb.get_property("local-description").sdp.as_text()
 
 
+class JanusError(RuntimeError):
+    """An error reply, with Janus's (or the plugin's) error code."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"Janus error {code}: {reason}")
+        self.code = code
+
+
+# The VideoRoom's "room already exists".
+ROOM_EXISTS = 427
+
+
 class Janus:
     """A Janus session over its WebSocket transport: requests matched to replies by
     transaction, plugin events handed to the handle's callback."""
@@ -87,6 +99,12 @@ class Janus:
     def __init__(self, ws):
         self.ws, self.session, self.txn = ws, None, 0
         self.waiting, self.handlers = {}, {}
+
+    async def send(self, body):
+        """A request whose only reply is an ack (a keepalive): sent, not awaited."""
+        self.txn += 1
+        body = dict(body, transaction=f"t{self.txn}", session_id=self.session)
+        await self.ws.send(json.dumps(body))
 
     async def request(self, body):
         self.txn += 1
@@ -112,25 +130,35 @@ class Janus:
         while True:
             text = await self.ws.recv()
             if text is None:
+                log.error("Janus closed the connection")
                 for f in self.waiting.values():
                     if not f.done():
                         f.set_exception(ConnectionError("Janus closed the connection"))
                 return
-            m = json.loads(text)
-            if m.get("janus") == "ack":
-                continue
-            f = self.waiting.pop(m.get("transaction"), None)
-            if f is not None and not f.done():
-                err = m.get("error") or (m.get("plugindata", {}).get("data", {}).get("error"))
-                if m.get("janus") == "error" or err:
-                    f.set_exception(RuntimeError(json.dumps(err)))
-                else:
-                    f.set_result(m)
-                continue
-            h = self.handlers.get(m.get("sender"))
-            if h is not None:
-                h(m)
+            try:
+                self.handle(json.loads(text))
+            except Exception:  # one bad message must not stop the reader
+                log.exception("cannot handle a message from Janus: %s", text[:200])
 
+    def handle(self, m):
+        if m.get("janus") == "ack":
+            return
+        f = self.waiting.pop(m.get("transaction"), None)
+        if f is not None and not f.done():
+            data = (m.get("plugindata") or {}).get("data") or {}
+            if m.get("janus") == "error":
+                e = m.get("error") or {}
+                f.set_exception(JanusError(e.get("code"), e.get("reason")))
+            elif "error" in data:
+                f.set_exception(JanusError(data.get("error_code"), data.get("error")))
+            else:
+                f.set_result(m)
+            return
+        if m.get("janus") in ("hangup", "detached", "timeout"):
+            log.error("Janus: %s", json.dumps(m)[:300])
+        h = self.handlers.get(m.get("sender"))
+        if h is not None:
+            h(m)
 
 async def run(a):
     loop = asyncio.get_running_loop()
@@ -144,8 +172,9 @@ async def run(a):
     try:
         await j.message(handle, {"request": "create", "room": a.room, "publishers": 6, "bitrate": 0,
                                  "audiocodec": "opus", "videocodec": "vp8", "notify_joining": True})
-    except RuntimeError:
-        pass  # made by the other participant
+    except JanusError as e:
+        if e.code != ROOM_EXISTS:  # else made by the other participant
+            raise
     subs = {}
 
     async def subscribe(feed):
@@ -171,10 +200,16 @@ async def run(a):
         await j.message(h, {"request": "start"}, {"type": "answer", "sdp": local, "trickle": False})
         report["subscribed"].append(feed)
 
+    def subscribed(f):
+        # Logged as well as reported: the bench stops peers with a signal, and reads
+        # their logs when media never came.
+        if not f.cancelled() and f.exception() is not None:
+            log.error("subscribing failed: %r", f.exception())
+            report["errors"].append(repr(f.exception()))
+
     def publishers(lst):
         for p in lst or []:
-            fut = asyncio.ensure_future(subscribe(p["id"]))
-            fut.add_done_callback(lambda f: f.exception() and report["errors"].append(repr(f.exception())))
+            asyncio.ensure_future(subscribe(p["id"])).add_done_callback(subscribed)
 
     j.handlers[handle] = lambda m: publishers((m.get("plugindata") or {}).get("data", {}).get("publishers"))
     joined = await j.message(handle, {"request": "join", "ptype": "publisher", "room": a.room, "display": a.name})
@@ -197,11 +232,27 @@ async def run(a):
     publishers(joined["plugindata"]["data"].get("publishers"))
 
     async def keepalive():
+        # Janus answers a keepalive with an ack only, so it is not awaited; without
+        # them Janus ends the session after its session_timeout (60 s).
         while True:
             await asyncio.sleep(20)
-            await j.request({"janus": "keepalive"})
+            await j.send({"janus": "keepalive"})
 
-    tasks = [rd, asyncio.ensure_future(keepalive())]
+    async def watch():
+        # GStreamer's errors and each connection's state, into the log.
+        states = {}
+        while True:
+            for c in [pub, *subs.values()]:
+                st = c.wb.get_property("connection-state").value_nick
+                if states.get(c.name) != st:
+                    states[c.name] = st
+                    (log.error if st == "failed" else log.info)("%s: connection %s", c.name, st)
+                bus = c.pipe.get_bus()
+                while (msg := bus.pop_filtered(Gst.MessageType.ERROR)) is not None:
+                    log.error("%s: gstreamer error from %s: %s", c.name, msg.src.get_name(), msg.parse_error()[0].message)
+            await asyncio.sleep(0.25)
+
+    tasks = [rd, asyncio.ensure_future(keepalive()), asyncio.ensure_future(watch())]
     if a.progress > 0:
         tasks.append(asyncio.ensure_future(print_progress(
             a.progress, lambda: sum(s["packets"] for c in subs.values() for s in c.streams))))

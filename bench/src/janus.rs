@@ -38,8 +38,11 @@ impl Janus {
             bail!("/usr/bin/janus not found: run scripts/install-test-deps.sh (apt janus)");
         }
         let ns = VethNamespace::create("j", 214)?;
-        let dir = std::env::temp_dir().join(format!("blindrelay-janus-{}", std::process::id()));
+        // Named after the namespace: unique among this process's Janus instances.
+        let dir = std::env::temp_dir().join(format!("blindrelay-janus-{}", ns.name));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // Holds the admin secret: removed on every early return below.
+        let made = RemoveDir(Some(dir.clone()));
         let secret: u64 = rand::random();
         let cfg = JANUS_CFG
             .replace("@CONFIGS@", &dir.display().to_string())
@@ -73,9 +76,19 @@ impl Janus {
             .stderr(log)
             .spawn()
             .context("start janus")?;
+        made.keep();
         let j = Janus { ns, child, dir };
         j.wait_listening()?;
         Ok(j)
+    }
+
+    /// The last `n` lines of Janus's log, for an error that ends a run (the log goes with
+    /// the Janus value).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(n).collect();
+        tail.reverse();
+        tail.join("\n")
     }
 
     /// Until Janus accepts on its WebSocket port (or it exits, or the time is up).
@@ -87,13 +100,9 @@ impl Janus {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                // The directory goes with the Janus value: quote the log's end here.
-                let log = std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
                     "janus did not listen on {to} within {START_TIMEOUT:?}; its log ends:\n{}",
-                    tail.join("\n")
+                    self.log_tail(20)
                 );
             }
             // Connection refused returns at once: pace the retries.
@@ -128,6 +137,23 @@ impl Drop for Janus {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A directory removed on drop, unless kept.
+struct RemoveDir(Option<PathBuf>);
+
+impl RemoveDir {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

@@ -351,9 +351,9 @@ pub async fn run(relay: &Relay, cfg: &Config, a: LossArgs) -> Result<LossReport>
         report_run("relay", n, &r);
         runs.push(r);
         if let Some(j) = &janus {
-            let r = one_run(&Sfu::Janus(j), &a, n)
-                .await
-                .with_context(|| format!("janus run {}", n + 1))?;
+            let r = one_run(&Sfu::Janus(j), &a, n).await.with_context(|| {
+                format!("janus run {}; Janus's log ends:\n{}", n + 1, j.log_tail(20))
+            })?;
             report_run("janus", n, &r);
             janus_runs.push(r);
         }

@@ -196,6 +196,7 @@ enum Cmd {
         /// The relay binary (default: `blindrelay` next to this one).
         #[arg(long)]
         relay_bin: Option<std::path::PathBuf>,
+        /// 1:1 calls, two webrtcbin peers each.
         #[arg(long, default_value_t = 4)]
         calls: usize,
         /// The clip's video bit rate.
@@ -210,6 +211,7 @@ enum Cmd {
         /// Phases per SFU (alternating which goes first).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The core each SFU is pinned to.
         #[arg(long, default_value_t = 0)]
         sfu_cpu: usize,
         /// The peers' core.

@@ -33,16 +33,20 @@ pub fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl VethNamespace {
-    /// Namespace `br{tag}{pid}` on 10.`net`.x.0/30, the far end `.1` and this end `.2`.
-    /// Leftovers of a run that was killed with the same pid are removed first. `tag` is
-    /// short: interface names are at most 15 bytes.
+    /// Namespace `br{tag}{pid}n{k}` on the k-th /30 of 10.`net`.x.0/24, the far end
+    /// `4k+1` and this end `4k+2`, where k counts this process's namespaces (tests in one
+    /// binary run in parallel and may each make one with the same tag). Leftovers of a
+    /// run that was killed with the same pid are removed first. `tag` is short: interface
+    /// names are at most 15 bytes.
     pub fn create(tag: &str, net: u8) -> Result<VethNamespace> {
+        static MADE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let k = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 63;
         let id = std::process::id() % 60_000;
-        let name = format!("br{tag}{id}");
-        let (far, dev) = (format!("br{tag}a{id}"), format!("br{tag}b{id}"));
+        let name = format!("br{tag}{id}n{k}");
+        let (far, dev) = (format!("br{tag}a{id}n{k}"), format!("br{tag}b{id}n{k}"));
         let x = (id % 250) as u8;
-        let there = Ipv4Addr::new(10, net, x, 1);
-        let here = Ipv4Addr::new(10, net, x, 2);
+        let there = Ipv4Addr::new(10, net, x, 4 * k + 1);
+        let here = Ipv4Addr::new(10, net, x, 4 * k + 2);
         let _ = ip(&["ip", "netns", "del", &name]);
         let _ = ip(&["ip", "link", "del", &dev]);
         ip(&["ip", "netns", "add", &name])?;

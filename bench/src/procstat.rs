@@ -58,8 +58,9 @@ pub fn cpu_percent(a: &Sample, b: &Sample) -> f64 {
 }
 
 /// Busy and total jiffies of one CPU from /proc/stat: busy counts user, nice, system,
-/// irq, softirq and steal, so the kernel's packet work on that core is included (a
-/// process's own CPU time leaves softirq work out).
+/// irq, softirq and steal, so the kernel's packet work on that core is included whatever
+/// the kernel charges to processes (with tick accounting, as here, softirq work done in a
+/// process's syscalls counts in its stime; with CONFIG_IRQ_TIME_ACCOUNTING it does not).
 pub fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let name = format!("cpu{cpu}");

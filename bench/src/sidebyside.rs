@@ -18,9 +18,10 @@ use crate::sweep::{self, tempfile_path::TempPath, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct SideArgs {
@@ -53,6 +54,9 @@ pub struct SidePhase {
     /// The part of it spent in the kernel (the SFU's syscalls: receiving, sending,
     /// sleeping), which no user-space change removes while the syscalls stay.
     pub sys_us_per_packet: f64,
+    /// Everything the SFU's core did per packet, softirq and irq included: the same
+    /// reading whatever the kernel charges to the process (`CONFIG_IRQ_TIME_ACCOUNTING`).
+    pub sfu_core_us_per_packet: f64,
     /// The SFU's CPU over the window, in percent of one core.
     pub sfu_cpu_pct: f64,
     pub wakeups_per_packet: f64,
@@ -68,6 +72,7 @@ pub struct SideMedians {
     pub delivered_pps: f64,
     pub cpu_us_per_packet: f64,
     pub sys_us_per_packet: f64,
+    pub sfu_core_us_per_packet: f64,
     pub wakeups_per_packet: f64,
 }
 
@@ -82,6 +87,10 @@ pub struct SideReport {
     pub medians: Vec<SideMedians>,
     /// The relay's CPU per packet over Janus's (medians): the goal is at most 0.2.
     pub relay_over_janus: f64,
+    /// The same ratio run by run (each run has one phase of each, back to back), and
+    /// their median: the pairing cancels a drift of the machine between runs.
+    pub paired_ratios: Vec<f64>,
+    pub paired_ratio_median: f64,
 }
 
 /// The repository's root (the bench's peers are scripts in it).
@@ -141,79 +150,112 @@ fn clip(video_kbps: u32, secs: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// One peer process and what it has said: (when read, packets received so far).
+/// What a peer has said: (when read, packets received so far), and whether its output
+/// has ended; the reader thread notifies `changed` after each.
+#[derive(Default)]
+struct Reports {
+    seen: Vec<(Instant, u64)>,
+    closed: bool,
+}
+
+/// One peer process and its reports.
 struct Peer {
     child: Child,
     name: String,
     log: PathBuf,
-    rx: Arc<Mutex<Vec<(Instant, u64)>>>,
+    reports: Arc<(Mutex<Reports>, Condvar)>,
 }
 
 impl Peer {
     fn spawn(cpu: usize, script: &Path, args: &[String], name: &str, dir: &Path) -> Result<Peer> {
         let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new("taskset")
-            .args(["-c", &cpu.to_string()])
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()])
             .arg(python())
             .arg(script)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).context("peer log")?)
-            .spawn()
-            .with_context(|| format!("start {}", script.display()))?;
+            .stderr(std::fs::File::create(&log).context("peer log")?);
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        // A bench killed outright must not leave its peers sending for minutes.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().with_context(|| {
+            format!("start taskset {} {}", python().display(), script.display())
+        })?;
         let out = child
             .stdout
             .take()
             .ok_or_else(|| anyhow!("peer stdout not captured"))?;
-        let rx = Arc::new(Mutex::new(Vec::new()));
-        let seen = rx.clone();
+        let reports = Arc::new((Mutex::new(Reports::default()), Condvar::new()));
+        let shared = reports.clone();
         std::thread::spawn(move || {
+            let (lock, changed) = &*shared;
             for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
+                let Ok(line) = line else { break };
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
                 if let Some(n) = v.get("rx").and_then(|n| n.as_u64()) {
-                    seen.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((Instant::now(), n));
+                    let mut r = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    r.seen.push((Instant::now(), n));
+                    changed.notify_all();
                 }
             }
+            lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            changed.notify_all();
         });
         Ok(Peer {
             child,
             name: name.to_string(),
             log,
-            rx,
+            reports,
         })
     }
 
-    fn last(&self) -> Option<(Instant, u64)> {
-        self.rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last()
-            .copied()
+    /// Wait until `ready` holds for this peer's reports (its value then), or its output
+    /// ends, or `deadline` passes (None for either).
+    fn wait_for<T>(&self, deadline: Instant, ready: impl Fn(&Reports) -> Option<T>) -> Option<T> {
+        let (lock, changed) = &*self.reports;
+        let mut r = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(v) = ready(&r) {
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if r.closed || left.is_zero() {
+                return None;
+            }
+            r = changed
+                .wait_timeout(r, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
+}
 
-    /// Packets received by `at`, interpolated between the reports either side of it; None
-    /// until a report after `at` has come.
-    fn at(&self, at: Instant) -> Option<f64> {
-        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
-        let after = rx.iter().position(|(t, _)| *t >= at)?;
-        let (t1, n1) = rx[after];
-        let Some(&(t0, n0)) = after.checked_sub(1).and_then(|i| rx.get(i)) else {
-            return Some(n1 as f64);
-        };
-        let span = t1.duration_since(t0).as_secs_f64();
-        let f = if span > 0.0 {
-            at.duration_since(t0).as_secs_f64() / span
-        } else {
-            1.0
-        };
-        Some(n0 as f64 + (n1 as f64 - n0 as f64) * f)
-    }
+/// Packets received by `at`, interpolated between the reports either side of it; None
+/// until a report after `at` has come.
+fn received_by(r: &Reports, at: Instant) -> Option<f64> {
+    let after = r.seen.iter().position(|(t, _)| *t >= at)?;
+    let (t1, n1) = r.seen[after];
+    let Some(&(t0, n0)) = after.checked_sub(1).and_then(|i| r.seen.get(i)) else {
+        return Some(n1 as f64);
+    };
+    let span = t1.duration_since(t0).as_secs_f64();
+    let f = if span > 0.0 {
+        at.duration_since(t0).as_secs_f64() / span
+    } else {
+        1.0
+    };
+    Some(n0 as f64 + (n1 as f64 - n0 as f64) * f)
 }
 
 impl Drop for Peer {
@@ -227,6 +269,8 @@ impl Drop for Peer {
 const PROGRESS_SECS: f64 = 0.1;
 /// How long every peer has to be receiving media after it starts.
 const FLOWING_TIMEOUT: Duration = Duration::from_secs(40);
+/// Packets a peer has received once video flows: more than a second of Opus alone.
+const FLOWING_PACKETS: u64 = 100;
 
 /// A running SFU: the relay in a namespace of its own, or Janus in its.
 enum Running {
@@ -369,35 +413,26 @@ fn start_peers(
     Ok(peers)
 }
 
-/// Until every peer is receiving media (two reports with more packets than the first).
-fn wait_flowing(peers: &mut [Peer]) -> Result<()> {
+/// Until every peer has received media: video, not only audio (more packets than
+/// audio alone brings in its first reports).
+fn wait_flowing(peers: &[Peer]) -> Result<()> {
     let deadline = Instant::now() + FLOWING_TIMEOUT;
-    loop {
-        let mut waiting = None;
-        for p in peers.iter_mut() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                bail!(
-                    "peer {} exited ({status}) before media flowed; see {}",
-                    p.name,
-                    p.log.display()
-                );
-            }
-            if p.last().map(|(_, n)| n).unwrap_or(0) == 0 {
-                waiting = Some(p.name.clone());
-            }
+    for p in peers {
+        let flowing = p.wait_for(deadline, |r| {
+            r.seen
+                .last()
+                .filter(|(_, n)| *n >= FLOWING_PACKETS)
+                .map(|_| ())
+        });
+        if flowing.is_none() {
+            bail!(
+                "peer {} received no media within {FLOWING_TIMEOUT:?} (or exited); see {}",
+                p.name,
+                p.log.display()
+            );
         }
-        let Some(name) = waiting else { return Ok(()) };
-        if Instant::now() > deadline {
-            let log = peers
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.log.display().to_string())
-                .unwrap_or_default();
-            bail!("peer {name} received no media within {FLOWING_TIMEOUT:?}; see {log}");
-        }
-        // Reports come every PROGRESS_SECS; nothing to await but the next one.
-        std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
 /// Packets all peers had received at `at` (waits for each one's next report).
@@ -405,16 +440,9 @@ fn received_at(peers: &[Peer], at: Instant) -> Result<f64> {
     let deadline = at + Duration::from_secs(5);
     let mut total = 0.0;
     for p in peers {
-        loop {
-            if let Some(n) = p.at(at) {
-                total += n;
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("peer {} stopped reporting; see {}", p.name, p.log.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        total += p
+            .wait_for(deadline, |r| received_by(r, at))
+            .ok_or_else(|| anyhow!("peer {} stopped reporting; see {}", p.name, p.log.display()))?;
     }
     Ok(total)
 }
@@ -432,22 +460,43 @@ fn phase(a: &SideArgs, sfu: Sfu, run: usize, clip: &Path, dir: &Path) -> Result<
             }
         }
     };
+    measure(a, sfu, run, &started, clip, dir).map_err(|e| match &started.running {
+        // Janus's log goes with it: quote its end.
+        Running::Janus(j) => e.context(format!("Janus's log ends:\n{}", j.log_tail(20))),
+        Running::Relay { .. } => e,
+    })
+}
+
+/// Run the peers on the started SFU and read its costs over the window.
+fn measure(
+    a: &SideArgs,
+    sfu: Sfu,
+    run: usize,
+    started: &Started,
+    clip: &Path,
+    dir: &Path,
+) -> Result<SidePhase> {
     let pid = started.running.pid();
-    let mut peers = start_peers(a, sfu, &started, run, clip, dir)?;
-    wait_flowing(&mut peers)?;
+    let peers = start_peers(a, sfu, started, run, clip, dir)?;
+    wait_flowing(&peers)?;
     std::thread::sleep(a.warmup);
     let t0 = Instant::now();
     let cpu0 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
     let sw0 = procstat::context_switches(&pid);
-    let core0 = procstat::cpu_jiffies(a.peer_cpu);
+    let (peer0, core0) = (
+        procstat::cpu_jiffies(a.peer_cpu),
+        procstat::cpu_jiffies(a.sfu_cpu),
+    );
     std::thread::sleep(a.window);
     let t1 = Instant::now();
     let cpu1 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
     let sw1 = procstat::context_switches(&pid);
-    let core1 = procstat::cpu_jiffies(a.peer_cpu);
+    let (peer1, core1) = (
+        procstat::cpu_jiffies(a.peer_cpu),
+        procstat::cpu_jiffies(a.sfu_cpu),
+    );
     let packets = received_at(&peers, t1)? - received_at(&peers, t0)?;
     drop(peers);
-    drop(started);
     if packets <= 0.0 {
         bail!("{sfu:?}: no packets delivered in the window");
     }
@@ -455,28 +504,34 @@ fn phase(a: &SideArgs, sfu: Sfu, run: usize, clip: &Path, dir: &Path) -> Result<
     let tick = procstat::ticks_per_second();
     let cpu_secs = cpu1.cpu_ticks.saturating_sub(cpu0.cpu_ticks) as f64 / tick;
     let sys_secs = cpu1.sys_ticks.saturating_sub(cpu0.sys_ticks) as f64 / tick;
+    let core_secs = match (core0, core1) {
+        (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / tick,
+        _ => f64::NAN,
+    };
     Ok(SidePhase {
         sfu,
         run,
         delivered_pps: packets / secs,
         cpu_us_per_packet: cpu_secs * 1e6 / packets,
         sys_us_per_packet: sys_secs * 1e6 / packets,
+        sfu_core_us_per_packet: core_secs * 1e6 / packets,
         sfu_cpu_pct: procstat::cpu_percent(&cpu0, &cpu1),
         wakeups_per_packet: sw1.0.saturating_sub(sw0.0) as f64 / packets,
         preemptions_per_packet: sw1.1.saturating_sub(sw0.1) as f64 / packets,
-        peer_core_busy_pct: procstat::core_busy_percent(core0, core1),
+        peer_core_busy_pct: procstat::core_busy_percent(peer0, peer1),
     })
 }
 
 fn describe(p: &SidePhase) -> String {
     format!(
-        "{:?} run {}: {:.0} packets/s delivered, {:.2} µs/packet ({:.2} in the kernel; {:.1} % of a core), {:.3} wake-ups and {:.3} preemptions per packet, peers' core {:.0} % busy",
+        "{:?} run {}: {:.0} packets/s delivered, {:.2} µs/packet ({:.2} in the kernel; {:.1} % of a core; its core {:.2} µs/packet in all), {:.3} wake-ups and {:.3} preemptions per packet, peers' core {:.0} % busy",
         p.sfu,
         p.run,
         p.delivered_pps,
         p.cpu_us_per_packet,
         p.sys_us_per_packet,
         p.sfu_cpu_pct,
+        p.sfu_core_us_per_packet,
         p.wakeups_per_packet,
         p.preemptions_per_packet,
         p.peer_core_busy_pct
@@ -520,11 +575,19 @@ pub fn run(a: SideArgs) -> Result<SideReport> {
                 delivered_pps: of(|p| p.delivered_pps),
                 cpu_us_per_packet: of(|p| p.cpu_us_per_packet),
                 sys_us_per_packet: of(|p| p.sys_us_per_packet),
+                sfu_core_us_per_packet: of(|p| p.sfu_core_us_per_packet),
                 wakeups_per_packet: of(|p| p.wakeups_per_packet),
             }
         })
         .collect();
     let relay_over_janus = medians[0].cpu_us_per_packet / medians[1].cpu_us_per_packet;
+    let paired_ratios: Vec<f64> = (0..a.runs)
+        .filter_map(|run| {
+            let of = |sfu| phases.iter().find(|p| p.run == run && p.sfu == sfu);
+            Some(of(Sfu::Relay)?.cpu_us_per_packet / of(Sfu::Janus)?.cpu_us_per_packet)
+        })
+        .collect();
+    let paired_ratio_median = median(paired_ratios.clone());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(SideReport {
         machine: sweep::cpu_model(),
@@ -535,6 +598,8 @@ pub fn run(a: SideArgs) -> Result<SideReport> {
         phases,
         medians,
         relay_over_janus,
+        paired_ratios,
+        paired_ratio_median,
     })
 }
 
@@ -548,14 +613,24 @@ pub fn print_human(r: &SideReport) {
     }
     for m in &r.medians {
         println!(
-            "  median {:?}: {:.2} µs/packet ({:.2} in the kernel) at {:.0} packets/s, {:.3} wake-ups/packet",
-            m.sfu, m.cpu_us_per_packet, m.sys_us_per_packet, m.delivered_pps, m.wakeups_per_packet
+            "  median {:?}: {:.2} µs/packet ({:.2} in the kernel; its core {:.2} in all) at {:.0} packets/s, {:.3} wake-ups/packet",
+            m.sfu,
+            m.cpu_us_per_packet,
+            m.sys_us_per_packet,
+            m.sfu_core_us_per_packet,
+            m.delivered_pps,
+            m.wakeups_per_packet
         );
     }
     println!(
-        "  relay / Janus CPU per packet: {:.3} (Janus uses {:.2}x the relay's)",
+        "  relay / Janus CPU per packet: {:.3} from the medians (Janus uses {:.2}x the relay's); run by run {:?}, median {:.3}",
         r.relay_over_janus,
-        1.0 / r.relay_over_janus
+        1.0 / r.relay_over_janus,
+        r.paired_ratios
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>(),
+        r.paired_ratio_median
     );
 }
 
@@ -608,5 +683,6 @@ mod tests {
             r.relay_over_janus > 0.0 && r.relay_over_janus.is_finite(),
             "{r:?}"
         );
+        assert_eq!(r.paired_ratios.len(), 1, "{r:?}");
     }
 }

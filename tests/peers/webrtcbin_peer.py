@@ -70,7 +70,7 @@ videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framer
 
 
 def clip_pipeline(clip):
-    """What a participant sends in the paced side-by-side bench (bench/src/webrtcbin.rs):
+    """What a participant sends in the paced side-by-side bench (bench/src/sidebyside.rs):
     a pre-encoded WebM (VP8 + Opus) played at its own pace (clocksync: webrtcbin's sinks
     do not sync) and payloaded as PIPELINE's live sources are, with no encoder on the
     peer's CPU."""
