@@ -62,21 +62,36 @@ pub fn cpu_percent(a: &Sample, b: &Sample) -> f64 {
 /// the kernel charges to processes (with tick accounting, as here, softirq work done in a
 /// process's syscalls counts in its stime; with CONFIG_IRQ_TIME_ACCOUNTING it does not).
 pub fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = cpu_fields(cpu)?;
     // user nice system idle iowait irq softirq steal
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
     let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
     let total = busy + get(3) + get(4);
     Some((busy, total))
+}
+
+/// Idle and iowait jiffies of one CPU. On a tickless kernel the kernel measures these
+/// (its idle clock), where it samples the busy fields at each tick, which misjudges load
+/// that comes in bursts shorter than a tick: wall time minus idle is the core's busy time
+/// to trust then.
+pub fn cpu_idle_jiffies(cpu: usize) -> Option<u64> {
+    let v = cpu_fields(cpu)?;
+    Some(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
+}
+
+/// The numbers on `cpuN`'s line of /proc/stat.
+fn cpu_fields(cpu: usize) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+    )
 }
 
 /// Percentage of the time a CPU was busy between two [`cpu_jiffies`] readings.

@@ -54,8 +54,9 @@ pub struct SidePhase {
     /// The part of it spent in the kernel (the SFU's syscalls: receiving, sending,
     /// sleeping), which no user-space change removes while the syscalls stay.
     pub sys_us_per_packet: f64,
-    /// Everything the SFU's core did per packet, softirq and irq included: the same
-    /// reading whatever the kernel charges to the process (`CONFIG_IRQ_TIME_ACCOUNTING`).
+    /// Everything the SFU's core did per packet (the window less its measured idle time):
+    /// irq and softirq work included whatever the kernel charges to the process
+    /// (`CONFIG_IRQ_TIME_ACCOUNTING`), and the wake-up interrupts that reach the core.
     pub sfu_core_us_per_packet: f64,
     /// The SFU's CPU over the window, in percent of one core.
     pub sfu_cpu_pct: f64,
@@ -483,17 +484,17 @@ fn measure(
     let t0 = Instant::now();
     let cpu0 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
     let sw0 = procstat::context_switches(&pid);
-    let (peer0, core0) = (
+    let (peer0, idle0) = (
         procstat::cpu_jiffies(a.peer_cpu),
-        procstat::cpu_jiffies(a.sfu_cpu),
+        procstat::cpu_idle_jiffies(a.sfu_cpu),
     );
     std::thread::sleep(a.window);
     let t1 = Instant::now();
     let cpu1 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
     let sw1 = procstat::context_switches(&pid);
-    let (peer1, core1) = (
+    let (peer1, idle1) = (
         procstat::cpu_jiffies(a.peer_cpu),
-        procstat::cpu_jiffies(a.sfu_cpu),
+        procstat::cpu_idle_jiffies(a.sfu_cpu),
     );
     let packets = received_at(&peers, t1)? - received_at(&peers, t0)?;
     drop(peers);
@@ -504,8 +505,9 @@ fn measure(
     let tick = procstat::ticks_per_second();
     let cpu_secs = cpu1.cpu_ticks.saturating_sub(cpu0.cpu_ticks) as f64 / tick;
     let sys_secs = cpu1.sys_ticks.saturating_sub(cpu0.sys_ticks) as f64 / tick;
-    let core_secs = match (core0, core1) {
-        (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / tick,
+    // The core's busy time: the window less the time the kernel measured it idle.
+    let core_secs = match (idle0, idle1) {
+        (Some(i0), Some(i1)) => (secs - i1.saturating_sub(i0) as f64 / tick).max(0.0),
         _ => f64::NAN,
     };
     Ok(SidePhase {
