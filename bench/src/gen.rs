@@ -531,16 +531,7 @@ async fn join_one(
     )
     .await?;
     // Packets are sized for GCM's 16-byte tag.
-    if path.profile != "aead_aes_128_gcm" {
-        bail!(
-            "the relay negotiated {}, not AEAD_AES_128_GCM",
-            path.profile
-        );
-    }
-    let (tx, rx) = path
-        .fast
-        .take()
-        .ok_or_else(|| anyhow!("the relay did not negotiate AEAD_AES_128_GCM"))?;
+    let (tx, rx) = in_place(&mut path, "aead_aes_128_gcm")?;
     let socket = path.socket.clone();
     let dest = path.relay;
     let leg = Leg::new(socket, dest, tx, ssrc, Some((answering, path)))?;
@@ -555,6 +546,20 @@ pub(crate) struct Joined {
     pub ssrc: u32,
     /// Answers the relay's offers while it lives.
     pub answering: AbortOnDrop,
+}
+
+/// The in-place SRTP contexts (sending, receiving) of a joined `path`, which must have
+/// negotiated the profile named `want` (webrtc-srtp's name, e.g. "aead_aes_128_gcm").
+pub(crate) fn in_place(
+    path: &mut MediaPath,
+    want: &str,
+) -> Result<(FastSrtpContext, FastSrtpContext)> {
+    if path.profile != want {
+        bail!("the relay negotiated {}, not {want}", path.profile);
+    }
+    path.fast
+        .take()
+        .ok_or_else(|| anyhow!("no in-place contexts for {want}"))
 }
 
 /// Join `call` as `user`, offering the SRTP `profiles` in DTLS; offers from the relay are

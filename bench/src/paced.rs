@@ -323,13 +323,7 @@ async fn join_calls(
             Profile::Gcm => "aead_aes_128_gcm",
             Profile::Cm => "aes128_cm_hmac_sha1_80",
         };
-        if path.profile != want {
-            bail!("the relay negotiated {}, not {want}", path.profile);
-        }
-        let (tx, rx) = path
-            .fast
-            .take()
-            .ok_or_else(|| anyhow!("no in-place contexts for {want}"))?;
+        let (tx, rx) = crate::gen::in_place(&mut path, want)?;
         let sealer = Sealer(Box::new(tx));
         let socket = path.socket.clone();
         let dest = path.relay;

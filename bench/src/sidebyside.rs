@@ -481,21 +481,19 @@ fn measure(
     let peers = start_peers(a, sfu, started, run, clip, dir)?;
     wait_flowing(&peers)?;
     std::thread::sleep(a.warmup);
-    let t0 = Instant::now();
-    let cpu0 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
-    let sw0 = procstat::context_switches(&pid);
-    let (peer0, idle0) = (
-        procstat::cpu_jiffies(a.peer_cpu),
-        procstat::cpu_idle_jiffies(a.sfu_cpu),
-    );
+    // One reading of the SFU's and the cores' counters at each edge of the window.
+    let read = || -> Result<_> {
+        Ok((
+            Instant::now(),
+            procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?,
+            procstat::context_switches(&pid),
+            procstat::cpu_jiffies(a.peer_cpu),
+            procstat::cpu_idle_jiffies(a.sfu_cpu),
+        ))
+    };
+    let (t0, cpu0, sw0, peer0, idle0) = read()?;
     std::thread::sleep(a.window);
-    let t1 = Instant::now();
-    let cpu1 = procstat::sample(&pid).ok_or_else(|| anyhow!("{sfu:?}'s /proc is gone"))?;
-    let sw1 = procstat::context_switches(&pid);
-    let (peer1, idle1) = (
-        procstat::cpu_jiffies(a.peer_cpu),
-        procstat::cpu_idle_jiffies(a.sfu_cpu),
-    );
+    let (t1, cpu1, sw1, peer1, idle1) = read()?;
     let packets = received_at(&peers, t1)? - received_at(&peers, t0)?;
     drop(peers);
     if packets <= 0.0 {
